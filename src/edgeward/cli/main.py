@@ -1,0 +1,99 @@
+"""``edgeward``: run the security manager, serve one service, or drive a running one.
+
+Exit codes scripts can rely on: 0 ok, 1 operation failed, 2 usage error, 3 configuration invalid,
+4 a backend (HSM, TPM) unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from .. import __version__
+from ..config.problems import ConfigError
+from ..daemon import load_settings, serve
+from ..keys.errors import BackendUnavailable
+
+__all__ = ["main"]
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_BACKEND = 1, 3, 4
+
+err = Console(stderr=True)
+
+
+def _default_state_dir() -> Path:
+    return Path(os.environ.get("EDGEWARD_STATE_DIR", "/var/lib/edgeward"))
+
+
+def _default_run_dir() -> Path:
+    return Path(os.environ.get("EDGEWARD_RUN_DIR", "/run/edgeward"))
+
+
+config_option = click.option("-c", "--config", type=click.Path(path_type=Path), default=None,
+                             help="Config file (TOML). Without it, embedded defaults: software keys.")
+state_option = click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+                            help="Where keys and state live [env EDGEWARD_STATE_DIR, default /var/lib/edgeward].")
+run_option = click.option("--run-dir", type=click.Path(path_type=Path), default=None,
+                          help="Where sockets live [env EDGEWARD_RUN_DIR, default /run/edgeward].")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeward")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Edgeward, the security manager of an IoT edge device."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _run_services(config: Path | None, state_dir: Path | None, run_dir: Path | None,
+                  services: tuple[str, ...]) -> None:
+    try:
+        settings = load_settings(config, state_dir or _default_state_dir(), run_dir or _default_run_dir())
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        sys.exit(EXIT_CONFIG)
+    for warning in settings.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    try:
+        asyncio.run(serve(settings, services))
+    except BackendUnavailable as e:
+        err.print(f"[red]error:[/red] {e.message}", highlight=False)
+        sys.exit(EXIT_BACKEND)
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@config_option
+@state_option
+@run_option
+def run(config: Path | None, state_dir: Path | None, run_dir: Path | None) -> None:
+    """Run every service in this process (the embedded composition)."""
+    _run_services(config, state_dir, run_dir, ("keys",))
+
+
+@cli.command("serve")
+@click.argument("service", type=click.Choice(["keys"]))
+@config_option
+@state_option
+@run_option
+def serve_one(service: str, config: Path | None, state_dir: Path | None, run_dir: Path | None) -> None:
+    """Run one service per process, as systemd units with socket activation do."""
+    _run_services(config, state_dir, run_dir, (service,))
+
+
+from .demo import demo  # noqa: E402  (commands register on the group defined above)
+
+cli.add_command(demo)
+
+
+def main() -> None:
+    cli()

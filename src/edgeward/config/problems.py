@@ -1,0 +1,51 @@
+"""Collects every configuration problem before failing, so a user fixes them in one pass."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+__all__ = ["ConfigError", "Problems"]
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str], source: str = "configuration") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source} has {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class Problems:
+    source: str = "configuration"
+    items: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, path: str, value: object, expected: str) -> None:
+        shown = "<redacted>" if "pin" in path or "secret" in path or "key_bytes" in path else repr(value)
+        self.items.append(f"{path} = {shown}: expected {expected}")
+
+    def get(self, table: Mapping[str, Any], key: str, path: str, kind: type[T], default: T) -> T:
+        if key not in table:
+            return default
+        value = table[key]
+        if kind is int and isinstance(value, bool):
+            self.add(f"{path}.{key}", value, "an integer")
+            return default
+        if not isinstance(value, kind):
+            self.add(f"{path}.{key}", value, {str: "a string", int: "an integer", bool: "true or false",
+                                               list: "a list", dict: "a table"}.get(kind, kind.__name__))
+            return default
+        return value
+
+    def warn_unknown(self, table: Mapping[str, Any], known: set[str], path: str) -> None:
+        for key in table:
+            if key not in known:
+                self.warnings.append(f"{path + '.' if path else ''}{key}: unknown setting, ignored")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.items, self.source)

@@ -1,0 +1,88 @@
+"""Compositions of the services: all in one process (``edgeward run``) or one per process (``edgeward serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .config.problems import ConfigError, Problems
+from .http import Listener, UidLimiter, start_server
+from .keys.compose import build_key_service
+from .keys.routes import build_keys_app
+from .keys.service import KeyService
+from .keys.settings import KeysSettings, parse_keys_settings
+from .notify import notify
+
+__all__ = ["DaemonSettings", "load_settings", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    state_dir: Path
+    run_dir: Path
+    keys: KeysSettings
+    warnings: tuple[str, ...] = ()
+
+
+def read_config(path: Path | None) -> Mapping[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError([f"config file {path} does not exist"], str(path)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"not valid TOML: {e}"], str(path)) from None
+
+
+def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> DaemonSettings:
+    doc = read_config(config)
+    problems = Problems(str(config) if config else "embedded defaults")
+    keys = parse_keys_settings(doc, state_dir, run_dir, problems)
+    problems.raise_if_any()
+    return DaemonSettings(state_dir, run_dir, keys, tuple(problems.warnings))
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def serve(settings: DaemonSettings, services: tuple[str, ...] = ("keys",),
+                ready: asyncio.Event | None = None) -> None:
+    """Start the named services, serve until SIGTERM/SIGINT, then stop cleanly."""
+    runners: list[web.AppRunner] = []
+    key_service: KeyService | None = None
+    try:
+        if "keys" in services:
+            key_service = build_key_service(settings.keys)
+            app = build_keys_app(key_service, limiter=UidLimiter())
+            runners.append(await start_server(app, [Listener(settings.keys.socket_path, mode=0o666,
+                                                             activation_name="keyd")]))
+        log.info("edgeward ready: %s", ", ".join(services))
+        notify(f"READY=1\nMAINPID={os.getpid()}")
+        if ready is not None:
+            ready.set()
+        await _wait_for_signal()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        if key_service is not None:
+            key_service.close()
+            key_service.executor.shutdown()
+        log.info("edgeward stopped")

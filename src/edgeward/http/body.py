@@ -1,0 +1,65 @@
+"""Request bodies in, response bodies out: the only place JSON meets the typed wire models."""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from .errors import BadRequest, PayloadTooLarge, UnprocessableEntity, UnsupportedMediaType
+
+__all__ = ["read_body", "reply", "reply_empty"]
+
+M = TypeVar("M", bound=BaseModel)
+
+_JSON_TYPES = frozenset({"application/json", "text/json"})
+
+
+def _describe(error: ValidationError) -> str:
+    # Field paths and reasons only: input values may be secrets (key bytes, PINs) and must not be echoed.
+    parts = []
+    for item in error.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "invalid request body: " + "; ".join(parts)
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    """Parse and validate a JSON body.
+
+    A missing Content-Type is accepted because the Azure IoT Python SDK sends none; a wrong one is a 415.
+    """
+    if request.headers.get("Content-Type") is not None and request.content_type not in _JSON_TYPES:
+        raise UnsupportedMediaType(f"expected an application/json body, got {request.content_type!r}")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as e:
+        raise PayloadTooLarge(f"request body exceeds the limit of {request.app._client_max_size} bytes") from e
+    if not raw:
+        raise UnprocessableEntity("request body is empty; a JSON object is required")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    except UnicodeDecodeError as e:
+        raise BadRequest("request body is not valid UTF-8 JSON") from e
+    if not isinstance(data, dict):
+        raise UnprocessableEntity("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise UnprocessableEntity(_describe(e)) from e
+
+
+def reply(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=model.model_dump_json(by_alias=True, exclude_none=True).encode(),
+        content_type="application/json",
+    )
+
+
+def reply_empty() -> web.Response:
+    return web.Response(status=204)

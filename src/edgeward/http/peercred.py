@@ -1,0 +1,54 @@
+"""Caller credentials from the kernel (SO_PEERCRED), never from anything the caller says."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from asyncio.trsock import TransportSocket
+from dataclasses import dataclass
+
+from aiohttp import web
+
+__all__ = ["Caller", "caller_of", "peer_credentials"]
+
+_CREDS_KEY = "edgeward.caller"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The process at the other end of a Unix socket connection, as the kernel saw it at connect time."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def this_process(cls) -> Caller:
+        """The caller used when a service is called in-process (the embedded composition)."""
+        return cls(pid=os.getpid(), uid=os.getuid(), gid=os.getgid())
+
+
+def peer_credentials(sock: socket.socket | TransportSocket) -> Caller:
+    """Read (pid, uid, gid) of the connected peer; raises OSError for sockets without peer credentials."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Caller(pid=pid, uid=uid, gid=gid)
+
+
+def caller_of(request: web.Request) -> Caller:
+    """The caller of a request; cached on the request so every layer sees the same answer."""
+    cached = request.get(_CREDS_KEY)
+    if isinstance(cached, Caller):
+        return cached
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    # Not a Unix socket (e.g. an aiohttp test client over TCP): there is no kernel-vouched identity, so the
+    # caller gets an identity that no principal can match.
+    # asyncio hands out a TransportSocket wrapper, which has getsockopt and family but is no socket.socket.
+    if sock is not None and getattr(sock, "family", None) == socket.AF_UNIX:
+        caller = peer_credentials(sock)
+    else:
+        caller = Caller(pid=0, uid=-1, gid=-1)
+    request[_CREDS_KEY] = caller
+    return caller

@@ -1,0 +1,171 @@
+"""An aiohttp application over Unix sockets with the conventions every Edgeward service shares.
+
+Middlewares, outermost first: error shape, per-uid concurrency limit. The api-version check is per route because
+each route declares its own range, as aziot's do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from .activation import activated_sockets
+from .apiversion import ApiVersions, check_api_version
+from .errors import HttpError
+from .limits import UidLimiter
+from .peercred import caller_of
+
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "Handler",
+    "Listener",
+    "RouteTable",
+    "build_app",
+    "error_response",
+    "start_server",
+]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+DEFAULT_MAX_BODY = 1024 * 1024
+
+_LIMITER_KEY = web.AppKey("edgeward.limiter", UidLimiter)
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"message": message}, status=status)
+
+
+class RouteTable:
+    """Routes with their api-version range, registered by decorators in each service's ``routes.py``."""
+
+    def __init__(self, known_versions: Iterable[str]) -> None:
+        self.known_versions = tuple(sorted(known_versions))
+        self._routes: list[tuple[str, str, ApiVersions, Handler]] = []
+
+    def route(self, method: str, path: str, since: str, until: str | None = None) -> Callable[[Handler], Handler]:
+        versions = ApiVersions(
+            frozenset(v for v in self.known_versions if v >= since and (until is None or v <= until))
+        )
+
+        def register(handler: Handler) -> Handler:
+            async def checked(request: web.Request) -> web.StreamResponse:
+                check_api_version(request.query.get("api-version"), versions)
+                return await handler(request)
+
+            checked.__name__ = handler.__name__
+            checked.__doc__ = handler.__doc__
+            self._routes.append((method, path, versions, checked))
+            return handler
+
+        return register
+
+    def get(self, path: str, since: str, until: str | None = None) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, since, until)
+
+    def post(self, path: str, since: str, until: str | None = None) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, since, until)
+
+    def put(self, path: str, since: str, until: str | None = None) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, since, until)
+
+    def delete(self, path: str, since: str, until: str | None = None) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, since, until)
+
+    def declared(self) -> list[tuple[str, str, frozenset[str]]]:
+        """(method, path, versions) of every route: what the OpenAPI check compares against."""
+        return [(m, p, v.accepted) for m, p, v, _ in self._routes]
+
+    def install(self, app: web.Application) -> None:
+        for method, path, _, handler in self._routes:
+            app.router.add_route(method, path, handler)
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HttpError as e:
+        return error_response(e.status, e.message)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        message = {404: "no such route", 405: f"method {request.method} not allowed on this route"}.get(
+            e.status, e.reason
+        )
+        return error_response(e.status, message)
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(500, "internal error; see the service log")
+
+
+@web.middleware
+async def _uid_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    limiter = request.app[_LIMITER_KEY]
+    async with limiter.hold(caller_of(request).uid):
+        return await handler(request)
+
+
+def build_app(
+    routes: RouteTable,
+    max_body: int = DEFAULT_MAX_BODY,
+    limiter: UidLimiter | None = None,
+) -> web.Application:
+    app = web.Application(client_max_size=max_body, middlewares=[_error_middleware, _uid_limit_middleware])
+    app[_LIMITER_KEY] = limiter or UidLimiter()
+    routes.install(app)
+    return app
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Where a service listens: a socket path, or a name among the sockets systemd passed us."""
+
+    path: Path
+    mode: int = 0o660
+    activation_name: str | None = None
+
+
+def _bind_unix(path: Path, mode: int) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+        else:
+            raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Bind under a restrictive umask so the socket is never briefly reachable with wider permissions.
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def start_server(app: web.Application, listeners: Iterable[Listener]) -> web.AppRunner:
+    """Start serving ``app`` on every listener; the caller owns the returned runner and must clean it up."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    passed = activated_sockets()
+    for listener in listeners:
+        sock = passed.get(listener.activation_name or "") if listener.activation_name else None
+        if sock is None:
+            sock = _bind_unix(listener.path, listener.mode)
+        site = web.SockSite(runner, sock)
+        await site.start()
+        log.info("listening on %s", listener.path)
+    return runner

@@ -1,0 +1,46 @@
+"""The keys service as its callers see it. Implemented in-process (``KeyService.for_caller``) and over a socket
+(``KeysClient``), so a caller never knows which composition it runs in."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .model import EncryptMechanism, SignMechanism
+
+__all__ = ["PUBLIC_PARAMETERS", "KeysApi"]
+
+PUBLIC_PARAMETERS = ("algorithm", "ec-curve-oid", "ec-point", "rsa-modulus", "rsa-exponent")
+
+
+class KeysApi(Protocol):
+    async def create_key_pair_if_not_exists(
+        self, key_id: str, preferred_algorithms: str | None = None, ttl_seconds: int | None = None
+    ) -> str: ...
+
+    async def load_key_pair(self, key_id: str, ttl_seconds: int | None = None) -> str: ...
+
+    async def get_key_pair_public_parameter(self, handle: str, name: str) -> str: ...
+
+    async def move_key_pair(self, src: str, dst: str) -> None: ...
+
+    async def delete_key_pair(self, handle: str) -> None: ...
+
+    async def create_key_if_not_exists(self, key_id: str, usage: str, ttl_seconds: int | None = None) -> str: ...
+
+    async def import_key(
+        self, key_id: str, key: bytes, usage: str | None = None, ttl_seconds: int | None = None
+    ) -> str: ...
+
+    async def load_key(self, key_id: str, ttl_seconds: int | None = None) -> str: ...
+
+    async def delete_key(self, handle: str) -> None: ...
+
+    async def create_derived_key(self, base_handle: str, derivation_data: bytes) -> str: ...
+
+    async def export_derived_key(self, handle: str) -> bytes: ...
+
+    async def sign(self, handle: str, mechanism: SignMechanism) -> bytes: ...
+
+    async def encrypt(self, handle: str, mechanism: EncryptMechanism, plaintext: bytes) -> bytes: ...
+
+    async def decrypt(self, handle: str, mechanism: EncryptMechanism, ciphertext: bytes) -> bytes: ...

@@ -1,0 +1,110 @@
+"""The keys API over its Unix socket; implements :class:`KeysApi` so callers can swap it for the in-process
+service. The caller's identity is whatever the kernel reports for this process."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from ..http import UnixClient, quote_segment
+from . import wire
+from .model import EncryptMechanism, SignMechanism
+
+__all__ = ["KeysClient"]
+
+
+class KeysClient:
+    def __init__(self, socket_path: str | Path, api_version: str = wire.EDGEWARD_VERSION) -> None:
+        self.http = UnixClient(socket_path, api_version)
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def _handle(self, method: str, path: str, body: dict[str, object] | None = None) -> str:
+        resp = await self.http.call(method, path, wire.KeyHandleResponse, body)
+        return resp.key_handle
+
+    async def create_key_pair_if_not_exists(
+        self, key_id: str, preferred_algorithms: str | None = None, ttl_seconds: int | None = None
+    ) -> str:
+        body: dict[str, object] = {"keyId": key_id}
+        if preferred_algorithms is not None:
+            body["preferredAlgorithms"] = preferred_algorithms
+        if ttl_seconds is not None:
+            body["handleTtlSeconds"] = ttl_seconds
+        return await self._handle("POST", "/keypair", body)
+
+    async def load_key_pair(self, key_id: str, ttl_seconds: int | None = None) -> str:
+        path = f"/keypair/{quote_segment(key_id)}"
+        if ttl_seconds is not None:
+            path += f"?handleTtlSeconds={ttl_seconds}"
+        return await self._handle("GET", path)
+
+    async def get_key_pair_public_parameter(self, handle: str, name: str) -> str:
+        resp = await self.http.call(
+            "POST", f"/parameters/{quote_segment(name)}", wire.ParameterResponse, {"keyHandle": handle}
+        )
+        return resp.value
+
+    async def move_key_pair(self, src: str, dst: str) -> None:
+        await self.http.request("POST", "/keypair/move", {"from": src, "to": dst})
+
+    async def delete_key_pair(self, handle: str) -> None:
+        await self.http.request("DELETE", "/keypair", {"keyHandle": handle})
+
+    async def create_key_if_not_exists(self, key_id: str, usage: str, ttl_seconds: int | None = None) -> str:
+        body: dict[str, object] = {"keyId": key_id, "usage": usage}
+        if ttl_seconds is not None:
+            body["handleTtlSeconds"] = ttl_seconds
+        return await self._handle("POST", "/key", body)
+
+    async def import_key(
+        self, key_id: str, key: bytes, usage: str | None = None, ttl_seconds: int | None = None
+    ) -> str:
+        body: dict[str, object] = {"keyId": key_id, "keyBytes": base64.b64encode(key).decode()}
+        if usage is not None:
+            body["usage"] = usage
+        if ttl_seconds is not None:
+            body["handleTtlSeconds"] = ttl_seconds
+        return await self._handle("POST", "/key", body)
+
+    async def load_key(self, key_id: str, ttl_seconds: int | None = None) -> str:
+        return await self._handle("GET", f"/key/{quote_segment(key_id)}")
+
+    async def delete_key(self, handle: str) -> None:
+        await self.http.request("DELETE", "/key", {"keyHandle": handle})
+
+    async def create_derived_key(self, base_handle: str, derivation_data: bytes) -> str:
+        return await self._handle(
+            "POST",
+            "/derivedkey",
+            {"baseKeyHandle": base_handle, "derivationData": base64.b64encode(derivation_data).decode()},
+        )
+
+    async def export_derived_key(self, handle: str) -> bytes:
+        resp = await self.http.call("POST", "/derivedkey/export", wire.ExportDerivedKeyResponse,
+                                    {"keyHandle": handle})
+        return resp.key
+
+    async def sign(self, handle: str, mechanism: SignMechanism) -> bytes:
+        algorithm, params = wire.mechanism_body(mechanism)
+        resp = await self.http.call(
+            "POST", "/sign", wire.SignResponse, {"keyHandle": handle, "algorithm": algorithm, "parameters": params}
+        )
+        return resp.signature
+
+    async def _crypt(self, path: str, handle: str, mechanism: EncryptMechanism, field: str, data: bytes) -> bytes:
+        algorithm, params = wire.mechanism_body(mechanism)
+        body: dict[str, object] = {"keyHandle": handle, "algorithm": algorithm,
+                                   field: base64.b64encode(data).decode()}
+        if params is not None:
+            body["parameters"] = params
+        if path == "/encrypt":
+            return (await self.http.call("POST", path, wire.CiphertextResponse, body)).ciphertext
+        return (await self.http.call("POST", path, wire.PlaintextResponse, body)).plaintext
+
+    async def encrypt(self, handle: str, mechanism: EncryptMechanism, plaintext: bytes) -> bytes:
+        return await self._crypt("/encrypt", handle, mechanism, "plaintext", plaintext)
+
+    async def decrypt(self, handle: str, mechanism: EncryptMechanism, ciphertext: bytes) -> bytes:
+        return await self._crypt("/decrypt", handle, mechanism, "ciphertext", ciphertext)

@@ -1,0 +1,85 @@
+"""Key handles: opaque, unforgeable references to a key, ``sr=<base64 json>&sig=<base64 HMAC-SHA256>``.
+
+A handle names the key id and the key's *generation* (which changes when a key is deleted and re-created), so a
+handle outlives neither its key nor, when it carries one, its expiry. The MAC key never leaves this process.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+from .errors import InvalidHandle
+from .model import KeyKind
+
+__all__ = ["MAX_HANDLE_LENGTH", "HandleClaims", "KeyHandleCodec"]
+
+MAX_HANDLE_LENGTH = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class HandleClaims:
+    kind: KeyKind
+    key_id: str
+    generation: str
+    expires: int | None = None
+    derivation: bytes | None = None
+
+
+class KeyHandleCodec:
+    def __init__(self, mac_key: bytes) -> None:
+        if len(mac_key) < 32:
+            raise ValueError("the handle MAC key must be at least 32 bytes")
+        self._mac_key = mac_key
+
+    def __repr__(self) -> str:
+        return "KeyHandleCodec(<redacted>)"
+
+    def _sign(self, sr: str) -> str:
+        return base64.b64encode(hmac.new(self._mac_key, sr.encode(), hashlib.sha256).digest()).decode()
+
+    def issue(self, claims: HandleClaims) -> str:
+        doc: dict[str, object] = {
+            "keyId": claims.key_id,
+            "type": claims.kind.value,
+            "gen": claims.generation,
+            "nonce": secrets.token_hex(8),
+        }
+        if claims.expires is not None:
+            doc["exp"] = claims.expires
+        if claims.derivation is not None:
+            doc["derivationData"] = base64.b64encode(claims.derivation).decode()
+        sr = base64.b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode()
+        return f"sr={sr}&sig={self._sign(sr)}"
+
+    def verify(self, handle: str, now: float | None = None) -> HandleClaims:
+        """Check the MAC and expiry; raise :class:`InvalidHandle` saying which check failed."""
+        if not isinstance(handle, str) or len(handle) > MAX_HANDLE_LENGTH:
+            raise InvalidHandle("invalid key handle: wrong type or too long")
+        parts = dict(p.partition("=")[::2] for p in handle.split("&"))
+        sr, sig = parts.get("sr"), parts.get("sig")
+        if not sr or not sig or len(parts) != 2:
+            raise InvalidHandle("invalid key handle: expected sr=...&sig=...")
+        if not hmac.compare_digest(self._sign(sr), sig):
+            raise InvalidHandle("invalid key handle: signature does not verify (tampered, or issued elsewhere)")
+        try:
+            doc = json.loads(base64.b64decode(sr, validate=True))
+            claims = HandleClaims(
+                kind=KeyKind(doc["type"]),
+                key_id=str(doc["keyId"]),
+                generation=str(doc["gen"]),
+                expires=int(doc["exp"]) if "exp" in doc else None,
+                derivation=base64.b64decode(doc["derivationData"]) if "derivationData" in doc else None,
+            )
+        except (ValueError, KeyError, TypeError, binascii.Error) as e:
+            # A valid MAC over a malformed body means our own issuer is broken: still refuse, never crash.
+            raise InvalidHandle("invalid key handle: malformed claims") from e
+        if claims.expires is not None and (time.time() if now is None else now) >= claims.expires:
+            raise InvalidHandle("key handle has expired; load the key again for a new handle")
+        return claims

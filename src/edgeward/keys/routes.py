@@ -1,0 +1,138 @@
+"""HTTP handlers of the keys API: parse -> call the service as the caller -> serialize. Nothing else."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..http import RouteTable, build_app, caller_of, read_body, reply, reply_empty
+from ..http.errors import UnprocessableEntity
+from . import wire
+from .api import KeysApi
+from .service import KeyService
+
+__all__ = ["KEYS_SERVICE", "build_keys_app", "routes"]
+
+KEYS_SERVICE = web.AppKey("edgeward.keys.service", KeyService)
+
+routes = RouteTable(wire.API_VERSIONS)
+OURS = wire.EDGEWARD_VERSION
+
+
+def _api(request: web.Request) -> KeysApi:
+    return request.app[KEYS_SERVICE].for_caller(caller_of(request))
+
+
+def _ttl(request: web.Request, ttl: int | None) -> int | None:
+    # Handle lifetimes are an Edgeward extension: older api-versions keep aziot's non-expiring handles.
+    return ttl if request.query.get("api-version", "") >= OURS else None
+
+
+@routes.post("/keypair", since="2020-09-01")
+async def create_key_pair(request: web.Request) -> web.Response:
+    body = await read_body(request, wire.CreateKeyPairRequest)
+    handle = await _api(request).create_key_pair_if_not_exists(
+        body.key_id, body.preferred_algorithms, _ttl(request, body.handle_ttl_seconds)
+    )
+    return reply(wire.KeyHandleResponse(key_handle=handle))
+
+
+@routes.get("/keypair/{keyId}", since="2020-09-01")
+async def load_key_pair(request: web.Request) -> web.Response:
+    ttl = request.query.get("handleTtlSeconds")
+    handle = await _api(request).load_key_pair(
+        request.match_info["keyId"], _ttl(request, int(ttl) if ttl and ttl.isdigit() else None)
+    )
+    return reply(wire.KeyHandleResponse(key_handle=handle))
+
+
+@routes.post("/keypair/move", since="2021-05-01")
+async def move_key_pair(request: web.Request) -> web.Response:
+    body = await read_body(request, wire.MoveKeyPairRequest)
+    await _api(request).move_key_pair(body.src, body.dst)
+    return reply_empty()
+
+
+@routes.delete("/keypair", since="2021-05-01")
+async def delete_key_pair(request: web.Request) -> web.Response:
+    body = await read_body(request, wire.KeyHandleRequest)
+    await _api(request).delete_key_pair(body.key_handle)
+    return reply_empty()
+
+
+@routes.post("/parameters/{parameterName}", since="2020-09-01")
+async def get_parameter(request: web.Request) -> web.Response:
+    body = await read_body(request, wire.KeyHandleRequest)
+    value = await _api(request).get_key_pair_public_parameter(body.key_handle, request.match_info["parameterName"])
+    return reply(wire.ParameterResponse(value=value))
+
+
+@routes.post("/key", since="2020-09-01")
+async def create_key(request: web.Request) -> web.Response:
+    body = await read_body(request, wire.CreateKeyRequest)
+    api, ttl = _api(request), _ttl(request, body.handle_ttl_seconds)
+    if body.key_bytes is not None:
+        handle = await api.import_key(body.key_id, body.key_bytes, body.usage, ttl)
+    else:
+        if body.length_bytes is not None and body.length_bytes != 32:
+            raise UnprocessableEntity("lengthBytes: only 32-byte keys are generated (HMAC-SHA256, AES-256-GCM)")
+        handle = await api.create_key_if_not_exists(body.key_id, body.usage or "derive,sign", ttl)
+    return reply(wire.KeyHandleResponse(key_handle=handle))
+
+
+@routes.get("/key/{keyId}", since="2020-09-01")
+async def load_key(request: web.Request) -> web.Response:
+    handle = await _api(request).load_key(request.match_info["keyId"], None)
+    return reply(wire.KeyHandleResponse(key_handle=handle))
+
+
+@routes.delete("/key", since="2021-05-01")
+async def delete_key(request: web.Request) -> web.Response:
+    body = await read_body(request, wire.KeyHandleRequest)
+    await _api(request).delete_key(body.key_handle)
+    return reply_empty()
+
+
+@routes.post("/derivedkey", since="2020-09-01")
+async def create_derived_key(request: web.Request) -> web.Response:
+    body = await read_body(request, wire.DeriveKeyRequest)
+    handle = await _api(request).create_derived_key(body.base_handle, body.derivation_data)
+    return reply(wire.KeyHandleResponse(key_handle=handle))
+
+
+@routes.post("/derivedkey/export", since="2020-09-01")
+async def export_derived_key(request: web.Request) -> web.Response:
+    body = await read_body(request, wire.KeyHandleRequest)
+    key = await _api(request).export_derived_key(body.key_handle)
+    return reply(wire.ExportDerivedKeyResponse(key=key))
+
+
+@routes.post("/sign", since="2020-09-01")
+async def sign(request: web.Request) -> web.Response:
+    body = await read_body(request, wire.SignRequest)
+    mechanism = wire.sign_mechanism(body, request.query["api-version"])
+    signature = await _api(request).sign(body.key_handle, mechanism)
+    return reply(wire.SignResponse(signature=signature))
+
+
+@routes.post("/encrypt", since="2020-09-01")
+async def encrypt(request: web.Request) -> web.Response:
+    body = await read_body(request, wire.CryptRequest)
+    if body.plaintext is None:
+        raise UnprocessableEntity("invalid request body: plaintext: Field required")
+    ciphertext = await _api(request).encrypt(body.key_handle, wire.encrypt_mechanism(body), body.plaintext)
+    return reply(wire.CiphertextResponse(ciphertext=ciphertext))
+
+
+@routes.post("/decrypt", since="2020-09-01")
+async def decrypt(request: web.Request) -> web.Response:
+    body = await read_body(request, wire.CryptRequest)
+    if body.ciphertext is None:
+        raise UnprocessableEntity("invalid request body: ciphertext: Field required")
+    plaintext = await _api(request).decrypt(body.key_handle, wire.encrypt_mechanism(body), body.ciphertext)
+    return reply(wire.PlaintextResponse(plaintext=plaintext))
+
+
+def build_keys_app(service: KeyService, **kwargs: object) -> web.Application:
+    app = build_app(routes, **kwargs)  # type: ignore[arg-type]
+    app[KEYS_SERVICE] = service
+    return app

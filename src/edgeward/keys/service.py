@@ -1,0 +1,459 @@
+"""The keys service: authorization, handles and dispatch to backends. Backend-agnostic; holds no key material
+except derived keys, which are exportable by design."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from ..executor import BlockingExecutor
+from ..http.peercred import Caller
+from . import aead
+from .api import PUBLIC_PARAMETERS, KeysApi
+from .backends.base import KeyMissing, UnsupportedByBackend
+from .errors import InvalidHandle, InvalidParameter, KeyNotFound, NotAuthorized, UnsupportedOperation
+from .handles import HandleClaims, KeyHandleCodec
+from .locations import KeyLocation, KeyLocator
+from .model import (
+    Aead,
+    EcdsaDigest,
+    EcdsaMessage,
+    EncryptMechanism,
+    HashAlg,
+    HmacSha256,
+    KeyKind,
+    KeyPairAlgorithm,
+    KeyPairInfo,
+    KeyUsage,
+    RsaNoPadding,
+    RsaPadding,
+    RsaPkcs1,
+    SignMechanism,
+    SignScheme,
+    SymmetricKeyInfo,
+    parse_preferred_algorithms,
+    parse_usage,
+)
+from .principals import PrincipalTable
+
+__all__ = ["MAX_KEY_ID_LENGTH", "KeyService", "validate_key_id"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_KEY_ID_LENGTH = 512
+GENERATED_KEY_LENGTH = 32  # HMAC-SHA256 and AES-256-GCM both want 256-bit keys
+MAX_TTL_SECONDS = 10 * 365 * 86400
+
+# DER encodings of the curve OIDs, as aziot's /parameters/ec-curve-oid returns them.
+_CURVE_OID_DER = {
+    "secp256r1": bytes.fromhex("06082a8648ce3d030107"),
+    "secp384r1": bytes.fromhex("06052b81040022"),
+}
+_HASHERS = {HashAlg.SHA256: hashlib.sha256, HashAlg.SHA384: hashlib.sha384, HashAlg.SHA512: hashlib.sha512}
+
+
+def validate_key_id(key_id: str) -> str:
+    if not key_id:
+        raise InvalidParameter("keyId must not be empty")
+    if len(key_id) > MAX_KEY_ID_LENGTH:
+        raise InvalidParameter(f"keyId is longer than {MAX_KEY_ID_LENGTH} characters")
+    if any(ord(c) < 0x20 for c in key_id):
+        raise InvalidParameter("keyId must not contain control characters")
+    return key_id
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class KeyService:
+    """One instance per daemon. Callers get a :class:`KeysApi` view bound to their credentials."""
+
+    def __init__(
+        self,
+        locator: KeyLocator,
+        handles: KeyHandleCodec,
+        principals: PrincipalTable,
+        executor: BlockingExecutor,
+        default_ttl_seconds: int | None = None,
+    ) -> None:
+        self.locator = locator
+        self.handles = handles
+        self.principals = principals
+        self.executor = executor
+        self.default_ttl_seconds = default_ttl_seconds
+        # Generation of each key this process has seen, so the hot path (sign) needs no backend lookup. Every
+        # mutation goes through this service, which keeps the cache true.
+        self._generations: dict[tuple[KeyKind, str], str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def for_caller(self, caller: Caller) -> KeysApi:
+        return _CallerView(self, caller)
+
+    def close(self) -> None:
+        for backend in self.locator.backends():
+            backend.close()
+
+    # helpers ---------------------------------------------------------------------------------------------
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return await self.executor.run(fn, *args)
+        except UnsupportedByBackend as e:
+            raise UnsupportedOperation(str(e)) from e
+        except KeyMissing as e:
+            raise InvalidHandle(f"the key {e.args[0]!r} no longer exists in its store") from None
+
+    def _lock(self, key_id: str) -> asyncio.Lock:
+        lock = self._locks.get(key_id)
+        if lock is None:
+            lock = self._locks[key_id] = asyncio.Lock()
+        return lock
+
+    def authorize(self, caller: Caller, key_id: str) -> None:
+        if not self.principals.allows(caller.uid, key_id):
+            log.warning("uid %d refused access to key %r", caller.uid, key_id)
+            raise NotAuthorized(f"uid {caller.uid} is not authorized for key {key_id!r}")
+
+    def _expiry(self, ttl_seconds: int | None) -> int | None:
+        ttl = ttl_seconds if ttl_seconds is not None else self.default_ttl_seconds
+        if ttl is None:
+            return None
+        if not 0 < ttl <= MAX_TTL_SECONDS:
+            raise InvalidParameter(f"handle lifetime must be between 1 and {MAX_TTL_SECONDS} seconds")
+        return int(time.time()) + ttl
+
+    def _issue(self, kind: KeyKind, key_id: str, generation: str, ttl_seconds: int | None,
+               derivation: bytes | None = None) -> str:
+        self._generations[(kind, key_id)] = generation
+        return self.handles.issue(HandleClaims(kind, key_id, generation, self._expiry(ttl_seconds), derivation))
+
+    async def _current_generation(self, kind: KeyKind, key_id: str) -> str | None:
+        cached = self._generations.get((kind, key_id))
+        if cached is not None:
+            return cached
+        loc = self.locator.locate(key_id)
+        info: KeyPairInfo | SymmetricKeyInfo | None
+        if kind is KeyKind.KEY_PAIR:
+            info = await self._run(loc.backend.key_pair_info, loc.ref)
+        else:
+            info = await self._run(loc.backend.key_info, loc.ref)
+        if info is None:
+            return None
+        self._generations[(kind, key_id)] = info.generation
+        return info.generation
+
+    async def resolve(self, handle: str, *kinds: KeyKind) -> tuple[HandleClaims, KeyLocation]:
+        """Verify a handle and that its key still exists in the generation the handle was issued for."""
+        claims = self.handles.verify(handle)
+        if claims.kind not in kinds:
+            raise InvalidParameter(
+                f"this operation needs a handle to a {' or '.join(k.value for k in kinds)}, "
+                f"not to a {claims.kind.value}"
+            )
+        base_kind = KeyKind.KEY if claims.kind is KeyKind.DERIVED else claims.kind
+        current = await self._current_generation(base_kind, claims.key_id)
+        if current is None:
+            raise InvalidHandle(f"key handle names key {claims.key_id!r}, which no longer exists")
+        if current != claims.generation:
+            raise InvalidHandle(f"key handle names an earlier key {claims.key_id!r} that was since replaced")
+        return claims, self.locator.locate(claims.key_id)
+
+    def _forget(self, key_id: str) -> None:
+        for kind in KeyKind:
+            self._generations.pop((kind, key_id), None)
+
+    async def _symmetric_info(self, loc: KeyLocation) -> SymmetricKeyInfo:
+        info = await self._run(loc.backend.key_info, loc.ref)
+        if info is None:
+            raise InvalidHandle("key handle names a key that no longer exists")
+        return info
+
+    # key pairs -------------------------------------------------------------------------------------------
+    async def create_key_pair_if_not_exists(
+        self, caller: Caller, key_id: str, preferred_algorithms: str | None, ttl_seconds: int | None
+    ) -> str:
+        validate_key_id(key_id)
+        self.authorize(caller, key_id)
+        algorithms = parse_preferred_algorithms(preferred_algorithms)
+        if not algorithms:
+            raise InvalidParameter(
+                f"preferredAlgorithms {preferred_algorithms!r} names no supported algorithm; "
+                f"use {', '.join(a.value for a in KeyPairAlgorithm)} or *"
+            )
+        async with self._lock(key_id):
+            loc = self.locator.locate(key_id)
+            info = await self._run(loc.backend.key_pair_info, loc.ref)
+            if info is None:
+                if loc.preloaded:
+                    raise KeyNotFound(f"preloaded key pair {key_id!r} does not exist at its configured location")
+                reasons = []
+                for algorithm in algorithms:
+                    try:
+                        info = await self.executor.run(loc.backend.create_key_pair, loc.ref, algorithm)
+                        break
+                    except UnsupportedByBackend as e:
+                        reasons.append(f"{algorithm}: {e}")
+                if info is None:
+                    raise UnsupportedOperation(
+                        f"the {loc.backend.name} backend could not create key pair {key_id!r}: "
+                        + "; ".join(reasons)
+                    )
+                log.info("created key pair %r (%s) in %s", key_id, info.algorithm, loc.backend.name)
+            return self._issue(KeyKind.KEY_PAIR, key_id, info.generation, ttl_seconds)
+
+    async def load_key_pair(self, caller: Caller, key_id: str, ttl_seconds: int | None) -> str:
+        validate_key_id(key_id)
+        self.authorize(caller, key_id)
+        loc = self.locator.locate(key_id)
+        info = await self._run(loc.backend.key_pair_info, loc.ref)
+        if info is None:
+            raise KeyNotFound(f"key pair {key_id!r} not found")
+        return self._issue(KeyKind.KEY_PAIR, key_id, info.generation, ttl_seconds)
+
+    async def get_key_pair_public_parameter(self, handle: str, name: str) -> str:
+        if name not in PUBLIC_PARAMETERS:
+            raise InvalidParameter(f"unknown parameter {name!r}; expected one of {', '.join(PUBLIC_PARAMETERS)}")
+        _, loc = await self.resolve(handle, KeyKind.KEY_PAIR)
+        info = await self._run(loc.backend.key_pair_info, loc.ref)
+        if info is None:
+            raise InvalidHandle("key handle names a key pair that no longer exists")
+        key = info.public_key
+        if name == "algorithm":
+            return "ECDSA" if isinstance(key, ec.EllipticCurvePublicKey) else "RSA"
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            if name == "ec-curve-oid":
+                return _b64(_CURVE_OID_DER[key.curve.name])
+            if name == "ec-point":
+                return _b64(key.public_bytes(serialization.Encoding.X962,
+                                             serialization.PublicFormat.UncompressedPoint))
+        elif isinstance(key, rsa.RSAPublicKey):
+            numbers = key.public_numbers()
+            if name == "rsa-modulus":
+                return _b64(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big"))
+            if name == "rsa-exponent":
+                return _b64(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big"))
+        raise InvalidParameter(f"parameter {name!r} does not apply to a {info.algorithm} key")
+
+    async def move_key_pair(self, caller: Caller, src: str, dst: str) -> None:
+        validate_key_id(src)
+        validate_key_id(dst)
+        self.authorize(caller, src)
+        self.authorize(caller, dst)
+        if src == dst:
+            return
+        src_loc, dst_loc = self.locator.locate(src), self.locator.locate(dst)
+        if src_loc.backend is not dst_loc.backend or src_loc.preloaded or dst_loc.preloaded:
+            raise UnsupportedOperation("key pairs can only be moved between ids of the same, non-preloaded store")
+        async with self._lock(min(src, dst)), self._lock(max(src, dst)):
+            if await self._run(src_loc.backend.key_pair_info, src_loc.ref) is None:
+                raise KeyNotFound(f"key pair {src!r} not found")
+            await self._run(src_loc.backend.move_key_pair, src_loc.ref, dst_loc.ref)
+            self._forget(src)
+            self._forget(dst)
+        log.info("moved key pair %r to %r", src, dst)
+
+    async def delete_key_pair(self, handle: str) -> None:
+        claims, loc = await self.resolve(handle, KeyKind.KEY_PAIR)
+        async with self._lock(claims.key_id):
+            await self._run(loc.backend.delete_key_pair, loc.ref)
+            self._forget(claims.key_id)
+        log.info("deleted key pair %r", claims.key_id)
+
+    # symmetric keys --------------------------------------------------------------------------------------
+    async def create_key_if_not_exists(self, caller: Caller, key_id: str, usage: str,
+                                       ttl_seconds: int | None) -> str:
+        validate_key_id(key_id)
+        self.authorize(caller, key_id)
+        try:
+            wanted = parse_usage(usage)
+        except ValueError as e:
+            raise InvalidParameter(str(e)) from e
+        async with self._lock(key_id):
+            loc = self.locator.locate(key_id)
+            info = await self._run(loc.backend.key_info, loc.ref)
+            if info is None:
+                if loc.preloaded:
+                    raise KeyNotFound(f"preloaded key {key_id!r} does not exist at its configured location")
+                info = await self._run(loc.backend.create_key, loc.ref, GENERATED_KEY_LENGTH, wanted)
+                log.info("created symmetric key %r (%s) in %s", key_id, wanted.names(), loc.backend.name)
+            return self._issue(KeyKind.KEY, key_id, info.generation, ttl_seconds)
+
+    async def import_key(self, caller: Caller, key_id: str, key: bytes, usage: str | None,
+                         ttl_seconds: int | None) -> str:
+        validate_key_id(key_id)
+        self.authorize(caller, key_id)
+        if not 1 <= len(key) <= 1024:
+            raise InvalidParameter("keyBytes must hold 1 to 1024 bytes")
+        try:
+            wanted = parse_usage(usage) if usage else KeyUsage.DERIVE | KeyUsage.SIGN
+        except ValueError as e:
+            raise InvalidParameter(str(e)) from e
+        async with self._lock(key_id):
+            loc = self.locator.locate(key_id)
+            if loc.preloaded:
+                raise UnsupportedOperation(f"key {key_id!r} is preloaded from configuration and cannot be replaced")
+            info = await self._run(loc.backend.import_key, loc.ref, key, wanted)
+            log.info("imported symmetric key %r (%s) into %s", key_id, wanted.names(), loc.backend.name)
+            return self._issue(KeyKind.KEY, key_id, info.generation, ttl_seconds)
+
+    async def load_key(self, caller: Caller, key_id: str, ttl_seconds: int | None) -> str:
+        validate_key_id(key_id)
+        self.authorize(caller, key_id)
+        loc = self.locator.locate(key_id)
+        info = await self._run(loc.backend.key_info, loc.ref)
+        if info is None:
+            raise KeyNotFound(f"key {key_id!r} not found")
+        return self._issue(KeyKind.KEY, key_id, info.generation, ttl_seconds)
+
+    async def delete_key(self, handle: str) -> None:
+        claims, loc = await self.resolve(handle, KeyKind.KEY)
+        async with self._lock(claims.key_id):
+            await self._run(loc.backend.delete_key, loc.ref)
+            self._forget(claims.key_id)
+        log.info("deleted symmetric key %r", claims.key_id)
+
+    async def create_derived_key(self, base_handle: str, derivation_data: bytes) -> str:
+        claims, loc = await self.resolve(base_handle, KeyKind.KEY)
+        info = await self._symmetric_info(loc)
+        if KeyUsage.DERIVE not in info.usage:
+            raise UnsupportedOperation(f"key {claims.key_id!r} was not created with usage 'derive'")
+        return self.handles.issue(
+            HandleClaims(KeyKind.DERIVED, claims.key_id, claims.generation, claims.expires, derivation_data)
+        )
+
+    async def _derived_key(self, claims: HandleClaims, loc: KeyLocation) -> bytes:
+        assert claims.derivation is not None
+        return await self._run(loc.backend.hmac_sha256, loc.ref, claims.derivation)
+
+    async def export_derived_key(self, handle: str) -> bytes:
+        claims, loc = await self.resolve(handle, KeyKind.DERIVED)
+        return await self._derived_key(claims, loc)
+
+    # operations ------------------------------------------------------------------------------------------
+    async def sign(self, handle: str, mechanism: SignMechanism) -> bytes:
+        if isinstance(mechanism, HmacSha256):
+            claims, loc = await self.resolve(handle, KeyKind.KEY, KeyKind.DERIVED)
+            if claims.kind is KeyKind.DERIVED:
+                derived = await self._derived_key(claims, loc)
+                return hmac.new(derived, mechanism.message, hashlib.sha256).digest()
+            info = await self._symmetric_info(loc)
+            if KeyUsage.SIGN not in info.usage:
+                raise UnsupportedOperation(f"key {claims.key_id!r} was not created with usage 'sign'")
+            return await self._run(loc.backend.hmac_sha256, loc.ref, mechanism.message)
+        claims, loc = await self.resolve(handle, KeyKind.KEY_PAIR)
+        if isinstance(mechanism, EcdsaDigest):
+            if not 1 <= len(mechanism.digest) <= 64:
+                raise InvalidParameter("ECDSA digest must be 1 to 64 bytes")
+            digest, scheme = mechanism.digest, SignScheme("ecdsa", _hash_for_length(len(mechanism.digest)))
+        elif isinstance(mechanism, EcdsaMessage):
+            digest, scheme = _HASHERS[mechanism.hash](mechanism.message).digest(), SignScheme("ecdsa", mechanism.hash)
+        else:
+            digest = mechanism.data if mechanism.prehashed else _HASHERS[mechanism.hash](mechanism.data).digest()
+            if len(digest) != _HASHERS[mechanism.hash]().digest_size:
+                raise InvalidParameter(f"an RSA-PSS {mechanism.hash} digest must be "
+                                       f"{_HASHERS[mechanism.hash]().digest_size} bytes")
+            scheme = SignScheme("rsa-pss", mechanism.hash)
+        return await self._run(loc.backend.sign_digest, loc.ref, digest, scheme)
+
+    async def encrypt(self, handle: str, mechanism: EncryptMechanism, plaintext: bytes) -> bytes:
+        if isinstance(mechanism, Aead):
+            return await self._aead(handle, mechanism, plaintext, encrypt=True)
+        _claims, loc = await self.resolve(handle, KeyKind.KEY_PAIR)
+        padding = RsaPadding.PKCS1 if isinstance(mechanism, RsaPkcs1) else RsaPadding.NONE
+        assert isinstance(mechanism, RsaPkcs1 | RsaNoPadding)
+        return await self._run(loc.backend.rsa_private_encrypt, loc.ref, plaintext, padding)
+
+    async def decrypt(self, handle: str, mechanism: EncryptMechanism, ciphertext: bytes) -> bytes:
+        if not isinstance(mechanism, Aead):
+            raise UnsupportedOperation(
+                "decrypt supports AEAD only; RSA ciphertext from /encrypt is checked with the public key"
+            )
+        return await self._aead(handle, mechanism, ciphertext, encrypt=False)
+
+    async def _aead(self, handle: str, mechanism: Aead, data: bytes, encrypt: bool) -> bytes:
+        claims, loc = await self.resolve(handle, KeyKind.KEY, KeyKind.DERIVED)
+        try:
+            if claims.kind is KeyKind.DERIVED:
+                derived = await self._derived_key(claims, loc)
+                op = aead.seal if encrypt else aead.open_
+                return op(derived, mechanism.iv, mechanism.aad, data)
+        except aead.AeadError as e:
+            raise InvalidParameter(str(e)) from e
+        info = await self._symmetric_info(loc)
+        if KeyUsage.ENCRYPT not in info.usage:
+            raise UnsupportedOperation(f"key {claims.key_id!r} was not created with usage 'encrypt'")
+        try:
+            if encrypt:
+                return await self._run(loc.backend.aead_encrypt, loc.ref, mechanism.iv, mechanism.aad, data)
+            return await self._run(loc.backend.aead_decrypt, loc.ref, mechanism.iv, mechanism.aad, data)
+        except aead.AeadError as e:
+            raise InvalidParameter(str(e)) from e
+
+
+def _hash_for_length(n: int) -> HashAlg:
+    # ECDSA over a digest only needs the hash for PKCS#11/TPM schemes that name one; pick by length.
+    return {48: HashAlg.SHA384, 64: HashAlg.SHA512}.get(n, HashAlg.SHA256)
+
+
+class _CallerView:
+    """The service as one caller sees it (implements :class:`KeysApi`)."""
+
+    def __init__(self, service: KeyService, caller: Caller) -> None:
+        self._s = service
+        self.caller = caller
+
+    async def create_key_pair_if_not_exists(
+        self, key_id: str, preferred_algorithms: str | None = None, ttl_seconds: int | None = None
+    ) -> str:
+        return await self._s.create_key_pair_if_not_exists(self.caller, key_id, preferred_algorithms, ttl_seconds)
+
+    async def load_key_pair(self, key_id: str, ttl_seconds: int | None = None) -> str:
+        return await self._s.load_key_pair(self.caller, key_id, ttl_seconds)
+
+    async def get_key_pair_public_parameter(self, handle: str, name: str) -> str:
+        return await self._s.get_key_pair_public_parameter(handle, name)
+
+    async def move_key_pair(self, src: str, dst: str) -> None:
+        await self._s.move_key_pair(self.caller, src, dst)
+
+    async def delete_key_pair(self, handle: str) -> None:
+        await self._s.delete_key_pair(handle)
+
+    async def create_key_if_not_exists(self, key_id: str, usage: str, ttl_seconds: int | None = None) -> str:
+        return await self._s.create_key_if_not_exists(self.caller, key_id, usage, ttl_seconds)
+
+    async def import_key(self, key_id: str, key: bytes, usage: str | None = None,
+                         ttl_seconds: int | None = None) -> str:
+        return await self._s.import_key(self.caller, key_id, key, usage, ttl_seconds)
+
+    async def load_key(self, key_id: str, ttl_seconds: int | None = None) -> str:
+        return await self._s.load_key(self.caller, key_id, ttl_seconds)
+
+    async def delete_key(self, handle: str) -> None:
+        await self._s.delete_key(handle)
+
+    async def create_derived_key(self, base_handle: str, derivation_data: bytes) -> str:
+        return await self._s.create_derived_key(base_handle, derivation_data)
+
+    async def export_derived_key(self, handle: str) -> bytes:
+        return await self._s.export_derived_key(handle)
+
+    async def sign(self, handle: str, mechanism: SignMechanism) -> bytes:
+        return await self._s.sign(handle, mechanism)
+
+    async def encrypt(self, handle: str, mechanism: EncryptMechanism, plaintext: bytes) -> bytes:
+        return await self._s.encrypt(handle, mechanism, plaintext)
+
+    async def decrypt(self, handle: str, mechanism: EncryptMechanism, ciphertext: bytes) -> bytes:
+        return await self._s.decrypt(handle, mechanism, ciphertext)
