@@ -12,7 +12,6 @@ from aiohttp import web
 
 __all__ = ["Caller", "caller_of", "peer_credentials"]
 
-_CREDS_KEY = "edgeward.caller"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +28,9 @@ class Caller:
         return cls(pid=os.getpid(), uid=os.getuid(), gid=os.getgid())
 
 
+_CREDS_KEY: web.RequestKey[Caller] = web.RequestKey("edgeward.caller", Caller)
+
+
 def peer_credentials(sock: socket.socket | TransportSocket) -> Caller:
     """Read (pid, uid, gid) of the connected peer; raises OSError for sockets without peer credentials."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -39,7 +41,7 @@ def peer_credentials(sock: socket.socket | TransportSocket) -> Caller:
 def caller_of(request: web.Request) -> Caller:
     """The caller of a request; cached on the request so every layer sees the same answer."""
     cached = request.get(_CREDS_KEY)
-    if isinstance(cached, Caller):
+    if cached is not None:
         return cached
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
