@@ -2,6 +2,6 @@
 
 from tests.fixtures.softhsm import softhsm
 from tests.fixtures.swtpm import swtpm
-from tests.fixtures.keys import keys_env
+from tests.fixtures.keys import keys_env, software_keys
 
-__all__ = ["keys_env", "softhsm", "swtpm"]
+__all__ = ["keys_env", "softhsm", "software_keys", "swtpm"]

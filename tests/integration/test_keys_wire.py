@@ -1,0 +1,158 @@
+"""The keys API's wire contract: golden request/response shapes per route, api-version rules, and the refusal of
+bad input with a 4xx and a message (never a 500, never a hang); the daemon keeps serving afterwards."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.fixtures.keys import KeysEnv
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+V = "2021-05-01"
+HANDLE = re.compile(r"^sr=[A-Za-z0-9+/=]+&sig=[A-Za-z0-9+/=]+$")
+B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+
+
+async def call(env: KeysEnv, method: str, path: str, body: Any = None, version: str | None = V,
+               raw: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    conn = aiohttp.UnixConnector(path=str(env.socket))
+    async with aiohttp.ClientSession(connector=conn) as s:
+        url = "http://keyd" + path + (("&" if "?" in path else "?") + f"api-version={version}" if version else "")
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        hdrs = headers if headers is not None else ({"Content-Type": "application/json"} if data else {})
+        skip = ["Content-Type"] if "Content-Type" not in hdrs else []
+        async with s.request(method, url, data=data, headers=hdrs, skip_auto_headers=skip) as r:
+            text = await r.read()
+            if not text:
+                return r.status, None
+            assert r.content_type == "application/json", text
+            return r.status, json.loads(text)
+
+
+async def test_golden_shapes_of_every_route(software_keys: KeysEnv) -> None:
+    env = software_keys
+    kid = env.new_id()
+    status, body = await call(env, "POST", "/keypair", {"keyId": kid, "preferredAlgorithms": "ec-p256"})
+    assert status == 200 and set(body) == {"keyHandle"} and HANDLE.match(body["keyHandle"])
+    handle = body["keyHandle"]
+    status, body = await call(env, "GET", f"/keypair/{kid}")
+    assert status == 200 and set(body) == {"keyHandle"}
+    for name, expected in (("algorithm", "ECDSA"), ("ec-curve-oid", "BggqhkjOPQMBBw==")):
+        status, body = await call(env, "POST", f"/parameters/{name}", {"keyHandle": handle})
+        assert (status, body) == (200, {"value": expected})
+    status, body = await call(env, "POST", "/parameters/ec-point", {"keyHandle": handle})
+    assert status == 200 and len(base64.b64decode(body["value"])) == 65
+    status, body = await call(env, "POST", "/sign", {"keyHandle": handle, "algorithm": "ECDSA",
+                                                     "parameters": {"digest": base64.b64encode(b"\x01" * 32).decode()}})
+    assert status == 200 and set(body) == {"signature"} and B64.match(body["signature"])
+    # aziot's serde spelling of the preference is accepted too
+    status, _ = await call(env, "POST", "/keypair", {"keyId": env.new_id(), "preferred_algorithms": "rsa-2048"})
+    assert status == 200
+    status, body = await call(env, "POST", "/keypair/move", {"from": kid, "to": kid + "-moved"})
+    assert (status, body) == (204, None)
+    status, body = await call(env, "GET", f"/keypair/{kid}-moved")
+    status, body = await call(env, "DELETE", "/keypair", {"keyHandle": body["keyHandle"]})
+    assert (status, body) == (204, None)
+
+    status, body = await call(env, "POST", "/key", {"keyId": env.new_id(), "usage": "derive,sign"})
+    assert status == 200 and set(body) == {"keyHandle"}
+    sym = body["keyHandle"]
+    status, body = await call(env, "POST", "/key", {"keyId": env.new_id(), "keyBytes": base64.b64encode(b"k" * 32).decode()})
+    assert status == 200 and set(body) == {"keyHandle"}
+    status, body = await call(env, "POST", "/derivedkey", {"baseKeyHandle": sym, "derivationData": "AQID"})
+    assert status == 200 and set(body) == {"keyHandle"}
+    derived = body["keyHandle"]
+    status, body = await call(env, "POST", "/derivedkey/export", {"keyHandle": derived})
+    assert status == 200 and set(body) == {"key"} and len(base64.b64decode(body["key"])) == 32
+    status, body = await call(env, "POST", "/sign", {"keyHandle": sym, "algorithm": "HMAC-SHA256",
+                                                     "parameters": {"message": "aGVsbG8="}})
+    assert status == 200 and len(base64.b64decode(body["signature"])) == 32
+    enc_id = env.new_id()
+    status, body = await call(env, "POST", "/key", {"keyId": enc_id, "usage": "encrypt"})
+    enc = body["keyHandle"]
+    params = {"iv": base64.b64encode(b"\x00" * 12).decode(), "aad": ""}
+    status, body = await call(env, "POST", "/encrypt", {"keyHandle": enc, "algorithm": "AEAD", "parameters": params,
+                                                        "plaintext": "c2VjcmV0"})
+    assert status == 200 and set(body) == {"ciphertext"}
+    status, body = await call(env, "POST", "/decrypt", {"keyHandle": enc, "algorithm": "AEAD", "parameters": params,
+                                                        "ciphertext": body["ciphertext"]})
+    assert (status, body) == (200, {"plaintext": "c2VjcmV0"})
+    status, body = await call(env, "GET", f"/key/{enc_id}")
+    assert status == 200 and set(body) == {"keyHandle"}
+    status, body = await call(env, "DELETE", "/key", {"keyHandle": body["keyHandle"]})
+    assert (status, body) == (204, None)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "version", "status", "fragment"),
+    [
+        ("POST", "/keypair", {"keyId": "x"}, None, 400, "missing required query parameter api-version"),
+        ("POST", "/keypair", {"keyId": "x"}, "2019-01-01", 400, "unsupported api-version"),
+        ("POST", "/keypair/move", {"from": "a", "to": "b"}, "2020-09-01", 400, "unsupported api-version"),
+        ("POST", "/nope", {}, V, 404, "no such route"),
+        ("PUT", "/keypair", {"keyId": "x"}, V, 405, "not allowed"),
+        ("POST", "/keypair", {}, V, 422, "keyId"),
+        ("POST", "/keypair", {"keyId": 5}, V, 422, "keyId"),
+        ("POST", "/keypair", {"keyId": ""}, V, 400, "must not be empty"),
+        ("POST", "/keypair", {"keyId": "a\u0000b"}, V, 400, "control characters"),
+        ("POST", "/keypair", {"keyId": "x" * 600}, V, 400, "longer than"),
+        ("POST", "/keypair", [1, 2], V, 422, "JSON object"),
+        ("POST", "/key", {"keyId": "x", "keyBytes": "***"}, V, 422, "base64"),
+        ("POST", "/key", {"keyId": "x", "usage": "launch"}, V, 400, "unknown key usage"),
+        ("POST", "/key", {"keyId": "x", "lengthBytes": 7}, V, 422, "lengthBytes"),
+        ("POST", "/sign", {"keyHandle": "sr=a&sig=b", "algorithm": "ECDSA"}, V, 400, "parameters.digest"),
+        ("POST", "/sign", {"keyHandle": "sr=a&sig=b", "algorithm": "RSA-PSS", "parameters": {"message": ""}}, V, 400,
+         "unsupported sign algorithm"),
+        ("POST", "/sign", {"keyHandle": "sr=a&sig=b", "algorithm": "HMAC-SHA256", "parameters": {"message": "AA=="}},
+         V, 401, "does not verify"),
+        ("POST", "/encrypt", {"keyHandle": "h", "algorithm": "AEAD", "plaintext": "AA=="}, V, 400, "parameters.iv"),
+        ("POST", "/encrypt", {"keyHandle": "h", "algorithm": "ROT13", "plaintext": "AA=="}, V, 400, "unsupported algorithm"),
+        ("POST", "/encrypt", {"keyHandle": "h", "algorithm": "AEAD"}, V, 422, "plaintext"),
+        ("POST", "/keypair/move", {"from": "a"}, V, 422, "to"),
+    ],
+)
+async def test_bad_requests_get_a_4xx_with_a_message(software_keys: KeysEnv, method: str, path: str, body: Any,
+                                                    version: str | None, status: int, fragment: str) -> None:
+    got, answer = await call(software_keys, method, path, body, version)
+    assert got == status, answer
+    assert set(answer) == {"message"}
+    assert fragment in answer["message"]
+
+
+async def test_malformed_bodies_and_media_types(software_keys: KeysEnv) -> None:
+    env = software_keys
+    status, answer = await call(env, "POST", "/keypair", raw=b"{not json")
+    assert status == 400 and "not valid JSON" in answer["message"]
+    status, answer = await call(env, "POST", "/keypair", raw=b"\xff\xfe\x00", headers={})
+    assert status == 400 and answer["message"]
+    status, answer = await call(env, "POST", "/keypair", raw=b'{"keyId":"x"}', headers={"Content-Type": "text/plain"})
+    assert status == 415 and "application/json" in answer["message"]
+    status, answer = await call(env, "POST", "/keypair", raw=b"", headers={})
+    assert status == 422 and "empty" in answer["message"]
+    # no Content-Type at all is fine (the Azure IoT Python SDK sends none)
+    status, answer = await call(env, "POST", "/keypair", raw=json.dumps({"keyId": env.new_id()}).encode(), headers={})
+    assert status == 200 and "keyHandle" in answer
+    status, answer = await call(env, "POST", "/keypair", raw=b'{"keyId": "' + b"a" * (2 * 1024 * 1024) + b'"}')
+    assert status == 413 and "exceeds the limit" in answer["message"]
+    # ...and the service is still serving
+    status, answer = await call(env, "POST", "/keypair", {"keyId": env.new_id()})
+    assert status == 200
+
+
+async def test_key_ids_with_url_specials_round_trip(software_keys: KeysEnv) -> None:
+    for key_id in ("a/b", "with space", "q?x=1", "pct%2F", "ünïcode", "../../etc/passwd"):
+        handle = await software_keys.client.create_key_pair_if_not_exists(key_id, "ec-p256")
+        again = await software_keys.client.load_key_pair(key_id)
+        assert await software_keys.client.get_key_pair_public_parameter(handle, "ec-point") == \
+            await software_keys.client.get_key_pair_public_parameter(again, "ec-point")
+    # no file outside the store was touched: the store names files by hash
+    store = software_keys.service.locator.default
+    assert all(p.name.endswith(".json") and len(p.stem) == 64
+               for p in (store.homedir / "keypairs").iterdir())  # type: ignore[attr-defined]
