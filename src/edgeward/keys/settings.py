@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from ..config.problems import Problems
 from .principals import KeyPrincipal
-from .uri import KeyUriError, Pkcs11Uri, parse_key_uri
+from .uri import KeyUriError, Pkcs11Uri, parse_key_uri, redact_uri
 
 __all__ = ["BackendKind", "KeysSettings", "parse_keys_settings"]
 
@@ -50,7 +50,7 @@ def parse_keys_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path,
         try:
             parsed = parse_key_uri(base_slot_raw)
         except KeyUriError as e:
-            p.add("aziot_keys.pkcs11_base_slot", "<uri>", f"a pkcs11: URI ({e})")
+            p.add("aziot_keys.pkcs11_base_slot", redact_uri(base_slot_raw), f"a pkcs11: URI ({e})")
         else:
             if isinstance(parsed, Pkcs11Uri):
                 base_slot = parsed
@@ -91,10 +91,10 @@ def parse_keys_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path,
         try:
             parsed_uri = parse_key_uri(uri)
         except KeyUriError as e:
-            p.add(f"preloaded_keys.{key_id}", "<uri>", f"a valid key URI ({e})")
+            p.add(f"preloaded_keys.{key_id}", redact_uri(uri), f"a valid key URI ({e})")
             continue
         if isinstance(parsed_uri, Pkcs11Uri) and lib is None and parsed_uri.module_path is None:
-            p.add(f"preloaded_keys.{key_id}", "<uri>", "aziot_keys.pkcs11_lib_path set for pkcs11: keys")
+            p.add(f"preloaded_keys.{key_id}", redact_uri(uri), "aziot_keys.pkcs11_lib_path set for pkcs11: keys")
         preloaded[key_id] = uri
 
     principals: list[KeyPrincipal] = []

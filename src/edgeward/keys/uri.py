@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["FileUri", "KeyUriError", "Pkcs11Uri", "parse_key_uri"]
+__all__ = ["FileUri", "KeyUriError", "Pkcs11Uri", "parse_key_uri", "redact_uri"]
 
 _PATH_ATTRS = {"token", "slot-id", "object", "type", "id", "manufacturer", "model", "serial", "library-description",
                "library-manufacturer", "library-version", "slot-description", "slot-manufacturer"}
@@ -34,6 +35,11 @@ class Pkcs11Uri:
         pin = "<redacted>" if self.pin_value is not None else None
         return (f"Pkcs11Uri(token={self.token!r}, slot_id={self.slot_id!r}, object={self.object!r}, "
                 f"pin_value={pin}, module_path={self.module_path!r})")
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with its PIN hidden, for messages and logs."""
+    return re.sub(r"(pin-value=)[^&;]*", r"\1<redacted>", uri)
 
 
 def _attrs(part: str, sep: str, allowed: set[str], where: str) -> dict[str, str]:
@@ -81,4 +87,4 @@ def parse_key_uri(uri: str) -> FileUri | Pkcs11Uri:
             pin_value=query_attrs.get("pin-value"),
             module_path=query_attrs.get("module-path"),
         )
-    raise KeyUriError(f"unsupported key URI {uri!r}: expected file:///... or pkcs11:...")
+    raise KeyUriError("unsupported scheme: expected file:///... or pkcs11:...")
