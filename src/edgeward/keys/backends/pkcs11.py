@@ -61,15 +61,21 @@ _PSS = {
 }
 _USAGE_BITS = {KeyUsage.DERIVE: 1, KeyUsage.ENCRYPT: 2, KeyUsage.SIGN: 4}
 
-_libs: dict[str, Any] = {}
+_libs: dict[str, tuple[Any, threading.Lock]] = {}
 _libs_lock = threading.Lock()
 
 
-def _load_lib(path: str) -> Any:
-    # A PKCS#11 library is initialized once per process; every backend on it shares that one handle.
+def _load_lib(path: str) -> tuple[Any, threading.Lock]:
+    """The process-wide handle of a PKCS#11 library and the lock that serializes calls into it.
+
+    A library is initialized once per process. python-pkcs11 calls C_Initialize without CKF_OS_LOCKING_OK, which
+    tells the library it will never be entered by two threads at once (SoftHSM2 then disables its own mutexes and
+    crashes under concurrency), so every call into one library is serialized here. The GIL is still released
+    during each call, so the event loop keeps running while a slow token works.
+    """
     with _libs_lock:
         if path not in _libs:
-            _libs[path] = pkcs11.lib(path)
+            _libs[path] = (pkcs11.lib(path), threading.Lock())
         return _libs[path]
 
 
@@ -105,7 +111,7 @@ class Pkcs11Backend:
             else f"slot id {settings.slot_id}"
         )
         try:
-            lib = _load_lib(settings.lib_path)
+            lib, self._call_lock = _load_lib(settings.lib_path)
         except p11e.PKCS11Error as e:
             raise BackendUnavailable(
                 f"cannot load the PKCS#11 library {settings.lib_path!r} (setting {settings.setting_name}): {e}"
@@ -124,9 +130,11 @@ class Pkcs11Backend:
                 f"pkcs11_base_slot): {e or 'not found'}"
             ) from e
         try:
-            self._login_session = self._token.open(rw=True, user_pin=settings.pin)
+            with self._call_lock:
+                self._login_session = self._token.open(rw=True, user_pin=settings.pin)
         except p11e.UserAlreadyLoggedIn:
-            self._login_session = self._token.open(rw=True)
+            with self._call_lock:
+                self._login_session = self._token.open(rw=True)
         except (p11e.PinIncorrect, p11e.PinInvalid, p11e.PinLenRange) as e:
             raise BackendUnavailable(f"the PKCS#11 token with {where} rejected the PIN (pin-value)") from e
         except p11e.PinLocked as e:
@@ -155,7 +163,11 @@ class Pkcs11Backend:
                 can_open = self._opened < self.settings.pool_size
                 if can_open:
                     self._opened += 1
-            session = self._token.open(rw=True) if can_open else self._pool.get()
+            if can_open:
+                with self._call_lock:
+                    session = self._token.open(rw=True)
+            else:
+                session = self._pool.get()
         try:
             yield session
         finally:
@@ -182,7 +194,7 @@ class Pkcs11Backend:
 
     def _with(self, fn: Callable[[Any], T]) -> T:
         try:
-            with self._session() as session:
+            with self._session() as session, self._call_lock:
                 return fn(session)
         except (p11e.DeviceRemoved, p11e.TokenNotPresent, p11e.SessionClosed, p11e.SessionHandleInvalid) as e:
             raise BackendUnavailable(f"the PKCS#11 token is not reachable: {type(e).__name__}") from e

@@ -1,0 +1,78 @@
+"""Run every benchmark with real components (SoftHSM2, swtpm) and print one table of ratios.
+
+    python -m benchmarks [--seconds 3] [--concurrency 16] [--only keys|pkcs11-libs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from tests.fixtures.softhsm import make_token
+from tests.fixtures.swtpm import start_swtpm
+
+from . import keys_sign, pkcs11_libraries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--only", choices=["keys", "pkcs11-libs"], default=None)
+    parser.add_argument("--backends", default="software,pkcs11,tpm")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    console = Console()
+    results: dict[str, object] = {}
+    os.environ.setdefault("TSS2_LOG", "all+NONE")
+    with tempfile.TemporaryDirectory() as d:
+        base = Path(d)
+        hsm = make_token(base / "softhsm")
+        os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+        tpm = start_swtpm(base / "swtpm")
+        try:
+            if args.only in (None, "pkcs11-libs"):
+                rows = pkcs11_libraries.run(hsm.lib, hsm.label, hsm.pin, args.seconds)
+                results["pkcs11_libraries"] = rows
+                t = Table(title="PKCS#11 libraries on SoftHSM2")
+                for c in ("library", "ECDSA P-256 signs/s", "event-loop progress while signing RSA-4096"):
+                    t.add_column(c)
+                for r in rows:
+                    t.add_row(r["library"], f"{r['ecdsa_p256_per_s']:.0f}", f"{r['loop_progress_during_rsa4096']:.2f}")
+                console.print(t)
+            if args.only in (None, "keys"):
+                backends = {
+                    "software": {"config": ""},
+                    "pkcs11": {"lib": hsm.lib, "label": hsm.label, "pin": hsm.pin,
+                               "config": f'[aziot_keys]\npkcs11_lib_path = "{hsm.lib}"\n'
+                                         f'pkcs11_base_slot = "{hsm.uri()}"\n'},
+                    "tpm": {"tcti": tpm.tcti,
+                            "config": f'[edgeward.keys]\nbackend = "tpm"\ntpm_tcti = "{tpm.tcti}"\n'},
+                }
+                wanted = args.backends.split(",")
+                rows = keys_sign.run({k: v for k, v in backends.items() if k in wanted}, args.seconds,
+                                     args.concurrency)
+                results["keys_sign"] = rows
+                t = Table(title=f"Keys API ECDSA P-256 sign, {args.concurrency} concurrent clients, one run")
+                for c in ("backend", "raw op/s", "API req/s", "bare aiohttp req/s", "API/raw (goal >= 0.6)",
+                          "API/bare", "p50 ms", "p99 ms", "errors"):
+                    t.add_column(c)
+                for r in rows:
+                    t.add_row(r["backend"], f"{r['raw_per_s']:.0f}", f"{r['api_per_s']:.0f}", f"{r['bare_per_s']:.0f}",
+                              f"{r['api_vs_raw']:.2f}", f"{r['api_vs_bare']:.2f}", f"{r['p50_ms']:.1f}",
+                              f"{r['p99_ms']:.1f}", str(r["errors"]))
+                console.print(t)
+        finally:
+            tpm.stop()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Keys API sign throughput per backend, against the raw library operation and a bare aiohttp handler on the same
+kind of socket, all in one run. The daemon runs as a separate process (``edgeward run``), as in production."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgeward.keys.client import KeysClient
+from edgeward.supervise import running_daemon, stop_daemon
+
+from .load import BARE_SERVER, LoadResult, closed_loop
+
+DIGEST = hashlib.sha256(b"benchmark").digest()
+
+
+def rate_of(op: Callable[[], Any], seconds: float) -> float:
+    for _ in range(50):
+        op()
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for _ in range(20):
+            op()
+        n += 20
+    return n / elapsed
+
+
+def raw_software(_: dict[str, Any]) -> Callable[[], Any]:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    return lambda: key.sign(DIGEST, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+
+
+def raw_pkcs11(env: dict[str, Any]) -> Callable[[], Any]:
+    import pkcs11
+    from pkcs11 import Attribute, KeyType, Mechanism
+    from pkcs11.util.ec import encode_named_curve_parameters
+
+    token = pkcs11.lib(env["lib"]).get_token(token_label=env["label"])
+    session = token.open(user_pin=env["pin"], rw=True)
+    params = session.create_domain_parameters(
+        KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
+    _, priv = params.generate_keypair(store=False)
+    return lambda: priv.sign(DIGEST, mechanism=Mechanism.ECDSA)
+
+
+def raw_tpm(env: dict[str, Any]) -> Callable[[], Any]:
+    from edgeward.keys.backends.tpm import TpmBackend, TpmSettings
+    from edgeward.keys.model import KeyPairAlgorithm, SignScheme
+
+    backend = TpmBackend(TpmSettings(tcti=env["tcti"], blob_dir=Path(tempfile.mkdtemp())))
+    backend.create_key_pair("raw", KeyPairAlgorithm.EC_P256)
+    # The loaded-key fast path: one TPM2_Sign per call, as the service's hot path does with a cached context.
+    return lambda: backend.sign_digest("raw", DIGEST, SignScheme("ecdsa"))
+
+
+async def api_load(socket: Path, concurrency: int, seconds: float) -> LoadResult:
+    client = KeysClient(socket)
+    handle = await client.create_key_pair_if_not_exists("bench-key", "ec-p256")
+    await client.close()
+    body = {"keyHandle": handle, "algorithm": "ECDSA", "parameters": {"digest": base64.b64encode(DIGEST).decode()}}
+    return await closed_loop(socket, "/sign?api-version=2021-05-01", body, concurrency, seconds)
+
+
+def bare_load(tmp: Path, concurrency: int, seconds: float) -> LoadResult:
+    sock = tmp / "bare.sock"
+    proc = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(sock)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # "ready"
+        body = {"keyHandle": "x", "algorithm": "ECDSA", "parameters": {"digest": base64.b64encode(DIGEST).decode()}}
+        return asyncio.run(closed_loop(sock, "/sign", body, concurrency, seconds))
+    finally:
+        stop_daemon(proc)  # type: ignore[arg-type]
+
+
+def run(backends: dict[str, dict[str, Any]], seconds: float, concurrency: int) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        bare = bare_load(tmp, concurrency, seconds)
+        for kind, env in backends.items():
+            raw = {"software": raw_software, "pkcs11": raw_pkcs11, "tpm": raw_tpm}[kind](env)
+            raw_rate = rate_of(raw, seconds)
+            config = tmp / f"{kind}.toml"
+            config.write_text(env.get("config", ""))
+            state = tmp / kind
+            with running_daemon(["run", "-c", str(config), "--state-dir", str(state), "--run-dir", str(state / "run")],
+                                log_path=tmp / f"{kind}.log"):
+                api = asyncio.run(api_load(state / "run" / "keyd.sock", concurrency, seconds))
+            rows.append({"backend": kind, "raw_per_s": raw_rate, "api_per_s": api.rate, "bare_per_s": bare.rate,
+                         "api_vs_raw": api.rate / raw_rate, "api_vs_bare": api.rate / bare.rate,
+                         "p50_ms": api.p50_ms, "p99_ms": api.p99_ms, "errors": api.errors})
+    return rows
