@@ -29,7 +29,7 @@ class KeysSettings:
     preloaded_keys: Mapping[str, str] = field(default_factory=dict)
     principals: tuple[KeyPrincipal, ...] = ()
     handle_ttl_seconds: int | None = None
-    max_concurrency: int = 8
+    max_concurrency: int = 2
 
     def __repr__(self) -> str:
         return (f"KeysSettings(homedir={self.homedir}, backend={self.backend}, socket={self.socket_path}, "
@@ -78,10 +78,10 @@ def parse_keys_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path,
     if ttl is not None and ttl < 0:
         p.add("edgeward.keys.handle_ttl_seconds", ttl, "a positive number of seconds")
         ttl = None
-    concurrency = p.get(ours, "max_concurrency", "edgeward.keys", int, 8)
+    concurrency = p.get(ours, "max_concurrency", "edgeward.keys", int, 2)
     if not 1 <= concurrency <= 256:
         p.add("edgeward.keys.max_concurrency", concurrency, "1 to 256")
-        concurrency = 8
+        concurrency = 2
 
     preloaded: dict[str, str] = {}
     for key_id, uri in p.get(doc, "preloaded_keys", "", dict, {}).items():

@@ -299,7 +299,7 @@ class Pkcs11Backend:
     def sign_digest(self, ref: str, digest: bytes, scheme: SignScheme) -> bytes:
         def sign(session: Any) -> bytes:
             priv = self._private(session, ref)
-            key_type = priv[Attribute.KEY_TYPE]
+            key_type = priv.key_type  # read once when the object was found, not per signature
             if scheme.kind == "ecdsa":
                 if key_type != KeyType.EC:
                     raise UnsupportedByBackend("ECDSA needs an EC key")
