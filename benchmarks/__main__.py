@@ -13,7 +13,6 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
-
 from tests.fixtures.softhsm import make_token
 from tests.fixtures.swtpm import start_swtpm
 

@@ -1,7 +1,7 @@
 """Session-wide fixtures: real SoftHSM2 and swtpm, started once and stopped by pid."""
 
+from tests.fixtures.keys import keys_env, software_keys
 from tests.fixtures.softhsm import softhsm
 from tests.fixtures.swtpm import swtpm
-from tests.fixtures.keys import keys_env, software_keys
 
 __all__ = ["keys_env", "softhsm", "software_keys", "swtpm"]

@@ -195,9 +195,9 @@ def test_ec_key_signs_der_ecdsa_that_verifies(backend: TpmBackend, algorithm: Ke
         signature = backend.sign_digest("ec", digest, SignScheme("ecdsa", alg))
         public_key.verify(signature, digest, ec.ECDSA(utils.Prehashed(_HASHES[alg]())))
     # any digest length the service accepts (it passes sha256 for odd lengths): ECDSA's own truncation rules
-    short = hashlib.sha1(b"edgeward").digest()  # noqa: S324 - only a 20-byte digest, not a security use
+    short = hashlib.sha1(b"edgeward").digest()
     signature = backend.sign_digest("ec", short, SignScheme("ecdsa", HashAlg.SHA256))
-    public_key.verify(signature, short, ec.ECDSA(utils.Prehashed(hashes.SHA1())))  # noqa: S303
+    public_key.verify(signature, short, ec.ECDSA(utils.Prehashed(hashes.SHA1())))
     with pytest.raises(UnsupportedByBackend):
         backend.sign_digest("ec", _digest(HashAlg.SHA256), SignScheme("rsa-pss"))
 
@@ -453,7 +453,7 @@ def test_reprs_hold_no_key_material(backend: TpmBackend) -> None:
     key = os.urandom(32)
     backend.import_key("sas", key, KeyUsage.SIGN)
     backend.hmac_sha256("sas", b"x")
-    cached = backend._blobs  # noqa: SLF001 - the cached blobs hold the wrapped private areas
+    cached = backend._blobs
     texts = [repr(backend), repr(backend.settings), repr(backend.key_info("sas")), repr(cached)]
     for text in texts:
         assert key.hex() not in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import secrets
@@ -26,8 +27,6 @@ console = Console()
 
 
 async def _public_key(client: KeysClient, handle: str) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
-    import base64
-
     algorithm = await client.get_key_pair_public_parameter(handle, "algorithm")
     if algorithm == "ECDSA":
         point = base64.b64decode(await client.get_key_pair_public_parameter(handle, "ec-point"))
@@ -83,7 +82,7 @@ async def _exercise(socket_path: Path) -> Table:
         try:
             await client.sign(tampered, EcdsaDigest(digest))
             outcome = "[red]accepted![/red]"
-        except Exception as e:  # noqa: BLE001 - the refusal is what we display
+        except Exception as e:
             outcome = f"[green]refused[/green]: {getattr(e, 'status', '?')} {e}"
         table.add_row("demo-device-id", "ec-p256", "forged key handle", outcome, "")
     finally:

@@ -40,7 +40,7 @@ def peer_credentials(sock: socket.socket | TransportSocket) -> Caller:
 
 def caller_of(request: web.Request) -> Caller:
     """The caller of a request; cached on the request so every layer sees the same answer."""
-    cached = request.get(_CREDS_KEY)
+    cached: Caller | None = request.get(_CREDS_KEY)
     if cached is not None:
         return cached
     transport = request.transport
