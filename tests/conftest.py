@@ -2,6 +2,6 @@
 
 from tests.fixtures.keys import keys_env, software_keys
 from tests.fixtures.softhsm import softhsm
-from tests.fixtures.swtpm import swtpm
+from tests.fixtures.swtpm import fresh_swtpm, swtpm
 
-__all__ = ["keys_env", "softhsm", "software_keys", "swtpm"]
+__all__ = ["fresh_swtpm", "keys_env", "softhsm", "software_keys", "swtpm"]

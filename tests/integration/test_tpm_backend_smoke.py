@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,10 +21,12 @@ from tpm2_pytss import ESAPI, ESYS_TR, TPM2_CAP, TPM2_HC
 from edgeward.keys.backends.base import KeyBackend, KeyMissing, UnsupportedByBackend
 from edgeward.keys.backends.masterkey import MasterKeySource
 from edgeward.keys.backends.rsaraw import prepare_block
-from edgeward.keys.backends.software import StoreCorrupted
+from edgeward.keys.backends.software import StoreCorrupted, hash_of
 from edgeward.keys.backends.tpm import TpmBackend, TpmSealedMasterKey, TpmSettings
 from edgeward.keys.errors import BackendUnavailable, InvalidParameter
 from edgeward.keys.model import HashAlg, KeyPairAlgorithm, KeyUsage, RsaPadding, SignScheme
+from tests.fixtures.processes import free_port_pair
+from tests.fixtures.swtpm import Swtpm, running_swtpm
 
 pytestmark = [
     pytest.mark.swtpm,
@@ -39,122 +36,14 @@ pytestmark = [
 os.environ.setdefault("TSS2_LOG", "all+NONE")  # no NV-read noise for the missing EK certificate
 
 
-# swtpm process helper (to become a shared fixture) -------------------------------------------------------------
-def _port_pair_free(port: int) -> bool:
-    for p in (port, port + 1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                return False
-    return True
-
-
-def _free_port_pair() -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 65535 and _port_pair_free(port):
-            return port
-    raise RuntimeError("no two consecutive free TCP ports")
-
-
-@dataclass
-class Swtpm:
-    """A swtpm daemon on 127.0.0.1 (server port, control port + 1) with its state in ``state_dir``."""
-
-    state_dir: Path
-    port: int = 0
-    pid: int | None = None
-
-    @property
-    def tcti(self) -> str:
-        return f"swtpm:host=127.0.0.1,port={self.port}"
-
-    def start(self, port: int | None = None) -> None:
-        """Start on ``port`` (a restart keeps its port, so open TCTI connections can come back) or a free one."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        pid_file = self.state_dir.parent / f"{self.state_dir.name}.pid"
-        pid_file.unlink(missing_ok=True)
-        error = ""
-        for _ in range(20):  # a port picked as free can be taken before swtpm binds it
-            self.port = port or _free_port_pair()
-            result = subprocess.run(
-                ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.state_dir}",
-                 "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-                 "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
-                 "--flags", "not-need-init,startup-clear", "--daemon", "--pid", f"file={pid_file}"],
-                capture_output=True, text=True, timeout=30, check=False,
-            )
-            if result.returncode == 0:
-                break
-            error = result.stderr.strip()
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"swtpm did not start: {error}")
-        deadline = time.monotonic() + 10
-        while not pid_file.exists() or not pid_file.read_text().strip():
-            if time.monotonic() > deadline:
-                raise RuntimeError("swtpm wrote no pid file")
-            time.sleep(0.01)
-        self.pid = int(pid_file.read_text().strip())
-        while True:
-            with socket.socket() as s, contextlib.suppress(OSError):
-                s.connect(("127.0.0.1", self.port))
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError("swtpm does not accept connections")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        """Stop by pid (never by name) and wait until it is gone, so the state dir is free for a restart."""
-        pid, self.pid = self.pid, None
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            if time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                deadline = time.monotonic() + 5
-            time.sleep(0.01)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start(self.port)
-
-
-@contextlib.contextmanager
-def running_swtpm(state_dir: Path) -> Iterator[Swtpm]:
-    tpm = Swtpm(state_dir)
-    try:
-        tpm.start()
-        yield tpm
-    finally:
-        tpm.stop()
-
-
 # fixtures ------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def swtpm(tmp_path: Path) -> Iterator[Swtpm]:
-    with running_swtpm(tmp_path / "tpmstate") as tpm:
-        yield tpm
-
-
 def _settings(tpm: Swtpm, tmp_path: Path, owner_auth: str = "") -> TpmSettings:
     return TpmSettings(tcti=tpm.tcti, blob_dir=tmp_path / "blobs", owner_auth=owner_auth)
 
 
 @pytest.fixture
-def backend(swtpm: Swtpm, tmp_path: Path) -> Iterator[TpmBackend]:
-    b = TpmBackend(_settings(swtpm, tmp_path))
+def backend(fresh_swtpm: Swtpm, tmp_path: Path) -> Iterator[TpmBackend]:
+    b = TpmBackend(_settings(fresh_swtpm, tmp_path))
     try:
         yield b
     finally:
@@ -165,9 +54,6 @@ def _transient_handles(tcti: str) -> list[int]:
     with ESAPI(tcti) as ectx:
         _, data = ectx.get_capability(TPM2_CAP.HANDLES, TPM2_HC.TRANSIENT_FIRST, 16)
         return [int(h) for h in data.data.handles]
-
-
-_HASHES = {HashAlg.SHA256: hashes.SHA256, HashAlg.SHA384: hashes.SHA384, HashAlg.SHA512: hashes.SHA512}
 
 
 def _digest(alg: HashAlg, message: bytes = b"edgeward") -> bytes:
@@ -193,7 +79,7 @@ def test_ec_key_signs_der_ecdsa_that_verifies(backend: TpmBackend, algorithm: Ke
     for alg in HashAlg:
         digest = _digest(alg)
         signature = backend.sign_digest("ec", digest, SignScheme("ecdsa", alg))
-        public_key.verify(signature, digest, ec.ECDSA(utils.Prehashed(_HASHES[alg]())))
+        public_key.verify(signature, digest, ec.ECDSA(utils.Prehashed(hash_of(alg))))
     # any digest length the service accepts (it passes sha256 for odd lengths): ECDSA's own truncation rules
     short = hashlib.sha1(b"edgeward").digest()
     signature = backend.sign_digest("ec", short, SignScheme("ecdsa", HashAlg.SHA256))
@@ -210,11 +96,11 @@ def test_rsa_2048_signs_pkcs1v15_and_pss(backend: TpmBackend) -> None:
     assert public_key.public_numbers().e == 65537
     for alg in HashAlg:
         digest = _digest(alg)
-        prehashed = utils.Prehashed(_HASHES[alg]())
+        prehashed = utils.Prehashed(hash_of(alg))
         signature = backend.sign_digest("rsa", digest, SignScheme("rsa-pkcs1v15", alg))
         public_key.verify(signature, digest, padding.PKCS1v15(), prehashed)
         signature = backend.sign_digest("rsa", digest, SignScheme("rsa-pss", alg))
-        pss = padding.PSS(mgf=padding.MGF1(_HASHES[alg]()), salt_length=padding.PSS.DIGEST_LENGTH)
+        pss = padding.PSS(mgf=padding.MGF1(hash_of(alg)), salt_length=padding.PSS.DIGEST_LENGTH)
         public_key.verify(signature, digest, pss, prehashed)
     with pytest.raises(InvalidParameter):
         backend.sign_digest("rsa", b"\x01" * 20, SignScheme("rsa-pss", HashAlg.SHA256))
@@ -228,11 +114,9 @@ def test_rsa_private_encrypt_no_padding_and_pkcs1(backend: TpmBackend) -> None:
     n, e = public_key.public_numbers().n, public_key.public_numbers().e
     k = 256
     raw = b"\x00\x17" + os.urandom(k - 2)
-    leading_zero_result = False
     for data, pad in ((raw, RsaPadding.NONE), (b"digest info and digest", RsaPadding.PKCS1)):
         out = backend.rsa_private_encrypt("rsa", data, pad)
         assert len(out) == k
-        leading_zero_result |= out[0] == 0
         assert pow(int.from_bytes(out, "big"), e, n) == int.from_bytes(prepare_block(data, k, pad), "big")
     with pytest.raises(InvalidParameter):
         backend.rsa_private_encrypt("rsa", b"\xff" * k, RsaPadding.NONE)  # not below the modulus
@@ -292,7 +176,7 @@ def test_encrypt_usage_and_aead_are_unsupported(backend: TpmBackend) -> None:
         backend.aead_decrypt("sas", b"\x00" * 12, b"", b"\x02cipher")
 
 
-def test_ten_keys_in_rotation_do_not_exhaust_object_slots(swtpm: Swtpm, backend: TpmBackend) -> None:
+def test_ten_keys_in_rotation_do_not_exhaust_object_slots(fresh_swtpm: Swtpm, backend: TpmBackend) -> None:
     keys = {}
     for i in range(10):
         if i % 2:
@@ -310,18 +194,38 @@ def test_ten_keys_in_rotation_do_not_exhaust_object_slots(swtpm: Swtpm, backend:
             signature = backend.sign_digest(f"k{i}", digest, SignScheme("ecdsa"))
             assert isinstance(info.public_key, ec.EllipticCurvePublicKey)
             info.public_key.verify(signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
-    assert len(_transient_handles(swtpm.tcti)) <= 2
+    assert len(_transient_handles(fresh_swtpm.tcti)) <= 2
     backend.close()
-    assert _transient_handles(swtpm.tcti) == []
+    assert _transient_handles(fresh_swtpm.tcti) == []
 
 
-def test_objects_left_by_a_killed_process_are_flushed_at_start(swtpm: Swtpm, tmp_path: Path) -> None:
-    leaked = ESAPI(swtpm.tcti)
+def test_threads_share_the_backend_safely(backend: TpmBackend) -> None:
+    refs = [f"t{i}" for i in range(3)]
+    publics = {ref: backend.create_key_pair(ref, KeyPairAlgorithm.EC_P256).public_key for ref in refs}
+    key = os.urandom(32)
+    backend.import_key("mac", key, KeyUsage.SIGN)
+    digest = _digest(HashAlg.SHA256)
+
+    def work(i: int) -> None:
+        for j in range(30):
+            ref = refs[(i + j) % len(refs)]
+            signature = backend.sign_digest(ref, digest, SignScheme("ecdsa"))
+            public_key = publics[ref]
+            assert isinstance(public_key, ec.EllipticCurvePublicKey)
+            public_key.verify(signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+            assert backend.hmac_sha256("mac", b"%d" % j) == hmac.new(key, b"%d" % j, hashlib.sha256).digest()
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(work, range(6)))
+
+
+def test_objects_left_by_a_killed_process_are_flushed_at_start(fresh_swtpm: Swtpm, tmp_path: Path) -> None:
+    leaked = ESAPI(fresh_swtpm.tcti)
     for _ in range(3):
         leaked.create_primary(None, "ecc256", ESYS_TR.NULL)
     leaked.close()  # as after kill -9: the objects stay loaded in a TPM without a resource manager
-    assert len(_transient_handles(swtpm.tcti)) == 3
-    b = TpmBackend(_settings(swtpm, tmp_path))
+    assert len(_transient_handles(fresh_swtpm.tcti)) == 3
+    b = TpmBackend(_settings(fresh_swtpm, tmp_path))
     try:
         b.create_key_pair("after", KeyPairAlgorithm.EC_P256)
         b.sign_digest("after", _digest(HashAlg.SHA256), SignScheme("ecdsa"))
@@ -329,7 +233,7 @@ def test_objects_left_by_a_killed_process_are_flushed_at_start(swtpm: Swtpm, tmp
         b.close()
 
 
-def test_keys_and_sealed_master_key_survive_a_swtpm_restart(swtpm: Swtpm, tmp_path: Path) -> None:
+def test_keys_and_sealed_master_key_survive_a_swtpm_restart(fresh_swtpm: Swtpm, tmp_path: Path) -> None:
     key = os.urandom(32)
     digest = _digest(HashAlg.SHA256)
     sealed_path = tmp_path / "master-key.tpm"
@@ -342,7 +246,7 @@ def test_keys_and_sealed_master_key_survive_a_swtpm_restart(swtpm: Swtpm, tmp_pa
         assert b.hmac_sha256("sas", b"x") == hmac.new(key, b"x", hashlib.sha256).digest()
         assert TpmSealedMasterKey(b, sealed_path).load_or_create() == master
 
-    b = TpmBackend(_settings(swtpm, tmp_path))
+    b = TpmBackend(_settings(fresh_swtpm, tmp_path))
     try:
         pair = b.create_key_pair("device-id", KeyPairAlgorithm.EC_P256)
         b.import_key("sas", key, KeyUsage.SIGN)
@@ -351,22 +255,22 @@ def test_keys_and_sealed_master_key_survive_a_swtpm_restart(swtpm: Swtpm, tmp_pa
         assert sealed_path.stat().st_mode & 0o777 == 0o600
         check(b)  # both keys are now cached (loaded) in the TPM
 
-        swtpm.stop()
+        fresh_swtpm.stop()
         with pytest.raises(BackendUnavailable):
             b.hmac_sha256("sas", b"x")
-        swtpm.start(swtpm.port)
+        fresh_swtpm.start(fresh_swtpm.port)
         check(b)  # the open backend reconnects and reloads from its blobs
     finally:
         b.close()
 
-    swtpm.restart()
-    b = TpmBackend(_settings(swtpm, tmp_path))
+    fresh_swtpm.restart()
+    b = TpmBackend(_settings(fresh_swtpm, tmp_path))
     try:
         check(b)
     finally:
         b.close()
     # from settings alone, as a master-key source that opens and closes its own connection
-    assert TpmSealedMasterKey(_settings(swtpm, tmp_path), sealed_path).load_or_create() == master
+    assert TpmSealedMasterKey(_settings(fresh_swtpm, tmp_path), sealed_path).load_or_create() == master
 
 
 def test_sealed_master_key_from_another_tpm_is_refused(tmp_path: Path) -> None:
@@ -427,7 +331,7 @@ def test_blob_renamed_to_another_key_id_is_refused(backend: TpmBackend, tmp_path
 
 
 def test_unreachable_tpm_is_backend_unavailable_naming_the_setting(tmp_path: Path) -> None:
-    port = _free_port_pair()
+    port = free_port_pair()
     settings = TpmSettings(tcti=f"swtpm:host=127.0.0.1,port={port}", blob_dir=tmp_path / "blobs",
                            setting_name="edgeward.keys.tpm_tcti")
     with pytest.raises(BackendUnavailable, match=r"edgeward\.keys\.tpm_tcti") as caught:
@@ -438,13 +342,13 @@ def test_unreachable_tpm_is_backend_unavailable_naming_the_setting(tmp_path: Pat
         TpmBackend(TpmSettings(tcti="nonsense:xyz", blob_dir=tmp_path / "blobs"))
 
 
-def test_wrong_owner_auth_is_backend_unavailable(swtpm: Swtpm, tmp_path: Path) -> None:
-    with ESAPI(swtpm.tcti) as ectx:
+def test_wrong_owner_auth_is_backend_unavailable(fresh_swtpm: Swtpm, tmp_path: Path) -> None:
+    with ESAPI(fresh_swtpm.tcti) as ectx:
         ectx.hierarchy_change_auth(ESYS_TR.OWNER, b"owner-secret")
     with pytest.raises(BackendUnavailable, match="owner auth") as caught:
-        TpmBackend(_settings(swtpm, tmp_path, owner_auth="wrong"))
+        TpmBackend(_settings(fresh_swtpm, tmp_path, owner_auth="wrong"))
     assert "owner-secret" not in str(caught.value)
-    b = TpmBackend(_settings(swtpm, tmp_path, owner_auth="owner-secret"))
+    b = TpmBackend(_settings(fresh_swtpm, tmp_path, owner_auth="owner-secret"))
     b.close()
     assert "owner-secret" not in repr(b.settings)
 

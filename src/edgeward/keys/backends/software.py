@@ -171,6 +171,8 @@ class SoftwareBackend:
         remove_durably(self._path("keypair", ref))
 
     def move_key_pair(self, src: str, dst: str) -> None:
+        if src == dst:
+            return
         found = self._read("keypair", src)
         if found is None:
             raise KeyMissing(src)
