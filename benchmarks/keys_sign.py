@@ -55,13 +55,32 @@ def raw_pkcs11(env: dict[str, Any]) -> Callable[[], Any]:
 
 
 def raw_tpm(env: dict[str, Any]) -> Callable[[], Any]:
-    from edgeward.keys.backends.tpm import TpmBackend, TpmSettings
-    from edgeward.keys.model import KeyPairAlgorithm, SignScheme
+    """TPM2_Sign through tpm2-pytss with a loaded key: the library op the backend's hot path wraps."""
+    from tpm2_pytss import (
+        ESAPI,
+        ESYS_TR,
+        TPM2_ALG,
+        TPM2_RH,
+        TPM2_ST,
+        TPM2B_DIGEST,
+        TPM2B_PUBLIC,
+        TPM2B_SENSITIVE_CREATE,
+        TPMT_SIG_SCHEME,
+        TPMT_TK_HASHCHECK,
+    )
 
-    backend = TpmBackend(TpmSettings(tcti=env["tcti"], blob_dir=Path(tempfile.mkdtemp())))
-    backend.create_key_pair("raw", KeyPairAlgorithm.EC_P256)
-    # The loaded-key fast path: one TPM2_Sign per call, as the service's hot path does with a cached context.
-    return lambda: backend.sign_digest("raw", DIGEST, SignScheme("ecdsa"))
+    ectx = ESAPI(env["tcti"])
+    template = TPM2B_PUBLIC.parse(
+        "ecc256:ecdsa-sha256", objectAttributes="userwithauth|sign|fixedtpm|fixedparent|sensitivedataorigin")
+    handle = ectx.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.OWNER)[0]
+    scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
+    scheme.details.any.hashAlg = TPM2_ALG.SHA256
+    ticket = TPMT_TK_HASHCHECK(tag=TPM2_ST.HASHCHECK, hierarchy=TPM2_RH.NULL)
+    RAW_CLEANUPS.append(lambda: (ectx.flush_context(handle), ectx.close()))
+    return lambda: ectx.sign(handle, TPM2B_DIGEST(DIGEST), scheme, ticket)
+
+
+RAW_CLEANUPS: list[Callable[[], Any]] = []
 
 
 async def api_load(socket: Path, concurrency: int, seconds: float) -> LoadResult:
@@ -93,6 +112,8 @@ def run(backends: dict[str, dict[str, Any]], seconds: float, concurrency: int) -
         for kind, env in backends.items():
             raw = {"software": raw_software, "pkcs11": raw_pkcs11, "tpm": raw_tpm}[kind](env)
             raw_rate = rate_of(raw, seconds)
+            while RAW_CLEANUPS:  # release the TPM's object slots before the daemon needs them
+                RAW_CLEANUPS.pop()()
             config = tmp / f"{kind}.toml"
             config.write_text(env.get("config", ""))
             state = tmp / kind
