@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -139,3 +140,19 @@ async def test_uid_limiter_queues_then_refuses() -> None:
     release.set()
     await asyncio.gather(first, second)
     assert limiter.in_flight(7) == 0
+
+
+def test_settings_and_backends_reprs_hide_pins_and_keys(tmp_path: Path) -> None:
+    from edgeward.keys.backends.pkcs11 import Pkcs11Settings
+    from edgeward.keys.backends.software import SoftwareBackend
+    from edgeward.keys.backends.tpm import TpmSettings
+    from edgeward.keys.settings import parse_keys_settings
+
+    master = secrets.token_bytes(32)
+    assert master.hex() not in repr(SoftwareBackend(tmp_path / "sw", master))
+    assert "s3cr3t" not in repr(Pkcs11Settings("/lib.so", "s3cr3t", "tok"))
+    assert "s3cr3t" not in repr(TpmSettings(tcti="device:/dev/tpmrm0", blob_dir=Path("/x"), owner_auth="s3cr3t"))
+    settings = parse_keys_settings(
+        {"aziot_keys": {"pkcs11_lib_path": "/lib.so", "pkcs11_base_slot": "pkcs11:token=t?pin-value=s3cr3t"},
+         "edgeward": {"keys": {"tpm_owner_auth": "s3cr3t"}}}, tmp_path, tmp_path)
+    assert "s3cr3t" not in repr(settings)

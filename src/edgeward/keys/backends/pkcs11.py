@@ -17,7 +17,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pkcs11
@@ -82,7 +82,7 @@ def _load_lib(path: str) -> tuple[Any, threading.Lock]:
 @dataclass(frozen=True)
 class Pkcs11Settings:
     lib_path: str
-    pin: str | None
+    pin: str | None = field(repr=False)
     token_label: str | None = None
     slot_id: int | None = None
     pool_size: int = 4
