@@ -85,6 +85,10 @@ class SoftwareBackend:
         self._lock = threading.Lock()
         self._pair_cache: dict[str, tuple[KeyPairInfo, PrivateKey]] = {}
         self._key_cache: dict[str, tuple[SymmetricKeyInfo, bytes]] = {}
+        # Temp files of writes a crash interrupted: never read as keys, so they can go.
+        for d in (self._pairs, self._keys):
+            for stale in d.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
 
     def __repr__(self) -> str:
         return f"SoftwareBackend({self.homedir})"
