@@ -57,6 +57,10 @@ async def test_golden_shapes_of_every_route(software_keys: KeysEnv) -> None:
     assert status == 200
     status, body = await call(env, "POST", "/keypair/move", {"from": kid, "to": kid + "-moved"})
     assert (status, body) == (204, None)
+    status, body = await call(env, "POST", f"/keypair/{kid}-again", {"from": kid + "-moved"})  # aziot-keyd's form
+    assert (status, body) == (204, None)
+    status, body = await call(env, "POST", f"/keypair/{kid}-moved", {"from": kid + "-again"})
+    assert (status, body) == (204, None)
     status, body = await call(env, "GET", f"/keypair/{kid}-moved")
     status, body = await call(env, "DELETE", "/keypair", {"keyHandle": body["keyHandle"]})
     assert (status, body) == (204, None)
@@ -95,7 +99,8 @@ async def test_golden_shapes_of_every_route(software_keys: KeysEnv) -> None:
     [
         ("POST", "/keypair", {"keyId": "x"}, None, 400, "missing required query parameter api-version"),
         ("POST", "/keypair", {"keyId": "x"}, "2019-01-01", 400, "unsupported api-version"),
-        ("POST", "/keypair/move", {"from": "a", "to": "b"}, "2020-09-01", 400, "unsupported api-version"),
+        ("POST", "/keypair/move", {"from": "a", "to": "a"}, V, 400, "source and destination for move are identical"),
+        ("POST", "/keypair/dst", {"from": "dst"}, V, 400, "source and destination for move are identical"),
         ("POST", "/nope", {}, V, 404, "no such route"),
         ("PUT", "/keypair", {"keyId": "x"}, V, 405, "not allowed"),
         ("POST", "/keypair", {}, V, 422, "keyId"),
@@ -115,7 +120,7 @@ async def test_golden_shapes_of_every_route(software_keys: KeysEnv) -> None:
         ("POST", "/encrypt", {"keyHandle": "h", "algorithm": "AEAD", "plaintext": "AA=="}, V, 400, "parameters.iv"),
         ("POST", "/encrypt", {"keyHandle": "h", "algorithm": "ROT13", "plaintext": "AA=="}, V, 400, "unsupported algorithm"),
         ("POST", "/encrypt", {"keyHandle": "h", "algorithm": "AEAD"}, V, 422, "plaintext"),
-        ("POST", "/keypair/move", {"from": "a"}, V, 422, "to"),
+        ("POST", "/keypair/move", {"to": "a"}, V, 422, "from"),
     ],
 )
 async def test_bad_requests_get_a_4xx_with_a_message(software_keys: KeysEnv, method: str, path: str, body: Any,

@@ -47,7 +47,7 @@ class KeysClient:
         return resp.value
 
     async def move_key_pair(self, src: str, dst: str) -> None:
-        await self.http.request("POST", "/keypair/move", {"from": src, "to": dst})
+        await self.http.request("POST", f"/keypair/{quote_segment(dst)}", {"from": src})
 
     async def delete_key_pair(self, handle: str) -> None:
         await self.http.request("DELETE", "/keypair", {"keyHandle": handle})

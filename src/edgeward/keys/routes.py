@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..http import RouteTable, build_app, caller_of, read_body, reply, reply_empty
-from ..http.errors import UnprocessableEntity
+from ..http.errors import BadRequest, UnprocessableEntity
 from . import wire
 from .api import KeysApi
 from .service import KeyService
@@ -45,14 +45,30 @@ async def load_key_pair(request: web.Request) -> web.Response:
     return reply(wire.KeyHandleResponse(key_handle=handle))
 
 
-@routes.post("/keypair/move", since="2021-05-01")
-async def move_key_pair(request: web.Request) -> web.Response:
+async def _move(request: web.Request, dst: str | None) -> web.Response:
     body = await read_body(request, wire.MoveKeyPairRequest)
-    await _api(request).move_key_pair(body.src, body.dst)
+    target = body.dst if body.dst is not None else dst
+    if target is None:
+        raise UnprocessableEntity("invalid request body: to: Field required")
+    if target == body.src:
+        raise BadRequest("source and destination for move are identical")
+    await _api(request).move_key_pair(body.src, target)
     return reply_empty()
 
 
-@routes.delete("/keypair", since="2021-05-01")
+@routes.post("/keypair/move", since="2020-09-01")
+async def move_key_pair(request: web.Request) -> web.Response:
+    """The documented form, ``{from, to}``; a body without ``to`` moves into the key id "move" (aziot's form)."""
+    return await _move(request, "move")
+
+
+@routes.post("/keypair/{keyId}", since="2020-09-01")
+async def move_key_pair_into(request: web.Request) -> web.Response:
+    """aziot-keyd's form: ``POST /keypair/{to}`` with ``{from}``."""
+    return await _move(request, request.match_info["keyId"])
+
+
+@routes.delete("/keypair", since="2020-09-01")
 async def delete_key_pair(request: web.Request) -> web.Response:
     body = await read_body(request, wire.KeyHandleRequest)
     await _api(request).delete_key_pair(body.key_handle)
@@ -85,7 +101,7 @@ async def load_key(request: web.Request) -> web.Response:
     return reply(wire.KeyHandleResponse(key_handle=handle))
 
 
-@routes.delete("/key", since="2021-05-01")
+@routes.delete("/key", since="2020-09-01")
 async def delete_key(request: web.Request) -> web.Response:
     body = await read_body(request, wire.KeyHandleRequest)
     await _api(request).delete_key(body.key_handle)

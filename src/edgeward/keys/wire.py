@@ -95,8 +95,10 @@ class CreateKeyPairRequest(_Body):
 
 
 class MoveKeyPairRequest(_Body):
+    """``POST /keypair/{to}`` sends only ``from`` (aziot-keyd); ``POST /keypair/move`` sends both (aziot's docs)."""
+
     src: str = Field(alias="from")
-    dst: str = Field(alias="to")
+    dst: str | None = Field(default=None, alias="to")
 
 
 class ParameterResponse(_Body):
