@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--backends", default="software,pkcs11,tpm")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=170)
     results: dict[str, object] = {}
     os.environ.setdefault("TSS2_LOG", "all+NONE")
     with tempfile.TemporaryDirectory() as d:
@@ -37,7 +37,7 @@ def main() -> None:
         tpm = start_swtpm(base / "swtpm")
         try:
             if args.only in (None, "pkcs11-libs"):
-                rows = pkcs11_libraries.run(hsm.lib, hsm.label, hsm.pin, args.seconds)
+                rows = pkcs11_libraries.run_isolated(hsm.lib, hsm.label, hsm.pin, args.seconds)
                 results["pkcs11_libraries"] = rows
                 t = Table(title="PKCS#11 libraries on SoftHSM2")
                 for c in ("library", "ECDSA P-256 signs/s", "event-loop progress while signing RSA-4096"):
@@ -60,11 +60,12 @@ def main() -> None:
                 results["keys_sign"] = rows
                 t = Table(title=f"Keys API ECDSA P-256 sign, {args.concurrency} concurrent clients, one run")
                 for c in ("backend", "raw op/s", "API req/s", "bare aiohttp req/s", "API/raw (goal >= 0.6)",
-                          "API/bare", "p50 ms", "p99 ms", "errors"):
+                          "API/bare", "bare/raw (ceiling)", "p50 ms", "p99 ms", "errors"):
                     t.add_column(c)
                 for r in rows:
                     t.add_row(r["backend"], f"{r['raw_per_s']:.0f}", f"{r['api_per_s']:.0f}", f"{r['bare_per_s']:.0f}",
-                              f"{r['api_vs_raw']:.2f}", f"{r['api_vs_bare']:.2f}", f"{r['p50_ms']:.1f}",
+                              f"{r['api_vs_raw']:.2f}", f"{r['api_vs_bare']:.2f}", f"{r['ceiling_bare_vs_raw']:.2f}",
+                              f"{r['p50_ms']:.1f}",
                               f"{r['p99_ms']:.1f}", str(r["errors"]))
                 console.print(t)
         finally:

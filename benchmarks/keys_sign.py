@@ -122,5 +122,6 @@ def run(backends: dict[str, dict[str, Any]], seconds: float, concurrency: int) -
                 api = asyncio.run(api_load(state / "run" / "keyd.sock", concurrency, seconds))
             rows.append({"backend": kind, "raw_per_s": raw_rate, "api_per_s": api.rate, "bare_per_s": bare.rate,
                          "api_vs_raw": api.rate / raw_rate, "api_vs_bare": api.rate / bare.rate,
+                         "ceiling_bare_vs_raw": bare.rate / raw_rate,
                          "p50_ms": api.p50_ms, "p99_ms": api.p99_ms, "errors": api.errors})
     return rows

@@ -4,6 +4,9 @@ still progresses while another thread signs (1.0 = the library releases the GIL 
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -90,3 +93,15 @@ def run(lib: str, label: str, pin: str, seconds: float) -> list[dict[str, Any]]:
         rows.append({"library": name, "ecdsa_p256_per_s": rate_of(ec_sign, seconds),
                      "loop_progress_during_rsa4096": gil_progress(rsa_sign, seconds)})
     return rows
+
+
+def run_isolated(lib: str, label: str, pin: str, seconds: float) -> list[dict[str, Any]]:
+    """In a child process: both libraries initialize and finalize the same module, which one process cannot undo."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.pkcs11_libraries", lib, label, pin, str(seconds)],
+                         capture_output=True, text=True, check=True)
+    rows: list[dict[str, Any]] = json.loads(out.stdout)
+    return rows
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]))))
