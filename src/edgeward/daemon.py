@@ -14,8 +14,15 @@ from typing import Any
 
 from aiohttp import web
 
+from .certs.compose import build_cert_service
+from .certs.renewal import RenewalEngine
+from .certs.routes import build_certs_app
+from .certs.settings import CertsSettings, parse_certs_settings
 from .config.problems import ConfigError, Problems
 from .http import Listener, UidLimiter, start_server
+from .http.peercred import Caller
+from .keys.api import KeysApi
+from .keys.client import KeysClient
 from .keys.compose import build_key_service
 from .keys.routes import build_keys_app
 from .keys.service import KeyService
@@ -32,6 +39,7 @@ class DaemonSettings:
     state_dir: Path
     run_dir: Path
     keys: KeysSettings
+    certs: CertsSettings
     warnings: tuple[str, ...] = ()
 
 
@@ -51,8 +59,9 @@ def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> Daemon
     doc = read_config(config)
     problems = Problems(str(config) if config else "embedded defaults")
     keys = parse_keys_settings(doc, state_dir, run_dir, problems)
+    certs = parse_certs_settings(doc, state_dir, run_dir, problems)
     problems.raise_if_any()
-    return DaemonSettings(state_dir, run_dir, keys, tuple(problems.warnings))
+    return DaemonSettings(state_dir, run_dir, keys, certs, tuple(problems.warnings))
 
 
 async def _wait_for_signal() -> None:
@@ -63,23 +72,47 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
-async def serve(settings: DaemonSettings, services: tuple[str, ...] = ("keys",),
+ALL_SERVICES = ("keys", "certs")
+
+
+async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVICES,
                 ready: asyncio.Event | None = None) -> None:
-    """Start the named services, serve until SIGTERM/SIGINT, then stop cleanly."""
+    """Start the named services, serve until SIGTERM/SIGINT, then stop cleanly.
+
+    Services in this process talk to each other in-process; a service whose dependency runs elsewhere reaches it
+    over that service's socket.
+    """
     runners: list[web.AppRunner] = []
     key_service: KeyService | None = None
+    keys_client: KeysClient | None = None
+    renewal: RenewalEngine | None = None
     try:
+        keys_api: KeysApi
         if "keys" in services:
             key_service = build_key_service(settings.keys)
             app = build_keys_app(key_service, limiter=UidLimiter())
             runners.append(await start_server(app, [Listener(settings.keys.socket_path, mode=0o666,
                                                              activation_name="keyd")]))
+            keys_api = key_service.for_caller(Caller.this_process())
+        else:
+            keys_client = KeysClient(settings.keys.socket_path)
+            keys_api = keys_client
+        if "certs" in services:
+            cert_service, renewal = build_cert_service(settings.certs, keys_api)
+            app = build_certs_app(cert_service, limiter=UidLimiter())
+            runners.append(await start_server(app, [Listener(settings.certs.socket_path, mode=0o666,
+                                                             activation_name="certd")]))
+            await renewal.start()
         log.info("edgeward ready: %s", ", ".join(services))
         notify(f"READY=1\nMAINPID={os.getpid()}")
         if ready is not None:
             ready.set()
         await _wait_for_signal()
     finally:
+        if renewal is not None:
+            await renewal.stop()
+        if keys_client is not None:
+            await keys_client.close()
         for runner in runners:
             await runner.cleanup()
         if key_service is not None:

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from .. import __version__
 from ..config.problems import ConfigError
-from ..daemon import load_settings, serve
+from ..daemon import ALL_SERVICES, load_settings, serve
 from ..keys.errors import BackendUnavailable
 
 __all__ = ["main"]
@@ -77,11 +77,11 @@ def _run_services(config: Path | None, state_dir: Path | None, run_dir: Path | N
 @run_option
 def run(config: Path | None, state_dir: Path | None, run_dir: Path | None) -> None:
     """Run every service in this process (the embedded composition)."""
-    _run_services(config, state_dir, run_dir, ("keys",))
+    _run_services(config, state_dir, run_dir, ALL_SERVICES)
 
 
 @cli.command("serve")
-@click.argument("service", type=click.Choice(["keys"]))
+@click.argument("service", type=click.Choice(list(ALL_SERVICES)))
 @config_option
 @state_option
 @run_option

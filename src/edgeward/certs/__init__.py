@@ -1,0 +1,1 @@
+"""The certificates service (aziot-certd's API): store, issuance by CSR, EST enrollment, automatic renewal."""

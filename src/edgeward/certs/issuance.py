@@ -1,0 +1,120 @@
+"""Building X.509 v3 certificates from CSRs: subject rules, validity capped by the issuer, extensions, SKID/AKID.
+
+Signing goes through the keys service (``x509sign``), so an issuer on PKCS#11 or a TPM works like a software one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime as dt
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID, NameOID
+
+from ..keys.api import KeysApi
+from ..keys.model import PublicKey
+from .errors import InvalidCsr
+from .x509sign import sign_certificate
+
+__all__ = ["IssuerRef", "issue", "parse_csr", "self_signed_ca_builder"]
+
+MAX_CSR_BYTES = 64 * 1024
+BACKDATE = dt.timedelta(minutes=1)  # tolerate small clock differences between the device and its peers
+
+
+@dataclass(frozen=True)
+class IssuerRef:
+    """Who signs: the issuer's certificate (None when self-signed) and its key."""
+
+    cert: x509.Certificate | None
+    key_handle: str
+    public_key: PublicKey
+
+
+def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
+    """A CSR as PEM, DER, or base64 of either (aziot clients send base64 of the PEM); its signature must verify."""
+    if len(data) > MAX_CSR_BYTES:
+        raise InvalidCsr(f"CSR is larger than {MAX_CSR_BYTES} bytes")
+    candidates = [data]
+    with contextlib.suppress(binascii.Error, ValueError):
+        candidates.append(base64.b64decode(data, validate=True))
+    csr = None
+    for blob in candidates:
+        for loader in (x509.load_pem_x509_csr, x509.load_der_x509_csr):
+            try:
+                csr = loader(blob)
+                break
+            except ValueError:
+                continue
+        if csr is not None:
+            break
+    if csr is None:
+        raise InvalidCsr("csr is not a PKCS#10 certificate signing request (PEM or DER)")
+    try:
+        valid = csr.is_signature_valid
+    except Exception as e:  # unsupported key types surface here
+        raise InvalidCsr(f"csr signature cannot be checked: {e}") from None
+    if not valid:
+        raise InvalidCsr("csr signature does not verify: it was not signed by the key it names")
+    return csr
+
+
+def _subject(csr: x509.CertificateSigningRequest, common_name: str | None) -> x509.Name:
+    if common_name is None:
+        return csr.subject
+    rest = [a for a in csr.subject if a.oid != NameOID.COMMON_NAME]
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name), *rest])
+
+
+def self_signed_ca_builder(common_name: str, public_key: PublicKey, days: int) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE).not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+    )
+
+
+async def issue(keys: KeysApi, csr: x509.CertificateSigningRequest, issuer: IssuerRef,
+                lifetime: dt.timedelta, common_name: str | None = None) -> x509.Certificate:
+    """Sign ``csr``. Extensions requested in the CSR are copied; notAfter never passes the issuer's notAfter."""
+    now = dt.datetime.now(dt.UTC)
+    not_after = now + lifetime
+    if issuer.cert is not None:
+        not_after = min(not_after, issuer.cert.not_valid_after_utc)
+        if not_after <= now:
+            raise InvalidCsr("the issuer certificate has expired; renew it first")
+    subject = _subject(csr, common_name)
+    public_key = csr.public_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.cert.subject if issuer.cert is not None else subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(not_after)
+    )
+    skip = {ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.AUTHORITY_KEY_IDENTIFIER}
+    for ext in csr.extensions:
+        if ext.oid not in skip:
+            builder = builder.add_extension(ext.value, critical=ext.critical)
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key),
+                                    critical=False)
+    issuer_ski = x509.SubjectKeyIdentifier.from_public_key(issuer.public_key)
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False
+    )
+    return await sign_certificate(builder, keys, issuer.key_handle, issuer.public_key)

@@ -1,0 +1,31 @@
+"""PEM chains in and out: the wire carries raw PEM text, leaf first."""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+__all__ = ["MAX_PEM_BYTES", "PemError", "chain_to_pem", "parse_chain"]
+
+MAX_PEM_BYTES = 256 * 1024
+
+
+class PemError(ValueError):
+    pass
+
+
+def parse_chain(pem: bytes | str) -> list[x509.Certificate]:
+    data = pem.encode() if isinstance(pem, str) else pem
+    if len(data) > MAX_PEM_BYTES:
+        raise PemError(f"PEM is larger than {MAX_PEM_BYTES} bytes")
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise PemError(f"not a PEM certificate chain: {e}") from None
+    if not certs:
+        raise PemError("no certificate in PEM")
+    return certs
+
+
+def chain_to_pem(certs: list[x509.Certificate]) -> str:
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)

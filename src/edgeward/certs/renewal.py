@@ -1,0 +1,224 @@
+"""Automatic renewal: every managed cert is renewed before its threshold, retried with backoff on failure, and
+never left without a valid cert + key pair.
+
+With ``rotate_key`` a fresh key is created under ``<key_id>.next``, the new cert is stored, and only then is the
+key moved into place. A crash between those two steps leaves a cert that matches the ``.next`` key; ``recover``
+finishes the move at the next start, so after any crash the pair is either the old one or the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from ..http.errors import HttpError
+from .service import CertService
+from .settings import RenewPolicy
+from .x509sign import handle_public_key, same_public_key, sign_csr
+
+__all__ = ["ManagedCert", "RenewalEngine", "RenewalEvent", "RenewalStatus", "next_renewal"]
+
+log = logging.getLogger(__name__)
+
+JITTER = 0.05  # up to 5% of the lifetime earlier, so a fleet does not renew in the same second
+MIN_RETRY = dt.timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class ManagedCert:
+    cert_id: str
+    key_id: str
+    policy: RenewPolicy
+    common_name: str | None = None
+
+    @property
+    def temp_key_id(self) -> str:
+        return f"{self.key_id}.next"
+
+
+@dataclass(frozen=True)
+class RenewalEvent:
+    cert_id: str
+    not_after: dt.datetime
+    rotated_key: bool
+    previous_not_after: dt.datetime | None
+
+
+@dataclass
+class RenewalStatus:
+    cert_id: str
+    not_after: dt.datetime | None = None
+    next_attempt: dt.datetime | None = None
+    failures: int = 0
+    last_error: str | None = None
+    renewals: int = 0
+
+
+def next_renewal(cert: x509.Certificate, policy: RenewPolicy, rng: random.Random) -> dt.datetime:
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    lifetime = end - start
+    if policy.threshold.fraction is not None:
+        due = start + lifetime * policy.threshold.fraction
+    else:
+        due = end - policy.threshold.of(lifetime)
+    return due - lifetime * (JITTER * rng.random())
+
+
+@dataclass
+class RenewalEngine:
+    service: CertService
+    managed: list[ManagedCert]
+    rng: random.Random = field(default_factory=random.Random)
+    now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _subscribers: list[asyncio.Queue[RenewalEvent]] = field(default_factory=list)
+    _status: dict[str, RenewalStatus] = field(default_factory=dict)
+    _wake: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def subscribe(self) -> asyncio.Queue[RenewalEvent]:
+        """Renewal events for other parts (edge CA, identity) to react to."""
+        q: asyncio.Queue[RenewalEvent] = asyncio.Queue()
+        self._subscribers.append(q)
+        return q
+
+    def status(self) -> list[RenewalStatus]:
+        return [self._status[m.cert_id] for m in self.managed if m.cert_id in self._status]
+
+    async def start(self) -> None:
+        for m in self.managed:
+            self._status[m.cert_id] = RenewalStatus(m.cert_id)
+            self._wake[m.cert_id] = asyncio.Event()
+            try:
+                await self.recover(m)
+            except Exception as e:
+                log.error("recovery of %r failed: %s", m.cert_id, e)
+            self._tasks.append(asyncio.create_task(self._loop(m), name=f"renew:{m.cert_id}"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks.clear()
+
+    def wake(self, cert_id: str) -> None:
+        self._wake[cert_id].set()
+
+    # crash recovery ---------------------------------------------------------------------------------------
+    async def recover(self, m: ManagedCert) -> None:
+        """Finish or undo an interrupted key rotation, so cert and key match again."""
+        keys = self.service.keys
+        temp_handle = await self._try_load(m.temp_key_id)
+        if temp_handle is None:
+            return
+        chain = self.service.read_chain(m.cert_id)
+        temp_public = await handle_public_key(keys, temp_handle)
+        if chain is not None and same_public_key(chain[0].public_key(), temp_public):
+            log.warning("finishing the key rotation of %r that a crash interrupted", m.cert_id)
+            await keys.move_key_pair(m.temp_key_id, m.key_id)
+        else:
+            log.info("discarding the unused new key of an interrupted renewal of %r", m.cert_id)
+            await keys.delete_key_pair(temp_handle)
+
+    async def _try_load(self, key_id: str) -> str | None:
+        try:
+            return await self.service.keys.load_key_pair(key_id)
+        except HttpError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    # the loop ---------------------------------------------------------------------------------------------
+    async def _due(self, m: ManagedCert) -> tuple[dt.datetime, x509.Certificate | None]:
+        chain = self.service.read_chain(m.cert_id)
+        if chain is None:
+            return self.now(), None  # missing or unreadable: renew at once
+        handle = await self._try_load(m.key_id)
+        key = await handle_public_key(self.service.keys, handle) if handle is not None else None
+        if key is None or not same_public_key(chain[0].public_key(), key):
+            return self.now(), chain[0]  # cert and key disagree: renew at once
+        if chain[0].not_valid_after_utc <= self.now():
+            return self.now(), chain[0]
+        return next_renewal(chain[0], m.policy, self.rng), chain[0]
+
+    async def _sleep_until(self, m: ManagedCert, when: dt.datetime) -> None:
+        delay = (when - self.now()).total_seconds()
+        wake = self._wake[m.cert_id]
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=delay)
+        wake.clear()
+
+    async def _loop(self, m: ManagedCert) -> None:
+        status = self._status[m.cert_id]
+        while True:
+            try:
+                due, cert = await self._due(m)
+            except Exception as e:
+                due, cert = self.now() + MIN_RETRY * 5, None
+                status.last_error = f"cannot read cert or key: {e}"
+            status.next_attempt = due
+            status.not_after = cert.not_valid_after_utc if cert else None
+            await self._sleep_until(m, due)
+            try:
+                await self.renew(m)
+            except Exception as e:
+                status.failures += 1
+                status.last_error = str(e)
+                lifetime = (cert.not_valid_after_utc - cert.not_valid_before_utc) if cert else dt.timedelta(hours=1)
+                backoff = max(MIN_RETRY, m.policy.retry.of(lifetime)) * min(2 ** (status.failures - 1), 64)
+                backoff *= 1 + JITTER * self.rng.random()
+                if cert is not None and cert.not_valid_after_utc > self.now():
+                    backoff = min(backoff, max(MIN_RETRY, (cert.not_valid_after_utc - self.now()) / 2))
+                status.next_attempt = self.now() + backoff
+                log.warning("renewal of %r failed (attempt %d), retrying in %.1fs: %s", m.cert_id, status.failures,
+                            backoff.total_seconds(), e)
+                await self._sleep_until(m, status.next_attempt)
+
+    async def renew(self, m: ManagedCert) -> RenewalEvent:
+        """Renew one cert now. Raises on failure; the old pair stays in place."""
+        svc, keys = self.service, self.service.keys
+        async with svc.lock(m.cert_id):
+            old = svc.read_chain(m.cert_id)
+            previous = old[0].not_valid_after_utc if old else None
+            subject = old[0].subject if old else x509.Name(
+                [x509.NameAttribute(NameOID.COMMON_NAME, m.common_name or m.cert_id)])
+            builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
+            if old is not None:
+                with contextlib.suppress(x509.ExtensionNotFound):
+                    san = old[0].extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                    builder = builder.add_extension(san.value, critical=san.critical)
+            rotate = m.policy.rotate_key or await self._try_load(m.key_id) is None
+            if rotate:
+                stale = await self._try_load(m.temp_key_id)
+                if stale is not None:
+                    await keys.delete_key_pair(stale)
+                handle = await keys.create_key_pair_if_not_exists(m.temp_key_id, "ec-p256:rsa-2048:*")
+                key_id = m.temp_key_id
+            else:
+                handle = await keys.load_key_pair(m.key_id)
+                key_id = m.key_id
+            public = await handle_public_key(keys, handle)
+            csr = await sign_csr(builder, keys, handle, public)
+            chain = await svc.issue_chain(m.cert_id, csr, None, renewing=old is not None, self_key=key_id)
+            svc.write_chain(m.cert_id, chain)
+            if rotate:
+                await keys.move_key_pair(m.temp_key_id, m.key_id)
+        event = RenewalEvent(m.cert_id, chain[0].not_valid_after_utc, rotate, previous)
+        status = self._status.setdefault(m.cert_id, RenewalStatus(m.cert_id))
+        status.failures, status.last_error, status.not_after = 0, None, event.not_after
+        status.renewals += 1
+        log.info("renewed cert %r (key %s), valid until %s", m.cert_id, "rotated" if rotate else "kept",
+                 event.not_after.isoformat())
+        for q in self._subscribers:
+            q.put_nowait(event)
+        return event

@@ -1,0 +1,264 @@
+"""The certificates service: authorization, the store, and issuance by CSR (self-signed, local CA, EST, or a
+caller-named issuer key)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..http.errors import BadRequest, HttpError
+from ..http.peercred import Caller
+from ..keys.api import KeysApi
+from ..keys.model import PublicKey
+from .api import CertsApi
+from .errors import CertNotFound, InvalidCsr, IssuanceFailed, NotAuthorized
+from .issuance import IssuerRef, issue, parse_csr, self_signed_ca_builder
+from .pem import PemError, chain_to_pem, parse_chain
+from .settings import CertsSettings, EstAuth, IssuanceOptions
+from .store import CertStore
+from .x509sign import handle_public_key, same_public_key, sign_certificate
+
+__all__ = ["CertService", "EstEnroller", "validate_cert_id"]
+
+log = logging.getLogger(__name__)
+
+MAX_CERT_ID_LENGTH = 256
+
+
+class EstEnroller(Protocol):
+    """What the service needs of an EST client (``edgeward.certs.est.EstClient`` in production)."""
+
+    async def simple_enroll(self, csr_der: bytes) -> list[x509.Certificate]: ...
+
+    async def simple_reenroll(self, csr_der: bytes) -> list[x509.Certificate]: ...
+
+
+EstFactory = Callable[[str, Sequence[x509.Certificate], EstAuth], EstEnroller]
+
+
+def validate_cert_id(cert_id: str) -> str:
+    if not cert_id or len(cert_id) > MAX_CERT_ID_LENGTH or any(ord(c) < 0x20 for c in cert_id):
+        raise BadRequest(f"certId must be 1 to {MAX_CERT_ID_LENGTH} printable characters")
+    return cert_id
+
+
+def default_est_factory(url: str, trusted: Sequence[x509.Certificate], auth: EstAuth) -> EstEnroller:
+    from .est import EstClient  # noqa: PLC0415 - aiohttp's TLS client is only needed when EST is configured
+
+    return EstClient(url, list(trusted) or None, auth.username, auth.password)
+
+
+class CertService:
+    def __init__(self, settings: CertsSettings, keys: KeysApi, est_factory: EstFactory = default_est_factory,
+                 trusted_uids: frozenset[int] | None = None) -> None:
+        self.settings = settings
+        self.store = CertStore(settings.homedir)
+        self.keys = keys
+        self.est_factory = est_factory
+        self._trusted = trusted_uids if trusted_uids is not None else frozenset({0, os.getuid()})
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def for_caller(self, caller: Caller) -> CertsApi:
+        return _CallerView(self, caller)
+
+    def lock(self, cert_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(cert_id, asyncio.Lock())
+
+    def authorize(self, caller: Caller, cert_id: str) -> None:
+        if caller.uid in self._trusted or any(
+            p.uid == caller.uid and p.allows(cert_id) for p in self.settings.principals
+        ):
+            return
+        log.warning("uid %d refused write access to cert %r", caller.uid, cert_id)
+        raise NotAuthorized(f"uid {caller.uid} is not authorized for cert {cert_id!r}")
+
+    # reading --------------------------------------------------------------------------------------------
+    def read_chain(self, cert_id: str, depth: int = 0) -> list[x509.Certificate] | None:
+        """The stored (or preloaded) chain of ``cert_id``; None if there is none."""
+        if depth > 8:
+            raise HttpError(f"preloaded cert {cert_id!r} refers to itself", status=400)
+        pre = self.settings.preloaded.get(cert_id)
+        if isinstance(pre, str):
+            try:
+                data = Path(pre.removeprefix("file://")).read_bytes()
+            except FileNotFoundError:
+                return None
+        elif isinstance(pre, tuple):
+            chain: list[x509.Certificate] = []
+            for member in pre:
+                part = self.read_chain(member, depth + 1)
+                if part is None:
+                    raise CertNotFound(f"cert {member!r}, part of preloaded cert {cert_id!r}, not found")
+                chain.extend(part)
+            return chain
+        else:
+            raw = self.store.get(cert_id)
+            if raw is None:
+                return None
+            data = raw
+        try:
+            return parse_chain(data)
+        except PemError:
+            log.error("stored cert %r is unreadable; treating it as missing", cert_id)
+            return None
+
+    async def get_cert(self, cert_id: str) -> str:
+        chain = self.read_chain(validate_cert_id(cert_id))
+        if chain is None:
+            raise CertNotFound(f"cert {cert_id!r} not found")
+        return chain_to_pem(chain)
+
+    # writing --------------------------------------------------------------------------------------------
+    def write_chain(self, cert_id: str, chain: list[x509.Certificate]) -> str:
+        pem = chain_to_pem(chain)
+        self.store.put(cert_id, pem.encode())
+        return pem
+
+    async def import_cert(self, caller: Caller, cert_id: str, pem: str) -> str:
+        validate_cert_id(cert_id)
+        self.authorize(caller, cert_id)
+        try:
+            chain = parse_chain(pem)
+        except PemError as e:
+            raise BadRequest(f"pem: {e}") from None
+        async with self.lock(cert_id):
+            return self.write_chain(cert_id, chain)
+
+    async def delete_cert(self, caller: Caller, cert_id: str) -> None:
+        validate_cert_id(cert_id)
+        self.authorize(caller, cert_id)
+        async with self.lock(cert_id):
+            if not self.store.delete(cert_id):
+                raise CertNotFound(f"cert {cert_id!r} not found")
+
+    async def create_cert(self, caller: Caller, cert_id: str, csr_data: bytes,
+                          issuer: tuple[str, str] | None) -> str:
+        validate_cert_id(cert_id)
+        self.authorize(caller, cert_id)
+        csr = parse_csr(csr_data)
+        async with self.lock(cert_id):
+            chain = await self.issue_chain(cert_id, csr, issuer)
+            pem = self.write_chain(cert_id, chain)
+        log.info("issued cert %r, valid until %s", cert_id, chain[0].not_valid_after_utc.isoformat())
+        return pem
+
+    # issuance -------------------------------------------------------------------------------------------
+    def options(self, cert_id: str) -> IssuanceOptions | None:
+        return self.settings.issuance.get(cert_id)
+
+    def lifetime(self, cert_id: str) -> dt.timedelta:
+        opts = self.options(cert_id)
+        if opts and opts.expiry_seconds:
+            return dt.timedelta(seconds=opts.expiry_seconds)
+        days = opts.expiry_days if opts and opts.expiry_days else self.settings.default_expiry_days
+        return dt.timedelta(days=days)
+
+    async def issue_chain(self, cert_id: str, csr: x509.CertificateSigningRequest,
+                          issuer: tuple[str, str] | None, renewing: bool = False,
+                          self_key: str | None = None) -> list[x509.Certificate]:
+        """Issue by the caller's issuer, else by the configured method. ``self_key`` overrides the key a
+        self-signed cert is signed with (the renewal engine's not-yet-moved new key)."""
+        opts = self.options(cert_id)
+        common_name = opts.common_name if opts else None
+        if issuer is not None:
+            issuer_id, handle = issuer
+            issuer_chain = self.read_chain(validate_cert_id(issuer_id))
+            if issuer_chain is None:
+                raise BadRequest(f"issuer cert {issuer_id!r} not found")
+            public = await handle_public_key(self.keys, handle)
+            if not same_public_key(public, issuer_chain[0].public_key()):
+                raise BadRequest(f"privateKeyHandle is not the key of issuer cert {issuer_id!r}")
+            leaf = await issue(self.keys, csr, IssuerRef(issuer_chain[0], handle, public), self.lifetime(cert_id),
+                               common_name)
+            return [leaf, *issuer_chain]
+        if opts is None:
+            raise BadRequest(f"no issuer given and no cert_issuance method configured for cert {cert_id!r}")
+        if opts.method == "self_signed":
+            key_id = self_key or opts.key_id or cert_id
+            handle = await self.keys.load_key_pair(key_id)
+            public = await handle_public_key(self.keys, handle)
+            if not same_public_key(public, csr.public_key()):
+                raise InvalidCsr(f"a self-signed cert for {cert_id!r} must be requested for key {key_id!r}")
+            return [await issue(self.keys, csr, IssuerRef(None, handle, public), self.lifetime(cert_id),
+                                common_name)]
+        if opts.method == "local_ca":
+            ca_chain, ca_handle, ca_public = await self.local_ca()
+            leaf = await issue(self.keys, csr, IssuerRef(ca_chain[0], ca_handle, ca_public), self.lifetime(cert_id),
+                               common_name)
+            return [leaf, *ca_chain]
+        return await self._enroll_est(cert_id, opts, csr, renewing)
+
+    async def local_ca(self) -> tuple[list[x509.Certificate], str, PublicKey]:
+        """The local CA, created (key and self-signed cert) on first use and re-created when expired."""
+        ca = self.settings.local_ca
+        if ca is None:
+            raise BadRequest("no [cert_issuance.local_ca] is configured")
+        handle = await self.keys.create_key_pair_if_not_exists(ca.pk, "ec-p256:rsa-2048:*")
+        public = await handle_public_key(self.keys, handle)
+        async with self.lock(ca.cert):
+            chain = self.read_chain(ca.cert)
+            now = dt.datetime.now(dt.UTC)
+            usable = chain is not None and chain[0].not_valid_after_utc > now
+            if chain is None or not usable or not same_public_key(public, chain[0].public_key()):
+                cert = await sign_certificate(self_signed_ca_builder(ca.common_name, public, ca.expiry_days),
+                                              self.keys, handle, public)
+                chain = [cert]
+                self.write_chain(ca.cert, chain)
+                log.info("created local CA %r", ca.cert)
+        return chain, handle, public
+
+    async def _enroll_est(self, cert_id: str, opts: IssuanceOptions, csr: x509.CertificateSigningRequest,
+                          renewing: bool) -> list[x509.Certificate]:
+        est = self.settings.est
+        url = opts.url or est.urls.get(cert_id) or est.default_url
+        assert url is not None  # settings validation guarantees one
+        trusted: list[x509.Certificate] = []
+        for trusted_id in est.trusted_certs:
+            chain = self.read_chain(trusted_id)
+            if chain is None:
+                raise IssuanceFailed(f"EST trusted cert {trusted_id!r} not found (cert_issuance.est.trusted_certs)")
+            trusted.extend(chain)
+        auth = opts.auth or est.auth
+        client = self.est_factory(url, trusted, auth)
+        der = csr.public_bytes(serialization.Encoding.DER)
+        # Re-enrollment (RFC 7030 4.2.2) authenticates with the current cert over TLS, which needs an EST identity.
+        reenroll = renewing and auth.identity_cert is not None
+        try:
+            chain = await (client.simple_reenroll(der) if reenroll else client.simple_enroll(der))
+        except HttpError:
+            raise
+        except Exception as e:
+            raise IssuanceFailed(f"EST enrollment of {cert_id!r} at {url} failed: {e}") from e
+        finally:
+            close = getattr(client, "close", None)
+            if close is not None:
+                await close()
+        if not chain or not same_public_key(chain[0].public_key(), csr.public_key()):
+            raise IssuanceFailed(f"EST server at {url} returned a cert for another key")
+        return chain
+
+
+class _CallerView:
+    def __init__(self, service: CertService, caller: Caller) -> None:
+        self._s = service
+        self.caller = caller
+
+    async def create_cert(self, cert_id: str, csr: bytes, issuer: tuple[str, str] | None = None) -> str:
+        return await self._s.create_cert(self.caller, cert_id, csr, issuer)
+
+    async def import_cert(self, cert_id: str, pem: str) -> str:
+        return await self._s.import_cert(self.caller, cert_id, pem)
+
+    async def get_cert(self, cert_id: str) -> str:
+        return await self._s.get_cert(cert_id)
+
+    async def delete_cert(self, cert_id: str) -> None:
+        await self._s.delete_cert(self.caller, cert_id)

@@ -1,0 +1,253 @@
+"""The certificates service's settings, read from an aziot-certd style TOML document plus Edgeward's additions
+(per-cert ``key_id`` and ``auto_renew``, local CA ``common_name``/``expiry_days``)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config.problems import Problems
+from ..keys.principals import glob_to_regex
+
+__all__ = [
+    "CertPrincipal",
+    "CertsSettings",
+    "EstAuth",
+    "EstSettings",
+    "IssuanceOptions",
+    "LocalCaOptions",
+    "RenewPolicy",
+    "parse_certs_settings",
+    "parse_renew_amount",
+]
+
+Method = Literal["self_signed", "local_ca", "est"]
+
+
+@dataclass(frozen=True)
+class RenewAmount:
+    """A share of the certificate's lifetime ("80%") or a fixed time ("30min", "2day")."""
+
+    fraction: float | None = None
+    duration: timedelta | None = None
+
+    def of(self, lifetime: timedelta) -> timedelta:
+        if self.fraction is not None:
+            return lifetime * self.fraction
+        assert self.duration is not None
+        return self.duration
+
+
+_AMOUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|s|sec|min|h|hour|day|d)\s*$")
+
+
+def parse_renew_amount(value: str) -> RenewAmount:
+    m = _AMOUNT.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is neither a percentage (80%) nor a duration (30min, 12h, 2day)")
+    number, unit = float(m.group(1)), m.group(2)
+    if unit == "%":
+        if not 0 < number < 100:
+            raise ValueError(f"{value!r}: a percentage must be between 0 and 100")
+        return RenewAmount(fraction=number / 100)
+    seconds = {"s": 1, "sec": 1, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}[unit] * number
+    if seconds <= 0:
+        raise ValueError(f"{value!r}: a duration must be positive")
+    return RenewAmount(duration=timedelta(seconds=seconds))
+
+
+@dataclass(frozen=True)
+class RenewPolicy:
+    """Renew once ``threshold`` of the lifetime has passed (a duration means: that long before expiry)."""
+
+    rotate_key: bool = False
+    threshold: RenewAmount = field(default_factory=lambda: RenewAmount(fraction=0.8))
+    retry: RenewAmount = field(default_factory=lambda: RenewAmount(fraction=0.04))
+
+
+@dataclass(frozen=True)
+class EstAuth:
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    identity_cert: str | None = None
+    identity_pk: str | None = None
+    bootstrap_identity_cert: str | None = None
+    bootstrap_identity_pk: str | None = None
+
+
+@dataclass(frozen=True)
+class EstSettings:
+    default_url: str | None = None
+    urls: Mapping[str, str] = field(default_factory=dict)
+    trusted_certs: tuple[str, ...] = ()
+    auth: EstAuth = field(default_factory=EstAuth)
+    identity_auto_renew: RenewPolicy | None = None
+
+
+@dataclass(frozen=True)
+class IssuanceOptions:
+    method: Method
+    common_name: str | None = None
+    expiry_days: int | None = None
+    expiry_seconds: int | None = None  # Edgeward: short lifetimes for tests, demos and aggressive rotation
+    key_id: str | None = None
+    url: str | None = None
+    auth: EstAuth | None = None
+    auto_renew: RenewPolicy | None = None
+
+
+@dataclass(frozen=True)
+class LocalCaOptions:
+    cert: str
+    pk: str
+    common_name: str = "Edgeward local CA"
+    expiry_days: int = 365
+
+
+@dataclass(frozen=True)
+class CertPrincipal:
+    uid: int
+    certs: tuple[str, ...]
+
+    def allows(self, cert_id: str) -> bool:
+        return any(glob_to_regex(g).fullmatch(cert_id) for g in self.certs)
+
+
+@dataclass(frozen=True)
+class CertsSettings:
+    homedir: Path
+    socket_path: Path
+    issuance: Mapping[str, IssuanceOptions] = field(default_factory=dict)
+    local_ca: LocalCaOptions | None = None
+    est: EstSettings = field(default_factory=EstSettings)
+    preloaded: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
+    principals: tuple[CertPrincipal, ...] = ()
+    default_expiry_days: int = 30
+
+
+def _policy(raw: Any, where: str, p: Problems) -> RenewPolicy | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        p.add(where, raw, "a table { rotate_key, threshold, retry }")
+        return None
+    p.warn_unknown(raw, {"rotate_key", "threshold", "retry"}, where)
+    out = RenewPolicy(rotate_key=p.get(raw, "rotate_key", where, bool, False))
+    for name in ("threshold", "retry"):
+        value = p.get(raw, name, where, str, "")
+        if value:
+            try:
+                out = RenewPolicy(**{**out.__dict__, name: parse_renew_amount(value)})
+            except ValueError as e:
+                p.add(f"{where}.{name}", value, str(e))
+    return out
+
+
+def _auth(raw: Mapping[str, Any], where: str, p: Problems) -> EstAuth:
+    known = {"username", "password", "identity_cert", "identity_pk", "bootstrap_identity_cert",
+             "bootstrap_identity_pk"}
+    values = {k: p.get(raw, k, where, str, "") or None for k in known}
+    if (values["username"] is None) != (values["password"] is None):
+        p.add(f"{where}.username/password", "<one of them>", "both or neither")
+    if (values["identity_cert"] is None) != (values["identity_pk"] is None):
+        p.add(f"{where}.identity_cert/identity_pk", "<one of them>", "both or neither")
+    return EstAuth(**values)
+
+
+def _url(value: str, where: str, p: Problems) -> str | None:
+    if not value:
+        return None
+    if not value.startswith("https://"):
+        p.add(where, value, "an https:// URL (EST runs over TLS)")
+        return None
+    return value.rstrip("/")
+
+
+def parse_certs_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path,
+                         problems: Problems | None = None) -> CertsSettings:
+    p = problems or Problems("certs configuration")
+    ci = p.get(doc, "cert_issuance", "", dict, {})
+    issuance: dict[str, IssuanceOptions] = {}
+    est = EstSettings()
+    local_ca = None
+    for cert_id, raw in ci.items():
+        where = f"cert_issuance.{cert_id}"
+        if cert_id == "est":
+            est_auth = _auth(p.get(raw, "auth", where, dict, {}), f"{where}.auth", p)
+            urls = {k: u for k, v in p.get(raw, "urls", where, dict, {}).items()
+                    if (u := _url(v if isinstance(v, str) else "", f"{where}.urls.{k}", p))}
+            trusted = p.get(raw, "trusted_certs", where, list, [])
+            est = EstSettings(default_url=urls.pop("default", None), urls=urls,
+                              trusted_certs=tuple(str(t) for t in trusted), auth=est_auth,
+                              identity_auto_renew=_policy(raw.get("identity_auto_renew"),
+                                                          f"{where}.identity_auto_renew", p))
+            continue
+        if cert_id == "local_ca":
+            cert, pk = p.get(raw, "cert", where, str, ""), p.get(raw, "pk", where, str, "")
+            if not cert or not pk:
+                p.add(where, "<incomplete>", "both cert and pk (the CA's cert id and key id)")
+            else:
+                local_ca = LocalCaOptions(cert, pk, p.get(raw, "common_name", where, str, "Edgeward local CA"),
+                                          p.get(raw, "expiry_days", where, int, 365))
+            continue
+        if not isinstance(raw, dict):
+            p.add(where, raw, "a table with method = self_signed | local_ca | est")
+            continue
+        p.warn_unknown(raw, {"method", "common_name", "expiry_days", "key_id", "url", "username", "password",
+                             "identity_cert", "identity_pk", "bootstrap_identity_cert", "bootstrap_identity_pk",
+                             "auto_renew", "subject", "expiry_seconds"}, where)
+        method = p.get(raw, "method", where, str, "")
+        if method not in ("self_signed", "local_ca", "est"):
+            p.add(f"{where}.method", method or "<missing>", '"self_signed", "local_ca" or "est"')
+            continue
+        expiry = p.get(raw, "expiry_days", where, int, 0) or None
+        if expiry is not None and not 0 < expiry <= 36500:
+            p.add(f"{where}.expiry_days", expiry, "1 to 36500 days")
+        has_auth = any(k in raw for k in ("username", "identity_cert", "bootstrap_identity_cert"))
+        issuance[cert_id] = IssuanceOptions(
+            method=method,  # type: ignore[arg-type]
+            common_name=p.get(raw, "common_name", where, str, "") or None,
+            expiry_days=expiry,
+            expiry_seconds=p.get(raw, "expiry_seconds", where, int, 0) or None,
+            key_id=p.get(raw, "key_id", where, str, "") or None,
+            url=_url(p.get(raw, "url", where, str, ""), f"{where}.url", p),
+            auth=_auth(raw, where, p) if has_auth else None,
+            auto_renew=_policy(raw.get("auto_renew"), f"{where}.auto_renew", p),
+        )
+    for cert_id, opts in issuance.items():
+        if opts.method == "local_ca" and local_ca is None:
+            p.add(f"cert_issuance.{cert_id}.method", "local_ca", "a [cert_issuance.local_ca] table")
+        if opts.method == "est" and not (opts.url or est.urls.get(cert_id) or est.default_url):
+            p.add(f"cert_issuance.{cert_id}.url", "<missing>", "an EST URL here or in [cert_issuance.est.urls]")
+
+    preloaded: dict[str, str | tuple[str, ...]] = {}
+    for cert_id, value in p.get(doc, "preloaded_certs", "", dict, {}).items():
+        if isinstance(value, str) and value.startswith("file://"):
+            preloaded[cert_id] = value
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            preloaded[cert_id] = tuple(value)
+        else:
+            p.add(f"preloaded_certs.{cert_id}", value, "a file:// URI or a list of cert ids")
+
+    principals = []
+    for i, entry in enumerate(p.get(doc, "principal", "", list, [])):
+        if isinstance(entry, dict) and "certs" in entry:
+            uid = p.get(entry, "uid", f"principal[{i}]", int, -1)
+            certs = p.get(entry, "certs", f"principal[{i}]", list, [])
+            if uid >= 0 and all(isinstance(c, str) for c in certs):
+                principals.append(CertPrincipal(uid, tuple(certs)))
+            else:
+                p.add(f"principal[{i}]", entry, "uid >= 0 and certs = [globs]")
+
+    socket = run_dir / "certd.sock"
+    sock_uri = p.get(p.get(doc, "endpoints", "", dict, {}), "aziot_certd", "endpoints", str, "")
+    if sock_uri:
+        socket = Path(sock_uri.removeprefix("unix://"))
+    homedir = Path(p.get(doc, "homedir_path", "", str, str(state_dir / "certd")))
+    if problems is None:
+        p.raise_if_any()
+    return CertsSettings(homedir, socket, issuance, local_ca, est, preloaded, tuple(principals))

@@ -1,0 +1,122 @@
+"""Certificates and CSRs signed by a key that never leaves the keys service.
+
+`cryptography` signs only with in-process keys, so the to-be-signed part is built with a throwaway key of the same
+algorithm (which yields the same AlgorithmIdentifier), then signed through the keys API and reassembled with
+asn1crypto. ECDSA keys sign SHA-256 (P-256) or SHA-384 (P-384) digests; RSA keys sign PKCS#1 v1.5 SHA-256 through
+aziot's RSA-PKCS1 private "encrypt", exactly as aziot's OpenSSL engine does.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+
+from asn1crypto import core as asn1_core
+from asn1crypto import csr as asn1_csr
+from asn1crypto import keys as asn1_keys
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from ..keys.api import KeysApi
+from ..keys.model import EcdsaDigest, PublicKey, RsaPkcs1
+
+__all__ = ["handle_public_key", "same_public_key", "sign_certificate", "sign_csr"]
+
+_SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+
+
+@functools.cache
+def _throwaway(kind: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    if kind == "secp256r1":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kind == "secp384r1":
+        return ec.generate_private_key(ec.SECP384R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - never used to sign anything kept; only its AlgorithmIdentifier
+
+
+def _scheme(public: PublicKey) -> tuple[ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, hashes.SHA256 | hashes.SHA384]:
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        if public.curve.name == "secp384r1":
+            return _throwaway("secp384r1"), hashes.SHA384()
+        return _throwaway("secp256r1"), hashes.SHA256()
+    return _throwaway("rsa"), hashes.SHA256()
+
+
+def same_public_key(a: object, b: object) -> bool:
+    """Whether two cryptography public keys are the same key (compared by SubjectPublicKeyInfo)."""
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if not (hasattr(a, "public_bytes") and hasattr(b, "public_bytes")):
+        return False
+    return bool(a.public_bytes(*fmt) == b.public_bytes(*fmt))
+
+
+async def handle_public_key(keys: KeysApi, handle: str) -> PublicKey:
+    """The public key behind a key handle, rebuilt from the keys API's public parameters."""
+    algorithm = await keys.get_key_pair_public_parameter(handle, "algorithm")
+    if algorithm == "ECDSA":
+        oid = base64.b64decode(await keys.get_key_pair_public_parameter(handle, "ec-curve-oid"))
+        curve: ec.EllipticCurve = ec.SECP384R1() if oid == bytes.fromhex("06052b81040022") else ec.SECP256R1()
+        point = base64.b64decode(await keys.get_key_pair_public_parameter(handle, "ec-point"))
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+    n = int.from_bytes(base64.b64decode(await keys.get_key_pair_public_parameter(handle, "rsa-modulus")), "big")
+    e = int.from_bytes(base64.b64decode(await keys.get_key_pair_public_parameter(handle, "rsa-exponent")), "big")
+    return rsa.RSAPublicNumbers(e, n).public_key()
+
+
+async def _sign_bytes(keys: KeysApi, handle: str, public: PublicKey, tbs: bytes) -> bytes:
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        h = hashlib.sha384 if public.curve.name == "secp384r1" else hashlib.sha256
+        return await keys.sign(handle, EcdsaDigest(h(tbs).digest()))
+    return await keys.encrypt(handle, RsaPkcs1(), _SHA256_DIGEST_INFO + hashlib.sha256(tbs).digest())
+
+
+def _verify(public: PublicKey, signature: bytes, tbs: bytes) -> None:
+    """Never hand out a certificate the issuer key did not really sign (a misbehaving HSM, a swapped key)."""
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            h = hashes.SHA384() if public.curve.name == "secp384r1" else hashes.SHA256()
+            public.verify(signature, tbs, ec.ECDSA(h))
+        else:
+            public.verify(signature, tbs, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        raise ValueError("the issuer key's signature does not verify against the issuer's public key") from None
+
+
+async def sign_certificate(builder: x509.CertificateBuilder, keys: KeysApi, issuer_handle: str,
+                           issuer_public: PublicKey) -> x509.Certificate:
+    throwaway, digest = _scheme(issuer_public)
+    draft = asn1_x509.Certificate.load(builder.sign(throwaway, digest).public_bytes(serialization.Encoding.DER))
+    tbs = draft["tbs_certificate"].dump()
+    signature = await _sign_bytes(keys, issuer_handle, issuer_public, tbs)
+    final = asn1_x509.Certificate({
+        "tbs_certificate": draft["tbs_certificate"],
+        "signature_algorithm": draft["signature_algorithm"],
+        "signature_value": asn1_core.OctetBitString(signature),
+    })
+    cert = x509.load_der_x509_certificate(final.dump())
+    _verify(issuer_public, signature, tbs)
+    return cert
+
+
+async def sign_csr(builder: x509.CertificateSigningRequestBuilder, keys: KeysApi, handle: str,
+                   public: PublicKey) -> x509.CertificateSigningRequest:
+    """A CSR for the key behind ``handle``: the throwaway key's public key is replaced before signing."""
+    throwaway, digest = _scheme(public)
+    draft = asn1_csr.CertificationRequest.load(builder.sign(throwaway, digest).public_bytes(serialization.Encoding.DER))
+    info = draft["certification_request_info"].copy()
+    spki = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    info["subject_pk_info"] = asn1_keys.PublicKeyInfo.load(spki)
+    signature = await _sign_bytes(keys, handle, public, info.dump(force=True))
+    final = asn1_csr.CertificationRequest({
+        "certification_request_info": info,
+        "signature_algorithm": draft["signature_algorithm"],
+        "signature": asn1_core.OctetBitString(signature),
+    })
+    csr = x509.load_der_x509_csr(final.dump(force=True))
+    if not csr.is_signature_valid:
+        raise ValueError("the keys service produced a CSR signature that does not verify")
+    return csr
