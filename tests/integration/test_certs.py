@@ -163,7 +163,7 @@ async def test_import_get_delete_and_preloaded_certs(certs_env: CertsEnv) -> Non
     assert await certs_env.client.get_cert("from-file") == leaf_only
     await certs_env.service.local_ca()
     bundle = x509.load_pem_x509_certificates((await certs_env.client.get_cert("bundle")).encode())
-    assert [c.subject.rfc4514_string() for c in bundle][0] == "CN=Test Local CA"
+    assert [c.subject.rfc4514_string() for c in bundle] == ["CN=Test Local CA", "CN=root"]
 
 
 async def test_writes_need_a_principal_reads_do_not(certs_env: CertsEnv) -> None:
