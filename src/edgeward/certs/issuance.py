@@ -104,7 +104,7 @@ async def issue(keys: KeysApi, csr: x509.CertificateSigningRequest, issuer: Issu
         .issuer_name(issuer.cert.subject if issuer.cert is not None else subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
+        .not_valid_before(now - min(BACKDATE, lifetime / 10))  # short-lived certs keep their renewal math
         .not_valid_after(not_after)
     )
     skip = {ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.AUTHORITY_KEY_IDENTIFIER}

@@ -1,0 +1,46 @@
+"""Fast tests of the certificates service's pure parts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from edgeward.certs.renewal import next_renewal
+from edgeward.certs.settings import RenewPolicy, parse_renew_amount
+from edgeward.certs.store import CertStore
+
+
+def test_threshold_and_jitter() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(start).not_valid_after(start + dt.timedelta(days=100))
+            .sign(key, hashes.SHA256()))
+    rng = random.Random(1)
+    dues = {next_renewal(cert, RenewPolicy(threshold=parse_renew_amount("80%")), rng) for _ in range(50)}
+    assert all(start + dt.timedelta(days=75) <= d <= start + dt.timedelta(days=80) for d in dues)
+    assert len(dues) == 50  # jitter spreads a fleet
+    due = next_renewal(cert, RenewPolicy(threshold=parse_renew_amount("10day")), random.Random(2))
+    assert start + dt.timedelta(days=85) <= due <= start + dt.timedelta(days=90)
+    for bad in ("0%", "100%", "soon", "-5min"):
+        with pytest.raises(ValueError):
+            parse_renew_amount(bad)
+
+
+def test_store_file_names_are_safe_for_any_id(tmp_path: Path) -> None:
+    store = CertStore(tmp_path)
+    ids = ["../../etc/passwd", "a/b", "A", "a", "\u00e9t\u00e9", ".hidden", "x" * 300, "nul\x00byte"]
+    paths = {store.path(i) for i in ids}
+    assert len(paths) == len(ids)
+    for p in paths:
+        assert p.parent == store.dir and not p.name.startswith(".") and len(p.name) < 120
+    store.put("../../etc/passwd", b"pem")
+    assert store.get("../../etc/passwd") == b"pem" and store.get("a") is None
