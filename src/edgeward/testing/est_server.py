@@ -87,7 +87,7 @@ def issue_certificate(
         x509.CertificateBuilder()
         .subject_name(csr.subject)
         .issuer_name(ca_cert.subject)
-        .public_key(csr.public_key())  # type: ignore[arg-type]  # DH/X25519 keys are refused by sign() below
+        .public_key(csr.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
         .not_valid_after(min(now + lifetime, ca_cert.not_valid_after_utc))
@@ -98,7 +98,7 @@ def issue_certificate(
             builder = builder.add_extension(ext.value, ext.critical)
     if ExtensionOID.BASIC_CONSTRAINTS not in requested:
         builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)  # type: ignore[arg-type]
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
     builder = builder.add_extension(_authority_key_id(ca_cert, ca_key), critical=False)
     return builder.sign(ca_key, _digest_for(ca_key))
 
@@ -201,7 +201,9 @@ class EstServer:
             app.router.add_get(f"{prefix}/csrattrs", self._csrattrs)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self._requested_port, ssl_context=self._tls_context(), shutdown_timeout=1.0)
+        site = web.TCPSite(
+            runner, self.host, self._requested_port, ssl_context=self._tls_context(), shutdown_timeout=1.0
+        )
         try:
             await site.start()
         except BaseException:
@@ -242,10 +244,14 @@ class EstServer:
             return early
         current = _peer_certificate(request)
         if current is None or not _issued_by(current, self.ca_cert):
-            raise _text(web.HTTPForbidden, "re-enrollment requires the client certificate being renewed, issued by this CA")
+            raise _text(
+                web.HTTPForbidden, "re-enrollment requires the client certificate being renewed, issued by this CA"
+            )
         csr = await _read_csr(request)
         if csr.subject != current.subject or _san(csr.extensions) != _san(current.extensions):
-            raise _text(web.HTTPBadRequest, "re-enrollment CSR must keep the subject and SAN of the current certificate")
+            raise _text(
+                web.HTTPBadRequest, "re-enrollment CSR must keep the subject and SAN of the current certificate"
+            )
         cert = self._issue(csr)
         self.reenrollments += 1
         return self._certs_response([cert])
@@ -361,7 +367,9 @@ class EstServer:
 async def _read_csr(request: web.Request) -> x509.CertificateSigningRequest:
     """The CSR in the body: base64 DER as RFC 7030 specifies (line breaks allowed), or raw DER."""
     if request.content_type != "application/pkcs10":
-        raise _text(web.HTTPUnsupportedMediaType, f"expected Content-Type application/pkcs10, got {request.content_type}")
+        raise _text(
+            web.HTTPUnsupportedMediaType, f"expected Content-Type application/pkcs10, got {request.content_type}"
+        )
     body = await request.read()
     der = body
     if not body.startswith(b"\x30"):
@@ -412,7 +420,7 @@ def _authority_key_id(
     try:
         skid = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())  # type: ignore[arg-type]
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(skid)
 
 

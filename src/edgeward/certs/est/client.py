@@ -58,16 +58,14 @@ class EstClient:
     """One EST server, one trust configuration, one connection pool. Every failure is an :class:`EstError`.
 
     ``trusted_certs`` are the only anchors the server's certificate may chain to; ``None`` means the system's
-    defaults, for public EST services. Options after ``trusted_certs`` are keyword-only, so a password can never land
-    in the wrong slot. ``username``/``password`` enable HTTP basic auth. A 202 answer (the CA is still
+    defaults, for public EST services. ``username``/``password`` enable HTTP basic auth. A 202 answer (the CA is still
     deciding) is retried after the server's ``Retry-After``, for at most ``max_retry_after`` seconds in total.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the agreed constructor; the certs service passes url, trust and auth positionally
         self,
         base_url: str,
         trusted_certs: Sequence[x509.Certificate] | None,
-        *,
         username: str | None = None,
         password: str | None = None,
         client_identity: ClientIdentity | None = None,

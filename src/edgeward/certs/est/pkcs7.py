@@ -77,9 +77,7 @@ def parse_certificates(body: bytes) -> list[x509.Certificate]:
     return [_checked(cert) for cert in certs]
 
 
-def order_chain(
-    certs: Sequence[x509.Certificate], leaf_key: PublicKeyTypes | None = None
-) -> list[x509.Certificate]:
+def order_chain(certs: Sequence[x509.Certificate], leaf_key: PublicKeyTypes | None = None) -> list[x509.Certificate]:
     """``certs`` as a chain: leaf first, then each certificate's issuer when present, then whatever is left over.
 
     With ``leaf_key`` (the public key of the CSR that was enrolled), the leaf is the certificate for that key, and its
@@ -114,9 +112,7 @@ def decode_base64_body(body: bytes) -> bytes:
     try:
         return base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise EstError(
-            "the EST response is neither base64 nor DER nor PEM; expected a base64 certs-only PKCS#7"
-        ) from e
+        raise EstError("the EST response is neither base64 nor DER nor PEM; expected a base64 certs-only PKCS#7") from e
 
 
 def certs_only_pkcs7(certs: Sequence[x509.Certificate]) -> bytes:
