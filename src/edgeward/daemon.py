@@ -55,8 +55,20 @@ def read_config(path: Path | None) -> Mapping[str, Any]:
         raise ConfigError([f"not valid TOML: {e}"], str(path)) from None
 
 
+# What `edgeward run` without a config file does: software keys, a local CA, and a device server certificate that
+# renews itself (with a new key) at 80% of its life.
+EMBEDDED_DEFAULTS: Mapping[str, Any] = {
+    "cert_issuance": {
+        "local_ca": {"cert": "edgeward-local-ca", "pk": "edgeward-local-ca", "common_name": "Edgeward local CA",
+                     "expiry_days": 365},
+        "edgeward-device-server": {"method": "local_ca", "expiry_days": 30,
+                                   "auto_renew": {"rotate_key": True, "threshold": "80%", "retry": "4%"}},
+    },
+}
+
+
 def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> DaemonSettings:
-    doc = read_config(config)
+    doc = read_config(config) if config is not None else EMBEDDED_DEFAULTS
     problems = Problems(str(config) if config else "embedded defaults")
     keys = parse_keys_settings(doc, state_dir, run_dir, problems)
     certs = parse_certs_settings(doc, state_dir, run_dir, problems)

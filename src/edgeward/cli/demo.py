@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import os
 import secrets
@@ -12,11 +11,15 @@ import time
 from pathlib import Path
 
 import click
-from cryptography.hazmat.primitives import hashes
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
 from rich.console import Console
 from rich.table import Table
 
+from ..certs.client import CertsClient
+from ..certs.x509sign import handle_public_key, sign_csr
 from ..keys.client import KeysClient
 from ..keys.model import Aead, EcdsaDigest, HmacSha256, RsaPss
 from ..supervise import DaemonFailed, running_daemon
@@ -26,18 +29,8 @@ __all__ = ["demo"]
 console = Console()
 
 
-async def _public_key(client: KeysClient, handle: str) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
-    algorithm = await client.get_key_pair_public_parameter(handle, "algorithm")
-    if algorithm == "ECDSA":
-        point = base64.b64decode(await client.get_key_pair_public_parameter(handle, "ec-point"))
-        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
-    n = int.from_bytes(base64.b64decode(await client.get_key_pair_public_parameter(handle, "rsa-modulus")), "big")
-    e = int.from_bytes(base64.b64decode(await client.get_key_pair_public_parameter(handle, "rsa-exponent")), "big")
-    return rsa.RSAPublicNumbers(e, n).public_key()
-
-
 async def _exercise(socket_path: Path) -> Table:
-    table = Table(title="Edgeward keys service (embedded defaults: software keys, encrypted at rest)")
+    table = Table(title="Edgeward on embedded defaults: software keys (encrypted at rest), local CA")
     for col in ("key id", "kind", "operation", "result", "ms"):
         table.add_column(col)
     client = KeysClient(socket_path)
@@ -46,16 +39,16 @@ async def _exercise(socket_path: Path) -> Table:
         device = await client.create_key_pair_if_not_exists("demo-device-id", "ec-p256:rsa-2048:*")
         digest = hashlib.sha256(b"hello from the edge").digest()
         sig = await client.sign(device, EcdsaDigest(digest))
-        pub = await _public_key(client, device)
+        pub = await handle_public_key(client, device)
         assert isinstance(pub, ec.EllipticCurvePublicKey)
         pub.verify(sig, b"hello from the edge", ec.ECDSA(hashes.SHA256()))
         table.add_row("demo-device-id", "ec-p256", "ECDSA sign, verified", "[green]ok[/green]",
                       f"{(time.perf_counter() - t) * 1000:.1f}")
 
         t = time.perf_counter()
-        ca = await client.create_key_pair_if_not_exists("demo-rsa", "rsa-2048")
-        sig = await client.sign(ca, RsaPss(b"message", prehashed=False))
-        rpub = await _public_key(client, ca)
+        rsa_handle = await client.create_key_pair_if_not_exists("demo-rsa", "rsa-2048")
+        sig = await client.sign(rsa_handle, RsaPss(b"message", prehashed=False))
+        rpub = await handle_public_key(client, rsa_handle)
         assert isinstance(rpub, rsa.RSAPublicKey)
         rpub.verify(sig, b"message", padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH),
                     hashes.SHA256())
@@ -77,6 +70,33 @@ async def _exercise(socket_path: Path) -> Table:
         assert pt == b"module secret"
         table.add_row("demo-secrets", "symmetric", "AEAD encrypt/decrypt round trip", "[green]ok[/green]",
                       f"{(time.perf_counter() - t) * 1000:.1f}")
+
+        t = time.perf_counter()
+        certs = CertsClient(socket_path.with_name("certd.sock"))
+        try:
+            server_chain = x509.load_pem_x509_certificates(
+                (await certs.get_cert("edgeward-device-server")).encode())
+            module_handle = await client.create_key_pair_if_not_exists("demo-module-server", "ec-p256")
+            module_public = await handle_public_key(client, module_handle)
+            csr = await sign_csr(
+                x509.CertificateSigningRequestBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "demo-module")]))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName("demo-module.local")]), critical=False),
+                client, module_handle, module_public)
+            ca_handle = await client.load_key_pair("edgeward-local-ca")
+            pem = await certs.create_cert("demo-module-server", csr.public_bytes(serialization.Encoding.PEM),
+                                          ("edgeward-local-ca", ca_handle))
+            leaf, ca = x509.load_pem_x509_certificates(pem.encode())
+            leaf.verify_directly_issued_by(ca)
+            server_chain[0].verify_directly_issued_by(ca)
+        finally:
+            await certs.close()
+        table.add_row("edgeward-local-ca", "certificate", "local CA", "[green]ok[/green]",
+                      f"expires {ca.not_valid_after_utc:%Y-%m-%d}")
+        table.add_row("edgeward-device-server", "certificate", "issued at start, renews at 80% with a new key",
+                      "[green]ok[/green]", f"expires {server_chain[0].not_valid_after_utc:%Y-%m-%d}")
+        table.add_row("demo-module-server", "certificate", "CSR signed in keyd, issued by the local CA, verified",
+                      "[green]ok[/green]", f"{(time.perf_counter() - t) * 1000:.1f}")
 
         tampered = device.replace("sig=", "sig=A", 1)
         try:
