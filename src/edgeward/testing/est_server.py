@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from aiohttp import BasicAuth, web
+from aiohttp import web
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -104,12 +104,9 @@ def issue_certificate(
 
 
 @dataclass(frozen=True, slots=True)
-class _Scripted:
-    """One queued misbehaviour: an error status, or a 202 with a Retry-After."""
-
+class _Failure:
     status: int
     text: str
-    retry_after: str | None = None
 
 
 class EstServer:
@@ -156,7 +153,8 @@ class EstServer:
         self.reenrollments = 0  # certificates issued by simplereenroll
         self.hits: collections.Counter[str] = collections.Counter()  # requests per operation, answered or not
         self.issued: list[x509.Certificate] = []
-        self._script: collections.deque[_Scripted] = collections.deque()
+        self._failures: collections.deque[_Failure] = collections.deque()
+        self._deferrals: collections.deque[str] = collections.deque()  # Retry-After values
         self._requested_port = port
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -183,13 +181,13 @@ class EstServer:
 
     def fail_next(self, n: int = 1, status: int = 500, message: str = "injected failure") -> None:
         """Answer the next ``n`` requests (any operation, after ``delay``) with ``status`` and ``message``."""
-        self._script.extend(_Scripted(status, message) for _ in range(n))
+        self._failures.extend(_Failure(status, message) for _ in range(n))
 
     def pending_next(self, n: int = 1, retry_after: int | str = 1) -> None:
-        """Answer the next ``n`` requests with 202 Accepted and ``Retry-After: retry_after`` (seconds or HTTP date).
-
-        Applies to authenticated enrollment requests only, as a CA deferring a decision would."""
-        self._script.extend(_Scripted(202, "request accepted; retry later", str(retry_after)) for _ in range(n))
+        """Answer the next ``n`` enrollment requests with 202 Accepted and ``Retry-After: retry_after`` (seconds or an
+        HTTP date). Only authenticated ``simpleenroll``/``simplereenroll`` requests are deferred, as a CA deciding
+        later would; scripted failures (``fail_next``) play first."""
+        self._deferrals.extend(str(retry_after) for _ in range(n))
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> EstServer:
@@ -201,9 +199,7 @@ class EstServer:
             app.router.add_get(f"{prefix}/csrattrs", self._csrattrs)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
         await runner.setup()
-        site = web.TCPSite(
-            runner, self.host, self._requested_port, ssl_context=self._tls_context(), shutdown_timeout=1.0
-        )
+        site = web.TCPSite(runner, self.host, self._requested_port, ssl_context=self._tls_context())
         try:
             await site.start()
         except BaseException:
@@ -274,33 +270,33 @@ class EstServer:
         self.hits[op] += 1
         if self.delay:
             await asyncio.sleep(self.delay)
-        if self._script and self._script[0].retry_after is None:
-            scripted = self._script.popleft()
-            return web.Response(status=scripted.status, text=scripted.text)
+        if self._failures:
+            failure = self._failures.popleft()
+            return web.Response(status=failure.status, text=failure.text)
         if authenticate and not self._authenticated(request):
             return web.Response(
                 status=401,
                 text="authentication required: HTTP basic credentials or a client certificate",
                 headers={"WWW-Authenticate": 'Basic realm="estrealm", charset="UTF-8"'},
             )
-        if deferrable and self._script and self._script[0].retry_after is not None:
-            scripted = self._script.popleft()
-            return web.Response(status=202, text=scripted.text, headers={"Retry-After": scripted.retry_after or "1"})
+        if deferrable and self._deferrals:
+            retry_after = self._deferrals.popleft()
+            return web.Response(status=202, text="request accepted; retry later", headers={"Retry-After": retry_after})
         return None
 
     def _authenticated(self, request: web.Request) -> bool:
         if self.username is None or _peer_certificate(request) is not None:
             return True
-        header = request.headers.get("Authorization", "")
-        if not header.lower().startswith("basic "):
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "basic":
             return False
         try:
-            given = BasicAuth.decode(header, encoding="utf-8")
-        except ValueError:
+            login, colon, password = base64.b64decode(encoded.strip(), validate=True).partition(b":")
+        except (binascii.Error, ValueError):
             return False
-        user_ok = hmac.compare_digest(given.login.encode(), self.username.encode())
-        password_ok = hmac.compare_digest(given.password.encode(), (self.password or "").encode())
-        return user_ok and password_ok
+        user_ok = hmac.compare_digest(login, self.username.encode())
+        password_ok = hmac.compare_digest(password, (self.password or "").encode())
+        return bool(colon) and user_ok and password_ok
 
     def _issue(self, csr: x509.CertificateSigningRequest) -> x509.Certificate:
         try:

@@ -55,7 +55,7 @@ class ClientIdentity:
 
 
 class EstClient:
-    """One EST server, one trust configuration, one connection pool. Every failure is an :class:`EstError`.
+    """One EST server and its trust configuration. Every failure is an :class:`EstError`.
 
     ``trusted_certs`` are the only anchors the server's certificate may chain to; ``None`` means the system's
     defaults, for public EST services. ``username``/``password`` enable HTTP basic auth. A 202 answer (the CA is still
@@ -74,12 +74,12 @@ class EstClient:
     ) -> None:
         self.base_url = _checked_base_url(base_url)
         self.username = username
-        self._auth = None if username is None else aiohttp.BasicAuth(username, password or "", encoding="utf-8")
+        # The encoded header is as secret as the password: kept private, never in repr or logs.
+        self._authorization = None if username is None else aiohttp.encode_basic_auth(username, password or "")
         self._has_identity = client_identity is not None
         self.timeout = timeout
         self.max_retry_after = max_retry_after
         self._ssl = build_ssl_context(trusted_certs, client_identity)
-        self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
         # Never the password; the username helps tell two configured EST servers apart.
@@ -102,16 +102,15 @@ class EstClient:
 
     async def csrattrs(self) -> bytes | None:
         """The DER ``CsrAttrs`` the server wants in CSRs (``GET /csrattrs``), or ``None`` when it has no opinion."""
-        body = await self._exchange("GET", "csrattrs", accept="application/csrattrs", absent_ok=True)
-        if body is None or not body.strip():
+        body = (await self._exchange("GET", "csrattrs", accept="application/csrattrs", absent_ok=True)).strip()
+        if not body:
             return None
         return body if body[0] == 0x30 else decode_base64_body(body)
 
     # ------------------------------------------------------------------ lifecycle
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Nothing to release: each operation opens and closes its own connection (EST calls are rare, and a client
+        its owner forgets to close must not leak sockets). Kept so the client can be used as a context manager."""
 
     async def __aenter__(self) -> EstClient:
         return self
@@ -146,12 +145,15 @@ class EstClient:
         """The 2xx body, after waiting out any 202s. ``absent_ok`` turns 204/404 into an empty body, for optional
         resources such as ``csrattrs``."""
         url = f"{self.base_url}/{operation}"
+        request_headers = {"Accept": accept, **(headers or {})}
+        if self._authorization is not None:
+            request_headers["Authorization"] = self._authorization
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_retry_after
         attempt = 0
         while True:
             attempt += 1
-            status, reply_headers, body = await self._send(method, url, {"Accept": accept, **(headers or {})}, data)
+            status, reply_headers, body = await self._send(method, url, request_headers, data)
             log.debug("EST %s %s -> %d (attempt %d)", method, url, status, attempt)
             if status == 202:
                 wait = _retry_after(reply_headers.get("Retry-After"), url)
@@ -174,17 +176,18 @@ class EstClient:
     async def _send(
         self, method: str, url: str, headers: dict[str, str], data: bytes | None
     ) -> tuple[int, Mapping[str, str], bytes]:
-        session = self._session_for_loop()
         try:
-            async with session.request(
-                method,
-                url,
-                data=data,
-                headers=headers,
-                auth=self._auth,
-                allow_redirects=False,  # an EST URL that moved is a configuration to fix, not a hop to take blindly
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            ) as resp:
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl)) as session,
+                session.request(
+                    method,
+                    url,
+                    data=data,
+                    headers=headers,
+                    allow_redirects=False,  # an EST URL that moved is configuration to fix, not a hop to take blindly
+                    timeout=aiohttp.ClientTimeout(total=self.timeout),
+                ) as resp,
+            ):
                 body = await _read_capped(resp, url)
                 return resp.status, resp.headers, body
         except aiohttp.ClientConnectorCertificateError as e:
@@ -196,9 +199,11 @@ class EstClient:
             raise EstError(
                 f"TLS handshake with the EST server at {url} failed ({_describe_tls(e)}){self._hint()}"
             ) from e
+        except aiohttp.ClientConnectorError as e:
+            raise EstError(f"could not connect to the EST server at {url} ({_describe_tls(e.os_error)})") from e
         except TimeoutError as e:
             raise EstError(f"the EST server at {url} did not answer within {self.timeout:g} s") from e
-        except aiohttp.ClientError as e:
+        except (aiohttp.ClientError, OSError) as e:
             raise EstError(f"could not talk to the EST server at {url} ({_describe_tls(e)}){self._hint()}") from e
 
     def _hint(self) -> str:
@@ -210,8 +215,12 @@ class EstClient:
         text = _server_text(body)
         said = f": {text}" if text else ""
         if status == 401:
-            what = "refused the configured credentials" if self._auth else "requires authentication"
-            hint = "check the EST username and password" if self._auth else "configure an EST username and password"
+            what = "refused the configured credentials" if self._authorization else "requires authentication"
+            hint = (
+                "check the EST username and password"
+                if self._authorization
+                else "configure an EST username and password"
+            )
             if not self._has_identity:
                 hint += " or a client certificate"
             return EstError(f"EST server at {url} {what} (401){said}; {hint}", status)
@@ -219,12 +228,6 @@ class EstClient:
             where = headers.get("Location", "another URL")
             return EstError(f"EST server at {url} redirects to {where} ({status}); configure that URL instead", status)
         return EstError(f"EST server at {url} answered {status}{said}", status)
-
-    def _session_for_loop(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl)
-            self._session = aiohttp.ClientSession(connector=connector)
-        return self._session
 
 
 def build_ssl_context(
@@ -254,7 +257,7 @@ def build_ssl_context(
 def _pem_file(data: bytes) -> Iterator[str]:
     """A path ``ssl`` can read ``data`` from. ``load_cert_chain`` takes paths only; an anonymous memory file keeps a
     combined cert+key PEM off the disk, and a private temporary file is the fallback where memfd is missing."""
-    if hasattr(os, "memfd_create"):
+    if hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir():
         fd = os.memfd_create("edgeward-est-identity", os.MFD_CLOEXEC)
         try:
             os.write(fd, data)
