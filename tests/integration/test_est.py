@@ -32,9 +32,6 @@ from edgeward.certs.est import (
 )
 from edgeward.certs.est.client import _retry_after
 from edgeward.testing.est_server import EstServer, ResponseFormat, generate_ca, issue_certificate
-from tests.fixtures import est as est_fixtures
-
-est_server = est_fixtures.est_server  # the shared fixture (tests/fixtures/est.py), not a copy
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 JITTER = 0.05  # up to 5% of the lifetime earlier, so a fleet does not renew in the same second
 MIN_RETRY = dt.timedelta(seconds=1)
+FIRST_RETRY_WITHOUT = dt.timedelta(seconds=10)
+MAX_RETRY_WITHOUT = dt.timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -174,15 +176,28 @@ class RenewalEngine:
             except Exception as e:
                 status.failures += 1
                 status.last_error = str(e)
-                lifetime = (cert.not_valid_after_utc - cert.not_valid_before_utc) if cert else dt.timedelta(hours=1)
-                backoff = max(MIN_RETRY, m.policy.retry.of(lifetime)) * min(2 ** (status.failures - 1), 64)
-                backoff *= 1 + JITTER * self.rng.random()
-                if cert is not None and cert.not_valid_after_utc > self.now():
-                    backoff = min(backoff, max(MIN_RETRY, (cert.not_valid_after_utc - self.now()) / 2))
+                backoff = self._backoff(m, cert, status.failures)
                 status.next_attempt = self.now() + backoff
                 log.warning("renewal of %r failed (attempt %d), retrying in %.1fs: %s", m.cert_id, status.failures,
                             backoff.total_seconds(), e)
                 await self._sleep_until(m, status.next_attempt)
+
+    def _backoff(self, m: ManagedCert, cert: x509.Certificate | None, failures: int) -> dt.timedelta:
+        """Exponential backoff from the policy's retry interval, with jitter.
+
+        While a valid cert remains, retries stay within half its remaining life; without one (missing or expired)
+        the device has no identity, so retries start within seconds and never wait more than MAX_RETRY_WITHOUT.
+        """
+        valid = cert is not None and cert.not_valid_after_utc > self.now()
+        lifetime = (cert.not_valid_after_utc - cert.not_valid_before_utc) if cert else self.service.lifetime(m.cert_id)
+        base = max(MIN_RETRY, m.policy.retry.of(lifetime))
+        if not valid:
+            base = min(base, FIRST_RETRY_WITHOUT)
+        backoff: dt.timedelta = base * min(2 ** (failures - 1), 64) * (1 + JITTER * self.rng.random())
+        if cert is not None and valid:
+            half_left: dt.timedelta = (cert.not_valid_after_utc - self.now()) / 2
+            return min(backoff, max(MIN_RETRY, half_left))
+        return min(backoff, MAX_RETRY_WITHOUT)
 
     async def renew(self, m: ManagedCert) -> RenewalEvent:
         """Renew one cert now. Raises on failure; the old pair stays in place."""
