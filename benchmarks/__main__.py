@@ -16,14 +16,14 @@ from rich.table import Table
 from tests.fixtures.softhsm import make_token
 from tests.fixtures.swtpm import start_swtpm
 
-from . import certs_issue, keys_sign, pkcs11_libraries
+from . import certs_issue, est_enroll, keys_sign, pkcs11_libraries
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--only", choices=["keys", "pkcs11-libs", "certs"], default=None)
+    parser.add_argument("--only", choices=["keys", "pkcs11-libs", "certs", "est"], default=None)
     parser.add_argument("--backends", default="software,pkcs11,tpm")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -75,6 +75,14 @@ def main() -> None:
                 for c in ("certs/s (goal >= 300)", "p50 ms", "p99 ms", "errors"):
                     t.add_column(c)
                 t.add_row(f"{row['certs_per_s']:.0f}", f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}", str(row["errors"]))
+                console.print(t)
+            if args.only in (None, "est"):
+                row = est_enroll.run(args.seconds, args.concurrency)
+                results["est_enroll"] = row
+                t = Table(title="EST enrollments against the project's EST server (TLS, basic auth, 8 in flight)")
+                t.add_column("enrollments/s")
+                t.add_column("enrollments")
+                t.add_row(f"{row['enrollments_per_s']:.0f}", str(row["enrollments"]))
                 console.print(t)
         finally:
             tpm.stop()
