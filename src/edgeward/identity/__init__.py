@@ -1,0 +1,1 @@
+"""The identity service (aziot-identityd's API): device provisioning, module identities, principals, backup."""

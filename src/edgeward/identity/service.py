@@ -1,0 +1,322 @@
+"""The identity service: provisions the device (manual or DPS), keeps module identities in IoT Hub in step with
+what runs here, and tells each caller only the identities its principal may see."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ..certs.api import CertsApi
+from ..http.errors import BadRequest, HttpError, NotFound, Unauthorized
+from ..http.peercred import Caller
+from ..keys.api import KeysApi
+from ..keys.model import HmacSha256
+from .model import AziotIdentity, HubModules, Identity, LocalIdentity, ModuleInfo, ProvisioningInfo
+from .settings import DpsProvisioning, IdentitySettings, IdPrincipal, ManualProvisioning, SecretSource
+from .state import DeviceIdentity, DeviceStore, ModuleCache, ModuleRecord, fingerprint
+
+__all__ = [
+    "DEVICE_KEY_ID",
+    "MODULE_MASTER_KEY_ID",
+    "DpsRegistrar",
+    "HubFactory",
+    "IdentityService",
+    "NotProvisioned",
+    "Signer",
+]
+
+log = logging.getLogger(__name__)
+
+DEVICE_KEY_ID = "edgeward-identity-device-key"
+MODULE_MASTER_KEY_ID = "edgeward-identity-module-master"
+
+Signer = Callable[[bytes], Awaitable[bytes]]
+HubFactory = Callable[[DeviceIdentity, "Signer | None"], HubModules]
+DpsRegistrar = Callable[[DpsProvisioning, "Signer | None"], Awaitable[DeviceIdentity]]
+
+
+class NotProvisioned(HttpError):
+    status = 503
+
+
+def _read_secret(source: SecretSource) -> bytes:
+    if source.value is not None:
+        return source.value
+    assert source.uri is not None
+    raw = Path(source.uri.removeprefix("file://")).read_bytes().strip()
+    try:
+        return base64.b64decode(raw, validate=True)
+    except ValueError:
+        return raw
+
+
+def _config_fingerprint(settings: IdentitySettings) -> str:
+    prov = settings.provisioning
+    doc = asdict(prov) if prov is not None else {}
+    for name in ("sas_key", "symmetric_key"):
+        secret = doc.get(name)
+        if isinstance(secret, dict) and secret.get("value") is not None:
+            secret["value"] = fingerprint(base64.b64encode(secret["value"]).decode())
+    return fingerprint({"type": type(prov).__name__, **doc})
+
+
+class IdentityService:
+    def __init__(self, settings: IdentitySettings, keys: KeysApi, certs: CertsApi, hub_factory: HubFactory,
+                 *, dps_register: DpsRegistrar | None = None, trusted_uids: frozenset[int] | None = None) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.certs = certs
+        self.hub_factory = hub_factory
+        self.dps_register = dps_register
+        self.store = DeviceStore(settings.homedir)
+        self.cache = ModuleCache(settings.homedir)
+        self._trusted = trusted_uids if trusted_uids is not None else frozenset({0, os.getuid()})
+        self._device: DeviceIdentity | None = None
+        self._last_error: str | None = None
+        self._lock = asyncio.Lock()
+        self._fingerprint = _config_fingerprint(settings)
+
+    # provisioning -----------------------------------------------------------------------------------------
+    @property
+    def device(self) -> DeviceIdentity:
+        if self._device is None:
+            detail = f": {self._last_error}" if self._last_error else ""
+            raise NotProvisioned(f"the device is not provisioned yet{detail}")
+        return self._device
+
+    async def start(self) -> None:
+        """Provision (or restore the backup made under this same configuration), then reconcile the modules of
+        host-process principals. A cloud outage leaves the service up, serving from its backup."""
+        try:
+            await self.provision(use_backup=True)
+        except HttpError as e:
+            log.error("provisioning failed: %s", e.message)
+        if self._device is not None:
+            try:
+                await self.reconcile_principal_modules()
+            except HttpError as e:
+                log.warning("could not reconcile module identities with the hub: %s", e.message)
+
+    async def provision(self, use_backup: bool) -> DeviceIdentity:
+        async with self._lock:
+            prov = self.settings.provisioning
+            if prov is None:
+                self._last_error = "no [provisioning] is configured"
+                raise NotProvisioned(self._last_error)
+            backup = self.store.load(self._fingerprint) if use_backup else None
+            if backup is not None and (isinstance(prov, ManualProvisioning) or use_backup):
+                self._device = backup
+                log.info("device %s on %s restored from backup", backup.device_id, backup.hub)
+                return backup
+            try:
+                device = await self._provision_fresh(prov)
+            except HttpError as e:
+                self._last_error = e.message
+                # A reprovision that fails keeps serving with the current identity if it came from this config.
+                fallback = self.store.load(self._fingerprint)
+                if fallback is not None:
+                    self._device = fallback
+                raise
+            self.store.save(device, self._fingerprint)
+            self._device, self._last_error = device, None
+            log.info("device %s provisioned on %s (%s)", device.device_id, device.hub, device.source)
+            return device
+
+    async def _provision_fresh(self, prov: ManualProvisioning | DpsProvisioning) -> DeviceIdentity:
+        if isinstance(prov, ManualProvisioning):
+            if prov.auth == "sas":
+                assert prov.sas_key is not None
+                await self.keys.import_key(DEVICE_KEY_ID, _read_secret(prov.sas_key), "sign")
+                return DeviceIdentity(prov.hub, prov.device_id, "sas", key_id=DEVICE_KEY_ID)
+            return DeviceIdentity(prov.hub, prov.device_id, "x509", cert_id=prov.identity_cert, pk_id=prov.identity_pk)
+        if self.dps_register is None:
+            raise NotProvisioned("DPS provisioning is not available in this build")
+        signer = None
+        if prov.auth == "symmetric_key":
+            assert prov.symmetric_key is not None
+            await self.keys.import_key(DEVICE_KEY_ID, _read_secret(prov.symmetric_key), "derive,sign")
+            signer = await self._device_signer(DEVICE_KEY_ID,
+                                               prov.registration_id if prov.group_enrollment else None)
+        return await self.dps_register(prov, signer)
+
+    async def _device_signer(self, key_id: str, derivation: str | None) -> Signer:
+        handle = await self.keys.load_key(key_id)
+        if derivation is not None:  # a group enrollment: the device key derives from the group key
+            handle = await self.keys.create_derived_key(handle, derivation.encode())
+
+        async def sign(data: bytes) -> bytes:
+            return await self.keys.sign(handle, HmacSha256(data))
+
+        return sign
+
+    async def _device_key_handle(self, device: DeviceIdentity) -> str:
+        if device.auth == "x509":
+            assert device.pk_id is not None
+            return await self.keys.load_key_pair(device.pk_id)
+        assert device.key_id is not None
+        handle = await self.keys.load_key(device.key_id)
+        if device.derivation is not None:
+            handle = await self.keys.create_derived_key(handle, device.derivation.encode())
+        return handle
+
+    async def hub(self) -> HubModules:
+        device = self.device
+        signer = None
+        if device.auth == "sas":
+            assert device.key_id is not None
+            signer = await self._device_signer(device.key_id, device.derivation)
+        return self.hub_factory(device, signer)
+
+    async def reprovision(self) -> None:
+        await self.provision(use_backup=False)
+        await self.reconcile_principal_modules()
+
+    # identities -------------------------------------------------------------------------------------------
+    async def device_identity(self) -> AziotIdentity:
+        device = self.device
+        return AziotIdentity(device.hub, device.device_id, device.auth, await self._device_key_handle(device),
+                             cert_id=device.cert_id, gateway_host=device.gateway_host)
+
+    async def _module_keys(self, module_id: str, generation_id: str) -> tuple[str, bytes, bytes]:
+        master = await self.keys.create_key_if_not_exists(MODULE_MASTER_KEY_ID, "derive")
+        primary = await self.keys.create_derived_key(master, f"{module_id}:{generation_id}:primary".encode())
+        secondary = await self.keys.create_derived_key(master, f"{module_id}:{generation_id}:secondary".encode())
+        return primary, await self.keys.export_derived_key(primary), await self.keys.export_derived_key(secondary)
+
+    async def _aziot_module(self, info: ModuleInfo) -> AziotIdentity:
+        device = self.device
+        handle, _, _ = await self._module_keys(info.module_id, info.generation_id)
+        return AziotIdentity(device.hub, device.device_id, "sas", handle, gateway_host=device.gateway_host,
+                             module_id=info.module_id, gen_id=info.generation_id)
+
+    async def create_module(self, module_id: str, managed_by: str | None = None) -> AziotIdentity:
+        _validate_module_id(module_id)
+        hub = await self.hub()
+        info = await hub.get_module(module_id)
+        if info is None:
+            info = await hub.create_module(module_id, managed_by)
+        _, primary, secondary = await self._module_keys(module_id, info.generation_id)
+        info = await hub.update_module(module_id, primary, secondary)
+        self.cache.put(self.device.device_id, ModuleRecord(module_id, "aziot", info.generation_id, info.managed_by))
+        log.info("module identity %r (generation %s) registered in %s", module_id, info.generation_id, self.device.hub)
+        return await self._aziot_module(info)
+
+    async def get_module(self, module_id: str) -> AziotIdentity:
+        _validate_module_id(module_id)
+        try:
+            info = await (await self.hub()).get_module(module_id)
+            if info is None:
+                self.cache.delete(self.device.device_id, "aziot", module_id)
+                raise NotFound(f"module identity {module_id!r} not found")
+            self.cache.put(self.device.device_id, ModuleRecord(module_id, "aziot", info.generation_id,
+                                                                info.managed_by))
+        except NotFound:
+            raise
+        except HttpError as e:
+            if e.status not in (429, 502, 503, 504):
+                raise
+            cached = self.cache.get(self.device.device_id, "aziot", module_id)
+            if cached is None:
+                raise
+            log.warning("hub unreachable (%s); answering %r from the local copy", e.message, module_id)
+            info = ModuleInfo(cached.module_id, cached.generation_id, cached.managed_by)
+        return await self._aziot_module(info)
+
+    async def list_modules(self) -> list[AziotIdentity]:
+        try:
+            infos = await (await self.hub()).list_modules()
+            self.cache.replace_all(self.device.device_id, "aziot",
+                                   [ModuleRecord(i.module_id, "aziot", i.generation_id, i.managed_by) for i in infos])
+        except HttpError as e:
+            if e.status not in (429, 502, 503, 504):
+                raise
+            infos = [ModuleInfo(r.module_id, r.generation_id, r.managed_by)
+                     for r in self.cache.list_all(self.device.device_id, "aziot")]
+        return [await self._aziot_module(i) for i in infos]
+
+    async def delete_module(self, module_id: str) -> None:
+        _validate_module_id(module_id)
+        await (await self.hub()).delete_module(module_id)
+        self.cache.delete(self.device.device_id, "aziot", module_id)
+
+    async def local_identity(self, module_id: str, server: bool) -> LocalIdentity:
+        """An X.509 identity for a local (non-cloud) module, issued by the certs service."""
+        _validate_module_id(module_id)
+        if self.settings.localid_domain is None:
+            raise BadRequest("local identities need [localid] domain_name in the configuration")
+        cn = f"{module_id}.{self.settings.hostname}.{self.settings.localid_domain}"
+        key = ec.generate_private_key(ec.SECP256R1())
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+               .sign(key, hashes.SHA256()))
+        pem = await self.certs.create_cert(f"local-id-{module_id}", csr.public_bytes(serialization.Encoding.PEM))
+        leaf = x509.load_pem_x509_certificates(pem.encode())[0]
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+        self.cache.put(self.device_id_or_local(), ModuleRecord(module_id, "local", str(leaf.serial_number)))
+        return LocalIdentity(module_id, key_pem, pem, leaf.not_valid_after_utc.isoformat())
+
+    def device_id_or_local(self) -> str:
+        return self._device.device_id if self._device is not None else "local"
+
+    async def reconcile_principal_modules(self) -> None:
+        """Host-process principals with idtype "module" get a module identity named after them."""
+        for principal in self.settings.principals:
+            if principal.idtype and "module" in principal.idtype:
+                await self.create_module(principal.name, managed_by="edgeward")
+
+    # authorization ----------------------------------------------------------------------------------------
+    def principal_of(self, caller: Caller) -> IdPrincipal | None:
+        if caller.uid in self._trusted:
+            return IdPrincipal(caller.uid, "root")
+        return next((p for p in self.settings.principals if p.uid == caller.uid), None)
+
+    def require_daemon(self, caller: Caller) -> IdPrincipal:
+        principal = self.principal_of(caller)
+        if principal is None or principal.idtype is not None:
+            raise Unauthorized(f"uid {caller.uid} may not use this API"
+                               + ("" if principal is None else f" (principal {principal.name!r} is limited to "
+                                                                f"its own identity)"))
+        return principal
+
+    async def caller_identity(self, caller: Caller) -> Identity:
+        principal = self.principal_of(caller)
+        if principal is None:
+            raise Unauthorized(f"uid {caller.uid} is not a principal of the identity service")
+        kinds = principal.idtype or ("device",)
+        if "module" in kinds:
+            return await self.get_module(principal.name)
+        if "local" in kinds:
+            return await self.local_identity(principal.name, server=False)
+        return await self.device_identity()
+
+    def provisioning_info(self) -> ProvisioningInfo:
+        prov = self.settings.provisioning
+        if prov is None:
+            raise NotProvisioned("no [provisioning] is configured")
+        if isinstance(prov, ManualProvisioning):
+            return ProvisioningInfo("manual", prov.auth)
+        return ProvisioningInfo("dps", prov.auth, prov.endpoint, prov.scope_id, prov.registration_id)
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+def _validate_module_id(module_id: str) -> None:
+    # IoT Hub module ids: up to 128 characters of ASCII letters, digits and - : . + % _ # * ? ! ( ) , = @ ; $ '
+    allowed = set("-:.+%_#*?!(),=@;$'")
+    if not 1 <= len(module_id) <= 128 or not all(c.isascii() and (c.isalnum() or c in allowed) for c in module_id):
+        raise BadRequest(f"invalid module id {module_id!r}: 1 to 128 ASCII letters, digits or -:.+%_#*?!(),=@;$'")
+

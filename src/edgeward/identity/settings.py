@@ -1,0 +1,222 @@
+"""The identity service's settings: aziot-identityd's ``[provisioning]``, ``hostname``, ``[[principal]]`` and
+``[localid]``, plus Edgeward's ``[edgeward.identity]`` (the trust bundle for the cloud's TLS)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config.problems import Problems
+
+__all__ = [
+    "DpsProvisioning",
+    "IdPrincipal",
+    "IdentitySettings",
+    "ManualProvisioning",
+    "SecretSource",
+    "parse_connection_string",
+    "parse_identity_settings",
+]
+
+IdType = Literal["device", "module", "local"]
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    """A key given inline (base64) or by file URI; never shown in reprs."""
+
+    value: bytes | None = field(default=None, repr=False)
+    uri: str | None = None
+
+
+@dataclass(frozen=True)
+class ManualProvisioning:
+    hub: str
+    device_id: str
+    auth: Literal["sas", "x509"]
+    sas_key: SecretSource | None = None
+    identity_cert: str | None = None  # file:// URI or a cert id
+    identity_pk: str | None = None  # file:// / pkcs11: URI or a key id
+
+
+@dataclass(frozen=True)
+class DpsProvisioning:
+    endpoint: str
+    scope_id: str
+    auth: Literal["symmetric_key", "x509", "tpm"]
+    registration_id: str | None = None
+    symmetric_key: SecretSource | None = None
+    group_enrollment: bool = False
+    identity_cert: str | None = None
+    identity_pk: str | None = None
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class IdPrincipal:
+    uid: int
+    name: str
+    idtype: tuple[IdType, ...] | None = None  # None: a daemon, allowed every API
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    hostname: str
+    homedir: Path
+    socket_path: Path
+    provisioning: ManualProvisioning | DpsProvisioning | None
+    principals: tuple[IdPrincipal, ...] = ()
+    localid_domain: str | None = None
+    cloud_trust_bundle: str | None = None  # file:// URI of the CAs trusted for IoT Hub / DPS TLS
+    cloud_timeout: float = 30.0
+
+
+def parse_connection_string(value: str) -> tuple[str, str, bytes]:
+    """``HostName=...;DeviceId=...;SharedAccessKey=...`` -> (hub, device id, key)."""
+    parts = {}
+    for item in value.split(";"):
+        name, eq, v = item.partition("=")
+        if not eq:
+            raise ValueError("a connection string is name=value pairs separated by ';'")
+        parts[name.strip()] = v.strip()
+    missing = [k for k in ("HostName", "DeviceId", "SharedAccessKey") if not parts.get(k)]
+    if missing:
+        raise ValueError(f"the connection string lacks {', '.join(missing)}")
+    try:
+        key = base64.b64decode(parts["SharedAccessKey"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("SharedAccessKey is not base64") from None
+    return parts["HostName"], parts["DeviceId"], key
+
+
+def _secret(raw: Any, where: str, p: Problems) -> SecretSource | None:
+    if isinstance(raw, dict) and "value" in raw and isinstance(raw["value"], str):
+        try:
+            return SecretSource(value=base64.b64decode(raw["value"], validate=True))
+        except (binascii.Error, ValueError):
+            p.add(f"{where}.value", "<secret>", "a base64 key")
+            return None
+    if isinstance(raw, dict) and isinstance(raw.get("uri"), str) and raw["uri"].startswith("file://"):
+        return SecretSource(uri=raw["uri"])
+    p.add(where, "<secret>", '{ value = "<base64>" } or { uri = "file:///..." }')
+    return None
+
+
+def _manual(prov: Mapping[str, Any], p: Problems) -> ManualProvisioning | None:
+    cs = p.get(prov, "connection_string", "provisioning", str, "")
+    if cs:
+        try:
+            hub, device, key = parse_connection_string(cs)
+        except ValueError as e:
+            p.add("provisioning.connection_string", "<secret>", str(e))
+            return None
+        return ManualProvisioning(hub, device, "sas", SecretSource(value=key))
+    hub = p.get(prov, "iothub_hostname", "provisioning", str, "")
+    device = p.get(prov, "device_id", "provisioning", str, "")
+    auth = p.get(prov, "authentication", "provisioning", dict, {})
+    method = p.get(auth, "method", "provisioning.authentication", str, "")
+    if not hub or not device:
+        p.add("provisioning", "<incomplete>", "connection_string, or iothub_hostname and device_id")
+        return None
+    if method == "sas":
+        return ManualProvisioning(hub, device, "sas",
+                                  _secret(auth.get("device_id_pk"), "provisioning.authentication.device_id_pk", p))
+    if method == "x509":
+        cert = p.get(auth, "identity_cert", "provisioning.authentication", str, "")
+        pk = p.get(auth, "identity_pk", "provisioning.authentication", str, "")
+        if not cert or not pk:
+            p.add("provisioning.authentication", "<incomplete>", "identity_cert and identity_pk for x509")
+        return ManualProvisioning(hub, device, "x509", identity_cert=cert or None, identity_pk=pk or None)
+    p.add("provisioning.authentication.method", method or "<missing>", '"sas" or "x509"')
+    return None
+
+
+def _dps(prov: Mapping[str, Any], p: Problems) -> DpsProvisioning | None:
+    endpoint = p.get(prov, "global_endpoint", "provisioning", str, "https://global.azure-devices-provisioning.net")
+    scope = p.get(prov, "id_scope", "provisioning", str, "")
+    att = p.get(prov, "attestation", "provisioning", dict, {})
+    method = p.get(att, "method", "provisioning.attestation", str, "")
+    if not scope:
+        p.add("provisioning.id_scope", "<missing>", "the DPS ID scope")
+    if not endpoint.startswith("https://"):
+        p.add("provisioning.global_endpoint", endpoint, "an https:// URL")
+    reg = p.get(att, "registration_id", "provisioning.attestation", str, "") or None
+    payload = prov.get("payload")
+    if method == "symmetric_key":
+        if reg is None:
+            p.add("provisioning.attestation.registration_id", "<missing>", "the registration id")
+        return DpsProvisioning(endpoint.rstrip("/"), scope, "symmetric_key", reg,
+                               _secret(att.get("symmetric_key"), "provisioning.attestation.symmetric_key", p),
+                               p.get(att, "group_enrollment", "provisioning.attestation", bool, False),
+                               payload=payload)
+    if method == "x509":
+        cert = p.get(att, "identity_cert", "provisioning.attestation", str, "")
+        pk = p.get(att, "identity_pk", "provisioning.attestation", str, "")
+        if not cert or not pk:
+            p.add("provisioning.attestation", "<incomplete>", "identity_cert and identity_pk for x509")
+        return DpsProvisioning(endpoint.rstrip("/"), scope, "x509", reg, identity_cert=cert or None,
+                               identity_pk=pk or None, payload=payload)
+    if method == "tpm":
+        if reg is None:
+            p.add("provisioning.attestation.registration_id", "<missing>", "the registration id")
+        return DpsProvisioning(endpoint.rstrip("/"), scope, "tpm", reg, payload=payload)
+    p.add("provisioning.attestation.method", method or "<missing>", '"symmetric_key", "x509" or "tpm"')
+    return None
+
+
+def parse_identity_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path,
+                            problems: Problems | None = None) -> IdentitySettings:
+    p = problems or Problems("identity configuration")
+    prov = p.get(doc, "provisioning", "", dict, {})
+    provisioning: ManualProvisioning | DpsProvisioning | None = None
+    if prov:
+        source = p.get(prov, "source", "provisioning", str, "")
+        if source == "manual":
+            provisioning = _manual(prov, p)
+        elif source == "dps":
+            provisioning = _dps(prov, p)
+        else:
+            p.add("provisioning.source", source or "<missing>", '"manual" or "dps"')
+    principals = []
+    for i, entry in enumerate(p.get(doc, "principal", "", list, [])):
+        if not isinstance(entry, dict) or "name" not in entry:
+            continue  # a keys or certs principal
+        where = f"principal[{i}]"
+        uid = p.get(entry, "uid", where, int, -1)
+        name = p.get(entry, "name", where, str, "")
+        idtype_raw = entry.get("idtype")
+        idtype = None
+        if idtype_raw is not None:
+            if not isinstance(idtype_raw, list) or not all(t in ("device", "module", "local") for t in idtype_raw):
+                p.add(f"{where}.idtype", idtype_raw, 'a list of "device", "module", "local"')
+            else:
+                idtype = tuple(idtype_raw)
+        if uid < 0 or not name:
+            p.add(where, "<incomplete>", "uid >= 0 and a name")
+            continue
+        principals.append(IdPrincipal(uid, name, idtype))
+    names = [pr.name for pr in principals]
+    for dup in {n for n in names if names.count(n) > 1}:
+        p.add("principal.name", dup, "unique principal names")
+    ours = p.get(p.get(doc, "edgeward", "", dict, {}), "identity", "edgeward", dict, {})
+    trust = p.get(ours, "cloud_trust_bundle", "edgeward.identity", str, "") or None
+    if trust is not None and not trust.startswith("file://"):
+        p.add("edgeward.identity.cloud_trust_bundle", trust, "a file:// URI")
+    localid = p.get(doc, "localid", "", dict, {})
+    socket = run_dir / "identityd.sock"
+    sock_uri = p.get(p.get(doc, "endpoints", "", dict, {}), "aziot_identityd", "endpoints", str, "")
+    if sock_uri:
+        socket = Path(sock_uri.removeprefix("unix://"))
+    if problems is None:
+        p.raise_if_any()
+    return IdentitySettings(
+        hostname=p.get(doc, "hostname", "", str, "edgeward-device"),
+        homedir=Path(p.get(p.get(doc, "edgeward", "", dict, {}).get("identity", {}) or {}, "homedir", "", str,
+                           str(state_dir / "identityd"))),
+        socket_path=socket, provisioning=provisioning, principals=tuple(principals),
+        localid_domain=p.get(localid, "domain_name", "localid", str, "") or None, cloud_trust_bundle=trust,
+    )

@@ -1,0 +1,128 @@
+"""What the identity service remembers across restarts: the provisioning result (with a fingerprint of the
+configuration that produced it) and the module identities it created, so it can start while the cloud is down.
+
+Unlike aziot, a backup made under another provisioning configuration (scope, registration id, endpoint, hub, device
+id, credentials) is never used: it would name a device the new configuration does not own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from ..fsutil import atomic_write, private_dir
+
+__all__ = ["DeviceIdentity", "DeviceStore", "ModuleCache", "ModuleRecord", "fingerprint"]
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    hub: str
+    device_id: str
+    auth: Literal["sas", "x509"]
+    key_id: str | None = None  # SAS: the device key (or derived base) in the keys service
+    derivation: str | None = None  # SAS with a DPS group key: the registration id the device key derives from
+    cert_id: str | None = None  # X.509: identity cert id in the certs service, or a file:// URI
+    pk_id: str | None = None  # X.509: identity key id in the keys service, or a URI
+    gateway_host: str | None = None
+    source: Literal["manual", "dps"] = "manual"
+
+
+@dataclass(frozen=True)
+class ModuleRecord:
+    module_id: str
+    type: Literal["aziot", "local"]
+    generation_id: str
+    managed_by: str | None = None
+
+
+def fingerprint(value: object) -> str:
+    """A stable digest of a provisioning configuration (secrets included only as their hash)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+class DeviceStore:
+    def __init__(self, homedir: Path) -> None:
+        self.path = private_dir(homedir) / "device.json"
+
+    def load(self, expected_fingerprint: str) -> DeviceIdentity | None:
+        try:
+            doc = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None  # damaged: provision again rather than trust it
+        if doc.get("fingerprint") != expected_fingerprint:
+            return None
+        try:
+            return DeviceIdentity(**doc["device"])
+        except (TypeError, KeyError):
+            return None
+
+    def save(self, device: DeviceIdentity, config_fingerprint: str) -> None:
+        atomic_write(self.path, json.dumps({"fingerprint": config_fingerprint, "device": asdict(device)}).encode())
+
+    def clear(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class ModuleCache:
+    """Module identities known locally (SQLite, WAL): the offline copy of what the hub holds."""
+
+    def __init__(self, homedir: Path) -> None:
+        path = private_dir(homedir) / "modules.db"
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS modules (module_id TEXT NOT NULL, type TEXT NOT NULL, "
+            "generation_id TEXT NOT NULL, managed_by TEXT, device TEXT NOT NULL, "
+            "PRIMARY KEY (device, type, module_id))"
+        )
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def put(self, device: str, record: ModuleRecord) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO modules VALUES (?, ?, ?, ?, ?)",
+                       (record.module_id, record.type, record.generation_id, record.managed_by, device))
+
+    def get(self, device: str, type_: str, module_id: str) -> ModuleRecord | None:
+        row = self._db.execute(
+            "SELECT module_id, type, generation_id, managed_by FROM modules WHERE device=? AND type=? AND module_id=?",
+            (device, type_, module_id)).fetchone()
+        return ModuleRecord(*row) if row else None
+
+    def list_all(self, device: str, type_: str) -> list[ModuleRecord]:
+        rows = self._db.execute(
+            "SELECT module_id, type, generation_id, managed_by FROM modules WHERE device=? AND type=? "
+            "ORDER BY module_id", (device, type_)).fetchall()
+        return [ModuleRecord(*r) for r in rows]
+
+    def delete(self, device: str, type_: str, module_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM modules WHERE device=? AND type=? AND module_id=?", (device, type_, module_id))
+
+    def replace_all(self, device: str, type_: str, records: list[ModuleRecord]) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM modules WHERE device=? AND type=?", (device, type_))
+            db.executemany("INSERT INTO modules VALUES (?, ?, ?, ?, ?)",
+                           [(r.module_id, r.type, r.generation_id, r.managed_by, device) for r in records])
+
+    def close(self) -> None:
+        self._db.close()
