@@ -1,0 +1,119 @@
+"""HTTP handlers of the identity API: parse -> authorize the caller -> call the service -> serialize."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..http import RouteTable, build_app, caller_of, read_body, reply_empty
+from ..http.errors import BadRequest
+from . import wire
+from .service import IdentityService
+
+__all__ = ["IDENTITY_SERVICE", "build_identity_app", "routes"]
+
+IDENTITY_SERVICE = web.AppKey("edgeward.identity.service", IdentityService)
+TRUST_BUNDLE = web.AppKey("edgeward.identity.trust_bundle", str)
+
+routes = RouteTable(wire.API_VERSIONS)
+
+
+def _svc(request: web.Request) -> IdentityService:
+    return request.app[IDENTITY_SERVICE]
+
+
+def _daemon(request: web.Request) -> IdentityService:
+    svc = _svc(request)
+    svc.require_daemon(caller_of(request))
+    return svc
+
+
+def _type(request: web.Request, allowed: tuple[str, ...] = ("aziot",)) -> str:
+    t = request.query.get("type", "aziot")
+    if t not in allowed:
+        raise BadRequest(f"unsupported identity type {t!r}; expected {' or '.join(allowed)}")
+    return t
+
+
+@routes.get("/identities/identity", since="2020-09-01")
+async def caller_identity(request: web.Request) -> web.Response:
+    return web.json_response(wire.identity_body(await _svc(request).caller_identity(caller_of(request))))
+
+
+@routes.get("/identities/provisioning", since="2021-12-01")
+async def provisioning(request: web.Request) -> web.Response:
+    return web.json_response(wire.provisioning_body(_daemon(request).provisioning_info()))
+
+
+@routes.post("/identities/device", since="2020-09-01")
+async def device_identity(request: web.Request) -> web.Response:
+    svc = _daemon(request)
+    await read_body(request, wire.IdTypeRequest)
+    return web.json_response(wire.identity_body(await svc.device_identity()))
+
+
+@routes.post("/identities/device/reprovision", since="2020-09-01")
+async def reprovision(request: web.Request) -> web.Response:
+    svc = _daemon(request)
+    await read_body(request, wire.IdTypeRequest)
+    await svc.reprovision()
+    return reply_empty()
+
+
+@routes.get("/identities/modules", since="2020-09-01")
+async def list_modules(request: web.Request) -> web.Response:
+    svc = _daemon(request)
+    _type(request)
+    return web.json_response({"identities": [wire.identity_body(i) for i in await svc.list_modules()]})
+
+
+@routes.post("/identities/modules", since="2020-09-01")
+async def create_module(request: web.Request) -> web.Response:
+    svc = _daemon(request)
+    body = await read_body(request, wire.CreateModuleRequest)
+    if body.type == "local":
+        opts = body.local_id_opts or wire.LocalIdOpts()
+        identity = await svc.local_identity(body.module_id, server=opts.attributes == "server")
+        return web.json_response(wire.identity_body(identity))
+    return web.json_response(wire.identity_body(await svc.create_module(body.module_id)))
+
+
+@routes.get("/identities/modules/{moduleId}", since="2020-09-01")
+async def get_module(request: web.Request) -> web.Response:
+    svc = _daemon(request)
+    module_id = request.match_info["moduleId"]
+    if _type(request, ("aziot", "local")) == "local":
+        return web.json_response(wire.identity_body(await svc.local_identity(module_id, server=False)))
+    return web.json_response(wire.identity_body(await svc.get_module(module_id)))
+
+
+@routes.put("/identities/modules/{moduleId}", since="2020-09-01")
+async def update_module(request: web.Request) -> web.Response:
+    svc = _daemon(request)
+    body = await read_body(request, wire.CreateModuleRequest)
+    if body.module_id != request.match_info["moduleId"]:
+        raise BadRequest("moduleId in the body differs from the one in the path")
+    return web.json_response(wire.identity_body(await svc.create_module(body.module_id)))
+
+
+@routes.delete("/identities/modules/{moduleId}", since="2020-09-01")
+async def delete_module(request: web.Request) -> web.Response:
+    svc = _daemon(request)
+    _type(request)
+    await svc.delete_module(request.match_info["moduleId"])
+    return reply_empty()
+
+
+@routes.get("/trust-bundle", since="2020-09-01")
+async def trust_bundle(request: web.Request) -> web.Response:
+    """Every caller may read the trust bundle: it holds only public CA certificates."""
+    svc = _svc(request)
+    pem = await svc.certs.get_cert(request.app[TRUST_BUNDLE])
+    return web.json_response({"certificate": pem})
+
+
+def build_identity_app(service: IdentityService, trust_bundle_cert: str = "trust-bundle",
+                       **kwargs: object) -> web.Application:
+    app = build_app(routes, **kwargs)  # type: ignore[arg-type]
+    app[IDENTITY_SERVICE] = service
+    app[TRUST_BUNDLE] = trust_bundle_cert
+    return app

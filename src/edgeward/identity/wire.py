@@ -1,0 +1,64 @@
+"""Request and response bodies of the identity API (aziot-identityd's field names)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .model import AziotIdentity, Identity, LocalIdentity, ProvisioningInfo
+
+__all__ = [
+    "API_VERSIONS",
+    "CreateModuleRequest",
+    "IdTypeRequest",
+    "LocalIdOpts",
+    "identity_body",
+    "provisioning_body",
+]
+
+API_VERSIONS = ("2020-09-01", "2021-12-01", "2022-08-01")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+
+class IdTypeRequest(_Body):
+    type: Literal["aziot"]
+
+
+class LocalIdOpts(_Body):
+    type: Literal["x509"] = "x509"
+    attributes: Literal["client", "server"] = "client"
+
+
+class CreateModuleRequest(_Body):
+    type: Literal["aziot", "local"]
+    module_id: str = Field(alias="moduleId", max_length=128)
+    local_id_opts: LocalIdOpts | None = Field(default=None, alias="localIdOpts")
+
+
+def identity_body(identity: Identity) -> dict[str, Any]:
+    if isinstance(identity, LocalIdentity):
+        return {"type": "local", "spec": {"moduleId": identity.module_id, "auth": {
+            "privateKey": identity.private_key_pem, "certificate": identity.certificate_pem,
+            "expiration": identity.expiration}}}
+    assert isinstance(identity, AziotIdentity)
+    auth: dict[str, Any] = {"type": identity.auth_type, "keyHandle": identity.key_handle}
+    if identity.cert_id is not None:
+        auth["certId"] = identity.cert_id
+    spec: dict[str, Any] = {"hubName": identity.hub, "deviceId": identity.device_id, "auth": auth}
+    if identity.gateway_host is not None:
+        spec["gatewayHost"] = identity.gateway_host
+    if identity.module_id is not None:
+        spec["moduleId"] = identity.module_id
+        spec["genId"] = identity.gen_id
+    return {"type": "aziot", "spec": spec}
+
+
+def provisioning_body(info: ProvisioningInfo) -> dict[str, Any]:
+    if info.source == "manual":
+        return {"source": "manual", "auth": info.auth}
+    return {"source": "dps", "auth": info.auth, "endpoint": info.endpoint, "scope_id": info.scope_id,
+            "registration_id": info.registration_id}
