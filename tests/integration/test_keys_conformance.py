@@ -238,3 +238,21 @@ async def test_handle_kinds_are_not_interchangeable(keys_env: KeysEnv) -> None:
     await expect_status(400, keys_env.client.sign(sym, EcdsaDigest(b"\x01" * 32)), "needs a handle to a keypair")
     await expect_status(400, keys_env.client.delete_key_pair(sym), "keypair")
     await expect_status(400, keys_env.client.export_derived_key(sym), "derived")
+
+
+async def test_keys_a_token_refuses_fall_back_to_the_software_store(keys_env: KeysEnv) -> None:
+    """A token key is AES or HMAC, never both; a TPM has no AES-GCM: such keys live in the encrypted software
+    store instead, and work the same through the API."""
+    key_id = keys_env.new_id()
+    handle = await keys_env.client.create_key_if_not_exists(key_id, "encrypt,sign")
+    mac = await keys_env.client.sign(handle, HmacSha256(b"m"))
+    assert len(mac) == 32
+    iv = secrets.token_bytes(12)
+    ct = await keys_env.client.encrypt(handle, Aead(iv, b""), b"both uses")
+    assert await keys_env.client.decrypt(handle, Aead(iv, b""), ct) == b"both uses"
+    store = keys_env.service.locator.default
+    if keys_env.kind == "software":
+        assert store.key_info(key_id) is not None
+    else:
+        assert store.primary.key_info(key_id) is None  # type: ignore[attr-defined]
+        assert store.secondary.key_info(key_id) is not None  # type: ignore[attr-defined]
