@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,12 +33,14 @@ def start_daemon(args: Sequence[str], env: dict[str, str] | None = None, timeout
     listener.settimeout(0.5)
     child_env = dict(os.environ if env is None else env, NOTIFY_SOCKET=str(addr))
     # Output goes to a file, never a pipe: an unread pipe would block a chatty daemon.
+    own_log = log_path is None
     log_path = log_path or Path(tempfile.mkdtemp(prefix="edgeward-log-")) / "daemon.log"
     log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with log_path.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "edgeward", *args], env=child_env,
                                 stdout=out, stderr=subprocess.STDOUT)
     proc.log_path = log_path  # type: ignore[attr-defined]
+    proc.own_log = own_log  # type: ignore[attr-defined]
     try:
         waited = 0.0
         while waited < timeout:
@@ -72,6 +75,8 @@ def stop_daemon(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+    if getattr(proc, "own_log", False):  # a log nobody asked to keep
+        shutil.rmtree(proc.log_path.parent, ignore_errors=True)  # type: ignore[attr-defined]
     return proc.returncode
 
 
