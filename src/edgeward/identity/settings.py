@@ -112,7 +112,8 @@ def _manual(prov: Mapping[str, Any], p: Problems) -> ManualProvisioning | None:
         try:
             hub, device, key = parse_connection_string(cs)
         except ValueError as e:
-            p.add("provisioning.connection_string", "<secret>", str(e))
+            p.add("provisioning.connection_string", "<secret>",
+                  f"HostName=...;DeviceId=...;SharedAccessKey=<base64> ({e})")
             return None
         return ManualProvisioning(hub, device, "sas", SecretSource(value=key))
     hub = p.get(prov, "iothub_hostname", "provisioning", str, "")
