@@ -1,0 +1,131 @@
+"""IoT Hub's registry REST API for a device's own modules (``/devices/{id}/modules/{mid}``), authenticated with the
+device's SAS key (signed in the keys service). Implements :class:`HubModules`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..http.errors import HttpError
+from .model import ModuleInfo
+from .sas import Signer, device_audience, make_token
+
+__all__ = ["HUB_API_VERSION", "HubClient", "HubError"]
+
+HUB_API_VERSION = "2017-11-08-preview"  # what aziot-identityd uses for module identities
+MAX_RESPONSE = 1024 * 1024
+
+
+class HubError(HttpError):
+    """A hub failure, carrying the hub's status so callers can tell outages (429/5xx) from refusals."""
+
+    def __init__(self, message: str, status: int = 502, retry_after: float | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _module(doc: Any) -> ModuleInfo:
+    if not isinstance(doc, dict) or "moduleId" not in doc:
+        raise HubError("the hub answered with something that is not a module")
+    return ModuleInfo(str(doc["moduleId"]), str(doc.get("generationId") or ""), doc.get("managedBy"))
+
+
+class HubClient:
+    def __init__(self, hub: str, device_id: str, signer: Signer, trusted: Sequence[x509.Certificate] | None,
+                 timeout: float = 30.0) -> None:
+        self.hub, self.device_id = hub, device_id
+        self._signer = signer
+        self._ssl = ssl.create_default_context()
+        if trusted is not None:
+            self._ssl = ssl.create_default_context(cadata="".join(
+                c.public_bytes(serialization.Encoding.PEM).decode() for c in trusted))
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    def __repr__(self) -> str:
+        return f"HubClient({self.hub}, {self.device_id})"
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                       if_match: bool = False) -> tuple[int, Any]:
+        url = f"https://{self.hub}/devices/{_segment(self.device_id)}{path}?api-version={HUB_API_VERSION}"
+        headers = {"Authorization": await make_token(device_audience(self.hub, self.device_id), self._signer, 300)}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if if_match:
+            headers["If-Match"] = "*"
+        try:
+            async with aiohttp.ClientSession(timeout=self._timeout) as session, session.request(
+                method, url, data=json.dumps(body) if body is not None else None, headers=headers,
+                ssl=self._ssl, allow_redirects=False,
+            ) as resp:
+                raw = await resp.content.read(MAX_RESPONSE + 1)
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise HubError(f"IoT Hub {self.hub} is unreachable: {e or type(e).__name__}", status=503) from e
+        if len(raw) > MAX_RESPONSE:
+            raise HubError(f"IoT Hub {self.hub} answered with an oversized body")
+        doc: Any = None
+        if raw:
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                doc = None
+        if status >= 400:
+            message = ""
+            if isinstance(doc, dict):
+                message = str(doc.get("Message") or doc.get("message") or "")
+            # The caller of the identity API is not the one the hub refused: 401/403 become 502 (bad gateway).
+            mapped = status if status in (404, 409, 412, 429) else (503 if status >= 500 else 502)
+            raise HubError(f"IoT Hub {self.hub} answered {status} to {method} {path}: {message[:300]}", mapped,
+                           float(retry_after) if retry_after and retry_after.isdigit() else None)
+        return status, doc
+
+    def _body(self, module_id: str, managed_by: str | None, keys: tuple[bytes, bytes] | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"moduleId": module_id, "deviceId": self.device_id}
+        if managed_by is not None:
+            body["managedBy"] = managed_by
+        if keys is not None:
+            body["authentication"] = {"type": "sas", "symmetricKey": {
+                "primaryKey": base64.b64encode(keys[0]).decode(), "secondaryKey": base64.b64encode(keys[1]).decode()}}
+        return body
+
+    async def create_module(self, module_id: str, managed_by: str | None = None) -> ModuleInfo:
+        _, doc = await self._request("PUT", f"/modules/{_segment(module_id)}", self._body(module_id, managed_by, None))
+        return _module(doc)
+
+    async def get_module(self, module_id: str) -> ModuleInfo | None:
+        try:
+            _, doc = await self._request("GET", f"/modules/{_segment(module_id)}")
+        except HubError as e:
+            if e.status == 404:
+                return None
+            raise
+        return _module(doc)
+
+    async def list_modules(self) -> list[ModuleInfo]:
+        _, doc = await self._request("GET", "/modules")
+        if not isinstance(doc, list):
+            raise HubError("the hub answered the module list with something that is not a list")
+        return [_module(d) for d in doc]
+
+    async def update_module(self, module_id: str, primary_key: bytes, secondary_key: bytes) -> ModuleInfo:
+        current = await self.get_module(module_id)
+        _, doc = await self._request("PUT", f"/modules/{_segment(module_id)}",
+                                     self._body(module_id, current.managed_by if current else None,
+                                                (primary_key, secondary_key)), if_match=True)
+        return _module(doc)
+
+    async def delete_module(self, module_id: str) -> None:
+        await self._request("DELETE", f"/modules/{_segment(module_id)}", if_match=True)
