@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .certs.api import CertsApi
+from .certs.client import CertsClient
 from .certs.compose import build_cert_service
 from .certs.renewal import RenewalEngine
 from .certs.routes import build_certs_app
@@ -21,6 +23,10 @@ from .certs.settings import CertsSettings, parse_certs_settings
 from .config.problems import ConfigError, Problems
 from .http import Listener, UidLimiter, start_server
 from .http.peercred import Caller
+from .identity.compose import build_identity_service
+from .identity.routes import build_identity_app
+from .identity.service import IdentityService
+from .identity.settings import IdentitySettings, parse_identity_settings
 from .keys.api import KeysApi
 from .keys.client import KeysClient
 from .keys.compose import build_key_service
@@ -40,6 +46,7 @@ class DaemonSettings:
     run_dir: Path
     keys: KeysSettings
     certs: CertsSettings
+    identity: IdentitySettings
     warnings: tuple[str, ...] = ()
 
 
@@ -72,8 +79,9 @@ def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> Daemon
     problems = Problems(str(config) if config else "embedded defaults")
     keys = parse_keys_settings(doc, state_dir, run_dir, problems)
     certs = parse_certs_settings(doc, state_dir, run_dir, problems)
+    identity = parse_identity_settings(doc, state_dir, run_dir, problems)
     problems.raise_if_any()
-    return DaemonSettings(state_dir, run_dir, keys, certs, tuple(problems.warnings))
+    return DaemonSettings(state_dir, run_dir, keys, certs, identity, tuple(problems.warnings))
 
 
 async def _wait_for_signal() -> None:
@@ -84,7 +92,7 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
-ALL_SERVICES = ("keys", "certs")
+ALL_SERVICES = ("keys", "certs", "identity")
 
 
 async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVICES,
@@ -98,6 +106,8 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
     key_service: KeyService | None = None
     keys_client: KeysClient | None = None
     renewal: RenewalEngine | None = None
+    certs_client: CertsClient | None = None
+    identity: IdentityService | None = None
     try:
         keys_api: KeysApi
         if "keys" in services:
@@ -115,6 +125,16 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             runners.append(await start_server(app, [Listener(settings.certs.socket_path, mode=0o666,
                                                              activation_name="certd")]))
             await renewal.start()
+            certs_api: CertsApi = cert_service.for_caller(Caller.this_process())
+        else:
+            certs_client = CertsClient(settings.certs.socket_path)
+            certs_api = certs_client
+        if "identity" in services:
+            identity = build_identity_service(settings.identity, keys_api, certs_api)
+            await identity.start()
+            app = build_identity_app(identity, limiter=UidLimiter())
+            runners.append(await start_server(app, [Listener(settings.identity.socket_path, mode=0o666,
+                                                             activation_name="identityd")]))
         log.info("edgeward ready: %s", ", ".join(services))
         notify(f"READY=1\nMAINPID={os.getpid()}")
         if ready is not None:
@@ -125,6 +145,10 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             await renewal.stop()
         if keys_client is not None:
             await keys_client.close()
+        if certs_client is not None:
+            await certs_client.close()
+        if identity is not None:
+            identity.close()
         for runner in runners:
             await runner.cleanup()
         if key_service is not None:

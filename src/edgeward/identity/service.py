@@ -97,6 +97,9 @@ class IdentityService:
     async def start(self) -> None:
         """Provision (or restore the backup made under this same configuration), then reconcile the modules of
         host-process principals. A cloud outage leaves the service up, serving from its backup."""
+        if self.settings.provisioning is None:
+            log.info("no [provisioning] configured: the device has no cloud identity")
+            return
         try:
             await self.provision(use_backup=True)
         except HttpError as e:
