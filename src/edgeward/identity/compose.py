@@ -9,21 +9,19 @@ from cryptography import x509
 from ..certs.api import CertsApi
 from ..http.errors import HttpError
 from ..keys.api import KeysApi
+from .dps import DpsClient
 from .hub import HubClient
 from .model import HubModules
-from .service import HubFactory, IdentityService, Signer
-from .settings import IdentitySettings
+from .service import DEVICE_KEY_ID, DpsRegistrar, HubFactory, IdentityService, Signer
+from .settings import DpsProvisioning, IdentitySettings
 from .state import DeviceIdentity
 
-__all__ = ["build_identity_service", "hub_factory_for"]
+__all__ = ["build_identity_service", "dps_registrar_for", "hub_factory_for"]
 
 
 def hub_factory_for(settings: IdentitySettings) -> HubFactory:
     """The production hub client, trusting the configured cloud trust bundle (else the system's CAs)."""
-    trusted = None
-    if settings.cloud_trust_bundle is not None:
-        bundle = Path(settings.cloud_trust_bundle.removeprefix("file://"))
-        trusted = x509.load_pem_x509_certificates(bundle.read_bytes())
+    trusted = _trusted(settings)
 
     def factory(device: DeviceIdentity, signer: Signer | None) -> HubModules:
         if signer is None:
@@ -33,5 +31,26 @@ def hub_factory_for(settings: IdentitySettings) -> HubFactory:
     return factory
 
 
+def _trusted(settings: IdentitySettings) -> list[x509.Certificate] | None:
+    if settings.cloud_trust_bundle is None:
+        return None
+    return x509.load_pem_x509_certificates(Path(settings.cloud_trust_bundle.removeprefix("file://")).read_bytes())
+
+
+def dps_registrar_for(settings: IdentitySettings) -> DpsRegistrar:
+    trusted = _trusted(settings)
+
+    async def register(prov: DpsProvisioning, signer: Signer | None) -> DeviceIdentity:
+        if prov.auth != "symmetric_key" or signer is None or prov.registration_id is None:
+            raise HttpError(f"DPS {prov.auth} attestation is not supported yet", status=501)
+        client = DpsClient(prov.endpoint, prov.scope_id, trusted, settings.cloud_timeout)
+        assignment = await client.register(prov.registration_id, signer, prov.payload)
+        return DeviceIdentity(assignment.assigned_hub, assignment.device_id, "sas", key_id=DEVICE_KEY_ID,
+                              derivation=prov.registration_id if prov.group_enrollment else None, source="dps")
+
+    return register
+
+
 def build_identity_service(settings: IdentitySettings, keys: KeysApi, certs: CertsApi) -> IdentityService:
-    return IdentityService(settings, keys, certs, hub_factory_for(settings))
+    return IdentityService(settings, keys, certs, hub_factory_for(settings),
+                           dps_register=dps_registrar_for(settings))

@@ -63,6 +63,8 @@ class HubEmulator:
         self._fail: list[tuple[int, int | None]] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # (method, path, handler) of other emulated services sharing this TLS endpoint (the DPS emulator)
+        self.extra_routes: list[tuple[str, str, Any]] = []
 
     @property
     def hostname(self) -> str:
@@ -105,6 +107,8 @@ class HubEmulator:
         app = web.Application()
         app.router.add_route("*", "/devices/{deviceId}/modules", self._modules)
         app.router.add_route("*", "/devices/{deviceId}/modules/{moduleId}", self._module)
+        for method, path, handler in self.extra_routes:
+            app.router.add_route(method, path, handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._tls())
