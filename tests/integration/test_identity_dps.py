@@ -73,7 +73,7 @@ async def test_dps_symmetric_key_provisioning_then_module_identities(
 async def test_wrong_key_and_outages_are_reported_then_reprovision_recovers(
     request: pytest.FixtureRequest, tmp_path: Path, cloud: tuple[HubEmulator, DpsEmulator]
 ) -> None:
-    hub, dps = cloud
+    _hub, dps = cloud
     key = dps.add_individual_enrollment("reg-7")
     dps.fail_next(1, 500)
     async with serve(request, tmp_path, config(dps, tmp_path / "ca.pem", "reg-7", key)) as env:
@@ -89,7 +89,7 @@ async def test_wrong_key_and_outages_are_reported_then_reprovision_recovers(
 
 async def test_a_changed_scope_invalidates_the_backup(request: pytest.FixtureRequest, tmp_path: Path,
                                                       cloud: tuple[HubEmulator, DpsEmulator]) -> None:
-    hub, dps = cloud
+    _hub, dps = cloud
     key = dps.add_individual_enrollment("reg-9")
     async with serve(request, tmp_path, config(dps, tmp_path / "ca.pem", "reg-9", key)) as env:
         assert env.service.device.device_id == "reg-9"
