@@ -99,3 +99,34 @@ async def test_a_changed_scope_invalidates_the_backup(request: pytest.FixtureReq
         # the old backup names a device of another scope: it is not used, and the new scope is unknown to DPS
         with pytest.raises(Exception, match="DPS answered 404"):
             _ = env.service.device
+
+
+async def test_transient_dps_failures_are_retried_with_backoff_until_provisioned(
+    request: pytest.FixtureRequest, tmp_path: Path, cloud: tuple[HubEmulator, DpsEmulator]
+) -> None:
+    import asyncio
+
+    _hub, dps = cloud
+    key = dps.add_individual_enrollment("reg-retry")
+    dps.fail_next(2, 503)  # the first attempt at start and the first retry fail; the second retry succeeds
+    async with serve(request, tmp_path, config(dps, tmp_path / "ca.pem", "reg-retry", key)) as env:
+        with pytest.raises(Exception, match="DPS answered 503"):
+            _ = env.service.device
+        assert env.service.next_attempt_in is not None
+        for _ in range(100):  # backoff 1 s then 2 s
+            if env.service._device is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert env.service.device.device_id == "reg-retry"
+        assert env.service.next_attempt_in is None
+        assert dps.registrations == 1
+
+
+async def test_refused_credentials_are_not_retried(request: pytest.FixtureRequest, tmp_path: Path,
+                                                   cloud: tuple[HubEmulator, DpsEmulator]) -> None:
+    _hub, dps = cloud
+    dps.add_individual_enrollment("reg-no")
+    async with serve(request, tmp_path, config(dps, tmp_path / "ca.pem", "reg-no", b"w" * 32)) as env:
+        assert env.service._retry_task is None
+        with pytest.raises(Exception, match="DPS answered 401"):
+            _ = env.service.device

@@ -74,7 +74,7 @@ class DpsClient:
         if status >= 400:
             message = str(doc.get("message") or doc.get("Message") or "") if isinstance(doc, dict) else ""
             mapped = status if status in (404, 409, 429) else (503 if status >= 500 else 502)
-            raise HubError(f"DPS answered {status} to {method} {path}: {message[:300]}", mapped, retry_after)
+            raise HubError(f"DPS answered {status} to {method} {path}: {message[:300]}", mapped, retry_after, status)
         return status, doc, retry_after
 
     async def register(self, registration_id: str, sign: Signer, payload: Any = None) -> DpsAssignment:
@@ -90,7 +90,7 @@ class DpsClient:
             _, doc, retry_after = await self._call(session, "PUT", f"{path}/register", token, body)
             while True:
                 if not isinstance(doc, dict):
-                    raise HubError("DPS answered with something that is not a registration operation")
+                    raise HubError("DPS answered with something that is not a registration operation", cloud_status=0)
                 state = doc.get("registrationState") if "registrationState" in doc else None
                 status = str((state or doc).get("status", doc.get("status", "")))
                 if status == "assigned" and isinstance(state, dict):
@@ -98,10 +98,11 @@ class DpsClient:
                                          state.get("substatus"), state.get("payload"))
                 if status in ("failed", "disabled"):
                     detail = (state or {}).get("errorMessage") or status
-                    raise HubError(f"DPS refused registration {registration_id!r}: {detail}", status=502)
+                    raise HubError(f"DPS refused registration {registration_id!r}: {detail}", status=502,
+                                   cloud_status=0)
                 operation = doc.get("operationId")
                 if not operation:
-                    raise HubError(f"DPS answered status {status!r} without an operation to poll")
+                    raise HubError(f"DPS answered status {status!r} without an operation to poll", cloud_status=0)
                 wait = min(max(2.0 if retry_after is None else retry_after, 0.1), 30.0)
                 if time.monotonic() + wait > deadline:
                     raise HubError(f"DPS did not assign {registration_id!r} within {self._max_wait:.0f}s", 504)

@@ -27,9 +27,17 @@ MAX_RESPONSE = 1024 * 1024
 class HubError(HttpError):
     """A hub failure, carrying the hub's status so callers can tell outages (429/5xx) from refusals."""
 
-    def __init__(self, message: str, status: int = 502, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, status: int = 502, retry_after: float | None = None,
+                 cloud_status: int | None = None) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
+        # what the cloud answered (0: an answer that made no sense); None when it could not be reached
+        self.cloud_status = cloud_status
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying: throttled, a server-side failure, or no answer at all."""
+        return self.cloud_status is None or self.cloud_status == 429 or self.cloud_status >= 500
 
 
 def _segment(value: str) -> str:
@@ -38,7 +46,7 @@ def _segment(value: str) -> str:
 
 def _module(doc: Any) -> ModuleInfo:
     if not isinstance(doc, dict) or "moduleId" not in doc:
-        raise HubError("the hub answered with something that is not a module")
+        raise HubError("the hub answered with something that is not a module", cloud_status=0)
     return ModuleInfo(str(doc["moduleId"]), str(doc.get("generationId") or ""), doc.get("managedBy"))
 
 
@@ -75,7 +83,7 @@ class HubClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise HubError(f"IoT Hub {self.hub} is unreachable: {e or type(e).__name__}", status=503) from e
         if len(raw) > MAX_RESPONSE:
-            raise HubError(f"IoT Hub {self.hub} answered with an oversized body")
+            raise HubError(f"IoT Hub {self.hub} answered with an oversized body", cloud_status=0)
         doc: Any = None
         if raw:
             try:
@@ -89,7 +97,7 @@ class HubClient:
             # The caller of the identity API is not the one the hub refused: 401/403 become 502 (bad gateway).
             mapped = status if status in (404, 409, 412, 429) else (503 if status >= 500 else 502)
             raise HubError(f"IoT Hub {self.hub} answered {status} to {method} {path}: {message[:300]}", mapped,
-                           float(retry_after) if retry_after and retry_after.isdigit() else None)
+                           float(retry_after) if retry_after and retry_after.isdigit() else None, status)
         return status, doc
 
     def _body(self, module_id: str, managed_by: str | None, keys: tuple[bytes, bytes] | None) -> dict[str, Any]:

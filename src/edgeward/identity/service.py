@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 DEVICE_KEY_ID = "edgeward-identity-device-key"
 MODULE_MASTER_KEY_ID = "edgeward-identity-module-master"
+RETRY_FIRST = 1.0
+RETRY_MAX = 300.0
 
 Signer = Callable[[bytes], Awaitable[bytes]]
 HubFactory = Callable[[DeviceIdentity, "Signer | None"], HubModules]
@@ -85,6 +87,8 @@ class IdentityService:
         self._last_error: str | None = None
         self._lock = asyncio.Lock()
         self._fingerprint = _config_fingerprint(settings)
+        self._retry_task: asyncio.Task[None] | None = None
+        self.next_attempt_in: float | None = None
 
     # provisioning -----------------------------------------------------------------------------------------
     @property
@@ -104,11 +108,37 @@ class IdentityService:
             await self.provision(use_backup=True)
         except HttpError as e:
             log.error("provisioning failed: %s", e.message)
+            if _retriable(e):
+                self._retry_task = asyncio.create_task(self._retry_provisioning(e), name="provisioning-retry")
         if self._device is not None:
             try:
                 await self.reconcile_principal_modules()
             except HttpError as e:
                 log.warning("could not reconcile module identities with the hub: %s", e.message)
+
+    async def _retry_provisioning(self, first: HttpError) -> None:
+        """Retry a provisioning the cloud refused for now (429, 5xx, unreachable), with exponential backoff and
+        the cloud's Retry-After; the status says when the next attempt is."""
+        error, delay = first, RETRY_FIRST
+        while True:
+            wait = max(delay, getattr(error, "retry_after", None) or 0.0)
+            self.next_attempt_in = wait
+            await asyncio.sleep(wait)
+            try:
+                await self.provision(use_backup=False)
+            except HttpError as e:
+                if not _retriable(e):
+                    log.error("provisioning failed and will not be retried: %s", e.message)
+                    return
+                error, delay = e, min(delay * 2, RETRY_MAX)
+                log.warning("provisioning failed again (%s); retrying in %.0fs", e.message, delay)
+                continue
+            self.next_attempt_in = None
+            try:
+                await self.reconcile_principal_modules()
+            except HttpError as e:
+                log.warning("could not reconcile module identities with the hub: %s", e.message)
+            return
 
     async def provision(self, use_backup: bool) -> DeviceIdentity:
         async with self._lock:
@@ -314,7 +344,14 @@ class IdentityService:
         return ProvisioningInfo("dps", prov.auth, prov.endpoint, prov.scope_id, prov.registration_id)
 
     def close(self) -> None:
+        if self._retry_task is not None:
+            self._retry_task.cancel()
         self.cache.close()
+
+
+def _retriable(error: HttpError) -> bool:
+    transient = getattr(error, "transient", None)
+    return bool(transient) if transient is not None else error.status in (429, 503, 504)
 
 
 def _validate_module_id(module_id: str) -> None:
