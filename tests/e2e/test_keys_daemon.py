@@ -9,45 +9,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edgeward.supervise import DaemonFailed, running_daemon, start_daemon, stop_daemon
-
-# A stdlib-only client run by the system interpreter as another uid (the venv may sit in a directory other users
-# cannot enter). It prints "<status> <body>".
-CLIENT = textwrap.dedent("""
-    import http.client, json, socket, sys
-    class C(http.client.HTTPConnection):
-        def connect(self):
-            self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(sys.argv[1])
-    c = C("keyd")
-    method, path, body = sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None
-    c.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
-    r = c.getresponse(); print(r.status, r.read().decode())
-""")
-
-
-@pytest.fixture(scope="module")
-def public_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A directory other uids can traverse (pytest's temp dirs are 0700)."""
-    d = Path("/tmp") / f"edgeward-e2e-{os.getpid()}"
-    d.mkdir(mode=0o755, exist_ok=True)
-    os.chmod(d, 0o755)
-    yield d
-    subprocess.run(["rm", "-rf", str(d)], check=False)
-
-
-def as_uid(uid: int, sock: Path, method: str, path: str, body: dict[str, object] | None = None) -> tuple[int, dict]:
-    cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "/usr/bin/python3", "-c", CLIENT,
-           str(sock), method, path]
-    if body is not None:
-        cmd.append(json.dumps(body))
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
-    status, _, rest = out.partition(" ")
-    return int(status), json.loads(rest) if rest.strip() else {}
+from tests.fixtures.peers import CLIENT, as_uid
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to run clients as other uids")

@@ -1,0 +1,73 @@
+"""The daemon (keys + certs + identity in one process) with a manually provisioned device and the IoT Hub emulator:
+each local user sees only the identity its principal allows, checked over the real socket as that uid."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edgeward.supervise import start_daemon, stop_daemon
+from edgeward.testing.hub_emulator import HubEmulator
+from tests.fixtures.peers import as_uid_async as as_uid
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"),
+              pytest.mark.skipif(os.getuid() != 0, reason="needs root to run clients as other uids")]
+
+
+async def test_each_uid_sees_only_its_own_identity(public_dir: Path) -> None:
+    async with HubEmulator() as hub:
+        key = hub.add_device("edge-e2e")
+        (public_dir / "hub-ca.pem").write_bytes(hub.ca_pem)
+        config = public_dir / "config.toml"
+        config.write_text(textwrap.dedent(f"""
+            hostname = "edge-e2e"
+            [provisioning]
+            source = "manual"
+            connection_string = "HostName={hub.hostname};DeviceId=edge-e2e;SharedAccessKey={base64.b64encode(key).decode()}"
+
+            [edgeward.identity]
+            cloud_trust_bundle = "file://{public_dir / 'hub-ca.pem'}"
+
+            [[principal]]
+            uid = 3001
+            name = "host-agent"
+            idtype = ["module"]
+
+            [[principal]]
+            uid = 3002
+            name = "device-agent"
+            idtype = ["device"]
+
+            [[principal]]
+            uid = 3003
+            name = "edge-daemon"
+        """))
+        run = public_dir / "run"
+        loop = asyncio.get_running_loop()
+        daemon = await loop.run_in_executor(None, start_daemon, [
+            "run", "-c", str(config), "--state-dir", str(public_dir / "state"), "--run-dir", str(run)])
+        try:
+            sock, q = run / "identityd.sock", "?api-version=2021-12-01"
+            status, body = await as_uid(3001, sock, "GET", "/identities/identity" + q)
+            assert status == 200, body
+            assert body["spec"]["moduleId"] == "host-agent"  # reconciled into the hub at start
+            assert body["spec"]["genId"] == hub.modules_of("edge-e2e")["host-agent"].generation_id
+            status, body = await as_uid(3002, sock, "GET", "/identities/identity" + q)
+            assert status == 200 and "moduleId" not in body["spec"] and body["spec"]["deviceId"] == "edge-e2e"
+            status, body = await as_uid(4444, sock, "GET", "/identities/identity" + q)
+            assert status == 401 and "not a principal" in body["message"]
+            for uid in (3001, 3002, 4444):
+                status, body = await as_uid(uid, sock, "POST", "/identities/modules" + q,
+                                            {"type": "aziot", "moduleId": "intruder"})
+                assert status == 401, body
+            status, body = await as_uid(3003, sock, "POST", "/identities/modules" + q,
+                                        {"type": "aziot", "moduleId": "by-daemon"})
+            assert status == 200 and body["spec"]["moduleId"] == "by-daemon"
+            assert "intruder" not in hub.modules_of("edge-e2e")
+        finally:
+            await loop.run_in_executor(None, stop_daemon, daemon)
