@@ -12,7 +12,7 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 __all__ = ["SasError", "SasToken", "Signer", "device_audience", "make_token", "parse_token", "verify_token"]
 
@@ -40,29 +40,35 @@ async def make_token(audience: str, sign: Signer, ttl_seconds: int = 3600, now: 
 
 @dataclass(frozen=True)
 class SasToken:
-    resource: str  # as sent (encoded)
+    resource: str  # exactly as sent: the signed bytes
     signature: bytes
     expiry: int
     key_name: str | None
 
 
 def parse_token(header: str) -> SasToken:
+    """Split a token as the services do: ``sr`` is kept exactly as sent (the HMAC covers those bytes, however the
+    sender encoded them: aziot leaves '/' and ':' unencoded, the SDKs encode them), the other fields are decoded."""
     if not header.startswith("SharedAccessSignature "):
         raise SasError("Authorization is not a SharedAccessSignature")
-    fields = dict(parse_qsl(header[len("SharedAccessSignature "):], keep_blank_values=True))
+    raw: dict[str, str] = {}
+    for part in header[len("SharedAccessSignature "):].split("&"):
+        name, eq, value = part.partition("=")
+        if not eq:
+            raise SasError(f"malformed SharedAccessSignature field {name!r}")
+        raw[name] = value
     try:
-        # sr was sent percent-encoded and parse_qsl decoded it once: encode it back as signed
-        return SasToken(_encode(fields["sr"]), base64.b64decode(fields["sig"], validate=True), int(fields["se"]),
-                        fields.get("skn"))
+        return SasToken(raw["sr"], base64.b64decode(unquote_plus(raw["sig"]), validate=True),
+                        int(unquote_plus(raw["se"])), unquote_plus(raw["skn"]) if "skn" in raw else None)
     except (KeyError, ValueError) as e:
         raise SasError(f"malformed SharedAccessSignature: {e}") from None
 
 
 def verify_token(token: SasToken, audience: str, key: bytes, now: float | None = None) -> None:
     """Raise SasError unless ``token`` is a current signature by ``key`` for ``audience`` (or a prefix of it)."""
-    expected = _encode(audience)
-    if not expected.startswith(token.resource):
-        raise SasError(f"token is for {token.resource}, not for {expected}")
+    expected, claimed = audience.lower(), unquote(token.resource).lower()
+    if not expected.startswith(claimed):
+        raise SasError(f"token is for {claimed}, not for {expected}")
     if token.expiry <= (time.time() if now is None else now):
         raise SasError("token has expired")
     mac = hmac.new(key, f"{token.resource}\n{token.expiry}".encode(), hashlib.sha256).digest()
