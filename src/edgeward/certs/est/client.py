@@ -3,6 +3,10 @@
 The base URL is the whole ``https://host[:port]/.well-known/est[/<label>]`` prefix, as aziot-certd configures EST
 URLs; operation names are appended to it. The server is verified against the configured trust anchors only: the
 process environment (``SSL_CERT_FILE``, ``REQUESTS_CA_BUNDLE``) must not widen who may issue device identities.
+
+Two transports carry the requests: aiohttp over :mod:`ssl` for a client key in a file (:class:`ClientIdentity`) or no
+client certificate, and tlslite-ng (:mod:`.keys_tls`) for a client key held by the keys service
+(:class:`~edgeward.certs.est.keys_tls.KeysIdentity`), which OpenSSL cannot sign with.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from .keys_tls import KeysIdentity, KeysTlsTransport
 from .pkcs7 import EstError, decode_base64_body, order_chain, parse_certificates
 
 __all__ = ["ClientIdentity", "EstClient", "build_ssl_context"]
@@ -46,8 +51,8 @@ class ClientIdentity:
     """The certificate (chain, leaf first, PEM) and private key the client presents for TLS client authentication.
 
     ``key_pem_path`` names an unencrypted PEM private key file; ``None`` means ``cert_chain_pem`` holds the key too.
-    Known limitation: OpenSSL (through :mod:`ssl`) can only use a key it can read, so a key that cannot leave an HSM
-    or TPM cannot authenticate EST requests yet; that needs an OpenSSL provider or engine for the key, not this class.
+    OpenSSL (through :mod:`ssl`) can only use a key it can read; for a key that stays in the keys service (HSM, TPM),
+    use :class:`~edgeward.certs.est.keys_tls.KeysIdentity` instead.
     """
 
     cert_chain_pem: bytes = field(repr=False)
@@ -60,6 +65,10 @@ class EstClient:
     ``trusted_certs`` are the only anchors the server's certificate may chain to; ``None`` means the system's
     defaults, for public EST services. ``username``/``password`` enable HTTP basic auth. A 202 answer (the CA is still
     deciding) is retried after the server's ``Retry-After``, for at most ``max_retry_after`` seconds in total.
+
+    ``client_identity`` is a :class:`ClientIdentity` (key in a file, TLS by :mod:`ssl`) or a :class:`KeysIdentity`
+    (key in the keys service: every request then goes over tlslite-ng, TLS 1.2 or 1.3, with the key service signing
+    the handshake); the server is verified against the same trust either way.
     """
 
     def __init__(  # noqa: PLR0917 - the agreed constructor; the certs service passes url, trust and auth positionally
@@ -68,7 +77,7 @@ class EstClient:
         trusted_certs: Sequence[x509.Certificate] | None,
         username: str | None = None,
         password: str | None = None,
-        client_identity: ClientIdentity | None = None,
+        client_identity: ClientIdentity | KeysIdentity | None = None,
         timeout: float = 30.0,
         max_retry_after: float = 300.0,
     ) -> None:
@@ -79,7 +88,11 @@ class EstClient:
         self._has_identity = client_identity is not None
         self.timeout = timeout
         self.max_retry_after = max_retry_after
-        self._ssl = build_ssl_context(trusted_certs, client_identity)
+        self._transport: ssl.SSLContext | KeysTlsTransport = (
+            KeysTlsTransport(client_identity, trusted_certs)
+            if isinstance(client_identity, KeysIdentity)
+            else build_ssl_context(trusted_certs, client_identity)
+        )
 
     def __repr__(self) -> str:
         # Never the password; the username helps tell two configured EST servers apart.
@@ -176,9 +189,13 @@ class EstClient:
     async def _send(
         self, method: str, url: str, headers: dict[str, str], data: bytes | None
     ) -> tuple[int, Mapping[str, str], bytes]:
+        if isinstance(self._transport, KeysTlsTransport):
+            return await self._transport.send(
+                method, url, headers, data, timeout=self.timeout, max_bytes=MAX_RESPONSE_BYTES
+            )
         try:
             async with (
-                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl)) as session,
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._transport)) as session,
                 session.request(
                     method,
                     url,
