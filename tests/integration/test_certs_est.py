@@ -115,3 +115,42 @@ async def test_est_down_is_reported_in_status_and_nothing_is_lost(request: pytes
         with pytest.raises(HttpError) as e:
             await env.service.get_cert("device-id")
         assert e.value.status == 404
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_bootstrap_identity_enrolls_the_est_identity_then_the_cert(
+    kind: str, est_server: EstServer, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """No password: the bootstrap identity (key in the keys service) authenticates the enrollment of the EST
+    identity over mutual TLS, and the EST identity then authenticates the enrollment of the device cert."""
+    import datetime as dt
+
+    from edgeward.testing.est_server import issue_certificate
+
+    doc = est_config(est_server, tmp_path / "ca.pem")
+    doc["cert_issuance"]["est"]["auth"] = {  # type: ignore[index]
+        "bootstrap_identity_cert": "est-bootstrap", "bootstrap_identity_pk": "est-bootstrap",
+        "identity_cert": "est-id", "identity_pk": "est-id"}
+    async with serve_certs(kind, request, tmp_path, doc) as env:
+        boot = await env.keys.create_key_pair_if_not_exists("est-bootstrap", "ec-p256")
+        boot_public = await handle_public_key(env.keys, boot)
+        boot_csr = await sign_csr(x509.CertificateSigningRequestBuilder().subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device-42")])), env.keys, boot, boot_public)
+        boot_cert = issue_certificate(boot_csr, est_server.ca_cert, est_server.ca_key, dt.timedelta(days=1))
+        await env.client.import_cert("est-bootstrap", boot_cert.public_bytes(serialization.Encoding.PEM).decode())
+
+        device = await env.keys.create_key_pair_if_not_exists("device-id", "ec-p256")
+        device_public = await handle_public_key(env.keys, device)
+        csr = await sign_csr(x509.CertificateSigningRequestBuilder().subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device-42")])), env.keys, device, device_public)
+        pem = await env.client.create_cert("device-id", csr.public_bytes(serialization.Encoding.PEM))
+        leaf = x509.load_pem_x509_certificates(pem.encode())[0]
+        assert same_public_key(leaf.public_key(), device_public)
+        est_id = x509.load_pem_x509_certificates((await env.client.get_cert("est-id")).encode())[0]
+        est_id.verify_directly_issued_by(est_server.ca_cert)
+        est_id_public = await handle_public_key(env.keys, await env.keys.load_key_pair("est-id"))
+        assert same_public_key(est_id.public_key(), est_id_public)
+        assert est_server.enrollments == 2  # the EST identity, then the device cert
+        # a second enrollment reuses the EST identity: no new bootstrap enrollment
+        await env.client.create_cert("device-id", csr.public_bytes(serialization.Encoding.PEM))
+        assert est_server.enrollments == 3

@@ -20,11 +20,12 @@ from ..keys.api import KeysApi
 from ..keys.model import PublicKey
 from .api import CertsApi
 from .errors import CertNotFound, InvalidCsr, IssuanceFailed, NotAuthorized
+from .est import EstClient, KeysIdentity
 from .issuance import IssuerRef, issue, parse_csr, self_signed_ca_builder
 from .pem import PemError, chain_to_pem, parse_chain
 from .settings import CertsSettings, EstAuth, IssuanceOptions
 from .store import CertStore
-from .x509sign import handle_public_key, same_public_key, sign_certificate
+from .x509sign import handle_public_key, same_public_key, sign_certificate, sign_csr
 
 __all__ = ["CertService", "EstEnroller", "validate_cert_id"]
 
@@ -41,7 +42,7 @@ class EstEnroller(Protocol):
     async def simple_reenroll(self, csr_der: bytes) -> list[x509.Certificate]: ...
 
 
-EstFactory = Callable[[str, Sequence[x509.Certificate], EstAuth], EstEnroller]
+EstFactory = Callable[[str, Sequence[x509.Certificate], EstAuth, "KeysIdentity | None"], EstEnroller]
 
 
 def validate_cert_id(cert_id: str) -> str:
@@ -50,10 +51,9 @@ def validate_cert_id(cert_id: str) -> str:
     return cert_id
 
 
-def default_est_factory(url: str, trusted: Sequence[x509.Certificate], auth: EstAuth) -> EstEnroller:
-    from .est import EstClient  # noqa: PLC0415 - aiohttp's TLS client is only needed when EST is configured
-
-    return EstClient(url, list(trusted) or None, auth.username, auth.password)
+def default_est_factory(url: str, trusted: Sequence[x509.Certificate], auth: EstAuth,
+                        identity: KeysIdentity | None) -> EstEnroller:
+    return EstClient(url, list(trusted) or None, auth.username, auth.password, identity)
 
 
 class CertService:
@@ -227,7 +227,8 @@ class CertService:
                 raise IssuanceFailed(f"EST trusted cert {trusted_id!r} not found (cert_issuance.est.trusted_certs)")
             trusted.extend(chain)
         auth = opts.auth or est.auth
-        client = self.est_factory(url, trusted, auth)
+        identity = await self._est_identity(auth, trusted)
+        client = self.est_factory(url, trusted, auth, identity)
         der = csr.public_bytes(serialization.Encoding.DER)
         # Re-enrollment (RFC 7030 4.2.2) authenticates with the current cert over TLS, which needs an EST identity.
         reenroll = renewing and auth.identity_cert is not None
@@ -244,6 +245,45 @@ class CertService:
         if not chain or not same_public_key(chain[0].public_key(), csr.public_key()):
             raise IssuanceFailed(f"EST server at {url} returned a cert for another key")
         return chain
+
+    async def _keys_identity(self, cert_id: str, key_id: str) -> KeysIdentity | None:
+        """A TLS client identity whose key stays in the keys service; None if its cert is missing or expired."""
+        chain = self.read_chain(cert_id)
+        if chain is None or chain[0].not_valid_after_utc <= dt.datetime.now(dt.UTC):
+            return None
+        return KeysIdentity(chain, self.keys, await self.keys.load_key_pair(key_id))
+
+    async def _est_identity(self, auth: EstAuth, trusted: list[x509.Certificate]) -> KeysIdentity | None:
+        """The EST identity (RFC 7030 client auth); when it is missing or expired and a bootstrap identity is
+        configured, enroll a new EST identity with the bootstrap one first, as aziot does."""
+        bootstrap = None
+        if auth.bootstrap_identity_cert and auth.bootstrap_identity_pk:
+            bootstrap = await self._keys_identity(auth.bootstrap_identity_cert, auth.bootstrap_identity_pk)
+        if not (auth.identity_cert and auth.identity_pk):
+            return bootstrap
+        identity = await self._keys_identity(auth.identity_cert, auth.identity_pk)
+        if identity is not None or bootstrap is None:
+            return identity
+        url = self.settings.est.urls.get(auth.identity_cert) or self.settings.est.default_url
+        if url is None:
+            raise IssuanceFailed(f"no EST URL to enroll the EST identity {auth.identity_cert!r}")
+        handle = await self.keys.create_key_pair_if_not_exists(auth.identity_pk, "ec-p256:rsa-2048:*")
+        public = await handle_public_key(self.keys, handle)
+        csr = await sign_csr(x509.CertificateSigningRequestBuilder().subject_name(bootstrap.cert_chain[0].subject),
+                             self.keys, handle, public)
+        client = self.est_factory(url, trusted, EstAuth(), bootstrap)
+        try:
+            chain = await client.simple_enroll(csr.public_bytes(serialization.Encoding.DER))
+        except HttpError:
+            raise
+        except Exception as e:
+            raise IssuanceFailed(f"enrolling the EST identity {auth.identity_cert!r} with the bootstrap identity "
+                                 f"failed: {e}") from e
+        if not chain or not same_public_key(chain[0].public_key(), public):
+            raise IssuanceFailed(f"EST server at {url} returned an EST identity cert for another key")
+        self.write_chain(auth.identity_cert, chain)
+        log.info("enrolled EST identity %r with the bootstrap identity", auth.identity_cert)
+        return KeysIdentity(chain, self.keys, handle)
 
 
 class _CallerView:
