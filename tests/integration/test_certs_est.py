@@ -4,6 +4,7 @@ trust configuration, basic auth, the issuing key in every key backend, renewal, 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,33 @@ async def test_bootstrap_identity_enrolls_the_est_identity_then_the_cert(
         # a second enrollment reuses the EST identity: no new bootstrap enrollment
         await env.client.create_cert("device-id", csr.public_bytes(serialization.Encoding.PEM))
         assert est_server.enrollments == 3
+
+
+async def test_est_identity_renews_itself_by_reenrollment(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from edgeward.testing.est_server import issue_certificate
+
+    server = EstServer(username="u", password="p", client_auth=ssl.CERT_OPTIONAL,
+                       cert_lifetime=dt.timedelta(seconds=4))
+    async with server:
+        doc = est_config(server, tmp_path / "ca.pem")
+        est = doc["cert_issuance"]["est"]  # type: ignore[index]
+        est["auth"] = {"identity_cert": "est-id", "identity_pk": "est-id"}
+        est["identity_auto_renew"] = {"rotate_key": True, "threshold": "50%", "retry": "1s"}
+        async with serve_certs("software", request, tmp_path, doc) as env:
+            handle = await env.keys.create_key_pair_if_not_exists("est-id", "ec-p256")
+            public = await handle_public_key(env.keys, handle)
+            csr = await sign_csr(x509.CertificateSigningRequestBuilder().subject_name(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device-42")])), env.keys, handle, public)
+            first = issue_certificate(csr, server.ca_cert, server.ca_key, dt.timedelta(seconds=4))
+            await env.client.import_cert("est-id", first.public_bytes(serialization.Encoding.PEM).decode())
+            events = env.engine.subscribe()
+            await env.engine.start()
+            event = await asyncio.wait_for(events.get(), 20)
+            assert event.cert_id == "est-id" and event.rotated_key
+            assert server.reenrollments == 1
+            renewed = x509.load_pem_x509_certificates((await env.client.get_cert("est-id")).encode())[0]
+            new_public = await handle_public_key(env.keys, await env.keys.load_key_pair("est-id"))
+            assert same_public_key(renewed.public_key(), new_public)
+            assert not same_public_key(renewed.public_key(), public)

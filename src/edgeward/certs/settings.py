@@ -218,6 +218,11 @@ def parse_certs_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path,
             auth=_auth(raw, where, p) if has_auth else None,
             auto_renew=_policy(raw.get("auto_renew"), f"{where}.auto_renew", p),
         )
+    auth = est.auth
+    if est.identity_auto_renew is not None and auth.identity_cert and auth.identity_pk:
+        # The EST identity renews itself by re-enrollment (RFC 7030 4.2.2), authenticated by its current cert.
+        issuance.setdefault(auth.identity_cert, IssuanceOptions(method="est", key_id=auth.identity_pk,
+                                                                auto_renew=est.identity_auto_renew))
     for cert_id, opts in issuance.items():
         if opts.method == "local_ca" and local_ca is None:
             p.add(f"cert_issuance.{cert_id}.method", "local_ca", "a [cert_issuance.local_ca] table")
