@@ -54,6 +54,8 @@ T = TypeVar("T")
 MAX_KEY_ID_LENGTH = 512
 GENERATED_KEY_LENGTH = 32  # HMAC-SHA256 and AES-256-GCM both want 256-bit keys
 MAX_TTL_SECONDS = 10 * 365 * 86400
+# aziot treats "sign" and "derive" as one usage (an HMAC key); only "encrypt" (an AES key) is distinct.
+HMAC_USAGE = KeyUsage.SIGN | KeyUsage.DERIVE
 
 # DER encodings of the curve OIDs, as aziot's /parameters/ec-curve-oid returns them.
 _CURVE_OID_DER = {
@@ -326,8 +328,9 @@ class KeyService:
     async def create_derived_key(self, base_handle: str, derivation_data: bytes) -> str:
         claims, loc = await self.resolve(base_handle, KeyKind.KEY)
         info = await self._symmetric_info(loc)
-        if KeyUsage.DERIVE not in info.usage:
-            raise UnsupportedOperation(f"key {claims.key_id!r} was not created with usage 'derive'")
+        if not info.usage & HMAC_USAGE:
+            raise UnsupportedOperation(f"key {claims.key_id!r} is an encryption key; derive needs usage 'derive' "
+                                       "or 'sign'")
         return self.handles.issue(
             HandleClaims(KeyKind.DERIVED, claims.key_id, claims.generation, claims.expires, derivation_data)
         )
@@ -348,8 +351,9 @@ class KeyService:
                 derived = await self._derived_key(claims, loc)
                 return hmac.new(derived, mechanism.message, hashlib.sha256).digest()
             info = await self._symmetric_info(loc)
-            if KeyUsage.SIGN not in info.usage:
-                raise UnsupportedOperation(f"key {claims.key_id!r} was not created with usage 'sign'")
+            if not info.usage & HMAC_USAGE:
+                raise UnsupportedOperation(f"key {claims.key_id!r} is an encryption key; HMAC needs usage 'sign' "
+                                           "or 'derive'")
             return await self._run(loc.backend.hmac_sha256, loc.ref, mechanism.message)
         claims, loc = await self.resolve(handle, KeyKind.KEY_PAIR)
         if isinstance(mechanism, EcdsaDigest):
