@@ -1,0 +1,49 @@
+"""The TPM service as its callers see it: the Protocol, what it returns and the errors it raises.
+
+Implemented in-process (:class:`~edgeward.tpm.service.TpmService`) and over a socket
+(:class:`~edgeward.tpm.client.TpmClient`), so the identity service never knows which composition it runs in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..http.errors import BadRequest, NotFound
+from ..keys.errors import BackendUnavailable
+
+__all__ = ["AuthKeyMissing", "InvalidAuthKey", "TpmApi", "TpmKeys", "TpmUnavailable"]
+
+
+@dataclass(frozen=True, slots=True)
+class TpmKeys:
+    """The public areas of the endorsement key and the storage root key, each a marshalled TPM2B_PUBLIC: what a
+    device sends the Device Provisioning Service to register with TPM attestation."""
+
+    endorsement_key: bytes
+    storage_root_key: bytes
+
+
+class TpmUnavailable(BackendUnavailable):
+    """The TPM cannot be reached or refuses the configured hierarchy authorization; the message names the setting."""
+
+
+class InvalidAuthKey(BadRequest):
+    """An authentication-key blob that is malformed, or was not made for this TPM's endorsement and storage root
+    keys. Nothing changes in the TPM: an earlier imported key stays in place."""
+
+
+class AuthKeyMissing(NotFound):
+    """No authentication key has been imported yet (nothing at the configured persistent handle)."""
+
+
+class TpmApi(Protocol):
+    async def get_tpm_keys(self) -> TpmKeys: ...
+
+    async def import_auth_key(self, key: bytes) -> None:
+        """Activate and import the ``authenticationKey`` blob DPS returned, persisting it as the auth key."""
+        ...
+
+    async def sign_with_auth_key(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` with the imported authentication key."""
+        ...

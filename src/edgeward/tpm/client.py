@@ -1,0 +1,40 @@
+"""The TPM API over its Unix socket; implements :class:`TpmApi`, so callers can swap it for the in-process service.
+
+Errors arrive as :class:`~edgeward.http.HttpError` carrying the service's status and message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..http import UnixClient
+from . import wire
+from .api import TpmKeys
+
+__all__ = ["TpmClient"]
+
+
+class TpmClient:
+    def __init__(self, socket_path: str | Path, api_version: str = wire.API_VERSION) -> None:
+        self.http = UnixClient(socket_path, api_version)
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def __aenter__(self) -> TpmClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def get_tpm_keys(self) -> TpmKeys:
+        resp = await self.http.call("GET", "/get_tpm_keys", wire.GetTpmKeysResponse)
+        return TpmKeys(endorsement_key=resp.endorsement_key, storage_root_key=resp.storage_root_key)
+
+    async def import_auth_key(self, key: bytes) -> None:
+        await self.http.call("POST", "/import_auth_key", wire.ImportAuthKeyResponse, wire.ImportAuthKeyRequest(key=key))
+
+    async def sign_with_auth_key(self, data: bytes) -> bytes:
+        resp = await self.http.call("POST", "/sign_with_auth_key", wire.SignWithAuthKeyResponse,
+                                    wire.SignWithAuthKeyRequest(data=data))
+        return resp.digest

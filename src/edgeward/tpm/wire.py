@@ -1,0 +1,53 @@
+"""Request and response bodies of the TPM API, as aziot-tpmd spells them (aziot-tpm-common-http): snake_case field
+names, bytes as standard base64 strings, one model per route."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from ..keys.wire import B64
+
+__all__ = [
+    "API_VERSION",
+    "API_VERSIONS",
+    "GetTpmKeysResponse",
+    "ImportAuthKeyRequest",
+    "ImportAuthKeyResponse",
+    "SignWithAuthKeyRequest",
+    "SignWithAuthKeyResponse",
+]
+
+API_VERSION = "2020-09-01"
+API_VERSIONS = (API_VERSION,)
+
+
+class _Body(BaseModel):
+    # Unknown fields are ignored, as serde does by default.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class GetTpmKeysResponse(_Body):
+    """``GET /get_tpm_keys``: marshalled TPM2B_PUBLIC of the EK and of the SRK."""
+
+    endorsement_key: B64
+    storage_root_key: B64
+
+
+class ImportAuthKeyRequest(_Body):
+    """``POST /import_auth_key``: the ``authenticationKey`` blob from DPS, decoded from DPS's base64 and re-encoded."""
+
+    key: B64
+
+
+class ImportAuthKeyResponse(_Body):
+    """An empty object (``{}``), with status 200."""
+
+
+class SignWithAuthKeyRequest(_Body):
+    data: B64
+
+
+class SignWithAuthKeyResponse(_Body):
+    """HMAC-SHA256 of ``data`` with the imported authentication key."""
+
+    digest: B64
