@@ -34,6 +34,9 @@ from .keys.routes import build_keys_app
 from .keys.service import KeyService
 from .keys.settings import KeysSettings, parse_keys_settings
 from .notify import notify
+from .tpm.api import TpmApi
+from .tpm.routes import build_tpm_app
+from .tpm.settings import TpmdSettings, parse_tpmd_settings
 
 __all__ = ["DaemonSettings", "load_settings", "serve"]
 
@@ -47,6 +50,7 @@ class DaemonSettings:
     keys: KeysSettings
     certs: CertsSettings
     identity: IdentitySettings
+    tpm: TpmdSettings | None = None  # the TPM service runs only when [tpm] is configured
     warnings: tuple[str, ...] = ()
 
 
@@ -80,8 +84,10 @@ def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> Daemon
     keys = parse_keys_settings(doc, state_dir, run_dir, problems)
     certs = parse_certs_settings(doc, state_dir, run_dir, problems)
     identity = parse_identity_settings(doc, state_dir, run_dir, problems)
+    tpm_doc = problems.get(doc, "tpm", "", dict, {})
+    tpm = parse_tpmd_settings(tpm_doc, run_dir, problems, prefix="tpm") if "tpm" in doc else None
     problems.raise_if_any()
-    return DaemonSettings(state_dir, run_dir, keys, certs, identity, tuple(problems.warnings))
+    return DaemonSettings(state_dir, run_dir, keys, certs, identity, tpm, tuple(problems.warnings))
 
 
 async def _wait_for_signal() -> None:
@@ -92,7 +98,7 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
-ALL_SERVICES = ("keys", "certs", "identity")
+ALL_SERVICES = ("keys", "certs", "identity", "tpm")
 
 
 async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVICES,
@@ -108,7 +114,18 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
     renewal: RenewalEngine | None = None
     certs_client: CertsClient | None = None
     identity: IdentityService | None = None
+    tpm_service: TpmApi | None = None
     try:
+        if "tpm" in services and settings.tpm is not None:
+            # Imported here: tpm2-pytss is only needed on devices with a TPM.
+            from .tpm.service import TpmService  # noqa: PLC0415
+
+            tpm_service = TpmService(settings.tpm)
+            app = build_tpm_app(tpm_service, max_requests=settings.tpm.max_requests)
+            runners.append(await start_server(app, [Listener(settings.tpm.socket_path, mode=0o666,
+                                                             activation_name="tpmd")]))
+        elif services == ("tpm",):
+            raise ConfigError(["no [tpm] table is configured"], "tpm service")
         keys_api: KeysApi
         if "keys" in services:
             key_service = build_key_service(settings.keys)
@@ -149,6 +166,8 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             await certs_client.close()
         if identity is not None:
             identity.close()
+        if tpm_service is not None:
+            tpm_service.close()  # type: ignore[attr-defined]
         for runner in runners:
             await runner.cleanup()
         if key_service is not None:
