@@ -67,6 +67,8 @@ from ..keys.backends.tpm import (
     _connection_lost,
     _has_resource_manager,
     _tpm_rc,
+    flush_quietly,
+    hmac_sha256_in_tpm,
 )
 from .api import AuthKeyMissing, InvalidAuthKey, TpmKeys, TpmUnavailable
 from .settings import ENDORSEMENT_KEY_HANDLE, STORAGE_ROOT_KEY_HANDLE, TpmdSettings
@@ -77,7 +79,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_MAX_BUFFER = 1024  # TPM2B_MAX_BUFFER: longer HMAC input goes through an HMAC sequence
 # PolicySecret(TPM_RH_ENDORSEMENT): the EK's authPolicy in the TCG EK Credential Profile (templates L-1, L-2).
 _EK_POLICY = bytes.fromhex("837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa")
 # Answers meaning the TPM's object or session slots are full, and answers meaning a handle we hold is stale.
@@ -325,8 +326,7 @@ class _Tpm:
 
     @staticmethod
     def _flush(ectx: Any, handle: Any) -> None:
-        with suppress(TSS2_Exception):  # already gone, or the connection is lost: nothing to free
-            ectx.flush_context(handle)
+        flush_quietly(ectx, handle)
 
     def _flush_leftovers(self, ectx: Any) -> None:
         """Objects and sessions of other processes (or of a killed one) fill the few slots of a TPM without a
@@ -467,23 +467,7 @@ class _Tpm:
         return key
 
     def sign_with_auth_key(self, data: bytes) -> bytes:
-        def mac(ectx: Any) -> bytes:
-            key = self._auth_key_tr(ectx)
-            if len(data) <= _MAX_BUFFER:
-                return bytes(ectx.hmac(key, data, TPM2_ALG.SHA256))
-            # every chunk but the last through SequenceUpdate, the last (1 to 1024 bytes) through SequenceComplete
-            body = len(data) - ((len(data) - 1) % _MAX_BUFFER + 1)
-            sequence = ectx.hmac_start(key, None, TPM2_ALG.SHA256)
-            try:
-                for start in range(0, body, _MAX_BUFFER):
-                    ectx.sequence_update(sequence, data[start:start + _MAX_BUFFER])
-                digest, _ = ectx.sequence_complete(sequence, data[body:], ESYS_TR.NULL)
-            except BaseException:
-                self._flush(ectx, sequence)  # SequenceComplete flushes it; anything else must
-                raise
-            return bytes(digest)
-
-        return self._run(mac)
+        return self._run(lambda ectx: hmac_sha256_in_tpm(ectx, self._auth_key_tr(ectx), data))
 
     def close(self) -> None:
         with self._lock:

@@ -125,6 +125,29 @@ _AUTH_RCS = frozenset({TPM2_RC.AUTH_FAIL, TPM2_RC.BAD_AUTH})
 _STALE_OBJECT_RCS = frozenset({TPM2_RC.OBJECT_MEMORY, TPM2_RC.REFERENCE_H0, TPM2_RC.HANDLE})
 
 
+
+def flush_quietly(ectx: Any, handle: Any) -> None:
+    """Free a transient object or session; one already gone (TPM restarted, connection lost) needs no freeing."""
+    with suppress(TSS2_Exception):
+        ectx.flush_context(handle)
+
+
+def hmac_sha256_in_tpm(ectx: Any, handle: Any, message: bytes) -> bytes:
+    """HMAC-SHA256 with a loaded keyedHash key; messages longer than one TPM buffer go through an HMAC sequence
+    (every chunk but the last through SequenceUpdate, the last, 1 to 1024 bytes, through SequenceComplete)."""
+    if len(message) <= _MAX_BUFFER:
+        return bytes(ectx.hmac(handle, message, TPM2_ALG.SHA256))
+    body = len(message) - ((len(message) - 1) % _MAX_BUFFER + 1)
+    sequence = ectx.hmac_start(handle, None, TPM2_ALG.SHA256)
+    try:
+        for start in range(0, body, _MAX_BUFFER):
+            ectx.sequence_update(sequence, message[start:start + _MAX_BUFFER])
+        digest, _ = ectx.sequence_complete(sequence, message[body:], ESYS_TR.NULL)
+    except BaseException:
+        flush_quietly(ectx, sequence)  # SequenceComplete flushes it; anything else must
+        raise
+    return bytes(digest)
+
 class TpmError(Exception):
     """The TPM failed an operation in a way this backend does not expect (the message has the TPM's answer)."""
 
@@ -453,8 +476,7 @@ class TpmBackend:
     # loaded objects -------------------------------------------------------------------------------------------
     @staticmethod
     def _flush(ectx: Any, handle: Any) -> None:
-        with suppress(TSS2_Exception):  # already gone (TPM restarted) or the connection is lost: nothing to free
-            ectx.flush_context(handle)
+        flush_quietly(ectx, handle)
 
     def _flush_loaded(self, ectx: Any, keep: int) -> None:
         while len(self._loaded) > keep:
@@ -732,23 +754,7 @@ class TpmBackend:
     def hmac_sha256(self, ref: str, message: bytes) -> bytes:
         blob = self._require(_KEY, ref)
 
-        def mac(ectx: Any, handle: Any) -> bytes:
-            if len(message) <= _MAX_BUFFER:
-                return bytes(ectx.hmac(handle, message, TPM2_ALG.SHA256))
-            # An HMAC sequence: every chunk but the last goes through SequenceUpdate, the last (1 to 1024
-            # bytes) through SequenceComplete.
-            body = len(message) - ((len(message) - 1) % _MAX_BUFFER + 1)
-            sequence = ectx.hmac_start(handle, None, TPM2_ALG.SHA256)
-            try:
-                for start in range(0, body, _MAX_BUFFER):
-                    ectx.sequence_update(sequence, message[start:start + _MAX_BUFFER])
-                digest, _ = ectx.sequence_complete(sequence, message[body:], ESYS_TR.NULL)
-            except BaseException:
-                self._flush(ectx, sequence)  # SequenceComplete flushes it; anything else must
-                raise
-            return bytes(digest)
-
-        return self._use_key(_KEY, ref, blob, mac)
+        return self._use_key(_KEY, ref, blob, lambda ectx, handle: hmac_sha256_in_tpm(ectx, handle, message))
 
     def aead_encrypt(self, ref: str, iv: bytes, aad: bytes, plaintext: bytes) -> bytes:
         raise UnsupportedByBackend("TPM 2.0 has no AES-GCM; encrypt keys live in the software store")
