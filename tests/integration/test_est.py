@@ -31,7 +31,7 @@ from edgeward.certs.est import (
     parse_certificates,
 )
 from edgeward.certs.est.client import _retry_after
-from edgeward.testing.est_server import EstServer, ResponseFormat, generate_ca, issue_certificate
+from edgeward.testing.est_server import EstServer, ResponseFormat, generate_ca, generate_intermediate, issue_certificate
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -397,14 +397,7 @@ async def test_server_answers_base64_certs_only_pkcs7_with_the_rfc_7030_headers(
 
 def _chain() -> tuple[x509.Certificate, x509.Certificate, x509.Certificate]:
     root, root_key = generate_ca("Root")
-    inter_key = ec.generate_private_key(ec.SECP256R1())
-    inter_csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Intermediate")]))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(inter_key, hashes.SHA256())
-    )
-    inter = issue_certificate(inter_csr, root, root_key, timedelta(days=10))
+    inter, inter_key = generate_intermediate(root, root_key)
     leaf_csr = x509.load_der_x509_csr(make_csr("leaf")[0])
     leaf = issue_certificate(leaf_csr, inter, inter_key, timedelta(days=1))
     return leaf, inter, root

@@ -25,7 +25,7 @@ from edgeward.certs.est import client as est_client
 from edgeward.certs.x509sign import handle_public_key, sign_csr
 from edgeward.keys.api import KeysApi
 from edgeward.keys.model import EncryptMechanism, SignMechanism
-from edgeward.testing.est_server import EstServer, generate_ca, issue_certificate
+from edgeward.testing.est_server import EstServer, generate_ca, generate_intermediate, issue_certificate
 from tests.fixtures.keys import BACKENDS, KeysEnv, serve_keys
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -420,14 +420,7 @@ def _server_leaf(
 
 async def test_server_chain_check_names_each_reason() -> None:
     root, root_key = generate_ca("Root")
-    inter_key = ec.generate_private_key(ec.SECP256R1())
-    inter_csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Intermediate")]))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(inter_key, hashes.SHA256())
-    )
-    inter = issue_certificate(inter_csr, root, root_key, timedelta(days=10))
+    inter, inter_key = generate_intermediate(root, root_key)
     leaf = _server_leaf(inter, inter_key, [x509.DNSName("*.est.example"), x509.DNSName("est.example")])
     now = datetime.now(UTC)
     check = keys_tls._verify_server_chain

@@ -40,7 +40,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from ..certs.est.pkcs7 import base64_body, certs_only_pkcs7
 
-__all__ = ["EstServer", "ResponseFormat", "generate_ca", "issue_certificate", "main"]
+__all__ = ["EstServer", "ResponseFormat", "generate_ca", "generate_intermediate", "issue_certificate", "main"]
 
 ResponseFormat = Literal["pkcs7-base64", "pkcs7-der", "pem", "der-base64"]
 """How certificates are answered: RFC 7030's base64 PKCS#7, or the deviations seen in the field."""
@@ -101,6 +101,21 @@ def issue_certificate(
     builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
     builder = builder.add_extension(_authority_key_id(ca_cert, ca_key), critical=False)
     return builder.sign(ca_key, _digest_for(ca_key))
+
+
+def generate_intermediate(
+    ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, common_name: str = "Intermediate",
+    lifetime: timedelta = timedelta(days=10),
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """An intermediate CA under ``ca_cert`` (path length 0), for tests of chain handling."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return issue_certificate(csr, ca_cert, ca_key, lifetime), key
 
 
 @dataclass(frozen=True, slots=True)
