@@ -147,7 +147,7 @@ class IdentityService:
                 self._last_error = "no [provisioning] is configured"
                 raise NotProvisioned(self._last_error)
             backup = self.store.load(self._fingerprint) if use_backup else None
-            if backup is not None and (isinstance(prov, ManualProvisioning) or use_backup):
+            if backup is not None:
                 self._device = backup
                 log.info("device %s on %s restored from backup", backup.device_id, backup.hub)
                 return backup
