@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(softhsm2 opensc swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config build-essential python3-dev
-              python3-venv util-linux)
+              python3-venv util-linux docker.io podman runc busybox-static bubblewrap uidmap)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

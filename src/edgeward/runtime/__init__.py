@@ -1,0 +1,1 @@
+"""Module runtime: engines, registrations, the management and workload APIs, the watchdog."""

@@ -1,0 +1,1 @@
+"""Module engines: Docker Engine API (docker, moby, podman) and supervised host processes."""
