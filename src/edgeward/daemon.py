@@ -34,6 +34,9 @@ from .keys.routes import build_keys_app
 from .keys.service import KeyService
 from .keys.settings import KeysSettings, parse_keys_settings
 from .notify import notify
+from .runtime.compose import RuntimeParts, start_runtime
+from .runtime.edge_ca_config import apply_edge_ca
+from .runtime.settings import RuntimeSettings, parse_runtime_settings
 from .tpm.api import TpmApi
 from .tpm.routes import build_tpm_app
 from .tpm.settings import TpmdSettings, parse_tpmd_settings
@@ -50,6 +53,7 @@ class DaemonSettings:
     keys: KeysSettings
     certs: CertsSettings
     identity: IdentitySettings
+    runtime: RuntimeSettings
     tpm: TpmdSettings | None = None  # the TPM service runs only when [tpm] is configured
     warnings: tuple[str, ...] = ()
 
@@ -81,13 +85,15 @@ EMBEDDED_DEFAULTS: Mapping[str, Any] = {
 def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> DaemonSettings:
     doc = read_config(config) if config is not None else EMBEDDED_DEFAULTS
     problems = Problems(str(config) if config else "embedded defaults")
+    doc = apply_edge_ca(doc, problems)
     keys = parse_keys_settings(doc, state_dir, run_dir, problems)
     certs = parse_certs_settings(doc, state_dir, run_dir, problems)
     identity = parse_identity_settings(doc, state_dir, run_dir, problems)
+    runtime = parse_runtime_settings(doc, state_dir, run_dir, problems)
     tpm_doc = problems.get(doc, "tpm", "", dict, {})
     tpm = parse_tpmd_settings(tpm_doc, run_dir, problems, prefix="tpm") if "tpm" in doc else None
     problems.raise_if_any()
-    return DaemonSettings(state_dir, run_dir, keys, certs, identity, tpm, tuple(problems.warnings))
+    return DaemonSettings(state_dir, run_dir, keys, certs, identity, runtime, tpm, tuple(problems.warnings))
 
 
 async def _wait_for_signal() -> None:
@@ -98,7 +104,7 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
-ALL_SERVICES = ("keys", "certs", "identity", "tpm")
+ALL_SERVICES = ("keys", "certs", "identity", "tpm", "edged")
 
 
 async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVICES,
@@ -115,6 +121,7 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
     certs_client: CertsClient | None = None
     identity: IdentityService | None = None
     tpm_service: TpmApi | None = None
+    runtime: RuntimeParts | None = None
     try:
         if "tpm" in services and settings.tpm is not None:
             # Imported here: tpm2-pytss is only needed on devices with a TPM.
@@ -152,12 +159,19 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             app = build_identity_app(identity, limiter=UidLimiter())
             runners.append(await start_server(app, [Listener(settings.identity.socket_path, mode=0o666,
                                                              activation_name="identityd")]))
+        if "edged" in services:
+            if identity is None:
+                raise ConfigError(["the module runtime (edged) runs in the same process as the identity service"],
+                                  "edged service")
+            runtime = await start_runtime(settings.runtime, keys_api, certs_api, identity)
         log.info("edgeward ready: %s", ", ".join(services))
         notify(f"READY=1\nMAINPID={os.getpid()}")
         if ready is not None:
             ready.set()
         await _wait_for_signal()
     finally:
+        if runtime is not None:
+            await runtime.close()
         if renewal is not None:
             await renewal.stop()
         if keys_client is not None:

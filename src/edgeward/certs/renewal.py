@@ -40,6 +40,7 @@ class ManagedCert:
     key_id: str
     policy: RenewPolicy
     common_name: str | None = None
+    ca: bool = False  # ask for a CA certificate (basic constraints, keyCertSign)
 
     @property
     def temp_key_id(self) -> str:
@@ -212,6 +213,12 @@ class RenewalEngine:
                 with contextlib.suppress(x509.ExtensionNotFound):
                     san = old[0].extensions.get_extension_for_class(x509.SubjectAlternativeName)
                     builder = builder.add_extension(san.value, critical=san.critical)
+            if m.ca:
+                builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                builder = builder.add_extension(x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                    encipher_only=False, decipher_only=False), critical=True)
             rotate = m.policy.rotate_key or await self._try_load(m.key_id) is None
             if rotate:
                 stale = await self._try_load(m.temp_key_id)

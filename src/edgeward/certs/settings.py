@@ -98,6 +98,7 @@ class IssuanceOptions:
     url: str | None = None
     auth: EstAuth | None = None
     auto_renew: RenewPolicy | None = None
+    ca: bool = False  # Edgeward: renewals of this cert ask for a CA certificate (the edge CA)
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def parse_certs_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path,
             continue
         p.warn_unknown(raw, {"method", "common_name", "expiry_days", "key_id", "url", "username", "password",
                              "identity_cert", "identity_pk", "bootstrap_identity_cert", "bootstrap_identity_pk",
-                             "auto_renew", "subject", "expiry_seconds"}, where)
+                             "auto_renew", "subject", "expiry_seconds", "ca"}, where)
         method = p.get(raw, "method", where, str, "")
         if method not in ("self_signed", "local_ca", "est"):
             p.add(f"{where}.method", method or "<missing>", '"self_signed", "local_ca" or "est"')
@@ -217,6 +218,7 @@ def parse_certs_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path,
             url=_url(p.get(raw, "url", where, str, ""), f"{where}.url", p),
             auth=_auth(raw, where, p) if has_auth else None,
             auto_renew=_policy(raw.get("auto_renew"), f"{where}.auto_renew", p),
+            ca=p.get(raw, "ca", where, bool, False),
         )
     auth = est.auth
     if est.identity_auto_renew is not None and auth.identity_cert and auth.identity_pk:

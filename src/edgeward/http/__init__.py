@@ -1,7 +1,7 @@
 """Shared HTTP plumbing: aiohttp over Unix sockets, api-version, the error shape, caller credentials, limits."""
 
 from .apiversion import ApiVersions, check_api_version
-from .body import read_body, reply, reply_empty
+from .body import read_body, read_json_object, reply, reply_empty
 from .client import UnixClient, quote_segment
 from .errors import (
     BadRequest,
@@ -43,6 +43,7 @@ __all__ = [
     "peer_credentials",
     "quote_segment",
     "read_body",
+    "read_json_object",
     "reply",
     "reply_empty",
     "start_server",

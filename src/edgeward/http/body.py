@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from .errors import BadRequest, PayloadTooLarge, UnprocessableEntity, UnsupportedMediaType
 
-__all__ = ["read_body", "reply", "reply_empty"]
+__all__ = ["read_body", "read_json_object", "reply", "reply_empty"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -26,8 +26,8 @@ def _describe(error: ValidationError) -> str:
     return "invalid request body: " + "; ".join(parts)
 
 
-async def read_body(request: web.Request, model: type[M]) -> M:
-    """Parse and validate a JSON body.
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """A JSON object body, for bodies validated by hand (where every problem is reported at once).
 
     A missing Content-Type is accepted because the Azure IoT Python SDK sends none; a wrong one is a 415.
     """
@@ -47,6 +47,12 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise BadRequest("request body is not valid UTF-8 JSON") from e
     if not isinstance(data, dict):
         raise UnprocessableEntity("request body must be a JSON object")
+    return data
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    """Parse and validate a JSON body against a wire model."""
+    data = await read_json_object(request)
     try:
         return model.model_validate(data)
     except ValidationError as e:

@@ -1,0 +1,118 @@
+"""Caller attestation: which registered module (if any) is at the other end of a workload or management
+connection. Five named steps; a refusal names the step that refused, so an operator knows what to look at.
+
+peer_credentials -> container_of -> registration_for -> measure -> still_alive
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from ..http.errors import Forbidden
+from ..http.peercred import Caller, caller_of
+from ..runtime.engine import EngineError, ModuleEngine
+from ..runtime.registry import Registration, Registry
+from .measure import measure
+from .pin import PinnedProcess, ProcessGone, pin
+
+__all__ = ["AttestationRefused", "Attested", "Attestor"]
+
+log = logging.getLogger(__name__)
+
+
+class AttestationRefused(Forbidden):
+    def __init__(self, step: str, why: str) -> None:
+        super().__init__(f"attestation refused at {step}: {why}")
+        self.step = step
+
+
+@dataclass
+class Attested:
+    caller: Caller
+    pinned: PinnedProcess
+    registration: Registration | None  # None: a host process that is no module (root CLI, host agents)
+    engine_id: str | None = None
+
+
+class Attestor:
+    """Runs the pipeline once per connection (the peer of a Unix connection never changes) and re-checks only
+    `still_alive` per request. Nothing is cached across connections, so nothing is cached across pids."""
+
+    def __init__(self, engine: ModuleEngine, registry: Registry, *, refuse: frozenset[str] | None = None) -> None:
+        self.engine = engine
+        self.registry = registry
+        self._per_connection: weakref.WeakKeyDictionary[Any, Attested] = weakref.WeakKeyDictionary()
+        # Modules whose calls the integrity policy says to refuse ("refuse" policy); checked in `measure`.
+        self.refused: set[str] = set(refuse or ())
+
+    async def attest(self, request: web.Request) -> Attested:
+        transport = request.transport
+        cached = self._per_connection.get(transport) if transport is not None else None
+        if cached is None:
+            cached = await self._run(caller_of(request))
+            if transport is not None:
+                self._per_connection[transport] = cached
+        elif cached.registration is not None and cached.registration.name in self.refused:
+            raise AttestationRefused("measure", f"module {cached.registration.name} is quarantined by the "
+                                                f"integrity policy")
+        if not cached.pinned.alive():
+            raise AttestationRefused("still_alive", f"process {cached.caller.pid} exited or its pid was reused")
+        return cached
+
+    async def _run(self, caller: Caller) -> Attested:
+        try:
+            pinned = pin(caller.pid)
+        except ProcessGone as e:
+            raise AttestationRefused("peer_credentials", str(e)) from None
+        try:
+            engine_id = await self.engine.engine_id_of_pid(caller.pid)
+        except EngineError as e:
+            raise AttestationRefused("container_of", f"the module engine cannot say: {e.message}") from None
+        if engine_id is None:
+            return Attested(caller, pinned, None)
+        reg = self.registry.by_engine_id(engine_id)
+        if reg is None:
+            raise AttestationRefused("registration_for", f"process {caller.pid} runs in {self.engine.kind} object "
+                                                         f"{engine_id[:12]}, which Edgeward did not create")
+        try:
+            result = await measure(self.engine, reg)
+        except EngineError as e:
+            raise AttestationRefused("measure", f"the module engine cannot say: {e.message}") from None
+        if not result.ok:
+            raise AttestationRefused("measure", result.finding or "measurement differs from the registration")
+        if reg.name in self.refused:
+            raise AttestationRefused("measure", f"module {reg.name} is quarantined by the integrity policy")
+        return Attested(caller, pinned, reg, engine_id)
+
+    async def module(self, request: web.Request, name: str, generation_id: str | None = None) -> Registration:
+        """The caller must be the registered module `name` (and of that generation, when the route names one)."""
+        got = await self.attest(request)
+        reg = got.registration
+        if reg is None:
+            raise AttestationRefused("container_of", f"process {got.caller.pid} (uid {got.caller.uid}) is not "
+                                                     f"a module")
+        if reg.name != name:
+            raise AttestationRefused("registration_for", f"the caller is module {reg.name}, not {name}")
+        if generation_id is not None and generation_id != reg.generation_id:
+            raise AttestationRefused("registration_for", f"generation {generation_id} is not module {name}'s "
+                                                         f"current generation")
+        return reg
+
+    async def agent_or_root(self, request: web.Request) -> Attested:
+        """The management API: the edge agent's registration, or root/the daemon's own user outside any module."""
+        got = await self.attest(request)
+        reg = got.registration
+        if reg is None:
+            if got.caller.uid in (0, os.getuid()):
+                return got
+            raise AttestationRefused("container_of", f"process {got.caller.pid} (uid {got.caller.uid}) is neither "
+                                                     f"the edge agent nor root")
+        if not reg.system:
+            raise AttestationRefused("registration_for", f"module {reg.name} is not the edge agent")
+        return got

@@ -1,0 +1,101 @@
+"""Builds the runtime (the aziot-edged part): engine, registry, identities, edge CA, watchdog, and the management
+and workload APIs on their sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ..attest.pipeline import Attestor
+from ..certs.api import CertsApi
+from ..http import Listener, UidLimiter, start_server
+from ..identity.service import IdentityService
+from ..keys.api import KeysApi
+from .edge_ca import EdgeCa
+from .engine import ModuleEngine
+from .identities import CloudModuleIdentities, LocalModuleIdentities, ModuleIdentities
+from .mgmt_routes import Management, build_management_app
+from .registry import Registry
+from .service import ModuleRuntime
+from .settings import RuntimeSettings
+from .sockets import WorkloadSockets
+from .workload_routes import Workload, build_workload_app
+
+__all__ = ["RuntimeParts", "make_engine", "start_runtime"]
+
+log = logging.getLogger(__name__)
+
+
+def make_engine(settings: RuntimeSettings) -> ModuleEngine:
+    """The configured engine; imported on demand so a device without a container engine needs no Docker client."""
+    if settings.engine == "docker":
+        from .engines.docker import DockerEngine  # noqa: PLC0415
+
+        return DockerEngine(settings.docker_uri)
+    from .engines.process import ProcessEngine  # noqa: PLC0415
+
+    return ProcessEngine(settings.home / "processes")
+
+
+@dataclass
+class RuntimeParts:
+    runtime: ModuleRuntime
+    engine: ModuleEngine
+    registry: Registry
+    identities: ModuleIdentities
+    attestor: Attestor
+    edge_ca: EdgeCa
+    sockets: WorkloadSockets
+    runners: list[web.AppRunner] = field(default_factory=list)
+
+    async def close(self) -> None:
+        await self.runtime.stop()
+        await self.sockets.close_all()
+        for runner in self.runners:
+            await runner.cleanup()
+        await self.engine.close()
+        if isinstance(self.identities, LocalModuleIdentities):
+            self.identities.close()
+        self.registry.close()
+
+
+async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsApi, identity: IdentityService,
+                        *, engine: ModuleEngine | None = None, extra_trust: tuple[str, ...] = (),
+                        manifest_trust_bundle: str | None = None) -> RuntimeParts:
+    engine = engine or make_engine(settings)
+    registry = Registry(settings.home)
+    identities: ModuleIdentities
+    if identity.settings.provisioning is None:
+        identities = LocalModuleIdentities(settings.home, settings.hostname)
+    else:
+        identities = CloudModuleIdentities(identity)
+    attestor = Attestor(engine, registry)
+    edge_ca = EdgeCa(keys, certs, extra_trust=extra_trust)
+    sockets = WorkloadSockets(settings.workload_root)
+    workload_app = build_workload_app(Workload(attestor, sockets, keys, edge_ca, settings.hostname,
+                                               manifest_trust_bundle), limiter=UidLimiter())
+    workload_runner = web.AppRunner(workload_app, access_log=None, handle_signals=False)
+    await workload_runner.setup()
+    sockets.runner = workload_runner  # from now on every module directory gets its socket
+    runtime = ModuleRuntime(settings, engine, registry, identities, sockets)
+    reprovision = identity.reprovision if identity.settings.provisioning is not None else None
+    mgmt = Management(runtime, attestor, identities,
+                      provisioning="dps" if identity.settings.provisioning is not None and
+                      type(identity.settings.provisioning).__name__ == "DpsProvisioning" else "manual",
+                      reprovision=reprovision)
+    parts = RuntimeParts(runtime, engine, registry, identities, attestor, edge_ca, sockets, [workload_runner])
+    try:
+        settings.mgmt_dir.mkdir(parents=True, exist_ok=True)
+        parts.runners.append(await start_server(build_management_app(mgmt, limiter=UidLimiter()), [
+            Listener(settings.mgmt_socket, mode=0o666, activation_name="aziot-edged.mgmt")]))
+        await runtime.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await parts.close()
+        raise
+    log.info("runtime ready: %s engine, management API on %s", engine.kind, settings.mgmt_socket)
+    return parts
+

@@ -1,0 +1,113 @@
+"""The edge CA: the certificate authority that issues module server and identity certificates, and the trust
+bundle modules are told to trust.
+
+The CA certificate itself is a managed certificate of the certs service (self-signed quickstart, local CA or EST,
+renewed by its renewal engine); its key stays in the keys service. Leaf keys are generated per request and handed
+to the module once; they are never stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ..certs.api import CertsApi
+from ..certs.issuance import IssuerRef, issue
+from ..certs.x509sign import handle_public_key
+from ..http.errors import HttpError
+from ..keys.api import KeysApi
+
+__all__ = ["EDGE_CA_CERT_ID", "EDGE_CA_KEY_ID", "EdgeCa", "IssuedCert"]
+
+EDGE_CA_CERT_ID = "aziot-edged-ca"
+EDGE_CA_KEY_ID = "aziot-edged-ca"
+MAX_LEAF_LIFETIME = dt.timedelta(days=90)
+
+
+class EdgeCaUnavailable(HttpError):
+    status = 503
+
+
+@dataclass(frozen=True)
+class IssuedCert:
+    private_key_pem: str
+    certificate_pem: str  # leaf first, then the edge CA chain
+    expiration: dt.datetime
+
+
+def _pems(chain: list[x509.Certificate]) -> str:
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
+
+
+class EdgeCa:
+    def __init__(self, keys: KeysApi, certs: CertsApi, *, cert_id: str = EDGE_CA_CERT_ID,
+                 key_id: str = EDGE_CA_KEY_ID, extra_trust: tuple[str, ...] = ()) -> None:
+        self.keys = keys
+        self.certs = certs
+        self.cert_id = cert_id
+        self.key_id = key_id
+        self.extra_trust = extra_trust  # PEM texts of further CAs modules must trust (trust_bundle_cert)
+
+    async def chain(self) -> list[x509.Certificate]:
+        try:
+            pem = await self.certs.get_cert(self.cert_id)
+        except HttpError as e:
+            if e.status == 404:
+                raise EdgeCaUnavailable("the edge CA certificate is not issued yet; retry shortly") from None
+            raise
+        chain = x509.load_pem_x509_certificates(pem.encode())
+        if chain[0].not_valid_after_utc <= dt.datetime.now(dt.UTC):
+            raise EdgeCaUnavailable("the edge CA certificate has expired and is being renewed; retry shortly")
+        return chain
+
+    async def trust_bundle(self) -> str:
+        """The edge CA's root (the last certificate of its chain) plus any configured extra CAs, without
+        duplicates, so a module trusts exactly what can issue the certificates it will see."""
+        chain = await self.chain()
+        seen: set[bytes] = set()
+        out: list[str] = []
+        for cert in [chain[-1], *(c for pem in self.extra_trust for c in x509.load_pem_x509_certificates(
+                pem.encode()))]:
+            der = cert.public_bytes(serialization.Encoding.DER)
+            if der not in seen:
+                seen.add(der)
+                out.append(cert.public_bytes(serialization.Encoding.PEM).decode())
+        return "".join(out)
+
+    async def issue(self, common_name: str, *, server: bool, dns_names: tuple[str, ...] = (),
+                    expiration: dt.datetime | None = None) -> IssuedCert:
+        """A leaf certificate and a fresh P-256 key; the lifetime is what the caller asked for, capped at 90 days
+        and at the edge CA's own expiry (the certs engine's issue() enforces the latter)."""
+        chain = await self.chain()
+        handle = await self.keys.load_key_pair(self.key_id)
+        issuer = IssuerRef(chain[0], handle, await handle_public_key(self.keys, handle))
+        now = dt.datetime.now(dt.UTC)
+        lifetime = MAX_LEAF_LIFETIME if expiration is None else min(expiration - now, MAX_LEAF_LIFETIME)
+        if lifetime <= dt.timedelta(0):
+            raise HttpError("expiration must be in the future", 400)
+        key = ec.generate_private_key(ec.SECP256R1())
+        names: list[x509.GeneralName] = []
+        for name in dict.fromkeys(dns_names):
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                names.append(x509.DNSName(name))
+        builder = (x509.CertificateSigningRequestBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage(
+                       [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False))
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        csr = builder.sign(key, hashes.SHA256())
+        leaf = await issue(self.keys, csr, issuer, lifetime)
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+        return IssuedCert(key_pem, _pems([leaf, *chain]), leaf.not_valid_after_utc)

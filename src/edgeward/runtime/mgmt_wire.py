@@ -1,0 +1,54 @@
+"""Bodies of IoT Edge's management API (edgelet's field names and casing)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from .engine import LogChunk, ModuleStatus
+from .identities import ModuleIdentity
+from .service import ModuleView
+
+__all__ = ["API_VERSIONS", "frame", "identity_body", "module_details"]
+
+API_VERSIONS = ("2018-06-28", "2019-01-30", "2019-10-22", "2019-11-05", "2020-07-07", "2020-10-10", "2021-12-07",
+                "2022-08-03")
+
+
+def _runtime_status(status: ModuleStatus | None) -> dict[str, Any]:
+    if status is None:
+        return {"status": "unknown", "description": "the engine no longer has this module"}
+    state = {"created": "stopped"}.get(status.state, status.state)
+    body: dict[str, Any] = {"status": state}
+    if status.state == "failed" and status.exit_code is not None:
+        body["description"] = f"exited with code {status.exit_code}"
+    return body
+
+
+def module_details(view: ModuleView) -> dict[str, Any]:
+    reg, status = view.registration, view.status
+    config = dict(reg.config.get("config") or {})
+    body_status: dict[str, Any] = {"runtimeStatus": _runtime_status(status)}
+    if status is not None and status.started_at:
+        body_status["startTime"] = status.started_at
+    if status is not None and status.finished_at and status.exit_code is not None and status.state != "running":
+        body_status["exitStatus"] = {"exitTime": status.finished_at, "statusCode": str(status.exit_code)}
+    return {
+        "id": reg.engine_id,
+        "name": reg.name,
+        "type": reg.config.get("type", "docker"),
+        "config": {"image": config.get("image", reg.image), "imageHash": reg.image_id,
+                   "createOptions": config.get("createOptions", {})},
+        "status": body_status,
+    }
+
+
+def identity_body(identity: ModuleIdentity) -> dict[str, Any]:
+    return {"moduleId": identity.module_id, "managedBy": identity.managed_by or "IotEdge",
+            "generationId": identity.generation_id, "authentication": {"type": "sas"}}
+
+
+def frame(chunk: LogChunk) -> bytes:
+    """Docker's multiplexed log framing (stream id, 3 zero bytes, big-endian length), which the edge agent and
+    `docker logs` clients parse."""
+    return struct.pack(">BxxxI", chunk.stream, len(chunk.data)) + chunk.data

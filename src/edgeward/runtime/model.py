@@ -1,0 +1,105 @@
+"""A module as the management API and `[agent]` describe it, validated once for both."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..config.problems import Problems
+
+__all__ = ["MODULE_NAME", "ModuleConfig", "parse_module_config", "valid_module_name"]
+
+# A module name becomes a container name, a directory name and a URL path segment, so it is held to what all three
+# accept: Docker's container-name rule (which IoT Hub module ids of deployed modules also follow), no "..".
+MODULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ModuleConfig:
+    name: str
+    image: str
+    type: str = "docker"
+    create_options: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    pull_policy: Literal["on-create", "never"] = "on-create"
+    auth: Mapping[str, Any] | None = None  # registry credentials; kept out of logs and the registration
+
+    def to_wire(self) -> dict[str, Any]:
+        """The management API's ModuleSpec shape (auth is never echoed)."""
+        return {"name": self.name, "type": self.type, "imagePullPolicy": self.pull_policy,
+                "config": {"image": self.image, "createOptions": dict(self.create_options)},
+                "env": [{"key": k, "value": v} for k, v in self.env.items()]}
+
+
+def valid_module_name(name: str) -> bool:
+    return bool(MODULE_NAME.fullmatch(name)) and ".." not in name
+
+
+def _env(raw: Any, where: str, p: Problems) -> dict[str, str]:
+    if raw is None:
+        return {}
+    out: dict[str, str] = {}
+    if isinstance(raw, Mapping):
+        items = list(raw.items())
+    elif isinstance(raw, list) and all(isinstance(e, Mapping) and "key" in e for e in raw):
+        items = [(e["key"], e.get("value", "")) for e in raw]
+    else:
+        p.add(where, raw, 'a table of NAME = "value", or a list of {key, value}')
+        return {}
+    for key, given in items:
+        # the deployment manifest's {"value": ...} form
+        value = given["value"] if isinstance(given, Mapping) and "value" in given else given
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            p.add(f"{where}.{key}", key, "an environment variable name")
+        elif not isinstance(value, str | int | float | bool):
+            p.add(f"{where}.{key}", value, "a string")
+        elif "\0" in str(value):
+            p.add(f"{where}.{key}", "<contains NUL>", "a string without NUL bytes")
+        else:
+            out[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+
+def parse_module_config(raw: Mapping[str, Any], p: Problems, where: str) -> ModuleConfig | None:
+    """Validate a ModuleSpec-shaped mapping; every problem goes to `p` (none raised), None if unusable."""
+    before = len(p.items)
+    name = raw.get("name")
+    if not isinstance(name, str) or not valid_module_name(name):
+        p.add(f"{where}.name", name, "a module name: 1-128 letters, digits, '_', '.' or '-', starting with a "
+                                     "letter or digit, no '..'")
+    type_ = raw.get("type", "docker")
+    if type_ not in ("docker", "process"):
+        p.add(f"{where}.type", type_, '"docker" (or "process" for host-process modules)')
+    config = raw.get("config")
+    if not isinstance(config, Mapping):
+        p.add(f"{where}.config", config, "a table with image and createOptions")
+        config = {}
+    image = config.get("image")
+    if not isinstance(image, str) or not image.strip() or len(image) > 1024:
+        p.add(f"{where}.config.image", image, "an image reference (or an executable path for process modules)")
+    options: Any = config.get("createOptions", {})
+    if isinstance(options, str):
+        try:
+            options = json.loads(options) if options.strip() else {}
+        except json.JSONDecodeError as e:
+            p.add(f"{where}.config.createOptions", options[:80], f"Docker create options as JSON ({e.msg})")
+            options = {}
+    if not isinstance(options, Mapping):
+        p.add(f"{where}.config.createOptions", options, "an object of Docker create options")
+        options = {}
+    auth = config.get("auth")
+    if auth is not None and not isinstance(auth, Mapping):
+        p.add(f"{where}.config.auth", "<redacted>", "a table with username, password, serveraddress")
+        auth = None
+    pull = raw.get("imagePullPolicy", "on-create")
+    if pull not in ("on-create", "never"):
+        p.add(f"{where}.imagePullPolicy", pull, '"on-create" or "never"')
+    env = _env(raw.get("env"), f"{where}.env", p)
+    if len(p.items) > before:
+        return None
+    assert isinstance(name, str) and isinstance(image, str)
+    return ModuleConfig(name=name, image=image, type=str(type_), create_options=dict(options), env=env,
+                        pull_policy="never" if pull == "never" else "on-create", auth=auth)

@@ -1,0 +1,354 @@
+"""The module runtime: creates modules with their identity, environment and workload socket, records each in the
+registry, and keeps the edge agent running (the watchdog)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..http.errors import BadRequest, Conflict, Forbidden, HttpError, NotFound
+from .engine import (
+    EngineError,
+    LogChunk,
+    LogOptions,
+    ModuleEngine,
+    ModuleNotFound,
+    ModuleSpec,
+    ModuleStatus,
+)
+from .identities import ModuleIdentities
+from .model import ModuleConfig, valid_module_name
+from .registry import Registration, Registry
+from .settings import RuntimeSettings
+from .sockets import WorkloadSockets
+
+__all__ = ["WORKLOAD_API_VERSION", "ModuleRuntime", "ModuleView"]
+
+log = logging.getLogger(__name__)
+
+# What IOTEDGE_APIVERSION tells modules to speak to the workload API.
+WORKLOAD_API_VERSION = "2019-01-30"
+CONTAINER_MGMT_DIR = "/var/run/iotedge-mgmt"
+
+
+@dataclass(frozen=True)
+class ModuleView:
+    """A module as the management API reports it: what was registered plus what the engine says now."""
+
+    registration: Registration
+    status: ModuleStatus | None  # None: the engine no longer has it
+
+
+def engine_error(e: EngineError) -> HttpError:
+    return HttpError(e.message, e.status)
+
+
+class ModuleRuntime:
+    def __init__(self, settings: RuntimeSettings, engine: ModuleEngine, registry: Registry,
+                 identities: ModuleIdentities, sockets: WorkloadSockets) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.registry = registry
+        self.identities = identities
+        self.sockets = sockets
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.agent_restarts = 0
+        self.last_watchdog_error: str | None = None
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    # lifecycle of the runtime ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Reconcile registrations with the engine, reopen workload sockets, then start the watchdog."""
+        await self.reconcile()
+        self._tasks.append(asyncio.create_task(self._watchdog(), name="runtime-watchdog"))
+        self._tasks.append(asyncio.create_task(self._follow_events(), name="runtime-events"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def reconcile(self) -> None:
+        """Make the registry and the engine agree after a restart of either.
+
+        A registration left without an engine id (a crash between registering and creating) is completed or
+        dropped; every registered module gets its workload socket back.
+        """
+        for reg in self.registry.all():
+            try:
+                status = await self.engine.inspect(reg.name)
+            except ModuleNotFound:
+                status = None
+            except EngineError as e:
+                log.warning("engine unreachable while reconciling %s: %s", reg.name, e.message)
+                await self.sockets.open(reg.name)
+                continue
+            if status is None:
+                if not reg.engine_id:
+                    log.warning("module %s was registered but never created; dropping the registration", reg.name)
+                    self.registry.delete(reg.name)
+                    continue
+                log.warning("module %s is registered but its %s object is gone", reg.name, reg.engine)
+            elif status.engine_id != reg.engine_id:
+                if reg.engine_id:
+                    log.warning("module %s: engine object %s is not the registered %s; removing it", reg.name,
+                                status.engine_id[:12], reg.engine_id[:12])
+                    with contextlib.suppress(EngineError):
+                        await self.engine.remove(reg.name)
+                    continue
+                # Crash after the engine created it and before its id was recorded: the object carries our
+                # label and our name, and we were mid-creation, so adopt it.
+                self.registry.put(replace(reg, engine_id=status.engine_id, image_id=status.image_id))
+            await self.sockets.open(reg.name)
+
+    # modules ------------------------------------------------------------------------------------------------
+    def _env(self, config: ModuleConfig, generation_id: str, device_id: str, hub: str,
+             system: bool) -> dict[str, str]:
+        env = dict(config.env)
+        env.update({
+            "IOTEDGE_MODULEID": config.name if not system else "$edgeAgent",
+            "IOTEDGE_MODULEGENERATIONID": generation_id,
+            "IOTEDGE_DEVICEID": device_id,
+            "IOTEDGE_IOTHUBHOSTNAME": hub,
+            "IOTEDGE_GATEWAYHOSTNAME": self.settings.gateway_hostname,
+            "IOTEDGE_APIVERSION": WORKLOAD_API_VERSION,
+            "IOTEDGE_AUTHSCHEME": "sasToken",
+        })
+        env.update(self.settings.extra_env)
+        if system:
+            mgmt = (f"{CONTAINER_MGMT_DIR}/mgmt.sock" if self.engine.kind == "docker"
+                    else str(self.settings.mgmt_socket))
+            env["IOTEDGE_MANAGEMENTURI"] = f"unix://{mgmt}"
+        return env
+
+    def _create_options(self, config: ModuleConfig, system: bool) -> dict[str, Any]:
+        options = dict(config.create_options)
+        if self.engine.kind == "docker":
+            host = dict(options.get("HostConfig") or {})
+            if self.settings.network and "NetworkMode" not in host:
+                host["NetworkMode"] = self.settings.network
+            if system:
+                mounts = list(host.get("Mounts") or [])
+                mounts.append({"Type": "bind", "Source": str(self.settings.mgmt_dir), "Target": CONTAINER_MGMT_DIR})
+                host["Mounts"] = mounts
+            options["HostConfig"] = host
+        return options
+
+    async def _ensure_image(self, config: ModuleConfig) -> None:
+        try:
+            present = await self.engine.image_id(config.image)
+            if present is None:
+                if config.pull_policy == "never":
+                    raise BadRequest(f"image {config.image} is not on the device and imagePullPolicy is never")
+                await self.engine.pull(config.image)
+        except EngineError as e:
+            raise engine_error(e) from None
+
+    async def create_module(self, config: ModuleConfig, *, system: bool = False) -> ModuleView:
+        if not valid_module_name(config.name):
+            raise BadRequest(f"invalid module name {config.name!r}")
+        async with self._lock(config.name):
+            if self.registry.get(config.name) is not None:
+                raise Conflict(f"module {config.name} already exists")
+            await self._ensure_image(config)
+            identity_name = "$edgeAgent" if system else config.name
+            identity = await self.identities.ensure(identity_name, managed_by="IotEdge")
+            directory = await self.sockets.open(config.name)
+            spec = ModuleSpec(
+                name=config.name, image=config.image,
+                env=self._env(config, identity.generation_id, identity.device_id, identity.hub, system),
+                create_options=self._create_options(config, system), labels={"net.edgeward.system": str(system)},
+                workload_dir=directory, pull_policy=config.pull_policy)
+            # Registered (without an engine id) before the engine creates it, so a crash in between leaves a
+            # trace reconcile() can finish; the engine id and measured image follow once the object exists.
+            reg = self.registry.put(Registration(
+                name=config.name, engine=self.engine.kind, engine_id="", image=config.image, image_id="",
+                generation_id=identity.generation_id, state="created", system=system, config=config.to_wire()))
+            try:
+                status = await self.engine.create(spec)
+            except EngineError as e:
+                self.registry.delete(config.name)
+                await self.sockets.close(config.name)
+                raise engine_error(e) from None
+            reg = self.registry.put(replace(reg, engine_id=status.engine_id, image_id=status.image_id))
+            log.info("module %s created (%s %s, image %s)", config.name, self.engine.kind, status.engine_id[:12],
+                     status.image_id[:19])
+            return ModuleView(reg, status)
+
+    def _registration(self, name: str) -> Registration:
+        reg = self.registry.get(name)
+        if reg is None:
+            raise NotFound(f"module {name} not found")
+        return reg
+
+    async def get_module(self, name: str) -> ModuleView:
+        reg = self._registration(name)
+        try:
+            status: ModuleStatus | None = await self.engine.inspect(name)
+        except ModuleNotFound:
+            status = None
+        except EngineError as e:
+            raise engine_error(e) from None
+        return ModuleView(reg, status)
+
+    async def list_modules(self) -> list[ModuleView]:
+        try:
+            statuses = {s.name: s for s in await self.engine.list()}
+        except EngineError as e:
+            raise engine_error(e) from None
+        return [ModuleView(reg, statuses.get(reg.name)) for reg in self.registry.all()]
+
+    async def start_module(self, name: str) -> None:
+        async with self._lock(name):
+            self._registration(name)
+            try:
+                await self.engine.start(name)
+            except EngineError as e:
+                raise engine_error(e) from None
+            self.registry.set_state(name, "running")
+
+    async def stop_module(self, name: str) -> None:
+        async with self._lock(name):
+            self._registration(name)
+            self.registry.set_state(name, "stopped")  # first, so the watchdog does not fight the stop
+            try:
+                await self.engine.stop(name)
+            except EngineError as e:
+                raise engine_error(e) from None
+
+    async def restart_module(self, name: str) -> None:
+        async with self._lock(name):
+            self._registration(name)
+            try:
+                await self.engine.restart(name)
+            except EngineError as e:
+                raise engine_error(e) from None
+            self.registry.set_state(name, "running")
+
+    async def remove_module(self, name: str, *, by_runtime: bool = False) -> None:
+        async with self._lock(name):
+            reg = self._registration(name)
+            if reg.system and not by_runtime:
+                raise Forbidden(f"module {name} is the edge agent; the runtime keeps it and it cannot be removed "
+                                f"through the management API")
+            try:
+                await self.engine.remove(name)
+            except ModuleNotFound:
+                pass
+            except EngineError as e:
+                raise engine_error(e) from None
+            self.registry.delete(name)
+            await self.sockets.close(name)
+            log.info("module %s removed", name)
+
+    async def update_module(self, config: ModuleConfig, start: bool) -> ModuleView:
+        """Replace a module with a new spec (IoT Edge recreates the container); the generation id is kept."""
+        reg = self._registration(config.name)
+        if reg.system and config.name != reg.name:
+            raise Forbidden("the edge agent's name cannot change")
+        await self._ensure_image(config)
+        await self.remove_module(config.name, by_runtime=True)
+        view = await self.create_module(config, system=reg.system)
+        if start:
+            await self.start_module(config.name)
+            view = await self.get_module(config.name)
+        return view
+
+    async def prepare_update(self, config: ModuleConfig) -> None:
+        await self._ensure_image(config)
+
+    async def logs(self, name: str, options: LogOptions) -> AsyncIterator[LogChunk]:
+        self._registration(name)
+        try:
+            async for chunk in self.engine.logs(name, options):
+                yield chunk
+        except EngineError as e:
+            raise engine_error(e) from None
+
+    async def stats(self, name: str) -> Mapping[str, Any]:
+        self._registration(name)
+        try:
+            return await self.engine.stats(name)
+        except EngineError as e:
+            raise engine_error(e) from None
+
+    # the watchdog ---------------------------------------------------------------------------------------------
+    async def _follow_events(self) -> None:
+        """Engine events wake the watchdog at once, so a killed agent is back without waiting for the timer."""
+        delay = 1.0
+        while True:
+            try:
+                async for event in self.engine.events():
+                    delay = 1.0
+                    if event.action in ("die", "destroy", "stop"):
+                        self._wake.set()
+            except EngineError as e:
+                log.warning("engine events unavailable: %s", e.message)
+            except Exception:
+                log.exception("engine event stream failed")
+            # The stream ended: the engine restarted or went away. Reconcile once it answers again.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            self._wake.set()
+
+    async def _watchdog(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.check_agent()
+                failures = 0
+                self.last_watchdog_error = None
+            except (HttpError, EngineError) as e:
+                failures += 1
+                self.last_watchdog_error = getattr(e, "message", str(e))
+                log.error("watchdog: could not keep the edge agent running: %s", self.last_watchdog_error)
+                limit = self.settings.watchdog_max_retries
+                if limit is not None and failures > limit:
+                    log.error("watchdog: giving up after %d attempts", failures - 1)
+                    return
+            except Exception:
+                failures += 1
+                log.exception("watchdog failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.watchdog_period * (2 ** min(failures, 5)))
+
+    async def check_agent(self) -> None:
+        """Create the edge agent if it is missing, and start it unless someone deliberately stopped it."""
+        agent = self.settings.agent
+        if agent is None:
+            return
+        reg = self.registry.get(agent.name)
+        if reg is None:
+            log.info("watchdog: creating the edge agent %s", agent.name)
+            await self.create_module(agent, system=True)
+            await self.start_module(agent.name)
+            return
+        try:
+            status = await self.engine.inspect(agent.name)
+        except ModuleNotFound:
+            log.warning("watchdog: the edge agent's %s object is gone; recreating it", reg.engine)
+            await self.remove_module(agent.name, by_runtime=True)
+            await self.create_module(agent, system=True)
+            await self.start_module(agent.name)
+            self.agent_restarts += 1
+            return
+        if status.state != "running" and reg.state != "stopped":
+            log.warning("watchdog: the edge agent is %s; starting it", status.state)
+            await self.start_module(agent.name)
+            self.agent_restarts += 1
+
+    def now(self) -> float:
+        return time.time()

@@ -1,0 +1,88 @@
+"""The runtime's settings: IoT Edge's `[agent]`, `[moby_runtime]`, `[connect]`, `[watchdog]`, `hostname`,
+`local_gateway_hostname`, plus Edgeward's `[edgeward.runtime]` (engine choice, watchdog period)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config.problems import Problems
+from .model import ModuleConfig, parse_module_config
+
+__all__ = ["RuntimeSettings", "parse_runtime_settings"]
+
+EngineKind = Literal["docker", "process"]
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    engine: EngineKind
+    home: Path  # registrations and process-engine state
+    run_dir: Path  # mgmt.sock and one workload socket directory per module
+    hostname: str
+    gateway_hostname: str
+    docker_uri: str = "unix:///var/run/docker.sock"
+    network: str | None = None
+    agent: ModuleConfig | None = None
+    watchdog_period: float = 5.0
+    watchdog_max_retries: int | None = None  # None: retry forever (IoT Edge's "infinite")
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def mgmt_dir(self) -> Path:
+        return self.run_dir / "mgmt"
+
+    @property
+    def mgmt_socket(self) -> Path:
+        return self.mgmt_dir / "mgmt.sock"
+
+    @property
+    def workload_root(self) -> Path:
+        return self.run_dir / "workload"
+
+
+def _agent(doc: Mapping[str, Any], p: Problems) -> ModuleConfig | None:
+    raw = p.get(doc, "agent", "", dict, {})
+    if not raw:
+        return None
+    p.warn_unknown(raw, {"name", "type", "imagePullPolicy", "config", "env"}, "agent")
+    return parse_module_config({
+        "name": raw.get("name", "edgeAgent"), "type": raw.get("type", "docker"),
+        "imagePullPolicy": raw.get("imagePullPolicy", "on-create"), "config": raw.get("config", {}),
+        "env": raw.get("env", {}),
+    }, p, "agent")
+
+
+def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path, p: Problems) -> RuntimeSettings:
+    ours = p.get(p.get(doc, "edgeward", "", dict, {}), "runtime", "edgeward", dict, {})
+    p.warn_unknown(ours, {"engine", "watchdog_seconds"}, "edgeward.runtime")
+    engine = p.get(ours, "engine", "edgeward.runtime", str, "docker" if "moby_runtime" in doc else "process")
+    if engine not in ("docker", "process"):
+        p.add("edgeward.runtime.engine", engine, '"docker" or "process"')
+        engine = "process"
+    moby = p.get(doc, "moby_runtime", "", dict, {})
+    p.warn_unknown(moby, {"uri", "network", "content_trust"}, "moby_runtime")
+    uri = p.get(moby, "uri", "moby_runtime", str, "unix:///var/run/docker.sock")
+    if not uri.startswith("unix://"):
+        p.add("moby_runtime.uri", uri, "a unix:// URI (Edgeward talks to the engine over its local socket)")
+    network = p.get(moby, "network", "moby_runtime", str, "") or None
+    watchdog = p.get(doc, "watchdog", "", dict, {})
+    retries_raw = watchdog.get("max_retries", "infinite")
+    retries: int | None = None
+    if isinstance(retries_raw, int) and not isinstance(retries_raw, bool) and retries_raw >= 0:
+        retries = retries_raw
+    elif retries_raw != "infinite":
+        p.add("watchdog.max_retries", retries_raw, 'a non-negative integer or "infinite"')
+    period = p.get(ours, "watchdog_seconds", "edgeward.runtime", int, 5)
+    if period <= 0:
+        p.add("edgeward.runtime.watchdog_seconds", period, "a positive number of seconds")
+        period = 5
+    hostname = p.get(doc, "hostname", "", str, "edgeward-device")
+    return RuntimeSettings(
+        engine="docker" if engine == "docker" else "process",
+        home=state_dir / "runtime", run_dir=run_dir, hostname=hostname,
+        gateway_hostname=p.get(doc, "local_gateway_hostname", "", str, hostname),
+        docker_uri=uri, network=network, agent=_agent(doc, p), watchdog_period=float(period),
+        watchdog_max_retries=retries)

@@ -1,0 +1,89 @@
+"""One workload socket per module, each in a directory of its own.
+
+A container gets only its own directory mounted, so it cannot even name another module's socket; the socket a
+request arrived on is also one more fact attestation checks (it must be the caller's own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import stat
+from pathlib import Path
+
+from aiohttp import web
+
+from .engine import WORKLOAD_SOCKET_NAME
+
+__all__ = ["WorkloadSockets"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkloadSockets:
+    def __init__(self, root: Path, runner: web.AppRunner | None = None) -> None:
+        self.root = root
+        self.runner = runner  # the workload API's runner; None while only directories are wanted
+        self._sites: dict[str, web.SockSite] = {}
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o755)  # noqa: S103 -- modules of any uid must reach their own directory
+
+    def directory(self, name: str) -> Path:
+        return self.root / name
+
+    def socket_path(self, name: str) -> Path:
+        return self.directory(name) / WORKLOAD_SOCKET_NAME
+
+    def module_of(self, sockname: str | bytes | None) -> str | None:
+        """The module whose socket a connection arrived on (from the server side's socket name)."""
+        if isinstance(sockname, bytes):
+            sockname = sockname.decode(errors="replace")
+        if not sockname:
+            return None
+        path = Path(sockname)
+        if path.name != WORKLOAD_SOCKET_NAME or path.parent.parent != self.root:
+            return None
+        return path.parent.name
+
+    async def open(self, name: str) -> Path:
+        """Create the module's directory and, when serving, its socket (world-connectable: attestation, not file
+        modes, decides who may do what — a module may run as any uid)."""
+        directory = self.directory(name)
+        directory.mkdir(exist_ok=True)
+        os.chmod(directory, 0o755)  # noqa: S103 -- see above
+        if self.runner is not None and name not in self._sites:
+            path = self.socket_path(name)
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISSOCK(path.lstat().st_mode):
+                    raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
+                path.unlink()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o177)
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(old)
+            os.chmod(path, 0o666)  # noqa: S103 -- attestation decides, not file modes
+            sock.listen(256)
+            sock.setblocking(False)
+            site = web.SockSite(self.runner, sock)
+            await site.start()
+            self._sites[name] = site
+            log.info("workload socket for %s at %s", name, path)
+        return directory
+
+    async def close(self, name: str) -> None:
+        site = self._sites.pop(name, None)
+        if site is not None:
+            await site.stop()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path(name).unlink()
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.directory(name).rmdir()
+
+    async def close_all(self) -> None:
+        for name in list(self._sites):
+            site = self._sites.pop(name)
+            await site.stop()
