@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .attest.selfmeasure import measure_self
 from .certs.api import CertsApi
 from .certs.client import CertsClient
 from .certs.compose import build_cert_service
@@ -56,6 +57,7 @@ class DaemonSettings:
     runtime: RuntimeSettings
     tpm: TpmdSettings | None = None  # the TPM service runs only when [tpm] is configured
     warnings: tuple[str, ...] = ()
+    config_path: Path | None = None  # None: embedded defaults
 
 
 def read_config(path: Path | None) -> Mapping[str, Any]:
@@ -93,7 +95,8 @@ def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> Daemon
     tpm_doc = problems.get(doc, "tpm", "", dict, {})
     tpm = parse_tpmd_settings(tpm_doc, run_dir, problems, prefix="tpm") if "tpm" in doc else None
     problems.raise_if_any()
-    return DaemonSettings(state_dir, run_dir, keys, certs, identity, runtime, tpm, tuple(problems.warnings))
+    return DaemonSettings(state_dir, run_dir, keys, certs, identity, runtime, tpm, tuple(problems.warnings),
+                          config)
 
 
 async def _wait_for_signal() -> None:
@@ -164,6 +167,9 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
                 raise ConfigError(["the module runtime (edged) runs in the same process as the identity service"],
                                   "edged service")
             runtime = await start_runtime(settings.runtime, keys_api, certs_api, identity)
+            me = measure_self(settings.config_path)
+            runtime.audit.append("edgeward.started", None, {"code": me.code, "config": me.config,
+                                                            "files": me.files, "services": list(services)})
         log.info("edgeward ready: %s", ", ".join(services))
         notify(f"READY=1\nMAINPID={os.getpid()}")
         if ready is not None:

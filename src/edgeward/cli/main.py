@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -19,6 +18,9 @@ from .. import __version__
 from ..config.problems import ConfigError
 from ..daemon import ALL_SERVICES, load_settings, serve
 from ..keys.errors import BackendUnavailable
+from .paths import config_option, run_option, state_option
+from .paths import default_run_dir as _default_run_dir
+from .paths import default_state_dir as _default_state_dir
 
 __all__ = ["main"]
 
@@ -27,20 +29,6 @@ EXIT_FAILED, EXIT_CONFIG, EXIT_BACKEND = 1, 3, 4
 err = Console(stderr=True)
 
 
-def _default_state_dir() -> Path:
-    return Path(os.environ.get("EDGEWARD_STATE_DIR", "/var/lib/edgeward"))
-
-
-def _default_run_dir() -> Path:
-    return Path(os.environ.get("EDGEWARD_RUN_DIR", "/run/edgeward"))
-
-
-config_option = click.option("-c", "--config", type=click.Path(path_type=Path), default=None,
-                             help="Config file (TOML). Without it, embedded defaults: software keys.")
-state_option = click.option("--state-dir", type=click.Path(path_type=Path), default=None,
-                            help="Where keys and state live [env EDGEWARD_STATE_DIR, default /var/lib/edgeward].")
-run_option = click.option("--run-dir", type=click.Path(path_type=Path), default=None,
-                          help="Where sockets live [env EDGEWARD_RUN_DIR, default /run/edgeward].")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,8 +79,10 @@ def serve_one(service: str, config: Path | None, state_dir: Path | None, run_dir
 
 
 from .demo import demo  # noqa: E402  (commands register on the group defined above)
+from .runtime_cmds import audit, list_modules, logs, restart  # noqa: E402
 
-cli.add_command(demo)
+for command in (demo, list_modules, logs, restart, audit):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from .errors import HttpError
 
-__all__ = ["UnixClient", "quote_segment"]
+__all__ = ["UnixClient", "error_message", "quote_segment"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -71,7 +71,7 @@ class UnixClient:
         ) as resp:
             raw = await resp.read()
             if resp.status >= 400:
-                raise HttpError(_message_of(raw, resp.reason), status=resp.status)
+                raise HttpError(error_message(raw, resp.reason), status=resp.status)
             return resp.status, raw
 
     async def call(
@@ -86,7 +86,7 @@ class UnixClient:
         return response.model_validate_json(raw)
 
 
-def _message_of(raw: bytes, reason: str | None) -> str:
+def error_message(raw: bytes, reason: str | None) -> str:
     try:
         doc = json.loads(raw)
     except ValueError:

@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ..attest.audit import AuditLog
+from ..attest.monitor import IntegrityMonitor
 from ..attest.pipeline import Attestor
 from ..certs.api import CertsApi
 from ..http import Listener, UidLimiter, start_server
 from ..identity.service import IdentityService
+from ..identity.settings import DpsProvisioning
 from ..keys.api import KeysApi
 from .edge_ca import EdgeCa
 from .engine import ModuleEngine
@@ -49,9 +52,12 @@ class RuntimeParts:
     attestor: Attestor
     edge_ca: EdgeCa
     sockets: WorkloadSockets
+    audit: AuditLog
+    monitor: IntegrityMonitor
     runners: list[web.AppRunner] = field(default_factory=list)
 
     async def close(self) -> None:
+        await self.monitor.stop()
         await self.runtime.stop()
         await self.sockets.close_all()
         for runner in self.runners:
@@ -60,6 +66,7 @@ class RuntimeParts:
         if isinstance(self.identities, LocalModuleIdentities):
             self.identities.close()
         self.registry.close()
+        self.audit.close()
 
 
 async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsApi, identity: IdentityService,
@@ -83,15 +90,19 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
     runtime = ModuleRuntime(settings, engine, registry, identities, sockets)
     reprovision = identity.reprovision if identity.settings.provisioning is not None else None
     mgmt = Management(runtime, attestor, identities,
-                      provisioning="dps" if identity.settings.provisioning is not None and
-                      type(identity.settings.provisioning).__name__ == "DpsProvisioning" else "manual",
+                      provisioning="dps" if isinstance(identity.settings.provisioning, DpsProvisioning) else "manual",
                       reprovision=reprovision)
-    parts = RuntimeParts(runtime, engine, registry, identities, attestor, edge_ca, sockets, [workload_runner])
+    audit = AuditLog(settings.audit_home or settings.home / "audit")
+    monitor = IntegrityMonitor(engine, registry, audit, attestor, policy=settings.integrity_policy,
+                               period=settings.integrity_period)
+    parts = RuntimeParts(runtime, engine, registry, identities, attestor, edge_ca, sockets, audit, monitor,
+                         [workload_runner])
     try:
         settings.mgmt_dir.mkdir(parents=True, exist_ok=True)
         parts.runners.append(await start_server(build_management_app(mgmt, limiter=UidLimiter()), [
             Listener(settings.mgmt_socket, mode=0o666, activation_name="aziot-edged.mgmt")]))
         await runtime.start()
+        await monitor.start()
     except BaseException:
         with contextlib.suppress(Exception):
             await parts.close()

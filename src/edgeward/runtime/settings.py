@@ -29,6 +29,9 @@ class RuntimeSettings:
     watchdog_period: float = 5.0
     watchdog_max_retries: int | None = None  # None: retry forever (IoT Edge's "infinite")
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    integrity_policy: Literal["log", "stop", "refuse"] = "refuse"
+    integrity_period: float = 30.0
+    audit_home: Path | None = None  # default: <state>/audit
 
     @property
     def mgmt_dir(self) -> Path:
@@ -79,10 +82,21 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
     if period <= 0:
         p.add("edgeward.runtime.watchdog_seconds", period, "a positive number of seconds")
         period = 5
+    integrity = p.get(p.get(doc, "edgeward", "", dict, {}), "integrity", "edgeward", dict, {})
+    p.warn_unknown(integrity, {"policy", "period_seconds"}, "edgeward.integrity")
+    policy = p.get(integrity, "policy", "edgeward.integrity", str, "refuse")
+    if policy not in ("log", "stop", "refuse"):
+        p.add("edgeward.integrity.policy", policy, '"log", "stop" or "refuse"')
+        policy = "refuse"
+    integrity_period = p.get(integrity, "period_seconds", "edgeward.integrity", int, 30)
+    if integrity_period <= 0:
+        p.add("edgeward.integrity.period_seconds", integrity_period, "a positive number of seconds")
+        integrity_period = 30
     hostname = p.get(doc, "hostname", "", str, "edgeward-device")
     return RuntimeSettings(
         engine="docker" if engine == "docker" else "process",
         home=state_dir / "runtime", run_dir=run_dir, hostname=hostname,
         gateway_hostname=p.get(doc, "local_gateway_hostname", "", str, hostname),
         docker_uri=uri, network=network, agent=_agent(doc, p), watchdog_period=float(period),
-        watchdog_max_retries=retries)
+        watchdog_max_retries=retries, integrity_policy=policy,  # type: ignore[arg-type]
+        integrity_period=float(integrity_period), audit_home=state_dir / "audit")

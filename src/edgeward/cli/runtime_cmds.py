@@ -1,0 +1,156 @@
+"""Commands that drive a running Edgeward through its management API (as root), iotedge-style."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..attest.audit import AuditLog
+from ..http.errors import HttpError
+from ..runtime.mgmt_client import ManagementClient
+from .paths import default_run_dir, default_state_dir, run_option, state_option
+
+__all__ = ["audit", "list_modules", "logs", "restart"]
+
+T = TypeVar("T")
+out = Console()
+err = Console(stderr=True)
+EXIT_FAILED, EXIT_UNREACHABLE = 1, 5
+
+
+def _mgmt_socket(run_dir: Path | None) -> Path:
+    return (run_dir or default_run_dir()) / "mgmt" / "mgmt.sock"
+
+
+def _call(run_dir: Path | None, op: Callable[[ManagementClient], Awaitable[T]]) -> T:
+    socket = _mgmt_socket(run_dir)
+
+    async def go() -> T:
+        client = ManagementClient(socket)
+        try:
+            return await op(client)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(go())
+    except HttpError as e:
+        err.print(f"[red]error:[/red] {e.message}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    except (FileNotFoundError, ConnectionError, OSError) as e:
+        err.print(f"[red]error:[/red] cannot reach Edgeward's management API at {socket} ({e.__class__.__name__}); "
+                  f"is it running? (edgeward run, or systemctl status edgeward)", highlight=False)
+        sys.exit(EXIT_UNREACHABLE)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+@click.command("list")
+@run_option
+@json_option
+def list_modules(run_dir: Path | None, as_json: bool) -> None:
+    """List the modules and their state."""
+    modules: list[dict[str, Any]] = _call(run_dir, lambda c: c.list_modules())
+    if as_json:
+        print(json.dumps(modules, indent=2))
+        return
+    table = Table(title="modules")
+    for col in ("name", "status", "image", "started", "id"):
+        table.add_column(col)
+    for m in modules:
+        status = m["status"]["runtimeStatus"]["status"]
+        color = {"running": "green", "failed": "red", "stopped": "yellow"}.get(status, "white")
+        table.add_row(m["name"], f"[{color}]{status}[/{color}]", m["config"]["image"],
+                      m["status"].get("startTime", "-"), m["id"][:12])
+    out.print(table)
+
+
+@click.command()
+@click.argument("module")
+@click.option("--tail", type=int, default=None, help="Only the last N lines.")
+@click.option("--since", default=None, help="Only lines since this time (unix seconds or RFC 3339).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("--timestamps", is_flag=True, help="Prefix each line with its time.")
+@run_option
+def logs(module: str, *, tail: int | None, since: str | None, follow: bool, timestamps: bool,
+         run_dir: Path | None) -> None:
+    """Print a module's logs (stdout to stdout, stderr to stderr)."""
+
+    async def go(c: ManagementClient) -> None:
+        async for chunk in c.logs(module, follow=follow, tail=tail, since=since, timestamps=timestamps):
+            stream = sys.stderr.buffer if chunk.stream == 2 else sys.stdout.buffer
+            stream.write(chunk.data)
+            stream.flush()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _call(run_dir, go)
+
+
+@click.command()
+@click.argument("module")
+@run_option
+def restart(module: str, run_dir: Path | None) -> None:
+    """Restart a module."""
+    _call(run_dir, lambda c: c.action(module, "restart"))
+    out.print(f"restarted {module}")
+
+
+@click.group()
+def audit() -> None:
+    """The hash-chained audit log."""
+
+
+@audit.command("verify")
+@state_option
+def audit_verify(state_dir: Path | None) -> None:
+    """Check that no audit record was edited, deleted or cut off (exit 1 if one was)."""
+    home = (state_dir or default_state_dir()) / "audit"
+    if not (home / "audit.db").exists():
+        err.print(f"[red]error:[/red] no audit log under {home}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    log = AuditLog(home)
+    try:
+        result = log.verify()
+    finally:
+        log.close()
+    if result.ok:
+        out.print(f"[green]audit log intact[/green]: {result.records} records, head {result.head[:16]}")
+        return
+    err.print(f"[red]audit log TAMPERED[/red]: {result.problem} (first {result.records} records check out)")
+    sys.exit(EXIT_FAILED)
+
+
+@audit.command("show")
+@state_option
+@click.option("--last", type=int, default=20, help="How many of the latest records.")
+@json_option
+def audit_show(state_dir: Path | None, last: int, as_json: bool) -> None:
+    """Print the latest audit records."""
+    log = AuditLog((state_dir or default_state_dir()) / "audit")
+    try:
+        head, _ = log.head()
+        records = log.records(since=max(head - last, 0))
+    finally:
+        log.close()
+    if as_json:
+        print(json.dumps([r.__dict__ for r in records], indent=2, default=str))
+        return
+    table = Table(title="audit log")
+    for col in ("#", "time", "event", "module", "detail"):
+        table.add_column(col)
+    import datetime as dt  # noqa: PLC0415
+
+    for r in records:
+        table.add_row(str(r.seq), dt.datetime.fromtimestamp(r.ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"), r.kind,
+                      r.module or "-", json.dumps(dict(r.detail))[:80])
+    out.print(table)
