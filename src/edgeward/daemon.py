@@ -27,7 +27,7 @@ from .http.peercred import Caller
 from .identity.compose import build_identity_service
 from .identity.routes import build_identity_app
 from .identity.service import IdentityService
-from .identity.settings import IdentitySettings, parse_identity_settings
+from .identity.settings import DpsProvisioning, IdentitySettings, parse_identity_settings
 from .keys.api import KeysApi
 from .keys.client import KeysClient
 from .keys.compose import build_key_service
@@ -35,7 +35,7 @@ from .keys.routes import build_keys_app
 from .keys.service import KeyService
 from .keys.settings import KeysSettings, parse_keys_settings
 from .notify import notify
-from .runtime.compose import RuntimeParts, start_runtime
+from .runtime.compose import RuntimeParts, identities_for, start_runtime
 from .runtime.edge_ca_config import apply_edge_ca
 from .runtime.settings import RuntimeSettings, parse_runtime_settings
 from .tpm.api import TpmApi
@@ -163,10 +163,12 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             runners.append(await start_server(app, [Listener(settings.identity.socket_path, mode=0o666,
                                                              activation_name="identityd")]))
         if "edged" in services:
-            if identity is None:
-                raise ConfigError(["the module runtime (edged) runs in the same process as the identity service"],
-                                  "edged service")
-            runtime = await start_runtime(settings.runtime, keys_api, certs_api, identity)
+            provisioning = settings.identity.provisioning
+            identities = identities_for(settings.runtime, provisioning, identity, settings.identity.socket_path)
+            reprovision = identity.reprovision if identity is not None and provisioning is not None else None
+            runtime = await start_runtime(
+                settings.runtime, keys_api, certs_api, identities, reprovision=reprovision,
+                provisioning="dps" if isinstance(provisioning, DpsProvisioning) else "manual")
             me = measure_self(settings.config_path)
             runtime.audit.append("edgeward.started", None, {"code": me.code, "config": me.config,
                                                             "files": me.files, "services": list(services)})

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -15,11 +17,11 @@ from ..attest.pipeline import Attestor
 from ..certs.api import CertsApi
 from ..http import Listener, UidLimiter, start_server
 from ..identity.service import IdentityService
-from ..identity.settings import DpsProvisioning
 from ..keys.api import KeysApi
 from .edge_ca import EdgeCa
 from .engine import ModuleEngine
 from .identities import CloudModuleIdentities, LocalModuleIdentities, ModuleIdentities
+from .identity_client import IdentityServiceModules
 from .mgmt_routes import Management, build_management_app
 from .registry import Registry
 from .service import ModuleRuntime
@@ -27,7 +29,7 @@ from .settings import RuntimeSettings
 from .sockets import WorkloadSockets
 from .workload_routes import Workload, build_workload_app
 
-__all__ = ["RuntimeParts", "make_engine", "start_runtime"]
+__all__ = ["RuntimeParts", "identities_for", "make_engine", "start_runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +67,30 @@ class RuntimeParts:
         await self.engine.close()
         if isinstance(self.identities, LocalModuleIdentities):
             self.identities.close()
+        elif isinstance(self.identities, IdentityServiceModules):
+            await self.identities.close()
         self.registry.close()
         self.audit.close()
 
 
-async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsApi, identity: IdentityService,
-                        *, engine: ModuleEngine | None = None, extra_trust: tuple[str, ...] = (),
-                        manifest_trust_bundle: str | None = None) -> RuntimeParts:
+def identities_for(settings: RuntimeSettings, provisioning: object | None,
+                   identity: IdentityService | None, identity_socket: Path | None) -> ModuleIdentities:
+    """Module identities from the cloud when the device is provisioned (in-process identity service, or its
+    socket), else minted locally."""
+    if provisioning is None:
+        return LocalModuleIdentities(settings.home, settings.hostname)
+    if identity is not None:
+        return CloudModuleIdentities(identity)
+    assert identity_socket is not None
+    return IdentityServiceModules(identity_socket)
+
+
+async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsApi, identities: ModuleIdentities,
+                        *, engine: ModuleEngine | None = None, provisioning: str = "manual",
+                        reprovision: Callable[[], Awaitable[None]] | None = None,
+                        extra_trust: tuple[str, ...] = (), manifest_trust_bundle: str | None = None) -> RuntimeParts:
     engine = engine or make_engine(settings)
     registry = Registry(settings.home)
-    identities: ModuleIdentities
-    if identity.settings.provisioning is None:
-        identities = LocalModuleIdentities(settings.home, settings.hostname)
-    else:
-        identities = CloudModuleIdentities(identity)
     attestor = Attestor(engine, registry)
     edge_ca = EdgeCa(keys, certs, extra_trust=extra_trust)
     sockets = WorkloadSockets(settings.workload_root)
@@ -88,10 +100,7 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
     await workload_runner.setup()
     sockets.runner = workload_runner  # from now on every module directory gets its socket
     runtime = ModuleRuntime(settings, engine, registry, identities, sockets)
-    reprovision = identity.reprovision if identity.settings.provisioning is not None else None
-    mgmt = Management(runtime, attestor, identities,
-                      provisioning="dps" if isinstance(identity.settings.provisioning, DpsProvisioning) else "manual",
-                      reprovision=reprovision)
+    mgmt = Management(runtime, attestor, identities, provisioning=provisioning, reprovision=reprovision)
     audit = AuditLog(settings.audit_home or settings.home / "audit")
     monitor = IntegrityMonitor(engine, registry, audit, attestor, policy=settings.integrity_policy,
                                period=settings.integrity_period)
