@@ -1,0 +1,598 @@
+"""Modules as supervised host processes, for devices without a container engine.
+
+What a module is here: an executable file (its "image", measured by sha256), run with the create options read by
+`proclaunch`, optionally inside a bubblewrap sandbox, in its own session and process group, with stdout and stderr
+captured line by line (`proclogs`) and its definition kept in `<state_dir>/modules/<name>.json` (`procstate`).
+
+Decisions a reader should know:
+- **A process left running by a previous daemon is stopped, never adopted.** Its stdout and stderr were pipes to
+  the daemon that died, so it can no longer log (its next write may even kill it with SIGPIPE); it is not our
+  child, so its exit code would be lost; a sandboxed one dies with its supervisor anyway. Half-supervising it
+  would break the log, restart and state guarantees, so the new daemon stops it (SIGTERM, then SIGKILL, whole
+  process group and tree) and, like Docker's restart policies across a dockerd restart, starts afresh every
+  module that should be running and has a restart policy other than "never". The leftover is recognised by its
+  recorded pid *and* start time, so a pid recycled by an unrelated process is never signalled.
+- **Restart backoff** is exponential: `base * 2**n` seconds after the n-th consecutive failure, capped (IoT Edge's
+  agent uses 5 minutes as its ceiling too), and n goes back to 0 after a run that lasted `stable_after` seconds:
+  a module that crashes once a day restarts at once, a crash loop does not spin the CPU. "on-unhealthy" acts as
+  "on-failure" (there are no health checks for host processes).
+- **States**: created (never started), running, stopped (exit 0, or stopped by a caller or by the engine),
+  failed (non-zero exit or killed by a signal: exit code 128+signal, as Docker reports it), dead (could not be
+  started, or vanished while no daemon watched it, so its exit code is unknown).
+- **When the main process exits, the rest of its process group is killed**, as a container's processes die with
+  its pid 1. Descendants that left the group (`setsid`, or the sandbox's own session) are found through the ppid
+  chain while the main process lives; a daemonising process that escapes both is out of reach without cgroups.
+- In the sandbox the supervised pid is bubblewrap's; `engine_id_of_pid` maps every descendant of it, including the
+  module's own process whose host pid differs from the pid it sees in its namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from ... import __version__
+from ...fsutil import private_dir
+from ..engine import EngineError, EngineEvent, LogChunk, LogOptions, ModuleNotFound, ModuleSpec, ModuleStatus
+from ..model import valid_module_name
+from .procfs import PAGE_SIZE, TICKS_PER_SECOND, ProcStat, ancestors, descendants, read_stat, send_signal
+from .proclaunch import Launch, check_executable, plan_launch
+from .proclogs import ModuleLogs, pump, select
+from .procstate import ModuleRecord, RecordStore
+
+__all__ = ["MAX_EXECUTABLE_BYTES", "ProcessEngine", "backoff_delay"]
+
+log = logging.getLogger(__name__)
+
+MAX_EXECUTABLE_BYTES = 512 * 1024 * 1024  # the same cap the integrity monitor measures binaries with
+_DRAIN_TIMEOUT = 5.0  # after the group is killed, how long a pipe held by an escaped process may stay open
+_EVENT_QUEUE = 4096
+Phase = Literal["idle", "running", "backoff", "spawning"]
+
+
+def backoff_delay(failures: int, base: float, cap: float) -> float:
+    """Seconds to wait before the restart that follows `failures` consecutive quick failures (0: the first)."""
+    return float(min(cap, base * 2 ** min(failures, 62)))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _exit_code(returncode: int) -> int:
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def _executable_digest(path: Path, cap: int) -> str:
+    size = path.stat().st_size
+    if size > cap:
+        raise EngineError(f"{path} is {size} bytes, over the {cap}-byte limit for a host-process module's "
+                          f"executable", 400)
+    h = hashlib.sha256()
+    read = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            read += len(chunk)
+            if read > cap:
+                raise EngineError(f"{path} grew over the {cap}-byte limit while it was measured", 400)
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+@dataclass(eq=False)
+class _Module:
+    record: ModuleRecord
+    logs: ModuleLogs
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    phase: Phase = "idle"
+    proc: asyncio.subprocess.Process | None = None
+    sandbox: bool = False
+    supervisor: asyncio.Task[None] | None = None
+    stopping: bool = False  # a caller asked it to stop: its exit is a "stop", not a failure to restart
+
+
+class _Events:
+    """One subscriber's queue; registered when created, so no event between `events()` and iteration is lost."""
+
+    def __init__(self, subscribers: set[asyncio.Queue[EngineEvent | None]], closed: bool) -> None:
+        self._subscribers = subscribers
+        self._queue: asyncio.Queue[EngineEvent | None] = asyncio.Queue(_EVENT_QUEUE)
+        if closed:
+            self._queue.put_nowait(None)
+        else:
+            subscribers.add(self._queue)
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> EngineEvent:
+        item = await self._queue.get()
+        if item is None:
+            self._subscribers.discard(self._queue)
+            raise StopAsyncIteration
+        return item
+
+    async def aclose(self) -> None:
+        self._subscribers.discard(self._queue)
+
+
+class ProcessEngine:
+    """The `ModuleEngine` of host processes. State is loaded (and leftovers settled) on first use."""
+
+    kind = "process"
+
+    def __init__(self, state_dir: Path, *, stop_timeout: float = 10.0, backoff_base: float = 1.0,
+                 backoff_cap: float = 300.0, stable_after: float = 60.0, log_max_bytes: int = 10 * 1024 * 1024,
+                 max_executable_bytes: int = MAX_EXECUTABLE_BYTES, bwrap: str | None = None) -> None:
+        self.state_dir = state_dir
+        self.stop_timeout = stop_timeout
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.stable_after = stable_after
+        self.log_max_bytes = log_max_bytes
+        self.max_executable_bytes = max_executable_bytes
+        self.bwrap = bwrap or shutil.which("bwrap")
+        self._store: RecordStore | None = None
+        self._modules: dict[str, _Module] = {}
+        self._subscribers: set[asyncio.Queue[EngineEvent | None]] = set()
+        self._load_lock = asyncio.Lock()
+        self._closed = False
+
+    # loading and leftovers -------------------------------------------------------------------------------------
+    async def _ready(self) -> RecordStore:
+        if self._closed:
+            raise EngineError("the process engine is shut down", 503)
+        if self._store is not None:
+            return self._store
+        async with self._load_lock:
+            if self._store is not None:
+                return self._store
+            store = RecordStore(self.state_dir)
+            for record in store.load_all():
+                mod = _Module(record, self._module_logs(record.name))
+                await self._settle_leftover(mod, store)
+                self._modules[record.name] = mod
+            self._store = store
+        for mod in list(self._modules.values()):
+            if mod.record.want_running and mod.record.restart_policy != "never":
+                async with mod.lock:
+                    try:
+                        await self._start_locked(mod, restarted=True)
+                    except EngineError as e:
+                        log.error("module %s could not be started again: %s", mod.record.name, e.message)
+                        self._set_dead(mod)
+        return store
+
+    def _module_logs(self, name: str) -> ModuleLogs:
+        return ModuleLogs(private_dir(self.state_dir / "logs" / name), self.log_max_bytes)
+
+    async def _settle_leftover(self, mod: _Module, store: RecordStore) -> None:
+        """Stop the process a previous daemon left running (only if pid and start time both match)."""
+        rec = mod.record
+        if rec.pid is None:
+            return
+        st = read_stat(rec.pid)
+        if st is not None and st.start_time == rec.pid_start:
+            log.warning("module %s: stopping process %d left running by a previous daemon", rec.name, rec.pid)
+            pid, start = rec.pid, st.start_time
+            await self._terminate(pid, start, include_leader=True, timeout=self.stop_timeout,
+                                  waiter=lambda: self._wait_gone(pid, start))
+            rec.state, rec.exit_code = "stopped", None
+        else:
+            if st is not None:
+                log.warning("module %s: pid %d now belongs to another process; leaving it alone", rec.name, rec.pid)
+            rec.state, rec.exit_code = "dead", None
+        rec.pid = rec.pid_start = None
+        rec.finished_at = _now()
+        if rec.restart_policy == "never":
+            rec.want_running = False
+        store.save(rec)
+
+    async def _wait_gone(self, pid: int, start_time: int) -> None:
+        """Until the process (not our child) exits: its pidfd becomes readable then."""
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return
+        try:
+            st = read_stat(pid)
+            if st is None or st.start_time != start_time:
+                return
+            loop = asyncio.get_running_loop()
+            gone: asyncio.Future[None] = loop.create_future()
+
+            def exited() -> None:
+                if not gone.done():
+                    gone.set_result(None)
+
+            loop.add_reader(fd, exited)
+            try:
+                await gone
+            finally:
+                loop.remove_reader(fd)
+        finally:
+            os.close(fd)
+
+    # signalling ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _signal_tree(pid: int, start_time: int, sig: signal.Signals, include_leader: bool) -> None:
+        """Signal the process group led by `pid` and every descendant (those that left the group too)."""
+        root = read_stat(pid)
+        if root is None or root.start_time != start_time:
+            return
+        members = descendants(root)
+        if include_leader:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)  # the leader is alive (checked above), so the group id is still ours
+        for member in members:
+            send_signal(member.pid, member.start_time, sig)
+
+    async def _terminate(self, pid: int, start_time: int, *, include_leader: bool, timeout: float,
+                         waiter: Callable[[], Awaitable[object]]) -> None:
+        """SIGTERM, wait `timeout` for `waiter()`, then SIGKILL to the whole tree and wait again."""
+        await asyncio.to_thread(self._signal_tree, pid, start_time, signal.SIGTERM, include_leader)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter()), timeout)
+            return
+        except TimeoutError:
+            pass
+        await asyncio.to_thread(self._signal_tree, pid, start_time, signal.SIGKILL, True)
+        await waiter()
+
+    # supervision -----------------------------------------------------------------------------------------------
+    async def _spawn(self, mod: _Module, launch: Launch) -> tuple[asyncio.subprocess.Process, list[int]]:
+        """Start the process with our own pipes: asyncio's would make `wait()` hang while a grandchild holds one."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *launch.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w, env=dict(launch.env),
+                cwd=launch.cwd, start_new_session=True, user=launch.uid, group=launch.gid,
+                extra_groups=[] if launch.uid is not None else None)
+        except OSError as e:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            where = f" ({e.filename})" if e.filename else ""
+            raise EngineError(f"cannot start module {mod.record.name}: {e.strerror or e}{where}", 500) from None
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        return proc, [out_r, err_r]
+
+    async def _start_locked(self, mod: _Module, *, restarted: bool) -> None:
+        launch = plan_launch(mod.record.spec(), self.bwrap)
+        mod.phase = "spawning"
+        try:
+            proc, fds = await self._spawn(mod, launch)
+        finally:
+            mod.phase = "idle"
+        mod.sandbox = launch.sandbox
+        self._running(mod, proc)
+        mod.supervisor = asyncio.create_task(self._supervise(mod, proc, fds), name=f"supervise {mod.record.name}")
+        self._emit("start", mod)
+        if restarted:
+            self._emit("restart", mod)
+
+    def _running(self, mod: _Module, proc: asyncio.subprocess.Process) -> None:
+        rec = mod.record
+        st = read_stat(proc.pid)
+        mod.proc, mod.phase = proc, "running"
+        rec.state, rec.pid, rec.pid_start = "running", proc.pid, st.start_time if st is not None else None
+        rec.exit_code, rec.started_at, rec.finished_at, rec.want_running = None, _now(), None, True
+        self._save(mod)
+
+    @staticmethod
+    def _sink(mod: _Module, stream: Literal[1, 2]) -> Callable[[bytes, bool], None]:
+        def write(data: bytes, complete: bool) -> None:
+            mod.logs.write(stream, data, complete)
+        return write
+
+    async def _watch(self, mod: _Module, proc: asyncio.subprocess.Process, fds: list[int]) -> int:
+        """Log the process's output until it exits and its pipes are read to the end; its exit code."""
+        loop = asyncio.get_running_loop()
+        pumps: list[asyncio.Task[None]] = []
+        transports: list[asyncio.ReadTransport] = []
+        try:
+            streams: tuple[Literal[1, 2], ...] = (1, 2)
+            for stream in streams:
+                reader = asyncio.StreamReader()
+                pipe = os.fdopen(fds.pop(0), "rb", buffering=0)  # from here on, `pipe` owns the descriptor
+                try:
+                    transport, _ = await loop.connect_read_pipe(
+                        functools.partial(asyncio.StreamReaderProtocol, reader), pipe)
+                except BaseException:
+                    pipe.close()
+                    raise
+                transports.append(transport)
+                pumps.append(asyncio.create_task(pump(reader, self._sink(mod, stream))))
+            returncode = await proc.wait()
+            # The rest of the group dies with the main process; then the pipes reach their end.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            _, pending = await asyncio.wait(pumps, timeout=_DRAIN_TIMEOUT)
+            if pending:
+                log.warning("module %s: a process outside its group still holds its output; not waiting for it",
+                            mod.record.name)
+            return returncode
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            for transport in transports:
+                transport.close()
+            for fd in fds:
+                os.close(fd)
+
+    def _should_restart(self, mod: _Module, exit_code: int) -> bool:
+        policy = mod.record.restart_policy
+        return policy == "always" or (policy in ("on-failure", "on-unhealthy") and exit_code != 0)
+
+    async def _supervise(self, mod: _Module, proc: asyncio.subprocess.Process, fds: list[int]) -> None:
+        loop = asyncio.get_running_loop()
+        failures = 0
+        rec = mod.record
+        try:
+            while True:
+                began = loop.time()
+                exit_code = _exit_code(await self._watch(mod, proc, fds))
+                mod.proc = None
+                stopping = mod.stopping
+                restart = not stopping and self._should_restart(mod, exit_code)
+                rec.state = "stopped" if stopping or exit_code == 0 else "failed"
+                rec.exit_code, rec.finished_at, rec.pid, rec.pid_start = exit_code, _now(), None, None
+                if not stopping and not restart:
+                    rec.want_running = False
+                mod.phase = "backoff" if restart else "idle"
+                self._save(mod)
+                mod.logs.end_followers()
+                self._emit("die", mod, exit_code)
+                if stopping:
+                    self._emit("stop", mod)
+                if not restart:
+                    return
+                if loop.time() - began >= self.stable_after:
+                    failures = 0
+                delay = backoff_delay(failures, self.backoff_base, self.backoff_cap)
+                failures += 1
+                log.info("module %s exited with %d; restarting in %.1fs", rec.name, exit_code, delay)
+                await asyncio.sleep(delay)  # stop(), start() and remove() cancel this wait
+                async with mod.lock:
+                    try:
+                        launch = plan_launch(rec.spec(), self.bwrap)
+                        mod.phase = "spawning"
+                        proc, fds = await self._spawn(mod, launch)
+                    except EngineError as e:
+                        log.error("module %s cannot be restarted: %s", rec.name, e.message)
+                        self._set_dead(mod)
+                        return
+                    rec.restart_count += 1
+                    mod.sandbox = launch.sandbox
+                    self._running(mod, proc)
+                    self._emit("start", mod)
+                    self._emit("restart", mod)
+        finally:
+            if mod.phase != "running":
+                mod.phase = "idle"
+
+    def _set_dead(self, mod: _Module) -> None:
+        mod.phase = "idle"
+        mod.record.state, mod.record.want_running, mod.record.finished_at = "dead", False, _now()
+        self._save(mod)
+
+    async def _stop_locked(self, mod: _Module, timeout: float, *, forget: bool = True) -> bool:
+        """Stop whatever runs or waits to restart; True if there was something. `forget=False` (engine shutdown)
+        keeps the wish to run, so the next daemon starts it again."""
+        if forget:
+            mod.record.want_running = False
+        task = mod.supervisor
+        if mod.phase == "backoff" and task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            mod.record.state = "stopped"
+            self._save(mod)
+            self._emit("stop", mod)
+            return True
+        if mod.phase != "running" or mod.proc is None or task is None:
+            self._save(mod)
+            return False
+        pid, start = mod.proc.pid, mod.record.pid_start
+        mod.stopping = True
+        try:
+            if start is not None:
+                await self._terminate(pid, start, include_leader=not mod.sandbox, timeout=timeout,
+                                      waiter=lambda: asyncio.gather(task, return_exceptions=True))
+            else:  # it exited before its start time could be read; the supervisor is already finishing
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            await asyncio.gather(task, return_exceptions=True)
+        finally:
+            mod.stopping = False
+        return True
+
+    # events ----------------------------------------------------------------------------------------------------
+    def _emit(self, action: Literal["create", "start", "die", "stop", "destroy", "restart"], mod: _Module,
+              exit_code: int | None = None) -> None:
+        event = EngineEvent(action, mod.record.name, mod.record.engine_id, dict(mod.record.labels), exit_code)
+        for queue in self._subscribers:
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()  # a subscriber that stopped reading loses its oldest events, not memory
+            queue.put_nowait(event)
+
+    def events(self) -> AsyncIterator[EngineEvent]:
+        return _Events(self._subscribers, self._closed)
+
+    def _save(self, mod: _Module) -> None:
+        if self._store is not None and self._modules.get(mod.record.name) is mod:
+            self._store.save(mod.record)
+
+    # ModuleEngine --------------------------------------------------------------------------------------------
+    async def version(self) -> Mapping[str, str]:
+        return {"name": "edgeward-process", "version": __version__}
+
+    async def pull(self, image: str) -> None:
+        raise EngineError(f"host-process modules are not pulled: install the executable {image} on the device "
+                          f"(with a package or an update agent), then create the module with its path", 400)
+
+    async def image_id(self, image: str) -> str | None:
+        try:
+            path = check_executable(image)
+        except EngineError:
+            return None
+        return await asyncio.to_thread(_executable_digest, path, self.max_executable_bytes)
+
+    def _get(self, name: str) -> _Module:
+        mod = self._modules.get(name)
+        if mod is None:
+            raise ModuleNotFound(name)
+        return mod
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, name: str) -> AsyncIterator[_Module]:
+        await self._ready()
+        mod = self._get(name)
+        async with mod.lock:
+            if self._modules.get(name) is not mod:  # removed while we waited
+                raise ModuleNotFound(name)
+            yield mod
+
+    async def create(self, spec: ModuleSpec) -> ModuleStatus:
+        store = await self._ready()
+        if not valid_module_name(spec.name):
+            raise EngineError(f"invalid module name {spec.name!r}", 400)
+        if spec.name in self._modules:
+            raise EngineError(f"module {spec.name} already exists", 409)
+        plan_launch(spec, self.bwrap)
+        image_id = await asyncio.to_thread(_executable_digest, check_executable(spec.image),
+                                           self.max_executable_bytes)
+        if spec.name in self._modules:  # created by a concurrent call while we measured
+            raise EngineError(f"module {spec.name} already exists", 409)
+        taken = {m.record.engine_id for m in self._modules.values()}
+        engine_id = f"proc-{spec.name}-{store.next_id()}"
+        while engine_id in taken:
+            engine_id = f"proc-{spec.name}-{store.next_id()}"
+        shutil.rmtree(self.state_dir / "logs" / spec.name, ignore_errors=True)  # a removal cut short by a crash
+        mod = _Module(ModuleRecord.from_spec(spec, engine_id, image_id), self._module_logs(spec.name))
+        self._modules[spec.name] = mod
+        self._save(mod)
+        self._emit("create", mod)
+        return mod.record.status()
+
+    async def start(self, name: str) -> ModuleStatus:
+        async with self._locked(name) as mod:
+            if mod.phase == "running":
+                return mod.record.status()
+            if mod.phase == "backoff" and mod.supervisor is not None:
+                mod.supervisor.cancel()  # start now rather than when the backoff ends
+                await asyncio.gather(mod.supervisor, return_exceptions=True)
+            await self._start_locked(mod, restarted=False)
+            return mod.record.status()
+
+    async def stop(self, name: str, timeout: float = 10.0) -> ModuleStatus:
+        async with self._locked(name) as mod:
+            await self._stop_locked(mod, timeout)
+            return mod.record.status()
+
+    async def restart(self, name: str) -> ModuleStatus:
+        async with self._locked(name) as mod:
+            await self._stop_locked(mod, self.stop_timeout)
+            await self._start_locked(mod, restarted=True)
+            return mod.record.status()
+
+    async def remove(self, name: str) -> None:
+        async with self._locked(name) as mod:
+            await self._stop_locked(mod, self.stop_timeout)
+            store = await self._ready()
+            store.delete(name)
+            del self._modules[name]
+            mod.logs.close()
+            shutil.rmtree(mod.logs.directory, ignore_errors=True)
+            self._emit("destroy", mod)
+
+    async def inspect(self, name: str) -> ModuleStatus:
+        await self._ready()
+        return self._get(name).record.status()
+
+    async def list(self) -> list[ModuleStatus]:
+        await self._ready()
+        return [m.record.status() for m in self._modules.values()]
+
+    async def logs(self, name: str, options: LogOptions) -> AsyncIterator[LogChunk]:
+        await self._ready()
+        mod = self._get(name)
+        # Subscribed before the files are read, so nothing written in between is missed; records already read
+        # are recognised by their (strictly increasing) timestamps.
+        queue = mod.logs.subscribe() if options.follow and mod.phase == "running" else None
+        try:
+            records = await asyncio.to_thread(mod.logs.history)
+            seen = records[-1].ts_ns if records else 0
+            for record in select(records, options):
+                yield record.chunk(options.timestamps)
+            if queue is None:
+                return
+            until = options.until * 1_000_000_000 if options.until is not None else None
+            since = options.since * 1_000_000_000 if options.since is not None else 0
+            while (new := await queue.get()) is not None:
+                if new.ts_ns <= seen or new.ts_ns < since:
+                    continue
+                if until is not None and new.ts_ns > until:
+                    return
+                yield new.chunk(options.timestamps)
+        finally:
+            if queue is not None:
+                mod.logs.unsubscribe(queue)
+
+    async def stats(self, name: str) -> Mapping[str, Any]:
+        await self._ready()
+        mod = self._get(name)
+        rec = mod.record
+        tree: list[ProcStat] = []
+        if mod.phase == "running" and rec.pid is not None:
+            root = read_stat(rec.pid)
+            if root is not None and root.start_time == rec.pid_start:
+                tree = [root, *await asyncio.to_thread(descendants, root)]
+        ticks = sum(p.utime + p.stime for p in tree)
+        rss = sum(p.rss_pages for p in tree) * PAGE_SIZE
+        cpu_ns = ticks * 1_000_000_000 // TICKS_PER_SECOND
+        return {"name": name, "engine_id": rec.engine_id, "running": bool(tree), "pids": len(tree),
+                "cpu_seconds": ticks / TICKS_PER_SECOND, "rss_bytes": rss,
+                # The same numbers where Docker's one-shot stats put them, so consumers read one shape.
+                "cpu_stats": {"cpu_usage": {"total_usage": cpu_ns}}, "memory_stats": {"usage": rss},
+                "pids_stats": {"current": len(tree)}}
+
+    async def engine_id_of_pid(self, pid: int) -> str | None:
+        await self._ready()
+        running = {(m.record.pid, m.record.pid_start): m.record.engine_id for m in self._modules.values()
+                   if m.phase == "running" and m.record.pid is not None and m.record.pid_start is not None}
+        if not running or pid <= 0:
+            return None
+        for st in ancestors(pid):
+            engine_id = running.get((st.pid, st.start_time))
+            if engine_id is not None:
+                return engine_id
+        return None
+
+    async def close(self) -> None:
+        """Stop every module (they keep their wish to run, for the next daemon) and end every event stream."""
+        if self._closed:
+            return
+        self._closed = True  # from here on, every other call is refused
+        if self._store is not None:
+            for mod in list(self._modules.values()):
+                async with mod.lock:
+                    await self._stop_locked(mod, self.stop_timeout, forget=False)
+                    mod.logs.close()
+        for queue in self._subscribers:
+            queue.put_nowait(None)
+        self._subscribers.clear()

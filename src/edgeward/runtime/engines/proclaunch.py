@@ -1,0 +1,218 @@
+"""From a module spec to the exact command line, environment and identity a host-process module runs with.
+
+Everything a deployment can get wrong is checked here, at create time, so the edge agent gets a 400 naming the
+field instead of a module that fails on every start. The same checks run again at start: the file system or the
+user database may have changed in between.
+
+What the create options mean for a host process:
+- the executable is `spec.image` (an absolute path); argv is `[image, *Entrypoint, *Cmd]`: Entrypoint is the
+  fixed leading arguments, Cmd the default ones (the program itself is always the measured file);
+- `Env` (["K=V"]) comes first and the runtime's env (`spec.env`, which holds IOTEDGE_*) wins over it, so create
+  options cannot spoof the module identity; IOTEDGE_WORKLOADURI points at the host path of the workload socket,
+  which the sandbox binds at the same path; the daemon's own environment is never inherited;
+- `User` is "uid", "uid:gid" or names; privileges are dropped to gid, no supplementary groups, then uid;
+- `Sandbox: true` runs it under bubblewrap: read-only root, private /tmp, new pid and IPC namespaces, no
+  capabilities, a new session, killed with its supervisor; only the workload dir and `HostConfig.Binds` are
+  writable (Binds without ":ro", and bind `Mounts` without `ReadOnly`).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..engine import WORKLOAD_SOCKET_NAME, EngineError, ModuleSpec
+
+__all__ = ["DEFAULT_PATH", "Launch", "check_executable", "parse_user", "plan_launch"]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # what Docker gives a bare image
+_BIND_OPTIONS = {"ro", "rw", "z", "Z", "private", "rprivate", "slave", "rslave", "shared", "rshared", "nocopy"}
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: tuple[str, ...]  # what is exec'd: the module's argv, or bwrap's wrapping it
+    env: Mapping[str, str]
+    cwd: str  # outside the sandbox
+    uid: int | None  # None: keep the daemon's identity
+    gid: int | None
+    sandbox: bool
+
+
+def _bad(message: str) -> EngineError:
+    return EngineError(message, 400)
+
+
+def check_executable(image: str) -> Path:
+    """The module's program must be an absolute path to an executable regular file."""
+    if not image.startswith("/"):
+        raise _bad(f"a host-process module's image must be the absolute path of its executable, not {image!r}")
+    path = Path(os.path.normpath(image))
+    try:
+        st = path.stat()
+    except OSError:
+        raise _bad(f"the executable {image} does not exist") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _bad(f"{image} is not a regular file")
+    if not os.access(path, os.X_OK):
+        raise _bad(f"{image} is not executable")
+    return path
+
+
+def _strings(options: Mapping[str, Any], key: str) -> list[str]:
+    raw = options.get(key)
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, Sequence) and all(isinstance(x, str) for x in raw):
+        return list(raw)
+    raise _bad(f"createOptions.{key} must be a list of strings")
+
+
+def _check_arg(value: str, where: str) -> str:
+    if "\0" in value:
+        raise _bad(f"{where} holds a NUL byte")
+    return value
+
+
+def _user_id(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise _bad(f"createOptions.User: no user named {text!r}") from None
+
+
+def _group_id(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise _bad(f"createOptions.User: no group named {text!r}") from None
+
+
+def parse_user(text: str) -> tuple[int, int]:
+    """"uid", "uid:gid", "name", "name:group" -> (uid, gid). A user alone takes its passwd group; a bare uid
+    without a passwd entry is refused rather than guessed (Docker would pick gid 0, the root group)."""
+    user, sep, group = text.partition(":")
+    if not user or (sep and not group) or ":" in group:
+        raise _bad(f"createOptions.User must be \"uid\", \"uid:gid\" or names, not {text!r}")
+    uid = _user_id(user)
+    if uid > 0xFFFF_FFFE:
+        raise _bad(f"createOptions.User: uid {uid} is out of range")
+    if group:
+        gid = _group_id(group)
+        if gid > 0xFFFF_FFFE:
+            raise _bad(f"createOptions.User: gid {gid} is out of range")
+        return uid, gid
+    try:
+        return uid, pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        raise _bad(f"createOptions.User: uid {uid} has no passwd entry; give \"{uid}:<gid>\"") from None
+
+
+def _identity(options: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    raw = options.get("User")
+    if raw is None or raw == "":
+        return None, None
+    if not isinstance(raw, str):
+        raise _bad("createOptions.User must be a string")
+    uid, gid = parse_user(raw)
+    if os.geteuid() == 0:
+        return uid, gid
+    if (uid, gid) == (os.getuid(), os.getgid()):
+        return None, None
+    raise _bad(f"createOptions.User {raw!r} differs from the user Edgeward runs as (uid {os.getuid()}), and only "
+               f"root can switch users")
+
+
+def _env(spec: ModuleSpec, options: Mapping[str, Any]) -> dict[str, str]:
+    env = {"PATH": DEFAULT_PATH}
+    for item in _strings(options, "Env"):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _bad(f"createOptions.Env entries must be \"KEY=value\", not {item!r}")
+        env[_check_arg(key, "createOptions.Env")] = _check_arg(value, "createOptions.Env")
+    for key, value in spec.env.items():
+        if not key or "=" in key:
+            raise _bad(f"env name {key!r} is not valid")
+        env[_check_arg(key, "env")] = _check_arg(value, "env")
+    if spec.workload_dir is not None:
+        env["IOTEDGE_WORKLOADURI"] = f"unix://{spec.workload_dir}/{WORKLOAD_SOCKET_NAME}"
+    return env
+
+
+def _binds(options: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    host_config = options.get("HostConfig") or {}
+    if not isinstance(host_config, Mapping):
+        raise _bad("createOptions.HostConfig must be an object")
+    out: list[tuple[str, str, bool]] = []
+    for item in _strings(host_config, "Binds"):
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or not parts[0].startswith("/") or not parts[1].startswith("/"):
+            raise _bad(f"createOptions.HostConfig.Binds entries must be \"/host:/inside[:ro]\", not {item!r}")
+        opts = set(parts[2].split(",")) if len(parts) == 3 else set()
+        if not opts <= _BIND_OPTIONS:
+            raise _bad(f"createOptions.HostConfig.Binds: unknown options in {item!r}")
+        if not Path(parts[0]).exists():
+            raise _bad(f"createOptions.HostConfig.Binds: {parts[0]} does not exist")
+        out.append((_check_arg(parts[0], "Binds"), _check_arg(parts[1], "Binds"), "ro" in opts))
+    mounts = host_config.get("Mounts") or []
+    if not isinstance(mounts, Sequence) or isinstance(mounts, str):
+        raise _bad("createOptions.HostConfig.Mounts must be a list")
+    for mount in mounts:  # the runtime mounts the management socket for the agent this way
+        if not isinstance(mount, Mapping) or mount.get("Type", "bind") != "bind":
+            raise _bad("createOptions.HostConfig.Mounts: a sandboxed host process only takes bind mounts")
+        src, dst = mount.get("Source"), mount.get("Target")
+        if not isinstance(src, str) or not isinstance(dst, str) or not src.startswith("/") \
+                or not dst.startswith("/"):
+            raise _bad("createOptions.HostConfig.Mounts entries need absolute Source and Target")
+        if not Path(src).exists():
+            raise _bad(f"createOptions.HostConfig.Mounts: {src} does not exist")
+        out.append((_check_arg(src, "Mounts"), _check_arg(dst, "Mounts"), bool(mount.get("ReadOnly", False))))
+    return out
+
+
+def _sandboxed(argv: list[str], spec: ModuleSpec, *, image: str, cwd: str, binds: list[tuple[str, str, bool]],
+               bwrap: str) -> tuple[str, ...]:
+    # Order matters: bwrap applies these in sequence, so binds after the /tmp tmpfs reappear inside it.
+    wrap = [bwrap, "--ro-bind", "/", "/", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev",
+            "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--ro-bind", image, image]
+    if spec.workload_dir is not None:
+        wrap += ["--bind", str(spec.workload_dir), str(spec.workload_dir)]
+    for src, dst, read_only in binds:
+        wrap += ["--ro-bind" if read_only else "--bind", src, dst]
+    wrap += ["--chdir", cwd, "--", *argv]
+    return tuple(wrap)
+
+
+def plan_launch(spec: ModuleSpec, bwrap: str | None) -> Launch:
+    """Check `spec` and say how to run it; EngineError(400) naming the field at fault."""
+    image = str(check_executable(spec.image))
+    options = spec.create_options
+    argv = [image, *(_check_arg(a, "createOptions.Entrypoint") for a in _strings(options, "Entrypoint")),
+            *(_check_arg(a, "createOptions.Cmd") for a in _strings(options, "Cmd"))]
+    cwd = options.get("WorkingDir") or "/"
+    if not isinstance(cwd, str) or not cwd.startswith("/"):
+        raise _bad("createOptions.WorkingDir must be an absolute path")
+    env = _env(spec, options)
+    uid, gid = _identity(options)
+    sandbox = options.get("Sandbox", False)
+    if not isinstance(sandbox, bool):
+        raise _bad("createOptions.Sandbox must be true or false")
+    if not sandbox:
+        return Launch(tuple(argv), env, cwd, uid, gid, False)
+    if bwrap is None:
+        raise _bad("createOptions.Sandbox needs bubblewrap (bwrap), which is not installed on this device")
+    wrapped = _sandboxed(argv, spec, image=image, cwd=cwd, binds=_binds(options), bwrap=bwrap)
+    return Launch(wrapped, env, "/", uid, gid, True)
