@@ -1,0 +1,273 @@
+"""The runtime over the host-process engine: management API lifecycle, the workload API as modules call it,
+attestation refusals, the watchdog and the integrity monitor — real processes, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import io
+import json
+import shutil
+import sys
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from edgeward.http.client import UnixClient
+from edgeward.http.errors import HttpError
+from edgeward.runtime.engines.process import ProcessEngine
+from edgeward.runtime.identities import module_key_handle
+from edgeward.runtime.mgmt_client import ManagementClient
+from tests.fixtures.modules import client_spec, module_results
+from tests.fixtures.runtime import RuntimeEnv, serve_runtime
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def _engine(base: Path) -> ProcessEngine:
+    return ProcessEngine(base / "state" / "runtime" / "processes", stop_timeout=2.0, backoff_base=0.05,
+                         backoff_cap=0.5)
+
+
+@pytest.fixture
+async def rt(request: pytest.FixtureRequest, public_dir: Path) -> AsyncIterator[RuntimeEnv]:
+    async with serve_runtime(request, public_dir, _engine(public_dir), {"hostname": "edge1"}) as env:
+        yield env
+
+
+@pytest.fixture
+async def mgmt(rt: RuntimeEnv) -> AsyncIterator[ManagementClient]:
+    client = ManagementClient(rt.mgmt_socket)
+    yield client
+    await client.close()
+
+
+async def _wait_state(mgmt: ManagementClient, name: str, state: str, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        details = await mgmt.get_module(name)
+        if details["status"]["runtimeStatus"]["status"] == state:
+            return details
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{name} is {details['status']} not {state}")
+        await asyncio.sleep(0.05)
+
+
+async def test_module_lifecycle_through_the_management_api(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
+    spec = client_spec("sensor", [])
+    created = await mgmt.create_module(spec)
+    assert created["name"] == "sensor" and created["config"]["image"] == sys.executable
+    assert created["config"]["imageHash"].startswith("sha256:")
+    assert created["status"]["runtimeStatus"]["status"] == "stopped"
+    reg = rt.parts.registry.get("sensor")
+    assert reg is not None and reg.engine_id == created["id"] and reg.generation_id
+    with pytest.raises(HttpError) as dup:
+        await mgmt.create_module(spec)
+    assert dup.value.status == 409
+
+    await mgmt.action("sensor", "start")
+    running = await _wait_state(mgmt, "sensor", "running")
+    assert "startTime" in running["status"]
+    assert [m["name"] for m in await mgmt.list_modules()] == ["sensor"]
+    await module_results(rt.parts.engine, "sensor")
+    lines = [c async for c in mgmt.logs("sensor", tail=10)]
+    assert any(b"DONE" in c.data for c in lines)
+
+    await mgmt.action("sensor", "restart")
+    await _wait_state(mgmt, "sensor", "running")
+    await mgmt.action("sensor", "stop")
+    await _wait_state(mgmt, "sensor", "stopped")
+
+    updated = await mgmt.update_module("sensor", client_spec("sensor", [["GET", "workload", "/trust-bundle", None]]),
+                                       start=True)
+    assert updated["status"]["runtimeStatus"]["status"] == "running"
+    assert rt.parts.registry.get("sensor").generation_id == reg.generation_id  # type: ignore[union-attr]
+
+    await mgmt.delete_module("sensor")
+    assert await mgmt.list_modules() == []
+    assert not (rt.settings.workload_root / "sensor").exists()
+    for call in (mgmt.get_module("sensor"), mgmt.action("sensor", "start"), mgmt.delete_module("sensor")):
+        with pytest.raises(HttpError) as missing:
+            await call
+        assert missing.value.status == 404
+
+
+async def test_bad_module_specs_are_refused_with_every_problem(mgmt: ManagementClient) -> None:
+    with pytest.raises(HttpError) as bad:
+        await mgmt.create_module({"name": "../x", "config": {"image": 3}, "imagePullPolicy": "maybe"})
+    assert bad.value.status == 422
+    for where in ("body.name", "body.config.image", "body.imagePullPolicy"):
+        assert where in bad.value.message
+    with pytest.raises(HttpError) as missing_binary:
+        await mgmt.create_module(client_spec("ghost", [], image="/nonexistent/bin"))
+    assert missing_binary.value.status == 400
+    http = UnixClient(mgmt.http.socket_path, "2022-08-03")
+    try:
+        for path in ("/modules/a%2F..%2Fb", "/modules/" + "x" * 300):
+            with pytest.raises(HttpError) as trick:
+                await http.request("GET", path)
+            assert trick.value.status in (400, 404)
+        with pytest.raises(HttpError) as no_version:
+            await http.request("GET", "/modules", api_version="1999-01-01")
+        assert no_version.value.status == 400
+    finally:
+        await http.close()
+
+
+async def test_system_info_resources_identities_and_support_bundle(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
+    info = await mgmt.system_info()
+    assert info["osType"] == "linux" and info["runtime"]["platform"]["version"] and info["version"]
+    _, raw = await mgmt.http.request("GET", "/systeminfo/resources")
+    resources = json.loads(raw)
+    assert resources["total_ram"] > 0 and resources["disks"]
+    created = json.loads((await mgmt.http.request("POST", "/identities", {"moduleId": "hostagent"}))[1])
+    assert created["moduleId"] == "hostagent" and created["generationId"]
+    assert [i["moduleId"] for i in await mgmt.identities()] == ["hostagent"]
+    await mgmt.http.request("DELETE", "/identities/hostagent")
+    assert await mgmt.identities() == []
+    await mgmt.create_module(client_spec("chatty", []))
+    await mgmt.action("chatty", "start")
+    await module_results(rt.parts.engine, "chatty")
+    _, bundle = await mgmt.http.request("GET", "/systeminfo/supportbundle")
+    names = zipfile.ZipFile(io.BytesIO(bundle)).namelist()
+    assert {"systeminfo.json", "modules.json", "logs/chatty.log"} <= set(names)
+    assert b"DONE" in zipfile.ZipFile(io.BytesIO(bundle)).read("logs/chatty.log")
+
+
+async def test_a_module_uses_the_workload_api_for_itself(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
+    data = base64.b64encode(b"edge1/devices/edge1/modules/worker\n1900000000").decode()
+    iv = base64.b64encode(b"0123456789ab").decode()
+    calls = [
+        ["POST", "workload", "/modules/{name}/genid/{genid}/sign?api-version=2019-01-30",
+         {"keyId": "primary", "algo": "HMACSHA256", "data": data}],
+        ["POST", "workload", "/modules/{name}/genid/{genid}/encrypt?api-version=2019-01-30",
+         {"plaintext": base64.b64encode(b"secret").decode(), "initializationVector": iv}],
+        ["POST", "workload", "/modules/{name}/genid/{genid}/certificate/server?api-version=2019-01-30",
+         {"commonName": "worker.local", "expiration": "2099-01-01T00:00:00Z"}],
+        ["POST", "workload", "/modules/{name}/certificate/identity?api-version=2019-01-30",
+         {"expiration": (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()}],
+        ["GET", "workload", "/trust-bundle?api-version=2019-01-30", None],
+        ["POST", "workload", "/modules/{name}/genid/{genid}/sign?api-version=2019-01-30",
+         {"keyId": "tertiary", "algo": "HMACSHA256", "data": data}],
+        ["POST", "workload", "/modules/{name}/genid/{genid}/sign?api-version=2019-01-30",
+         {"keyId": "primary", "algo": "SHA1", "data": data}],
+    ]
+    await mgmt.create_module(client_spec("worker", calls))
+    await mgmt.action("worker", "start")
+    sign, enc, server, ident, bundle, bad_key, bad_algo = await module_results(rt.parts.engine, "worker")
+    reg = rt.parts.registry.get("worker")
+    assert reg is not None
+    assert sign["status"] == 200, sign
+    keys = rt.certs_env.keys
+    handle = await module_key_handle(keys, "worker", reg.generation_id)
+    key = await keys.export_derived_key(handle)
+    expected = hmac.new(key, base64.b64decode(data), hashlib.sha256).digest()
+    assert base64.b64decode(sign["body"]["digest"]) == expected
+
+    assert enc["status"] == 200
+    from edgeward.keys.model import Aead
+    enc_handle = await keys.create_key_if_not_exists("edgeward-workload-encryption", "encrypt")
+    opened = await keys.decrypt(enc_handle, Aead(b"0123456789ab", f"worker{reg.generation_id}".encode()),
+                                base64.b64decode(enc["body"]["ciphertext"]))
+    assert opened == b"secret"
+
+    assert server["status"] == 201, server
+    chain = x509.load_pem_x509_certificates(server["body"]["certificate"].encode())
+    leaf, ca = chain[0], chain[-1]
+    roots = x509.load_pem_x509_certificates(bundle["body"]["certificate"].encode())
+    assert ca.subject == roots[-1].subject
+    leaf.verify_directly_issued_by(chain[1])
+    assert leaf.not_valid_after_utc <= ca.not_valid_after_utc  # never outlives the edge CA
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName)
+    assert "worker.local" in sans and "edge1" in sans
+    key_pem = serialization.load_pem_private_key(server["body"]["privateKey"]["bytes"].encode(), None)
+    assert key_pem.public_key().public_numbers() == leaf.public_key().public_numbers()  # type: ignore[union-attr]
+
+    assert ident["status"] == 201
+    id_leaf = x509.load_pem_x509_certificates(ident["body"]["certificate"].encode())[0]
+    assert id_leaf.subject.rfc4514_string() == "CN=worker"
+    assert id_leaf.not_valid_after_utc <= dt.datetime.now(dt.UTC) + dt.timedelta(hours=1, minutes=1)
+    assert bad_key["status"] == 404 and bad_algo["status"] == 400
+
+
+async def test_modules_cannot_act_as_each_other(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
+    await mgmt.create_module(client_spec("victim", []))
+    victim = rt.parts.registry.get("victim")
+    assert victim is not None
+    sign = {"keyId": "primary", "algo": "HMACSHA256", "data": "aGk="}
+    calls = [
+        ["POST", "workload", f"/modules/victim/genid/{victim.generation_id}/sign?api-version=2019-01-30", sign],
+        ["POST", "workload", "/modules/{name}/genid/not-my-generation/sign?api-version=2019-01-30", sign],
+        ["POST", "workload", "/modules/{name}/genid/{genid}/sign?api-version=2019-01-30", sign],
+        ["POST", "workload", "/modules/..%2Fvictim/genid/{genid}/sign?api-version=2019-01-30", sign],
+        ["POST", "workload", "/modules/victim/certificate/identity?api-version=2019-01-30", {}],
+    ]
+    await mgmt.create_module(client_spec("attacker", calls))
+    await mgmt.action("attacker", "start")
+    as_victim, wrong_gen, own, traversal, victim_cert = await module_results(rt.parts.engine, "attacker")
+    assert as_victim["status"] == 403 and "registration_for" in as_victim["body"]["message"]
+    assert wrong_gen["status"] == 403 and "generation" in wrong_gen["body"]["message"]
+    assert own["status"] == 200
+    assert traversal["status"] in (400, 404)
+    assert victim_cert["status"] == 403
+
+
+async def test_host_processes_and_other_modules_are_refused(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
+    # This test process is a host process (root), not a module: the workload API refuses it at container_of.
+    await mgmt.create_module(client_spec("target", []))
+    reg = rt.parts.registry.get("target")
+    assert reg is not None
+    socket = rt.settings.workload_root / "target" / "workload.sock"
+    client = UnixClient(socket, "2019-01-30")
+    try:
+        with pytest.raises(HttpError) as host:
+            await client.request("POST", f"/modules/target/genid/{reg.generation_id}/sign",
+                                 {"keyId": "primary", "algo": "HMACSHA256", "data": "aGk="})
+        assert host.value.status == 403 and "container_of" in host.value.message
+    finally:
+        await client.close()
+    # A module that is not the edge agent may not use the management API, even with the socket in hand.
+    mgmt_dir = str(rt.settings.mgmt_dir)
+    calls = [["GET", "mgmt", "/modules?api-version=2022-08-03", None]]
+    spec = client_spec("sneaky", calls)
+    spec["env"].append({"key": "IOTEDGE_MANAGEMENTURI", "value": f"unix://{mgmt_dir}/mgmt.sock"})
+    await mgmt.create_module(spec)
+    await mgmt.action("sneaky", "start")
+    (listing,) = await module_results(rt.parts.engine, "sneaky")
+    assert listing["status"] == 403 and "not the edge agent" in listing["body"]["message"]
+
+
+async def test_changed_binary_is_found_audited_and_refused(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
+    binary = rt.base / "bin" / "python-copy"
+    binary.parent.mkdir(exist_ok=True)
+    shutil.copy2(Path(sys.executable).resolve(), binary)
+    sign = {"keyId": "primary", "algo": "HMACSHA256", "data": "aGk="}
+    go = rt.base / "go"
+    calls = [["POST", "workload", "/modules/{name}/genid/{genid}/sign?api-version=2019-01-30", sign]]
+    await mgmt.create_module(client_spec("tampered", calls, image=str(binary), go_file=str(go)))
+    await mgmt.action("tampered", "start")
+    await module_results(rt.parts.engine, "tampered", until=b"WAITING")
+    assert await rt.parts.monitor.check() == []
+    implant = binary.with_name("implant")  # a running binary cannot be written: it is replaced, as updaters do
+    shutil.copy2(binary, implant)
+    with implant.open("ab") as f:
+        f.write(b"\0implant")
+    implant.replace(binary)
+    findings = await rt.parts.monitor.check()
+    assert [(f.kind, f.module) for f in findings] == [("binary_changed", "tampered")]
+    records = rt.parts.audit.records()
+    assert records[-1].kind == "integrity.binary_changed" and records[-1].module == "tampered"
+    assert rt.parts.audit.verify().ok
+    # Calls from a module the monitor flagged are refused (policy "refuse"), naming the measure step.
+    go.touch()
+    (refused,) = await module_results(rt.parts.engine, "tampered")
+    assert refused["status"] == 403 and "measure" in refused["body"]["message"]
