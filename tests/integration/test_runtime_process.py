@@ -10,7 +10,9 @@ import hashlib
 import hmac
 import io
 import json
+import os
 import shutil
+import signal
 import sys
 import zipfile
 from collections.abc import AsyncIterator
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from edgeward.http.client import UnixClient
 from edgeward.http.errors import HttpError
+from edgeward.keys.model import Aead
 from edgeward.runtime.engines.process import ProcessEngine
 from edgeward.runtime.identities import module_key_handle
 from edgeward.runtime.mgmt_client import ManagementClient
@@ -173,7 +176,6 @@ async def test_a_module_uses_the_workload_api_for_itself(rt: RuntimeEnv, mgmt: M
     assert base64.b64decode(sign["body"]["digest"]) == expected
 
     assert enc["status"] == 200
-    from edgeward.keys.model import Aead
     enc_handle = await keys.create_key_if_not_exists("edgeward-workload-encryption", "encrypt")
     opened = await keys.decrypt(enc_handle, Aead(b"0123456789ab", f"worker{reg.generation_id}".encode()),
                                 base64.b64decode(enc["body"]["ciphertext"]))
@@ -271,3 +273,39 @@ async def test_changed_binary_is_found_audited_and_refused(rt: RuntimeEnv, mgmt:
     go.touch()
     (refused,) = await module_results(rt.parts.engine, "tampered")
     assert refused["status"] == 403 and "measure" in refused["body"]["message"]
+
+
+async def test_edge_agent_is_bootstrapped_may_manage_and_is_kept_alive(request: pytest.FixtureRequest,
+                                                                       public_dir: Path) -> None:
+    calls = [["GET", "mgmt", "/modules?api-version=2022-08-03", None],
+             ["POST", "mgmt", "/modules?api-version=2022-08-03", client_spec("deployed", [])],
+             ["POST", "mgmt", "/modules/deployed/start?api-version=2022-08-03", None],
+             ["DELETE", "mgmt", "/modules/edgeAgent?api-version=2022-08-03", None]]
+    agent_spec = client_spec("edgeAgent", calls)
+    doc = {"hostname": "edge1", "agent": {"name": "edgeAgent", "type": "docker", "config": agent_spec["config"],
+                                          "env": {"EDGEWARD_TEST_CALLS": json.dumps(calls)}},
+           "edgeward": {"runtime": {"watchdog_seconds": 1}}}
+    async with serve_runtime(request, public_dir, _engine(public_dir), doc) as rt:
+        engine = rt.parts.engine
+        listing, created, started, delete_self = await module_results(engine, "edgeAgent")
+        assert listing["status"] == 200 and [m["name"] for m in listing["body"]["modules"]] == ["edgeAgent"]
+        assert created["status"] == 201 and started["status"] == 204
+        assert delete_self["status"] == 403  # the runtime keeps the agent; nobody removes it through the API
+        agent = await engine.inspect("edgeAgent")
+        assert agent.state == "running" and agent.pid is not None
+        reg = rt.parts.registry.get("edgeAgent")
+        assert reg is not None and reg.system
+
+        events = engine.events()
+        os.kill(agent.pid, signal.SIGKILL)
+
+        async def back_up() -> int:
+            async for event in events:
+                if event.name == "edgeAgent" and event.action == "start":
+                    return (await engine.inspect("edgeAgent")).pid or 0
+            return 0
+
+        new_pid = await asyncio.wait_for(back_up(), 15)
+        assert new_pid and new_pid != agent.pid
+        assert rt.parts.runtime.agent_restarts >= 1
+        assert (await engine.inspect("deployed")).state == "running"

@@ -85,8 +85,10 @@ class IntegrityMonitor:
             except Exception:
                 log.exception("integrity monitor pass failed")
             self._wake.clear()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that lands as the event fires
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.period)
+                async with asyncio.timeout(self.period):
+                    await self._wake.wait()
 
     async def check(self) -> list[Finding]:
         """One pass over every registration and every labelled engine object; returns the current findings."""

@@ -157,8 +157,10 @@ class RenewalEngine:
         delay = (when - self.now()).total_seconds()
         wake = self._wake[m.cert_id]
         if delay > 0:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that lands as the event fires
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await wake.wait()
         wake.clear()
 
     async def _loop(self, m: ManagedCert) -> None:

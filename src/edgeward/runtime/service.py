@@ -69,6 +69,11 @@ class ModuleRuntime:
     async def start(self) -> None:
         """Reconcile registrations with the engine, reopen workload sockets, then start the watchdog."""
         await self.reconcile()
+        try:  # the agent is up before the daemon says it is ready; if it cannot be, the watchdog keeps trying
+            await self.check_agent()
+        except (HttpError, EngineError) as e:
+            self.last_watchdog_error = getattr(e, "message", str(e))
+            log.error("could not start the edge agent: %s; the watchdog will retry", self.last_watchdog_error)
         self._tasks.append(asyncio.create_task(self._watchdog(), name="runtime-watchdog"))
         self._tasks.append(asyncio.create_task(self._follow_events(), name="runtime-events"))
 
@@ -322,8 +327,10 @@ class ModuleRuntime:
                 failures += 1
                 log.exception("watchdog failed")
             self._wake.clear()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that lands as the event fires
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.watchdog_period * (2 ** min(failures, 5)))
+                async with asyncio.timeout(self.settings.watchdog_period * (2 ** min(failures, 5))):
+                    await self._wake.wait()
 
     async def check_agent(self) -> None:
         """Create the edge agent if it is missing, and start it unless someone deliberately stopped it."""

@@ -243,7 +243,8 @@ class ProcessEngine:
         """SIGTERM, wait `timeout` for `waiter()`, then SIGKILL to the whole tree and wait again."""
         await asyncio.to_thread(self._signal_tree, pid, start_time, signal.SIGTERM, include_leader)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter()), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel on 3.11
+                await asyncio.shield(waiter())
             return
         except TimeoutError:
             pass
