@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import textwrap
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -309,3 +310,48 @@ async def test_edge_agent_is_bootstrapped_may_manage_and_is_kept_alive(request: 
         assert new_pid and new_pid != agent.pid
         assert rt.parts.runtime.agent_restarts >= 1
         assert (await engine.inspect("deployed")).state == "running"
+
+
+HANDOFF = textwrap.dedent("""
+    import http.client, json, os, socket, sys, time, urllib.parse
+    path = urllib.parse.urlparse(os.environ["IOTEDGE_WORKLOADURI"]).path
+    name, gen = os.environ["IOTEDGE_MODULEID"], os.environ["IOTEDGE_MODULEGENERATIONID"]
+    body = json.dumps({"keyId": "primary", "algo": "HMACSHA256", "data": "aGk="})
+    url = f"/modules/{name}/genid/{gen}/sign?api-version=2019-01-30"
+    class C(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(path)
+    def call(c):
+        c.request("POST", url, body=body, headers={"Content-Type": "application/json"})
+        r = c.getresponse(); print("RESULT " + json.dumps({"status": r.status, "body": json.loads(r.read())}), flush=True)
+    if os.fork() == 0:
+        c = C("localhost"); call(c)  # the kernel records this child's pid for the connection
+        first = os.getpid()
+        if os.fork() == 0:
+            while True:  # the connection outlives the process the kernel vouched for
+                try:
+                    os.kill(first, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.01)
+            call(c)
+            print("DONE", flush=True)
+        os._exit(0)
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            time.sleep(3600)
+""")
+
+
+
+async def test_a_connection_handed_to_another_process_is_refused(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
+    """The pid the kernel reported at connect time exits; the same connection, used by a process the pid could
+    be recycled for, is refused at still_alive."""
+    await mgmt.create_module({"name": "handoff", "imagePullPolicy": "never", "config": {
+        "image": sys.executable, "createOptions": {"Cmd": ["-c", HANDOFF]}}})
+    await mgmt.action("handoff", "start")
+    first, second = await module_results(rt.parts.engine, "handoff")
+    assert first["status"] == 200
+    assert second["status"] == 403 and "still_alive" in second["body"]["message"]

@@ -8,11 +8,13 @@ to the module once; they are never stored.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -84,9 +86,6 @@ class EdgeCa:
                     expiration: dt.datetime | None = None) -> IssuedCert:
         """A leaf certificate and a fresh P-256 key; the lifetime is what the caller asked for, capped at 90 days
         and at the edge CA's own expiry (the certs engine's issue() enforces the latter)."""
-        chain = await self.chain()
-        handle = await self.keys.load_key_pair(self.key_id)
-        issuer = IssuerRef(chain[0], handle, await handle_public_key(self.keys, handle))
         now = dt.datetime.now(dt.UTC)
         lifetime = MAX_LEAF_LIFETIME if expiration is None else min(expiration - now, MAX_LEAF_LIFETIME)
         if lifetime <= dt.timedelta(0):
@@ -107,7 +106,24 @@ class EdgeCa:
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         csr = builder.sign(key, hashes.SHA256())
-        leaf = await issue(self.keys, csr, issuer, lifetime)
+        # The CA may be renewed (with a new key) while we sign: its new certificate lands a moment before its new
+        # key is moved into place. A leaf is only handed out once it verifies against the chain it ships with.
+        for _ in range(10):
+            chain = await self.chain()
+            try:
+                handle = await self.keys.load_key_pair(self.key_id)
+                issuer = IssuerRef(chain[0], handle, await handle_public_key(self.keys, handle))
+                leaf = await issue(self.keys, csr, issuer, lifetime)
+                leaf.verify_directly_issued_by(chain[0])
+                break
+            except (ValueError, TypeError, InvalidSignature):
+                pass  # certificate and key of the CA were caught mid-rotation
+            except HttpError as e:
+                if e.status not in (401, 404):  # a handle to the key just replaced, or the moment before the move
+                    raise
+            await asyncio.sleep(0.05)
+        else:
+            raise EdgeCaUnavailable("the edge CA is being renewed; retry shortly")
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()).decode()
         return IssuedCert(key_pem, _pems([leaf, *chain]), leaf.not_valid_after_utc)
