@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import hashlib
+import hmac
+import json
 import os
 import secrets
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from cryptography import x509
@@ -20,13 +25,20 @@ from rich.table import Table
 
 from ..certs.client import CertsClient
 from ..certs.x509sign import handle_public_key, sign_csr
+from ..http.client import UnixClient
+from ..http.errors import HttpError
 from ..keys.client import KeysClient
 from ..keys.model import Aead, EcdsaDigest, HmacSha256, RsaPss
+from ..runtime import demo_module
+from ..runtime.identities import module_key_handle
+from ..runtime.mgmt_client import ManagementClient
 from ..supervise import DaemonFailed, running_daemon
+from .status import collect_status, render_status
 
 __all__ = ["demo"]
 
 console = Console()
+DEMO_MODULE = "demo-module"
 
 
 async def _exercise(socket_path: Path) -> Table:
@@ -110,22 +122,99 @@ async def _exercise(socket_path: Path) -> Table:
     return table
 
 
+async def _demo_module(run_dir: Path, state_dir: Path) -> tuple[Table, list[Table | str]]:
+    """Deploy the demo module through the management API, watch it use the workload API, check its answers."""
+    table = Table(title="demo module: what a module does at start, through the workload API")
+    for col in ("step", "answer", "checked"):
+        table.add_column(col)
+    mgmt = ManagementClient(run_dir / "mgmt" / "mgmt.sock")
+    keys = KeysClient(run_dir / "keyd.sock")
+    try:
+        with contextlib.suppress(HttpError):
+            await mgmt.delete_module(DEMO_MODULE)  # a fresh run shows the whole flow
+        await mgmt.create_module({"name": DEMO_MODULE, "imagePullPolicy": "never", "config": {
+            "image": sys.executable, "createOptions": {"Cmd": [demo_module.__file__]}}})
+        await mgmt.action(DEMO_MODULE, "start")
+        results: list[dict[str, Any]] = []
+        with console.status("demo module running ..."):
+            async with asyncio.timeout(60):
+                buffer = b""
+                async for chunk in mgmt.logs(DEMO_MODULE, follow=True):
+                    buffer += chunk.data
+                    lines = buffer.split(b"\n")
+                    buffer = lines.pop()
+                    results += [json.loads(line[5:]) for line in lines if line.startswith(b"DEMO ")]
+                    if any(line.strip() == b"DEMO-DONE" for line in lines):
+                        break
+        bundle: list[x509.Certificate] = []
+        for r in results:
+            ok, body = r["status"] < 300, r["body"] or {}
+            detail = f"{r['status']}"
+            checked = "[red]failed[/red]"
+            if ok and r["step"] == "trust bundle":
+                bundle = x509.load_pem_x509_certificates(body["certificate"].encode())
+                detail, checked = f"{len(bundle)} CA(s): {bundle[-1].subject.rfc4514_string()}", "[green]ok[/green]"
+            elif ok and r["step"].endswith("certificate"):
+                chain = x509.load_pem_x509_certificates(body["certificate"].encode())
+                chain[0].verify_directly_issued_by(chain[1])
+                trusted = bundle and chain[-1].public_bytes(serialization.Encoding.DER) in {
+                    b.public_bytes(serialization.Encoding.DER) for b in bundle}
+                detail = f"{chain[0].subject.rfc4514_string()}, expires {chain[0].not_valid_after_utc:%Y-%m-%d %H:%M}"
+                checked = "[green]chains to the trust bundle[/green]" if trusted else "[red]untrusted[/red]"
+            elif ok and r["step"] == "SAS token signature":
+                gen = next(i["generationId"] for i in await mgmt.identities() if i["moduleId"] == DEMO_MODULE)
+                key = await keys.export_derived_key(await module_key_handle(keys, DEMO_MODULE, gen))
+                token = r["token"]
+                expected = hmac.new(key, f"{token['sr']}\n{token['se']}".encode(), hashlib.sha256).digest()
+                good = base64.b64decode(body["digest"]) == expected
+                detail = f"SharedAccessSignature sr={token['sr'][:28]}...&se={token['se']}"
+                checked = "[green]signature verifies with the module key[/green]" if good else "[red]bad[/red]"
+            elif not ok:
+                detail = f"{r['status']} {body.get('message', '')}"
+            table.add_row(r["step"], detail, checked)
+        identityd = UnixClient(run_dir / "identityd.sock", "2020-09-01")
+        try:
+            _, raw = await identityd.request("POST", "/identities/modules", {
+                "type": "local", "moduleId": "demo-host-agent",
+                "localIdOpts": {"type": "x509", "attributes": "client"}})
+            local = json.loads(raw)["spec"]["auth"]
+            leaf = x509.load_pem_x509_certificates(local["certificate"].encode())[0]
+            table.add_row("local identity (identityd, for a host agent)",
+                          f"{leaf.subject.rfc4514_string()}, expires {leaf.not_valid_after_utc:%Y-%m-%d}",
+                          "[green]ok[/green]")
+        finally:
+            await identityd.close()
+    finally:
+        await keys.close()
+        await mgmt.close()
+    status = await collect_status(run_dir, state_dir)
+    return table, render_status(status)
+
+
 @click.command()
 @click.option("--state-dir", type=click.Path(path_type=Path), default=Path("demo-state"),
               help="Where the demo keeps its keys (default ./demo-state).")
 def demo(state_dir: Path) -> None:
-    """Start Edgeward on embedded defaults, exercise it over its socket, print the status, stop it."""
+    """Start Edgeward on embedded defaults, deploy a demo module, show what it did and the device's status."""
     state_dir = state_dir.resolve()
     run_dir = state_dir / "run"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o755)  # noqa: S103 -- the demo module (any uid) reaches its socket under it
     console.print(f"Starting edgeward (state in {state_dir}) ...")
     try:
         with running_daemon(["run", "--state-dir", str(state_dir), "--run-dir", str(run_dir)],
                             log_path=state_dir / "daemon.log") as proc:
             console.print(f"edgeward is running as pid {proc.pid}; sockets in {run_dir}")
-            table = asyncio.run(_exercise(run_dir / "keyd.sock"))
-            console.print(table)
+            console.print(asyncio.run(_exercise(run_dir / "keyd.sock")))
+            module_table, status = asyncio.run(_demo_module(run_dir, state_dir))
+            console.print(module_table)
+            for item in status:
+                console.print(item)
             console.print(f"Daemon log: {state_dir / 'daemon.log'}")
     except DaemonFailed as e:
         console.print(f"[red]edgeward failed to start:[/red] {e}")
+        sys.exit(1)
+    except (HttpError, TimeoutError) as e:
+        console.print(f"[red]demo failed:[/red] {getattr(e, 'message', e) or 'the demo module did not finish'}")
         sys.exit(1)
     os.environ.pop("NOTIFY_SOCKET", None)

@@ -99,9 +99,9 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
     workload_runner = web.AppRunner(workload_app, access_log=None, handle_signals=False)
     await workload_runner.setup()
     sockets.runner = workload_runner  # from now on every module directory gets its socket
-    runtime = ModuleRuntime(settings, engine, registry, identities, sockets)
-    mgmt = Management(runtime, attestor, identities, provisioning=provisioning, reprovision=reprovision)
     audit = AuditLog(settings.audit_home or settings.home / "audit")
+    runtime = ModuleRuntime(settings, engine, registry, identities, sockets, audit=audit)
+    mgmt = Management(runtime, attestor, identities, provisioning=provisioning, reprovision=reprovision)
     monitor = IntegrityMonitor(engine, registry, audit, attestor, policy=settings.integrity_policy,
                                period=settings.integrity_period)
     parts = RuntimeParts(runtime, engine, registry, identities, attestor, edge_ca, sockets, audit, monitor,

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..attest.audit import AuditLog
 from ..http.errors import BadRequest, Conflict, Forbidden, HttpError, NotFound
 from .engine import (
     EngineError,
@@ -50,8 +51,9 @@ def engine_error(e: EngineError) -> HttpError:
 
 class ModuleRuntime:
     def __init__(self, settings: RuntimeSettings, engine: ModuleEngine, registry: Registry,
-                 identities: ModuleIdentities, sockets: WorkloadSockets) -> None:
+                 identities: ModuleIdentities, sockets: WorkloadSockets, *, audit: AuditLog | None = None) -> None:
         self.settings = settings
+        self.audit = audit
         self.engine = engine
         self.registry = registry
         self.identities = identities
@@ -61,6 +63,10 @@ class ModuleRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self.agent_restarts = 0
         self.last_watchdog_error: str | None = None
+
+    def _record(self, kind: str, name: str, **detail: Any) -> None:
+        if self.audit is not None:
+            self.audit.append(kind, name, detail)
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -188,6 +194,8 @@ class ModuleRuntime:
                 await self.sockets.close(config.name)
                 raise engine_error(e) from None
             reg = self.registry.put(replace(reg, engine_id=status.engine_id, image_id=status.image_id))
+            self._record("module.created", config.name, engine_id=status.engine_id, image=config.image,
+                         image_id=status.image_id, generation_id=identity.generation_id, system=system)
             log.info("module %s created (%s %s, image %s)", config.name, self.engine.kind, status.engine_id[:12],
                      status.image_id[:19])
             return ModuleView(reg, status)
@@ -256,6 +264,7 @@ class ModuleRuntime:
                 raise engine_error(e) from None
             self.registry.delete(name)
             await self.sockets.close(name)
+            self._record("module.removed", name, engine_id=reg.engine_id)
             log.info("module %s removed", name)
 
     async def update_module(self, config: ModuleConfig, start: bool) -> ModuleView:
@@ -356,6 +365,7 @@ class ModuleRuntime:
             log.warning("watchdog: the edge agent is %s; starting it", status.state)
             await self.start_module(agent.name)
             self.agent_restarts += 1
+            self._record("watchdog.restarted", agent.name, was=status.state)
 
     def now(self) -> float:
         return time.time()

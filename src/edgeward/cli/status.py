@@ -1,0 +1,98 @@
+"""The status of a running Edgeward, gathered over its sockets: modules, identities, certificates, audit head."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from rich.table import Table
+
+from ..attest.audit import AuditLog
+from ..certs.client import CertsClient
+from ..http.errors import HttpError
+from ..runtime.edge_ca import EDGE_CA_CERT_ID
+from ..runtime.mgmt_client import ManagementClient
+
+__all__ = ["Status", "collect_status", "render_status"]
+
+WATCHED_CERTS = (EDGE_CA_CERT_ID, "edgeward-local-ca", "edgeward-device-server")
+
+
+@dataclass
+class Status:
+    modules: list[dict[str, Any]] = field(default_factory=list)
+    identities: list[dict[str, Any]] = field(default_factory=list)
+    certs: list[tuple[str, str, dt.datetime | None]] = field(default_factory=list)  # id, subject, not after
+    audit: tuple[bool, int, str, str | None] | None = None  # ok, records, head, problem
+    problems: list[str] = field(default_factory=list)
+
+
+async def collect_status(run_dir: Path, state_dir: Path, extra_certs: tuple[str, ...] = ()) -> Status:
+    status = Status()
+    mgmt = ManagementClient(run_dir / "mgmt" / "mgmt.sock")
+    try:
+        status.modules = await mgmt.list_modules()
+        status.identities = await mgmt.identities()
+    except (HttpError, OSError) as e:
+        status.problems.append(f"management API: {getattr(e, 'message', e)}")
+    finally:
+        await mgmt.close()
+    certs = CertsClient(run_dir / "certd.sock")
+    try:
+        for cert_id in (*WATCHED_CERTS, *extra_certs):
+            try:
+                leaf = x509.load_pem_x509_certificates((await certs.get_cert(cert_id)).encode())[0]
+                status.certs.append((cert_id, leaf.subject.rfc4514_string(), leaf.not_valid_after_utc))
+            except HttpError:
+                status.certs.append((cert_id, "(not issued)", None))
+    except OSError as e:
+        status.problems.append(f"certificates service: {e}")
+    finally:
+        await certs.close()
+    audit_home = state_dir / "audit"
+    if (audit_home / "audit.db").exists():
+        log = AuditLog(audit_home)
+        try:
+            result = log.verify()
+            status.audit = (result.ok, result.records, result.head, result.problem)
+        finally:
+            log.close()
+    return status
+
+
+def _left(when: dt.datetime | None) -> str:
+    if when is None:
+        return "-"
+    left = when - dt.datetime.now(dt.UTC)
+    color = "red" if left < dt.timedelta(days=1) else "yellow" if left < dt.timedelta(days=7) else "green"
+    days = left.total_seconds() / 86400
+    return f"[{color}]{when:%Y-%m-%d %H:%M} ({days:.1f} days)[/{color}]"
+
+
+def render_status(status: Status) -> list[Table | str]:
+    out: list[Table | str] = []
+    modules = Table(title="modules")
+    for col in ("module", "status", "image / executable", "measured", "generation"):
+        modules.add_column(col)
+    generations = {i["moduleId"]: i["generationId"] for i in status.identities}
+    for m in status.modules:
+        state = m["status"]["runtimeStatus"]["status"]
+        color = {"running": "green", "failed": "red"}.get(state, "yellow")
+        modules.add_row(m["name"], f"[{color}]{state}[/{color}]", m["config"]["image"],
+                        m["config"].get("imageHash", "")[:19], generations.get(m["name"], "-")[:12])
+    out.append(modules)
+    certs = Table(title="certificates")
+    for col in ("cert id", "subject", "expires"):
+        certs.add_column(col)
+    for cert_id, subject, not_after in status.certs:
+        certs.add_row(cert_id, subject, _left(not_after))
+    out.append(certs)
+    if status.audit is not None:
+        ok, records, head, problem = status.audit
+        out.append(f"audit log: {'[green]intact[/green]' if ok else '[red]TAMPERED[/red]: ' + str(problem)}, "
+                   f"{records} records, head {head[:16]}")
+    out.extend(f"[red]problem:[/red] {p}" for p in status.problems)
+    return out
