@@ -80,6 +80,7 @@ EMBEDDED_DEFAULTS: Mapping[str, Any] = {
                      "expiry_days": 365},
         "edgeward-device-server": {"method": "local_ca", "expiry_days": 30,
                                    "auto_renew": {"rotate_key": True, "threshold": "80%", "retry": "4%"}},
+        "local-id-*": {"method": "local_ca", "expiry_days": 30},
     },
     # Local (non-cloud) identities: X.509 certificates for host agents, CN <name>.<hostname>.edgeward.local.
     "localid": {"domain_name": "edgeward.local"},

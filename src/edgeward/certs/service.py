@@ -18,6 +18,7 @@ from ..http.errors import BadRequest, HttpError
 from ..http.peercred import Caller
 from ..keys.api import KeysApi
 from ..keys.model import PublicKey
+from ..keys.principals import glob_to_regex
 from .api import CertsApi
 from .errors import CertNotFound, InvalidCsr, IssuanceFailed, NotAuthorized
 from .est import EstClient, KeysIdentity
@@ -152,7 +153,13 @@ class CertService:
 
     # issuance -------------------------------------------------------------------------------------------
     def options(self, cert_id: str) -> IssuanceOptions | None:
-        return self.settings.issuance.get(cert_id)
+        """The cert's own `[cert_issuance]` entry, else the first entry whose id is a glob matching it (Edgeward:
+        `[cert_issuance."local-id-*"]` covers every local identity)."""
+        exact = self.settings.issuance.get(cert_id)
+        if exact is not None:
+            return exact
+        return next((opts for pattern, opts in self.settings.issuance.items()
+                     if "*" in pattern and glob_to_regex(pattern).fullmatch(cert_id)), None)
 
     def lifetime(self, cert_id: str) -> dt.timedelta:
         opts = self.options(cert_id)
