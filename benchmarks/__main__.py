@@ -16,14 +16,16 @@ from rich.table import Table
 from tests.fixtures.softhsm import make_token
 from tests.fixtures.swtpm import start_swtpm
 
-from . import certs_issue, est_enroll, keys_sign, pkcs11_libraries
+from . import certs_issue, est_enroll, keys_sign, pkcs11_libraries, runtime_modules, workload_sign
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--only", choices=["keys", "pkcs11-libs", "certs", "est"], default=None)
+    parser.add_argument("--only", choices=["keys", "pkcs11-libs", "certs", "est", "workload", "runtime"], default=None)
+    parser.add_argument("--docker-uri", default=None, help="also measure the runtime on this dockerd (unix://...)")
+    parser.add_argument("--docker-image", default=None, help="a local image with sleep, for --docker-uri")
     parser.add_argument("--backends", default="software,pkcs11,tpm")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -83,6 +85,32 @@ def main() -> None:
                 t.add_column("enrollments/s")
                 t.add_column("enrollments")
                 t.add_row(f"{row['enrollments_per_s']:.0f}", str(row["enrollments"]))
+                console.print(t)
+            if args.only in (None, "workload"):
+                rows = workload_sign.run(args.seconds, [1, 16, 64])
+                results["workload_sign"] = rows
+                t = Table(title="Workload API sign (HMAC-SHA256 with the module key), called by a module, one run")
+                for c in ("clients", "API req/s", "bare aiohttp req/s", "API/bare (goal >= 0.5)", "API p50 ms",
+                          "API p99 ms (goal < 10 at 64)", "bare p99 ms", "errors"):
+                    t.add_column(c)
+                for r in rows:
+                    t.add_row(str(r["concurrency"]), f"{r['api_per_s']:.0f}", f"{r['bare_per_s']:.0f}",
+                              f"{r['api_vs_bare']:.2f}", f"{r['api_p50_ms']:.2f}", f"{r['api_p99_ms']:.2f}",
+                              f"{r['bare_p99_ms']:.2f}", str(r["errors"]))
+                console.print(t)
+            if args.only in (None, "runtime"):
+                rows = [runtime_modules.run()]
+                if args.docker_uri:
+                    rows.append(runtime_modules.run(engine="docker", docker_uri=args.docker_uri,
+                                                    image=args.docker_image))
+                results["runtime_modules"] = rows
+                t = Table(title="Module runtime: POST /modules + start -> running, and daemon memory")
+                for c in ("engine", "20 modules total s", "p50 ms", "max ms", "RSS idle MB",
+                          "RSS with 50 modules MB (goal < 80)"):
+                    t.add_column(c)
+                for r in rows:
+                    t.add_row(r["engine"], f"{r['total_s']:.2f}", f"{r['p50_ms']:.1f}", f"{r['max_ms']:.1f}",
+                              f"{r['rss_idle_mb']:.1f}", f"{r['rss_loaded_mb']:.1f}")
                 console.print(t)
         finally:
             tpm.stop()

@@ -119,10 +119,12 @@ def test_pin_detects_exit_and_reuse() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         pinned = pin(child.pid)
-        assert pinned.alive()
-        pinned.started += 1  # as if the pid now belonged to a process started at another time
-        assert not pinned.alive()
-        pinned.started -= 1
+        assert pinned.alive() and pinned.pidfd is not None
+        by_start_time = pin(child.pid)
+        by_start_time.close()  # as on kernels without pidfds: the start time is what tells
+        assert by_start_time.alive()
+        by_start_time.started += 1  # as if the pid now belonged to a process started at another time
+        assert not by_start_time.alive()
     finally:
         assert child.stdin is not None
         child.stdin.close()

