@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def _run_services(config: Path | None, state_dir: Path | None, run_dir: Path | N
         sys.exit(EXIT_CONFIG)
     for warning in settings.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    wanted = os.environ.get("EDGEWARD_LOG_LEVEL", "info").upper()  # set by `edgeward system set-log-level`
+    level = logging.getLevelName(wanted) if wanted in ("ERROR", "WARNING", "INFO", "DEBUG") else logging.INFO
+    logging.getLogger().setLevel(min(logging.getLogger().level, level))
     try:
         asyncio.run(serve(settings, services))
     except BackendUnavailable as e:
@@ -78,10 +81,12 @@ def serve_one(service: str, config: Path | None, state_dir: Path | None, run_dir
     _run_services(config, state_dir, run_dir, (service,))
 
 
+from .check import check  # noqa: E402
 from .demo import demo  # noqa: E402  (commands register on the group defined above)
 from .runtime_cmds import audit, list_modules, logs, restart  # noqa: E402
+from .system_cmds import support_bundle, system, version  # noqa: E402
 
-for command in (demo, list_modules, logs, restart, audit):
+for command in (demo, list_modules, logs, restart, audit, system, support_bundle, version, check):
     cli.add_command(command)
 
 

@@ -1,0 +1,240 @@
+"""`edgeward check`: is this device set up right, and if not, what to do about it. Each check says what it found
+and, when it fails, how to fix it; exit 1 if any check fails (warnings alone exit 0)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import click
+from cryptography import x509
+from rich.console import Console
+from rich.table import Table
+
+from ..certs.client import CertsClient
+from ..certs.x509sign import handle_public_key, same_public_key
+from ..config.problems import ConfigError
+from ..daemon import DaemonSettings, load_settings
+from ..http.errors import HttpError
+from ..keys.client import KeysClient
+from ..runtime.compose import make_engine
+from ..runtime.edge_ca import EDGE_CA_CERT_ID, EDGE_CA_KEY_ID
+from ..runtime.engine import EngineError
+from .paths import config_option, default_run_dir, default_state_dir, run_option, state_option
+
+__all__ = ["check"]
+
+out = Console()
+Outcome = Literal["ok", "warning", "error", "skipped"]
+HOSTNAME = re.compile(r"^(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                      r"[A-Za-z0-9])?)*$")
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    outcome: Outcome
+    detail: str
+    fix: str = ""
+
+
+Check = Callable[[DaemonSettings], Awaitable[list[Result]]]
+
+
+async def check_hostname(s: DaemonSettings) -> list[Result]:
+    name = s.identity.hostname
+    if not HOSTNAME.match(name):
+        return [Result("hostname", "error", f"{name!r} is not a valid DNS name of at most 64 characters",
+                       "set `hostname` in the config to the device's DNS name (letters, digits, '-', '.')")]
+    if len(name) > 64:
+        return [Result("hostname", "error", "longer than 64 characters (an X.509 common name limit)")]
+    return [Result("hostname", "ok", name)]
+
+
+async def check_clock(_: DaemonSettings) -> list[Result]:
+    now = dt.datetime.now(dt.UTC)
+    if now.year < 2024:
+        return [Result("clock", "error", f"the clock says {now:%Y-%m-%d}", "set the time (NTP): certificates "
+                       "will not validate")]
+    if shutil.which("timedatectl"):
+        shown = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"], capture_output=True,
+                               text=True, check=False).stdout.strip()
+        if shown == "no":
+            return [Result("clock", "warning", "not synchronized with NTP", "enable NTP: timedatectl set-ntp true")]
+    return [Result("clock", "ok", f"{now:%Y-%m-%d %H:%M:%S} UTC")]
+
+
+def _mode(path: Path) -> int | None:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+
+
+async def check_permissions(s: DaemonSettings) -> list[Result]:
+    results = []
+    state = _mode(s.keys.homedir)
+    if state is not None and state & 0o077:
+        results.append(Result("key store permissions", "error", f"{s.keys.homedir} is {oct(state)}",
+                              f"chmod 700 {s.keys.homedir}"))
+    elif state is not None:
+        results.append(Result("key store permissions", "ok", f"{s.keys.homedir} {oct(state)}"))
+    for sock in (s.keys.socket_path, s.certs.socket_path, s.identity.socket_path, s.runtime.mgmt_socket):
+        mode = _mode(sock)
+        if mode is None:
+            continue
+        if not stat.S_ISSOCK(sock.stat().st_mode):
+            results.append(Result(f"socket {sock.name}", "error", f"{sock} is not a socket",
+                                  f"remove {sock} and restart Edgeward"))
+    root = s.runtime.workload_root
+    if root.is_dir():
+        for d in root.iterdir():
+            mode = _mode(d)
+            if mode is not None and mode & 0o022:
+                results.append(Result(f"workload dir {d.name}", "error", f"{d} is writable by others ({oct(mode)})",
+                                      f"chmod 755 {d}"))
+    return results or [Result("permissions", "ok", "nothing to check yet")]
+
+
+async def check_services(s: DaemonSettings) -> list[Result]:
+    results = []
+    for name, path in (("keys service", s.keys.socket_path), ("certificates service", s.certs.socket_path),
+                       ("identity service", s.identity.socket_path), ("management API", s.runtime.mgmt_socket)):
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 3)
+            writer.close()
+            results.append(Result(name, "ok", str(path)))
+        except (OSError, TimeoutError) as e:
+            results.append(Result(name, "error", f"{path}: {e.__class__.__name__}",
+                                  "start Edgeward: `edgeward run -c <config>` or `systemctl start edgeward-*`"))
+    return results
+
+
+async def check_certs(s: DaemonSettings) -> list[Result]:
+    keys, certs = KeysClient(s.keys.socket_path), CertsClient(s.certs.socket_path)
+    wanted = [(EDGE_CA_CERT_ID, EDGE_CA_KEY_ID)]
+    wanted += [(cid, opts.key_id or cid) for cid, opts in s.certs.issuance.items() if "*" not in cid]
+    if s.certs.local_ca is not None:
+        wanted.append((s.certs.local_ca.cert, s.certs.local_ca.pk))
+    results = []
+    try:
+        for cert_id, key_id in dict.fromkeys(wanted):
+            try:
+                leaf = x509.load_pem_x509_certificates((await certs.get_cert(cert_id)).encode())[0]
+            except HttpError as e:
+                results.append(Result(f"cert {cert_id}", "warning", f"not readable: {e.message}",
+                                      "it is issued at start; check the certificates service log"))
+                continue
+            try:
+                public = await handle_public_key(keys, await keys.load_key_pair(key_id))
+                matches = same_public_key(public, leaf.public_key())
+            except HttpError as e:
+                results.append(Result(f"cert {cert_id}", "error", f"its key {key_id!r}: {e.message}",
+                                      "check the keys service (HSM/TPM reachable?) and [[principal]] keys"))
+                continue
+            left = leaf.not_valid_after_utc - dt.datetime.now(dt.UTC)
+            if not matches:
+                results.append(Result(f"cert {cert_id}", "error", f"does not match its key {key_id!r}",
+                                      f"delete cert {cert_id} so it is issued again for the current key"))
+            elif left <= dt.timedelta(0):
+                results.append(Result(f"cert {cert_id}", "error", f"expired {leaf.not_valid_after_utc:%Y-%m-%d}",
+                                      "check renewal (auto_renew) and the issuer (EST/local CA) reachability"))
+            elif left < dt.timedelta(days=7):
+                results.append(Result(f"cert {cert_id}", "warning", f"expires in {left.days} days",
+                                      "renewal should happen before; check the renewal log if it does not"))
+            else:
+                results.append(Result(f"cert {cert_id}", "ok", f"matches its key, expires "
+                                                               f"{leaf.not_valid_after_utc:%Y-%m-%d}"))
+    except OSError as e:
+        results.append(Result("certificates", "skipped", f"services not reachable ({e.__class__.__name__})"))
+    finally:
+        await keys.close()
+        await certs.close()
+    return results
+
+
+async def check_hardware(s: DaemonSettings) -> list[Result]:
+    results = []
+    if s.keys.pkcs11_lib_path:
+        lib = Path(s.keys.pkcs11_lib_path)
+        results.append(Result("PKCS#11 library", "ok" if lib.exists() else "error", str(lib),
+                              "" if lib.exists() else "install the HSM vendor's library or fix pkcs11_lib_path"))
+    tcti = s.keys.tpm_tcti or (s.tpm.tcti if s.tpm is not None else None)
+    if tcti:
+        try:
+            from tpm2_pytss import ESAPI  # noqa: PLC0415
+
+            ESAPI(tcti).close()
+            results.append(Result("TPM", "ok", tcti))
+        except Exception as e:
+            results.append(Result("TPM", "error", f"{tcti}: {e}", "check the TPM device / swtpm and the tcti"))
+    return results
+
+
+async def check_engine(s: DaemonSettings) -> list[Result]:
+    if s.runtime.engine == "process":  # nothing to reach; never open the running daemon's process state here
+        bwrap = shutil.which("bwrap")
+        return [Result("module engine", "ok", f"host processes (sandbox: {'bubblewrap' if bwrap else 'none'})",
+                       "" if bwrap else "install bubblewrap to sandbox host modules (createOptions Sandbox)")]
+    engine = make_engine(s.runtime)
+    try:
+        v = await engine.version()
+        return [Result("module engine", "ok", f"{s.runtime.engine}: {v.get('name', '')} {v.get('version', '')}")]
+    except EngineError as e:
+        return [Result("module engine", "error", f"{s.runtime.engine}: {e.message}",
+                       "start the container engine (dockerd / podman system service) or fix [moby_runtime] uri")]
+    finally:
+        await engine.close()
+
+
+CHECKS: list[Check] = [check_hostname, check_clock, check_permissions, check_services, check_certs,
+                       check_hardware, check_engine]
+
+
+@click.command()
+@config_option
+@state_option
+@run_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def check(config: Path | None, state_dir: Path | None, run_dir: Path | None, as_json: bool) -> None:
+    """Check the configuration, the running services, certificates, hardware and the module engine."""
+    results: list[Result] = []
+    try:
+        settings = load_settings(config, state_dir or default_state_dir(), run_dir or default_run_dir())
+        results.append(Result("configuration", "warning" if settings.warnings else "ok",
+                              "; ".join(settings.warnings) or (str(config) if config else "embedded defaults"),
+                              "remove or fix the keys named above" if settings.warnings else ""))
+    except ConfigError as e:
+        results.append(Result("configuration", "error", "; ".join(e.problems), "fix the settings named"))
+        settings = None
+    if settings is not None:
+        async def run_all() -> None:
+            for c in CHECKS:
+                try:
+                    results.extend(await c(settings))
+                except Exception as e:  # a check that crashes is a failed check, not a traceback
+                    results.append(Result(c.__name__.removeprefix("check_"), "error", f"check failed: {e}"))
+        asyncio.run(run_all())
+    if as_json:
+        print(json.dumps([r.__dict__ for r in results], indent=2))
+    else:
+        table = Table(title="edgeward check")
+        for col in ("check", "", "found", "how to fix"):
+            table.add_column(col)
+        marks = {"ok": "[green]ok[/green]", "warning": "[yellow]warn[/yellow]", "error": "[red]FAIL[/red]",
+                 "skipped": "skip"}
+        for r in results:
+            table.add_row(r.name, marks[r.outcome], r.detail, r.fix)
+        out.print(table)
+    if any(r.outcome == "error" for r in results):
+        sys.exit(1)

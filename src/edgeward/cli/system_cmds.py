@@ -1,0 +1,178 @@
+"""`edgeward version`, `edgeward system status|reprovision|logs|restart|set-log-level`, `edgeward support-bundle`."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from .. import __version__
+from ..http.errors import HttpError
+from ..runtime.mgmt_client import ManagementClient
+from .paths import default_run_dir, default_state_dir, run_option, state_option
+from .status import collect_status, render_status
+
+__all__ = ["support_bundle", "system", "version"]
+
+out = Console()
+err = Console(stderr=True)
+UNITS = ("edgeward-keyd", "edgeward-certd", "edgeward-identityd", "edgeward-edged")
+LOG_LEVELS = ("error", "warning", "info", "debug")
+# What must never leave the device in a support bundle, whatever a module printed.
+SECRET_PATTERNS = [
+    re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
+    re.compile(rb"(SharedAccessKey|SharedAccessSignature sr=[^&\s]*&sig)=[^;&\s\"]+", re.I),
+    re.compile(rb"(sig|pin|password|keyBytes|key_bytes)([\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]+", re.I),
+]
+
+
+def redact(data: bytes) -> bytes:
+    for pattern in SECRET_PATTERNS:
+        data = pattern.sub(lambda m: (m.group(1) + b"=<redacted>") if m.lastindex else b"<redacted>", data)
+    return data
+
+
+@click.command()
+def version() -> None:
+    """Print Edgeward's version."""
+    out.print(f"edgeward {__version__}")
+
+
+@click.group()
+def system() -> None:
+    """The Edgeward services on this device."""
+
+
+@system.command("status")
+@run_option
+@state_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def status(run_dir: Path | None, state_dir: Path | None, as_json: bool) -> None:
+    """Modules, identities, certificate expiries and the audit log head (exit 1 if something is wrong)."""
+    st = asyncio.run(collect_status(run_dir or default_run_dir(), state_dir or default_state_dir()))
+    if as_json:
+        print(json.dumps({"modules": st.modules, "identities": st.identities,
+                          "certs": [{"id": c, "subject": s, "not_after": n.isoformat() if n else None}
+                                    for c, s, n in st.certs],
+                          "audit": st.audit, "problems": st.problems}, indent=2, default=str))
+    else:
+        for item in render_status(st):
+            out.print(item)
+    if st.problems or (st.audit is not None and not st.audit[0]):
+        sys.exit(1)
+
+
+@system.command("reprovision")
+@run_option
+def reprovision(run_dir: Path | None) -> None:
+    """Provision the device again with the cloud (DPS or the manual settings)."""
+
+    async def go() -> None:
+        client = ManagementClient((run_dir or default_run_dir()) / "mgmt" / "mgmt.sock")
+        try:
+            await client.http.request("POST", "/device/reprovision")
+        finally:
+            await client.close()
+
+    with out.status("reprovisioning ..."):
+        try:
+            asyncio.run(go())
+        except HttpError as e:
+            err.print(f"[red]error:[/red] {e.message}", highlight=False)
+            sys.exit(1)
+        except OSError as e:
+            err.print(f"[red]error:[/red] Edgeward is not reachable ({e}); is it running?", highlight=False)
+            sys.exit(5)
+    out.print("[green]reprovisioned[/green]")
+
+
+def _systemd() -> bool:
+    return shutil.which("systemctl") is not None and Path("/run/systemd/system").is_dir()
+
+
+@system.command("logs")
+@click.option("-f", "--follow", is_flag=True)
+@state_option
+def logs(follow: bool, state_dir: Path | None) -> None:
+    """The services' logs (journald under systemd; the daemon log file of `edgeward run` otherwise)."""
+    if _systemd():
+        cmd = ["journalctl", *(a for u in UNITS for a in ("-u", u)), "--no-pager"] + (["-f"] if follow else [])
+        sys.exit(subprocess.call(cmd))
+    log = (state_dir or default_state_dir()) / "daemon.log"
+    if not log.exists():
+        err.print(f"no systemd here and no {log}; `edgeward run` logs to its stderr")
+        sys.exit(1)
+    sys.exit(subprocess.call(["tail", *(["-f"] if follow else ["-n", "200"]), str(log)]))
+
+
+@system.command("restart")
+def restart() -> None:
+    """Restart every Edgeward service (systemd)."""
+    if not _systemd():
+        err.print("no systemd here: stop `edgeward run` (Ctrl-C or SIGTERM) and start it again")
+        sys.exit(1)
+    sys.exit(subprocess.call(["systemctl", "restart", *(f"{u}.service" for u in UNITS)]))
+
+
+@system.command("set-log-level")
+@click.argument("level", type=click.Choice(LOG_LEVELS))
+def set_log_level(level: str) -> None:
+    """Set the services' log level (a systemd drop-in with EDGEWARD_LOG_LEVEL), then restart them."""
+    if not _systemd():
+        err.print(f"no systemd here: start Edgeward with EDGEWARD_LOG_LEVEL={level} in its environment")
+        sys.exit(1)
+    for unit in UNITS:
+        dropin = Path(f"/etc/systemd/system/{unit}.service.d")
+        dropin.mkdir(parents=True, exist_ok=True)
+        (dropin / "log-level.conf").write_text(f"[Service]\nEnvironment=EDGEWARD_LOG_LEVEL={level}\n")
+    subprocess.check_call(["systemctl", "daemon-reload"])
+    sys.exit(subprocess.call(["systemctl", "restart", *(f"{u}.service" for u in UNITS)]))
+
+
+@click.command("support-bundle")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("support_bundle.zip"))
+@click.option("--since", default=None, help="Only logs since (unix seconds or RFC 3339).")
+@run_option
+@state_option
+def support_bundle(output: Path, since: str | None, run_dir: Path | None, state_dir: Path | None) -> None:
+    """A zip for support: system info, modules, their recent logs, the status and the audit head — with keys,
+    PINs, passwords and SAS signatures redacted."""
+    run_dir = run_dir or default_run_dir()
+
+    async def fetch() -> bytes:
+        client = ManagementClient(run_dir / "mgmt" / "mgmt.sock")
+        try:
+            path = "/systeminfo/supportbundle" + (f"?since={since}" if since else "")
+            _, raw = await client.http.request("GET", path)
+            return raw
+        finally:
+            await client.close()
+
+    with out.status("collecting ..."):
+        try:
+            raw = asyncio.run(fetch())
+        except (HttpError, OSError) as e:
+            err.print(f"[red]error:[/red] {getattr(e, 'message', e)}", highlight=False)
+            sys.exit(1)
+        st = asyncio.run(collect_status(run_dir, state_dir or default_state_dir()))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(raw)) as src, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, redact(src.read(name)))
+        dst.writestr("status.json", redact(json.dumps({
+            "certs": [{"id": c, "subject": s, "not_after": n.isoformat() if n else None} for c, s, n in st.certs],
+            "audit": st.audit, "problems": st.problems}, indent=2, default=str).encode()))
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(buf.getvalue())
+    out.print(f"wrote {output} ({len(buf.getvalue())} bytes, secrets redacted)")
