@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 def make_engine(settings: RuntimeSettings) -> ModuleEngine:
     """The configured engine; imported on demand so a device without a container engine needs no Docker client."""
     if settings.engine == "docker":
-        from .engines.docker import DockerEngine  # noqa: PLC0415
+        from .engines.moby import DockerEngine  # noqa: PLC0415
 
         return DockerEngine(settings.docker_uri)
     from .engines.process import ProcessEngine  # noqa: PLC0415

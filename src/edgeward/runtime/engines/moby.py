@@ -1,0 +1,306 @@
+"""Modules as containers, through the Docker Engine API (Docker/Moby, or Podman's Docker-compatible service).
+
+Only containers carrying ENGINE_LABEL are ever listed, stopped or removed. Restart policies are left to the
+runtime's watchdog and the edge agent (as IoT Edge does), so the engine never restarts a container behind the
+runtime's back. Errors become EngineError with a status the management API can pass on and a message without
+secrets (registry credentials are never logged or echoed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiodocker
+import aiohttp
+from aiodocker.exceptions import DockerError
+
+from ...attest.cgroups import read_container_id
+from ..engine import (
+    CONTAINER_WORKLOAD_DIR,
+    ENGINE_LABEL,
+    WORKLOAD_SOCKET_NAME,
+    EngineError,
+    EngineEvent,
+    LogChunk,
+    LogOptions,
+    ModuleNotFound,
+    ModuleSpec,
+    ModuleState,
+    ModuleStatus,
+)
+
+__all__ = ["DockerEngine"]
+
+_ACTIONS = {"create", "start", "die", "stop", "destroy", "restart"}
+
+
+def _state(raw: Mapping[str, Any]) -> ModuleState:
+    status = raw.get("Status", "")
+    if status in ("running", "restarting", "paused"):
+        return "running"
+    if status == "created":
+        return "created"
+    if status == "exited":
+        return "stopped" if raw.get("ExitCode", 0) == 0 else "failed"
+    if status in ("dead", "removing"):
+        return "dead"
+    return "unknown"
+
+
+def _time(value: str | None) -> str | None:
+    if not value or value.startswith("0001-01-01"):
+        return None
+    return value
+
+
+def _status(c: Mapping[str, Any]) -> ModuleStatus:
+    state = c.get("State") or {}
+    labels = (c.get("Config") or {}).get("Labels") or {}
+    return ModuleStatus(
+        name=str(c.get("Name", "")).lstrip("/"), engine_id=c["Id"], state=_state(state),
+        image=(c.get("Config") or {}).get("Image", ""), image_id=c.get("Image", ""),
+        pid=state.get("Pid") or None, exit_code=state.get("ExitCode") if state.get("Status") == "exited" else None,
+        started_at=_time(state.get("StartedAt")), finished_at=_time(state.get("FinishedAt")), labels=labels,
+        restart_count=int(c.get("RestartCount", 0)))
+
+
+def _error(e: DockerError, what: str) -> EngineError:
+    message = (e.message or "").strip() if isinstance(e.message, str) else str(e.message)
+    if e.status == 404:
+        return EngineError(f"{what}: {message or 'not found'}", 404)
+    if e.status == 409:
+        return EngineError(f"{what}: {message or 'conflict'}", 409)
+    if e.status in (400, 422):
+        return EngineError(f"{what}: the engine refused it: {message}", 400)
+    return EngineError(f"{what}: the container engine failed ({e.status}): {message}", 500)
+
+
+class DockerEngine:
+    kind = "docker"
+
+    def __init__(self, url: str, *, api_timeout: float = 60.0) -> None:
+        self.url = url
+        self.api_timeout = api_timeout
+        self._docker: aiodocker.Docker | None = None
+
+    def _client(self) -> aiodocker.Docker:
+        # One client, rebuilt after the engine went away (a restarted dockerd leaves stale connections).
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self.url)
+        return self._docker
+
+    async def _reset(self) -> None:
+        if self._docker is not None:
+            with contextlib.suppress(Exception):
+                await self._docker.close()
+            self._docker = None
+
+    async def _call(self, what: str, coro_fn: Any) -> Any:
+        for attempt in (1, 2):
+            try:
+                return await coro_fn(self._client())
+            except DockerError as e:
+                raise _error(e, what) from None
+            except (aiohttp.ClientConnectionError, OSError) as e:
+                await self._reset()
+                if attempt == 2:
+                    raise EngineError(f"{what}: the container engine at {self.url} is unreachable "
+                                      f"({e.__class__.__name__})", 503) from None
+        raise AssertionError("unreachable")
+
+    # engine -----------------------------------------------------------------------------------------------------
+    async def version(self) -> Mapping[str, str]:
+        v = await self._call("version", lambda d: d.version())
+        return {"name": "docker" if "Podman" not in json.dumps(v.get("Components", "")) else "podman",
+                "version": str(v.get("Version", "")), "api": str(v.get("ApiVersion", ""))}
+
+    async def pull(self, image: str) -> None:
+        try:
+            await self._call(f"pull {image}", lambda d: d.images.pull(image))
+        except EngineError as e:
+            raise EngineError(f"cannot pull {image}: {e.message.split(': ', 1)[-1]} (is a registry reachable, "
+                              f"and are its credentials configured?)", 400 if e.status < 500 else 502) from None
+
+    async def image_id(self, image: str) -> str | None:
+        try:
+            info = await self._call(f"image {image}", lambda d: d.images.inspect(image))
+        except EngineError as e:
+            if e.status == 404:
+                return None
+            raise
+        return str(info["Id"])
+
+    # modules ----------------------------------------------------------------------------------------------------
+    def _body(self, spec: ModuleSpec) -> dict[str, Any]:
+        body = dict(spec.create_options)
+        body["Image"] = spec.image
+        env = [e for e in body.get("Env") or [] if isinstance(e, str)]
+        # The runtime's variables win over createOptions', so a deployment cannot fake IOTEDGE_*.
+        env = [e for e in env if e.split("=", 1)[0] not in spec.env] + [f"{k}={v}" for k, v in spec.env.items()]
+        if spec.workload_dir is not None:
+            env = [e for e in env if not e.startswith("IOTEDGE_WORKLOADURI=")]
+            env.append(f"IOTEDGE_WORKLOADURI=unix://{CONTAINER_WORKLOAD_DIR}/{WORKLOAD_SOCKET_NAME}")
+        body["Env"] = env
+        body["Labels"] = {**(body.get("Labels") or {}), **spec.labels, ENGINE_LABEL: spec.name}
+        host = dict(body.get("HostConfig") or {})
+        mounts = [m for m in host.get("Mounts") or [] if isinstance(m, Mapping)
+                  and m.get("Target") != CONTAINER_WORKLOAD_DIR]
+        if spec.workload_dir is not None:
+            mounts.append({"Type": "bind", "Source": str(spec.workload_dir), "Target": CONTAINER_WORKLOAD_DIR})
+        host["Mounts"] = mounts
+        host["RestartPolicy"] = {"Name": "no"}  # the watchdog and the edge agent decide restarts
+        body["HostConfig"] = host
+        return body
+
+    async def create(self, spec: ModuleSpec) -> ModuleStatus:
+        if await self.image_id(spec.image) is None:
+            if spec.pull_policy == "never":
+                raise EngineError(f"image {spec.image} is not on the device and imagePullPolicy is never", 400)
+            await self.pull(spec.image)
+        body = self._body(spec)
+        await self._call(f"create {spec.name}", lambda d: d.containers.create(config=body, name=spec.name))
+        return await self.inspect(spec.name)
+
+    async def _raw(self, name: str) -> Mapping[str, Any]:
+        try:
+            c = await self._call(f"module {name}", lambda d: d.containers.get(name))
+        except EngineError as e:
+            if e.status == 404:
+                raise ModuleNotFound(name) from None
+            raise
+        raw: Mapping[str, Any] = c._container
+        if ((raw.get("Config") or {}).get("Labels") or {}).get(ENGINE_LABEL) != name:
+            raise ModuleNotFound(name)  # a container of that name that Edgeward did not make is not a module
+        return raw
+
+    async def inspect(self, name: str) -> ModuleStatus:
+        return _status(await self._raw(name))
+
+    async def _container(self, name: str) -> Any:
+        raw = await self._raw(name)
+        return await self._call(name, lambda d: d.containers.get(raw["Id"]))
+
+    async def start(self, name: str) -> ModuleStatus:
+        c = await self._container(name)
+        try:
+            await c.start()
+        except DockerError as e:
+            if e.status != 304:  # already running
+                raise _error(e, f"start {name}") from None
+        return await self.inspect(name)
+
+    async def stop(self, name: str, timeout: float = 10.0) -> ModuleStatus:
+        c = await self._container(name)
+        try:
+            await c.stop(t=int(timeout))
+        except DockerError as e:
+            if e.status != 304:  # already stopped
+                raise _error(e, f"stop {name}") from None
+        return await self.inspect(name)
+
+    async def restart(self, name: str) -> ModuleStatus:
+        c = await self._container(name)
+        try:
+            await c.restart(timeout=10)
+        except DockerError as e:
+            raise _error(e, f"restart {name}") from None
+        return await self.inspect(name)
+
+    async def remove(self, name: str) -> None:
+        c = await self._container(name)
+        try:
+            await c.delete(force=True, v=True)
+        except DockerError as e:
+            if e.status != 404:
+                raise _error(e, f"remove {name}") from None
+
+    async def list(self) -> list[ModuleStatus]:
+        found = await self._call("list", lambda d: d.containers.list(all=True, filters={"label": [ENGINE_LABEL]}))
+        out = []
+        for c in found:
+            with contextlib.suppress(DockerError):
+                await c.show()
+                out.append(_status(c._container))
+        return out
+
+    async def logs(self, name: str, options: LogOptions) -> AsyncIterator[LogChunk]:
+        raw = await self._raw(name)
+        params: dict[str, Any] = {"stdout": "true", "stderr": "true", "follow": str(options.follow).lower(),
+                                  "timestamps": str(options.timestamps).lower(),
+                                  "tail": "all" if options.tail is None else str(options.tail)}
+        if options.since is not None:
+            params["since"] = str(options.since)
+        if options.until is not None:
+            params["until"] = str(options.until)
+        tty = bool((raw.get("Config") or {}).get("Tty"))
+        try:
+            async with self._client()._query(f"containers/{raw['Id']}/logs", params=params,
+                                             timeout=aiohttp.ClientTimeout(total=None)) as resp:
+                buffer = b""
+                async for data in resp.content.iter_any():
+                    if tty:  # no multiplexing when the container has a terminal
+                        yield LogChunk(1, data)
+                        continue
+                    buffer += data
+                    while len(buffer) >= 8:
+                        stream, size = struct.unpack(">BxxxI", buffer[:8])
+                        if len(buffer) < 8 + size:
+                            break
+                        yield LogChunk(2 if stream == 2 else 1, buffer[8:8 + size])
+                        buffer = buffer[8 + size:]
+        except DockerError as e:
+            raise _error(e, f"logs of {name}") from None
+        except (aiohttp.ClientConnectionError, OSError):
+            await self._reset()
+
+    async def stats(self, name: str) -> Mapping[str, Any]:
+        c = await self._container(name)
+        try:
+            got = await c.stats(stream=False)
+        except DockerError as e:
+            raise _error(e, f"stats of {name}") from None
+        return dict(got[0]) if isinstance(got, list) and got else dict(got or {})
+
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        """Container events until the engine goes away (the iterator then ends; the caller resubscribes)."""
+        filters = json.dumps({"type": ["container"]})
+        try:
+            async with self._client()._query("events", params={"filters": filters},
+                                             timeout=aiohttp.ClientTimeout(total=None)) as resp:
+                async for line in resp.content:
+                    try:
+                        ev = json.loads(line)
+                    except ValueError:
+                        continue
+                    action = str(ev.get("Action") or ev.get("status") or "").split(":")[0]
+                    if action not in _ACTIONS:
+                        continue
+                    attrs = (ev.get("Actor") or {}).get("Attributes") or {}
+                    code = attrs.get("exitCode")
+                    yield EngineEvent(action=action, name=attrs.get(ENGINE_LABEL),  # type: ignore[arg-type]
+                                      engine_id=str((ev.get("Actor") or {}).get("ID") or ev.get("id") or ""),
+                                      labels=attrs, exit_code=int(code) if code is not None else None)
+        except (TimeoutError, aiohttp.ClientConnectionError, OSError):
+            await self._reset()
+        except DockerError as e:
+            raise _error(e, "events") from None
+
+    async def engine_id_of_pid(self, pid: int) -> str | None:
+        container_id = read_container_id(pid)
+        if container_id is None:
+            return None
+        try:
+            c = await self._call("attestation", lambda d: d.containers.get(container_id))
+        except EngineError as e:
+            if e.status == 404:
+                return None
+            raise
+        labels = (c._container.get("Config") or {}).get("Labels") or {}
+        return container_id if ENGINE_LABEL in labels else None
+
+    async def close(self) -> None:
+        await self._reset()
