@@ -360,6 +360,7 @@ class ModuleRuntime:
             await self.create_module(agent, system=True)
             await self.start_module(agent.name)
             self.agent_restarts += 1
+            self._record("watchdog.recreated", agent.name)
             return
         if status.state != "running" and reg.state != "stopped":
             log.warning("watchdog: the edge agent is %s; starting it", status.state)

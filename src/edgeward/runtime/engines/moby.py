@@ -254,8 +254,8 @@ class DockerEngine:
                         buffer = buffer[8 + size:]
         except DockerError as e:
             raise _error(e, f"logs of {name}") from None
-        except (aiohttp.ClientConnectionError, OSError):
-            await self._reset()
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError):
+            await self._reset()  # the engine went away mid-stream: the stream ends
 
     async def stats(self, name: str) -> Mapping[str, Any]:
         c = await self._container(name)
@@ -284,7 +284,7 @@ class DockerEngine:
                     yield EngineEvent(action=action, name=attrs.get(ENGINE_LABEL),  # type: ignore[arg-type]
                                       engine_id=str((ev.get("Actor") or {}).get("ID") or ev.get("id") or ""),
                                       labels=attrs, exit_code=int(code) if code is not None else None)
-        except (TimeoutError, aiohttp.ClientConnectionError, OSError):
+        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError):
             await self._reset()
         except DockerError as e:
             raise _error(e, "events") from None

@@ -1,0 +1,193 @@
+"""The runtime over a real dockerd: modules in containers calling the workload API through their own mounted
+socket, the attack set (look-alike containers, replaced containers, other modules' names and generations, the
+management API from a non-agent container), the watchdog, and a dockerd restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeward.runtime.engine import ENGINE_LABEL
+from edgeward.runtime.engines.moby import DockerEngine
+from edgeward.runtime.mgmt_client import ManagementClient
+from tests.fixtures.dockerd import TEST_IMAGE, Dockerd, host_python_binds
+from tests.fixtures.modules import CLIENT_SCRIPT, module_results
+from tests.fixtures.runtime import RuntimeEnv, serve_runtime
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+SIGN = {"keyId": "primary", "algo": "HMACSHA256", "data": "aGk="}
+SIGN_PATH = "/modules/{name}/genid/{genid}/sign?api-version=2019-01-30"
+
+
+def container_spec(name: str, calls: list[Any], mounts: list[dict[str, object]] | None = None,
+                   env: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"name": name, "type": "docker", "imagePullPolicy": "never", "config": {"image": TEST_IMAGE, "createOptions": {
+        "Cmd": ["/usr/bin/python3", "-c", CLIENT_SCRIPT],
+        "HostConfig": {"Mounts": host_python_binds() + (mounts or [])}}},
+        "env": [{"key": "EDGEWARD_TEST_CALLS", "value": json.dumps(calls)},
+                *({"key": k, "value": v} for k, v in (env or {}).items())]}
+
+
+def _doc(dockerd: Dockerd, agent: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"hostname": "edge-docker", "moby_runtime": {"uri": dockerd.uri, "network": "none"},
+                           "edgeward": {"runtime": {"engine": "docker", "watchdog_seconds": 1}}}
+    if agent is not None:
+        doc["agent"] = agent
+    return doc
+
+
+@pytest.fixture
+async def rt(request: pytest.FixtureRequest, public_dir: Path, dockerd: Dockerd) -> AsyncIterator[RuntimeEnv]:
+    async with serve_runtime(request, public_dir, DockerEngine(dockerd.uri), _doc(dockerd)) as env:
+        try:
+            yield env
+        finally:
+            for m in await env.parts.engine.list():
+                await env.parts.engine.remove(m.name)
+
+
+@pytest.fixture
+async def mgmt(rt: RuntimeEnv) -> AsyncIterator[ManagementClient]:
+    client = ManagementClient(rt.mgmt_socket)
+    yield client
+    await client.close()
+
+
+def _run_by_hand(dockerd: Dockerd, name: str, labels: dict[str, str], workload_dir: Path, env: dict[str, str],
+                 calls: list[Any]) -> str:
+    """A container started outside Edgeward, as an attacker with access to the engine would."""
+    args = ["run", "-d", "--name", name, "--network", "none"]
+    for k, v in labels.items():
+        args += ["--label", f"{k}={v}"]
+    for m in host_python_binds():
+        args += ["--mount", f"type=bind,src={m['Source']},dst={m['Target']},readonly"]
+    args += ["--mount", f"type=bind,src={workload_dir},dst=/var/run/iotedge"]
+    for k, v in {**env, "EDGEWARD_TEST_CALLS": json.dumps(calls),
+                 "IOTEDGE_WORKLOADURI": "unix:///var/run/iotedge/workload.sock"}.items():
+        args += ["-e", f"{k}={v}"]
+    return dockerd.cli(*args, TEST_IMAGE, "/usr/bin/python3", "-c", CLIENT_SCRIPT).stdout.strip()
+
+
+async def _logs_of(dockerd: Dockerd, container: str, timeout: float = 30) -> list[dict[str, Any]]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        out = dockerd.cli("logs", container, check=False).stdout
+        if "DONE" in out:
+            return [json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{container} did not finish: {dockerd.cli('logs', container, check=False)}")
+
+
+async def test_container_module_uses_its_workload_socket(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
+    calls = [["POST", "workload", SIGN_PATH, SIGN],
+             ["POST", "workload", "/modules/{name}/genid/{genid}/certificate/server?api-version=2019-01-30",
+              {"commonName": "sensor"}],
+             ["POST", "workload", "/modules/{name}/genid/wrong-gen/sign?api-version=2019-01-30", SIGN],
+             ["POST", "workload", "/modules/other/genid/{genid}/sign?api-version=2019-01-30", SIGN]]
+    created = await mgmt.create_module(container_spec("sensor", calls))
+    assert len(created["id"]) == 64 and created["config"]["imageHash"].startswith("sha256:")
+    await mgmt.action("sensor", "start")
+    sign, cert, wrong_gen, other = await module_results(rt.parts.engine, "sensor")
+    assert sign["status"] == 200 and cert["status"] == 201, (sign, cert)
+    assert wrong_gen["status"] == 403 and "registration_for" in wrong_gen["body"]["message"]
+    assert other["status"] == 403 and "registration_for" in other["body"]["message"]
+
+
+async def test_look_alike_container_is_refused_and_found(rt: RuntimeEnv, mgmt: ManagementClient,
+                                                         dockerd: Dockerd) -> None:
+    await mgmt.create_module(container_spec("victim", []))
+    victim = rt.parts.registry.get("victim")
+    assert victim is not None
+    name = "victim-lookalike"
+    try:
+        _run_by_hand(dockerd, name, {ENGINE_LABEL: "victim", "net.edgeward.system": "False"},
+                     rt.settings.workload_root / "victim",
+                     {"IOTEDGE_MODULEID": "victim", "IOTEDGE_MODULEGENERATIONID": victim.generation_id},
+                     [["POST", "workload", SIGN_PATH, SIGN]])
+        (result,) = await _logs_of(dockerd, name)
+        assert result["status"] == 403 and "did not create" in result["body"]["message"]
+        findings = await rt.parts.monitor.check()
+        assert ("unregistered", name) in {(f.kind, f.module) for f in findings}
+        assert rt.parts.audit.records()[-1].kind == "integrity.unregistered"
+    finally:
+        dockerd.cli("rm", "-f", name, check=False)
+
+
+async def test_replaced_container_with_retagged_image_is_refused(rt: RuntimeEnv, mgmt: ManagementClient,
+                                                                 dockerd: Dockerd) -> None:
+    await mgmt.create_module(container_spec("payments", []))
+    reg = rt.parts.registry.get("payments")
+    assert reg is not None
+    # The attacker builds another image, gives it the module's tag, and swaps the container under the same name.
+    dockerd.cli("tag", TEST_IMAGE, "edgeward-test/evil:1")
+    dockerd.cli("rm", "-f", "payments")
+    try:
+        _run_by_hand(dockerd, "payments", {ENGINE_LABEL: "payments"}, rt.settings.workload_root / "payments",
+                     {"IOTEDGE_MODULEID": "payments", "IOTEDGE_MODULEGENERATIONID": reg.generation_id},
+                     [["POST", "workload", SIGN_PATH, SIGN]])
+        (result,) = await _logs_of(dockerd, "payments")
+        assert result["status"] == 403, result
+        assert "registration_for" in result["body"]["message"] or "measure" in result["body"]["message"]
+        kinds = {f.kind for f in await rt.parts.monitor.check()}
+        assert kinds & {"engine_object_replaced", "unregistered"}
+    finally:
+        dockerd.cli("rm", "-f", "payments", check=False)
+        dockerd.cli("rmi", "edgeward-test/evil:1", check=False)
+
+
+async def test_management_api_refuses_a_module_that_is_not_the_agent(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
+    mounts = [{"Type": "bind", "Source": str(rt.settings.mgmt_dir), "Target": "/var/run/iotedge-mgmt"}]
+    spec = container_spec("nosy", [["GET", "mgmt", "/modules?api-version=2022-08-03", None]], mounts,
+                          {"IOTEDGE_MANAGEMENTURI": "unix:///var/run/iotedge-mgmt/mgmt.sock"})
+    await mgmt.create_module(spec)
+    await mgmt.action("nosy", "start")
+    (listing,) = await module_results(rt.parts.engine, "nosy")
+    assert listing["status"] == 403 and "not the edge agent" in listing["body"]["message"]
+
+
+async def test_agent_watchdog_and_engine_restart(request: pytest.FixtureRequest, public_dir: Path,
+                                                 dockerd: Dockerd) -> None:
+    calls = [["GET", "mgmt", "/modules?api-version=2022-08-03", None]]
+    agent = {"name": "edgeAgent", "type": "docker", "config": {"image": TEST_IMAGE, "createOptions": {
+        "Cmd": ["/usr/bin/python3", "-c", CLIENT_SCRIPT], "HostConfig": {"Mounts": host_python_binds()}}},
+        "env": {"EDGEWARD_TEST_CALLS": json.dumps(calls)}}
+    async with serve_runtime(request, public_dir, DockerEngine(dockerd.uri), _doc(dockerd, agent)) as rt:
+        engine = rt.parts.engine
+        try:
+            (listing,) = await module_results(engine, "edgeAgent")
+            assert listing["status"] == 200 and listing["body"]["modules"][0]["name"] == "edgeAgent"
+            first = await engine.inspect("edgeAgent")
+
+            async def running_again(previous_id: str, previous_pid: int | None) -> None:
+                restarts = rt.parts.runtime.agent_restarts
+                while True:
+                    try:
+                        s = await engine.inspect("edgeAgent")
+                        if (s.state == "running" and (s.engine_id != previous_id or s.pid != previous_pid)
+                                and rt.parts.runtime.agent_restarts > restarts):
+                            return
+                    except Exception:
+                        pass
+                    await asyncio.sleep(0.1)
+
+            dockerd.cli("kill", "edgeAgent")
+            await asyncio.wait_for(running_again(first.engine_id, first.pid), 30)
+            dockerd.cli("rm", "-f", "edgeAgent")
+            await asyncio.wait_for(running_again(first.engine_id, None), 30)
+            replaced = await engine.inspect("edgeAgent")
+            assert replaced.engine_id != first.engine_id
+            reg = rt.parts.registry.get("edgeAgent")
+            assert reg is not None and reg.engine_id == replaced.engine_id and reg.system
+            dockerd.restart()
+            await asyncio.wait_for(running_again(replaced.engine_id, replaced.pid), 60)
+            kinds = [r.kind for r in rt.parts.audit.records()]
+            assert "watchdog.restarted" in kinds and "watchdog.recreated" in kinds
+        finally:
+            for m in await engine.list():
+                await engine.remove(m.name)
