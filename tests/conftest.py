@@ -4,7 +4,8 @@ from tests.fixtures.dockerd import dockerd
 from tests.fixtures.est import est_server
 from tests.fixtures.keys import keys_env, software_keys
 from tests.fixtures.peers import public_dir
+from tests.fixtures.podman import podman_service
 from tests.fixtures.softhsm import softhsm
 from tests.fixtures.swtpm import fresh_swtpm, swtpm
 
-__all__ = ["dockerd", "est_server", "fresh_swtpm", "keys_env", "public_dir", "softhsm", "software_keys", "swtpm"]
+__all__ = ["dockerd", "est_server", "fresh_swtpm", "keys_env", "podman_service", "public_dir", "softhsm", "software_keys", "swtpm"]

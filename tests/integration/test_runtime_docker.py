@@ -17,6 +17,7 @@ from edgeward.runtime.engines.moby import DockerEngine
 from edgeward.runtime.mgmt_client import ManagementClient
 from tests.fixtures.dockerd import TEST_IMAGE, Dockerd, host_python_binds
 from tests.fixtures.modules import CLIENT_SCRIPT, module_results
+from tests.fixtures.podman import Podman
 from tests.fixtures.runtime import RuntimeEnv, serve_runtime
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -191,3 +192,24 @@ async def test_agent_watchdog_and_engine_restart(request: pytest.FixtureRequest,
         finally:
             for m in await engine.list():
                 await engine.remove(m.name)
+
+
+async def test_podman_module_is_attested_too(request: pytest.FixtureRequest, public_dir: Path,
+                                             podman_service: Podman) -> None:
+    """The same runtime over podman's Docker-compatible service: its cgroup layout (libpod-<id>) names the caller."""
+    doc = {"hostname": "edge-podman", "moby_runtime": {"uri": podman_service.uri, "network": "none"},
+           "edgeward": {"runtime": {"engine": "docker"}}}
+    async with serve_runtime(request, public_dir, DockerEngine(podman_service.uri), doc) as rt:
+        mgmt = ManagementClient(rt.mgmt_socket)
+        try:
+            calls = [["POST", "workload", SIGN_PATH, SIGN],
+                     ["POST", "workload", "/modules/someone-else/genid/{genid}/sign?api-version=2019-01-30", SIGN]]
+            await mgmt.create_module(container_spec("podmod", calls))
+            await mgmt.action("podmod", "start")
+            own, other = await module_results(rt.parts.engine, "podmod")
+            assert own["status"] == 200, own
+            assert other["status"] == 403
+        finally:
+            await mgmt.close()
+            for m in await rt.parts.engine.list():
+                await rt.parts.engine.remove(m.name)

@@ -72,7 +72,7 @@ def _error(e: DockerError, what: str) -> EngineError:
     message = (e.message or "").strip() if isinstance(e.message, str) else str(e.message)
     if e.status == 404:
         return EngineError(f"{what}: {message or 'not found'}", 404)
-    if e.status == 409:
+    if e.status == 409 or "already in use" in message:  # podman answers 500 for a taken name
         return EngineError(f"{what}: {message or 'conflict'}", 409)
     if e.status in (400, 422):
         return EngineError(f"{what}: the engine refused it: {message}", 400)
