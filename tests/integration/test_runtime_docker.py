@@ -27,11 +27,12 @@ SIGN_PATH = "/modules/{name}/genid/{genid}/sign?api-version=2019-01-30"
 
 def container_spec(name: str, calls: list[Any], mounts: list[dict[str, object]] | None = None,
                    env: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"name": name, "type": "docker", "imagePullPolicy": "never", "config": {"image": TEST_IMAGE, "createOptions": {
-        "Cmd": ["/usr/bin/python3", "-c", CLIENT_SCRIPT],
-        "HostConfig": {"Mounts": host_python_binds() + (mounts or [])}}},
+    return {"name": name, "type": "docker", "imagePullPolicy": "never", "config": {
+        "settings": {"image": TEST_IMAGE, "createOptions": {
+            "Cmd": ["/usr/bin/python3", "-c", CLIENT_SCRIPT],
+            "HostConfig": {"Mounts": host_python_binds() + (mounts or [])}}},
         "env": [{"key": "EDGEWARD_TEST_CALLS", "value": json.dumps(calls)},
-                *({"key": k, "value": v} for k, v in (env or {}).items())]}
+                *({"key": k, "value": v} for k, v in (env or {}).items())]}}
 
 
 def _doc(dockerd: Dockerd, agent: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -92,7 +93,7 @@ async def test_container_module_uses_its_workload_socket(rt: RuntimeEnv, mgmt: M
              ["POST", "workload", "/modules/{name}/genid/wrong-gen/sign?api-version=2019-01-30", SIGN],
              ["POST", "workload", "/modules/other/genid/{genid}/sign?api-version=2019-01-30", SIGN]]
     created = await mgmt.create_module(container_spec("sensor", calls))
-    assert len(created["id"]) == 64 and created["config"]["imageHash"].startswith("sha256:")
+    assert len(created["id"]) == 64 and created["config"]["settings"]["imageHash"].startswith("sha256:")
     await mgmt.action("sensor", "start")
     sign, cert, wrong_gen, other = await module_results(rt.parts.engine, "sensor")
     assert sign["status"] == 200 and cert["status"] == 201, (sign, cert)

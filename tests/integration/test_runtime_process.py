@@ -68,8 +68,8 @@ async def _wait_state(mgmt: ManagementClient, name: str, state: str, timeout: fl
 async def test_module_lifecycle_through_the_management_api(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
     spec = client_spec("sensor", [])
     created = await mgmt.create_module(spec)
-    assert created["name"] == "sensor" and created["config"]["image"] == sys.executable
-    assert created["config"]["imageHash"].startswith("sha256:")
+    assert created["name"] == "sensor" and created["config"]["settings"]["image"] == sys.executable
+    assert created["config"]["settings"]["imageHash"].startswith("sha256:")
     assert created["status"]["runtimeStatus"]["status"] == "stopped"
     reg = rt.parts.registry.get("sensor")
     assert reg is not None and reg.engine_id == created["id"] and reg.generation_id
@@ -242,7 +242,7 @@ async def test_host_processes_and_other_modules_are_refused(rt: RuntimeEnv, mgmt
     mgmt_dir = str(rt.settings.mgmt_dir)
     calls = [["GET", "mgmt", "/modules?api-version=2022-08-03", None]]
     spec = client_spec("sneaky", calls)
-    spec["env"].append({"key": "IOTEDGE_MANAGEMENTURI", "value": f"unix://{mgmt_dir}/mgmt.sock"})
+    spec["config"]["env"].append({"key": "IOTEDGE_MANAGEMENTURI", "value": f"unix://{mgmt_dir}/mgmt.sock"})
     await mgmt.create_module(spec)
     await mgmt.action("sneaky", "start")
     (listing,) = await module_results(rt.parts.engine, "sneaky")
@@ -283,7 +283,8 @@ async def test_edge_agent_is_bootstrapped_may_manage_and_is_kept_alive(request: 
              ["POST", "mgmt", "/modules/deployed/start?api-version=2022-08-03", None],
              ["DELETE", "mgmt", "/modules/edgeAgent?api-version=2022-08-03", None]]
     agent_spec = client_spec("edgeAgent", calls)
-    doc = {"hostname": "edge1", "agent": {"name": "edgeAgent", "type": "docker", "config": agent_spec["config"],
+    doc = {"hostname": "edge1", "agent": {"name": "edgeAgent", "type": "docker",
+                                          "config": agent_spec["config"]["settings"],
                                           "env": {"EDGEWARD_TEST_CALLS": json.dumps(calls)}},
            "edgeward": {"runtime": {"watchdog_seconds": 1}}}
     async with serve_runtime(request, public_dir, _engine(public_dir), doc) as rt:

@@ -43,8 +43,24 @@ def test_module_spec_accepts_both_env_shapes_and_string_create_options() -> None
     assert not p.items
     assert a == b
     assert a is not None and a.create_options == {"User": "1"} and a.env == {"A": "1"}
-    assert a.to_wire()["env"] == [{"key": "A", "value": "1"}]
-    assert "auth" not in a.to_wire()["config"]
+    assert a.to_wire()["config"]["env"] == [{"key": "A", "value": "1"}]
+    assert "auth" not in a.to_wire()["config"]["settings"]
+
+
+def test_edge_agents_wire_form_is_read_and_written() -> None:
+    """What the edge agent sends: image and createOptions under config.settings, env under config."""
+    p = Problems()
+    got = parse_module_config({"name": "edgeHub", "type": "docker", "imagePullPolicy": "on-create", "config": {
+        "settings": {"image": "mcr.microsoft.com/azureiotedge-hub:1.5", "createOptions": {"User": "1000"}},
+        "env": [{"key": "UpstreamProtocol", "value": "AmqpWs"}]}}, p, "body")
+    assert not p.items and got is not None
+    assert got.image.endswith("hub:1.5") and got.create_options == {"User": "1000"}
+    assert got.env == {"UpstreamProtocol": "AmqpWs"}
+    wire = got.to_wire()
+    assert wire["config"]["settings"]["image"] == got.image and wire["config"]["env"][0]["key"] == "UpstreamProtocol"
+    bad = Problems()
+    parse_module_config({"name": "x1", "config": {"settings": {"image": ""}}}, bad, "body")
+    assert bad.items and bad.items[0].startswith("body.config.settings.image")
 
 
 @pytest.mark.parametrize("name", ["edgeAgent", "a", "temp.sensor-1_x"])

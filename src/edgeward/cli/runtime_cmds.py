@@ -70,7 +70,7 @@ def list_modules(run_dir: Path | None, as_json: bool) -> None:
     for m in modules:
         status = m["status"]["runtimeStatus"]["status"]
         color = {"running": "green", "failed": "red", "stopped": "yellow"}.get(status, "white")
-        table.add_row(m["name"], f"[{color}]{status}[/{color}]", m["config"]["image"],
+        table.add_row(m["name"], f"[{color}]{status}[/{color}]", m["config"]["settings"]["image"],
                       m["status"].get("startTime", "-"), m["id"][:12])
     out.print(table)
 

@@ -81,8 +81,8 @@ def render_status(status: Status) -> list[Table | str]:
     for m in status.modules:
         state = m["status"]["runtimeStatus"]["status"]
         color = {"running": "green", "failed": "red"}.get(state, "yellow")
-        modules.add_row(m["name"], f"[{color}]{state}[/{color}]", m["config"]["image"],
-                        m["config"].get("imageHash", "")[:19], generations.get(m["name"], "-")[:12])
+        modules.add_row(m["name"], f"[{color}]{state}[/{color}]", m["config"]["settings"]["image"],
+                        m["config"]["settings"].get("imageHash", "")[:19], generations.get(m["name"], "-")[:12])
     out.append(modules)
     certs = Table(title="certificates")
     for col in ("cert id", "subject", "expires"):

@@ -28,6 +28,7 @@ def _runtime_status(status: ModuleStatus | None) -> dict[str, Any]:
 def module_details(view: ModuleView) -> dict[str, Any]:
     reg, status = view.registration, view.status
     config = dict(reg.config.get("config") or {})
+    settings = dict(config.get("settings") or {})
     body_status: dict[str, Any] = {"runtimeStatus": _runtime_status(status)}
     if status is not None and status.started_at:
         body_status["startTime"] = status.started_at
@@ -37,8 +38,9 @@ def module_details(view: ModuleView) -> dict[str, Any]:
         "id": reg.engine_id,
         "name": reg.name,
         "type": reg.config.get("type", "docker"),
-        "config": {"image": config.get("image", reg.image), "imageHash": reg.image_id,
-                   "createOptions": config.get("createOptions", {})},
+        "config": {"settings": {"image": settings.get("image", reg.image), "imageHash": reg.image_id,
+                                "createOptions": settings.get("createOptions", {})},
+                   "env": config.get("env", [])},
         "status": body_status,
     }
 

@@ -30,8 +30,8 @@ class ModuleConfig:
     def to_wire(self) -> dict[str, Any]:
         """The management API's ModuleSpec shape (auth is never echoed)."""
         return {"name": self.name, "type": self.type, "imagePullPolicy": self.pull_policy,
-                "config": {"image": self.image, "createOptions": dict(self.create_options)},
-                "env": [{"key": k, "value": v} for k, v in self.env.items()]}
+                "config": {"settings": {"image": self.image, "createOptions": dict(self.create_options)},
+                           "env": [{"key": k, "value": v} for k, v in self.env.items()]}}
 
 
 def valid_module_name(name: str) -> bool:
@@ -75,29 +75,38 @@ def parse_module_config(raw: Mapping[str, Any], p: Problems, where: str) -> Modu
         p.add(f"{where}.type", type_, '"docker" (or "process" for host-process modules)')
     config = raw.get("config")
     if not isinstance(config, Mapping):
-        p.add(f"{where}.config", config, "a table with image and createOptions")
+        p.add(f"{where}.config", config, "a table with settings (image, createOptions) and env")
         config = {}
-    image = config.get("image")
+    # The management API nests image and createOptions in config.settings (edgelet's wire form); IoT Edge's
+    # `[agent.config]` puts them in config itself. Both are accepted.
+    settings_where = f"{where}.config"
+    settings = config
+    if "settings" in config:
+        settings, settings_where = config["settings"], f"{where}.config.settings"
+        if not isinstance(settings, Mapping):
+            p.add(settings_where, settings, "a table with image and createOptions")
+            settings = {}
+    image = settings.get("image")
     if not isinstance(image, str) or not image.strip() or len(image) > 1024:
-        p.add(f"{where}.config.image", image, "an image reference (or an executable path for process modules)")
-    options: Any = config.get("createOptions", {})
+        p.add(f"{settings_where}.image", image, "an image reference (or an executable path for process modules)")
+    options: Any = settings.get("createOptions", {})
     if isinstance(options, str):
         try:
             options = json.loads(options) if options.strip() else {}
         except json.JSONDecodeError as e:
-            p.add(f"{where}.config.createOptions", options[:80], f"Docker create options as JSON ({e.msg})")
+            p.add(f"{settings_where}.createOptions", options[:80], f"Docker create options as JSON ({e.msg})")
             options = {}
     if not isinstance(options, Mapping):
-        p.add(f"{where}.config.createOptions", options, "an object of Docker create options")
+        p.add(f"{settings_where}.createOptions", options, "an object of Docker create options")
         options = {}
-    auth = config.get("auth")
+    auth = settings.get("auth")
     if auth is not None and not isinstance(auth, Mapping):
-        p.add(f"{where}.config.auth", "<redacted>", "a table with username, password, serveraddress")
+        p.add(f"{settings_where}.auth", "<redacted>", "a table with username, password, serveraddress")
         auth = None
     pull = raw.get("imagePullPolicy", "on-create")
     if pull not in ("on-create", "never"):
         p.add(f"{where}.imagePullPolicy", pull, '"on-create" or "never"')
-    env = _env(raw.get("env"), f"{where}.env", p)
+    env = _env(config["env"], f"{where}.config.env", p) if "env" in config else _env(raw.get("env"), f"{where}.env", p)
     if len(p.items) > before:
         return None
     assert isinstance(name, str) and isinstance(image, str)
