@@ -3,7 +3,9 @@ no server errors, no hang, and the daemon still serves normal requests afterward
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,18 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck, given, settings
 
+from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import running_daemon
 
 OPENAPI = Path(__file__).resolve().parents[2] / "openapi"
 EXAMPLES = int(os.environ.get("EDGEWARD_FUZZ_EXAMPLES", "40"))
-SOCKETS = {"keys.yaml": "keyd.sock", "certs.yaml": "certd.sock", "identity.yaml": "identityd.sock"}
+SOCKETS = {"keys.yaml": "keyd.sock", "certs.yaml": "certd.sock", "identity.yaml": "identityd.sock",
+           "management.yaml": "mgmt/mgmt.sock", "workload.yaml": "workload/fuzzmod/workload.sock"}
+PROBES = {"keys.yaml": "/key/no-such-key?api-version=2020-09-01",
+          "certs.yaml": "/certificates/aziot-edged-ca?api-version=2020-09-01",
+          "identity.yaml": "/trust-bundle?api-version=2020-09-01",
+          "management.yaml": "/modules/fuzzmod?api-version=2022-08-03",
+          "workload.yaml": "/trust-bundle?api-version=2019-01-30"}
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +37,17 @@ def daemon_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     os.chmod(base, 0o755)
     with running_daemon(["run", "--state-dir", str(base / "state"), "--run-dir", str(base / "run")],
                         log_path=base / "daemon.log") as proc:
+        # A module, so there is a workload socket to fuzz (calls come from this host process: the module routes
+        # must refuse them, whatever the body).
+        async def create() -> None:
+            mgmt = ManagementClient(base / "run" / "mgmt" / "mgmt.sock")
+            try:
+                await mgmt.create_module({"name": "fuzzmod", "imagePullPolicy": "never", "config": {"settings": {
+                    "image": sys.executable, "createOptions": {"Cmd": ["-c", "import time; time.sleep(3600)"]}}}})
+            finally:
+                await mgmt.close()
+
+        asyncio.run(create())
         yield base / "run"
         assert proc.poll() is None, "the daemon died while being fuzzed"
 
@@ -76,8 +96,5 @@ def test_fuzz_api_no_5xx_and_still_serving(doc: str, daemon_run_dir: Path,
     seen = _fuzz(doc, daemon_run_dir, session)
     assert sum(seen.values()) > 0
     base = "http+unix://" + quote(str(daemon_run_dir / SOCKETS[doc]), safe="")
-    probe = {"keys.yaml": "/key/no-such-key?api-version=2020-09-01",
-             "certs.yaml": "/certificates/aziot-edged-ca?api-version=2020-09-01",
-             "identity.yaml": "/trust-bundle?api-version=2020-09-01"}[doc]
-    after = session.get(base + probe, timeout=10)
+    after = session.get(base + PROBES[doc], timeout=10)
     assert after.status_code in (200, 404), after.text
