@@ -9,7 +9,7 @@ import select
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PinnedProcess", "ProcessGone", "parse_start_time", "pin", "start_time"]
+__all__ = ["PinnedProcess", "ProcessGone", "ProcessPins", "parse_start_time", "pin", "start_time"]
 
 
 class ProcessGone(Exception):
@@ -44,8 +44,10 @@ class PinnedProcess:
         """Still the same process. A pidfd refers to one process, never to a later owner of its pid, so while it
         has not signalled exit nothing more is needed; without one, the pid's start time must be unchanged."""
         if self.pidfd is not None:
-            ready, _, _ = select.select([self.pidfd], [], [], 0)
-            return not ready
+            # poll, not select: select cannot watch descriptors numbered 1024 and up, and a busy daemon has them.
+            poller = select.poll()
+            poller.register(self.pidfd, select.POLLIN)
+            return not poller.poll(0)
         try:
             return start_time(self.pid) == self.started
         except ProcessGone:
@@ -59,6 +61,38 @@ class PinnedProcess:
 
     def __del__(self) -> None:
         self.close()
+
+
+class ProcessPins:
+    """Pinned processes shared by every connection of the same process, so descriptors are bounded by the number
+    of live callers, not of connections; a pin is closed as soon as its process is seen to have exited."""
+
+    def __init__(self) -> None:
+        self._pins: dict[tuple[int, int], PinnedProcess] = {}
+
+    def pin(self, pid: int) -> PinnedProcess:
+        self.sweep()
+        fresh = pin(pid)
+        known = self._pins.get((pid, fresh.started))
+        if known is not None and known.alive():
+            fresh.close()
+            return known
+        self._pins[(pid, fresh.started)] = fresh
+        return fresh
+
+    def sweep(self) -> None:
+        for key, pinned in list(self._pins.items()):
+            if not pinned.alive():
+                pinned.close()
+                del self._pins[key]
+
+    def __len__(self) -> int:
+        return len(self._pins)
+
+    def close(self) -> None:
+        for pinned in self._pins.values():
+            pinned.close()
+        self._pins.clear()
 
 
 def pin(pid: int) -> PinnedProcess:

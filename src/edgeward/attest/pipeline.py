@@ -19,7 +19,7 @@ from ..http.peercred import Caller, caller_of
 from ..runtime.engine import EngineError, ModuleEngine
 from ..runtime.registry import Registration, Registry
 from .measure import measure
-from .pin import PinnedProcess, ProcessGone, pin
+from .pin import PinnedProcess, ProcessGone, ProcessPins
 
 __all__ = ["AttestationRefused", "Attested", "Attestor"]
 
@@ -48,6 +48,7 @@ class Attestor:
         self.engine = engine
         self.registry = registry
         self._per_connection: weakref.WeakKeyDictionary[Any, Attested] = weakref.WeakKeyDictionary()
+        self.pins = ProcessPins()
         # Modules whose calls the integrity policy says to refuse ("refuse" policy); checked in `measure`.
         self.refused: set[str] = set(refuse or ())
 
@@ -67,7 +68,7 @@ class Attestor:
 
     async def _run(self, caller: Caller) -> Attested:
         try:
-            pinned = pin(caller.pid)
+            pinned = self.pins.pin(caller.pid)
         except ProcessGone as e:
             raise AttestationRefused("peer_credentials", str(e)) from None
         try:

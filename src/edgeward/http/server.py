@@ -19,7 +19,7 @@ from aiohttp import web
 
 from .activation import activated_sockets
 from .apiversion import ApiVersions, check_api_version
-from .errors import HttpError
+from .errors import HttpError, TooManyRequests
 from .limits import UidLimiter
 from .peercred import caller_of
 
@@ -112,8 +112,19 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def _uid_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     limiter = request.app[_LIMITER_KEY]
-    async with limiter.hold(caller_of(request).uid):
+    try:
+        hold = limiter.hold(caller_of(request).uid)
+        await hold.__aenter__()
+    except TooManyRequests:
+        # Take the body off the wire before refusing, so the caller reads a clean 429 on a connection it can
+        # reuse, instead of a reset in the middle of writing its request.
+        with contextlib.suppress(Exception):
+            await request.read()
+        raise
+    try:
         return await handler(request)
+    finally:
+        await hold.__aexit__(None, None, None)
 
 
 def build_app(

@@ -94,13 +94,14 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
     attestor = Attestor(engine, registry)
     edge_ca = EdgeCa(keys, certs, extra_trust=extra_trust)
     sockets = WorkloadSockets(settings.workload_root)
-    workload_app = build_workload_app(Workload(attestor, sockets, keys, edge_ca, settings.hostname,
-                                               manifest_trust_bundle), limiter=UidLimiter())
+    workload = Workload(attestor, sockets, keys, edge_ca, settings.hostname, manifest_trust_bundle)
+    workload_app = build_workload_app(workload, limiter=UidLimiter())
     workload_runner = web.AppRunner(workload_app, access_log=None, handle_signals=False)
     await workload_runner.setup()
     sockets.runner = workload_runner  # from now on every module directory gets its socket
     audit = AuditLog(settings.audit_home or settings.home / "audit")
     runtime = ModuleRuntime(settings, engine, registry, identities, sockets, audit=audit)
+    workload.runtime = runtime
     mgmt = Management(runtime, attestor, identities, provisioning=provisioning, reprovision=reprovision)
     monitor = IntegrityMonitor(engine, registry, audit, attestor, policy=settings.integrity_policy,
                                period=settings.integrity_period)

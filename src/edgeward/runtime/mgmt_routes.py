@@ -94,7 +94,7 @@ async def update_module(request: web.Request) -> web.Response:
     if start not in ("true", "false"):
         raise BadRequest(f"start must be true or false, got {start[:20]!r}")
     view = await mgmt.runtime.update_module(config, start == "true")
-    return web.json_response(wire.module_details(view))
+    return web.json_response(wire.module_details(view), status=201)  # aziot-edged answers 201
 
 
 @routes.delete("/modules/{name}", since="2018-06-28")
@@ -294,7 +294,7 @@ async def reprovision(request: web.Request) -> web.Response:
     if mgmt.reprovision is None:
         raise BadRequest("this device has no cloud provisioning to redo")
     await mgmt.reprovision()
-    return web.Response(status=200)
+    return reply_empty()
 
 
 def build_management_app(mgmt: Management, limiter: UidLimiter | None = None) -> web.Application:

@@ -11,8 +11,8 @@ from .service import ModuleView
 
 __all__ = ["API_VERSIONS", "frame", "identity_body", "module_details"]
 
-API_VERSIONS = ("2018-06-28", "2019-01-30", "2019-10-22", "2019-11-05", "2020-07-07", "2020-10-10", "2021-12-07",
-                "2022-08-03")
+# Exactly what aziot-edged 1.4/1.5 accepts (2020-10-10 was dropped after 1.2).
+API_VERSIONS = ("2018-06-28", "2019-01-30", "2019-10-22", "2019-11-05", "2020-07-07", "2021-12-07", "2022-08-03")
 
 
 def _runtime_status(status: ModuleStatus | None) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def module_details(view: ModuleView) -> dict[str, Any]:
 
 def identity_body(identity: ModuleIdentity) -> dict[str, Any]:
     return {"moduleId": identity.module_id, "managedBy": identity.managed_by or "IotEdge",
-            "generationId": identity.generation_id, "authentication": {"type": "sas"}}
+            "generationId": identity.generation_id, "authType": "sas"}
 
 
 def frame(chunk: LogChunk) -> bytes:

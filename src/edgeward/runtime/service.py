@@ -32,8 +32,8 @@ __all__ = ["WORKLOAD_API_VERSION", "ModuleRuntime", "ModuleView"]
 
 log = logging.getLogger(__name__)
 
-# What IOTEDGE_APIVERSION tells modules to speak to the workload API.
-WORKLOAD_API_VERSION = "2019-01-30"
+# What IOTEDGE_APIVERSION tells modules to speak to the workload API (aziot-edged 1.4/1.5 gives 2022-08-03).
+WORKLOAD_API_VERSION = "2022-08-03"
 CONTAINER_MGMT_DIR = "/var/run/iotedge-mgmt"
 
 

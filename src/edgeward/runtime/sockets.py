@@ -66,7 +66,7 @@ class WorkloadSockets:
             finally:
                 os.umask(old)
             os.chmod(path, 0o666)  # noqa: S103 -- attestation decides, not file modes
-            sock.listen(256)
+            sock.listen(4096)  # bursts of connecting modules; the kernel caps it at somaxconn
             sock.setblocking(False)
             site = web.SockSite(self.runner, sock)
             await site.start()

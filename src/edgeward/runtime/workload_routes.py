@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +24,14 @@ from ..keys.model import Aead, HmacSha256
 from ..runtime.registry import Registration
 from .edge_ca import EdgeCa, IssuedCert
 from .identities import module_key_handle
+from .mgmt_wire import module_details
 from .model import valid_module_name
+from .service import ModuleRuntime
 from .sockets import WorkloadSockets
 
 __all__ = ["API_VERSIONS", "WORKLOAD", "Workload", "build_workload_app", "routes"]
 
-API_VERSIONS = ("2018-06-28", "2019-01-30", "2019-11-05", "2020-10-10", "2021-12-07", "2022-08-03")
+API_VERSIONS = ("2018-06-28", "2019-01-30", "2019-10-22", "2019-11-05", "2020-07-07", "2021-12-07", "2022-08-03")
 ENCRYPTION_KEY_ID = "edgeward-workload-encryption"
 MAX_DATA = 64 * 1024  # bytes of a sign/encrypt payload, decoded
 
@@ -46,6 +49,7 @@ class Workload:
     # Key handles of module SAS keys, by (module, generation, keyId): deriving one costs two keys-service calls,
     # and a handle stays valid as long as the master key does.
     handles: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    runtime: ModuleRuntime | None = None  # for GET /modules; set once the runtime exists
 
 
 WORKLOAD = web.AppKey("edgeward.runtime.workload", Workload)
@@ -190,10 +194,23 @@ async def trust_bundle(request: web.Request) -> web.Response:
     return web.json_response({"certificate": await wl.edge_ca.trust_bundle()})
 
 
-@routes.get("/manifest-trust-bundle", since="2020-10-10")
+@routes.get("/manifest-trust-bundle", since="2018-06-28")
 async def manifest_trust_bundle(request: web.Request) -> web.Response:
     wl = request.app[WORKLOAD]
     return web.json_response({"certificate": wl.manifest_trust_bundle or ""})
+
+
+@routes.get("/modules", since="2018-06-28")
+async def list_modules(request: web.Request) -> web.Response:
+    """The modules, as the management API lists them (edgeHub reads it); for modules and root, not for any
+    host process that happens to reach a socket."""
+    wl = request.app[WORKLOAD]
+    got = await wl.attestor.attest(request)
+    if got.registration is None and got.caller.uid not in (0, os.getuid()):
+        raise AttestationRefused("container_of", f"process {got.caller.pid} (uid {got.caller.uid}) is not a module")
+    if wl.runtime is None:
+        return web.json_response({"modules": []})
+    return web.json_response({"modules": [module_details(v) for v in await wl.runtime.list_modules()]})
 
 
 def build_workload_app(workload: Workload, limiter: UidLimiter | None = None) -> web.Application:

@@ -122,10 +122,12 @@ class KeysTlsTransport:
     """Moves one EST request and its response over TLS (1.2 or 1.3) authenticated with a :class:`KeysIdentity`.
 
     ``trusted_certs`` are the only anchors the server's certificate may chain to; ``None`` means the system's CA
-    file (what :func:`ssl.create_default_context` loads).
+    file (what :func:`ssl.create_default_context` loads). ``peer`` names the server in error messages.
     """
 
-    def __init__(self, identity: KeysIdentity, trusted_certs: Sequence[x509.Certificate] | None) -> None:
+    def __init__(self, identity: KeysIdentity, trusted_certs: Sequence[x509.Certificate] | None,
+                 peer: str = "EST server") -> None:
+        self.peer = peer  # how messages name the server: the same transport also reaches DPS and IoT Hub
         if not identity.cert_chain:
             raise EstError("the EST client identity has no certificate; give the leaf certificate (and its chain)")
         if trusted_certs is None:
@@ -165,12 +167,13 @@ class KeysTlsTransport:
             anchors=self._anchors,
             cert_chain=self.identity.cert_chain,
             key=_KeysServiceKey(self.identity, public, asyncio.get_running_loop(), timeout),
+            peer=self.peer,
         )
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.to_thread(exchange.run)
         except TimeoutError as e:
-            raise EstError(f"the EST server at {url} did not answer within {timeout:g} s") from e
+            raise EstError(f"the {self.peer} at {url} did not answer within {timeout:g} s") from e
         finally:
             exchange.abort()  # a no-op when it completed; otherwise it unblocks the thread so it ends now
 
@@ -337,8 +340,10 @@ class _Exchange:
         anchors: Sequence[x509.Certificate],
         cert_chain: Sequence[x509.Certificate],
         key: _KeysServiceKey,
+        peer: str = "EST server",
     ) -> None:
         parts = urlsplit(url)
+        self.peer = peer
         self.url = url
         self.host = parts.hostname or ""
         self.port = port
@@ -369,16 +374,16 @@ class _Exchange:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except TimeoutError as e:
-            raise EstError(f"the EST server at {self.url} did not answer within {self.timeout:g} s") from e
+            raise EstError(f"the {self.peer} at {self.url} did not answer within {self.timeout:g} s") from e
         except OSError as e:
-            raise EstError(f"could not connect to the EST server at {self.url} ({_describe(e)})") from e
+            raise EstError(f"could not connect to the {self.peer} at {self.url} ({_describe(e)})") from e
         # tlslite writes the handshake's last flight and the request as separate small sends: with Nagle on, the
         # second waits for the server's delayed ACK (40 ms on Linux) on every request.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             if self._aborted:
                 sock.close()
-                raise EstError(f"the request to the EST server at {self.url} was abandoned")
+                raise EstError(f"the request to the {self.peer} at {self.url} was abandoned")
             self._sock = sock
         connection = _VerifyingTLSConnection(sock, self.anchors, self.host)
         try:
@@ -387,12 +392,12 @@ class _Exchange:
             raise
         except _SigningFailed as e:
             raise EstError(
-                f"the keys service could not sign the TLS handshake with the EST server at {self.url} ({e})"
+                f"the keys service could not sign the TLS handshake with the {self.peer} at {self.url} ({e})"
             ) from e
         except TLSLocalAlert as e:
             if connection.rejection is not None:
                 raise self._verification_failed(connection.rejection) from e
-            raise EstError(f"TLS handshake with the EST server at {self.url} failed ({_describe(e)})") from e
+            raise EstError(f"TLS handshake with the {self.peer} at {self.url} failed ({_describe(e)})") from e
         except TLSAuthenticationError as e:
             raise self._verification_failed(connection.rejection or _Rejection(_describe(e), 0)) from e
         except TLSRemoteAlert as e:
@@ -400,21 +405,21 @@ class _Exchange:
             if e.description in _CERT_ALERTS:
                 hint = "; the server did not accept the EST client certificate"
             raise EstError(
-                f"TLS handshake with the EST server at {self.url} failed (the server sent alert {e}){hint}"
+                f"TLS handshake with the {self.peer} at {self.url} failed (the server sent alert {e}){hint}"
             ) from e
         except TimeoutError as e:
-            raise EstError(f"the EST server at {self.url} did not answer within {self.timeout:g} s") from e
+            raise EstError(f"the {self.peer} at {self.url} did not answer within {self.timeout:g} s") from e
         except (TLSAbruptCloseError, ConnectionResetError, BrokenPipeError) as e:
             if self.answered:
-                raise EstError(f"the EST server at {self.url} closed the connection mid-answer ({_describe(e)})") from e
+                raise EstError(f"the {self.peer} at {self.url} closed the connection mid-answer ({_describe(e)})") from e
             # A server refusing the client certificate sends an alert and closes at once; the reset that follows
             # usually discards the alert before it is read, in TLS 1.3 even after the client's handshake ended.
             raise EstError(
-                f"TLS handshake with the EST server at {self.url} failed (the server closed the connection before "
+                f"TLS handshake with the {self.peer} at {self.url} failed (the server closed the connection before "
                 f"answering: {_describe(e)}); check that the server trusts the CA of the EST client certificate"
             ) from e
         except (TLSError, http.client.HTTPException, OSError, ValueError) as e:
-            raise EstError(f"could not talk to the EST server at {self.url} ({_describe(e)})") from e
+            raise EstError(f"could not talk to the {self.peer} at {self.url} ({_describe(e)})") from e
         finally:
             self.abort()
 
@@ -447,13 +452,13 @@ class _Exchange:
         while chunk := response.read(_CHUNK):
             size += len(chunk)
             if size > self.max_bytes:
-                raise EstError(f"the EST server at {self.url} sent more than {self.max_bytes} bytes", response.status)
+                raise EstError(f"the {self.peer} at {self.url} sent more than {self.max_bytes} bytes", response.status)
             chunks.append(chunk)
         return b"".join(chunks)
 
     def _verification_failed(self, rejection: _Rejection) -> EstError:
         return EstError(
-            f"TLS verification of the EST server at {self.url} failed ({rejection.reason}); {rejection.hint}"
+            f"TLS verification of the {self.peer} at {self.url} failed ({rejection.reason}); {rejection.hint}"
         )
 
 

@@ -1,0 +1,1 @@
+"""Caller attestation and integrity monitoring."""
