@@ -7,6 +7,7 @@ each route declares its own range, as aziot's do.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -104,6 +105,15 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
             e.status, e.reason
         )
         return error_response(e.status, message)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            log.error("no space left for %s %s: %s", request.method, request.path, e)
+            return error_response(507, "no space left on the device for Edgeward's state; free space and retry")
+        if e.errno == errno.EROFS:
+            log.error("read-only state for %s %s: %s", request.method, request.path, e)
+            return error_response(503, "Edgeward's state directory is read-only; remount it read-write")
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(500, "internal error; see the service log")
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return error_response(500, "internal error; see the service log")
