@@ -1,6 +1,7 @@
 """Session-wide fixtures: real SoftHSM2 and swtpm, started once and stopped by pid."""
 
 from tests.fixtures.dockerd import dockerd
+from tests.fixtures.engines import container_engine
 from tests.fixtures.est import est_server
 from tests.fixtures.keys import keys_env, software_keys
 from tests.fixtures.peers import public_dir
@@ -8,4 +9,4 @@ from tests.fixtures.podman import podman_service
 from tests.fixtures.softhsm import softhsm
 from tests.fixtures.swtpm import fresh_swtpm, swtpm
 
-__all__ = ["dockerd", "est_server", "fresh_swtpm", "keys_env", "podman_service", "public_dir", "softhsm", "software_keys", "swtpm"]
+__all__ = ["container_engine", "dockerd", "est_server", "fresh_swtpm", "keys_env", "podman_service", "public_dir", "softhsm", "software_keys", "swtpm"]

@@ -356,3 +356,30 @@ async def test_a_connection_handed_to_another_process_is_refused(rt: RuntimeEnv,
     first, second = await module_results(rt.parts.engine, "handoff")
     assert first["status"] == 200
     assert second["status"] == 403 and "still_alive" in second["body"]["message"]
+
+
+async def test_stop_policy_stops_a_module_whose_binary_changed(request: pytest.FixtureRequest,
+                                                               public_dir: Path) -> None:
+    doc = {"hostname": "edge1", "edgeward": {"integrity": {"policy": "stop", "period_seconds": 3600}}}
+    async with serve_runtime(request, public_dir, _engine(public_dir), doc) as rt:
+        binary = rt.base / "bin" / "python-stop"
+        binary.parent.mkdir(exist_ok=True)
+        shutil.copy2(Path(sys.executable).resolve(), binary)
+        mgmt = ManagementClient(rt.mgmt_socket)
+        try:
+            await mgmt.create_module(client_spec("watched", [], image=str(binary)))
+            await mgmt.action("watched", "start")
+            await module_results(rt.parts.engine, "watched")
+            implant = binary.with_name("implant2")
+            shutil.copy2(binary, implant)
+            with implant.open("ab") as f:
+                f.write(b"\0")
+            implant.replace(binary)
+            findings = await rt.parts.monitor.check()
+            assert [f.kind for f in findings] == ["binary_changed"]
+            status = await rt.parts.engine.inspect("watched")
+            assert status.state in ("stopped", "failed")
+            kinds = [r.kind for r in rt.parts.audit.records()]
+            assert kinds[-2:] == ["integrity.binary_changed", "integrity.stopped"]
+        finally:
+            await mgmt.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import struct
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -196,7 +197,7 @@ class DockerEngine:
     async def stop(self, name: str, timeout: float = 10.0) -> ModuleStatus:
         c = await self._container(name)
         try:
-            await c.stop(t=int(timeout))
+            await c.stop(t=max(1, math.ceil(timeout)))
         except DockerError as e:
             if e.status != 304:  # already stopped
                 raise _error(e, f"stop {name}") from None
@@ -277,6 +278,7 @@ class DockerEngine:
                     except ValueError:
                         continue
                     action = str(ev.get("Action") or ev.get("status") or "").split(":")[0]
+                    action = {"remove": "destroy"}.get(action, action)  # podman says "remove"
                     if action not in _ACTIONS:
                         continue
                     attrs = (ev.get("Actor") or {}).get("Attributes") or {}
