@@ -15,11 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ..attest.audit import AuditLog
+from ..attest.tpm_quote import Quote, verify_quote
 from ..http.errors import HttpError
 from ..runtime.mgmt_client import ManagementClient
+from ..tpm.client import TpmClient
 from .paths import default_run_dir, default_state_dir, run_option, state_option
 
-__all__ = ["audit", "list_modules", "logs", "restart"]
+__all__ = ["attest", "audit", "list_modules", "logs", "restart"]
 
 T = TypeVar("T")
 out = Console()
@@ -154,3 +156,60 @@ def audit_show(state_dir: Path | None, last: int, as_json: bool) -> None:
         table.add_row(str(r.seq), dt.datetime.fromtimestamp(r.ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"), r.kind,
                       r.module or "-", json.dumps(dict(r.detail))[:80])
     out.print(table)
+
+
+@click.group()
+def attest() -> None:
+    """Edgeward's own measurement, anchored in the TPM."""
+
+
+@attest.command("quote")
+@click.option("--nonce", required=True, help="The verifier's nonce, hex (1 to 64 bytes).")
+@run_option
+@state_option
+def attest_quote(nonce: str, run_dir: Path | None, state_dir: Path | None) -> None:
+    """A TPM quote over PCR 23 (Edgeward's measurement of its code and config) with your nonce, checked here
+    against the attestation key, the nonce and the measurement recorded in the audit log at start."""
+    try:
+        raw_nonce = bytes.fromhex(nonce)
+    except ValueError:
+        err.print("[red]error:[/red] --nonce must be hex")
+        sys.exit(2)
+    socket = (run_dir or default_run_dir()) / "tpmd.sock"
+
+    async def go() -> Quote:
+        client = TpmClient(socket)
+        try:
+            return await client.quote(raw_nonce)
+        finally:
+            await client.close()
+
+    try:
+        q = asyncio.run(go())
+    except HttpError as e:
+        err.print(f"[red]error:[/red] {e.message}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    except OSError as e:
+        err.print(f"[red]error:[/red] no TPM service at {socket} ({e.__class__.__name__}); is [tpm] configured?")
+        sys.exit(EXIT_UNREACHABLE)
+    report: dict[str, Any] = {"quote": q.as_dict()}
+    try:
+        verify_quote(q, raw_nonce, bytes.fromhex(q.pcr_value))
+        report["signature_and_nonce"] = "verified"
+    except ValueError as e:
+        report["signature_and_nonce"] = f"FAILED: {e}"
+    home = (state_dir or default_state_dir()) / "audit"
+    if (home / "audit.db").exists():
+        log = AuditLog(home)
+        try:
+            started = [r for r in log.records() if r.kind == "edgeward.started" and "pcr_value" in r.detail]
+        finally:
+            log.close()
+        if started:
+            last = started[-1]
+            report["measured_at_start"] = {"code": last.detail["code"], "config": last.detail["config"],
+                                           "pcr_value": last.detail["pcr_value"]}
+            report["pcr_matches_last_start"] = last.detail["pcr_value"] == q.pcr_value
+    print(json.dumps(report, indent=2))
+    if report["signature_and_nonce"] != "verified" or report.get("pcr_matches_last_start") is False:
+        sys.exit(EXIT_FAILED)

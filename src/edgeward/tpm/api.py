@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..attest.tpm_quote import Quote
 from ..http.errors import BadRequest, NotFound
 from ..keys.errors import BackendUnavailable
 
@@ -46,4 +47,8 @@ class TpmApi(Protocol):
 
     async def sign_with_auth_key(self, data: bytes) -> bytes:
         """HMAC-SHA256 of ``data`` with the imported authentication key."""
+        ...
+
+    async def quote(self, nonce: bytes, pcr: int = 23) -> Quote:
+        """Edgeward: a TPM quote over Edgeward's measurement PCR with the caller's nonce."""
         ...

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..attest.tpm_quote import Quote
 from ..http import UnixClient
 from . import wire
 from .api import TpmKeys
@@ -38,3 +39,8 @@ class TpmClient:
         resp = await self.http.call("POST", "/sign_with_auth_key", wire.SignWithAuthKeyResponse,
                                     wire.SignWithAuthKeyRequest(data=data))
         return resp.digest
+
+    async def quote(self, nonce: bytes, pcr: int = 23) -> Quote:
+        resp = await self.http.call("POST", "/edgeward/quote", wire.QuoteResponse,
+                                    wire.QuoteRequest(nonce=nonce, pcr=pcr), api_version=wire.EDGEWARD_VERSION)
+        return Quote(**resp.model_dump())

@@ -55,6 +55,16 @@ async def sign_with_auth_key(request: web.Request) -> web.Response:
     return reply(wire.SignWithAuthKeyResponse(digest=digest))
 
 
+@routes.post("/edgeward/quote", since="2026-11-01")
+async def quote(request: web.Request) -> web.Response:
+    """Edgeward: a quote over the PCR holding Edgeward's own measurement, for a verifier's nonce."""
+    body = await _body(request, wire.QuoteRequest)
+    if not 0 <= body.pcr <= 23:
+        raise BadRequest("pcr must be 0 to 23")
+    q = await request.app[TPM_API].quote(body.nonce, body.pcr)
+    return reply(wire.QuoteResponse(**q.as_dict()))
+
+
 def build_tpm_app(api: TpmApi, max_requests: int | None = None, **kwargs: object) -> web.Application:
     """The TPM API over ``api``; ``max_requests`` is aziot-tpmd's per-user concurrency limit."""
     if max_requests is not None:

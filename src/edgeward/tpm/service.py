@@ -59,7 +59,9 @@ from tpm2_pytss import (
 )
 from tpm2_pytss.TSS2_Exception import TSS2_Exception
 
+from ..attest.tpm_quote import DEFAULT_PCR, Quote, extend_with, quote_with
 from ..executor import BlockingExecutor
+from ..http.errors import BadRequest
 from ..keys.backends.tpm import (
     _AUTH_RCS,
     TpmBackend,
@@ -469,6 +471,12 @@ class _Tpm:
     def sign_with_auth_key(self, data: bytes) -> bytes:
         return self._run(lambda ectx: hmac_sha256_in_tpm(ectx, self._auth_key_tr(ectx), data))
 
+    def extend_pcr(self, measurement: bytes, pcr: int) -> str:
+        return self._run(lambda ectx: extend_with(ectx, measurement, pcr))
+
+    def quote(self, nonce: bytes, pcr: int) -> Quote:
+        return self._run(lambda ectx: quote_with(ectx, nonce, pcr))  # owner auth is set on the connection
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -504,6 +512,15 @@ class TpmService:
 
     async def sign_with_auth_key(self, data: bytes) -> bytes:
         return await self.executor.run(self._tpm.sign_with_auth_key, data)
+
+    async def extend_pcr(self, measurement: bytes, pcr: int = DEFAULT_PCR) -> str:
+        """Extend `pcr` with Edgeward's own measurement (at start); returns the PCR's new value (hex)."""
+        return await self.executor.run(self._tpm.extend_pcr, measurement, pcr)
+
+    async def quote(self, nonce: bytes, pcr: int = DEFAULT_PCR) -> Quote:
+        if not 1 <= len(nonce) <= 64:
+            raise BadRequest("nonce must be 1 to 64 bytes")
+        return await self.executor.run(self._tpm.quote, nonce, pcr)
 
     def close(self) -> None:
         self._tpm.close()

@@ -10,15 +10,35 @@ from ..keys.wire import B64
 __all__ = [
     "API_VERSION",
     "API_VERSIONS",
+    "EDGEWARD_VERSION",
     "GetTpmKeysResponse",
     "ImportAuthKeyRequest",
     "ImportAuthKeyResponse",
+    "QuoteRequest",
+    "QuoteResponse",
     "SignWithAuthKeyRequest",
     "SignWithAuthKeyResponse",
 ]
 
 API_VERSION = "2020-09-01"
-API_VERSIONS = (API_VERSION,)
+EDGEWARD_VERSION = "2026-11-01"  # Edgeward's additions (the quote route)
+API_VERSIONS = (API_VERSION, EDGEWARD_VERSION)
+
+
+class QuoteRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    nonce: B64
+    pcr: int = 23
+
+
+class QuoteResponse(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    pcr: int
+    pcr_value: str
+    nonce: str
+    attest: str
+    signature: str
+    ak_public_pem: str
 
 
 class _Body(BaseModel):
