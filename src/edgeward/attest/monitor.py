@@ -17,6 +17,7 @@ from typing import Literal
 
 from ..runtime.engine import EngineError, ModuleEngine
 from ..runtime.registry import Registry
+from ..tasks import cancel_all
 from .audit import AuditLog
 from .measure import measure
 from .pipeline import Attestor
@@ -54,12 +55,7 @@ class IntegrityMonitor:
                        asyncio.create_task(self._events(), name="integrity-events")]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)
 
     def wake(self) -> None:
         self._wake.set()

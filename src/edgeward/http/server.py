@@ -29,6 +29,7 @@ __all__ = [
     "Handler",
     "Listener",
     "RouteTable",
+    "bind_unix",
     "build_app",
     "error_response",
     "start_server",
@@ -157,7 +158,7 @@ class Listener:
     activation_name: str | None = None
 
 
-def _bind_unix(path: Path, mode: int) -> socket.socket:
+def bind_unix(path: Path, mode: int, backlog: int = 1024) -> socket.socket:
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(path.lstat().st_mode):
@@ -172,7 +173,7 @@ def _bind_unix(path: Path, mode: int) -> socket.socket:
     finally:
         os.umask(old)
     os.chmod(path, mode)
-    sock.listen(1024)
+    sock.listen(backlog)
     sock.setblocking(False)
     return sock
 
@@ -185,7 +186,7 @@ async def start_server(app: web.Application, listeners: Iterable[Listener]) -> w
     for listener in listeners:
         sock = passed.get(listener.activation_name or "") if listener.activation_name else None
         if sock is None:
-            sock = _bind_unix(listener.path, listener.mode)
+            sock = bind_unix(listener.path, listener.mode)
         site = web.SockSite(runner, sock)
         await site.start()
         log.info("listening on %s", listener.path)

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..attest.audit import AuditLog
 from ..http.errors import BadRequest, Conflict, Forbidden, HttpError, NotFound
+from ..tasks import cancel_all
 from .engine import (
     EngineError,
     LogChunk,
@@ -84,12 +85,7 @@ class ModuleRuntime:
         self._tasks.append(asyncio.create_task(self._follow_events(), name="runtime-events"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)
 
     async def reconcile(self) -> None:
         """Make the registry and the engine agree after a restart of either.

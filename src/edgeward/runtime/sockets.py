@@ -9,12 +9,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
-import stat
 from pathlib import Path
 
 from aiohttp import web
 
+from ..http.server import bind_unix
 from .engine import WORKLOAD_SOCKET_NAME
 
 __all__ = ["WorkloadSockets"]
@@ -54,24 +53,12 @@ class WorkloadSockets:
         directory.mkdir(exist_ok=True)
         os.chmod(directory, 0o755)  # noqa: S103 -- see above
         if self.runner is not None and name not in self._sites:
-            path = self.socket_path(name)
-            with contextlib.suppress(FileNotFoundError):
-                if not stat.S_ISSOCK(path.lstat().st_mode):
-                    raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
-                path.unlink()
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            old = os.umask(0o177)
-            try:
-                sock.bind(str(path))
-            finally:
-                os.umask(old)
-            os.chmod(path, 0o666)  # noqa: S103 -- attestation decides, not file modes
-            sock.listen(4096)  # bursts of connecting modules; the kernel caps it at somaxconn
-            sock.setblocking(False)
+            # World-connectable; a burst of connecting modules gets a deep backlog (the kernel caps it).
+            sock = bind_unix(self.socket_path(name), 0o666, backlog=4096)
             site = web.SockSite(self.runner, sock)
             await site.start()
             self._sites[name] = site
-            log.info("workload socket for %s at %s", name, path)
+            log.info("workload socket for %s at %s", name, self.socket_path(name))
         return directory
 
     async def close(self, name: str) -> None:

@@ -36,24 +36,23 @@ def _os_release() -> Mapping[str, str]:
     return out
 
 
-def _total_memory() -> int:
+def _meminfo(field: str) -> int:
+    """A /proc/meminfo field in bytes (0 when unreadable)."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
     return 0
+
+
+def _total_memory() -> int:
+    return _meminfo("MemTotal")
 
 
 def _available_memory() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
+    return _meminfo("MemAvailable")
 
 
 def system_info(engine_version: Mapping[str, str], provisioning: str, dynamic_reprovisioning: bool) -> dict[str, Any]:
