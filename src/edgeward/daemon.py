@@ -8,13 +8,14 @@ import os
 import signal
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from .attest.selfmeasure import measure_self
+from .attest.tpm_quote import DEFAULT_PCR
 from .certs.api import CertsApi
 from .certs.client import CertsClient
 from .certs.compose import build_cert_service
@@ -22,6 +23,7 @@ from .certs.renewal import RenewalEngine
 from .certs.routes import build_certs_app
 from .certs.settings import CertsSettings, parse_certs_settings
 from .config.problems import ConfigError, Problems
+from .config.super_config import split_super_config
 from .http import Listener, UidLimiter, start_server
 from .http.peercred import Caller
 from .identity.compose import build_identity_service
@@ -36,9 +38,7 @@ from .keys.service import KeyService
 from .keys.settings import KeysSettings, parse_keys_settings
 from .notify import notify
 from .runtime.compose import RuntimeParts, identities_for, start_runtime
-from .runtime.edge_ca_config import apply_edge_ca
 from .runtime.settings import RuntimeSettings, parse_runtime_settings
-from .tpm.api import TpmApi
 from .tpm.routes import build_tpm_app
 from .tpm.settings import TpmdSettings, parse_tpmd_settings
 
@@ -88,18 +88,32 @@ EMBEDDED_DEFAULTS: Mapping[str, Any] = {
 
 
 def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> DaemonSettings:
+    """Read the super config (IoT Edge 1.5's config.toml, plus Edgeward's tables), split it into the documents
+    `edgeward config apply` writes, and parse each with its service's reader; every problem is raised at once."""
     doc = read_config(config) if config is not None else EMBEDDED_DEFAULTS
     problems = Problems(str(config) if config else "embedded defaults")
-    doc = apply_edge_ca(doc, problems)
-    keys = parse_keys_settings(doc, state_dir, run_dir, problems)
-    certs = parse_certs_settings(doc, state_dir, run_dir, problems)
-    identity = parse_identity_settings(doc, state_dir, run_dir, problems)
-    runtime = parse_runtime_settings(doc, state_dir, run_dir, problems)
-    tpm_doc = problems.get(doc, "tpm", "", dict, {})
-    tpm = parse_tpmd_settings(tpm_doc, run_dir, problems, prefix="tpm") if "tpm" in doc else None
+    split = split_super_config(doc, problems)  # checks and translates, edge CA included
+    keys = parse_keys_settings(split.keyd, state_dir, run_dir, problems)
+    certs = parse_certs_settings(split.certd, state_dir, run_dir, problems)
+    identity = parse_identity_settings(split.identityd, state_dir, run_dir, problems)
+    runtime = parse_runtime_settings(split.edged, state_dir, run_dir, problems)
+    tpm = parse_tpmd_settings(split.tpmd, run_dir, problems, prefix="tpm") if split.tpmd is not None else None
     problems.raise_if_any()
-    return DaemonSettings(state_dir, run_dir, keys, certs, identity, runtime, tpm, tuple(problems.warnings),
-                          config)
+    if split.cloud_timeout_sec is not None:
+        identity = replace(identity, cloud_timeout=float(split.cloud_timeout_sec))
+    return DaemonSettings(state_dir, run_dir, keys, certs, identity, runtime, tpm,
+                          tuple(dict.fromkeys(problems.warnings)), config)
+
+
+if TYPE_CHECKING:
+    from .tpm.service import TpmService
+
+
+def _tpm_service(settings: TpmdSettings) -> TpmService:
+    # Imported here: tpm2-pytss is only needed on devices with a TPM.
+    from .tpm.service import TpmService  # noqa: PLC0415
+
+    return TpmService(settings)
 
 
 async def _wait_for_signal() -> None:
@@ -126,14 +140,12 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
     renewal: RenewalEngine | None = None
     certs_client: CertsClient | None = None
     identity: IdentityService | None = None
-    tpm_service: TpmApi | None = None
+    tpm_service: TpmService | None = None
     runtime: RuntimeParts | None = None
     try:
         if "tpm" in services and settings.tpm is not None:
             # Imported here: tpm2-pytss is only needed on devices with a TPM.
-            from .tpm.service import TpmService  # noqa: PLC0415
-
-            tpm_service = TpmService(settings.tpm)
+            tpm_service = _tpm_service(settings.tpm)
             app = build_tpm_app(tpm_service, max_requests=settings.tpm.max_requests)
             runners.append(await start_server(app, [Listener(settings.tpm.socket_path, mode=0o666,
                                                              activation_name="tpmd")]))
@@ -173,8 +185,11 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
                 settings.runtime, keys_api, certs_api, identities, reprovision=reprovision,
                 provisioning="dps" if isinstance(provisioning, DpsProvisioning) else "manual")
             me = measure_self(settings.config_path)
-            runtime.audit.append("edgeward.started", None, {"code": me.code, "config": me.config,
-                                                            "files": me.files, "services": list(services)})
+            detail: dict[str, Any] = {"code": me.code, "config": me.config, "files": me.files,
+                                      "services": list(services)}
+            if tpm_service is not None:  # anchor the measurement in the TPM: PCR 23, quotable by verifiers
+                detail["pcr"], detail["pcr_value"] = DEFAULT_PCR, await tpm_service.extend_pcr(me.combined)
+            runtime.audit.append("edgeward.started", None, detail)
         log.info("edgeward ready: %s", ", ".join(services))
         notify(f"READY=1\nMAINPID={os.getpid()}")
         if ready is not None:
@@ -192,7 +207,7 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
         if identity is not None:
             identity.close()
         if tpm_service is not None:
-            tpm_service.close()  # type: ignore[attr-defined]
+            tpm_service.close()
         for runner in runners:
             await runner.cleanup()
         if key_service is not None:

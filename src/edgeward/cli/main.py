@@ -82,12 +82,14 @@ def serve_one(service: str, config: Path | None, state_dir: Path | None, run_dir
 
 
 from .check import check  # noqa: E402
+from .config_cmds import config  # noqa: E402
 from .demo import demo  # noqa: E402  (commands register on the group defined above)
 from .init_cmd import init  # noqa: E402
 from .runtime_cmds import attest, audit, list_modules, logs, restart  # noqa: E402
 from .system_cmds import support_bundle, system, version  # noqa: E402
 
-for command in (demo, list_modules, logs, restart, audit, attest, system, support_bundle, version, check, init):
+for command in (demo, list_modules, logs, restart, audit, attest, system, support_bundle, version, check, init,
+                config):
     cli.add_command(command)
 
 

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "Problems"]
+__all__ = ["SECRET_SETTINGS", "ConfigError", "Problems", "redact_text"]
 
 T = TypeVar("T")
+
+# Settings whose values are secrets wherever they appear: a message names them but never shows their value.
+SECRET_SETTINGS = ("pin", "secret", "key_bytes", "password", "connection_string", "symmetric_key", "device_id_pk",
+                   "hierarchy_authorization", "sharedaccesskey")
+_SECRET_IN_TEXT = re.compile(r"(pin-value=|SharedAccessKey=|SharedAccessSignature )(?!<)[^;&'\"\s]*", re.I)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with PKCS#11 PINs and SAS keys inside URIs or connection strings replaced by ``<redacted>``."""
+    return _SECRET_IN_TEXT.sub(lambda m: m.group(1) + "<redacted>", text)
 
 
 class ConfigError(Exception):
@@ -25,8 +36,9 @@ class Problems:
     warnings: list[str] = field(default_factory=list)
 
     def add(self, path: str, value: object, expected: str) -> None:
-        shown = "<redacted>" if "pin" in path or "secret" in path or "key_bytes" in path else repr(value)
-        self.items.append(f"{path} = {shown}: expected {expected}")
+        lowered = path.lower()
+        shown = "<redacted>" if any(s in lowered for s in SECRET_SETTINGS) else redact_text(repr(value))
+        self.items.append(f"{path} = {shown}: expected {redact_text(expected)}")
 
     def get(self, table: Mapping[str, Any], key: str, path: str, kind: type[T], default: T) -> T:
         if key not in table:
@@ -48,4 +60,5 @@ class Problems:
 
     def raise_if_any(self) -> None:
         if self.items:
-            raise ConfigError(self.items, self.source)
+            # Two readers of one setting may report the same problem; the user needs to read it once.
+            raise ConfigError(list(dict.fromkeys(self.items)), self.source)

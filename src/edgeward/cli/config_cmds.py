@@ -1,0 +1,167 @@
+"""``edgeward config apply|import|mp``: check the super config and split it into per-service files, convert an
+IoT Edge 1.1 config.yaml, write a manual-provisioning config.
+
+Exit codes as everywhere in the CLI: 0 ok, 1 operation failed (a file could not be written, or exists), 3 the
+configuration is invalid (every problem listed).
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..config.import_v1 import import_v1_config
+from ..config.mp import manual_provisioning_config
+from ..config.problems import ConfigError, Problems
+from ..config.super_config import ServiceConfigs, split_super_config
+from ..config.toml_write import TomlWriteError
+from ..daemon import load_settings, read_config
+from ..fsutil import atomic_write
+from .paths import default_run_dir, default_state_dir
+
+__all__ = ["config"]
+
+EXIT_FAILED, EXIT_CONFIG = 1, 3
+DEFAULT_CONFIG = Path("/etc/aziot/config.toml")
+DEFAULT_OUT_DIR = Path("/etc/edgeward")
+DEFAULT_V1_CONFIG = Path("/etc/iotedge/config.yaml")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(e: ConfigError) -> None:
+    err.print(f"[red]error:[/red] {e}", highlight=False)
+    sys.exit(EXIT_CONFIG)
+
+
+def _warn(warnings: list[str] | tuple[str, ...]) -> None:
+    for warning in dict.fromkeys(warnings):
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+
+
+def _describe(name: str, doc: dict[str, Any]) -> str:
+    """What a per-service file holds, in a line: its tables, with counts for the collections."""
+    parts = []
+    inner = doc.get("tpm", {}) if name == "tpmd.toml" else doc
+    for key, value in inner.items():
+        if key == "provisioning" and isinstance(value, dict):
+            att = value.get("attestation") or value.get("authentication") or {}
+            method = att.get("method") if isinstance(att, dict) else None
+            parts.append(f"provisioning ({value.get('source')}{', ' + str(method) if method else ''})")
+        elif key in ("preloaded_keys", "preloaded_certs", "cert_issuance", "principal") and value:
+            parts.append(f"{key} ({len(value)})")
+        elif key == "edgeward" and isinstance(value, dict):
+            parts.append(", ".join(f"edgeward.{k}" for k in value))
+        else:
+            parts.append(key)
+    return ", ".join(parts) or "(defaults)"
+
+
+@click.group("config")
+def config() -> None:
+    """Check and split the configuration (IoT Edge 1.5's config.toml), import 1.1's config.yaml."""
+
+
+@config.command("apply")
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG,
+              show_default=True, help="The super config (IoT Edge 1.5 config.toml format).")
+@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_OUT_DIR,
+              show_default=True, help="Where the per-service files go.")
+@click.option("--dry-run", is_flag=True, help="Check and show what would be written; write nothing.")
+def apply(config_path: Path, out_dir: Path, dry_run: bool) -> None:
+    """Check the config (every problem at once) and write one file per service: keyd.toml, certd.toml,
+    identityd.toml, tpmd.toml (with a TPM), edged.toml; owner-readable only, each replaced atomically."""
+    try:
+        # exactly what `edgeward run -c` checks, so a config that applies also runs
+        settings = load_settings(config_path, default_state_dir(), default_run_dir())
+    except ConfigError as e:
+        _fail(e)
+        return
+    split: ServiceConfigs = split_super_config(read_config(config_path), Problems(str(config_path)))
+    try:
+        texts = split.render(config_path.name)
+    except TomlWriteError as e:
+        _fail(ConfigError([str(e)], str(config_path)))
+        return
+    _warn(settings.warnings)
+    table = Table(title=f"{'would write' if dry_run else 'wrote'} {len(texts)} files to {out_dir}")
+    table.add_column("file")
+    table.add_column("holds")
+    for name in texts:
+        table.add_row(name, _describe(name, split.files()[name]))
+    if not dry_run:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for name, text in texts.items():
+                atomic_write(out_dir / name, text.encode(), mode=0o600)
+        except OSError as e:
+            err.print(f"[red]error:[/red] cannot write to {out_dir}: {e.strerror or e}", highlight=False)
+            sys.exit(EXIT_FAILED)
+    out.print(table)
+
+
+@config.command("import")
+@click.option("-i", "--in-file", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_V1_CONFIG,
+              show_default=True, help="IoT Edge 1.1's config.yaml.")
+@click.option("-o", "--out-file", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_CONFIG,
+              show_default=True, help="The 1.5 super config to write.")
+@click.option("--force", is_flag=True, help="Overwrite --out-file if it exists.")
+def import_cmd(in_file: Path, out_file: Path, force: bool) -> None:
+    """Convert an IoT Edge 1.1 config.yaml to the 1.5 config.toml, listing what could not be converted."""
+    if out_file.exists() and not force:
+        err.print(f"[red]error:[/red] {out_file} exists; pass --force to overwrite it", highlight=False)
+        sys.exit(EXIT_FAILED)
+    try:
+        text = in_file.read_text()
+    except OSError as e:
+        err.print(f"[red]error:[/red] cannot read {in_file}: {e.strerror or e}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    try:
+        result = import_v1_config(text, str(in_file))
+        converted = result.toml(in_file.name)
+        problems = Problems(str(out_file))
+        split_super_config(tomllib.loads(converted), problems)  # what we write must itself be valid
+        problems.raise_if_any()
+    except ConfigError as e:
+        _fail(e)
+        return
+    try:
+        atomic_write(out_file, converted.encode(), mode=0o600)
+    except OSError as e:
+        err.print(f"[red]error:[/red] cannot write {out_file}: {e.strerror or e}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    out.print(f"wrote {out_file}")
+    for item in result.not_converted:
+        err.print(f"[yellow]not converted:[/yellow] {item}", highlight=False)
+    out.print(f"next: edgeward config apply -c {out_file}")
+
+
+@config.command("mp")
+@click.option("-c", "--connection-string", required=True, help="The device's IoT Hub connection string.")
+@click.option("-o", "--out-file", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_CONFIG,
+              show_default=True, help="The config to write.")
+@click.option("--force", is_flag=True, help="Overwrite --out-file if it exists.")
+def mp(connection_string: str, out_file: Path, force: bool) -> None:
+    """Write a config that provisions this device manually, by connection string."""
+    try:
+        text = manual_provisioning_config(connection_string)
+    except ConfigError as e:
+        _fail(e)
+        return
+    if out_file.exists() and not force:
+        err.print(f"[red]error:[/red] {out_file} exists; pass --force to overwrite it", highlight=False)
+        sys.exit(EXIT_FAILED)
+    try:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_file, text.encode(), mode=0o600)  # it holds the device key
+    except OSError as e:
+        err.print(f"[red]error:[/red] cannot write {out_file}: {e.strerror or e}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    out.print(f"wrote {out_file}; next: edgeward config apply -c {out_file}")

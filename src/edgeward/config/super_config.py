@@ -1,0 +1,550 @@
+"""The super config (IoT Edge 1.5's ``/etc/aziot/config.toml``) checked and split into per-service documents.
+
+Each service reads its own document (keyd, certd, identityd, tpmd, edged), holding only the tables it reads, in the
+shape its settings reader expects; ``edgeward run`` parses those documents and ``edgeward config apply`` writes
+them. Where the super config names a thing differently from a service (a device identity given as a file URI,
+an EST identity given by location, the edge CA, ``parent_hostname``), this module translates, as
+``iotedge config apply`` does. Values a service reader checks keep their key path, so its messages still name the
+setting the user wrote; what this module translates, it checks itself. Unknown keys are warnings, and settings
+that Edgeward accepts for compatibility but does not act on yet are warnings too, so nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..runtime.edge_ca_config import apply_edge_ca
+from .issuance import ISSUANCE_KEYS, Preloads, est_auth, issuance_options, renew_policy
+from .locations import cert_location, key_location, valid_id
+from .problems import Problems
+from .provisioning import translate_provisioning
+from .toml_write import dumps
+
+__all__ = ["EST_BOOTSTRAP_ID", "EST_ID", "LOCAL_CA", "ServiceConfigs", "split_super_config"]
+
+EST_ID = "est-id"
+EST_BOOTSTRAP_ID = "est-bootstrap-id"
+LOCAL_CA = "local-ca"
+TRUST_BUNDLE = "aziot-edged-trust-bundle"
+MANIFEST_TRUST_BUNDLE = "aziot-edged-manifest-trust-bundle"
+
+TOP_LEVEL = {
+    "hostname", "parent_hostname", "local_gateway_hostname", "trust_bundle_cert", "manifest_trust_bundle_cert",
+    "allow_elevated_docker_permissions", "auto_reprovisioning_mode", "homedir", "cloud_timeout_sec",
+    "cloud_retries", "provisioning", "localid", "aziot_keys", "preloaded_keys", "cert_issuance", "preloaded_certs",
+    "tpm", "agent", "connect", "listen", "watchdog", "edge_ca", "moby_runtime", "image_garbage_collection",
+    "principal", "endpoints", "edgeward", "homedir_path",
+}
+_TABLES = {"provisioning", "localid", "aziot_keys", "preloaded_keys", "cert_issuance", "preloaded_certs", "tpm",
+           "agent", "connect", "listen", "watchdog", "edge_ca", "moby_runtime", "image_garbage_collection",
+           "endpoints", "edgeward"}
+_EDGEWARD = {"keys": "keyd", "identity": "identityd", "runtime": "edged", "integrity": "edged"}
+_ENDPOINTS = {"aziot_keyd": "keyd", "aziot_certd": "certd", "aziot_identityd": "identityd", "aziot_tpmd": "tpmd"}
+_REPROVISIONING = ("Dynamic", "AlwaysOnStartup", "OnErrorOnly")
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_UNUSED = "accepted for compatibility with IoT Edge, not used by Edgeward yet"
+
+
+@dataclass(frozen=True)
+class ServiceConfigs:
+    """One document per service, as ``config apply`` writes them and ``edgeward run`` reads them."""
+
+    keyd: dict[str, Any]
+    certd: dict[str, Any]
+    identityd: dict[str, Any]
+    edged: dict[str, Any]
+    tpmd: dict[str, Any] | None  # None: no TPM service (no [tpm] and no TPM attestation)
+
+    def files(self) -> dict[str, dict[str, Any]]:
+        """The documents by file name. Each is itself a valid Edgeward config for its service, so
+        ``edgeward serve <service> -c <file>`` reads it; the TPM settings therefore stay in their ``[tpm]`` table."""
+        out = {"keyd.toml": self.keyd, "certd.toml": self.certd, "identityd.toml": self.identityd}
+        if self.tpmd is not None:
+            out["tpmd.toml"] = {"tpm": self.tpmd}
+        out["edged.toml"] = self.edged
+        return out
+
+    def render(self, source_name: str) -> dict[str, str]:
+        """The file texts ``config apply`` writes, each headed by where it came from (raises TomlWriteError for a
+        value TOML cannot hold, such as a JSON null in a DPS payload)."""
+        header = (f"# Written by `edgeward config apply` from {source_name}: edit that file and apply again.\n"
+                  "# Holds only what this service reads.\n")
+        return {name: header + ("\n" if doc else "") + dumps(doc) for name, doc in self.files().items()}
+
+    @property
+    def cloud_timeout_sec(self) -> int | None:
+        value = self.identityd.get("cloud_timeout_sec")
+        return value if isinstance(value, int) else None
+
+
+def valid_hostname(value: str) -> bool:
+    """A DNS name (RFC 1123 labels) or an IP address: what module certificates and child devices can use."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        return True
+    name = value.removesuffix(".")
+    return 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
+
+
+class _Splitter:
+    """One pass over the super config; every problem goes to ``p``, nothing is raised."""
+
+    def __init__(self, doc: Mapping[str, Any], p: Problems) -> None:
+        self.doc = doc
+        self.p = p
+        self.preloads = Preloads()
+        self.issuance: dict[str, Any] = {}
+        self.has_pkcs11_lib = False
+        self.has_local_ca = False
+        self.has_est_url = False
+
+    def table(self, key: str) -> dict[str, Any]:
+        """A copy of a top-level table; a wrong type was reported once by :meth:`run` and reads as empty."""
+        value = self.doc.get(key, {})
+        return copy.deepcopy(value) if isinstance(value, dict) else {}
+
+    def string(self, key: str, expected: str = "a string") -> str | None:
+        value = self.doc.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.p.add(key, value, expected)
+            return None
+        return value
+
+    def unused(self, path: str) -> None:
+        self.p.warnings.append(f"{path}: {_UNUSED}")
+
+    # -- the parts ---------------------------------------------------------------------------------------------
+
+    def hostnames(self, identityd: dict[str, Any], edged: dict[str, Any]) -> None:
+        for key in ("hostname", "parent_hostname", "local_gateway_hostname"):
+            value = self.string(key, "a DNS name or an IP address")
+            if value is not None and not valid_hostname(value):
+                self.p.add(key, value, "a DNS name (letters, digits, '-' in labels of at most 63) or an IP address")
+            elif value is not None and key == "hostname":
+                identityd["hostname"] = edged["hostname"] = value
+                if len(value) > 64:
+                    self.p.warnings.append("hostname: longer than 64 characters, too long for the common name of "
+                                           "module server certificates")
+        parent, gateway = self.doc.get("parent_hostname"), self.doc.get("local_gateway_hostname")
+        if isinstance(parent, str) and isinstance(gateway, str) and parent != gateway:
+            self.p.add("local_gateway_hostname", gateway, f"the same as parent_hostname ({parent!r}) or unset; "
+                       "they are two names of one setting")
+        chosen = parent if isinstance(parent, str) else gateway
+        if isinstance(chosen, str) and valid_hostname(chosen):
+            edged["local_gateway_hostname"] = chosen
+
+    def principals(self, keyd: dict[str, Any], certd: dict[str, Any], identityd: dict[str, Any]) -> None:
+        raw = self.doc.get("principal", [])
+        if not isinstance(raw, list):
+            self.p.add("principal", raw, "an array of tables ([[principal]])")
+            return
+        out: dict[str, list[dict[str, Any]]] = {"keys": [], "certs": [], "identity": []}
+        names: list[str] = []
+        for i, entry in enumerate(raw):
+            where = f"principal[{i}]"
+            if not isinstance(entry, dict):
+                self.p.add(where, entry, "a table with uid and keys, certs or name")
+                continue
+            self.p.warn_unknown(entry, {"uid", "keys", "certs", "name", "idtype"}, where)
+            before = len(self.p.items)
+            uid = entry.get("uid")
+            if not isinstance(uid, int) or isinstance(uid, bool) or not 0 <= uid < 2**32:
+                self.p.add(f"{where}.uid", "<missing>" if uid is None else uid, "a non-negative uid")
+            for field, what in (("keys", "key"), ("certs", "cert")):
+                globs = entry.get(field)
+                if globs is not None and not (isinstance(globs, list) and all(isinstance(g, str) for g in globs)):
+                    self.p.add(f"{where}.{field}", globs, f"a list of {what} id globs")
+            name = entry.get("name")
+            if name is not None and not (isinstance(name, str) and valid_id(name)):
+                self.p.add(f"{where}.name", name, "a principal name without '/' or whitespace")
+            idtype = entry.get("idtype")
+            if idtype is not None:
+                if name is None:
+                    self.p.add(f"{where}.idtype", idtype, "a name as well (idtype belongs to identity principals)")
+                elif not (isinstance(idtype, list) and all(t in ("device", "module", "local") for t in idtype)):
+                    self.p.add(f"{where}.idtype", idtype, 'a list of "device", "module", "local"')
+            if not {"keys", "certs", "name"} & set(entry):
+                self.p.add(where, "<incomplete>", "keys, certs or name (what this uid may use)")
+            if len(self.p.items) > before:
+                continue
+            if "keys" in entry:
+                out["keys"].append({"uid": uid, "keys": entry["keys"]})
+            if "certs" in entry:
+                out["certs"].append({"uid": uid, "certs": entry["certs"]})
+            if name is not None:
+                names.append(name)
+                out["identity"].append({k: entry[k] for k in ("uid", "name", "idtype") if k in entry})
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            self.p.add("principal.name", dup, "unique principal names")
+        for into, key in ((keyd, "keys"), (certd, "certs"), (identityd, "identity")):
+            if out[key]:
+                into["principal"] = out[key]
+
+    def est(self, raw: Any) -> dict[str, Any] | None:
+        where = "cert_issuance.est"
+        if not isinstance(raw, dict):
+            self.p.add(where, raw, "a table with trusted_certs, [auth] and [urls]")
+            return None
+        self.p.warn_unknown(raw, {"trusted_certs", "auth", "urls", "identity_auto_renew"}, where)
+        out: dict[str, Any] = {}
+        trusted = raw.get("trusted_certs", [])
+        if not isinstance(trusted, list):
+            self.p.add(f"{where}.trusted_certs", trusted, "a list of file:// URIs or cert ids")
+            trusted = []
+        ids: list[str] = []
+        for i, item in enumerate(trusted):
+            loc = cert_location(item, f"{where}.trusted_certs[{i}]", self.p)
+            if loc is None:
+                continue
+            if loc.kind == "uri":
+                cert_id = f"est-server-ca-{i + 1}"  # aziotctl's naming
+                self.preloads.cert(cert_id, loc.value, f"{where}.trusted_certs[{i}]", self.p)
+                ids.append(cert_id)
+            else:
+                ids.append(loc.value)
+        if ids or "trusted_certs" in raw:
+            out["trusted_certs"] = ids
+        auth = raw.get("auth", {})
+        if not isinstance(auth, dict):
+            self.p.add(f"{where}.auth", auth, "a table with username/password and/or an X.509 identity")
+        else:
+            self.p.warn_unknown(auth, {"username", "password", "identity_cert", "identity_pk",
+                                       "bootstrap_identity_cert", "bootstrap_identity_pk"}, f"{where}.auth")
+            translated = est_auth(auth, f"{where}.auth", self.p, self.preloads, ids=(EST_ID, EST_BOOTSTRAP_ID),
+                                  has_pkcs11_lib=self.has_pkcs11_lib)
+            if translated:
+                out["auth"] = translated
+        urls = raw.get("urls", {})
+        if not isinstance(urls, dict):
+            self.p.add(f"{where}.urls", urls, 'a table of cert id = "https://..." (default for all)')
+        else:
+            out["urls"] = urls  # checked by the certs service, under the same path
+            self.has_est_url = isinstance(urls.get("default"), str)
+        if "identity_auto_renew" in raw:
+            policy = renew_policy(raw["identity_auto_renew"], f"{where}.identity_auto_renew", self.p)
+            if policy is not None:
+                out["identity_auto_renew"] = policy
+        return out
+
+    def local_ca(self, raw: Any) -> dict[str, Any] | None:
+        where = "cert_issuance.local_ca"
+        if not isinstance(raw, dict):
+            self.p.add(where, raw, "a table with cert and pk")
+            return None
+        self.p.warn_unknown(raw, {"cert", "pk", "common_name", "expiry_days"}, where)
+        cert_raw, pk_raw = raw.get("cert"), raw.get("pk")
+        extra = {k: raw[k] for k in ("common_name", "expiry_days") if k in raw}
+        if isinstance(cert_raw, dict):
+            # IoT Edge's issued local CA; Edgeward creates it itself, self-signed, on first use
+            if cert_raw.get("method") != "self_signed":
+                self.p.add(f"{where}.cert.method", cert_raw.get("method", "<missing>"),
+                           '"self_signed" (Edgeward creates the local CA itself; a local CA issued by EST or by '
+                           "another local CA is not supported)")
+                return None
+            if "pk" in raw:
+                self.p.warnings.append(f"{where}.pk: ignored, the key of an issued local CA is created as "
+                                       f"{LOCAL_CA!r}")
+            entry = issuance_options(cert_raw, f"{where}.cert", self.p, self.preloads, LOCAL_CA,
+                                     has_local_ca=False, has_est_url=self.has_est_url,
+                                     has_pkcs11_lib=self.has_pkcs11_lib,
+                                     known={"method", "common_name", "expiry_days", "subject"})
+            if entry is None:
+                return None
+            return {"cert": LOCAL_CA, "pk": LOCAL_CA,
+                    **{k: entry[k] for k in ("common_name", "expiry_days") if k in entry}, **extra}
+        if cert_raw is None or pk_raw is None:
+            self.p.add(where, "<incomplete>", "both cert and pk (file:// URIs, or the CA's cert id and key id)")
+            return None
+        cert = cert_location(cert_raw, f"{where}.cert", self.p)
+        pk = key_location(pk_raw, f"{where}.pk", self.p, has_pkcs11_lib=self.has_pkcs11_lib)
+        if cert is None or pk is None:
+            return None
+        if cert.kind == "uri":
+            self.preloads.cert(LOCAL_CA, cert.value, f"{where}.cert", self.p)
+        if pk.kind == "uri":
+            self.preloads.key(LOCAL_CA, pk.value, f"{where}.pk", self.p)
+        return {"cert": LOCAL_CA if cert.kind == "uri" else cert.value,
+                "pk": LOCAL_CA if pk.kind == "uri" else pk.value, **extra}
+
+    def cert_issuance(self, raw: dict[str, Any]) -> None:
+        """``est`` and ``local_ca`` first: the entries that follow (and the device identity) depend on them."""
+        if "est" in raw:
+            est = self.est(raw["est"])
+            if est is not None:
+                self.issuance["est"] = est
+        if "local_ca" in raw:
+            local_ca = self.local_ca(raw["local_ca"])
+            if local_ca is not None:
+                self.issuance["local_ca"] = local_ca
+                self.has_local_ca = True
+        for cert_id, entry in raw.items():
+            if cert_id not in ("est", "local_ca"):
+                self.issuance[cert_id] = entry  # Edgeward's per-cert entries: the certs service checks them
+
+    def edge_ca(self, raw: dict[str, Any]) -> None:
+        """Normalize ``[edge_ca]`` (IoT Edge 1.5's pk = { uri }, EST identities by location, subject), check what
+        the runtime's edge CA translation does not, then let it add the edge CA to the certs and keys settings."""
+        where = "edge_ca"
+        clean = dict(raw)
+        before = len(self.p.items)
+        if "cert" in raw or "pk" in raw:
+            self.p.warn_unknown(raw, {"cert", "pk"}, where)
+            clean = {}
+            if "cert" not in raw or "pk" not in raw:
+                self.p.add(where, "<cert or pk missing>", "both cert and pk (file:// URIs or a pkcs11: URI for pk)")
+            else:
+                cert = cert_location(raw["cert"], f"{where}.cert", self.p, allow_id=False)
+                pk = key_location(raw["pk"], f"{where}.pk", self.p, has_pkcs11_lib=self.has_pkcs11_lib)
+                if pk is not None and pk.kind != "uri":
+                    self.p.add(f"{where}.pk", pk.value, "a file:// or pkcs11: URI")
+                if cert is not None and pk is not None:
+                    clean = {"cert": cert.value, "pk": pk.value}
+        elif "method" in raw:
+            from ..runtime.edge_ca import EDGE_CA_CERT_ID  # noqa: PLC0415  (the runtime's id of the edge CA)
+
+            entry = issuance_options(raw, where, self.p, self.preloads, EDGE_CA_CERT_ID,
+                                     has_local_ca=self.has_local_ca, has_est_url=self.has_est_url,
+                                     has_pkcs11_lib=self.has_pkcs11_lib, known=ISSUANCE_KEYS)
+            clean = {k: v for k, v in (entry or {}).items() if k != "key_id"}
+        else:
+            known = {"auto_generated_edge_ca_expiry_days", "expiry_seconds", "auto_renew", "common_name"}
+            self.p.warn_unknown(raw, known, where)
+            clean = {k: v for k, v in raw.items() if k in known}
+            if "auto_renew" in raw:
+                policy = renew_policy(raw["auto_renew"], f"{where}.auto_renew", self.p)
+                if policy is None:
+                    clean.pop("auto_renew")
+                else:
+                    clean["auto_renew"] = policy
+            seconds = raw.get("expiry_seconds")
+            if seconds is not None and (not isinstance(seconds, int) or isinstance(seconds, bool) or seconds <= 0):
+                self.p.add(f"{where}.expiry_seconds", seconds, "a positive number of seconds")
+        if len(self.p.items) > before:
+            return  # no edge CA from a table with problems (they are reported above)
+        doc: dict[str, Any] = {"cert_issuance": self.issuance, "preloaded_certs": self.preloads.certs,
+                               "preloaded_keys": self.preloads.keys}
+        if raw:
+            doc["edge_ca"] = clean
+        silent = Problems()  # the warnings were given above, at the user's paths
+        out = apply_edge_ca(doc, silent)
+        self.p.items.extend(silent.items)
+        self.issuance.update(out["cert_issuance"])
+        self.preloads.certs.update(out["preloaded_certs"])
+        self.preloads.keys.update(out["preloaded_keys"])
+
+    def trust_bundles(self, edged: dict[str, Any]) -> None:
+        for key, cert_id in (("trust_bundle_cert", TRUST_BUNDLE), ("manifest_trust_bundle_cert",
+                                                                    MANIFEST_TRUST_BUNDLE)):
+            if key not in self.doc:
+                continue
+            loc = cert_location(self.doc[key], key, self.p, allow_id=False)
+            if loc is None:
+                continue
+            self.preloads.cert(cert_id, loc.value, key, self.p)
+            edged[key] = loc.value
+            self.unused(key)
+
+    def edged_settings(self, edged: dict[str, Any]) -> None:
+        for key, kind, expected in (("allow_elevated_docker_permissions", bool, "true or false"),
+                                    ("homedir", str, "an absolute directory path")):
+            if key in self.doc:
+                value = self.doc[key]
+                if not isinstance(value, kind) or (kind is str and not str(value).startswith("/")):
+                    self.p.add(key, value, expected)
+                else:
+                    edged[key] = value
+                    self.unused(key)
+        mode = self.doc.get("auto_reprovisioning_mode")
+        if mode is not None:
+            if mode not in _REPROVISIONING:
+                self.p.add("auto_reprovisioning_mode", mode, '"Dynamic", "AlwaysOnStartup" or "OnErrorOnly"')
+            else:
+                edged["auto_reprovisioning_mode"] = mode
+                if mode != "Dynamic":
+                    self.unused("auto_reprovisioning_mode")
+        if "agent" in self.doc:
+            agent = self.table("agent")
+            config = agent.get("config")
+            if isinstance(config, dict):
+                self.p.warn_unknown(config, {"image", "createOptions", "auth", "digest", "settings"}, "agent.config")
+            if isinstance(self.doc["agent"], dict):
+                edged["agent"] = agent
+        for key in ("connect", "listen"):
+            if key not in self.doc:
+                continue
+            table = self.table(key)
+            self.p.warn_unknown(table, {"workload_uri", "management_uri", "min_tls_version"} if key == "listen"
+                                else {"workload_uri", "management_uri"}, key)
+            schemes = ("unix://", "fd://") if key == "listen" else ("unix://",)
+            for name in ("workload_uri", "management_uri"):
+                uri = table.get(name)
+                if uri is not None and not (isinstance(uri, str) and uri.startswith(schemes)):
+                    self.p.add(f"{key}.{name}", uri, " or ".join(f"a {s}... URI" for s in schemes))
+            if isinstance(self.doc[key], dict):
+                edged[key] = table
+                self.p.warnings.append(f"{key}: {_UNUSED} (Edgeward serves the management and workload APIs "
+                                       "under its run directory)")
+        if "watchdog" in self.doc:
+            watchdog = self.table("watchdog")
+            self.p.warn_unknown(watchdog, {"max_retries"}, "watchdog")
+            if isinstance(self.doc["watchdog"], dict):
+                edged["watchdog"] = watchdog
+        if "moby_runtime" in self.doc:
+            moby = self.table("moby_runtime")
+            network = moby.get("network")
+            if isinstance(network, dict):
+                # IoT Edge's network table: Edgeward uses the network by name
+                self.p.warn_unknown(network, {"name", "ipv6", "ipam"}, "moby_runtime.network")
+                if not isinstance(network.get("name"), str):
+                    self.p.add("moby_runtime.network.name", network.get("name", "<missing>"), "a network name")
+                    moby.pop("network")
+                else:
+                    moby["network"] = network["name"]
+                    for extra in sorted({"ipv6", "ipam"} & set(network)):
+                        self.unused(f"moby_runtime.network.{extra}")
+            if "content_trust" in moby:
+                self.unused("moby_runtime.content_trust")
+            if isinstance(self.doc["moby_runtime"], dict):
+                edged["moby_runtime"] = moby
+        if "image_garbage_collection" in self.doc:
+            gc = self.table("image_garbage_collection")
+            self.p.warn_unknown(gc, {"enabled", "cleanup_recurrence", "image_age_cleanup_threshold",
+                                     "cleanup_time"}, "image_garbage_collection")
+            if isinstance(self.doc["image_garbage_collection"], dict):
+                edged["image_garbage_collection"] = gc
+                self.unused("image_garbage_collection")
+
+    def identity_cloud(self, identityd: dict[str, Any]) -> None:
+        for key, low, high in (("cloud_timeout_sec", 1, 3600), ("cloud_retries", 0, 100)):
+            if key not in self.doc:
+                continue
+            value = self.doc[key]
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                self.p.add(key, value, f"an integer from {low} to {high}")
+            else:
+                identityd[key] = value
+                if key == "cloud_retries":
+                    self.unused(key)
+
+    def edgeward(self, docs: dict[str, dict[str, Any]]) -> None:
+        ours = self.table("edgeward")
+        for name, value in ours.items():
+            service = _EDGEWARD.get(name)
+            if service is None:
+                self.p.warnings.append(f"edgeward.{name}: unknown setting, ignored")
+            elif not isinstance(value, dict):
+                self.p.add(f"edgeward.{name}", value, "a table")
+            else:
+                docs[service].setdefault("edgeward", {})[name] = value
+
+    def endpoints(self, docs: dict[str, dict[str, Any]], tpmd: dict[str, Any] | None) -> None:
+        raw = self.table("endpoints")
+        self.p.warn_unknown(raw, set(_ENDPOINTS), "endpoints")
+        for name, value in raw.items():
+            service = _ENDPOINTS.get(name)
+            if service is None:
+                continue
+            if not (isinstance(value, str) and value.startswith("unix:///")):
+                self.p.add(f"endpoints.{name}", value, "a unix:///path URI")
+            elif service == "tpmd":
+                if tpmd is not None:
+                    tpmd.setdefault("endpoints", {}).setdefault(name, value)
+            else:
+                docs[service].setdefault("endpoints", {})[name] = value
+        # The identity service reaches the TPM service (DPS TPM attestation): it needs the TPM socket too, and the
+        # TPM table's own endpoint wins over the shared one, as in the TPM service's settings.
+        own = tpmd.get("endpoints") if tpmd is not None else None
+        tpm_uri = own.get("aziot_tpmd") if isinstance(own, dict) else None
+        if not isinstance(tpm_uri, str):
+            tpm_uri = raw.get("aziot_tpmd")
+        if isinstance(tpm_uri, str) and tpm_uri.startswith("unix:///"):
+            docs["identityd"].setdefault("endpoints", {})["aziot_tpmd"] = tpm_uri
+
+    # -- the whole document ------------------------------------------------------------------------------------
+
+    def run(self) -> ServiceConfigs:
+        doc, p = self.doc, self.p
+        p.warn_unknown(doc, TOP_LEVEL, "")
+        for key in sorted(_TABLES & set(doc)):
+            if not isinstance(doc[key], dict):  # reported once here; the parts below see an empty table
+                p.add(key, doc[key], "a table")
+        keyd: dict[str, Any] = {}
+        certd: dict[str, Any] = {}
+        identityd: dict[str, Any] = {}
+        edged: dict[str, Any] = {}
+        aziot_keys = doc.get("aziot_keys")
+        if isinstance(aziot_keys, dict):
+            keyd["aziot_keys"] = copy.deepcopy(aziot_keys)
+            self.has_pkcs11_lib = isinstance(aziot_keys.get("pkcs11_lib_path"), str)
+        user_keys, user_certs = self.table("preloaded_keys"), self.table("preloaded_certs")
+        for key_id in user_keys:
+            self.preloads.origin[f"key:{key_id}"] = f"preloaded_keys.{key_id}"
+        for cert_id in user_certs:
+            self.preloads.origin[f"cert:{cert_id}"] = f"preloaded_certs.{cert_id}"
+        self.preloads.keys.update(user_keys)
+        self.preloads.certs.update(user_certs)
+
+        self.hostnames(identityd, edged)
+        self.identity_cloud(identityd)
+        self.cert_issuance(self.table("cert_issuance"))
+        tpm_needed = False
+        if isinstance(doc.get("provisioning"), dict):
+            prov = translate_provisioning(self.table("provisioning"), p, self.preloads, self.issuance,
+                                          has_local_ca=self.has_local_ca, has_est_url=self.has_est_url,
+                                          has_pkcs11_lib=self.has_pkcs11_lib)
+            if prov is not None:
+                identityd["provisioning"] = prov
+                att = prov.get("attestation")
+                tpm_needed = prov.get("source") == "dps" and isinstance(att, dict) and att.get("method") == "tpm"
+        if isinstance(doc.get("localid"), dict):
+            identityd["localid"] = self.table("localid")
+        self.edge_ca(self.table("edge_ca"))
+        self.trust_bundles(edged)
+        self.edged_settings(edged)
+        self.principals(keyd, certd, identityd)
+
+        tpmd: dict[str, Any] | None = None
+        if isinstance(doc.get("tpm"), dict):
+            tpmd = self.table("tpm")
+        elif tpm_needed:
+            tpmd = {}  # DPS TPM attestation needs the TPM service, as aziot-tpmd always runs with IoT Edge
+        docs = {"keyd": keyd, "certd": certd, "identityd": identityd, "edged": edged}
+        self.edgeward(docs)
+        self.endpoints(docs, tpmd)
+        if isinstance(doc.get("homedir_path"), str):
+            certd["homedir_path"] = doc["homedir_path"]
+        elif "homedir_path" in doc:
+            p.add("homedir_path", doc["homedir_path"], "an absolute directory path")
+
+        if self.preloads.keys:
+            keyd["preloaded_keys"] = self.preloads.keys
+        if self.issuance:
+            certd["cert_issuance"] = self.issuance
+        if self.preloads.certs:
+            certd["preloaded_certs"] = self.preloads.certs
+        order = {"keyd": ("aziot_keys", "preloaded_keys", "principal", "edgeward", "endpoints"),
+                 "certd": ("homedir_path", "cert_issuance", "preloaded_certs", "principal", "endpoints"),
+                 "identityd": ("hostname", "cloud_timeout_sec", "cloud_retries", "provisioning", "localid",
+                               "principal", "edgeward", "endpoints"),
+                 "edged": ("hostname", "local_gateway_hostname", "homedir", "trust_bundle_cert",
+                           "manifest_trust_bundle_cert", "allow_elevated_docker_permissions",
+                           "auto_reprovisioning_mode", "agent", "connect", "listen", "watchdog", "moby_runtime",
+                           "image_garbage_collection", "edgeward")}
+        out = {name: {k: docs[name][k] for k in order[name] if k in docs[name]} for name in docs}
+        return ServiceConfigs(out["keyd"], out["certd"], out["identityd"], out["edged"], tpmd)
+
+
+def split_super_config(doc: Mapping[str, Any], problems: Problems) -> ServiceConfigs:
+    """Check the super config and split it into per-service documents. Problems and warnings go to ``problems``
+    (the caller raises once every service reader has added its own); the input is never modified."""
+    return _Splitter(doc, problems).run()
