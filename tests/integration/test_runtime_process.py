@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from edgeward.http.client import UnixClient
 from edgeward.http.errors import HttpError
@@ -383,3 +385,36 @@ async def test_stop_policy_stops_a_module_whose_binary_changed(request: pytest.F
             assert kinds[-2:] == ["integrity.binary_changed", "integrity.stopped"]
         finally:
             await mgmt.close()
+
+
+async def test_trust_bundles_carry_the_configured_cas(request: pytest.FixtureRequest, public_dir: Path) -> None:
+    def ca_pem(cn: str) -> bytes:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        now = dt.datetime.now(dt.UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(key, hashes.SHA256()))
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    (public_dir / "upstream.pem").write_bytes(ca_pem("Upstream root"))
+    (public_dir / "manifest.pem").write_bytes(ca_pem("Manifest signer"))
+    doc = {"hostname": "edge1", "preloaded_certs": {
+        "aziot-edged-trust-bundle": f"file://{public_dir / 'upstream.pem'}",
+        "aziot-edged-manifest-trust-bundle": f"file://{public_dir / 'manifest.pem'}"}}
+    async with serve_runtime(request, public_dir, _engine(public_dir), doc) as rt:
+        mgmt = ManagementClient(rt.mgmt_socket)
+        try:
+            calls = [["GET", "workload", "/trust-bundle?api-version=2022-08-03", None],
+                     ["GET", "workload", "/manifest-trust-bundle?api-version=2022-08-03", None]]
+            await mgmt.create_module(client_spec("reader", calls))
+            await mgmt.action("reader", "start")
+            bundle, manifest = await module_results(rt.parts.engine, "reader")
+        finally:
+            await mgmt.close()
+    subjects = [c.subject.rfc4514_string() for c in x509.load_pem_x509_certificates(
+        bundle["body"]["certificate"].encode())]
+    assert subjects == ["CN=Edgeward edge CA", "CN=Upstream root"]
+    manifest_cas = x509.load_pem_x509_certificates(manifest["body"]["certificate"].encode())
+    assert [c.subject.rfc4514_string() for c in manifest_cas] == ["CN=Manifest signer"]

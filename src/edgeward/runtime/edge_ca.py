@@ -29,6 +29,8 @@ __all__ = ["EDGE_CA_CERT_ID", "EDGE_CA_KEY_ID", "EdgeCa", "IssuedCert"]
 
 EDGE_CA_CERT_ID = "aziot-edged-ca"
 EDGE_CA_KEY_ID = "aziot-edged-ca"
+TRUST_BUNDLE_ID = "aziot-edged-trust-bundle"  # where `config apply` puts trust_bundle_cert
+MANIFEST_TRUST_BUNDLE_ID = "aziot-edged-manifest-trust-bundle"
 MAX_LEAF_LIFETIME = dt.timedelta(days=90)
 
 
@@ -68,14 +70,29 @@ class EdgeCa:
             raise EdgeCaUnavailable("the edge CA certificate has expired and is being renewed; retry shortly")
         return chain
 
+    async def _stored(self, cert_id: str) -> list[x509.Certificate]:
+        try:
+            return x509.load_pem_x509_certificates((await self.certs.get_cert(cert_id)).encode())
+        except HttpError as e:
+            if e.status == 404:
+                return []
+            raise
+
+    async def manifest_trust_bundle(self) -> str:
+        """`manifest_trust_bundle_cert`, as `config apply` stored it in the certs service; empty when none."""
+        return "".join(c.public_bytes(serialization.Encoding.PEM).decode()
+                       for c in await self._stored(MANIFEST_TRUST_BUNDLE_ID))
+
     async def trust_bundle(self) -> str:
-        """The edge CA's root (the last certificate of its chain) plus any configured extra CAs, without
-        duplicates, so a module trusts exactly what can issue the certificates it will see."""
+        """The edge CA's root (the last certificate of its chain) plus the configured `trust_bundle_cert` CAs,
+        without duplicates, so a module trusts exactly what can issue the certificates it will see. Read on each
+        call: a renewed CA or a changed bundle is what the next caller gets."""
         chain = await self.chain()
         seen: set[bytes] = set()
         out: list[str] = []
-        for cert in [chain[-1], *(c for pem in self.extra_trust for c in x509.load_pem_x509_certificates(
-                pem.encode()))]:
+        extra = [c for pem in self.extra_trust for c in x509.load_pem_x509_certificates(pem.encode())]
+        extra += await self._stored(TRUST_BUNDLE_ID)
+        for cert in [chain[-1], *extra]:
             der = cert.public_bytes(serialization.Encoding.DER)
             if der not in seen:
                 seen.add(der)

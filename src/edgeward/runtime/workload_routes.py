@@ -197,7 +197,7 @@ async def trust_bundle(request: web.Request) -> web.Response:
 @routes.get("/manifest-trust-bundle", since="2018-06-28")
 async def manifest_trust_bundle(request: web.Request) -> web.Response:
     wl = request.app[WORKLOAD]
-    return web.json_response({"certificate": wl.manifest_trust_bundle or ""})
+    return web.json_response({"certificate": wl.manifest_trust_bundle or await wl.edge_ca.manifest_trust_bundle()})
 
 
 @routes.get("/modules", since="2018-06-28")
