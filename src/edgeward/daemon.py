@@ -172,8 +172,10 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             certs_client = CertsClient(settings.certs.socket_path)
             certs_api = certs_client
         if "identity" in services:
-            identity = build_identity_service(settings.identity, keys_api, certs_api)
+            identity = build_identity_service(settings.identity, keys_api, certs_api, tpm=tpm_service)
             await identity.start()
+            if renewal is not None:  # a renewed device identity cert is provisioned again, as aziot does
+                identity.follow_renewals(renewal.subscribe())
             app = build_identity_app(identity, limiter=UidLimiter())
             runners.append(await start_server(app, [Listener(settings.identity.socket_path, mode=0o666,
                                                              activation_name="identityd")]))

@@ -106,7 +106,38 @@ async def test_bad_provisioning_config_is_reported_with_its_key_path(tmp_path: P
     with pytest.raises(ConfigError) as e:
         parse_identity_settings(doc, tmp_path, tmp_path)
     text = str(e.value)
-    assert "provisioning.connection_string = '<secret>': expected HostName=...;DeviceId=...;SharedAccessKey=" in text
+    assert "provisioning.connection_string = <redacted>: expected HostName=...;DeviceId=...;SharedAccessKey=" in text
     assert "lacks SharedAccessKey" in text
     assert "principal[0].idtype" in text and "unique principal names" in text
     assert "device-key" not in text
+
+
+async def test_local_identity_routes_over_the_socket(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """POST /identities/modules with type local issues an X.509 identity through the certs service (CN
+    <module>.<hostname>.<localid domain>, the requested usage); GET ?type=local issues a client one."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    doc = config() | {"localid": {"domain_name": "local.test"}}
+    doc["cert_issuance"] |= {"local-id-agent": {"method": "local_ca"}}
+    async with serve_identity(request, tmp_path, doc, no_hub) as env:
+        body = {"type": "local", "moduleId": "agent", "localIdOpts": {"type": "x509", "attributes": "server"}}
+        async with (aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(env.socket))) as s,
+                    s.post("http://identityd/identities/modules?api-version=2021-12-01", json=body) as r):
+            created = await r.json()
+            assert r.status == 200, created
+        assert created["type"] == "local" and created["spec"]["moduleId"] == "agent"
+        auth = created["spec"]["auth"]
+        cert = x509.load_pem_x509_certificates(auth["certificate"].encode())[0]
+        assert cert.subject.rfc4514_string() == "CN=agent.edge-7.local.test"
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert ExtendedKeyUsageOID.SERVER_AUTH in usage
+        assert auth["privateKey"].startswith("-----BEGIN PRIVATE KEY-----")
+        status, got = await get(env.socket, "/identities/modules/agent?type=local&api-version=2021-12-01")
+        assert status == 200
+        client_cert = x509.load_pem_x509_certificates(got["spec"]["auth"]["certificate"].encode())[0]
+        assert ExtendedKeyUsageOID.CLIENT_AUTH in client_cert.extensions.get_extension_for_class(
+            x509.ExtendedKeyUsage).value
+        # a caller that is not a daemon principal may not ask for it
+        status, refused = await get(env.socket, "/identities/modules/agent?type=bogus&api-version=2021-12-01")
+        assert status == 400 and "unsupported identity type" in refused["message"]

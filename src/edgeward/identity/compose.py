@@ -1,18 +1,23 @@
-"""Builds the identity service over any keys and certs API implementations."""
+"""Builds the identity service over any keys, certs (and, for TPM attestation, TPM) API implementations."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from ..certs.api import CertsApi
+from ..certs.est.keys_tls import KeysIdentity
 from ..http.errors import HttpError
 from ..keys.api import KeysApi
-from .dps import DpsClient
+from ..tpm.api import TpmApi
+from ..tpm.client import TpmClient
+from .cloud import HttpsTransport, X509Transport
+from .dps import DpsAuth, DpsClient, SymmetricKeyAuth, TpmAuth, X509Auth
 from .hub import HubClient
 from .model import HubModules
-from .service import DEVICE_KEY_ID, DpsRegistrar, HubFactory, IdentityService, Signer
+from .service import DEVICE_KEY_ID, DpsRegistrar, HubAuth, HubFactory, IdentityService
 from .settings import DpsProvisioning, IdentitySettings
 from .state import DeviceIdentity
 
@@ -20,13 +25,16 @@ __all__ = ["build_identity_service", "dps_registrar_for", "hub_factory_for"]
 
 
 def hub_factory_for(settings: IdentitySettings) -> HubFactory:
-    """The production hub client, trusting the configured cloud trust bundle (else the system's CAs)."""
+    """The production hub client, trusting the configured cloud trust bundle (else the system's CAs): SAS tokens
+    over server-authenticated TLS, or mutual TLS for an X.509 device."""
     trusted = _trusted(settings)
 
-    def factory(device: DeviceIdentity, signer: Signer | None) -> HubModules:
-        if signer is None:
-            raise HttpError("module identities for X.509-authenticated devices are not supported yet", status=501)
-        return HubClient(device.hub, device.device_id, signer, trusted, settings.cloud_timeout)
+    def factory(device: DeviceIdentity, auth: HubAuth) -> HubModules:
+        peer = "IoT Hub"
+        if isinstance(auth, KeysIdentity):
+            return HubClient(device.hub, device.device_id, X509Transport(auth, trusted, settings.cloud_timeout, peer),
+                             None)
+        return HubClient(device.hub, device.device_id, HttpsTransport(trusted, settings.cloud_timeout, peer), auth)
 
     return factory
 
@@ -40,17 +48,36 @@ def _trusted(settings: IdentitySettings) -> list[x509.Certificate] | None:
 def dps_registrar_for(settings: IdentitySettings) -> DpsRegistrar:
     trusted = _trusted(settings)
 
-    async def register(prov: DpsProvisioning, signer: Signer | None) -> DeviceIdentity:
-        if prov.auth != "symmetric_key" or signer is None or prov.registration_id is None:
-            raise HttpError(f"DPS {prov.auth} attestation is not supported yet", status=501)
+    async def register(prov: DpsProvisioning, auth: DpsAuth) -> DeviceIdentity:
+        registration_id = prov.registration_id
+        if registration_id is None and isinstance(auth, X509Auth):
+            names = auth.identity.cert_chain[0].subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            registration_id = str(names[0].value) if names else None
+        if registration_id is None:
+            raise HttpError("no DPS registration id: set provisioning.attestation.registration_id", status=500)
         client = DpsClient(prov.endpoint, prov.scope_id, trusted, settings.cloud_timeout)
-        assignment = await client.register(prov.registration_id, signer, prov.payload)
-        return DeviceIdentity(assignment.assigned_hub, assignment.device_id, "sas", key_id=DEVICE_KEY_ID,
-                              derivation=prov.registration_id if prov.group_enrollment else None, source="dps")
+        assignment = await client.register(registration_id, auth, prov.payload)
+        hub, device_id = assignment.assigned_hub, assignment.device_id
+        if isinstance(auth, SymmetricKeyAuth):
+            return DeviceIdentity(hub, device_id, "sas", key_id=DEVICE_KEY_ID,
+                                  derivation=registration_id if prov.group_enrollment else None, source="dps")
+        if isinstance(auth, TpmAuth):
+            return DeviceIdentity(hub, device_id, "tpm", source="dps")
+        return DeviceIdentity(hub, device_id, "x509", cert_id=prov.identity_cert, pk_id=prov.identity_pk,
+                              source="dps")
 
     return register
 
 
-def build_identity_service(settings: IdentitySettings, keys: KeysApi, certs: CertsApi) -> IdentityService:
-    return IdentityService(settings, keys, certs, hub_factory_for(settings),
-                           dps_register=dps_registrar_for(settings))
+def build_identity_service(settings: IdentitySettings, keys: KeysApi, certs: CertsApi,
+                           tpm: TpmApi | None = None) -> IdentityService:
+    """``tpm``: the TPM service when it runs in this process; otherwise a DPS TPM device reaches it over its socket."""
+    owned: TpmClient | None = None
+    prov = settings.provisioning
+    if tpm is None and isinstance(prov, DpsProvisioning) and prov.auth == "tpm" and settings.tpmd_socket is not None:
+        tpm = owned = TpmClient(settings.tpmd_socket)
+    service = IdentityService(settings, keys, certs, hub_factory_for(settings),
+                              dps_register=dps_registrar_for(settings), tpm=tpm)
+    if owned is not None:
+        service.on_close.append(owned.close)
+    return service

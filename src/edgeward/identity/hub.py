@@ -1,20 +1,16 @@
-"""IoT Hub's registry REST API for a device's own modules (``/devices/{id}/modules/{mid}``), authenticated with the
-device's SAS key (signed in the keys service). Implements :class:`HubModules`."""
+"""IoT Hub's registry REST API for a device's own modules (``/devices/{id}/modules/{mid}``), authenticated either with
+a SAS token signed by the device key (in the keys service, or the TPM's authentication key) or, for an X.509 device,
+by mutual TLS with the device identity certificate (its key in the keys service). Implements :class:`HubModules`."""
 
 from __future__ import annotations
 
 import base64
 import json
-import ssl
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from ..http.errors import HttpError
+from .cloud import CloudTransport
 from .model import ModuleInfo
 from .sas import Signer, device_audience, make_token
 
@@ -51,15 +47,11 @@ def _module(doc: Any) -> ModuleInfo:
 
 
 class HubClient:
-    def __init__(self, hub: str, device_id: str, signer: Signer, trusted: Sequence[x509.Certificate] | None,
-                 timeout: float = 30.0) -> None:
+    def __init__(self, hub: str, device_id: str, transport: CloudTransport, signer: Signer | None) -> None:
+        """``signer`` signs SAS tokens; ``None`` for an X.509 device, which ``transport`` authenticates by TLS."""
         self.hub, self.device_id = hub, device_id
+        self._transport = transport
         self._signer = signer
-        self._ssl = ssl.create_default_context()
-        if trusted is not None:
-            self._ssl = ssl.create_default_context(cadata="".join(
-                c.public_bytes(serialization.Encoding.PEM).decode() for c in trusted))
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     def __repr__(self) -> str:
         return f"HubClient({self.hub}, {self.device_id})"
@@ -67,21 +59,16 @@ class HubClient:
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
                        if_match: bool = False) -> tuple[int, Any]:
         url = f"https://{self.hub}/devices/{_segment(self.device_id)}{path}?api-version={HUB_API_VERSION}"
-        headers = {"Authorization": await make_token(device_audience(self.hub, self.device_id), self._signer, 300)}
+        headers = {"Accept": "application/json"}
+        if self._signer is not None:
+            headers["Authorization"] = await make_token(device_audience(self.hub, self.device_id), self._signer, 300)
         if body is not None:
             headers["Content-Type"] = "application/json"
         if if_match:
             headers["If-Match"] = "*"
-        try:
-            async with aiohttp.ClientSession(timeout=self._timeout) as session, session.request(
-                method, url, data=json.dumps(body) if body is not None else None, headers=headers,
-                ssl=self._ssl, allow_redirects=False,
-            ) as resp:
-                raw = await resp.content.read(MAX_RESPONSE + 1)
-                status = resp.status
-                retry_after = resp.headers.get("Retry-After")
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise HubError(f"IoT Hub {self.hub} is unreachable: {e or type(e).__name__}", status=503) from e
+        status, resp_headers, raw = await self._transport.send(
+            method, url, headers, json.dumps(body).encode() if body is not None else None)
+        retry_after = resp_headers.get("Retry-After")
         if len(raw) > MAX_RESPONSE:
             raise HubError(f"IoT Hub {self.hub} answered with an oversized body", cloud_status=0)
         doc: Any = None

@@ -12,8 +12,8 @@ __all__ = ["AziotIdentity", "HubModules", "Identity", "LocalIdentity", "ModuleIn
 class AziotIdentity:
     hub: str
     device_id: str
-    auth_type: Literal["sas", "x509"]
-    key_handle: str
+    auth_type: Literal["sas", "x509", "tpm"]
+    key_handle: str | None  # None for a TPM device: its key never leaves the TPM (aziot gives no handle either)
     cert_id: str | None = None
     gateway_host: str | None = None
     module_id: str | None = None

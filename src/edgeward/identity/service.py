@@ -1,15 +1,19 @@
-"""The identity service: provisions the device (manual or DPS), keeps module identities in IoT Hub in step with
-what runs here, and tells each caller only the identities its principal may see."""
+"""The identity service: provisions the device (manual or DPS with a symmetric key, X.509 or TPM attestation),
+keeps module identities in IoT Hub in step with what runs here, and tells each caller only the identities its
+principal may see. When the device identity certificate is renewed, a DPS device registers again with the new one."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import datetime as dt
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,10 +21,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..certs.api import CertsApi
+from ..certs.est.keys_tls import KeysIdentity
+from ..certs.x509sign import handle_public_key, same_public_key, sign_csr
 from ..http.errors import BadRequest, HttpError, NotFound, Unauthorized
 from ..http.peercred import Caller
 from ..keys.api import KeysApi
 from ..keys.model import HmacSha256
+from ..tpm.api import TpmApi
+from .dps import DpsAuth, SymmetricKeyAuth, TpmAuth, X509Auth
 from .model import AziotIdentity, HubModules, Identity, LocalIdentity, ModuleInfo, ProvisioningInfo
 from .settings import DpsProvisioning, IdentitySettings, IdPrincipal, ManualProvisioning, SecretSource
 from .state import DeviceIdentity, DeviceStore, ModuleCache, ModuleRecord, fingerprint
@@ -29,6 +37,7 @@ __all__ = [
     "DEVICE_KEY_ID",
     "MODULE_MASTER_KEY_ID",
     "DpsRegistrar",
+    "HubAuth",
     "HubFactory",
     "IdentityService",
     "NotProvisioned",
@@ -43,8 +52,9 @@ RETRY_FIRST = 1.0
 RETRY_MAX = 300.0
 
 Signer = Callable[[bytes], Awaitable[bytes]]
-HubFactory = Callable[[DeviceIdentity, "Signer | None"], HubModules]
-DpsRegistrar = Callable[[DpsProvisioning, "Signer | None"], Awaitable[DeviceIdentity]]
+HubAuth = Signer | KeysIdentity  # SAS tokens signed by the device key, or mutual TLS with the identity cert
+HubFactory = Callable[[DeviceIdentity, HubAuth], HubModules]
+DpsRegistrar = Callable[[DpsProvisioning, DpsAuth], Awaitable[DeviceIdentity]]
 
 
 class NotProvisioned(HttpError):
@@ -74,8 +84,10 @@ def _config_fingerprint(settings: IdentitySettings) -> str:
 
 class IdentityService:
     def __init__(self, settings: IdentitySettings, keys: KeysApi, certs: CertsApi, hub_factory: HubFactory,
-                 *, dps_register: DpsRegistrar | None = None, trusted_uids: frozenset[int] | None = None) -> None:
+                 *, dps_register: DpsRegistrar | None = None, trusted_uids: frozenset[int] | None = None,
+                 tpm: TpmApi | None = None) -> None:
         self.settings = settings
+        self.tpm = tpm  # the TPM service, for DPS TPM attestation and the SAS tokens of a TPM device
         self.keys = keys
         self.certs = certs
         self.hub_factory = hub_factory
@@ -88,7 +100,10 @@ class IdentityService:
         self._lock = asyncio.Lock()
         self._fingerprint = _config_fingerprint(settings)
         self._retry_task: asyncio.Task[None] | None = None
+        self._renewal_task: asyncio.Task[None] | None = None
         self.next_attempt_in: float | None = None
+        self.on_close: list[Callable[[], Coroutine[Any, Any, None]]] = []  # also released by close(): owned clients
+        self._closing: set[asyncio.Task[None]] = set()
 
     # provisioning -----------------------------------------------------------------------------------------
     @property
@@ -171,16 +186,67 @@ class IdentityService:
                 assert prov.sas_key is not None
                 await self.keys.import_key(DEVICE_KEY_ID, _read_secret(prov.sas_key), "sign")
                 return DeviceIdentity(prov.hub, prov.device_id, "sas", key_id=DEVICE_KEY_ID)
+            assert prov.identity_cert is not None and prov.identity_pk is not None
+            await self.x509_identity(prov.identity_cert, prov.identity_pk, prov.device_id)  # usable now, or fail
             return DeviceIdentity(prov.hub, prov.device_id, "x509", cert_id=prov.identity_cert, pk_id=prov.identity_pk)
         if self.dps_register is None:
             raise NotProvisioned("DPS provisioning is not available in this build")
-        signer = None
+        auth: DpsAuth
         if prov.auth == "symmetric_key":
             assert prov.symmetric_key is not None
             await self.keys.import_key(DEVICE_KEY_ID, _read_secret(prov.symmetric_key), "derive,sign")
-            signer = await self._device_signer(DEVICE_KEY_ID,
-                                               prov.registration_id if prov.group_enrollment else None)
-        return await self.dps_register(prov, signer)
+            auth = SymmetricKeyAuth(await self._device_signer(
+                DEVICE_KEY_ID, prov.registration_id if prov.group_enrollment else None))
+        elif prov.auth == "x509":
+            assert prov.identity_cert is not None and prov.identity_pk is not None
+            auth = X509Auth(await self.x509_identity(prov.identity_cert, prov.identity_pk, prov.registration_id))
+        else:
+            auth = TpmAuth(self._tpm())
+        return await self.dps_register(prov, auth)
+
+    def _tpm(self) -> TpmApi:
+        if self.tpm is None:
+            raise NotProvisioned("TPM attestation needs the TPM service: configure [tpm]")
+        return self.tpm
+
+    async def x509_identity(self, cert_ref: str, key_id: str, common_name: str | None) -> KeysIdentity:
+        """The device identity for mutual TLS: the certificate from a file:// URI or the certs service, and its key,
+        which stays in the keys service (any backend; preloaded from a file or PKCS#11 URI, or created here).
+
+        A cert id the certs service does not hold yet, or holds expired or for another key, is issued now from a
+        CSR signed in the keys service (CN: ``common_name``, else the current cert's), by the issuance method
+        configured for that id ([cert_issuance.<id>]: self-signed, local CA or EST), as aziot-identityd does."""
+        try:
+            handle = await self.keys.load_key_pair(key_id)
+        except HttpError as e:
+            if e.status != 404:
+                raise
+            handle = await self.keys.create_key_pair_if_not_exists(key_id, "ec-p256:rsa-2048:*")
+        if cert_ref.startswith("file://"):
+            path = Path(cert_ref.removeprefix("file://"))
+            try:
+                from_file = x509.load_pem_x509_certificates(path.read_bytes())
+            except (OSError, ValueError) as e:
+                raise HttpError(f"cannot read the identity certificate {cert_ref}: {e}", status=500) from e
+            return KeysIdentity(from_file, self.keys, handle)
+        public = await handle_public_key(self.keys, handle)
+        chain: list[x509.Certificate] | None = None
+        try:
+            chain = x509.load_pem_x509_certificates((await self.certs.get_cert(cert_ref)).encode())
+        except HttpError as e:
+            if e.status != 404:
+                raise
+        now = dt.datetime.now(dt.UTC)
+        if chain and same_public_key(chain[0].public_key(), public) and now < chain[0].not_valid_after_utc:
+            return KeysIdentity(chain, self.keys, handle)
+        cn = common_name or (_cn(chain[0]) if chain else None) or cert_ref
+        builder = (x509.CertificateSigningRequestBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        csr = await sign_csr(builder, self.keys, handle, public)
+        pem = await self.certs.create_cert(cert_ref, csr.public_bytes(serialization.Encoding.PEM))
+        log.info("issued the device identity certificate %r (CN %s)", cert_ref, cn)
+        return KeysIdentity(x509.load_pem_x509_certificates(pem.encode()), self.keys, handle)
 
     async def _device_signer(self, key_id: str, derivation: str | None) -> Signer:
         handle = await self.keys.load_key(key_id)
@@ -192,7 +258,9 @@ class IdentityService:
 
         return sign
 
-    async def _device_key_handle(self, device: DeviceIdentity) -> str:
+    async def _device_key_handle(self, device: DeviceIdentity) -> str | None:
+        if device.auth == "tpm":
+            return None  # the key is in the TPM; tokens are signed by the TPM service
         if device.auth == "x509":
             assert device.pk_id is not None
             return await self.keys.load_key_pair(device.pk_id)
@@ -204,11 +272,44 @@ class IdentityService:
 
     async def hub(self) -> HubModules:
         device = self.device
-        signer = None
+        auth: HubAuth
         if device.auth == "sas":
             assert device.key_id is not None
-            signer = await self._device_signer(device.key_id, device.derivation)
-        return self.hub_factory(device, signer)
+            auth = await self._device_signer(device.key_id, device.derivation)
+        elif device.auth == "tpm":
+            auth = self._tpm().sign_with_auth_key
+        else:
+            assert device.cert_id is not None and device.pk_id is not None
+            auth = await self.x509_identity(device.cert_id, device.pk_id, None)
+        return self.hub_factory(device, auth)
+
+    # renewal of the identity certificate ------------------------------------------------------------------
+    def follow_renewals(self, events: asyncio.Queue[Any]) -> None:
+        """React to the certs service's renewal events (:meth:`RenewalEngine.subscribe`): when the device identity
+        certificate is renewed, a DPS device registers again with the new certificate, as aziot does (the hub
+        may assign it elsewhere); a manually provisioned device just uses the new one from its next connection."""
+        self._renewal_task = asyncio.create_task(self._on_renewals(events), name="identity-cert-renewals")
+
+    def identity_cert_id(self) -> str | None:
+        prov = self.settings.provisioning
+        cert = getattr(prov, "identity_cert", None)
+        return cert if isinstance(cert, str) and not cert.startswith("file://") else None
+
+    async def _on_renewals(self, events: asyncio.Queue[Any]) -> None:
+        while True:
+            event = await events.get()
+            if getattr(event, "cert_id", None) != self.identity_cert_id():
+                continue
+            if not isinstance(self.settings.provisioning, DpsProvisioning):
+                log.info("device identity certificate renewed; the hub sees it from the next connection")
+                continue
+            log.info("device identity certificate renewed: registering with DPS again")
+            try:
+                await self.reprovision()
+            except HttpError as e:
+                log.error("re-provisioning with the renewed identity certificate failed: %s", e.message)
+                if _retriable(e) and (self._retry_task is None or self._retry_task.done()):
+                    self._retry_task = asyncio.create_task(self._retry_provisioning(e), name="provisioning-retry")
 
     async def reprovision(self) -> None:
         await self.provision(use_backup=False)
@@ -344,9 +445,21 @@ class IdentityService:
         return ProvisioningInfo("dps", prov.auth, prov.endpoint, prov.scope_id, prov.registration_id)
 
     def close(self) -> None:
-        if self._retry_task is not None:
-            self._retry_task.cancel()
+        for task in (self._retry_task, self._renewal_task):
+            if task is not None:
+                task.cancel()
+        with contextlib.suppress(RuntimeError):  # no loop running: nothing was opened on one
+            loop = asyncio.get_running_loop()
+            for release in self.on_close:
+                task = loop.create_task(release())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
         self.cache.close()
+
+
+def _cn(cert: x509.Certificate) -> str | None:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
 
 
 def _retriable(error: HttpError) -> bool:

@@ -73,6 +73,7 @@ class IdentitySettings:
     localid_domain: str | None = None
     cloud_trust_bundle: str | None = None  # file:// URI of the CAs trusted for IoT Hub / DPS TLS
     cloud_timeout: float = 30.0
+    tpmd_socket: Path | None = None  # where the TPM service listens, for DPS TPM attestation
 
 
 def parse_connection_string(value: str) -> tuple[str, str, bytes]:
@@ -131,9 +132,19 @@ def _manual(prov: Mapping[str, Any], p: Problems) -> ManualProvisioning | None:
         pk = p.get(auth, "identity_pk", "provisioning.authentication", str, "")
         if not cert or not pk:
             p.add("provisioning.authentication", "<incomplete>", "identity_cert and identity_pk for x509")
+        _check_identity_ids(cert, pk, "provisioning.authentication", p)
         return ManualProvisioning(hub, device, "x509", identity_cert=cert or None, identity_pk=pk or None)
     p.add("provisioning.authentication.method", method or "<missing>", '"sas" or "x509"')
     return None
+
+
+def _check_identity_ids(cert: str, pk: str, where: str, p: Problems) -> None:
+    """``identity_cert`` is a cert id of the certs service or a file:// URI; ``identity_pk`` is a key id of the keys
+    service, which may itself be preloaded from a file:// or pkcs11: URI under [preloaded_keys]."""
+    if cert and ":" in cert and not cert.startswith("file://"):
+        p.add(f"{where}.identity_cert", cert, "a cert id or a file:// URI")
+    if pk and ":" in pk:
+        p.add(f"{where}.identity_pk", pk, "a key id (put a file:// or pkcs11: URI under [preloaded_keys] <id>)")
 
 
 def _dps(prov: Mapping[str, Any], p: Problems) -> DpsProvisioning | None:
@@ -155,10 +166,12 @@ def _dps(prov: Mapping[str, Any], p: Problems) -> DpsProvisioning | None:
                                p.get(att, "group_enrollment", "provisioning.attestation", bool, False),
                                payload=payload)
     if method == "x509":
+        # registration_id may be left out: it is then the identity certificate's CN
         cert = p.get(att, "identity_cert", "provisioning.attestation", str, "")
         pk = p.get(att, "identity_pk", "provisioning.attestation", str, "")
         if not cert or not pk:
             p.add("provisioning.attestation", "<incomplete>", "identity_cert and identity_pk for x509")
+        _check_identity_ids(cert, pk, "provisioning.attestation", p)
         return DpsProvisioning(endpoint.rstrip("/"), scope, "x509", reg, identity_cert=cert or None,
                                identity_pk=pk or None, payload=payload)
     if method == "tpm":
@@ -209,9 +222,16 @@ def parse_identity_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pa
         p.add("edgeward.identity.cloud_trust_bundle", trust, "a file:// URI")
     localid = p.get(doc, "localid", "", dict, {})
     socket = run_dir / "identityd.sock"
-    sock_uri = p.get(p.get(doc, "endpoints", "", dict, {}), "aziot_identityd", "endpoints", str, "")
+    endpoints = p.get(doc, "endpoints", "", dict, {})
+    sock_uri = p.get(endpoints, "aziot_identityd", "endpoints", str, "")
     if sock_uri:
         socket = Path(sock_uri.removeprefix("unix://"))
+    # the TPM service's own [tpm.endpoints] wins over the shared [endpoints], as in the TPM service's settings
+    tpm_table = doc.get("tpm")
+    tpm_endpoints = tpm_table.get("endpoints") if isinstance(tpm_table, dict) else None
+    own = tpm_endpoints.get("aziot_tpmd") if isinstance(tpm_endpoints, dict) else None
+    tpmd_uri = str(own or p.get(endpoints, "aziot_tpmd", "endpoints", str, ""))
+    tpmd_socket = Path(tpmd_uri.removeprefix("unix://")) if tpmd_uri else run_dir / "tpmd.sock"
     if problems is None:
         p.raise_if_any()
     return IdentitySettings(
@@ -220,4 +240,5 @@ def parse_identity_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pa
                            str(state_dir / "identityd"))),
         socket_path=socket, provisioning=provisioning, principals=tuple(principals),
         localid_domain=p.get(localid, "domain_name", "localid", str, "") or None, cloud_trust_bundle=trust,
+        tpmd_socket=tpmd_socket,
     )

@@ -25,7 +25,7 @@ __all__ = ["DeviceIdentity", "DeviceStore", "ModuleCache", "ModuleRecord", "fing
 class DeviceIdentity:
     hub: str
     device_id: str
-    auth: Literal["sas", "x509"]
+    auth: Literal["sas", "x509", "tpm"]  # tpm: SAS tokens signed with the TPM's DPS authentication key
     key_id: str | None = None  # SAS: the device key (or derived base) in the keys service
     derivation: str | None = None  # SAS with a DPS group key: the registration id the device key derives from
     cert_id: str | None = None  # X.509: identity cert id in the certs service, or a file:// URI

@@ -45,7 +45,9 @@ def identity_body(identity: Identity) -> dict[str, Any]:
             "privateKey": identity.private_key_pem, "certificate": identity.certificate_pem,
             "expiration": identity.expiration}}}
     assert isinstance(identity, AziotIdentity)
-    auth: dict[str, Any] = {"type": identity.auth_type, "keyHandle": identity.key_handle}
+    auth: dict[str, Any] = {"type": identity.auth_type}
+    if identity.key_handle is not None:
+        auth["keyHandle"] = identity.key_handle
     if identity.cert_id is not None:
         auth["certId"] = identity.cert_id
     spec: dict[str, Any] = {"hubName": identity.hub, "deviceId": identity.device_id, "auth": auth}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 import zipfile
 from collections.abc import Awaitable, Callable
@@ -141,12 +142,15 @@ def _time(value: str | None, what: str) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return int(float(value))
+        seconds = float(value)
+        if math.isfinite(seconds) and 0 <= seconds < 2**40:
+            return int(seconds)
+        raise BadRequest(f"{what} is out of range: {value[:40]!r}")
     except ValueError:
         pass
     try:
         return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         raise BadRequest(f"{what} must be unix seconds or an RFC 3339 time, got {value[:40]!r}") from None
 
 

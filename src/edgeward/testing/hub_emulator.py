@@ -4,10 +4,17 @@ It implements what a device does with its own modules, faithfully to the wire: `
 with ``api-version``, SAS tokens validated against the device key (resource, expiry, HMAC of the encoded resource
 and expiry), ``If-Match`` on updates and deletes, a new ``generationId`` whenever a module is created, ``etag``s,
 and error bodies ``{"Message": ..., "ExceptionMessage": ...}``. Not on the production path.
+
+X.509 devices authenticate by TLS client certificate, as IoT Hub's ``selfSigned`` (the SHA-256 thumbprint of the
+device certificate is registered) and ``certificateAuthority`` (the certificate is issued by a CA the hub trusts
+and its CN is the device id) authentication types. The TLS server asks every client for a certificate but does not
+require one (SAS clients send none); a certificate that chains to nothing the hub trusts fails the handshake, as
+OpenSSL does; one that verifies but is not the device's is refused with 401.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import ssl
 import tempfile
@@ -19,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -26,7 +34,7 @@ from cryptography.x509.oid import NameOID
 from ..identity.sas import SasError, device_audience, parse_token, verify_token
 from .est_server import generate_ca, issue_certificate
 
-__all__ = ["HubEmulator"]
+__all__ = ["HubEmulator", "common_name", "issued_by", "peer_certificate", "thumbprint"]
 
 
 @dataclass
@@ -45,8 +53,37 @@ class _Module:
 
 @dataclass
 class _Device:
-    key: bytes
+    key: bytes | None = None  # SAS
+    thumbprint: str | None = None  # X.509 selfSigned: SHA-256 of the certificate's DER, upper-case hex
+    ca: x509.Certificate | None = None  # X.509 certificateAuthority
     modules: dict[str, _Module] = field(default_factory=dict)
+
+
+def thumbprint(cert: x509.Certificate) -> str:
+    """IoT Hub's and DPS's certificate thumbprint (SHA-256 of the DER, upper-case hex)."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
+
+
+def peer_certificate(request: web.Request) -> x509.Certificate | None:
+    """The TLS client certificate of ``request`` (already verified by the TLS layer), if the client sent one."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport is not None else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    if cert.issuer != ca.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def common_name(cert: x509.Certificate) -> str | None:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
 
 
 def _error(status: int, message: str, code: str) -> web.Response:
@@ -63,6 +100,8 @@ class HubEmulator:
         self._fail: list[tuple[int, int | None]] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self._client_anchors: list[x509.Certificate] = []
+        self._ssl: ssl.SSLContext | None = None
         # (method, path, handler) of other emulated services sharing this TLS endpoint (the DPS emulator)
         self.extra_routes: list[tuple[str, str, Any]] = []
 
@@ -78,6 +117,25 @@ class HubEmulator:
         key = key or secrets.token_bytes(32)
         self.devices[device_id] = _Device(key)
         return key
+
+    def add_x509_device(self, device_id: str, cert: x509.Certificate | None = None,
+                        ca: x509.Certificate | None = None) -> None:
+        """An X.509 device: ``cert`` registers its thumbprint (selfSigned), ``ca`` any cert that CA issued with the
+        device id as CN (certificateAuthority). Either is added to what the TLS server accepts."""
+        if (cert is None) == (ca is None):
+            raise ValueError("give the device certificate or its CA")
+        anchor = cert if cert is not None else ca
+        assert anchor is not None
+        self.trust_client_cert(anchor)
+        self.devices[device_id] = _Device(thumbprint=thumbprint(cert) if cert is not None else None, ca=ca)
+
+    def trust_client_cert(self, cert: x509.Certificate) -> None:
+        """Let TLS client certificates that chain to ``cert`` (or are ``cert``) complete the handshake."""
+        if cert in self._client_anchors:
+            return
+        self._client_anchors.append(cert)
+        if self._ssl is not None:  # OpenSSL reads the store at each handshake: later connections see it
+            self._ssl.load_verify_locations(cadata=cert.public_bytes(serialization.Encoding.PEM).decode())
 
     def modules_of(self, device_id: str) -> dict[str, _Module]:
         return self.devices[device_id].modules
@@ -101,6 +159,11 @@ class HubEmulator:
                                                                 serialization.PrivateFormat.PKCS8,
                                                                 serialization.NoEncryption()))
             ctx.load_cert_chain(Path(tmp) / "c.pem", Path(tmp) / "k.pem")
+        ctx.verify_mode = ssl.CERT_OPTIONAL  # ask for a client certificate; SAS clients send none
+        ctx.load_verify_locations(cadata=self.ca_pem.decode())  # never empty; no client cert is issued by it
+        for anchor in self._client_anchors:
+            ctx.load_verify_locations(cadata=anchor.public_bytes(serialization.Encoding.PEM).decode())
+        self._ssl = ctx
         return ctx
 
     async def __aenter__(self) -> HubEmulator:
@@ -133,15 +196,35 @@ class HubEmulator:
             return _error(400, "Invalid or missing api-version", "InvalidProtocolVersion")
         device_id = request.match_info["deviceId"]
         device = self.devices.get(device_id)
-        header = request.headers.get("Authorization", "")
+        header = request.headers.get("Authorization")
+        if header is None:
+            refusal = self._x509_refusal(device, device_id, peer_certificate(request))
+            if refusal is not None:
+                return _error(401, f"Unauthorized: {refusal}", "IotHubUnauthorizedAccess")
+            assert device is not None
+            return device
         try:
             token = parse_token(header)
-            if device is None:
-                raise SasError("unknown device")
+            if device is None or device.key is None:
+                raise SasError("unknown device, or not a SAS device")
             verify_token(token, device_audience(self.hostname, device_id), device.key)
         except SasError as e:
             return _error(401, f"Unauthorized: {e}", "IotHubUnauthorizedAccess")
         return device
+
+    @staticmethod
+    def _x509_refusal(device: _Device | None, device_id: str, cert: x509.Certificate | None) -> str | None:
+        if cert is None:
+            return "no SAS token and no client certificate"
+        if device is None:
+            return "unknown device"
+        if device.thumbprint is not None:
+            return None if thumbprint(cert) == device.thumbprint else "the certificate's thumbprint is not the device's"
+        if device.ca is not None:
+            if not issued_by(cert, device.ca):
+                return "the certificate is not issued by the device's CA"
+            return None if common_name(cert) == device_id else f"the certificate's CN is not {device_id!r}"
+        return "the device does not use X.509 authentication"
 
     async def _modules(self, request: web.Request) -> web.Response:
         device = self._check(request)

@@ -347,7 +347,7 @@ class _Exchange:
         self.url = url
         self.host = parts.hostname or ""
         self.port = port
-        self.target = parts.path or "/"
+        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")  # DPS/IoT Hub: api-version
         self.method = method
         self.headers = headers
         self.data = data
@@ -411,12 +411,14 @@ class _Exchange:
             raise EstError(f"the {self.peer} at {self.url} did not answer within {self.timeout:g} s") from e
         except (TLSAbruptCloseError, ConnectionResetError, BrokenPipeError) as e:
             if self.answered:
-                raise EstError(f"the {self.peer} at {self.url} closed the connection mid-answer ({_describe(e)})") from e
+                raise EstError(
+                    f"the {self.peer} at {self.url} closed the connection mid-answer ({_describe(e)})"
+                ) from e
             # A server refusing the client certificate sends an alert and closes at once; the reset that follows
             # usually discards the alert before it is read, in TLS 1.3 even after the client's handshake ended.
             raise EstError(
                 f"TLS handshake with the {self.peer} at {self.url} failed (the server closed the connection before "
-                f"answering: {_describe(e)}); check that the server trusts the CA of the EST client certificate"
+                f"answering: {_describe(e)}); check that the server trusts the CA of the client certificate"
             ) from e
         except (TLSError, http.client.HTTPException, OSError, ValueError) as e:
             raise EstError(f"could not talk to the {self.peer} at {self.url} ({_describe(e)})") from e

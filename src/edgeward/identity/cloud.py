@@ -1,0 +1,93 @@
+"""How the identity service reaches the cloud (DPS, IoT Hub) over HTTPS, in one of two ways:
+
+- :class:`HttpsTransport`: server-authenticated TLS (aiohttp + :mod:`ssl`); the device proves itself with a SAS
+  token in ``Authorization`` (a symmetric key in the keys service, or the TPM's authentication key).
+- :class:`X509Transport`: mutual TLS whose client key never leaves the keys service (any backend), on the
+  tlslite-ng transport the EST client uses (:class:`~edgeward.certs.est.keys_tls.KeysTlsTransport`); :mod:`ssl`
+  can only sign with a key it can read from a file.
+
+Both answer ``(status, headers, body)`` and turn "no answer at all" into a :class:`~edgeward.identity.hub.HubError`
+without a cloud status, which the service treats as transient (retried with backoff).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..certs.est.keys_tls import KeysIdentity, KeysTlsTransport
+from ..certs.est.pkcs7 import EstError
+from ..http.errors import HttpError
+
+__all__ = ["CloudTransport", "HttpsTransport", "Unreachable", "X509Transport"]
+
+MAX_RESPONSE = 1024 * 1024
+
+
+class Unreachable(HttpError):
+    """The cloud gave no (complete) answer: connection refused, TLS refused, timeout. Always worth a retry."""
+
+    status = 503
+
+
+class CloudTransport(Protocol):
+    async def send(self, method: str, url: str, headers: Mapping[str, str],
+                   body: bytes | None) -> tuple[int, Mapping[str, str], bytes]: ...
+
+
+def _ssl_context(trusted: Sequence[x509.Certificate] | None) -> ssl.SSLContext:
+    if trusted is None:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cadata="".join(
+        c.public_bytes(serialization.Encoding.PEM).decode() for c in trusted))
+
+
+class HttpsTransport:
+    """One aiohttp request per call (the identity service talks to the cloud rarely; no pool to go stale)."""
+
+    def __init__(self, trusted: Sequence[x509.Certificate] | None, timeout: float, peer: str) -> None:
+        """``peer`` names the service in messages ("DPS", "IoT Hub")."""
+        self._ssl = _ssl_context(trusted)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.peer = peer
+
+    async def send(self, method: str, url: str, headers: Mapping[str, str],
+                   body: bytes | None) -> tuple[int, Mapping[str, str], bytes]:
+        try:
+            async with aiohttp.ClientSession(timeout=self._timeout) as session, session.request(
+                method, url, data=body, headers=dict(headers), ssl=self._ssl, allow_redirects=False,
+            ) as resp:
+                raw = await resp.content.read(MAX_RESPONSE + 1)
+                return resp.status, resp.headers.copy(), raw  # case-insensitive, like the X.509 path
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            where = urlsplit(url).netloc
+            raise Unreachable(f"the {self.peer} at {where} is unreachable: {e or type(e).__name__}") from e
+
+
+class X509Transport:
+    """Mutual TLS with a :class:`KeysIdentity` (certificate chain + key handle in the keys service)."""
+
+    def __init__(self, identity: KeysIdentity, trusted: Sequence[x509.Certificate] | None, timeout: float,
+                 peer: str) -> None:
+        self.peer = peer
+        self._timeout = timeout
+        try:
+            self._tls = KeysTlsTransport(identity, trusted, peer=peer)
+        except EstError as e:
+            raise HttpError(e.message, status=500) from e
+
+    async def send(self, method: str, url: str, headers: Mapping[str, str],
+                   body: bytes | None) -> tuple[int, Mapping[str, str], bytes]:
+        try:
+            return await self._tls.send(method, url, headers, body, timeout=self._timeout,
+                                        max_bytes=MAX_RESPONSE + 1)
+        except EstError as e:
+            if e.status is not None:  # it answered, with more than any answer of the API can be
+                raise HttpError(e.message, status=502) from e
+            raise Unreachable(e.message) from e
