@@ -362,7 +362,11 @@ async def test_stop_kills_the_whole_group_and_descendants_that_left_it(engine: P
     status = await engine.start("group")
     assert status.pid is not None
     await wait_line(engine, "group", b"ready")
+    deadline = time.monotonic() + TIMEOUT
     tree = tree_of(status.pid)
+    while sorted(p.comm for p in tree) != [b"sh", b"sleep", b"sleep"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # "ready" can come before setsid has exec'd its sleep
+        tree = tree_of(status.pid)
     assert sorted(p.comm for p in tree) == [b"sh", b"sleep", b"sleep"]
     assert any(p.session != status.pid for p in tree)  # the setsid one is outside the group
     stopped = await engine.stop("group", timeout=0.5)
