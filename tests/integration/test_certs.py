@@ -197,3 +197,14 @@ async def test_wire_shapes(software_certs: CertsEnv) -> None:
             assert r.status == 422 and "csr" in (await r.json())["message"]
         async with s.delete("http://certd/certificates/server?api-version=2020-09-01") as r:
             assert r.status == 204
+
+
+async def test_local_identities_default_to_the_local_ca(software_certs: CertsEnv) -> None:
+    """identityd's local identities ("local-id-<module>") need no issuance entry when a local CA is configured."""
+    pem = await software_certs.client.create_cert("local-id-agent", csr_for(ec.generate_private_key(ec.SECP256R1())))
+    leaf, ca = x509.load_pem_x509_certificates(pem.encode())
+    assert ca.subject.rfc4514_string() == "CN=Test Local CA"
+    leaf.verify_directly_issued_by(ca)
+    with pytest.raises(HttpError) as none:
+        await software_certs.client.create_cert("other-id", csr_for(ec.generate_private_key(ec.SECP256R1())))
+    assert none.value.status == 400 and "no cert_issuance method" in none.value.message

@@ -32,6 +32,8 @@ __all__ = ["CertService", "EstEnroller", "validate_cert_id"]
 
 log = logging.getLogger(__name__)
 
+LOCAL_ID_PREFIX = "local-id-"
+
 MAX_CERT_ID_LENGTH = 256
 
 
@@ -158,8 +160,12 @@ class CertService:
         exact = self.settings.issuance.get(cert_id)
         if exact is not None:
             return exact
-        return next((opts for pattern, opts in self.settings.issuance.items()
-                     if "*" in pattern and glob_to_regex(pattern).fullmatch(cert_id)), None)
+        matched = next((opts for pattern, opts in self.settings.issuance.items()
+                        if "*" in pattern and glob_to_regex(pattern).fullmatch(cert_id)), None)
+        if matched is None and cert_id.startswith(LOCAL_ID_PREFIX) and self.settings.local_ca is not None:
+            # Local identities (identityd's "local-id-<module>") come from the local CA unless configured otherwise.
+            return IssuanceOptions(method="local_ca", expiry_days=30)
+        return matched
 
     def lifetime(self, cert_id: str) -> dt.timedelta:
         opts = self.options(cert_id)
