@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import textwrap
 import zipfile
@@ -418,3 +419,16 @@ async def test_trust_bundles_carry_the_configured_cas(request: pytest.FixtureReq
     assert subjects == ["CN=Edgeward edge CA", "CN=Upstream root"]
     manifest_cas = x509.load_pem_x509_certificates(manifest["body"]["certificate"].encode())
     assert [c.subject.rfc4514_string() for c in manifest_cas] == ["CN=Manifest signer"]
+
+
+async def test_a_registration_edited_behind_edgewards_back_is_found(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
+    await mgmt.create_module(client_spec("ledger", []))
+    assert await rt.parts.monitor.check() == []
+    # An attacker with file access points the registration at another binary's measurement.
+    db = sqlite3.connect(rt.settings.home / "registrations.db", isolation_level=None)
+    db.execute("UPDATE registrations SET image_id='sha256:' || hex(randomblob(32)) WHERE name='ledger'")
+    db.close()
+    findings = await rt.parts.monitor.check()
+    assert ("registration_tampered", "ledger") in {(f.kind, f.module) for f in findings}
+    assert rt.parts.audit.records()[-1].kind in ("integrity.registration_tampered", "integrity.binary_changed")
+    assert rt.parts.audit.verify().ok

@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ..runtime.engine import EngineError, ModuleEngine
-from ..runtime.registry import Registry
+from ..runtime.registry import Registration, Registry
 from ..tasks import cancel_all
 from .audit import AuditLog
 from .measure import measure
@@ -96,6 +96,8 @@ class IntegrityMonitor:
             result = await measure(self.engine, reg)
             if not result.ok and result.kind is not None and result.kind != "gone":
                 found[(reg.name, result.kind)] = Finding(result.kind, reg.name, result.finding or "")
+        for name, problem in self._registrations_against_audit(registrations).items():
+            found[(name, "registration_tampered")] = Finding("registration_tampered", name, problem)
         for status in await self.engine.list():
             known = registrations.get(status.name)
             if known is None or (known.engine_id and status.engine_id != known.engine_id):
@@ -116,6 +118,30 @@ class IntegrityMonitor:
         self.active = found
         self.passes += 1
         return list(found.values())
+
+    def _registrations_against_audit(self, registrations: dict[str, Registration]) -> dict[str, str]:
+        """The registry is a plain SQLite file; the audit log is hash-chained. Every registration must equal what
+        the runtime recorded in the audit log when it created the module, or someone edited the registry."""
+        recorded: dict[str, dict[str, Any]] = {}
+        for record in self.audit.records():
+            if record.kind == "module.created" and record.module is not None:
+                recorded[record.module] = dict(record.detail)
+            elif record.kind == "module.removed" and record.module is not None:
+                recorded.pop(record.module, None)
+        problems: dict[str, str] = {}
+        for name, reg in registrations.items():
+            if not reg.engine_id:
+                continue
+            want = recorded.get(name)
+            if want is None:
+                problems[name] = f"registration of {name} has no creation record in the audit log"
+                continue
+            for field, have in (("engine_id", reg.engine_id), ("image_id", reg.image_id),
+                                ("generation_id", reg.generation_id)):
+                if want.get(field) != have:
+                    problems[name] = f"registration of {name}: {field} differs from the audit log's creation record"
+                    break
+        return problems
 
     async def _apply(self, finding: Finding) -> None:
         if self.policy == "log":

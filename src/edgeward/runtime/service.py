@@ -117,6 +117,9 @@ class ModuleRuntime:
                     continue
                 # Crash after the engine created it and before its id was recorded: the object carries our
                 # label and our name, and we were mid-creation, so adopt it.
+                self._record("module.created", reg.name, engine_id=status.engine_id, image=reg.image,
+                             image_id=status.image_id, generation_id=reg.generation_id, system=reg.system,
+                             recovered=True)
                 self.registry.put(replace(reg, engine_id=status.engine_id, image_id=status.image_id))
             await self.sockets.open(reg.name)
 
@@ -189,9 +192,10 @@ class ModuleRuntime:
                 self.registry.delete(config.name)
                 await self.sockets.close(config.name)
                 raise engine_error(e) from None
-            reg = self.registry.put(replace(reg, engine_id=status.engine_id, image_id=status.image_id))
+            # The audit record first: a registration always has a creation record to be checked against.
             self._record("module.created", config.name, engine_id=status.engine_id, image=config.image,
                          image_id=status.image_id, generation_id=identity.generation_id, system=system)
+            reg = self.registry.put(replace(reg, engine_id=status.engine_id, image_id=status.image_id))
             log.info("module %s created (%s %s, image %s)", config.name, self.engine.kind, status.engine_id[:12],
                      status.image_id[:19])
             return ModuleView(reg, status)
