@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fsutil import atomic_write, private_dir
+from ..sqlite import Store
 
 __all__ = ["GENESIS", "AuditLog", "AuditRecord", "Verification", "record_hash"]
 
@@ -54,38 +53,30 @@ class AuditLog:
     def __init__(self, home: Path) -> None:
         self.home = private_dir(home)
         self._head_file = self.home / "audit.head"
-        self._db = sqlite3.connect(self.home / "audit.db", isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, "
-                         "kind TEXT NOT NULL, module TEXT, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, "
-                         "hash TEXT NOT NULL)")
-        self._db.execute("CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
-                         "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END")
-        self._db.execute("CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
-                         "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END")
-        self._lock = threading.Lock()
+        self._store = Store(
+            self.home / "audit.db",
+            "CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, "
+            "module TEXT, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)",
+            "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
+            "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+            "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
+            "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END")
 
     def head(self) -> tuple[int, str]:
-        with self._lock:
-            row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        with self._store.read() as db:
+            row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         return (int(row[0]), str(row[1])) if row else (0, GENESIS)
 
     def append(self, kind: str, module: str | None = None, detail: Mapping[str, Any] | None = None) -> AuditRecord:
         detail = dict(detail or {})
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        with self._store.lock:  # the head file is written in the order the records are
+            with self._store.transaction() as db:
+                row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
                 seq, prev = (int(row[0]) + 1, str(row[1])) if row else (1, GENESIS)
                 ts = time.time()
                 digest = record_hash(prev, seq, ts=ts, kind=kind, module=module, detail=detail)
-                self._db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 (seq, ts, kind, module, json.dumps(detail, sort_keys=True), prev, digest))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (seq, ts, kind, module, json.dumps(detail, sort_keys=True), prev, digest))
             atomic_write(self._head_file, f"{seq} {digest}\n".encode())
         return AuditRecord(seq, ts, kind, module, detail, prev, digest)
 
@@ -95,14 +86,14 @@ class AuditLog:
         if limit is not None:
             query += " LIMIT ?"
             params = (since, limit)
-        with self._lock:
-            rows = self._db.execute(query, params).fetchall()
+        with self._store.read() as db:
+            rows = db.execute(query, params).fetchall()
         return [AuditRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
 
     def verify(self) -> Verification:
         prev, expected_seq, count = GENESIS, 1, 0
-        with self._lock:
-            rows = self._db.execute(
+        with self._store.read() as db:
+            rows = db.execute(
                 "SELECT seq, ts, kind, module, detail, prev_hash, hash FROM audit ORDER BY seq").fetchall()
         for seq, ts, kind, module, detail_text, prev_hash, digest in rows:
             if seq != expected_seq:
@@ -128,5 +119,4 @@ class AuditLog:
         return Verification(True, count, prev)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._store.close()

@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import sqlite3
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 from ..fsutil import atomic_write, private_dir
+from ..sqlite import Store
 
 __all__ = ["DeviceIdentity", "DeviceStore", "ModuleCache", "ModuleRecord", "fingerprint"]
 
@@ -77,52 +76,38 @@ class ModuleCache:
     """Module identities known locally (SQLite, WAL): the offline copy of what the hub holds."""
 
     def __init__(self, homedir: Path) -> None:
-        path = private_dir(homedir) / "modules.db"
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
+        self._store = Store(
+            private_dir(homedir) / "modules.db",
             "CREATE TABLE IF NOT EXISTS modules (module_id TEXT NOT NULL, type TEXT NOT NULL, "
             "generation_id TEXT NOT NULL, managed_by TEXT, device TEXT NOT NULL, "
-            "PRIMARY KEY (device, type, module_id))"
-        )
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            "PRIMARY KEY (device, type, module_id))")
 
     def put(self, device: str, record: ModuleRecord) -> None:
-        with self._tx() as db:
+        with self._store.write() as db:
             db.execute("INSERT OR REPLACE INTO modules VALUES (?, ?, ?, ?, ?)",
                        (record.module_id, record.type, record.generation_id, record.managed_by, device))
 
     def get(self, device: str, type_: str, module_id: str) -> ModuleRecord | None:
-        row = self._db.execute(
-            "SELECT module_id, type, generation_id, managed_by FROM modules WHERE device=? AND type=? AND module_id=?",
-            (device, type_, module_id)).fetchone()
+        with self._store.read() as db:
+            row = db.execute("SELECT module_id, type, generation_id, managed_by FROM modules "
+                             "WHERE device=? AND type=? AND module_id=?", (device, type_, module_id)).fetchone()
         return ModuleRecord(*row) if row else None
 
     def list_all(self, device: str, type_: str) -> list[ModuleRecord]:
-        rows = self._db.execute(
-            "SELECT module_id, type, generation_id, managed_by FROM modules WHERE device=? AND type=? "
-            "ORDER BY module_id", (device, type_)).fetchall()
+        with self._store.read() as db:
+            rows = db.execute("SELECT module_id, type, generation_id, managed_by FROM modules WHERE device=? "
+                              "AND type=? ORDER BY module_id", (device, type_)).fetchall()
         return [ModuleRecord(*r) for r in rows]
 
     def delete(self, device: str, type_: str, module_id: str) -> None:
-        with self._tx() as db:
+        with self._store.write() as db:
             db.execute("DELETE FROM modules WHERE device=? AND type=? AND module_id=?", (device, type_, module_id))
 
     def replace_all(self, device: str, type_: str, records: list[ModuleRecord]) -> None:
-        with self._tx() as db:
+        with self._store.write() as db:
             db.execute("DELETE FROM modules WHERE device=? AND type=?", (device, type_))
             db.executemany("INSERT INTO modules VALUES (?, ?, ?, ?, ?)",
                            [(r.module_id, r.type, r.generation_id, r.managed_by, device) for r in records])
 
     def close(self) -> None:
-        self._db.close()
+        self._store.close()

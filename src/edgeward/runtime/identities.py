@@ -3,11 +3,7 @@ device with no cloud identity, kept locally so modules still get stable generati
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,6 +12,7 @@ from ..fsutil import private_dir
 from ..http.errors import NotFound
 from ..identity.service import MODULE_MASTER_KEY_ID, IdentityService
 from ..keys.api import KeysApi
+from ..sqlite import Store
 
 __all__ = ["CloudModuleIdentities", "LocalModuleIdentities", "ModuleIdentities", "ModuleIdentity",
            "module_key_handle"]
@@ -83,18 +80,9 @@ class LocalModuleIdentities:
 
     def __init__(self, home: Path, device_id: str) -> None:
         self.device_id = device_id
-        self._db = sqlite3.connect(private_dir(home) / "local-identities.db", isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS identities (module_id TEXT PRIMARY KEY, "
-                         "generation_id TEXT NOT NULL, managed_by TEXT)")
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            yield self._db
+        self._store = Store(private_dir(home) / "local-identities.db",
+                            "CREATE TABLE IF NOT EXISTS identities (module_id TEXT PRIMARY KEY, "
+                            "generation_id TEXT NOT NULL, managed_by TEXT)")
 
     def _make(self, row: tuple[str, str, str | None]) -> ModuleIdentity:
         return ModuleIdentity(row[0], row[1], self.device_id, self.device_id, row[2])
@@ -103,7 +91,7 @@ class LocalModuleIdentities:
         existing = await self.get(module_id)
         if existing is not None:
             return existing
-        with self._locked() as db:
+        with self._store.write() as db:
             db.execute("INSERT OR IGNORE INTO identities VALUES (?, ?, ?)",
                        (module_id, uuid.uuid4().hex, managed_by))
         got = await self.get(module_id)
@@ -111,22 +99,21 @@ class LocalModuleIdentities:
         return got
 
     async def get(self, module_id: str) -> ModuleIdentity | None:
-        with self._locked() as db:
+        with self._store.read() as db:
             row = db.execute("SELECT module_id, generation_id, managed_by FROM identities WHERE module_id=?",
                              (module_id,)).fetchone()
         return self._make(row) if row else None
 
     async def list(self) -> list[ModuleIdentity]:
-        with self._locked() as db:
+        with self._store.read() as db:
             rows = db.execute("SELECT module_id, generation_id, managed_by FROM identities ORDER BY module_id")
             return [self._make(r) for r in rows.fetchall()]
 
     async def delete(self, module_id: str) -> None:
-        with self._locked() as db:
+        with self._store.write() as db:
             gone = db.execute("DELETE FROM identities WHERE module_id=?", (module_id,)).rowcount
         if not gone:
             raise NotFound(f"module identity {module_id!r} not found")
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._store.close()

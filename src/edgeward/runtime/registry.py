@@ -7,17 +7,15 @@ before the runtime reports a module as created and never trusted from the engine
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..fsutil import private_dir
+from ..sqlite import Store
 
 __all__ = ["Registration", "Registry"]
 
@@ -46,28 +44,13 @@ class Registry:
     """SQLite (WAL, synchronous=FULL): a registration is on disk before the API answers."""
 
     def __init__(self, home: Path) -> None:
-        path = private_dir(home) / "registrations.db"
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
+        self._store = Store(
+            private_dir(home) / "registrations.db",
             "CREATE TABLE IF NOT EXISTS registrations (name TEXT PRIMARY KEY, engine TEXT NOT NULL, "
             "engine_id TEXT NOT NULL, image TEXT NOT NULL, image_id TEXT NOT NULL, generation_id TEXT NOT NULL, "
             "state TEXT NOT NULL, system INTEGER NOT NULL, config TEXT NOT NULL, created_at REAL NOT NULL, "
-            "updated_at REAL NOT NULL)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS by_engine_id ON registrations (engine_id)")
-        self._lock = threading.Lock()  # one connection shared by the event loop and executor threads
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            "updated_at REAL NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS by_engine_id ON registrations (engine_id)")
 
     @staticmethod
     def _row(row: tuple[Any, ...] | None) -> Registration | None:
@@ -81,37 +64,34 @@ class Registry:
     def put(self, reg: Registration) -> Registration:
         now = time.time()
         reg = replace(reg, created_at=reg.created_at or now, updated_at=now)
-        with self._tx() as db:
+        with self._store.write() as db:
             db.execute("INSERT OR REPLACE INTO registrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (reg.name, reg.engine, reg.engine_id, reg.image, reg.image_id, reg.generation_id, reg.state,
                         int(reg.system), json.dumps(reg.config, sort_keys=True), reg.created_at, reg.updated_at))
         return reg
 
     def set_state(self, name: str, state: str) -> None:
-        with self._tx() as db:
+        with self._store.write() as db:
             db.execute("UPDATE registrations SET state=?, updated_at=? WHERE name=?", (state, time.time(), name))
 
     def get(self, name: str) -> Registration | None:
-        with self._lock:
-            row = self._db.execute(_SELECT + " WHERE name=?",
-                                   (name,)).fetchone()
+        with self._store.read() as db:
+            row = db.execute(_SELECT + " WHERE name=?", (name,)).fetchone()
         return self._row(row)
 
     def by_engine_id(self, engine_id: str) -> Registration | None:
-        with self._lock:
-            row = self._db.execute(_SELECT + " WHERE engine_id=?",
-                                   (engine_id,)).fetchone()
+        with self._store.read() as db:
+            row = db.execute(_SELECT + " WHERE engine_id=?", (engine_id,)).fetchone()
         return self._row(row)
 
     def all(self) -> list[Registration]:
-        with self._lock:
-            rows = self._db.execute(_SELECT + " ORDER BY name").fetchall()
+        with self._store.read() as db:
+            rows = db.execute(_SELECT + " ORDER BY name").fetchall()
         return [r for r in map(self._row, rows) if r is not None]
 
     def delete(self, name: str) -> None:
-        with self._tx() as db:
+        with self._store.write() as db:
             db.execute("DELETE FROM registrations WHERE name=?", (name,))
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._store.close()
