@@ -21,8 +21,8 @@ import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..certs.est.keys_tls import KeysIdentity, KeysTlsTransport
 from ..certs.est.pkcs7 import EstError
+from ..certs.est.tls_identity import KeysIdentity
 from ..http.errors import HttpError
 
 __all__ = ["CloudTransport", "HttpsTransport", "Unreachable", "X509Transport"]
@@ -77,6 +77,8 @@ class X509Transport:
                  peer: str) -> None:
         self.peer = peer
         self._timeout = timeout
+        from ..certs.est.keys_tls import KeysTlsTransport  # noqa: PLC0415 -- tlslite only for X.509 devices
+
         try:
             self._tls = KeysTlsTransport(identity, trusted, peer=peer)
         except EstError as e:

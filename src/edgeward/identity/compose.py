@@ -8,7 +8,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from ..certs.api import CertsApi
-from ..certs.est.keys_tls import KeysIdentity
+from ..certs.est.tls_identity import KeysIdentity
 from ..http.errors import HttpError
 from ..keys.api import KeysApi
 from ..tpm.api import TpmApi

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from cryptography import x509
 
-from ..certs.est.keys_tls import KeysIdentity
+from ..certs.est.tls_identity import KeysIdentity
 from ..http.errors import HttpError
 from ..tpm.api import TpmApi
 from .cloud import MAX_RESPONSE, CloudTransport, HttpsTransport, X509Transport

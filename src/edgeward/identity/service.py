@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..certs.api import CertsApi
-from ..certs.est.keys_tls import KeysIdentity
+from ..certs.est.tls_identity import KeysIdentity
 from ..certs.x509sign import handle_public_key, same_public_key, sign_csr
 from ..http.errors import BadRequest, HttpError, NotFound, Unauthorized
 from ..http.peercred import Caller

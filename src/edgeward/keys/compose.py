@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -17,7 +18,6 @@ from ..fsutil import private_dir
 from .backends.base import KeyBackend
 from .backends.fallback import SymmetricFallback
 from .backends.masterkey import FileMasterKey, MasterKeySource
-from .backends.pkcs11 import Pkcs11Backend, Pkcs11Settings
 from .backends.preloaded_file import PreloadedFileBackend
 from .backends.software import SoftwareBackend
 from .errors import BackendUnavailable
@@ -27,6 +27,9 @@ from .principals import PrincipalTable
 from .service import KeyService
 from .settings import KeysSettings
 from .uri import FileUri, Pkcs11Uri, parse_key_uri
+
+if TYPE_CHECKING:
+    from .backends.pkcs11 import Pkcs11Backend
 
 __all__ = ["build_key_service"]
 
@@ -42,6 +45,9 @@ class _Pkcs11Pool:
         self._backends: dict[tuple[str, str | None, int | None, str | None], Pkcs11Backend] = {}
 
     def get(self, lib: str, uri: Pkcs11Uri, setting: str) -> Pkcs11Backend:
+        # Imported here: python-pkcs11 is loaded only on devices that use a token.
+        from .backends.pkcs11 import Pkcs11Backend, Pkcs11Settings  # noqa: PLC0415
+
         key = (lib, uri.token, uri.slot_id, uri.pin_value)
         if key not in self._backends:
             self._backends[key] = Pkcs11Backend(

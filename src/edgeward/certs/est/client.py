@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -33,8 +34,11 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from .keys_tls import KeysIdentity, KeysTlsTransport
 from .pkcs7 import EstError, decode_base64_body, order_chain, parse_certificates
+from .tls_identity import KeysIdentity
+
+if TYPE_CHECKING:
+    from .keys_tls import KeysTlsTransport
 
 __all__ = ["ClientIdentity", "EstClient", "build_ssl_context"]
 
@@ -88,11 +92,14 @@ class EstClient:
         self._has_identity = client_identity is not None
         self.timeout = timeout
         self.max_retry_after = max_retry_after
-        self._transport: ssl.SSLContext | KeysTlsTransport = (
-            KeysTlsTransport(client_identity, trusted_certs)
-            if isinstance(client_identity, KeysIdentity)
-            else build_ssl_context(trusted_certs, client_identity)
-        )
+        self._keys_tls: KeysTlsTransport | None = None
+        self._ssl: ssl.SSLContext | None = None
+        if isinstance(client_identity, KeysIdentity):
+            from .keys_tls import KeysTlsTransport  # noqa: PLC0415 -- tlslite only when a keyd identity is used
+
+            self._keys_tls = KeysTlsTransport(client_identity, trusted_certs)
+        else:
+            self._ssl = build_ssl_context(trusted_certs, client_identity)
 
     def __repr__(self) -> str:
         # Never the password; the username helps tell two configured EST servers apart.
@@ -189,13 +196,13 @@ class EstClient:
     async def _send(
         self, method: str, url: str, headers: dict[str, str], data: bytes | None
     ) -> tuple[int, Mapping[str, str], bytes]:
-        if isinstance(self._transport, KeysTlsTransport):
-            return await self._transport.send(
+        if self._keys_tls is not None:
+            return await self._keys_tls.send(
                 method, url, headers, data, timeout=self.timeout, max_bytes=MAX_RESPONSE_BYTES
             )
         try:
             async with (
-                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._transport)) as session,
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl or True)) as session,
                 session.request(
                     method,
                     url,

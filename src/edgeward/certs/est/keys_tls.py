@@ -27,7 +27,7 @@ import ssl
 import threading
 import warnings
 from collections.abc import Coroutine, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,10 +40,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from ecdsa import curves as ecdsa_curves  # type: ignore[import-untyped]  # tlslite's own dependency
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ...keys.api import KeysApi
 from ...keys.model import EcdsaDigest, HashAlg, PublicKey, RsaPkcs1, RsaPss
 from ..x509sign import handle_public_key, same_public_key
 from .pkcs7 import EstError
+from .tls_identity import KeysIdentity
 
 with warnings.catch_warnings():  # tlslite's package __init__ imports its asyncore integration (deprecated in 3.11)
     warnings.filterwarnings("ignore", "The asyncore module is deprecated", DeprecationWarning)
@@ -90,19 +90,6 @@ _CERT_ALERTS = frozenset(
         AlertDescription.certificate_required,
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class KeysIdentity:
-    """A TLS client identity whose private key stays in the keys service: the certificate chain (leaf first) and
-    the key handle (``KeysApi.load_key_pair`` / ``create_key_pair_if_not_exists``) of the leaf's key.
-
-    The handle is a capability: it is kept out of ``repr`` and logs.
-    """
-
-    cert_chain: list[x509.Certificate]
-    keys: KeysApi = field(repr=False)
-    key_handle: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
