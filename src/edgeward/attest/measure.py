@@ -5,42 +5,13 @@ Shared by attestation (on every new connection) and the integrity monitor (on a 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
+from ..digest import MAX_EXECUTABLE_BYTES, TooLarge, file_digest
 from ..runtime.engine import ModuleEngine, ModuleNotFound
 from ..runtime.registry import Registration
 
 __all__ = ["MAX_EXECUTABLE_BYTES", "Measurement", "file_digest", "measure"]
-
-MAX_EXECUTABLE_BYTES = 512 * 1024 * 1024
-_digests: dict[tuple[int, int, int, int], str] = {}
-
-
-class TooLarge(Exception):
-    pass
-
-
-def file_digest(path: Path | str, cap: int = MAX_EXECUTABLE_BYTES) -> str:
-    """"sha256:<hex>" of a file, cached by (device, inode, size, mtime) so re-measuring an unchanged binary is a
-    stat, not a read. A file over `cap` is refused rather than hashed for minutes."""
-    st = Path(path).stat()
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    cached = _digests.get(key)
-    if cached is not None:
-        return cached
-    if st.st_size > cap:
-        raise TooLarge(f"{path} is {st.st_size} bytes, over the measurement cap of {cap}")
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    digest = "sha256:" + h.hexdigest()
-    if len(_digests) > 4096:
-        _digests.clear()
-    _digests[key] = digest
-    return digest
 
 
 @dataclass(frozen=True)

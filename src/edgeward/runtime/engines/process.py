@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 import shutil
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ... import __version__
+from ...digest import MAX_EXECUTABLE_BYTES, TooLarge, file_digest
 from ...fsutil import private_dir
 from ..engine import EngineError, EngineEvent, LogChunk, LogOptions, ModuleNotFound, ModuleSpec, ModuleStatus
 from ..model import valid_module_name
@@ -55,7 +55,6 @@ __all__ = ["MAX_EXECUTABLE_BYTES", "ProcessEngine", "backoff_delay"]
 
 log = logging.getLogger(__name__)
 
-MAX_EXECUTABLE_BYTES = 512 * 1024 * 1024  # the same cap the integrity monitor measures binaries with
 _DRAIN_TIMEOUT = 5.0  # after the group is killed, how long a pipe held by an escaped process may stay open
 _EVENT_QUEUE = 4096
 Phase = Literal["idle", "running", "backoff", "spawning"]
@@ -75,19 +74,13 @@ def _exit_code(returncode: int) -> int:
 
 
 def _executable_digest(path: Path, cap: int) -> str:
-    size = path.stat().st_size
-    if size > cap:
-        raise EngineError(f"{path} is {size} bytes, over the {cap}-byte limit for a host-process module's "
-                          f"executable", 400)
-    h = hashlib.sha256()
-    read = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            read += len(chunk)
-            if read > cap:
-                raise EngineError(f"{path} grew over the {cap}-byte limit while it was measured", 400)
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    try:
+        return file_digest(path, cap)
+    except TooLarge as e:
+        if e.grew:
+            raise EngineError(f"{path} grew over the {cap}-byte limit while it was measured", 400) from None
+        raise EngineError(f"{path} is {e.size} bytes, over the {cap}-byte limit for a host-process module's "
+                          f"executable", 400) from None
 
 
 @dataclass(eq=False)
