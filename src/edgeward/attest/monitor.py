@@ -49,6 +49,8 @@ class IntegrityMonitor:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.passes = 0
+        self._created: dict[str, dict[str, Any]] = {}  # module -> its latest creation record in the audit log
+        self._audit_seen = 0
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._loop(), name="integrity-monitor"),
@@ -122,12 +124,14 @@ class IntegrityMonitor:
     def _registrations_against_audit(self, registrations: dict[str, Registration]) -> dict[str, str]:
         """The registry is a plain SQLite file; the audit log is hash-chained. Every registration must equal what
         the runtime recorded in the audit log when it created the module, or someone edited the registry."""
-        recorded: dict[str, dict[str, Any]] = {}
-        for record in self.audit.records():
+        # Only the records appended since the last pass are read: the log grows for the device's whole life.
+        for record in self.audit.records(since=self._audit_seen):
+            self._audit_seen = record.seq
             if record.kind == "module.created" and record.module is not None:
-                recorded[record.module] = dict(record.detail)
+                self._created[record.module] = dict(record.detail)
             elif record.kind == "module.removed" and record.module is not None:
-                recorded.pop(record.module, None)
+                self._created.pop(record.module, None)
+        recorded = self._created
         problems: dict[str, str] = {}
         for name, reg in registrations.items():
             if not reg.engine_id:
