@@ -18,6 +18,7 @@ import pytest
 
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import running_daemon
+from tests.fixtures.modules import logs_until
 
 EDGEWARD = [sys.executable, "-m", "edgeward"]
 
@@ -53,9 +54,7 @@ def _deploy(device: dict[str, Path]) -> None:
             await mgmt.create_module({"name": "leaky", "imagePullPolicy": "never", "config": {
                 "image": sys.executable, "createOptions": {"Cmd": ["-c", LEAKY]}}})
             await mgmt.action("leaky", "start")
-            async for chunk in mgmt.logs("leaky", follow=True):
-                if b"ready" in chunk.data:
-                    return
+            await logs_until(mgmt, "leaky", b"ready")
         finally:
             await mgmt.close()
 

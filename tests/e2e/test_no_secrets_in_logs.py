@@ -19,7 +19,7 @@ from edgeward.keys.client import KeysClient
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import start_daemon, stop_daemon
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.fixtures.modules import client_spec
+from tests.fixtures.modules import client_spec, logs_until
 from tests.fixtures.softhsm import make_token
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -74,12 +74,7 @@ async def test_a_debug_run_logs_no_secret(public_dir: Path) -> None:
                           {"keyId": "primary", "algo": "HMACSHA256", "data": "aGk="}]]
                 await mgmt.create_module(client_spec("cloudmod", calls, image=sys.executable))
                 await mgmt.action("cloudmod", "start")
-                seen = b""
-                async with asyncio.timeout(30):
-                    async for chunk in mgmt.logs("cloudmod", follow=True):
-                        seen += chunk.data
-                        if b"DONE" in seen:
-                            break
+                seen = await logs_until(mgmt, "cloudmod", b"DONE")
                 assert b'"status": 200' in seen, seen  # the module's SAS key was derived and used
             finally:
                 await mgmt.close()

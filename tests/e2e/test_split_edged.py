@@ -11,7 +11,7 @@ import pytest
 
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import start_daemon, stop_daemon
-from tests.fixtures.modules import client_spec
+from tests.fixtures.modules import client_spec, logs_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -33,12 +33,7 @@ async def test_edged_alone(public_dir: Path) -> None:
                       {"commonName": "split"}]]
             await mgmt.create_module(client_spec("splitmod", calls, image=sys.executable))
             await mgmt.action("splitmod", "start")
-            seen = b""
-            async with asyncio.timeout(60):
-                async for chunk in mgmt.logs("splitmod", follow=True):
-                    seen += chunk.data
-                    if b"DONE" in seen:
-                        break
+            seen = await logs_until(mgmt, "splitmod", b"DONE", timeout=60)
             assert seen.count(b'"status": 200') == 1 and seen.count(b'"status": 201') == 1, seen
         finally:
             await mgmt.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -367,6 +366,3 @@ class ModuleRuntime:
             await self.start_module(agent.name)
             self.agent_restarts += 1
             self._record("watchdog.restarted", agent.name, was=status.state)
-
-    def now(self) -> float:
-        return time.time()
