@@ -65,12 +65,12 @@ from ..http.errors import BadRequest
 from ..keys.backends.tpm import (
     _AUTH_RCS,
     TpmBackend,
-    TpmError,
     _connection_lost,
     _has_resource_manager,
     _tpm_rc,
     flush_quietly,
     hmac_sha256_in_tpm,
+    run_retrying_once,
 )
 from .api import AuthKeyMissing, InvalidAuthKey, TpmKeys, TpmUnavailable
 from .settings import ENDORSEMENT_KEY_HANDLE, STORAGE_ROOT_KEY_HANDLE, TpmdSettings
@@ -300,31 +300,23 @@ class _Tpm:
     def _run(self, op: Callable[[Any], T]) -> T:
         """Run ``op(esapi)`` under the lock; after a lost connection, full slots or stale handles, retry once."""
         with self._lock:
+            return run_retrying_once(op, self._connected, self._disconnect, recover=self._recover,
+                                     unavailable=TpmUnavailable, where=self._where)
+
+    def _recover(self, e: Any) -> bool:
+        rc = _tpm_rc(e)
+        if rc in _FULL_RCS:
+            log.warning("the TPM's slots are full (%s); flushing what other processes left there", e)
             try:
-                return op(self._connected())
-            except TSS2_Exception as e:
-                rc = _tpm_rc(e)
-                if _connection_lost(e):
-                    log.warning("lost the TPM connection (%s); reconnecting", e)
-                    self._disconnect()
-                elif rc in _FULL_RCS:
-                    log.warning("the TPM's slots are full (%s); flushing what other processes left there", e)
-                    try:
-                        self._flush_leftovers(self._ectx)
-                    except TSS2_Exception:
-                        self._disconnect()
-                elif rc in _STALE_RCS:
-                    log.warning("a TPM handle went stale (%s); reconnecting", e)
-                    self._disconnect()
-                else:
-                    raise TpmError(f"TPM operation failed: {e}") from e
-            try:
-                return op(self._connected())
-            except TSS2_Exception as e:
-                if _connection_lost(e):
-                    self._disconnect()
-                    raise TpmUnavailable(f"lost the TPM at {self._where()}: {e}") from e
-                raise TpmError(f"TPM operation failed: {e}") from e
+                self._flush_leftovers(self._ectx)
+            except TSS2_Exception:
+                self._disconnect()
+        elif rc in _STALE_RCS:
+            log.warning("a TPM handle went stale (%s); reconnecting", e)
+            self._disconnect()
+        else:
+            return False
+        return True
 
     @staticmethod
     def _flush(ectx: Any, handle: Any) -> None:

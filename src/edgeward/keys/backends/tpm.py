@@ -189,6 +189,28 @@ def _connection_lost(e: Any) -> bool:
     return rc & _LAYER_MASK == _TCTI_LAYER or rc == _ESYS_BAD_SEQUENCE
 
 
+def run_retrying_once(op: Callable[[Any], T], connected: Callable[[], Any], disconnect: Callable[[], None], *,
+                      recover: Callable[[Any], bool], unavailable: type[Exception], where: Callable[[], str]) -> T:
+    """Run ``op(esapi)``; after a lost connection (reconnect) or an error ``recover`` clears (it returns False for
+    errors it cannot), retry once from scratch. The caller holds its connection's lock. A connection lost again is
+    ``unavailable``, naming ``where()``; anything else a :class:`TpmError`."""
+    try:
+        return op(connected())
+    except TSS2_Exception as e:
+        if _connection_lost(e):
+            log.warning("lost the TPM connection (%s); reconnecting", e)
+            disconnect()
+        elif not recover(e):
+            raise TpmError(f"TPM operation failed: {e}") from e
+    try:
+        return op(connected())
+    except TSS2_Exception as e:
+        if _connection_lost(e):
+            disconnect()
+            raise unavailable(f"lost the TPM at {where()}: {e}") from e
+        raise TpmError(f"TPM operation failed: {e}") from e
+
+
 def _has_resource_manager(tcti: str) -> bool:
     # Behind a resource manager every connection sees only its own objects; without one, objects outlive the
     # process that loaded them.
@@ -453,25 +475,17 @@ class TpmBackend:
     def _run(self, op: Callable[[Any], T]) -> T:
         """Run ``op(esapi)`` under the lock; after a lost connection or stale objects, retry once from scratch."""
         with self._lock:
-            try:
-                return op(self._connected())
-            except TSS2_Exception as e:
-                if _connection_lost(e):
-                    log.warning("lost the TPM connection (%s); reconnecting", e)
-                    self._disconnect()
-                elif _tpm_rc(e) == TPM2_RC.OBJECT_MEMORY:
-                    self._flush_loaded(self._ectx, keep=0)
-                elif _tpm_rc(e) in _STALE_OBJECT_RCS:
-                    self._drop_loaded(self._ectx)
-                else:
-                    raise TpmError(f"TPM operation failed: {e}") from e
-            try:
-                return op(self._connected())
-            except TSS2_Exception as e:
-                if _connection_lost(e):
-                    self._disconnect()
-                    raise BackendUnavailable(f"lost the TPM at {self._where()}: {e}") from e
-                raise TpmError(f"TPM operation failed: {e}") from e
+            return run_retrying_once(op, self._connected, self._disconnect, recover=self._recover,
+                                     unavailable=BackendUnavailable, where=self._where)
+
+    def _recover(self, e: Any) -> bool:
+        if _tpm_rc(e) == TPM2_RC.OBJECT_MEMORY:
+            self._flush_loaded(self._ectx, keep=0)
+        elif _tpm_rc(e) in _STALE_OBJECT_RCS:
+            self._drop_loaded(self._ectx)
+        else:
+            return False
+        return True
 
     # loaded objects -------------------------------------------------------------------------------------------
     @staticmethod
