@@ -87,14 +87,13 @@ def identities_for(settings: RuntimeSettings, provisioning: object | None,
 
 async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsApi, identities: ModuleIdentities,
                         *, engine: ModuleEngine | None = None, provisioning: str = "manual",
-                        reprovision: Callable[[], Awaitable[None]] | None = None,
-                        extra_trust: tuple[str, ...] = (), manifest_trust_bundle: str | None = None) -> RuntimeParts:
+                        reprovision: Callable[[], Awaitable[None]] | None = None) -> RuntimeParts:
     engine = engine or make_engine(settings)
     registry = Registry(settings.home)
     attestor = Attestor(engine, registry)
-    edge_ca = EdgeCa(keys, certs, extra_trust=extra_trust)
+    edge_ca = EdgeCa(keys, certs)
     sockets = WorkloadSockets(settings.workload_root)
-    workload = Workload(attestor, sockets, keys, edge_ca, settings.hostname, manifest_trust_bundle)
+    workload = Workload(attestor, sockets, keys, edge_ca, settings.hostname)
     workload_app = build_workload_app(workload, limiter=UidLimiter())
     workload_runner = web.AppRunner(workload_app, access_log=None, handle_signals=False)
     await workload_runner.setup()

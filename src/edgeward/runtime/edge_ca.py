@@ -51,12 +51,11 @@ def _pems(chain: list[x509.Certificate]) -> str:
 
 class EdgeCa:
     def __init__(self, keys: KeysApi, certs: CertsApi, *, cert_id: str = EDGE_CA_CERT_ID,
-                 key_id: str = EDGE_CA_KEY_ID, extra_trust: tuple[str, ...] = ()) -> None:
+                 key_id: str = EDGE_CA_KEY_ID) -> None:
         self.keys = keys
         self.certs = certs
         self.cert_id = cert_id
         self.key_id = key_id
-        self.extra_trust = extra_trust  # PEM texts of further CAs modules must trust (trust_bundle_cert)
 
     async def chain(self) -> list[x509.Certificate]:
         try:
@@ -90,9 +89,7 @@ class EdgeCa:
         chain = await self.chain()
         seen: set[bytes] = set()
         out: list[str] = []
-        extra = [c for pem in self.extra_trust for c in x509.load_pem_x509_certificates(pem.encode())]
-        extra += await self._stored(TRUST_BUNDLE_ID)
-        for cert in [chain[-1], *extra]:
+        for cert in [chain[-1], *await self._stored(TRUST_BUNDLE_ID)]:
             der = cert.public_bytes(serialization.Encoding.DER)
             if der not in seen:
                 seen.add(der)

@@ -45,7 +45,6 @@ class Workload:
     keys: KeysApi
     edge_ca: EdgeCa
     hostname: str
-    manifest_trust_bundle: str | None = None
     # Key handles of module SAS keys, by (module, generation, keyId): deriving one costs two keys-service calls,
     # and a handle stays valid as long as the master key does.
     handles: dict[tuple[str, str, str], str] = field(default_factory=dict)
@@ -197,7 +196,7 @@ async def trust_bundle(request: web.Request) -> web.Response:
 @routes.get("/manifest-trust-bundle", since="2018-06-28")
 async def manifest_trust_bundle(request: web.Request) -> web.Response:
     wl = request.app[WORKLOAD]
-    return web.json_response({"certificate": wl.manifest_trust_bundle or await wl.edge_ca.manifest_trust_bundle()})
+    return web.json_response({"certificate": await wl.edge_ca.manifest_trust_bundle()})
 
 
 @routes.get("/modules", since="2018-06-28")
