@@ -1,0 +1,37 @@
+"""Namespaces as the proof of where a process lives: the host's own processes are host, anything unshared is not."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from edgeward.attest.namespaces import host_namespaces, is_host_process, namespaces_of
+
+
+def test_this_process_is_host_and_a_missing_pid_is_not() -> None:
+    assert host_namespaces() is not None
+    assert is_host_process(os.getpid())
+    assert namespaces_of(2**22 + 7) is None
+    assert not is_host_process(2**22 + 7)
+
+
+def test_a_process_in_its_own_pid_and_mount_namespaces_is_not_host() -> None:
+    proc = subprocess.Popen(["unshare", "--pid", "--mount", "--fork", "sleep", "30"])
+    try:
+        # unshare forks the sleeper into the new namespaces; find that child.
+        child = None
+        deadline = time.monotonic() + 10
+        while child is None and time.monotonic() < deadline:
+            kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            if kids and Path(f"/proc/{kids[0]}/comm").read_text().strip() == "sleep":
+                child = int(kids[0])
+            else:
+                time.sleep(0.01)
+        assert child is not None
+        assert namespaces_of(child) is not None
+        assert not is_host_process(child)
+    finally:
+        proc.kill()
+        proc.wait()
