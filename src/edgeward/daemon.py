@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .access.wiring import guard_host_service, socket_mode
 from .attest.selfmeasure import measure_self
 from .attest.tpm_quote import DEFAULT_PCR
 from .certs.api import CertsApi
@@ -38,6 +39,7 @@ from .keys.service import KeyService
 from .keys.settings import KeysSettings, parse_keys_settings
 from .notify import notify
 from .runtime.compose import RuntimeParts, identities_for, start_runtime
+from .runtime.engine import EngineError
 from .runtime.settings import RuntimeSettings, parse_runtime_settings
 from .tpm.routes import build_tpm_app
 from .tpm.settings import TpmdSettings, parse_tpmd_settings
@@ -127,6 +129,26 @@ async def _wait_for_signal() -> None:
 ALL_SERVICES = ("keys", "certs", "identity", "tpm", "edged")
 
 
+class _Modules:
+    """Which module (if any) a pid belongs to, once the runtime in this process exists: a host-process module runs
+    in the host's namespaces, so only the runtime can tell the host services that it is no host caller."""
+
+    runtime: RuntimeParts | None = None
+
+    async def module_of(self, pid: int) -> str | None:
+        parts = self.runtime
+        if parts is None:
+            return None
+        try:
+            engine_id = await parts.engine.engine_id_of_pid(pid)
+        except EngineError as e:  # cannot tell: never promote the caller to a host caller
+            return f"a process the module engine cannot place ({e.message})"
+        if engine_id is None:
+            return None
+        reg = parts.registry.by_engine_id(engine_id)
+        return reg.name if reg is not None else f"unregistered {parts.engine.kind} object {engine_id[:12]}"
+
+
 async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVICES,
                 ready: asyncio.Event | None = None) -> None:
     """Start the named services, serve until SIGTERM/SIGINT, then stop cleanly.
@@ -142,20 +164,24 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
     identity: IdentityService | None = None
     tpm_service: TpmService | None = None
     runtime: RuntimeParts | None = None
+    modules = _Modules()
     try:
         if "tpm" in services and settings.tpm is not None:
             # Imported here: tpm2-pytss is only needed on devices with a TPM.
             tpm_service = _tpm_service(settings.tpm)
-            app = build_tpm_app(tpm_service, max_requests=settings.tpm.max_requests)
-            runners.append(await start_server(app, [Listener(settings.tpm.socket_path, mode=0o666,
+            app = guard_host_service(build_tpm_app(tpm_service, max_requests=settings.tpm.max_requests), "tpmd",
+                                     module_of=modules.module_of)
+            runners.append(await start_server(app, [Listener(settings.tpm.socket_path, mode=socket_mode("tpmd", ()),
                                                              activation_name="tpmd")]))
         elif services == ("tpm",):
             raise ConfigError(["no [tpm] table is configured"], "tpm service")
         keys_api: KeysApi
         if "keys" in services:
             key_service = build_key_service(settings.keys)
-            app = build_keys_app(key_service, limiter=UidLimiter())
-            runners.append(await start_server(app, [Listener(settings.keys.socket_path, mode=0o666,
+            uids = [p.uid for p in settings.keys.principals]
+            app = guard_host_service(build_keys_app(key_service, limiter=UidLimiter()), "keyd", uids,
+                                     modules.module_of)
+            runners.append(await start_server(app, [Listener(settings.keys.socket_path, mode=socket_mode("keyd", uids),
                                                              activation_name="keyd")]))
             keys_api = key_service.for_caller(Caller.this_process())
         else:
@@ -163,8 +189,11 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             keys_api = keys_client
         if "certs" in services:
             cert_service, renewal = build_cert_service(settings.certs, keys_api)
-            app = build_certs_app(cert_service, limiter=UidLimiter())
-            runners.append(await start_server(app, [Listener(settings.certs.socket_path, mode=0o666,
+            uids = [p.uid for p in settings.certs.principals]
+            app = guard_host_service(build_certs_app(cert_service, limiter=UidLimiter()), "certd", uids,
+                                     modules.module_of)
+            runners.append(await start_server(app, [Listener(settings.certs.socket_path,
+                                                             mode=socket_mode("certd", uids),
                                                              activation_name="certd")]))
             await renewal.start()
             certs_api: CertsApi = cert_service.for_caller(Caller.this_process())
@@ -176,8 +205,11 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             await identity.start()
             if renewal is not None:  # a renewed device identity cert is provisioned again, as aziot does
                 identity.follow_renewals(renewal.subscribe())
-            app = build_identity_app(identity, limiter=UidLimiter())
-            runners.append(await start_server(app, [Listener(settings.identity.socket_path, mode=0o666,
+            uids = [p.uid for p in settings.identity.principals]
+            app = guard_host_service(build_identity_app(identity, limiter=UidLimiter()), "identityd", uids,
+                                     modules.module_of)
+            runners.append(await start_server(app, [Listener(settings.identity.socket_path,
+                                                             mode=socket_mode("identityd", uids),
                                                              activation_name="identityd")]))
         if "edged" in services:
             provisioning = settings.identity.provisioning
@@ -192,12 +224,14 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             if tpm_service is not None:  # anchor the measurement in the TPM: PCR 23, quotable by verifiers
                 detail["pcr"], detail["pcr_value"] = DEFAULT_PCR, await tpm_service.extend_pcr(me.combined)
             runtime.audit.append("edgeward.started", None, detail)
+            modules.runtime = runtime
         log.info("edgeward ready: %s", ", ".join(services))
         notify(f"READY=1\nMAINPID={os.getpid()}")
         if ready is not None:
             ready.set()
         await _wait_for_signal()
     finally:
+        modules.runtime = None
         if runtime is not None:
             await runtime.close()
         if renewal is not None:

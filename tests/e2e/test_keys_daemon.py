@@ -46,10 +46,13 @@ def test_principals_are_enforced_per_uid_over_the_real_socket(public_dir: Path) 
         # moving needs both ids
         status, body = as_uid(1000, sock, "POST", "/keypair/move" + q, {"from": "device-1", "to": "other-2"})
         assert status == 401 and "other-2" in body["message"]
-        # an unknown uid may create nothing ...
+        # an unknown uid may call nothing, not even with a handle: it is no principal of keyd (in aziot's
+        # deployment it could not open the socket at all) ...
         assert as_uid(4242, sock, "POST", "/keypair" + q, {"keyId": "device-9"})[0] == 401
-        # ... but operations by handle need no principal (the handle is the capability), as in aziot
         status, body = as_uid(4242, sock, "POST", "/parameters/algorithm" + q, {"keyHandle": handle})
+        assert status == 401 and "row 'keyd (every route)'" in body["message"], body
+        # ... while a principal's operations by handle need no glob (the handle is the capability), as in aziot
+        status, body = as_uid(1001, sock, "POST", "/parameters/algorithm" + q, {"keyHandle": handle})
         assert (status, body) == (200, {"value": "ECDSA"})
         # root may use every key
         assert as_uid(0, sock, "GET", "/keypair/other-1" + q)[0] == 200

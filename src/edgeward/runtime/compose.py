@@ -11,6 +11,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..access.classify import AttestedClassifier
+from ..access.guard import AccessGuard, install_guard
+from ..access.refusals import refusals
+from ..access.table import SOCKETS
 from ..attest.audit import AuditLog
 from ..attest.monitor import IntegrityMonitor
 from ..attest.pipeline import Attestor
@@ -70,6 +74,7 @@ class RuntimeParts:
         elif isinstance(self.identities, IdentityServiceModules):
             await self.identities.close()
         self.registry.close()
+        refusals.set_sink(None)
         self.audit.close()
 
 
@@ -94,11 +99,13 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
     edge_ca = EdgeCa(keys, certs)
     sockets = WorkloadSockets(settings.workload_root)
     workload = Workload(attestor, sockets, keys, edge_ca, settings.hostname)
-    workload_app = build_workload_app(workload, limiter=UidLimiter())
+    workload_app = install_guard(build_workload_app(workload, limiter=UidLimiter()),
+                                 AccessGuard(SOCKETS["workload"], AttestedClassifier(attestor)))
     workload_runner = web.AppRunner(workload_app, access_log=None, handle_signals=False)
     await workload_runner.setup()
     sockets.runner = workload_runner  # from now on every module directory gets its socket
     audit = AuditLog(settings.audit_home or settings.home / "audit")
+    refusals.set_sink(audit)  # every refusal of this process's services is recorded in the runtime's audit log
     runtime = ModuleRuntime(settings, engine, registry, identities, sockets, audit=audit)
     workload.runtime = runtime
     mgmt = Management(runtime, attestor, identities, provisioning=provisioning, reprovision=reprovision)
@@ -108,7 +115,9 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
                          [workload_runner])
     try:
         settings.mgmt_dir.mkdir(parents=True, exist_ok=True)
-        parts.runners.append(await start_server(build_management_app(mgmt, limiter=UidLimiter()), [
+        mgmt_app = install_guard(build_management_app(mgmt, limiter=UidLimiter()),
+                                 AccessGuard(SOCKETS["mgmt"], AttestedClassifier(attestor)))
+        parts.runners.append(await start_server(mgmt_app, [
             Listener(settings.mgmt_socket, mode=0o666, activation_name="aziot-edged.mgmt")]))
         await runtime.start()
         await monitor.start()

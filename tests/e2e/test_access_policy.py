@@ -1,0 +1,197 @@
+"""The access table over the real daemon: who may reach which socket and route, and the trace every refusal
+leaves. Each test is an attack that succeeded before the table existed (issue 12, items 3, 9 and 10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeward.access.table import SOCKETS, render_markdown
+from edgeward.http import HttpError, UnixClient
+from edgeward.runtime.mgmt_client import ManagementClient
+from edgeward.supervise import running_daemon
+from tests.fixtures.dockerd import TEST_IMAGE, Dockerd
+from tests.fixtures.modules import client_spec, logs_until
+from tests.fixtures.peers import CLIENT
+from tests.fixtures.swtpm import Swtpm
+
+EDGEWARD = [sys.executable, "-m", "edgeward"]
+STRANGER = 4321  # a local user no principal names
+
+
+def call_as(uid: int, sock: Path, method: str, path: str, body: dict[str, Any] | None = None,
+            groups: tuple[int, ...] = ()) -> tuple[int, str]:
+    """(status, body) as another local user; status 0 when the socket could not even be opened."""
+    cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}",
+           f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
+           "/usr/bin/python3", "-c", CLIENT, str(sock), method, path]
+    if body is not None:
+        cmd.append(json.dumps(body))
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        assert "PermissionError" in done.stderr or "Permission denied" in done.stderr, done.stderr
+        return 0, done.stderr
+    status, _, rest = done.stdout.partition(" ")
+    return int(status), rest
+
+
+def refusals_in_audit(state: Path) -> list[dict[str, Any]]:
+    out = subprocess.run([*EDGEWARD, "audit", "show", "--json", "--last", "500", "--state-dir", str(state)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return [r for r in json.loads(out) if r["kind"] == "access.refused"]
+
+
+@pytest.fixture(scope="module")
+def device() -> Iterator[dict[str, Path]]:
+    base = Path(tempfile.mkdtemp(prefix="edgeward-access-"))  # other uids must reach the sockets' directories
+    os.chmod(base, 0o755)
+    state, run = base / "state", base / "run"
+    log = base / "daemon.log"
+    try:
+        with running_daemon(["run", "--state-dir", str(state), "--run-dir", str(run)], log_path=log):
+            for d in (run, run / "mgmt"):  # as aziot's DirectoryMode: the sockets' own modes and the table decide
+                os.chmod(d, 0o755)
+            yield {"state": state, "run": run, "log": log}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_readme_socket_table_is_the_enforced_one() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert render_markdown() in readme, "README's socket table differs from edgeward.access.table: re-render it"
+
+
+def test_every_declared_route_is_covered_by_the_table() -> None:
+    from edgeward.certs.routes import routes as certs
+    from edgeward.identity.routes import routes as identity
+    from edgeward.keys.routes import routes as keys
+    from edgeward.runtime.mgmt_routes import routes as mgmt
+    from edgeward.runtime.workload_routes import routes as workload
+    from edgeward.tpm.routes import routes as tpm
+
+    for name, table in (("keyd", keys), ("certd", certs), ("identityd", identity), ("tpmd", tpm),
+                        ("mgmt", mgmt), ("workload", workload)):
+        policy = SOCKETS[name]
+        for method, path, _ in table.declared():
+            kinds, _ = policy.kinds_for(method, path)
+            assert kinds, f"{name} {method} {path} admits nobody"
+        declared = {(m, p) for m, p, _ in table.declared()}
+        stale = [(r.method, r.path) for r in policy.rules if (r.method, r.path) not in declared]
+        assert not stale, f"rows for routes {name} does not serve: {stale}"
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_tpmd_serves_root_only_and_refuses_a_local_user_even_in_its_group(
+        fresh_swtpm: Swtpm, public_dir: Path) -> None:
+    tmp_path = public_dir
+    config = tmp_path / "config.toml"
+    config.write_text(f'[tpm]\ntcti = "{fresh_swtpm.tcti}"\n')
+    run = tmp_path / "r"
+    with running_daemon(["run", "-c", str(config), "--state-dir", str(tmp_path / "s"), "--run-dir", str(run)]):
+        os.chmod(run, 0o755)
+        sock = run / "tpmd.sock"
+        st = sock.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_uid == os.getuid()
+        q = "?api-version=2020-09-01"
+        # A local user cannot open the socket at all ...
+        assert call_as(STRANGER, sock, "GET", "/get_tpm_keys" + q)[0] == 0
+        # ... and one who can (a member of its group) is refused by the guard on every route: no SAS tokens from
+        # the DPS auth key, no replacing it.
+        for method, path, body in (("GET", "/get_tpm_keys", None),
+                                   ("POST", "/sign_with_auth_key", {"data": "aGVsbG8="}),
+                                   ("POST", "/import_auth_key", {"key": "aGVsbG8="})):
+            status, answer = call_as(STRANGER, sock, method, path + q, body, groups=(st.st_gid,))
+            assert status == 401 and "row 'tpmd (every route)'" in answer, (path, status, answer)
+        async with UnixClient(sock, "2020-09-01") as client:
+            status, raw = await client.request("GET", "/get_tpm_keys")
+        assert status == 200 and set(json.loads(raw)) == {"endorsement_key", "storage_root_key"}
+
+
+async def _deploy(run: Path, spec: dict[str, Any], marker: bytes = b"DONE") -> str:
+    mgmt = ManagementClient(run / "mgmt" / "mgmt.sock")
+    try:
+        await mgmt.create_module(spec)
+        await mgmt.action(spec["name"], "start")
+        return (await logs_until(mgmt, spec["name"], marker)).decode(errors="replace")
+    finally:
+        await mgmt.close()
+
+
+def _results(logs: str) -> list[dict[str, Any]]:
+    return [json.loads(line.split("RESULT ", 1)[1]) for line in logs.splitlines() if "RESULT " in line]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_host_process_module_running_as_root_is_no_host_caller_of_keyd(device: dict[str, Path]) -> None:
+    keyd = device["run"] / "keyd.sock"
+    spec = client_spec("rooted", [["POST", "mgmt", "/keypair?api-version=2020-09-01", {"keyId": "stolen"}],
+                                  ["GET", "mgmt", "/keypair/edgeward-local-ca?api-version=2020-09-01", None]])
+    spec["config"]["env"].append({"key": "IOTEDGE_MANAGEMENTURI", "value": f"unix://{keyd}"})
+    results = _results(await _deploy(device["run"], spec))
+    assert len(results) == 2
+    for r in results:
+        assert r["status"] == 401 and "module rooted" in r["body"]["message"], r
+
+
+def test_a_container_with_keyd_bind_mounted_is_no_host_root(device: dict[str, Path], dockerd: Dockerd) -> None:
+    keyd = device["run"] / "keyd.sock"
+    binds = [f"{p}:{p}:ro" for p in ("/usr", "/lib", "/lib64") if Path(p).exists()]
+    done = dockerd.cli("run", "--rm", "--network", "none", *(x for b in binds for x in ("-v", b)),
+                       "-v", f"{keyd}:/keyd.sock", TEST_IMAGE, "/usr/bin/python3", "-c", CLIENT, "/keyd.sock",
+                       "POST", "/keypair?api-version=2020-09-01", json.dumps({"keyId": "from-a-container"}))
+    status, _, body = done.stdout.partition(" ")
+    assert int(status) == 401 and "container " in body, done.stdout
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_every_refusal_is_audited_and_logged_with_a_rate_limit(device: dict[str, Path]) -> None:
+    run, state = device["run"], device["state"]
+    before = len(refusals_in_audit(state))
+    await _deploy(run, client_spec("victim", []))
+    # 1. a module signing as another module (on its own socket)
+    sign = {"keyId": "primary", "algo": "HMACSHA256", "data": "aGk="}
+    nosy = _results(await _deploy(run, client_spec(
+        "nosy", [["POST", "workload", "/modules/victim/genid/x/sign?api-version=2019-01-30", sign]])))
+    assert nosy[0]["status"] == 403
+    # 2. a host process signing as a module on the module's socket
+    async with UnixClient(run / "workload" / "victim" / "workload.sock", "2019-01-30") as client:
+        with pytest.raises(HttpError):
+            await client.request("POST", "/modules/victim/genid/x/sign", sign)
+    # 3. a local user on the management socket (0666), and on the keys and identity sockets (0660) as a member of
+    # their group who is no principal
+    group = ((run / "keyd.sock").stat().st_gid,)
+    keypair = ("POST", "/keypair?api-version=2020-09-01", {"keyId": "k"})
+    assert call_as(STRANGER, run / "mgmt" / "mgmt.sock", "GET", "/modules?api-version=2022-08-03")[0] == 403
+    assert call_as(STRANGER, run / "keyd.sock", *keypair)[0] == 0  # outside the group it cannot even connect
+    assert call_as(STRANGER, run / "keyd.sock", *keypair, groups=group)[0] == 401
+    assert call_as(STRANGER, run / "identityd.sock", "GET", "/identities/identity?api-version=2021-12-01",
+                   groups=group)[0] == 401
+    # Each is one audit record naming the caller, the route and the refusing step, and one log line.
+    records = refusals_in_audit(state)[before:]
+    seen = {(r["detail"]["service"], r["detail"]["route"], r["detail"]["step"]) for r in records}
+    assert ("workload", "POST /modules/{name}/genid/{genid}/sign", "registration_for") in seen, records
+    assert ("workload", "POST /modules/{name}/genid/{genid}/sign", "container_of") in seen, records
+    assert ("mgmt", "GET /modules", "container_of") in seen, records
+    assert ("keyd", "POST /keypair", "policy") in seen, records
+    assert ("identityd", "GET /identities/identity", "policy") in seen, records
+    stranger = [r for r in records if r["detail"]["uid"] == STRANGER]
+    assert all(r["detail"]["pid"] > 0 and r["detail"]["caller"] == "host" for r in stranger)
+    assert next(r for r in records if r["detail"]["step"] == "registration_for")["module"] == "nosy"
+    log = device["log"].read_text()
+    assert log.count("refused ") >= 5 and "refused GET /modules on mgmt: pid" in log
+    # A flood of the same refusal is recorded a bounded number of times, and counted, not lost.
+    for _ in range(12):
+        call_as(STRANGER, run / "keyd.sock", *keypair, groups=group)
+    flood = [r for r in refusals_in_audit(state)[before:]
+             if r["detail"]["service"] == "keyd" and r["detail"]["uid"] == STRANGER]
+    assert 1 <= len(flood) <= 5, len(flood)
