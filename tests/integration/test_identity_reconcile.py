@@ -74,6 +74,8 @@ class Device:
             return hmac.new(self.key, data, hashlib.sha256).digest()
 
         headers = {"Authorization": await make_token(device_audience(self.hub.hostname, DEVICE), sign, 60)}
+        if method == "DELETE":
+            headers["If-Match"] = "*"
         url = f"https://{self.hub.hostname}/devices/{DEVICE}/modules/{module_id}?api-version={HUB_API_VERSION}"
         tls = ssl.create_default_context(cadata=self.hub.ca_pem.decode())
         async with aiohttp.ClientSession() as s, s.request(method, url, json=body, headers=headers, ssl=tls) as r:
@@ -182,6 +184,53 @@ async def test_removed_host_principal_loses_its_hub_identity_and_its_key_handle_
         assert await hub_accepts_token_of(env, dev, AGENT[1], AGENT[0], body["spec"]["auth"]["keyHandle"])
         status, body = await sign_as(env, AGENT[1], old_handle, b"data")
         assert status == 401, body
+
+
+async def test_a_principal_no_longer_of_idtype_module_loses_its_module_identity(
+    request: pytest.FixtureRequest, dev: Device
+) -> None:
+    given = await first_start(request, dev)
+    doc = dev.doc(AGENT, OTHER)
+    doc["principal"][0]["idtype"] = ["device"]  # same uid and name, now for the device identity only
+    settings = parse_identity_settings(doc, dev.base / "state", dev.base / "run")
+    async with serve_identity(request, dev.base, doc, hub_factory_for(settings)) as env:
+        assert (await dev.registry("GET", AGENT[0]))[0] == 404
+        status, body = await sign_as(env, AGENT[1], given[AGENT[0]]["auth"]["keyHandle"], b"data")
+        assert status == 401, body
+        status, body = await identity_as(env, AGENT[1])
+        assert status == 200 and "moduleId" not in body["spec"], body
+
+
+async def test_an_identity_someone_else_recreated_under_the_removed_name_is_left_alone(
+    request: pytest.FixtureRequest, dev: Device
+) -> None:
+    """While the service was stopped, the cloud operator deleted the agent's identity and made another of that name:
+    it is not the one this service made, so removing the principal must not delete it."""
+    given = await first_start(request, dev)
+    assert (await dev.registry("DELETE", AGENT[0]))[0] == 204
+    status, theirs = await dev.registry("PUT", AGENT[0], {"moduleId": AGENT[0], "deviceId": DEVICE,
+                                                          "managedBy": "someone-else"})
+    assert status == 200, theirs
+    async with serve(request, dev, OTHER) as env:
+        status, body = await dev.registry("GET", AGENT[0])
+        assert status == 200 and body["generationId"] == theirs["generationId"], body
+        status, body = await sign_as(env, AGENT[1], given[AGENT[0]]["auth"]["keyHandle"], b"data")
+        assert status == 401, body  # the agent's own key is still revoked
+
+
+async def test_a_configured_principal_does_not_take_over_an_identity_of_its_name_managed_by_another(
+    request: pytest.FixtureRequest, dev: Device
+) -> None:
+    """The edge runtime's module of the same name keeps its keys; the host agent gets no identity (404) rather than
+    handles to a module that is not its own."""
+    status, theirs = await dev.registry("PUT", AGENT[0], {"moduleId": AGENT[0], "deviceId": DEVICE,
+                                                          "managedBy": "IotEdge"})
+    assert status == 200, theirs
+    async with serve(request, dev, AGENT) as env:
+        status, body = await dev.registry("GET", AGENT[0])
+        assert status == 200 and body["etag"] == theirs["etag"], body  # never written to
+        status, body = await identity_as(env, AGENT[1])
+        assert status == 404 and "managed by 'IotEdge'" in body["message"], body
 
 
 class SwitchableHub:

@@ -34,6 +34,7 @@ from ..http.peercred import Caller
 from ..keys.api import KeysApi
 from ..keys.model import HmacSha256
 from ..tpm.api import TpmApi
+from .cloud import Unreachable
 from .dps import DpsAuth, SymmetricKeyAuth, TpmAuth, X509Auth
 from .model import AziotIdentity, HubModules, Identity, LocalIdentity, ModuleInfo, ProvisioningInfo
 from .settings import DpsProvisioning, IdentitySettings, IdPrincipal, ManualProvisioning, SecretSource
@@ -351,7 +352,7 @@ class IdentityService:
         device = self.device
         handle, _, _ = await self._module_keys(info.module_id, info.generation_id)
         return AziotIdentity(device.hub, device.device_id, "sas", handle, gateway_host=device.gateway_host,
-                             module_id=info.module_id, gen_id=info.generation_id)
+                             module_id=info.module_id, gen_id=info.generation_id, managed_by=info.managed_by)
 
     async def create_module(self, module_id: str, managed_by: str | None = None) -> AziotIdentity:
         _validate_module_id(module_id)
@@ -445,16 +446,17 @@ class IdentityService:
                 if record.module_id not in configured:
                     try:
                         await self._remove_host_module(record)
-                    except HttpError as e:
+                    except (HttpError, OSError) as e:
+                        failures.append(_as_http_error(e))
                         log.warning("could not remove the identity of host principal %r: %s", record.module_id,
-                                    e.message)
-                        failures.append(e)
+                                    failures[-1].message)
             for name in sorted(configured):
                 try:
                     await self._ensure_host_module(name)
-                except HttpError as e:
-                    log.warning("could not register the identity of host principal %r: %s", name, e.message)
-                    failures.append(e)
+                except (HttpError, OSError) as e:
+                    failures.append(_as_http_error(e))
+                    log.warning("could not register the identity of host principal %r: %s", name,
+                                failures[-1].message)
             if failures:
                 raise next((e for e in failures if _retriable(e)), failures[0])
             self.reconciled.set()
@@ -603,6 +605,11 @@ def _cn(cert: x509.Certificate) -> str | None:
 def _retriable(error: HttpError) -> bool:
     transient = getattr(error, "transient", None)
     return bool(transient) if transient is not None else error.status in (429, 503, 504)
+
+
+def _as_http_error(error: HttpError | OSError) -> HttpError:
+    """A service this one depends on (the keys service's socket) did not answer: transient, like a hub outage."""
+    return error if isinstance(error, HttpError) else Unreachable(f"a local service did not answer: {error}")
 
 
 def _validate_module_id(module_id: str) -> None:
