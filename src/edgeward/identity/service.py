@@ -327,8 +327,10 @@ class IdentityService:
                     self._retry_task = asyncio.create_task(self._retry_provisioning(e), name="provisioning-retry")
 
     async def reprovision(self) -> None:
+        """Provision again; the host principals' identities follow (retried on their own if the hub fails them,
+        so a reconciliation failure is not a failed provisioning)."""
         await self.provision(use_backup=False)
-        await self.reconcile_principal_modules()
+        await self._reconcile_or_retry()
 
     # identities -------------------------------------------------------------------------------------------
     async def device_identity(self) -> AziotIdentity:
