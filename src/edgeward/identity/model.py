@@ -18,6 +18,7 @@ class AziotIdentity:
     gateway_host: str | None = None
     module_id: str | None = None
     gen_id: str | None = None
+    managed_by: str | None = None  # a module's managedBy in the hub (host principals': edgeward)
 
 
 @dataclass(frozen=True)

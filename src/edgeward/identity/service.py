@@ -1,6 +1,12 @@
 """The identity service: provisions the device (manual or DPS with a symmetric key, X.509 or TPM attestation),
 keeps module identities in IoT Hub in step with what runs here, and tells each caller only the identities its
-principal may see. When the device identity certificate is renewed, a DPS device registers again with the new one."""
+principal may see. When the device identity certificate is renewed, a DPS device registers again with the new one.
+
+Host-process principals (``[[principal]] idtype = ["module"]``, e.g. Device Update) each get a hub module identity
+whose SAS keys derive from a key of that principal alone. When a principal leaves the configuration, the next start
+deletes that key (every handle the agent was given stops signing at once, cloud or no cloud), drops the local copy,
+and deletes the hub identity - only one this service recorded creating for a host principal and that still carries
+its managedBy tag - retrying through hub outages, at the next start if need be."""
 
 from __future__ import annotations
 
@@ -28,13 +34,15 @@ from ..http.peercred import Caller
 from ..keys.api import KeysApi
 from ..keys.model import HmacSha256
 from ..tpm.api import TpmApi
+from .cloud import Unreachable
 from .dps import DpsAuth, SymmetricKeyAuth, TpmAuth, X509Auth
 from .model import AziotIdentity, HubModules, Identity, LocalIdentity, ModuleInfo, ProvisioningInfo
 from .settings import DpsProvisioning, IdentitySettings, IdPrincipal, ManualProvisioning, SecretSource
-from .state import DeviceIdentity, DeviceStore, ModuleCache, ModuleRecord, fingerprint
+from .state import DeviceIdentity, DeviceStore, HostModule, HostModules, ModuleCache, ModuleRecord, fingerprint
 
 __all__ = [
     "DEVICE_KEY_ID",
+    "HOST_MODULE_TAG",
     "MODULE_MASTER_KEY_ID",
     "DpsRegistrar",
     "HubAuth",
@@ -42,12 +50,14 @@ __all__ = [
     "IdentityService",
     "NotProvisioned",
     "Signer",
+    "principal_key_id",
 ]
 
 log = logging.getLogger(__name__)
 
 DEVICE_KEY_ID = "edgeward-identity-device-key"
 MODULE_MASTER_KEY_ID = "edgeward-identity-module-master"
+HOST_MODULE_TAG = "edgeward"  # managedBy of the hub identities made for host principals (the edge agent uses IotEdge)
 RETRY_FIRST = 1.0
 RETRY_MAX = 300.0
 
@@ -72,6 +82,11 @@ def _read_secret(source: SecretSource) -> bytes:
         return raw
 
 
+def principal_key_id(name: str) -> str:
+    """The key a host principal's module SAS keys derive from: its own, so deleting it kills exactly its handles."""
+    return f"edgeward-identity-principal-{name}"
+
+
 def _config_fingerprint(settings: IdentitySettings) -> str:
     prov = settings.provisioning
     doc = asdict(prov) if prov is not None else {}
@@ -94,6 +109,10 @@ class IdentityService:
         self.dps_register = dps_register
         self.store = DeviceStore(settings.homedir)
         self.cache = ModuleCache(settings.homedir)
+        self.host_modules = HostModules(settings.homedir)
+        self.reconciled = asyncio.Event()  # set once the host principals' identities match the configuration
+        self._reconcile_lock = asyncio.Lock()
+        self._reconcile_task: asyncio.Task[None] | None = None
         self._trusted = trusted_uids if trusted_uids is not None else frozenset({0, os.getuid()})
         self._device: DeviceIdentity | None = None
         self._last_error: str | None = None
@@ -115,7 +134,9 @@ class IdentityService:
 
     async def start(self) -> None:
         """Provision (or restore the backup made under this same configuration), then reconcile the modules of
-        host-process principals. A cloud outage leaves the service up, serving from its backup."""
+        host-process principals. A cloud outage leaves the service up, serving from its backup, and the
+        reconciliation is retried in the background."""
+        await self._revoke_removed_principal_keys()  # first, and needing no cloud: removed agents' handles die now
         if self.settings.provisioning is None:
             log.info("no [provisioning] configured: the device has no cloud identity")
             return
@@ -126,10 +147,7 @@ class IdentityService:
             if _retriable(e):
                 self._retry_task = asyncio.create_task(self._retry_provisioning(e), name="provisioning-retry")
         if self._device is not None:
-            try:
-                await self.reconcile_principal_modules()
-            except HttpError as e:
-                log.warning("could not reconcile module identities with the hub: %s", e.message)
+            await self._reconcile_or_retry()
 
     async def _retry_provisioning(self, first: HttpError) -> None:
         """Retry a provisioning the cloud refused for now (429, 5xx, unreachable), with exponential backoff and
@@ -149,10 +167,7 @@ class IdentityService:
                 log.warning("provisioning failed again (%s); retrying in %.0fs", e.message, delay)
                 continue
             self.next_attempt_in = None
-            try:
-                await self.reconcile_principal_modules()
-            except HttpError as e:
-                log.warning("could not reconcile module identities with the hub: %s", e.message)
+            await self._reconcile_or_retry()
             return
 
     async def provision(self, use_backup: bool) -> DeviceIdentity:
@@ -312,8 +327,10 @@ class IdentityService:
                     self._retry_task = asyncio.create_task(self._retry_provisioning(e), name="provisioning-retry")
 
     async def reprovision(self) -> None:
+        """Provision again; the host principals' identities follow (retried on their own if the hub fails them,
+        so a reconciliation failure is not a failed provisioning)."""
         await self.provision(use_backup=False)
-        await self.reconcile_principal_modules()
+        await self._reconcile_or_retry()
 
     # identities -------------------------------------------------------------------------------------------
     async def device_identity(self) -> AziotIdentity:
@@ -321,8 +338,14 @@ class IdentityService:
         return AziotIdentity(device.hub, device.device_id, device.auth, await self._device_key_handle(device),
                              cert_id=device.cert_id, gateway_host=device.gateway_host)
 
+    def _host_principal_modules(self) -> set[str]:
+        return {p.name for p in self.settings.principals if p.idtype and "module" in p.idtype}
+
     async def _module_keys(self, module_id: str, generation_id: str) -> tuple[str, bytes, bytes]:
-        master = await self.keys.create_key_if_not_exists(MODULE_MASTER_KEY_ID, "derive")
+        """A configured host principal's keys derive from its own key; every other module's from the shared
+        master (as the runtime derives them for the workload API)."""
+        key_id = principal_key_id(module_id) if module_id in self._host_principal_modules() else MODULE_MASTER_KEY_ID
+        master = await self.keys.create_key_if_not_exists(key_id, "derive")
         primary = await self.keys.create_derived_key(master, f"{module_id}:{generation_id}:primary".encode())
         secondary = await self.keys.create_derived_key(master, f"{module_id}:{generation_id}:secondary".encode())
         return primary, await self.keys.export_derived_key(primary), await self.keys.export_derived_key(secondary)
@@ -331,21 +354,29 @@ class IdentityService:
         device = self.device
         handle, _, _ = await self._module_keys(info.module_id, info.generation_id)
         return AziotIdentity(device.hub, device.device_id, "sas", handle, gateway_host=device.gateway_host,
-                             module_id=info.module_id, gen_id=info.generation_id)
+                             module_id=info.module_id, gen_id=info.generation_id, managed_by=info.managed_by)
 
     async def create_module(self, module_id: str, managed_by: str | None = None) -> AziotIdentity:
         _validate_module_id(module_id)
         hub = await self.hub()
-        info = await hub.get_module(module_id)
-        if info is None:
-            info = await hub.create_module(module_id, managed_by)
+        return await self._aziot_module(await self._register(hub, module_id, managed_by,
+                                                             await hub.get_module(module_id)))
+
+    async def _register(self, hub: HubModules, module_id: str, managed_by: str | None,
+                        existing: ModuleInfo | None) -> ModuleInfo:
+        """Create the module identity unless it exists, then give the hub its keys for this generation."""
+        info = existing if existing is not None else await hub.create_module(module_id, managed_by)
         _, primary, secondary = await self._module_keys(module_id, info.generation_id)
         info = await hub.update_module(module_id, primary, secondary)
         self.cache.put(self.device.device_id, ModuleRecord(module_id, "aziot", info.generation_id, info.managed_by))
         log.info("module identity %r (generation %s) registered in %s", module_id, info.generation_id, self.device.hub)
-        return await self._aziot_module(info)
+        return info
 
     async def get_module(self, module_id: str) -> AziotIdentity:
+        return await self._aziot_module(await self._module_info(module_id))
+
+    async def _module_info(self, module_id: str) -> ModuleInfo:
+        """The hub's answer, or the local copy while the hub is unreachable."""
         _validate_module_id(module_id)
         try:
             info = await (await self.hub()).get_module(module_id)
@@ -364,7 +395,7 @@ class IdentityService:
                 raise
             log.warning("hub unreachable (%s); answering %r from the local copy", e.message, module_id)
             info = ModuleInfo(cached.module_id, cached.generation_id, cached.managed_by)
-        return await self._aziot_module(info)
+        return info
 
     async def list_modules(self) -> list[AziotIdentity]:
         try:
@@ -405,11 +436,117 @@ class IdentityService:
     def device_id_or_local(self) -> str:
         return self._device.device_id if self._device is not None else "local"
 
+    # host principals' module identities ---------------------------------------------------------------------
     async def reconcile_principal_modules(self) -> None:
-        """Host-process principals with idtype "module" get a module identity named after them."""
-        for principal in self.settings.principals:
-            if principal.idtype and "module" in principal.idtype:
-                await self.create_module(principal.name, managed_by="edgeward")
+        """Make the hub match the configuration: delete the identities of host principals no longer configured,
+        then give each configured one (idtype "module") a module identity named after it. Every step is tried;
+        the first failure is raised afterwards (a transient one first, so the caller knows to retry)."""
+        async with self._reconcile_lock:
+            configured = self._host_principal_modules()
+            failures: list[HttpError] = []
+            for record in self.host_modules.all():
+                if record.module_id not in configured:
+                    try:
+                        await self._remove_host_module(record)
+                    except (HttpError, OSError) as e:
+                        failures.append(_as_http_error(e))
+                        log.warning("could not remove the identity of host principal %r: %s", record.module_id,
+                                    failures[-1].message)
+            for name in sorted(configured):
+                try:
+                    await self._ensure_host_module(name)
+                except (HttpError, OSError) as e:
+                    failures.append(_as_http_error(e))
+                    log.warning("could not register the identity of host principal %r: %s", name,
+                                failures[-1].message)
+            if failures:
+                raise next((e for e in failures if _retriable(e)), failures[0])
+            self.reconciled.set()
+
+    async def _reconcile_or_retry(self) -> None:
+        try:
+            await self.reconcile_principal_modules()
+        except HttpError as e:
+            if not _retriable(e):
+                log.error("host principals' identities not reconciled (retried at the next start): %s", e.message)
+            elif self._reconcile_task is None or self._reconcile_task.done():
+                self._reconcile_task = asyncio.create_task(self._retry_reconcile(e), name="host-modules-retry")
+
+    async def _retry_reconcile(self, first: HttpError) -> None:
+        """Retry through a hub outage with exponential backoff (and the hub's Retry-After); the records keep the
+        intent for the next start if this process stops first."""
+        error, delay = first, RETRY_FIRST
+        while True:
+            await asyncio.sleep(max(delay, getattr(error, "retry_after", None) or 0.0))
+            try:
+                await self.reconcile_principal_modules()
+            except HttpError as e:
+                if not _retriable(e):
+                    log.error("host principals' identities not reconciled (retried at the next start): %s",
+                              e.message)
+                    return
+                error, delay = e, min(delay * 2, RETRY_MAX)
+                continue
+            log.info("host principals' identities reconciled with the hub")
+            return
+
+    async def _revoke_removed_principal_keys(self) -> None:
+        configured = self._host_principal_modules()
+        for record in self.host_modules.all():
+            if record.module_id not in configured:
+                try:
+                    await self._revoke_principal_key(record)
+                except (HttpError, OSError) as e:  # the keys service is down: the reconciliation tries again
+                    log.error("could not delete the key of removed host principal %r: %s", record.module_id, e)
+
+    async def _revoke_principal_key(self, record: HostModule) -> None:
+        """Delete the principal's key, so no handle derived from it signs again, and its local copy."""
+        try:
+            handle = await self.keys.load_key(principal_key_id(record.module_id))
+        except HttpError as e:
+            if e.status != 404:
+                raise
+        else:
+            await self.keys.delete_key(handle)
+            log.info("host principal %r is no longer configured: its key is deleted and its handles are void",
+                     record.module_id)
+        self.cache.delete(record.device_id, "aziot", record.module_id)
+
+    async def _remove_host_module(self, record: HostModule) -> None:
+        await self._revoke_principal_key(record)
+        device = self.device
+        if (record.hub, record.device_id) != (device.hub, device.device_id):
+            log.warning("the identity of removed host principal %r is on %s (device %s), which this device no "
+                        "longer uses: delete it there by hand", record.module_id, record.hub, record.device_id)
+            self.host_modules.forget(record)
+            return
+        hub = await self.hub()
+        info = await hub.get_module(record.module_id)
+        if info is not None and (info.managed_by != HOST_MODULE_TAG
+                                 or record.generation_id not in ("", info.generation_id)):
+            log.warning("not deleting module identity %r: it is no longer the one made for the host principal "
+                        "(managedBy %r, generation %s)", record.module_id, info.managed_by, info.generation_id)
+        elif info is not None:
+            try:
+                await hub.delete_module(record.module_id)
+            except HttpError as e:
+                if e.status != 404:
+                    raise
+            log.info("deleted the hub identity of removed host principal %r", record.module_id)
+        self.host_modules.forget(record)
+
+    async def _ensure_host_module(self, name: str) -> None:
+        _validate_module_id(name)
+        device, hub = self.device, await self.hub()
+        info = await hub.get_module(name)
+        if info is not None and info.managed_by != HOST_MODULE_TAG:
+            log.error("host principal %r gets no identity: the hub's module identity %r is managed by %r, not "
+                      "taken over", name, name, info.managed_by)
+            return
+        # recorded before the hub creates anything: a crash in between leaves a row, never an untracked identity
+        self.host_modules.record(HostModule(device.hub, device.device_id, name, info.generation_id if info else ""))
+        info = await self._register(hub, name, HOST_MODULE_TAG, info)
+        self.host_modules.record(HostModule(device.hub, device.device_id, name, info.generation_id))
 
     # authorization ----------------------------------------------------------------------------------------
     def principal_of(self, caller: Caller) -> IdPrincipal | None:
@@ -431,7 +568,11 @@ class IdentityService:
             raise Unauthorized(f"uid {caller.uid} is not a principal of the identity service")
         kinds = principal.idtype or ("device",)
         if "module" in kinds:
-            return await self.get_module(principal.name)
+            info = await self._module_info(principal.name)
+            if info.managed_by != HOST_MODULE_TAG:  # someone else's identity of that name: not this agent's to use
+                raise NotFound(f"module identity {principal.name!r} is managed by {info.managed_by!r}, not by "
+                               f"this service for host principal {principal.name!r}")
+            return await self._aziot_module(info)
         if "local" in kinds:
             return await self.local_identity(principal.name, server=False)
         return await self.device_identity()
@@ -445,7 +586,7 @@ class IdentityService:
         return ProvisioningInfo("dps", prov.auth, prov.endpoint, prov.scope_id, prov.registration_id)
 
     def close(self) -> None:
-        for task in (self._retry_task, self._renewal_task):
+        for task in (self._retry_task, self._renewal_task, self._reconcile_task):
             if task is not None:
                 task.cancel()
         with contextlib.suppress(RuntimeError):  # no loop running: nothing was opened on one
@@ -455,6 +596,7 @@ class IdentityService:
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
         self.cache.close()
+        self.host_modules.close()
 
 
 def _cn(cert: x509.Certificate) -> str | None:
@@ -465,6 +607,11 @@ def _cn(cert: x509.Certificate) -> str | None:
 def _retriable(error: HttpError) -> bool:
     transient = getattr(error, "transient", None)
     return bool(transient) if transient is not None else error.status in (429, 503, 504)
+
+
+def _as_http_error(error: HttpError | OSError) -> HttpError:
+    """A service this one depends on (the keys service's socket) did not answer: transient, like a hub outage."""
+    return error if isinstance(error, HttpError) else Unreachable(f"a local service did not answer: {error}")
 
 
 def _validate_module_id(module_id: str) -> None:

@@ -1,5 +1,6 @@
 """What the identity service remembers across restarts: the provisioning result (with a fingerprint of the
-configuration that produced it) and the module identities it created, so it can start while the cloud is down.
+configuration that produced it), the module identities it created, so it can start while the cloud is down, and
+which hub identities it made for host-process principals, so it can delete them once they are configured no more.
 
 Unlike aziot, a backup made under another provisioning configuration (scope, registration id, endpoint, hub, device
 id, credentials) is never used: it would name a device the new configuration does not own.
@@ -17,7 +18,7 @@ from typing import Literal
 from ..fsutil import atomic_write, private_dir
 from ..sqlite import Store
 
-__all__ = ["DeviceIdentity", "DeviceStore", "ModuleCache", "ModuleRecord", "fingerprint"]
+__all__ = ["DeviceIdentity", "DeviceStore", "HostModule", "HostModules", "ModuleCache", "ModuleRecord", "fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,16 @@ class ModuleRecord:
     type: Literal["aziot", "local"]
     generation_id: str
     managed_by: str | None = None
+
+
+@dataclass(frozen=True)
+class HostModule:
+    """A hub module identity this service created (or took back) for a host-process ``[[principal]]``."""
+
+    hub: str
+    device_id: str
+    module_id: str
+    generation_id: str = ""  # "" while creating it: the hub has not answered yet
 
 
 def fingerprint(value: object) -> str:
@@ -108,6 +119,37 @@ class ModuleCache:
             db.execute("DELETE FROM modules WHERE device=? AND type=?", (device, type_))
             db.executemany("INSERT INTO modules VALUES (?, ?, ?, ?, ?)",
                            [(r.module_id, r.type, r.generation_id, r.managed_by, device) for r in records])
+
+    def close(self) -> None:
+        self._store.close()
+
+
+class HostModules:
+    """The hub identities made for host principals (SQLite, WAL). A row is written before the hub is asked to create
+    the identity and removed only once the hub no longer holds it, so neither a crash nor an outage between the two
+    loses track of an identity that must be deleted when its principal goes away."""
+
+    def __init__(self, homedir: Path) -> None:
+        self._store = Store(
+            private_dir(homedir) / "host-modules.db",
+            "CREATE TABLE IF NOT EXISTS host_modules (hub TEXT NOT NULL, device TEXT NOT NULL, "
+            "module_id TEXT NOT NULL, generation_id TEXT NOT NULL, PRIMARY KEY (hub, device, module_id))")
+
+    def record(self, module: HostModule) -> None:
+        with self._store.write() as db:
+            db.execute("INSERT OR REPLACE INTO host_modules VALUES (?, ?, ?, ?)",
+                       (module.hub, module.device_id, module.module_id, module.generation_id))
+
+    def forget(self, module: HostModule) -> None:
+        with self._store.write() as db:
+            db.execute("DELETE FROM host_modules WHERE hub=? AND device=? AND module_id=?",
+                       (module.hub, module.device_id, module.module_id))
+
+    def all(self) -> list[HostModule]:
+        with self._store.read() as db:
+            rows = db.execute("SELECT hub, device, module_id, generation_id FROM host_modules "
+                              "ORDER BY hub, device, module_id").fetchall()
+        return [HostModule(*r) for r in rows]
 
     def close(self) -> None:
         self._store.close()

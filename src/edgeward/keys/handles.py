@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from .model import KeyKind
 __all__ = ["MAX_HANDLE_LENGTH", "HandleClaims", "KeyHandleCodec"]
 
 MAX_HANDLE_LENGTH = 8192
+# The one shape this codec issues: exactly one sr and one sig, in that order, each plain base64 (ASCII only).
+# Anything else - a repeated or extra field, another order, a non-ASCII character - is refused, not interpreted.
+_HANDLE = re.compile(r"sr=([A-Za-z0-9+/]+={0,2})&sig=([A-Za-z0-9+/]+={0,2})", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +66,11 @@ class KeyHandleCodec:
         """Check the MAC and expiry; raise :class:`InvalidHandle` saying which check failed."""
         if not isinstance(handle, str) or len(handle) > MAX_HANDLE_LENGTH:
             raise InvalidHandle("invalid key handle: wrong type or too long")
-        parts = dict(p.partition("=")[::2] for p in handle.split("&"))
-        sr, sig = parts.get("sr"), parts.get("sig")
-        if not sr or not sig or len(parts) != 2:
-            raise InvalidHandle("invalid key handle: expected sr=...&sig=...")
-        if not hmac.compare_digest(self._sign(sr), sig):
+        match = _HANDLE.fullmatch(handle)
+        if match is None:
+            raise InvalidHandle("invalid key handle: expected exactly sr=<base64>&sig=<base64>")
+        sr, sig = match.groups()
+        if not hmac.compare_digest(self._sign(sr).encode(), sig.encode()):
             raise InvalidHandle("invalid key handle: signature does not verify (tampered, or issued elsewhere)")
         try:
             doc = json.loads(base64.b64decode(sr, validate=True))
