@@ -160,3 +160,19 @@ def test_start_time_ignores_odd_command_names(comm: str) -> None:
 
 def test_start_time_of_this_process() -> None:
     assert start_time(os.getpid()) == start_time(os.getpid()) > 0
+
+
+async def test_management_identities_keep_the_hubs_managed_by() -> None:
+    """A host agent's identity (managedBy edgeward) must not be reported as IotEdge: the edge agent deletes
+    IotEdge-managed identities that are not in its deployment."""
+    from edgeward.identity.model import AziotIdentity
+    from edgeward.runtime.identities import CloudModuleIdentities
+    from edgeward.runtime.mgmt_wire import identity_body
+
+    class Listing:
+        async def list_modules(self) -> list[AziotIdentity]:
+            return [AziotIdentity("h", "d", "sas", None, module_id="du-agent", gen_id="g1", managed_by="edgeward"),
+                    AziotIdentity("h", "d", "sas", None, module_id="edgeHub", gen_id="g2")]
+
+    got = await CloudModuleIdentities(Listing()).list()  # type: ignore[arg-type]
+    assert [identity_body(i)["managedBy"] for i in got] == ["edgeward", "IotEdge"]

@@ -65,10 +65,12 @@ class CloudModuleIdentities:
         except NotFound:
             return None
         assert got.gen_id is not None
-        return ModuleIdentity(module_id, got.gen_id, got.device_id, got.hub)
+        return ModuleIdentity(module_id, got.gen_id, got.device_id, got.hub, got.managed_by)
 
     async def list(self) -> list[ModuleIdentity]:
-        return [ModuleIdentity(m.module_id or "", m.gen_id or "", m.device_id, m.hub)
+        # managedBy must survive: the edge agent removes IotEdge-managed identities missing from its deployment,
+        # so a host agent's identity reported as IotEdge would be deleted by the agent.
+        return [ModuleIdentity(m.module_id or "", m.gen_id or "", m.device_id, m.hub, m.managed_by)
                 for m in await self._identity.list_modules()]
 
     async def delete(self, module_id: str) -> None:
