@@ -96,9 +96,13 @@ async def test_workload_encrypt_keystream_of_another_module_recovers_nothing(rt:
 
     # The attacker encrypts zeros with the victim's IV and XORs: with one key and the IV as the nonce, that was
     # the victim's plaintext.
-    zeros_result, stolen = await run_module(rt, mgmt, "attacker", [encrypt_call(zeros), decrypt_call(sealed)])
+    zeros_result, stolen, unknown, empty = await run_module(
+        rt, mgmt, "attacker", [encrypt_call(zeros), decrypt_call(sealed), decrypt_call(b"\x07" + sealed[1:]),
+                               decrypt_call(b"")])
     assert SECRET not in xor(ciphertext_of(zeros_result), sealed)
     assert_refused(stolen)
+    assert_refused(unknown)
+    assert_refused(empty)
 
     # The same module repeating an IV repeats no (key, nonce) pair either.
     assert SECRET not in xor(own_zeros, sealed)

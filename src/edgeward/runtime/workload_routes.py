@@ -287,7 +287,9 @@ async def server_certificate(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     common_name = _str(body, "commonName")
     assert common_name is not None
-    names = (_server_name(wl, common_name), *((reg.name,) if _DNS_LABEL.fullmatch(reg.name) else ()), wl.hostname)
+    # The module's name too, when a client could resolve it as a host name (IoT Edge modules dial each other by it).
+    own = _DNS_LABEL.fullmatch(reg.name) and not _NUMERIC_LABEL.fullmatch(reg.name)
+    names = (_server_name(wl, common_name), *((reg.name,) if own else ()), wl.hostname)
     cert = await wl.edge_ca.issue(common_name, server=True, dns_names=names, expiration=_expiration(body))
     return web.json_response(_certificate_body(cert), status=201)
 
