@@ -4,6 +4,8 @@ identity over their sockets, deploys a module, and the module's workload calls a
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import sys
 from pathlib import Path
 
@@ -30,11 +32,16 @@ async def test_edged_alone(public_dir: Path) -> None:
             calls = [["POST", "workload", "/modules/{name}/genid/{genid}/sign?api-version=2022-08-03",
                       {"keyId": "primary", "algo": "HMACSHA256", "data": "aGk="}],
                      ["POST", "workload", "/modules/{name}/genid/{genid}/certificate/server?api-version=2022-08-03",
-                      {"commonName": "split"}]]
+                      {"commonName": "split"}],
+                     # per-module encryption: a key derived inside keyd, reached over its socket (AEAD-SALTED)
+                     ["POST", "workload", "/modules/{name}/genid/{genid}/encrypt?api-version=2022-08-03",
+                      {"plaintext": "c2VjcmV0", "initializationVector": "MDEyMzQ1Njc4OWFi"}]]
             await mgmt.create_module(client_spec("splitmod", calls, image=sys.executable))
             await mgmt.action("splitmod", "start")
             seen = await logs_until(mgmt, "splitmod", b"DONE", timeout=60)
-            assert seen.count(b'"status": 200') == 1 and seen.count(b'"status": 201') == 1, seen
+            assert seen.count(b'"status": 200') == 2 and seen.count(b'"status": 201') == 1, seen
+            encrypted = json.loads(seen.split(b"RESULT ")[3].split(b"\n")[0])
+            assert base64.b64decode(encrypted["body"]["ciphertext"])[0] == 0x03, encrypted
         finally:
             await mgmt.close()
     finally:

@@ -29,10 +29,11 @@ from cryptography.x509.oid import NameOID
 
 from edgeward.http.client import UnixClient
 from edgeward.http.errors import HttpError
-from edgeward.keys.model import Aead
+from edgeward.keys.model import AeadSalted
 from edgeward.runtime.engines.process import ProcessEngine
 from edgeward.runtime.identities import module_key_handle
 from edgeward.runtime.mgmt_client import ManagementClient
+from edgeward.runtime.workload_routes import module_encryption_handle
 from tests.fixtures.modules import client_spec, module_results
 from tests.fixtures.runtime import RuntimeEnv, serve_runtime
 
@@ -180,8 +181,8 @@ async def test_a_module_uses_the_workload_api_for_itself(rt: RuntimeEnv, mgmt: M
     assert base64.b64decode(sign["body"]["digest"]) == expected
 
     assert enc["status"] == 200
-    enc_handle = await keys.create_key_if_not_exists("edgeward-workload-encryption", "encrypt")
-    opened = await keys.decrypt(enc_handle, Aead(b"0123456789ab", f"worker{reg.generation_id}".encode()),
+    enc_handle = await module_encryption_handle(keys, "worker", reg.generation_id)
+    opened = await keys.decrypt(enc_handle, AeadSalted(b"0123456789ab", b""),
                                 base64.b64decode(enc["body"]["ciphertext"]))
     assert opened == b"secret"
 

@@ -1,23 +1,71 @@
-"""aziot's AEAD ciphertext format, so secrets encrypted by IoT Edge decrypt here and the other way round.
+"""AEAD ciphertext formats: aziot's, so secrets encrypted by IoT Edge decrypt here and the other way round, and
+Edgeward's salted one, whose nonces no caller can choose.
 
-``0x02 || ciphertext || tag(16)`` is written (the layout PKCS#11 AES-GCM produces natively); ``0x01 || tag(16) ||
-ciphertext`` (IoT Edge 1.1) is still read. AES-256-GCM with the caller's IV as the GCM nonce.
+aziot's (algorithm ``AEAD``): ``0x02 || ciphertext || tag(16)`` is written (the layout PKCS#11 AES-GCM produces
+natively); ``0x01 || tag(16) || ciphertext`` (IoT Edge 1.1) is still read. AES-256-GCM with the caller's IV as the
+GCM nonce, so a caller that repeats an IV repeats a (key, nonce) pair: the keystream and the GHASH key leak.
+
+Salted (algorithm ``AEAD-SALTED``, Edgeward's keys api-version): ``0x03 || salt(32) || ciphertext || tag(16)``.
+The salt is random per message; the message's AES-256-GCM key and nonce are derived from the salt under the
+caller's key, so no IV a caller passes can make two messages share a (key, nonce) pair. The caller's IV and
+associated data are still bound (length-prefixed, with the header) as GCM associated data, so a ciphertext opens
+only with the IV and associated data it was sealed with, as IoT Edge's callers expect.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
+
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["TAG_LENGTH", "V1", "V2", "AeadError", "open_", "seal", "split_v2"]
+__all__ = [
+    "RESERVED_PREFIX",
+    "SALT_LENGTH",
+    "TAG_LENGTH",
+    "V1",
+    "V2",
+    "V3",
+    "AeadError",
+    "is_reserved",
+    "length_prefixed",
+    "open_",
+    "open_salted",
+    "salted_key_input",
+    "seal",
+    "seal_salted",
+    "split_v2",
+]
 
 V1 = 0x01
 V2 = 0x02
+V3 = 0x03
 TAG_LENGTH = 16
+SALT_LENGTH = 32
+# The salted scheme's key is HMAC(base key, RESERVED_PREFIX || derivation data), computed inside the keys service.
+# No route hands out an HMAC of the base key over an input with this prefix (derive, export and sign refuse it),
+# so that key never leaves the service.
+RESERVED_PREFIX = b"edgeward-aead-salted-v1\x00"
 
 
 class AeadError(ValueError):
     pass
+
+
+def length_prefixed(*parts: bytes) -> bytes:
+    """An unambiguous encoding of several byte strings (each preceded by its 4-byte big-endian length)."""
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def is_reserved(message: bytes) -> bool:
+    return message.startswith(RESERVED_PREFIX)
+
+
+def salted_key_input(derivation: bytes) -> bytes:
+    """What the base key HMACs to make a derived handle's salted-AEAD key (never its exportable derived key)."""
+    return RESERVED_PREFIX + derivation
 
 
 def _cipher(key: bytes) -> AESGCM:
@@ -58,5 +106,35 @@ def open_(key: bytes, iv: bytes, aad: bytes, ciphertext: bytes) -> bytes:
         raise AeadError(f"ciphertext has unknown version {version}")
     try:
         return _cipher(key).decrypt(iv, body, aad)
+    except InvalidTag:
+        raise AeadError("ciphertext does not decrypt: wrong key, iv or aad, or tampered") from None
+
+
+def _message_cipher(key: bytes, salt: bytes) -> tuple[AESGCM, bytes]:
+    """The one-message key and nonce: HMAC-SHA512(key, label || salt), split 32 + 12 bytes."""
+    _cipher(key)  # the length check
+    okm = hmac.new(key, b"edgeward-aead-salted-message\x00" + salt, hashlib.sha512).digest()
+    return AESGCM(okm[:32]), okm[32:44]
+
+
+def seal_salted(key: bytes, iv: bytes, aad: bytes, plaintext: bytes) -> bytes:
+    _check_iv(iv)
+    header = bytes([V3]) + secrets.token_bytes(SALT_LENGTH)
+    cipher, nonce = _message_cipher(key, header[1:])
+    return header + cipher.encrypt(nonce, plaintext, length_prefixed(header, iv, aad))
+
+
+def open_salted(key: bytes, iv: bytes, aad: bytes, ciphertext: bytes) -> bytes:
+    _check_iv(iv)
+    if not ciphertext:
+        raise AeadError("ciphertext is malformed: empty")
+    if ciphertext[0] != V3:
+        raise AeadError(f"ciphertext has version {ciphertext[0]}; AEAD-SALTED opens version {V3} only")
+    if len(ciphertext) < 1 + SALT_LENGTH + TAG_LENGTH:
+        raise AeadError("ciphertext is malformed: too short")
+    header, body = ciphertext[:1 + SALT_LENGTH], ciphertext[1 + SALT_LENGTH:]
+    cipher, nonce = _message_cipher(key, header[1:])
+    try:
+        return cipher.decrypt(nonce, body, length_prefixed(header, iv, aad))
     except InvalidTag:
         raise AeadError("ciphertext does not decrypt: wrong key, iv or aad, or tampered") from None

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 __all__ = [
     "DEFAULT_ALGORITHM_ORDER",
     "Aead",
+    "AeadSalted",
     "EcdsaDigest",
     "EcdsaMessage",
     "EncryptMechanism",
@@ -192,6 +193,15 @@ class Aead:
 
 
 @dataclass(frozen=True, slots=True)
+class AeadSalted:
+    """AES-256-GCM under a derived key whose nonce the keys service chooses (see :mod:`edgeward.keys.aead`); the
+    caller's ``iv`` and ``aad`` are bound to the ciphertext but never used as the nonce."""
+
+    iv: bytes
+    aad: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class RsaPkcs1:
     pass
 
@@ -201,4 +211,4 @@ class RsaNoPadding:
     pass
 
 
-EncryptMechanism = Aead | RsaPkcs1 | RsaNoPadding
+EncryptMechanism = Aead | AeadSalted | RsaPkcs1 | RsaNoPadding

@@ -135,7 +135,8 @@ async def encrypt(request: web.Request) -> web.Response:
     body = await read_body(request, wire.CryptRequest)
     if body.plaintext is None:
         raise UnprocessableEntity("invalid request body: plaintext: Field required")
-    ciphertext = await _api(request).encrypt(body.key_handle, wire.encrypt_mechanism(body), body.plaintext)
+    mechanism = wire.encrypt_mechanism(body, request.query["api-version"])
+    ciphertext = await _api(request).encrypt(body.key_handle, mechanism, body.plaintext)
     return reply(wire.CiphertextResponse(ciphertext=ciphertext))
 
 
@@ -144,7 +145,8 @@ async def decrypt(request: web.Request) -> web.Response:
     body = await read_body(request, wire.CryptRequest)
     if body.ciphertext is None:
         raise UnprocessableEntity("invalid request body: ciphertext: Field required")
-    plaintext = await _api(request).decrypt(body.key_handle, wire.encrypt_mechanism(body), body.ciphertext)
+    mechanism = wire.encrypt_mechanism(body, request.query["api-version"])
+    plaintext = await _api(request).decrypt(body.key_handle, mechanism, body.ciphertext)
     return reply(wire.PlaintextResponse(plaintext=plaintext))
 
 

@@ -1,5 +1,6 @@
 """The keys service: authorization, handles and dispatch to backends. Backend-agnostic; holds no key material
-except derived keys, which are exportable by design."""
+except derived keys, which are exportable by design, and the salted-AEAD keys of derived handles, which are not (they
+are computed per call and never returned: see :mod:`.aead`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from .handles import HandleClaims, KeyHandleCodec
 from .locations import KeyLocation, KeyLocator
 from .model import (
     Aead,
+    AeadSalted,
     EcdsaDigest,
     EcdsaMessage,
     EncryptMechanism,
@@ -338,6 +340,7 @@ class KeyService:
         log.info("deleted symmetric key %r", claims.key_id)
 
     async def create_derived_key(self, base_handle: str, derivation_data: bytes) -> str:
+        _refuse_reserved(derivation_data, "derivationData")
         claims, loc = await self.resolve(base_handle, KeyKind.KEY)
         info = await self._symmetric_info(loc)
         if not info.usage & HMAC_USAGE:
@@ -349,6 +352,7 @@ class KeyService:
 
     async def _derived_key(self, claims: HandleClaims, loc: KeyLocation) -> bytes:
         assert claims.derivation is not None
+        _refuse_reserved(claims.derivation, "derivationData")
         return await self._run_fast(loc.backend, loc.backend.hmac_sha256, loc.ref, claims.derivation)
 
     async def export_derived_key(self, handle: str) -> bytes:
@@ -366,6 +370,7 @@ class KeyService:
             if not info.usage & HMAC_USAGE:
                 raise UnsupportedOperation(f"key {claims.key_id!r} is an encryption key; HMAC needs usage 'sign' "
                                            "or 'derive'")
+            _refuse_reserved(mechanism.message, "message")
             return await self._run_fast(loc.backend, loc.backend.hmac_sha256, loc.ref, mechanism.message)
         claims, loc = await self.resolve(handle, KeyKind.KEY_PAIR)
         if isinstance(mechanism, EcdsaDigest):
@@ -385,12 +390,16 @@ class KeyService:
     async def encrypt(self, handle: str, mechanism: EncryptMechanism, plaintext: bytes) -> bytes:
         if isinstance(mechanism, Aead):
             return await self._aead(handle, mechanism, plaintext, encrypt=True)
+        if isinstance(mechanism, AeadSalted):
+            return await self._aead_salted(handle, mechanism, plaintext, encrypt=True)
         _claims, loc = await self.resolve(handle, KeyKind.KEY_PAIR)
         padding = RsaPadding.PKCS1 if isinstance(mechanism, RsaPkcs1) else RsaPadding.NONE
         assert isinstance(mechanism, RsaPkcs1 | RsaNoPadding)
         return await self._run(loc.backend.rsa_private_encrypt, loc.ref, plaintext, padding)
 
     async def decrypt(self, handle: str, mechanism: EncryptMechanism, ciphertext: bytes) -> bytes:
+        if isinstance(mechanism, AeadSalted):
+            return await self._aead_salted(handle, mechanism, ciphertext, encrypt=False)
         if not isinstance(mechanism, Aead):
             raise UnsupportedOperation(
                 "decrypt supports AEAD only; RSA ciphertext from /encrypt is checked with the public key"
@@ -415,6 +424,31 @@ class KeyService:
             return await self._run(loc.backend.aead_decrypt, loc.ref, mechanism.iv, mechanism.aad, data)
         except aead.AeadError as e:
             raise InvalidParameter(str(e)) from e
+
+
+    async def _aead_salted(self, handle: str, mechanism: AeadSalted, data: bytes, encrypt: bool) -> bytes:
+        """The key is HMAC(base, reserved prefix || derivation data), made here for this call only: unlike the
+        handle's derived key, it is never exported, and no HMAC a caller can ask for equals it."""
+        claims, loc = await self.resolve(handle, KeyKind.DERIVED, KeyKind.KEY, KeyKind.KEY_PAIR)
+        if claims.kind is not KeyKind.DERIVED:
+            raise InvalidParameter(f"AEAD-SALTED needs a derived key handle (POST /derivedkey), not a handle to a "
+                                   f"{claims.kind.value}")
+        assert claims.derivation is not None
+        key = await self._run_fast(loc.backend, loc.backend.hmac_sha256, loc.ref,
+                                   aead.salted_key_input(claims.derivation))
+        try:
+            if encrypt:
+                return aead.seal_salted(key, mechanism.iv, mechanism.aad, data)
+            return aead.open_salted(key, mechanism.iv, mechanism.aad, data)
+        except aead.AeadError as e:
+            raise InvalidParameter(str(e)) from e
+
+
+def _refuse_reserved(data: bytes, name: str) -> None:
+    """HMAC inputs under the salted-AEAD prefix are the service's own: answering one would hand out a key."""
+    if aead.is_reserved(data):
+        raise InvalidParameter(f"{name} must not begin with {aead.RESERVED_PREFIX!r}: that prefix is reserved for "
+                               "the keys service's own AEAD keys")
 
 
 def _hash_for_length(n: int) -> HashAlg:

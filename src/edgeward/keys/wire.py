@@ -11,6 +11,7 @@ from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 from .errors import InvalidParameter as _Invalid
 from .model import (
     Aead,
+    AeadSalted,
     EcdsaDigest,
     EcdsaMessage,
     EncryptMechanism,
@@ -44,7 +45,7 @@ __all__ = [
     "sign_mechanism",
 ]
 
-# aziot-keyd's versions, then Edgeward's own: handle lifetimes, ECDSA over a message, RSA-PSS.
+# aziot-keyd's versions, then Edgeward's own: handle lifetimes, ECDSA over a message, RSA-PSS, AEAD-SALTED.
 EDGEWARD_VERSION = "2026-11-01"
 API_VERSIONS = ("2020-09-01", "2021-05-01", EDGEWARD_VERSION)
 
@@ -186,14 +187,20 @@ def sign_mechanism(req: SignRequest, api_version: str) -> SignMechanism:
     raise _Invalid(f"unsupported sign algorithm {req.algorithm!r}; expected one of {known}")
 
 
-def encrypt_mechanism(req: CryptRequest) -> EncryptMechanism:
+def encrypt_mechanism(req: CryptRequest, api_version: str) -> EncryptMechanism:
+    """aziot's algorithms everywhere; AEAD-SALTED (nonces chosen by the service) only under Edgeward's api-version."""
+    ours = api_version >= EDGEWARD_VERSION
     if req.algorithm == "AEAD":
         return Aead(_param_b64(req.parameters, "iv", "AEAD"), _param_b64(req.parameters, "aad", "AEAD"))
+    if req.algorithm == "AEAD-SALTED" and ours:
+        return AeadSalted(_param_b64(req.parameters, "iv", req.algorithm),
+                          _param_b64(req.parameters, "aad", req.algorithm))
     if req.algorithm == "RSA-PKCS1":
         return RsaPkcs1()
     if req.algorithm == "RSA-NO-PADDING":
         return RsaNoPadding()
-    raise _Invalid(f"unsupported algorithm {req.algorithm!r}; expected AEAD, RSA-PKCS1 or RSA-NO-PADDING")
+    known = "AEAD, " + ("AEAD-SALTED, " if ours else "") + "RSA-PKCS1 or RSA-NO-PADDING"
+    raise _Invalid(f"unsupported algorithm {req.algorithm!r}; expected {known}")
 
 
 def _b64s(data: bytes) -> str:
@@ -211,8 +218,9 @@ def mechanism_body(mechanism: SignMechanism | EncryptMechanism) -> tuple[str, di
     if isinstance(mechanism, RsaPss):
         field = "digest" if mechanism.prehashed else "message"
         return "RSA-PSS", {field: _b64s(mechanism.data), "hashAlgorithm": mechanism.hash.value}
-    if isinstance(mechanism, Aead):
-        return "AEAD", {"iv": _b64s(mechanism.iv), "aad": _b64s(mechanism.aad)}
+    if isinstance(mechanism, Aead | AeadSalted):
+        algorithm = "AEAD" if isinstance(mechanism, Aead) else "AEAD-SALTED"
+        return algorithm, {"iv": _b64s(mechanism.iv), "aad": _b64s(mechanism.aad)}
     if isinstance(mechanism, RsaPkcs1):
         return "RSA-PKCS1", None
     return "RSA-NO-PADDING", None

@@ -32,6 +32,9 @@ class RuntimeSettings:
     integrity_policy: Literal["log", "stop", "refuse"] = "refuse"
     integrity_period: float = 30.0
     audit_home: Path | None = None  # default: <state>/audit
+    # Workload server certificates for wildcard names / IP addresses: off unless the operator turns them on.
+    server_cert_allow_wildcards: bool = False
+    server_cert_allow_ip_addresses: bool = False
 
     @property
     def mgmt_dir(self) -> Path:
@@ -60,7 +63,8 @@ def _agent(doc: Mapping[str, Any], p: Problems) -> ModuleConfig | None:
 
 def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path, p: Problems) -> RuntimeSettings:
     ours = p.get(p.get(doc, "edgeward", "", dict, {}), "runtime", "edgeward", dict, {})
-    p.warn_unknown(ours, {"engine", "watchdog_seconds"}, "edgeward.runtime")
+    p.warn_unknown(ours, {"engine", "watchdog_seconds", "server_cert_allow_wildcards",
+                          "server_cert_allow_ip_addresses"}, "edgeward.runtime")
     engine = p.get(ours, "engine", "edgeward.runtime", str, "docker" if "moby_runtime" in doc else "process")
     if engine not in ("docker", "process"):
         p.add("edgeward.runtime.engine", engine, '"docker" or "process"')
@@ -99,4 +103,6 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
         gateway_hostname=p.get(doc, "local_gateway_hostname", "", str, hostname),
         docker_uri=uri, network=network, agent=_agent(doc, p), watchdog_period=float(period),
         watchdog_max_retries=retries, integrity_policy=policy,  # type: ignore[arg-type]
-        integrity_period=float(integrity_period), audit_home=state_dir / "audit")
+        integrity_period=float(integrity_period), audit_home=state_dir / "audit",
+        server_cert_allow_wildcards=p.get(ours, "server_cert_allow_wildcards", "edgeward.runtime", bool, False),
+        server_cert_allow_ip_addresses=p.get(ours, "server_cert_allow_ip_addresses", "edgeward.runtime", bool, False))

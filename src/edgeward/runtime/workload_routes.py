@@ -2,6 +2,15 @@
 
 Each handler first attests the caller for the module named in the path (and its generation, where the route
 names one); the module's keys, certificates and trust bundle follow from that registration, never from the path.
+
+Encryption: each (module, generation) has its own AES-256-GCM key, derived inside the keys service from one master
+HMAC key and never leaving it; the service picks every message's nonce (AEAD-SALTED), so the caller's
+``initializationVector`` is bound to the ciphertext but cannot make two messages share a keystream. Ciphertexts of
+the earlier format (one key for every module, the caller's IV as the nonce) still open for the module and generation
+that sealed them, and are never produced again: a module re-seals one by decrypting and encrypting it.
+
+Server certificates carry the requested commonName (a DNS name; wildcards and IP addresses only when configured),
+the module's name (when it is a valid DNS label) and the device's hostname.
 """
 
 from __future__ import annotations
@@ -9,7 +18,9 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,21 +30,26 @@ from ..attest.pipeline import AttestationRefused, Attestor
 from ..http import RouteTable, build_app, read_json_object
 from ..http.errors import BadRequest, HttpError, UnprocessableEntity
 from ..http.limits import UidLimiter
+from ..keys.aead import V1, V2, V3, length_prefixed
 from ..keys.api import KeysApi
-from ..keys.model import Aead, HmacSha256
+from ..keys.model import Aead, AeadSalted, HmacSha256
 from ..runtime.registry import Registration
 from .edge_ca import EdgeCa, IssuedCert
 from .identities import module_key_handle
 from .mgmt_wire import module_details
 from .model import valid_module_name
-from .service import ModuleRuntime
+from .service import ModuleRuntime, ModuleView
 from .sockets import WorkloadSockets
 
-__all__ = ["API_VERSIONS", "WORKLOAD", "Workload", "build_workload_app", "routes"]
+__all__ = ["API_VERSIONS", "WORKLOAD", "Workload", "build_workload_app", "module_encryption_handle", "routes"]
 
 API_VERSIONS = ("2018-06-28", "2019-01-30", "2019-10-22", "2019-11-05", "2020-07-07", "2021-12-07", "2022-08-03")
-ENCRYPTION_KEY_ID = "edgeward-workload-encryption"
+# An HMAC key: each (module, generation)'s encryption key is derived from it inside the keys service.
+ENCRYPTION_MASTER_KEY_ID = "edgeward-workload-encryption-master"
+# The AES key that sealed every module's data before; only opened, never created or used to seal again.
+LEGACY_ENCRYPTION_KEY_ID = "edgeward-workload-encryption"
 MAX_DATA = 64 * 1024  # bytes of a sign/encrypt payload, decoded
+MAX_IV = 128
 
 routes = RouteTable(API_VERSIONS)
 
@@ -48,7 +64,17 @@ class Workload:
     # Key handles of module SAS keys, by (module, generation, keyId): deriving one costs two keys-service calls,
     # and a handle stays valid as long as the master key does.
     handles: dict[tuple[str, str, str], str] = field(default_factory=dict)
-    runtime: ModuleRuntime | None = None  # for GET /modules; set once the runtime exists
+    # Derived-key handles of module encryption keys, by (module, generation): the key itself stays in the service.
+    encryption_handles: dict[tuple[str, str], str] = field(default_factory=dict)
+    runtime: ModuleRuntime | None = None  # for GET /modules and the settings; set once the runtime exists
+
+    @property
+    def server_cert_wildcards(self) -> bool:
+        return self.runtime is not None and self.runtime.settings.server_cert_allow_wildcards
+
+    @property
+    def server_cert_ip_addresses(self) -> bool:
+        return self.runtime is not None and self.runtime.settings.server_cert_allow_ip_addresses
 
 
 WORKLOAD = web.AppKey("edgeward.runtime.workload", Workload)
@@ -116,12 +142,49 @@ async def sign(request: web.Request) -> web.Response:
     return web.json_response({"digest": base64.b64encode(digest).decode()})
 
 
-async def _encryption(wl: Workload, reg: Registration, body: dict[str, Any]) -> tuple[str, Aead]:
-    """One AES-256-GCM key for the workload API, with the module and its generation as associated data, so a
-    ciphertext only opens for the module (and generation) that sealed it."""
-    iv = _b64(body, "initializationVector", 128)
-    handle = await wl.keys.create_key_if_not_exists(ENCRYPTION_KEY_ID, "encrypt")
-    return handle, Aead(iv, f"{reg.name}{reg.generation_id}".encode())
+async def module_encryption_handle(keys: KeysApi, module: str, generation: str) -> str:
+    """A handle to the module generation's encryption key: derived from the master key over the module name and
+    generation id, length-prefixed, so no other (module, generation) pair encodes to the same bytes."""
+    master = await keys.create_key_if_not_exists(ENCRYPTION_MASTER_KEY_ID, "derive")
+    derivation = b"edgeward-workload-encryption-v2\x00" + length_prefixed(module.encode(), generation.encode())
+    return await keys.create_derived_key(master, derivation)
+
+
+async def _encryption_handle(wl: Workload, reg: Registration, fresh: bool) -> str:
+    cache_key = (reg.name, reg.generation_id)
+    handle = None if fresh else wl.encryption_handles.get(cache_key)
+    if handle is None:
+        if len(wl.encryption_handles) > 4096:  # old generations of removed modules
+            wl.encryption_handles.clear()
+        handle = await module_encryption_handle(wl.keys, reg.name, reg.generation_id)
+        wl.encryption_handles[cache_key] = handle
+    return handle
+
+
+async def _salted(wl: Workload, reg: Registration, iv: bytes, data: bytes, encrypt: bool) -> bytes:
+    mechanism = AeadSalted(iv, b"")
+    handle = await _encryption_handle(wl, reg, fresh=False)
+    op = wl.keys.encrypt if encrypt else wl.keys.decrypt
+    try:
+        return await op(handle, mechanism, data)
+    except HttpError as e:
+        if e.status != 401:
+            raise
+    # The master key was replaced since the handle was made: derive again.
+    return await op(await _encryption_handle(wl, reg, fresh=True), mechanism, data)
+
+
+async def _open_legacy(wl: Workload, reg: Registration, iv: bytes, ciphertext: bytes) -> bytes:
+    """A ciphertext of the single-key format: it opens only with the associated data of the module and generation
+    that sealed it (name and generation id, concatenated, as that format had it)."""
+    try:
+        handle = await wl.keys.load_key(LEGACY_ENCRYPTION_KEY_ID)
+    except HttpError as e:
+        if e.status != 404:
+            raise
+        raise BadRequest("ciphertext does not decrypt: it is in the format of earlier Edgeward releases, and this "
+                         "device never sealed anything in that format") from None
+    return await wl.keys.decrypt(handle, Aead(iv, f"{reg.name}{reg.generation_id}".encode()), ciphertext)
 
 
 @routes.post("/modules/{name}/genid/{genid}/encrypt", since="2018-06-28")
@@ -129,8 +192,8 @@ async def encrypt(request: web.Request) -> web.Response:
     wl, reg = await _module(request, with_generation=True)
     body = await read_json_object(request)
     plaintext = _b64(body, "plaintext")
-    handle, mechanism = await _encryption(wl, reg, body)
-    sealed = await wl.keys.encrypt(handle, mechanism, plaintext)
+    iv = _b64(body, "initializationVector", MAX_IV)
+    sealed = await _salted(wl, reg, iv, plaintext, encrypt=True)
     return web.json_response({"ciphertext": base64.b64encode(sealed).decode()})
 
 
@@ -139,8 +202,15 @@ async def decrypt(request: web.Request) -> web.Response:
     wl, reg = await _module(request, with_generation=True)
     body = await read_json_object(request)
     ciphertext = _b64(body, "ciphertext", MAX_DATA + 64)
-    handle, mechanism = await _encryption(wl, reg, body)
-    opened = await wl.keys.decrypt(handle, mechanism, ciphertext)
+    iv = _b64(body, "initializationVector", MAX_IV)
+    version = ciphertext[0] if ciphertext else None
+    if version == V3:
+        opened = await _salted(wl, reg, iv, ciphertext, encrypt=False)
+    elif version in (V1, V2):
+        opened = await _open_legacy(wl, reg, iv, ciphertext)
+    else:
+        raise BadRequest("ciphertext does not decrypt: it is not a ciphertext this API produced "
+                         f"(format {version!r})")
     return web.json_response({"plaintext": base64.b64encode(opened).decode()})
 
 
@@ -174,15 +244,52 @@ async def identity_certificate(request: web.Request) -> web.Response:
     return web.json_response(_certificate_body(cert), status=201)
 
 
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
+# A last label a URL parser reads as a number makes the whole name an IPv4 address to it ("10.1", "0x7f000001").
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]*", re.ASCII)
+
+
+def _server_name(wl: Workload, name: str) -> str:
+    """The commonName as a SAN: an ASCII DNS name; a wildcard or an IP address only where the operator allows."""
+    if len(name) > 64:
+        raise BadRequest("commonName must be at most 64 characters (the X.509 limit)")
+    if not name.isascii() or not name.isprintable():
+        raise BadRequest(f"commonName {name!r} is not a DNS name: it must be printable ASCII (an internationalized "
+                         "name goes in its xn-- form)")
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        if not wl.server_cert_ip_addresses:
+            raise BadRequest(f"commonName {name!r} is an IP address; server certificates for IP addresses are off "
+                             "(edgeward.runtime.server_cert_allow_ip_addresses)")
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+            raise BadRequest(f"commonName {name!r} has an IPv6 zone, which a certificate cannot carry")
+        return name
+    labels = name.split(".")
+    if labels[0] == "*" and len(labels) > 2:
+        if not wl.server_cert_wildcards:
+            raise BadRequest(f"commonName {name!r} is a wildcard; wildcard server certificates are off "
+                             "(edgeward.runtime.server_cert_allow_wildcards)")
+        labels = labels[1:]
+    if not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise BadRequest(f"commonName {name!r} is not a DNS name: labels of letters, digits and inner hyphens, "
+                         "1 to 63 characters, separated by single dots (a wildcard only as the whole first label)")
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        raise BadRequest(f"commonName {name!r} ends in a numeric label, which clients read as an IP address")
+    return name
+
+
 @routes.post("/modules/{name}/genid/{genid}/certificate/server", since="2018-06-28")
 async def server_certificate(request: web.Request) -> web.Response:
     wl, reg = await _module(request, with_generation=True)
     body = await read_json_object(request)
     common_name = _str(body, "commonName")
     assert common_name is not None
-    if len(common_name) > 64:
-        raise BadRequest("commonName must be at most 64 characters (the X.509 limit)")
-    names = (common_name, reg.name, wl.hostname)
+    # The module's name too, when a client could resolve it as a host name (IoT Edge modules dial each other by it).
+    own = _DNS_LABEL.fullmatch(reg.name) and not _NUMERIC_LABEL.fullmatch(reg.name)
+    names = (_server_name(wl, common_name), *((reg.name,) if own else ()), wl.hostname)
     cert = await wl.edge_ca.issue(common_name, server=True, dns_names=names, expiration=_expiration(body))
     return web.json_response(_certificate_body(cert), status=201)
 
@@ -209,7 +316,16 @@ async def list_modules(request: web.Request) -> web.Response:
         raise AttestationRefused("container_of", f"process {got.caller.pid} (uid {got.caller.uid}) is not a module")
     if wl.runtime is None:
         return web.json_response({"modules": []})
-    return web.json_response({"modules": [module_details(v) for v in await wl.runtime.list_modules()]})
+    return web.json_response({"modules": [_listed(v) for v in await wl.runtime.list_modules()]})
+
+
+def _listed(view: ModuleView) -> dict[str, Any]:
+    """A module as another module may see it: name, type and status. IoT Edge's ModuleDetails requires id and
+    config.settings too; they are the name and an empty object, never the module's spec: its image, createOptions
+    and environment values (connection strings, credentials) are the edge agent's, through the management API."""
+    details = module_details(view)
+    return {"id": details["name"], "name": details["name"], "type": details["type"], "config": {"settings": {}},
+            "status": details["status"]}
 
 
 def build_workload_app(workload: Workload, limiter: UidLimiter | None = None) -> web.Application:
