@@ -32,7 +32,7 @@ async def test_edged_alone(public_dir: Path) -> None:
             calls = [["POST", "workload", "/modules/{name}/genid/{genid}/sign?api-version=2022-08-03",
                       {"keyId": "primary", "algo": "HMACSHA256", "data": "aGk="}],
                      ["POST", "workload", "/modules/{name}/genid/{genid}/certificate/server?api-version=2022-08-03",
-                      {"commonName": "split"}],
+                      {"commonName": "splitmod"}],
                      # per-module encryption: a key derived inside keyd, reached over its socket (AEAD-SALTED)
                      ["POST", "workload", "/modules/{name}/genid/{genid}/encrypt?api-version=2022-08-03",
                       {"plaintext": "c2VjcmV0", "initializationVector": "MDEyMzQ1Njc4OWFi"}]]

@@ -34,7 +34,7 @@ FETCHER = textwrap.dedent("""
     end = time.time() + float(os.environ["SOAK_SECONDS"])
     while time.time() < end:
         c.request("POST", f"/modules/{name}/genid/{gen}/certificate/server?api-version=2019-01-30",
-                  body=json.dumps({"commonName": "soak", "expiration": "2099-01-01T00:00:00Z"}),
+                  body=json.dumps({"commonName": name, "expiration": "2099-01-01T00:00:00Z"}),
                   headers={"Content-Type": "application/json"})
         r = c.getresponse(); body = json.loads(r.read())
         body["received"] = time.time()

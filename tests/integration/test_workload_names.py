@@ -59,11 +59,13 @@ async def test_workload_server_cert_refuses_wildcards_ip_literals_and_invalid_na
         request: pytest.FixtureRequest, public_dir: Path) -> None:
     bad = ["*.example.com", "10.0.0.1", "::1", "ünïcode.example", "bad name.example", "a..b", "-lead.example",
            "foo.*.example", "10.1", "0x7f000001", "trailing.", "x" * 65, "tab\tname"]
-    results = await run(public_dir, request, {"hostname": "edge-names"}, "certprobe",
+    doc = {"hostname": "edge-names", "edgeward": {"runtime": {"server_cert_names": {"certprobe": ["sensor.local"]}}}}
+    results = await run(public_dir, request, doc, "certprobe",
                         [server_call("sensor.local"), *(server_call(n) for n in bad)])
     good, *refusals = results
-    # The names a server certificate carries: the commonName, the module's name and the device's hostname.
-    assert names_in(good) == {"sensor.local", "certprobe", "edge-names"}
+    # The names a server certificate carries: the commonName and the module's name (the device's host name only
+    # for the edge hub).
+    assert names_in(good) == {"sensor.local", "certprobe"}
     for name, result in zip(bad, refusals, strict=True):
         assert result["status"] == 400, (name, result)
     wildcard, ipv4, ipv6, idn, space, empty_label, lead, inner_star, numeric, hexa, dot, long, tab = refusals
@@ -80,15 +82,17 @@ async def test_workload_server_cert_refuses_wildcards_ip_literals_and_invalid_na
 
 async def test_workload_server_cert_wildcards_and_ip_addresses_when_configured(
         request: pytest.FixtureRequest, public_dir: Path) -> None:
+    names = ["*.sensors.example", "10.0.0.7", "fd00::7", "fe80::1%eth0", "*.com", "*.ünïcode.example"]
     doc = {"hostname": "edge-names", "edgeward": {"runtime": {"server_cert_allow_wildcards": True,
-                                                              "server_cert_allow_ip_addresses": True}}}
+                                                              "server_cert_allow_ip_addresses": True,
+                                                              "server_cert_names": {"cert_probe": names}}}}
     wildcard, ipv4, ipv6, zoned, bare_star, idn = await run(
         public_dir, request, doc, "cert_probe",
         [server_call("*.sensors.example"), server_call("10.0.0.7"), server_call("fd00::7"),
          server_call("fe80::1%eth0"), server_call("*.com"), server_call("*.ünïcode.example")])
     # "cert_probe" is no DNS label: the certificate does not carry the module's name.
-    assert names_in(wildcard) == {"*.sensors.example", "edge-names"}
-    assert names_in(ipv4) == {"10.0.0.7", "edge-names"}
+    assert names_in(wildcard) == {"*.sensors.example"}
+    assert names_in(ipv4) == {"10.0.0.7"}
     assert str(ipaddress.ip_address("fd00::7")) in names_in(ipv6)
     refused(zoned, "zone")
     refused(bare_star, "not a DNS name")
@@ -112,3 +116,20 @@ async def test_workload_module_list_shows_names_and_status_but_no_specs(request:
         assert set(module) == {"id", "name", "type", "config", "status"}
         assert module["config"] == {"settings": {}}
         assert module["status"]["runtimeStatus"]["status"] == "running"
+
+
+@pytest.mark.timeout(300)  # two runtimes, one after the other
+async def test_workload_server_cert_only_for_names_the_module_holds(request: pytest.FixtureRequest,
+                                                                   public_dir: Path) -> None:
+    """A module cannot get a certificate downstream devices would take for the edge hub, nor one for another
+    module's name; the edge hub holds the device's host names."""
+    doc = {"hostname": "edge-names", "local_gateway_hostname": "gw.example"}
+    own, hostname, gateway, hub, other, unlisted = await run(
+        public_dir, request, doc, "intruder",
+        [server_call("intruder"), server_call("edge-names"), server_call("gw.example"), server_call("edgeHub"),
+         server_call("victim"), server_call("anything.example")], [client_spec("victim", [])])
+    assert names_in(own) == {"intruder"}
+    for result in (hostname, gateway, hub, other, unlisted):
+        assert result["status"] == 403 and "may not hold the name" in result["body"]["message"], result
+    (hub_cert,) = await run(public_dir, request, doc, "edgeHub", [server_call("edge-names")])
+    assert names_in(hub_cert) == {"edge-names", "edgeHub", "gw.example"}

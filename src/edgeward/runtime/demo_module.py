@@ -48,7 +48,7 @@ def main() -> None:
         ("trust bundle", "GET", "/trust-bundle", None),
         ("identity certificate", "POST", f"/modules/{quoted}/certificate/identity", {}),
         ("server certificate", "POST", f"/modules/{quoted}/genid/{gen}/certificate/server",
-         {"commonName": f"{name}.local"}),
+         {"commonName": name}),
         ("SAS token signature", "POST", f"/modules/{quoted}/genid/{gen}/sign",
          {"keyId": "primary", "algo": "HMACSHA256",
           "data": base64.b64encode(f"{resource}\n{expiry}".encode()).decode()}),

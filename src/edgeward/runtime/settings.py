@@ -35,6 +35,10 @@ class RuntimeSettings:
     # Workload server certificates for wildcard names / IP addresses: off unless the operator turns them on.
     server_cert_allow_wildcards: bool = False
     server_cert_allow_ip_addresses: bool = False
+    # Which modules may hold the device's host names in a server certificate (downstream devices dial the hub by
+    # them), and further names each module may hold; a module always holds its own name.
+    server_cert_hostname_modules: tuple[str, ...] = ("edgeHub", "$edgeHub")
+    server_cert_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def mgmt_dir(self) -> Path:
@@ -64,7 +68,19 @@ def _agent(doc: Mapping[str, Any], p: Problems) -> ModuleConfig | None:
 def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path, p: Problems) -> RuntimeSettings:
     ours = p.get(p.get(doc, "edgeward", "", dict, {}), "runtime", "edgeward", dict, {})
     p.warn_unknown(ours, {"engine", "watchdog_seconds", "server_cert_allow_wildcards",
-                          "server_cert_allow_ip_addresses"}, "edgeward.runtime")
+                          "server_cert_allow_ip_addresses", "server_cert_hostname_modules", "server_cert_names"},
+                   "edgeward.runtime")
+    hostname_modules = p.get(ours, "server_cert_hostname_modules", "edgeward.runtime", list,
+                             ["edgeHub", "$edgeHub"])
+    if not all(isinstance(m, str) for m in hostname_modules):
+        p.add("edgeward.runtime.server_cert_hostname_modules", hostname_modules, "a list of module names")
+        hostname_modules = []
+    cert_names: dict[str, tuple[str, ...]] = {}
+    for module, names in p.get(ours, "server_cert_names", "edgeward.runtime", dict, {}).items():
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            cert_names[str(module)] = tuple(names)
+        else:
+            p.add(f"edgeward.runtime.server_cert_names.{module}", names, "a list of DNS names")
     engine = p.get(ours, "engine", "edgeward.runtime", str, "docker" if "moby_runtime" in doc else "process")
     if engine not in ("docker", "process"):
         p.add("edgeward.runtime.engine", engine, '"docker" or "process"')
@@ -105,4 +121,5 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
         watchdog_max_retries=retries, integrity_policy=policy,  # type: ignore[arg-type]
         integrity_period=float(integrity_period), audit_home=state_dir / "audit",
         server_cert_allow_wildcards=p.get(ours, "server_cert_allow_wildcards", "edgeward.runtime", bool, False),
-        server_cert_allow_ip_addresses=p.get(ours, "server_cert_allow_ip_addresses", "edgeward.runtime", bool, False))
+        server_cert_allow_ip_addresses=p.get(ours, "server_cert_allow_ip_addresses", "edgeward.runtime", bool, False),
+        server_cert_hostname_modules=tuple(hostname_modules), server_cert_names=cert_names)

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from ..attest.pipeline import AttestationRefused, Attestor
 from ..http import RouteTable, build_app, read_json_object
-from ..http.errors import BadRequest, HttpError, UnprocessableEntity
+from ..http.errors import BadRequest, Forbidden, HttpError, UnprocessableEntity
 from ..http.limits import UidLimiter
 from ..keys.aead import V1, V2, V3, length_prefixed
 from ..keys.api import KeysApi
@@ -281,15 +281,37 @@ def _server_name(wl: Workload, name: str) -> str:
     return name
 
 
+def _names_held(wl: Workload, reg: Registration) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The names a module may hold in a server certificate: (names it may ask for, names every cert of it carries).
+
+    A module holds its own name (when a client could resolve it as a host name: modules dial each other by it).
+    The device's host names are held only by the modules that serve downstream devices (the edge hub), or every
+    module could impersonate the hub to them; anything more is configured per module."""
+    own = (reg.name,) if _DNS_LABEL.fullmatch(reg.name) and not _NUMERIC_LABEL.fullmatch(reg.name) else ()
+    settings = wl.runtime.settings if wl.runtime is not None else None
+    hostnames: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+    if settings is not None:
+        if reg.name in settings.server_cert_hostname_modules:
+            hostnames = tuple(dict.fromkeys((wl.hostname, settings.gateway_hostname)))
+        extra = settings.server_cert_names.get(reg.name, ())
+    return (*own, *hostnames, *extra), (*own, *hostnames)
+
+
 @routes.post("/modules/{name}/genid/{genid}/certificate/server", since="2018-06-28")
 async def server_certificate(request: web.Request) -> web.Response:
     wl, reg = await _module(request, with_generation=True)
     body = await read_json_object(request)
     common_name = _str(body, "commonName")
     assert common_name is not None
-    # The module's name too, when a client could resolve it as a host name (IoT Edge modules dial each other by it).
-    own = _DNS_LABEL.fullmatch(reg.name) and not _NUMERIC_LABEL.fullmatch(reg.name)
-    names = (_server_name(wl, common_name), *((reg.name,) if own else ()), wl.hostname)
+    name = _server_name(wl, common_name)
+    may_ask, always = _names_held(wl, reg)
+    if name.lower() not in {n.lower() for n in may_ask}:
+        held = ", ".join(may_ask) or "no name"
+        raise Forbidden(f"module {reg.name} may not hold the name {name!r} in a server certificate (it holds: "
+                        f"{held}); the device host name is the edge hub's, and more names are configured in "
+                        f"[edgeward.runtime] server_cert_names")
+    names = tuple(dict.fromkeys((name, *always)))
     cert = await wl.edge_ca.issue(common_name, server=True, dns_names=names, expiration=_expiration(body))
     return web.json_response(_certificate_body(cert), status=201)
 
