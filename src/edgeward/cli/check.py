@@ -197,8 +197,25 @@ async def check_engine(s: DaemonSettings) -> list[Result]:
         await engine.close()
 
 
+async def check_elevated(s: DaemonSettings) -> list[Result]:
+    """IoT Edge's `iotedge check` does not report this; a device that lets deployments run privileged modules
+    should say so where an operator looks."""
+    if s.runtime.engine != "docker":
+        return [Result("elevated permissions", "skipped", "host-process modules: no container options to allow")]
+    if s.runtime.allow_elevated_docker_permissions:
+        return [Result("elevated permissions", "warning",
+                       "allow_elevated_docker_permissions = true: deployments may give modules privileged mode, "
+                       "added capabilities, host namespaces and binds of /proc, /sys, the engine's socket and "
+                       "Edgeward's state (each is root on this device)",
+                       "set allow_elevated_docker_permissions = false in the config and apply it, unless a module "
+                       "truly needs them")]
+    return [Result("elevated permissions", "ok",
+                   "allow_elevated_docker_permissions = false: Privileged and CapAdd are stripped, host namespaces "
+                   "and binds of host control surfaces are refused (set it to true to allow them)")]
+
+
 CHECKS: list[Check] = [check_hostname, check_clock, check_permissions, check_services, check_certs,
-                       check_hardware, check_engine]
+                       check_hardware, check_engine, check_elevated]
 
 
 @click.command()

@@ -34,8 +34,8 @@ from .settings import RuntimeSettings
 __all__ = ["ALLOW_HINT", "ElevatedOptionRefused", "PrivilegePolicy", "Protected", "Vetted", "host_views",
            "policy_for", "resolve_in", "vet_create_options"]
 
-ALLOW_HINT = ("if this module must have it, set allow_elevated_docker_permissions = true in the config and apply "
-              "it (this lets every deployment have privileged modules)")
+ALLOW_HINT = ("if a module must have them, set allow_elevated_docker_permissions = true in the config and apply it "
+              "(every deployment may then have privileged modules)")
 # IoT Edge 1.5 drops these default capabilities when elevated permissions are off (they help a root process leave
 # its container: https://labs.f-secure.com/blog/helping-root-out-of-the-container/).
 DROPPED_CAPS = ("CHOWN", "SETUID")
@@ -62,8 +62,8 @@ class ElevatedOptionRefused(UnprocessableEntity):
     def __init__(self, option: str, why: str) -> None:
         self.option = option
         self.why = why
-        super().__init__(f"createOptions {option} is refused: {why}; elevated Docker permissions are not allowed "
-                         f"on this device ({ALLOW_HINT})")
+        super().__init__(f"createOptions {option} is refused: {why}. Elevated Docker permissions are off on this "
+                         f"device; {ALLOW_HINT}")
 
 
 @dataclass(frozen=True)
@@ -151,12 +151,13 @@ def resolve_in(root: str, path: str, max_links: int = 40) -> str:
     return "/" + "/".join(done)
 
 
-def _readings(path: str, roots: Iterable[str]) -> set[str]:
-    """Every host path a bind of `path` may land on (see the module docstring)."""
+def _readings(path: str, roots: Iterable[str], *, lexical: bool = True) -> set[str]:
+    """Every host path a bind of `path` may land on (see the module docstring); `lexical` adds the path as
+    written, cleaned (a device path is only ever taken resolved, so it leaves that out)."""
     if "\0" in path:
         raise ValueError("a path with a NUL byte")
     cleaned = posixpath.normpath("/" + path.lstrip("/"))
-    out = {cleaned}
+    out = {cleaned} if lexical else set()
     for root in roots:
         out.add(resolve_in(root, path))
         out.add(resolve_in(root, cleaned))
@@ -259,7 +260,7 @@ def _check_devices(host: Mapping[str, Any], policy: PrivilegePolicy) -> None:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ElevatedOptionRefused(f"{where}.PathOnHost", "it must be an absolute path")
         try:
-            readings = _readings(path, policy.roots)
+            readings = _readings(path, policy.roots, lexical=False)
         except (ValueError, OSError) as e:
             raise ElevatedOptionRefused(where, f"{path[:200]!r} cannot be resolved safely ({e})") from None
         for landing in readings:
