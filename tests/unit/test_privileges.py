@@ -47,7 +47,9 @@ def policy(root: Path, allow: bool = False) -> PrivilegePolicy:
     return PrivilegePolicy(allow, (Protected(STATE, "Edgeward's state directory"),
                                    Protected(RUN, "Edgeward's run directory"),
                                    Protected("/proc", "the host's /proc"), Protected("/sys", "the host's /sys"),
-                                   Protected("/var/run/docker.sock", "the container engine's socket")),
+                                   Protected("/var/run/docker.sock", "the container engine's socket"),
+                                   Protected("/dev/pts", "the host's terminals"),
+                                   Protected("/etc", "a host system directory", writes_only=True)),
                            roots=(str(root),))
 
 
@@ -81,6 +83,19 @@ def test_binds_that_reach_a_protected_path_are_refused(root: Path, source: str) 
     assert "allow_elevated_docker_permissions = true" in refused.value.message
 
 
+def test_system_directories_may_be_bound_read_only_only(root: Path) -> None:
+    for source in ("/etc", "/etc/cron.d", "/etc/localtime", "/data/../etc/"):
+        assert vet_create_options({"HostConfig": {"Binds": [f"{source}:/e:ro,z"], "Mounts": [
+            {"Type": "bind", "Source": source, "Target": "/m", "ReadOnly": True}]}}, policy(root))
+        for writable in ({"Binds": [f"{source}:/e"]}, {"Binds": [f"{source}:/e:rw"]},
+                         {"Mounts": [{"Type": "bind", "Source": source, "Target": "/m"}]},
+                         {"Mounts": [{"Type": "bind", "Source": source, "Target": "/m", "ReadOnly": "true"}]}):
+            with pytest.raises(ElevatedOptionRefused, match="host system directory"):
+                vet_create_options({"HostConfig": writable}, policy(root))
+    with pytest.raises(ElevatedOptionRefused, match="terminals"):  # a host pty's input is someone's password
+        vet_create_options({"HostConfig": {"Binds": ["/dev:/dev:ro"]}}, policy(root))
+
+
 def test_the_same_tricks_through_mounts_are_refused(root: Path) -> None:
     for source in ("/data/abs/", "//proc", "/data/keysdir/.."):
         with pytest.raises(ElevatedOptionRefused, match=r"HostConfig\.Mounts\[0\]"):
@@ -88,7 +103,7 @@ def test_the_same_tricks_through_mounts_are_refused(root: Path) -> None:
                                policy(root))
 
 
-@pytest.mark.parametrize("source", ["/data", "/data/deep", "/data/elsewhere", "/etc/localtime", "/var/log",
+@pytest.mark.parametrize("source", ["/data", "/data/deep", "/data/elsewhere", "/home/pi/data", "/var/log",
                                     "/usr", "named-volume"])
 def test_binds_of_other_paths_are_allowed(root: Path, source: str) -> None:
     vetted = vet_create_options(bind(source), policy(root))

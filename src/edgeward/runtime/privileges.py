@@ -42,6 +42,10 @@ DROPPED_CAPS = ("CHOWN", "SETUID")
 ENGINE_PATHS = ("/var/run/docker.sock", "/run/docker.sock", "/run/docker", "/var/lib/docker",
                 "/run/podman", "/var/lib/containers", "/run/containerd", "/var/lib/containerd", "/run/user")
 PRODUCT_PATHS = ("/etc/edgeward", "/etc/aziot", "/var/lib/aziot", "/run/aziot")
+# Reading these is harmless enough (the test image runs the host's python from a read-only /usr), writing any of them
+# is root on the next boot, login or cron run.
+SYSTEM_PATHS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/root",
+                "/var/spool/cron")
 _HOST_NAMES = ("Privileged", "CapAdd", "CapDrop", "PidMode", "IpcMode", "UsernsMode", "Cgroup", "CgroupParent",
                "VolumesFrom", "SecurityOpt", "MaskedPaths", "ReadonlyPaths", "Devices", "DeviceCgroupRules",
                "Binds", "Mounts", "LogConfig")
@@ -70,6 +74,7 @@ class ElevatedOptionRefused(UnprocessableEntity):
 class Protected:
     path: str  # absolute, as the host sees it
     what: str
+    writes_only: bool = False  # a read-only bind of it is allowed
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ def policy_for(settings: RuntimeSettings, roots: tuple[str, ...] | None = None) 
     state = settings.state_dir or settings.home.parent
     protected = [Protected("/proc", "the host's /proc"),
                  Protected("/sys", "the host's /sys (cgroups, kernel and device controls)"),
+                 Protected("/dev/pts", "the host's terminals"), Protected("/dev/shm", "the host's shared memory"),
                  Protected(str(state), "Edgeward's state directory"),
                  Protected(str(settings.run_dir), "Edgeward's run directory (its sockets and every module's "
                                                   "workload socket)")]
@@ -109,6 +115,8 @@ def policy_for(settings: RuntimeSettings, roots: tuple[str, ...] | None = None) 
         protected.append(Protected(settings.docker_uri.removeprefix("unix://"), "the container engine's socket"))
     protected += [Protected(p, "a container engine's socket or state") for p in ENGINE_PATHS]
     protected += [Protected(p, "Edgeward's or IoT Edge's configuration, state or sockets") for p in PRODUCT_PATHS]
+    protected += [Protected(p, "a host system directory (bind it read-only)", writes_only=True)
+                  for p in SYSTEM_PATHS]
     return PrivilegePolicy(settings.allow_elevated_docker_permissions, tuple(protected),
                            host_views() if roots is None else roots)
 
@@ -169,10 +177,11 @@ def _overlaps(a: str, b: str) -> bool:
     return pa == pb or pa in pb.parents or pb in pa.parents
 
 
-def _check_host_path(option: str, source: str, policy: PrivilegePolicy) -> None:
+def _check_host_path(option: str, source: str, policy: PrivilegePolicy, *, read_only: bool) -> None:
     try:
         readings = _readings(source, policy.roots)
-        guarded = [(reading, p) for p in policy.protected for reading in _readings(p.path, policy.roots)]
+        guarded = [(reading, p) for p in policy.protected if not (read_only and p.writes_only)
+                   for reading in _readings(p.path, policy.roots)]
     except (ValueError, OSError) as e:
         raise ElevatedOptionRefused(option, f"{source[:200]!r} cannot be resolved safely ({e})") from None
     for landing in sorted(readings):
@@ -234,15 +243,16 @@ def _mode(host: Mapping[str, Any], name: str, refused: tuple[str, ...]) -> None:
 # the rules -------------------------------------------------------------------------------------------------------
 def _check_binds(host: Mapping[str, Any], policy: PrivilegePolicy) -> None:
     for i, bind in enumerate(_strings(host.get("Binds"), "HostConfig.Binds")):
-        bind_source = bind.split(":", 1)[0]
+        bind_source, *rest = bind.split(":")
         if bind_source.startswith("/"):  # otherwise a named volume
-            _check_host_path(f"HostConfig.Binds[{i}]", bind_source, policy)
+            read_only = len(rest) > 1 and "ro" in rest[-1].split(",")
+            _check_host_path(f"HostConfig.Binds[{i}]", bind_source, policy, read_only=read_only)
     for i, raw in enumerate(_objects(host.get("Mounts"), "HostConfig.Mounts")):
         where = f"HostConfig.Mounts[{i}]"
-        mount = _canonical(raw, ("Type", "Source", "Target", "VolumeOptions"), where)
+        mount = _canonical(raw, ("Type", "Source", "Target", "ReadOnly", "VolumeOptions"), where)
         source = mount.get("Source")
         if isinstance(source, str) and source.startswith("/"):
-            _check_host_path(where, source, policy)
+            _check_host_path(where, source, policy, read_only=mount.get("ReadOnly") is True)
         elif source is not None and not isinstance(source, str):
             raise ElevatedOptionRefused(f"{where}.Source", "it must be a string")
         volume = _canonical(mount.get("VolumeOptions") or {}, ("DriverConfig",), f"{where}.VolumeOptions")
