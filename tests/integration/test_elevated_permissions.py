@@ -7,13 +7,20 @@ security profiles or binds of host control surfaces (refused with a 422 naming t
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import edgeward
 from edgeward.http.errors import HttpError
 from edgeward.runtime.engines.moby import DockerEngine
 from edgeward.runtime.mgmt_client import ManagementClient
@@ -228,3 +235,51 @@ async def test_privileged_module_is_allowed_when_elevated_permissions_are_on(
     # the rest of the rules step aside too: the operator chose to trust deployments with the host
     await mgmt.create_module(spec("hostpid", {"HostConfig": {"PidMode": "host", "Binds": ["/:/host:ro"]}}))
     assert _inspect(dockerd, "hostpid")["HostConfig"]["PidMode"] == "host"
+
+
+# Run in a mount namespace of its own whose /tmp is empty, as systemd's PrivateTmp= gives the runtime's service.
+_HIDDEN_PROBE = textwrap.dedent("""
+    import json, sys
+    from edgeward.runtime.privileges import (ElevatedOptionRefused, PrivilegePolicy, Protected, host_views,
+                                             vet_create_options)
+    engine_socket, protected, source = sys.argv[1:4]
+    out = {}
+    for label, views in (("engine", host_views(engine_socket)), ("own", ("/",))):
+        try:
+            vet_create_options({"HostConfig": {"Binds": [source + ":/x"]}},
+                               PrivilegePolicy(False, (Protected(protected, "the state directory"),), views))
+            out[label] = "accepted"
+        except ElevatedOptionRefused as e:
+            out[label] = e.message
+    out["views"] = host_views(engine_socket)
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_symlink_hidden_by_a_private_tmp_is_resolved_as_the_engine_sees_it(public_dir: Path,
+                                                                                  dockerd: Dockerd) -> None:
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare(1) and root")
+    protected = public_dir / "state"
+    protected.mkdir()
+    hidden = Path(tempfile.mkdtemp(prefix="edgeward-hidden-", dir="/tmp"))
+    try:
+        (hidden / "innocent").symlink_to(protected)
+        src = str(Path(edgeward.__file__).resolve().parents[1])
+        run = subprocess.run(
+            # The engine's socket stays reachable (a real one is in /run, which PrivateTmp leaves alone): its
+            # directory is parked on /mnt (in this namespace only) and moved back over the new /tmp.
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'mount --bind "$5" /mnt && mount -t tmpfs tmpfs /tmp && mkdir -p "$5" && mount --move /mnt "$5" && '
+             'exec "$0" -c "$1" "$2" "$3" "$4"', sys.executable, _HIDDEN_PROBE,
+             str(dockerd.socket), str(protected), str(hidden / "innocent"), str(dockerd.socket.parent)],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, "PYTHONPATH": src})
+        assert run.returncode == 0, run.stderr
+        out = json.loads(run.stdout)
+        assert len(out["views"]) > 1, out  # the engine's root is read as well as this namespace's
+        assert out["own"] == "accepted", out  # this namespace alone sees no symlink: the check must look further
+        assert "the state directory" in out["engine"], out
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)

@@ -216,14 +216,17 @@ def test_policy_protects_the_engine_socket_state_and_run_dirs_from_settings(tmp_
     assert host_views()[0] == "/"
 
 
-@pytest.mark.parametrize("allow", [True, False])
-def test_check_reports_whether_elevated_permissions_are_allowed(tmp_path: Path, allow: bool) -> None:
+def _check(tmp_path: Path, config_text: str) -> dict[str, dict[str, str]]:
     config = tmp_path / "config.toml"
-    config.write_text(f'hostname = "dev1"\nallow_elevated_docker_permissions = {str(allow).lower()}\n'
-                      f'[moby_runtime]\nuri = "unix://{tmp_path}/no-engine.sock"\n')
+    config.write_text(f'hostname = "dev1"\n{config_text}\n[moby_runtime]\nuri = "unix://{tmp_path}/no-engine.sock"\n')
     out = CliRunner().invoke(check, ["-c", str(config), "--state-dir", str(tmp_path / "state"),
                                      "--run-dir", str(tmp_path / "run"), "--json"])
-    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    return {r["name"]: r for r in json.loads(out.stdout)}
+
+
+@pytest.mark.parametrize("allow", [True, False])
+def test_check_reports_whether_elevated_permissions_are_allowed(tmp_path: Path, allow: bool) -> None:
+    rows = _check(tmp_path, f"allow_elevated_docker_permissions = {str(allow).lower()}")
     row = rows["elevated permissions"]
     assert "configuration" in rows and "allow_elevated_docker_permissions" not in rows["configuration"]["detail"]
     if allow:
@@ -231,3 +234,11 @@ def test_check_reports_whether_elevated_permissions_are_allowed(tmp_path: Path, 
         assert "allow_elevated_docker_permissions = false" in row["fix"]
     else:
         assert row["outcome"] == "ok" and "set it to true" in row["detail"]
+
+
+def test_check_fails_when_the_agent_itself_would_be_refused(tmp_path: Path) -> None:
+    rows = _check(tmp_path, '[agent]\nname = "edgeAgent"\ntype = "docker"\n[agent.config]\n'
+                            'image = "mcr.microsoft.com/azureiotedge-agent:1.5"\n'
+                            'createOptions = { HostConfig = { Binds = ["/var/run/docker.sock:/var/run/docker.sock"] } }')
+    row = rows["elevated permissions"]
+    assert row["outcome"] == "error" and "HostConfig.Binds[0]" in row["detail"], row

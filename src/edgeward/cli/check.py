@@ -30,6 +30,7 @@ from ..keys.client import KeysClient
 from ..runtime.compose import make_engine
 from ..runtime.edge_ca import EDGE_CA_CERT_ID, EDGE_CA_KEY_ID
 from ..runtime.engine import EngineError
+from ..runtime.privileges import ElevatedOptionRefused, policy_for, vet_create_options
 from .paths import config_option, default_run_dir, default_state_dir, run_option, state_option
 
 __all__ = ["check"]
@@ -202,6 +203,13 @@ async def check_elevated(s: DaemonSettings) -> list[Result]:
     should say so where an operator looks."""
     if s.runtime.engine != "docker":
         return [Result("elevated permissions", "skipped", "host-process modules: no container options to allow")]
+    agent = s.runtime.agent
+    if agent is not None:
+        try:
+            vet_create_options(agent.create_options, policy_for(s.runtime))
+        except ElevatedOptionRefused as e:
+            return [Result("elevated permissions", "error", f"the edge agent ([agent]) cannot be created: {e.message}",
+                           "remove that option from [agent.config] createOptions, or allow elevated permissions")]
     if s.runtime.allow_elevated_docker_permissions:
         return [Result("elevated permissions", "warning",
                        "allow_elevated_docker_permissions = true: deployments may give modules privileged mode, "

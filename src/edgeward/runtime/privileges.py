@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import posixpath
 import re
+import socket
 import stat
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -90,17 +92,46 @@ class Vetted:
     stripped: tuple[str, ...] = ()  # what was removed, as "HostConfig.Privileged"
 
 
-def host_views() -> tuple[str, ...]:
-    """This process's root, and the host init's when it is readable and differs (systemd's PrivateTmp or
-    ProtectHome give this service another /tmp and /home than the engine's)."""
+def host_views(engine_socket: str | None = None) -> tuple[str, ...]:
+    """This process's root, plus the container engine's and the host init's when they are readable and differ:
+    systemd's PrivateTmp, ProtectHome or a private /run give this service other directories than the engine that
+    will resolve the bind. The engine is found as the process listening on its socket (SO_PEERCRED)."""
     views = ["/"]
-    try:
-        init = Path("/proc/1/root")
-        if init.stat() != Path("/").stat() or (init / "tmp").stat() != Path("/tmp").stat():
-            views.append("/proc/1/root")
-    except OSError:
-        pass
+    candidates = ["/proc/1/root"]
+    pid = _listener_pid(engine_socket) if engine_socket else None
+    if pid is not None:
+        candidates.insert(0, f"/proc/{pid}/root")
+    for view in candidates:
+        root = Path(view)
+        try:
+            root.stat()
+        except OSError:
+            continue  # not ours to read
+        if not all(_same_file(root / d, Path("/") / d) for d in ("", "tmp", "home", "run")) and view not in views:
+            views.append(view)
     return tuple(views)
+
+
+def _listener_pid(path: str) -> int | None:
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(1)
+            s.connect(path)
+            pid, _, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except OSError:
+        return None
+    return pid if pid > 0 else None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    def key(p: Path) -> tuple[int, int] | None:
+        try:
+            st = p.stat()
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    return key(a) == key(b)
 
 
 def policy_for(settings: RuntimeSettings, roots: tuple[str, ...] | None = None) -> PrivilegePolicy:
@@ -111,14 +142,16 @@ def policy_for(settings: RuntimeSettings, roots: tuple[str, ...] | None = None) 
                  Protected(str(state), "Edgeward's state directory"),
                  Protected(str(settings.run_dir), "Edgeward's run directory (its sockets and every module's "
                                                   "workload socket)")]
-    if settings.docker_uri.startswith("unix://"):
-        protected.append(Protected(settings.docker_uri.removeprefix("unix://"), "the container engine's socket"))
+    engine = settings.docker_uri.removeprefix("unix://") if settings.docker_uri.startswith("unix://") else None
+    if engine:
+        protected.append(Protected(engine, "the container engine's socket"))
     protected += [Protected(p, "a container engine's socket or state") for p in ENGINE_PATHS]
     protected += [Protected(p, "Edgeward's or IoT Edge's configuration, state or sockets") for p in PRODUCT_PATHS]
     protected += [Protected(p, "a host system directory (bind it read-only)", writes_only=True)
                   for p in SYSTEM_PATHS]
-    return PrivilegePolicy(settings.allow_elevated_docker_permissions, tuple(protected),
-                           host_views() if roots is None else roots)
+    if roots is None:
+        roots = host_views(engine) if settings.allow_elevated_docker_permissions is False else ("/",)
+    return PrivilegePolicy(settings.allow_elevated_docker_permissions, tuple(protected), roots)
 
 
 # paths -------------------------------------------------------------------------------------------------------------
