@@ -208,9 +208,14 @@ def test_policy_protects_the_engine_socket_state_and_run_dirs_from_settings(tmp_
     doc: dict[str, Any] = {"moby_runtime": {"uri": "unix:///srv/engine/docker.sock"}}
     settings = parse_runtime_settings(doc, tmp_path / "state", tmp_path / "run", Problems("t"))
     assert settings.allow_elevated_docker_permissions is False  # Edgeward's default (IoT Edge 1.5's is true)
-    protected = {p.path for p in policy_for(settings).protected}
+    policy = policy_for(settings)
+    protected = {p.path for p in policy.protected}
     assert {"/srv/engine/docker.sock", str(tmp_path / "state"), str(tmp_path / "run"), "/proc", "/sys",
             "/var/run/docker.sock", "/run/docker.sock", "/etc/edgeward"} <= protected
+    for secret in ("/etc/shadow", "/etc/ssh/ssh_host_ed25519_key", "/root/.ssh"):
+        with pytest.raises(ElevatedOptionRefused, match="the host's secrets"):
+            vet_create_options({"HostConfig": {"Binds": [f"{secret}:/s:ro"]}}, policy)
+    assert vet_create_options({"HostConfig": {"Binds": ["/etc/ssl/certs:/etc/ssl/certs:ro"]}}, policy).options
     doc["allow_elevated_docker_permissions"] = True
     assert parse_runtime_settings(doc, tmp_path, tmp_path, Problems("t")).allow_elevated_docker_permissions
     assert host_views()[0] == "/"

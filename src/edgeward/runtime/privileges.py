@@ -46,8 +46,9 @@ ENGINE_PATHS = ("/var/run/docker.sock", "/run/docker.sock", "/run/docker", "/var
 PRODUCT_PATHS = ("/etc/edgeward", "/etc/aziot", "/var/lib/aziot", "/run/aziot")
 # Reading these is harmless enough (the test image runs the host's python from a read-only /usr), writing any of them
 # is root on the next boot, login or cron run.
-SYSTEM_PATHS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/root",
-                "/var/spool/cron")
+SYSTEM_PATHS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/var/spool/cron")
+# ...except these, whose reading alone gives away the host: password hashes, SSH host keys, root's home.
+HOST_SECRETS = ("/etc/shadow", "/etc/gshadow", "/etc/ssh", "/root")
 _HOST_NAMES = ("Privileged", "CapAdd", "CapDrop", "PidMode", "IpcMode", "UsernsMode", "Cgroup", "CgroupParent",
                "VolumesFrom", "SecurityOpt", "MaskedPaths", "ReadonlyPaths", "Devices", "DeviceCgroupRules",
                "Binds", "Mounts", "LogConfig")
@@ -147,7 +148,8 @@ def policy_for(settings: RuntimeSettings, roots: tuple[str, ...] | None = None) 
         protected.append(Protected(engine, "the container engine's socket"))
     protected += [Protected(p, "a container engine's socket or state") for p in ENGINE_PATHS]
     protected += [Protected(p, "Edgeward's or IoT Edge's configuration, state or sockets") for p in PRODUCT_PATHS]
-    protected += [Protected(p, "a host system directory (bind it read-only)", writes_only=True)
+    protected += [Protected(p, "the host's secrets") for p in HOST_SECRETS]
+    protected += [Protected(p, "a host system directory", writes_only=True)
                   for p in SYSTEM_PATHS]
     if roots is None:
         roots = host_views(engine) if settings.allow_elevated_docker_permissions is False else ("/",)
@@ -217,14 +219,16 @@ def _check_host_path(option: str, source: str, policy: PrivilegePolicy, *, read_
                    for reading in _readings(p.path, policy.roots)]
     except (ValueError, OSError) as e:
         raise ElevatedOptionRefused(option, f"{source[:200]!r} cannot be resolved safely ({e})") from None
-    for landing in sorted(readings):
+    cleaned = posixpath.normpath("/" + source.lstrip("/"))
+    for landing in sorted(readings, key=lambda r: (r != cleaned, r)):  # the path as written first
         for protected_reading, p in guarded:
             if _overlaps(landing, protected_reading):
                 relation = ("is" if PurePosixPath(landing) == PurePosixPath(protected_reading) else
                             "contains" if PurePosixPath(landing) in PurePosixPath(protected_reading).parents
                             else "is inside")
                 shown = source if landing == source else f"{source} (which lands on {landing})"
-                raise ElevatedOptionRefused(option, f"binds {shown}, which {relation} {p.what} ({p.path})")
+                hint = " (a read-only bind of it is allowed)" if p.writes_only else ""
+                raise ElevatedOptionRefused(option, f"binds {shown}, which {relation} {p.what}, {p.path}{hint}")
 
 
 # keys ----------------------------------------------------------------------------------------------------------------
