@@ -5,17 +5,19 @@ warning, and drops CHOWN and SETUID from the default capability set. Edgeward do
 IoT Edge lets through although it hands a module the host just as surely: the host's pid, ipc and user namespaces
 (or another module's), unconfined AppArmor/seccomp/SELinux, unmasked /proc paths, devices beyond a list of common
 IoT peripherals, a chosen cgroup (which would let a module pass for another in attestation), another container's
-volumes, volumes that bind host paths, and binds of host control surfaces: /proc, /sys, the container engine's
-socket and state, and Edgeward's own state, configuration and run directories (where every module's workload
-socket lives). A refusal names the option and how to allow it; nothing is half-applied.
+volumes, volumes that bind host paths, log drivers aimed at host sockets, and binds of host control surfaces:
+/proc, /sys, the host's terminals and shared memory, the container engine's socket and state, the host's secrets,
+writable system directories, and Edgeward's own state, configuration and run directories (where every module's
+workload socket lives). A refusal names the option and how to allow it; nothing is half-applied.
 
 Host networking stays allowed: many IoT Edge modules need it, and it gives no file, process or device access.
 
 Docker reads JSON keys without regard to case (Go's folding, in which U+017F matches "s" and U+212A "k"), so
 every key is compared folded, and two spellings of one key are refused rather than guessed at. Bind sources are
 resolved twice: Docker's reading (lexically cleaned, then symlinks) and the kernel's (symlinks before ".."), each in
-this process's view and in the host init's (/proc/1/root: a private /tmp or a hidden /home must not hide a symlink
-the engine will follow).
+this process's view and in the engine's and the host init's (/proc/<pid>/root): a private /tmp or a hidden /home
+must not hide a symlink the engine will follow. What a symlink points to when the container later starts is the
+engine's to resolve; a path a module can rewrite between create and start is the residual risk of any bind.
 """
 
 from __future__ import annotations
