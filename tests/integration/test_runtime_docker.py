@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edgeward.http.errors import HttpError
 from edgeward.runtime.engine import ENGINE_LABEL
 from edgeward.runtime.engines.moby import DockerEngine
 from edgeward.runtime.mgmt_client import ManagementClient
@@ -147,6 +149,12 @@ async def test_management_api_refuses_a_module_that_is_not_the_agent(rt: Runtime
     mounts = [{"Type": "bind", "Source": str(rt.settings.mgmt_dir), "Target": "/var/run/iotedge-mgmt"}]
     spec = container_spec("nosy", [["GET", "mgmt", "/modules?api-version=2022-08-03", None]], mounts,
                           {"IOTEDGE_MANAGEMENTURI": "unix:///var/run/iotedge-mgmt/mgmt.sock"})
+    # By default a deployment cannot bind the management socket's directory at all (runtime/privileges.py); with
+    # elevated permissions allowed, the attestation behind it must still refuse the module.
+    with pytest.raises(HttpError) as refused:
+        await mgmt.create_module(spec)
+    assert refused.value.status == 422 and "allow_elevated_docker_permissions" in refused.value.message
+    rt.parts.runtime.settings = replace(rt.settings, allow_elevated_docker_permissions=True)
     await mgmt.create_module(spec)
     await mgmt.action("nosy", "start")
     (listing,) = await module_results(rt.parts.engine, "nosy")

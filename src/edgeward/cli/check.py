@@ -30,6 +30,7 @@ from ..keys.client import KeysClient
 from ..runtime.compose import make_engine
 from ..runtime.edge_ca import EDGE_CA_CERT_ID, EDGE_CA_KEY_ID
 from ..runtime.engine import EngineError
+from ..runtime.privileges import ElevatedOptionRefused, policy_for, vet_create_options
 from .paths import config_option, default_run_dir, default_state_dir, run_option, state_option
 
 __all__ = ["check"]
@@ -197,8 +198,32 @@ async def check_engine(s: DaemonSettings) -> list[Result]:
         await engine.close()
 
 
+async def check_elevated(s: DaemonSettings) -> list[Result]:
+    """IoT Edge's `iotedge check` does not report this; a device that lets deployments run privileged modules
+    should say so where an operator looks."""
+    if s.runtime.engine != "docker":
+        return [Result("elevated permissions", "skipped", "host-process modules: no container options to allow")]
+    agent = s.runtime.agent
+    if agent is not None:
+        try:
+            vet_create_options(agent.create_options, policy_for(s.runtime))
+        except ElevatedOptionRefused as e:
+            return [Result("elevated permissions", "error", f"the edge agent ([agent]) cannot be created: {e.message}",
+                           "remove that option from [agent.config] createOptions, or allow elevated permissions")]
+    if s.runtime.allow_elevated_docker_permissions:
+        return [Result("elevated permissions", "warning",
+                       "allow_elevated_docker_permissions = true: deployments may give modules privileged mode, "
+                       "added capabilities, host namespaces and binds of /proc, /sys, the engine's socket and "
+                       "Edgeward's state (each is root on this device)",
+                       "set allow_elevated_docker_permissions = false in the config and apply it, unless a module "
+                       "truly needs them")]
+    return [Result("elevated permissions", "ok",
+                   "allow_elevated_docker_permissions = false: Privileged and CapAdd are stripped, host namespaces "
+                   "and binds of host control surfaces are refused (set it to true to allow them)")]
+
+
 CHECKS: list[Check] = [check_hostname, check_clock, check_permissions, check_services, check_certs,
-                       check_hardware, check_engine]
+                       check_hardware, check_engine, check_elevated]
 
 
 @click.command()

@@ -363,7 +363,8 @@ class _Splitter:
                     self.p.add(key, value, expected)
                 else:
                     edged[key] = value
-                    self.unused(key)
+                    if key != "allow_elevated_docker_permissions":  # the runtime acts on it (runtime/privileges.py)
+                        self.unused(key)
         mode = self.doc.get("auto_reprovisioning_mode")
         if mode is not None:
             if mode not in _REPROVISIONING:

@@ -24,6 +24,7 @@ from .engine import (
 )
 from .identities import ModuleIdentities
 from .model import ModuleConfig, valid_module_name
+from .privileges import ALLOW_HINT, ElevatedOptionRefused, policy_for, vet_create_options
 from .registry import Registration, Registry
 from .settings import RuntimeSettings
 from .sockets import WorkloadSockets
@@ -155,6 +156,23 @@ class ModuleRuntime:
             options["HostConfig"] = host
         return options
 
+    def _vetted(self, config: ModuleConfig) -> ModuleConfig:
+        """The module with the createOptions this device allows (runtime/privileges.py); a refusal is logged and
+        audited before it reaches the caller. Idempotent, so an update can vet before it removes anything."""
+        if self.engine.kind != "docker":
+            return config
+        try:
+            vetted = vet_create_options(config.create_options, policy_for(self.settings))
+        except ElevatedOptionRefused as e:
+            log.warning("module %s: %s", config.name, e.message)
+            self._record("module.privileges_refused", config.name, option=e.option, reason=e.why)
+            raise
+        if vetted.stripped:
+            log.warning("module %s: %s removed: privileged capabilities are disallowed on this device, as they can "
+                        "be used to gain root access (%s)", config.name, ", ".join(vetted.stripped), ALLOW_HINT)
+            self._record("module.privileges_stripped", config.name, stripped=list(vetted.stripped))
+        return replace(config, create_options=vetted.options)
+
     async def _ensure_image(self, config: ModuleConfig) -> None:
         try:
             present = await self.engine.image_id(config.image)
@@ -168,6 +186,7 @@ class ModuleRuntime:
     async def create_module(self, config: ModuleConfig, *, system: bool = False) -> ModuleView:
         if not valid_module_name(config.name):
             raise BadRequest(f"invalid module name {config.name!r}")
+        config = self._vetted(config)
         async with self._lock(config.name):
             if self.registry.get(config.name) is not None:
                 raise Conflict(f"module {config.name} already exists")
@@ -271,6 +290,7 @@ class ModuleRuntime:
         reg = self._registration(config.name)
         if reg.system and config.name != reg.name:
             raise Forbidden("the edge agent's name cannot change")
+        config = self._vetted(config)  # a refused spec must not cost the module it would replace
         await self._ensure_image(config)
         await self.remove_module(config.name, by_runtime=True)
         view = await self.create_module(config, system=reg.system)

@@ -1,5 +1,11 @@
 """The runtime's settings: IoT Edge's `[agent]`, `[moby_runtime]`, `[connect]`, `[watchdog]`, `hostname`,
-`local_gateway_hostname`, plus Edgeward's `[edgeward.runtime]` (engine choice, watchdog period)."""
+`local_gateway_hostname`, `allow_elevated_docker_permissions`, plus Edgeward's `[edgeward.runtime]` (engine choice,
+watchdog period).
+
+`allow_elevated_docker_permissions` defaults to false, where IoT Edge 1.5 defaults to true ("this will change in a
+future version", its source says): privileged modules are an operator's decision, not a deployment's. With false,
+runtime/privileges.py strips what IoT Edge strips and refuses host control surfaces; `edgeward check` reports the
+setting either way, and every refusal says how to turn it on."""
 
 from __future__ import annotations
 
@@ -39,6 +45,8 @@ class RuntimeSettings:
     # them), and further names each module may hold; a module always holds its own name.
     server_cert_hostname_modules: tuple[str, ...] = ("edgeHub", "$edgeHub")
     server_cert_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    allow_elevated_docker_permissions: bool = False
+    state_dir: Path | None = None  # default: home's parent
 
     @property
     def mgmt_dir(self) -> Path:
@@ -113,6 +121,7 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
         p.add("edgeward.integrity.period_seconds", integrity_period, "a positive number of seconds")
         integrity_period = 30
     hostname = p.get(doc, "hostname", "", str, "edgeward-device")
+    elevated = p.get(doc, "allow_elevated_docker_permissions", "", bool, False)
     return RuntimeSettings(
         engine="docker" if engine == "docker" else "process",
         home=state_dir / "runtime", run_dir=run_dir, hostname=hostname,
@@ -122,4 +131,5 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
         integrity_period=float(integrity_period), audit_home=state_dir / "audit",
         server_cert_allow_wildcards=p.get(ours, "server_cert_allow_wildcards", "edgeward.runtime", bool, False),
         server_cert_allow_ip_addresses=p.get(ours, "server_cert_allow_ip_addresses", "edgeward.runtime", bool, False),
-        server_cert_hostname_modules=tuple(hostname_modules), server_cert_names=cert_names)
+        server_cert_hostname_modules=tuple(hostname_modules), server_cert_names=cert_names,
+        allow_elevated_docker_permissions=elevated, state_dir=state_dir)
