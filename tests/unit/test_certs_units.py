@@ -12,9 +12,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edgeward.certs.policy import IssuancePolicy, PolicyRefused
 from edgeward.certs.renewal import next_renewal
 from edgeward.certs.settings import RenewPolicy, parse_renew_amount
 from edgeward.certs.store import CertStore
+from edgeward.config.problems import ConfigError
 
 
 def test_threshold_and_jitter() -> None:
@@ -44,3 +46,35 @@ def test_store_file_names_are_safe_for_any_id(tmp_path: Path) -> None:
         assert p.parent == store.dir and not p.name.startswith(".") and len(p.name) < 120
     store.put("../../etc/passwd", b"pem")
     assert store.get("../../etc/passwd") == b"pem" and store.get("a") is None
+
+
+def test_policy_settings_are_checked_with_their_key_path(tmp_path: Path) -> None:
+    from edgeward.certs.settings import parse_certs_settings
+
+    doc = {"cert_issuance": {
+        "a": {"method": "local_ca", "kind": "root"},
+        "b": {"method": "self_signed", "ip_addresses": ["10.0.0.300"]},
+        "c": {"method": "self_signed", "kind": "server", "path_len": 1},
+        "d": {"kind": "client", "auto_renew": {"threshold": "80%"}},
+        "e": {"dns_names": [5]},
+    }}
+    with pytest.raises(ConfigError) as e:
+        parse_certs_settings(doc, tmp_path, tmp_path)
+    text = str(e.value)
+    for fragment in ("cert_issuance.a.kind", "cert_issuance.b.ip_addresses", "cert_issuance.c.path_len",
+                     "cert_issuance.d.auto_renew", "cert_issuance.e.dns_names"):
+        assert fragment in text, text
+
+
+def test_policy_names_match_globs_case_insensitively_and_wildcards_only_literally() -> None:
+    policy = IssuancePolicy("x", "server", dns_names=("*.Example.com", "exact.test"))
+    assert policy.permits(x509.DNSName("a.b.example.COM"))
+    assert policy.permits(x509.DNSName("*.example.com"))  # that very wildcard is configured
+    assert not policy.permits(x509.DNSName("*.test"))
+    assert not policy.permits(x509.DNSName("example.com"))
+    assert not policy.permits(x509.DNSName("exact.test.evil"))
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("*.test")]), critical=False)
+           .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
+    with pytest.raises(PolicyRefused):
+        policy.grant(csr)
