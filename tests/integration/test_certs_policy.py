@@ -24,6 +24,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from edgeward.certs.x509sign import handle_public_key, sign_csr
 from edgeward.http.errors import HttpError
+from edgeward.runtime.edge_ca import EDGE_CA_CERT_ID, EDGE_CA_KEY_ID, EdgeCa
 from edgeward.testing.est_server import EstServer
 from tests.fixtures.certs import CertsEnv, serve_certs
 from tests.fixtures.peers import as_uid_async
@@ -40,6 +41,7 @@ CONFIG: dict[str, Any] = {
         "web": {"method": "local_ca", "kind": "server", "dns_names": ["web.example"],
                 "ip_addresses": ["10.1.0.0/16"]},
         "local-id-*": {"method": "local_ca", "expiry_days": 1},
+        "aziot-edged-ca": {"method": "self_signed", "expiry_days": 1},  # a CA by default, as aziot-edged asks
     },
     "principal": [{"uid": MOD_UID, "certs": ["mod-*"]}],
 }
@@ -253,3 +255,40 @@ async def test_est_bound_csr_outside_the_policy_is_refused_before_anything_is_se
                                                                       "m").encode())
         assert not x509.load_pem_x509_certificates(pem.encode())[0].extensions.get_extension_for_class(
             x509.BasicConstraints).value.ca
+
+
+async def test_edge_ca_is_a_ca_and_its_workload_leaves_follow_the_leaf_rules(env: CertsEnv) -> None:
+    """aziot-edged's edge CA CSR (CA:TRUE, keyCertSign) is honoured for its well-known id; the server and identity
+    certs the workload API mints in-process from it are CA:FALSE leaves with the usage of their kind."""
+    handle = await env.keys.create_key_pair_if_not_exists(EDGE_CA_KEY_ID, "ec-p256")
+    public = await handle_public_key(env.keys, handle)
+    ca_request = (x509.CertificateSigningRequestBuilder().subject_name(_name("Edge CA"))
+                  .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                  .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                               key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                               key_cert_sign=True, crl_sign=False, encipher_only=False,
+                                               decipher_only=False), critical=True))
+    csr = await sign_csr(ca_request, env.keys, handle, public)
+    (edge_ca,) = x509.load_pem_x509_certificates(
+        (await env.client.create_cert(EDGE_CA_CERT_ID, csr.public_bytes(serialization.Encoding.PEM))).encode())
+    basic = edge_ca.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert basic.critical and basic.value.ca and basic.value.path_length == 0
+
+    edge = EdgeCa(env.keys, env.client)
+    server = await edge.issue("edgehub", server=True, dns_names=("edgehub.local", "10.0.0.7"))
+    identity = await edge.issue("mod-a", server=False)
+    for issued, usage in ((server, ExtendedKeyUsageOID.SERVER_AUTH), (identity, ExtendedKeyUsageOID.CLIENT_AUTH)):
+        leaf, ca = x509.load_pem_x509_certificates(issued.certificate_pem.encode())
+        assert ca == edge_ca
+        basic = leaf.extensions.get_extension_for_class(x509.BasicConstraints)
+        assert basic.critical and not basic.value.ca
+        key_usage = leaf.extensions.get_extension_for_class(x509.KeyUsage)
+        assert key_usage.critical and key_usage.value.digital_signature and not key_usage.value.key_cert_sign
+        assert list(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [usage]
+    leaf = x509.load_pem_x509_certificates(server.certificate_pem.encode())[0]
+    assert list(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) == [
+        x509.DNSName("edgehub.local"), x509.IPAddress(ipaddress.ip_address("10.0.0.7"))]
+    PolicyBuilder().store(Store([edge_ca])).build_server_verifier(x509.DNSName("edgehub.local")).verify(leaf, [])
+    leaf = x509.load_pem_x509_certificates(identity.certificate_pem.encode())[0]
+    with pytest.raises(x509.ExtensionNotFound):
+        leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)

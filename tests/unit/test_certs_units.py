@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgeward.certs.policy import IssuancePolicy, PolicyRefused
 from edgeward.certs.renewal import next_renewal
@@ -78,3 +78,24 @@ def test_policy_names_match_globs_case_insensitively_and_wildcards_only_literall
            .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
     with pytest.raises(PolicyRefused):
         policy.grant(csr)
+
+
+def test_renewal_asks_only_for_what_the_policy_still_allows() -> None:
+    """A narrowed policy must not make renewal fail forever: names and usages no longer allowed are dropped, a CA
+    asks for its CA extensions."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    now = dt.datetime.now(dt.UTC)
+    old = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+           .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("a.mod.example"), x509.DNSName("gone.example")]),
+                          critical=False)
+           .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                          critical=False)
+           .sign(key, hashes.SHA256()))
+    asked = dict((type(v), v) for v, _ in IssuancePolicy("m", "client", ("*.mod.example",)).renewal_request(old))
+    assert list(asked[x509.SubjectAlternativeName]) == [x509.DNSName("a.mod.example")]
+    assert list(asked[x509.ExtendedKeyUsage]) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    ca = IssuancePolicy("c", "ca").renewal_request(None)
+    assert [(type(v), c) for v, c in ca] == [(x509.BasicConstraints, True), (x509.KeyUsage, True)]
+    assert IssuancePolicy("c", "ca").renewal_request(None)[0][0] == x509.BasicConstraints(ca=True, path_length=0)
