@@ -36,7 +36,8 @@ Q = "?api-version=2020-09-01"
 CONFIG: dict[str, Any] = {
     "cert_issuance": {
         "local_ca": {"cert": "local-ca", "pk": "local-ca", "common_name": "Policy Test CA", "expiry_days": 2},
-        "mod-*": {"method": "local_ca", "expiry_days": 1, "dns_names": ["*.mod.example"]},
+        "mod-*": {"method": "local_ca", "expiry_days": 1, "dns_names": ["*.mod.example"],
+                  "common_names": ["mod-*", "m"]},
         "sub-ca": {"method": "local_ca", "expiry_days": 1, "ca": True},
         "web": {"method": "local_ca", "kind": "server", "dns_names": ["web.example"],
                 "ip_addresses": ["10.1.0.0/16"]},
@@ -141,6 +142,8 @@ async def test_mod_principal_asking_for_key_cert_sign_or_foreign_names_gets_400_
          "extendedKeyUsage serverAuth is not allowed for cert id mod-y: its kind is client (clientAuth)"),
         (plain_csr(key, "m", x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING])),
          "extendedKeyUsage codeSigning is not allowed for cert id mod-y"),
+        (plain_csr(key, "agent.edge.local"),  # a local identity's CN, from the CA that issues local identities
+         "subject CN=agent.edge.local is not allowed for cert id mod-y: its common_names allow mod-*, m"),
     ]
     for csr, message in cases:
         status, body = await as_module(env, "mod-y", csr)

@@ -95,7 +95,7 @@ async def issue(keys: KeysApi, csr: x509.CertificateSigningRequest, issuer: Issu
     """Sign a certificate for ``csr`` as ``policy`` allows: the CSR gives its public key, its subject (CN
     overridden by ``common_name``) and the names the policy grants; everything else comes from the policy.
     A CSR asking for more than the policy allows is refused (400) before anything is signed."""
-    grant = policy.grant(csr)
+    grant = policy.grant(csr, common_name)
     public_key = csr.public_key()
     return await sign_leaf(keys, _subject(csr, common_name), public_key, policy.extensions(public_key, grant),
                            issuer=issuer, lifetime=lifetime)

@@ -15,7 +15,11 @@ alternative names the cert id may carry (``dns_names``: aziot globs, ``*`` any r
 itself only when configured literally; ``ip_addresses``: addresses or networks). A CSR that asks for more than its
 cert id allows - CA:TRUE, keyCertSign or cRLSign on a leaf, an extended key usage outside its kind, a name it may
 not carry - is refused with a 400 naming the extension, rather than silently trimmed, so a misconfiguration shows.
-Other CSR extensions and other key usage bits are not copied.
+Other CSR extensions and other key usage bits are not copied; a CA's pathLen is the policy's, whatever the CSR asks.
+
+The subject CN is the configured ``common_name``, else the CSR's; ``common_names`` (globs), when set, bounds it. A
+cert id issued by a CA that also issues identities recognised by their CN (the local CA issues ``local-id-*``)
+should set it, or its holder can get a certificate with an identity's CN.
 
 Where no ``kind`` (or ``ca = true``) is configured, well-known ids have defaults: the edge CA (``aziot-edged-ca``)
 and the local CA are CAs; ``local-id-*`` and EST identities are identities; ``edgeward-device-server`` is a server;
@@ -32,7 +36,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from ..keys.principals import glob_to_regex
 from .errors import InvalidCsr
@@ -124,6 +128,7 @@ class IssuancePolicy:
     dns_names: tuple[str, ...] = ()
     ip_addresses: tuple[IpNetwork, ...] = ()
     path_len: int | None = 0
+    common_names: tuple[str, ...] = ()  # globs the subject CN must match; empty: any
 
     @property
     def is_ca(self) -> bool:
@@ -153,9 +158,10 @@ class IssuancePolicy:
         return f"its ip_addresses allow {allowed}"
 
     # checking a request --------------------------------------------------------------------------------------
-    def grant(self, csr: x509.CertificateSigningRequest) -> Grant:
-        """Check every security-relevant extension of ``csr`` against the policy; raise :class:`PolicyRefused`
-        (400) naming the first one that asks for more than the cert id may carry."""
+    def grant(self, csr: x509.CertificateSigningRequest, common_name: str | None = None) -> Grant:
+        """Check every security-relevant extension of ``csr`` against the policy, and the CN the certificate will
+        carry (``common_name``, the configured override, else the CSR's) against ``common_names``; raise
+        :class:`PolicyRefused` (400) naming the first one that asks for more than the cert id may carry."""
         names: list[x509.GeneralName] = []
         requested_usages: list[x509.ObjectIdentifier] = []
         for ext in csr.extensions:
@@ -185,7 +191,19 @@ class IssuancePolicy:
                     names.append(name)
             elif ext.oid == ExtensionOID.NAME_CONSTRAINTS and not self.is_ca:
                 raise self._refuse("nameConstraints", "it is not configured as a CA")
+        self._check_common_name(csr.subject, common_name)
         return Grant(tuple(dict.fromkeys(names)), self._usages(requested_usages))
+
+    def _check_common_name(self, subject: x509.Name, override: str | None) -> None:
+        if not self.common_names:
+            return
+        values = [override] if override is not None else [
+            str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if not values:
+            raise self._refuse("a subject without CN", f"its common_names allow {', '.join(self.common_names)}")
+        for value in values:
+            if not any(glob_to_regex(p.lower()).fullmatch(value.lower()) for p in self.common_names):
+                raise self._refuse(f"subject CN={value}", f"its common_names allow {', '.join(self.common_names)}")
 
     def grant_for(self, names: Iterable[x509.GeneralName]) -> Grant:
         """The grant of an in-process issuer that decided the names itself (the workload API's certs, whose names

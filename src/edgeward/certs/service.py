@@ -181,7 +181,7 @@ class CertService:
             kind = default_kind(cert_id, ca_ids=ca_ids, identity_ids=identities)
         if opts is None:
             return IssuancePolicy(cert_id, kind)
-        return IssuancePolicy(cert_id, kind, opts.dns_names, opts.ip_addresses, opts.path_len)
+        return IssuancePolicy(cert_id, kind, opts.dns_names, opts.ip_addresses, opts.path_len, opts.common_names)
 
     def lifetime(self, cert_id: str) -> dt.timedelta:
         opts = self.options(cert_id)
@@ -200,7 +200,8 @@ class CertService:
         if issuer is None and (opts is None or opts.method is None):
             raise BadRequest(f"no issuer given and no cert_issuance method configured for cert {cert_id!r}")
         policy = self.policy(cert_id)
-        policy.grant(csr)  # refused before any key is loaded or any request leaves the device
+        # refused before any key is loaded or any request leaves the device (an EST server gets the CSR as it is)
+        policy.grant(csr, common_name if opts is not None and opts.method != "est" else None)
         if issuer is not None:
             issuer_id, handle = issuer
             issuer_chain = self.read_chain(validate_cert_id(issuer_id))

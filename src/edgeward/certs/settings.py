@@ -108,6 +108,7 @@ class IssuanceOptions:
     dns_names: tuple[str, ...] = ()  # aziot globs of the DNS names a CSR may ask for
     ip_addresses: tuple[IpNetwork, ...] = ()  # addresses or networks a CSR may ask for
     path_len: int | None = 0  # a CA's pathLen; 0: it issues leaves only
+    common_names: tuple[str, ...] = ()  # globs the subject CN must match; empty: any
 
     @property
     def configured_kind(self) -> Kind | None:
@@ -161,11 +162,12 @@ def _policy(raw: Any, where: str, p: Problems) -> RenewPolicy | None:
     return out
 
 
-POLICY_KEYS = ("kind", "dns_names", "ip_addresses", "path_len")
+POLICY_KEYS = ("kind", "dns_names", "ip_addresses", "path_len", "common_names")
 
 
 def _issuance_policy(raw: Mapping[str, Any], where: str, p: Problems) -> dict[str, Any]:
-    """``kind``, ``dns_names``, ``ip_addresses``, ``path_len`` of a ``[cert_issuance.<id>]`` entry."""
+    """``kind``, ``dns_names``, ``ip_addresses``, ``path_len``, ``common_names`` of a ``[cert_issuance.<id>]``
+    entry."""
     out: dict[str, Any] = {}
     kind = p.get(raw, "kind", where, str, "")
     if kind:
@@ -180,6 +182,11 @@ def _issuance_policy(raw: Mapping[str, Any], where: str, p: Problems) -> dict[st
         out["dns_names"] = tuple(names)
     else:
         p.add(f"{where}.dns_names", names, "a list of DNS names or globs (*.example.com)")
+    cns = p.get(raw, "common_names", where, list, [])
+    if all(isinstance(n, str) and n for n in cns):
+        out["common_names"] = tuple(cns)
+    else:
+        p.add(f"{where}.common_names", cns, "a list of common names or globs (*.plant.example)")
     ips = p.get(raw, "ip_addresses", where, list, [])
     try:
         if not all(isinstance(i, str) for i in ips):
@@ -254,7 +261,7 @@ def parse_certs_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path,
         method = p.get(raw, "method", where, str, "")
         if not method and not any(k in raw for k in POLICY_KEYS):
             p.add(f"{where}.method", "<missing>", '"self_signed", "local_ca" or "est" (or only issuance policy '
-                                                   'keys: kind, dns_names, ip_addresses, path_len)')
+                                                   f'keys: {", ".join(POLICY_KEYS)})')
             continue
         if method and method not in ("self_signed", "local_ca", "est"):
             p.add(f"{where}.method", method, '"self_signed", "local_ca" or "est"')
