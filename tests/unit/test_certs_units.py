@@ -99,3 +99,29 @@ def test_renewal_asks_only_for_what_the_policy_still_allows() -> None:
     ca = IssuancePolicy("c", "ca").renewal_request(None)
     assert [(type(v), c) for v, c in ca] == [(x509.BasicConstraints, True), (x509.KeyUsage, True)]
     assert IssuancePolicy("c", "ca").renewal_request(None)[0][0] == x509.BasicConstraints(ca=True, path_length=0)
+
+
+def test_csr_with_a_duplicate_extension_is_a_400_not_a_500() -> None:
+    """Two basicConstraints could mean CA:FALSE to one parser and CA:TRUE to the next: refused before any policy."""
+    from asn1crypto import core as asn1_core
+    from asn1crypto import csr as asn1_csr
+    from cryptography.hazmat.primitives import serialization
+
+    from edgeward.certs.errors import InvalidCsr
+    from edgeward.certs.issuance import parse_csr
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+    draft = asn1_csr.CertificationRequest.load(builder.sign(key, hashes.SHA256()).public_bytes(
+        serialization.Encoding.DER))
+    info = draft["certification_request_info"].copy()
+    extensions = info["attributes"][0]["values"][0]
+    extensions.append(extensions[0].copy())
+    signature = key.sign(info.dump(force=True), ec.ECDSA(hashes.SHA256()))
+    der = asn1_csr.CertificationRequest({"certification_request_info": info,
+                                         "signature_algorithm": draft["signature_algorithm"],
+                                         "signature": asn1_core.OctetBitString(signature)}).dump(force=True)
+    with pytest.raises(InvalidCsr, match=r"csr extensions are not valid: Duplicate 2\.5\.29\.19"):
+        parse_csr(der)

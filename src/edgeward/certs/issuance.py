@@ -62,6 +62,11 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
         raise InvalidCsr(f"csr signature cannot be checked: {e}") from None
     if not valid:
         raise InvalidCsr("csr signature does not verify: it was not signed by the key it names")
+    try:
+        csr.extensions  # noqa: B018 - parsed now: a duplicate or malformed extension is the caller's error
+    except (ValueError, x509.DuplicateExtension) as e:
+        # two basicConstraints, say, could mean one thing to one parser and another to the next
+        raise InvalidCsr(f"csr extensions are not valid: {e}") from None
     return csr
 
 
