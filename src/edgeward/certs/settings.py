@@ -1,5 +1,7 @@
 """The certificates service's settings, read from an aziot-certd style TOML document plus Edgeward's additions
-(per-cert ``key_id`` and ``auto_renew``, local CA ``common_name``/``expiry_days``)."""
+(per-cert ``key_id`` and ``auto_renew``, local CA ``common_name``/``expiry_days``, and each cert id's issuance policy:
+``kind``, ``ca``, ``path_len``, ``dns_names``, ``ip_addresses``, ``common_names``; see :mod:`.policy`). An entry
+with policy keys and no ``method`` only sets the policy, for certs issued with an explicit issuer."""
 
 from __future__ import annotations
 
