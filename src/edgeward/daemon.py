@@ -83,6 +83,8 @@ EMBEDDED_DEFAULTS: Mapping[str, Any] = {
         "edgeward-device-server": {"method": "local_ca", "expiry_days": 30,
                                    "auto_renew": {"rotate_key": True, "threshold": "80%", "retry": "4%"}},
         "local-id-*": {"method": "local_ca", "expiry_days": 30},
+        # what `edgeward demo` issues with the local CA as explicit issuer: a server cert for that one name
+        "demo-module-server": {"kind": "server", "dns_names": ["demo-module.local"]},
     },
     # Local (non-cloud) identities: X.509 certificates for host agents, CN <name>.<hostname>.edgeward.local.
     "localid": {"domain_name": "edgeward.local"},

@@ -13,7 +13,7 @@ import pytest_asyncio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from edgeward.certs.x509sign import handle_public_key, sign_csr
 from edgeward.http.errors import HttpError
@@ -26,10 +26,12 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 CONFIG = {
     "cert_issuance": {
         "local_ca": {"cert": "local-ca", "pk": "local-ca", "common_name": "Test Local CA", "expiry_days": 2},
-        "server": {"method": "local_ca", "expiry_days": 30},
-        "renamed": {"method": "local_ca", "common_name": "overridden.example", "expiry_days": 1},
-        "root": {"method": "self_signed", "expiry_days": 10},
+        "server": {"method": "local_ca", "expiry_days": 30, "kind": "server", "dns_names": ["*.local"]},
+        "renamed": {"method": "local_ca", "common_name": "overridden.example", "expiry_days": 1, "kind": "server",
+                    "dns_names": ["device-1.local"]},
+        "root": {"method": "self_signed", "expiry_days": 10, "kind": "ca"},
         "root-other-key": {"method": "self_signed", "key_id": "root"},
+        "mod-*": {"kind": "server", "dns_names": ["device-1.local"]},  # issuance policy only: an explicit issuer
     },
     "principal": [{"uid": 1234, "certs": ["mod-*"]}],
 }
@@ -56,16 +58,18 @@ async def software_certs(request: pytest.FixtureRequest,
         yield env
 
 
-def csr_for(key: ec.EllipticCurvePrivateKey, cn: str = "device-1", san: str | None = "device-1.local") -> bytes:
+def csr_for(key: ec.EllipticCurvePrivateKey, cn: str = "device-1", san: str | None = "device-1.local",
+            usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH) -> bytes:
     b = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Org")]))
     if san:
         b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
-    b = b.add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
-async def test_local_ca_issues_chains_that_verify_and_copy_csr_extensions(certs_env: CertsEnv) -> None:
+async def test_local_ca_issues_chains_that_verify_with_the_names_and_usage_the_policy_allows(
+        certs_env: CertsEnv) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     pem = await certs_env.client.create_cert("server", csr_for(key))
     leaf, ca = x509.load_pem_x509_certificates(pem.encode())
@@ -77,7 +81,10 @@ async def test_local_ca_issues_chains_that_verify_and_copy_csr_extensions(certs_
     assert isinstance(leaf.signature_hash_algorithm, hashes.SHA256)
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["device-1.local"]
-    assert leaf.extensions.get_extension_for_oid(ExtensionOID.EXTENDED_KEY_USAGE)
+    assert list(leaf.extensions.get_extension_for_oid(ExtensionOID.EXTENDED_KEY_USAGE).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH]
+    basic = leaf.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert basic.critical and not basic.value.ca
     ski = leaf.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert ski == x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
@@ -106,7 +113,7 @@ async def test_self_signed_uses_the_key_in_the_keys_service(certs_env: CertsEnv)
     cert.verify_directly_issued_by(cert)
     assert cert.public_key() == public
     with pytest.raises(HttpError) as e:
-        await certs_env.client.create_cert("root", csr_for(ec.generate_private_key(ec.SECP256R1())))
+        await certs_env.client.create_cert("root", csr_for(ec.generate_private_key(ec.SECP256R1()), san=None))
     assert e.value.status == 400 and "must be requested for key 'root'" in e.value.message
 
 
@@ -201,7 +208,8 @@ async def test_wire_shapes(software_certs: CertsEnv) -> None:
 
 async def test_local_identities_default_to_the_local_ca(software_certs: CertsEnv) -> None:
     """identityd's local identities ("local-id-<module>") need no issuance entry when a local CA is configured."""
-    pem = await software_certs.client.create_cert("local-id-agent", csr_for(ec.generate_private_key(ec.SECP256R1())))
+    pem = await software_certs.client.create_cert("local-id-agent",
+                                                  csr_for(ec.generate_private_key(ec.SECP256R1()), san=None))
     leaf, ca = x509.load_pem_x509_certificates(pem.encode())
     assert ca.subject.rfc4514_string() == "CN=Test Local CA"
     leaf.verify_directly_issued_by(ca)

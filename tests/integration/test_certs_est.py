@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgeward.certs.x509sign import handle_public_key, same_public_key, sign_csr
 from edgeward.http.errors import HttpError
@@ -21,6 +21,11 @@ from tests.fixtures.keys import BACKENDS
 from tests.integration.test_certs import csr_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def client_csr() -> bytes:
+    """What identityd asks for a device identity: no names, clientAuth."""
+    return csr_for(ec.generate_private_key(ec.SECP256R1()), san=None, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
 
 
 def est_config(server: EstServer, ca_file: Path, password: str | None = None,
@@ -62,7 +67,7 @@ async def test_est_refusals_surface_as_clear_errors(est_server: EstServer, reque
     doc = est_config(est_server, tmp_path / "ca.pem", password="wrong")
     async with serve_certs("software", request, tmp_path, doc) as env:
         with pytest.raises(HttpError) as e:
-            await env.client.create_cert("device-id", csr_for(ec.generate_private_key(ec.SECP256R1())))
+            await env.client.create_cert("device-id", client_csr())
         assert e.value.status == 502
         assert "EST enrollment of 'device-id'" in e.value.message and "401" in e.value.message
 
@@ -74,7 +79,7 @@ async def test_est_server_not_trusted_is_refused(est_server: EstServer, request:
     (tmp_path / "ca.pem").write_bytes(other_ca.public_bytes(serialization.Encoding.PEM))  # trust the wrong CA
     async with serve_certs("software", request, tmp_path, doc) as env:
         with pytest.raises(HttpError) as e:
-            await env.client.create_cert("device-id", csr_for(ec.generate_private_key(ec.SECP256R1())))
+            await env.client.create_cert("device-id", client_csr())
         assert e.value.status == 502 and "certificate verify failed" in e.value.message.lower()
     assert est_server.enrollments == 0
 

@@ -10,11 +10,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgeward.certs.policy import IssuancePolicy, PolicyRefused
 from edgeward.certs.renewal import next_renewal
 from edgeward.certs.settings import RenewPolicy, parse_renew_amount
 from edgeward.certs.store import CertStore
+from edgeward.config.problems import ConfigError
 
 
 def test_threshold_and_jitter() -> None:
@@ -44,3 +46,82 @@ def test_store_file_names_are_safe_for_any_id(tmp_path: Path) -> None:
         assert p.parent == store.dir and not p.name.startswith(".") and len(p.name) < 120
     store.put("../../etc/passwd", b"pem")
     assert store.get("../../etc/passwd") == b"pem" and store.get("a") is None
+
+
+def test_policy_settings_are_checked_with_their_key_path(tmp_path: Path) -> None:
+    from edgeward.certs.settings import parse_certs_settings
+
+    doc = {"cert_issuance": {
+        "a": {"method": "local_ca", "kind": "root"},
+        "b": {"method": "self_signed", "ip_addresses": ["10.0.0.300"]},
+        "c": {"method": "self_signed", "kind": "server", "path_len": 1},
+        "d": {"kind": "client", "auto_renew": {"threshold": "80%"}},
+        "e": {"dns_names": [5]},
+    }}
+    with pytest.raises(ConfigError) as e:
+        parse_certs_settings(doc, tmp_path, tmp_path)
+    text = str(e.value)
+    for fragment in ("cert_issuance.a.kind", "cert_issuance.b.ip_addresses", "cert_issuance.c.path_len",
+                     "cert_issuance.d.auto_renew", "cert_issuance.e.dns_names"):
+        assert fragment in text, text
+
+
+def test_policy_names_match_globs_case_insensitively_and_wildcards_only_literally() -> None:
+    policy = IssuancePolicy("x", "server", dns_names=("*.Example.com", "exact.test"))
+    assert policy.permits(x509.DNSName("a.b.example.COM"))
+    assert policy.permits(x509.DNSName("*.example.com"))  # that very wildcard is configured
+    assert not policy.permits(x509.DNSName("*.test"))
+    assert not policy.permits(x509.DNSName("example.com"))
+    assert not policy.permits(x509.DNSName("exact.test.evil"))
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("*.test")]), critical=False)
+           .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
+    with pytest.raises(PolicyRefused):
+        policy.grant(csr)
+
+
+def test_renewal_asks_only_for_what_the_policy_still_allows() -> None:
+    """A narrowed policy must not make renewal fail forever: names and usages no longer allowed are dropped, a CA
+    asks for its CA extensions."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    now = dt.datetime.now(dt.UTC)
+    old = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+           .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("a.mod.example"), x509.DNSName("gone.example")]),
+                          critical=False)
+           .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                          critical=False)
+           .sign(key, hashes.SHA256()))
+    asked = dict((type(v), v) for v, _ in IssuancePolicy("m", "client", ("*.mod.example",)).renewal_request(old))
+    assert list(asked[x509.SubjectAlternativeName]) == [x509.DNSName("a.mod.example")]
+    assert list(asked[x509.ExtendedKeyUsage]) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    ca = IssuancePolicy("c", "ca").renewal_request(None)
+    assert [(type(v), c) for v, c in ca] == [(x509.BasicConstraints, True), (x509.KeyUsage, True)]
+    assert IssuancePolicy("c", "ca").renewal_request(None)[0][0] == x509.BasicConstraints(ca=True, path_length=0)
+
+
+def test_csr_with_a_duplicate_extension_is_a_400_not_a_500() -> None:
+    """Two basicConstraints could mean CA:FALSE to one parser and CA:TRUE to the next: refused before any policy."""
+    from asn1crypto import core as asn1_core
+    from asn1crypto import csr as asn1_csr
+    from cryptography.hazmat.primitives import serialization
+
+    from edgeward.certs.errors import InvalidCsr
+    from edgeward.certs.issuance import parse_csr
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+    draft = asn1_csr.CertificationRequest.load(builder.sign(key, hashes.SHA256()).public_bytes(
+        serialization.Encoding.DER))
+    info = draft["certification_request_info"].copy()
+    extensions = info["attributes"][0]["values"][0]
+    extensions.append(extensions[0].copy())
+    signature = key.sign(info.dump(force=True), ec.ECDSA(hashes.SHA256()))
+    der = asn1_csr.CertificationRequest({"certification_request_info": info,
+                                         "signature_algorithm": draft["signature_algorithm"],
+                                         "signature": asn1_core.OctetBitString(signature)}).dump(force=True)
+    with pytest.raises(InvalidCsr, match=r"csr extensions are not valid: Duplicate 2\.5\.29\.19"):
+        parse_csr(der)

@@ -1,4 +1,5 @@
-"""Building X.509 v3 certificates from CSRs: subject rules, validity capped by the issuer, extensions, SKID/AKID.
+"""Building X.509 v3 certificates from CSRs: subject rules, validity capped by the issuer, extensions from the cert
+id's issuance policy (``policy``), SKID/AKID.
 
 Signing goes through the keys service (``x509sign``), so an issuer on PKCS#11 or a TPM works like a software one.
 """
@@ -12,14 +13,16 @@ import datetime as dt
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import NameOID
 
 from ..keys.api import KeysApi
 from ..keys.model import PublicKey
 from .errors import InvalidCsr
+from .policy import IssuancePolicy
 from .x509sign import sign_certificate
 
-__all__ = ["IssuerRef", "issue", "parse_csr", "self_signed_ca_builder"]
+__all__ = ["IssuerRef", "issue", "parse_csr", "self_signed_ca_builder", "sign_leaf"]
 
 MAX_CSR_BYTES = 64 * 1024
 BACKDATE = dt.timedelta(minutes=1)  # tolerate small clock differences between the device and its peers
@@ -59,6 +62,11 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
         raise InvalidCsr(f"csr signature cannot be checked: {e}") from None
     if not valid:
         raise InvalidCsr("csr signature does not verify: it was not signed by the key it names")
+    try:
+        csr.extensions  # noqa: B018 - parsed now: a duplicate or malformed extension is the caller's error
+    except (ValueError, x509.DuplicateExtension) as e:
+        # two basicConstraints, say, could mean one thing to one parser and another to the next
+        raise InvalidCsr(f"csr extensions are not valid: {e}") from None
     return csr
 
 
@@ -87,17 +95,27 @@ def self_signed_ca_builder(common_name: str, public_key: PublicKey, days: int) -
     )
 
 
-async def issue(keys: KeysApi, csr: x509.CertificateSigningRequest, issuer: IssuerRef,
-                lifetime: dt.timedelta, common_name: str | None = None) -> x509.Certificate:
-    """Sign ``csr``. Extensions requested in the CSR are copied; notAfter never passes the issuer's notAfter."""
+async def issue(keys: KeysApi, csr: x509.CertificateSigningRequest, issuer: IssuerRef, lifetime: dt.timedelta, *,
+                policy: IssuancePolicy, common_name: str | None = None) -> x509.Certificate:
+    """Sign a certificate for ``csr`` as ``policy`` allows: the CSR gives its public key, its subject (CN
+    overridden by ``common_name``) and the names the policy grants; everything else comes from the policy.
+    A CSR asking for more than the policy allows is refused (400) before anything is signed."""
+    grant = policy.grant(csr, common_name)
+    public_key = csr.public_key()
+    return await sign_leaf(keys, _subject(csr, common_name), public_key, policy.extensions(public_key, grant),
+                           issuer=issuer, lifetime=lifetime)
+
+
+async def sign_leaf(keys: KeysApi, subject: x509.Name, public_key: CertificatePublicKeyTypes,
+                    extensions: list[tuple[x509.ExtensionType, bool]], *, issuer: IssuerRef,
+                    lifetime: dt.timedelta) -> x509.Certificate:
+    """Sign exactly ``extensions`` (plus SKID/AKID); notAfter never passes the issuer's notAfter."""
     now = dt.datetime.now(dt.UTC)
     not_after = now + lifetime
     if issuer.cert is not None:
         not_after = min(not_after, issuer.cert.not_valid_after_utc)
         if not_after <= now:
             raise InvalidCsr("the issuer certificate has expired; renew it first")
-    subject = _subject(csr, common_name)
-    public_key = csr.public_key()
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -107,12 +125,9 @@ async def issue(keys: KeysApi, csr: x509.CertificateSigningRequest, issuer: Issu
         .not_valid_before(now - min(BACKDATE, lifetime / 10))  # short-lived certs keep their renewal math
         .not_valid_after(not_after)
     )
-    skip = {ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.AUTHORITY_KEY_IDENTIFIER}
-    for ext in csr.extensions:
-        if ext.oid not in skip:
-            builder = builder.add_extension(ext.value, critical=ext.critical)
-    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key),
-                                    critical=False)
+    for value, critical in extensions:
+        builder = builder.add_extension(value, critical=critical)
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     issuer_ski = x509.SubjectKeyIdentifier.from_public_key(issuer.public_key)
     builder = builder.add_extension(
         x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False

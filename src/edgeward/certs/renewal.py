@@ -40,7 +40,6 @@ class ManagedCert:
     key_id: str
     policy: RenewPolicy
     common_name: str | None = None
-    ca: bool = False  # ask for a CA certificate (basic constraints, keyCertSign)
 
     @property
     def temp_key_id(self) -> str:
@@ -211,16 +210,10 @@ class RenewalEngine:
             subject = old[0].subject if old else x509.Name(
                 [x509.NameAttribute(NameOID.COMMON_NAME, m.common_name or m.cert_id)])
             builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
-            if old is not None:
-                with contextlib.suppress(x509.ExtensionNotFound):
-                    san = old[0].extensions.get_extension_for_class(x509.SubjectAlternativeName)
-                    builder = builder.add_extension(san.value, critical=san.critical)
-            if m.ca:
-                builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                builder = builder.add_extension(x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                    encipher_only=False, decipher_only=False), critical=True)
+            # what the policy allows (a CA's extensions; the old names and usages still allowed), so that an EST
+            # server is asked for what the cert id may carry
+            for value, critical in svc.policy(m.cert_id).renewal_request(old[0] if old else None):
+                builder = builder.add_extension(value, critical=critical)
             rotate = m.policy.rotate_key or await self._try_load(m.key_id) is None
             if rotate:
                 stale = await self._try_load(m.temp_key_id)

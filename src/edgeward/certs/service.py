@@ -1,5 +1,7 @@
 """The certificates service: authorization, the store, and issuance by CSR (self-signed, local CA, EST, or a
-caller-named issuer key)."""
+caller-named issuer key). What an issued certificate carries is the cert id's issuance policy
+(:mod:`edgeward.certs.policy`), whichever the issuer; a CSR for EST is checked against the same policy before it is
+sent."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from .errors import CertNotFound, InvalidCsr, IssuanceFailed, NotAuthorized
 from .est import EstClient, KeysIdentity
 from .issuance import IssuerRef, issue, parse_csr, self_signed_ca_builder
 from .pem import PemError, chain_to_pem, parse_chain
+from .policy import LOCAL_ID_PREFIX, IssuancePolicy, default_kind
 from .settings import CertsSettings, EstAuth, IssuanceOptions
 from .store import CertStore
 from .x509sign import handle_public_key, same_public_key, sign_certificate, sign_csr
@@ -31,8 +34,6 @@ from .x509sign import handle_public_key, same_public_key, sign_certificate, sign
 __all__ = ["CertService", "EstEnroller", "validate_cert_id"]
 
 log = logging.getLogger(__name__)
-
-LOCAL_ID_PREFIX = "local-id-"
 
 MAX_CERT_ID_LENGTH = 256
 
@@ -167,6 +168,21 @@ class CertService:
             return IssuanceOptions(method="local_ca", expiry_days=30)
         return matched
 
+    def policy(self, cert_id: str) -> IssuancePolicy:
+        """What a cert of ``cert_id`` may carry: its entry's ``kind`` (or ``ca = true``) and names, else the
+        defaults of well-known ids (the local CA is a CA, EST identities are identities; see ``default_kind``)."""
+        opts = self.options(cert_id)
+        kind = opts.configured_kind if opts is not None else None
+        if kind is None:
+            s = self.settings
+            ca_ids = [s.local_ca.cert] if s.local_ca is not None else []
+            auths = [s.est.auth, *(o.auth for o in s.issuance.values() if o.auth is not None)]
+            identities = [i for a in auths for i in (a.identity_cert, a.bootstrap_identity_cert) if i]
+            kind = default_kind(cert_id, ca_ids=ca_ids, identity_ids=identities)
+        if opts is None:
+            return IssuancePolicy(cert_id, kind)
+        return IssuancePolicy(cert_id, kind, opts.dns_names, opts.ip_addresses, opts.path_len, opts.common_names)
+
     def lifetime(self, cert_id: str) -> dt.timedelta:
         opts = self.options(cert_id)
         if opts and opts.expiry_seconds:
@@ -181,19 +197,24 @@ class CertService:
         self-signed cert is signed with (the renewal engine's not-yet-moved new key)."""
         opts = self.options(cert_id)
         common_name = opts.common_name if opts else None
+        if issuer is None and (opts is None or opts.method is None):
+            raise BadRequest(f"no issuer given and no cert_issuance method configured for cert {cert_id!r}")
+        policy = self.policy(cert_id)
+        # refused before any key is loaded or any request leaves the device (an EST server gets the CSR as it is)
+        policy.grant(csr, common_name if opts is not None and opts.method != "est" else None)
         if issuer is not None:
             issuer_id, handle = issuer
             issuer_chain = self.read_chain(validate_cert_id(issuer_id))
             if issuer_chain is None:
                 raise BadRequest(f"issuer cert {issuer_id!r} not found")
+            policy.check_issuer(issuer_chain[0], issuer_id)
             public = await handle_public_key(self.keys, handle)
             if not same_public_key(public, issuer_chain[0].public_key()):
                 raise BadRequest(f"privateKeyHandle is not the key of issuer cert {issuer_id!r}")
             leaf = await issue(self.keys, csr, IssuerRef(issuer_chain[0], handle, public), self.lifetime(cert_id),
-                               common_name)
+                               policy=policy, common_name=common_name)
             return [leaf, *issuer_chain]
-        if opts is None:
-            raise BadRequest(f"no issuer given and no cert_issuance method configured for cert {cert_id!r}")
+        assert opts is not None
         if opts.method == "self_signed":
             key_id = self_key or opts.key_id or cert_id
             handle = await self.keys.load_key_pair(key_id)
@@ -201,13 +222,14 @@ class CertService:
             if not same_public_key(public, csr.public_key()):
                 raise InvalidCsr(f"a self-signed cert for {cert_id!r} must be requested for key {key_id!r}")
             return [await issue(self.keys, csr, IssuerRef(None, handle, public), self.lifetime(cert_id),
-                                common_name)]
+                                policy=policy, common_name=common_name)]
         if opts.method == "local_ca":
             ca_chain, ca_handle, ca_public = await self.local_ca()
+            policy.check_issuer(ca_chain[0], self.settings.local_ca.cert if self.settings.local_ca else "local CA")
             leaf = await issue(self.keys, csr, IssuerRef(ca_chain[0], ca_handle, ca_public), self.lifetime(cert_id),
-                               common_name)
+                               policy=policy, common_name=common_name)
             return [leaf, *ca_chain]
-        return await self._enroll_est(cert_id, opts, csr, renewing)
+        return await self._enroll_est(cert_id, opts, csr, renewing, policy)
 
     async def local_ca(self) -> tuple[list[x509.Certificate], str, PublicKey]:
         """The local CA, created (key and self-signed cert) on first use and re-created when expired."""
@@ -229,7 +251,9 @@ class CertService:
         return chain, handle, public
 
     async def _enroll_est(self, cert_id: str, opts: IssuanceOptions, csr: x509.CertificateSigningRequest,
-                          renewing: bool) -> list[x509.Certificate]:
+                          renewing: bool, policy: IssuancePolicy) -> list[x509.Certificate]:
+        """The CSR goes to the EST server as it is (it is signed by the requester's key), so it was checked
+        against the policy first (``issue_chain``); what comes back must not be a CA unless the policy says so."""
         est = self.settings.est
         url = opts.url or est.urls.get(cert_id) or est.default_url
         assert url is not None  # settings validation guarantees one
@@ -257,6 +281,10 @@ class CertService:
                 await close()
         if not chain or not same_public_key(chain[0].public_key(), csr.public_key()):
             raise IssuanceFailed(f"EST server at {url} returned a cert for another key")
+        try:
+            policy.check_issued(chain[0], f"EST server at {url}")
+        except ValueError as e:
+            raise IssuanceFailed(str(e)) from None
         return chain
 
     async def _keys_identity(self, cert_id: str, key_id: str) -> KeysIdentity | None:

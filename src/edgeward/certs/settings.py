@@ -1,5 +1,7 @@
 """The certificates service's settings, read from an aziot-certd style TOML document plus Edgeward's additions
-(per-cert ``key_id`` and ``auto_renew``, local CA ``common_name``/``expiry_days``)."""
+(per-cert ``key_id`` and ``auto_renew``, local CA ``common_name``/``expiry_days``, and each cert id's issuance policy:
+``kind``, ``ca``, ``path_len``, ``dns_names``, ``ip_addresses``, ``common_names``; see :mod:`.policy`). An entry
+with policy keys and no ``method`` only sets the policy, for certs issued with an explicit issuer."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any, Literal
 
 from ..config.problems import Problems
 from ..keys.principals import glob_to_regex
+from .policy import KINDS, IpNetwork, Kind, parse_ip_networks
 
 __all__ = [
     "CertPrincipal",
@@ -90,7 +93,11 @@ class EstSettings:
 
 @dataclass(frozen=True)
 class IssuanceOptions:
-    method: Method
+    """One ``[cert_issuance.<id>]`` entry: how the cert is issued (``method``; None for an entry that only sets the
+    issuance policy of certs issued with an explicit issuer) and what it may carry (``kind``, ``dns_names``,
+    ``ip_addresses``, ``path_len``; see :mod:`edgeward.certs.policy`)."""
+
+    method: Method | None
     common_name: str | None = None
     expiry_days: int | None = None
     expiry_seconds: int | None = None  # Edgeward: short lifetimes for tests, demos and aggressive rotation
@@ -98,7 +105,16 @@ class IssuanceOptions:
     url: str | None = None
     auth: EstAuth | None = None
     auto_renew: RenewPolicy | None = None
-    ca: bool = False  # Edgeward: renewals of this cert ask for a CA certificate (the edge CA)
+    ca: bool = False  # Edgeward: the same as kind = "ca"
+    kind: Kind | None = None  # None: the cert id's default (edgeward.certs.policy.default_kind)
+    dns_names: tuple[str, ...] = ()  # aziot globs of the DNS names a CSR may ask for
+    ip_addresses: tuple[IpNetwork, ...] = ()  # addresses or networks a CSR may ask for
+    path_len: int | None = 0  # a CA's pathLen; 0: it issues leaves only
+    common_names: tuple[str, ...] = ()  # globs the subject CN must match; empty: any
+
+    @property
+    def configured_kind(self) -> Kind | None:
+        return "ca" if self.ca else self.kind
 
 
 @dataclass(frozen=True)
@@ -145,6 +161,49 @@ def _policy(raw: Any, where: str, p: Problems) -> RenewPolicy | None:
                 out = RenewPolicy(**{**out.__dict__, name: parse_renew_amount(value)})
             except ValueError as e:
                 p.add(f"{where}.{name}", value, str(e))
+    return out
+
+
+POLICY_KEYS = ("kind", "dns_names", "ip_addresses", "path_len", "common_names")
+
+
+def _issuance_policy(raw: Mapping[str, Any], where: str, p: Problems) -> dict[str, Any]:
+    """``kind``, ``dns_names``, ``ip_addresses``, ``path_len``, ``common_names`` of a ``[cert_issuance.<id>]``
+    entry."""
+    out: dict[str, Any] = {}
+    kind = p.get(raw, "kind", where, str, "")
+    if kind:
+        if kind not in KINDS:
+            p.add(f"{where}.kind", kind, '"ca", "server", "client" or "identity"')
+        else:
+            out["kind"] = kind
+    if raw.get("ca") is True and kind and kind != "ca":
+        p.add(f"{where}.ca", True, f'no ca = true with kind = "{kind}"')
+    names = p.get(raw, "dns_names", where, list, [])
+    if all(isinstance(n, str) and n for n in names):
+        out["dns_names"] = tuple(names)
+    else:
+        p.add(f"{where}.dns_names", names, "a list of DNS names or globs (*.example.com)")
+    cns = p.get(raw, "common_names", where, list, [])
+    if all(isinstance(n, str) and n for n in cns):
+        out["common_names"] = tuple(cns)
+    else:
+        p.add(f"{where}.common_names", cns, "a list of common names or globs (*.plant.example)")
+    ips = p.get(raw, "ip_addresses", where, list, [])
+    try:
+        if not all(isinstance(i, str) for i in ips):
+            raise ValueError("each entry a string")
+        out["ip_addresses"] = parse_ip_networks(ips)
+    except ValueError as e:
+        p.add(f"{where}.ip_addresses", ips, f"a list of IP addresses or networks ({e})")
+    if "path_len" in raw:
+        path_len = raw["path_len"]
+        if not (isinstance(path_len, int) and not isinstance(path_len, bool) and 0 <= path_len <= 16):
+            p.add(f"{where}.path_len", path_len, "0 to 16")
+        elif out.get("kind", "ca" if raw.get("ca") is True else None) != "ca":
+            p.add(f"{where}.path_len", path_len, 'a path length only for a CA (kind = "ca")')
+        else:
+            out["path_len"] = path_len
     return out
 
 
@@ -200,17 +259,23 @@ def parse_certs_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path,
             continue
         p.warn_unknown(raw, {"method", "common_name", "expiry_days", "key_id", "url", "username", "password",
                              "identity_cert", "identity_pk", "bootstrap_identity_cert", "bootstrap_identity_pk",
-                             "auto_renew", "subject", "expiry_seconds", "ca"}, where)
+                             "auto_renew", "subject", "expiry_seconds", "ca", *POLICY_KEYS}, where)
         method = p.get(raw, "method", where, str, "")
-        if method not in ("self_signed", "local_ca", "est"):
-            p.add(f"{where}.method", method or "<missing>", '"self_signed", "local_ca" or "est"')
+        if not method and not any(k in raw for k in POLICY_KEYS):
+            p.add(f"{where}.method", "<missing>", '"self_signed", "local_ca" or "est" (or only issuance policy '
+                                                   f'keys: {", ".join(POLICY_KEYS)})')
             continue
+        if method and method not in ("self_signed", "local_ca", "est"):
+            p.add(f"{where}.method", method, '"self_signed", "local_ca" or "est"')
+            continue
+        if not method and "auto_renew" in raw:
+            p.add(f"{where}.auto_renew", raw["auto_renew"], "a method to renew with")
         expiry = p.get(raw, "expiry_days", where, int, 0) or None
         if expiry is not None and not 0 < expiry <= 36500:
             p.add(f"{where}.expiry_days", expiry, "1 to 36500 days")
         has_auth = any(k in raw for k in ("username", "identity_cert", "bootstrap_identity_cert"))
         issuance[cert_id] = IssuanceOptions(
-            method=method,  # type: ignore[arg-type]
+            method=method or None,  # type: ignore[arg-type]
             common_name=p.get(raw, "common_name", where, str, "") or None,
             expiry_days=expiry,
             expiry_seconds=p.get(raw, "expiry_seconds", where, int, 0) or None,
@@ -219,6 +284,7 @@ def parse_certs_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path,
             auth=_auth(raw, where, p) if has_auth else None,
             auto_renew=_policy(raw.get("auto_renew"), f"{where}.auto_renew", p),
             ca=p.get(raw, "ca", where, bool, False),
+            **_issuance_policy(raw, where, p),
         )
     auth = est.auth
     if est.identity_auto_renew is not None and auth.identity_cert and auth.identity_pk:

@@ -15,19 +15,19 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from ..certs.api import CertsApi
-from ..certs.issuance import IssuerRef, issue
+from ..certs.issuance import IssuerRef, sign_leaf
+from ..certs.policy import EDGE_CA_CERT_ID, IssuancePolicy, Kind
 from ..certs.x509sign import handle_public_key
 from ..http.errors import HttpError
 from ..keys.api import KeysApi
 
 __all__ = ["EDGE_CA_CERT_ID", "EDGE_CA_KEY_ID", "EdgeCa", "IssuedCert"]
 
-EDGE_CA_CERT_ID = "aziot-edged-ca"
 EDGE_CA_KEY_ID = "aziot-edged-ca"
 TRUST_BUNDLE_ID = "aziot-edged-trust-bundle"  # where `config apply` puts trust_bundle_cert
 MANIFEST_TRUST_BUNDLE_ID = "aziot-edged-manifest-trust-bundle"
@@ -99,7 +99,7 @@ class EdgeCa:
     async def issue(self, common_name: str, *, server: bool, dns_names: tuple[str, ...] = (),
                     expiration: dt.datetime | None = None) -> IssuedCert:
         """A leaf certificate and a fresh P-256 key; the lifetime is what the caller asked for, capped at 90 days
-        and at the edge CA's own expiry (the certs engine's issue() enforces the latter)."""
+        and at the edge CA's own expiry (``sign_leaf`` enforces the latter)."""
         now = dt.datetime.now(dt.UTC)
         lifetime = MAX_LEAF_LIFETIME if expiration is None else min(expiration - now, MAX_LEAF_LIFETIME)
         if lifetime <= dt.timedelta(0):
@@ -111,15 +111,12 @@ class EdgeCa:
                 names.append(x509.IPAddress(ipaddress.ip_address(name)))
             except ValueError:
                 names.append(x509.DNSName(name))
-        builder = (x509.CertificateSigningRequestBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.ExtendedKeyUsage(
-                       [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False))
-        if names:
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        csr = builder.sign(key, hashes.SHA256())
+        # The same rules as every certd leaf: CA:FALSE (critical), digitalSignature, serverAuth for a server cert,
+        # clientAuth for an identity cert; the names are the ones the workload API decided this module may hold.
+        kind: Kind = "server" if server else "identity"
+        policy = IssuancePolicy(f"workload {kind} cert {common_name}", kind)
+        extensions = policy.extensions(key.public_key(), policy.grant_for(names))
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         # The CA may be renewed (with a new key) while we sign: its new certificate lands a moment before its new
         # key is moved into place. A leaf is only handed out once it verifies against the chain it ships with.
         for _ in range(10):
@@ -127,7 +124,8 @@ class EdgeCa:
             try:
                 handle = await self.keys.load_key_pair(self.key_id)
                 issuer = IssuerRef(chain[0], handle, await handle_public_key(self.keys, handle))
-                leaf = await issue(self.keys, csr, issuer, lifetime)
+                leaf = await sign_leaf(self.keys, subject, key.public_key(), extensions, issuer=issuer,
+                                       lifetime=lifetime)
                 leaf.verify_directly_issued_by(chain[0])
                 break
             except (ValueError, TypeError, InvalidSignature):

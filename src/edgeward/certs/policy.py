@@ -1,0 +1,301 @@
+"""Issuance policy: what a certificate of a given cert id may carry, decided by configuration, never by the CSR.
+
+A cert id has a *kind*:
+
+- ``ca``: BasicConstraints CA:TRUE (critical) with the configured ``path_len`` (default 0: it issues leaves only),
+  keyUsage keyCertSign + cRLSign + digitalSignature (critical), no extendedKeyUsage.
+- ``server``: a TLS server leaf, extendedKeyUsage serverAuth.
+- ``client``: a TLS client leaf, extendedKeyUsage clientAuth.
+- ``identity``: a device or module identity, extendedKeyUsage clientAuth; serverAuth as well or instead only when the
+  CSR asks for it (aziot local identities with ``attributes = "server"``).
+
+Every leaf gets BasicConstraints CA:FALSE (critical) and keyUsage digitalSignature (critical; plus keyEncipherment
+for a server's RSA key, for TLS RSA key exchange). A CSR contributes only its public key, its subject and the subject
+alternative names the cert id may carry (``dns_names``: aziot globs, ``*`` any run of characters, a wildcard name
+itself only when configured literally; ``ip_addresses``: addresses or networks). A CSR that asks for more than its
+cert id allows - CA:TRUE, keyCertSign or cRLSign on a leaf, an extended key usage outside its kind, a name it may
+not carry - is refused with a 400 naming the extension, rather than silently trimmed, so a misconfiguration shows.
+Other CSR extensions and other key usage bits are not copied; a CA's pathLen is the policy's, whatever the CSR asks.
+
+The subject CN is the configured ``common_name``, else the CSR's; ``common_names`` (globs), when set, bounds it. A
+cert id issued by a CA that also issues identities recognised by their CN (the local CA issues ``local-id-*``)
+should set it, or its holder can get a certificate with an identity's CN.
+
+Where no ``kind`` (or ``ca = true``) is configured, well-known ids have defaults: the edge CA (``aziot-edged-ca``)
+and the local CA are CAs; ``local-id-*`` and EST identities are identities; ``edgeward-device-server`` is a server;
+anything else is a client leaf.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+
+from ..keys.principals import glob_to_regex
+from .errors import InvalidCsr
+
+__all__ = [
+    "DEVICE_SERVER_CERT_ID",
+    "EDGE_CA_CERT_ID",
+    "KINDS",
+    "LOCAL_ID_PREFIX",
+    "Grant",
+    "IpNetwork",
+    "IssuancePolicy",
+    "Kind",
+    "PolicyRefused",
+    "default_kind",
+    "parse_ip_networks",
+]
+
+Kind = Literal["ca", "server", "client", "identity"]
+KINDS: tuple[Kind, ...] = ("ca", "server", "client", "identity")
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Extension = tuple[x509.ExtensionType, bool]  # (value, critical)
+
+EDGE_CA_CERT_ID = "aziot-edged-ca"  # aziot-edged's edge CA
+DEVICE_SERVER_CERT_ID = "edgeward-device-server"  # the embedded defaults' device server certificate
+LOCAL_ID_PREFIX = "local-id-"  # identityd's local identities, "local-id-<module>"
+
+_EKU_OF: dict[Kind, frozenset[x509.ObjectIdentifier]] = {
+    "ca": frozenset(),
+    "server": frozenset({ExtendedKeyUsageOID.SERVER_AUTH}),
+    "client": frozenset({ExtendedKeyUsageOID.CLIENT_AUTH}),
+    "identity": frozenset({ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}),
+}
+_EKU_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
+
+
+class PolicyRefused(InvalidCsr):
+    """The CSR asks for something its cert id's issuance policy does not allow (400, naming the extension)."""
+
+
+def default_kind(cert_id: str, *, ca_ids: Iterable[str] = (), identity_ids: Iterable[str] = ()) -> Kind:
+    """The kind of a cert id without a configured one: the edge CA and ``ca_ids`` (the local CA) are CAs;
+    ``local-id-*`` and ``identity_ids`` (EST identities) are identities; the device server cert is a server; any
+    other id is a client leaf, the least a certificate can do."""
+    if cert_id == EDGE_CA_CERT_ID or cert_id in set(ca_ids):
+        return "ca"
+    if cert_id.startswith(LOCAL_ID_PREFIX) or cert_id in set(identity_ids):
+        return "identity"
+    if cert_id == DEVICE_SERVER_CERT_ID:
+        return "server"
+    return "client"
+
+
+def parse_ip_networks(values: Iterable[str]) -> tuple[IpNetwork, ...]:
+    """``"10.0.0.1"`` or ``"10.0.0.0/8"``; raises ValueError naming the bad entry."""
+    out = []
+    for value in values:
+        try:
+            out.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or network") from None
+    return tuple(out)
+
+
+def _eku_name(oid: x509.ObjectIdentifier) -> str:
+    return _EKU_NAMES.get(oid, oid._name if oid._name != "Unknown OID" else oid.dotted_string)
+
+
+def _describe(name: x509.GeneralName) -> str:
+    if isinstance(name, x509.DNSName):
+        return f"DNS:{name.value}"
+    if isinstance(name, x509.IPAddress):
+        return f"IP:{name.value}"
+    return type(name).__name__
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a request was granted: the names the certificate carries and, for leaves, its extended key usages."""
+
+    names: tuple[x509.GeneralName, ...] = ()
+    usages: tuple[x509.ObjectIdentifier, ...] = ()
+
+
+@dataclass(frozen=True)
+class IssuancePolicy:
+    cert_id: str
+    kind: Kind
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[IpNetwork, ...] = ()
+    path_len: int | None = 0
+    common_names: tuple[str, ...] = ()  # globs the subject CN must match; empty: any
+
+    @property
+    def is_ca(self) -> bool:
+        return self.kind == "ca"
+
+    def _refuse(self, what: str, why: str) -> PolicyRefused:
+        return PolicyRefused(f"{what} is not allowed for cert id {self.cert_id}: {why}")
+
+    # what a name may be --------------------------------------------------------------------------------------
+    def permits(self, name: x509.GeneralName) -> bool:
+        if isinstance(name, x509.DNSName):
+            wanted = name.value.lower().rstrip(".")
+            if "*" in wanted:  # a wildcard certificate only where the operator wrote that very wildcard
+                return any(wanted == p.lower().rstrip(".") for p in self.dns_names)
+            return any(glob_to_regex(p.lower().rstrip(".")).fullmatch(wanted) for p in self.dns_names)
+        if isinstance(name, x509.IPAddress) and isinstance(name.value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            return any(name.value in net for net in self.ip_addresses)
+        return False
+
+    def _why_not(self, name: x509.GeneralName) -> str:
+        if not isinstance(name, x509.DNSName | x509.IPAddress):
+            return "only DNS names and IP addresses can be configured (dns_names, ip_addresses)"
+        if isinstance(name, x509.DNSName):
+            allowed = ", ".join(self.dns_names) or "none"
+            return f"its dns_names allow {allowed}"
+        allowed = ", ".join(str(n) for n in self.ip_addresses) or "none"
+        return f"its ip_addresses allow {allowed}"
+
+    # checking a request --------------------------------------------------------------------------------------
+    def grant(self, csr: x509.CertificateSigningRequest, common_name: str | None = None) -> Grant:
+        """Check every security-relevant extension of ``csr`` against the policy, and the CN the certificate will
+        carry (``common_name``, the configured override, else the CSR's) against ``common_names``; raise
+        :class:`PolicyRefused` (400) naming the first one that asks for more than the cert id may carry."""
+        names: list[x509.GeneralName] = []
+        requested_usages: list[x509.ObjectIdentifier] = []
+        for ext in csr.extensions:
+            value = ext.value
+            if isinstance(value, x509.BasicConstraints):
+                if value.ca and not self.is_ca:
+                    raise self._refuse("basicConstraints CA:TRUE", "it is not configured as a CA")
+                if value.path_length is not None and not self.is_ca:
+                    raise self._refuse("basicConstraints pathLen", "it is not configured as a CA")
+            elif isinstance(value, x509.KeyUsage):
+                if not self.is_ca:
+                    for bit, label in (("key_cert_sign", "keyCertSign"), ("crl_sign", "cRLSign")):
+                        if getattr(value, bit):
+                            raise self._refuse(f"keyUsage {label}", "it is not configured as a CA")
+            elif isinstance(value, x509.ExtendedKeyUsage):
+                if not self.is_ca:  # a CA carries no EKU; asking for a narrower CA is harmless, so it is ignored
+                    for oid in value:
+                        if oid not in _EKU_OF[self.kind]:
+                            allowed = ", ".join(sorted(_eku_name(o) for o in _EKU_OF[self.kind]))
+                            raise self._refuse(f"extendedKeyUsage {_eku_name(oid)}",
+                                               f"its kind is {self.kind} ({allowed})")
+                        requested_usages.append(oid)
+            elif isinstance(value, x509.SubjectAlternativeName):
+                for name in value:
+                    if not self.permits(name):
+                        raise self._refuse(f"subjectAltName {_describe(name)}", self._why_not(name))
+                    names.append(name)
+            elif ext.oid == ExtensionOID.NAME_CONSTRAINTS and not self.is_ca:
+                raise self._refuse("nameConstraints", "it is not configured as a CA")
+        self._check_common_name(csr.subject, common_name)
+        return Grant(tuple(dict.fromkeys(names)), self._usages(requested_usages))
+
+    def _check_common_name(self, subject: x509.Name, override: str | None) -> None:
+        if not self.common_names:
+            return
+        values = [override] if override is not None else [
+            str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if not values:
+            raise self._refuse("a subject without CN", f"its common_names allow {', '.join(self.common_names)}")
+        for value in values:
+            if not any(glob_to_regex(p.lower()).fullmatch(value.lower()) for p in self.common_names):
+                raise self._refuse(f"subject CN={value}", f"its common_names allow {', '.join(self.common_names)}")
+
+    def grant_for(self, names: Iterable[x509.GeneralName]) -> Grant:
+        """The grant of an in-process issuer that decided the names itself (the workload API's certs, whose names
+        the runtime checks against what the module may hold): the kind's default usages."""
+        return Grant(tuple(dict.fromkeys(names)), self._usages([]))
+
+    def _usages(self, requested: list[x509.ObjectIdentifier]) -> tuple[x509.ObjectIdentifier, ...]:
+        if self.kind == "ca":
+            return ()
+        if self.kind == "identity" and requested:
+            return tuple(dict.fromkeys(requested))
+        if self.kind == "server":
+            return (ExtendedKeyUsageOID.SERVER_AUTH,)
+        return (ExtendedKeyUsageOID.CLIENT_AUTH,)
+
+    def check_issuer(self, issuer: x509.Certificate, issuer_id: str) -> None:
+        """A certificate is only issued by a CA that may issue it: CA:TRUE, keyCertSign, and room in its pathLen
+        for a CA below it."""
+        try:
+            bc = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            bc = None
+        if bc is None or not bc.ca:
+            raise PolicyRefused(f"issuer cert {issuer_id!r} is not a CA certificate (basicConstraints CA:TRUE)")
+        try:
+            ku = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
+            if not ku.key_cert_sign:
+                raise PolicyRefused(f"issuer cert {issuer_id!r} may not sign certificates (keyUsage keyCertSign)")
+        except x509.ExtensionNotFound:
+            pass
+        if self.is_ca and bc.path_length is not None and (
+            bc.path_length == 0 or (self.path_len is not None and self.path_len >= bc.path_length)
+        ):
+            raise PolicyRefused(f"cert id {self.cert_id} is a CA but issuer cert {issuer_id!r} has pathLen "
+                                f"{bc.path_length}, which leaves no room for it")
+
+    # building the certificate --------------------------------------------------------------------------------
+    def extensions(self, public_key: CertificatePublicKeyTypes | None, grant: Grant) -> list[Extension]:
+        """The certificate's extensions other than SKID/AKID: fixed by the kind, names from the grant."""
+        if self.is_ca:
+            out: list[Extension] = [
+                (x509.BasicConstraints(ca=True, path_length=self.path_len), True),
+                (x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                               data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                               encipher_only=False, decipher_only=False), True),
+            ]
+        else:
+            encipher = self.kind == "server" and isinstance(public_key, rsa.RSAPublicKey)
+            out = [
+                (x509.BasicConstraints(ca=False, path_length=None), True),
+                (x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=encipher,
+                               data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                               encipher_only=False, decipher_only=False), True),
+                (x509.ExtendedKeyUsage(list(grant.usages)), False),
+            ]
+        if grant.names:
+            out.append((x509.SubjectAlternativeName(list(grant.names)), False))
+        return out
+
+    def renewal_request(self, old: x509.Certificate | None) -> list[Extension]:
+        """What a renewal CSR asks for (an EST server sees it): the CA extensions of a CA, else the old cert's
+        names and usages that the policy still allows, so a narrowed policy does not make renewal fail forever."""
+        if self.is_ca:
+            return self.extensions(None, Grant())[:2]
+        if old is None:
+            return []
+        out: list[Extension] = []
+        try:
+            names = [n for n in old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                     if self.permits(n)]
+            if names:
+                out.append((x509.SubjectAlternativeName(names), False))
+        except x509.ExtensionNotFound:
+            pass
+        try:
+            usages = [u for u in old.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+                      if u in _EKU_OF[self.kind]]
+            if usages:
+                out.append((x509.ExtendedKeyUsage(usages), False))
+        except x509.ExtensionNotFound:
+            pass
+        return out
+
+    def check_issued(self, leaf: x509.Certificate, where: str) -> None:
+        """An external issuer's answer (EST) must not make a CA out of a cert id that is not one."""
+        if self.is_ca:
+            return
+        try:
+            bc = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            return
+        if bc.ca:
+            raise ValueError(f"{where} returned a CA certificate for cert id {self.cert_id}, "
+                             f"which is not configured as a CA")
+

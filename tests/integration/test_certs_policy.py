@@ -1,0 +1,297 @@
+"""Issuance by policy, attacked over certd's real socket by a local user whose principal only allows ``mod-*``
+cert ids: a CSR asking for a CA certificate, for keyCertSign or for names its cert id may not carry is refused with
+a 400 naming the extension; the leaf it can get is CA:FALSE, so nothing it signs chains to the local CA (checked with
+``cryptography.x509.verification``); an EST-bound CSR is checked against the same policy before it is sent."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+from edgeward.certs.x509sign import handle_public_key, sign_csr
+from edgeward.http.errors import HttpError
+from edgeward.runtime.edge_ca import EDGE_CA_CERT_ID, EDGE_CA_KEY_ID, EdgeCa
+from edgeward.testing.est_server import EstServer
+from tests.fixtures.certs import CertsEnv, serve_certs
+from tests.fixtures.peers import as_uid_async
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+MOD_UID = 3411  # a local user whose certd principal allows only mod-* cert ids
+Q = "?api-version=2020-09-01"
+CONFIG: dict[str, Any] = {
+    "cert_issuance": {
+        "local_ca": {"cert": "local-ca", "pk": "local-ca", "common_name": "Policy Test CA", "expiry_days": 2},
+        "mod-*": {"method": "local_ca", "expiry_days": 1, "dns_names": ["*.mod.example"],
+                  "common_names": ["mod-*", "m"]},
+        "sub-ca": {"method": "local_ca", "expiry_days": 1, "ca": True},
+        "web": {"method": "local_ca", "kind": "server", "dns_names": ["web.example"],
+                "ip_addresses": ["10.1.0.0/16"]},
+        "local-id-*": {"method": "local_ca", "expiry_days": 1},
+        "aziot-edged-ca": {"method": "self_signed", "expiry_days": 1},  # a CA by default, as aziot-edged asks
+    },
+    "principal": [{"uid": MOD_UID, "certs": ["mod-*"]}],
+}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[CertsEnv]:
+    base = Path(tempfile.mkdtemp(prefix="edgeward-certs-policy-"))
+    base.chmod(0o755)  # the other uid reaches the socket below it (pytest's temp dirs are 0700)
+    try:
+        async with serve_certs("software", request, base, CONFIG) as certs_env:
+            certs_env.socket.parent.chmod(0o755)
+            yield certs_env
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def attack_csr(key: ec.EllipticCurvePrivateKey, names: list[x509.GeneralName] | None = None) -> str:
+    """What an attacker wants: a CA certificate with keyCertSign and names of its choosing."""
+    names = names or [x509.DNSName("agent.edge.local"), x509.DNSName("*.example.com")]
+    return (x509.CertificateSigningRequestBuilder().subject_name(_name("agent.edge.local"))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
+
+
+def plain_csr(key: ec.EllipticCurvePrivateKey, cn: str, *extensions: x509.ExtensionType) -> str:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(_name(cn))
+    for value in extensions:
+        builder = builder.add_extension(value, critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+async def as_module(env: CertsEnv, cert_id: str, csr: str) -> tuple[int, dict[str, Any]]:
+    """POST /certificates as the mod-* principal, the CSR as base64 of its PEM (what aziot's clients send)."""
+    body = {"certId": cert_id, "csr": base64.b64encode(csr.encode()).decode()}
+    return await as_uid_async(MOD_UID, env.socket, "POST", f"/certificates{Q}", body)
+
+
+def _verify_client(root: x509.Certificate, leaf: x509.Certificate, intermediates: list[x509.Certificate]) -> None:
+    verifier = PolicyBuilder().store(Store([root])).time(dt.datetime.now(dt.UTC)).build_client_verifier()
+    verifier.verify(leaf, intermediates)
+
+
+def _forge(issuer: x509.Certificate, issuer_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """A local identity's client certificate, as the holder of ``issuer_key`` would mint it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    return (x509.CertificateBuilder().subject_name(_name("agent.edge.local")).issuer_name(issuer.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("agent.edge.local")]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                           critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(issuer_key, hashes.SHA256()))
+
+
+async def test_mod_principal_asking_certd_for_a_ca_certificate_gets_400_naming_basic_constraints(
+        env: CertsEnv) -> None:
+    status, body = await as_module(env, "mod-x", attack_csr(ec.generate_private_key(ec.SECP256R1())))
+    assert status == 400, body
+    assert body["message"] == ("basicConstraints CA:TRUE is not allowed for cert id mod-x: it is not configured "
+                               "as a CA")
+    status, _ = await as_uid_async(MOD_UID, env.socket, "GET", f"/certificates/mod-x{Q}")
+    assert status == 404  # nothing was issued or stored
+
+
+async def test_mod_principal_asking_for_key_cert_sign_or_foreign_names_gets_400_naming_the_extension(
+        env: CertsEnv) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert_sign = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                              data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=False,
+                              encipher_only=False, decipher_only=False)
+    cases = [
+        (plain_csr(key, "m", cert_sign), "keyUsage keyCertSign is not allowed for cert id mod-y: it is not "
+                                         "configured as a CA"),
+        (plain_csr(key, "m", x509.SubjectAlternativeName([x509.DNSName("edgehub.example")])),
+         "subjectAltName DNS:edgehub.example is not allowed for cert id mod-y: its dns_names allow *.mod.example"),
+        (plain_csr(key, "m", x509.SubjectAlternativeName([x509.DNSName("*.x.mod.example")])),  # wildcards: literal
+         "subjectAltName DNS:*.x.mod.example is not allowed for cert id mod-y"),
+        (plain_csr(key, "m", x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("10.1.2.3"))])),
+         "subjectAltName IP:10.1.2.3 is not allowed for cert id mod-y: its ip_addresses allow none"),
+        (plain_csr(key, "m", x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://x/y")])),
+         "subjectAltName UniformResourceIdentifier is not allowed for cert id mod-y: only DNS names and IP "
+         "addresses can be configured"),
+        (plain_csr(key, "m", x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])),
+         "extendedKeyUsage serverAuth is not allowed for cert id mod-y: its kind is client (clientAuth)"),
+        (plain_csr(key, "m", x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING])),
+         "extendedKeyUsage codeSigning is not allowed for cert id mod-y"),
+        (plain_csr(key, "agent.edge.local"),  # a local identity's CN, from the CA that issues local identities
+         "subject CN=agent.edge.local is not allowed for cert id mod-y: its common_names allow mod-*, m"),
+    ]
+    for csr, message in cases:
+        status, body = await as_module(env, "mod-y", csr)
+        assert status == 400 and body["message"].startswith(message), (message, body)
+
+
+async def test_leaf_issued_to_a_mod_principal_cannot_sign_anything_that_chains_to_the_local_ca(
+        env: CertsEnv) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = plain_csr(key, "mod-z", x509.SubjectAlternativeName([x509.DNSName("a.mod.example")]),
+                    x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]))
+    status, body = await as_module(env, "mod-z", csr)
+    assert status == 200, body
+    leaf, ca = x509.load_pem_x509_certificates(body["pem"].encode())
+    basic = leaf.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert basic.critical and not basic.value.ca and basic.value.path_length is None
+    usage = leaf.extensions.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical and usage.value.digital_signature and not usage.value.key_cert_sign
+    assert list(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == ["a.mod.example"]
+    _verify_client(ca, leaf, [])  # the leaf itself is a good client certificate
+
+    forged = _forge(leaf, key)
+    forged.verify_directly_issued_by(leaf)  # signed by the leaf's key: only the chain rules can refuse it
+    with pytest.raises(VerificationError):
+        _verify_client(ca, forged, [leaf])
+
+
+async def test_cert_id_configured_as_a_ca_gets_a_ca_that_issues_leaves_only(env: CertsEnv) -> None:
+    """The control: the same verifier accepts a chain through a cert id configured with ``ca = true``, whose
+    pathLen 0 (the default) stops a CA below it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = await env.client.create_cert("sub-ca", plain_csr(key, "Sub CA").encode())
+    sub, ca = x509.load_pem_x509_certificates(pem.encode())
+    basic = sub.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert basic.critical and basic.value.ca and basic.value.path_length == 0
+    assert sub.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    _verify_client(ca, _forge(sub, key), [sub])
+    # the mod principal may not name the CA's id either
+    status, body = await as_module(env, "sub-ca", attack_csr(key))
+    assert status == 401, body
+
+
+async def test_caller_named_issuer_must_be_a_ca(env: CertsEnv) -> None:
+    """aziot's ``issuer`` form: a leaf whose key the caller holds in keyd is no issuer."""
+    handle = await env.keys.create_key_pair_if_not_exists("policy-leaf", "ec-p256")
+    public = await handle_public_key(env.keys, handle)
+    csr = await sign_csr(x509.CertificateSigningRequestBuilder().subject_name(_name("leaf")), env.keys, handle,
+                         public)
+    await env.client.create_cert("local-id-leaf", csr.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(HttpError) as e:
+        await env.client.create_cert("web", plain_csr(ec.generate_private_key(ec.SECP256R1()), "w").encode(),
+                                     ("local-id-leaf", handle))
+    assert e.value.status == 400 and e.value.message == (
+        "issuer cert 'local-id-leaf' is not a CA certificate (basicConstraints CA:TRUE)")
+
+
+async def test_server_cert_ids_carry_configured_names_and_server_auth_only(env: CertsEnv) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = [x509.DNSName("web.example"), x509.IPAddress(ipaddress.ip_address("10.1.9.9"))]
+    pem = await env.client.create_cert("web", plain_csr(key, "web", x509.SubjectAlternativeName(names)).encode())
+    leaf, ca = x509.load_pem_x509_certificates(pem.encode())
+    assert list(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) == names
+    assert list(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH]
+    assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    verifier = PolicyBuilder().store(Store([ca])).build_server_verifier(x509.DNSName("web.example"))
+    verifier.verify(leaf, [])
+    with pytest.raises(HttpError) as e:
+        await env.client.create_cert("web", plain_csr(key, "web", x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("10.2.0.1"))])).encode())
+    assert e.value.status == 400 and e.value.message == (
+        "subjectAltName IP:10.2.0.1 is not allowed for cert id web: its ip_addresses allow 10.1.0.0/16")
+
+
+async def test_local_identities_are_client_certs_or_server_certs_on_request_never_cas(env: CertsEnv) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = await env.client.create_cert("local-id-agent", plain_csr(key, "agent.edge.local").encode())
+    leaf = x509.load_pem_x509_certificates(pem.encode())[0]
+    assert list(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH]
+    server = plain_csr(key, "agent.edge.local", x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]))
+    leaf = x509.load_pem_x509_certificates((await env.client.create_cert("local-id-agent", server.encode()))
+                                           .encode())[0]
+    assert list(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH]
+    with pytest.raises(HttpError) as e:
+        await env.client.create_cert("local-id-agent", attack_csr(key).encode())
+    assert e.value.status == 400 and "basicConstraints CA:TRUE is not allowed for cert id local-id-agent" in (
+        e.value.message)
+
+
+async def test_est_bound_csr_outside_the_policy_is_refused_before_anything_is_sent(
+        est_server: EstServer, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_bytes(est_server.ca_pem)
+    doc = {"cert_issuance": {
+        "est": {"trusted_certs": ["est-server-ca"], "urls": {"default": est_server.base_url},
+                "auth": {"username": est_server.username, "password": est_server.password}},
+        "mod-est": {"method": "est"},
+    }, "preloaded_certs": {"est-server-ca": f"file://{tmp_path / 'ca.pem'}"}}
+    async with serve_certs("software", request, tmp_path, doc) as certs_env:
+        before = dict(est_server.hits)
+        with pytest.raises(HttpError) as e:
+            await certs_env.client.create_cert("mod-est", attack_csr(ec.generate_private_key(ec.SECP256R1()))
+                                               .encode())
+        assert e.value.status == 400 and e.value.message == (
+            "basicConstraints CA:TRUE is not allowed for cert id mod-est: it is not configured as a CA")
+        assert dict(est_server.hits) == before  # the EST server never saw it
+        pem = await certs_env.client.create_cert("mod-est", plain_csr(ec.generate_private_key(ec.SECP256R1()),
+                                                                      "m").encode())
+        assert not x509.load_pem_x509_certificates(pem.encode())[0].extensions.get_extension_for_class(
+            x509.BasicConstraints).value.ca
+
+
+async def test_edge_ca_is_a_ca_and_its_workload_leaves_follow_the_leaf_rules(env: CertsEnv) -> None:
+    """aziot-edged's edge CA CSR (CA:TRUE, keyCertSign) is honoured for its well-known id; the server and identity
+    certs the workload API mints in-process from it are CA:FALSE leaves with the usage of their kind."""
+    handle = await env.keys.create_key_pair_if_not_exists(EDGE_CA_KEY_ID, "ec-p256")
+    public = await handle_public_key(env.keys, handle)
+    ca_request = (x509.CertificateSigningRequestBuilder().subject_name(_name("Edge CA"))
+                  .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                  .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                               key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                               key_cert_sign=True, crl_sign=False, encipher_only=False,
+                                               decipher_only=False), critical=True))
+    csr = await sign_csr(ca_request, env.keys, handle, public)
+    (edge_ca,) = x509.load_pem_x509_certificates(
+        (await env.client.create_cert(EDGE_CA_CERT_ID, csr.public_bytes(serialization.Encoding.PEM))).encode())
+    basic = edge_ca.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert basic.critical and basic.value.ca and basic.value.path_length == 0
+
+    edge = EdgeCa(env.keys, env.client)
+    server = await edge.issue("edgehub", server=True, dns_names=("edgehub.local", "10.0.0.7"))
+    identity = await edge.issue("mod-a", server=False)
+    for issued, usage in ((server, ExtendedKeyUsageOID.SERVER_AUTH), (identity, ExtendedKeyUsageOID.CLIENT_AUTH)):
+        leaf, ca = x509.load_pem_x509_certificates(issued.certificate_pem.encode())
+        assert ca == edge_ca
+        basic = leaf.extensions.get_extension_for_class(x509.BasicConstraints)
+        assert basic.critical and not basic.value.ca
+        key_usage = leaf.extensions.get_extension_for_class(x509.KeyUsage)
+        assert key_usage.critical and key_usage.value.digital_signature and not key_usage.value.key_cert_sign
+        assert list(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [usage]
+    leaf = x509.load_pem_x509_certificates(server.certificate_pem.encode())[0]
+    assert list(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) == [
+        x509.DNSName("edgehub.local"), x509.IPAddress(ipaddress.ip_address("10.0.0.7"))]
+    PolicyBuilder().store(Store([edge_ca])).build_server_verifier(x509.DNSName("edgehub.local")).verify(leaf, [])
+    leaf = x509.load_pem_x509_certificates(identity.certificate_pem.encode())[0]
+    with pytest.raises(x509.ExtensionNotFound):
+        leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
