@@ -390,9 +390,13 @@ async def test_user_drops_privileges_to_another_uid(engine: ProcessEngine) -> No
 
 # -- sandbox --------------------------------------------------------------------------------------------------------
 @needs_bwrap
-async def test_sandbox_confines_writes_and_pids_but_the_host_pid_still_maps(engine: ProcessEngine,
-                                                                            workload_dir: Path) -> None:
+async def test_sandbox_confines_writes_and_pids_but_the_host_pid_still_maps(engine: ProcessEngine) -> None:
+    # Both directories are writable by anyone, so only the sandbox's read-only root stops the write outside (the
+    # module runs as a dedicated unprivileged uid: it names no User). Outside /tmp: the sandbox has its own.
     outside = Path(tempfile.mkdtemp(prefix="edgeward-outside-", dir="/var/tmp"))
+    workload_dir = Path(tempfile.mkdtemp(prefix="edgeward-workload-", dir="/var/tmp"))
+    for d in (outside, workload_dir):
+        os.chmod(d, 0o777)
     marker = f"edgeward-private-{os.getpid()}"
     try:
         script = (f"echo inner=$$; "
@@ -433,6 +437,7 @@ async def test_sandbox_confines_writes_and_pids_but_the_host_pid_still_maps(engi
             await wait_gone(proc)
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+        shutil.rmtree(workload_dir, ignore_errors=True)
 
 
 async def test_engine_id_of_pid_is_none_for_anything_else(engine: ProcessEngine,

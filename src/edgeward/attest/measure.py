@@ -1,17 +1,30 @@
 """Measurements: what a module's code is now, to compare with what was registered when it was created.
 
 Shared by attestation (on every new connection) and the integrity monitor (on a timer and on engine events).
+
+A host-process module is measured twice over: its executable file now (through the digest cache, which a writer
+that is not root cannot fool), and the digest the engine took from the file's bytes just before it started the
+running process. The second catches a module started on changed code whose file was put back since; both must
+equal the registration.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from ..digest import MAX_EXECUTABLE_BYTES, TooLarge, file_digest
 from ..runtime.engine import ModuleEngine, ModuleNotFound
 from ..runtime.registry import Registration
 
 __all__ = ["MAX_EXECUTABLE_BYTES", "Measurement", "file_digest", "measure"]
+
+
+@runtime_checkable
+class LaunchMeasured(Protocol):
+    """An engine that measures a module's code when it starts it (the process engine)."""
+
+    def launched_image_id(self, name: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,10 @@ async def measure(engine: ModuleEngine, reg: Registration) -> Measurement:
         return Measurement(False, f"module {reg.name} is served by {status.engine_id[:12]}, not the registered "
                                   f"{reg.engine_id[:12]}", "engine_object_replaced")
     if reg.engine == "process":
+        launched = engine.launched_image_id(reg.name) if isinstance(engine, LaunchMeasured) else None
+        if launched is not None and launched != reg.image_id:
+            return Measurement(False, f"module {reg.name} was started from {reg.image} when it was "
+                                      f"{launched[:19]}, registered {reg.image_id[:19]}", "binary_changed")
         try:
             now = file_digest(reg.image)
         except (OSError, TooLarge) as e:
