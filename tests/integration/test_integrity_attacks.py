@@ -19,11 +19,16 @@ import pytest
 
 from edgeward import digest
 from edgeward.attest.measure import measure
+from edgeward.config.problems import ConfigError, Problems
 from edgeward.digest import file_digest
-from edgeward.runtime.engine import LogOptions, ModuleSpec
+from edgeward.runtime.compose import make_engine
+from edgeward.runtime.engine import EngineError, LogOptions, ModuleSpec
+from edgeward.runtime.engines import proclaunch
 from edgeward.runtime.engines.process import DEFAULT_SANDBOX_UID_BASE, ProcessEngine
+from edgeward.runtime.engines.proclaunch import plan_launch
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.runtime.registry import Registration
+from edgeward.runtime.settings import parse_runtime_settings
 from tests.fixtures.modules import CLIENT_SCRIPT, client_spec, module_results
 from tests.fixtures.runtime import RuntimeEnv, serve_runtime
 
@@ -294,3 +299,70 @@ async def test_sandboxed_module_without_user_reaches_neither_the_master_key_nor_
         assert results["run-dir"] == {"what": "run-dir", "status": 1, "body": ["workload"]}, results["run-dir"]
         sign = results["sign"]
         assert sign["status"] == 200 and "digest" in json.loads(sign["body"]), sign
+
+
+@needs_root
+@needs_bwrap
+async def test_each_sandboxed_module_gets_a_uid_of_its_own_and_keeps_it_when_recreated(tmp_path: Path) -> None:
+    engine = ProcessEngine(tmp_path / "state", stop_timeout=2.0, sandbox_uid_base=1_950_000_000)
+
+    def sandboxed(name: str, user: str | None = None) -> ModuleSpec:
+        options: dict[str, Any] = {"Sandbox": True, "Cmd": ["-c", "echo ready; exec sleep 60"]}
+        if user is not None:
+            options["User"] = user
+        return ModuleSpec(name=name, image="/bin/sh", create_options=options)
+
+    async def uid_of(name: str) -> int:
+        status = await engine.start(name)
+        assert status.pid is not None
+        async with asyncio.timeout(10):  # bubblewrap (the supervised pid) runs as the module's uid
+            async for chunk in engine.logs(name, LogOptions(follow=True)):
+                if b"ready" in chunk.data:
+                    break
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{status.pid}/status").read_text().splitlines())
+        uids = set(fields["Uid"].split())
+        assert len(uids) == 1 and set(fields["Gid"].split()) == uids and fields["Groups"].split() == []
+        await engine.stop(name, timeout=2.0)
+        return int(uids.pop())
+
+    try:
+        for name in ("a", "b"):
+            await engine.create(sandboxed(name))
+        await engine.create(sandboxed("explicit", user="65534:65534"))
+        a, b = await uid_of("a"), await uid_of("b")
+        assert a != b and {a, b} <= set(range(1_950_000_000, 1_950_000_000 + 65536))
+        assert await uid_of("explicit") == 65534  # a User given is a User kept
+        await engine.remove("a")
+        await engine.create(sandboxed("c"))
+        await engine.create(sandboxed("a"))
+        c, again = await uid_of("c"), await uid_of("a")
+        assert again == a and c not in (a, b)  # a removed module's uid is not handed to another one
+    finally:
+        await engine.close()
+
+
+def test_sandbox_without_user_is_refused_where_edgeward_cannot_switch_users(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not root: the module would run as Edgeward's own user, owner of its state. Refused, naming the way out."""
+    monkeypatch.setattr(proclaunch.os, "geteuid", lambda: 1000)
+    spec = ModuleSpec(name="boxed", image="/bin/sh", create_options={"Sandbox": True})
+    with pytest.raises(EngineError) as refused:
+        plan_launch(spec, "/usr/bin/bwrap", sandbox_uid=None)
+    assert refused.value.status == 400 and "User" in refused.value.message
+
+
+def test_the_runtime_hides_its_state_and_run_dirs_and_takes_the_configured_uid_base(tmp_path: Path) -> None:
+    problems = Problems("test")
+    settings = parse_runtime_settings({"edgeward": {"runtime": {"sandbox_uid_base": 2_000_000_000}}},
+                                      tmp_path / "state", tmp_path / "run", problems)
+    problems.raise_if_any()
+    engine = make_engine(settings)
+    assert isinstance(engine, ProcessEngine)
+    assert engine.sandbox_uid_base == 2_000_000_000
+    assert {tmp_path / "state", tmp_path / "run"} <= set(engine.hidden)
+    default = make_engine(parse_runtime_settings({}, tmp_path / "s", tmp_path / "r", problems))
+    assert isinstance(default, ProcessEngine) and default.sandbox_uid_base == DEFAULT_SANDBOX_UID_BASE
+    for bad in (0, 999, True, "1900000000", 0xFFFF_FFFF):
+        wrong = Problems("test")
+        parse_runtime_settings({"edgeward": {"runtime": {"sandbox_uid_base": bad}}}, tmp_path, tmp_path, wrong)
+        with pytest.raises(ConfigError):
+            wrong.raise_if_any()

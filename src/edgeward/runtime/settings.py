@@ -32,6 +32,7 @@ class RuntimeSettings:
     integrity_policy: Literal["log", "stop", "refuse"] = "refuse"
     integrity_period: float = 30.0
     audit_home: Path | None = None  # default: <state>/audit
+    sandbox_uid_base: int | None = None  # first uid for sandboxed host modules without User; None: the engine's
 
     @property
     def mgmt_dir(self) -> Path:
@@ -60,7 +61,7 @@ def _agent(doc: Mapping[str, Any], p: Problems) -> ModuleConfig | None:
 
 def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path, p: Problems) -> RuntimeSettings:
     ours = p.get(p.get(doc, "edgeward", "", dict, {}), "runtime", "edgeward", dict, {})
-    p.warn_unknown(ours, {"engine", "watchdog_seconds"}, "edgeward.runtime")
+    p.warn_unknown(ours, {"engine", "watchdog_seconds", "sandbox_uid_base"}, "edgeward.runtime")
     engine = p.get(ours, "engine", "edgeward.runtime", str, "docker" if "moby_runtime" in doc else "process")
     if engine not in ("docker", "process"):
         p.add("edgeward.runtime.engine", engine, '"docker" or "process"')
@@ -92,6 +93,12 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
     if integrity_period <= 0:
         p.add("edgeward.integrity.period_seconds", integrity_period, "a positive number of seconds")
         integrity_period = 30
+    uid_base: int | None = p.get(ours, "sandbox_uid_base", "edgeward.runtime", int, -1)
+    if uid_base == -1:
+        uid_base = None
+    elif uid_base is not None and not 1000 <= uid_base <= 0xFFFF_FFFF - 65536:
+        p.add("edgeward.runtime.sandbox_uid_base", uid_base, "a uid from 1000 leaving room for 65536 uids above it")
+        uid_base = None
     hostname = p.get(doc, "hostname", "", str, "edgeward-device")
     return RuntimeSettings(
         engine="docker" if engine == "docker" else "process",
@@ -99,4 +106,4 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
         gateway_hostname=p.get(doc, "local_gateway_hostname", "", str, hostname),
         docker_uri=uri, network=network, agent=_agent(doc, p), watchdog_period=float(period),
         watchdog_max_retries=retries, integrity_policy=policy,  # type: ignore[arg-type]
-        integrity_period=float(integrity_period), audit_home=state_dir / "audit")
+        integrity_period=float(integrity_period), audit_home=state_dir / "audit", sandbox_uid_base=uid_base)
