@@ -26,7 +26,7 @@ import struct
 import time
 from pathlib import Path
 
-__all__ = ["MAX_EXECUTABLE_BYTES", "TooLarge", "file_digest"]
+__all__ = ["MAX_EXECUTABLE_BYTES", "ChangedWhileRead", "PinnedFile", "TooLarge", "file_digest", "pin_file"]
 
 MAX_EXECUTABLE_BYTES = 512 * 1024 * 1024
 _FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long) on 64-bit Linux
@@ -65,13 +65,67 @@ def _key(fd: int) -> tuple[_Key, int]:
 def _hash(fd: int, path: Path | str, cap: int) -> str:
     h = hashlib.sha256()
     read = 0
-    os.lseek(fd, 0, os.SEEK_SET)
-    while chunk := os.read(fd, 1 << 20):
+    while chunk := os.pread(fd, 1 << 20, read):  # pread: no shared file offset to disturb or be disturbed by
         read += len(chunk)
         if read > cap:
             raise TooLarge(path, read, cap, grew=True)
         h.update(chunk)
     return "sha256:" + h.hexdigest()
+
+
+class PinnedFile:
+    """A file held open since it was measured: whatever happens to its path, `changed()` says whether the bytes
+    of this very inode were written since. The process engine pins a module's executable when it starts it."""
+
+    def __init__(self, fd: int, path: Path | str, digest: str, *, key: _Key, ctime_ns: int, read_at: int,
+                 cap: int) -> None:
+        self.fd, self.path, self.digest, self.cap = fd, path, digest, cap
+        self._key = key
+        self._settled = ctime_ns < read_at - _SETTLE_NS  # see `_SETTLE_NS`: else the stat fields may not tell
+
+    @property
+    def inode(self) -> tuple[int, int]:
+        return self._key[0], self._key[1]
+
+    def changed(self) -> bool:
+        """Written since it was measured (or unreadable now: fail closed). A file changed moments before it was
+        measured is read again until that is long enough ago for its stat fields to tell."""
+        try:
+            key, ctime_ns = _key(self.fd)
+            if key != self._key:
+                return True
+            if self._settled:
+                return False
+            started = time.time_ns()
+            if _hash(self.fd, self.path, self.cap) != self.digest or _key(self.fd)[0] != self._key:
+                return True
+            self._settled = ctime_ns < started - _SETTLE_NS
+            return False
+        except (OSError, TooLarge):
+            return True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def pin_file(path: Path | str, cap: int = MAX_EXECUTABLE_BYTES) -> PinnedFile:
+    """Open `path`, measure its bytes (never from the cache) and keep it open; the caller closes it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        for _ in range(_ATTEMPTS):
+            key, ctime_ns = _key(fd)
+            if key[2] > cap:
+                raise TooLarge(path, key[2], cap, grew=False)
+            started = time.time_ns()
+            digest = _hash(fd, path, cap)
+            if _key(fd)[0] == key:
+                return PinnedFile(fd, path, digest, key=key, ctime_ns=ctime_ns, read_at=started, cap=cap)
+        raise ChangedWhileRead(f"{path} kept changing while it was measured")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def file_digest(path: Path | str, cap: int = MAX_EXECUTABLE_BYTES, *, cached: bool = True) -> str:

@@ -217,6 +217,29 @@ async def test_supervisor_restart_on_changed_code_stays_flagged_after_the_file_i
         await engine.close()
 
 
+async def test_module_whose_file_was_written_after_its_start_measurement_stays_flagged(public_dir: Path) -> None:
+    """The window between the measurement before a start and the moment the code is read: an implant written in
+    place there and taken out again leaves a clean file behind. The measured file is held open from before the
+    start, so the write shows on it for as long as the process runs."""
+    engine = _engine(public_dir)
+    script = public_dir / "bin" / "window.py"
+    _script_module(script, b"original")
+    try:
+        status = await engine.create(ModuleSpec("window", str(script), env={"EDGEWARD_TEST_CALLS": "[]"}))
+        reg = Registration("window", "process", status.engine_id, str(script), status.image_id, "gen1")
+        await engine.start("window")
+        assert (await measure(engine, reg)).ok
+        _rewrite_in_place(script, b"VERSION original", b"VERSION implant!")
+        _rewrite_in_place(script, b"VERSION implant!", b"VERSION original")
+        assert file_digest(script) == reg.image_id  # clean again, same inode, same mtime
+        result = await measure(engine, reg)
+        assert not result.ok and result.kind == "binary_changed" and "written since" in (result.finding or "")
+        await engine.restart("window")  # a start on the clean file clears it
+        assert (await measure(engine, reg)).ok
+    finally:
+        await engine.close()
+
+
 # -- sandboxed modules without a User -------------------------------------------------------------------------
 THIEF = textwrap.dedent("""
     import http.client, json, os, socket, urllib.parse

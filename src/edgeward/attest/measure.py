@@ -3,9 +3,9 @@
 Shared by attestation (on every new connection) and the integrity monitor (on a timer and on engine events).
 
 A host-process module is measured twice over: its executable file now (through the digest cache, which a writer
-that is not root cannot fool), and the digest the engine took from the file's bytes just before it started the
-running process. The second catches a module started on changed code whose file was put back since; both must
-equal the registration.
+that is not root cannot fool), and what the engine measured from the file's bytes just before it started the
+running process (kept open since, so a later write to it shows). The second catches a module started on changed
+code whose file was put back since; both must equal the registration.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ __all__ = ["MAX_EXECUTABLE_BYTES", "Measurement", "file_digest", "measure"]
 class LaunchMeasured(Protocol):
     """An engine that measures a module's code when it starts it (the process engine)."""
 
-    def launched_image_id(self, name: str) -> str | None: ...
+    async def launch_finding(self, name: str, registered: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,10 @@ async def measure(engine: ModuleEngine, reg: Registration) -> Measurement:
         return Measurement(False, f"module {reg.name} is served by {status.engine_id[:12]}, not the registered "
                                   f"{reg.engine_id[:12]}", "engine_object_replaced")
     if reg.engine == "process":
-        launched = engine.launched_image_id(reg.name) if isinstance(engine, LaunchMeasured) else None
-        if launched is not None and launched != reg.image_id:
-            return Measurement(False, f"module {reg.name} was started from {reg.image} when it was "
-                                      f"{launched[:19]}, registered {reg.image_id[:19]}", "binary_changed")
+        problem = await engine.launch_finding(reg.name, reg.image_id) if isinstance(engine, LaunchMeasured) \
+            else None
+        if problem is not None:
+            return Measurement(False, f"module {reg.name}: {problem}", "binary_changed")
         try:
             now = file_digest(reg.image)
         except (OSError, TooLarge) as e:

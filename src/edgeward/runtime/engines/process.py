@@ -25,10 +25,12 @@ Decisions a reader should know:
 - In the sandbox the supervised pid is bubblewrap's; `engine_id_of_pid` maps every descendant of it, including the
   module's own process whose host pid differs from the pid it sees in its namespace.
 - **The executable is measured again, from its bytes, before every start** (by a caller, by the restart policy,
-  by a new daemon), and the digest is kept with the running process (`launched_image_id`). The engine starts it
-  even when it differs from the registration: the integrity policy (log, stop, refuse) decides, and attestation
-  refuses its calls; but the difference stays visible for as long as that process runs, even if the file is put
-  back afterwards.
+  by a new daemon), and kept open ("pinned") while the process it started runs; the digest is recorded
+  (`launched_image_id`). The engine starts it even when it differs from the registration: the integrity policy
+  (log, stop, refuse) decides, and attestation refuses its calls. `launch_finding` keeps saying so for as long
+  as that process runs, even if the file is put back afterwards; it also says so when the pinned file was
+  written after it was measured, or when the path named another file right after the start (the file was
+  swapped during the start). Left open: a swap there and back within the exec itself.
 - **A sandboxed module that names no User runs as a uid of its own** (`sandbox_uid_base` + n, one per module
   name, kept across re-creation, recorded in the engine's state); the sandbox hides the engine's state
   directory and the `hidden` directories (Edgeward's state and run directories) behind an empty tmpfs.
@@ -50,7 +52,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ... import __version__
-from ...digest import MAX_EXECUTABLE_BYTES, TooLarge, file_digest
+from ...digest import MAX_EXECUTABLE_BYTES, PinnedFile, TooLarge, file_digest, pin_file
 from ...fsutil import private_dir
 from ..engine import EngineError, EngineEvent, LogChunk, LogOptions, ModuleNotFound, ModuleSpec, ModuleStatus
 from ..model import valid_module_name
@@ -108,6 +110,13 @@ class _Module:
     sandbox: bool = False
     supervisor: asyncio.Task[None] | None = None
     stopping: bool = False  # a caller asked it to stop: its exit is a "stop", not a failure to restart
+    pin: PinnedFile | None = None  # the executable as measured just before the running process was started
+    swapped: bool = False  # right after that start, the image path named another file than the one measured
+
+    def unpin(self) -> None:
+        if self.pin is not None:
+            self.pin.close()
+            self.pin = None
 
 
 class _Events:
@@ -285,21 +294,58 @@ class ProcessEngine:
         except OSError as e:
             raise EngineError(f"no sandbox uid for module {name}: {e}", 500) from None
 
-    async def _measure_launch(self, mod: _Module) -> None:
-        """Measure the executable from its bytes (never the cache) just before it is started, and keep the
-        digest with the process about to run: a start on changed code is then known whatever the file holds
-        later. A difference is logged here; the integrity monitor and attestation act on it."""
+    async def _pin_launch(self, mod: _Module) -> None:
+        """Measure the executable from its bytes (never the cache) just before it is started, and keep it open
+        with the process about to run: a start on changed code is then known whatever the file holds later. A
+        difference is logged here; the integrity monitor and attestation act on it."""
         rec = mod.record
-        digest = await asyncio.to_thread(_executable_digest, Path(rec.image), self.max_executable_bytes,
-                                         cached=False)
-        rec.launched_image_id = digest
-        if digest != rec.image_id:
+        path, cap = Path(rec.image), self.max_executable_bytes
+        try:
+            pin = await asyncio.to_thread(pin_file, path, cap)
+        except OSError as e:
+            raise EngineError(f"cannot measure {path}: {e.strerror or e}", 400) from None
+        except TooLarge as e:
+            raise EngineError(str(e), 400) from None
+        mod.unpin()
+        mod.pin, mod.swapped = pin, False
+        rec.launched_image_id = pin.digest
+        if pin.digest != rec.image_id:
             log.warning("module %s: %s is now %s, registered %s; starting it on changed code (the integrity "
-                        "policy decides what follows)", rec.name, rec.image, digest[:19], rec.image_id[:19])
+                        "policy decides what follows)", rec.name, rec.image, pin.digest[:19], rec.image_id[:19])
+
+    @staticmethod
+    def _check_started_from_pin(mod: _Module) -> None:
+        """Right after the start: the path must still name the measured file, or it was swapped meanwhile."""
+        pin = mod.pin
+        if pin is None:
+            return
+        try:
+            st = Path(mod.record.image).stat()
+            mod.swapped = (st.st_dev, st.st_ino) != pin.inode
+        except OSError:
+            mod.swapped = True
+        if mod.swapped:
+            log.warning("module %s: %s was replaced while the module was being started", mod.record.name,
+                        mod.record.image)
+
+    async def launch_finding(self, name: str, registered: str) -> str | None:
+        """Why the running process of module `name` may run code other than `registered`; None if it runs what
+        was measured before its start and that equals `registered` (or if it is not running)."""
+        mod = self._modules.get(name)
+        if mod is None or mod.phase != "running" or mod.pin is None:
+            return None
+        pin = mod.pin
+        if pin.digest != registered:
+            return f"it was started from {pin.path} when that was {pin.digest[:19]}, registered {registered[:19]}"
+        if mod.swapped:
+            return f"{pin.path} was replaced while it was being started"
+        if await asyncio.to_thread(pin.changed):
+            return f"the {pin.path} it was started from was written since it was measured"
+        return None
 
     async def _spawn(self, mod: _Module, launch: Launch) -> tuple[asyncio.subprocess.Process, list[int]]:
         """Start the process with our own pipes: asyncio's would make `wait()` hang while a grandchild holds one."""
-        await self._measure_launch(mod)
+        await self._pin_launch(mod)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
@@ -308,6 +354,7 @@ class ProcessEngine:
                 cwd=launch.cwd, start_new_session=True, user=launch.uid, group=launch.gid,
                 extra_groups=[] if launch.uid is not None else None)
         except OSError as e:
+            mod.unpin()
             for fd in (out_r, err_r):
                 os.close(fd)
             where = f" ({e.filename})" if e.filename else ""
@@ -315,6 +362,7 @@ class ProcessEngine:
         finally:
             os.close(out_w)
             os.close(err_w)
+        self._check_started_from_pin(mod)
         return proc, [out_r, err_r]
 
     async def _start_locked(self, mod: _Module, *, restarted: bool) -> None:
@@ -394,6 +442,7 @@ class ProcessEngine:
                 began = loop.time()
                 exit_code = _exit_code(await self._watch(mod, proc, fds))
                 mod.proc = None
+                mod.unpin()
                 stopping = mod.stopping
                 restart = not stopping and self._should_restart(mod, exit_code)
                 rec.state = "stopped" if stopping or exit_code == 0 else "failed"
@@ -491,13 +540,6 @@ class ProcessEngine:
     async def pull(self, image: str) -> None:
         raise EngineError(f"host-process modules are not pulled: install the executable {image} on the device "
                           f"(with a package or an update agent), then create the module with its path", 400)
-
-    def launched_image_id(self, name: str) -> str | None:
-        """The digest measured just before the module's running process was started (None: not running)."""
-        mod = self._modules.get(name)
-        if mod is None or mod.phase != "running":
-            return None
-        return mod.record.launched_image_id
 
     async def image_id(self, image: str) -> str | None:
         try:
