@@ -339,7 +339,10 @@ class ProcessEngine:
             return f"it was started from {pin.path} when that was {pin.digest[:19]}, registered {registered[:19]}"
         if mod.swapped:
             return f"{pin.path} was replaced while it was being started"
-        if await asyncio.to_thread(pin.changed):
+        changed = await asyncio.to_thread(pin.changed)
+        if mod.pin is not pin:
+            return None  # it exited (or started again) meanwhile: that pin says nothing about what runs now
+        if changed:
             return f"the {pin.path} it was started from was written since it was measured"
         return None
 
@@ -584,6 +587,9 @@ class ProcessEngine:
         shutil.rmtree(self.state_dir / "logs" / spec.name, ignore_errors=True)  # a removal cut short by a crash
         mod = _Module(ModuleRecord.from_spec(spec, engine_id, image_id), self._module_logs(spec.name))
         mod.record.sandbox_uid = sandbox_uid
+        if os.geteuid() == 0 and not spec.create_options.get("Sandbox") and not spec.create_options.get("User"):
+            log.warning("module %s names neither User nor Sandbox: it runs as root with every capability, as "
+                        "trusted as Edgeward itself", spec.name)
         self._modules[spec.name] = mod
         self._save(mod)
         self._emit("create", mod)
