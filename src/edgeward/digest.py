@@ -26,7 +26,8 @@ import struct
 import time
 from pathlib import Path
 
-__all__ = ["MAX_EXECUTABLE_BYTES", "ChangedWhileRead", "PinnedFile", "TooLarge", "file_digest", "pin_file"]
+__all__ = ["MAX_EXECUTABLE_BYTES", "ChangedWhileRead", "PinnedFile", "TooLarge", "cached_digest", "file_digest",
+           "pin_file"]
 
 MAX_EXECUTABLE_BYTES = 512 * 1024 * 1024
 _FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long) on 64-bit Linux
@@ -87,6 +88,11 @@ class PinnedFile:
     def inode(self) -> tuple[int, int]:
         return self._key[0], self._key[1]
 
+    @property
+    def settled(self) -> bool:
+        """`changed()` is an fstat, not a read (cheap enough for the event loop)."""
+        return self._settled
+
     def changed(self) -> bool:
         """Written since it was measured (or unreadable now: fail closed). A file changed moments before it was
         measured is read again until that is long enough ago for its stat fields to tell."""
@@ -126,6 +132,19 @@ def pin_file(path: Path | str, cap: int = MAX_EXECUTABLE_BYTES) -> PinnedFile:
     except BaseException:
         os.close(fd)
         raise
+
+
+def cached_digest(path: Path | str, cap: int = MAX_EXECUTABLE_BYTES) -> str | None:
+    """The digest the cache holds for the file as it is now, or None (then `file_digest` reads it): a lookup
+    cheap enough for the event loop, a read is not."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        key, _ = _key(fd)
+    finally:
+        os.close(fd)
+    if key[2] > cap:
+        raise TooLarge(path, key[2], cap, grew=False)
+    return _digests.get(key)
 
 
 def file_digest(path: Path | str, cap: int = MAX_EXECUTABLE_BYTES, *, cached: bool = True) -> str:

@@ -10,10 +10,11 @@ code whose file was put back since; both must equal the registration.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ..digest import MAX_EXECUTABLE_BYTES, TooLarge, file_digest
+from ..digest import MAX_EXECUTABLE_BYTES, TooLarge, cached_digest, file_digest
 from ..runtime.engine import ModuleEngine, ModuleNotFound
 from ..runtime.registry import Registration
 
@@ -49,7 +50,10 @@ async def measure(engine: ModuleEngine, reg: Registration) -> Measurement:
         if problem is not None:
             return Measurement(False, f"module {reg.name}: {problem}", "binary_changed")
         try:
-            now = file_digest(reg.image)
+            # A cache hit is an fstat; a read (a changed or new file) goes to a thread, off the event loop.
+            now = cached_digest(reg.image)
+            if now is None:
+                now = await asyncio.to_thread(file_digest, reg.image)
         except (OSError, TooLarge) as e:
             return Measurement(False, f"module {reg.name}: cannot measure {reg.image}: {e}", "binary_changed")
         if now != reg.image_id:

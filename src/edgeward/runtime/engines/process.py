@@ -339,7 +339,7 @@ class ProcessEngine:
             return f"it was started from {pin.path} when that was {pin.digest[:19]}, registered {registered[:19]}"
         if mod.swapped:
             return f"{pin.path} was replaced while it was being started"
-        changed = await asyncio.to_thread(pin.changed)
+        changed = pin.changed() if pin.settled else await asyncio.to_thread(pin.changed)
         if mod.pin is not pin:
             return None  # it exited (or started again) meanwhile: that pin says nothing about what runs now
         if changed:

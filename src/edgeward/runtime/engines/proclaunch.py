@@ -206,7 +206,10 @@ def _sandboxed(argv: list[str], spec: ModuleSpec, *, image: str, cwd: str, binds
 
 def _passable(directory: Path, uid: int, gid: int) -> bool:
     """May `uid` (primary group `gid`, no other groups) pass through `directory` (by its mode bits)?"""
-    st = directory.stat()
+    try:
+        st = directory.stat()
+    except OSError:
+        return False  # what cannot be looked at is hidden where it stands
     bits = st.st_mode >> 6 if st.st_uid == uid else st.st_mode >> 3 if st.st_gid == gid else st.st_mode
     return bool(bits & 1)
 
