@@ -118,9 +118,10 @@ def test_the_digest_cache_sees_a_rewrite_in_place_with_mtime_put_back(tmp_path: 
     assert file_digest(target) != first
 
 
-def test_a_file_changed_just_now_is_not_cached(tmp_path: Path) -> None:
+def test_a_file_changed_just_now_is_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second change within the file system's clock tick could leave every stat field as it was, so a digest
     of a file changed moments ago is never kept: the next reading reads the bytes again."""
+    monkeypatch.setattr(digest, "_SETTLE_NS", 3600 * 10**9, raising=False)  # "moments": however slow this runs
     target = tmp_path / "bin"
     target.write_bytes(b"fresh code " * 1000)
     fresh = file_digest(target)
