@@ -390,9 +390,13 @@ async def test_user_drops_privileges_to_another_uid(engine: ProcessEngine) -> No
 
 # -- sandbox --------------------------------------------------------------------------------------------------------
 @needs_bwrap
-async def test_sandbox_confines_writes_and_pids_but_the_host_pid_still_maps(engine: ProcessEngine,
-                                                                            workload_dir: Path) -> None:
+async def test_sandbox_confines_writes_and_pids_but_the_host_pid_still_maps(engine: ProcessEngine) -> None:
+    # Both directories are writable by anyone, so only the sandbox's read-only root stops the write outside (the
+    # module runs as a dedicated unprivileged uid: it names no User). Outside /tmp: the sandbox has its own.
     outside = Path(tempfile.mkdtemp(prefix="edgeward-outside-", dir="/var/tmp"))
+    workload_dir = Path(tempfile.mkdtemp(prefix="edgeward-workload-", dir="/var/tmp"))
+    for d in (outside, workload_dir):
+        os.chmod(d, 0o777)
     marker = f"edgeward-private-{os.getpid()}"
     try:
         script = (f"echo inner=$$; "
@@ -433,6 +437,7 @@ async def test_sandbox_confines_writes_and_pids_but_the_host_pid_still_maps(engi
             await wait_gone(proc)
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+        shutil.rmtree(workload_dir, ignore_errors=True)
 
 
 async def test_engine_id_of_pid_is_none_for_anything_else(engine: ProcessEngine,
@@ -457,6 +462,7 @@ async def test_second_engine_over_the_same_state_sees_and_restarts_modules(tmp_p
         await first.create(sh("idle", "true"))
         before = await first.start("keeper")
         assert before.pid is not None
+        await wait_line(first, "keeper", b"ready")  # else close() may stop it before it says so
         old = tree_of(before.pid)
         await first.close()
         for proc in old:
@@ -471,7 +477,12 @@ async def test_second_engine_over_the_same_state_sees_and_restarts_modules(tmp_p
         assert after["keeper"].state == "running"  # it should run, and its policy says so
         assert after["keeper"].pid not in (None, before.pid)
         assert after["idle"].state == "created"
-        await wait_line(second, "keeper", b"ready")
+        said = 0  # the history holds the first run's "ready": wait for the second run's
+        async with asyncio.timeout(TIMEOUT):
+            async for chunk in second.logs("keeper", LogOptions(follow=True)):
+                said += chunk.data.count(b"ready\n")
+                if said == 2:
+                    break
         assert lines(await collect(second, "keeper", LogOptions())).count(b"ready\n") == 2
     finally:
         await first.close()

@@ -1,17 +1,31 @@
 """Measurements: what a module's code is now, to compare with what was registered when it was created.
 
 Shared by attestation (on every new connection) and the integrity monitor (on a timer and on engine events).
+
+A host-process module is measured twice over: its executable file now (through the digest cache, which a writer
+that is not root cannot fool), and what the engine measured from the file's bytes just before it started the
+running process (kept open since, so a later write to it shows). The second catches a module started on changed
+code whose file was put back since; both must equal the registration.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
-from ..digest import MAX_EXECUTABLE_BYTES, TooLarge, file_digest
+from ..digest import MAX_EXECUTABLE_BYTES, TooLarge, cached_digest, file_digest
 from ..runtime.engine import ModuleEngine, ModuleNotFound
 from ..runtime.registry import Registration
 
 __all__ = ["MAX_EXECUTABLE_BYTES", "Measurement", "file_digest", "measure"]
+
+
+@runtime_checkable
+class LaunchMeasured(Protocol):
+    """An engine that measures a module's code when it starts it (the process engine)."""
+
+    async def launch_finding(self, name: str, registered: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -31,8 +45,15 @@ async def measure(engine: ModuleEngine, reg: Registration) -> Measurement:
         return Measurement(False, f"module {reg.name} is served by {status.engine_id[:12]}, not the registered "
                                   f"{reg.engine_id[:12]}", "engine_object_replaced")
     if reg.engine == "process":
+        problem = await engine.launch_finding(reg.name, reg.image_id) if isinstance(engine, LaunchMeasured) \
+            else None
+        if problem is not None:
+            return Measurement(False, f"module {reg.name}: {problem}", "binary_changed")
         try:
-            now = file_digest(reg.image)
+            # A cache hit is an fstat; a read (a changed or new file) goes to a thread, off the event loop.
+            now = cached_digest(reg.image)
+            if now is None:
+                now = await asyncio.to_thread(file_digest, reg.image)
         except (OSError, TooLarge) as e:
             return Measurement(False, f"module {reg.name}: cannot measure {reg.image}: {e}", "binary_changed")
         if now != reg.image_id:

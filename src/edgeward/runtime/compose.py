@@ -44,9 +44,11 @@ def make_engine(settings: RuntimeSettings) -> ModuleEngine:
         from .engines.moby import DockerEngine  # noqa: PLC0415
 
         return DockerEngine(settings.docker_uri)
-    from .engines.process import ProcessEngine  # noqa: PLC0415
+    from .engines.process import DEFAULT_SANDBOX_UID_BASE, ProcessEngine  # noqa: PLC0415
 
-    return ProcessEngine(settings.home / "processes")
+    # Sandboxed modules see Edgeward's state directory (home is <state>/runtime) and run directory as empty tmpfs.
+    return ProcessEngine(settings.home / "processes", hidden=(settings.home.parent, settings.run_dir),
+                         sandbox_uid_base=settings.sandbox_uid_base or DEFAULT_SANDBOX_UID_BASE)
 
 
 @dataclass

@@ -47,6 +47,7 @@ class RuntimeSettings:
     server_cert_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     allow_elevated_docker_permissions: bool = False
     state_dir: Path | None = None  # default: home's parent
+    sandbox_uid_base: int | None = None  # first uid for sandboxed host modules without User; None: the engine's
 
     @property
     def mgmt_dir(self) -> Path:
@@ -76,7 +77,8 @@ def _agent(doc: Mapping[str, Any], p: Problems) -> ModuleConfig | None:
 def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path, p: Problems) -> RuntimeSettings:
     ours = p.get(p.get(doc, "edgeward", "", dict, {}), "runtime", "edgeward", dict, {})
     p.warn_unknown(ours, {"engine", "watchdog_seconds", "server_cert_allow_wildcards",
-                          "server_cert_allow_ip_addresses", "server_cert_hostname_modules", "server_cert_names"},
+                          "server_cert_allow_ip_addresses", "server_cert_hostname_modules", "server_cert_names",
+                          "sandbox_uid_base"},
                    "edgeward.runtime")
     hostname_modules = p.get(ours, "server_cert_hostname_modules", "edgeward.runtime", list,
                              ["edgeHub", "$edgeHub"])
@@ -120,6 +122,12 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
     if integrity_period <= 0:
         p.add("edgeward.integrity.period_seconds", integrity_period, "a positive number of seconds")
         integrity_period = 30
+    uid_base: int | None = p.get(ours, "sandbox_uid_base", "edgeward.runtime", int, -1)
+    if uid_base == -1:
+        uid_base = None
+    elif uid_base is not None and not 1000 <= uid_base <= 0xFFFF_FFFF - 65536:
+        p.add("edgeward.runtime.sandbox_uid_base", uid_base, "a uid from 1000 leaving room for 65536 uids above it")
+        uid_base = None
     hostname = p.get(doc, "hostname", "", str, "edgeward-device")
     elevated = p.get(doc, "allow_elevated_docker_permissions", "", bool, False)
     return RuntimeSettings(
@@ -132,4 +140,4 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
         server_cert_allow_wildcards=p.get(ours, "server_cert_allow_wildcards", "edgeward.runtime", bool, False),
         server_cert_allow_ip_addresses=p.get(ours, "server_cert_allow_ip_addresses", "edgeward.runtime", bool, False),
         server_cert_hostname_modules=tuple(hostname_modules), server_cert_names=cert_names,
-        allow_elevated_docker_permissions=elevated, state_dir=state_dir)
+        allow_elevated_docker_permissions=elevated, state_dir=state_dir, sandbox_uid_base=uid_base)

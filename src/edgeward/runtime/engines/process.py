@@ -24,6 +24,16 @@ Decisions a reader should know:
   chain while the main process lives; a daemonising process that escapes both is out of reach without cgroups.
 - In the sandbox the supervised pid is bubblewrap's; `engine_id_of_pid` maps every descendant of it, including the
   module's own process whose host pid differs from the pid it sees in its namespace.
+- **The executable is measured again, from its bytes, before every start** (by a caller, by the restart policy,
+  by a new daemon), and kept open ("pinned") while the process it started runs; the digest is recorded
+  (`launched_image_id`). The engine starts it even when it differs from the registration: the integrity policy
+  (log, stop, refuse) decides, and attestation refuses its calls. `launch_finding` keeps saying so for as long
+  as that process runs, even if the file is put back afterwards; it also says so when the pinned file was
+  written after it was measured, or when the path named another file right after the start (the file was
+  swapped during the start). Left open: a swap there and back within the exec itself.
+- **A sandboxed module that names no User runs as a uid of its own** (`sandbox_uid_base` + n, one per module
+  name, kept across re-creation, recorded in the engine's state); the sandbox hides the engine's state
+  directory and the `hidden` directories (Edgeward's state and run directories) behind an empty tmpfs.
 """
 
 from __future__ import annotations
@@ -35,28 +45,33 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from ... import __version__
-from ...digest import MAX_EXECUTABLE_BYTES, TooLarge, file_digest
+from ...digest import MAX_EXECUTABLE_BYTES, PinnedFile, TooLarge, file_digest, pin_file
 from ...fsutil import private_dir
 from ..engine import EngineError, EngineEvent, LogChunk, LogOptions, ModuleNotFound, ModuleSpec, ModuleStatus
 from ..model import valid_module_name
 from .procfs import PAGE_SIZE, TICKS_PER_SECOND, ProcStat, ancestors, descendants, read_stat, send_signal
-from .proclaunch import Launch, check_executable, plan_launch
+from .proclaunch import Launch, check_executable, needs_sandbox_uid, plan_launch
 from .proclogs import ModuleLogs, pump, select
 from .procstate import ModuleRecord, RecordStore
 
-__all__ = ["MAX_EXECUTABLE_BYTES", "ProcessEngine", "backoff_delay"]
+__all__ = ["DEFAULT_SANDBOX_UID_BASE", "MAX_EXECUTABLE_BYTES", "ProcessEngine", "backoff_delay"]
 
 log = logging.getLogger(__name__)
 
 _DRAIN_TIMEOUT = 5.0  # after the group is killed, how long a pipe held by an escaped process may stay open
 _EVENT_QUEUE = 4096
+# Sandboxed modules without a User get uids from here: above the ranges distributions hand to accounts, to
+# systemd's dynamic users (61184-65519) and to the usual subordinate-id ranges of rootless containers (100000+,
+# 65536 per user), below 2**31 for tools that read uids as signed.
+DEFAULT_SANDBOX_UID_BASE = 1_900_000_000
+DEFAULT_SANDBOX_UID_COUNT = 65536
 Phase = Literal["idle", "running", "backoff", "spawning"]
 
 
@@ -73,9 +88,11 @@ def _exit_code(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
-def _executable_digest(path: Path, cap: int) -> str:
+def _executable_digest(path: Path, cap: int, *, cached: bool = True) -> str:
     try:
-        return file_digest(path, cap)
+        return file_digest(path, cap, cached=cached)
+    except OSError as e:
+        raise EngineError(f"cannot measure {path}: {e.strerror or e}", 400) from None
     except TooLarge as e:
         if e.grew:
             raise EngineError(f"{path} grew over the {cap}-byte limit while it was measured", 400) from None
@@ -93,6 +110,13 @@ class _Module:
     sandbox: bool = False
     supervisor: asyncio.Task[None] | None = None
     stopping: bool = False  # a caller asked it to stop: its exit is a "stop", not a failure to restart
+    pin: PinnedFile | None = None  # the executable as measured just before the running process was started
+    swapped: bool = False  # right after that start, the image path named another file than the one measured
+
+    def unpin(self) -> None:
+        if self.pin is not None:
+            self.pin.close()
+            self.pin = None
 
 
 class _Events:
@@ -127,8 +151,16 @@ class ProcessEngine:
 
     def __init__(self, state_dir: Path, *, stop_timeout: float = 10.0, backoff_base: float = 1.0,
                  backoff_cap: float = 300.0, stable_after: float = 60.0, log_max_bytes: int = 10 * 1024 * 1024,
-                 max_executable_bytes: int = MAX_EXECUTABLE_BYTES, bwrap: str | None = None) -> None:
+                 max_executable_bytes: int = MAX_EXECUTABLE_BYTES, bwrap: str | None = None,
+                 hidden: Sequence[Path] = (), sandbox_uid_base: int = DEFAULT_SANDBOX_UID_BASE,
+                 sandbox_uid_count: int = DEFAULT_SANDBOX_UID_COUNT) -> None:
+        if sandbox_uid_base <= 0 or sandbox_uid_count <= 0 or sandbox_uid_base + sandbox_uid_count > 0xFFFF_FFFF:
+            raise ValueError("sandbox uids must be a non-empty range of unprivileged uids")
         self.state_dir = state_dir
+        # What a sandbox must not show: the engine's own state (records, logs) and the directories given.
+        self.hidden = (state_dir, *hidden)
+        self.sandbox_uid_base = sandbox_uid_base
+        self.sandbox_uid_count = sandbox_uid_count
         self.stop_timeout = stop_timeout
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -245,8 +277,78 @@ class ProcessEngine:
         await waiter()
 
     # supervision -----------------------------------------------------------------------------------------------
+    def _plan(self, mod: _Module) -> Launch:
+        """How to run the module now; a sandboxed one without User gets its dedicated uid on first need (records
+        written before uids were allocated get theirs here)."""
+        rec = mod.record
+        spec = rec.spec()
+        if needs_sandbox_uid(spec) and rec.sandbox_uid is None and os.geteuid() == 0:
+            if self._store is None:
+                raise EngineError("the process engine is not loaded", 503)
+            rec.sandbox_uid = self._allocate_uid(self._store, rec.name)
+        return plan_launch(spec, self.bwrap, sandbox_uid=rec.sandbox_uid, hidden=self.hidden)
+
+    def _allocate_uid(self, store: RecordStore, name: str) -> int:
+        try:
+            return store.sandbox_uid(name, self.sandbox_uid_base, self.sandbox_uid_count)
+        except OSError as e:
+            raise EngineError(f"no sandbox uid for module {name}: {e}", 500) from None
+
+    async def _pin_launch(self, mod: _Module) -> None:
+        """Measure the executable from its bytes (never the cache) just before it is started, and keep it open
+        with the process about to run: a start on changed code is then known whatever the file holds later. A
+        difference is logged here; the integrity monitor and attestation act on it."""
+        rec = mod.record
+        path, cap = Path(rec.image), self.max_executable_bytes
+        try:
+            pin = await asyncio.to_thread(pin_file, path, cap)
+        except OSError as e:
+            raise EngineError(f"cannot measure {path}: {e.strerror or e}", 400) from None
+        except TooLarge as e:
+            raise EngineError(str(e), 400) from None
+        mod.unpin()
+        mod.pin, mod.swapped = pin, False
+        rec.launched_image_id = pin.digest
+        if pin.digest != rec.image_id:
+            log.warning("module %s: %s is now %s, registered %s; starting it on changed code (the integrity "
+                        "policy decides what follows)", rec.name, rec.image, pin.digest[:19], rec.image_id[:19])
+
+    @staticmethod
+    def _check_started_from_pin(mod: _Module) -> None:
+        """Right after the start: the path must still name the measured file, or it was swapped meanwhile."""
+        pin = mod.pin
+        if pin is None:
+            return
+        try:
+            st = Path(mod.record.image).stat()
+            mod.swapped = (st.st_dev, st.st_ino) != pin.inode
+        except OSError:
+            mod.swapped = True
+        if mod.swapped:
+            log.warning("module %s: %s was replaced while the module was being started", mod.record.name,
+                        mod.record.image)
+
+    async def launch_finding(self, name: str, registered: str) -> str | None:
+        """Why the running process of module `name` may run code other than `registered`; None if it runs what
+        was measured before its start and that equals `registered` (or if it is not running)."""
+        mod = self._modules.get(name)
+        if mod is None or mod.phase != "running" or mod.pin is None:
+            return None
+        pin = mod.pin
+        if pin.digest != registered:
+            return f"it was started from {pin.path} when that was {pin.digest[:19]}, registered {registered[:19]}"
+        if mod.swapped:
+            return f"{pin.path} was replaced while it was being started"
+        changed = pin.changed() if pin.settled else await asyncio.to_thread(pin.changed)
+        if mod.pin is not pin:
+            return None  # it exited (or started again) meanwhile: that pin says nothing about what runs now
+        if changed:
+            return f"the {pin.path} it was started from was written since it was measured"
+        return None
+
     async def _spawn(self, mod: _Module, launch: Launch) -> tuple[asyncio.subprocess.Process, list[int]]:
         """Start the process with our own pipes: asyncio's would make `wait()` hang while a grandchild holds one."""
+        await self._pin_launch(mod)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
@@ -255,6 +357,7 @@ class ProcessEngine:
                 cwd=launch.cwd, start_new_session=True, user=launch.uid, group=launch.gid,
                 extra_groups=[] if launch.uid is not None else None)
         except OSError as e:
+            mod.unpin()
             for fd in (out_r, err_r):
                 os.close(fd)
             where = f" ({e.filename})" if e.filename else ""
@@ -262,10 +365,11 @@ class ProcessEngine:
         finally:
             os.close(out_w)
             os.close(err_w)
+        self._check_started_from_pin(mod)
         return proc, [out_r, err_r]
 
     async def _start_locked(self, mod: _Module, *, restarted: bool) -> None:
-        launch = plan_launch(mod.record.spec(), self.bwrap)
+        launch = self._plan(mod)
         mod.phase = "spawning"
         try:
             proc, fds = await self._spawn(mod, launch)
@@ -341,6 +445,7 @@ class ProcessEngine:
                 began = loop.time()
                 exit_code = _exit_code(await self._watch(mod, proc, fds))
                 mod.proc = None
+                mod.unpin()
                 stopping = mod.stopping
                 restart = not stopping and self._should_restart(mod, exit_code)
                 rec.state = "stopped" if stopping or exit_code == 0 else "failed"
@@ -363,7 +468,7 @@ class ProcessEngine:
                 await asyncio.sleep(delay)  # stop(), start() and remove() cancel this wait
                 async with mod.lock:
                     try:
-                        launch = plan_launch(rec.spec(), self.bwrap)
+                        launch = self._plan(mod)
                         mod.phase = "spawning"
                         proc, fds = await self._spawn(mod, launch)
                     except EngineError as e:
@@ -467,9 +572,12 @@ class ProcessEngine:
             raise EngineError(f"invalid module name {spec.name!r}", 400)
         if spec.name in self._modules:
             raise EngineError(f"module {spec.name} already exists", 409)
-        plan_launch(spec, self.bwrap)
+        sandbox_uid = self._allocate_uid(store, spec.name) if needs_sandbox_uid(spec) and os.geteuid() == 0 \
+            else None
+        plan_launch(spec, self.bwrap, sandbox_uid=sandbox_uid, hidden=self.hidden)
+        # The registration's reference: read from the bytes, whatever an earlier reading left in the cache.
         image_id = await asyncio.to_thread(_executable_digest, check_executable(spec.image),
-                                           self.max_executable_bytes)
+                                           self.max_executable_bytes, cached=False)
         if spec.name in self._modules:  # created by a concurrent call while we measured
             raise EngineError(f"module {spec.name} already exists", 409)
         taken = {m.record.engine_id for m in self._modules.values()}
@@ -478,6 +586,10 @@ class ProcessEngine:
             engine_id = f"proc-{spec.name}-{store.next_id()}"
         shutil.rmtree(self.state_dir / "logs" / spec.name, ignore_errors=True)  # a removal cut short by a crash
         mod = _Module(ModuleRecord.from_spec(spec, engine_id, image_id), self._module_logs(spec.name))
+        mod.record.sandbox_uid = sandbox_uid
+        if os.geteuid() == 0 and not spec.create_options.get("Sandbox") and not spec.create_options.get("User"):
+            log.warning("module %s names neither User nor Sandbox: it runs as root with every capability, as "
+                        "trusted as Edgeward itself", spec.name)
         self._modules[spec.name] = mod
         self._save(mod)
         self._emit("create", mod)

@@ -11,9 +11,14 @@ What the create options mean for a host process:
   options cannot spoof the module identity; IOTEDGE_WORKLOADURI points at the host path of the workload socket,
   which the sandbox binds at the same path; the daemon's own environment is never inherited;
 - `User` is "uid", "uid:gid" or names; privileges are dropped to gid, no supplementary groups, then uid;
+  without `User` (and without `Sandbox`) the module runs as Edgeward's own user: root in the embedded shape, as
+  trusted as Edgeward itself;
 - `Sandbox: true` runs it under bubblewrap: read-only root, private /tmp, new pid and IPC namespaces, no
   capabilities, a new session, killed with its supervisor; only the workload dir and `HostConfig.Binds` are
-  writable (Binds without ":ro", and bind `Mounts` without `ReadOnly`).
+  writable (Binds without ":ro", and bind `Mounts` without `ReadOnly`). Edgeward's state and run directories
+  (`hidden`) are empty tmpfs inside, with only the module's own workload directory bound back, so it sees no
+  key file, no other socket. Without `User` it runs as a dedicated unprivileged uid of its own (allocated by the
+  engine, never 0): a uid 0 without capabilities still owns root's files and is root to every service.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 
 from ..engine import WORKLOAD_SOCKET_NAME, EngineError, ModuleSpec
 
-__all__ = ["DEFAULT_PATH", "Launch", "check_executable", "parse_user", "plan_launch"]
+__all__ = ["DEFAULT_PATH", "Launch", "check_executable", "needs_sandbox_uid", "parse_user", "plan_launch"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # what Docker gives a bare image
 _BIND_OPTIONS = {"ro", "rw", "z", "Z", "private", "rprivate", "slave", "rslave", "shared", "rshared", "nocopy"}
@@ -183,11 +188,14 @@ def _binds(options: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
 
 
 def _sandboxed(argv: list[str], spec: ModuleSpec, *, image: str, cwd: str, binds: list[tuple[str, str, bool]],
-               bwrap: str) -> tuple[str, ...]:
-    # Order matters: bwrap applies these in sequence, so binds after the /tmp tmpfs reappear inside it.
+               bwrap: str, hidden: Sequence[Path], uid: int | None, gid: int | None) -> tuple[str, ...]:
+    # Order matters: bwrap applies these in sequence, so binds after a tmpfs (/tmp, the hidden directories)
+    # reappear inside it: the program, the module's own workload directory, the deployment's binds.
     wrap = [bwrap, "--ro-bind", "/", "/", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev",
-            "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--ro-bind", image, image]
+            "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    for directory in _outermost(hidden, uid, gid):
+        wrap += ["--tmpfs", str(directory)]
+    wrap += ["--ro-bind", image, image]
     if spec.workload_dir is not None:
         wrap += ["--bind", str(spec.workload_dir), str(spec.workload_dir)]
     for src, dst, read_only in binds:
@@ -196,8 +204,52 @@ def _sandboxed(argv: list[str], spec: ModuleSpec, *, image: str, cwd: str, binds
     return tuple(wrap)
 
 
-def plan_launch(spec: ModuleSpec, bwrap: str | None) -> Launch:
-    """Check `spec` and say how to run it; EngineError(400) naming the field at fault."""
+def _passable(directory: Path, uid: int, gid: int) -> bool:
+    """May `uid` (primary group `gid`, no other groups) pass through `directory` (by its mode bits)?"""
+    try:
+        st = directory.stat()
+    except OSError:
+        return False  # what cannot be looked at is hidden where it stands
+    bits = st.st_mode >> 6 if st.st_uid == uid else st.st_mode >> 3 if st.st_gid == gid else st.st_mode
+    return bool(bits & 1)
+
+
+def _hide_at(directory: Path, uid: int | None, gid: int | None) -> Path:
+    """Where the tmpfs that hides `directory` goes: the directory itself, or the first directory above it that
+    the module's uid may not pass (bubblewrap runs as that uid and could not even reach the directory; nothing
+    below shows anyway)."""
+    who = os.geteuid() if uid is None else uid
+    if who == 0:
+        return directory
+    group = os.getegid() if gid is None else gid
+    for step in (*reversed(directory.parents[:-1]), directory):
+        if not _passable(step, who, group):
+            return step
+    return directory
+
+
+def _outermost(hidden: Sequence[Path], uid: int | None, gid: int | None) -> list[Path]:
+    """Where to mount the tmpfs that hide the existing `hidden` directories, without those inside another one
+    (a tmpfs over the outer hides them)."""
+    dirs = sorted({_hide_at(Path(os.path.normpath(d)), uid, gid) for d in hidden if Path(d).is_dir()},
+                  key=lambda d: len(d.parts))
+    out: list[Path] = []
+    for d in dirs:
+        if d != Path("/") and not any(d.is_relative_to(o) for o in out):
+            out.append(d)
+    return out
+
+
+def needs_sandbox_uid(spec: ModuleSpec) -> bool:
+    """A sandboxed module that names no User runs as a dedicated uid the engine allocates."""
+    options = spec.create_options
+    return options.get("Sandbox", False) is True and options.get("User") in (None, "")
+
+
+def plan_launch(spec: ModuleSpec, bwrap: str | None, *, sandbox_uid: int | None = None,
+                hidden: Sequence[Path] = ()) -> Launch:
+    """Check `spec` and say how to run it; EngineError(400) naming the field at fault. `sandbox_uid` is the
+    module's dedicated uid (see `needs_sandbox_uid`); `hidden` the directories a sandbox must not show."""
     image = str(check_executable(spec.image))
     options = spec.create_options
     argv = [image, *(_check_arg(a, "createOptions.Entrypoint") for a in _strings(options, "Entrypoint")),
@@ -214,5 +266,13 @@ def plan_launch(spec: ModuleSpec, bwrap: str | None) -> Launch:
         return Launch(tuple(argv), env, cwd, uid, gid, False)
     if bwrap is None:
         raise _bad("createOptions.Sandbox needs bubblewrap (bwrap), which is not installed on this device")
-    wrapped = _sandboxed(argv, spec, image=image, cwd=cwd, binds=_binds(options), bwrap=bwrap)
+    if needs_sandbox_uid(spec):
+        if os.geteuid() != 0:
+            raise _bad(f"createOptions.Sandbox without User: a sandboxed module runs as a dedicated uid, and only "
+                       f"root can switch to it; give User (\"{os.getuid()}\" to run as Edgeward's own user)")
+        if sandbox_uid is None or sandbox_uid <= 0:
+            raise EngineError(f"module {spec.name} has no dedicated sandbox uid", 500)
+        uid, gid = sandbox_uid, sandbox_uid
+    wrapped = _sandboxed(argv, spec, image=image, cwd=cwd, binds=_binds(options), bwrap=bwrap, hidden=hidden,
+                         uid=uid, gid=gid)
     return Launch(wrapped, env, "/", uid, gid, True)

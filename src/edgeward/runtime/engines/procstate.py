@@ -3,12 +3,17 @@
 A record holds the module's spec (to start it again), its last known state, and the running process named by
 (pid, start time), so the next daemon can find a process the previous one left behind without ever mistaking a
 recycled pid for it.
+
+It also holds the uids given to sandboxed modules that name no `User` (`sandbox-uids.json`): one per module name,
+kept when the module is removed, so a re-created module gets its files back and another module never inherits
+them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pwd
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,11 @@ class ModuleRecord:
     pid: int | None = None
     pid_start: int | None = None  # clock ticks since boot: with pid, names the process over the whole boot
     want_running: bool = False  # started and neither stopped by a caller nor given up on by the restart policy
+    sandbox_uid: int | None = None  # the dedicated uid (and gid) of a sandboxed module that names no User
+    # The digest of the executable measured just before the running process was started (None: not started by
+    # this version). Differing from `image_id`, it says the process runs code other than what was registered,
+    # even if the file was put back since.
+    launched_image_id: str | None = None
 
     @classmethod
     def from_spec(cls, spec: ModuleSpec, engine_id: str, image_id: str) -> ModuleRecord:
@@ -89,6 +99,35 @@ class RecordStore:
 
     def delete(self, name: str) -> None:
         remove_durably(self.modules / f"{name}.json")
+
+    def sandbox_uid(self, name: str, base: int, count: int) -> int:
+        """The module's dedicated uid: the one it had before, else the lowest of [base, base+count) that no other
+        module holds and no account in the user database uses."""
+        path = self.state_dir / "sandbox-uids.json"
+        try:
+            raw = json.loads(path.read_bytes())
+            table = {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        except FileNotFoundError:
+            table = {}
+        except (OSError, ValueError, TypeError) as e:
+            # Refuse rather than start over: a fresh table would hand out uids that other modules hold.
+            raise OSError(f"{path} is unreadable ({e}); fix or remove it to reallocate sandbox uids") from None
+        known = table.get(name)
+        if known is not None and base <= known < base + count:
+            return known
+        taken = set(table.values())
+        for uid in range(base, base + count):
+            if uid in taken:
+                continue
+            try:
+                pwd.getpwuid(uid)
+                continue  # a real account: its files are not the module's
+            except KeyError:
+                pass
+            table[name] = uid
+            atomic_write(path, json.dumps(table, sort_keys=True).encode())
+            return uid
+        raise OSError(f"all {count} sandbox uids from {base} are taken")
 
     def next_id(self) -> int:
         path = self.state_dir / "next-id"
