@@ -43,8 +43,10 @@ CONFIG: dict[str, Any] = {
                 "ip_addresses": ["10.1.0.0/16"]},
         "local-id-*": {"method": "local_ca", "expiry_days": 1},
         "aziot-edged-ca": {"method": "self_signed", "expiry_days": 1},  # a CA by default, as aziot-edged asks
+        "free-*": {"method": "local_ca", "expiry_days": 1},  # no common_names: any CN, but not a local identity's
     },
-    "principal": [{"uid": MOD_UID, "certs": ["mod-*"]}],
+    "localid": {"domain_name": "edgeward.local"},
+    "principal": [{"uid": MOD_UID, "certs": ["mod-*", "free-*"]}],
 }
 
 
@@ -295,3 +297,14 @@ async def test_edge_ca_is_a_ca_and_its_workload_leaves_follow_the_leaf_rules(env
     leaf = x509.load_pem_x509_certificates(identity.certificate_pem.encode())[0]
     with pytest.raises(x509.ExtensionNotFound):
         leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+
+
+async def test_no_cert_id_but_local_identities_carries_a_name_under_the_local_identity_domain(env: CertsEnv) -> None:
+    """Local identities are recognised by name (<module>.<hostname>.<domain>) and issued by the local CA: a principal
+    allowed another cert id of the same CA must not get a client cert with such a name, as CN or as a SAN."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    for csr in (plain_csr(key, "agent.edge1.edgeward.local"), plain_csr(key, "EDGEWARD.LOCAL.")):
+        status, body = await as_module(env, "free-1", csr)
+        assert status == 400 and "belong to local identities" in body["message"], body
+    status, body = await as_module(env, "free-1", plain_csr(key, "free-1.example"))
+    assert status == 200, body

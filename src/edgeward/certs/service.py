@@ -6,6 +6,7 @@ sent."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -15,6 +16,7 @@ from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from ..http.errors import BadRequest, HttpError
 from ..http.peercred import Caller
@@ -26,7 +28,7 @@ from .errors import CertNotFound, InvalidCsr, IssuanceFailed, NotAuthorized
 from .est import EstClient, KeysIdentity
 from .issuance import IssuerRef, issue, parse_csr, self_signed_ca_builder
 from .pem import PemError, chain_to_pem, parse_chain
-from .policy import LOCAL_ID_PREFIX, IssuancePolicy, default_kind
+from .policy import LOCAL_ID_PREFIX, IssuancePolicy, PolicyRefused, default_kind
 from .settings import CertsSettings, EstAuth, IssuanceOptions
 from .store import CertStore
 from .x509sign import handle_public_key, same_public_key, sign_certificate, sign_csr
@@ -190,6 +192,25 @@ class CertService:
         days = opts.expiry_days if opts and opts.expiry_days else self.settings.default_expiry_days
         return dt.timedelta(days=days)
 
+    def _keep_local_id_names(self, cert_id: str, csr: x509.CertificateSigningRequest,
+                             common_name: str | None) -> None:
+        """Local identities are told apart by name (``<module>.<hostname>.<domain>``, issued by the local CA), so
+        no other cert id may carry a name under that domain: a principal allowed ``mod-*`` would otherwise get a
+        client cert any verifier takes for another host agent's local identity."""
+        domain = self.settings.local_id_domain
+        if domain is None or cert_id.startswith(LOCAL_ID_PREFIX):
+            return
+        names = [common_name] if common_name is not None else [
+            str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        with contextlib.suppress(x509.ExtensionNotFound):
+            names += csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.DNSName)
+        for name in names:
+            lowered = name.lower().rstrip(".")
+            if lowered == domain or lowered.endswith("." + domain):
+                raise PolicyRefused(f"the name {name!r} is not allowed for cert id {cert_id}: names under {domain} "
+                                    f"belong to local identities (local-id-*)")
+
     async def issue_chain(self, cert_id: str, csr: x509.CertificateSigningRequest,
                           issuer: tuple[str, str] | None, renewing: bool = False,
                           self_key: str | None = None) -> list[x509.Certificate]:
@@ -202,6 +223,7 @@ class CertService:
         policy = self.policy(cert_id)
         # refused before any key is loaded or any request leaves the device (an EST server gets the CSR as it is)
         policy.grant(csr, common_name if opts is not None and opts.method != "est" else None)
+        self._keep_local_id_names(cert_id, csr, common_name)
         if issuer is not None:
             issuer_id, handle = issuer
             issuer_chain = self.read_chain(validate_cert_id(issuer_id))

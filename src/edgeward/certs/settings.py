@@ -144,6 +144,7 @@ class CertsSettings:
     preloaded: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
     principals: tuple[CertPrincipal, ...] = ()
     default_expiry_days: int = 30
+    local_id_domain: str | None = None  # [localid] domain_name: names under it are for local-id-* certs only
 
 
 def _policy(raw: Any, where: str, p: Problems) -> RenewPolicy | None:
@@ -323,4 +324,7 @@ def parse_certs_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path,
     homedir = Path(p.get(doc, "homedir_path", "", str, str(state_dir / "certd")))
     if problems is None:
         p.raise_if_any()
-    return CertsSettings(homedir, socket, issuance, local_ca, est, preloaded, tuple(principals))
+    localid = p.get(doc, "localid", "", dict, {})
+    domain = p.get(localid, "domain_name", "localid", str, "").strip(".").lower() or None
+    return CertsSettings(homedir, socket, issuance, local_ca, est, preloaded, tuple(principals),
+                         local_id_domain=domain)

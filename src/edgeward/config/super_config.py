@@ -509,6 +509,8 @@ class _Splitter:
                 tpm_needed = prov.get("source") == "dps" and isinstance(att, dict) and att.get("method") == "tpm"
         if isinstance(doc.get("localid"), dict):
             identityd["localid"] = self.table("localid")
+            # certd keeps names under the local identity domain for local identities (local-id-*) only
+            certd["localid"] = self.table("localid")
         self.edge_ca(self.table("edge_ca"))
         self.trust_bundles(edged)
         self.edged_settings(edged)
@@ -534,7 +536,7 @@ class _Splitter:
         if self.preloads.certs:
             certd["preloaded_certs"] = self.preloads.certs
         order = {"keyd": ("aziot_keys", "preloaded_keys", "principal", "edgeward", "endpoints"),
-                 "certd": ("homedir_path", "cert_issuance", "preloaded_certs", "principal", "endpoints"),
+                 "certd": ("homedir_path", "cert_issuance", "preloaded_certs", "principal", "localid", "endpoints"),
                  "identityd": ("hostname", "cloud_timeout_sec", "cloud_retries", "provisioning", "localid",
                                "principal", "edgeward", "endpoints"),
                  "edged": ("hostname", "local_gateway_hostname", "homedir", "trust_bundle_cert",
