@@ -13,6 +13,7 @@ import json
 import math
 import struct
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiodocker
@@ -20,6 +21,8 @@ import aiohttp
 from aiodocker.exceptions import DockerError
 
 from ...attest.cgroups import read_container_id
+from ...attest.namespaces import Namespaces, namespaces_of
+from ...attest.pin import ProcessGone, start_time
 from ..engine import (
     CONTAINER_WORKLOAD_DIR,
     ENGINE_LABEL,
@@ -80,6 +83,36 @@ def _error(e: DockerError, what: str) -> EngineError:
     return EngineError(f"{what}: the container engine failed ({e.status}): {message}", 500)
 
 
+@dataclass(frozen=True, slots=True)
+class _Init:
+    """A container's init process as inspected once: what its callers' namespaces must equal."""
+
+    pid: int
+    started: int
+    namespaces: Namespaces | None  # None: not running (or gone before it could be read); never cached
+    module: str | None  # the container's ENGINE_LABEL value; None for a container Edgeward did not create
+
+    @classmethod
+    def read(cls, container_id: str, pid: int, module: str | None) -> _Init:
+        """Start time and namespaces of `pid`, kept only if it is still the same process afterwards and its own
+        cgroup names the container (so a pid recycled between inspect and now is not taken for the init)."""
+        if pid <= 0:
+            return cls(pid, 0, None, module)
+        try:
+            started = start_time(pid)
+            namespaces = namespaces_of(pid)
+            same = start_time(pid) == started and read_container_id(pid) == container_id
+        except ProcessGone:
+            return cls(pid, 0, None, module)
+        return cls(pid, started, namespaces if same else None, module)
+
+    def current(self) -> bool:
+        try:
+            return self.namespaces is not None and start_time(self.pid) == self.started
+        except ProcessGone:
+            return False
+
+
 class DockerEngine:
     kind = "docker"
 
@@ -87,6 +120,7 @@ class DockerEngine:
         self.url = url
         self.api_timeout = api_timeout
         self._docker: aiodocker.Docker | None = None
+        self._inits: dict[str, _Init] = {}  # container id -> its init, for attestation
 
     def _client(self) -> aiodocker.Docker:
         # One client, rebuilt after the engine went away (a restarted dockerd leaves stale connections).
@@ -292,17 +326,56 @@ class DockerEngine:
             raise _error(e, "events") from None
 
     async def engine_id_of_pid(self, pid: int) -> str | None:
+        """The Edgeward container `pid` runs in, proven by namespaces rather than claimed by a cgroup path.
+
+        The cgroup only names a candidate: whoever can write a cgroupfs can put a process in any cgroup. The
+        caller belongs to that container only when its pid and mount namespaces are the container's init
+        process's; otherwise the answer is EngineError(403) naming the mismatch, never "no container" (which the
+        attestation pipeline would weigh as a possible host process). None: the cgroup names no container, or one
+        that does not exist or is not Edgeward's; the pipeline then admits only a process in the host's
+        namespaces.
+        """
         container_id = read_container_id(pid)
         if container_id is None:
             return None
+        init = await self._init_of(container_id)
+        if init is None or init.module is None:
+            return None
+        if init.namespaces is None:
+            raise EngineError(f"process {pid}'s cgroup names container {container_id[:12]} (module {init.module}), "
+                              f"which is not running", 403)
+        mine = namespaces_of(pid)
+        if mine is None:
+            raise EngineError(f"the namespaces of process {pid} cannot be read, so it cannot be placed in container "
+                              f"{container_id[:12]} (module {init.module})", 403)
+        if mine != init.namespaces:
+            raise EngineError(f"process {pid}'s cgroup names container {container_id[:12]} (module "
+                              f"{init.module}), but its namespaces ({mine.describe()}) are not that container's "
+                              f"({init.namespaces.describe()})", 403)
+        return container_id
+
+    async def _init_of(self, container_id: str) -> _Init | None:
+        """The container's init as last inspected, while that pid still has that start time (a restarted or
+        removed container's init is gone, and a recycled pid has another start time); else inspect again."""
+        cached = self._inits.get(container_id)
+        if cached is not None and cached.current():
+            return cached
+        self._inits.pop(container_id, None)
         try:
             c = await self._call("attestation", lambda d: d.containers.get(container_id))
         except EngineError as e:
             if e.status == 404:
                 return None
             raise
-        labels = (c._container.get("Config") or {}).get("Labels") or {}
-        return container_id if ENGINE_LABEL in labels else None
+        raw: Mapping[str, Any] = c._container
+        module = ((raw.get("Config") or {}).get("Labels") or {}).get(ENGINE_LABEL)
+        init = _Init.read(container_id, int((raw.get("State") or {}).get("Pid") or 0),
+                          str(module) if module is not None else None)
+        if init.namespaces is not None:
+            for stale in [k for k, v in self._inits.items() if not v.current()]:
+                del self._inits[stale]
+            self._inits[container_id] = init
+        return init
 
     async def close(self) -> None:
         await self._reset()
