@@ -21,8 +21,7 @@ import aiohttp
 from aiodocker.exceptions import DockerError
 
 from ...attest.cgroups import read_container_id
-from ...attest.namespaces import Namespaces, namespaces_of
-from ...attest.pin import ProcessGone, start_time
+from ...attest.namespaces import Namespaces, ReferenceProcess, namespaces_of
 from ..engine import (
     CONTAINER_WORKLOAD_DIR,
     ENGINE_LABEL,
@@ -85,32 +84,10 @@ def _error(e: DockerError, what: str) -> EngineError:
 
 @dataclass(frozen=True, slots=True)
 class _Init:
-    """A container's init process as inspected once: what its callers' namespaces must equal."""
+    """A container's init process as inspected, kept per container id while that pid has that start time."""
 
-    pid: int
-    started: int
-    namespaces: Namespaces | None  # None: not running (or gone before it could be read); never cached
+    process: ReferenceProcess
     module: str | None  # the container's ENGINE_LABEL value; None for a container Edgeward did not create
-
-    @classmethod
-    def read(cls, container_id: str, pid: int, module: str | None) -> _Init:
-        """Start time and namespaces of `pid`, kept only if it is still the same process afterwards and its own
-        cgroup names the container (so a pid recycled between inspect and now is not taken for the init)."""
-        if pid <= 0:
-            return cls(pid, 0, None, module)
-        try:
-            started = start_time(pid)
-            namespaces = namespaces_of(pid)
-            same = start_time(pid) == started and read_container_id(pid) == container_id
-        except ProcessGone:
-            return cls(pid, 0, None, module)
-        return cls(pid, started, namespaces if same else None, module)
-
-    def current(self) -> bool:
-        try:
-            return self.namespaces is not None and start_time(self.pid) == self.started
-        except ProcessGone:
-            return False
 
 
 class DockerEngine:
@@ -338,29 +315,45 @@ class DockerEngine:
         container_id = read_container_id(pid)
         if container_id is None:
             return None
-        init = await self._init_of(container_id)
-        if init is None or init.module is None:
-            return None
-        if init.namespaces is None:
-            raise EngineError(f"process {pid}'s cgroup names container {container_id[:12]} (module {init.module}), "
-                              f"which is not running", 403)
+        # The caller's first, the init's after (confirmed still alive then): both were live at the first read, so
+        # equal numbers mean the same namespaces, not a recycled number.
         mine = namespaces_of(pid)
+        found = await self._reference_of(container_id)
+        if found is None:
+            return None
+        module, theirs = found
+        if theirs is None:
+            raise EngineError(f"process {pid}'s cgroup names container {container_id[:12]} (module {module}), "
+                              f"which is not running", 403)
         if mine is None:
             raise EngineError(f"the namespaces of process {pid} cannot be read, so it cannot be placed in container "
-                              f"{container_id[:12]} (module {init.module})", 403)
-        if mine != init.namespaces:
+                              f"{container_id[:12]} (module {module})", 403)
+        if mine != theirs:
             raise EngineError(f"process {pid}'s cgroup names container {container_id[:12]} (module "
-                              f"{init.module}), but its namespaces ({mine.describe()}) are not that container's "
-                              f"({init.namespaces.describe()})", 403)
+                              f"{module}), but its namespaces ({mine.describe()}) are not that container's "
+                              f"({theirs.describe()})", 403)
         return container_id
 
-    async def _init_of(self, container_id: str) -> _Init | None:
-        """The container's init as last inspected, while that pid still has that start time (a restarted or
-        removed container's init is gone, and a recycled pid has another start time); else inspect again."""
+    async def _reference_of(self, container_id: str) -> tuple[str, Namespaces | None] | None:
+        """The Edgeward module a container is and its init's namespaces now (None when it is not running); None
+        when there is no such container or Edgeward did not create it. A cached init that exited since (the
+        container restarted) is looked up once more."""
+        for fresh in (False, True):
+            init = await self._init_of(container_id, fresh)
+            if init is None or init.module is None:
+                return None
+            theirs = init.process.namespaces()
+            if theirs is not None or fresh:
+                return init.module, theirs
+        raise AssertionError("unreachable")
+
+    async def _init_of(self, container_id: str, fresh: bool) -> _Init | None:
+        """The container's init as last inspected (unless `fresh`: the caller found that process gone — a restarted
+        or removed container's init exits, a recycled pid has another start time), else as inspected now. None: no
+        such container. A container that is not running has an init with pid 0."""
         cached = self._inits.get(container_id)
-        if cached is not None and cached.current():
+        if cached is not None and not fresh:
             return cached
-        self._inits.pop(container_id, None)
         try:
             c = await self._call("attestation", lambda d: d.containers.get(container_id))
         except EngineError as e:
@@ -369,12 +362,14 @@ class DockerEngine:
             raise
         raw: Mapping[str, Any] = c._container
         module = ((raw.get("Config") or {}).get("Labels") or {}).get(ENGINE_LABEL)
-        init = _Init.read(container_id, int((raw.get("State") or {}).get("Pid") or 0),
-                          str(module) if module is not None else None)
-        if init.namespaces is not None:
-            for stale in [k for k, v in self._inits.items() if not v.current()]:
-                del self._inits[stale]
-            self._inits[container_id] = init
+        process = ReferenceProcess.of(int((raw.get("State") or {}).get("Pid") or 0))
+        # The pid must still be the container's own (not recycled by another process since the inspect).
+        if process is None or read_container_id(process.pid) != container_id:
+            return _Init(ReferenceProcess(0, 0), str(module) if module is not None else None)
+        for stale in [k for k, v in self._inits.items() if not v.process.alive()]:
+            del self._inits[stale]
+        init = _Init(process, str(module) if module is not None else None)
+        self._inits[container_id] = init
         return init
 
     async def close(self) -> None:
