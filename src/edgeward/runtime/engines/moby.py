@@ -84,7 +84,9 @@ def _error(e: DockerError, what: str) -> EngineError:
 
 @dataclass(frozen=True, slots=True)
 class _Init:
-    """A container's init process as inspected, kept per container id while that pid has that start time."""
+    """A container's init process as inspected, kept per container id until a caller finds that process gone (its
+    pid exited or has another start time: the container stopped or restarted), so a running module's callers are
+    attributed without asking the engine each time."""
 
     process: ReferenceProcess
     module: str | None  # the container's ENGINE_LABEL value; None for a container Edgeward did not create
