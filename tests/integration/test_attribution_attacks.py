@@ -31,9 +31,10 @@ SIGN = {"keyId": "primary", "algo": "HMACSHA256", "data": "aGk="}
 MGMT_VERSION = "2022-08-03"
 HOST_CGROUP = "/host-cgroup"
 
-# Runs before the test client (same interpreter): stops on SIGTERM, moves this process into the cgroup EDGEWARD_TEST_MOVE_TO names
-# ("docker/<id>" or "" for the root) in every hierarchy of the host's cgroupfs that has it, as an attacker with a
-# writable cgroupfs does, and lets EDGEWARD_TEST_WORKLOADURI point the client at a socket other than its own.
+# Runs before the test client (same interpreter): stops on SIGTERM; moves this process into the cgroup that
+# EDGEWARD_TEST_MOVE_TO names ("docker/<id>", or "" for the root) in every hierarchy of the host's cgroupfs that has
+# it, as an attacker with a writable cgroupfs does; and lets EDGEWARD_TEST_WORKLOADURI point the client at a socket
+# other than its own.
 MOVE_SCRIPT = textwrap.dedent(f"""
     import glob, os, signal
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # as pid 1, stop at once when the engine asks
