@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from edgeward.attest.namespaces import host_namespaces, is_host_process, namespaces_of
+from edgeward.attest.namespaces import ReferenceProcess, host_namespaces, is_host_process, namespaces_of
 
 
 def test_this_process_is_host_and_a_missing_pid_is_not() -> None:
@@ -35,3 +35,19 @@ def test_a_process_in_its_own_pid_and_mount_namespaces_is_not_host() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_reference_process_proves_namespaces_only_while_it_is_the_same_process() -> None:
+    assert ReferenceProcess.of(0) is None and ReferenceProcess.of(2**22 + 7) is None
+    me = ReferenceProcess.of(os.getpid())
+    assert me is not None and me.alive() and me.namespaces() == namespaces_of(os.getpid())
+    # The same pid with another start time is another process (the pid was reused): its namespaces prove nothing.
+    assert ReferenceProcess(me.pid, me.started + 1).namespaces() is None
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        ref = ReferenceProcess.of(proc.pid)
+        assert ref is not None and ref.namespaces() == namespaces_of(os.getpid())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not ref.alive() and ref.namespaces() is None

@@ -15,7 +15,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["KINDS", "Namespaces", "host_namespaces", "is_host_process", "namespaces_of"]
+from .pin import ProcessGone, start_time
+
+__all__ = ["KINDS", "Namespaces", "ReferenceProcess", "host_namespaces", "is_host_process", "namespaces_of"]
 
 # The namespaces compared. pid: a process in another pid namespace is contained; mnt: it sees other files.
 KINDS = ("pid", "mnt")
@@ -56,3 +58,39 @@ def is_host_process(pid: int) -> bool:
         return False
     mine = namespaces_of(pid)
     return mine is not None and mine == host
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceProcess:
+    """The process whose namespaces define a place (a container's init), named by pid and start time.
+
+    Namespace numbers are inode numbers the kernel hands out again once a namespace is freed (a restarted container
+    can get its predecessor's numbers), so they identify a namespace only while it lives. The reference's
+    namespaces are therefore read fresh on every comparison and kept only if the reference is still the same
+    process after the read (alive, so its namespaces were live when read).
+    """
+
+    pid: int
+    started: int
+
+    @classmethod
+    def of(cls, pid: int) -> ReferenceProcess | None:
+        """`pid` as it is now, or None when there is no such process."""
+        if pid <= 0:
+            return None
+        try:
+            return cls(pid, start_time(pid))
+        except ProcessGone:
+            return None
+
+    def alive(self) -> bool:
+        """Still the same process: the pid exists and has the start time it had when referenced."""
+        try:
+            return start_time(self.pid) == self.started
+        except ProcessGone:
+            return False
+
+    def namespaces(self) -> Namespaces | None:
+        """Its namespaces now, or None when it exited or its pid now names another process."""
+        found = namespaces_of(self.pid)
+        return found if found is not None and self.alive() else None

@@ -19,6 +19,7 @@ from ..http.peercred import Caller, caller_of
 from ..runtime.engine import EngineError, ModuleEngine
 from ..runtime.registry import Registration, Registry
 from .measure import measure
+from .namespaces import is_host_process, namespaces_of
 from .pin import PinnedProcess, ProcessGone, ProcessPins
 
 __all__ = ["AttestationRefused", "Attested", "Attestor"]
@@ -36,7 +37,9 @@ class AttestationRefused(Forbidden):
 class Attested:
     caller: Caller
     pinned: PinnedProcess
-    registration: Registration | None  # None: a host process that is no module (root CLI, host agents)
+    # None: a host process that is no module (root CLI, host agents), in the host's namespaces (`_run` refuses any
+    # other caller the engine places in no module)
+    registration: Registration | None
     engine_id: str | None = None
 
 
@@ -74,8 +77,18 @@ class Attestor:
         try:
             engine_id = await self.engine.engine_id_of_pid(caller.pid)
         except EngineError as e:
-            raise AttestationRefused("container_of", f"the module engine cannot say: {e.message}") from None
+            # 403: the engine proved the caller is not where its cgroup says; anything else: it could not tell.
+            why = e.message if e.status == 403 else f"the module engine cannot say: {e.message}"
+            raise AttestationRefused("container_of", why) from None
         if engine_id is None:
+            # In no module. That makes it a host process only if it provably lives in the host's namespaces: a
+            # contained process that left its container's cgroup (or sits in a container that is not a module)
+            # is refused, never promoted to "root outside any module".
+            if not is_host_process(caller.pid):
+                seen = namespaces_of(caller.pid)
+                raise AttestationRefused("container_of", f"process {caller.pid} is in no module, and its "
+                                         f"namespaces ({seen.describe() if seen else 'unreadable'}) are not "
+                                         f"the host's")
             return Attested(caller, pinned, None)
         reg = self.registry.by_engine_id(engine_id)
         if reg is None:

@@ -13,6 +13,7 @@ import json
 import math
 import struct
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiodocker
@@ -20,6 +21,7 @@ import aiohttp
 from aiodocker.exceptions import DockerError
 
 from ...attest.cgroups import read_container_id
+from ...attest.namespaces import Namespaces, ReferenceProcess, namespaces_of
 from ..engine import (
     CONTAINER_WORKLOAD_DIR,
     ENGINE_LABEL,
@@ -80,6 +82,16 @@ def _error(e: DockerError, what: str) -> EngineError:
     return EngineError(f"{what}: the container engine failed ({e.status}): {message}", 500)
 
 
+@dataclass(frozen=True, slots=True)
+class _Init:
+    """A container's init process as inspected, kept per container id until a caller finds that process gone (its
+    pid exited or has another start time: the container stopped or restarted), so a running module's callers are
+    attributed without asking the engine each time."""
+
+    process: ReferenceProcess
+    module: str | None  # the container's ENGINE_LABEL value; None for a container Edgeward did not create
+
+
 class DockerEngine:
     kind = "docker"
 
@@ -87,6 +99,7 @@ class DockerEngine:
         self.url = url
         self.api_timeout = api_timeout
         self._docker: aiodocker.Docker | None = None
+        self._inits: dict[str, _Init] = {}  # container id -> its init, for attestation
 
     def _client(self) -> aiodocker.Docker:
         # One client, rebuilt after the engine went away (a restarted dockerd leaves stale connections).
@@ -292,17 +305,74 @@ class DockerEngine:
             raise _error(e, "events") from None
 
     async def engine_id_of_pid(self, pid: int) -> str | None:
+        """The Edgeward container `pid` runs in, proven by namespaces rather than claimed by a cgroup path.
+
+        The cgroup only names a candidate: whoever can write a cgroupfs can put a process in any cgroup. The
+        caller belongs to that container only when its pid and mount namespaces are the container's init
+        process's; otherwise the answer is EngineError(403) naming the mismatch, never "no container" (which the
+        attestation pipeline would weigh as a possible host process). None: the cgroup names no container, or one
+        that does not exist or is not Edgeward's; the pipeline then admits only a process in the host's
+        namespaces.
+        """
         container_id = read_container_id(pid)
         if container_id is None:
             return None
+        # The caller's first, the init's after (confirmed still alive then): both were live at the first read, so
+        # equal numbers mean the same namespaces, not a recycled number.
+        mine = namespaces_of(pid)
+        found = await self._reference_of(container_id)
+        if found is None:
+            return None
+        module, theirs = found
+        if theirs is None:
+            raise EngineError(f"process {pid}'s cgroup names container {container_id[:12]} (module {module}), "
+                              f"which is not running", 403)
+        if mine is None:
+            raise EngineError(f"the namespaces of process {pid} cannot be read, so it cannot be placed in container "
+                              f"{container_id[:12]} (module {module})", 403)
+        if mine != theirs:
+            raise EngineError(f"process {pid}'s cgroup names container {container_id[:12]} (module "
+                              f"{module}), but its namespaces ({mine.describe()}) are not that container's "
+                              f"({theirs.describe()})", 403)
+        return container_id
+
+    async def _reference_of(self, container_id: str) -> tuple[str, Namespaces | None] | None:
+        """The Edgeward module a container is and its init's namespaces now (None when it is not running); None
+        when there is no such container or Edgeward did not create it. A cached init that exited since (the
+        container restarted) is looked up once more."""
+        for fresh in (False, True):
+            init = await self._init_of(container_id, fresh)
+            if init is None or init.module is None:
+                return None
+            theirs = init.process.namespaces()
+            if theirs is not None or fresh:
+                return init.module, theirs
+        raise AssertionError("unreachable")
+
+    async def _init_of(self, container_id: str, fresh: bool) -> _Init | None:
+        """The container's init as last inspected (unless `fresh`: the caller found that process gone — a restarted
+        or removed container's init exits, a recycled pid has another start time), else as inspected now. None: no
+        such container. A container that is not running has an init with pid 0."""
+        cached = self._inits.get(container_id)
+        if cached is not None and not fresh:
+            return cached
         try:
             c = await self._call("attestation", lambda d: d.containers.get(container_id))
         except EngineError as e:
             if e.status == 404:
                 return None
             raise
-        labels = (c._container.get("Config") or {}).get("Labels") or {}
-        return container_id if ENGINE_LABEL in labels else None
+        raw: Mapping[str, Any] = c._container
+        module = ((raw.get("Config") or {}).get("Labels") or {}).get(ENGINE_LABEL)
+        process = ReferenceProcess.of(int((raw.get("State") or {}).get("Pid") or 0))
+        # The pid must still be the container's own (not recycled by another process since the inspect).
+        if process is None or read_container_id(process.pid) != container_id:
+            return _Init(ReferenceProcess(0, 0), str(module) if module is not None else None)
+        for stale in [k for k, v in self._inits.items() if not v.process.alive()]:
+            del self._inits[stale]
+        init = _Init(process, str(module) if module is not None else None)
+        self._inits[container_id] = init
+        return init
 
     async def close(self) -> None:
         await self._reset()
