@@ -138,6 +138,10 @@ def check_log(rows: Sequence[Row], head: Head | str | None, key: AuditKey | None
         return _unanchored(count, prev, head, tpm_value, anchored=anchored, counted=counted)
     if not key.check(head.mac, "head", head.seq, head.hash, counter_text(head.counter)):
         return _fail(count, prev, "the head file was forged or altered: its MAC does not match")
+    if isinstance(head.counter, int) and tpm_value is not None and tpm_value > head.counter:
+        # Never legitimate, whatever a crash left: the counter moves only after the head naming its new value is
+        # written. Checked first, so records appended later to a restored copy do not hide why it fails.
+        return _behind(count, prev, head.counter, tpm_value)
     if head.seq > count:
         return _fail(count, prev, f"the log ends at record {count} but its authenticated head says record {head.seq}: "
                                   "records were cut off")
@@ -165,10 +169,8 @@ def check_log(rows: Sequence[Row], head: Head | str | None, key: AuditKey | None
 def _unanchored(count: int, prev: str, head: Head | None, tpm_value: int | None, *, anchored: bool,
                 counted: bool) -> Verification:
     if anchored or counted:
-        what = ("the log was wiped" if count == 0
-                else "the log was rolled back to before it was anchored, or its head replaced")
-        return _fail(count, prev, f"the authenticated head is gone although the key store says the log was anchored: "
-                                  f"{what}")
+        return _fail(count, prev, "the authenticated head is gone although the key store says the log was anchored: "
+                                  "the log was wiped, rolled back to before it was anchored, or its head replaced")
     if tpm_value is not None:
         return _fail(count, prev, f"the log has no authenticated head but the TPM audit counter reads {tpm_value}: "
                                   "the log was wiped or rolled back", tpm_value)
@@ -212,8 +214,12 @@ def _against_counter(count: int, prev: str, effective: int | str | None, *, coun
         return ok("the TPM counter is one behind the head (a crash before its increment); the next start completes it",
                   pending_increment=True)
     if tpm_value > effective:
-        return _fail(count, prev, f"the log is behind the TPM counter (its head is at {effective}, the TPM at "
-                                  f"{tpm_value}): it was rolled back to an older copy, or records were cut off and an "
-                                  "older head put back", tpm_value)
+        return _behind(count, prev, effective, tpm_value)
     return _fail(count, prev, f"the TPM counter ({tpm_value}) is {effective - tpm_value} behind the log's head "
                               f"({effective}): its increments were lost", tpm_value)
+
+
+def _behind(count: int, prev: str, head_counter: int, tpm_value: int) -> Verification:
+    return _fail(count, prev, f"the log is behind the TPM counter (its head is at {head_counter}, the TPM at "
+                              f"{tpm_value}): it was rolled back to an older copy, or records were cut off and an "
+                              "older head put back", tpm_value)

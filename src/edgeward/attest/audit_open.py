@@ -7,6 +7,7 @@ as the daemon would: the key never leaves the key store in either case.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..keys.api import KeysApi
 from .audit import AuditLog
-from .audit_chain import Verification
+from .audit_chain import GENESIS, Verification
 from .audit_counter import AuditCounter, InProcessCounter, SocketCounter
 from .audit_key import ANCHORED_MARKER, COUNTED_MARKER, has_marker, load_audit_key, set_marker
 
@@ -36,7 +37,8 @@ async def open_audit_log(home: Path, keys: KeysApi, counter: AuditCounter | None
     counted = await has_marker(keys, COUNTED_MARKER)
     audit = AuditLog(home, key, counter, anchored=anchored, counted=counted)
     try:
-        audit.start()
+        # In a thread: the counter may be a socket to a TPM service that this very event loop serves.
+        await asyncio.to_thread(audit.start)
         now_anchored, now_counted = audit.marks
         if now_anchored and not anchored:
             await set_marker(keys, ANCHORED_MARKER)
@@ -104,11 +106,14 @@ def _counter_for(settings: DaemonSettings) -> Iterator[AuditCounter | None]:
 async def verify_installed_log(settings: DaemonSettings) -> Verification | None:
     """Verify the log under the state dir with the device's audit key and TPM counter; None if there is no log."""
     home = settings.runtime.audit_home or settings.state_dir / "audit"
-    if not (home / "audit.db").exists():
-        return None
     async with _keys_for(settings) as keys:
-        key = await load_audit_key(keys, create=False)
         anchored = await has_marker(keys, ANCHORED_MARKER)
+        if not (home / "audit.db").exists():
+            if anchored:
+                return Verification(False, 0, GENESIS, f"there is no audit log under {home}, but the key store says "
+                                                       "there was one: it was wiped")
+            return None
+        key = await load_audit_key(keys, create=False)
         counted = await has_marker(keys, COUNTED_MARKER)
     with _counter_for(settings) as counter:
         audit = AuditLog(home, key, counter, anchored=anchored, counted=counted)

@@ -78,4 +78,4 @@ class AuditCounterResponse(BaseModel):
     """Edgeward: the audit log's monotonic counter; ``null`` until it was first incremented."""
 
     model_config = ConfigDict(frozen=True)
-    value: int | None
+    value: int | None = None  # absent from the body when null (replies leave out null fields)
