@@ -29,7 +29,7 @@ import pytest
 
 pytest.importorskip("tpm2_pytss")
 
-from edgeward.attest.audit import AuditLog, record_hash
+from edgeward.attest.audit import AuditCounterUnavailable, AuditLog, record_hash
 from edgeward.attest.audit_counter import AuditCounter, SocketCounter
 from edgeward.attest.audit_open import open_audit_log
 from edgeward.keys.client import KeysClient
@@ -279,6 +279,17 @@ async def test_kill_9_between_commit_and_head_update_is_no_false_alarm(
         assert counter is not None
         head = json.loads((dev.home / "audit.head").read_text())
         assert head["counter"] == await asyncio.to_thread(counter.read)
+
+
+async def test_an_unreachable_tpm_at_start_stops_the_start_and_leaves_no_false_alarm(
+        request: pytest.FixtureRequest, public_dir: Path, fresh_swtpm: Swtpm) -> None:
+    async with device(request, public_dir, fresh_swtpm) as dev:
+        await dev.write("one")
+        with pytest.raises(AuditCounterUnavailable):
+            await open_audit_log(dev.home, dev.keys, SocketCounter(public_dir / "no-tpmd.sock"))
+        await dev.write("two")
+        done = await dev.verify()
+        assert done.returncode == 0 and "2 records" in done.stdout, done.stdout + done.stderr
 
 
 # who may move the counter -------------------------------------------------------------------------------------------

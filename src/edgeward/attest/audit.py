@@ -40,11 +40,15 @@ from .audit_chain import (
 from .audit_counter import AuditCounter
 from .audit_key import AuditKey
 
-__all__ = ["GENESIS", "AuditLog", "AuditRecord", "Verification", "record_hash"]
+__all__ = ["GENESIS", "AuditCounterUnavailable", "AuditLog", "AuditRecord", "Verification", "record_hash"]
 
 log = logging.getLogger(__name__)
 
 _MAX_CATCH_UP = 64  # increments owed to the TPM counter after it was unreachable; more means something is wrong
+
+
+class AuditCounterUnavailable(RuntimeError):
+    """The TPM counter the log is anchored to cannot be read at start: the log is neither judged nor extended."""
 
 
 @dataclass(frozen=True)
@@ -134,13 +138,16 @@ class AuditLog:
         except (OSError, UnicodeDecodeError):
             return "the head file cannot be read"
 
-    def _verify_locked(self) -> Verification:
+    def _verify_locked(self, *, starting: bool = False) -> Verification:
         rows = self._rows(self._store.db)
         tpm_value: int | None = None
         if self._counter is not None:
             try:
                 tpm_value = self._counter.read()
             except Exception as e:
+                if starting:  # an unreachable TPM is no finding about the log: do not start on a guess
+                    raise AuditCounterUnavailable(
+                        f"the TPM audit counter cannot be read ({self._counter.description}): {e}") from e
                 return Verification(False, len(rows), rows[-1][6] if rows else GENESIS,
                                     f"the TPM audit counter cannot be read ({self._counter.description}): {e}")
         return check_log(rows, self._read_head(), self._key, counter_expected=self._counter is not None,
@@ -160,7 +167,7 @@ class AuditLog:
             return self._start_locked(self._key)
 
     def _start_locked(self, key: AuditKey) -> Verification:
-        found = self._verify_locked()
+        found = self._verify_locked(starting=True)
         if not found.ok and not found.unanchored:
             self._broken = found.problem
             log.error("the audit log does not check out: %s; it is kept as found and not extended under a head "
