@@ -184,3 +184,25 @@ def test_a_log_that_does_not_check_out_is_not_extended_under_a_head(log: AuditLo
     reopened.append("edgeward.started")
     assert (home / "audit.head").read_bytes() == head_before and not reopened.verify().ok
     reopened.close()
+
+
+def test_a_log_in_the_old_schema_keeps_its_records_and_is_anchored_on_upgrade(tmp_path: Path) -> None:
+    """What the previous version left: seven columns, no MACs, a `<seq> <hash>` head file."""
+    home = tmp_path / "audit"
+    home.mkdir(mode=0o700)
+    db = sqlite3.connect(home / "audit.db", isolation_level=None)
+    db.execute("CREATE TABLE audit (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, module TEXT, "
+               "detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)")
+    prev = "0" * 64
+    for seq in (1, 2):
+        digest = record_hash(prev, seq, ts=float(seq), kind="old", module=None, detail={})
+        db.execute("INSERT INTO audit VALUES (?, ?, 'old', NULL, '{}', ?, ?)", (seq, float(seq), prev, digest))
+        prev = digest
+    db.close()
+    (home / "audit.head").write_text(f"2 {prev}\n")
+    audit = AuditLog(home, KEY)
+    audit.start()
+    record = audit.append("edgeward.started")
+    assert record.seq == 3 and record.prev_hash == prev and audit.verify().ok
+    assert [r.kind for r in audit.records()] == ["old", "old", "edgeward.started"]
+    audit.close()

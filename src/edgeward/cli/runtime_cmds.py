@@ -109,7 +109,7 @@ def restart(module: str, run_dir: Path | None) -> None:
 
 @click.group()
 def audit() -> None:
-    """The hash-chained audit log."""
+    """The audit log: hash-chained, MAC'd by the keys service's audit key, anchored to the TPM counter."""
 
 
 @audit.command("verify")
