@@ -247,6 +247,8 @@ def die(*args, **kwargs):
 
 async def main():
     keys, counter = KeysClient(keyd), SocketCounter(tpmd)
+    if where == "first-anchoring":
+        counter.increment = die  # the head says "first"; the counter never moves
     log = await open_audit_log(Path(home), keys, counter)
     await keys.close()
     if where == "before-head":
@@ -290,6 +292,28 @@ async def test_an_unreachable_tpm_at_start_stops_the_start_and_leaves_no_false_a
         await dev.write("two")
         done = await dev.verify()
         assert done.returncode == 0 and "2 records" in done.stdout, done.stdout + done.stderr
+
+
+async def test_kill_9_during_the_first_anchoring_to_the_counter_is_no_false_alarm_and_no_way_back(
+        request: pytest.FixtureRequest, public_dir: Path, fresh_swtpm: Swtpm) -> None:
+    """The first anchoring writes a head saying "first", then moves the counter, then names its value. Killed in
+    between, the log verifies; once the anchoring finished, a copy from that moment no longer does."""
+    async with device(request, public_dir, fresh_swtpm) as dev:
+        assert dev.tpm_socket is not None
+        child = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-c", CRASHING_APPEND, str(dev.run / "keyd.sock"), str(dev.tpm_socket), str(dev.home),
+            "first-anchoring"], capture_output=True, text=True, timeout=60)
+        assert child.returncode == -9, child.stderr
+        assert json.loads((dev.home / "audit.head").read_text())["counter"] == "first"
+        crashed = await dev.verify()
+        assert crashed.returncode == 0 and "interrupted" in crashed.stdout, crashed.stdout + crashed.stderr
+        shutil.copytree(dev.home, public_dir / "copy")
+        await dev.write("edgeward.started", "integrity.image_swapped")
+        assert (await dev.verify()).returncode == 0
+        shutil.rmtree(dev.home)
+        shutil.copytree(public_dir / "copy", dev.home)
+        done = await dev.verify()
+        assert _tampered(done, "first anchoring to the TPM counter"), done.stdout + done.stderr
 
 
 # who may move the counter -------------------------------------------------------------------------------------------

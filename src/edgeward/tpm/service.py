@@ -100,7 +100,6 @@ _RC_FORMAT_ONE = 0x80
 # (a read with a wrong password must not lock the owner out).
 _COUNTER_ATTRIBUTES = (TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.NO_DA
                        | (int(TPM2_NT.COUNTER) << 4))  # TPM_NT sits in bits 4-7 of TPMA_NV
-_NV_TYPE_MASK = 0xF0
 _RC_PARAMETER = 0x40
 
 _BLOB_LAYOUT: tuple[tuple[str, Any], ...] = (
@@ -505,7 +504,7 @@ class _Tpm:
             log.info("defined the audit log's monotonic counter at TPM NV index %#x", index)
             return tr, False
         attrs = int(ectx.nv_read_public(tr)[0].nvPublic.attributes)
-        if attrs & _NV_TYPE_MASK != int(TPM2_NT.COUNTER) << 4 or not attrs & TPMA_NV.AUTHREAD:
+        if attrs & ~int(TPMA_NV.WRITTEN) != int(_COUNTER_ATTRIBUTES):  # e.g. one anyone may increment (AUTHWRITE)
             with suppress(TSS2_Exception):
                 ectx.tr_close(tr)
             raise TpmUnavailable(
