@@ -206,3 +206,13 @@ def test_a_log_in_the_old_schema_keeps_its_records_and_is_anchored_on_upgrade(tm
     assert record.seq == 3 and record.prev_hash == prev and audit.verify().ok
     assert [r.kind for r in audit.records()] == ["old", "old", "edgeward.started"]
     audit.close()
+
+
+def test_the_counter_index_is_a_setting_of_the_tpm_service(tmp_path: Path) -> None:
+    from edgeward.config.problems import ConfigError
+    from edgeward.tpm.settings import DEFAULT_AUDIT_COUNTER_INDEX, parse_tpmd_settings
+
+    assert parse_tpmd_settings({}, tmp_path).audit_counter_index == DEFAULT_AUDIT_COUNTER_INDEX
+    assert parse_tpmd_settings({"audit_counter_index": 0x01_00_00_42}, tmp_path).audit_counter_index == 0x01000042
+    with pytest.raises(ConfigError, match="audit_counter_index"):
+        parse_tpmd_settings({"audit_counter_index": 0x81_00_00_01}, tmp_path)

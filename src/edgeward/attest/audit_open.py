@@ -68,6 +68,9 @@ async def _keys_for(settings: DaemonSettings) -> AsyncIterator[KeysApi]:
         return
     from ..keys.compose import build_key_service  # noqa: PLC0415
 
+    if not settings.keys.homedir.is_dir():  # opening it would create a key store (and a master key) from nothing
+        raise FileNotFoundError(f"no keys service at {settings.keys.socket_path} and no key store at "
+                                f"{settings.keys.homedir}")
     log.info("the keys service is not reachable at %s: opening the key store in this process",
              settings.keys.socket_path)
     service = build_key_service(settings.keys)
