@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .access.wiring import guard_host_service, socket_mode
+from .attest.audit_counter import AuditCounter, InProcessCounter, SocketCounter
 from .attest.selfmeasure import measure_self
 from .attest.tpm_quote import DEFAULT_PCR
 from .certs.api import CertsApi
@@ -41,6 +42,7 @@ from .notify import notify
 from .runtime.compose import RuntimeParts, identities_for, start_runtime
 from .runtime.engine import EngineError
 from .runtime.settings import RuntimeSettings, parse_runtime_settings
+from .tpm.counter_routes import install_counter_routes
 from .tpm.routes import build_tpm_app
 from .tpm.settings import TpmdSettings, parse_tpmd_settings
 
@@ -120,6 +122,13 @@ def _tpm_service(settings: TpmdSettings) -> TpmService:
     return TpmService(settings)
 
 
+def _audit_counter(settings: DaemonSettings, tpm_service: TpmService | None) -> AuditCounter | None:
+    """The TPM counter the audit log is anchored to: the TPM service in this process, or over its socket."""
+    if tpm_service is not None:
+        return InProcessCounter(tpm_service)
+    return SocketCounter(settings.tpm.socket_path) if settings.tpm is not None else None
+
+
 async def _wait_for_signal() -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -171,8 +180,9 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
         if "tpm" in services and settings.tpm is not None:
             # Imported here: tpm2-pytss is only needed on devices with a TPM.
             tpm_service = _tpm_service(settings.tpm)
-            app = guard_host_service(build_tpm_app(tpm_service, max_requests=settings.tpm.max_requests), "tpmd",
-                                     module_of=modules.module_of)
+            app = build_tpm_app(tpm_service, max_requests=settings.tpm.max_requests)
+            install_counter_routes(app)
+            app = guard_host_service(app, "tpmd", module_of=modules.module_of)
             runners.append(await start_server(app, [Listener(settings.tpm.socket_path, mode=socket_mode("tpmd", ()),
                                                              activation_name="tpmd")]))
         elif services == ("tpm",):
@@ -219,7 +229,8 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             reprovision = identity.reprovision if identity is not None and provisioning is not None else None
             runtime = await start_runtime(
                 settings.runtime, keys_api, certs_api, identities, reprovision=reprovision,
-                provisioning="dps" if isinstance(provisioning, DpsProvisioning) else "manual")
+                provisioning="dps" if isinstance(provisioning, DpsProvisioning) else "manual",
+                audit_counter=_audit_counter(settings, tpm_service))
             me = measure_self(settings.config_path)
             detail: dict[str, Any] = {"code": me.code, "config": me.config, "files": me.files,
                                       "services": list(services)}

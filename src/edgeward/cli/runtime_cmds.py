@@ -19,7 +19,7 @@ from ..attest.tpm_quote import Quote, verify_quote
 from ..http.errors import HttpError
 from ..runtime.mgmt_client import ManagementClient
 from ..tpm.client import TpmClient
-from .paths import default_run_dir, default_state_dir, run_option, state_option
+from .paths import config_option, default_run_dir, default_state_dir, run_option, state_option
 
 __all__ = ["attest", "audit", "list_modules", "logs", "restart"]
 
@@ -109,26 +109,46 @@ def restart(module: str, run_dir: Path | None) -> None:
 
 @click.group()
 def audit() -> None:
-    """The hash-chained audit log."""
+    """The audit log: hash-chained, MAC'd by the keys service's audit key, anchored to the TPM counter."""
 
 
 @audit.command("verify")
+@config_option
 @state_option
-def audit_verify(state_dir: Path | None) -> None:
-    """Check that no audit record was edited, deleted or cut off (exit 1 if one was)."""
-    home = (state_dir or default_state_dir()) / "audit"
-    if not (home / "audit.db").exists():
-        err.print(f"[red]error:[/red] no audit log under {home}", highlight=False)
-        sys.exit(EXIT_FAILED)
-    log = AuditLog(home)
+@run_option
+def audit_verify(config: Path | None, state_dir: Path | None, run_dir: Path | None) -> None:
+    """Check that no audit record was edited, deleted or cut off, and (with a TPM) that the log is not an older
+    copy or a wiped one: exit 1 if it was. Reaches the keys and TPM services over their sockets, or opens them
+    here (as root) when they are not running."""
+    from ..attest.audit_open import verify_installed_log  # noqa: PLC0415
+    from ..config.problems import ConfigError  # noqa: PLC0415
+    from ..daemon import load_settings  # noqa: PLC0415
+
+    state = state_dir or default_state_dir()
     try:
-        result = log.verify()
-    finally:
-        log.close()
+        settings = load_settings(config, state, run_dir or default_run_dir())
+        result = asyncio.run(verify_installed_log(settings))
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    except HttpError as e:
+        err.print(f"[red]error:[/red] cannot get the audit key or counter: {e.message}", highlight=False)
+        sys.exit(EXIT_UNREACHABLE)
+    except OSError as e:
+        err.print(f"[red]error:[/red] cannot reach the keys or TPM service: {e}", highlight=False)
+        sys.exit(EXIT_UNREACHABLE)
+    if result is None:
+        err.print(f"[red]error:[/red] no audit log under {state / 'audit'}", highlight=False)
+        sys.exit(EXIT_FAILED)
     if result.ok:
-        out.print(f"[green]audit log intact[/green]: {result.records} records, head {result.head[:16]}")
+        anchor = f", TPM counter {result.counter}" if result.counter is not None else ""
+        out.print(f"[green]audit log intact[/green]: {result.records} records, head {result.head[:16]}{anchor}",
+                  highlight=False)
+        if result.note:
+            out.print(f"note: {result.note}", highlight=False)
         return
-    err.print(f"[red]audit log TAMPERED[/red]: {result.problem} (first {result.records} records check out)")
+    err.print(f"[red]audit log TAMPERED[/red]: {result.problem} (first {result.records} records check out)",
+              highlight=False)
     sys.exit(EXIT_FAILED)
 
 

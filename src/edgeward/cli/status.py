@@ -10,8 +10,9 @@ from typing import Any
 from cryptography import x509
 from rich.table import Table
 
-from ..attest.audit import AuditLog
+from ..attest.audit_open import verify_installed_log
 from ..certs.client import CertsClient
+from ..daemon import load_settings
 from ..http.errors import HttpError
 from ..runtime.edge_ca import EDGE_CA_CERT_ID
 from ..runtime.mgmt_client import ManagementClient
@@ -52,14 +53,13 @@ async def collect_status(run_dir: Path, state_dir: Path, extra_certs: tuple[str,
         status.problems.append(f"certificates service: {e}")
     finally:
         await certs.close()
-    audit_home = state_dir / "audit"
-    if (audit_home / "audit.db").exists():
-        log = AuditLog(audit_home)
-        try:
-            result = log.verify()
+    try:  # with the audit key and TPM counter, over their sockets (or opened here when they are not running)
+        result = await verify_installed_log(load_settings(None, state_dir, run_dir))
+    except (HttpError, OSError) as e:
+        status.problems.append(f"audit log: cannot get its key or counter: {getattr(e, 'message', e)}")
+    else:
+        if result is not None:
             status.audit = (result.ok, result.records, result.head, result.problem)
-        finally:
-            log.close()
     return status
 
 

@@ -16,6 +16,8 @@ from ..access.guard import AccessGuard, install_guard
 from ..access.refusals import refusals
 from ..access.table import SOCKETS
 from ..attest.audit import AuditLog
+from ..attest.audit_counter import AuditCounter
+from ..attest.audit_open import open_audit_log
 from ..attest.monitor import IntegrityMonitor
 from ..attest.pipeline import Attestor
 from ..certs.api import CertsApi
@@ -94,7 +96,8 @@ def identities_for(settings: RuntimeSettings, provisioning: object | None,
 
 async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsApi, identities: ModuleIdentities,
                         *, engine: ModuleEngine | None = None, provisioning: str = "manual",
-                        reprovision: Callable[[], Awaitable[None]] | None = None) -> RuntimeParts:
+                        reprovision: Callable[[], Awaitable[None]] | None = None,
+                        audit_counter: AuditCounter | None = None) -> RuntimeParts:
     engine = engine or make_engine(settings)
     registry = Registry(settings.home)
     attestor = Attestor(engine, registry)
@@ -106,7 +109,8 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
     workload_runner = web.AppRunner(workload_app, access_log=None, handle_signals=False)
     await workload_runner.setup()
     sockets.runner = workload_runner  # from now on every module directory gets its socket
-    audit = AuditLog(settings.audit_home or settings.home / "audit")
+    # Keyed by the keys service, anchored to the TPM's counter when there is one (see attest.audit).
+    audit = await open_audit_log(settings.audit_home or settings.home / "audit", keys, audit_counter)
     refusals.set_sink(audit)  # every refusal of this process's services is recorded in the runtime's audit log
     runtime = ModuleRuntime(settings, engine, registry, identities, sockets, audit=audit)
     workload.runtime = runtime

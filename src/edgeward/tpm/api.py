@@ -49,6 +49,14 @@ class TpmApi(Protocol):
         """HMAC-SHA256 of ``data`` with the imported authentication key."""
         ...
 
+    async def read_audit_counter(self) -> int | None:
+        """Edgeward: the audit log's monotonic counter (an NV counter); None until its first increment."""
+        ...
+
+    async def increment_audit_counter(self) -> int:
+        """Edgeward: add one to the audit counter (defining it the first time); returns the new value."""
+        ...
+
     async def quote(self, nonce: bytes, pcr: int = 23) -> Quote:
         """Edgeward: a TPM quote over Edgeward's measurement PCR with the caller's nonce."""
         ...

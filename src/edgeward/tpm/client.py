@@ -40,6 +40,18 @@ class TpmClient:
                                     wire.SignWithAuthKeyRequest(data=data))
         return resp.digest
 
+    async def read_audit_counter(self) -> int | None:
+        resp = await self.http.call("GET", "/edgeward/audit-counter", wire.AuditCounterResponse,
+                                    api_version=wire.EDGEWARD_VERSION)
+        return resp.value
+
+    async def increment_audit_counter(self) -> int:
+        resp = await self.http.call("POST", "/edgeward/audit-counter/increment", wire.AuditCounterResponse,
+                                    api_version=wire.EDGEWARD_VERSION)
+        if resp.value is None:
+            raise ValueError("the TPM service answered an increment without the counter's value")
+        return resp.value
+
     async def quote(self, nonce: bytes, pcr: int = 23) -> Quote:
         resp = await self.http.call("POST", "/edgeward/quote", wire.QuoteResponse,
                                     wire.QuoteRequest(nonce=nonce, pcr=pcr), api_version=wire.EDGEWARD_VERSION)

@@ -13,6 +13,10 @@ In TPM terms:
   takes the HMAC key that DPS duplicated to the SRK, TPM2_Load loads it, and TPM2_EvictControl persists it at
   ``0x81000000 + auth_key_index``.
 - ``sign_with_auth_key``: HMAC-SHA256 with that persistent key (an HMAC sequence beyond 1024 bytes).
+- The audit log's monotonic counter: an NV counter index (TPMA_NV_COUNTER) at ``audit_counter_index``, defined under
+  the owner hierarchy on first increment, written with owner authorization and readable by anyone. The TPM never
+  lets it go down, not even by undefining and defining it again (a new counter starts above every value a deleted
+  one had), so a copy of the audit log from before an increment shows as older than the TPM.
 
 Why the old auth key is evicted only once the new one is loaded: aziot-tpmd evicts first, so a blob that the TPM
 refuses leaves the device with no key at all; here a refused blob changes nothing.
@@ -43,14 +47,18 @@ from tpm2_pytss import (
     TPM2_ALG,
     TPM2_CAP,
     TPM2_HC,
+    TPM2_NT,
     TPM2_RC,
     TPM2_SE,
     TPM2_SU,
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_ID_OBJECT,
+    TPM2B_NV_PUBLIC,
     TPM2B_PRIVATE,
     TPM2B_PUBLIC,
+    TPMA_NV,
     TPMA_OBJECT,
+    TPMS_NV_PUBLIC,
     TPMT_PUBLIC,
     TPMT_SYM_DEF,
     TPMT_SYM_DEF_OBJECT,
@@ -88,6 +96,10 @@ _FULL_RCS = frozenset({TPM2_RC.OBJECT_MEMORY, TPM2_RC.SESSION_MEMORY, TPM2_RC.OB
                        TPM2_RC.SESSION_HANDLES})
 _STALE_RCS = frozenset({TPM2_RC.HANDLE, TPM2_RC.REFERENCE_H0, TPM2_RC.REFERENCE_H1})
 _RC_FORMAT_ONE = 0x80
+# The audit counter: written only with owner authorization, read by anyone, exempt from dictionary-attack lockout
+# (a read with a wrong password must not lock the owner out).
+_COUNTER_ATTRIBUTES = (TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.NO_DA
+                       | (int(TPM2_NT.COUNTER) << 4))  # TPM_NT sits in bits 4-7 of TPMA_NV
 _RC_PARAMETER = 0x40
 
 _BLOB_LAYOUT: tuple[tuple[str, Any], ...] = (
@@ -466,6 +478,71 @@ class _Tpm:
     def extend_pcr(self, measurement: bytes, pcr: int) -> str:
         return self._run(lambda ectx: extend_with(ectx, measurement, pcr))
 
+    # the audit counter ------------------------------------------------------------------------------------------
+    def _counter_index(self, ectx: Any, *, define: bool) -> tuple[Any, bool] | None:
+        """The counter's ESYS_TR and whether it was ever incremented; None if it is not defined (and ``define`` is
+        False). An index of another kind at that handle is someone else's: refuse rather than use it."""
+        index = self.settings.audit_counter_index
+        try:
+            tr = ectx.tr_from_tpmpublic(index)
+        except TSS2_Exception as e:
+            if _tpm_rc(e) != TPM2_RC.HANDLE:
+                raise
+            if not define:
+                return None
+            public = TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
+                nvIndex=index, nameAlg=TPM2_ALG.SHA256, attributes=_COUNTER_ATTRIBUTES, dataSize=8))
+            try:
+                tr = ectx.nv_define_space(b"", public, ESYS_TR.OWNER)
+            except TSS2_Exception as e2:
+                if _tpm_rc(e2) in _AUTH_RCS:
+                    raise TpmUnavailable(
+                        f"the TPM rejected the owner hierarchy authorization needed to define the audit counter at "
+                        f"NV index {index:#x}: check {self._auth_setting('owner')} (TPM at {self._where()})"
+                    ) from e2
+                raise
+            log.info("defined the audit log's monotonic counter at TPM NV index %#x", index)
+            return tr, False
+        attrs = int(ectx.nv_read_public(tr)[0].nvPublic.attributes)
+        if attrs & ~int(TPMA_NV.WRITTEN) != int(_COUNTER_ATTRIBUTES):  # e.g. one anyone may increment (AUTHWRITE)
+            with suppress(TSS2_Exception):
+                ectx.tr_close(tr)
+            raise TpmUnavailable(
+                f"TPM NV index {index:#x} holds something other than Edgeward's audit counter; choose another "
+                f"{self.settings.setting('audit_counter_index')} or undefine it (tpm2_nvundefine)"
+            )
+        return tr, bool(attrs & TPMA_NV.WRITTEN)
+
+    @staticmethod
+    def _counter_value(ectx: Any, tr: Any) -> int:
+        return int.from_bytes(bytes(ectx.nv_read(tr, 8, 0, tr)), "big")
+
+    def read_counter(self) -> int | None:
+        def read(ectx: Any) -> int | None:
+            found = self._counter_index(ectx, define=False)
+            if found is None or not found[1]:
+                return None  # never incremented: it has no value yet
+            return self._counter_value(ectx, found[0])
+
+        return self._run(read)
+
+    def increment_counter(self) -> int:
+        def increment(ectx: Any) -> int:
+            found = self._counter_index(ectx, define=True)
+            assert found is not None
+            try:
+                ectx.nv_increment(found[0], ESYS_TR.OWNER)
+            except TSS2_Exception as e:
+                if _tpm_rc(e) in _AUTH_RCS:
+                    raise TpmUnavailable(
+                        f"the TPM rejected the owner hierarchy authorization needed to increment the audit counter: "
+                        f"check {self._auth_setting('owner')} (TPM at {self._where()})"
+                    ) from e
+                raise
+            return self._counter_value(ectx, found[0])
+
+        return self._run(increment)
+
     def quote(self, nonce: bytes, pcr: int) -> Quote:
         return self._run(lambda ectx: quote_with(ectx, nonce, pcr))  # owner auth is set on the connection
 
@@ -508,6 +585,20 @@ class TpmService:
     async def extend_pcr(self, measurement: bytes, pcr: int = DEFAULT_PCR) -> str:
         """Extend `pcr` with Edgeward's own measurement (at start); returns the PCR's new value (hex)."""
         return await self.executor.run(self._tpm.extend_pcr, measurement, pcr)
+
+    async def read_audit_counter(self) -> int | None:
+        return await self.executor.run(self._tpm.read_counter)
+
+    async def increment_audit_counter(self) -> int:
+        return await self.executor.run(self._tpm.increment_counter)
+
+    def read_audit_counter_now(self) -> int | None:
+        """Blocking, for the audit log's append, which its callers do not await (one TPM command, a few ms)."""
+        return self._tpm.read_counter()
+
+    def increment_audit_counter_now(self) -> int:
+        """Blocking, for the audit log's append: the counter must move before the next record, not eventually."""
+        return self._tpm.increment_counter()
 
     async def quote(self, nonce: bytes, pcr: int = DEFAULT_PCR) -> Quote:
         if not 1 <= len(nonce) <= 64:

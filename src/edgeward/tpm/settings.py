@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from ..config.problems import Problems
 
 __all__ = [
+    "DEFAULT_AUDIT_COUNTER_INDEX",
     "DEFAULT_AUTH_KEY_INDEX",
     "ENDORSEMENT_KEY_HANDLE",
     "MAX_AUTH_KEY_INDEX",
@@ -31,6 +32,9 @@ PERSISTENT_OBJECT_BASE = 0x81_00_00_00
 ENDORSEMENT_KEY_HANDLE = PERSISTENT_OBJECT_BASE + 0x01_00_01
 STORAGE_ROOT_KEY_HANDLE = PERSISTENT_OBJECT_BASE + 0x00_00_01
 DEFAULT_AUTH_KEY_INDEX = 0x00_01_00
+# TCG Registry of Reserved TPM 2.0 Handles: 0x01000000-0x013FFFFF are NV indexes for the owner's own use.
+OWNER_NV_FIRST, OWNER_NV_LAST = 0x01_00_00_00, 0x01_3F_FF_FF
+DEFAULT_AUDIT_COUNTER_INDEX = 0x01_00_ED_01  # the audit log's monotonic counter
 MAX_AUTH_KEY_INDEX = 0x7F_FF_FF  # TPM 2.0 Part 3, 28.5.1: the owner's half of the persistent range
 MAX_HIERARCHY_AUTH_BYTES = 64  # a TPM2B_AUTH holds at most the largest digest a TPM supports
 DEFAULT_MAX_REQUESTS = 10  # aziot's http-common default, per calling user
@@ -59,6 +63,7 @@ class TpmdSettings:
     auth_key_index: int = DEFAULT_AUTH_KEY_INDEX
     hierarchy_authorization: HierarchyAuthorization = field(default_factory=HierarchyAuthorization)
     max_requests: int = DEFAULT_MAX_REQUESTS
+    audit_counter_index: int = DEFAULT_AUDIT_COUNTER_INDEX  # NV index of the audit log's monotonic counter
     prefix: str = ""  # where these settings live in the config the user wrote, e.g. "tpm"
 
     @property
@@ -129,7 +134,8 @@ def parse_tpmd_settings(doc: Mapping[str, Any], run_dir: Path, problems: Problem
     """Read an aziot-tpmd config (or the super config's ``[tpm]`` table, with ``prefix="tpm"``)."""
     p = problems or Problems("TPM configuration")
     at = f"{prefix}." if prefix else ""
-    p.warn_unknown(doc, {"tcti", "auth_key_index", "hierarchy_authorization", "max_requests", "endpoints"}, prefix)
+    p.warn_unknown(doc, {"tcti", "auth_key_index", "hierarchy_authorization", "max_requests", "endpoints",
+                         "audit_counter_index"}, prefix)
 
     tcti = _typed(p, doc, "tcti", prefix, kind=str, default=DEFAULT_TCTI)
     if "\x00" in tcti:
@@ -153,6 +159,12 @@ def parse_tpmd_settings(doc: Mapping[str, Any], run_dir: Path, problems: Problem
         p.add(f"{at}max_requests", max_requests, "1 to 10000")
         max_requests = DEFAULT_MAX_REQUESTS
 
+    counter_index = _typed(p, doc, "audit_counter_index", prefix, kind=int, default=DEFAULT_AUDIT_COUNTER_INDEX)
+    if not OWNER_NV_FIRST <= counter_index <= OWNER_NV_LAST:
+        p.add(f"{at}audit_counter_index", counter_index,
+              f"an owner NV index from {OWNER_NV_FIRST:#010x} to {OWNER_NV_LAST:#010x}")
+        counter_index = DEFAULT_AUDIT_COUNTER_INDEX
+
     endpoints = _typed(p, doc, "endpoints", prefix, kind=dict, default={})
     socket = run_dir / "tpmd.sock"
     sock_uri = _typed(p, endpoints, "aziot_tpmd", f"{at}endpoints", kind=str, default="")
@@ -164,4 +176,4 @@ def parse_tpmd_settings(doc: Mapping[str, Any], run_dir: Path, problems: Problem
     if problems is None:
         p.raise_if_any()
     return TpmdSettings(socket_path=socket, tcti=tcti, auth_key_index=index, hierarchy_authorization=auth,
-                        max_requests=max_requests, prefix=prefix)
+                        max_requests=max_requests, audit_counter_index=counter_index, prefix=prefix)

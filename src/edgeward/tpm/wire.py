@@ -11,6 +11,7 @@ __all__ = [
     "API_VERSION",
     "API_VERSIONS",
     "EDGEWARD_VERSION",
+    "AuditCounterResponse",
     "GetTpmKeysResponse",
     "ImportAuthKeyRequest",
     "ImportAuthKeyResponse",
@@ -21,7 +22,7 @@ __all__ = [
 ]
 
 API_VERSION = "2020-09-01"
-EDGEWARD_VERSION = "2026-11-01"  # Edgeward's additions (the quote route)
+EDGEWARD_VERSION = "2026-11-01"  # Edgeward's additions (the quote and audit counter routes)
 API_VERSIONS = (API_VERSION, EDGEWARD_VERSION)
 
 
@@ -71,3 +72,10 @@ class SignWithAuthKeyResponse(_Body):
     """HMAC-SHA256 of ``data`` with the imported authentication key."""
 
     digest: B64
+
+
+class AuditCounterResponse(BaseModel):
+    """Edgeward: the audit log's monotonic counter; ``null`` until it was first incremented."""
+
+    model_config = ConfigDict(frozen=True)
+    value: int | None = None  # absent from the body when null (replies leave out null fields)
