@@ -46,7 +46,9 @@ async def _guard_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         who = await guard.classifier.classify(request)
         if not who.kinds & allowed:
-            raise PolicyRefused(_step(who, allowed), f"the caller is {who.describe()}; row '{row}' allows "
+            plainly = (f"module {who.module} is not the edge agent; " if who.module is not None
+                       and CallerKind.AGENT in allowed else "")
+            raise PolicyRefused(_step(who, allowed), f"{plainly}the caller is {who.describe()}; row '{row}' allows "
                                                      f"{guard.allowed_words(allowed)}", guard.policy.refusal_status)
         request[CLASSIFIED] = who
         return await handler(request)
