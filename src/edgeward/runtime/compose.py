@@ -16,6 +16,8 @@ from ..attest.monitor import IntegrityMonitor
 from ..attest.pipeline import Attestor
 from ..certs.api import CertsApi
 from ..http import Listener, UidLimiter, start_server
+from ..http.connections import by_socket
+from ..http.server import make_runner
 from ..identity.service import IdentityService
 from ..keys.api import KeysApi
 from .edge_ca import EdgeCa
@@ -94,8 +96,9 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
     edge_ca = EdgeCa(keys, certs)
     sockets = WorkloadSockets(settings.workload_root)
     workload = Workload(attestor, sockets, keys, edge_ca, settings.hostname)
-    workload_app = build_workload_app(workload, limiter=UidLimiter())
-    workload_runner = web.AppRunner(workload_app, access_log=None, handle_signals=False)
+    # One socket per module: the socket is the caller, whatever uids the module's processes take.
+    workload_app = build_workload_app(workload, limiter=UidLimiter(caller_key=by_socket))
+    workload_runner = make_runner(workload_app)
     await workload_runner.setup()
     sockets.runner = workload_runner  # from now on every module directory gets its socket
     audit = AuditLog(settings.audit_home or settings.home / "audit")

@@ -1,0 +1,260 @@
+"""Who a connection belongs to, and how many connections each caller (and everyone together) may hold open.
+
+A caller is what the kernel and the listening socket vouch for, never what the caller says: the socket a connection
+arrived on (one per module for the workload API) and the peer's uid (SO_PEERCRED). Counting connections per caller,
+with a cap for the whole process, keeps one caller's thousands of idle or stalled sockets from using up the file
+descriptors every other caller needs; the per-request limits in :mod:`.limits` use the same caller key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import resource
+import socket
+import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from .peercred import Caller, caller_of, peer_credentials
+
+__all__ = [
+    "CONNECTION_POLICY",
+    "CallerKey",
+    "ConnectionGuard",
+    "ConnectionLimits",
+    "ConnectionPolicy",
+    "GuardedRunner",
+    "Peer",
+    "by_socket",
+    "by_socket_and_uid",
+    "caller_key_of",
+    "process_guard",
+]
+
+log = logging.getLogger(__name__)
+
+_UNATTRIBUTED = Caller(pid=0, uid=-1, gid=-1)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A connection as the kernel describes it: the socket it arrived on (server side) and the process at the
+    other end."""
+
+    sockname: Hashable
+    caller: Caller
+
+
+CallerKey = Callable[[Peer], Hashable]
+
+
+def by_socket_and_uid(peer: Peer) -> Hashable:
+    """The caller on a shared socket (keyd, certd, identityd, management): its uid, per socket."""
+    return (peer.sockname, peer.caller.uid)
+
+
+def by_socket(peer: Peer) -> Hashable:
+    """The caller on a socket that belongs to one module: the module, whatever uid its processes take.
+
+    Keying by uid too would let a module that is root in its container multiply its share by switching uids.
+    """
+    return (peer.sockname,)
+
+
+def _sockname(value: Any) -> Hashable:
+    if isinstance(value, bytes):  # abstract or unnamed Unix sockets
+        return value.decode(errors="replace")
+    if isinstance(value, list):
+        return tuple(value)
+    return value if isinstance(value, Hashable) else repr(value)
+
+
+def _peer_of_transport(transport: asyncio.BaseTransport) -> Peer:
+    sock = transport.get_extra_info("socket")
+    caller = _UNATTRIBUTED
+    if sock is not None and getattr(sock, "family", None) == socket.AF_UNIX:
+        try:
+            caller = peer_credentials(sock)
+        except OSError:
+            caller = _UNATTRIBUTED  # no kernel-vouched identity: counted with every other unattributed caller
+    return Peer(_sockname(transport.get_extra_info("sockname")), caller)
+
+
+def caller_key_of(request: web.Request, key: CallerKey) -> Hashable:
+    """The key a request's limits are counted under; the same one its connection was admitted under."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    return key(Peer(_sockname(sockname), caller_of(request)))
+
+
+def _positive(env: Mapping[str, str], name: str, default: float, kind: type[int] | type[float]) -> Any:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r} must be greater than zero")
+    return value
+
+
+def _fd_budget() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 8192
+    return max(64, min(8192, soft * 3 // 4))  # a quarter of the descriptors stay for files, engines, backends
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Deadlines and connection caps of every Edgeward HTTP listener.
+
+    ``header_timeout``: seconds a connection may take to deliver a request line and headers, counted from connect
+    or from the previous response (so it also bounds idle keep-alive connections). ``body_timeout``: seconds a
+    handler waits for a request body. ``per_caller`` open connections per caller key; ``total`` for the process.
+    """
+
+    header_timeout: float = 20.0
+    body_timeout: float = 10.0
+    per_caller: int = 2048
+    total: int = 8192
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str] | None = None) -> ConnectionLimits:
+        """Defaults, overridden by ``EDGEWARD_HTTP_*`` variables (set in the service unit); a bad value stops the
+        daemon at start rather than silently leaving a limit off."""
+        env = os.environ if env is None else env
+        total = _positive(env, "EDGEWARD_HTTP_MAX_CONNECTIONS", _fd_budget(), int)
+        return cls(
+            header_timeout=_positive(env, "EDGEWARD_HTTP_HEADER_TIMEOUT", cls.header_timeout, float),
+            body_timeout=_positive(env, "EDGEWARD_HTTP_BODY_TIMEOUT", cls.body_timeout, float),
+            per_caller=_positive(env, "EDGEWARD_HTTP_MAX_CONNECTIONS_PER_CALLER", max(1, min(2048, total // 4)), int),
+            total=total,
+        )
+
+
+@dataclass
+class ConnectionGuard:
+    """Open connections per caller key and in total; one per process, shared by every listener, because the file
+    descriptors it protects are the process's."""
+
+    total: int
+    open: dict[Hashable, int] = field(default_factory=dict)
+    count: int = 0
+    _last_log: dict[Hashable, float] = field(default_factory=dict)
+
+    def admit(self, key: Hashable, per_caller: int) -> tuple[int, str] | None:
+        """None if the connection may stay, else the (status, message) it is closed with."""
+        if self.count >= self.total:
+            refusal = (503, f"the service holds its limit of {self.total} open connections; retry later")
+        elif self.open.get(key, 0) >= per_caller:
+            refusal = (429, f"too many open connections from this caller (limit {per_caller}); close idle "
+                            "connections and retry")
+        else:
+            self.open[key] = self.open.get(key, 0) + 1
+            self.count += 1
+            return None
+        self._log_refusal(key, refusal[1])
+        return refusal
+
+    def release(self, key: Hashable) -> None:
+        left = self.open.get(key, 0) - 1
+        if left > 0:
+            self.open[key] = left
+        else:
+            self.open.pop(key, None)
+        self.count -= 1
+
+    def _log_refusal(self, key: Hashable, message: str) -> None:
+        # One line per caller per 10 s: a flood must not turn into a flood of log lines.
+        now = time.monotonic()
+        if now - self._last_log.get(key, -10.0) >= 10.0:
+            self._last_log[key] = now
+            if len(self._last_log) > 4096:
+                self._last_log = {k: t for k, t in self._last_log.items() if now - t < 10.0}
+            log.warning("connection refused for caller %s: %s", key, message)
+
+
+_process_guard: ConnectionGuard | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionPolicy:
+    """What an app's listeners enforce: deadlines and caps, the caller key, and the guard counting connections
+    (None: the process's)."""
+
+    limits: ConnectionLimits
+    key: CallerKey = by_socket_and_uid
+    guard: ConnectionGuard | None = None
+
+
+CONNECTION_POLICY = web.AppKey("edgeward.connection_policy", ConnectionPolicy)
+
+
+def process_guard() -> ConnectionGuard:
+    """The process's guard, sized by ``EDGEWARD_HTTP_MAX_CONNECTIONS`` when first needed."""
+    global _process_guard
+    if _process_guard is None:
+        _process_guard = ConnectionGuard(ConnectionLimits.from_environ().total)
+    return _process_guard
+
+
+def _refusal(status: int, message: str) -> bytes:
+    body = json.dumps({"message": message}).encode()
+    reason = {429: "Too Many Requests", 503: "Service Unavailable"}[status]
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n")
+    return head.encode() + body
+
+
+class _GuardedServer(web.Server):
+    """aiohttp's connection manager, admitting each connection against the guard before a byte of it is read."""
+
+    def __init__(self, inner: web.Server, guard: ConnectionGuard, key: CallerKey, per_caller: int) -> None:
+        super().__init__(inner.request_handler, request_factory=inner.request_factory,
+                         handler_cancellation=inner.handler_cancellation, **inner._kwargs)
+        self._guard, self._key, self._per_caller = guard, key, per_caller
+        self._admitted: dict[object, Hashable] = {}
+
+    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        key = self._key(_peer_of_transport(transport))
+        refusal = self._guard.admit(key, self._per_caller)
+        if refusal is None:
+            self._admitted[handler] = key
+            return
+        # Answered and closed at once, unread: an over-limit caller gets a clear refusal and holds no descriptor.
+        transport.write(_refusal(*refusal))
+        transport.close()
+
+    def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
+        key = self._admitted.pop(handler, _NOT_ADMITTED)
+        if key is not _NOT_ADMITTED:
+            self._guard.release(key)
+        super().connection_lost(handler, exc)
+
+
+_NOT_ADMITTED: Hashable = object()
+
+
+class GuardedRunner(web.AppRunner):
+    """An AppRunner whose every site (those added later, like the workload sockets, included) admits connections
+    through the process's connection guard, under the app's caller key and limits."""
+
+    def __init__(self, app: web.Application, guard: ConnectionGuard | None = None) -> None:
+        super().__init__(app, access_log=None, handle_signals=False)
+        self._guard = guard
+
+    async def _make_server(self) -> web.Server:
+        inner = await super()._make_server()
+        policy = self.app.get(CONNECTION_POLICY) or ConnectionPolicy(ConnectionLimits.from_environ())
+        guard = self._guard or policy.guard or process_guard()
+        return _GuardedServer(inner, guard, policy.key, policy.limits.per_caller)
