@@ -34,6 +34,7 @@ __all__ = [
     "by_socket",
     "by_socket_and_uid",
     "caller_key_of",
+    "describe_caller",
     "process_guard",
 ]
 
@@ -65,6 +66,17 @@ def by_socket(peer: Peer) -> Hashable:
     Keying by uid too would let a module that is root in its container multiply its share by switching uids.
     """
     return (peer.sockname,)
+
+
+def describe_caller(key: Hashable) -> str:
+    """A caller key in words, for refusals and logs."""
+    if isinstance(key, int):
+        return f"uid {key}"
+    if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], int):
+        return f"uid {key[1]} on {key[0]}"
+    if isinstance(key, tuple) and len(key) == 1:
+        return f"the callers on {key[0]}"
+    return str(key)
 
 
 def _sockname(value: Any) -> Hashable:
@@ -180,7 +192,7 @@ class ConnectionGuard:
             self._last_log[key] = now
             if len(self._last_log) > 4096:
                 self._last_log = {k: t for k, t in self._last_log.items() if now - t < 10.0}
-            log.warning("connection refused for caller %s: %s", key, message)
+            log.warning("connection refused for %s: %s", describe_caller(key), message)
 
 
 _process_guard: ConnectionGuard | None = None

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from .connections import CallerKey, by_socket_and_uid
+from .connections import CallerKey, by_socket_and_uid, describe_caller
 from .errors import TooManyRequests
 
 __all__ = ["CallerLimiter", "UidLimiter"]
@@ -43,7 +43,7 @@ class CallerLimiter:
             slot = self._slots[key] = _Slot(asyncio.Semaphore(self.max_in_flight))
         if slot.semaphore.locked() and slot.waiting >= self.max_waiting:
             raise TooManyRequests(
-                f"too many concurrent requests from this caller (limit {self.max_in_flight} running, "
+                f"too many concurrent requests from {describe_caller(key)} (limit {self.max_in_flight} running, "
                 f"{self.max_waiting} queued); retry later"
             )
         slot.waiting += 1
