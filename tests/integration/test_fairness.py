@@ -204,6 +204,12 @@ async def test_slow_bodies_from_one_module_leave_another_modules_signs_fast(publ
             await daemon.start_module("a", FLOOD, {"FLOOD": "80", "STOP": str(stop)}, b"FLOODING")
             go.touch()  # the flood is on: B signs
             b_logs = await logs_until(daemon.mgmt, "b", b"SIGNS ", 120)
+            signs = json.loads(next(x for x in b_logs.splitlines() if x.startswith(b"SIGNS "))[6:])
+            ms = sorted(signs["ms"])
+            p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+            print(json.dumps({"b_signs": len(ms), "b_p50_ms": round(ms[len(ms) // 2], 2), "b_p99_ms": round(p99, 2)}))
+            assert signs["statuses"] == [200] * 200, signs["statuses"][-5:]
+            assert p99 < 50, p99
             # The root CLI, on the management socket, answers while the flood goes on.
             cli = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "edgeward", "list", "--json", "--run-dir", str(daemon.run),
@@ -221,14 +227,8 @@ async def test_slow_bodies_from_one_module_leave_another_modules_signs_fast(publ
         finally:
             stop.touch()
             go.touch()
-    signs = json.loads(next(x for x in b_logs.splitlines() if x.startswith(b"SIGNS "))[6:])
     flood = json.loads(next(x for x in a_logs.splitlines() if x.startswith(b"FLOOD "))[6:])
-    ms = sorted(signs["ms"])
-    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-    print(json.dumps({"b_signs": len(ms), "b_p50_ms": round(ms[len(ms) // 2], 2), "b_p99_ms": round(p99, 2),
-                      "a_flood": flood}))
-    assert signs["statuses"] == [200] * 200, signs["statuses"][-5:]
-    assert p99 < 50, p99
+    print(json.dumps({"a_flood": flood}))
     # A's slow bodies were cut at the 2 s body deadline (with a 408), not left to hold their slots.
     assert set(flood["ended"]) <= {"408", "closed"} and flood["ended"].get("408", 0) >= 80, flood
     assert flood["max_s"] < 2 + 3.5, flood
