@@ -9,7 +9,6 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from .errors import BadRequest, PayloadTooLarge, UnprocessableEntity, UnsupportedMediaType
-from .timeouts import read_request_body
 
 __all__ = ["read_body", "read_json_object", "reply", "reply_empty"]
 
@@ -35,7 +34,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if request.headers.get("Content-Type") is not None and request.content_type not in _JSON_TYPES:
         raise UnsupportedMediaType(f"expected an application/json body, got {request.content_type!r}")
     try:
-        raw = await read_request_body(request)
+        raw = await request.read()
     except web.HTTPRequestEntityTooLarge as e:
         raise PayloadTooLarge(f"request body exceeds the limit of {request.app._client_max_size} bytes") from e
     if not raw:

@@ -33,7 +33,7 @@ from .connections import (
 )
 from .errors import HttpError, TooManyRequests
 from .limits import UidLimiter
-from .timeouts import read_request_body
+from .timeouts import body_deadline
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -144,12 +144,14 @@ async def _caller_limit_middleware(request: web.Request, handler: Handler) -> we
     except TooManyRequests:
         # Take the body off the wire before refusing, so the caller reads a clean 429 on a connection it can
         # reuse, instead of a reset in the middle of writing its request; a body that does not come in time
-        # gets the 408 instead, on a connection that is then closed.
-        with contextlib.suppress(Exception):
-            await read_request_body(request)
+        # is cut at the deadline, and its connection closed after the 429.
+        with body_deadline(request), contextlib.suppress(Exception):
+            await request.read()
         raise
     try:
-        return await handler(request)
+        # The slot is held at most as long as the body takes to arrive, plus the handler's own work.
+        with body_deadline(request):
+            return await handler(request)
     finally:
         await hold.__aexit__(None, None, None)
 
