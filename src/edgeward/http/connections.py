@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import resource
 import socket
@@ -113,8 +114,8 @@ def _positive(env: Mapping[str, str], name: str, default: float, kind: type[int]
         value = kind(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
-    if value <= 0:
-        raise ValueError(f"{name}={raw!r} must be greater than zero")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={raw!r} must be a finite number greater than zero")
     return value
 
 
@@ -261,12 +262,10 @@ class GuardedRunner(web.AppRunner):
     """An AppRunner whose every site (those added later, like the workload sockets, included) admits connections
     through the process's connection guard, under the app's caller key and limits."""
 
-    def __init__(self, app: web.Application, guard: ConnectionGuard | None = None) -> None:
+    def __init__(self, app: web.Application) -> None:
         super().__init__(app, access_log=None, handle_signals=False)
-        self._guard = guard
 
     async def _make_server(self) -> web.Server:
         inner = await super()._make_server()
         policy = self.app.get(CONNECTION_POLICY) or ConnectionPolicy(ConnectionLimits.from_environ())
-        guard = self._guard or policy.guard or process_guard()
-        return _GuardedServer(inner, guard, policy.key, policy.limits.per_caller)
+        return _GuardedServer(inner, policy.guard or process_guard(), policy.key, policy.limits.per_caller)
