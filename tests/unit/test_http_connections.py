@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from edgeward.config.problems import ConfigError
 from edgeward.http.connections import (
     ConnectionGuard,
     ConnectionLimits,
@@ -22,7 +23,7 @@ def test_connection_limits_come_from_the_environment_and_refuse_bad_values() -> 
     for name, value in [("EDGEWARD_HTTP_BODY_TIMEOUT", "0"), ("EDGEWARD_HTTP_MAX_CONNECTIONS", "lots"),
                         ("EDGEWARD_HTTP_MAX_CONNECTIONS_PER_CALLER", "-1"), ("EDGEWARD_HTTP_HEADER_TIMEOUT", "nan"),
                         ("EDGEWARD_HTTP_BODY_TIMEOUT", "inf")]:
-        with pytest.raises(ValueError, match=name):
+        with pytest.raises(ConfigError, match=name):
             ConnectionLimits.from_environ({name: value})
 
 

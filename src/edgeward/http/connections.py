@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..config.problems import ConfigError
 from .peercred import Caller, caller_of, peer_credentials
 
 __all__ = [
@@ -106,16 +107,18 @@ def caller_key_of(request: web.Request, key: CallerKey) -> Hashable:
     return key(Peer(_sockname(sockname), caller_of(request)))
 
 
-def _positive(env: Mapping[str, str], name: str, default: float, kind: type[int] | type[float]) -> Any:
+def _positive(env: Mapping[str, str], name: str, default: Any, kind: type[int] | type[float],
+              problems: list[str]) -> Any:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
         value = kind(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={raw!r} must be a finite number greater than zero")
+        value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+        problems.append(f"{name}={raw!r}: expected a {'whole ' if kind is int else ''}number greater than zero")
+        return default
     return value
 
 
@@ -145,13 +148,18 @@ class ConnectionLimits:
         """Defaults, overridden by ``EDGEWARD_HTTP_*`` variables (set in the service unit); a bad value stops the
         daemon at start rather than silently leaving a limit off."""
         env = os.environ if env is None else env
-        total = _positive(env, "EDGEWARD_HTTP_MAX_CONNECTIONS", _fd_budget(), int)
-        return cls(
-            header_timeout=_positive(env, "EDGEWARD_HTTP_HEADER_TIMEOUT", cls.header_timeout, float),
-            body_timeout=_positive(env, "EDGEWARD_HTTP_BODY_TIMEOUT", cls.body_timeout, float),
-            per_caller=_positive(env, "EDGEWARD_HTTP_MAX_CONNECTIONS_PER_CALLER", max(1, min(2048, total // 4)), int),
+        problems: list[str] = []
+        total = _positive(env, "EDGEWARD_HTTP_MAX_CONNECTIONS", _fd_budget(), int, problems)
+        limits = cls(
+            header_timeout=_positive(env, "EDGEWARD_HTTP_HEADER_TIMEOUT", cls.header_timeout, float, problems),
+            body_timeout=_positive(env, "EDGEWARD_HTTP_BODY_TIMEOUT", cls.body_timeout, float, problems),
+            per_caller=_positive(env, "EDGEWARD_HTTP_MAX_CONNECTIONS_PER_CALLER", max(1, min(2048, total // 4)), int,
+                                 problems),
             total=total,
         )
+        if problems:
+            raise ConfigError(problems, "the environment")
+        return limits
 
 
 @dataclass
