@@ -6,14 +6,8 @@ from __future__ import annotations
 import pytest
 
 from edgeward.config.problems import ConfigError
-from edgeward.http.connections import (
-    ConnectionGuard,
-    ConnectionLimits,
-    Peer,
-    by_socket,
-    by_socket_and_uid,
-    describe_caller,
-)
+from edgeward.http.callers import Peer, by_socket, by_socket_and_uid, describe_caller
+from edgeward.http.connections import ConnectionGuard, ConnectionLimits
 from edgeward.http.peercred import Caller
 
 

@@ -1,9 +1,8 @@
-"""Who a connection belongs to, and how many connections each caller (and everyone together) may hold open.
+"""How many connections each caller (and everyone together) may hold open, and how long a connection may take to
+deliver its request.
 
-A caller is what the kernel and the listening socket vouch for, never what the caller says: the socket a connection
-arrived on (one per module for the workload API) and the peer's uid (SO_PEERCRED). Counting connections per caller,
-with a cap for the whole process, keeps one caller's thousands of idle or stalled sockets from using up the file
-descriptors every other caller needs; the per-request limits in :mod:`.limits` use the same caller key.
+Counting connections per caller key (see :mod:`.callers`), with a cap for the whole process, keeps one caller's
+thousands of idle or stalled sockets from using up the file descriptors every other caller needs.
 """
 
 from __future__ import annotations
@@ -14,98 +13,26 @@ import logging
 import math
 import os
 import resource
-import socket
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from ..config.problems import ConfigError
-from .peercred import Caller, caller_of, peer_credentials
+from .callers import CallerKey, by_socket_and_uid, describe_caller, peer_of
 
 __all__ = [
     "CONNECTION_POLICY",
-    "CallerKey",
     "ConnectionGuard",
     "ConnectionLimits",
     "ConnectionPolicy",
     "GuardedRunner",
-    "Peer",
-    "by_socket",
-    "by_socket_and_uid",
-    "caller_key_of",
-    "describe_caller",
     "process_guard",
 ]
 
 log = logging.getLogger(__name__)
-
-_UNATTRIBUTED = Caller(pid=0, uid=-1, gid=-1)
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """A connection as the kernel describes it: the socket it arrived on (server side) and the process at the
-    other end."""
-
-    sockname: Hashable
-    caller: Caller
-
-
-CallerKey = Callable[[Peer], Hashable]
-
-
-def by_socket_and_uid(peer: Peer) -> Hashable:
-    """The caller on a shared socket (keyd, certd, identityd, management): its uid, per socket."""
-    return (peer.sockname, peer.caller.uid)
-
-
-def by_socket(peer: Peer) -> Hashable:
-    """The caller on a socket that belongs to one module: the module, whatever uid its processes take.
-
-    Keying by uid too would let a module that is root in its container multiply its share by switching uids.
-    """
-    return (peer.sockname,)
-
-
-def describe_caller(key: Hashable) -> str:
-    """A caller key in words, for refusals and logs."""
-    if isinstance(key, int):
-        return f"uid {key}"
-    if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], int):
-        return f"uid {key[1]} on {key[0]}"
-    if isinstance(key, tuple) and len(key) == 1:
-        return f"the callers on {key[0]}"
-    return str(key)
-
-
-def _sockname(value: Any) -> Hashable:
-    if isinstance(value, bytes):  # abstract or unnamed Unix sockets
-        return value.decode(errors="replace")
-    if isinstance(value, list):
-        return tuple(value)
-    return value if isinstance(value, Hashable) else repr(value)
-
-
-def _peer_of_transport(transport: asyncio.BaseTransport) -> Peer:
-    sock = transport.get_extra_info("socket")
-    caller = _UNATTRIBUTED
-    if sock is not None and getattr(sock, "family", None) == socket.AF_UNIX:
-        try:
-            caller = peer_credentials(sock)
-        except OSError:
-            caller = _UNATTRIBUTED  # no kernel-vouched identity: counted with every other unattributed caller
-    return Peer(_sockname(transport.get_extra_info("sockname")), caller)
-
-
-def caller_key_of(request: web.Request, key: CallerKey) -> Hashable:
-    """The key a request's limits are counted under; the same one its connection was admitted under."""
-    transport = request.transport
-    sockname = transport.get_extra_info("sockname") if transport is not None else None
-    return key(Peer(_sockname(sockname), caller_of(request)))
-
 
 def _positive(env: Mapping[str, str], name: str, default: Any, kind: type[int] | type[float],
               problems: list[str]) -> Any:
@@ -236,6 +163,9 @@ def _refusal(status: int, message: str) -> bytes:
     return head.encode() + body
 
 
+_NOT_ADMITTED: Hashable = object()
+
+
 class _GuardedServer(web.Server):
     """aiohttp's connection manager, admitting each connection against the guard before a byte of it is read."""
 
@@ -247,8 +177,14 @@ class _GuardedServer(web.Server):
 
     def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
-        key = self._key(_peer_of_transport(transport))
-        refusal = self._guard.admit(key, self._per_caller)
+        refusal: tuple[int, str] | None
+        try:
+            key = self._key(peer_of(transport))
+        except Exception:  # a caller that cannot be told apart is not admitted
+            log.exception("cannot tell who is calling on %s", transport.get_extra_info("sockname"))
+            key, refusal = _NOT_ADMITTED, (503, "the service cannot identify this caller")
+        else:
+            refusal = self._guard.admit(key, self._per_caller)
         if refusal is None:
             self._admitted[handler] = key
             return
@@ -261,9 +197,6 @@ class _GuardedServer(web.Server):
         if key is not _NOT_ADMITTED:
             self._guard.release(key)
         super().connection_lost(handler, exc)
-
-
-_NOT_ADMITTED: Hashable = object()
 
 
 class GuardedRunner(web.AppRunner):

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from .connections import CallerKey, by_socket_and_uid, describe_caller
+from .callers import CallerKey, by_socket_and_uid, describe_caller
 from .errors import TooManyRequests
 
 __all__ = ["CallerLimiter", "UidLimiter"]

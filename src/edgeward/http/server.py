@@ -22,15 +22,8 @@ from aiohttp import web
 
 from .activation import activated_sockets
 from .apiversion import ApiVersions, check_api_version
-from .connections import (
-    CONNECTION_POLICY,
-    CallerKey,
-    ConnectionGuard,
-    ConnectionLimits,
-    ConnectionPolicy,
-    GuardedRunner,
-    caller_key_of,
-)
+from .callers import CallerKey, caller_key_of
+from .connections import CONNECTION_POLICY, ConnectionGuard, ConnectionLimits, ConnectionPolicy, GuardedRunner
 from .errors import HttpError, TooManyRequests
 from .limits import UidLimiter
 from .timeouts import body_deadline

@@ -16,7 +16,7 @@ from ..attest.monitor import IntegrityMonitor
 from ..attest.pipeline import Attestor
 from ..certs.api import CertsApi
 from ..http import Listener, UidLimiter, start_server
-from ..http.connections import by_socket
+from ..http.callers import by_socket
 from ..http.server import make_runner
 from ..identity.service import IdentityService
 from ..keys.api import KeysApi
