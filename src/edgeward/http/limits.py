@@ -1,15 +1,20 @@
-"""Per-uid concurrency limit, so one misbehaving local user cannot starve every other caller."""
+"""Per-caller concurrency limit, so one misbehaving caller (a module, a local user) cannot starve every other one.
+
+Callers are told apart by a caller key (see :mod:`.connections`): by default the socket a request arrived on and
+the peer's uid, so every module's own workload socket is a caller of its own even when all modules run as root.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from .callers import CallerKey, by_socket_and_uid, describe_caller
 from .errors import TooManyRequests
 
-__all__ = ["UidLimiter"]
+__all__ = ["CallerLimiter", "UidLimiter"]
 
 
 @dataclass
@@ -20,21 +25,25 @@ class _Slot:
 
 
 @dataclass
-class UidLimiter:
-    """At most ``max_in_flight`` requests run per uid; up to ``max_waiting`` more queue; the rest get a 429."""
+class CallerLimiter:
+    """At most ``max_in_flight`` requests run per caller key; up to ``max_waiting`` more queue; the rest get a 429.
+
+    ``caller_key`` says who a caller is, for the apps built with this limiter that do not name their own.
+    """
 
     max_in_flight: int = 64
     max_waiting: int = 1024
-    _slots: dict[int, _Slot] = field(default_factory=dict)
+    caller_key: CallerKey = by_socket_and_uid
+    _slots: dict[Hashable, _Slot] = field(default_factory=dict)
 
     @asynccontextmanager
-    async def hold(self, uid: int) -> AsyncIterator[None]:
-        slot = self._slots.get(uid)
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        slot = self._slots.get(key)
         if slot is None:
-            slot = self._slots[uid] = _Slot(asyncio.Semaphore(self.max_in_flight))
+            slot = self._slots[key] = _Slot(asyncio.Semaphore(self.max_in_flight))
         if slot.semaphore.locked() and slot.waiting >= self.max_waiting:
             raise TooManyRequests(
-                f"too many concurrent requests from uid {uid} (limit {self.max_in_flight} running, "
+                f"too many concurrent requests from {describe_caller(key)} (limit {self.max_in_flight} running, "
                 f"{self.max_waiting} queued); retry later"
             )
         slot.waiting += 1
@@ -49,8 +58,11 @@ class UidLimiter:
             slot.active -= 1
             slot.semaphore.release()
             if slot.active == 0 and slot.waiting == 0:
-                self._slots.pop(uid, None)
+                self._slots.pop(key, None)
 
-    def in_flight(self, uid: int) -> int:
-        slot = self._slots.get(uid)
+    def in_flight(self, key: Hashable) -> int:
+        slot = self._slots.get(key)
         return slot.active if slot else 0
+
+
+UidLimiter = CallerLimiter  # the name every service imports; limits are per caller key now, uid among them

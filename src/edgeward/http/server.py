@@ -1,7 +1,9 @@
 """An aiohttp application over Unix sockets with the conventions every Edgeward service shares.
 
-Middlewares, outermost first: error shape, per-uid concurrency limit. The api-version check is per route because
-each route declares its own range, as aziot's do.
+Middlewares, outermost first: error shape, per-caller concurrency limit. The api-version check is per route because
+each route declares its own range, as aziot's do. Below the app, every connection is admitted against per-caller and
+process-wide connection caps, must deliver its request headers within a deadline, and its body within another
+(:mod:`.connections`, :mod:`.timeouts`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from aiohttp import web
 
 from .activation import activated_sockets
 from .apiversion import ApiVersions, check_api_version
+from .callers import CallerKey, caller_key_of
+from .connections import CONNECTION_POLICY, ConnectionGuard, ConnectionLimits, ConnectionPolicy, GuardedRunner
 from .errors import HttpError, TooManyRequests
 from .limits import UidLimiter
-from .peercred import caller_of
+from .timeouts import body_deadline
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -32,6 +36,7 @@ __all__ = [
     "bind_unix",
     "build_app",
     "error_response",
+    "make_runner",
     "start_server",
 ]
 
@@ -98,7 +103,10 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except HttpError as e:
-        return error_response(e.status, e.message)
+        response = error_response(e.status, e.message)
+        if getattr(e, "close_connection", False):
+            response.force_close()
+        return response
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -121,19 +129,22 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 @web.middleware
-async def _uid_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _caller_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     limiter = request.app[_LIMITER_KEY]
     try:
-        hold = limiter.hold(caller_of(request).uid)
+        hold = limiter.hold(caller_key_of(request, request.app[CONNECTION_POLICY].key))
         await hold.__aenter__()
     except TooManyRequests:
         # Take the body off the wire before refusing, so the caller reads a clean 429 on a connection it can
-        # reuse, instead of a reset in the middle of writing its request.
-        with contextlib.suppress(Exception):
+        # reuse, instead of a reset in the middle of writing its request; a body that does not come in time
+        # is cut at the deadline, and its connection closed after the 429.
+        with body_deadline(request), contextlib.suppress(Exception):
             await request.read()
         raise
     try:
-        return await handler(request)
+        # The slot is held at most as long as the body takes to arrive, plus the handler's own work.
+        with body_deadline(request):
+            return await handler(request)
     finally:
         await hold.__aexit__(None, None, None)
 
@@ -142,11 +153,38 @@ def build_app(
     routes: RouteTable,
     max_body: int = DEFAULT_MAX_BODY,
     limiter: UidLimiter | None = None,
+    *,
+    caller_key: CallerKey | None = None,
+    connection_limits: ConnectionLimits | None = None,
+    connection_guard: ConnectionGuard | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=max_body, middlewares=[_error_middleware, _uid_limit_middleware])
-    app[_LIMITER_KEY] = limiter or UidLimiter()
+    """The app of one service.
+
+    ``caller_key`` says who a caller is, for the request and connection limits (default: the limiter's, by default
+    the socket and the peer's uid); ``connection_limits`` default to :meth:`ConnectionLimits.from_environ`;
+    ``connection_guard`` defaults to the process's. Serve it with :func:`start_server` or :func:`make_runner`,
+    which enforce the connection limits.
+    """
+    limiter = limiter or UidLimiter()
+    limits = connection_limits or ConnectionLimits.from_environ()
+    app = web.Application(
+        client_max_size=max_body,
+        middlewares=[_error_middleware, _caller_limit_middleware],
+        # aiohttp closes a connection that has not delivered a complete request line and headers this long after
+        # it connected or got its previous response: the header deadline, and the bound on idle keep-alive.
+        # What remains of a body nobody read is drained for at most lingering_time, then the connection closes.
+        handler_args={"keepalive_timeout": limits.header_timeout,
+                      "lingering_time": min(limits.body_timeout, 2.0)},
+    )
+    app[_LIMITER_KEY] = limiter
+    app[CONNECTION_POLICY] = ConnectionPolicy(limits, caller_key or limiter.caller_key, connection_guard)
     routes.install(app)
     return app
+
+
+def make_runner(app: web.Application) -> web.AppRunner:
+    """The runner every Edgeward listener is served by: its sites admit connections against the connection caps."""
+    return GuardedRunner(app)
 
 
 @dataclass(frozen=True)
@@ -180,7 +218,7 @@ def bind_unix(path: Path, mode: int, backlog: int = 1024) -> socket.socket:
 
 async def start_server(app: web.Application, listeners: Iterable[Listener]) -> web.AppRunner:
     """Start serving ``app`` on every listener; the caller owns the returned runner and must clean it up."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = make_runner(app)
     await runner.setup()
     passed = activated_sockets()
     for listener in listeners:

@@ -22,6 +22,8 @@ from ..attest.monitor import IntegrityMonitor
 from ..attest.pipeline import Attestor
 from ..certs.api import CertsApi
 from ..http import Listener, UidLimiter, start_server
+from ..http.callers import by_socket
+from ..http.server import make_runner
 from ..identity.service import IdentityService
 from ..keys.api import KeysApi
 from .edge_ca import EdgeCa
@@ -104,9 +106,10 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
     edge_ca = EdgeCa(keys, certs)
     sockets = WorkloadSockets(settings.workload_root)
     workload = Workload(attestor, sockets, keys, edge_ca, settings.hostname)
-    workload_app = install_guard(build_workload_app(workload, limiter=UidLimiter()),
+    # One socket per module: the socket is the caller, whatever uids the module's processes take.
+    workload_app = install_guard(build_workload_app(workload, limiter=UidLimiter(caller_key=by_socket)),
                                  AccessGuard(SOCKETS["workload"], AttestedClassifier(attestor)))
-    workload_runner = web.AppRunner(workload_app, access_log=None, handle_signals=False)
+    workload_runner = make_runner(workload_app)
     await workload_runner.setup()
     sockets.runner = workload_runner  # from now on every module directory gets its socket
     # Keyed by the keys service, anchored to the TPM's counter when there is one (see attest.audit).

@@ -1,0 +1,93 @@
+"""Who a caller is, for the limits: what the kernel and the listening socket vouch for, never what the caller says.
+
+A connection is described by the socket it arrived on (one per module for the workload API) and the peer's
+credentials (SO_PEERCRED); a caller key function turns that into the key the connection and request limits count
+under. Services choose the key: by socket and uid on shared sockets, by socket alone on a module's own socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import weakref
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from .peercred import Caller, caller_of, peer_credentials
+
+__all__ = ["CallerKey", "Peer", "by_socket", "by_socket_and_uid", "caller_key_of", "describe_caller", "peer_of"]
+
+
+_UNATTRIBUTED = Caller(pid=0, uid=-1, gid=-1)
+_KEY_BY_CONNECTION: weakref.WeakKeyDictionary[Any, Hashable] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A connection as the kernel describes it: the socket it arrived on (server side) and the process at the
+    other end."""
+
+    sockname: Hashable
+    caller: Caller
+
+
+CallerKey = Callable[[Peer], Hashable]
+
+
+def by_socket_and_uid(peer: Peer) -> Hashable:
+    """The caller on a shared socket (keyd, certd, identityd, management): its uid, per socket."""
+    return (peer.sockname, peer.caller.uid)
+
+
+def by_socket(peer: Peer) -> Hashable:
+    """The caller on a socket that belongs to one module: the module, whatever uid its processes take.
+
+    Keying by uid too would let a module that is root in its container multiply its share by switching uids.
+    """
+    return (peer.sockname,)
+
+
+def describe_caller(key: Hashable) -> str:
+    """A caller key in words, for refusals and logs."""
+    if isinstance(key, int):
+        return f"uid {key}"
+    if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], int):
+        return f"uid {key[1]} on {key[0]}"
+    if isinstance(key, tuple) and len(key) == 1:
+        return f"the callers on {key[0]}"
+    return str(key)
+
+
+def _sockname(value: Any) -> Hashable:
+    if isinstance(value, bytes):  # abstract or unnamed Unix sockets
+        return value.decode(errors="replace")
+    if isinstance(value, list):
+        return tuple(value)
+    return value if isinstance(value, Hashable) else repr(value)
+
+
+def peer_of(transport: asyncio.BaseTransport) -> Peer:
+    sock = transport.get_extra_info("socket")
+    caller = _UNATTRIBUTED
+    if sock is not None and getattr(sock, "family", None) == socket.AF_UNIX:
+        try:
+            caller = peer_credentials(sock)
+        except OSError:
+            caller = _UNATTRIBUTED  # no kernel-vouched identity: counted with every other unattributed caller
+    return Peer(_sockname(transport.get_extra_info("sockname")), caller)
+
+
+def caller_key_of(request: web.Request, key: CallerKey) -> Hashable:
+    """The key a request's limits are counted under; the same one its connection was admitted under, worked out
+    once per connection (a connection's socket and peer never change)."""
+    transport = request.transport
+    if transport is None:
+        return key(Peer(None, caller_of(request)))
+    known = _KEY_BY_CONNECTION.get(transport)
+    if known is None:
+        known = _KEY_BY_CONNECTION[transport] = key(
+            Peer(_sockname(transport.get_extra_info("sockname")), caller_of(request)))
+    return known

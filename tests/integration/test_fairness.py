@@ -1,0 +1,281 @@
+"""One caller cannot starve the others: attacks on a real `edgeward run` over its real sockets.
+
+Every module here is a host process running as root, like every container of a default deployment: a limit keyed
+by uid alone would put them (and the root CLI) in one bucket. The daemon's deadlines and caps are set short through
+its EDGEWARD_HTTP_* variables so the attacks play out in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from edgeward.runtime.mgmt_client import ManagementClient
+from edgeward.supervise import running_daemon
+from tests.fixtures.modules import logs_until
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+MGMT_LIST = b"GET /modules?api-version=2020-07-07 HTTP/1.1\r\nHost: mgmt\r\n\r\n"
+WORKLOAD_LIST = b"GET /modules?api-version=2020-07-07 HTTP/1.1\r\nHost: workload\r\n\r\n"
+
+# Module A: keeps FLOOD requests open on its own socket, each with complete headers and a body that trickles in a
+# byte every half second, reopening each one as soon as it ends. On STOP it reports how they ended.
+FLOOD = textwrap.dedent("""
+    import asyncio, collections, json, os, time, urllib.parse
+    sock = urllib.parse.urlparse(os.environ["IOTEDGE_WORKLOADURI"]).path
+    path = (f"/modules/{os.environ['IOTEDGE_MODULEID']}/genid/{os.environ['IOTEDGE_MODULEGENERATIONID']}"
+            "/sign?api-version=2019-01-30")
+    head = (f"POST {path} HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\n"
+            "Content-Length: 100000\\r\\n\\r\\n{").encode()
+    ended, durations, opened = collections.Counter(), [], [0]
+    async def one():
+        while not os.path.exists(os.environ["STOP"]):
+            start = time.monotonic()
+            try:
+                r, w = await asyncio.open_unix_connection(sock)
+                w.write(head); await w.drain()
+                opened[0] += 1
+                while True:
+                    try:
+                        got = await asyncio.wait_for(r.read(200), 0.5)
+                    except asyncio.TimeoutError:
+                        w.write(b" "); await w.drain(); continue
+                    ended[got.split(b" ")[1].decode() if got else "closed"] += 1
+                    break
+                w.close()
+            except OSError as e:
+                ended[type(e).__name__] += 1
+            durations.append(time.monotonic() - start)
+    async def main():
+        tasks = [asyncio.create_task(one()) for _ in range(int(os.environ["FLOOD"]))]
+        while opened[0] < len(tasks):
+            await asyncio.sleep(0.05)
+        print("FLOODING", flush=True)
+        await asyncio.gather(*tasks)
+        print("FLOOD " + json.dumps({"ended": ended, "max_s": max(durations, default=0)}), flush=True)
+    asyncio.run(main())
+    time.sleep(3600)
+""")
+
+# Module B: once GO exists, signs SIGNS times, one after the other, each on a new connection, and reports every
+# call's status and latency; it gives up after three failures (so a starved B reports instead of hanging).
+SIGNER = textwrap.dedent("""
+    import base64, http.client, json, os, socket, time, urllib.parse
+    sock = urllib.parse.urlparse(os.environ["IOTEDGE_WORKLOADURI"]).path
+    path = (f"/modules/{os.environ['IOTEDGE_MODULEID']}/genid/{os.environ['IOTEDGE_MODULEGENERATIONID']}"
+            "/sign?api-version=2019-01-30")
+    body = json.dumps({"keyId": "primary", "algo": "HMACSHA256", "data": base64.b64encode(b"x" * 32).decode()})
+    class C(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX); self.sock.settimeout(4); self.sock.connect(sock)
+    print("WAITING", flush=True)
+    while not os.path.exists(os.environ["GO"]):
+        time.sleep(0.02)
+    statuses, ms = [], []
+    for _ in range(int(os.environ["SIGNS"])):
+        start = time.monotonic()
+        try:
+            c = C("localhost"); c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            r = c.getresponse(); r.read(); c.close(); statuses.append(r.status)
+        except Exception as e:
+            statuses.append(repr(e)[:80])
+        ms.append((time.monotonic() - start) * 1000)
+        if sum(1 for s in statuses if s != 200) >= 3:
+            break
+    print("SIGNS " + json.dumps({"statuses": statuses, "ms": ms}), flush=True)
+    time.sleep(3600)
+""")
+
+IDLE = "import time; print('READY', flush=True); time.sleep(3600)"
+
+
+@dataclass
+class Daemon:
+    pid: int
+    run: Path
+    mgmt: ManagementClient
+
+    def fds(self) -> int:
+        return sum(1 for _ in Path(f"/proc/{self.pid}/fd").iterdir())
+
+    def workload_socket(self, module: str) -> Path:
+        return self.run / "workload" / module / "workload.sock"
+
+    @property
+    def mgmt_socket(self) -> Path:
+        return self.run / "mgmt" / "mgmt.sock"
+
+    async def start_module(self, name: str, script: str, env: dict[str, str], marker: bytes) -> None:
+        await self.mgmt.create_module({"name": name, "imagePullPolicy": "never", "config": {
+            "settings": {"image": sys.executable, "createOptions": {"Cmd": ["-c", script]}},
+            "env": [{"key": k, "value": v} for k, v in env.items()]}})
+        await self.mgmt.action(name, "start")
+        await logs_until(self.mgmt, name, marker, 30)
+
+
+@contextlib.asynccontextmanager
+async def edgeward(public_dir: Path, **limits: str) -> AsyncIterator[Daemon]:
+    """`edgeward run` with the given EDGEWARD_HTTP_* settings; stopped by pid whatever happens."""
+    run = public_dir / "run"
+    env = dict(os.environ, **{f"EDGEWARD_HTTP_{k.upper()}": v for k, v in limits.items()})
+    loop = asyncio.get_running_loop()
+    cm = running_daemon(["run", "--state-dir", str(public_dir / "state"), "--run-dir", str(run)], env=env,
+                        log_path=public_dir / "daemon.log")
+    proc = await loop.run_in_executor(None, cm.__enter__)
+    mgmt = ManagementClient(run / "mgmt" / "mgmt.sock")
+    try:
+        yield Daemon(proc.pid, run, mgmt)
+    finally:
+        await mgmt.close()
+        await loop.run_in_executor(None, cm.__exit__, None, None, None)
+
+
+async def _wait_until(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+def _ask(conn: socket.socket, request: bytes) -> int | None:
+    """Send a request and read the response's status (and body, so the connection can be asked again); None if the
+    daemon closed it without an answer. A plain socket, because the daemon may answer and close before the request
+    is written, and a refusal already received must still be read then."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        conn.sendall(request)
+    got = b""
+    with contextlib.suppress(ConnectionResetError):
+        while b"\r\n\r\n" not in got and (chunk := conn.recv(4096)):
+            got += chunk
+        head, _, body = got.partition(b"\r\n\r\n")
+        length = next((int(v) for k, _, v in (h.partition(b":") for h in head.split(b"\r\n")[1:])
+                       if k.strip().lower() == b"content-length"), 0)
+        while len(body) < length and (chunk := conn.recv(4096)):
+            body += chunk
+    return int(got.split()[1]) if got else None
+
+
+async def test_stalled_request_headers_are_closed_within_the_header_deadline(public_dir: Path) -> None:
+    async with edgeward(public_dir, header_timeout="1") as daemon:
+        await daemon.mgmt.list_modules()
+        await daemon.mgmt.close()  # its pooled connection would count as one of ours
+        baseline = daemon.fds()
+        writers: list[asyncio.StreamWriter] = []
+
+        async def slowloris() -> tuple[bytes, float]:
+            """Half a request line and headers, then silence: what the daemon sends back, and when it closed."""
+            reader, writer = await asyncio.open_unix_connection(str(daemon.mgmt_socket))
+            connected = time.monotonic()
+            writers.append(writer)
+            writer.write(b"GET /modules?api-version=2020-07-07 HTTP/1.1\r\nHost: mgmt\r\nX-Slow: ")
+            with contextlib.suppress(ConnectionResetError):  # on a stalled test machine it may already be over
+                await writer.drain()
+            return await reader.read(), time.monotonic() - connected
+
+        try:
+            async with asyncio.timeout(8):
+                ends = await asyncio.gather(*(slowloris() for _ in range(200)))
+            slowest = max(took for _, took in ends)
+            print(json.dumps({"closed": len(ends), "slowest_s": round(slowest, 2), "fds_baseline": baseline}))
+            assert [data for data, _ in ends] == [b""] * 200  # admitted, then closed unanswered
+            assert slowest < 1 + 2.5, slowest  # the 1 s deadline, plus scheduling slack on a busy machine
+            await _wait_until(lambda: daemon.fds() <= baseline, 5, f"fds back to {baseline} (now {daemon.fds()})")
+            assert len(await daemon.mgmt.list_modules()) == 0  # and it still serves
+        finally:
+            for w in writers:
+                w.close()
+
+
+async def test_slow_bodies_from_one_module_leave_another_modules_signs_fast(public_dir: Path) -> None:
+    stop, go = public_dir / "stop", public_dir / "go"
+    async with edgeward(public_dir, body_timeout="2") as daemon:
+        try:
+            await daemon.start_module("b", SIGNER, {"GO": str(go), "SIGNS": "200"}, b"WAITING")
+            await daemon.start_module("a", FLOOD, {"FLOOD": "80", "STOP": str(stop)}, b"FLOODING")
+            go.touch()  # the flood is on: B signs
+            b_logs = await logs_until(daemon.mgmt, "b", b"SIGNS ", 120)
+            signs = json.loads(next(x for x in b_logs.splitlines() if x.startswith(b"SIGNS "))[6:])
+            ms = sorted(signs["ms"])
+            p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+            print(json.dumps({"b_signs": len(ms), "b_p50_ms": round(ms[len(ms) // 2], 2), "b_p99_ms": round(p99, 2)}))
+            assert signs["statuses"] == [200] * 200, signs["statuses"][-5:]
+            assert p99 < 50, p99
+            # The root CLI, on the management socket, answers while the flood goes on.
+            cli = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "edgeward", "list", "--json", "--run-dir", str(daemon.run),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                out, err = await asyncio.wait_for(cli.communicate(), 20)
+            finally:
+                if cli.returncode is None:
+                    cli.kill()
+                    await cli.wait()
+            assert cli.returncode == 0, err
+            assert {m["name"] for m in json.loads(out)} >= {"a", "b"}
+            stop.touch()
+            a_logs = await logs_until(daemon.mgmt, "a", b"FLOOD ", 30)
+        finally:
+            stop.touch()
+            go.touch()
+    flood = json.loads(next(x for x in a_logs.splitlines() if x.startswith(b"FLOOD "))[6:])
+    print(json.dumps({"a_flood": flood}))
+    # A's slow bodies were cut at the 2 s body deadline (with a 408), not left to hold their slots.
+    assert set(flood["ended"]) <= {"408", "closed"} and flood["ended"].get("408", 0) >= 80, flood
+    assert flood["max_s"] < 2 + 3.5, flood
+
+
+async def test_connection_caps_refuse_promptly_and_keep_serving_others(public_dir: Path) -> None:
+    async with edgeward(public_dir, max_connections_per_caller="50", max_connections="120") as daemon:
+        await daemon.start_module("a", IDLE, {}, b"READY")
+        await daemon.start_module("b", IDLE, {}, b"READY")
+        await daemon.mgmt.close()
+        held: list[socket.socket] = []
+
+        def probe(path: Path, request: bytes) -> int | None:
+            """Open a connection and ask once; it stays open (and counted) if it was admitted."""
+            started = time.monotonic()
+            conn = socket.socket(socket.AF_UNIX)
+            held.append(conn)
+            conn.settimeout(5)
+            conn.connect(str(path))
+            status = _ask(conn, request)
+            assert time.monotonic() - started < 2.0  # answered promptly, admitted or not
+            return status
+
+        try:
+            # One caller (root on the management socket) gets its 50 connections, then 429s.
+            mgmt = [probe(daemon.mgmt_socket, MGMT_LIST) for _ in range(60)]
+            assert mgmt == [200] * 50 + [429] * 10, mgmt
+            # Module A's socket is another caller, though also root: it is served, up to its own 50.
+            a = [probe(daemon.workload_socket("a"), WORKLOAD_LIST) for _ in range(55)]
+            assert a == [200] * 50 + [429] * 5, a
+            # 100 open: B gets the 20 left under the total of 120; past it, every new connection gets a 503.
+            b = [probe(daemon.workload_socket("b"), WORKLOAD_LIST) for _ in range(25)]
+            assert b == [200] * 20 + [503] * 5, b
+            # The connections already admitted keep being served.
+            assert _ask(held[0], MGMT_LIST) == 200
+            # Once the flood goes away, new connections are admitted again.
+            for conn in held:
+                conn.close()
+            held.clear()
+            deadline = time.monotonic() + 5
+            while (status := probe(daemon.workload_socket("b"), WORKLOAD_LIST)) != 200:
+                assert time.monotonic() < deadline, status
+                await asyncio.sleep(0.05)
+        finally:
+            for conn in held:
+                conn.close()
