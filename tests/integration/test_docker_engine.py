@@ -243,7 +243,12 @@ async def test_list_and_attestation_ignore_containers_without_our_label(containe
     assert running.pid is not None
     assert await engine.engine_id_of_pid(running.pid) == running.engine_id
     # A caller is rarely the container's first process: its children are attributed to the same module.
-    children = Path(f"/proc/{running.pid}/task/{running.pid}/children").read_text().split()
+    children: list[str] = []
+    deadline = time.monotonic() + 10
+    while not children and time.monotonic() < deadline:  # the container's shell forks its child a moment later
+        children = Path(f"/proc/{running.pid}/task/{running.pid}/children").read_text().split()
+        if not children:
+            await asyncio.sleep(0.02)
     assert children and await engine.engine_id_of_pid(int(children[0])) == running.engine_id
     assert await engine.engine_id_of_pid(os.getpid()) is None  # the test runner is in no container
 

@@ -118,18 +118,28 @@ async def test_workload_module_list_shows_names_and_status_but_no_specs(request:
         assert module["status"]["runtimeStatus"]["status"] == "running"
 
 
-@pytest.mark.timeout(300)  # two runtimes, one after the other
 async def test_workload_server_cert_only_for_names_the_module_holds(request: pytest.FixtureRequest,
                                                                    public_dir: Path) -> None:
     """A module cannot get a certificate downstream devices would take for the edge hub, nor one for another
     module's name; the edge hub holds the device's host names."""
     doc = {"hostname": "edge-names", "local_gateway_hostname": "gw.example"}
-    own, hostname, gateway, hub, other, unlisted = await run(
-        public_dir, request, doc, "intruder",
-        [server_call("intruder"), server_call("edge-names"), server_call("gw.example"), server_call("edgeHub"),
-         server_call("victim"), server_call("anything.example")], [client_spec("victim", [])])
+    engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0)
+    async with serve_runtime(request, public_dir, engine, doc) as rt:
+        mgmt = ManagementClient(rt.mgmt_socket)
+        try:
+            specs = [client_spec("victim", []),
+                     client_spec("edgeHub", [server_call("edge-names")]),
+                     client_spec("intruder", [server_call("intruder"), server_call("edge-names"),
+                                              server_call("gw.example"), server_call("edgeHub"),
+                                              server_call("victim"), server_call("anything.example")])]
+            for spec in specs:
+                await mgmt.create_module(spec)
+                await mgmt.action(spec["name"], "start")
+            own, hostname, gateway, hub, other, unlisted = await module_results(rt.parts.engine, "intruder")
+            (hub_cert,) = await module_results(rt.parts.engine, "edgeHub")
+        finally:
+            await mgmt.close()
     assert names_in(own) == {"intruder"}
     for result in (hostname, gateway, hub, other, unlisted):
         assert result["status"] == 403 and "may not hold the name" in result["body"]["message"], result
-    (hub_cert,) = await run(public_dir, request, doc, "edgeHub", [server_call("edge-names")])
     assert names_in(hub_cert) == {"edge-names", "edgeHub", "gw.example"}
