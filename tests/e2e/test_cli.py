@@ -124,3 +124,11 @@ def test_unreachable_daemon_is_a_clear_error(tmp_path: Path) -> None:
     listed = subprocess.run([*EDGEWARD, "list", "--run-dir", str(tmp_path)], capture_output=True, text=True,
                             timeout=60)
     assert listed.returncode == 5 and "is it running?" in listed.stderr and "Traceback" not in listed.stderr
+
+
+def test_a_bad_connection_limit_is_one_clear_line_not_a_traceback(tmp_path: Path) -> None:
+    done = subprocess.run([*EDGEWARD, "run", "--state-dir", str(tmp_path / "s"), "--run-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "EDGEWARD_HTTP_BODY_TIMEOUT": "abc"})
+    assert done.returncode == 3, done.stderr
+    assert "EDGEWARD_HTTP_BODY_TIMEOUT='abc'" in done.stderr and "Traceback" not in done.stderr

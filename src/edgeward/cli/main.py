@@ -55,6 +55,9 @@ def _run_services(config: Path | None, state_dir: Path | None, run_dir: Path | N
     logging.getLogger().setLevel(min(logging.getLogger().level, level))
     try:
         asyncio.run(serve(settings, services))
+    except ConfigError as e:  # found only at start (e.g. EDGEWARD_HTTP_* limits, a TPM that does not answer)
+        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        sys.exit(EXIT_CONFIG)
     except BackendUnavailable as e:
         err.print(f"[red]error:[/red] {e.message}", highlight=False)
         sys.exit(EXIT_BACKEND)
