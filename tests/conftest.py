@@ -6,7 +6,8 @@ from tests.fixtures.est import est_server
 from tests.fixtures.keys import keys_env, software_keys
 from tests.fixtures.peers import public_dir
 from tests.fixtures.podman import podman_service
+from tests.fixtures.runtime import mgmt
 from tests.fixtures.softhsm import softhsm
 from tests.fixtures.swtpm import fresh_swtpm, swtpm
 
-__all__ = ["container_engine", "dockerd", "est_server", "fresh_swtpm", "keys_env", "podman_service", "public_dir", "softhsm", "software_keys", "swtpm"]
+__all__ = ["container_engine", "dockerd", "est_server", "fresh_swtpm", "keys_env", "mgmt", "podman_service", "public_dir", "softhsm", "software_keys", "swtpm"]

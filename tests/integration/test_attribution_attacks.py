@@ -97,13 +97,6 @@ async def rt(request: pytest.FixtureRequest, public_dir: Path, dockerd: Dockerd)
                 await env.parts.engine.remove(m.name)
 
 
-@pytest.fixture
-async def mgmt(rt: RuntimeEnv) -> AsyncIterator[ManagementClient]:
-    client = ManagementClient(rt.mgmt_socket)
-    yield client
-    await client.close()
-
-
 async def _victim(rt: RuntimeEnv, mgmt: ManagementClient) -> tuple[str, str]:
     """A running module that signs for itself once; its container id and generation id."""
     await mgmt.create_module(_spec("victim", [["POST", "workload", "/modules/{name}/genid/{genid}/sign"

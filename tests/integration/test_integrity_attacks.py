@@ -52,13 +52,6 @@ async def rt(request: pytest.FixtureRequest, public_dir: Path) -> AsyncIterator[
         yield env
 
 
-@pytest.fixture
-async def mgmt(rt: RuntimeEnv) -> AsyncIterator[ManagementClient]:
-    client = ManagementClient(rt.mgmt_socket)
-    yield client
-    await client.close()
-
-
 def _script_module(path: Path, version: bytes) -> None:
     """An executable Python script that says which version of its code runs, then is the test client."""
     path.parent.mkdir(exist_ok=True)

@@ -55,13 +55,6 @@ async def rt(request: pytest.FixtureRequest, public_dir: Path, dockerd: Dockerd)
                 await env.parts.engine.remove(m.name)
 
 
-@pytest.fixture
-async def mgmt(rt: RuntimeEnv) -> AsyncIterator[ManagementClient]:
-    client = ManagementClient(rt.mgmt_socket)
-    yield client
-    await client.close()
-
-
 def _run_by_hand(dockerd: Dockerd, name: str, labels: dict[str, str], workload_dir: Path, env: dict[str, str],
                  calls: list[Any]) -> str:
     """A container started outside Edgeward, as an attacker with access to the engine would."""

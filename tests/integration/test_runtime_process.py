@@ -51,13 +51,6 @@ async def rt(request: pytest.FixtureRequest, public_dir: Path) -> AsyncIterator[
         yield env
 
 
-@pytest.fixture
-async def mgmt(rt: RuntimeEnv) -> AsyncIterator[ManagementClient]:
-    client = ManagementClient(rt.mgmt_socket)
-    yield client
-    await client.close()
-
-
 async def _wait_state(mgmt: ManagementClient, name: str, state: str, timeout: float = 10.0) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

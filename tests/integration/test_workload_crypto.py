@@ -75,13 +75,6 @@ async def rt(request: pytest.FixtureRequest, dockerd: Dockerd) -> AsyncIterator[
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def mgmt(rt: RuntimeEnv) -> AsyncIterator[ManagementClient]:
-    client = ManagementClient(rt.mgmt_socket)
-    yield client
-    await client.close()
-
-
 async def run_module(rt: RuntimeEnv, mgmt: ManagementClient, name: str, calls: list[Any]) -> list[dict[str, Any]]:
     await mgmt.create_module(container_spec(name, calls))
     await mgmt.action(name, "start")
