@@ -195,3 +195,28 @@ async def test_every_refusal_is_audited_and_logged_with_a_rate_limit(device: dic
     flood = [r for r in refusals_in_audit(state)[before:]
              if r["detail"]["service"] == "keyd" and r["detail"]["uid"] == STRANGER]
     assert 1 <= len(flood) <= 5, len(flood)
+
+
+def test_a_named_keys_principal_without_idtype_is_refused_at_start(tmp_path: Path) -> None:
+    """Such an entry would be an identity daemon: the device's and every module's key handles, and with them
+    their SAS keys (a break found by review: a principal meant for `mod-*` keys minted the edge agent's tokens)."""
+    config = tmp_path / "config.toml"
+    config.write_text('[[principal]]\nuid = 1000\nname = "alice"\nkeys = ["mod-*"]\ncerts = ["mod-*"]\n')
+    done = subprocess.run([*EDGEWARD, "run", "-c", str(config), "--state-dir", str(tmp_path / "s"),
+                           "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "principal[0].idtype" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_identity_principal_reaches_keyd_to_sign_with_the_handles_it_is_given(public_dir: Path) -> None:
+    config = public_dir / "config.toml"
+    config.write_text('[[principal]]\nuid = 3005\nname = "agent"\nidtype = ["local"]\n')
+    run = public_dir / "r"
+    with running_daemon(["run", "-c", str(config), "--state-dir", str(public_dir / "s"), "--run-dir", str(run)]):
+        os.chmod(run, 0o755)
+        sock = run / "keyd.sock"
+        body = {"keyHandle": "sr=e30=&sig=AAAA", "algorithm": "HMAC-SHA256", "parameters": {"message": "eA=="}}
+        for uid, refused_by in ((3005, "invalid key handle"), (STRANGER, "row 'keyd (every route)'")):
+            status, answer = call_as(uid, sock, "POST", "/sign?api-version=2020-09-01", body,
+                                     groups=(sock.stat().st_gid,))
+            assert status == 401 and refused_by in answer, (uid, answer)

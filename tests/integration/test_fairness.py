@@ -233,8 +233,11 @@ async def test_slow_bodies_from_one_module_leave_another_modules_signs_fast(publ
             go.touch()
     flood = json.loads(next(x for x in a_logs.splitlines() if x.startswith(b"FLOOD "))[6:])
     print(json.dumps({"a_flood": flood}))
-    # A's slow bodies were cut at the 2 s body deadline (with a 408), not left to hold their slots.
-    assert set(flood["ended"]) <= {"408", "closed"} and flood["ended"].get("408", 0) >= 80, flood
+    # A's slow bodies were cut at the 2 s body deadline (with a 408; a client still writing when the daemon closes
+    # sees a reset instead), not left to hold their slots.
+    cut = {"408", "closed", "ConnectionResetError", "BrokenPipeError"}
+    assert set(flood["ended"]) <= cut and sum(flood["ended"].values()) >= 80, flood
+    assert flood["ended"].get("408", 0) >= 40, flood
     assert flood["max_s"] < 2 + 3.5, flood
 
 

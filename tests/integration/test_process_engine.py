@@ -228,6 +228,15 @@ async def test_user_other_than_self_is_refused_when_not_root(engine: ProcessEngi
     assert refused.value.status == 400
 
 
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+@pytest.mark.parametrize("user", ["0", "root", "0:0", "1000:0"])
+async def test_a_sandbox_running_as_root_is_refused(engine: ProcessEngine, user: str) -> None:
+    """uid 0 without capabilities still reads root's 0600 files (config.toml, preloaded keys, PINs)."""
+    with pytest.raises(EngineError, match="root's files stay readable") as refused:
+        await engine.create(ModuleSpec("m", "/bin/sh", create_options={"User": user, "Sandbox": True}))
+    assert refused.value.status == 400
+
+
 # -- environment and logs -------------------------------------------------------------------------------------------
 async def test_child_sees_its_env_and_workload_uri_but_not_the_daemons(engine: ProcessEngine,
                                                                        workload_dir: Path) -> None:

@@ -59,7 +59,8 @@ SOCKETS: dict[str, SocketPolicy] = {p.name: p for p in (
         "keyd", "keyd.sock", 0o660, "the keys service's user",
         "its group; world-connectable (0666) in `edgeward run` only when [[principal]] entries name other uids",
         _HOST_CALLERS, service_users=("aziotcs", "aziotid", "iotedge"),
-        note="which key ids a principal may create, load or move: its `keys` globs"),
+        note="host principals: `[[principal]]` entries with `keys` globs (which key ids they may create, load or "
+             "move) and identity principals (they sign with the key handles identityd gives them)"),
     SocketPolicy(
         "certd", "certd.sock", 0o660, "the certificates service's user",
         "its group; world-connectable (0666) in `edgeward run` only when [[principal]] entries name other uids",

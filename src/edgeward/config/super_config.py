@@ -173,6 +173,13 @@ class _Splitter:
                     self.p.add(f"{where}.idtype", idtype, "a name as well (idtype belongs to identity principals)")
                 elif not (isinstance(idtype, list) and all(t in ("device", "module", "local") for t in idtype)):
                     self.p.add(f"{where}.idtype", idtype, 'a list of "device", "module", "local"')
+            if name is not None and idtype is None and {"keys", "certs"} & set(entry):
+                # A named principal without idtype is one of aziot's daemons (every identity, every module's key
+                # handle); meant for a host agent limited to a few key or cert ids, it would be a silent promotion.
+                self.p.add(f"{where}.idtype", "<missing>",
+                           'idtype = ["device"|"module"|"local"] for a principal that also names keys or certs '
+                           "(without idtype it may use every identity and its keys); or drop its name to keep it a "
+                           "keys/certs principal")
             if not {"keys", "certs", "name"} & set(entry):
                 self.p.add(where, "<incomplete>", "keys, certs or name (what this uid may use)")
             if len(self.p.items) > before:

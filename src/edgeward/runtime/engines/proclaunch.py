@@ -273,6 +273,11 @@ def plan_launch(spec: ModuleSpec, bwrap: str | None, *, sandbox_uid: int | None 
         if sandbox_uid is None or sandbox_uid <= 0:
             raise EngineError(f"module {spec.name} has no dedicated sandbox uid", 500)
         uid, gid = sandbox_uid, sandbox_uid
+    if uid == 0 or gid == 0:
+        # Without capabilities uid 0 still owns root's files: the device's config.toml (connection strings),
+        # preloaded key files, PKCS#11 PINs; a sandbox that runs as root hides none of them.
+        raise _bad("createOptions.Sandbox with User root (uid or gid 0): root's files stay readable inside the "
+                   "sandbox; drop User to run as a dedicated uid, or name an unprivileged user")
     wrapped = _sandboxed(argv, spec, image=image, cwd=cwd, binds=_binds(options), bwrap=bwrap, hidden=hidden,
                          uid=uid, gid=gid)
     return Launch(wrapped, env, "/", uid, gid, True)
