@@ -191,7 +191,7 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
         if "keys" in services:
             key_service = build_key_service(settings.keys)
             # identity principals too: identityd hands them key handles to sign with (create/load still need globs)
-            uids = [p.uid for p in (*settings.keys.principals, *settings.identity.principals)]
+            uids = [p.uid for p in settings.keys.principals] + [p.uid for p in settings.identity.principals]
             app = guard_host_service(build_keys_app(key_service, limiter=UidLimiter()), "keyd", uids,
                                      modules.module_of)
             runners.append(await start_server(app, [Listener(settings.keys.socket_path, mode=socket_mode("keyd", uids),

@@ -32,6 +32,7 @@ pytest.importorskip("tpm2_pytss")
 from edgeward.attest.audit import AuditCounterUnavailable, AuditLog, record_hash
 from edgeward.attest.audit_counter import AuditCounter, SocketCounter
 from edgeward.attest.audit_open import open_audit_log
+from edgeward.http.errors import HttpError
 from edgeward.keys.client import KeysClient
 from edgeward.supervise import start_daemon, stop_daemon
 from tests.fixtures.peers import as_uid_async
@@ -238,6 +239,7 @@ from pathlib import Path
 import edgeward.attest.audit as audit
 from edgeward.attest.audit_counter import SocketCounter
 from edgeward.attest.audit_open import open_audit_log
+from edgeward.http.errors import HttpError
 from edgeward.keys.client import KeysClient
 
 keyd, tpmd, home, where = sys.argv[1:5]
@@ -363,3 +365,21 @@ async def test_the_daemon_anchors_its_log_and_a_restored_copy_shows(public_dir: 
     shutil.copytree(public_dir / "audit-copy", state / "audit")
     restored = await run_once(check=True)
     assert restored is not None and _tampered(restored, "behind the TPM counter"), restored.stdout + restored.stderr
+
+
+async def test_wiping_the_log_and_its_key_store_marks_still_shows_with_the_tpm_counter(
+        request: pytest.FixtureRequest, public_dir: Path, fresh_swtpm: Swtpm) -> None:
+    """An attacker who deletes the log and the key store's audit keys too: the TPM counter still says how many
+    records there were, so verify reports a wipe, not a device that never had a log."""
+    async with device(request, public_dir, fresh_swtpm) as dev:
+        await dev.write("one", "two")
+        for key_id in ("edgeward-audit", "edgeward-audit-anchored", "edgeward-audit-counted"):
+            try:
+                handle = await dev.keys.load_key(key_id)
+            except HttpError:
+                continue
+            await dev.keys.delete_key(handle)
+        shutil.rmtree(dev.home)
+        done = await dev.verify()
+        assert _tampered(done, "it was wiped"), done.stdout + done.stderr
+        assert "TPM counter says" in " ".join(done.stderr.split())

@@ -115,6 +115,11 @@ async def verify_installed_log(settings: DaemonSettings) -> Verification | None:
             if anchored:
                 return Verification(False, 0, GENESIS, f"there is no audit log under {home}, but the key store says "
                                                        "there was one: it was wiped")
+            with _counter_for(settings) as counter:
+                counted_so_far = counter.read() if counter is not None else None
+            if counted_so_far:  # the key store was wiped too, but the TPM remembers how many records there were
+                return Verification(False, 0, GENESIS, f"there is no audit log under {home}, but the TPM counter "
+                                                       f"says {counted_so_far} records were written: it was wiped")
             return None
         key = await load_audit_key(keys, create=False)
         counted = await has_marker(keys, COUNTED_MARKER)
