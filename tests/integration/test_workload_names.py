@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from edgeward.http import HttpError
 from edgeward.runtime.engines.process import ProcessEngine
 from edgeward.runtime.mgmt_client import ManagementClient
 from tests.fixtures.modules import client_spec, module_results
@@ -129,6 +130,8 @@ async def test_workload_server_cert_only_for_names_the_module_holds(request: pyt
         try:
             specs = [client_spec("victim", []),
                      client_spec("edgeHub", [server_call("edge-names")]),
+                     # named like the device: its own name is the device's, which only the edge hub holds
+                     client_spec("Edge-Names", [server_call("Edge-Names")]),
                      client_spec("intruder", [server_call("intruder"), server_call("edge-names"),
                                               server_call("gw.example"), server_call("edgeHub"),
                                               server_call("victim"), server_call("anything.example")])]
@@ -137,9 +140,15 @@ async def test_workload_server_cert_only_for_names_the_module_holds(request: pyt
                 await mgmt.action(spec["name"], "start")
             own, hostname, gateway, hub, other, unlisted = await module_results(rt.parts.engine, "intruder")
             (hub_cert,) = await module_results(rt.parts.engine, "edgeHub")
+            (device_named,) = await module_results(rt.parts.engine, "Edge-Names")
+            # Names differing only in case are one host name: a second such module is refused.
+            with pytest.raises(HttpError) as twin:
+                await mgmt.create_module(client_spec("VICTIM", []))
+            assert twin.value.status == 409 and "letter case" in twin.value.message
         finally:
             await mgmt.close()
     assert names_in(own) == {"intruder"}
     for result in (hostname, gateway, hub, other, unlisted):
         assert result["status"] == 403 and "may not hold the name" in result["body"]["message"], result
     assert names_in(hub_cert) == {"edge-names", "edgeHub", "gw.example"}
+    assert device_named["status"] == 403 and "may not hold the name" in device_named["body"]["message"]

@@ -79,6 +79,14 @@ class Registry:
             row = db.execute(_SELECT + " WHERE name=?", (name,)).fetchone()
         return self._row(row)
 
+    def named_like(self, name: str) -> Registration | None:
+        """A registration whose name equals `name` ignoring case: host names are compared that way, so two such
+        modules would hold each other's name in server certificates and in DNS."""
+        with self._store.read() as db:
+            row = db.execute(_SELECT + " WHERE name = ? COLLATE NOCASE ORDER BY name = ? DESC LIMIT 1",
+                             (name, name)).fetchone()
+        return self._row(row)
+
     def by_engine_id(self, engine_id: str) -> Registration | None:
         with self._store.read() as db:
             row = db.execute(_SELECT + " WHERE engine_id=?", (engine_id,)).fetchone()

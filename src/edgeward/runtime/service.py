@@ -188,8 +188,9 @@ class ModuleRuntime:
             raise BadRequest(f"invalid module name {config.name!r}")
         config = self._vetted(config)
         async with self._lock(config.name):
-            if self.registry.get(config.name) is not None:
-                raise Conflict(f"module {config.name} already exists")
+            if (known := self.registry.named_like(config.name)) is not None:
+                raise Conflict(f"module {config.name} already exists" if known.name == config.name else
+                               f"module {known.name} exists: module names may not differ only in letter case")
             await self._ensure_image(config)
             identity_name = "$edgeAgent" if system else config.name
             identity = await self.identities.ensure(identity_name, managed_by="IotEdge")

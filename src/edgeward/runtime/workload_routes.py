@@ -287,14 +287,18 @@ def _names_held(wl: Workload, reg: Registration) -> tuple[tuple[str, ...], tuple
     A module holds its own name (when a client could resolve it as a host name: modules dial each other by it).
     The device's host names are held only by the modules that serve downstream devices (the edge hub), or every
     module could impersonate the hub to them; anything more is configured per module."""
-    own = (reg.name,) if _DNS_LABEL.fullmatch(reg.name) and not _NUMERIC_LABEL.fullmatch(reg.name) else ()
+    own: tuple[str, ...] = (reg.name,) if _DNS_LABEL.fullmatch(reg.name) and not _NUMERIC_LABEL.fullmatch(reg.name) \
+        else ()
     settings = wl.runtime.settings if wl.runtime is not None else None
+    device_names = {wl.hostname.lower(), *((settings.gateway_hostname.lower(),) if settings is not None else ())}
     hostnames: tuple[str, ...] = ()
     extra: tuple[str, ...] = ()
     if settings is not None:
         if reg.name in settings.server_cert_hostname_modules:
             hostnames = tuple(dict.fromkeys((wl.hostname, settings.gateway_hostname)))
         extra = settings.server_cert_names.get(reg.name, ())
+    if not hostnames:  # a module named like the device holds that name no more than any other module
+        own = tuple(n for n in own if n.lower() not in device_names)
     return (*own, *hostnames, *extra), (*own, *hostnames)
 
 
