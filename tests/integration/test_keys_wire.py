@@ -161,3 +161,15 @@ async def test_key_ids_with_url_specials_round_trip(software_keys: KeysEnv) -> N
     store = software_keys.service.locator.default
     assert all(p.name.endswith(".json") and len(p.stem) == 64
                for p in (store.homedir / "keypairs").iterdir())  # type: ignore[attr-defined]
+
+
+async def test_deeply_nested_json_and_a_repeated_api_version_are_400s(software_keys: KeysEnv) -> None:
+    """Found by a red-team run: '[' * 100000 was a 500 (RecursionError); two api-versions were taken silently."""
+    env = software_keys
+    status, answer = await call(env, "POST", "/sign", raw=b"[" * 100_000)
+    assert status == 400 and "nested too deeply" in answer["message"]
+    status, answer = await call(env, "POST", "/keypair?api-version=2020-09-01", {"keyId": env.new_id()},
+                                version="2021-05-01")
+    assert status == 400 and "more than once" in answer["message"]
+    status, answer = await call(env, "POST", "/keypair", {"keyId": env.new_id()})
+    assert status == 200

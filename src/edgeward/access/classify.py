@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ..attest.cgroups import read_container_id
-from ..attest.namespaces import is_host_process, namespaces_of
+from ..attest.namespaces import is_host_process
 from ..attest.pin import PinnedProcess, ProcessGone, ProcessPins
 from ..http.errors import HttpError
 from ..http.peercred import Caller, caller_of
@@ -45,11 +45,12 @@ def service_uids(users: Iterable[str]) -> frozenset[int]:
 
 
 def _where_not_host(pid: int) -> str:
+    """Where a caller that is not on the host is: its container, else only that it is elsewhere (a fixed string,
+    so a process that unshares again and again cannot mint a new refusal-record key each time)."""
     container = read_container_id(pid)
     if container is not None:
         return f"container {container[:12]}"
-    ns = namespaces_of(pid)
-    return f"namespaces {ns.describe()}" if ns is not None else "namespaces that cannot be read"
+    return "namespaces that are not the host's"
 
 
 class HostClassifier:

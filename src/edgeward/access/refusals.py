@@ -35,62 +35,81 @@ class _Window:
 @dataclass
 class RefusalRecorder:
     """Per (service, caller, route, step): the first `per_key` refusals of each `window` seconds are recorded, the
-    rest counted and reported with the next recorded one; at most `per_window_total` records a window overall."""
+    rest counted and reported with the next recorded one, and every window's suppressed total in one summary record.
+
+    The caller in the key is the module or container (never its uid, which a process in a container can change at
+    will) or, for host processes, the uid; so a flood cannot mint new keys, and one caller's flood never silences
+    another caller's first refusal. At most `max_keys` distinct keys are recorded a window (bounded disk use)."""
 
     per_key: int = 5
-    per_window_total: int = 200
+    max_keys: int = 1000
     window: float = 60.0
     buffer_size: int = 256
     _sink: AuditSink | None = None
     _windows: dict[tuple[Any, ...], _Window] = field(default_factory=dict)
     _total: _Window = field(default_factory=lambda: _Window(0.0))
-    _pending: deque[tuple[str | None, dict[str, Any]]] = field(default_factory=deque)
+    _pending: deque[tuple[str | None, str, dict[str, Any]]] = field(default_factory=deque)
 
     def set_sink(self, sink: AuditSink | None) -> None:
         self._sink = sink
         if sink is None:
             return
         while self._pending:
-            module, detail = self._pending.popleft()
-            self._write(module, detail)
+            module, kind, detail = self._pending.popleft()
+            self._write(module, detail, kind)
 
     def record(self, *, service: str, pid: int, uid: int, where: str, module: str | None, step: str, route: str,
                status: int, message: str) -> bool:
         """Record one refusal; False when the rate limit suppressed it (it is then counted, not lost)."""
         now = time.monotonic()
-        key = (service, uid, where, route, step)
-        win = self._windows.get(key)
-        if win is None or now - win.start >= self.window:
-            if len(self._windows) > 4096:  # many distinct callers: forget old windows, never grow without bound
-                self._windows = {k: w for k, w in self._windows.items() if now - w.start < self.window}
-            carried = win.suppressed if win is not None else 0
-            win = self._windows[key] = _Window(now, suppressed=carried)
         if now - self._total.start >= self.window:
-            self._total = _Window(now)
-        if win.recorded >= self.per_key or self._total.recorded >= self.per_window_total:
+            self._close_window(now)
+        key = (service, where, route, step, uid if where == "host" else None)
+        win = self._windows.get(key)
+        if win is None:
+            if len(self._windows) >= self.max_keys:
+                self._total.suppressed += 1
+                return False
+            win = self._windows[key] = _Window(now)
+        if win.recorded >= self.per_key:
             win.suppressed += 1
+            self._total.suppressed += 1
             return False
         win.recorded += 1
         self._total.recorded += 1
         detail: dict[str, Any] = {"service": service, "pid": pid, "uid": uid, "caller": where, "step": step,
                                   "route": route, "status": status, "message": message[:300]}
-        if win.suppressed:
-            detail["suppressed_before"] = win.suppressed
-            win.suppressed = 0
-        log.warning("refused %s on %s: pid %d uid %d (%s) at %s: %s%s", route, service, pid, uid, where, step,
-                    message[:300], f" ({detail['suppressed_before']} similar refusals not logged)"
-                    if "suppressed_before" in detail else "")
-        if self._sink is None:
-            if len(self._pending) < self.buffer_size:
-                self._pending.append((module, detail))
-        else:
-            self._write(module, detail)
+        log.warning("refused %s on %s: pid %d uid %d (%s) at %s: %s", route, service, pid, uid, where, step,
+                    message[:300])
+        self._emit(module, detail)
         return True
 
-    def _write(self, module: str | None, detail: dict[str, Any]) -> None:
+    def _close_window(self, now: float) -> None:
+        """A new window: the last one's suppressed refusals become one summary record, then the counts restart."""
+        if self._total.suppressed:
+            counts: dict[str, int] = {}
+            for (service, where, route, step, _), win in self._windows.items():
+                if win.suppressed:
+                    counts[f"{service} {route} {where} at {step}"] = win.suppressed
+            top = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:20])
+            detail = {"suppressed": self._total.suppressed, "window_seconds": self.window, "most": top}
+            log.warning("%d refusals in the last %.0f s were not logged one by one; most: %s",
+                        self._total.suppressed, self.window, top)
+            self._emit(None, detail, AUDIT_KIND + ".suppressed")
+        self._windows = {}
+        self._total = _Window(now)
+
+    def _emit(self, module: str | None, detail: dict[str, Any], kind: str = AUDIT_KIND) -> None:
+        if self._sink is None:
+            if len(self._pending) < self.buffer_size:
+                self._pending.append((module, kind, detail))
+        else:
+            self._write(module, detail, kind)
+
+    def _write(self, module: str | None, detail: dict[str, Any], kind: str = AUDIT_KIND) -> None:
         assert self._sink is not None
         try:
-            self._sink.append(AUDIT_KIND, module, detail)
+            self._sink.append(kind, module, detail)
         except Exception:  # a full disk must not turn a refusal into a 500; the log line was written
             log.exception("could not write a refusal to the audit log")
 

@@ -26,7 +26,13 @@ class ApiVersions:
         return cls(frozenset(versions))
 
 
-def check_api_version(query_value: str | None, versions: ApiVersions) -> str:
+def check_api_version(query_value: str | Iterable[str] | None, versions: ApiVersions) -> str:
+    """``query_value``: the parameter's value, or all its values (more than one is ambiguous, so refused)."""
+    if query_value is not None and not isinstance(query_value, str):
+        values = list(query_value)
+        if len(values) > 1:
+            raise BadRequest("api-version is given more than once; give it once")
+        query_value = values[0] if values else None
     if query_value is None:
         raise BadRequest("missing required query parameter api-version")
     if query_value not in versions.accepted:

@@ -45,6 +45,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise BadRequest(f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
     except UnicodeDecodeError as e:
         raise BadRequest("request body is not valid UTF-8 JSON") from e
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack: hostile, never a 500
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise UnprocessableEntity("request body must be a JSON object")
     return data

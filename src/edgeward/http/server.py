@@ -67,7 +67,7 @@ class RouteTable:
 
         def register(handler: Handler) -> Handler:
             async def checked(request: web.Request) -> web.StreamResponse:
-                check_api_version(request.query.get("api-version"), versions)
+                check_api_version(request.query.getall("api-version", []), versions)
                 return await handler(request)
 
             checked.__name__ = handler.__name__

@@ -1,0 +1,71 @@
+"""The refusal trace's rate limit: bounded per caller, never silencing another caller, nothing lost uncounted."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from edgeward.access.refusals import RefusalRecorder
+
+# the module, not the process-wide recorder of the same name that edgeward.access exports
+refusals_module = importlib.import_module("edgeward.access.refusals")
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str | None, dict[str, Any]]] = []
+
+    def append(self, kind: str, module: str | None = None, detail: Mapping[str, Any] | None = None) -> None:
+        self.records.append((kind, module, dict(detail or {})))
+
+
+def refuse(rec: RefusalRecorder, where: str, route: str = "POST /sign", uid: int = 0) -> bool:
+    return rec.record(service="workload", pid=42, uid=uid, where=where, module=None, step="registration_for",
+                      route=route, status=403, message="no")
+
+
+def test_a_flood_from_many_modules_never_silences_another_modules_first_refusal() -> None:
+    rec, sink = RefusalRecorder(), Sink()
+    rec.set_sink(sink)
+    for m in range(8):
+        for route in range(6):
+            for _ in range(20):
+                refuse(rec, f"module flood{m}", f"POST /r{route}")
+    assert refuse(rec, "module quiet")
+    assert sink.records[-1][2]["caller"] == "module quiet"
+    assert len(sink.records) == 8 * 6 * 5 + 1
+
+
+def test_a_container_switching_uids_is_one_caller() -> None:
+    rec, sink = RefusalRecorder(), Sink()
+    rec.set_sink(sink)
+    for uid in range(100):
+        refuse(rec, "container 0123456789ab", uid=uid)
+    assert len(sink.records) == 5
+
+
+def test_suppressed_refusals_are_summarised_when_the_window_closes(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(refusals_module.time, "monotonic", lambda: now[0])
+    rec, sink = RefusalRecorder(window=60.0), Sink()
+    rec.set_sink(sink)
+    for _ in range(30):
+        refuse(rec, "module noisy")
+    now[0] += 61
+    refuse(rec, "module noisy")
+    kinds = [k for k, _, _ in sink.records]
+    assert kinds == ["access.refused"] * 5 + ["access.refused.suppressed", "access.refused"]
+    summary = sink.records[5][2]
+    assert summary["suppressed"] == 25 and summary["most"] == {"workload POST /sign module noisy at "
+                                                               "registration_for": 25}
+
+
+def test_distinct_callers_are_bounded_per_window() -> None:
+    rec, sink = RefusalRecorder(max_keys=10), Sink()
+    rec.set_sink(sink)
+    for i in range(50):
+        refuse(rec, "host", uid=1000 + i)
+    assert len(sink.records) == 10
