@@ -24,7 +24,7 @@ from .engine import (
 )
 from .identities import ModuleIdentities
 from .model import ModuleConfig, valid_module_name
-from .privileges import ALLOW_HINT, ElevatedOptionRefused, policy_for, vet_create_options
+from .privileges import ALLOW_HINT, ElevatedOptionRefused, HostBind, host_binds, policy_for, vet_create_options
 from .registry import Registration, Registry
 from .settings import RuntimeSettings
 from .sockets import WorkloadSockets
@@ -48,6 +48,14 @@ class ModuleView:
 
 def engine_error(e: EngineError) -> HttpError:
     return HttpError(e.message, e.status)
+
+
+def _stored_options(reg: Registration) -> Mapping[str, Any] | None:
+    """The createOptions a registration was created with (the vetted ones), None if they cannot be read."""
+    config = reg.config.get("config")
+    settings = config.get("settings") if isinstance(config, Mapping) else None
+    options = settings.get("createOptions", {}) if isinstance(settings, Mapping) else None
+    return options if isinstance(options, Mapping) else None
 
 
 class ModuleRuntime:
@@ -162,7 +170,8 @@ class ModuleRuntime:
         if self.engine.kind != "docker":
             return config
         try:
-            vetted = vet_create_options(config.create_options, policy_for(self.settings))
+            vetted = vet_create_options(config.create_options, policy_for(self.settings, neighbours=self._binds()),
+                                        config.name)
         except ElevatedOptionRefused as e:
             log.warning("module %s: %s", config.name, e.message)
             self._record("module.privileges_refused", config.name, option=e.option, reason=e.why)
@@ -172,6 +181,33 @@ class ModuleRuntime:
                         "be used to gain root access (%s)", config.name, ", ".join(vetted.stripped), ALLOW_HINT)
             self._record("module.privileges_stripped", config.name, stripped=list(vetted.stripped))
         return replace(config, create_options=vetted.options)
+
+    def _binds(self) -> list[HostBind]:
+        """The host binds of every registered module, as stored (and so as the engine was given them)."""
+        out: list[HostBind] = []
+        for reg in self.registry.all():
+            out += host_binds(reg.name, _stored_options(reg) or {})
+        return out
+
+    def _vet_start(self, reg: Registration) -> None:
+        """Vet the stored createOptions again before a start this runtime initiates: a bind source may have become
+        a symlink since the module was created, and a module created while elevated permissions were allowed keeps
+        Privileged/CapAdd in its container after they are turned off. Refused starts are logged and audited."""
+        if self.engine.kind != "docker" or self.settings.allow_elevated_docker_permissions:
+            return
+        options = _stored_options(reg)
+        try:
+            if options is None:
+                raise ElevatedOptionRefused("createOptions", "the stored module spec cannot be read")
+            vetted = vet_create_options(options, policy_for(self.settings, neighbours=self._binds()), reg.name)
+            if vetted.stripped:
+                raise ElevatedOptionRefused(", ".join(vetted.stripped), "the module was created while elevated "
+                                            "permissions were allowed and its container still has them; recreate "
+                                            "it (update or remove and create the module) to run it without them")
+        except ElevatedOptionRefused as e:
+            log.warning("module %s not started: %s", reg.name, e.message)
+            self._record("module.start_refused", reg.name, option=e.option, reason=e.why)
+            raise
 
     async def _ensure_image(self, config: ModuleConfig) -> None:
         try:
@@ -243,7 +279,7 @@ class ModuleRuntime:
 
     async def start_module(self, name: str) -> None:
         async with self._lock(name):
-            self._registration(name)
+            self._vet_start(self._registration(name))
             try:
                 await self.engine.start(name)
             except EngineError as e:
@@ -261,7 +297,7 @@ class ModuleRuntime:
 
     async def restart_module(self, name: str) -> None:
         async with self._lock(name):
-            self._registration(name)
+            self._vet_start(self._registration(name))
             try:
                 await self.engine.restart(name)
             except EngineError as e:
