@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
@@ -103,7 +104,7 @@ def _files_of(config: Path | None, *services: object) -> tuple[Path, ...]:
         if isinstance(value, Path):
             found.append(value)
         elif isinstance(value, str) and value.startswith("file://"):
-            found.append(Path(value.removeprefix("file://")))
+            found.append(Path(unquote(urlsplit(value).path)))
         elif isinstance(value, Mapping):
             for v in value.values():
                 walk(v)
