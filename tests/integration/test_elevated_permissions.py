@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -356,6 +357,24 @@ async def test_a_bind_swapped_for_a_symlink_after_create_is_refused_at_start(
     records = [r for r in rt.parts.audit.records() if r.kind == "module.start_refused"]
     assert [r.module for r in records] == ["evil2", "evil2"], records
     assert records[0].detail["option"] == "HostConfig.Binds[0]"
+
+
+async def test_a_swapped_module_started_by_the_engine_itself_is_stopped(
+        strict: tuple[RuntimeEnv, ManagementClient], dockerd: Dockerd) -> None:
+    """dockerd's restart policy (or `docker start`) starts a module without asking Edgeward: the runtime sees the
+    start event, vets the module again and stops it."""
+    rt, mgmt = strict
+    shared = rt.base / "shared"
+    (shared / "d").mkdir(parents=True)
+    await mgmt.create_module(spec("evil5", {"HostConfig": {"NetworkMode": "none", "Binds": [f"{shared}/d:/d"]}}))
+    _swap(shared, rt.base / "state")
+    dockerd.cli("start", "evil5")
+    deadline = time.monotonic() + 30
+    while _inspect(dockerd, "evil5")["State"]["Running"]:
+        assert time.monotonic() < deadline, "the module the engine started on its own kept running"
+        await asyncio.sleep(0.1)
+    records = [r for r in rt.parts.audit.records() if r.kind == "module.stopped_refused"]
+    assert [r.module for r in records] == ["evil5"], records
 
 
 async def test_a_module_created_with_elevated_permissions_does_not_start_once_they_are_off(
