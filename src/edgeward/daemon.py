@@ -97,7 +97,7 @@ EMBEDDED_DEFAULTS: Mapping[str, Any] = {
 def _files_of(config: Path | None, *services: object) -> tuple[Path, ...]:
     """What no module may bind (runtime/privileges.py): the config file, and every file:// URI, homedir and socket
     the services' settings name, wherever the operator put them (preloaded keys and certs, the edge CA's and the
-    identity's cert and key files, trust bundles)."""
+    identity's cert and key files, trust bundles, the PKCS#11 library)."""
     found: list[Path] = [config.resolve()] if config is not None else []
 
     def walk(value: object) -> None:
@@ -133,7 +133,8 @@ def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> Daemon
     problems.raise_if_any()
     if split.cloud_timeout_sec is not None:
         identity = replace(identity, cloud_timeout=float(split.cloud_timeout_sec))
-    runtime = replace(runtime, protected_paths=_files_of(config, keys, certs, identity))
+    pkcs11_lib = Path(keys.pkcs11_lib_path) if keys.pkcs11_lib_path else None  # keyd loads it as root
+    runtime = replace(runtime, protected_paths=_files_of(config, keys, certs, identity, pkcs11_lib))
     return DaemonSettings(state_dir, run_dir, keys, certs, identity, runtime, tpm,
                           tuple(dict.fromkeys(problems.warnings)), config)
 

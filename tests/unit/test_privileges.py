@@ -349,13 +349,15 @@ pk = "file://{tmp_path}/ca/edge-ca.key"
 other = "file://{tmp_path}/keys/other.key"
 [aziot_keys]
 homedir_path = "{tmp_path}/keystore"
+pkcs11_lib_path = "{tmp_path}/vendor/libpkcs11.so"
 [moby_runtime]
 uri = "unix://{tmp_path}/none.sock"
 """)
     settings = load_settings(config, tmp_path / "state", tmp_path / "run")
     strict = policy_for(settings.runtime, roots=("/",))
     for source in (config, config.parent, secrets, secrets / "id.key", secrets / "trust bundle.pem",
-                   tmp_path / "ca", tmp_path / "keys/other.key", tmp_path / "keystore"):
+                   tmp_path / "ca", tmp_path / "keys/other.key", tmp_path / "keystore",
+                   tmp_path / "vendor/libpkcs11.so"):
         with pytest.raises(ElevatedOptionRefused, match="configuration, keys or certificates"):
             vet_create_options({"HostConfig": {"Binds": [f"{source}:/x:ro"]}}, strict)
     assert vet_create_options({"HostConfig": {"Binds": [f"{tmp_path}/data:/x"]}}, strict).options

@@ -534,8 +534,8 @@ def vet_create_options(options: Mapping[str, Any], policy: PrivilegePolicy, modu
     if policy.allow_elevated:
         return Vetted(dict(options))
     top = _canonical(options, ("HostConfig",), "createOptions")
-    for key in top:
-        if key.casefold() in {n.casefold() for n in _HOST_NAMES}:
+    for key in top:  # (a top-level NetworkMode is ignored by Docker, and common in hand-written manifests)
+        if key.casefold() in {n.casefold() for n in _HOST_NAMES} - {"networkmode"}:
             raise ElevatedOptionRefused(key, "it belongs in HostConfig")
     host = _canonical(top.get("HostConfig") or {}, _HOST_NAMES, "HostConfig")
     _mode(host, "PidMode", ("host", "container"))
