@@ -321,10 +321,11 @@ def test_host_service_sockets_and_logs_are_protected(tmp_path: Path) -> None:
     strict = policy_for(settings, roots=("/",))
     for source in ("/run/systemd:/s:ro", "/run/dbus:/d:ro", "/var/run/dbus/system_bus_socket:/b:ro",
                    "/run/udev:/u:ro", "/run/user/0:/x:ro", "/var/log:/l", "/run/containerd:/c:ro",
-                   "/var/lib/containerd:/c:ro", "/run/runc:/r:ro", "/run/containers:/c:ro", "/run/libpod:/c:ro"):
+                   "/var/lib/containerd:/c:ro", "/run/runc:/r:ro", "/run/containers:/c:ro", "/run/libpod:/c:ro",
+                   "/dev/serial/by-id:/s", "/dev/bus/usb:/u"):
         with pytest.raises(ElevatedOptionRefused):
             vet_create_options({"HostConfig": {"Binds": [source]}}, strict)
-    assert vet_create_options({"HostConfig": {"Binds": ["/var/log:/l:ro"]}}, strict).options
+    assert vet_create_options({"HostConfig": {"Binds": ["/var/log:/l:ro", "/dev/serial:/s:ro"]}}, strict).options
 
 
 def test_config_and_key_files_named_by_the_config_are_protected(tmp_path: Path) -> None:

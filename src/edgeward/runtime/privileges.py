@@ -260,6 +260,8 @@ def policy_for(settings: RuntimeSettings, roots: tuple[str, ...] | None = None,
     protected += [Protected(p, "a host service's control socket (root's systemd, D-Bus or udev)")
                   for p in HOST_CONTROL]
     protected += [Protected(p, "the host's logs", writes_only=True) for p in LOG_PATHS]
+    # A writer of /dev/serial/by-id could point a link another module is given as a device at a disk.
+    protected.append(Protected("/dev", "the host's device nodes (give devices through Devices)", writes_only=True))
     protected += [Protected(p, "Edgeward's or IoT Edge's configuration, state or sockets") for p in PRODUCT_PATHS]
     protected += [Protected(p, "the host's secrets") for p in HOST_SECRETS]
     protected += [Protected(p, "a host system directory", writes_only=True)
