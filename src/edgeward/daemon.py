@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
@@ -93,6 +94,31 @@ EMBEDDED_DEFAULTS: Mapping[str, Any] = {
 }
 
 
+def _files_of(config: Path | None, *services: object) -> tuple[Path, ...]:
+    """What no module may bind (runtime/privileges.py): the config file, and every file:// URI, homedir and socket
+    the services' settings name, wherever the operator put them (preloaded keys and certs, the edge CA's and the
+    identity's cert and key files, trust bundles, the PKCS#11 library)."""
+    found: list[Path] = [config.resolve()] if config is not None else []
+
+    def walk(value: object) -> None:
+        if isinstance(value, Path):
+            found.append(value)
+        elif isinstance(value, str) and value.startswith("file://"):
+            found.append(Path(unquote(urlsplit(value).path)))
+        elif isinstance(value, Mapping):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+        elif hasattr(value, "__dataclass_fields__"):
+            for name in value.__dataclass_fields__:
+                walk(getattr(value, name))
+
+    walk(services)
+    return tuple(dict.fromkeys(p for p in found if p.is_absolute()))
+
+
 def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> DaemonSettings:
     """Read the super config (IoT Edge 1.5's config.toml, plus Edgeward's tables), split it into the documents
     `edgeward config apply` writes, and parse each with its service's reader; every problem is raised at once."""
@@ -107,6 +133,8 @@ def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> Daemon
     problems.raise_if_any()
     if split.cloud_timeout_sec is not None:
         identity = replace(identity, cloud_timeout=float(split.cloud_timeout_sec))
+    pkcs11_lib = Path(keys.pkcs11_lib_path) if keys.pkcs11_lib_path else None  # keyd loads it as root
+    runtime = replace(runtime, protected_paths=_files_of(config, keys, certs, identity, pkcs11_lib))
     return DaemonSettings(state_dir, run_dir, keys, certs, identity, runtime, tpm,
                           tuple(dict.fromkeys(problems.warnings)), config)
 

@@ -6,6 +6,7 @@ security profiles or binds of host control surfaces (refused with a 422 naming t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -14,13 +15,17 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 import edgeward
+from edgeward.cli.check import check
 from edgeward.http.errors import HttpError
 from edgeward.runtime.engines.moby import DockerEngine
 from edgeward.runtime.mgmt_client import ManagementClient
@@ -149,6 +154,21 @@ def _refused_options(rt: RuntimeEnv, dockerd: Dockerd, victim_dir: Path, link: P
         "every block device": {"HostConfig": {"DeviceCgroupRules": ["b 8:* rwm"]}},
         "cgroup parent of another container": {"HostConfig": {"CgroupParent": f"/docker/{'a' * 64}"}},
         "ambiguous key spelling": {"HostConfig": {"PidMode": "", "pidmode": "host"}},
+        # the engine's real paths, wherever it was told to keep them (this dockerd runs with its own
+        # --data-root and --exec-root): other modules' layers, containerd's socket
+        "bind the engine's data root": binds(dockerd.root / "data"),
+        "bind the engine's overlay2 layers": bind(dockerd.root / "data" / "overlay2"),
+        "bind the engine's exec root": bind(dockerd.root / "exec"),
+        "bind the engine's containerd socket dir": binds(dockerd.root / "exec" / "containerd"),
+        "bind the engine's pid file": binds(dockerd.root / "dockerd.pid"),
+        # host services that run as root take commands over these sockets, read-only bind or not
+        "bind /run/systemd": binds("/run/systemd"),
+        "bind /run/dbus": bind("/run/dbus"),
+        "bind /var/run/dbus": binds("/var/run/dbus"),
+        "bind /run/udev": binds("/run/udev"),
+        "bind /var/log writable": {"HostConfig": {"Binds": ["/var/log:/host"]}},
+        "NetworkMode of another module": {"HostConfig": {"NetworkMode": "container:victim"}},
+        "NetworkMode of another module, upper case": {"HostConfig": {"NetworkMode": "CONTAINER:victim"}},
     }
 
 
@@ -283,3 +303,102 @@ async def test_a_symlink_hidden_by_a_private_tmp_is_resolved_as_the_engine_sees_
         assert "the state directory" in out["engine"], out
     finally:
         shutil.rmtree(hidden, ignore_errors=True)
+
+
+def _swap(shared: Path, target: Path) -> None:
+    """What a module with /shared writable does from inside its container: replace a directory with a link."""
+    (shared / "d").rmdir()
+    (shared / "d").symlink_to(target)
+
+
+async def test_a_bind_inside_another_modules_writable_bind_is_refused(
+        strict: tuple[RuntimeEnv, ManagementClient], dockerd: Dockerd) -> None:
+    """The writer of the parent could swap the child for a symlink to the state dir before the child starts."""
+    rt, mgmt = strict
+    shared = rt.base / "data" / "shared"
+    (shared / "d").mkdir(parents=True)
+    await mgmt.create_module(spec("swapper", {"HostConfig": {"NetworkMode": "none", "Binds": [f"{shared}:/shared"]}}))
+    refused = {}
+    for name, binds in (("evil2", [f"{shared}/d:/d:ro"]), ("evil3", [f"{shared}/d/../d/x:/d"]),
+                        ("evil4", [f"{shared.parent}:/all"])):  # a writable parent of swapper's source swaps it too
+        with pytest.raises(HttpError) as e:
+            await mgmt.create_module(spec(name, {"HostConfig": {"NetworkMode": "none", "Binds": binds}}))
+        refused[name] = (e.value.status, e.value.message)
+        assert dockerd.cli("inspect", name, check=False).returncode != 0
+    assert all(status == 422 for status, _ in refused.values()), refused
+    assert "swapper" in refused["evil2"][1] and "symlink" in refused["evil2"][1], refused
+    # one module with both: it could swap its own other bind
+    with pytest.raises(HttpError) as own:
+        await mgmt.create_module(spec("selfswap", {"HostConfig": {
+            "NetworkMode": "none", "Binds": [f"{shared}:/shared", f"{shared}/d:/d:ro"]}}))
+    assert own.value.status == 422
+    # the same directory shared by two modules, or read-only nesting, stays allowed
+    await mgmt.create_module(spec("peer", {"HostConfig": {"NetworkMode": "none", "Binds": [f"{shared}:/shared"]}}))
+    (rt.base / "ro" / "d").mkdir(parents=True)
+    await mgmt.create_module(spec("reader", {"HostConfig": {"NetworkMode": "none",
+                                                            "Binds": [f"{rt.base}/ro:/ro:ro", f"{rt.base}/ro/d:/d:ro"]}}))
+
+
+async def test_a_bind_swapped_for_a_symlink_after_create_is_refused_at_start(
+        strict: tuple[RuntimeEnv, ManagementClient], dockerd: Dockerd) -> None:
+    rt, mgmt = strict
+    shared = rt.base / "shared"
+    (shared / "d").mkdir(parents=True)
+    show = ["sh", "-c", "ls /d; echo LS-DONE; sleep 3600"]
+    await mgmt.create_module(spec("evil2", {"HostConfig": {"NetworkMode": "none", "Binds": [f"{shared}/d:/d"]}},
+                                  show))
+    _swap(shared, rt.base / "state")  # as a writer of `shared` would, between create and start
+    for action in ("start", "restart"):
+        with pytest.raises(HttpError) as refused:
+            await mgmt.action("evil2", action)
+        assert refused.value.status == 422, (action, refused.value.message)
+        assert "state directory" in refused.value.message, refused.value.message
+        assert not _inspect(dockerd, "evil2")["State"]["Running"], f"{action} ran the swapped module"
+    records = [r for r in rt.parts.audit.records() if r.kind == "module.start_refused"]
+    assert [r.module for r in records] == ["evil2", "evil2"], records
+    assert records[0].detail["option"] == "HostConfig.Binds[0]"
+
+
+async def test_a_swapped_module_started_by_the_engine_itself_is_stopped(
+        strict: tuple[RuntimeEnv, ManagementClient], dockerd: Dockerd) -> None:
+    """dockerd's restart policy (or `docker start`) starts a module without asking Edgeward: the runtime sees the
+    start event, vets the module again and stops it."""
+    rt, mgmt = strict
+    shared = rt.base / "shared"
+    (shared / "d").mkdir(parents=True)
+    await mgmt.create_module(spec("evil5", {"HostConfig": {"NetworkMode": "none", "Binds": [f"{shared}/d:/d"]}}))
+    _swap(shared, rt.base / "state")
+    dockerd.cli("start", "evil5")
+    deadline = time.monotonic() + 30
+    while _inspect(dockerd, "evil5")["State"]["Running"]:
+        assert time.monotonic() < deadline, "the module the engine started on its own kept running"
+        await asyncio.sleep(0.1)
+    records = [r for r in rt.parts.audit.records() if r.kind == "module.stopped_refused"]
+    assert [r.module for r in records] == ["evil5"], records
+
+
+async def test_a_module_created_with_elevated_permissions_does_not_start_once_they_are_off(
+        strict: tuple[RuntimeEnv, ManagementClient], dockerd: Dockerd) -> None:
+    """The operator turns the setting off and restarts Edgeward: the privileged container is still there."""
+    rt, mgmt = strict
+    runtime = rt.parts.runtime
+    runtime.settings = replace(rt.settings, allow_elevated_docker_permissions=True)
+    try:
+        await mgmt.create_module(spec("oldadmin", {"HostConfig": {"CapAdd": ["SYS_ADMIN"], "NetworkMode": "none"}}))
+    finally:
+        runtime.settings = rt.settings
+    assert _inspect(dockerd, "oldadmin")["HostConfig"]["CapAdd"] == ["SYS_ADMIN"]
+    with pytest.raises(HttpError) as refused:
+        await mgmt.action("oldadmin", "start")
+    assert refused.value.status == 422 and "recreate" in refused.value.message, refused.value.message
+    assert "HostConfig.CapAdd" in refused.value.message
+    assert not _inspect(dockerd, "oldadmin")["State"]["Running"]
+    # `edgeward check` names it rather than claiming Privileged and CapAdd are stripped
+    config = rt.base / "check.toml"
+    config.write_text(f'hostname = "dev1"\n[moby_runtime]\nuri = "{dockerd.uri}"\n')
+    result = await asyncio.to_thread(CliRunner().invoke, check, [
+        "-c", str(config), "--state-dir", str(rt.base / "check-state"), "--run-dir", str(rt.base / "check-run"),
+        "--json"])
+    row = {r["name"]: r for r in json.loads(result.stdout)}["elevated permissions"]
+    assert row["outcome"] == "error" and "oldadmin (CapAdd)" in row["detail"], row
+    assert "recreate" in row["fix"], row

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import aiodocker
+import aiohttp
 import click
+from aiodocker.exceptions import DockerError
 from cryptography import x509
 from rich.console import Console
 from rich.table import Table
@@ -29,7 +32,7 @@ from ..http.errors import HttpError
 from ..keys.client import KeysClient
 from ..runtime.compose import make_engine
 from ..runtime.edge_ca import EDGE_CA_CERT_ID, EDGE_CA_KEY_ID
-from ..runtime.engine import EngineError
+from ..runtime.engine import ENGINE_LABEL, EngineError
 from ..runtime.privileges import ElevatedOptionRefused, policy_for, vet_create_options
 from .paths import config_option, default_run_dir, default_state_dir, run_option, state_option
 
@@ -217,9 +220,38 @@ async def check_elevated(s: DaemonSettings) -> list[Result]:
                        "Edgeward's state (each is root on this device)",
                        "set allow_elevated_docker_permissions = false in the config and apply it, unless a module "
                        "truly needs them")]
+    try:
+        still = await _elevated_modules(s.runtime.docker_uri)
+    except (DockerError, OSError, aiohttp.ClientError) as e:
+        return [Result("elevated permissions", "warning", f"allow_elevated_docker_permissions = false, but the "
+                       f"engine could not be asked which modules still have elevated permissions "
+                       f"({e.__class__.__name__})", "start the container engine and run the check again")]
+    if still:
+        return [Result("elevated permissions", "error",
+                       "allow_elevated_docker_permissions = false, but these modules were created while it was true "
+                       f"and their containers still have elevated permissions: {'; '.join(still)}; Edgeward "
+                       "refuses to start them",
+                       "recreate each of them (update the deployment or remove and create the module)")]
     return [Result("elevated permissions", "ok",
-                   "allow_elevated_docker_permissions = false: Privileged and CapAdd are stripped, host namespaces "
-                   "and binds of host control surfaces are refused (set it to true to allow them)")]
+                   "allow_elevated_docker_permissions = false: Privileged and CapAdd are stripped from new modules, "
+                   "host namespaces and binds of host control surfaces are refused, and no module's container "
+                   "has them (set it to true to allow them)")]
+
+
+async def _elevated_modules(uri: str) -> list[str]:
+    """Modules whose container, as the engine has it, is privileged or has added capabilities."""
+    docker = aiodocker.Docker(url=uri)
+    try:
+        found = []
+        for c in await docker.containers.list(all=True, filters={"label": [ENGINE_LABEL]}):
+            raw = await docker.containers.get(c.id)
+            host = raw._container.get("HostConfig") or {}
+            what = [w for w, on in (("Privileged", host.get("Privileged")), ("CapAdd", host.get("CapAdd"))) if on]
+            if what:
+                found.append(f"{str(raw._container.get('Name', c.id)).lstrip('/')} ({', '.join(what)})")
+        return found
+    finally:
+        await docker.close()
 
 
 CHECKS: list[Check] = [check_hostname, check_clock, check_permissions, check_services, check_certs,

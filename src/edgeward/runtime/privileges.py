@@ -16,12 +16,22 @@ Docker reads JSON keys without regard to case (Go's folding, in which U+017F mat
 every key is compared folded, and two spellings of one key are refused rather than guessed at. Bind sources are
 resolved twice: Docker's reading (lexically cleaned, then symlinks) and the kernel's (symlinks before ".."), each in
 this process's view and in the engine's and the host init's (/proc/<pid>/root): a private /tmp or a hidden /home
-must not hide a symlink the engine will follow. What a symlink points to when the container later starts is the
-engine's to resolve; a path a module can rewrite between create and start is the residual risk of any bind.
+must not hide a symlink the engine will follow.
+
+What a symlink points to when the container later starts is the engine's to resolve, so a path a module can rewrite
+between create and start must not be a bind source: a bind source inside another bind source that a module (this
+one or another registered one) has writable is refused, as is a writable bind source that contains another's (the
+writer could swap the inner directory for a symlink to the state directory). The runtime also vets a module's
+stored options again before each start it initiates (runtime/service.py).
+
+The engine's own paths are read from the engine: its data root (`GET /info`) and the paths on its command line
+(`--data-root`, `--exec-root`, `--pidfile`, `--containerd`, `-H unix://`), besides the standard ones.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import posixpath
 import re
 import socket
@@ -35,8 +45,9 @@ from typing import Any
 from ..http.errors import UnprocessableEntity
 from .settings import RuntimeSettings
 
-__all__ = ["ALLOW_HINT", "ElevatedOptionRefused", "PrivilegePolicy", "Protected", "Vetted", "host_views",
-           "policy_for", "resolve_in", "vet_create_options"]
+__all__ = ["ALLOW_HINT", "ElevatedOptionRefused", "HostBind", "PrivilegePolicy", "Protected", "Vetted",
+           "engine_paths", "engine_paths_from_cmdline", "host_binds", "host_views", "policy_for", "resolve_in",
+           "vet_create_options"]
 
 ALLOW_HINT = ("if a module must have them, set allow_elevated_docker_permissions = true in the config and apply it "
               "(every deployment may then have privileged modules)")
@@ -44,7 +55,14 @@ ALLOW_HINT = ("if a module must have them, set allow_elevated_docker_permissions
 # its container: https://labs.f-secure.com/blog/helping-root-out-of-the-container/).
 DROPPED_CAPS = ("CHOWN", "SETUID")
 ENGINE_PATHS = ("/var/run/docker.sock", "/run/docker.sock", "/run/docker", "/var/lib/docker",
-                "/run/podman", "/var/lib/containers", "/run/containerd", "/var/lib/containerd", "/run/user")
+                "/run/podman", "/var/lib/containers", "/run/containerd", "/var/lib/containerd", "/run/user",
+                "/run/runc", "/run/containers", "/run/libpod", "/etc/docker")
+# Sockets of host services that run as root (systemd, D-Bus, udev): a read-only bind still lets a module connect.
+HOST_CONTROL = ("/run/systemd", "/run/dbus", "/var/run/dbus", "/run/udev")
+# Written by root daemons and read by log tooling: reading is fine, writing forges or fills the host's logs.
+LOG_PATHS = ("/var/log",)
+# dockerd flags that name a path of the engine (the socket of -H unix://... is taken separately).
+_ENGINE_FLAGS = ("--data-root", "-g", "--graph", "--exec-root", "--pidfile", "-p", "--containerd", "--config-file")
 PRODUCT_PATHS = ("/etc/edgeward", "/etc/aziot", "/var/lib/aziot", "/run/aziot")
 # Reading these is harmless enough (the test image runs the host's python from a read-only /usr), writing any of them
 # is root on the next boot, login or cron run.
@@ -53,7 +71,7 @@ SYSTEM_PATHS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/l
 HOST_SECRETS = ("/etc/shadow", "/etc/gshadow", "/etc/ssh", "/root")
 _HOST_NAMES = ("Privileged", "CapAdd", "CapDrop", "PidMode", "IpcMode", "UsernsMode", "Cgroup", "CgroupParent",
                "VolumesFrom", "SecurityOpt", "MaskedPaths", "ReadonlyPaths", "Devices", "DeviceCgroupRules",
-               "Binds", "Mounts", "LogConfig")
+               "Binds", "Mounts", "LogConfig", "NetworkMode")
 _SECURITY_OPTS = re.compile(r"^(no-new-privileges([=:](true|false))?|apparmor[=:]docker-default|label[=:]level:.*)$")
 # Devices a module may be given: serial ports, I2C, SPI, GPIO, cameras, sound, GPUs, input and HID devices. Not
 # block devices, /dev/mem and friends, the TPM (Edgeward's root of trust), raw USB or SCSI, KVM, loop or mapper.
@@ -83,10 +101,20 @@ class Protected:
 
 
 @dataclass(frozen=True)
+class HostBind:
+    """A host path bound into a registered module: the neighbours a new bind must not nest with."""
+
+    module: str
+    source: str
+    writable: bool
+
+
+@dataclass(frozen=True)
 class PrivilegePolicy:
     allow_elevated: bool
     protected: tuple[Protected, ...] = ()
     roots: tuple[str, ...] = ("/",)  # the views in which host paths are resolved
+    neighbours: tuple[HostBind, ...] = ()  # the host binds of the other registered modules
 
 
 @dataclass(frozen=True)
@@ -137,7 +165,82 @@ def _same_file(a: Path, b: Path) -> bool:
     return key(a) == key(b)
 
 
-def policy_for(settings: RuntimeSettings, roots: tuple[str, ...] | None = None) -> PrivilegePolicy:
+def engine_paths_from_cmdline(argv: list[str]) -> list[str]:
+    """The paths dockerd's command line names: its data and exec roots, pid file, containerd socket, config file
+    and unix sockets (`-H unix://...`); both `--flag value` and `--flag=value`."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if name in _ENGINE_FLAGS and value.startswith("/"):
+            out.append(value)
+        elif name in ("-H", "--host") and value.startswith("unix://"):
+            out.append(value.removeprefix("unix://"))
+    return out
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=3)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(3)
+        self.sock.connect(self._path)
+
+
+def _engine_info(engine_socket: str) -> Mapping[str, Any]:
+    conn = _UnixHTTP(engine_socket)
+    try:
+        conn.request("GET", "/info")
+        answer = conn.getresponse()
+        body = json.loads(answer.read(4 << 20)) if answer.status == 200 else {}
+    except (OSError, ValueError, http.client.HTTPException):
+        return {}
+    finally:
+        conn.close()
+    return body if isinstance(body, Mapping) else {}
+
+
+def engine_paths(engine_socket: str) -> list[str]:
+    """Where this engine keeps what a module must not reach, asked of the engine itself: a dockerd started with
+    `--data-root /A --exec-root /B` keeps other modules' layers in /A and containerd's socket in /B."""
+    out: list[str] = []
+    root = _engine_info(engine_socket).get("DockerRootDir")
+    if isinstance(root, str) and root.startswith("/"):
+        out.append(root)
+    pid = _listener_pid(engine_socket)
+    if pid is not None:
+        try:
+            argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            argv = []
+        out += engine_paths_from_cmdline(argv)
+        config = next((p for p in engine_paths_from_cmdline(argv) if p.endswith(".json")), "/etc/docker/daemon.json")
+        out += _daemon_json_paths(config)
+    return out
+
+
+def _daemon_json_paths(path: str) -> list[str]:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(doc, Mapping):
+        return []
+    out = [v for k in ("data-root", "graph", "exec-root", "pidfile", "containerd")
+           if isinstance(v := doc.get(k), str) and v.startswith("/")]
+    hosts = doc.get("hosts")
+    for h in hosts if isinstance(hosts, list) else []:
+        if isinstance(h, str) and h.startswith("unix://"):
+            out.append(h.removeprefix("unix://"))
+    return out
+
+
+def policy_for(settings: RuntimeSettings, roots: tuple[str, ...] | None = None,
+               neighbours: Iterable[HostBind] = ()) -> PrivilegePolicy:
     state = settings.state_dir or settings.home.parent
     protected = [Protected("/proc", "the host's /proc"),
                  Protected("/sys", "the host's /sys (cgroups, kernel and device controls)"),
@@ -148,14 +251,24 @@ def policy_for(settings: RuntimeSettings, roots: tuple[str, ...] | None = None) 
     engine = settings.docker_uri.removeprefix("unix://") if settings.docker_uri.startswith("unix://") else None
     if engine:
         protected.append(Protected(engine, "the container engine's socket"))
+    if engine and settings.allow_elevated_docker_permissions is False:
+        protected += [Protected(p, "the container engine's state, sockets or configuration")
+                      for p in dict.fromkeys(engine_paths(engine))]
+    protected += [Protected(str(p), "a file or directory of Edgeward's configuration, keys or certificates")
+                  for p in settings.protected_paths]
     protected += [Protected(p, "a container engine's socket or state") for p in ENGINE_PATHS]
+    protected += [Protected(p, "a host service's control socket (root's systemd, D-Bus or udev)")
+                  for p in HOST_CONTROL]
+    protected += [Protected(p, "the host's logs", writes_only=True) for p in LOG_PATHS]
+    # A writer of /dev/serial/by-id could point a link another module is given as a device at a disk.
+    protected.append(Protected("/dev", "the host's device nodes (give devices through Devices)", writes_only=True))
     protected += [Protected(p, "Edgeward's or IoT Edge's configuration, state or sockets") for p in PRODUCT_PATHS]
     protected += [Protected(p, "the host's secrets") for p in HOST_SECRETS]
     protected += [Protected(p, "a host system directory", writes_only=True)
                   for p in SYSTEM_PATHS]
     if roots is None:
         roots = host_views(engine) if settings.allow_elevated_docker_permissions is False else ("/",)
-    return PrivilegePolicy(settings.allow_elevated_docker_permissions, tuple(protected), roots)
+    return PrivilegePolicy(settings.allow_elevated_docker_permissions, tuple(protected), roots, tuple(neighbours))
 
 
 # paths -------------------------------------------------------------------------------------------------------------
@@ -280,18 +393,20 @@ def _mode(host: Mapping[str, Any], name: str, refused: tuple[str, ...]) -> None:
 
 
 # the rules -------------------------------------------------------------------------------------------------------
-def _check_binds(host: Mapping[str, Any], policy: PrivilegePolicy) -> None:
+def _binds(host: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """(option, host source, writable) of each bind of a host path; volume driver options are refused."""
+    out: list[tuple[str, str, bool]] = []
     for i, bind in enumerate(_strings(host.get("Binds"), "HostConfig.Binds")):
         bind_source, *rest = bind.split(":")
         if bind_source.startswith("/"):  # otherwise a named volume
             read_only = len(rest) > 1 and "ro" in rest[-1].split(",")
-            _check_host_path(f"HostConfig.Binds[{i}]", bind_source, policy, read_only=read_only)
+            out.append((f"HostConfig.Binds[{i}]", bind_source, not read_only))
     for i, raw in enumerate(_objects(host.get("Mounts"), "HostConfig.Mounts")):
         where = f"HostConfig.Mounts[{i}]"
         mount = _canonical(raw, ("Type", "Source", "Target", "ReadOnly", "VolumeOptions"), where)
         source = mount.get("Source")
         if isinstance(source, str) and source.startswith("/"):
-            _check_host_path(where, source, policy, read_only=mount.get("ReadOnly") is True)
+            out.append((where, source, mount.get("ReadOnly") is not True))
         elif source is not None and not isinstance(source, str):
             raise ElevatedOptionRefused(f"{where}.Source", "it must be a string")
         volume = _canonical(mount.get("VolumeOptions") or {}, ("DriverConfig",), f"{where}.VolumeOptions")
@@ -299,6 +414,66 @@ def _check_binds(host: Mapping[str, Any], policy: PrivilegePolicy) -> None:
         if driver.get("Options"):
             raise ElevatedOptionRefused(f"{where}.VolumeOptions.DriverConfig.Options",
                                         "volume driver options can bind any host path")
+    return out
+
+
+def host_binds(module: str, options: Mapping[str, Any]) -> list[HostBind]:
+    """The host binds of a registered module's stored createOptions (what the engine was given); options this
+    module cannot read count as nothing, since they were vetted when the module was created."""
+    try:
+        top = _canonical(options, ("HostConfig",), "createOptions")
+        host = _canonical(top.get("HostConfig") or {}, _HOST_NAMES, "HostConfig")
+        return [HostBind(module, source, writable) for _, source, writable in _binds(host)]
+    except ElevatedOptionRefused:
+        return []
+
+
+def _strictly_inside(inner: str, outer: str) -> bool:
+    return PurePosixPath(outer) in PurePosixPath(inner).parents
+
+
+def _check_nesting(own: list[tuple[str, str, bool]], module: str | None, policy: PrivilegePolicy) -> None:
+    """A bind source nested in another that a module can write is a symlink swap waiting for the next start:
+    the writer replaces the inner directory with a link to the state directory, and the engine follows it."""
+    others = [(f"this module's {o}", s, w) for o, s, w in own]
+    others += [(f"module {n.module}", n.source, n.writable) for n in policy.neighbours if n.module != module]
+    try:
+        readings = {source: _readings(source, policy.roots) for _, source, _ in [*own, *others]}
+    except (ValueError, OSError) as e:
+        raise ElevatedOptionRefused("HostConfig", f"a bind source cannot be resolved safely ({e})") from None
+    for option, source, writable in own:
+        for holder, other, other_writable in others:
+            if holder == f"this module's {option}":
+                continue
+            for a in readings[source]:
+                for b in readings[other]:
+                    if other_writable and _strictly_inside(a, b):
+                        raise ElevatedOptionRefused(option, f"binds {source}, which lies inside {other}, which "
+                                                            f"{holder} binds writable: it could replace {source} "
+                                                            f"with a symlink the engine follows at the next start")
+                    if writable and _strictly_inside(b, a):
+                        raise ElevatedOptionRefused(option, f"binds {source} writable, which contains {other}, "
+                                                            f"which {holder} binds: this module could replace it "
+                                                            f"with a symlink the engine follows at the next start")
+
+
+def _check_binds(host: Mapping[str, Any], policy: PrivilegePolicy, module: str | None) -> None:
+    own = _binds(host)
+    for option, source, writable in own:
+        _check_host_path(option, source, policy, read_only=not writable)
+    _check_nesting(own, module, policy)
+
+
+def _check_network(host: Mapping[str, Any], module: str | None) -> None:
+    value = host.get("NetworkMode")
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ElevatedOptionRefused("HostConfig.NetworkMode", "it must be a string")
+    kind, sep, target = value.partition(":")
+    if sep and kind.casefold() == "container" and (module is None or target != module):
+        raise ElevatedOptionRefused("HostConfig.NetworkMode", f"{value[:80]!r} joins another container's network "
+                                                              f"namespace (its sockets on 127.0.0.1 included)")
 
 
 def _check_devices(host: Mapping[str, Any], policy: PrivilegePolicy) -> None:
@@ -355,13 +530,14 @@ def _check_log_config(host: Mapping[str, Any]) -> None:
                                                                               "host socket")
 
 
-def vet_create_options(options: Mapping[str, Any], policy: PrivilegePolicy) -> Vetted:
-    """The createOptions to give the engine, with what IoT Edge strips removed; raises ElevatedOptionRefused."""
+def vet_create_options(options: Mapping[str, Any], policy: PrivilegePolicy, module: str | None = None) -> Vetted:
+    """The createOptions to give the engine, with what IoT Edge strips removed; raises ElevatedOptionRefused.
+    `module` is the module's own name (its other registrations in `policy.neighbours` are left out)."""
     if policy.allow_elevated:
         return Vetted(dict(options))
     top = _canonical(options, ("HostConfig",), "createOptions")
-    for key in top:
-        if key.casefold() in {n.casefold() for n in _HOST_NAMES}:
+    for key in top:  # (a top-level NetworkMode is ignored by Docker, and common in hand-written manifests)
+        if key.casefold() in {n.casefold() for n in _HOST_NAMES} - {"networkmode"}:
             raise ElevatedOptionRefused(key, "it belongs in HostConfig")
     host = _canonical(top.get("HostConfig") or {}, _HOST_NAMES, "HostConfig")
     _mode(host, "PidMode", ("host", "container"))
@@ -375,7 +551,8 @@ def vet_create_options(options: Mapping[str, Any], policy: PrivilegePolicy) -> V
             raise ElevatedOptionRefused(f"HostConfig.{name}", why)
     _check_security(host)
     _check_devices(host, policy)
-    _check_binds(host, policy)
+    _check_network(host, module)
+    _check_binds(host, policy, module)
     _check_log_config(host)
     stripped = []
     if host.get("Privileged") not in (None, False):

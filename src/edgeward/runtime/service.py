@@ -24,7 +24,15 @@ from .engine import (
 )
 from .identities import ModuleIdentities
 from .model import ModuleConfig, valid_module_name
-from .privileges import ALLOW_HINT, ElevatedOptionRefused, policy_for, vet_create_options
+from .privileges import (
+    ALLOW_HINT,
+    ElevatedOptionRefused,
+    HostBind,
+    Vetted,
+    host_binds,
+    policy_for,
+    vet_create_options,
+)
 from .registry import Registration, Registry
 from .settings import RuntimeSettings
 from .sockets import WorkloadSockets
@@ -50,6 +58,14 @@ def engine_error(e: EngineError) -> HttpError:
     return HttpError(e.message, e.status)
 
 
+def _stored_options(reg: Registration) -> Mapping[str, Any] | None:
+    """The createOptions a registration was created with (the vetted ones), None if they cannot be read."""
+    config = reg.config.get("config")
+    settings = config.get("settings") if isinstance(config, Mapping) else None
+    options = settings.get("createOptions", {}) if isinstance(settings, Mapping) else None
+    return options if isinstance(options, Mapping) else None
+
+
 class ModuleRuntime:
     def __init__(self, settings: RuntimeSettings, engine: ModuleEngine, registry: Registry,
                  identities: ModuleIdentities, sockets: WorkloadSockets, *, audit: AuditLog | None = None) -> None:
@@ -62,6 +78,7 @@ class ModuleRuntime:
         self._locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._checks: set[asyncio.Task[None]] = set()
         self.agent_restarts = 0
         self.last_watchdog_error: str | None = None
 
@@ -85,7 +102,7 @@ class ModuleRuntime:
         self._tasks.append(asyncio.create_task(self._follow_events(), name="runtime-events"))
 
     async def stop(self) -> None:
-        await cancel_all(self._tasks)
+        await cancel_all([*self._tasks, *self._checks])
 
     async def reconcile(self) -> None:
         """Make the registry and the engine agree after a restart of either.
@@ -156,13 +173,20 @@ class ModuleRuntime:
             options["HostConfig"] = host
         return options
 
-    def _vetted(self, config: ModuleConfig) -> ModuleConfig:
+    async def _vet(self, options: Mapping[str, Any], name: str) -> Vetted:
+        """vet_create_options in a thread: it asks the engine (GET /info) and resolves paths on disk, and the
+        workload API shares this event loop."""
+        neighbours = self._binds()  # the registry's connection belongs to this thread
+        return await asyncio.to_thread(lambda: vet_create_options(
+            options, policy_for(self.settings, neighbours=neighbours), name))
+
+    async def _vetted(self, config: ModuleConfig) -> ModuleConfig:
         """The module with the createOptions this device allows (runtime/privileges.py); a refusal is logged and
         audited before it reaches the caller. Idempotent, so an update can vet before it removes anything."""
         if self.engine.kind != "docker":
             return config
         try:
-            vetted = vet_create_options(config.create_options, policy_for(self.settings))
+            vetted = await self._vet(config.create_options, config.name)
         except ElevatedOptionRefused as e:
             log.warning("module %s: %s", config.name, e.message)
             self._record("module.privileges_refused", config.name, option=e.option, reason=e.why)
@@ -172,6 +196,33 @@ class ModuleRuntime:
                         "be used to gain root access (%s)", config.name, ", ".join(vetted.stripped), ALLOW_HINT)
             self._record("module.privileges_stripped", config.name, stripped=list(vetted.stripped))
         return replace(config, create_options=vetted.options)
+
+    def _binds(self) -> list[HostBind]:
+        """The host binds of every registered module, as stored (and so as the engine was given them)."""
+        out: list[HostBind] = []
+        for reg in self.registry.all():
+            out += host_binds(reg.name, _stored_options(reg) or {})
+        return out
+
+    async def _vet_start(self, reg: Registration, record: str = "module.start_refused") -> None:
+        """Vet the stored createOptions again before a start this runtime initiates: a bind source may have become
+        a symlink since the module was created, and a module created while elevated permissions were allowed keeps
+        Privileged/CapAdd in its container after they are turned off. Refused starts are logged and audited."""
+        if self.engine.kind != "docker" or self.settings.allow_elevated_docker_permissions:
+            return
+        options = _stored_options(reg)
+        try:
+            if options is None:
+                raise ElevatedOptionRefused("createOptions", "the stored module spec cannot be read")
+            vetted = await self._vet(options, reg.name)
+            if vetted.stripped:
+                raise ElevatedOptionRefused(", ".join(vetted.stripped), "the module was created while elevated "
+                                            "permissions were allowed and its container still has them; recreate "
+                                            "it (update or remove and create the module) to run it without them")
+        except ElevatedOptionRefused as e:
+            log.warning("module %s may not run: %s", reg.name, e.message)
+            self._record(record, reg.name, option=e.option, reason=e.why)
+            raise
 
     async def _ensure_image(self, config: ModuleConfig) -> None:
         try:
@@ -186,7 +237,7 @@ class ModuleRuntime:
     async def create_module(self, config: ModuleConfig, *, system: bool = False) -> ModuleView:
         if not valid_module_name(config.name):
             raise BadRequest(f"invalid module name {config.name!r}")
-        config = self._vetted(config)
+        config = await self._vetted(config)
         async with self._lock(config.name):
             if (known := self.registry.named_like(config.name)) is not None:
                 raise Conflict(f"module {config.name} already exists" if known.name == config.name else
@@ -244,7 +295,7 @@ class ModuleRuntime:
 
     async def start_module(self, name: str) -> None:
         async with self._lock(name):
-            self._registration(name)
+            await self._vet_start(self._registration(name))
             try:
                 await self.engine.start(name)
             except EngineError as e:
@@ -262,7 +313,7 @@ class ModuleRuntime:
 
     async def restart_module(self, name: str) -> None:
         async with self._lock(name):
-            self._registration(name)
+            await self._vet_start(self._registration(name))
             try:
                 await self.engine.restart(name)
             except EngineError as e:
@@ -291,7 +342,7 @@ class ModuleRuntime:
         reg = self._registration(config.name)
         if reg.system and config.name != reg.name:
             raise Forbidden("the edge agent's name cannot change")
-        config = self._vetted(config)  # a refused spec must not cost the module it would replace
+        config = await self._vetted(config)  # a refused spec must not cost the module it would replace
         await self._ensure_image(config)
         await self.remove_module(config.name, by_runtime=True)
         view = await self.create_module(config, system=reg.system)
@@ -328,6 +379,10 @@ class ModuleRuntime:
                     delay = 1.0
                     if event.action in ("die", "destroy", "stop"):
                         self._wake.set()
+                    elif event.action == "start" and event.name and self.registry.get(event.name) is not None:
+                        task = asyncio.create_task(self._check_started(event.name), name=f"vet-{event.name}")
+                        self._checks.add(task)
+                        task.add_done_callback(self._checks.discard)
             except EngineError as e:
                 log.warning("engine events unavailable: %s", e.message)
             except Exception:
@@ -336,6 +391,22 @@ class ModuleRuntime:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
             self._wake.set()
+
+    async def _check_started(self, name: str) -> None:
+        """A start this runtime did not vet (dockerd's restart policy, `docker start`): vetted after the fact, and
+        stopped if it fails, so a bind turned into a symlink does not stay mounted in a running module."""
+        reg = self.registry.get(name)
+        if reg is None or self.engine.kind != "docker" or self.settings.allow_elevated_docker_permissions:
+            return
+        try:
+            async with self._lock(name):
+                await self._vet_start(reg, "module.stopped_refused")
+        except ElevatedOptionRefused:
+            log.error("module %s was started by the engine although it fails vetting; stopping it", name)
+            with contextlib.suppress(EngineError):
+                await self.engine.stop(name, timeout=0)
+        except Exception:
+            log.exception("could not vet the started module %s", name)
 
     async def _watchdog(self) -> None:
         failures = 0

@@ -48,6 +48,9 @@ class RuntimeSettings:
     allow_elevated_docker_permissions: bool = False
     state_dir: Path | None = None  # default: home's parent
     sandbox_uid_base: int | None = None  # first uid for sandboxed host modules without User; None: the engine's
+    # Files and directories of the other services (config file, key/cert files, their homedirs) that no module may
+    # bind: filled by daemon.load_settings, which sees every service's settings.
+    protected_paths: tuple[Path, ...] = ()
 
     @property
     def mgmt_dir(self) -> Path:
