@@ -61,6 +61,15 @@ def test_host_reserve_is_the_hosts_alone() -> None:
     refused = guard.admit("d", per_caller=2)
     assert refused is not None and refused[0] == 503  # the last connection is the host's
     assert guard.admit("root", per_caller=2, host=True) is None
+    # The process is full, the host wants more: it takes a connection from a caller above its share, if any.
+    refused = guard.admit("root", per_caller=2, host=True)
+    assert refused is not None and refused[0] == 503  # a, b, c hold one each: within their share of 3 / 3
+    guard.release("c")
+    guard.release("root")
+    assert guard.admit("a", per_caller=2) is None  # not full: a may go above its share of 3 / 2
+    assert guard.admit("root", per_caller=2, host=True) is None
+    assert guard.admit("root", per_caller=2, host=True) is None  # full: a gives up its oldest
+    assert guard.open == {"a": 1, "b": 1, "root": 2}
 
 
 def test_a_caller_within_its_fair_share_takes_room_from_one_above_it() -> None:

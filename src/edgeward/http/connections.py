@@ -133,7 +133,7 @@ class ConnectionGuard:
             refusal = (429, f"too many open connections from this caller (limit {per_caller}); close idle "
                             "connections and retry")
         elif self.count >= (self.total if host else self.total - self.host_reserve) and not self._make_room(
-                len(held) + (0 if host else 1), host):
+                len(held) + 1, host, newcomer=not host and not held):
             refusal = (503, f"the service holds its limit of {self.total} open connections; retry later")
         if refusal is not None:
             self._log_once(key, f"connection refused for {describe_caller(key)}: {refusal[1]}")
@@ -163,13 +163,13 @@ class ConnectionGuard:
         callers = sum(1 for key in self._held if key not in self._hosts) + newcomer
         return max(1, (self.total - self.host_reserve) // max(1, callers))
 
-    def _make_room(self, wanted: int, host: bool) -> bool:
+    def _make_room(self, wanted: int, host: bool, newcomer: bool) -> bool:
         """Close the oldest connection of the caller furthest above its fair share, if the one asking stays within
         its own with this connection (the host always does); whether room was made."""
         candidates = [key for key in self._held if key not in self._hosts]
         if not candidates:
             return False
-        share = self._fair_share(newcomer=wanted == 1)
+        share = self._fair_share(newcomer)
         if not host and wanted > share:
             return False
         victim = max(candidates, key=lambda key: len(self._held[key]))
