@@ -8,6 +8,7 @@ its EDGEWARD_HTTP_* variables so the attacks play out in seconds.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -17,7 +18,7 @@ import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,7 @@ class Daemon:
     pid: int
     run: Path
     mgmt: ManagementClient
+    modules: list[str] = field(default_factory=list)
 
     def fds(self) -> int:
         return sum(1 for _ in Path(f"/proc/{self.pid}/fd").iterdir())
@@ -119,6 +121,7 @@ class Daemon:
         return self.run / "mgmt" / "mgmt.sock"
 
     async def start_module(self, name: str, script: str, env: dict[str, str], marker: bytes) -> None:
+        self.modules.append(name)
         await self.mgmt.create_module({"name": name, "imagePullPolicy": "never", "config": {
             "settings": {"image": sys.executable, "createOptions": {"Cmd": ["-c", script]}},
             "env": [{"key": k, "value": v} for k, v in env.items()]}})
@@ -136,9 +139,14 @@ async def edgeward(public_dir: Path, **limits: str) -> AsyncIterator[Daemon]:
                         log_path=public_dir / "daemon.log")
     proc = await loop.run_in_executor(None, cm.__enter__)
     mgmt = ManagementClient(run / "mgmt" / "mgmt.sock")
+    daemon = Daemon(proc.pid, run, mgmt)
     try:
-        yield Daemon(proc.pid, run, mgmt)
+        yield daemon
     finally:
+        for name in daemon.modules:  # module processes outlive the daemon: stopped through it, each one
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):
+                    await mgmt.delete_module(name)
         await mgmt.close()
         await loop.run_in_executor(None, cm.__exit__, None, None, None)
 
@@ -242,7 +250,8 @@ async def test_slow_bodies_from_one_module_leave_another_modules_signs_fast(publ
 
 
 async def test_connection_caps_refuse_promptly_and_keep_serving_others(public_dir: Path) -> None:
-    async with edgeward(public_dir, max_connections_per_caller="50", max_connections="120") as daemon:
+    async with edgeward(public_dir, max_connections_per_caller="50", max_connections="120",
+                        host_reserved_connections="10") as daemon:
         await daemon.start_module("a", IDLE, {}, b"READY")
         await daemon.start_module("b", IDLE, {}, b"READY")
         await daemon.mgmt.close()
@@ -266,9 +275,12 @@ async def test_connection_caps_refuse_promptly_and_keep_serving_others(public_di
             # Module A's socket is another caller, though also root: it is served, up to its own 50.
             a = [probe(daemon.workload_socket("a"), WORKLOAD_LIST) for _ in range(55)]
             assert a == [200] * 50 + [429] * 5, a
-            # 100 open: B gets the 20 left under the total of 120; past it, every new connection gets a 503.
-            b = [probe(daemon.workload_socket("b"), WORKLOAD_LIST) for _ in range(25)]
-            assert b == [200] * 20 + [503] * 5, b
+            # 100 open: B gets the 10 left under the total of 120 less the host's 10; past it, every new connection
+            # gets a 503 (A holds 50, within its fair share of 110 / 2: none of its connections is cut for B).
+            b = [probe(daemon.workload_socket("b"), WORKLOAD_LIST) for _ in range(15)]
+            assert b == [200] * 10 + [503] * 5, b
+            # The host's reserve is the host's: root, as another uid's caller would not, still gets in.
+            assert probe(daemon.mgmt_socket, MGMT_LIST) == 429  # (root's own cap of 50 still holds)
             # The connections already admitted keep being served.
             assert _ask(held[0], MGMT_LIST) == 200
             # Once the flood goes away, new connections are admitted again.
@@ -279,6 +291,104 @@ async def test_connection_caps_refuse_promptly_and_keep_serving_others(public_di
             while (status := probe(daemon.workload_socket("b"), WORKLOAD_LIST)) != 200:
                 assert time.monotonic() < deadline, status
                 await asyncio.sleep(0.05)
+        finally:
+            for conn in held:
+                conn.close()
+
+
+# A module flooding its own socket with unfinished headers: HOLD connections at a time, each reopened as soon as the
+# daemon drops or refuses it (after a short pause, so five of them do not eat the test machine's two cores).
+HOLDER = textwrap.dedent("""
+    import asyncio, os, urllib.parse
+    sock = urllib.parse.urlparse(os.environ["IOTEDGE_WORKLOADURI"]).path
+    tried = [0]
+    async def one():
+        while True:
+            try:
+                r, w = await asyncio.open_unix_connection(sock)
+                w.write(b"GET /modules?api-version=2020-07-07 HTTP/1.1\\r\\nHost: x\\r\\nX-Slow: ")
+                await w.drain()
+                tried[0] += 1
+                await r.read()
+                w.close()
+            except (FileNotFoundError, ConnectionRefusedError):
+                os._exit(0)  # the daemon is gone
+            except OSError:
+                tried[0] += 1
+            await asyncio.sleep(0.05)
+    async def main():
+        tasks = [asyncio.create_task(one()) for _ in range(int(os.environ["HOLD"]))]
+        while tried[0] < len(tasks):
+            await asyncio.sleep(0.05)
+        print("FLOODING", flush=True)
+        await asyncio.gather(*tasks)
+    asyncio.run(main())
+""")
+
+
+async def test_modules_flooding_the_connection_cap_leave_root_and_a_quiet_module_served(public_dir: Path) -> None:
+    go = public_dir / "go"
+    # 5 modules x 20 unfinished connections against a total of 48 (12 per caller): without a host reserve and a
+    # fair share, four of them fill the process's cap and everyone else gets a 503.
+    async with edgeward(public_dir, max_connections="48", max_connections_per_caller="12") as daemon:
+        try:
+            await daemon.start_module("quiet", SIGNER, {"GO": str(go), "SIGNS": "20"}, b"WAITING")
+            for i in range(5):
+                await daemon.start_module(f"flood{i}", HOLDER, {"HOLD": "20"}, b"FLOODING")
+            await _wait_until(lambda: daemon.fds() > 48, 10, "the flood fills the daemon's connections")
+            # Host root, on the management socket, on a connection of its own: served from the host's reserve.
+            conn = socket.socket(socket.AF_UNIX)
+            conn.settimeout(5)
+            try:
+                conn.connect(str(daemon.mgmt_socket))
+                assert _ask(conn, MGMT_LIST) == 200
+            finally:
+                conn.close()
+            go.touch()  # the quiet module signs within its fair share, while the flood goes on
+            q_logs = await logs_until(daemon.mgmt, "quiet", b"SIGNS ", 60)
+            signs = json.loads(next(x for x in q_logs.splitlines() if x.startswith(b"SIGNS "))[6:])
+            print(json.dumps({"quiet_max_ms": round(max(signs["ms"]), 1), "fds": daemon.fds()}))
+            assert signs["statuses"] == [200] * 20, signs["statuses"]
+        finally:
+            go.touch()
+
+
+async def test_refused_connection_flood_leaves_the_log_small_and_free_of_task_exceptions(public_dir: Path) -> None:
+    async with edgeward(public_dir, max_connections_per_caller="2") as daemon:
+        await daemon.mgmt.list_modules()
+        log_path = public_dir / "daemon.log"
+        held = []
+        statuses: collections.Counter[int | None] = collections.Counter()
+        try:
+            await daemon.mgmt.close()  # its pooled connection is released by the daemon soon, not at once
+            deadline = time.monotonic() + 5
+            while len(held) < 2:  # root's two connections, admitted and kept open
+                assert time.monotonic() < deadline, "root's own connections are not admitted"
+                conn = socket.socket(socket.AF_UNIX)
+                conn.settimeout(5)
+                conn.connect(str(daemon.mgmt_socket))
+                if _ask(conn, MGMT_LIST) == 200:
+                    held.append(conn)
+                else:
+                    conn.close()
+                    await asyncio.sleep(0.05)
+            before = log_path.stat().st_size
+            for _ in range(2000):
+                conn = socket.socket(socket.AF_UNIX)
+                conn.settimeout(5)
+                try:
+                    conn.connect(str(daemon.mgmt_socket))
+                    status = _ask(conn, MGMT_LIST)
+                finally:
+                    conn.close()
+                statuses[status] += 1
+            assert statuses == {429: 2000}, (statuses, log_path.read_text()[-3000:])
+            assert _ask(held[0], MGMT_LIST) == 200  # the daemon is alive and the refusals were all answered
+            text = log_path.read_text(errors="replace")
+            grown = log_path.stat().st_size - before
+            print(json.dumps({"refused": statuses[429], "log_grew_bytes": grown}))
+            assert "Task exception" not in text and "AssertionError" not in text, text[-2000:]
+            assert grown < 4096, text[-2000:]  # a few rate-limited lines, not one per refusal
         finally:
             for conn in held:
                 conn.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -71,7 +72,10 @@ async def _stdout_line(mgmt: ManagementClient, name: str, prefix: bytes, timeout
 async def daemon(public_dir: Path) -> AsyncIterator[tuple[int, Path]]:
     run = public_dir / "run"
     loop = asyncio.get_running_loop()
+    # 1,200 connections from one module are over the default per-caller connection cap (256, which
+    # tests/integration/test_fairness.py proves): raised here, so the load reaches the request limiter it measures.
     cm = running_daemon(["run", "--state-dir", str(public_dir / "state"), "--run-dir", str(run)],
+                        env=dict(os.environ, EDGEWARD_HTTP_MAX_CONNECTIONS_PER_CALLER="2048"),
                         log_path=public_dir / "daemon.log")
     proc = await loop.run_in_executor(None, cm.__enter__)
     try:

@@ -13,7 +13,14 @@ from edgeward.http.peercred import Caller
 
 def test_connection_limits_come_from_the_environment_and_refuse_bad_values() -> None:
     limits = ConnectionLimits.from_environ({"EDGEWARD_HTTP_HEADER_TIMEOUT": "1.5", "EDGEWARD_HTTP_MAX_CONNECTIONS": "40"})
-    assert (limits.header_timeout, limits.body_timeout, limits.total, limits.per_caller) == (1.5, 10.0, 40, 10)
+    assert (limits.header_timeout, limits.body_timeout, limits.total, limits.per_caller, limits.host_reserve) == (
+        1.5, 10.0, 40, 2, 2)
+    # A module rarely needs more than ~100 connections at once: 256 each, and 256 kept for the host.
+    big = ConnectionLimits.from_environ({"EDGEWARD_HTTP_MAX_CONNECTIONS": "8192"})
+    assert (big.per_caller, big.host_reserve) == (256, 256)
+    with pytest.raises(ConfigError, match="EDGEWARD_HTTP_HOST_RESERVED_CONNECTIONS"):
+        ConnectionLimits.from_environ({"EDGEWARD_HTTP_MAX_CONNECTIONS": "10",
+                                       "EDGEWARD_HTTP_HOST_RESERVED_CONNECTIONS": "10"})
     for name, value in [("EDGEWARD_HTTP_BODY_TIMEOUT", "0"), ("EDGEWARD_HTTP_MAX_CONNECTIONS", "lots"),
                         ("EDGEWARD_HTTP_MAX_CONNECTIONS_PER_CALLER", "-1"), ("EDGEWARD_HTTP_HEADER_TIMEOUT", "nan"),
                         ("EDGEWARD_HTTP_BODY_TIMEOUT", "inf")]:
@@ -28,11 +35,13 @@ def test_guard_caps_each_caller_and_the_total_and_frees_on_release() -> None:
     refused = guard.admit("a", per_caller=2)
     assert refused is not None and refused[0] == 429
     assert guard.admit("b", per_caller=2) is None
-    refused = guard.admit("c", per_caller=2)
-    assert refused is not None and refused[0] == 503  # the process's total, whoever asks
+    assert guard.admit("c", per_caller=2) is None  # full, but a holds more than its share (1 of 3): it gives one up
+    assert guard.open == {"a": 1, "b": 1, "c": 1}
+    refused = guard.admit("d", per_caller=2)
+    assert refused is not None and refused[0] == 503  # everyone within their share: the process's total holds
     guard.release("a")
-    assert guard.admit("c", per_caller=2) is None
-    for key in ("a", "b", "c"):
+    assert guard.admit("d", per_caller=2) is None
+    for key in ("b", "c", "d"):
         guard.release(key)
     assert guard.count == 0 and guard.open == {}
 
@@ -43,3 +52,39 @@ def test_module_sockets_key_by_socket_alone_so_switching_uid_gains_nothing() -> 
     assert by_socket(as_root) == by_socket(as_other)
     assert by_socket_and_uid(as_root) != by_socket_and_uid(as_other)
     assert describe_caller(by_socket_and_uid(as_other)) == "uid 1234 on /run/workload/a/workload.sock"
+
+
+def test_host_reserve_is_the_hosts_alone() -> None:
+    guard = ConnectionGuard(total=4, host_reserve=1)
+    for key in ("a", "b", "c"):
+        assert guard.admit(key, per_caller=2) is None
+    refused = guard.admit("d", per_caller=2)
+    assert refused is not None and refused[0] == 503  # the last connection is the host's
+    assert guard.admit("root", per_caller=2, host=True) is None
+    # The process is full, the host wants more: it takes a connection from a caller above its share, if any.
+    refused = guard.admit("root", per_caller=2, host=True)
+    assert refused is not None and refused[0] == 503  # a, b, c hold one each: within their share of 3 / 3
+    guard.release("c")
+    guard.release("root")
+    assert guard.admit("a", per_caller=2) is None  # not full: a may go above its share of 3 / 2
+    assert guard.admit("root", per_caller=2, host=True) is None
+    assert guard.admit("root", per_caller=2, host=True) is None  # full: a gives up its oldest
+    assert guard.open == {"a": 1, "b": 1, "root": 2}
+
+
+def test_a_caller_within_its_fair_share_takes_room_from_one_above_it() -> None:
+    closed: list[str] = []
+    guard = ConnectionGuard(total=8, host_reserve=0)
+    for i in range(6):
+        assert guard.admit("flood", per_caller=6, token=f"f{i}", close=lambda i=i: closed.append(f"f{i}")) is None
+    assert guard.admit("b", per_caller=6, token="b0") is None
+    assert guard.admit("b", per_caller=6, token="b1") is None
+    # Full. Two callers: a fair share of 4. b (2) may not grow past it; flood (6) is above it.
+    assert guard.admit("c", per_caller=6, token="c0") is None  # three callers now: share 2, flood loses its oldest
+    assert closed == ["f0"] and guard.count == 8
+    guard.release("flood", "f0")  # its close arriving later changes nothing
+    assert guard.count == 8
+    refused = guard.admit("b", per_caller=6, token="b2")
+    assert refused is not None and refused[0] == 503  # b is at its share: no room taken for it
+    refused = guard.admit("flood", per_caller=6, token="f9")
+    assert refused is not None and refused[0] == 503

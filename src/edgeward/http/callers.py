@@ -8,6 +8,7 @@ under. Services choose the key: by socket and uid on shared sockets, by socket a
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import weakref
 from collections.abc import Callable, Hashable
@@ -16,9 +17,21 @@ from typing import Any
 
 from aiohttp import web
 
+from ..attest.namespaces import is_host_process
 from .peercred import Caller, caller_of, peer_credentials
 
-__all__ = ["CallerKey", "Peer", "by_socket", "by_socket_and_uid", "caller_key_of", "describe_caller", "peer_of"]
+__all__ = [
+    "CallerKey",
+    "HostCaller",
+    "Peer",
+    "by_socket",
+    "by_socket_and_uid",
+    "caller_key_of",
+    "describe_caller",
+    "is_host_caller",
+    "peer_of",
+    "remember_key",
+]
 
 
 _UNATTRIBUTED = Caller(pid=0, uid=-1, gid=-1)
@@ -50,8 +63,24 @@ def by_socket(peer: Peer) -> Hashable:
     return (peer.sockname,)
 
 
+@dataclass(frozen=True, slots=True)
+class HostCaller:
+    """A caller key proven to be the host's root (or the daemon's own user): counted apart from every module, even
+    one whose processes are also uid 0 on the same socket, and allowed the connections reserved for the host."""
+
+    key: Hashable
+
+
+def is_host_caller(caller: Caller) -> bool:
+    """True only for root or the daemon's uid in the host's pid and mount namespaces; a container's root, or a
+    caller whose namespaces cannot be read, is not the host (fail closed)."""
+    return caller.pid > 0 and caller.uid in (0, os.getuid()) and is_host_process(caller.pid)
+
+
 def describe_caller(key: Hashable) -> str:
     """A caller key in words, for refusals and logs."""
+    if isinstance(key, HostCaller):
+        return f"host {describe_caller(key.key)}"
     if isinstance(key, int):
         return f"uid {key}"
     if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], int):
@@ -78,6 +107,11 @@ def peer_of(transport: asyncio.BaseTransport) -> Peer:
         except OSError:
             caller = _UNATTRIBUTED  # no kernel-vouched identity: counted with every other unattributed caller
     return Peer(_sockname(transport.get_extra_info("sockname")), caller)
+
+
+def remember_key(transport: asyncio.BaseTransport, key: Hashable) -> None:
+    """The key a connection was admitted under, so its requests are limited under the same one."""
+    _KEY_BY_CONNECTION[transport] = key
 
 
 def caller_key_of(request: web.Request, key: CallerKey) -> Hashable:

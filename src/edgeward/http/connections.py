@@ -14,14 +14,15 @@ import math
 import os
 import resource
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from ..config.problems import ConfigError
-from .callers import CallerKey, by_socket_and_uid, describe_caller, peer_of
+from .callers import CallerKey, HostCaller, by_socket_and_uid, describe_caller, is_host_caller, peer_of, remember_key
 
 __all__ = [
     "CONNECTION_POLICY",
@@ -62,13 +63,16 @@ class ConnectionLimits:
 
     ``header_timeout``: seconds a connection may take to deliver a request line and headers, counted from connect
     or from the previous response (so it also bounds idle keep-alive connections). ``body_timeout``: seconds a
-    handler waits for a request body. ``per_caller`` open connections per caller key; ``total`` for the process.
+    handler waits for a request body. ``per_caller`` open connections per caller key; ``total`` for the process,
+    of which ``host_reserve`` only host callers (root or the daemon's uid, in the host's namespaces, on a shared
+    socket) may use, so no set of modules can lock the host's operator and agents out.
     """
 
     header_timeout: float = 20.0
     body_timeout: float = 10.0
-    per_caller: int = 2048
+    per_caller: int = 256
     total: int = 8192
+    host_reserve: int = 256
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] | None = None) -> ConnectionLimits:
@@ -77,58 +81,116 @@ class ConnectionLimits:
         env = os.environ if env is None else env
         problems: list[str] = []
         total = _positive(env, "EDGEWARD_HTTP_MAX_CONNECTIONS", _fd_budget(), int, problems)
+        # A module rarely needs more than ~100 connections at once; sixteen callers at their cap fill the process.
+        share = max(1, min(256, total // 16))
         limits = cls(
             header_timeout=_positive(env, "EDGEWARD_HTTP_HEADER_TIMEOUT", cls.header_timeout, float, problems),
             body_timeout=_positive(env, "EDGEWARD_HTTP_BODY_TIMEOUT", cls.body_timeout, float, problems),
-            per_caller=_positive(env, "EDGEWARD_HTTP_MAX_CONNECTIONS_PER_CALLER", max(1, min(2048, total // 4)), int,
-                                 problems),
+            per_caller=_positive(env, "EDGEWARD_HTTP_MAX_CONNECTIONS_PER_CALLER", share, int, problems),
             total=total,
+            host_reserve=_positive(env, "EDGEWARD_HTTP_HOST_RESERVED_CONNECTIONS", share, int, problems),
         )
+        if not problems and limits.host_reserve >= limits.total:
+            problems.append(f"EDGEWARD_HTTP_HOST_RESERVED_CONNECTIONS={limits.host_reserve}: must be less than "
+                            f"the {limits.total} connections of EDGEWARD_HTTP_MAX_CONNECTIONS")
         if problems:
             raise ConfigError(problems, "the environment")
         return limits
 
 
+Close = Callable[[], None]
+
+
 @dataclass
 class ConnectionGuard:
     """Open connections per caller key and in total; one per process, shared by every listener, because the file
-    descriptors it protects are the process's."""
+    descriptors it protects are the process's.
+
+    Callers other than the host share ``total - host_reserve`` connections. When those are all held, a caller
+    still below its fair share (the shared connections divided among the callers holding some) takes one from the
+    caller furthest above it: its oldest connection is closed. A flood of many callers therefore cannot keep out a
+    caller that stays within its share, and nobody below their share is ever cut to make room.
+    """
 
     total: int
-    open: dict[Hashable, int] = field(default_factory=dict)
+    host_reserve: int = 0
     count: int = 0
+    _held: dict[Hashable, dict[Hashable, Close | None]] = field(default_factory=dict)
+    _hosts: set[Hashable] = field(default_factory=set)
     _last_log: dict[Hashable, float] = field(default_factory=dict)
 
-    def admit(self, key: Hashable, per_caller: int) -> tuple[int, str] | None:
-        """None if the connection may stay, else the (status, message) it is closed with."""
-        if self.count >= self.total:
-            refusal = (503, f"the service holds its limit of {self.total} open connections; retry later")
-        elif self.open.get(key, 0) >= per_caller:
+    @property
+    def open(self) -> dict[Hashable, int]:
+        return {key: len(held) for key, held in self._held.items()}
+
+    def admit(self, key: Hashable, per_caller: int, token: Hashable | None = None, close: Close | None = None, *,
+              host: bool = False) -> tuple[int, str] | None:
+        """None if the connection (``token``; ``close`` closes it if it has to make room) may stay, else the
+        (status, message) it is refused with."""
+        held = self._held.get(key, {})
+        refusal: tuple[int, str] | None = None
+        if len(held) >= per_caller:
             refusal = (429, f"too many open connections from this caller (limit {per_caller}); close idle "
                             "connections and retry")
-        else:
-            self.open[key] = self.open.get(key, 0) + 1
-            self.count += 1
-            return None
-        self._log_refusal(key, refusal[1])
-        return refusal
+        elif self.count >= (self.total if host else self.total - self.host_reserve) and not self._make_room(
+                len(held) + 1, host, newcomer=not host and not held):
+            refusal = (503, f"the service holds its limit of {self.total} open connections; retry later")
+        if refusal is not None:
+            self._log_once(key, f"connection refused for {describe_caller(key)}: {refusal[1]}")
+            return refusal
+        self._held.setdefault(key, {})[object() if token is None else token] = close
+        if host:
+            self._hosts.add(key)
+        self.count += 1
+        return None
 
-    def release(self, key: Hashable) -> None:
-        left = self.open.get(key, 0) - 1
-        if left > 0:
-            self.open[key] = left
-        else:
-            self.open.pop(key, None)
+    def release(self, key: Hashable, token: Hashable | None = None) -> None:
+        """The connection ended; a connection already closed to make room was released then."""
+        held = self._held.get(key)
+        if not held:
+            return
+        if token is None:
+            token = next(iter(held))
+        elif token not in held:
+            return
+        del held[token]
         self.count -= 1
+        if not held:
+            del self._held[key]
+            self._hosts.discard(key)
 
-    def _log_refusal(self, key: Hashable, message: str) -> None:
+    def _fair_share(self, newcomer: bool) -> int:
+        callers = sum(1 for key in self._held if key not in self._hosts) + newcomer
+        return max(1, (self.total - self.host_reserve) // max(1, callers))
+
+    def _make_room(self, wanted: int, host: bool, newcomer: bool) -> bool:
+        """Close the oldest connection of the caller furthest above its fair share, if the one asking stays within
+        its own with this connection (the host always does); whether room was made."""
+        candidates = [key for key in self._held if key not in self._hosts]
+        if not candidates:
+            return False
+        share = self._fair_share(newcomer)
+        if not host and wanted > share:
+            return False
+        victim = max(candidates, key=lambda key: len(self._held[key]))
+        if len(self._held[victim]) <= share:
+            return False
+        token, close = next(iter(self._held[victim].items()))
+        self.release(victim, token)
+        self._log_once(victim, f"connection of {describe_caller(victim)} closed to make room: it holds more than "
+                               f"its fair share of {share} connections while the service is full")
+        if close is not None:
+            close()
+        return True
+
+    def _log_once(self, key: Hashable, message: str) -> None:
         # One line per caller per 10 s: a flood must not turn into a flood of log lines.
         now = time.monotonic()
         if now - self._last_log.get(key, -10.0) >= 10.0:
             self._last_log[key] = now
             if len(self._last_log) > 4096:
                 self._last_log = {k: t for k, t in self._last_log.items() if now - t < 10.0}
-            log.warning("connection refused for %s: %s", describe_caller(key), message)
+            log.warning("%s", message)
 
 
 _process_guard: ConnectionGuard | None = None
@@ -142,6 +204,7 @@ class ConnectionPolicy:
     limits: ConnectionLimits
     key: CallerKey = by_socket_and_uid
     guard: ConnectionGuard | None = None
+    host_callers: bool = True  # False on a module's own socket: whoever calls there is that module, never the host
 
 
 CONNECTION_POLICY = web.AppKey("edgeward.connection_policy", ConnectionPolicy)
@@ -151,7 +214,8 @@ def process_guard() -> ConnectionGuard:
     """The process's guard, sized by ``EDGEWARD_HTTP_MAX_CONNECTIONS`` when first needed."""
     global _process_guard
     if _process_guard is None:
-        _process_guard = ConnectionGuard(ConnectionLimits.from_environ().total)
+        limits = ConnectionLimits.from_environ()
+        _process_guard = ConnectionGuard(limits.total, limits.host_reserve)
     return _process_guard
 
 
@@ -163,39 +227,58 @@ def _refusal(status: int, message: str) -> bytes:
     return head.encode() + body
 
 
-_NOT_ADMITTED: Hashable = object()
+class _GuardedHandler(RequestHandler):
+    """aiohttp's connection handler, admitted against the guard before it starts: a refused connection is answered
+    and closed without ever starting aiohttp's request task (which would otherwise fail on the closed connection
+    and log a traceback per refusal)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        manager = self._manager
+        assert isinstance(manager, _GuardedServer)
+        if manager.admit(self, cast(asyncio.Transport, transport)):
+            super().connection_made(transport)
+        else:
+            self._manager = None  # nothing was set up: connection_lost has nothing to undo
 
 
 class _GuardedServer(web.Server):
     """aiohttp's connection manager, admitting each connection against the guard before a byte of it is read."""
 
-    def __init__(self, inner: web.Server, guard: ConnectionGuard, key: CallerKey, per_caller: int) -> None:
+    def __init__(self, inner: web.Server, guard: ConnectionGuard, policy: ConnectionPolicy) -> None:
         super().__init__(inner.request_handler, request_factory=inner.request_factory,
                          handler_cancellation=inner.handler_cancellation, **inner._kwargs)
-        self._guard, self._key, self._per_caller = guard, key, per_caller
-        self._admitted: dict[object, Hashable] = {}
+        self._guard, self._policy = guard, policy
+        self._admitted: dict[RequestHandler, Hashable] = {}
 
-    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
-        super().connection_made(handler, transport)
+    def __call__(self) -> RequestHandler:
+        return _GuardedHandler(self, loop=self._loop, **self._kwargs)
+
+    def admit(self, handler: RequestHandler, transport: asyncio.Transport) -> bool:
+        """Whether the connection may go on; if not, it has been answered and closed."""
         refusal: tuple[int, str] | None
         try:
-            key = self._key(peer_of(transport))
+            peer = peer_of(transport)
+            key = self._policy.key(peer)
+            host = self._policy.host_callers and is_host_caller(peer.caller)
         except Exception:  # a caller that cannot be told apart is not admitted
             log.exception("cannot tell who is calling on %s", transport.get_extra_info("sockname"))
-            key, refusal = _NOT_ADMITTED, (503, "the service cannot identify this caller")
+            refusal = (503, "the service cannot identify this caller")
         else:
-            refusal = self._guard.admit(key, self._per_caller)
+            if host:
+                key = HostCaller(key)
+            refusal = self._guard.admit(key, self._policy.limits.per_caller, handler, transport.close, host=host)
         if refusal is None:
             self._admitted[handler] = key
-            return
+            remember_key(transport, key)
+            return True
         # Answered and closed at once, unread: an over-limit caller gets a clear refusal and holds no descriptor.
         transport.write(_refusal(*refusal))
         transport.close()
+        return False
 
-    def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
-        key = self._admitted.pop(handler, _NOT_ADMITTED)
-        if key is not _NOT_ADMITTED:
-            self._guard.release(key)
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        if (key := self._admitted.pop(handler, None)) is not None:
+            self._guard.release(key, handler)
         super().connection_lost(handler, exc)
 
 
@@ -209,4 +292,4 @@ class GuardedRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         inner = await super()._make_server()
         policy = self.app.get(CONNECTION_POLICY) or ConnectionPolicy(ConnectionLimits.from_environ())
-        return _GuardedServer(inner, policy.guard or process_guard(), policy.key, policy.limits.per_caller)
+        return _GuardedServer(inner, policy.guard or process_guard(), policy)
