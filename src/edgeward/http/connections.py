@@ -286,8 +286,12 @@ class GuardedRunner(web.AppRunner):
     """An AppRunner whose every site (those added later, like the workload sockets, included) admits connections
     through the process's connection guard, under the app's caller key and limits."""
 
+    # A stop must not wait a minute for requests that never end on their own (a logs follow whose client left):
+    # they get this long, then are cancelled, so a SIGTERM'd daemon stops its modules before any supervisor's kill.
+    SHUTDOWN_TIMEOUT = 3.0
+
     def __init__(self, app: web.Application) -> None:
-        super().__init__(app, access_log=None, handle_signals=False)
+        super().__init__(app, access_log=None, handle_signals=False, shutdown_timeout=self.SHUTDOWN_TIMEOUT)
 
     async def _make_server(self) -> web.Server:
         inner = await super()._make_server()

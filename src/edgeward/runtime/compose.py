@@ -71,10 +71,12 @@ class RuntimeParts:
     async def close(self) -> None:
         await self.monitor.stop()
         await self.runtime.stop()
+        # The engine first: it stops host-process modules and ends every log and event stream, so requests that
+        # follow one (GET /modules/{m}/logs?follow=true) end before the servers wait for their handlers.
+        await self.engine.close()
         await self.sockets.close_all()
         for runner in self.runners:
             await runner.cleanup()
-        await self.engine.close()
         if isinstance(self.identities, LocalModuleIdentities):
             self.identities.close()
         elif isinstance(self.identities, IdentityServiceModules):

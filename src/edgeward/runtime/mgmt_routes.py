@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -185,7 +186,8 @@ async def module_logs(request: web.Request) -> web.StreamResponse:
             await response.write(wire.frame(chunk))
     except (HttpError, EngineError, ConnectionResetError):
         pass  # the stream has started: all we can do is end it
-    await response.write_eof()
+    with contextlib.suppress(ConnectionResetError):  # the client left (stopped following): nothing to end
+        await response.write_eof()
     return response
 
 

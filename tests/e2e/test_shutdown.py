@@ -1,0 +1,57 @@
+"""A stopped daemon leaves nothing running: its host-process modules stop with it, even when a client followed a
+module's logs and left (that request never ends on its own, and used to hold the stop past any supervisor's kill,
+so the modules outlived the daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeward.runtime.mgmt_client import ManagementClient
+from edgeward.supervise import running_daemon
+from tests.fixtures.modules import client_spec, logs_until
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def _processes_of(run_dir: Path) -> list[int]:
+    """Live processes whose environment names a workload socket under `run_dir`: the daemon's modules."""
+    marker = f"IOTEDGE_WORKLOADURI=unix://{run_dir}/".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes() and (entry / "stat").read_text().split(") ")[-1][0] != "Z":
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+async def test_sigterm_stops_the_modules_and_ends_log_followers_without_a_traceback(tmp_path: Path) -> None:
+    log = tmp_path / "daemon.log"
+    with running_daemon(["run", "--state-dir", str(tmp_path / "s"), "--run-dir", str(tmp_path / "r")],
+                        log_path=log) as proc:
+        mgmt = ManagementClient(tmp_path / "r" / "mgmt" / "mgmt.sock")
+        try:
+            await mgmt.create_module(client_spec("lingering", []))
+            await mgmt.action("lingering", "start")
+            await logs_until(mgmt, "lingering", b"DONE")  # follows the logs, then leaves
+            assert _processes_of(tmp_path / "r")
+        finally:
+            await mgmt.close()
+        started = time.monotonic()
+    assert proc.returncode == 0 and time.monotonic() - started < 10
+    assert "Traceback" not in log.read_text()
+    deadline = time.monotonic() + 5
+    while _processes_of(tmp_path / "r") and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    left = _processes_of(tmp_path / "r")
+    for pid in left:  # never leave them running, even when the test fails
+        os.kill(pid, 9)
+    assert not left, "the module outlived the daemon"
