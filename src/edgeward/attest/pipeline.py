@@ -55,7 +55,9 @@ class Attestor:
         # Modules whose calls the integrity policy says to refuse ("refuse" policy); checked in `measure`.
         self.refused: set[str] = set(refuse or ())
 
-    async def attest(self, request: web.Request) -> Attested:
+    async def attest(self, request: web.Request, *, still_alive: bool = True) -> Attested:
+        """Attest the caller; `still_alive=False` only where a later call for the same request (the handler's,
+        closer to the answer) makes the liveness check, as the access guard's classification does."""
         transport = request.transport
         cached = self._per_connection.get(transport) if transport is not None else None
         if cached is None:
@@ -65,7 +67,7 @@ class Attestor:
         elif cached.registration is not None and cached.registration.name in self.refused:
             raise AttestationRefused("measure", f"module {cached.registration.name} is quarantined by the "
                                                 f"integrity policy")
-        if not cached.pinned.alive():
+        if still_alive and not cached.pinned.alive():
             raise AttestationRefused("still_alive", f"process {cached.caller.pid} exited or its pid was reused")
         return cached
 
