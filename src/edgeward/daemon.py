@@ -28,6 +28,7 @@ from .certs.settings import CertsSettings, parse_certs_settings
 from .config.problems import ConfigError, Problems
 from .config.super_config import split_super_config
 from .http import Listener, UidLimiter, start_server
+from .http.logfilter import limit_provoked_logs
 from .http.peercred import Caller
 from .identity.compose import build_identity_service
 from .identity.routes import build_identity_app
@@ -204,6 +205,7 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
     tpm_service: TpmService | None = None
     runtime: RuntimeParts | None = None
     modules = _Modules()
+    limit_provoked_logs()
     try:
         if "tpm" in services and settings.tpm is not None:
             # Imported here: tpm2-pytss is only needed on devices with a TPM.

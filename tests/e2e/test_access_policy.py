@@ -3,6 +3,8 @@ leaves. Each test is an attack that succeeded before the table existed (issue 12
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +12,8 @@ import stat
 import subprocess
 import sys
 import tempfile
+import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -220,3 +224,121 @@ def test_an_identity_principal_reaches_keyd_to_sign_with_the_handles_it_is_given
             status, answer = call_as(uid, sock, "POST", "/sign?api-version=2020-09-01", body,
                                      groups=(sock.stat().st_gid,))
             assert status == 401 and refused_by in answer, (uid, answer)
+
+
+# A local user connects, hands the connection to a child and exits; a root process then gets its pid.
+PID_REUSE_CLIENT = textwrap.dedent("""
+    import os, socket, sys, time
+    path, go, body = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+    s = socket.socket(socket.AF_UNIX); s.connect(path)
+    if os.fork() == 0:
+        while not os.path.exists(go):
+            time.sleep(0.01)
+        s.sendall(b"POST /keypair?api-version=2020-09-01 HTTP/1.1\\r\\nHost: k\\r\\nContent-Type: application/json\\r\\n"
+                  + b"Content-Length: " + str(len(body)).encode() + b"\\r\\n\\r\\n" + body)
+        print(s.recv(65536).decode(errors="replace"), flush=True)
+        os._exit(0)
+    print(os.getpid(), flush=True)
+    os._exit(0)
+""")
+
+
+def _take_pid(pid: int) -> subprocess.Popen[bytes] | None:
+    """A root process with exactly `pid` (via ns_last_pid), or None when another fork took it first."""
+    Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+    proc = subprocess.Popen(["sleep", "30"])
+    if proc.pid == pid:
+        return proc
+    proc.kill()
+    proc.wait()
+    return None
+
+
+def test_a_recycled_pid_does_not_lend_its_new_owner_to_an_old_connection(device: dict[str, Path]) -> None:
+    """Found by review: a connection's peer was identified at its first request, so a process started later with
+    the connector's pid was taken for the caller. Here the connector is root in a mount namespace of its own (no
+    host caller); the pid's new owner is root on the host."""
+    keyd = device["run"] / "keyd.sock"
+    go = device["run"].parent / "go-recycled"
+    client = subprocess.Popen(["unshare", "--mount", "/usr/bin/python3", "-c", PID_REUSE_CLIENT, str(keyd), str(go),
+                               json.dumps({"keyId": "stolen-by-reuse"})], stdout=subprocess.PIPE)
+    assert client.stdout is not None
+    connector = int(client.stdout.readline())
+    client.wait()
+    # Start times are in clock ticks (10 ms): a real attacker needs a whole pid wrap (tens of thousands of forks,
+    # far longer) to get the pid back; ns_last_pid does it at once, so wait a few ticks as the wrap would.
+    time.sleep(0.05)
+    holder = None
+    try:
+        for _ in range(20):
+            holder = _take_pid(connector)
+            if holder is not None:
+                break
+        if holder is None:
+            pytest.skip("could not recycle the pid on this busy machine")
+        go.touch()
+        answer = client.communicate(timeout=30)[0].decode()
+    finally:
+        go.touch()
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+    assert " 401 " in answer.splitlines()[0] and "pid was reused" in answer, answer
+
+
+ESCAPING_MODULE = textwrap.dedent("""
+    import http.client, json, os, socket, sys, time, urllib.parse
+    path = urllib.parse.urlparse(os.environ["IOTEDGE_WORKLOADURI"]).path
+    name, gen = os.environ["IOTEDGE_MODULEID"], os.environ["IOTEDGE_MODULEGENERATIONID"]
+    out = os.environ["EDGEWARD_TEST_OUT"]
+    class C(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(path)
+    if os.fork() == 0:
+        if os.fork() == 0:  # the grandchild leaves the module's session and process tree
+            os.setsid()
+            c = C("localhost")
+            for _ in range(300):
+                c.request("POST", f"/modules/{name}/genid/{gen}/sign?api-version=2019-01-30",
+                          body=json.dumps({"keyId": "primary", "algo": "HMACSHA256", "data": "aGk="}),
+                          headers={"Content-Type": "application/json"})
+                r = c.getresponse(); r.read()
+                with open(out, "a") as f:
+                    f.write(f"{os.getpid()} {r.status}\\n")
+                time.sleep(0.1)
+            os._exit(0)
+        os._exit(0)
+    print("DONE", flush=True)
+    time.sleep(3600)
+""")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_process_a_module_left_behind_loses_its_identity_when_the_module_stops(
+        device: dict[str, Path], tmp_path: Path) -> None:
+    """Found by review: a connection attested once kept its module's identity after the module was stopped and
+    removed, for a process that had left the module's tree."""
+    out = tmp_path / "signs"
+    spec = {"name": "escaper", "imagePullPolicy": "never",
+            "config": {"settings": {"image": sys.executable, "createOptions": {"Cmd": ["-c", ESCAPING_MODULE]}},
+                       "env": [{"key": "EDGEWARD_TEST_OUT", "value": str(out)}]}}
+    await _deploy(device["run"], spec)
+    deadline = time.monotonic() + 20
+    while (not out.exists() or " 200" not in out.read_text()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    pid = int(out.read_text().split()[0])
+    try:
+        mgmt = ManagementClient(device["run"] / "mgmt" / "mgmt.sock")
+        try:
+            await mgmt.action("escaper", "stop")
+            await mgmt.delete_module("escaper")
+        finally:
+            await mgmt.close()
+        seen = len(out.read_text().splitlines())
+        while len(out.read_text().splitlines()) < seen + 3 and time.monotonic() < deadline + 20:
+            await asyncio.sleep(0.05)
+        after = out.read_text().splitlines()[seen:]
+        assert after and all(line.split()[1] == "403" for line in after), after
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)

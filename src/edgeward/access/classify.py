@@ -20,7 +20,7 @@ from ..attest.cgroups import read_container_id
 from ..attest.namespaces import is_host_process
 from ..attest.pin import PinnedProcess, ProcessGone, ProcessPins
 from ..http.errors import HttpError
-from ..http.peercred import Caller, caller_of
+from ..http.peercred import Caller, accepted_ticks, caller_of
 from .kinds import CallerKind, Classified
 from .table import SocketPolicy
 
@@ -74,7 +74,7 @@ class HostClassifier:
         transport = request.transport
         known = self._per_connection.get(transport) if transport is not None else None
         if known is None:
-            known = await self._classify(caller_of(request))
+            known = await self._classify(caller_of(request), accepted_ticks(request))
             if transport is not None:
                 self._per_connection[transport] = known
         who, pinned = known
@@ -83,13 +83,13 @@ class HostClassifier:
                             self.policy.refusal_status)
         return who
 
-    async def _classify(self, caller: Caller) -> tuple[Classified, PinnedProcess | None]:
+    async def _classify(self, caller: Caller, accepted: int | None) -> tuple[Classified, PinnedProcess | None]:
         if caller.pid <= 0 or caller.uid < 0:  # not a Unix socket peer: nothing vouches for it
             return Classified(caller, frozenset(), "no peer credentials"), None
         try:
-            pinned = self.pins.pin(caller.pid)
-        except ProcessGone:
-            raise HttpError(f"process {caller.pid} exited before it could be identified",
+            pinned = self.pins.pin(caller.pid, not_after=accepted, uid=caller.uid)
+        except ProcessGone as e:
+            raise HttpError(f"the process that connected cannot be identified: {e}",
                             self.policy.refusal_status) from None
         if not is_host_process(caller.pid):
             return Classified(caller, frozenset(), _where_not_host(caller.pid)), pinned

@@ -34,19 +34,25 @@ class _Window:
 
 @dataclass
 class RefusalRecorder:
-    """Per (service, caller, route, step): the first `per_key` refusals of each `window` seconds are recorded, the
-    rest counted and reported with the next recorded one, and every window's suppressed total in one summary record.
+    """Refusals are counted per caller, and per (caller, service, route, step): the first `per_route` of each
+    `window` seconds for a route, and `per_caller` in all, are recorded; the rest are counted and summarised in one
+    record when the window closes.
 
-    The caller in the key is the module or container (never its uid, which a process in a container can change at
-    will) or, for host processes, the uid; so a flood cannot mint new keys, and one caller's flood never silences
-    another caller's first refusal. At most `max_keys` distinct keys are recorded a window (bounded disk use)."""
+    The caller is what the kernel and attestation vouch for, never what a caller can pick: an attested module (its
+    name), a host uid, or — for everything else (a process in namespaces that are not the host's and that no module
+    owns, whatever cgroup or uid it claims) — one shared "elsewhere" caller with its own budget. So a flood from one
+    module or host user never hides another's attempt; unattributable callers can only crowd each other, and the
+    summary still counts them. At most `max_callers` distinct callers a window (the rest count as "elsewhere")."""
 
-    per_key: int = 5
-    max_keys: int = 1000
+    per_route: int = 3
+    per_caller: int = 10
+    elsewhere: int = 30
+    max_callers: int = 1000
     window: float = 60.0
     buffer_size: int = 256
     _sink: AuditSink | None = None
     _windows: dict[tuple[Any, ...], _Window] = field(default_factory=dict)
+    _callers: dict[tuple[Any, ...], _Window] = field(default_factory=dict)
     _total: _Window = field(default_factory=lambda: _Window(0.0))
     _pending: deque[tuple[str | None, str, dict[str, Any]]] = field(default_factory=deque)
 
@@ -64,17 +70,19 @@ class RefusalRecorder:
         now = time.monotonic()
         if now - self._total.start >= self.window:
             self._close_window(now)
-        key = (service, where, route, step, uid if where == "host" else None)
-        win = self._windows.get(key)
-        if win is None:
-            if len(self._windows) >= self.max_keys:
-                self._total.suppressed += 1
-                return False
-            win = self._windows[key] = _Window(now)
-        if win.recorded >= self.per_key:
+        caller: tuple[Any, ...] = (("module", module) if module is not None else ("host", uid) if where == "host"
+                                   else ("elsewhere",))
+        if caller not in self._callers and len(self._callers) >= self.max_callers:
+            caller = ("elsewhere",)
+        budget = self.elsewhere if caller == ("elsewhere",) else self.per_caller
+        mine = self._callers.setdefault(caller, _Window(now))
+        key = (caller, service, route, step)
+        win = self._windows.setdefault(key, _Window(now))
+        if mine.recorded >= budget or win.recorded >= self.per_route:
             win.suppressed += 1
             self._total.suppressed += 1
             return False
+        mine.recorded += 1
         win.recorded += 1
         self._total.recorded += 1
         detail: dict[str, Any] = {"service": service, "pid": pid, "uid": uid, "caller": where, "step": step,
@@ -88,15 +96,16 @@ class RefusalRecorder:
         """A new window: the last one's suppressed refusals become one summary record, then the counts restart."""
         if self._total.suppressed:
             counts: dict[str, int] = {}
-            for (service, where, route, step, _), win in self._windows.items():
+            for (caller, service, route, step), win in self._windows.items():
                 if win.suppressed:
-                    counts[f"{service} {route} {where} at {step}"] = win.suppressed
+                    counts[f"{service} {route} {' '.join(map(str, caller))} at {step}"] = win.suppressed
             top = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:20])
             detail = {"suppressed": self._total.suppressed, "window_seconds": self.window, "most": top}
             log.warning("%d refusals in the last %.0f s were not logged one by one; most: %s",
                         self._total.suppressed, self.window, top)
             self._emit(None, detail, AUDIT_KIND + ".suppressed")
         self._windows = {}
+        self._callers = {}
         self._total = _Window(now)
 
     def _emit(self, module: str | None, detail: dict[str, Any], kind: str = AUDIT_KIND) -> None:

@@ -70,9 +70,17 @@ class ProcessPins:
     def __init__(self) -> None:
         self._pins: dict[tuple[int, int], PinnedProcess] = {}
 
-    def pin(self, pid: int) -> PinnedProcess:
+    def pin(self, pid: int, *, not_after: int | None = None, uid: int | None = None) -> PinnedProcess:
+        """Pin `pid`. `not_after`: when its connection was accepted (boot ticks) — a process that started later
+        holds a recycled pid, not the connector's; `uid`: the connector's uid (SO_PEERCRED) — a process running
+        as another uid is not the connector either. Both refuse with ProcessGone."""
         self.sweep()
         fresh = pin(pid)
+        try:
+            _check_connector(fresh, not_after, uid)
+        except ProcessGone:
+            fresh.close()
+            raise
         known = self._pins.get((pid, fresh.started))
         if known is not None and known.alive():
             fresh.close()
@@ -109,3 +117,23 @@ def pin(pid: int) -> PinnedProcess:
             os.close(pidfd)
         raise
     return PinnedProcess(pid, started, pidfd)
+
+
+def _uids(pid: int) -> tuple[int, ...]:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessGone(f"process {pid} is gone") from None
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            return tuple(int(v) for v in line.split()[1:])
+    return ()
+
+
+def _check_connector(pinned: PinnedProcess, not_after: int | None, uid: int | None) -> None:
+    if not_after is not None and pinned.started > not_after:
+        raise ProcessGone(f"process {pinned.pid} started after the connection was opened: the process that opened "
+                          f"it is gone and its pid was reused")
+    if uid is not None and uid >= 0 and uid not in _uids(pinned.pid):
+        raise ProcessGone(f"process {pinned.pid} does not run as uid {uid}, which opened the connection: its pid "
+                          f"was reused")

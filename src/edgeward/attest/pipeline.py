@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from ..http.errors import Forbidden
-from ..http.peercred import Caller, caller_of
+from ..http.peercred import Caller, accepted_ticks, caller_of
 from ..runtime.engine import EngineError, ModuleEngine
 from ..runtime.registry import Registration, Registry
 from .measure import measure
@@ -41,6 +41,7 @@ class Attested:
     # other caller the engine places in no module)
     registration: Registration | None
     engine_id: str | None = None
+    version: int = 0  # the registry's version when attested
 
 
 class Attestor:
@@ -60,8 +61,12 @@ class Attestor:
         closer to the answer) makes the liveness check, as the access guard's classification does."""
         transport = request.transport
         cached = self._per_connection.get(transport) if transport is not None else None
+        if cached is not None and cached.registration is not None and cached.version != self.registry.version:
+            # Modules changed since this connection was attested (stopped, removed, replaced): attest it again, so
+            # a process its module left behind does not keep the module's identity.
+            cached = None
         if cached is None:
-            cached = await self._run(caller_of(request))
+            cached = await self._run(caller_of(request), accepted_ticks(request))
             if transport is not None:
                 self._per_connection[transport] = cached
         elif cached.registration is not None and cached.registration.name in self.refused:
@@ -71,9 +76,10 @@ class Attestor:
             raise AttestationRefused("still_alive", f"process {cached.caller.pid} exited or its pid was reused")
         return cached
 
-    async def _run(self, caller: Caller) -> Attested:
+    async def _run(self, caller: Caller, accepted: int | None = None) -> Attested:
+        version = self.registry.version
         try:
-            pinned = self.pins.pin(caller.pid)
+            pinned = self.pins.pin(caller.pid, not_after=accepted, uid=caller.uid)
         except ProcessGone as e:
             raise AttestationRefused("peer_credentials", str(e)) from None
         try:
@@ -91,7 +97,7 @@ class Attestor:
                 raise AttestationRefused("container_of", f"process {caller.pid} is in no module, and its "
                                          f"namespaces ({seen.describe() if seen else 'unreadable'}) are not "
                                          f"the host's")
-            return Attested(caller, pinned, None)
+            return Attested(caller, pinned, None, version=version)
         reg = self.registry.by_engine_id(engine_id)
         if reg is None:
             raise AttestationRefused("registration_for", f"process {caller.pid} runs in {self.engine.kind} object "
@@ -104,7 +110,7 @@ class Attestor:
             raise AttestationRefused("measure", result.finding or "measurement differs from the registration")
         if reg.name in self.refused:
             raise AttestationRefused("measure", f"module {reg.name} is quarantined by the integrity policy")
-        return Attested(caller, pinned, reg, engine_id)
+        return Attested(caller, pinned, reg, engine_id, version)
 
     async def module(self, request: web.Request, name: str, generation_id: str | None = None) -> Registration:
         """The caller must be the registered module `name` (and of that generation, when the route names one)."""

@@ -23,6 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from ..config.problems import ConfigError
 from .callers import CallerKey, HostCaller, by_socket_and_uid, describe_caller, is_host_caller, peer_of, remember_key
+from .peercred import note_accepted
 
 __all__ = [
     "CONNECTION_POLICY",
@@ -256,6 +257,7 @@ class _GuardedServer(web.Server):
     def admit(self, handler: RequestHandler, transport: asyncio.Transport) -> bool:
         """Whether the connection may go on; if not, it has been answered and closed."""
         refusal: tuple[int, str] | None
+        note_accepted(transport)
         try:
             peer = peer_of(transport)
             key = self._policy.key(peer)

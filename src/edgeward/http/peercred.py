@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import time
 import weakref
 from asyncio.trsock import TransportSocket
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["Caller", "caller_of", "peer_credentials"]
+__all__ = ["Caller", "accepted_ticks", "caller_of", "note_accepted", "peer_credentials"]
 
 
 
@@ -65,3 +66,23 @@ def caller_of(request: web.Request) -> Caller:
     if transport is not None:
         _BY_CONNECTION[transport] = caller
     return caller
+
+
+_ACCEPTED: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def boot_ticks() -> int:
+    """Now, in the clock /proc/<pid>/stat gives process start times in (ticks since boot)."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS)
+
+
+def note_accepted(transport: Any) -> None:
+    """Remember when a connection was accepted: the process that opened it started before that, so a process that
+    started later and holds its pid is not the one SO_PEERCRED named (a recycled pid)."""
+    _ACCEPTED[transport] = boot_ticks()
+
+
+def accepted_ticks(request: web.Request) -> int | None:
+    transport = request.transport
+    return _ACCEPTED.get(transport) if transport is not None else None

@@ -51,6 +51,9 @@ class Registry:
             "state TEXT NOT NULL, system INTEGER NOT NULL, config TEXT NOT NULL, created_at REAL NOT NULL, "
             "updated_at REAL NOT NULL)",
             "CREATE INDEX IF NOT EXISTS by_engine_id ON registrations (engine_id)")
+        # Bumped on every change: attestations cached per connection are re-checked once it moves, so a connection
+        # a module's process opened does not keep the module's identity after the module is stopped or removed.
+        self.version = 0
 
     @staticmethod
     def _row(row: tuple[Any, ...] | None) -> Registration | None:
@@ -64,6 +67,7 @@ class Registry:
     def put(self, reg: Registration) -> Registration:
         now = time.time()
         reg = replace(reg, created_at=reg.created_at or now, updated_at=now)
+        self.version += 1
         with self._store.write() as db:
             db.execute("INSERT OR REPLACE INTO registrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (reg.name, reg.engine, reg.engine_id, reg.image, reg.image_id, reg.generation_id, reg.state,
@@ -71,6 +75,7 @@ class Registry:
         return reg
 
     def set_state(self, name: str, state: str) -> None:
+        self.version += 1
         with self._store.write() as db:
             db.execute("UPDATE registrations SET state=?, updated_at=? WHERE name=?", (state, time.time(), name))
 
@@ -98,6 +103,7 @@ class Registry:
         return [r for r in map(self._row, rows) if r is not None]
 
     def delete(self, name: str) -> None:
+        self.version += 1
         with self._store.write() as db:
             db.execute("DELETE FROM registrations WHERE name=?", (name,))
 
