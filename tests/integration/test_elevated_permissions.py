@@ -287,15 +287,18 @@ async def test_a_symlink_hidden_by_a_private_tmp_is_resolved_as_the_engine_sees_
     try:
         (hidden / "innocent").symlink_to(protected)
         src = str(Path(edgeward.__file__).resolve().parents[1])
+        # As PrivateTmp hides /tmp from the daemon: a fresh tmpfs over /tmp in this namespace only. What the probe
+        # itself needs and may live under /tmp (the engine's socket, the interpreter's environment, this checkout)
+        # is bound back from the old /tmp, parked on /mnt; the directory holding the link is not.
+        keep = sorted({p for p in (str(dockerd.socket.parent), sys.prefix, src) if p.startswith("/tmp/")})
+        script = ('mount --bind /tmp /mnt && mount -t tmpfs tmpfs /tmp && '
+                  'for p in $KEEP; do mkdir -p "$p" && mount --bind "/mnt/${p#/tmp/}" "$p"; done && '
+                  'exec "$0" -c "$1" "$2" "$3" "$4"')
         run = subprocess.run(
-            # The engine's socket stays reachable (a real one is in /run, which PrivateTmp leaves alone): its
-            # directory is parked on /mnt (in this namespace only) and moved back over the new /tmp.
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             'mount --bind "$5" /mnt && mount -t tmpfs tmpfs /tmp && mkdir -p "$5" && mount --move /mnt "$5" && '
-             'exec "$0" -c "$1" "$2" "$3" "$4"', sys.executable, _HIDDEN_PROBE,
-             str(dockerd.socket), str(protected), str(hidden / "innocent"), str(dockerd.socket.parent)],
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable, _HIDDEN_PROBE,
+             str(dockerd.socket), str(protected), str(hidden / "innocent")],
             capture_output=True, text=True, timeout=60, check=False,
-            env={**os.environ, "PYTHONPATH": src})
+            env={**os.environ, "PYTHONPATH": src, "KEEP": " ".join(keep)})
         assert run.returncode == 0, run.stderr
         out = json.loads(run.stdout)
         assert len(out["views"]) > 1, out  # the engine's root is read as well as this namespace's
