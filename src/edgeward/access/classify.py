@@ -24,7 +24,7 @@ from ..http.peercred import Caller, accepted_ticks, caller_of
 from .kinds import CallerKind, Classified
 from .table import SocketPolicy
 
-__all__ = ["AttestedClassifier", "Classifier", "HostClassifier", "ModuleOf", "service_uids"]
+__all__ = ["AttestedClassifier", "Attestor", "Classifier", "HostClassifier", "ModuleOf", "service_uids"]
 
 # In the all-in-one daemon, the module runtime answers "is this pid one of my modules?" (host-process modules share
 # the host's namespaces, so namespaces alone cannot tell).
@@ -107,7 +107,7 @@ class HostClassifier:
         return Classified(caller, frozenset(kinds), "host"), pinned
 
 
-class _Attestor(Protocol):
+class Attestor(Protocol):
     async def attest(self, request: web.Request, *, still_alive: bool = True) -> Any: ...
 
 
@@ -115,7 +115,7 @@ class AttestedClassifier:
     """Callers of the module runtime's sockets: attested modules (the edge agent among them), or host root and the
     runtime's own user, proven to be on the host. Attestation refusals propagate as they are (they name the step)."""
 
-    def __init__(self, attestor: _Attestor) -> None:
+    def __init__(self, attestor: Attestor) -> None:
         self.attestor = attestor
         self.service = service_uids(())
 

@@ -7,11 +7,11 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from .classify import HostClassifier, ModuleOf
+from .classify import AttestedClassifier, Attestor, HostClassifier, ModuleOf
 from .guard import AccessGuard, install_guard
 from .table import SOCKETS
 
-__all__ = ["guard_host_service", "socket_mode"]
+__all__ = ["guard_attested_service", "guard_host_service", "socket_mode"]
 
 
 def socket_mode(service: str, principal_uids: Iterable[int]) -> int:
@@ -27,3 +27,8 @@ def guard_host_service(app: web.Application, service: str, principal_uids: Itera
                        module_of: ModuleOf | None = None) -> web.Application:
     policy = SOCKETS[service]
     return install_guard(app, AccessGuard(policy, HostClassifier(policy, principal_uids, module_of)))
+
+
+def guard_attested_service(app: web.Application, service: str, attestor: Attestor) -> web.Application:
+    """The module runtime's sockets: callers are told apart by attestation."""
+    return install_guard(app, AccessGuard(SOCKETS[service], AttestedClassifier(attestor)))

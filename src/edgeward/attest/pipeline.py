@@ -7,7 +7,6 @@ peer_credentials -> container_of -> registration_for -> measure -> still_alive
 from __future__ import annotations
 
 import logging
-import os
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -125,16 +124,3 @@ class Attestor:
             raise AttestationRefused("registration_for", f"generation {generation_id} is not module {name}'s "
                                                          f"current generation")
         return reg
-
-    async def agent_or_root(self, request: web.Request) -> Attested:
-        """The management API: the edge agent's registration, or root/the daemon's own user outside any module."""
-        got = await self.attest(request)
-        reg = got.registration
-        if reg is None:
-            if got.caller.uid in (0, os.getuid()):
-                return got
-            raise AttestationRefused("container_of", f"process {got.caller.pid} (uid {got.caller.uid}) is neither "
-                                                     f"the edge agent nor root")
-        if not reg.system:
-            raise AttestationRefused("registration_for", f"module {reg.name} is not the edge agent")
-        return got

@@ -11,10 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..access.classify import AttestedClassifier
-from ..access.guard import AccessGuard, install_guard
 from ..access.refusals import refusals
-from ..access.table import SOCKETS
 from ..attest.audit import AuditLog
 from ..attest.audit_counter import AuditCounter
 from ..attest.audit_open import open_audit_log
@@ -109,8 +106,7 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
     sockets = WorkloadSockets(settings.workload_root)
     workload = Workload(attestor, sockets, keys, edge_ca, settings.hostname)
     # One socket per module: the socket is the caller, whatever uids the module's processes take.
-    workload_app = install_guard(build_workload_app(workload, limiter=UidLimiter(caller_key=by_socket)),
-                                 AccessGuard(SOCKETS["workload"], AttestedClassifier(attestor)))
+    workload_app = build_workload_app(workload, limiter=UidLimiter(caller_key=by_socket))
     workload_runner = make_runner(workload_app)
     await workload_runner.setup()
     sockets.runner = workload_runner  # from now on every module directory gets its socket
@@ -126,8 +122,7 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
                          [workload_runner])
     try:
         settings.mgmt_dir.mkdir(parents=True, exist_ok=True)
-        mgmt_app = install_guard(build_management_app(mgmt, limiter=UidLimiter()),
-                                 AccessGuard(SOCKETS["mgmt"], AttestedClassifier(attestor)))
+        mgmt_app = build_management_app(mgmt, limiter=UidLimiter())
         parts.runners.append(await start_server(mgmt_app, [
             Listener(settings.mgmt_socket, mode=0o666, activation_name="aziot-edged.mgmt")]))
         await runtime.start()

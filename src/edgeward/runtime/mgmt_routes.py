@@ -14,6 +14,7 @@ from datetime import datetime
 
 from aiohttp import web
 
+from ..access.wiring import guard_attested_service
 from ..attest.pipeline import Attestor
 from ..config.problems import Problems
 from ..http import RouteTable, build_app, read_json_object, reply_empty
@@ -44,8 +45,10 @@ MANAGEMENT = web.AppKey("edgeward.runtime.management", Management)
 
 
 async def _admitted(request: web.Request) -> Management:
+    """The access guard decided who may call (the edge agent, host root); this re-checks, closest to the answer,
+    that the attested process is still the one that connected."""
     mgmt = request.app[MANAGEMENT]
-    await mgmt.attestor.agent_or_root(request)
+    await mgmt.attestor.attest(request)
     return mgmt
 
 
@@ -304,7 +307,8 @@ async def reprovision(request: web.Request) -> web.Response:
 
 
 def build_management_app(mgmt: Management, limiter: UidLimiter | None = None) -> web.Application:
+    """The management API, behind the access table's guard (which admits the edge agent and host root only)."""
     app = build_app(routes, limiter=limiter)
     app[MANAGEMENT] = mgmt
-    return app
+    return guard_attested_service(app, "mgmt", mgmt.attestor)
 

@@ -19,13 +19,13 @@ import base64
 import binascii
 import datetime as dt
 import ipaddress
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from ..access.wiring import guard_attested_service
 from ..attest.pipeline import AttestationRefused, Attestor
 from ..http import RouteTable, build_app, read_json_object
 from ..http.errors import BadRequest, Forbidden, HttpError, UnprocessableEntity
@@ -334,12 +334,9 @@ async def manifest_trust_bundle(request: web.Request) -> web.Response:
 
 @routes.get("/modules", since="2018-06-28")
 async def list_modules(request: web.Request) -> web.Response:
-    """The modules, as the management API lists them (edgeHub reads it); for modules and root, not for any
-    host process that happens to reach a socket."""
+    """The modules, names and status only (edgeHub reads it); who may ask is the access table's row."""
     wl = request.app[WORKLOAD]
-    got = await wl.attestor.attest(request)
-    if got.registration is None and got.caller.uid not in (0, os.getuid()):
-        raise AttestationRefused("container_of", f"process {got.caller.pid} (uid {got.caller.uid}) is not a module")
+    await wl.attestor.attest(request)  # still the process that connected
     if wl.runtime is None:
         return web.json_response({"modules": []})
     return web.json_response({"modules": [_listed(v) for v in await wl.runtime.list_modules()]})
@@ -355,6 +352,7 @@ def _listed(view: ModuleView) -> dict[str, Any]:
 
 
 def build_workload_app(workload: Workload, limiter: UidLimiter | None = None) -> web.Application:
+    """The workload API, behind the access table's guard (modules, and host root for the public routes)."""
     app = build_app(routes, limiter=limiter)
     app[WORKLOAD] = workload
-    return app
+    return guard_attested_service(app, "workload", workload.attestor)
