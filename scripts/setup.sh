@@ -21,6 +21,24 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The real Azure IoT Node SDKs the tests drive: Node from the image when present, Debian's nodejs and npm otherwise;
+# the SDKs from npm exactly as the lockfile pins them.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: node and npm are missing (run as root or: sudo apt-get install nodejs npm)" >&2
+        exit 1
+    fi
+    echo "setup: installing nodejs npm"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+if [[ ! -f tests/node/node_modules/.package-lock.json ]] \
+        || ! cmp -s tests/node/package-lock.json tests/node/node_modules/.edgeward-lock; then
+    echo "setup: installing the Azure IoT Node SDKs (npm ci)"
+    (cd tests/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null \
+        && cp package-lock.json node_modules/.edgeward-lock)
+fi
+
 PY=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
     "$PY" -m venv .venv
