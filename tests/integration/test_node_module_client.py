@@ -5,9 +5,11 @@ URL-encoded module id and generation id). The test recomputes the signature inde
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import shutil
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -85,3 +87,30 @@ async def test_node_sdk_module_client_gets_trust_bundle_and_a_sas_token_signed_w
     assert_signed_by(result["sasToken"], await module_key(rt, "nodemqtt"),
                      f"{HOSTNAME}/devices/{HOSTNAME}/modules/nodemqtt")
     assert result["trustBundle"] == await rt.parts.edge_ca.trust_bundle()
+
+
+async def test_node_sdk_run_by_a_process_that_is_not_the_module_gets_no_token(
+        rt: RuntimeEnv, mgmt: ManagementClient) -> None:
+    """The same script, with the module's very environment and its workload socket, started by a plain host
+    process (root, outside the module's process tree): the sign call is refused and the SDK reports the error.
+    The trust bundle is public CA certificates (served to any caller, as aziot-edged does): it is no secret."""
+    module = await run_node_module(rt, mgmt, "nodevictim", "mqtt")
+    status = await rt.parts.engine.inspect("nodevictim")
+    assert status.pid is not None
+    environ = Path(f"/proc/{status.pid}/environ").read_bytes().split(b"\0")
+    env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
+    assert env["IOTEDGE_MODULEID"] == "nodevictim"
+    proc = await asyncio.create_subprocess_exec(NODE, str(SCRIPT), "mqtt", env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    line = next(x for x in out.decode().splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    assert proc.returncode == 1, (out, err)
+    assert result["stage"] == "getDeviceCredentials" and "sasToken" not in result, result
+    assert result["error"]["statusCode"] == 403 and "refused" in result["error"]["message"], result
+    assert result["trustBundle"] == module["trustBundle"]
