@@ -18,9 +18,13 @@ from typing import Any
 
 import pytest
 
+from edgeward.identity.compose import hub_factory_for
+from edgeward.identity.settings import parse_identity_settings
+from edgeward.runtime.edge_ca import TRUST_BUNDLE_ID
 from edgeward.runtime.engines.process import ProcessEngine
 from edgeward.runtime.identities import module_key_handle
 from edgeward.runtime.mgmt_client import ManagementClient
+from tests.fixtures.hub_telemetry import DialableHub
 from tests.fixtures.modules import module_results
 from tests.fixtures.runtime import RuntimeEnv, serve_runtime
 
@@ -36,6 +40,29 @@ HOSTNAME = "edge-node"
 async def rt(request: pytest.FixtureRequest, public_dir: Path) -> AsyncIterator[RuntimeEnv]:
     engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0)
     async with serve_runtime(request, public_dir, engine, {"hostname": HOSTNAME}) as env:
+        yield env
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[DialableHub]:
+    async with DialableHub() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def hub_rt(request: pytest.FixtureRequest, public_dir: Path, hub: DialableHub) -> AsyncIterator[RuntimeEnv]:
+    """A device provisioned (manual, SAS) in the hub emulator, whose trust bundle carries the hub's CA (the
+    operator's `trust_bundle_cert`): modules are registered in the hub with their keys, and trust it."""
+    ca = public_dir / "hub-ca.pem"
+    ca.write_bytes(hub.ca_pem)
+    key = hub.add_device("edge-1")
+    cs = f"HostName={hub.hostname};DeviceId=edge-1;SharedAccessKey={base64.b64encode(key).decode()}"
+    doc = {"hostname": HOSTNAME, "provisioning": {"source": "manual", "connection_string": cs},
+           "edgeward": {"identity": {"cloud_trust_bundle": f"file://{ca}"}},
+           "preloaded_certs": {TRUST_BUNDLE_ID: f"file://{ca}"}}
+    hub_factory = hub_factory_for(parse_identity_settings(doc, public_dir / "state", public_dir / "run"))
+    engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0)
+    async with serve_runtime(request, public_dir, engine, doc, hub=hub_factory) as env:
         yield env
 
 
@@ -114,3 +141,28 @@ async def test_node_sdk_run_by_a_process_that_is_not_the_module_gets_no_token(
     assert result["stage"] == "getDeviceCredentials" and "sasToken" not in result, result
     assert result["error"]["statusCode"] == 403 and "refused" in result["error"]["message"], result
     assert result["trustBundle"] == module["trustBundle"]
+
+
+async def test_node_sdk_module_client_sends_telemetry_over_http_that_the_hub_accepts(
+        hub_rt: RuntimeEnv, hub: DialableHub) -> None:
+    """The SDK's whole path: fromEnvironment, open, sendEvent over HTTPS to the hub the runtime named (trusting the
+    workload trust bundle only); the hub checks the module's token with the key its registry holds."""
+    mgmt = ManagementClient(hub_rt.mgmt_socket)
+    try:
+        result = await run_node_module(hub_rt, mgmt, "nodehttp", "http", "--send")
+    finally:
+        await mgmt.close()
+    assert result.get("error") is None and result["stage"] == "done", result
+    assert result["send"] == {"ok": True, "result": "MessageEnqueued"}
+    (event,) = hub.telemetry
+    assert (event.device_id, event.module_id) == ("edge-1", "nodehttp")
+    assert event.path == "/devices/edge-1/messages/events"  # the SDK's HTTP transport has no module route
+    assert event.headers["Authorization"] == result["sasToken"]
+    assert event.headers["IoTHub-MessageId"] == "edgeward-node-module-client"
+    assert json.loads(event.body) == {"temperature": 21.5}
+    registered = hub.modules_of("edge-1")["nodehttp"].authentication
+    assert registered is not None
+    assert_signed_by(result["sasToken"], base64.b64decode(registered["symmetricKey"]["primaryKey"]),
+                     f"{hub.hostname}/devices/edge-1/modules/nodehttp")
+    bundle = await hub_rt.parts.edge_ca.trust_bundle()
+    assert result["trustBundle"] == bundle and hub.ca_pem.decode() in bundle
