@@ -21,9 +21,11 @@ import pytest
 from edgeward.identity.compose import hub_factory_for
 from edgeward.identity.settings import parse_identity_settings
 from edgeward.runtime.edge_ca import TRUST_BUNDLE_ID
+from edgeward.runtime.engines.moby import DockerEngine
 from edgeward.runtime.engines.process import ProcessEngine
 from edgeward.runtime.identities import module_key_handle
 from edgeward.runtime.mgmt_client import ManagementClient
+from tests.fixtures.dockerd import TEST_IMAGE, Dockerd, host_python_binds
 from tests.fixtures.hub_telemetry import DialableHub
 from tests.fixtures.modules import module_results
 from tests.fixtures.runtime import RuntimeEnv, serve_runtime
@@ -33,6 +35,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 SCRIPT = NODE_DIR / "module_client.js"
 NODE = shutil.which("node") or "/usr/bin/node"
+# Inside a container: the script and the SDKs, bound read-only; node resolves the SDKs from the parent directory.
+CONTAINER_APP = "/opt/edgeward-node"
 HOSTNAME = "edge-node"
 
 
@@ -166,3 +170,89 @@ async def test_node_sdk_module_client_sends_telemetry_over_http_that_the_hub_acc
                      f"{hub.hostname}/devices/edge-1/modules/nodehttp")
     bundle = await hub_rt.parts.edge_ca.trust_bundle()
     assert result["trustBundle"] == bundle and hub.ca_pem.decode() in bundle
+
+
+@pytest.fixture
+async def docker_rt(request: pytest.FixtureRequest, public_dir: Path, dockerd: Dockerd) -> AsyncIterator[RuntimeEnv]:
+    doc = {"hostname": HOSTNAME, "moby_runtime": {"uri": dockerd.uri, "network": "none"},
+           "edgeward": {"runtime": {"engine": "docker"}}}
+    async with serve_runtime(request, public_dir, DockerEngine(dockerd.uri), doc) as env:
+        try:
+            yield env
+        finally:
+            for m in await env.parts.engine.list():
+                await env.parts.engine.remove(m.name)
+
+
+def node_binds() -> list[dict[str, object]]:
+    """The host's node (under /usr, with the libraries it links) and the SDKs, read-only, in the busybox image."""
+    return [*host_python_binds(),
+            {"Type": "bind", "Source": str(SCRIPT), "Target": f"{CONTAINER_APP}/app/module_client.js",
+             "ReadOnly": True},
+            {"Type": "bind", "Source": str((NODE_DIR / "node_modules").resolve()),
+             "Target": f"{CONTAINER_APP}/node_modules", "ReadOnly": True}]
+
+
+async def run_node_container_module(rt: RuntimeEnv, name: str) -> dict[str, Any]:
+    assert NODE.startswith("/usr/"), "the container sees the host's /usr only"
+    spec = {"name": name, "type": "docker", "imagePullPolicy": "never", "config": {"settings": {
+        "image": TEST_IMAGE, "createOptions": {
+            "Cmd": [NODE, f"{CONTAINER_APP}/app/module_client.js", "mqtt", "--stay"],
+            "HostConfig": {"Mounts": node_binds()}}}}}
+    mgmt = ManagementClient(rt.mgmt_socket)
+    try:
+        await mgmt.create_module(spec)
+        await mgmt.action(name, "start")
+        (result,) = await module_results(rt.parts.engine, name, timeout=60)
+    finally:
+        await mgmt.close()
+    return result
+
+
+async def test_node_sdk_in_a_container_module_gets_a_sas_token_signed_with_its_module_key(
+        docker_rt: RuntimeEnv) -> None:
+    result = await run_node_container_module(docker_rt, "nodebox")
+    assert result.get("error") is None and result["stage"] == "done", result
+    assert result["credentials"]["moduleId"] == "nodebox"
+    assert_signed_by(result["sasToken"], await module_key(docker_rt, "nodebox"),
+                     f"{HOSTNAME}/devices/{HOSTNAME}/modules/nodebox")
+    assert result["trustBundle"] == await docker_rt.parts.edge_ca.trust_bundle()
+
+
+async def test_node_sdk_in_a_look_alike_container_with_the_module_socket_gets_no_token(
+        docker_rt: RuntimeEnv, dockerd: Dockerd) -> None:
+    """A container started beside Edgeward (by someone with access to the engine) with the module's environment,
+    labels and workload socket, running the same SDK script: the sign is refused, the SDK reports it."""
+    await run_node_container_module(docker_rt, "nodeboxed")
+    status = await docker_rt.parts.engine.inspect("nodeboxed")
+    config = json.loads(dockerd.cli("inspect", status.engine_id).stdout)[0]["Config"]
+    args = ["run", "-d", "--network", "none"]
+    for k, v in config["Labels"].items():
+        args += ["--label", f"{k}={v}"]
+    for e in config["Env"]:
+        args += ["-e", e]
+    for m in node_binds():
+        args += ["--mount", f"type=bind,src={m['Source']},dst={m['Target']},readonly"]
+    workload_dir = docker_rt.settings.workload_root / "nodeboxed"
+    args += ["--mount", f"type=bind,src={workload_dir},dst={config_workload_dir(config['Env'])}"]
+    container = dockerd.cli(*args, TEST_IMAGE, NODE, f"{CONTAINER_APP}/app/module_client.js", "mqtt").stdout.strip()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while "DONE" not in (out := dockerd.cli("logs", container, check=False).stdout):
+            assert loop.time() < deadline, out
+            await asyncio.sleep(0.1)
+    finally:
+        dockerd.cli("rm", "-f", container, check=False)
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    # Not attributable to any module, it gets not even the public trust bundle; and the sign, tried on its own
+    # with the SDK's edge authentication provider, is refused too.
+    assert result["stage"] == "fromEnvironment" and "sasToken" not in result, result
+    for error in (result["error"], result["signError"]):
+        assert error["statusCode"] == 403 and "registration_for" in error["message"], result
+
+
+def config_workload_dir(env: list[str]) -> str:
+    uri = next(e.split("=", 1)[1] for e in env if e.startswith("IOTEDGE_WORKLOADURI="))
+    return str(Path(urllib.parse.urlparse(uri).path).parent)

@@ -9,10 +9,11 @@
 //           hub named by IOTEDGE_IOTHUBHOSTNAME, trusting only the trust bundle, as the SDK does).
 //   --stay  keep running after DONE (a module that exits would be restarted by its runtime).
 //
-// The JSON: {transport, stage, error?, sasToken?, trustBundle?, credentials?, open?, send?}. `stage` is the last
-// step reached; `error` ({name, message, statusCode}) says why the SDK stopped there.
+// The JSON: {transport, stage, error?, sasToken?, trustBundle?, credentials?, open?, send?, signError?}. `stage` is
+// the last step reached; `error` ({name, message, statusCode}) says why the SDK stopped there. When fromEnvironment
+// fails (the trust bundle refused), the signing path is tried on its own too: signError, or the sasToken it got.
 
-const { ModuleClient, Message } = require('azure-iot-device');
+const { ModuleClient, Message, IotEdgeAuthenticationProvider } = require('azure-iot-device');
 const { NoRetry } = require('azure-iot-common');
 
 const transports = {
@@ -63,6 +64,21 @@ async function run(kind, send) {
     await client.close().catch(() => undefined);
   } catch (_) {
     // already recorded in result.error
+  }
+  if (result.stage === 'fromEnvironment' && process.env.IOTEDGE_WORKLOADURI) {
+    // The trust bundle was refused: try the signing path on its own, with the edge authentication provider
+    // fromEnvironment builds from the same variables, so a refusal of each call shows.
+    const auth = new IotEdgeAuthenticationProvider({
+      workloadUri: process.env.IOTEDGE_WORKLOADURI, deviceId: process.env.IOTEDGE_DEVICEID,
+      moduleId: process.env.IOTEDGE_MODULEID, iothubHostName: process.env.IOTEDGE_IOTHUBHOSTNAME,
+      authScheme: process.env.IOTEDGE_AUTHSCHEME, gatewayHostName: process.env.IOTEDGE_GATEWAYHOSTNAME,
+      generationId: process.env.IOTEDGE_MODULEGENERATIONID });
+    try {
+      result.sasToken = (await auth.getDeviceCredentials()).sharedAccessSignature;
+    } catch (err) {
+      result.signError = describe(err);
+    }
+    auth.stop();
   }
   return result;
 }
