@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from edgeward.http import Listener, start_server
 from edgeward.identity.compose import hub_factory_for
 from edgeward.identity.settings import parse_identity_settings
 from edgeward.runtime.edge_ca import TRUST_BUNDLE_ID
@@ -256,3 +258,51 @@ async def test_node_sdk_in_a_look_alike_container_with_the_module_socket_gets_no
 def config_workload_dir(env: list[str]) -> str:
     uri = next(e.split("=", 1)[1] for e in env if e.startswith("IOTEDGE_WORKLOADURI="))
     return str(Path(urllib.parse.urlparse(uri).path).parent)
+
+
+async def test_node_sdk_workload_requests_are_what_the_routes_expect(public_dir: Path) -> None:
+    """The golden requests: what azure-iot-device 1.18 sends to the workload socket, recorded by a bare server
+    (api-version 2018-06-28 whatever IOTEDGE_APIVERSION says; module id and generation id URL-encoded; the sign body
+    as JSON with a Content-Type; `data` the base64 of "<URL-encoded sr>\\n<se>"), and what it makes of the answers."""
+    seen: list[tuple[str, str, dict[str, str], bytes]] = []
+    key = b"k" * 32
+
+    async def record(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append((request.method, request.path_qs, dict(request.headers), body))
+        if request.path == "/trust-bundle":
+            return web.json_response({"certificate": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"})
+        data = base64.b64decode(json.loads(body)["data"])
+        return web.json_response({"digest": base64.b64encode(hmac.new(key, data, hashlib.sha256).digest()).decode()})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    sock = public_dir / "recorder.sock"
+    runner = await start_server(app, [Listener(sock, mode=0o600)])
+    env = {"PATH": "/usr/bin:/bin", "IOTEDGE_WORKLOADURI": f"unix://{sock}", "IOTEDGE_DEVICEID": "dev-1",
+           "IOTEDGE_MODULEID": "mod-1", "IOTEDGE_MODULEGENERATIONID": "gen/1", "IOTEDGE_IOTHUBHOSTNAME": "hub.example",
+           "IOTEDGE_GATEWAYHOSTNAME": "gw", "IOTEDGE_AUTHSCHEME": "sasToken", "IOTEDGE_APIVERSION": "2022-08-03"}
+    try:
+        proc = await asyncio.create_subprocess_exec(NODE, str(SCRIPT), "mqtt", env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    finally:
+        await runner.cleanup()
+    assert proc.returncode == 0, (out, err)
+    (bundle_method, bundle_path, bundle_headers, bundle_body), (method, path, headers, body) = seen
+    assert (bundle_method, bundle_path, bundle_body) == ("GET", "/trust-bundle?api-version=2018-06-28", b"")
+    assert "Content-Type" not in bundle_headers
+    assert (method, path) == ("POST", "/modules/mod-1/genid/gen%2F1/sign?api-version=2018-06-28")
+    assert headers["Content-Type"] == "application/json" and headers["Host"] == "localhost"
+    assert headers["User-Agent"].startswith("azure-iot-device/1.18.")
+    sign = json.loads(body)
+    assert set(sign) == {"keyId", "algo", "data"} and (sign["keyId"], sign["algo"]) == ("primary", "HMACSHA256")
+    sr, _, se = base64.b64decode(sign["data"]).decode().partition("\n")
+    assert sr == "hub.example%2Fdevices%2Fdev-1%2Fmodules%2Fmod-1" and se.isdigit()
+    result = json.loads(out.decode().splitlines()[0][len("RESULT "):])
+    assert_signed_by(result["sasToken"], key, "hub.example/devices/dev-1/modules/mod-1")
