@@ -1,7 +1,10 @@
-"""The real Azure IoT Node SDK (azure-iot-device 1.18) as an Edgeward module, unchanged: a host-process module
-deployed through the management API runs `ModuleClient.fromEnvironment(Transport)`; the SDK fetches the trust bundle
-and has its SAS token signed through the workload API (api-version 2018-06-28, `Content-Type: application/json`,
-URL-encoded module id and generation id). The test recomputes the signature independently from the module's key."""
+"""The real Azure IoT Node SDK (azure-iot-device 1.18, -mqtt, -http) as an Edgeward module, unchanged: deployed
+through the management API as a host process and as a container on the real dockerd, it runs
+`ModuleClient.fromEnvironment(Transport)`; the SDK fetches the trust bundle and has its SAS token signed through
+the workload API (api-version 2018-06-28, `Content-Type: application/json`, URL-encoded module id and generation
+id). The tests recompute the signature from the module's key (Edgeward's, or the one the hub emulator's registry
+holds), send telemetry over HTTP that the hub emulator checks, and show that a process or container that is not the
+module gets no token."""
 
 from __future__ import annotations
 
