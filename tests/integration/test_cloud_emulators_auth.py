@@ -69,6 +69,13 @@ async def test_a_device_key_authorises_only_its_own_scope(cloud: tuple[HubEmulat
     assert (await call(hub, "GET", f"/devices/dev-1?{API}", own))[0] == 401
     assert (await call(hub, "DELETE", f"/devices/dev-1?{API}", own, {"If-Match": "*"}))[0] == 401
     assert "dev-1" in hub.devices
+    # a disabled device's credentials stop working
+    owner = await make_token(hub.hostname, signer(hub.policies["iothubowner"].primary_key)) + "&skn=iothubowner"
+    status, device, _ = await call(hub, "GET", f"/devices/dev-1?{API}", owner)
+    status, _, _ = await call(hub, "PUT", f"/devices/dev-1?{API}", owner, {"If-Match": f'"{device["etag"]}"'},
+                              {**device, "status": "disabled"})
+    assert status == 200
+    assert (await call(hub, "GET", f"/devices/dev-1/modules?{API}", own))[0] == 401
 
 
 async def test_skn_names_the_policy_whose_key_must_have_signed(cloud: tuple[HubEmulator, DpsEmulator]) -> None:

@@ -282,6 +282,7 @@ class HubEmulator:
             refusal = self._x509_refusal(self.devices.get(device_id), device_id, peer_certificate(request))
             if refusal is not None:
                 raise _Refused(refusal)
+            self._refuse_if_disabled(device_id)
             return
         try:
             token = parse_token(header)
@@ -316,6 +317,12 @@ class HubEmulator:
             signed_by(token, device.keys)
         except SasError as e:
             raise _Refused(str(e)) from None
+        self._refuse_if_disabled(device_id)
+
+    def _refuse_if_disabled(self, device_id: str) -> None:
+        """A disabled device's own credentials stop working (a policy can still manage it)."""
+        if self.devices[device_id].status != "enabled":
+            raise _Refused(f"device {device_id!r} is disabled")
 
     @staticmethod
     def _x509_refusal(device: Device | None, device_id: str, cert: x509.Certificate | None) -> str | None:
