@@ -54,8 +54,8 @@ class Refused(Exception):
 
 
 def _error(status: int, message: str, code: int) -> web.Response:
-    return web.json_response({"errorCode": code, "message": message, "trackingId": secrets.token_hex(8)},
-                             status=status)
+    return web.json_response({"errorCode": code, "trackingId": secrets.token_hex(8), "message": message,
+                              "timestampUtc": datetime.now(UTC).isoformat().replace("+00:00", "Z")}, status=status)
 
 
 def _registration_token(header: str, scope_id: str, reg_id: str) -> SasToken:
