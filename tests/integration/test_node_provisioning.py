@@ -75,3 +75,15 @@ async def test_node_provisioning_with_a_wrong_key_is_refused(kind: str, cloud: t
                          hub.ca_pem, tmp_path)
     assert not out["ok"] and out["error"]["statusCode"] == 401 and out["error"]["name"] == "UnauthorizedError"
     assert dps.registrations == 0 and "reg-node-w" not in hub.devices
+
+
+async def test_node_provisioning_checks_the_servers_certificate(cloud: tuple[HubEmulator, DpsEmulator],
+                                                                tmp_path: Path) -> None:
+    """The SDK really verifies TLS: trusting another CA, it does not reach the emulator at all."""
+    hub, dps = cloud
+    key = dps.add_individual_enrollment("reg-node-tls")
+    other_ca = HubEmulator().ca_pem
+    out = await run_node("provision.js", [hub.hostname, dps.scope_id, "reg-node-tls", "individual", b64(key)],
+                         other_ca, tmp_path)
+    assert not out["ok"] and "certificate" in out["error"]["message"], out
+    assert dps.registrations == 0
