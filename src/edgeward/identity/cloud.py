@@ -25,15 +25,22 @@ from ..certs.est.pkcs7 import EstError
 from ..certs.est.tls_identity import KeysIdentity
 from ..http.errors import HttpError
 
-__all__ = ["CloudTransport", "HttpsTransport", "Unreachable", "X509Transport"]
+__all__ = ["MAX_RESPONSE", "CloudTransport", "HttpsTransport", "OversizedAnswer", "Unreachable", "X509Transport"]
 
-MAX_RESPONSE = 1024 * 1024
+MAX_RESPONSE = 1024 * 1024  # far above any DPS or registry answer (a module list of a full device is ~100 KB)
 
 
 class Unreachable(HttpError):
     """The cloud gave no (complete) answer: connection refused, TLS refused, timeout. Always worth a retry."""
 
     status = 503
+
+
+class OversizedAnswer(HttpError):
+    """The cloud answered with more than :data:`MAX_RESPONSE` bytes: refused whole, never cut to what fits (a
+    truncated JSON document would read as "no answer" or, worse, as a shorter list)."""
+
+    status = 502
 
 
 class CloudTransport(Protocol):
@@ -63,11 +70,28 @@ class HttpsTransport:
             async with aiohttp.ClientSession(timeout=self._timeout) as session, session.request(
                 method, url, data=body, headers=dict(headers), ssl=self._ssl, allow_redirects=False,
             ) as resp:
-                raw = await resp.content.read(MAX_RESPONSE + 1)
+                raw = await self._read_all(resp, method, url)
                 return resp.status, resp.headers.copy(), raw  # case-insensitive, like the X.509 path
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             where = urlsplit(url).netloc
             raise Unreachable(f"the {self.peer} at {where} is unreachable: {e or type(e).__name__}") from e
+
+
+    async def _read_all(self, resp: aiohttp.ClientResponse, method: str, url: str) -> bytes:
+        """The whole body, however it is chunked (``content.read(n)`` returns only what is buffered so far), or
+        :class:`OversizedAnswer` as soon as it passes the cap; the timeout bounds a body that never ends."""
+        def oversized() -> OversizedAnswer:
+            return OversizedAnswer(f"the {self.peer} answered {method} {url} with more than {MAX_RESPONSE} bytes "
+                                   f"(the cap on a cloud answer); refused")
+
+        if resp.content_length is not None and resp.content_length > MAX_RESPONSE:
+            raise oversized()
+        body = bytearray()
+        async for chunk in resp.content.iter_any():
+            body += chunk
+            if len(body) > MAX_RESPONSE:
+                raise oversized()
+        return bytes(body)
 
 
 class X509Transport:

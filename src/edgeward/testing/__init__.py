@@ -1,4 +1,4 @@
-"""Stand-ins for the outside world (an EST server, later the cloud emulators), for tests and demos only.
+"""Stand-ins for the outside world (an EST server, the DPS and IoT Hub emulators), for tests and demos only.
 
 Nothing on the production path imports this package. Import the submodules directly
 (``from edgeward.testing.est_server import EstServer``): re-exporting them here would make

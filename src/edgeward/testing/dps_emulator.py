@@ -1,9 +1,12 @@
-"""A local stand-in for the Device Provisioning Service's device REST API (api-version 2021-06-01), for tests and
-demos: register + operation polling with Retry-After, fault injection, custom payload echo, and the three
-attestations:
+"""A local stand-in for the Device Provisioning Service's device REST API, for tests and demos: register + operation
+polling with Retry-After, fault injection, custom payload echo, and the three attestations:
 
+- api-versions: those the service serves to the device SDKs (:attr:`DpsEmulator.API_VERSIONS`: 2019-03-31, what the
+  Node, Python and C SDKs send; 2021-06-01, what aziot-identityd sends; 2021-10-01, the published GA spec); any
+  other is refused as DPS refuses it (400, errorCode 400004, "Unsupported API version");
 - symmetric key: SAS validation for individual and group enrollments (device key = HMAC-SHA256(group key,
-  registration id));
+  registration id)): ``sr`` must be ``{idScope}/registrations/{registrationId}`` (URL-decoded, case-insensitive)
+  and ``skn`` ``registration``, as DPS's access-control documentation gives them;
 - X.509 by TLS client certificate: an individual enrollment pins the device certificate (its SHA-256 thumbprint), a
   group enrollment accepts certificates its CA issued; either way the registration id must be the certificate's CN.
   Certificates that chain to nothing enrolled fail the TLS handshake; verified ones that match no enrollment get 401;
@@ -23,12 +26,14 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from cryptography import x509
 
-from ..identity.sas import SasError, parse_token, verify_token
+from ..identity.sas import SasError, SasToken, parse_token
+from .hub_auth import parse_scope, signed_by
 from .hub_emulator import HubEmulator, common_name, issued_by, peer_certificate, thumbprint
 
 __all__ = ["DpsEmulator"]
@@ -49,12 +54,25 @@ class Refused(Exception):
 
 
 def _error(status: int, message: str, code: int) -> web.Response:
-    return web.json_response({"errorCode": code, "message": message, "trackingId": secrets.token_hex(8)},
-                             status=status)
+    return web.json_response({"errorCode": code, "trackingId": secrets.token_hex(8), "message": message,
+                              "timestampUtc": datetime.now(UTC).isoformat().replace("+00:00", "Z")}, status=status)
+
+
+def _registration_token(header: str, scope_id: str, reg_id: str) -> SasToken:
+    token = parse_token(header)
+    if token.key_name != "registration":
+        raise SasError(f"skn must be 'registration', not {token.key_name!r}")
+    scope = parse_scope(token)
+    claimed = "/".join((scope.host, *scope.segments))
+    if claimed != f"{scope_id}/registrations/{reg_id}".lower():
+        raise SasError(f"the token is for {claimed}, not for this registration")
+    return token
 
 
 class DpsEmulator:
     """Mounted on a HubEmulator's HTTPS server (one TLS endpoint plays both, as a test convenience)."""
+
+    API_VERSIONS = frozenset({"2019-03-31", "2021-06-01", "2021-10-01"})
 
     def __init__(self, hub: HubEmulator, scope_id: str = "0ne00000001", polls_before_assigned: int = 1,
                  retry_after: int = 0) -> None:
@@ -112,18 +130,17 @@ class DpsEmulator:
 
     # authentication -----------------------------------------------------------------------------------------
     def _sas(self, request: web.Request, reg_id: str) -> _Enrollment:
-        token = parse_token(request.headers.get("Authorization", ""))
-        audience = f"{self.scope_id}/registrations/{reg_id}"
+        token = _registration_token(request.headers.get("Authorization", ""), self.scope_id, reg_id)
         enrollment = self.individual.get(reg_id)
         if enrollment is not None:
             if enrollment.key is None:
                 raise SasError("this enrollment has no key to check the token with (yet)")
-            verify_token(token, audience, enrollment.key)
+            signed_by(token, (enrollment.key,))
             return enrollment
         for group_key in self.groups:
             device_key = hmac.new(group_key, reg_id.encode(), hashlib.sha256).digest()
             try:
-                verify_token(token, audience, device_key)
+                signed_by(token, (device_key,))
             except SasError:
                 continue
             return _Enrollment(device_key)
@@ -184,13 +201,19 @@ class DpsEmulator:
             resp.headers["Retry-After"] = str(retry_after)
         return resp
 
+    def _api_version_refusal(self, request: web.Request) -> web.Response | None:
+        version = request.query.get("api-version")
+        if version in self.API_VERSIONS:
+            return None
+        return _error(400, f"Unsupported API version {version}." if version else "api-version is missing.", 400004)
+
     async def _register(self, request: web.Request) -> web.Response:
         if (injected := self._injected()) is not None:
             return injected
+        if (refused := self._api_version_refusal(request)) is not None:
+            return refused
         if request.match_info["scope"] != self.scope_id:
             return _error(404, "unknown ID scope", 404001)
-        if request.query.get("api-version") != "2021-06-01":
-            return _error(400, "invalid api-version", 400001)
         reg_id = request.match_info["regId"]
         try:
             body = await request.json()
@@ -207,8 +230,10 @@ class DpsEmulator:
         self.registrations += 1
         op = secrets.token_hex(12)
         device_id = enrollment.device_id or reg_id
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         state: dict[str, Any] = {
-            "registrationId": reg_id, "assignedHub": self.hub.hostname, "deviceId": device_id,
+            "registrationId": reg_id, "createdDateTimeUtc": now, "lastUpdatedDateTimeUtc": now,
+            "assignedHub": self.hub.hostname, "deviceId": device_id,
             "status": "assigned", "substatus": "initialAssignment", "payload": body.get("payload")}
         if enrollment.endorsement_key is not None:
             assert enrollment.challenge is not None
@@ -231,6 +256,8 @@ class DpsEmulator:
     async def _operation(self, request: web.Request) -> web.Response:
         if (injected := self._injected()) is not None:
             return injected
+        if (refused := self._api_version_refusal(request)) is not None:
+            return refused
         op = self._operations.get(request.match_info["opId"])
         reg_id = request.match_info["regId"]
         if op is None or op["regId"] != reg_id:
