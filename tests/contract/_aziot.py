@@ -24,7 +24,7 @@ from yarl import URL
 from edgeward.supervise import start_daemon, stop_daemon
 from edgeward.testing.hub_emulator import HubEmulator
 
-__all__ = ["Device", "PRINCIPALS", "call", "device"]
+__all__ = ["PRINCIPALS", "Device", "call", "device"]
 
 # uid -> (name, idtype); a principal without idtype is a daemon (allowed every API, as aziot's docs say).
 PRINCIPALS: dict[int, tuple[str, list[str] | None]] = {

@@ -362,6 +362,16 @@ class IdentityService:
         return await self._aziot_module(await self._register(hub, module_id, managed_by,
                                                              await hub.get_module(module_id)))
 
+    async def update_module(self, module_id: str) -> AziotIdentity:
+        """Give an existing module identity the keys of its generation again (aziot's update: no such module in
+        the hub is a 404, never a creation)."""
+        _validate_module_id(module_id)
+        hub = await self.hub()
+        existing = await hub.get_module(module_id)
+        if existing is None:
+            raise NotFound(f"module identity {module_id!r} not found")
+        return await self._aziot_module(await self._register(hub, module_id, existing.managed_by, existing))
+
     async def _register(self, hub: HubModules, module_id: str, managed_by: str | None,
                         existing: ModuleInfo | None) -> ModuleInfo:
         """Create the module identity unless it exists, then give the hub its keys for this generation."""
@@ -568,14 +578,36 @@ class IdentityService:
             raise Unauthorized(f"uid {caller.uid} is not a principal of the identity service")
         kinds = principal.idtype or ("device",)
         if "module" in kinds:
-            info = await self._module_info(principal.name)
-            if info.managed_by != HOST_MODULE_TAG:  # someone else's identity of that name: not this agent's to use
-                raise NotFound(f"module identity {principal.name!r} is managed by {info.managed_by!r}, not by "
-                               f"this service for host principal {principal.name!r}")
-            return await self._aziot_module(info)
+            return await self.own_hub_module(principal)
         if "local" in kinds:
             return await self.local_identity(principal.name, server=False)
         return await self.device_identity()
+
+    async def own_hub_module(self, principal: IdPrincipal) -> AziotIdentity:
+        """The hub module identity made for this host principal; one of its name that this service did not make
+        for it (managedBy) is someone else's and not this agent's to use."""
+        info = await self._module_info(principal.name)
+        if info.managed_by != HOST_MODULE_TAG:
+            raise NotFound(f"module identity {principal.name!r} is managed by {info.managed_by!r}, not by "
+                           f"this service for host principal {principal.name!r}")
+        return await self._aziot_module(info)
+
+    def may_read_module(self, caller: Caller, module_id: str) -> IdPrincipal:
+        """aziot's rule for ``GET /identities/modules/{id}``: a daemon principal reads any module; a host principal
+        whose idtype holds "module" or "local" reads only the one named exactly like itself (the id as decoded once
+        from the path, compared byte for byte); everyone else is refused."""
+        principal = self.principal_of(caller)
+        if principal is not None:
+            kinds = principal.idtype
+            if kinds is None or (module_id == principal.name and ("module" in kinds or "local" in kinds)):
+                return principal
+        log.warning("uid %d refused the module identity %r", caller.uid, module_id)
+        raise Unauthorized(f"uid {caller.uid} may not read the identity of module {module_id!r}"
+                           + ("" if principal is None else f" (principal {principal.name!r} may read only its own)"))
+
+    def local_principal_names(self) -> frozenset[str]:
+        """Names whose local identity is configured by a ``[[principal]]`` with idtype "local" (aziot's list)."""
+        return frozenset(p.name for p in self.settings.principals if p.idtype is not None and "local" in p.idtype)
 
     def provisioning_info(self) -> ProvisioningInfo:
         prov = self.settings.provisioning

@@ -50,9 +50,9 @@ def identity_body(identity: Identity) -> dict[str, Any]:
         auth["keyHandle"] = identity.key_handle
     if identity.cert_id is not None:
         auth["certId"] = identity.cert_id
-    spec: dict[str, Any] = {"hubName": identity.hub, "deviceId": identity.device_id, "auth": auth}
-    if identity.gateway_host is not None:
-        spec["gatewayHost"] = identity.gateway_host
+    # aziot-identity-common's AzureIoTSpec requires gatewayHost; without a parent device it is the hub itself.
+    spec: dict[str, Any] = {"hubName": identity.hub, "gatewayHost": identity.gateway_host or identity.hub,
+                            "deviceId": identity.device_id, "auth": auth}
     if identity.module_id is not None:
         spec["moduleId"] = identity.module_id
         spec["genId"] = identity.gen_id
