@@ -147,6 +147,23 @@ async def test_a_device_principal_reads_no_module_identity_not_even_of_its_name(
     _aziot_spec_complete(body, device.hub.hostname)
 
 
+async def test_a_device_principal_gets_the_device_identity_from_post_identities_device(device: Device) -> None:
+    """aziot's GetDevice is allowed to a host principal whose idtype holds "device" (the identity client's
+    `get_device_identity`: POST `{"type": "aziot"}`, 200)."""
+    status, body = await as_uid_async(DEVICE_AGENT, device.identityd, "POST", f"/identities/device?{V}",
+                                      {"type": "aziot"})
+    assert status == 200, body
+    assert "moduleId" not in _aziot_spec_complete(body, device.hub.hostname)
+    assert body["spec"]["auth"]["type"] == "sas" and body["spec"]["auth"]["keyHandle"]
+
+
+async def test_provisioning_info_is_served_to_every_principal(device: Device) -> None:
+    """aziot-identityd's `get_provisioning_info` checks no caller at all; Edgeward serves every principal."""
+    for uid in (AGENT_A, LOCAL_A, DEVICE_AGENT):
+        status, body = await as_uid_async(uid, device.identityd, "GET", f"/identities/provisioning?{V}")
+        assert (status, body) == (200, {"source": "manual", "auth": "sas"}), uid
+
+
 @pytest.mark.parametrize(("method", "path", "body"), [
     ("PUT", "/identities/modules/agent-a?type=aziot", {"type": "aziot", "moduleId": "agent-a"}),
     ("DELETE", "/identities/modules/agent-a?type=aziot", None),
@@ -207,6 +224,11 @@ async def test_daemon_routes_answer_aziots_codes_and_shapes(device: Device) -> N
     assert status == 404, body
     status, body = await call(device.identityd, "GET", f"/identities/provisioning?{V}")
     assert (status, body) == (200, {"source": "manual", "auth": "sas"})
+    status, body = await call(device.identityd, "POST", f"/identities/device?{V}")
+    assert status == 400 and "missing request body" in body["message"], body
+    # reprovision: 204; aziot ignores the body, so none at all is fine too
+    assert await call(device.identityd, "POST", f"/identities/device/reprovision?{V}", {"type": "aziot"}) == (204, None)
+    assert await call(device.identityd, "POST", f"/identities/device/reprovision?{V}") == (204, None)
 
 
 async def test_daemon_local_identities_follow_aziots_principal_rules(device: Device) -> None:

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from tests.contract._aziot import Device, call, device
 
@@ -114,22 +114,29 @@ async def test_keyd_symmetric_key_routes_as_the_key_client_calls_them(device: De
 
 
 async def test_keyd_rsa_modes_without_a_parameters_field(device: Device) -> None:
-    """`#[serde(tag = "algorithm", content = "parameters")]` on a unit variant: `{"algorithm": "RSA-PKCS1"}`."""
+    """`#[serde(tag = "algorithm", content = "parameters")]` on a unit variant: `{"algorithm": "RSA-PKCS1"}`.
+    aziot-keys' key-pair "encrypt" is the private-key operation (its OpenSSL engine signs with it), and its decrypt
+    takes only AEAD: RSA decrypt is an invalid parameter, 400."""
     key_id = _id("rsa")
     status, body = await call(device.keyd, "POST", f"/keypair?{V}", {"keyId": key_id, "preferredAlgorithms": "rsa-2048"})
     assert status == 200, body
     handle = body["keyHandle"]
     status, alg = await call(device.keyd, "POST", f"/parameters/algorithm?{V}", {"keyHandle": handle})
     assert (status, alg) == (200, {"value": "RSA"})
+    numbers = []
     for name in ("rsa-modulus", "rsa-exponent"):
         status, value = await call(device.keyd, "POST", f"/parameters/{name}?{V}", {"keyHandle": handle})
-        assert status == 200 and base64.b64decode(value["value"]), (name, value)
+        assert status == 200, (name, value)
+        numbers.append(int.from_bytes(base64.b64decode(value["value"]), "big"))
+    public = rsa.RSAPublicNumbers(numbers[1], numbers[0]).public_key()
     status, body = await call(device.keyd, "POST", f"/encrypt?{V}",
                               {"keyHandle": handle, "algorithm": "RSA-PKCS1", "plaintext": _b64(b"hi")})
-    assert status == 200, body
-    status, body = await call(device.keyd, "POST", f"/decrypt?{V}",
-                              {"keyHandle": handle, "algorithm": "RSA-PKCS1", "ciphertext": body["ciphertext"]})
-    assert (status, body) == (200, {"plaintext": _b64(b"hi")})
+    assert status == 200 and set(body) == {"ciphertext"}, body
+    recovered = public.recover_data_from_signature(base64.b64decode(body["ciphertext"]), padding.PKCS1v15(), None)
+    assert recovered == b"hi"
+    status, answer = await call(device.keyd, "POST", f"/decrypt?{V}",
+                                {"keyHandle": handle, "algorithm": "RSA-PKCS1", "ciphertext": body["ciphertext"]})
+    assert status == 400, answer
 
 
 async def test_keyd_generic_http_codes_are_aziots(device: Device) -> None:

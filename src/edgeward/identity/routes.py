@@ -51,20 +51,30 @@ async def caller_identity(request: web.Request) -> web.Response:
 
 @routes.get("/identities/provisioning", since="2021-12-01")
 async def provisioning(request: web.Request) -> web.Response:
-    return web.json_response(wire.provisioning_body(_daemon(request).provisioning_info()))
+    """aziot-identityd serves this to any caller; Edgeward to any principal of the service (no secrets in it)."""
+    svc = _svc(request)
+    svc.require_principal(caller_of(request))
+    return web.json_response(wire.provisioning_body(svc.provisioning_info()))
 
 
 @routes.post("/identities/device", since="2020-09-01")
 async def device_identity(request: web.Request) -> web.Response:
-    svc = _daemon(request)
+    """aziot's GetDevice: a daemon, or a host principal whose idtype holds "device"; the body (``{type}``) is
+    required but its type is not otherwise used."""
+    svc = _svc(request)
+    svc.may_read_device(caller_of(request))
+    if not request.body_exists:
+        raise BadRequest("missing request body")
     await read_body(request, wire.IdTypeRequest)
     return web.json_response(wire.identity_body(await svc.device_identity()))
 
 
 @routes.post("/identities/device/reprovision", since="2020-09-01")
 async def reprovision(request: web.Request) -> web.Response:
+    """aziot ignores the body (its client sends ``{"type": "aziot"}``); daemons only."""
     svc = _daemon(request)
-    await read_body(request, wire.IdTypeRequest)
+    if request.body_exists:
+        await read_json_object(request)
     await svc.reprovision()
     return reply_empty()
 

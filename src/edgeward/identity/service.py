@@ -592,6 +592,20 @@ class IdentityService:
                            f"this service for host principal {principal.name!r}")
         return await self._aziot_module(info)
 
+    def require_principal(self, caller: Caller) -> IdPrincipal:
+        principal = self.principal_of(caller)
+        if principal is None:
+            raise Unauthorized(f"uid {caller.uid} is not a principal of the identity service")
+        return principal
+
+    def may_read_device(self, caller: Caller) -> IdPrincipal:
+        """aziot's GetDevice: a daemon principal, or a host principal whose idtype holds "device"."""
+        principal = self.require_principal(caller)
+        if principal.idtype is None or "device" in principal.idtype:
+            return principal
+        raise Unauthorized(f"uid {caller.uid} may not read the device identity (principal {principal.name!r} "
+                           f"is limited to its own identity)")
+
     def may_read_module(self, caller: Caller, module_id: str) -> IdPrincipal:
         """aziot's rule for ``GET /identities/modules/{id}``: a daemon principal reads any module; a host principal
         whose idtype holds "module" or "local" reads only the one named exactly like itself (the id as decoded once

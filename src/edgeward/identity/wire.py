@@ -25,7 +25,7 @@ class _Body(BaseModel):
 
 
 class IdTypeRequest(_Body):
-    type: Literal["aziot"]
+    type: str = Field(max_length=64)  # aziot-identityd reads it and uses none of it
 
 
 class LocalIdOpts(_Body):
