@@ -34,6 +34,7 @@ PRINCIPALS: dict[int, tuple[str, list[str] | None]] = {
     3104: ("local-b", ["local"]),
     3105: ("device-agent", ["device"]),
     3106: ("both-a", ["module", "local"]),
+    3107: ("dev-mod", ["device", "module"]),
 }
 
 

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session")]
 __all__ = ["device"]
 
 V = "api-version=2022-08-01"
-AGENT_A, AGENT_B, LOCAL_A, LOCAL_B, DEVICE_AGENT, BOTH_A = 3101, 3102, 3103, 3104, 3105, 3106
+AGENT_A, AGENT_B, LOCAL_A, LOCAL_B, DEVICE_AGENT, BOTH_A, DEV_MOD = 3101, 3102, 3103, 3104, 3105, 3106, 3107
 
 
 def _aziot_spec_complete(body: dict, hub: str) -> dict:
@@ -155,6 +155,15 @@ async def test_a_device_principal_gets_the_device_identity_from_post_identities_
     assert status == 200, body
     assert "moduleId" not in _aziot_spec_complete(body, device.hub.hostname)
     assert body["spec"]["auth"]["type"] == "sas" and body["spec"]["auth"]["keyHandle"]
+
+
+async def test_caller_identity_prefers_the_device_identity_as_aziot_does(device: Device) -> None:
+    """aziot `get_caller_identity` asks GetDevice first: a principal of idtype ["device", "module"] gets the device
+    identity from /identities/identity, and its module identity by name."""
+    status, body = await as_uid_async(DEV_MOD, device.identityd, "GET", f"/identities/identity?{V}")
+    assert status == 200 and "moduleId" not in body["spec"], body
+    status, body = await as_uid_async(DEV_MOD, device.identityd, "GET", f"/identities/modules/dev-mod?{V}&type=aziot")
+    assert status == 200 and body["spec"]["moduleId"] == "dev-mod", body
 
 
 async def test_provisioning_info_is_served_to_every_principal(device: Device) -> None:

@@ -577,11 +577,11 @@ class IdentityService:
         if principal is None:
             raise Unauthorized(f"uid {caller.uid} is not a principal of the identity service")
         kinds = principal.idtype or ("device",)
+        if "device" in kinds:  # aziot asks GetDevice first: a principal allowed the device identity gets it
+            return await self.device_identity()
         if "module" in kinds:
             return await self.own_hub_module(principal)
-        if "local" in kinds:
-            return await self.local_identity(principal.name, server=False)
-        return await self.device_identity()
+        return await self.local_identity(principal.name, server=False)
 
     async def own_hub_module(self, principal: IdPrincipal) -> AziotIdentity:
         """The hub module identity made for this host principal; one of its name that this service did not make
