@@ -200,6 +200,8 @@ async def test_module_routes_need_a_type_as_aziot_answers(device: Device) -> Non
         assert status == 400 and "type" in body["message"], (path, body)
         status, body = await call(device.identityd, method, f"{path}?{V}&type=bogus")
         assert status == 400 and "type" in body["message"], (path, body)
+    status, body = await call(device.identityd, "POST", f"/identities/modules?{V}", {"type": "bogus", "moduleId": "x"})
+    assert status == 400 and "invalid type: bogus" in body["message"], body
 
 
 async def test_daemon_routes_answer_aziots_codes_and_shapes(device: Device) -> None:

@@ -54,7 +54,7 @@ async def provisioning(request: web.Request) -> web.Response:
     """aziot-identityd serves this to any caller; Edgeward to any principal of the service (no secrets in it)."""
     svc = _svc(request)
     svc.require_principal(caller_of(request))
-    return web.json_response(wire.provisioning_body(svc.provisioning_info()))
+    return web.json_response(wire.provisioning_body(await svc.provisioning_info()))
 
 
 @routes.post("/identities/device", since="2020-09-01")
@@ -90,6 +90,8 @@ async def list_modules(request: web.Request) -> web.Response:
 async def create_module(request: web.Request) -> web.Response:
     svc = _daemon(request)
     body = await read_body(request, wire.CreateModuleRequest)
+    if body.type not in ("aziot", "local"):
+        raise _invalid("type", f"invalid type: {body.type}")
     if body.type == "local":
         if body.module_id in svc.local_principal_names():  # its identity is the principal's, read by GET
             raise _invalid("moduleId", f"local identity for {body.module_id} already exists")

@@ -623,13 +623,30 @@ class IdentityService:
         """Names whose local identity is configured by a ``[[principal]]`` with idtype "local" (aziot's list)."""
         return frozenset(p.name for p in self.settings.principals if p.idtype is not None and "local" in p.idtype)
 
-    def provisioning_info(self) -> ProvisioningInfo:
+    async def provisioning_info(self) -> ProvisioningInfo:
         prov = self.settings.provisioning
         if prov is None:
-            raise NotProvisioned("no [provisioning] is configured")
+            return ProvisioningInfo("none")  # aziot's answer for provisioning source "none"
         if isinstance(prov, ManualProvisioning):
             return ProvisioningInfo("manual", prov.auth)
-        return ProvisioningInfo("dps", prov.auth, prov.endpoint, prov.scope_id, prov.registration_id)
+        registration_id = prov.registration_id
+        if registration_id is None and prov.identity_cert is not None:
+            # X.509 without a configured id registers with its cert's CN; aziot answers with that CN too
+            registration_id = await self._identity_cert_cn(prov.identity_cert)
+        return ProvisioningInfo("dps", prov.auth, prov.endpoint, prov.scope_id, registration_id, prov.payload)
+
+    async def _identity_cert_cn(self, cert_ref: str) -> str:
+        try:
+            if cert_ref.startswith("file://"):
+                data = Path(cert_ref.removeprefix("file://")).read_bytes()
+            else:
+                data = (await self.certs.get_cert(cert_ref)).encode()
+            cn = _cn(x509.load_pem_x509_certificates(data)[0])
+        except (OSError, ValueError, HttpError) as e:
+            raise HttpError(f"the identity certificate {cert_ref} gives no registration id: {e}", status=500) from e
+        if cn is None:
+            raise HttpError(f"the identity certificate {cert_ref} has no common name to register with", status=500)
+        return cn
 
     def close(self) -> None:
         for task in (self._retry_task, self._renewal_task, self._reconcile_task):
