@@ -225,6 +225,8 @@ async def test_daemon_routes_answer_aziots_codes_and_shapes(device: Device) -> N
                               {"type": "aziot", "moduleId": "never-made"})
     assert status == 404, body  # aziot updates only what the hub has; it never creates on PUT
     assert "never-made" not in device.hub.modules_of(device.device_id)
+    status, body = await call(device.identityd, "DELETE", f"/identities/modules/never-made?{V}&type=aziot")
+    assert status == 404, body  # aziot: the hub's refusal, a HubClient error, is a 404
     status, body = await call(device.identityd, "GET", f"/identities/modules?{V}&type=aziot")
     assert status == 200 and set(body) == {"identities"}
     listed = {i["spec"]["moduleId"]: i for i in body["identities"]}
