@@ -97,4 +97,4 @@ def test_fuzz_api_no_5xx_and_still_serving(doc: str, daemon_run_dir: Path,
     assert sum(seen.values()) > 0
     base = "http+unix://" + quote(str(daemon_run_dir / SOCKETS[doc]), safe="")
     after = session.get(base + PROBES[doc], timeout=10)
-    assert after.status_code in (200, 404), after.text
+    assert after.status_code in (200, 400, 404), after.text  # keyd/certd answer a missing id with aziot's 400

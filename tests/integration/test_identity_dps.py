@@ -58,7 +58,7 @@ async def test_dps_symmetric_key_provisioning_then_module_identities(
         assert device.hub == hub.hostname and device.source == "dps"
         assert device.device_id == ("reg-42" if group else "device-42")
         assert dps.registrations == 1
-        info = env.service.provisioning_info()
+        info = await env.service.provisioning_info()
         assert (info.source, info.auth, info.scope_id, info.registration_id) == ("dps", "symmetric_key",
                                                                                   dps.scope_id, "reg-42")
         # the assigned hub accepts the device's credentials (derived from the group key for group enrollments)

@@ -119,6 +119,7 @@ async def test_local_identity_routes_over_the_socket(request: pytest.FixtureRequ
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
     doc = config() | {"localid": {"domain_name": "local.test"}}
+    doc["principal"] = [*doc["principal"], {"uid": 2003, "name": "local-agent", "idtype": ["local"]}]
     doc["cert_issuance"] |= {"local-id-agent": {"method": "local_ca"}}
     async with serve_identity(request, tmp_path, doc, no_hub) as env:
         body = {"type": "local", "moduleId": "agent", "localIdOpts": {"type": "x509", "attributes": "server"}}
@@ -133,11 +134,14 @@ async def test_local_identity_routes_over_the_socket(request: pytest.FixtureRequ
         usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         assert ExtendedKeyUsageOID.SERVER_AUTH in usage
         assert auth["privateKey"].startswith("-----BEGIN PRIVATE KEY-----")
+        # GET ?type=local serves the local identities of local principals only (aziot's rule)
         status, got = await get(env.socket, "/identities/modules/agent?type=local&api-version=2021-12-01")
+        assert status == 400 and "local identity for agent doesn't exist" in got["message"]
+        status, got = await get(env.socket, "/identities/modules/local-agent?type=local&api-version=2021-12-01")
         assert status == 200
         client_cert = x509.load_pem_x509_certificates(got["spec"]["auth"]["certificate"].encode())[0]
         assert ExtendedKeyUsageOID.CLIENT_AUTH in client_cert.extensions.get_extension_for_class(
             x509.ExtendedKeyUsage).value
         # a caller that is not a daemon principal may not ask for it
         status, refused = await get(env.socket, "/identities/modules/agent?type=bogus&api-version=2021-12-01")
-        assert status == 400 and "unsupported identity type" in refused["message"]
+        assert status == 400 and "invalid type: bogus" in refused["message"]

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from cryptography import x509
@@ -100,6 +101,12 @@ async def test_dps_x509_individual_enrollment_with_cert_file_and_preloaded_key_f
         assert dps.registered_certs == [cert]  # DPS saw the device cert in the TLS handshake
         identity = await env.service.device_identity()
         assert identity.auth_type == "x509" and identity.key_handle is not None
+        # aziot-identity-common-http's DPS answer: the registration id is the cert's CN, payload always present
+        async with (aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(env.socket))) as s,
+                    s.get("http://identityd/identities/provisioning?api-version=2022-08-01") as r):
+            assert r.status == 200
+            assert await r.json() == {"source": "dps", "auth": "x509", "endpoint": dps.endpoint,
+                                      "scope_id": dps.scope_id, "registration_id": "x509-dev-1", "payload": None}
         await module_round_trip(env, hub, "edge-x509-1", "x509-module")
 
 

@@ -142,8 +142,8 @@ class CertService:
         validate_cert_id(cert_id)
         self.authorize(caller, cert_id)
         async with self.lock(cert_id):
-            if not self.store.delete(cert_id):
-                raise CertNotFound(f"cert {cert_id!r} not found")
+            if not self.store.delete(cert_id):  # already gone: done, as aziot-certd treats it
+                log.debug("cert %r was not stored; nothing to delete", cert_id)
 
     async def create_cert(self, caller: Caller, cert_id: str, csr_data: bytes,
                           issuer: tuple[str, str] | None) -> str:

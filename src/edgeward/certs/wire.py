@@ -4,11 +4,31 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..keys.wire import B64
-
-__all__ = ["API_VERSIONS", "CreateCertRequest", "ImportCertRequest", "IssuerBody", "PemResponse"]
+__all__ = [
+    "API_VERSIONS",
+    "CREATED",
+    "CreateCertRequest",
+    "ImportCertRequest",
+    "IssuerBody",
+    "PemResponse",
+    "is_missing_cert",
+    "missing_cert_message",
+]
 
 API_VERSIONS = ("2020-09-01",)
+CREATED = 201  # create and import: aziot-cert-client-async accepts nothing else
+
+# aziot-certd answers a GET of a missing cert with InvalidParameter("id", "not found"): a 400 with this message.
+_MISSING_PREFIX = 'parameter "id" has an invalid value\ncaused by: '
+
+
+def missing_cert_message(detail: str) -> str:
+    return _MISSING_PREFIX + detail
+
+
+def is_missing_cert(status: int, message: str) -> bool:
+    """Whether an answer is certd's "no such cert" (aziot's wire gives it no status of its own)."""
+    return status == 400 and message.startswith(_MISSING_PREFIX) and message.endswith("not found")
 
 
 class _Body(BaseModel):
@@ -21,8 +41,11 @@ class IssuerBody(_Body):
 
 
 class CreateCertRequest(_Body):
+    """``csr`` is PEM text, as aziot-cert-common-http's ``Pem`` carries it; base64 of DER (or of PEM) is also
+    taken, for clients that followed the prose of aziot's API page."""
+
     cert_id: str = Field(alias="certId")
-    csr: B64
+    csr: str
     issuer: IssuerBody | None = None
 
 

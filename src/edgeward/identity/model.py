@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 __all__ = ["AziotIdentity", "HubModules", "Identity", "LocalIdentity", "ModuleInfo", "ProvisioningInfo"]
 
@@ -34,11 +34,12 @@ Identity = AziotIdentity | LocalIdentity
 
 @dataclass(frozen=True)
 class ProvisioningInfo:
-    source: Literal["manual", "dps"]
-    auth: str
+    source: Literal["manual", "dps", "none"]
+    auth: str | None = None
     endpoint: str | None = None
     scope_id: str | None = None
     registration_id: str | None = None
+    payload: Any = None  # DPS only: the custom payload sent with the registration (JSON), else null
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..http import RouteTable, build_app, caller_of, read_body, reply_empty
+from ..certs.errors import CertNotFound
+from ..http import RouteTable, build_app, caller_of, read_body, read_json_object, reply_empty
 from ..http.errors import BadRequest
 from . import wire
 from .service import IdentityService
@@ -27,10 +28,19 @@ def _daemon(request: web.Request) -> IdentityService:
     return svc
 
 
+def _invalid(parameter: str, reason: str) -> BadRequest:
+    """aziot-identityd's InvalidParameter: a 400 naming the parameter, then the reason."""
+    return BadRequest(f'parameter "{parameter}" has an invalid value\ncaused by: {reason}')
+
+
 def _type(request: web.Request, allowed: tuple[str, ...] = ("aziot",)) -> str:
-    t = request.query.get("type", "aziot")
+    """The ``type`` query parameter, which aziot's module routes require (its client always sends it); checked
+    after the caller is authorized, as aziot does."""
+    t = request.query.get("type")
+    if t is None:
+        raise _invalid("type", "missing parameter")
     if t not in allowed:
-        raise BadRequest(f"unsupported identity type {t!r}; expected {' or '.join(allowed)}")
+        raise _invalid("type", f"invalid type: {t}")
     return t
 
 
@@ -41,20 +51,30 @@ async def caller_identity(request: web.Request) -> web.Response:
 
 @routes.get("/identities/provisioning", since="2021-12-01")
 async def provisioning(request: web.Request) -> web.Response:
-    return web.json_response(wire.provisioning_body(_daemon(request).provisioning_info()))
+    """aziot-identityd serves this to any caller; Edgeward to any principal of the service (no secrets in it)."""
+    svc = _svc(request)
+    svc.require_principal(caller_of(request))
+    return web.json_response(wire.provisioning_body(await svc.provisioning_info()))
 
 
 @routes.post("/identities/device", since="2020-09-01")
 async def device_identity(request: web.Request) -> web.Response:
-    svc = _daemon(request)
+    """aziot's GetDevice: a daemon, or a host principal whose idtype holds "device"; the body (``{type}``) is
+    required but its type is not otherwise used."""
+    svc = _svc(request)
+    svc.may_read_device(caller_of(request))
+    if not request.body_exists:
+        raise BadRequest("missing request body")
     await read_body(request, wire.IdTypeRequest)
     return web.json_response(wire.identity_body(await svc.device_identity()))
 
 
 @routes.post("/identities/device/reprovision", since="2020-09-01")
 async def reprovision(request: web.Request) -> web.Response:
+    """aziot ignores the body (its client sends ``{"type": "aziot"}``); daemons only."""
     svc = _daemon(request)
-    await read_body(request, wire.IdTypeRequest)
+    if request.body_exists:
+        await read_json_object(request)
     await svc.reprovision()
     return reply_empty()
 
@@ -70,7 +90,11 @@ async def list_modules(request: web.Request) -> web.Response:
 async def create_module(request: web.Request) -> web.Response:
     svc = _daemon(request)
     body = await read_body(request, wire.CreateModuleRequest)
+    if body.type not in ("aziot", "local"):
+        raise _invalid("type", f"invalid type: {body.type}")
     if body.type == "local":
+        if body.module_id in svc.local_principal_names():  # its identity is the principal's, read by GET
+            raise _invalid("moduleId", f"local identity for {body.module_id} already exists")
         opts = body.local_id_opts or wire.LocalIdOpts()
         identity = await svc.local_identity(body.module_id, server=opts.attributes == "server")
         return web.json_response(wire.identity_body(identity))
@@ -79,20 +103,30 @@ async def create_module(request: web.Request) -> web.Response:
 
 @routes.get("/identities/modules/{moduleId}", since="2020-09-01")
 async def get_module(request: web.Request) -> web.Response:
-    svc = _daemon(request)
+    """A daemon reads any module identity; a host principal (idtype module or local) only its own, by its name."""
+    svc = _svc(request)
     module_id = request.match_info["moduleId"]
+    principal = svc.may_read_module(caller_of(request), module_id)
     if _type(request, ("aziot", "local")) == "local":
+        if module_id not in svc.local_principal_names():
+            raise _invalid("moduleId", f"local identity for {module_id} doesn't exist")
         return web.json_response(wire.identity_body(await svc.local_identity(module_id, server=False)))
+    if principal.idtype is not None:  # a host principal: the hub identity made for it, never a namesake's
+        return web.json_response(wire.identity_body(await svc.own_hub_module(principal)))
     return web.json_response(wire.identity_body(await svc.get_module(module_id)))
 
 
 @routes.put("/identities/modules/{moduleId}", since="2020-09-01")
 async def update_module(request: web.Request) -> web.Response:
+    """aziot: the module comes from the path and ``type`` from the query; the body (the client sends ``{type,
+    moduleId}``, the docs also ``{}``) is not used, but a moduleId in it must be the path's."""
     svc = _daemon(request)
-    body = await read_body(request, wire.CreateModuleRequest)
-    if body.module_id != request.match_info["moduleId"]:
+    module_id = request.match_info["moduleId"]
+    _type(request)
+    body = await read_json_object(request) if request.body_exists else {}
+    if body.get("moduleId", module_id) != module_id:
         raise BadRequest("moduleId in the body differs from the one in the path")
-    return web.json_response(wire.identity_body(await svc.create_module(body.module_id)))
+    return web.json_response(wire.identity_body(await svc.update_module(module_id)))
 
 
 @routes.delete("/identities/modules/{moduleId}", since="2020-09-01")
@@ -107,7 +141,10 @@ async def delete_module(request: web.Request) -> web.Response:
 async def trust_bundle(request: web.Request) -> web.Response:
     """Every caller may read the trust bundle: it holds only public CA certificates."""
     svc = _svc(request)
-    pem = await svc.certs.get_cert(request.app[TRUST_BUNDLE])
+    try:
+        pem = await svc.certs.get_cert(request.app[TRUST_BUNDLE])
+    except CertNotFound:  # none configured: aziot-identityd's answer, an empty bundle
+        pem = ""
     return web.json_response({"certificate": pem})
 
 

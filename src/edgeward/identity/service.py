@@ -362,6 +362,16 @@ class IdentityService:
         return await self._aziot_module(await self._register(hub, module_id, managed_by,
                                                              await hub.get_module(module_id)))
 
+    async def update_module(self, module_id: str) -> AziotIdentity:
+        """Give an existing module identity the keys of its generation again (aziot's update: no such module in
+        the hub is a 404, never a creation)."""
+        _validate_module_id(module_id)
+        hub = await self.hub()
+        existing = await hub.get_module(module_id)
+        if existing is None:
+            raise NotFound(f"module identity {module_id!r} not found")
+        return await self._aziot_module(await self._register(hub, module_id, existing.managed_by, existing))
+
     async def _register(self, hub: HubModules, module_id: str, managed_by: str | None,
                         existing: ModuleInfo | None) -> ModuleInfo:
         """Create the module identity unless it exists, then give the hub its keys for this generation."""
@@ -567,23 +577,76 @@ class IdentityService:
         if principal is None:
             raise Unauthorized(f"uid {caller.uid} is not a principal of the identity service")
         kinds = principal.idtype or ("device",)
+        if "device" in kinds:  # aziot asks GetDevice first: a principal allowed the device identity gets it
+            return await self.device_identity()
         if "module" in kinds:
-            info = await self._module_info(principal.name)
-            if info.managed_by != HOST_MODULE_TAG:  # someone else's identity of that name: not this agent's to use
-                raise NotFound(f"module identity {principal.name!r} is managed by {info.managed_by!r}, not by "
-                               f"this service for host principal {principal.name!r}")
-            return await self._aziot_module(info)
-        if "local" in kinds:
-            return await self.local_identity(principal.name, server=False)
-        return await self.device_identity()
+            return await self.own_hub_module(principal)
+        return await self.local_identity(principal.name, server=False)
 
-    def provisioning_info(self) -> ProvisioningInfo:
+    async def own_hub_module(self, principal: IdPrincipal) -> AziotIdentity:
+        """The hub module identity made for this host principal; one of its name that this service did not make
+        for it (managedBy) is someone else's and not this agent's to use."""
+        info = await self._module_info(principal.name)
+        if info.managed_by != HOST_MODULE_TAG:
+            raise NotFound(f"module identity {principal.name!r} is managed by {info.managed_by!r}, not by "
+                           f"this service for host principal {principal.name!r}")
+        return await self._aziot_module(info)
+
+    def require_principal(self, caller: Caller) -> IdPrincipal:
+        principal = self.principal_of(caller)
+        if principal is None:
+            raise Unauthorized(f"uid {caller.uid} is not a principal of the identity service")
+        return principal
+
+    def may_read_device(self, caller: Caller) -> IdPrincipal:
+        """aziot's GetDevice: a daemon principal, or a host principal whose idtype holds "device"."""
+        principal = self.require_principal(caller)
+        if principal.idtype is None or "device" in principal.idtype:
+            return principal
+        raise Unauthorized(f"uid {caller.uid} may not read the device identity (principal {principal.name!r} "
+                           f"is limited to its own identity)")
+
+    def may_read_module(self, caller: Caller, module_id: str) -> IdPrincipal:
+        """aziot's rule for ``GET /identities/modules/{id}``: a daemon principal reads any module; a host principal
+        whose idtype holds "module" or "local" reads only the one named exactly like itself (the id as decoded once
+        from the path, compared byte for byte); everyone else is refused."""
+        principal = self.principal_of(caller)
+        if principal is not None:
+            kinds = principal.idtype
+            if kinds is None or (module_id == principal.name and ("module" in kinds or "local" in kinds)):
+                return principal
+        log.warning("uid %d refused the module identity %r", caller.uid, module_id)
+        raise Unauthorized(f"uid {caller.uid} may not read the identity of module {module_id!r}"
+                           + ("" if principal is None else f" (principal {principal.name!r} may read only its own)"))
+
+    def local_principal_names(self) -> frozenset[str]:
+        """Names whose local identity is configured by a ``[[principal]]`` with idtype "local" (aziot's list)."""
+        return frozenset(p.name for p in self.settings.principals if p.idtype is not None and "local" in p.idtype)
+
+    async def provisioning_info(self) -> ProvisioningInfo:
         prov = self.settings.provisioning
         if prov is None:
-            raise NotProvisioned("no [provisioning] is configured")
+            return ProvisioningInfo("none")  # aziot's answer for provisioning source "none"
         if isinstance(prov, ManualProvisioning):
             return ProvisioningInfo("manual", prov.auth)
-        return ProvisioningInfo("dps", prov.auth, prov.endpoint, prov.scope_id, prov.registration_id)
+        registration_id = prov.registration_id
+        if registration_id is None and prov.identity_cert is not None:
+            # X.509 without a configured id registers with its cert's CN; aziot answers with that CN too
+            registration_id = await self._identity_cert_cn(prov.identity_cert)
+        return ProvisioningInfo("dps", prov.auth, prov.endpoint, prov.scope_id, registration_id, prov.payload)
+
+    async def _identity_cert_cn(self, cert_ref: str) -> str:
+        try:
+            if cert_ref.startswith("file://"):
+                data = Path(cert_ref.removeprefix("file://")).read_bytes()
+            else:
+                data = (await self.certs.get_cert(cert_ref)).encode()
+            cn = _cn(x509.load_pem_x509_certificates(data)[0])
+        except (OSError, ValueError, HttpError) as e:
+            raise HttpError(f"the identity certificate {cert_ref} gives no registration id: {e}", status=500) from e
+        if cn is None:
+            raise HttpError(f"the identity certificate {cert_ref} has no common name to register with", status=500)
+        return cn
 
     def close(self) -> None:
         for task in (self._retry_task, self._renewal_task, self._reconcile_task):

@@ -25,7 +25,7 @@ class _Body(BaseModel):
 
 
 class IdTypeRequest(_Body):
-    type: Literal["aziot"]
+    type: str = Field(max_length=64)  # aziot-identityd reads it and uses none of it
 
 
 class LocalIdOpts(_Body):
@@ -34,7 +34,7 @@ class LocalIdOpts(_Body):
 
 
 class CreateModuleRequest(_Body):
-    type: Literal["aziot", "local"]
+    type: str = Field(max_length=64)  # checked by the route: an unknown type is aziot's 400, not a 422
     module_id: str = Field(alias="moduleId", max_length=128)
     local_id_opts: LocalIdOpts | None = Field(default=None, alias="localIdOpts")
 
@@ -50,9 +50,9 @@ def identity_body(identity: Identity) -> dict[str, Any]:
         auth["keyHandle"] = identity.key_handle
     if identity.cert_id is not None:
         auth["certId"] = identity.cert_id
-    spec: dict[str, Any] = {"hubName": identity.hub, "deviceId": identity.device_id, "auth": auth}
-    if identity.gateway_host is not None:
-        spec["gatewayHost"] = identity.gateway_host
+    # aziot-identity-common's AzureIoTSpec requires gatewayHost; without a parent device it is the hub itself.
+    spec: dict[str, Any] = {"hubName": identity.hub, "gatewayHost": identity.gateway_host or identity.hub,
+                            "deviceId": identity.device_id, "auth": auth}
     if identity.module_id is not None:
         spec["moduleId"] = identity.module_id
         spec["genId"] = identity.gen_id
@@ -60,7 +60,11 @@ def identity_body(identity: Identity) -> dict[str, Any]:
 
 
 def provisioning_body(info: ProvisioningInfo) -> dict[str, Any]:
+    """aziot-identity-common-http's get_provisioning_info::Response: tagged by ``source``; a DPS answer always
+    carries ``payload`` (null when none is configured)."""
+    if info.source == "none":
+        return {"source": "none"}
     if info.source == "manual":
         return {"source": "manual", "auth": info.auth}
     return {"source": "dps", "auth": info.auth, "endpoint": info.endpoint, "scope_id": info.scope_id,
-            "registration_id": info.registration_id}
+            "registration_id": info.registration_id, "payload": info.payload}

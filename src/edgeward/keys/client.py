@@ -4,18 +4,36 @@ service. The caller's identity is whatever the kernel reports for this process."
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from ..http import UnixClient, quote_segment
+from ..http.errors import HttpError
 from . import wire
+from .errors import KeyNotFound
 from .model import EncryptMechanism, SignMechanism
 
 __all__ = ["KeysClient"]
 
+class _KeydHttp(UnixClient):
+    """keyd's wire answers a missing key with aziot's 400; callers get :class:`KeyNotFound`, as in-process."""
+
+    async def request(self, method: str, path: str, body: BaseModel | Mapping[str, Any] | None = None,
+                      api_version: str | None = None) -> tuple[int, bytes]:
+        try:
+            return await super().request(method, path, body, api_version)
+        except HttpError as e:
+            if wire.is_missing_key(e.status, e.message):
+                raise KeyNotFound(e.message) from None
+            raise
+
 
 class KeysClient:
     def __init__(self, socket_path: str | Path, api_version: str = wire.EDGEWARD_VERSION) -> None:
-        self.http = UnixClient(socket_path, api_version)
+        self.http = _KeydHttp(socket_path, api_version)
 
     async def close(self) -> None:
         await self.http.close()

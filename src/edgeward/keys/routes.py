@@ -2,20 +2,57 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
 from aiohttp import web
+from pydantic import BaseModel
 
 from ..http import RouteTable, build_app, caller_of, read_body, reply, reply_empty
 from ..http.errors import BadRequest, UnprocessableEntity
+from ..http.server import Handler
 from . import wire
 from .api import KeysApi
+from .errors import KeyNotFound
 from .service import KeyService
 
 __all__ = ["KEYS_SERVICE", "build_keys_app", "routes"]
 
 KEYS_SERVICE = web.AppKey("edgeward.keys.service", KeyService)
 
-routes = RouteTable(wire.API_VERSIONS)
 OURS = wire.EDGEWARD_VERSION
+M = TypeVar("M", bound=BaseModel)
+
+
+class _AziotRoutes(RouteTable):
+    """Every handler answers a missing key as aziot-keyd does: 400 naming the parameter (the domain keeps its
+    KeyNotFound, a 404, for Edgeward's own callers; the client maps the 400 back)."""
+
+    def route(self, method: str, path: str, since: str, until: str | None = None) -> Callable[[Handler], Handler]:
+        register = super().route(method, path, since, until)
+
+        def wrap(handler: Handler) -> Handler:
+            @functools.wraps(handler)
+            async def answered(request: web.Request) -> web.StreamResponse:
+                try:
+                    return await handler(request)
+                except KeyNotFound as e:
+                    raise BadRequest(wire.missing_key_message(e.message)) from None
+
+            return register(answered)
+
+        return wrap
+
+
+routes = _AziotRoutes(wire.API_VERSIONS)
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    """aziot-keyd answers a POST or DELETE without a body with 400 "missing request body", whatever its type."""
+    if not request.body_exists:
+        raise BadRequest("missing request body")
+    return await read_body(request, model)
 
 
 def _api(request: web.Request) -> KeysApi:
@@ -29,7 +66,7 @@ def _ttl(request: web.Request, ttl: int | None) -> int | None:
 
 @routes.post("/keypair", since="2020-09-01")
 async def create_key_pair(request: web.Request) -> web.Response:
-    body = await read_body(request, wire.CreateKeyPairRequest)
+    body = await _body(request, wire.CreateKeyPairRequest)
     handle = await _api(request).create_key_pair_if_not_exists(
         body.key_id, body.preferred_algorithms, _ttl(request, body.handle_ttl_seconds)
     )
@@ -46,7 +83,7 @@ async def load_key_pair(request: web.Request) -> web.Response:
 
 
 async def _move(request: web.Request, dst: str | None) -> web.Response:
-    body = await read_body(request, wire.MoveKeyPairRequest)
+    body = await _body(request, wire.MoveKeyPairRequest)
     target = body.dst if body.dst is not None else dst
     if target is None:
         raise UnprocessableEntity("invalid request body: to: Field required")
@@ -70,21 +107,21 @@ async def move_key_pair_into(request: web.Request) -> web.Response:
 
 @routes.delete("/keypair", since="2020-09-01")
 async def delete_key_pair(request: web.Request) -> web.Response:
-    body = await read_body(request, wire.KeyHandleRequest)
+    body = await _body(request, wire.KeyHandleRequest)
     await _api(request).delete_key_pair(body.key_handle)
     return reply_empty()
 
 
 @routes.post("/parameters/{parameterName}", since="2020-09-01")
 async def get_parameter(request: web.Request) -> web.Response:
-    body = await read_body(request, wire.KeyHandleRequest)
+    body = await _body(request, wire.KeyHandleRequest)
     value = await _api(request).get_key_pair_public_parameter(body.key_handle, request.match_info["parameterName"])
     return reply(wire.ParameterResponse(value=value))
 
 
 @routes.post("/key", since="2020-09-01")
 async def create_key(request: web.Request) -> web.Response:
-    body = await read_body(request, wire.CreateKeyRequest)
+    body = await _body(request, wire.CreateKeyRequest)
     api, ttl = _api(request), _ttl(request, body.handle_ttl_seconds)
     if body.key_bytes is not None:
         handle = await api.import_key(body.key_id, body.key_bytes, body.usage, ttl)
@@ -103,28 +140,28 @@ async def load_key(request: web.Request) -> web.Response:
 
 @routes.delete("/key", since="2020-09-01")
 async def delete_key(request: web.Request) -> web.Response:
-    body = await read_body(request, wire.KeyHandleRequest)
+    body = await _body(request, wire.KeyHandleRequest)
     await _api(request).delete_key(body.key_handle)
     return reply_empty()
 
 
 @routes.post("/derivedkey", since="2020-09-01")
 async def create_derived_key(request: web.Request) -> web.Response:
-    body = await read_body(request, wire.DeriveKeyRequest)
+    body = await _body(request, wire.DeriveKeyRequest)
     handle = await _api(request).create_derived_key(body.base_handle, body.derivation_data)
     return reply(wire.KeyHandleResponse(key_handle=handle))
 
 
 @routes.post("/derivedkey/export", since="2020-09-01")
 async def export_derived_key(request: web.Request) -> web.Response:
-    body = await read_body(request, wire.KeyHandleRequest)
+    body = await _body(request, wire.KeyHandleRequest)
     key = await _api(request).export_derived_key(body.key_handle)
     return reply(wire.ExportDerivedKeyResponse(key=key))
 
 
 @routes.post("/sign", since="2020-09-01")
 async def sign(request: web.Request) -> web.Response:
-    body = await read_body(request, wire.SignRequest)
+    body = await _body(request, wire.SignRequest)
     mechanism = wire.sign_mechanism(body, request.query["api-version"])
     signature = await _api(request).sign(body.key_handle, mechanism)
     return reply(wire.SignResponse(signature=signature))
@@ -132,7 +169,7 @@ async def sign(request: web.Request) -> web.Response:
 
 @routes.post("/encrypt", since="2020-09-01")
 async def encrypt(request: web.Request) -> web.Response:
-    body = await read_body(request, wire.CryptRequest)
+    body = await _body(request, wire.CryptRequest)
     if body.plaintext is None:
         raise UnprocessableEntity("invalid request body: plaintext: Field required")
     mechanism = wire.encrypt_mechanism(body, request.query["api-version"])
@@ -142,7 +179,7 @@ async def encrypt(request: web.Request) -> web.Response:
 
 @routes.post("/decrypt", since="2020-09-01")
 async def decrypt(request: web.Request) -> web.Response:
-    body = await read_body(request, wire.CryptRequest)
+    body = await _body(request, wire.CryptRequest)
     if body.ciphertext is None:
         raise UnprocessableEntity("invalid request body: ciphertext: Field required")
     mechanism = wire.encrypt_mechanism(body, request.query["api-version"])

@@ -41,7 +41,9 @@ __all__ = [
     "SignRequest",
     "SignResponse",
     "encrypt_mechanism",
+    "is_missing_key",
     "mechanism_body",
+    "missing_key_message",
     "sign_mechanism",
 ]
 
@@ -106,11 +108,21 @@ class ParameterResponse(_Body):
     value: str
 
 
+def _check_usage(value: object) -> object:
+    """aziot-key-common-http's usage list: comma-separated "derive", "encrypt", "sign"; anything else fails to
+    deserialize (422), before the service sees it."""
+    if isinstance(value, str):
+        bad = [u for u in value.split(",") if u not in ("derive", "encrypt", "sign")]
+        if bad:
+            raise ValueError(f"unknown key usage {bad[0]!r}; expected derive, encrypt or sign, comma-separated")
+    return value
+
+
 class CreateKeyRequest(_Body):
     """Generate (``usage``/``lengthBytes``) or import (``keyBytes``) a symmetric key."""
 
     key_id: str = Field(alias="keyId")
-    usage: str | None = None
+    usage: Annotated[str | None, BeforeValidator(_check_usage)] = None
     length_bytes: int | None = Field(default=None, alias="lengthBytes")
     key_bytes: B64 | None = Field(default=None, alias="keyBytes")
     handle_ttl_seconds: int | None = Field(default=None, alias="handleTtlSeconds")
@@ -224,3 +236,16 @@ def mechanism_body(mechanism: SignMechanism | EncryptMechanism) -> tuple[str, di
     if isinstance(mechanism, RsaPkcs1):
         return "RSA-PKCS1", None
     return "RSA-NO-PADDING", None
+
+
+# aziot-keys reports a key it cannot find as err_invalid_parameter("id", "not found"): keyd answers 400 with this.
+_MISSING_PREFIX = 'parameter "id" has an invalid value\ncaused by: '
+
+
+def missing_key_message(detail: str) -> str:
+    return _MISSING_PREFIX + detail
+
+
+def is_missing_key(status: int, message: str) -> bool:
+    """Whether an answer is keyd's "no such key" (aziot's wire gives it no status of its own)."""
+    return status == 400 and message.startswith(_MISSING_PREFIX) and message.endswith("not found")
