@@ -167,3 +167,7 @@ def contract_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contra
         finally:
             session.close()
         assert proc.poll() is None, "the daemon died during the contract suite"
+        # Whatever the suite sent, the daemon logged no internal error and no traceback.
+        problems = [line for line in log_path.read_text(errors="replace").splitlines()
+                    if "Traceback" in line or "internal error" in line or "Logging error" in line]
+        assert not problems, problems

@@ -20,9 +20,9 @@ from ..http.errors import BadRequest, HttpError, NotFound, UnprocessableEntity
 from ..http.limits import UidLimiter
 from . import mgmt_wire as wire
 from . import system
+from .durations import BadTime, parse_since
 from .engine import EngineError, LogOptions
 from .identities import ModuleIdentities
-from .durations import BadTime, parse_since
 from .model import ModuleConfig, parse_module_config, valid_module_name
 from .service import ModuleRuntime
 
@@ -174,7 +174,8 @@ async def module_logs(request: web.Request) -> web.StreamResponse:
     name = _name(request)
     options = _log_options(request)
     await mgmt.runtime.get_module(name)  # 404 before the stream starts
-    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    # aziot-edged labels the (Docker-framed, binary) stream text/plain; clients read it raw either way
+    response = web.StreamResponse(headers={"Content-Type": "text/plain"})
     response.enable_chunked_encoding()
     await response.prepare(request)
     try:
