@@ -130,3 +130,21 @@ def test_server_certificate_with_a_non_ascii_common_name_is_a_clear_400(
         assert r.status_code == 400, (common_name, r.status_code, r.text)
         assert "ASCII" in r.json()["message"] or "not a DNS name" in r.json()["message"]
     assert not _daemon_log_problems(contract_device, start), _daemon_log_problems(contract_device, start)
+
+
+def test_collection_routes_answer_with_and_without_the_trailing_slash_as_aziot_edged(
+        contract_device: ContractDevice) -> None:
+    """aziot-edged matches `/modules/` and `/identities/` (management) and `/modules/` (workload) as well as the bare
+    paths; the alias keeps the route's api-version check and its access rule."""
+    s = contract_device.session
+    agent, module = contract_device.agent_url, contract_device.module_url
+    for url, path in ((agent, "/modules"), (agent, "/identities"), (module, "/modules")):
+        bare, slashed = (s.get(f"{url}{p}?{API}", timeout=20) for p in (path, path + "/"))
+        assert bare.status_code == slashed.status_code == 200, (path, slashed.text)
+        assert bare.json().keys() == slashed.json().keys()
+        unversioned = s.get(f"{url}{path}/", timeout=20)
+        assert unversioned.status_code == 400 and "api-version" in unversioned.json()["message"]
+    spec = relay_spec("slashmod", contract_device.base / "relays" / "slash.sock", "IOTEDGE_WORKLOADURI")
+    created = s.post(f"{agent}/modules/?{API}", json=spec, timeout=20)
+    assert created.status_code == 201, created.text
+    assert s.delete(f"{agent}/modules/slashmod?{API}", timeout=20).status_code == 204

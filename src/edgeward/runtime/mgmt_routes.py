@@ -20,6 +20,7 @@ from ..http.errors import BadRequest, HttpError, NotFound, UnprocessableEntity
 from ..http.limits import UidLimiter
 from . import mgmt_wire as wire
 from . import system
+from .aliases import serve_trailing_slash_aliases
 from .durations import BadTime, parse_since
 from .engine import EngineError, LogOptions
 from .identities import ModuleIdentities
@@ -300,22 +301,15 @@ async def reprovision(request: web.Request) -> web.Response:
     return reply_empty()
 
 
-# The spec's paths of the identity list are `/identities/` (the edge agent's generated client calls them so), and
-# aziot-edged serves both forms of these collection routes (old diagnostics images call `/modules/`).
+# The spec's path of the identity list is `/identities/` (the edge agent's generated client calls it so); aziot-edged
+# serves both forms of these collection routes (old diagnostics images call `/modules/`).
 TRAILING_SLASH_ALIASES = (("GET", "/modules"), ("POST", "/modules"), ("GET", "/identities"), ("POST", "/identities"))
-
-
-def _serve_trailing_slash_aliases(app: web.Application) -> None:
-    """The same (api-version-checked) handler under each collection path with its trailing slash."""
-    handlers = {(r.method, r.resource.canonical): r.handler for r in app.router.routes() if r.resource is not None}
-    for method, path in TRAILING_SLASH_ALIASES:
-        app.router.add_route(method, path + "/", handlers[(method, path)])
 
 
 def build_management_app(mgmt: Management, limiter: UidLimiter | None = None) -> web.Application:
     """The management API, behind the access table's guard (which admits the edge agent and host root only)."""
     app = build_app(routes, limiter=limiter)
-    _serve_trailing_slash_aliases(app)
+    serve_trailing_slash_aliases(app, TRAILING_SLASH_ALIASES)
     app[MANAGEMENT] = mgmt
     return guard_attested_service(app, "mgmt", mgmt.attestor)
 
