@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
 from .conftest import MODULE, SACRIFICE, ContractDevice
-from .specs import tolerant_spec
+from .specs import schema_errors, tolerant_spec
 
 EXAMPLES = int(os.environ.get("EDGEWARD_CONTRACT_EXAMPLES", "12"))
 CHECKS = (response_schema_conformance, content_type_conformance)
@@ -86,3 +86,32 @@ def test_workload_spec_replayed_as_a_registered_module_conforms(spec: str, contr
     failures = _replay(spec, contract_device.module_url, contract_device,
                        {"name": MODULE, "genid": contract_device.module_genid()})
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(("spec", "version"), [("workloadVersion_2020_07_07.yaml", "2020-07-07"),
+                                               ("workloadVersion_2018_06_28.yaml", "2018-06-28")])
+def test_workload_success_answers_have_the_upstream_shapes(spec: str, version: str,
+                                                           contract_device: ContractDevice) -> None:
+    """The operations random bodies rarely get through, called with valid ones, as the module itself."""
+    s, url, genid = contract_device.session, contract_device.module_url, contract_device.module_genid()
+    q = f"api-version={version}"
+    base = f"{url}/modules/{MODULE}/genid/{genid}"
+    plaintext, iv = "aGVsbG8gd29ybGQ=", "MDEyMzQ1Njc4OWFiY2RlZg=="
+    calls: list[tuple[str, Any, int, str]] = [
+        (f"{base}/sign?{q}", {"keyId": "primary", "algo": "HMACSHA256", "data": plaintext}, 200, "SignResponse"),
+        (f"{base}/encrypt?{q}", {"plaintext": plaintext, "initializationVector": iv}, 200, "EncryptResponse"),
+        (f"{base}/certificate/server?{q}", {"commonName": MODULE, "expiration": "2030-01-01T00:00:00Z"}, 201,
+         "CertificateResponse"),
+        (f"{url}/modules/{MODULE}/certificate/identity?{q}", {"expiration": "2030-01-01T00:00:00Z"}, 201,
+         "CertificateResponse"),
+    ]
+    answers = {}
+    for target, body, status, definition in calls:
+        r = s.post(target, json=body, timeout=30)
+        assert r.status_code == status, (target, r.status_code, r.text)
+        assert not schema_errors(spec, definition, r.json()), (definition, schema_errors(spec, definition, r.json()))
+        answers[definition] = r.json()
+    ciphertext = answers["EncryptResponse"]["ciphertext"]
+    r = s.post(f"{base}/decrypt?{q}", json={"ciphertext": ciphertext, "initializationVector": iv}, timeout=30)
+    assert r.status_code == 200 and not schema_errors(spec, "DecryptResponse", r.json()), r.text
+    assert r.json()["plaintext"] == plaintext
