@@ -11,6 +11,7 @@ from urllib.parse import quote
 import pytest
 
 from .conftest import MODULE, ContractDevice, relay_spec, wait_for
+from .specs import schema_errors
 
 API = "api-version=2022-08-03"
 
@@ -148,3 +149,28 @@ def test_collection_routes_answer_with_and_without_the_trailing_slash_as_aziot_e
     created = s.post(f"{agent}/modules/?{API}", json=spec, timeout=20)
     assert created.status_code == 201, created.text
     assert s.delete(f"{agent}/modules/slashmod?{API}", timeout=20).status_code == 204
+
+
+@pytest.mark.parametrize("policy", ["On-Create", "Never", "on-create", "never", "NEVER", "oN-cReAtE"])
+def test_image_pull_policy_is_read_in_any_letter_case_and_not_echoed(policy: str,
+                                                                     contract_device: ContractDevice) -> None:
+    """aziot-edged lower-cases the policy before matching it (edgelet-settings ImagePullPolicy::from_str) and its
+    ModuleDetails carry no policy; the spec's enum and the agent say On-Create and Never."""
+    s, url = contract_device.session, contract_device.agent_url
+    spec = relay_spec("policymod", contract_device.base / "relays" / "policy.sock", "IOTEDGE_WORKLOADURI", policy)
+    created = s.post(f"{url}/modules?{API}", json=spec, timeout=20)
+    try:
+        assert created.status_code == 201, created.text
+        for answer in (created.json(), s.get(f"{url}/modules/policymod?{API}", timeout=20).json()):
+            assert not schema_errors("managementVersion_2022_08_03.yaml", "ModuleDetails", answer)
+            assert "imagePullPolicy" not in json.dumps(answer)
+        updated = s.put(f"{url}/modules/policymod?{API}", json=spec, timeout=20)
+        assert updated.status_code == 201, updated.text
+    finally:
+        s.delete(f"{url}/modules/policymod?{API}", timeout=20)
+
+
+def test_unknown_image_pull_policy_is_refused_naming_the_field(contract_device: ContractDevice) -> None:
+    spec = relay_spec("policymod", contract_device.base / "relays" / "policy.sock", "IOTEDGE_WORKLOADURI", "Always")
+    r = contract_device.session.post(f"{contract_device.agent_url}/modules?{API}", json=spec, timeout=20)
+    assert 400 <= r.status_code < 500 and "imagePullPolicy" in r.json()["message"], r.text
