@@ -24,6 +24,9 @@ from edgeward.supervise import running_daemon
 
 AGENT = "edgeAgent"
 MODULE = "contractmod"
+# What the daemon's log shows when something went wrong inside it (asyncio's leftovers included).
+PROBLEM_SIGNS = ("Traceback", "internal error", "Logging error", "Exception ignored", "never retrieved",
+                 "destroyed but it is pending")
 SACRIFICE = "sacrificial"  # what management calls on a named module act on (they may stop or remove it)
 
 # A module that forwards connections from RELAY_AT to the socket its RELAY_TO variable names (stdlib only).
@@ -169,5 +172,5 @@ def contract_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contra
         assert proc.poll() is None, "the daemon died during the contract suite"
         # Whatever the suite sent, the daemon logged no internal error and no traceback.
         problems = [line for line in log_path.read_text(errors="replace").splitlines()
-                    if "Traceback" in line or "internal error" in line or "Logging error" in line]
+                    if any(sign in line for sign in PROBLEM_SIGNS)]
         assert not problems, problems

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from .conftest import MODULE, ContractDevice, relay_spec, wait_for
+from .conftest import MODULE, PROBLEM_SIGNS, ContractDevice, relay_spec, wait_for
 from .specs import schema_errors
 
 API = "api-version=2022-08-03"
@@ -19,7 +19,7 @@ API = "api-version=2022-08-03"
 def _daemon_log_problems(device: ContractDevice, start: int) -> list[str]:
     text = device.log_path.read_bytes()[start:].decode(errors="replace")
     return [line for line in text.splitlines()
-            if "Traceback" in line or "internal error" in line or "Logging error" in line]
+            if any(sign in line for sign in PROBLEM_SIGNS)]
 
 
 @pytest.mark.parametrize("query", ["since=10m", "since=1d", "since=2%20days%203%20hours", "since=1h30m",
