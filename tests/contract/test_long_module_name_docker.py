@@ -22,7 +22,7 @@ SIGN = {"keyId": "primary", "algo": "HMACSHA256", "data": "aGk="}
 
 
 def _spec(name: str, calls: list[Any]) -> dict[str, Any]:
-    return {"name": name, "type": "docker", "imagePullPolicy": "Never", "config": {
+    return {"name": name, "type": "docker", "imagePullPolicy": "never", "config": {
         "settings": {"image": TEST_IMAGE, "createOptions": {
             "Cmd": ["/usr/bin/python3", "-c", CLIENT_SCRIPT], "HostConfig": {"Mounts": host_python_binds()}}},
         "env": [{"key": "EDGEWARD_TEST_CALLS", "value": json.dumps(calls)}]}}
