@@ -125,7 +125,7 @@ async def test_bad_module_specs_are_refused_with_every_problem(mgmt: ManagementC
 
 async def test_system_info_resources_identities_and_support_bundle(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
     info = await mgmt.system_info()
-    assert info["osType"] == "linux" and info["runtime"]["platform"]["version"] and info["version"]
+    assert info["osType"] == "linux" and info["product_info"].startswith("edgeward/") and info["version"]
     _, raw = await mgmt.http.request("GET", "/systeminfo/resources")
     resources = json.loads(raw)
     assert resources["total_ram"] > 0 and resources["disks"]

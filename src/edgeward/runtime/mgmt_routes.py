@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import time
 import zipfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 from aiohttp import web
 
@@ -22,6 +20,8 @@ from ..http.errors import BadRequest, HttpError, NotFound, UnprocessableEntity
 from ..http.limits import UidLimiter
 from . import mgmt_wire as wire
 from . import system
+from .aliases import serve_trailing_slash_aliases
+from .durations import BadTime, parse_since
 from .engine import EngineError, LogOptions
 from .identities import ModuleIdentities
 from .model import ModuleConfig, parse_module_config, valid_module_name
@@ -142,20 +142,14 @@ async def restart_module(request: web.Request) -> web.Response:
 
 
 def _time(value: str | None, what: str) -> int | None:
-    """Docker's `since`/`until`: unix seconds, or an RFC 3339 time."""
-    if value is None or value == "":
+    """`since`/`until` as aziot-edged reads them (see :mod:`.durations`); a time before 1970 means the beginning."""
+    if value is None:
         return None
     try:
-        seconds = float(value)
-        if math.isfinite(seconds) and 0 <= seconds < 2**40:
-            return int(seconds)
-        raise BadRequest(f"{what} is out of range: {value[:40]!r}")
-    except ValueError:
-        pass
-    try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-    except (ValueError, OverflowError, OSError):
-        raise BadRequest(f"{what} must be unix seconds or an RFC 3339 time, got {value[:40]!r}") from None
+        seconds = parse_since(value, what)
+    except BadTime as e:
+        raise BadRequest(str(e)) from None
+    return max(seconds, 0 if what == "since" else 1)
 
 
 def _log_options(request: web.Request) -> LogOptions:
@@ -181,7 +175,8 @@ async def module_logs(request: web.Request) -> web.StreamResponse:
     name = _name(request)
     options = _log_options(request)
     await mgmt.runtime.get_module(name)  # 404 before the stream starts
-    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    # aziot-edged labels the (Docker-framed, binary) stream text/plain; clients read it raw either way
+    response = web.StreamResponse(headers={"Content-Type": "text/plain"})
     response.enable_chunked_encoding()
     await response.prepare(request)
     try:
@@ -306,9 +301,15 @@ async def reprovision(request: web.Request) -> web.Response:
     return reply_empty()
 
 
+# The spec's path of the identity list is `/identities/` (the edge agent's generated client calls it so); aziot-edged
+# serves both forms of these collection routes (old diagnostics images call `/modules/`).
+TRAILING_SLASH_ALIASES = (("GET", "/modules"), ("POST", "/modules"), ("GET", "/identities"), ("POST", "/identities"))
+
+
 def build_management_app(mgmt: Management, limiter: UidLimiter | None = None) -> web.Application:
     """The management API, behind the access table's guard (which admits the edge agent and host root only)."""
     app = build_app(routes, limiter=limiter)
+    serve_trailing_slash_aliases(app, TRAILING_SLASH_ALIASES)
     app[MANAGEMENT] = mgmt
     return guard_attested_service(app, "mgmt", mgmt.attestor)
 

@@ -103,9 +103,12 @@ def parse_module_config(raw: Mapping[str, Any], p: Problems, where: str) -> Modu
     if auth is not None and not isinstance(auth, Mapping):
         p.add(f"{settings_where}.auth", "<redacted>", "a table with username, password, serveraddress")
         auth = None
-    pull = raw.get("imagePullPolicy", "on-create")
+    # aziot-edged reads the policy case-insensitively: the spec's enum (and the edge agent) say "On-Create" and
+    # "Never", its own docs and config "on-create" and "never".
+    given_pull = raw.get("imagePullPolicy", "on-create")
+    pull = given_pull.lower() if isinstance(given_pull, str) else given_pull
     if pull not in ("on-create", "never"):
-        p.add(f"{where}.imagePullPolicy", pull, '"on-create" or "never"')
+        p.add(f"{where}.imagePullPolicy", given_pull, '"on-create" or "never" (in any letter case)')
     env = _env(config["env"], f"{where}.config.env", p) if "env" in config else _env(raw.get("env"), f"{where}.env", p)
     if len(p.items) > before:
         return None

@@ -2,11 +2,16 @@
 
 A container gets only its own directory mounted, so it cannot even name another module's socket; the socket a
 request arrived on is also one more fact attestation checks (it must be the caller's own).
+
+A directory is named after its module, unless the socket's path would then pass the kernel's limit for a Unix socket
+address (108 bytes with its NUL; module names run to 128 characters): then it is "~" and a hash of the name, which no
+module name can look like (names start with a letter or digit).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -16,7 +21,9 @@ from aiohttp import web
 from ..http.server import bind_unix
 from .engine import WORKLOAD_SOCKET_NAME
 
-__all__ = ["WorkloadSockets"]
+__all__ = ["MAX_SOCKET_PATH", "WorkloadSockets"]
+
+MAX_SOCKET_PATH = 107  # bytes of sun_path before its terminating NUL
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +33,17 @@ class WorkloadSockets:
         self.root = root
         self.runner = runner  # the workload API's runner; None while only directories are wanted
         self._sites: dict[str, web.SockSite] = {}
+        self._hashed: dict[str, str] = {}  # directory name -> module name, for directories named by a hash
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o755)  # noqa: S103 -- modules of any uid must reach their own directory
 
     def directory(self, name: str) -> Path:
-        return self.root / name
+        plain = self.root / name
+        if len(bytes(plain / WORKLOAD_SOCKET_NAME)) <= MAX_SOCKET_PATH:
+            return plain
+        hashed = "~" + hashlib.sha256(name.encode()).hexdigest()[:32]
+        self._hashed[hashed] = name
+        return self.root / hashed
 
     def socket_path(self, name: str) -> Path:
         return self.directory(name) / WORKLOAD_SOCKET_NAME
@@ -44,7 +57,10 @@ class WorkloadSockets:
         path = Path(sockname)
         if path.name != WORKLOAD_SOCKET_NAME or path.parent.parent != self.root:
             return None
-        return path.parent.name
+        directory = path.parent.name
+        if directory.startswith("~"):
+            return self._hashed.get(directory, directory)  # unknown: a name no module has (refused)
+        return directory
 
     async def open(self, name: str) -> Path:
         """Create the module's directory and, when serving, its socket (world-connectable: attestation, not file

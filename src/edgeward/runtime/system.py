@@ -75,7 +75,6 @@ def system_info(engine_version: Mapping[str, str], provisioning: str, dynamic_re
         "virtualized": "unknown",
         "product_info": f"edgeward/{ours}",
         "total_memory": _total_memory(),
-        "runtime": {"platform": {"name": "edgeward", "version": ours}},
     }
 
 

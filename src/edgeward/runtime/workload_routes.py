@@ -34,6 +34,7 @@ from ..keys.aead import V1, V2, V3, length_prefixed
 from ..keys.api import KeysApi
 from ..keys.model import Aead, AeadSalted, HmacSha256
 from ..runtime.registry import Registration
+from .aliases import serve_trailing_slash_aliases
 from .edge_ca import EdgeCa, IssuedCert
 from .identities import module_key_handle
 from .mgmt_wire import module_details
@@ -354,5 +355,6 @@ def _listed(view: ModuleView) -> dict[str, Any]:
 def build_workload_app(workload: Workload, limiter: UidLimiter | None = None) -> web.Application:
     """The workload API, behind the access table's guard (modules, and host root for the public routes)."""
     app = build_app(routes, limiter=limiter)
+    serve_trailing_slash_aliases(app, (("GET", "/modules"),))  # aziot-edged's workload list answers both forms
     app[WORKLOAD] = workload
     return guard_attested_service(app, "workload", workload.attestor)
