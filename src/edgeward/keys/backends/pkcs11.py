@@ -115,7 +115,14 @@ def _load_lib(path: str) -> _Library:
 
 # Who logged in to which token of this process, with which PIN (hashed): a token takes one login per application,
 # so a second URI naming the same token with another PIN would otherwise be used unchecked on the first one's login.
-_logins: dict[tuple[str, int], tuple[bytes, str]] = {}
+@dataclass
+class _Login:
+    pin_digest: bytes
+    setting: str
+    holders: int = 0
+
+
+_logins: dict[tuple[str, int], _Login] = {}
 _logins_lock = threading.Lock()
 
 # Failures that say the token or the library is in a bad state rather than that the request was wrong; one
@@ -214,33 +221,51 @@ class Pkcs11Backend:
             ) from e
 
     def _claim_login(self, token: Any) -> None:
-        """Refuse a second PIN for a token this process is already logged in to (it would never be checked)."""
+        """Refuse a second PIN for a token this process is already logged in to: it would never be checked (C_Login
+        answers "already logged in" whatever the PIN), so a wrong one in a preloaded key's URI would pass."""
         key = (self.settings.lib_path, int(token.slot.slot_id))
         digest = _pin_digest(self.settings.pin)
         with _logins_lock:
-            held = _logins.setdefault(key, (digest, self.settings.setting_name))
-        if self.settings.pin is not None and not hmac.compare_digest(held[0], digest):
-            raise BackendUnavailable(
-                f"{self._what}: its pin-value differs from the PIN {held[1]} logged in to this token with; a token "
-                f"has one user PIN, so this one is wrong (it would never be checked: the token is already logged in)"
-            )
+            login = _logins.setdefault(key, _Login(digest, self.settings.setting_name))
+            if self.settings.pin is not None and not hmac.compare_digest(login.pin_digest, digest):
+                raise BackendUnavailable(
+                    f"the pin-value of {self.settings.setting_name} differs from the PIN {login.setting} logged in "
+                    f"to the PKCS#11 token with {self._where} with: a token has one user PIN, so this one is wrong "
+                    f"(and would never be checked, the token being logged in already)"
+                )
+            login.holders += 1
+        self._login_key: tuple[str, int] | None = key
+
+    def _release_login(self) -> None:
+        key, self._login_key = getattr(self, "_login_key", None), None
+        if key is None:
+            return
+        with _logins_lock:
+            login = _logins.get(key)
+            if login is not None:
+                login.holders -= 1
+                if login.holders <= 0:
+                    del _logins[key]
 
     def _open(self) -> None:
         """Find the token and log in; again after the library was re-initialized. The caller holds the lib lock."""
         generation = self._lib.generation
         token = self._find_token()
-        self._claim_login(token)
+        if getattr(self, "_login_key", None) is None:
+            self._claim_login(token)
         try:
             try:
                 login_session = token.open(rw=True, user_pin=self.settings.pin)
             except p11e.UserAlreadyLoggedIn:
                 login_session = token.open(rw=True)
         except (p11e.PinIncorrect, p11e.PinInvalid, p11e.PinLenRange) as e:
-            raise BackendUnavailable(
-                f"{self._what} rejected the PIN: check the pin-value of the pkcs11 URI in {self.settings.setting_name}"
-            ) from e
+            self._release_login()
+            raise BackendUnavailable(f"the PKCS#11 token with {self._where} rejected the PIN: check the pin-value "
+                                     f"in {self.settings.setting_name}") from e
         except p11e.PinLocked as e:
-            raise BackendUnavailable(f"{self._what} has a locked PIN") from e
+            self._release_login()
+            raise BackendUnavailable(f"the PKCS#11 token with {self._where} has a locked PIN "
+                                     f"({self.settings.setting_name})") from e
         except p11e.PKCS11Error as e:
             raise BackendUnavailable(f"cannot open a session on {self._what}: {_describe(e)}") from e
         try:
@@ -627,11 +652,16 @@ class Pkcs11Backend:
         return self._with(decrypt)
 
     def close(self) -> None:
-        while True:
-            try:
-                session = self._pool.get_nowait()
-            except queue.Empty:
-                break
-            with suppress(p11e.PKCS11Error):
-                session.close()
+        with self._lib.lock:
+            # Sessions of an older generation died with it; their handle numbers may name live sessions now.
+            current = self._generation == self._lib.generation
+            while True:
+                try:
+                    session = self._pool.get_nowait()
+                except queue.Empty:
+                    break
+                if current:
+                    with suppress(p11e.PKCS11Error):
+                        session.close()
         self._caches.clear()
+        self._release_login()
