@@ -174,8 +174,12 @@ class RenewalEngine:
             try:
                 due, cert = await self._due(m)
             except Exception as e:
-                due, cert = self.now() + MIN_RETRY * 5, None
+                # Backed off like a failed renewal (a token that is down would otherwise be asked every 5 s).
+                status.failures += 1
                 status.last_error = f"cannot read cert or key: {failure_reason(e)}"
+                due, cert = self.now() + self._backoff(m, None, status.failures), None
+                log.warning("renewal of %r cannot read its cert or key (attempt %d), retrying in %.1fs: %s",
+                            m.cert_id, status.failures, (due - self.now()).total_seconds(), status.last_error)
             status.next_attempt = due
             status.not_after = cert.not_valid_after_utc if cert else None
             await self._sleep_until(m, due)
