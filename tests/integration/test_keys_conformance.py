@@ -1,5 +1,6 @@
-"""One conformance suite for every key backend (software, PKCS#11 on SoftHSM2, TPM on swtpm), driven through the
-real HTTP API over a Unix socket. Every signature is verified with `cryptography`."""
+"""One conformance suite for every key backend (software; PKCS#11 on SoftHSM2 and on tpm2-pkcs11 behind tpm2-abrmd;
+the native TPM backend on swtpm), driven through the real HTTP API over a Unix socket. Every signature is verified
+with `cryptography`."""
 
 from __future__ import annotations
 

@@ -130,8 +130,9 @@ _logins_lock = threading.Lock()
 _TOKEN_FAILURES: tuple[type[p11e.PKCS11Error], ...] = (
     p11e.GeneralError, p11e.DeviceError, p11e.DeviceMemory, p11e.HostMemory, p11e.FunctionFailed,
     p11e.DeviceRemoved, p11e.TokenNotPresent, p11e.SessionClosed, p11e.SessionHandleInvalid, p11e.UserNotLoggedIn,
-    p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid,
 )
+# A cached object handle that went stale (the object was deleted or relabelled elsewhere): look it up again.
+_STALE_OBJECT: tuple[type[p11e.PKCS11Error], ...] = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)
 # A token that sets a key pair's usage itself (tpm2-pkcs11 makes every TPM key sign+decrypt) answers an explicit
 # CKA_ENCRYPT/CKA_DECRYPT=FALSE with one of these.
 _TEMPLATE_REFUSED: tuple[type[p11e.PKCS11Error], ...] = (
@@ -140,7 +141,8 @@ _TEMPLATE_REFUSED: tuple[type[p11e.PKCS11Error], ...] = (
 
 
 def _is_token_failure(e: p11e.PKCS11Error) -> bool:
-    return isinstance(e, _TOKEN_FAILURES) or type(e) is p11e.PKCS11Error  # the latter: a code python-pkcs11 lacks
+    # type(e) is PKCS11Error: a return code python-pkcs11 has no class for (CKR_CRYPTOKI_NOT_INITIALIZED, ...)
+    return isinstance(e, _TOKEN_FAILURES + _STALE_OBJECT) or type(e) is p11e.PKCS11Error
 
 
 def _describe(e: p11e.PKCS11Error) -> str:
@@ -344,6 +346,7 @@ class Pkcs11Backend:
         for this process) and, for an operation that is safe to repeat, tries once more; what still fails is a
         503 naming the token, never a traceback."""
         failure: p11e.PKCS11Error | None = None
+        reinitialized = False
         for _ in range(2 if retry else 1):
             generation = self._generation
             try:
@@ -353,13 +356,17 @@ class Pkcs11Backend:
                 if not _is_token_failure(e):
                     raise BackendUnavailable(f"{self._what} refused the operation: {_describe(e)}") from e
                 failure = failure or e  # the first one says what happened; a retry may only see the aftermath
+                if isinstance(e, _STALE_OBJECT):
+                    self._invalidate()
+                    continue
                 log.warning("%s failed with %s; re-initializing the library %s to free what it holds",
                             self._what, _describe(e), self.settings.lib_path)
                 self._recover(generation)
+                reinitialized = True
         assert failure is not None
         raise BackendUnavailable(
             f"{self._what} failed with {_describe(failure)}"
-            + (", also after the library was re-initialized" if retry else "")
+            + (", also after the library was re-initialized" if retry and reinitialized else "")
             + "; the token library's own log says why (with tpm2-pkcs11: tpm2-abrmd not running or not reachable, "
               "or more keys in use at once than its --max-transients allows)"
         ) from failure
