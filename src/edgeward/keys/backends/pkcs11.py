@@ -141,8 +141,9 @@ _TEMPLATE_REFUSED: tuple[type[p11e.PKCS11Error], ...] = (
 
 
 def _is_token_failure(e: p11e.PKCS11Error) -> bool:
-    # type(e) is PKCS11Error: a return code python-pkcs11 has no class for (CKR_CRYPTOKI_NOT_INITIALIZED, ...)
-    return isinstance(e, _TOKEN_FAILURES + _STALE_OBJECT) or type(e) is p11e.PKCS11Error
+    # python-pkcs11 has no class for CKR_CRYPTOKI_NOT_INITIALIZED (a library whose re-initialization failed)
+    not_initialized = type(e) is p11e.PKCS11Error and "not initialized" in str(e)
+    return isinstance(e, _TOKEN_FAILURES + _STALE_OBJECT) or not_initialized
 
 
 def _describe(e: p11e.PKCS11Error) -> str:
@@ -352,6 +353,8 @@ class Pkcs11Backend:
             try:
                 with self._session() as session, self._lib.lock:
                     return fn(session)
+            except (p11e.DataInvalid, p11e.DataLenRange, p11e.MechanismParamInvalid) as e:
+                raise InvalidParameter(f"{self._what} refuses this input: {_describe(e)}") from e
             except p11e.PKCS11Error as e:
                 if not _is_token_failure(e):
                     raise BackendUnavailable(f"{self._what} refused the operation: {_describe(e)}") from e
@@ -407,6 +410,7 @@ class Pkcs11Backend:
         """What a key pair must be, whatever the token made of the template: a private key that signs, is never
         revealed (sensitive, not extractable) and wraps, unwraps and derives nothing."""
         expected = ((private, Attribute.SENSITIVE, True), (private, Attribute.EXTRACTABLE, False),
+                    (private, Attribute.PRIVATE, True),
                     (private, Attribute.SIGN, True), (private, Attribute.UNWRAP, False),
                     (private, Attribute.DERIVE, False), (public, Attribute.WRAP, False))
         wrong = [attr.name for obj, attr, value in expected if bool(obj[attr]) is not value]
@@ -442,8 +446,13 @@ class Pkcs11Backend:
                 except _TEMPLATE_REFUSED:
                     if self._lib.token_sets_usage:
                         raise
-                    public, private = self._generate_pair(session, ref, algorithm, gen, True)
-                    self._lib.token_sets_usage = True
+                    # Learnt once per library, so asked twice: a one-off failure must not leave every later key
+                    # pair of a token that honours the template able to decrypt.
+                    try:
+                        public, private = self._generate_pair(session, ref, algorithm, gen, False)
+                    except _TEMPLATE_REFUSED:
+                        public, private = self._generate_pair(session, ref, algorithm, gen, True)
+                        self._lib.token_sets_usage = True
                     log.info("%s sets the encrypt/decrypt usage of key pairs itself; Edgeward leaves it to the "
                              "token (it never asks a key pair to decrypt)", self._what)
             except (p11e.MechanismInvalid, p11e.FunctionNotSupported, p11e.KeySizeRange,
