@@ -352,6 +352,7 @@ class Pkcs11Backend:
             generation = self._generation
             try:
                 with self._session() as session, self._lib.lock:
+                    generation = self._generation  # the one this session belongs to, after any reopen
                     return fn(session)
             except (p11e.DataInvalid, p11e.DataLenRange, p11e.MechanismParamInvalid) as e:
                 raise InvalidParameter(f"{self._what} refuses this input: {_describe(e)}") from e
