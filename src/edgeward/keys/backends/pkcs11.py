@@ -150,6 +150,21 @@ def _describe(e: p11e.PKCS11Error) -> str:
     return f"{type(e).__name__} ({e})" if str(e) else type(e).__name__
 
 
+class _StaleSession(Exception):
+    """A session (or its pool) belongs to a generation of the library that was since re-initialized."""
+
+
+@dataclass
+class _Sessions:
+    """The logged-in sessions of one token for one generation of its library: a re-initialization replaces the
+    whole pool, so a session never outlives the generation it was opened in."""
+
+    generation: int
+    token: Any
+    idle: queue.LifoQueue[Any]
+    opened: int = 1
+
+
 @dataclass(frozen=True)
 class Pkcs11Settings:
     lib_path: str
@@ -277,11 +292,14 @@ class Pkcs11Backend:
             mechanisms = set()
         self._token = token
         self._mechanisms: set[Mechanism] = mechanisms
-        self._pool: queue.LifoQueue[Any] = queue.LifoQueue()
-        self._pool.put(login_session)
-        self._opened = 1
-        self._generation = generation
+        idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        idle.put(login_session)
+        self._sessions = _Sessions(generation, token, idle)
         self._invalidate()
+
+    @property
+    def _generation(self) -> int:
+        return self._sessions.generation
 
     def _reopen(self) -> None:
         """Reopen the token after the library was re-initialized (by this backend or another one on it)."""
@@ -301,27 +319,30 @@ class Pkcs11Backend:
 
     # session pool ----------------------------------------------------------------------------------------
     @contextmanager
-    def _session(self) -> Iterator[Any]:
-        """Borrow a logged-in session; sessions are not thread-safe, so each is used by one thread at a time."""
+    def _session(self) -> Iterator[tuple[int, Any]]:
+        """Borrow a logged-in session and the library generation it belongs to; sessions are not thread-safe, so
+        each is used by one thread at a time, and always goes back to the pool it came from."""
         if self._broken or self._generation != self._lib.generation:
             self._reopen()
-        pool = self._pool
+        pool = self._sessions
         try:
-            session = pool.get_nowait()
+            session = pool.idle.get_nowait()
         except queue.Empty:
             with self._open_lock:
-                can_open = self._opened < self.settings.pool_size
+                can_open = pool.opened < self.settings.pool_size
                 if can_open:
-                    self._opened += 1
+                    pool.opened += 1
             if can_open:
                 with self._lib.lock:
-                    session = self._token.open(rw=True)
+                    if pool.generation != self._lib.generation:
+                        raise _StaleSession from None
+                    session = pool.token.open(rw=True)
             else:
-                session = pool.get()
+                session = pool.idle.get()
         try:
-            yield session
+            yield pool.generation, session
         finally:
-            pool.put(session)
+            pool.idle.put(session)
 
     def _invalidate(self) -> None:
         self._current_epoch = next(self._epoch)
@@ -348,18 +369,28 @@ class Pkcs11Backend:
         503 naming the token, never a traceback."""
         failure: p11e.PKCS11Error | None = None
         reinitialized = False
-        for _ in range(2 if retry else 1):
+        attempts, stale = 2 if retry else 1, 0
+        while attempts > 0:
             generation = self._generation
             try:
-                with self._session() as session, self._lib.lock:
-                    generation = self._generation  # the one this session belongs to, after any reopen
+                with self._session() as (generation, session), self._lib.lock:
+                    if generation != self._lib.generation:
+                        # Re-initialized while this thread waited: the handle numbers of this session and of the
+                        # objects cached for it may now name other sessions and other keys. Never use them.
+                        raise _StaleSession
                     return fn(session)
+            except _StaleSession:
+                stale += 1
+                if stale > 8:
+                    raise BackendUnavailable(f"{self._what} keeps being re-initialized; try again") from None
+                continue
             except (p11e.DataInvalid, p11e.DataLenRange, p11e.MechanismParamInvalid) as e:
                 raise InvalidParameter(f"{self._what} refuses this input: {_describe(e)}") from e
             except p11e.PKCS11Error as e:
                 if not _is_token_failure(e):
                     raise BackendUnavailable(f"{self._what} refused the operation: {_describe(e)}") from e
                 failure = failure or e  # the first one says what happened; a retry may only see the aftermath
+                attempts -= 1
                 if isinstance(e, _STALE_OBJECT):
                     self._invalidate()
                     continue
@@ -674,7 +705,7 @@ class Pkcs11Backend:
             current = self._generation == self._lib.generation
             while True:
                 try:
-                    session = self._pool.get_nowait()
+                    session = self._sessions.idle.get_nowait()
                 except queue.Empty:
                     break
                 if current:
