@@ -9,5 +9,6 @@ from tests.fixtures.podman import podman_service
 from tests.fixtures.runtime import mgmt
 from tests.fixtures.softhsm import softhsm
 from tests.fixtures.swtpm import fresh_swtpm, swtpm
+from tests.fixtures.tpm2pkcs11 import tpm2pkcs11
 
-__all__ = ["container_engine", "dockerd", "est_server", "fresh_swtpm", "keys_env", "mgmt", "podman_service", "public_dir", "softhsm", "software_keys", "swtpm"]
+__all__ = ["container_engine", "dockerd", "est_server", "fresh_swtpm", "keys_env", "mgmt", "podman_service", "public_dir", "softhsm", "software_keys", "swtpm", "tpm2pkcs11"]

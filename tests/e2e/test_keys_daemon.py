@@ -67,7 +67,7 @@ def test_principals_are_enforced_per_uid_over_the_real_socket(public_dir: Path) 
          'pkcs11_base_slot = "pkcs11:token=no-such-token?pin-value=1234"\n',
          "no single PKCS#11 token with token label 'no-such-token'"),
         ('[aziot_keys]\npkcs11_lib_path = "/usr/lib/softhsm/libsofthsm2.so"\n'
-         'pkcs11_base_slot = "pkcs11:token={label}?pin-value=9999"\n', "rejected the PIN (pin-value)"),
+         'pkcs11_base_slot = "pkcs11:token={label}?pin-value=9999"\n', "rejected the PIN: check the pin-value in aziot_keys.pkcs11_base_slot"),
         ('[edgeward.keys]\nbackend = "tpm"\ntpm_tcti = "swtpm:host=127.0.0.1,port=1"\n',
          "edgeward.keys.tpm_tcti"),
     ],

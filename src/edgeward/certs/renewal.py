@@ -24,7 +24,7 @@ from .service import CertService
 from .settings import RenewPolicy
 from .x509sign import handle_public_key, same_public_key, sign_csr
 
-__all__ = ["ManagedCert", "RenewalEngine", "RenewalEvent", "RenewalStatus", "next_renewal"]
+__all__ = ["ManagedCert", "RenewalEngine", "RenewalEvent", "RenewalStatus", "failure_reason", "next_renewal"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,12 @@ class RenewalStatus:
     renewals: int = 0
 
 
+def failure_reason(e: BaseException) -> str:
+    """What went wrong, never empty: some exceptions (a token's GeneralError) carry no text, only their type."""
+    text = e.message if isinstance(e, HttpError) else str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def next_renewal(cert: x509.Certificate, policy: RenewPolicy, rng: random.Random) -> dt.datetime:
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     lifetime = end - start
@@ -101,7 +107,7 @@ class RenewalEngine:
             try:
                 await self.recover(m)
             except Exception as e:
-                log.error("recovery of %r failed: %s", m.cert_id, e)
+                log.error("recovery of %r failed: %s", m.cert_id, failure_reason(e))
             self._tasks.append(asyncio.create_task(self._loop(m), name=f"renew:{m.cert_id}"))
 
     async def stop(self) -> None:
@@ -168,8 +174,12 @@ class RenewalEngine:
             try:
                 due, cert = await self._due(m)
             except Exception as e:
-                due, cert = self.now() + MIN_RETRY * 5, None
-                status.last_error = f"cannot read cert or key: {e}"
+                # Backed off like a failed renewal (a token that is down would otherwise be asked every 5 s).
+                status.failures += 1
+                status.last_error = f"cannot read cert or key: {failure_reason(e)}"
+                due, cert = self.now() + self._backoff(m, None, status.failures), None
+                log.warning("renewal of %r cannot read its cert or key (attempt %d), retrying in %.1fs: %s",
+                            m.cert_id, status.failures, (due - self.now()).total_seconds(), status.last_error)
             status.next_attempt = due
             status.not_after = cert.not_valid_after_utc if cert else None
             await self._sleep_until(m, due)
@@ -177,11 +187,13 @@ class RenewalEngine:
                 await self.renew(m)
             except Exception as e:
                 status.failures += 1
-                status.last_error = str(e)
+                status.last_error = failure_reason(e)
                 backoff = self._backoff(m, cert, status.failures)
                 status.next_attempt = self.now() + backoff
+                # A traceback only for what is not an answer from a service (a bug), and only the first time.
                 log.warning("renewal of %r failed (attempt %d), retrying in %.1fs: %s", m.cert_id, status.failures,
-                            backoff.total_seconds(), e)
+                            backoff.total_seconds(), status.last_error,
+                            exc_info=status.failures == 1 and not isinstance(e, HttpError))
                 await self._sleep_until(m, status.next_attempt)
 
     def _backoff(self, m: ManagedCert, cert: x509.Certificate | None, failures: int) -> dt.timedelta:

@@ -11,7 +11,9 @@ generation (random bytes at creation); for symmetric keys a trailing byte record
 from __future__ import annotations
 
 import hashlib
+import hmac
 import itertools
+import logging
 import queue
 import secrets
 import threading
@@ -25,6 +27,7 @@ import pkcs11.exceptions as p11e
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11.constants import DEFAULT
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from .. import aead
@@ -46,6 +49,8 @@ __all__ = ["Pkcs11Backend", "Pkcs11Settings"]
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 _CURVE_NAMES = {KeyPairAlgorithm.EC_P256: "secp256r1", KeyPairAlgorithm.EC_P384: "secp384r1"}
 
 # DER DigestInfo prefixes (RFC 8017 section 9.2, note 1): CKM_RSA_PKCS signs DigestInfo || digest.
@@ -61,22 +66,103 @@ _PSS = {
 }
 _USAGE_BITS = {KeyUsage.DERIVE: 1, KeyUsage.ENCRYPT: 2, KeyUsage.SIGN: 4}
 
-_libs: dict[str, tuple[Any, threading.Lock]] = {}
-_libs_lock = threading.Lock()
-
-
-def _load_lib(path: str) -> tuple[Any, threading.Lock]:
-    """The process-wide handle of a PKCS#11 library and the lock that serializes calls into it.
+class _Library:
+    """The process-wide handle of one PKCS#11 library, the lock that serializes calls into it, and its generation.
 
     A library is initialized once per process. python-pkcs11 calls C_Initialize without CKF_OS_LOCKING_OK, which
     tells the library it will never be entered by two threads at once (SoftHSM2 then disables its own mutexes and
     crashes under concurrency), so every call into one library is serialized here. The GIL is still released
     during each call, so the event loop keeps running while a slow token works.
+
+    ``generation`` counts re-initializations (C_Finalize + C_Initialize): every session and object handle of an
+    older generation is dead, and each backend on this library reopens its token when it sees a new one.
     """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lib = pkcs11.lib(path)
+        self.lock = threading.Lock()
+        self.generation = 0
+        # Learnt when the library refuses CKA_ENCRYPT/CKA_DECRYPT=FALSE on a key pair: its tokens set those.
+        self.token_sets_usage = False
+
+    def reinitialize(self, seen: int) -> None:
+        """Finalize and initialize the library again, unless another caller already did since ``seen``.
+
+        This is what frees everything a library holds for this process: tpm2-pkcs11 keeps every TPM object it
+        loaded (until logout, and destroyed objects until C_Finalize), and only closing its TCTI connection makes
+        tpm2-abrmd flush them. The caller holds ``lock``.
+        """
+        if self.generation != seen:
+            return
+        with suppress(p11e.PKCS11Error):
+            self.lib.finalize()
+        with suppress(p11e.PKCS11Error):
+            self.lib.initialize()
+        self.generation += 1
+
+
+_libs: dict[str, _Library] = {}
+_libs_lock = threading.Lock()
+
+
+def _load_lib(path: str) -> _Library:
     with _libs_lock:
         if path not in _libs:
-            _libs[path] = (pkcs11.lib(path), threading.Lock())
+            _libs[path] = _Library(path)
         return _libs[path]
+
+
+# Who logged in to which token of this process, with which PIN (hashed): a token takes one login per application,
+# so a second URI naming the same token with another PIN would otherwise be used unchecked on the first one's login.
+@dataclass
+class _Login:
+    pin_digest: bytes
+    setting: str
+    holders: int = 0
+
+
+_logins: dict[tuple[str, int], _Login] = {}
+_logins_lock = threading.Lock()
+
+# Failures that say the token or the library is in a bad state rather than that the request was wrong; one
+# re-initialization of the library and one more try may clear them.
+_TOKEN_FAILURES: tuple[type[p11e.PKCS11Error], ...] = (
+    p11e.GeneralError, p11e.DeviceError, p11e.DeviceMemory, p11e.HostMemory, p11e.FunctionFailed,
+    p11e.DeviceRemoved, p11e.TokenNotPresent, p11e.SessionClosed, p11e.SessionHandleInvalid, p11e.UserNotLoggedIn,
+)
+# A cached object handle that went stale (the object was deleted or relabelled elsewhere): look it up again.
+_STALE_OBJECT: tuple[type[p11e.PKCS11Error], ...] = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)
+# A token that sets a key pair's usage itself (tpm2-pkcs11 makes every TPM key sign+decrypt) answers an explicit
+# CKA_ENCRYPT/CKA_DECRYPT=FALSE with one of these.
+_TEMPLATE_REFUSED: tuple[type[p11e.PKCS11Error], ...] = (
+    p11e.GeneralError, p11e.TemplateInconsistent, p11e.AttributeValueInvalid, p11e.AttributeTypeInvalid,
+)
+
+
+def _is_token_failure(e: p11e.PKCS11Error) -> bool:
+    # python-pkcs11 has no class for CKR_CRYPTOKI_NOT_INITIALIZED (a library whose re-initialization failed)
+    not_initialized = type(e) is p11e.PKCS11Error and "not initialized" in str(e)
+    return isinstance(e, _TOKEN_FAILURES + _STALE_OBJECT) or not_initialized
+
+
+def _describe(e: p11e.PKCS11Error) -> str:
+    return f"{type(e).__name__} ({e})" if str(e) else type(e).__name__
+
+
+class _StaleSession(Exception):
+    """A session (or its pool) belongs to a generation of the library that was since re-initialized."""
+
+
+@dataclass
+class _Sessions:
+    """The logged-in sessions of one token for one generation of its library: a re-initialization replaces the
+    whole pool, so a session never outlives the generation it was opened in."""
+
+    generation: int
+    token: Any
+    idle: queue.LifoQueue[Any]
+    opened: int = 1
 
 
 @dataclass(frozen=True)
@@ -101,77 +187,162 @@ def _usage_of(byte: int) -> KeyUsage:
     return usage
 
 
+def _pin_digest(pin: str | None) -> bytes:
+    return hashlib.sha256(b"edgeward pkcs11 pin\0" + (pin or "").encode()).digest()
+
+
 class Pkcs11Backend:
     name = "pkcs11"
 
     def __init__(self, settings: Pkcs11Settings) -> None:
         self.settings = settings
-        where = (
+        self._where = (
             f"token label {settings.token_label!r}" if settings.token_label is not None
             else f"slot id {settings.slot_id}"
         )
         try:
-            lib, self._call_lock = _load_lib(settings.lib_path)
+            self._lib = _load_lib(settings.lib_path)
         except p11e.PKCS11Error as e:
             raise BackendUnavailable(
                 f"cannot load the PKCS#11 library {settings.lib_path!r} (setting {settings.setting_name}): {e}"
             ) from e
-        try:
-            if settings.token_label is not None:
-                self._token = lib.get_token(token_label=settings.token_label)
-            else:
-                slots = [s for s in lib.get_slots(token_present=True) if s.slot_id == settings.slot_id]
-                if not slots:
-                    raise p11e.NoSuchToken(f"no slot {settings.slot_id}")
-                self._token = slots[0].get_token()
-        except (p11e.NoSuchToken, p11e.MultipleTokensReturned) as e:
-            raise BackendUnavailable(
-                f"no single PKCS#11 token with {where} in {settings.lib_path} (check the pkcs11 URI or "
-                f"pkcs11_base_slot): {e or 'not found'}"
-            ) from e
-        try:
-            with self._call_lock:
-                self._login_session = self._token.open(rw=True, user_pin=settings.pin)
-        except p11e.UserAlreadyLoggedIn:
-            with self._call_lock:
-                self._login_session = self._token.open(rw=True)
-        except (p11e.PinIncorrect, p11e.PinInvalid, p11e.PinLenRange) as e:
-            raise BackendUnavailable(f"the PKCS#11 token with {where} rejected the PIN (pin-value)") from e
-        except p11e.PinLocked as e:
-            raise BackendUnavailable(f"the PKCS#11 token with {where} has a locked PIN") from e
-        except p11e.PKCS11Error as e:
-            raise BackendUnavailable(f"cannot open a session on the PKCS#11 token with {where}: {e!r}") from e
-        self._pool: queue.LifoQueue[Any] = queue.LifoQueue()
-        self._pool.put(self._login_session)
-        self._opened = 1
         self._open_lock = threading.Lock()
+        self._reopen_lock = threading.Lock()
         self._epoch = itertools.count()
         self._current_epoch = next(self._epoch)
         self._caches: dict[int, tuple[int, dict[tuple[ObjectClass, str], Any]]] = {}
+        self._broken = False
+        with self._lib.lock:
+            self._open()
 
     def __repr__(self) -> str:
         return f"Pkcs11Backend({self.settings.lib_path}, token={self.settings.token_label!r})"
 
+    @property
+    def _what(self) -> str:
+        return f"the PKCS#11 token with {self._where} ({self.settings.setting_name})"
+
+    # opening the token -----------------------------------------------------------------------------------
+    def _find_token(self) -> Any:
+        s = self.settings
+        try:
+            if s.token_label is not None:
+                return self._lib.lib.get_token(token_label=s.token_label)
+            slots = [slot for slot in self._lib.lib.get_slots(token_present=True) if slot.slot_id == s.slot_id]
+            if not slots:
+                raise p11e.NoSuchToken(f"no slot {s.slot_id}")
+            return slots[0].get_token()
+        except (p11e.NoSuchToken, p11e.MultipleTokensReturned) as e:
+            raise BackendUnavailable(
+                f"no single PKCS#11 token with {self._where} in {s.lib_path} (check the pkcs11 URI in "
+                f"{s.setting_name}): {e or 'not found'}"
+            ) from e
+
+    def _claim_login(self, token: Any) -> None:
+        """Refuse a second PIN for a token this process is already logged in to: it would never be checked (C_Login
+        answers "already logged in" whatever the PIN), so a wrong one in a preloaded key's URI would pass."""
+        key = (self.settings.lib_path, int(token.slot.slot_id))
+        digest = _pin_digest(self.settings.pin)
+        with _logins_lock:
+            login = _logins.setdefault(key, _Login(digest, self.settings.setting_name))
+            if self.settings.pin is not None and not hmac.compare_digest(login.pin_digest, digest):
+                raise BackendUnavailable(
+                    f"the pin-value of {self.settings.setting_name} differs from the PIN {login.setting} logged in "
+                    f"to the PKCS#11 token with {self._where} with: a token has one user PIN, so this one is wrong "
+                    f"(and would never be checked, the token being logged in already)"
+                )
+            login.holders += 1
+        self._login_key: tuple[str, int] | None = key
+
+    def _release_login(self) -> None:
+        key, self._login_key = getattr(self, "_login_key", None), None
+        if key is None:
+            return
+        with _logins_lock:
+            login = _logins.get(key)
+            if login is not None:
+                login.holders -= 1
+                if login.holders <= 0:
+                    del _logins[key]
+
+    def _open(self) -> None:
+        """Find the token and log in; again after the library was re-initialized. The caller holds the lib lock."""
+        generation = self._lib.generation
+        token = self._find_token()
+        if getattr(self, "_login_key", None) is None:
+            self._claim_login(token)
+        try:
+            try:
+                login_session = token.open(rw=True, user_pin=self.settings.pin)
+            except p11e.UserAlreadyLoggedIn:
+                login_session = token.open(rw=True)
+        except (p11e.PinIncorrect, p11e.PinInvalid, p11e.PinLenRange) as e:
+            self._release_login()
+            raise BackendUnavailable(f"the PKCS#11 token with {self._where} rejected the PIN: check the pin-value "
+                                     f"in {self.settings.setting_name}") from e
+        except p11e.PinLocked as e:
+            self._release_login()
+            raise BackendUnavailable(f"the PKCS#11 token with {self._where} has a locked PIN "
+                                     f"({self.settings.setting_name})") from e
+        except p11e.PKCS11Error as e:
+            raise BackendUnavailable(f"cannot open a session on {self._what}: {_describe(e)}") from e
+        try:
+            mechanisms = set(token.slot.get_mechanisms())
+        except p11e.PKCS11Error:
+            mechanisms = set()
+        self._token = token
+        self._mechanisms: set[Mechanism] = mechanisms
+        idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        idle.put(login_session)
+        self._sessions = _Sessions(generation, token, idle)
+        self._invalidate()
+
+    @property
+    def _generation(self) -> int:
+        return self._sessions.generation
+
+    def _reopen(self) -> None:
+        """Reopen the token after the library was re-initialized (by this backend or another one on it)."""
+        with self._reopen_lock, self._lib.lock:
+            if self._generation == self._lib.generation and not self._broken:
+                return
+            if self._broken:  # the last reopen failed: start the library afresh, it may have come back
+                self._lib.reinitialize(self._lib.generation)
+            self._broken = True
+            self._caches.clear()
+            self._open()
+            self._broken = False
+
+    def _recover(self, seen: int) -> None:
+        with self._lib.lock:
+            self._lib.reinitialize(seen)
+
     # session pool ----------------------------------------------------------------------------------------
     @contextmanager
-    def _session(self) -> Iterator[Any]:
-        """Borrow a logged-in session; sessions are not thread-safe, so each is used by one thread at a time."""
+    def _session(self) -> Iterator[tuple[int, Any]]:
+        """Borrow a logged-in session and the library generation it belongs to; sessions are not thread-safe, so
+        each is used by one thread at a time, and always goes back to the pool it came from."""
+        if self._broken or self._generation != self._lib.generation:
+            self._reopen()
+        pool = self._sessions
         try:
-            session = self._pool.get_nowait()
+            session = pool.idle.get_nowait()
         except queue.Empty:
             with self._open_lock:
-                can_open = self._opened < self.settings.pool_size
+                can_open = pool.opened < self.settings.pool_size
                 if can_open:
-                    self._opened += 1
+                    pool.opened += 1
             if can_open:
-                with self._call_lock:
-                    session = self._token.open(rw=True)
+                with self._lib.lock:
+                    if pool.generation != self._lib.generation:
+                        raise _StaleSession from None
+                    session = pool.token.open(rw=True)
             else:
-                session = self._pool.get()
+                session = pool.idle.get()
         try:
-            yield session
+            yield pool.generation, session
         finally:
-            self._pool.put(session)
+            pool.idle.put(session)
 
     def _invalidate(self) -> None:
         self._current_epoch = next(self._epoch)
@@ -192,12 +363,48 @@ class Pkcs11Backend:
             cache[key] = obj
         return obj
 
-    def _with(self, fn: Callable[[Any], T]) -> T:
-        try:
-            with self._session() as session, self._call_lock:
-                return fn(session)
-        except (p11e.DeviceRemoved, p11e.TokenNotPresent, p11e.SessionClosed, p11e.SessionHandleInvalid) as e:
-            raise BackendUnavailable(f"the PKCS#11 token is not reachable: {type(e).__name__}") from e
+    def _with(self, fn: Callable[[Any], T], *, retry: bool = True) -> T:
+        """Run ``fn`` on a session. A token failure re-initializes the library (which frees what the token holds
+        for this process) and, for an operation that is safe to repeat, tries once more; what still fails is a
+        503 naming the token, never a traceback."""
+        failure: p11e.PKCS11Error | None = None
+        reinitialized = False
+        attempts, stale = 2 if retry else 1, 0
+        while attempts > 0:
+            generation = self._generation
+            try:
+                with self._session() as (generation, session), self._lib.lock:
+                    if generation != self._lib.generation:
+                        # Re-initialized while this thread waited: the handle numbers of this session and of the
+                        # objects cached for it may now name other sessions and other keys. Never use them.
+                        raise _StaleSession
+                    return fn(session)
+            except _StaleSession:
+                stale += 1
+                if stale > 8:
+                    raise BackendUnavailable(f"{self._what} keeps being re-initialized; try again") from None
+                continue
+            except (p11e.DataInvalid, p11e.DataLenRange, p11e.MechanismParamInvalid) as e:
+                raise InvalidParameter(f"{self._what} refuses this input: {_describe(e)}") from e
+            except p11e.PKCS11Error as e:
+                if not _is_token_failure(e):
+                    raise BackendUnavailable(f"{self._what} refused the operation: {_describe(e)}") from e
+                failure = failure or e  # the first one says what happened; a retry may only see the aftermath
+                attempts -= 1
+                if isinstance(e, _STALE_OBJECT):
+                    self._invalidate()
+                    continue
+                log.warning("%s failed with %s; re-initializing the library %s to free what it holds",
+                            self._what, _describe(e), self.settings.lib_path)
+                self._recover(generation)
+                reinitialized = True
+        assert failure is not None
+        raise BackendUnavailable(
+            f"{self._what} failed with {_describe(failure)}"
+            + (", also after the library was re-initialized" if retry and reinitialized else "")
+            + "; the token library's own log says why (with tpm2-pkcs11: tpm2-abrmd not running or not reachable, "
+              "or more keys in use at once than its --max-transients allows)"
+        ) from failure
 
     # key pairs -------------------------------------------------------------------------------------------
     def _destroy_all(self, session: Any, label: str, classes: tuple[ObjectClass, ...]) -> None:
@@ -206,34 +413,85 @@ class Pkcs11Backend:
                 obj.destroy()
         self._invalidate()
 
+    def _generate_pair(self, session: Any, ref: str, algorithm: KeyPairAlgorithm, gen: bytes,
+                       token_sets_usage: bool) -> tuple[Any, Any]:
+        """Generate a signing key pair that never leaves the token.
+
+        python-pkcs11 states every usage attribute from ``capabilities``: SIGN|VERIFY gives CKA_ENCRYPT, CKA_WRAP
+        = FALSE on the public key and CKA_DECRYPT, CKA_UNWRAP, CKA_DERIVE = FALSE on the private key. A token that
+        sets the encrypt/decrypt usage itself (tpm2-pkcs11) refuses those two, so with ``token_sets_usage`` they
+        are left for the token to decide; everything else stays stated, and what must hold is checked after.
+        """
+        public: dict[Any, Any] = {}
+        private: dict[Any, Any] = {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.PRIVATE: True}
+        if token_sets_usage:
+            public[Attribute.ENCRYPT] = DEFAULT
+            private[Attribute.DECRYPT] = DEFAULT
+        common = {"store": True, "label": ref, "id": gen, "capabilities": MechanismFlag.SIGN | MechanismFlag.VERIFY,
+                  "public_template": public, "private_template": private}
+        if algorithm.is_ec:
+            params = session.create_domain_parameters(
+                KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVE_NAMES[algorithm])}, local=True,
+            )
+            pair: tuple[Any, Any] = params.generate_keypair(**common)
+        else:
+            pair = session.generate_keypair(KeyType.RSA, algorithm.rsa_bits, **common)
+        return pair
+
+    def _check_pair(self, public: Any, private: Any) -> None:
+        """What a key pair must be, whatever the token made of the template: a private key that signs, is never
+        revealed (sensitive, not extractable) and wraps, unwraps and derives nothing."""
+        expected = ((private, Attribute.SENSITIVE, True), (private, Attribute.EXTRACTABLE, False),
+                    (private, Attribute.PRIVATE, True),
+                    (private, Attribute.SIGN, True), (private, Attribute.UNWRAP, False),
+                    (private, Attribute.DERIVE, False), (public, Attribute.WRAP, False))
+        wrong = [attr.name for obj, attr, value in expected if bool(obj[attr]) is not value]
+        if wrong:
+            with suppress(p11e.PKCS11Error):
+                private.destroy()
+            with suppress(p11e.PKCS11Error):
+                public.destroy()
+            raise BackendUnavailable(f"{self._what} created a key pair with {', '.join(wrong)} not as asked; "
+                                     f"refused and deleted")
+
+    def _require_key_size(self, algorithm: KeyPairAlgorithm) -> None:
+        """Refuse an RSA size the token says it cannot make, before asking (tpm2-pkcs11 answers GeneralError)."""
+        if algorithm.is_ec or Mechanism.RSA_PKCS_KEY_PAIR_GEN not in self._mechanisms:
+            return
+        try:
+            with self._lib.lock:
+                info = self._token.slot.get_mechanism_info(Mechanism.RSA_PKCS_KEY_PAIR_GEN)
+        except p11e.PKCS11Error:
+            return
+        if info.max_key_length and algorithm.rsa_bits > info.max_key_length:
+            raise UnsupportedByBackend(f"the token makes RSA keys of at most {info.max_key_length} bits")
+
     def create_key_pair(self, ref: str, algorithm: KeyPairAlgorithm) -> KeyPairInfo:
         gen = secrets.token_bytes(8)
+        self._require_key_size(algorithm)
 
         def create(session: Any) -> None:
             self._destroy_all(session, ref, (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY))
-            common = {"store": True, "label": ref, "id": gen}
-            private = {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.PRIVATE: True}
             try:
-                if algorithm.is_ec:
-                    params = session.create_domain_parameters(
-                        KeyType.EC,
-                        {Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVE_NAMES[algorithm])},
-                        local=True,
-                    )
-                    params.generate_keypair(
-                        capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
-                        private_template=private, **common,
-                    )
-                else:
-                    session.generate_keypair(
-                        KeyType.RSA, algorithm.rsa_bits,
-                        capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
-                        private_template=private, **common,
-                    )
+                try:
+                    public, private = self._generate_pair(session, ref, algorithm, gen, self._lib.token_sets_usage)
+                except _TEMPLATE_REFUSED:
+                    if self._lib.token_sets_usage:
+                        raise
+                    # Learnt once per library, so asked twice: a one-off failure must not leave every later key
+                    # pair of a token that honours the template able to decrypt.
+                    try:
+                        public, private = self._generate_pair(session, ref, algorithm, gen, False)
+                    except _TEMPLATE_REFUSED:
+                        public, private = self._generate_pair(session, ref, algorithm, gen, True)
+                        self._lib.token_sets_usage = True
+                    log.info("%s sets the encrypt/decrypt usage of key pairs itself; Edgeward leaves it to the "
+                             "token (it never asks a key pair to decrypt)", self._what)
             except (p11e.MechanismInvalid, p11e.FunctionNotSupported, p11e.KeySizeRange,
                     p11e.DomainParamsInvalid, p11e.TemplateInconsistent) as e:
                 raise UnsupportedByBackend(f"the token cannot create {algorithm} keys: {type(e).__name__}") from e
             self._invalidate()
+            self._check_pair(public, private)
 
         self._with(create)
         info = self.key_pair_info(ref)
@@ -288,7 +546,7 @@ class Pkcs11Backend:
                 obj[Attribute.LABEL] = dst
             self._invalidate()
 
-        self._with(move)
+        self._with(move, retry=False)  # a half-done rename must not be redone: the second pass would drop it
 
     def _private(self, session: Any, ref: str) -> Any:
         priv = self._find(session, ObjectClass.PRIVATE_KEY, ref)
@@ -343,6 +601,14 @@ class Pkcs11Backend:
         if KeyUsage.ENCRYPT in usage and usage & (KeyUsage.SIGN | KeyUsage.DERIVE):
             raise UnsupportedByBackend("a token key is either an AES key (encrypt) or an HMAC key (sign, derive)")
         aes = KeyUsage.ENCRYPT in usage
+        needed = [Mechanism.AES_GCM] if aes else [Mechanism.SHA256_HMAC]
+        if value is None:
+            needed.append(Mechanism.AES_KEY_GEN if aes else Mechanism.GENERIC_SECRET_KEY_GEN)
+        if self._mechanisms and not self._mechanisms.issuperset(needed):
+            # Asked before creating anything: a key created only to fail its probe still costs tpm2-pkcs11 a TPM
+            # object context until the library is re-initialized.
+            missing = [m.name for m in needed if m not in self._mechanisms]
+            raise UnsupportedByBackend(f"the token lacks {', '.join(missing)}")
         gen = secrets.token_bytes(8) + bytes([_usage_byte(usage)])
         caps = MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT if aes else MechanismFlag.SIGN | MechanismFlag.VERIFY
         key_type = KeyType.AES if aes else KeyType.GENERIC_SECRET
@@ -434,11 +700,16 @@ class Pkcs11Backend:
         return self._with(decrypt)
 
     def close(self) -> None:
-        while True:
-            try:
-                session = self._pool.get_nowait()
-            except queue.Empty:
-                break
-            with suppress(p11e.PKCS11Error):
-                session.close()
+        with self._lib.lock:
+            # Sessions of an older generation died with it; their handle numbers may name live sessions now.
+            current = self._generation == self._lib.generation
+            while True:
+                try:
+                    session = self._sessions.idle.get_nowait()
+                except queue.Empty:
+                    break
+                if current:
+                    with suppress(p11e.PKCS11Error):
+                        session.close()
         self._caches.clear()
+        self._release_login()
