@@ -132,3 +132,20 @@ def test_a_bad_connection_limit_is_one_clear_line_not_a_traceback(tmp_path: Path
                           env={**os.environ, "EDGEWARD_HTTP_BODY_TIMEOUT": "abc"})
     assert done.returncode == 3, done.stderr
     assert "EDGEWARD_HTTP_BODY_TIMEOUT='abc'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_support_bundle_and_logs_take_every_since_form(device: dict[str, Path]) -> None:
+    """`--since` reaches the daemon intact: a duration with spaces, and an RFC 3339 offset whose `+` an unencoded
+    query turned into a space (a 400 before)."""
+    _deploy_if_missing(device)
+    out = device["base"] / "bundle-since.zip"
+    made = cli(device, "support-bundle", "-o", str(out), "--since", "2 days 3 hours", state=True)
+    assert made.returncode == 0, made.stderr
+    with zipfile.ZipFile(out) as z:
+        assert "logs/leaky.log" in z.namelist()
+    made = cli(device, "support-bundle", "-o", str(out), "--since", "2020-01-01T00:00:00+01:00", state=True)
+    assert made.returncode == 0, made.stderr
+    logs = cli(device, "logs", "leaky", "--since", "2 days 3 hours")
+    assert logs.returncode == 0, logs.stderr
+    bad = cli(device, "support-bundle", "-o", str(out), "--since", "2 fortnights", state=True)
+    assert bad.returncode != 0 and "since" in (bad.stderr + bad.stdout) and "Traceback" not in bad.stderr

@@ -80,7 +80,8 @@ def list_modules(run_dir: Path | None, as_json: bool) -> None:
 @click.command()
 @click.argument("module")
 @click.option("--tail", type=int, default=None, help="Only the last N lines.")
-@click.option("--since", default=None, help="Only lines since this time (unix seconds or RFC 3339).")
+@click.option("--since", default=None,
+              help="Only lines since: unix seconds, RFC 3339, or a duration ago (10m, \"2 days 3 hours\").")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("--timestamps", is_flag=True, help="Prefix each line with its time.")
 @run_option

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 from rich.console import Console
@@ -141,7 +142,8 @@ def set_log_level(level: str) -> None:
 
 @click.command("support-bundle")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("support_bundle.zip"))
-@click.option("--since", default=None, help="Only logs since (unix seconds or RFC 3339).")
+@click.option("--since", default=None,
+              help="Only logs since: unix seconds, RFC 3339, or a duration ago (10m, 1d, \"2 days 3 hours\").")
 @run_option
 @state_option
 def support_bundle(output: Path, since: str | None, run_dir: Path | None, state_dir: Path | None) -> None:
@@ -152,7 +154,7 @@ def support_bundle(output: Path, since: str | None, run_dir: Path | None, state_
     async def fetch() -> bytes:
         client = ManagementClient(run_dir / "mgmt" / "mgmt.sock")
         try:
-            path = "/systeminfo/supportbundle" + (f"?since={since}" if since else "")
+            path = "/systeminfo/supportbundle" + (f"?since={quote(since)}" if since else "")
             _, raw = await client.http.request("GET", path)
             return raw
         finally:
