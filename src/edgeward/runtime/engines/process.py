@@ -689,16 +689,23 @@ class ProcessEngine:
                 return engine_id
         return None
 
+    async def _stop_for_shutdown(self, mod: _Module) -> None:
+        async with mod.lock:
+            try:
+                await self._stop_locked(mod, self.stop_timeout, forget=False)
+            except Exception:  # one module's trouble must not leave the others running
+                log.exception("module %s: could not be stopped cleanly", mod.record.name)
+            mod.logs.close()
+
     async def close(self) -> None:
         """Stop every module (they keep their wish to run, for the next daemon) and end every event stream."""
         if self._closed:
             return
         self._closed = True  # from here on, every other call is refused
         if self._store is not None:
-            for mod in list(self._modules.values()):
-                async with mod.lock:
-                    await self._stop_locked(mod, self.stop_timeout, forget=False)
-                    mod.logs.close()
+            # All at once: one by one, modules that ignore SIGTERM would add up their stop timeouts past any
+            # supervisor's patience, and a daemon killed in the middle leaves the rest running.
+            await asyncio.gather(*(self._stop_for_shutdown(mod) for mod in list(self._modules.values())))
         for queue in self._subscribers:
             queue.put_nowait(None)
         self._subscribers.clear()
