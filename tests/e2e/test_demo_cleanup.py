@@ -14,40 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from edgeward.runtime.engines.procfs import descendants, read_stat, send_signal
+from tests.fixtures.trees import cmdline, environ, kill_all, running, still_running, watch_tree
 
 DEMO_TIMEOUT = 120.0
 
 
-def _watch(root: int, seen: dict[int, int]) -> None:
-    """Add `root` and its descendants, as they are now, to `seen` (pid -> start time)."""
-    st = read_stat(root)
-    if st is not None:
-        for member in (st, *descendants(st)):
-            seen.setdefault(member.pid, member.start_time)
-
-
-def _running(pid: int, start_time: int) -> bool:
-    st = read_stat(pid)
-    return st is not None and st.start_time == start_time and st.state not in ("Z", "X")
-
-
-def _environ(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return b""
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
 def _daemon_started(seen: dict[int, int], out: Path) -> bool:
-    return any(b"edgeward\0run\0" in _cmdline(pid) for pid in seen)
+    return any(b"edgeward\0run\0" in cmdline(pid) for pid in seen)
 
 
 def _daemon_ready(seen: dict[int, int], out: Path) -> bool:
@@ -55,7 +28,7 @@ def _daemon_ready(seen: dict[int, int], out: Path) -> bool:
 
 
 def _module_running(seen: dict[int, int], out: Path) -> bool:
-    return any(b"IOTEDGE_MODULEID=demo-module\0" in _environ(pid) for pid in seen if _running(pid, seen[pid]))
+    return any(b"IOTEDGE_MODULEID=demo-module\0" in environ(pid) for pid in seen if running(pid, seen[pid]))
 
 
 PHASES: dict[str, Callable[[dict[int, int], Path], bool]] = {
@@ -82,9 +55,9 @@ def _run_demo(state: Path, phase: str | None, interrupt: Callable[[subprocess.Po
         deadline = time.monotonic() + DEMO_TIMEOUT
         interrupted = False
         while demo.poll() is None and time.monotonic() < deadline:
-            _watch(demo.pid, seen)
+            watch_tree(demo.pid, seen)
             if phase is not None and interrupt is not None and not interrupted and PHASES[phase](seen, out):
-                _watch(demo.pid, seen)
+                watch_tree(demo.pid, seen)
                 interrupt(demo)
                 interrupted = True
             time.sleep(0.02)
@@ -95,14 +68,6 @@ def _run_demo(state: Path, phase: str | None, interrupt: Callable[[subprocess.Po
         if demo.poll() is None:
             demo.kill()
             demo.wait()
-
-
-def _left_after(seen: dict[int, int], grace: float = 20.0) -> list[int]:
-    """Which of `seen` still run once the demo has ended (a stop in progress is given `grace` seconds)."""
-    deadline = time.monotonic() + grace
-    while (left := [pid for pid, start in seen.items() if _running(pid, start)]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
 
 
 @pytest.mark.parametrize(("phase", "interrupt"), [
@@ -119,10 +84,8 @@ def test_demo_leaves_no_process_of_its_tree_running(
     seen: dict[int, int] = {}
     try:
         code, seen, output = _run_demo(public_dir / "demo", phase, interrupt)
-        left = _left_after(seen)
-        described = {pid: _cmdline(pid).replace(b"\0", b" ")[:120].decode(errors="replace") for pid in left}
-        assert not left, f"still running after the demo ended: {described}\n{output}"
+        left = still_running(seen)
+        assert not left, f"still running after the demo ended: {left}\n{output}"
         assert code == (0 if phase is None else 130), output  # 130: interrupted, as a shell reports Ctrl-C
     finally:
-        for pid, start in seen.items():  # never leave them running, even when the test fails
-            send_signal(pid, start, signal.SIGKILL)
+        kill_all(seen)  # never leave them running, even when the test fails
