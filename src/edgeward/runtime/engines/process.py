@@ -12,6 +12,12 @@ Decisions a reader should know:
   process group and tree) and, like Docker's restart policies across a dockerd restart, starts afresh every
   module that should be running and has a restart policy other than "never". The leftover is recognised by its
   recorded pid *and* start time, so a pid recycled by an unrelated process is never signalled.
+- **A graceful stop of the daemon (SIGTERM, SIGINT) stops every host-process module**, all at once (SIGTERM to
+  its process group and tree, SIGKILL after `stop_timeout`), and keeps its wish to run, so the next daemon starts
+  it again. aziot-edged leaves containers running on stop, and so does Edgeward (`engines/moby.py`): their engine
+  keeps logging and supervising them. A host process has no one else: its output goes to pipes the daemon reads,
+  its exit code only the daemon can collect, and the next daemon would stop it anyway (see above) — left running,
+  it would be an unsupervised process holding a module's identity until then.
 - **Restart backoff** is exponential: `base * 2**n` seconds after the n-th consecutive failure, capped (IoT Edge's
   agent uses 5 minutes as its ceiling too), and n goes back to 0 after a run that lasted `stable_after` seconds:
   a module that crashes once a day restarts at once, a crash loop does not spin the CPU. "on-unhealthy" acts as
