@@ -158,8 +158,12 @@ def _audit_counter(settings: DaemonSettings, tpm_service: TpmService | None) -> 
     return SocketCounter(settings.tpm.socket_path) if settings.tpm is not None else None
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 class _StopSignals:
-    """SIGTERM and SIGINT stop the daemon cleanly at any point, start-up included.
+    """SIGTERM, SIGINT and SIGHUP (the terminal of a foreground `edgeward run` closed) stop the daemon cleanly at
+    any point, start-up included.
 
     Installed before anything is started: a signal that arrived while the services were still starting used to
     kill the process on the spot (the default action), leaving the host-process modules the runtime had just
@@ -171,7 +175,7 @@ class _StopSignals:
         self.received = asyncio.Event()
         self._starting: asyncio.Task[object] | None = asyncio.current_task()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -199,7 +203,7 @@ class _StopSignals:
 
     def remove(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
 
 

@@ -1,5 +1,5 @@
 """`edgeward demo` leaves nothing running, however it ends: Ctrl-C (SIGINT to its process group, as a terminal
-sends it) or SIGTERM to it alone, while the daemon starts, once it is ready, or while the demo module runs; or a
+sends it), a closed terminal (SIGHUP to the group) or SIGTERM to it alone, while the daemon starts, once it is ready, or while the demo module runs; or a
 normal end. Every process of its tree (the demo, the daemon, the demo module) is watched by pid and start time."""
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ def _ctrl_c(demo: subprocess.Popen[bytes]) -> None:
     os.killpg(demo.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole foreground process group
 
 
+def _hang_up(demo: subprocess.Popen[bytes]) -> None:
+    os.killpg(demo.pid, signal.SIGHUP)  # the terminal closed: its session's processes get SIGHUP
+
+
 def _sigterm(demo: subprocess.Popen[bytes]) -> None:
     os.kill(demo.pid, signal.SIGTERM)
 
@@ -76,9 +80,10 @@ def _run_demo(state: Path, phase: str | None, interrupt: Callable[[subprocess.Po
     ("daemon ready", _ctrl_c),
     ("module running", _sigterm),
     ("module running", _ctrl_c),
+    ("module running", _hang_up),
     (None, None),
 ], ids=["sigterm-while-daemon-starts", "sigterm-once-ready", "ctrl-c-once-ready", "sigterm-while-module-runs",
-        "ctrl-c-while-module-runs", "normal-end"])
+        "ctrl-c-while-module-runs", "terminal-closed-while-module-runs", "normal-end"])
 def test_demo_leaves_no_process_of_its_tree_running(
         public_dir: Path, phase: str | None, interrupt: Callable[[subprocess.Popen[bytes]], None] | None) -> None:
     seen: dict[int, int] = {}

@@ -16,7 +16,7 @@ import pytest
 
 from edgeward.runtime.engines.procfs import read_stat, send_signal
 from edgeward.runtime.mgmt_client import ManagementClient
-from edgeward.supervise import running_daemon
+from edgeward.supervise import running_daemon, start_daemon, stop_daemon
 from tests.fixtures.modules import client_spec, logs_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -93,5 +93,37 @@ async def test_sigterm_while_the_daemon_starts_stops_the_agent_it_already_starte
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+        for pid, start in seen.items():
+            send_signal(pid, start, signal.SIGKILL)
+
+
+async def test_a_closed_terminal_sighup_stops_edgeward_run_and_its_modules(tmp_path: Path) -> None:
+    """`edgeward run` in a terminal gets SIGHUP when the terminal closes; it stops as on SIGTERM (the default
+    action would end it on the spot and leave its host-process modules running)."""
+    log = tmp_path / "daemon.log"
+    daemon = await asyncio.to_thread(start_daemon, ["run", "--state-dir", str(tmp_path / "s"), "--run-dir",
+                                                     str(tmp_path / "r")], None, 60.0, log)
+    seen: dict[int, int] = {}
+    try:
+        mgmt = ManagementClient(tmp_path / "r" / "mgmt" / "mgmt.sock")
+        try:
+            await mgmt.create_module(client_spec("hungup", []))
+            await mgmt.action("hungup", "start")
+            await logs_until(mgmt, "hungup", b"DONE")
+        finally:
+            await mgmt.close()
+        for pid in _processes_of(tmp_path / "r"):
+            st = read_stat(pid)
+            if st is not None:
+                seen[pid] = st.start_time
+        assert seen
+        os.kill(daemon.pid, signal.SIGHUP)
+        assert await asyncio.to_thread(daemon.wait, 30) == 0, log.read_text()
+        deadline = time.monotonic() + 5
+        while _processes_of(tmp_path / "r") and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not _processes_of(tmp_path / "r"), "the module outlived the daemon"
+    finally:
+        await asyncio.to_thread(stop_daemon, daemon)
         for pid, start in seen.items():
             send_signal(pid, start, signal.SIGKILL)
