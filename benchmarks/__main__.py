@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 from tests.fixtures.softhsm import make_token
 from tests.fixtures.swtpm import start_swtpm
+
+from edgeward.supervise import sigterm_as_interrupt
 
 from . import certs_issue, est_enroll, keys_sign, pkcs11_libraries, runtime_modules, workload_sign
 
@@ -119,4 +122,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Ctrl-C, SIGTERM or a closed terminal: every `finally` runs, so the daemons (and their modules, the workload
+    # benchmark's load generator among them), the bare servers, the EST server and swtpm are stopped by pid.
+    try:
+        with sigterm_as_interrupt():
+            main()
+    except KeyboardInterrupt:
+        print("interrupted: everything the benchmarks started is stopped", file=sys.stderr)
+        sys.exit(130)

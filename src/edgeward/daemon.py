@@ -158,12 +158,53 @@ def _audit_counter(settings: DaemonSettings, tpm_service: TpmService | None) -> 
     return SocketCounter(settings.tpm.socket_path) if settings.tpm is not None else None
 
 
-async def _wait_for_signal() -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class _StopSignals:
+    """SIGTERM, SIGINT and SIGHUP (the terminal of a foreground `edgeward run` closed) stop the daemon cleanly at
+    any point, start-up included.
+
+    Installed before anything is started: a signal that arrived while the services were still starting used to
+    kill the process on the spot (the default action), leaving the host-process modules the runtime had just
+    started running without a supervisor. Now a signal during start-up cancels the start, and the same clean-up
+    as after a normal run follows; after start-up it ends the wait.
+    """
+
+    def __init__(self) -> None:
+        self.received = asyncio.Event()
+        self._starting: asyncio.Task[object] | None = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.received.is_set():
+            return
+        log.info("%s received: stopping", sig.name)
+        self.received.set()
+        if self._starting is not None:
+            self._starting.cancel()
+
+    def started(self) -> None:
+        self._starting = None
+
+    def cancelled_start(self) -> bool:
+        """After a CancelledError during start-up: True if it was ours (then it is taken back), so the daemon
+        stops as after a normal run; False if someone else cancelled."""
+        task = asyncio.current_task()
+        if not self.received.is_set() or task is None:
+            return False
+        task.uncancel()
+        return True
+
+    async def wait(self) -> None:
+        await self.received.wait()
+
+    def remove(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 ALL_SERVICES = ("keys", "certs", "identity", "tpm", "edged")
@@ -206,6 +247,7 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
     runtime: RuntimeParts | None = None
     modules = _Modules()
     limit_provoked_logs()
+    signals = _StopSignals()
     try:
         if "tpm" in services and settings.tpm is not None:
             # Imported here: tpm2-pytss is only needed on devices with a TPM.
@@ -269,11 +311,16 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
                 detail["pcr"], detail["pcr_value"] = DEFAULT_PCR, await tpm_service.extend_pcr(me.combined)
             runtime.audit.append("edgeward.started", None, detail)
             modules.runtime = runtime
+        signals.started()
         log.info("edgeward ready: %s", ", ".join(services))
         notify(f"READY=1\nMAINPID={os.getpid()}")
         if ready is not None:
             ready.set()
-        await _wait_for_signal()
+        await signals.wait()
+    except asyncio.CancelledError:
+        if not signals.cancelled_start():
+            raise
+        log.info("stopped while starting")
     finally:
         modules.runtime = None
         if runtime is not None:
@@ -293,4 +340,5 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
         if key_service is not None:
             key_service.close()
             key_service.executor.shutdown()
+        signals.remove()
         log.info("edgeward stopped")

@@ -4,12 +4,14 @@ services' object-level checks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from ..http.errors import HttpError
 from ..http.peercred import caller_of
+from ..http.requestlog import CALLER, SERVICE
 from ..http.server import Handler
 from .classify import Classifier
 from .kinds import CallerKind, Classified
@@ -45,6 +47,7 @@ async def _guard_middleware(request: web.Request, handler: Handler) -> web.Strea
     who: Classified | None = None
     try:
         who = await guard.classifier.classify(request)
+        request[CALLER] = who.describe
         if not who.kinds & allowed:
             plainly = (f"module {who.module} is not the edge agent; " if who.module is not None
                        and CallerKind.AGENT in allowed else "")
@@ -55,6 +58,8 @@ async def _guard_middleware(request: web.Request, handler: Handler) -> web.Strea
     except HttpError as e:
         if e.status in (401, 403):
             caller = who.caller if who is not None else caller_of(request)
+            if who is None:
+                request[CALLER] = _unattributed(caller.pid, caller.uid)
             guard.recorder.record(
                 service=guard.policy.name, pid=caller.pid, uid=caller.uid,
                 where=who.where if who is not None else "unattributed", module=who.module if who else None,
@@ -70,6 +75,10 @@ class PolicyRefused(HttpError):
         self.step = step
 
 
+def _unattributed(pid: int, uid: int) -> Callable[[], str]:
+    return lambda: f"pid {pid} uid {uid} (unattributed)"
+
+
 def _step(who: Classified, allowed: frozenset[CallerKind]) -> str:
     if who.module is not None:
         return "registration_for"  # a module, but not one this row admits (e.g. not the edge agent)
@@ -82,5 +91,6 @@ def install_guard(app: web.Application, guard: AccessGuard) -> web.Application:
     """Put the guard innermost, after the error shape and the concurrency limit, so it sees every handler's
     refusal and its own refusals cross the wire in the shared error shape. Call before the app is started."""
     app[_GUARD] = guard
+    app[SERVICE] = guard.policy.name
     app.middlewares.append(_guard_middleware)
     return app

@@ -1,6 +1,10 @@
 """A trace of every refusal: a log line and an audit record, rate-limited so a flood of refused calls cannot fill
 the disk or slow the daemon, and summarised so the flood itself still shows.
 
+Each recorded refusal is one INFO line (the daemon's default level shows it), whoever refused: the access table,
+an attestation step, or a service's own 401/403; the summary of those suppressed in a window is a WARNING, since a
+flood is worth an operator's attention.
+
 One recorder per process (`refusals`): services start before the module runtime opens the audit log, so records
 made before a sink is set wait in a small buffer and are written when it is.
 """
@@ -87,7 +91,7 @@ class RefusalRecorder:
         self._total.recorded += 1
         detail: dict[str, Any] = {"service": service, "pid": pid, "uid": uid, "caller": where, "step": step,
                                   "route": route, "status": status, "message": message[:300]}
-        log.warning("refused %s on %s: pid %d uid %d (%s) at %s: %s", route, service, pid, uid, where, step,
+        log.info("refused %s on %s: pid %d uid %d (%s) at %s: %s", route, service, pid, uid, where, step,
                     message[:300])
         self._emit(module, detail)
         return True

@@ -83,7 +83,7 @@ class CertService:
             p.uid == caller.uid and p.allows(cert_id) for p in self.settings.principals
         ):
             return
-        log.warning("uid %d refused write access to cert %r", caller.uid, cert_id)
+        log.debug("uid %d refused write access to cert %r", caller.uid, cert_id)  # the guard logs the refusal
         raise NotAuthorized(f"uid {caller.uid} is not authorized for cert {cert_id!r}")
 
     # reading --------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from ..keys.model import Aead, EcdsaDigest, HmacSha256, RsaPss
 from ..runtime import demo_module
 from ..runtime.identities import module_key_handle
 from ..runtime.mgmt_client import ManagementClient
-from ..supervise import DaemonFailed, running_daemon
+from ..supervise import DaemonFailed, running_daemon, sigterm_as_interrupt
 from .status import collect_status, render_status
 
 __all__ = ["demo"]
@@ -201,9 +201,12 @@ def demo(state_dir: Path) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state_dir, 0o755)  # noqa: S103 -- the demo module (any uid) reaches its socket under it
     console.print(f"Starting edgeward (state in {state_dir}) ...")
+    # Ctrl-C, SIGTERM or a closed terminal at any point: the daemon is stopped (and stops the demo module) before
+    # the demo exits, so nothing it started keeps running.
     try:
-        with running_daemon(["run", "--state-dir", str(state_dir), "--run-dir", str(run_dir)],
-                            log_path=state_dir / "daemon.log") as proc:
+        with sigterm_as_interrupt(), running_daemon(
+                ["run", "--state-dir", str(state_dir), "--run-dir", str(run_dir)],
+                log_path=state_dir / "daemon.log") as proc:
             console.print(f"edgeward is running as pid {proc.pid}; sockets in {run_dir}")
             console.print(asyncio.run(_exercise(run_dir / "keyd.sock")))
             module_table, status = asyncio.run(_demo_module(run_dir, state_dir))
@@ -217,4 +220,7 @@ def demo(state_dir: Path) -> None:
     except (HttpError, TimeoutError) as e:
         console.print(f"[red]demo failed:[/red] {getattr(e, 'message', e) or 'the demo module did not finish'}")
         sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("interrupted: edgeward and the demo module are stopped")
+        sys.exit(130)
     os.environ.pop("NOTIFY_SOCKET", None)

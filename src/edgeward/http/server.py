@@ -1,6 +1,7 @@
 """An aiohttp application over Unix sockets with the conventions every Edgeward service shares.
 
-Middlewares, outermost first: error shape, per-caller concurrency limit. The api-version check is per route because
+Middlewares, outermost first: the request log (only when debug logging is on, :mod:`.requestlog`), error shape,
+per-caller concurrency limit. The api-version check is per route because
 each route declares its own range, as aziot's do. Below the app, every connection is admitted against per-caller and
 process-wide connection caps, must deliver its request headers within a deadline, and its body within another
 (:mod:`.connections`, :mod:`.timeouts`).
@@ -26,6 +27,8 @@ from .callers import CallerKey, by_socket, caller_key_of
 from .connections import CONNECTION_POLICY, ConnectionGuard, ConnectionLimits, ConnectionPolicy, GuardedRunner
 from .errors import HttpError, TooManyRequests
 from .limits import UidLimiter
+from .requestlog import enabled as request_log_enabled
+from .requestlog import request_log
 from .timeouts import body_deadline
 
 __all__ = [
@@ -167,9 +170,11 @@ def build_app(
     """
     limiter = limiter or UidLimiter()
     limits = connection_limits or ConnectionLimits.from_environ()
+    # Decided once, here: at the default level a request pays nothing for a log line nobody will see.
+    logged = [request_log] if request_log_enabled() else []
     app = web.Application(
         client_max_size=max_body,
-        middlewares=[_error_middleware, _caller_limit_middleware],
+        middlewares=[*logged, _error_middleware, _caller_limit_middleware],
         # aiohttp closes a connection that has not delivered a complete request line and headers this long after
         # it connected or got its previous response: the header deadline, and the bound on idle keep-alive.
         # What remains of a body nobody read is drained for at most lingering_time, then the connection closes.

@@ -138,7 +138,7 @@ class KeyService:
 
     def authorize(self, caller: Caller, key_id: str) -> None:
         if not self.principals.allows(caller.uid, key_id):
-            log.warning("uid %d refused access to key %r", caller.uid, key_id)
+            log.debug("uid %d refused access to key %r", caller.uid, key_id)  # the guard logs the refusal
             raise NotAuthorized(f"uid {caller.uid} is not authorized for key {key_id!r}")
 
     def _expiry(self, ttl_seconds: int | None) -> int | None:

@@ -12,6 +12,12 @@ Decisions a reader should know:
   process group and tree) and, like Docker's restart policies across a dockerd restart, starts afresh every
   module that should be running and has a restart policy other than "never". The leftover is recognised by its
   recorded pid *and* start time, so a pid recycled by an unrelated process is never signalled.
+- **A graceful stop of the daemon (SIGTERM, SIGINT) stops every host-process module**, all at once (SIGTERM to
+  its process group and tree, SIGKILL after `stop_timeout`), and keeps its wish to run, so the next daemon starts
+  it again. aziot-edged leaves containers running on stop, and so does Edgeward (`engines/moby.py`): their engine
+  keeps logging and supervising them. A host process has no one else: its output goes to pipes the daemon reads,
+  its exit code only the daemon can collect, and the next daemon would stop it anyway (see above) — left running,
+  it would be an unsupervised process holding a module's identity until then.
 - **Restart backoff** is exponential: `base * 2**n` seconds after the n-th consecutive failure, capped (IoT Edge's
   agent uses 5 minutes as its ceiling too), and n goes back to 0 after a run that lasted `stable_after` seconds:
   a module that crashes once a day restarts at once, a crash loop does not spin the CPU. "on-unhealthy" acts as
@@ -689,16 +695,23 @@ class ProcessEngine:
                 return engine_id
         return None
 
+    async def _stop_for_shutdown(self, mod: _Module) -> None:
+        async with mod.lock:
+            try:
+                await self._stop_locked(mod, self.stop_timeout, forget=False)
+            except Exception:  # one module's trouble must not leave the others running
+                log.exception("module %s: could not be stopped cleanly", mod.record.name)
+            mod.logs.close()
+
     async def close(self) -> None:
         """Stop every module (they keep their wish to run, for the next daemon) and end every event stream."""
         if self._closed:
             return
         self._closed = True  # from here on, every other call is refused
         if self._store is not None:
-            for mod in list(self._modules.values()):
-                async with mod.lock:
-                    await self._stop_locked(mod, self.stop_timeout, forget=False)
-                    mod.logs.close()
+            # All at once: one by one, modules that ignore SIGTERM would add up their stop timeouts past any
+            # supervisor's patience, and a daemon killed in the middle leaves the rest running.
+            await asyncio.gather(*(self._stop_for_shutdown(mod) for mod in list(self._modules.values())))
         for queue in self._subscribers:
             queue.put_nowait(None)
         self._subscribers.clear()
