@@ -23,7 +23,7 @@ from .engine import (
     ModuleStatus,
 )
 from .identities import ModuleIdentities
-from .model import ModuleConfig, valid_module_name
+from .model import ModuleConfig, hub_identity_name, valid_module_name
 from .privileges import (
     ALLOW_HINT,
     ElevatedOptionRefused,
@@ -144,8 +144,9 @@ class ModuleRuntime:
     def _env(self, config: ModuleConfig, generation_id: str, device_id: str, hub: str,
              system: bool) -> dict[str, str]:
         env = dict(config.env)
+        identity = hub_identity_name(config.name, system)
         env.update({
-            "IOTEDGE_MODULEID": config.name if not system else "$edgeAgent",
+            "IOTEDGE_MODULEID": identity,
             "IOTEDGE_MODULEGENERATIONID": generation_id,
             "IOTEDGE_DEVICEID": device_id,
             "IOTEDGE_IOTHUBHOSTNAME": hub,
@@ -153,8 +154,17 @@ class ModuleRuntime:
             "IOTEDGE_APIVERSION": WORKLOAD_API_VERSION,
             "IOTEDGE_AUTHSCHEME": "sasToken",
         })
+        if identity.startswith("$"):
+            # The agent and edgeHub read IOTEDGE_GATEWAYHOSTNAME as their parent edge's name (nested edge): they
+            # would connect upstream to this very device. aziot-edged sets it for them only under a parent, which
+            # Edgeward does not support; every other module keeps it (its gateway is this device's edgeHub).
+            env.pop("IOTEDGE_GATEWAYHOSTNAME", None)
         env.update(self.settings.extra_env)
         if system:
+            # aziot-edged's watchdog: the agent writes EdgeDeviceHostName into edgeHub's environment and names it
+            # as every other module's gateway (else its appsettings' placeholder "<Edge device host name>").
+            env["EdgeDeviceHostName"] = self.settings.hostname
+            env["Mode"] = "iotedged"
             mgmt = (f"{CONTAINER_MGMT_DIR}/mgmt.sock" if self.engine.kind == "docker"
                     else str(self.settings.mgmt_socket))
             env["IOTEDGE_MANAGEMENTURI"] = f"unix://{mgmt}"
@@ -243,8 +253,7 @@ class ModuleRuntime:
                 raise Conflict(f"module {config.name} already exists" if known.name == config.name else
                                f"module {known.name} exists: module names may not differ only in letter case")
             await self._ensure_image(config)
-            identity_name = "$edgeAgent" if system else config.name
-            identity = await self.identities.ensure(identity_name, managed_by="IotEdge")
+            identity = await self.identities.ensure(hub_identity_name(config.name, system), managed_by="IotEdge")
             directory = await self.sockets.open(config.name)
             spec = ModuleSpec(
                 name=config.name, image=config.image,
