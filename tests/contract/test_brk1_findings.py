@@ -38,6 +38,7 @@ import pytest
 
 from edgeward.supervise import start_daemon, stop_daemon
 from edgeward.testing.hub_emulator import HubEmulator
+from tests.fixtures.dockerd import TEST_IMAGE, Dockerd
 
 from .conftest import PROBLEM_SIGNS
 
@@ -339,3 +340,59 @@ async def test_support_bundle_edge_runtime_only_leaves_out_customer_module_logs(
     assert "logs/custmod.log" in await bundle("false")
     only = await bundle("true")
     assert "logs/custmod.log" not in only and "logs/edgeAgent.log" in only, only
+
+
+async def test_module_created_with_the_agents_workload_bind_starts_and_reaches_its_own_socket(
+        dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The agent's CombinedEdgeletConfigProvider adds to every module's HostConfig.Binds
+    "<IOTEDGE_WORKLOADLISTEN_MNTURI>/<module>.sock:<its own IOTEDGE_WORKLOADURI path>", or, when aziot-edged's
+    watchdog gave it no IOTEDGE_WORKLOADLISTEN_MNTURI (Edgeward gives none), "<workload path>:<workload path>".
+    The path inside containers is the runtime's; the module must still start, with its own workload socket there."""
+    base = tmp_path_factory.mktemp("brk1-docker")
+    os.chmod(base, 0o755)
+    config = base / "config.toml"
+    config.write_text(textwrap.dedent(f"""\
+        hostname = "{HOSTNAME}"
+
+        [moby_runtime]
+        uri = "{dockerd.uri}"
+
+        [agent]
+        name = "edgeAgent"
+        type = "docker"
+        imagePullPolicy = "never"
+
+        [agent.config]
+        image = "{TEST_IMAGE}"
+        createOptions = {{ Cmd = ["sleep", "3600"] }}
+        """))
+    loop = asyncio.get_running_loop()
+    daemon = await loop.run_in_executor(None, lambda: start_daemon(
+        ["run", "-c", str(config), "--state-dir", str(base / "state"), "--run-dir", str(base / "run")],
+        log_path=base / "daemon.log"))
+    name = "bindmod"
+    try:
+        inspect = json.loads(dockerd.cli("inspect", "edgeAgent").stdout)[0]
+        agent_env = dict(e.split("=", 1) for e in inspect["Config"]["Env"])
+        workload = agent_env["IOTEDGE_WORKLOADURI"].removeprefix("unix://")
+        listen = agent_env.get("IOTEDGE_WORKLOADLISTEN_MNTURI")
+        source = f"{listen.removeprefix('unix://')}/{name}.sock" if listen else workload
+        spec = {"name": name, "type": "docker", "imagePullPolicy": "Never",
+                "config": {"settings": {"image": TEST_IMAGE, "createOptions": {
+                    "Cmd": ["sleep", "3600"], "HostConfig": {"Binds": [f"{source}:{workload}"]}}},
+                    "env": [{"key": "IOTEDGE_WORKLOADURI", "value": agent_env["IOTEDGE_WORKLOADURI"]}]}}
+        mgmt = base / "run" / "mgmt" / "mgmt.sock"
+        status, body = await call(mgmt, "POST", "/modules?" + MGMT, spec)
+        assert status == 201, body
+        status, body = await call(mgmt, "POST", f"/modules/{name}/start?" + MGMT)
+        assert status == 204, body
+        got = dockerd.cli("exec", name, "test", "-S", workload, check=False)
+        assert got.returncode == 0, (got.stdout, got.stderr)
+        assert dockerd.cli("exec", name, "sh", "-c", "echo $IOTEDGE_WORKLOADURI").stdout.strip() == \
+            agent_env["IOTEDGE_WORKLOADURI"]
+    finally:
+        await loop.run_in_executor(None, stop_daemon, daemon)
+        for container in (name, "edgeAgent"):
+            dockerd.cli("rm", "-f", container, check=False)
+    # Nothing was bound from the host's path: dockerd makes a missing bind source as a directory.
+    assert listen or not Path(workload).exists(), f"dockerd created {workload} on the host"
