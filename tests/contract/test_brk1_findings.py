@@ -386,7 +386,7 @@ async def test_module_created_with_the_agents_workload_bind_starts_and_reaches_i
         assert status == 201, body
         status, body = await call(mgmt, "POST", f"/modules/{name}/start?" + MGMT)
         assert status == 204, body
-        got = dockerd.cli("exec", name, "test", "-S", workload, check=False)
+        got = dockerd.cli("exec", name, "sh", "-c", f"test -S {workload}", check=False)
         assert got.returncode == 0, (got.stdout, got.stderr)
         assert dockerd.cli("exec", name, "sh", "-c", "echo $IOTEDGE_WORKLOADURI").stdout.strip() == \
             agent_env["IOTEDGE_WORKLOADURI"]
