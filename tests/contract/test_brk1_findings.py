@@ -390,9 +390,23 @@ async def test_module_created_with_the_agents_workload_bind_starts_and_reaches_i
         assert got.returncode == 0, (got.stdout, got.stderr)
         assert dockerd.cli("exec", name, "sh", "-c", "echo $IOTEDGE_WORKLOADURI").stdout.strip() == \
             agent_env["IOTEDGE_WORKLOADURI"]
+        # The agent updating itself (UpdateAndStartModuleAsync): its config provider also binds its management
+        # socket's path onto itself.
+        management = agent_env["IOTEDGE_MANAGEMENTURI"].removeprefix("unix://")
+        agent_spec = {"name": "edgeAgent", "type": "docker", "imagePullPolicy": "Never",
+                      "config": {"settings": {"image": TEST_IMAGE, "createOptions": {
+                          "Cmd": ["sleep", "3601"],
+                          "HostConfig": {"Binds": [f"{source}:{workload}", f"{management}:{management}"]}}},
+                          "env": []}}
+        status, body = await call(mgmt, "PUT", "/modules/edgeAgent?" + MGMT + "&start=true", agent_spec)
+        assert status == 200, body
+        got = dockerd.cli("exec", "edgeAgent", "sh", "-c", f"test -S {management} && test -S {workload}",
+                          check=False)
+        assert got.returncode == 0, (got.stdout, got.stderr)
     finally:
         await loop.run_in_executor(None, stop_daemon, daemon)
         for container in (name, "edgeAgent"):
             dockerd.cli("rm", "-f", container, check=False)
     # Nothing was bound from the host's path: dockerd makes a missing bind source as a directory.
-    assert listen or not Path(workload).exists(), f"dockerd created {workload} on the host"
+    for path in (workload, management):
+        assert listen or not Path(path).exists(), f"dockerd created {path} on the host"
