@@ -399,10 +399,18 @@ async def test_module_created_with_the_agents_workload_bind_starts_and_reaches_i
                           "HostConfig": {"Binds": [f"{source}:{workload}", f"{management}:{management}"]}}},
                           "env": []}}
         status, body = await call(mgmt, "PUT", "/modules/edgeAgent?" + MGMT + "&start=true", agent_spec)
-        assert status == 200, body
+        # aziot-edged answers 201; the generated client expects 200 and ignores any other status below 400.
+        assert status == 201, body
         got = dockerd.cli("exec", "edgeAgent", "sh", "-c", f"test -S {management} && test -S {workload}",
                           check=False)
         assert got.returncode == 0, (got.stdout, got.stderr)
+        # Again and again: the watchdog, woken by each removal, must never slip its own agent in between.
+        for n in range(5):
+            agent_spec["config"]["settings"]["createOptions"]["Cmd"] = ["sleep", str(3700 + n)]
+            status, body = await call(mgmt, "PUT", "/modules/edgeAgent?" + MGMT + "&start=true", agent_spec)
+            assert status == 201, (n, body)
+        cmd = json.loads(dockerd.cli("inspect", "edgeAgent").stdout)[0]["Config"]["Cmd"]
+        assert cmd == ["sleep", "3704"], cmd
     finally:
         await loop.run_in_executor(None, stop_daemon, daemon)
         for container in (name, "edgeAgent"):
