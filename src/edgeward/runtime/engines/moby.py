@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import posixpath
 import struct
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ from ..engine import (
     ModuleSpec,
     ModuleState,
     ModuleStatus,
+    bind_target,
+    inside,
 )
 
 __all__ = ["DockerEngine"]
@@ -163,13 +164,13 @@ class DockerEngine:
         body["Labels"] = {**(body.get("Labels") or {}), **spec.labels, ENGINE_LABEL: spec.name}
         host = dict(body.get("HostConfig") or {})
         mounts = [m for m in host.get("Mounts") or [] if isinstance(m, Mapping)
-                  and not _in_workload_dir(str(m.get("Target") or ""))]
+                  and not inside(str(m.get("Target") or ""), CONTAINER_WORKLOAD_DIR)]
         if "Binds" in host:
             # The edge agent binds "<its workload path>:<its workload path>" into every module (no
             # IOTEDGE_WORKLOADLISTEN_MNTURI): onto the socket the runtime mounts there, runc cannot start the
             # container, and dockerd would make the missing source on the host. The runtime owns that directory.
             host["Binds"] = [b for b in host.get("Binds") or []
-                             if not (isinstance(b, str) and _in_workload_dir(_bind_target(b)))]
+                             if not (isinstance(b, str) and inside(bind_target(b), CONTAINER_WORKLOAD_DIR))]
         if spec.workload_dir is not None:
             mounts.append({"Type": "bind", "Source": str(spec.workload_dir), "Target": CONTAINER_WORKLOAD_DIR})
         host["Mounts"] = mounts
@@ -384,13 +385,3 @@ class DockerEngine:
     async def close(self) -> None:
         await self._reset()
 
-
-def _bind_target(bind: str) -> str:
-    """The container path of a Binds entry ("source:target[:options]")."""
-    parts = bind.split(":")
-    return parts[1] if len(parts) > 1 else parts[0]
-
-
-def _in_workload_dir(target: str) -> bool:
-    path = posixpath.normpath("/" + target.lstrip("/")) if target else ""
-    return path == CONTAINER_WORKLOAD_DIR or path.startswith(CONTAINER_WORKLOAD_DIR + "/")
