@@ -6,6 +6,7 @@ device with a container engine and a device without one run the same runtime cod
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ __all__ = [
     "ModuleState",
     "ModuleStatus",
     "PullPolicy",
+    "bind_target",
+    "inside",
 ]
 
 # Every container Edgeward creates carries this label (value: the module name), so Edgeward never lists, stops or
@@ -166,3 +169,17 @@ class ModuleEngine(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def bind_target(bind: str) -> str:
+    """The container path of a docker HostConfig.Binds entry ("source:target[:options]")."""
+    parts = bind.split(":")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def inside(target: str, directory: str) -> bool:
+    """Whether a container path is `directory` or below it (compared normalised: "//x", "x/../y")."""
+    if not target:
+        return False
+    path = posixpath.normpath("/" + target.lstrip("/"))
+    return path == directory or path.startswith(directory + "/")

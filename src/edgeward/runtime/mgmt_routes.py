@@ -264,6 +264,15 @@ async def system_resources(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+def _flag(raw: str | None, name: str) -> bool:
+    """A boolean query parameter: the agent's generated client sends "true"/"false"."""
+    if raw is None:
+        return False
+    if raw.lower() not in ("true", "false"):
+        raise BadRequest(f"invalid parameter: {name} must be true or false, got {raw[:20]!r}")
+    return raw.lower() == "true"
+
+
 @routes.get("/systeminfo/supportbundle", since="2020-07-07")
 async def support_bundle(request: web.Request) -> web.Response:
     """A zip of what a support engineer needs: system info, registrations (without registry credentials) and
@@ -271,11 +280,14 @@ async def support_bundle(request: web.Request) -> web.Response:
     mgmt = await _admitted(request)
     since = _time(request.query.get("since"), "since")
     until = _time(request.query.get("until"), "until")
+    edge_only = _flag(request.query.get("edge_runtime_only"), "edge_runtime_only")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("systeminfo.json", json.dumps(system.system_info(
             await _engine_version(mgmt), mgmt.provisioning, mgmt.reprovision is not None), indent=2))
         views = await mgmt.runtime.list_modules()
+        if edge_only:  # aziot's support bundle: the edge runtime's modules only, no customer module's logs
+            views = [v for v in views if v.registration.system or v.registration.name == "edgeHub"]
         z.writestr("modules.json", json.dumps([wire.module_details(v) for v in views], indent=2))
         for view in views:
             lines = []

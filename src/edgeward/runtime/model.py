@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from ..config.problems import Problems
 
-__all__ = ["MODULE_NAME", "ModuleConfig", "parse_module_config", "valid_module_name"]
+__all__ = ["MODULE_NAME", "ModuleConfig", "hub_identity_name", "parse_module_config", "valid_module_name",
+           "workload_caller_name"]
 
 # A module name becomes a container name, a directory name and a URL path segment, so it is held to what all three
 # accept: Docker's container-name rule (which IoT Hub module ids of deployed modules also follow), no "..".
@@ -36,6 +37,22 @@ class ModuleConfig:
 
 def valid_module_name(name: str) -> bool:
     return bool(MODULE_NAME.fullmatch(name)) and ".." not in name
+
+
+def hub_identity_name(module: str, system: bool) -> str:
+    """The module's identity in IoT Hub. The edge runtime's two modules are "$edgeAgent" and "$edgeHub" there (the
+    agent's ModuleIdentityHelper maps module edgeHub to identity $edgeHub, creates it under that name and gives the
+    module IOTEDGE_MODULEID=$edgeHub): the hub keeps their twins (the deployment, edgeHub's routes) under those
+    names, so a module "edgeHub" running as identity "edgeHub" would never see its routes."""
+    if system:
+        return "$edgeAgent"
+    return "$edgeHub" if module == "edgeHub" else module
+
+
+def workload_caller_name(path_name: str) -> str:
+    """The module a workload path names: the SDKs put IOTEDGE_MODULEID there, which is "$edgeAgent"/"$edgeHub"
+    for the runtime's own modules; aziot-edged drops the leading `$` before it looks for the caller's module."""
+    return path_name.lstrip("$")
 
 
 def _env(raw: Any, where: str, p: Problems) -> dict[str, str]:

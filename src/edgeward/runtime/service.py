@@ -21,9 +21,11 @@ from .engine import (
     ModuleNotFound,
     ModuleSpec,
     ModuleStatus,
+    bind_target,
+    inside,
 )
 from .identities import ModuleIdentities
-from .model import ModuleConfig, valid_module_name
+from .model import ModuleConfig, hub_identity_name, valid_module_name
 from .privileges import (
     ALLOW_HINT,
     ElevatedOptionRefused,
@@ -144,8 +146,9 @@ class ModuleRuntime:
     def _env(self, config: ModuleConfig, generation_id: str, device_id: str, hub: str,
              system: bool) -> dict[str, str]:
         env = dict(config.env)
+        identity = hub_identity_name(config.name, system)
         env.update({
-            "IOTEDGE_MODULEID": config.name if not system else "$edgeAgent",
+            "IOTEDGE_MODULEID": identity,
             "IOTEDGE_MODULEGENERATIONID": generation_id,
             "IOTEDGE_DEVICEID": device_id,
             "IOTEDGE_IOTHUBHOSTNAME": hub,
@@ -153,8 +156,17 @@ class ModuleRuntime:
             "IOTEDGE_APIVERSION": WORKLOAD_API_VERSION,
             "IOTEDGE_AUTHSCHEME": "sasToken",
         })
+        if identity.startswith("$"):
+            # The agent and edgeHub read IOTEDGE_GATEWAYHOSTNAME as their parent edge's name (nested edge): they
+            # would connect upstream to this very device. aziot-edged sets it for them only under a parent, which
+            # Edgeward does not support; every other module keeps it (its gateway is this device's edgeHub).
+            env.pop("IOTEDGE_GATEWAYHOSTNAME", None)
         env.update(self.settings.extra_env)
         if system:
+            # aziot-edged's watchdog: the agent writes EdgeDeviceHostName into edgeHub's environment and names it
+            # as every other module's gateway (else its appsettings' placeholder "<Edge device host name>").
+            env["EdgeDeviceHostName"] = self.settings.hostname
+            env["Mode"] = "iotedged"
             mgmt = (f"{CONTAINER_MGMT_DIR}/mgmt.sock" if self.engine.kind == "docker"
                     else str(self.settings.mgmt_socket))
             env["IOTEDGE_MANAGEMENTURI"] = f"unix://{mgmt}"
@@ -167,9 +179,15 @@ class ModuleRuntime:
             if self.settings.network and "NetworkMode" not in host:
                 host["NetworkMode"] = self.settings.network
             if system:
-                mounts = list(host.get("Mounts") or [])
+                # The agent binds its management socket's path onto itself when it updates itself: the runtime
+                # mounts that directory, so such binds would only put a directory dockerd made over the socket.
+                mounts = [m for m in host.get("Mounts") or []
+                          if not (isinstance(m, Mapping) and inside(str(m.get("Target") or ""), CONTAINER_MGMT_DIR))]
                 mounts.append({"Type": "bind", "Source": str(self.settings.mgmt_dir), "Target": CONTAINER_MGMT_DIR})
                 host["Mounts"] = mounts
+                if "Binds" in host:
+                    host["Binds"] = [b for b in host.get("Binds") or []
+                                     if not (isinstance(b, str) and inside(bind_target(b), CONTAINER_MGMT_DIR))]
             options["HostConfig"] = host
         return options
 
@@ -239,36 +257,39 @@ class ModuleRuntime:
             raise BadRequest(f"invalid module name {config.name!r}")
         config = await self._vetted(config)
         async with self._lock(config.name):
-            if (known := self.registry.named_like(config.name)) is not None:
-                raise Conflict(f"module {config.name} already exists" if known.name == config.name else
-                               f"module {known.name} exists: module names may not differ only in letter case")
-            await self._ensure_image(config)
-            identity_name = "$edgeAgent" if system else config.name
-            identity = await self.identities.ensure(identity_name, managed_by="IotEdge")
-            directory = await self.sockets.open(config.name)
-            spec = ModuleSpec(
-                name=config.name, image=config.image,
-                env=self._env(config, identity.generation_id, identity.device_id, identity.hub, system),
-                create_options=self._create_options(config, system), labels={"net.edgeward.system": str(system)},
-                workload_dir=directory, pull_policy=config.pull_policy)
-            # Registered (without an engine id) before the engine creates it, so a crash in between leaves a
-            # trace reconcile() can finish; the engine id and measured image follow once the object exists.
-            reg = self.registry.put(Registration(
-                name=config.name, engine=self.engine.kind, engine_id="", image=config.image, image_id="",
-                generation_id=identity.generation_id, state="created", system=system, config=config.to_wire()))
-            try:
-                status = await self.engine.create(spec)
-            except EngineError as e:
-                self.registry.delete(config.name)
-                await self.sockets.close(config.name)
-                raise engine_error(e) from None
-            # The audit record first: a registration always has a creation record to be checked against.
-            self._record("module.created", config.name, engine_id=status.engine_id, image=config.image,
-                         image_id=status.image_id, generation_id=identity.generation_id, system=system)
-            reg = self.registry.put(replace(reg, engine_id=status.engine_id, image_id=status.image_id))
-            log.info("module %s created (%s %s, image %s)", config.name, self.engine.kind, status.engine_id[:12],
-                     status.image_id[:19])
-            return ModuleView(reg, status)
+            return await self._create(config, system)
+
+    async def _create(self, config: ModuleConfig, system: bool) -> ModuleView:
+        """create_module with the module's lock held by the caller and the spec vetted."""
+        if (known := self.registry.named_like(config.name)) is not None:
+            raise Conflict(f"module {config.name} already exists" if known.name == config.name else
+                           f"module {known.name} exists: module names may not differ only in letter case")
+        await self._ensure_image(config)
+        identity = await self.identities.ensure(hub_identity_name(config.name, system), managed_by="IotEdge")
+        directory = await self.sockets.open(config.name)
+        spec = ModuleSpec(
+            name=config.name, image=config.image,
+            env=self._env(config, identity.generation_id, identity.device_id, identity.hub, system),
+            create_options=self._create_options(config, system), labels={"net.edgeward.system": str(system)},
+            workload_dir=directory, pull_policy=config.pull_policy)
+        # Registered (without an engine id) before the engine creates it, so a crash in between leaves a
+        # trace reconcile() can finish; the engine id and measured image follow once the object exists.
+        reg = self.registry.put(Registration(
+            name=config.name, engine=self.engine.kind, engine_id="", image=config.image, image_id="",
+            generation_id=identity.generation_id, state="created", system=system, config=config.to_wire()))
+        try:
+            status = await self.engine.create(spec)
+        except EngineError as e:
+            self.registry.delete(config.name)
+            await self.sockets.close(config.name)
+            raise engine_error(e) from None
+        # The audit record first: a registration always has a creation record to be checked against.
+        self._record("module.created", config.name, engine_id=status.engine_id, image=config.image,
+                     image_id=status.image_id, generation_id=identity.generation_id, system=system)
+        reg = self.registry.put(replace(reg, engine_id=status.engine_id, image_id=status.image_id))
+        log.info("module %s created (%s %s, image %s)", config.name, self.engine.kind, status.engine_id[:12],
+                 status.image_id[:19])
+        return ModuleView(reg, status)
 
     def _registration(self, name: str) -> Registration:
         reg = self.registry.get(name)
@@ -295,12 +316,15 @@ class ModuleRuntime:
 
     async def start_module(self, name: str) -> None:
         async with self._lock(name):
-            await self._vet_start(self._registration(name))
-            try:
-                await self.engine.start(name)
-            except EngineError as e:
-                raise engine_error(e) from None
-            self.registry.set_state(name, "running")
+            await self._start(name)
+
+    async def _start(self, name: str) -> None:
+        await self._vet_start(self._registration(name))
+        try:
+            await self.engine.start(name)
+        except EngineError as e:
+            raise engine_error(e) from None
+        self.registry.set_state(name, "running")
 
     async def stop_module(self, name: str) -> None:
         async with self._lock(name):
@@ -322,20 +346,23 @@ class ModuleRuntime:
 
     async def remove_module(self, name: str, *, by_runtime: bool = False) -> None:
         async with self._lock(name):
-            reg = self._registration(name)
-            if reg.system and not by_runtime:
-                raise Forbidden(f"module {name} is the edge agent; the runtime keeps it and it cannot be removed "
-                                f"through the management API")
-            try:
-                await self.engine.remove(name)
-            except ModuleNotFound:
-                pass
-            except EngineError as e:
-                raise engine_error(e) from None
-            self.registry.delete(name)
-            await self.sockets.close(name)
-            self._record("module.removed", name, engine_id=reg.engine_id)
-            log.info("module %s removed", name)
+            await self._remove(name, by_runtime)
+
+    async def _remove(self, name: str, by_runtime: bool) -> None:
+        reg = self._registration(name)
+        if reg.system and not by_runtime:
+            raise Forbidden(f"module {name} is the edge agent; the runtime keeps it and it cannot be removed "
+                            f"through the management API")
+        try:
+            await self.engine.remove(name)
+        except ModuleNotFound:
+            pass
+        except EngineError as e:
+            raise engine_error(e) from None
+        self.registry.delete(name)
+        await self.sockets.close(name)
+        self._record("module.removed", name, engine_id=reg.engine_id)
+        log.info("module %s removed", name)
 
     async def update_module(self, config: ModuleConfig, start: bool) -> ModuleView:
         """Replace a module with a new spec (IoT Edge recreates the container); the generation id is kept."""
@@ -344,12 +371,15 @@ class ModuleRuntime:
             raise Forbidden("the edge agent's name cannot change")
         config = await self._vetted(config)  # a refused spec must not cost the module it would replace
         await self._ensure_image(config)
-        await self.remove_module(config.name, by_runtime=True)
-        view = await self.create_module(config, system=reg.system)
-        if start:
-            await self.start_module(config.name)
-            view = await self.get_module(config.name)
-        return view
+        # One hold of the module's lock from removal to start: the watchdog, woken by the engine's "destroy",
+        # must not recreate the edge agent from the config in between (the agent's self-update answered 409).
+        async with self._lock(config.name):
+            reg = self._registration(config.name)
+            await self._remove(config.name, by_runtime=True)
+            view = await self._create(config, reg.system)
+            if start:
+                await self._start(config.name)
+        return await self.get_module(config.name) if start else view
 
     async def prepare_update(self, config: ModuleConfig) -> None:
         await self._ensure_image(config)
@@ -437,24 +467,27 @@ class ModuleRuntime:
         agent = self.settings.agent
         if agent is None:
             return
-        reg = self.registry.get(agent.name)
-        if reg is None:
-            log.info("watchdog: creating the edge agent %s", agent.name)
-            await self.create_module(agent, system=True)
-            await self.start_module(agent.name)
-            return
-        try:
-            status = await self.engine.inspect(agent.name)
-        except ModuleNotFound:
-            log.warning("watchdog: the edge agent's %s object is gone; recreating it", reg.engine)
-            await self.remove_module(agent.name, by_runtime=True)
-            await self.create_module(agent, system=True)
-            await self.start_module(agent.name)
-            self.agent_restarts += 1
-            self._record("watchdog.recreated", agent.name)
-            return
-        if status.state != "running" and reg.state != "stopped":
-            log.warning("watchdog: the edge agent is %s; starting it", status.state)
-            await self.start_module(agent.name)
-            self.agent_restarts += 1
-            self._record("watchdog.restarted", agent.name, was=status.state)
+        # The whole decision under the agent's lock: an update of the agent (remove, create, start) is never seen
+        # half done.
+        async with self._lock(agent.name):
+            reg = self.registry.get(agent.name)
+            if reg is None:
+                log.info("watchdog: creating the edge agent %s", agent.name)
+                await self._create(await self._vetted(agent), True)
+                await self._start(agent.name)
+                return
+            try:
+                status = await self.engine.inspect(agent.name)
+            except ModuleNotFound:
+                log.warning("watchdog: the edge agent's %s object is gone; recreating it", reg.engine)
+                await self._remove(agent.name, True)
+                await self._create(await self._vetted(agent), True)
+                await self._start(agent.name)
+                self.agent_restarts += 1
+                self._record("watchdog.recreated", agent.name)
+                return
+            if status.state != "running" and reg.state != "stopped":
+                log.warning("watchdog: the edge agent is %s; starting it", status.state)
+                await self._start(agent.name)
+                self.agent_restarts += 1
+                self._record("watchdog.restarted", agent.name, was=status.state)

@@ -38,7 +38,7 @@ from .aliases import serve_trailing_slash_aliases
 from .edge_ca import EdgeCa, IssuedCert
 from .identities import module_key_handle
 from .mgmt_wire import module_details
-from .model import valid_module_name
+from .model import hub_identity_name, valid_module_name, workload_caller_name
 from .service import ModuleRuntime, ModuleView
 from .sockets import WorkloadSockets
 
@@ -83,7 +83,7 @@ WORKLOAD = web.AppKey("edgeward.runtime.workload", Workload)
 
 async def _module(request: web.Request, with_generation: bool) -> tuple[Workload, Registration]:
     wl = request.app[WORKLOAD]
-    name = request.match_info["name"]
+    name = workload_caller_name(request.match_info["name"])
     if not valid_module_name(name):
         raise BadRequest(f"invalid module name {name[:140]!r}")
     genid = request.match_info["genid"] if with_generation else None
@@ -127,18 +127,19 @@ async def sign(request: web.Request) -> web.Response:
     data = _b64(body, "data")
     assert key_id is not None
     cache_key = (reg.name, reg.generation_id, key_id)
+    identity = hub_identity_name(reg.name, reg.system)  # the hub holds the key derived for this name
     handle = wl.handles.get(cache_key)
     if handle is None:
         if len(wl.handles) > 4096:  # old generations of removed modules
             wl.handles.clear()
-        handle = wl.handles[cache_key] = await module_key_handle(wl.keys, reg.name, reg.generation_id, key_id)
+        handle = wl.handles[cache_key] = await module_key_handle(wl.keys, identity, reg.generation_id, key_id)
     try:
         digest = await wl.keys.sign(handle, HmacSha256(data))
     except HttpError as e:
         if e.status != 401:
             raise
         # The master key was replaced since the handle was made: derive again.
-        handle = wl.handles[cache_key] = await module_key_handle(wl.keys, reg.name, reg.generation_id, key_id)
+        handle = wl.handles[cache_key] = await module_key_handle(wl.keys, identity, reg.generation_id, key_id)
         digest = await wl.keys.sign(handle, HmacSha256(data))
     return web.json_response({"digest": base64.b64encode(digest).decode()})
 

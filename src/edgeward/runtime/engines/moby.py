@@ -34,6 +34,8 @@ from ..engine import (
     ModuleSpec,
     ModuleState,
     ModuleStatus,
+    bind_target,
+    inside,
 )
 
 __all__ = ["DockerEngine"]
@@ -162,7 +164,13 @@ class DockerEngine:
         body["Labels"] = {**(body.get("Labels") or {}), **spec.labels, ENGINE_LABEL: spec.name}
         host = dict(body.get("HostConfig") or {})
         mounts = [m for m in host.get("Mounts") or [] if isinstance(m, Mapping)
-                  and m.get("Target") != CONTAINER_WORKLOAD_DIR]
+                  and not inside(str(m.get("Target") or ""), CONTAINER_WORKLOAD_DIR)]
+        if "Binds" in host:
+            # The edge agent binds "<its workload path>:<its workload path>" into every module (no
+            # IOTEDGE_WORKLOADLISTEN_MNTURI): onto the socket the runtime mounts there, runc cannot start the
+            # container, and dockerd would make the missing source on the host. The runtime owns that directory.
+            host["Binds"] = [b for b in host.get("Binds") or []
+                             if not (isinstance(b, str) and inside(bind_target(b), CONTAINER_WORKLOAD_DIR))]
         if spec.workload_dir is not None:
             mounts.append({"Type": "bind", "Source": str(spec.workload_dir), "Target": CONTAINER_WORKLOAD_DIR})
         host["Mounts"] = mounts
@@ -376,3 +384,4 @@ class DockerEngine:
 
     async def close(self) -> None:
         await self._reset()
+
