@@ -431,10 +431,12 @@ class IdentityService:
             raise BadRequest("local identities need [localid] domain_name in the configuration")
         cn = f"{module_id}.{self.settings.hostname}.{self.settings.localid_domain}"
         key = ec.generate_private_key(ec.SECP256R1())
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        # aziot's local identities are always client certificates (EST renews them as clients); a server one is
+        # both, as aziot-identityd's create_csr asks
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if server else [])
         csr = (x509.CertificateSigningRequestBuilder()
                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+               .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
                .sign(key, hashes.SHA256()))
         pem = await self.certs.create_cert(f"local-id-{module_id}", csr.public_bytes(serialization.Encoding.PEM))
         leaf = x509.load_pem_x509_certificates(pem.encode())[0]
