@@ -6,8 +6,10 @@ Sources are Azure/iot-identity-service (identityd, certd, keyd and their client 
 
 from __future__ import annotations
 
-import json
+import base64
 import os
+import shutil
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,9 +23,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edgeward.supervise import running_daemon
 
+from tests.fixtures.peers import as_uid
+
 from .conftest import PROBLEM_SIGNS, url_of, wait_for
 
 IDV = "api-version=2020-09-01"
+DEVICE_READER = 1005  # [[principal]] idtype = ["device"]: may read the device identity and sign with its handle
+KEYS_USER = 1003  # [[principal]] keys = ["ku-*"]
 
 
 @dataclass
@@ -41,12 +47,14 @@ class Device:
 
 
 @pytest.fixture(scope="module")
-def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
-    """The daemon on embedded defaults plus local identities (aziot's ``[localid]``) and a local CA."""
-    base = tmp_path_factory.mktemp("brk2")
-    os.chmod(base, 0o755)
+def device() -> Iterator[Device]:
+    """The daemon with local identities (aziot's ``[localid]``), a local CA, manual provisioning by connection
+    string (to a hub nobody answers at: nothing here needs it) and two host principals."""
+    base = Path(tempfile.mkdtemp(prefix="edgeward-brk2-"))
+    os.chmod(base, 0o755)  # other uids reach the sockets
+    key = base64.b64encode(b"k" * 32).decode()
     config = base / "config.toml"
-    config.write_text(textwrap.dedent("""\
+    config.write_text(textwrap.dedent(f"""\
         hostname = "brk-edge"
 
         [localid]
@@ -55,21 +63,38 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
         [cert_issuance.local_ca]
         cert = "local-ca"
         pk = "local-ca"
+
+        [provisioning]
+        source = "manual"
+        connection_string = "HostName=127.0.0.1;DeviceId=brk-dev;SharedAccessKey={key}"
+
+        [[principal]]
+        uid = {DEVICE_READER}
+        name = "devreader"
+        idtype = ["device"]
+
+        [[principal]]
+        uid = {KEYS_USER}
+        keys = ["ku-*"]
+        certs = ["ku-*"]
         """))
     log_path = base / "daemon.log"
     run_dir = base / "run"
-    with running_daemon(["run", "-c", str(config), "--state-dir", str(base / "state"), "--run-dir", str(run_dir)],
-                        log_path=log_path) as proc:
-        session = requests_unixsocket.Session()
-        try:
-            wait_for(run_dir / "identityd.sock", "identityd.sock")
-            yield Device(run_dir, log_path, session)
-        finally:
-            session.close()
-        assert proc.poll() is None, "the daemon died"
-        problems = [line for line in log_path.read_text(errors="replace").splitlines()
-                    if any(sign in line for sign in PROBLEM_SIGNS)]
-        assert not problems, problems
+    try:
+        with running_daemon(["run", "-c", str(config), "--state-dir", str(base / "state"), "--run-dir",
+                             str(run_dir)], log_path=log_path) as proc:
+            session = requests_unixsocket.Session()
+            try:
+                wait_for(run_dir / "identityd.sock", "identityd.sock")
+                yield Device(run_dir, log_path, session)
+            finally:
+                session.close()
+            assert proc.poll() is None, "the daemon died"
+            problems = [line for line in log_path.read_text(errors="replace").splitlines()
+                        if any(sign in line for sign in PROBLEM_SIGNS)]
+            assert not problems, problems
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _leaf(pem: str) -> x509.Certificate:
@@ -102,4 +127,44 @@ def test_local_client_identity_is_a_client_certificate_only(device: Device) -> N
     assert _eku(_leaf(body["spec"]["auth"]["certificate"])) == {ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
-_ = json  # kept for later findings
+def test_device_identity_reader_cannot_delete_the_device_key_with_the_handle_it_was_given(device: Device) -> None:
+    """identityd gives a host principal whose idtype holds "device" the device identity, key handle included, so
+    it can sign SAS tokens (aziot-identityd's GetDevice). Signing is all that handle is for: the principal may not
+    load, create or move that key (keyd's ``[[principal]]`` globs). Edgeward let it ``DELETE /key`` with the handle
+    (aziot-key-client's delete_key body ``{"keyHandle"}``), which destroyed the device's SAS key: every identity
+    call then answered 404 until an operator re-provisioned. Deleting a key needs the same right as loading it."""
+    status, body = device.call("identityd.sock", "GET", f"/identities/identity?{IDV}")
+    assert status == 200, body
+    status, body = as_uid(DEVICE_READER, device.run_dir / "identityd.sock", "GET", f"/identities/identity?{IDV}")
+    assert status == 200, body
+    handle = body["spec"]["auth"]["keyHandle"]
+    message = base64.b64encode(b"sr\n1700000000").decode()
+    status, signed = as_uid(DEVICE_READER, device.run_dir / "keyd.sock", "POST", f"/sign?{IDV}",
+                            {"keyHandle": handle, "algorithm": "HMAC-SHA256", "parameters": {"message": message}})
+    assert status == 200, signed  # what the handle is for still works
+    status, body = as_uid(DEVICE_READER, device.run_dir / "keyd.sock", "DELETE", f"/key?{IDV}",
+                          {"keyHandle": handle})
+    assert status == 401, body
+    status, body = device.call("identityd.sock", "GET", f"/identities/identity?{IDV}")
+    assert status == 200, body  # the device identity survives
+
+
+def test_keys_principal_cannot_delete_a_key_pair_outside_its_globs_by_handle(device: Device) -> None:
+    """The same for key pairs (``DELETE /keypair`` ``{"keyHandle"}``): a principal limited to ``ku-*`` that holds a
+    handle of another key pair (handles are bearer tokens: logs, a shared file, a handle some service gave out) must
+    not destroy that key pair; root still can."""
+    status, body = device.call("keyd.sock", "POST", f"/keypair?{IDV}",
+                               {"keyId": "brk-precious", "preferredAlgorithms": "ec-p256"})
+    assert status == 200, body
+    handle = body["keyHandle"]
+    status, body = as_uid(KEYS_USER, device.run_dir / "keyd.sock", "DELETE", f"/keypair?{IDV}",
+                          {"keyHandle": handle})
+    assert status == 401, body
+    status, body = device.call("keyd.sock", "GET", f"/keypair/brk-precious?{IDV}")
+    assert status == 200, body
+    status, body = as_uid(KEYS_USER, device.run_dir / "keyd.sock", "POST", f"/keypair?{IDV}",
+                          {"keyId": "ku-own", "preferredAlgorithms": "ec-p256"})
+    assert status == 200, body
+    status, body = as_uid(KEYS_USER, device.run_dir / "keyd.sock", "DELETE", f"/keypair?{IDV}",
+                          {"keyHandle": body["keyHandle"]})
+    assert status == 204, body  # its own key pairs it may delete
