@@ -22,7 +22,6 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edgeward.supervise import running_daemon
-
 from tests.fixtures.peers import as_uid
 
 from .conftest import PROBLEM_SIGNS, url_of, wait_for
