@@ -29,6 +29,7 @@ from .conftest import PROBLEM_SIGNS, url_of, wait_for
 IDV = "api-version=2020-09-01"
 DEVICE_READER = 1005  # [[principal]] idtype = ["device"]: may read the device identity and sign with its handle
 KEYS_USER = 1003  # [[principal]] keys = ["ku-*"]
+LOCAL_SERVER = 1006  # [[principal]] idtype = ["local"], localid = { type = "x509", attributes = "server" }
 
 
 @dataclass
@@ -71,6 +72,12 @@ def device() -> Iterator[Device]:
         uid = {DEVICE_READER}
         name = "devreader"
         idtype = ["device"]
+
+        [[principal]]
+        uid = {LOCAL_SERVER}
+        name = "localsrv"
+        idtype = ["local"]
+        localid = {{ type = "x509", attributes = "server" }}
 
         [[principal]]
         uid = {KEYS_USER}
@@ -167,3 +174,16 @@ def test_keys_principal_cannot_delete_a_key_pair_outside_its_globs_by_handle(dev
     status, body = as_uid(KEYS_USER, device.run_dir / "keyd.sock", "DELETE", f"/keypair?{IDV}",
                           {"keyHandle": body["keyHandle"]})
     assert status == 204, body  # its own key pairs it may delete
+
+
+def test_local_principal_configured_as_server_gets_a_server_identity(device: Device) -> None:
+    """aziot-identityd-config's Principal carries ``localid`` (LocalIdOpts: ``{ type = "x509", attributes =
+    "server" }``), and aziot-identityd's GET /identities/modules/{name}?type=local issues the principal's local
+    identity with those options (``issue_local_identity(module_id, opts)``): a server certificate that is also a
+    client one. Edgeward ignored the key and issued a client certificate, so the host process could not serve TLS
+    with its identity."""
+    status, body = as_uid(LOCAL_SERVER, device.run_dir / "identityd.sock", "GET",
+                          f"/identities/modules/localsrv?{IDV}&type=local")
+    assert status == 200, body
+    assert _eku(_leaf(body["spec"]["auth"]["certificate"])) == {ExtendedKeyUsageOID.CLIENT_AUTH,
+                                                                  ExtendedKeyUsageOID.SERVER_AUTH}
