@@ -583,7 +583,7 @@ class IdentityService:
             return await self.device_identity()
         if "module" in kinds:
             return await self.own_hub_module(principal)
-        return await self.local_identity(principal.name, server=False)
+        return await self.local_identity(principal.name, server=principal.local_server)
 
     async def own_hub_module(self, principal: IdPrincipal) -> AziotIdentity:
         """The hub module identity made for this host principal; one of its name that this service did not make
@@ -620,6 +620,11 @@ class IdentityService:
         log.warning("uid %d refused the module identity %r", caller.uid, module_id)
         raise Unauthorized(f"uid {caller.uid} may not read the identity of module {module_id!r}"
                            + ("" if principal is None else f" (principal {principal.name!r} may read only its own)"))
+
+    def local_principal(self, name: str) -> IdPrincipal | None:
+        """The ``[[principal]]`` with idtype "local" named ``name`` (its ``localid`` options shape the cert)."""
+        return next((p for p in self.settings.principals
+                     if p.name == name and p.idtype is not None and "local" in p.idtype), None)
 
     def local_principal_names(self) -> frozenset[str]:
         """Names whose local identity is configured by a ``[[principal]]`` with idtype "local" (aziot's list)."""
