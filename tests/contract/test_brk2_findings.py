@@ -187,3 +187,19 @@ def test_local_principal_configured_as_server_gets_a_server_identity(device: Dev
     assert status == 200, body
     assert _eku(_leaf(body["spec"]["auth"]["certificate"])) == {ExtendedKeyUsageOID.CLIENT_AUTH,
                                                                   ExtendedKeyUsageOID.SERVER_AUTH}
+
+
+NOBODY = 1007  # a host uid that is no principal of any service
+
+
+@pytest.mark.xfail(strict=True, reason="the access table admits only host root, service users and principals to "
+                   "identityd; letting any host uid read the trust bundle needs a caller kind for 'any host uid' "
+                   "in access/kinds.py and classify.py (owned elsewhere): a deliberate difference until then")
+def test_trust_bundle_is_served_to_a_host_uid_that_is_no_principal(device: Device) -> None:
+    """aziot-identityd's SettingsAuthorizer: ``AuthId::Unknown => op_type == GetTrustBundle`` - any uid that
+    reaches identityd.sock may read the trust bundle (public CA certificates), and Edgeward's own route docstring
+    says the same. In ``edgeward run`` the socket is world-connectable once principals exist, yet the guard
+    answers 401 to such a uid."""
+    status, body = as_uid(NOBODY, device.run_dir / "identityd.sock", "GET", f"/trust-bundle?{IDV}")
+    assert status == 200, body
+    assert "certificate" in body
