@@ -3,9 +3,9 @@ the real daemon (``edgeward run``) over its Unix sockets, and states what the ow
 
 Sources are Azure/iot-identity-service (identityd, certd, keyd and their client crates) unless a test says otherwise.
 Fixed: local identities' extended key usages (server ones are also client certificates; a principal's ``localid``
-options are read), and deleting a key by handle needs the right to its key id. Left as strict xfails, with why:
-the trust bundle for a host uid that is no principal, and self-signed devices registered over the hub emulator's
-REST API.
+options are read); deleting a key by handle needs the right to its key id; the trust bundle is served to a host uid
+that is no principal (a "host user" row of the access table). Left as a strict xfail, with why: self-signed devices registered over the
+hub emulator's REST API.
 """
 
 from __future__ import annotations
@@ -205,9 +205,6 @@ def test_local_principal_configured_as_server_gets_a_server_identity(device: Dev
 NOBODY = 1007  # a host uid that is no principal of any service
 
 
-@pytest.mark.xfail(strict=True, reason="the access table admits only host root, service users and principals to "
-                   "identityd; letting any host uid read the trust bundle needs a caller kind for 'any host uid' "
-                   "in access/kinds.py and classify.py (owned elsewhere): a deliberate difference until then")
 def test_trust_bundle_is_served_to_a_host_uid_that_is_no_principal(device: Device) -> None:
     """aziot-identityd's SettingsAuthorizer: ``AuthId::Unknown => op_type == GetTrustBundle`` - any uid that
     reaches identityd.sock may read the trust bundle (public CA certificates), and Edgeward's own route docstring
