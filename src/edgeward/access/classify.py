@@ -97,7 +97,7 @@ class HostClassifier:
             module = await self.module_of(caller.pid)
             if module is not None:
                 return Classified(caller, frozenset(), f"module {module}", module), pinned
-        kinds = set()
+        kinds = {CallerKind.HOST_USER}
         if caller.uid == 0:
             kinds.add(CallerKind.HOST_ROOT)
         if caller.uid in self.service:

@@ -14,6 +14,7 @@ class CallerKind(enum.Enum):
     HOST_ROOT = "host root"  # uid 0 in the host's pid and mount namespaces, and no module
     SERVICE = "service user"  # the daemon's own uid, or a service user the socket's row names, on the host
     PRINCIPAL = "host principal"  # a host uid named by a [[principal]] of this service
+    HOST_USER = "host user"  # any uid in the host's namespaces that is no module (aziot's "unknown" caller)
     MODULE = "module"  # an attested module (on the workload API: for itself only)
     AGENT = "edge agent"  # the attested edge agent module
 

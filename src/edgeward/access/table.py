@@ -15,6 +15,7 @@ from .kinds import CallerKind
 __all__ = ["SOCKETS", "RouteRule", "SocketPolicy", "render_markdown"]
 
 H, S, P, M, A = CallerKind.HOST_ROOT, CallerKind.SERVICE, CallerKind.PRINCIPAL, CallerKind.MODULE, CallerKind.AGENT
+U = CallerKind.HOST_USER
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ SOCKETS: dict[str, SocketPolicy] = {p.name: p for p in (
         "identityd", "identityd.sock", 0o660, "the identity service's user",
         "its group; world-connectable (0666) in `edgeward run` only when [[principal]] entries name other uids",
         _HOST_CALLERS, service_users=("iotedge",),
+        rules=(RouteRule("GET", "/trust-bundle", frozenset({H, S, P, U}),
+                         "public CA certificates, for every host user who can connect (aziot's unknown caller)"),),
         note="a principal with `idtype` sees only its own identity"),
     SocketPolicy(
         "tpmd", "tpmd.sock", 0o660, "the TPM service's user",

@@ -155,7 +155,7 @@ class _Splitter:
             if not isinstance(entry, dict):
                 self.p.add(where, entry, "a table with uid and keys, certs or name")
                 continue
-            self.p.warn_unknown(entry, {"uid", "keys", "certs", "name", "idtype"}, where)
+            self.p.warn_unknown(entry, {"uid", "keys", "certs", "name", "idtype", "localid"}, where)
             before = len(self.p.items)
             uid = entry.get("uid")
             if not isinstance(uid, int) or isinstance(uid, bool) or not 0 <= uid < 2**32:
@@ -190,7 +190,7 @@ class _Splitter:
                 out["certs"].append({"uid": uid, "certs": entry["certs"]})
             if name is not None:
                 names.append(name)
-                out["identity"].append({k: entry[k] for k in ("uid", "name", "idtype") if k in entry})
+                out["identity"].append({k: entry[k] for k in ("uid", "name", "idtype", "localid") if k in entry})
         for dup in sorted({n for n in names if names.count(n) > 1}):
             self.p.add("principal.name", dup, "unique principal names")
         for into, key in ((keyd, "keys"), (certd, "certs"), (identityd, "identity")):

@@ -108,9 +108,11 @@ async def get_module(request: web.Request) -> web.Response:
     module_id = request.match_info["moduleId"]
     principal = svc.may_read_module(caller_of(request), module_id)
     if _type(request, ("aziot", "local")) == "local":
-        if module_id not in svc.local_principal_names():
+        local = svc.local_principal(module_id)
+        if local is None:
             raise _invalid("moduleId", f"local identity for {module_id} doesn't exist")
-        return web.json_response(wire.identity_body(await svc.local_identity(module_id, server=False)))
+        return web.json_response(wire.identity_body(await svc.local_identity(module_id,
+                                                                              server=local.local_server)))
     if principal.idtype is not None:  # a host principal: the hub identity made for it, never a namesake's
         return web.json_response(wire.identity_body(await svc.own_hub_module(principal)))
     return web.json_response(wire.identity_body(await svc.get_module(module_id)))

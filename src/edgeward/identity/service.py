@@ -431,10 +431,12 @@ class IdentityService:
             raise BadRequest("local identities need [localid] domain_name in the configuration")
         cn = f"{module_id}.{self.settings.hostname}.{self.settings.localid_domain}"
         key = ec.generate_private_key(ec.SECP256R1())
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        # aziot's local identities are always client certificates (EST renews them as clients); a server one is
+        # both, as aziot-identityd's create_csr asks
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if server else [])
         csr = (x509.CertificateSigningRequestBuilder()
                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+               .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
                .sign(key, hashes.SHA256()))
         pem = await self.certs.create_cert(f"local-id-{module_id}", csr.public_bytes(serialization.Encoding.PEM))
         leaf = x509.load_pem_x509_certificates(pem.encode())[0]
@@ -581,7 +583,7 @@ class IdentityService:
             return await self.device_identity()
         if "module" in kinds:
             return await self.own_hub_module(principal)
-        return await self.local_identity(principal.name, server=False)
+        return await self.local_identity(principal.name, server=principal.local_server)
 
     async def own_hub_module(self, principal: IdPrincipal) -> AziotIdentity:
         """The hub module identity made for this host principal; one of its name that this service did not make
@@ -618,6 +620,11 @@ class IdentityService:
         log.warning("uid %d refused the module identity %r", caller.uid, module_id)
         raise Unauthorized(f"uid {caller.uid} may not read the identity of module {module_id!r}"
                            + ("" if principal is None else f" (principal {principal.name!r} may read only its own)"))
+
+    def local_principal(self, name: str) -> IdPrincipal | None:
+        """The ``[[principal]]`` with idtype "local" named ``name`` (its ``localid`` options shape the cert)."""
+        return next((p for p in self.settings.principals
+                     if p.name == name and p.idtype is not None and "local" in p.idtype), None)
 
     def local_principal_names(self) -> frozenset[str]:
         """Names whose local identity is configured by a ``[[principal]]`` with idtype "local" (aziot's list)."""

@@ -61,6 +61,7 @@ class IdPrincipal:
     uid: int
     name: str
     idtype: tuple[IdType, ...] | None = None  # None: a daemon, allowed every API
+    local_server: bool = False  # aziot's ``localid = { type = "x509", attributes = "server" }``
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def parse_identity_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pa
         if uid < 0 or not name:
             p.add(where, "<incomplete>", "uid >= 0 and a name")
             continue
-        principals.append(IdPrincipal(uid, name, idtype))
+        principals.append(IdPrincipal(uid, name, idtype, _local_server(entry, idtype, where, p)))
     names = [pr.name for pr in principals]
     for dup in {n for n in names if names.count(n) > 1}:
         p.add("principal.name", dup, "unique principal names")
@@ -242,3 +243,19 @@ def parse_identity_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pa
         localid_domain=p.get(localid, "domain_name", "localid", str, "") or None, cloud_trust_bundle=trust,
         tpmd_socket=tpmd_socket,
     )
+
+
+def _local_server(entry: dict[str, Any], idtype: tuple[IdType, ...] | None, where: str, p: Problems) -> bool:
+    """A principal's ``localid`` (aziot-identityd-config's LocalIdOpts): whether its local identity is a server
+    certificate. As aziot, only a principal with idtype "local" may carry it."""
+    opts = entry.get("localid")
+    if opts is None:
+        return False
+    if idtype is None or "local" not in idtype:
+        p.add(f"{where}.localid", opts, 'no local identity options on a principal without idtype "local"')
+        return False
+    if (not isinstance(opts, dict) or opts.get("type") != "x509"
+            or opts.get("attributes", "client") not in ("client", "server") or set(opts) - {"type", "attributes"}):
+        p.add(f"{where}.localid", opts, '{ type = "x509", attributes = "client" | "server" }')
+        return False
+    return bool(opts.get("attributes") == "server")

@@ -279,8 +279,11 @@ class KeyService:
             self._forget(dst)
         log.info("moved key pair %r to %r", src, dst)
 
-    async def delete_key_pair(self, handle: str) -> None:
+    async def delete_key_pair(self, caller: Caller, handle: str) -> None:
+        """A handle lets its holder use a key, not destroy it: deleting needs the right to load the key id too
+        (a principal given a handle to sign with - identityd's device identity - must not wipe the device key)."""
         claims, loc = await self.resolve(handle, KeyKind.KEY_PAIR)
+        self.authorize(caller, claims.key_id)
         async with self._lock(claims.key_id):
             await self._run(loc.backend.delete_key_pair, loc.ref)
             self._forget(claims.key_id)
@@ -332,8 +335,10 @@ class KeyService:
             raise KeyNotFound(f"key {key_id!r} not found")
         return self._issue(KeyKind.KEY, key_id, info.generation, ttl_seconds)
 
-    async def delete_key(self, handle: str) -> None:
+    async def delete_key(self, caller: Caller, handle: str) -> None:
+        """As :meth:`delete_key_pair`: the caller must also be allowed the key id."""
         claims, loc = await self.resolve(handle, KeyKind.KEY)
+        self.authorize(caller, claims.key_id)
         async with self._lock(claims.key_id):
             await self._run(loc.backend.delete_key, loc.ref)
             self._forget(claims.key_id)
@@ -478,7 +483,7 @@ class _CallerView:
         await self._s.move_key_pair(self.caller, src, dst)
 
     async def delete_key_pair(self, handle: str) -> None:
-        await self._s.delete_key_pair(handle)
+        await self._s.delete_key_pair(self.caller, handle)
 
     async def create_key_if_not_exists(self, key_id: str, usage: str, ttl_seconds: int | None = None) -> str:
         return await self._s.create_key_if_not_exists(self.caller, key_id, usage, ttl_seconds)
@@ -491,7 +496,7 @@ class _CallerView:
         return await self._s.load_key(self.caller, key_id, ttl_seconds)
 
     async def delete_key(self, handle: str) -> None:
-        await self._s.delete_key(handle)
+        await self._s.delete_key(self.caller, handle)
 
     async def create_derived_key(self, base_handle: str, derivation_data: bytes) -> str:
         return await self._s.create_derived_key(base_handle, derivation_data)
