@@ -21,6 +21,7 @@ import pytest
 import requests_unixsocket
 
 from edgeward.supervise import running_daemon
+from tests.contract.relay import RELAY_SCRIPT
 
 AGENT = "edgeAgent"
 MODULE = "contractmod"
@@ -29,50 +30,13 @@ PROBLEM_SIGNS = ("Traceback", "internal error", "Logging error", "Exception igno
                  "destroyed but it is pending")
 SACRIFICE = "sacrificial"  # what management calls on a named module act on (they may stop or remove it)
 
-# A module that forwards connections from RELAY_AT to the socket its RELAY_TO variable names (stdlib only).
-RELAY_SCRIPT = textwrap.dedent("""
-    import os, socket, threading, urllib.parse
-    target = urllib.parse.urlparse(os.environ[os.environ["RELAY_TO"]]).path
-    listen = os.environ["RELAY_AT"]
-    def pipe(a, b):
-        try:
-            while True:
-                data = a.recv(65536)
-                if not data:
-                    break
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                b.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-    def serve(client):
-        upstream = socket.socket(socket.AF_UNIX)
-        try:
-            upstream.connect(target)
-        except OSError:
-            client.close(); return
-        back = threading.Thread(target=pipe, args=(upstream, client), daemon=True)
-        back.start(); pipe(client, upstream); back.join(); client.close(); upstream.close()
-    server = socket.socket(socket.AF_UNIX)
-    partial = listen + ".part"
-    if os.path.exists(partial):
-        os.unlink(partial)
-    server.bind(partial); os.chmod(partial, 0o600); server.listen(64)
-    os.rename(partial, listen)
-    while True:
-        conn, _ = server.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-""")
 
 
 def relay_spec(name: str, relay_at: Path, to: str, pull_policy: str = "never") -> dict[str, object]:
     """A management API ModuleSpec, as the edge agent sends it, of a relay module."""
     return {"name": name, "type": "docker", "imagePullPolicy": pull_policy,
             "config": {"settings": {"image": sys.executable, "createOptions": {"Cmd": ["-c", RELAY_SCRIPT]}},
-                       "env": [{"key": "RELAY_AT", "value": str(relay_at)}, {"key": "RELAY_TO", "value": to}]}}
+                       "env": [{"key": "RELAY_1_AT", "value": str(relay_at)}, {"key": "RELAY_1_TO", "value": to}]}}
 
 
 def url_of(sock: Path) -> str:
@@ -146,8 +110,8 @@ def contract_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contra
         createOptions = {{ Cmd = ["-c", {_toml_string(RELAY_SCRIPT)}] }}
 
         [agent.env]
-        RELAY_AT = {_toml_string(str(agent_relay))}
-        RELAY_TO = "IOTEDGE_MANAGEMENTURI"
+        RELAY_1_AT = {_toml_string(str(agent_relay))}
+        RELAY_1_TO = "IOTEDGE_MANAGEMENTURI"
         """))
     log_path = base / "daemon.log"
     with running_daemon(["run", "-c", str(config), "--state-dir", str(base / "state"),

@@ -39,6 +39,7 @@ import pytest
 
 from edgeward.supervise import start_daemon, stop_daemon
 from edgeward.testing.hub_emulator import HubEmulator
+from tests.contract.relay import RELAY_SCRIPT
 from tests.fixtures.dockerd import TEST_IMAGE, Dockerd
 
 from .conftest import PROBLEM_SIGNS
@@ -50,55 +51,6 @@ DEVICE = "brk1-edge"
 MGMT = "api-version=2022-08-03"  # the agent's management client (IOTEDGE_APIVERSION)
 WORKLOAD = "api-version=2020-07-07"  # edge-util's workload client: min(IOTEDGE_APIVERSION, its own 2020-07-07)
 
-# Relays RELAY_<n>_AT -> the socket named by the variable RELAY_<n>_TO; writes its environment to RELAY_ENV_OUT.
-RELAY = textwrap.dedent("""
-    import json, os, socket, threading, urllib.parse
-    def pipe(a, b):
-        try:
-            while True:
-                data = a.recv(65536)
-                if not data:
-                    break
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                b.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-    def serve(client, target):
-        upstream = socket.socket(socket.AF_UNIX)
-        try:
-            upstream.connect(target)
-        except OSError:
-            client.close(); return
-        back = threading.Thread(target=pipe, args=(upstream, client), daemon=True)
-        back.start(); pipe(client, upstream); back.join(); client.close(); upstream.close()
-    def listen(at, target):
-        server = socket.socket(socket.AF_UNIX)
-        partial = at + ".part"
-        if os.path.exists(partial):
-            os.unlink(partial)
-        server.bind(partial); os.chmod(partial, 0o600); server.listen(64)
-        os.rename(partial, at)
-        while True:
-            conn, _ = server.accept()
-            threading.Thread(target=serve, args=(conn, target), daemon=True).start()
-    out = os.environ["RELAY_ENV_OUT"]
-    with open(out + ".part", "w") as f:
-        json.dump(dict(os.environ), f)
-    os.rename(out + ".part", out)
-    threads = []
-    for n in (1, 2):
-        if "RELAY_%d_AT" % n in os.environ:
-            target = urllib.parse.urlparse(os.environ[os.environ["RELAY_%d_TO" % n]]).path
-            threads.append(threading.Thread(target=listen, args=(os.environ["RELAY_%d_AT" % n], target)))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-""")
 
 
 @dataclass
@@ -149,7 +101,7 @@ def relay_module_spec(device: Device, name: str, env: dict[str, str], cmd: list[
                  "RELAY_ENV_OUT": str(device.base / "relays" / f"{name}.env.json")}
     return {"name": name, "type": "docker", "imagePullPolicy": "On-Create",
             "config": {"settings": {"image": sys.executable,
-                                    "createOptions": {"Cmd": cmd or ["-c", RELAY]}},
+                                    "createOptions": {"Cmd": cmd or ["-c", RELAY_SCRIPT]}},
                        "env": [{"key": k, "value": v} for k, v in (relay_env | env).items()]}}
 
 
@@ -179,7 +131,7 @@ async def device(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Devi
 
             [agent.config]
             image = {json.dumps(sys.executable)}
-            createOptions = {{ Cmd = ["-c", {json.dumps(RELAY)}] }}
+            createOptions = {{ Cmd = ["-c", {json.dumps(RELAY_SCRIPT)}] }}
 
             [agent.env]
             RELAY_1_AT = {json.dumps(str(base / "relays" / "agent-mgmt.sock"))}
