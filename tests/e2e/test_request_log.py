@@ -85,7 +85,7 @@ async def test_a_debug_run_logs_every_request_with_route_status_caller_and_time_
     lines = _requests(text)
     assert all(float(x["ms"]) >= 0 for x in lines)
 
-    host = r"pid \d+ uid 0 \(host; host root, service user\)"
+    host = r"pid \d+ uid 0 \(host; host root, (host user, )?service user\)"
     assert re.fullmatch(host, _one(lines, "keyd", "POST", "/keypair")["caller"])
     assert _one(lines, "keyd", "POST", "/keypair")["status"] == "200"
     assert _one(lines, "certd", "GET", "/certificates/{certId}")["status"] == "400"  # a missing cert, as aziot-certd answers
