@@ -29,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ..certs.api import CertsApi
 from ..certs.est.tls_identity import KeysIdentity
 from ..certs.x509sign import handle_public_key, same_public_key, sign_csr
+from ..config.b64 import decode_key
 from ..http.errors import BadRequest, HttpError, NotFound, Unauthorized
 from ..http.peercred import Caller
 from ..keys.api import KeysApi
@@ -77,7 +78,7 @@ def _read_secret(source: SecretSource) -> bytes:
     assert source.uri is not None
     raw = Path(source.uri.removeprefix("file://")).read_bytes().strip()
     try:
-        return base64.b64decode(raw, validate=True)
+        return decode_key(raw)  # padding optional, as aziot
     except ValueError:
         return raw
 

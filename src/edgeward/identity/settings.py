@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..config.b64 import decode_key
 from ..config.problems import Problems
 
 __all__ = [
@@ -89,7 +89,7 @@ def parse_connection_string(value: str) -> tuple[str, str, bytes]:
     if missing:
         raise ValueError(f"the connection string lacks {', '.join(missing)}")
     try:
-        key = base64.b64decode(parts["SharedAccessKey"], validate=True)
+        key = decode_key(parts["SharedAccessKey"])  # padding optional, as aziot
     except (binascii.Error, ValueError):
         raise ValueError("SharedAccessKey is not base64") from None
     return parts["HostName"], parts["DeviceId"], key
@@ -98,7 +98,7 @@ def parse_connection_string(value: str) -> tuple[str, str, bytes]:
 def _secret(raw: Any, where: str, p: Problems) -> SecretSource | None:
     if isinstance(raw, dict) and "value" in raw and isinstance(raw["value"], str):
         try:
-            return SecretSource(value=base64.b64decode(raw["value"], validate=True))
+            return SecretSource(value=decode_key(raw["value"]))  # padding optional, as aziot
         except (binascii.Error, ValueError):
             p.add(f"{where}.value", "<secret>", "a base64 key")
             return None
