@@ -16,8 +16,10 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from ..keys.aead import IMPORTED_MASTER_KEY_ID
 from ..runtime.edge_ca_config import apply_edge_ca
 from .issuance import ISSUANCE_KEYS, Preloads, est_auth, issuance_options, renew_policy
 from .locations import cert_location, key_location, valid_id
@@ -48,6 +50,10 @@ _ENDPOINTS = {"aziot_keyd": "keyd", "aziot_certd": "certd", "aziot_identityd": "
 _REPROVISIONING = ("Dynamic", "AlwaysOnStartup", "OnErrorOnly")
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _UNUSED = "accepted for compatibility with IoT Edge, not used by Edgeward yet"
+# Reprovisioning, the module identity cache and 1.1's master encryption key (identity/service.py, the workload
+# API's decrypt): read by the identity service, and by the keys service as a preloaded key.
+TOP_LEVEL |= {"prefer_module_identity_cache", "imported_master_encryption_key"}
+_MASTER_KEY_LENGTH = 32  # IoT Edge 1.1's master encryption key: AES-256, raw bytes
 
 
 @dataclass(frozen=True)
@@ -378,8 +384,6 @@ class _Splitter:
                 self.p.add("auto_reprovisioning_mode", mode, '"Dynamic", "AlwaysOnStartup" or "OnErrorOnly"')
             else:
                 edged["auto_reprovisioning_mode"] = mode
-                if mode != "Dynamic":
-                    self.unused("auto_reprovisioning_mode")
         if "agent" in self.doc:
             agent = self.table("agent")
             config = agent.get("config")
@@ -443,6 +447,43 @@ class _Splitter:
                 identityd[key] = value
                 if key == "cloud_retries":
                     self.unused(key)
+
+    def reprovisioning(self, identityd: dict[str, Any]) -> None:
+        """``auto_reprovisioning_mode`` and ``prefer_module_identity_cache`` act in the identity service (it
+        provisions, and answers module identities); the mode's value was checked with the runtime's settings."""
+        mode = self.doc.get("auto_reprovisioning_mode")
+        if mode in _REPROVISIONING:
+            identityd["auto_reprovisioning_mode"] = mode
+        if "prefer_module_identity_cache" in self.doc:
+            prefer = self.doc["prefer_module_identity_cache"]
+            if not isinstance(prefer, bool):
+                self.p.add("prefer_module_identity_cache", prefer, "true or false")
+            else:
+                identityd["prefer_module_identity_cache"] = prefer
+
+    def imported_master_encryption_key(self) -> None:
+        """IoT Edge 1.1's master encryption key (``iotedge config import`` names its file): preloaded into the
+        keys service under IoT Edge 1.5's id, so the workload API still opens what modules sealed with it. It is
+        used where it is, so it is checked here, where a problem names the setting."""
+        key = "imported_master_encryption_key"
+        raw = self.doc.get(key)
+        if raw is None:
+            return
+        path = raw.removeprefix("file://") if isinstance(raw, str) else None
+        if path is None or not path.startswith("/"):
+            self.p.add(key, raw, "the absolute path of IoT Edge 1.1's master encryption key file")
+            return
+        try:
+            with Path(path).open("rb") as f:
+                size = len(f.read(_MASTER_KEY_LENGTH + 1))
+        except OSError as e:
+            self.p.add(key, raw, f"a readable file ({e.strerror or e})")
+            return
+        if size != _MASTER_KEY_LENGTH:
+            self.p.add(key, raw, f"a file of {_MASTER_KEY_LENGTH} bytes (IoT Edge 1.1's AES-256 master encryption "
+                                 f"key), not {'more' if size > _MASTER_KEY_LENGTH else size}")
+            return
+        self.preloads.key(IMPORTED_MASTER_KEY_ID, f"file://{path}", key, self.p)
 
     def edgeward(self, docs: dict[str, dict[str, Any]]) -> None:
         ours = self.table("edgeward")
@@ -521,6 +562,8 @@ class _Splitter:
         self.edge_ca(self.table("edge_ca"))
         self.trust_bundles(edged)
         self.edged_settings(edged)
+        self.reprovisioning(identityd)
+        self.imported_master_encryption_key()
         self.principals(keyd, certd, identityd)
 
         tpmd: dict[str, Any] | None = None
@@ -550,6 +593,7 @@ class _Splitter:
                            "manifest_trust_bundle_cert", "allow_elevated_docker_permissions",
                            "auto_reprovisioning_mode", "agent", "connect", "listen", "watchdog", "moby_runtime",
                            "image_garbage_collection", "edgeward")}
+        order["identityd"] += ("auto_reprovisioning_mode", "prefer_module_identity_cache")
         out = {name: {k: docs[name][k] for k in order[name] if k in docs[name]} for name in docs}
         return ServiceConfigs(out["keyd"], out["certd"], out["identityd"], out["edged"], tpmd)
 
