@@ -24,7 +24,7 @@ UPSTREAM = Path(__file__).resolve().parent.parent / "golden" / "config_import" /
 PAIRS = sorted(d.name for d in UPSTREAM.iterdir() if (d / "old-config.yaml").is_file())
 SUPER = sorted(d.name for d in UPSTREAM.iterdir() if (d / "super-config.toml").is_file())
 # upstream's import test names the key file it found this way (edgelet/iotedge/src/config/import/mod.rs)
-UPSTREAM_KEY_PATH = "/tmp/master-encryption-key"  # noqa: S108  (a value compared, never opened)
+UPSTREAM_KEY_PATH = "/tmp/master-encryption-key"  # a value compared and replaced, never opened
 
 # IoT Edge 1.5's value for each key when the super config leaves it out (edgelet-settings, aziot config crates).
 DEFAULTS_15: dict[str, Any] = {
