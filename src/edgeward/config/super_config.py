@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..certs.dn import common_name_of
 from ..keys.aead import IMPORTED_MASTER_KEY_ID
 from ..runtime.edge_ca_config import apply_edge_ca
-from .issuance import ISSUANCE_KEYS, Preloads, est_auth, issuance_options, renew_policy
+from .issuance import ISSUANCE_KEYS, Preloads, est_auth, issuance_options, renew_policy, subject_table
 from .locations import cert_location, key_location, valid_id
 from .problems import Problems
 from .provisioning import translate_provisioning
@@ -331,8 +332,13 @@ class _Splitter:
             clean = {k: v for k, v in (entry or {}).items() if k != "key_id"}
         else:
             known = {"auto_generated_edge_ca_expiry_days", "expiry_seconds", "auto_renew", "common_name"}
-            self.p.warn_unknown(raw, known, where)
+            self.p.warn_unknown(raw, known | {"subject"}, where)
             clean = {k: v for k, v in raw.items() if k in known}
+            if "subject" in raw:  # IoT Edge 1.5's quickstart CA takes a subject too
+                subject = subject_table(raw["subject"], f"{where}.subject", self.p)
+                cn = common_name_of(tuple(subject.items())) if subject is not None else None
+                if cn is not None and "common_name" not in clean:
+                    clean["common_name"] = cn
             if "auto_renew" in raw:
                 policy = renew_policy(raw["auto_renew"], f"{where}.auto_renew", self.p)
                 if policy is None:
@@ -352,6 +358,13 @@ class _Splitter:
         out = apply_edge_ca(doc, silent)
         self.p.items.extend(silent.items)
         self.issuance.update(out["cert_issuance"])
+        if "subject" in raw and not ("cert" in raw or "pk" in raw):
+            # the full DN, which the runtime's edge CA translation does not carry (checked above)
+            from ..runtime.edge_ca import EDGE_CA_CERT_ID  # noqa: PLC0415  (the runtime's id of the edge CA)
+
+            if isinstance(self.issuance.get(EDGE_CA_CERT_ID), dict):
+                self.issuance[EDGE_CA_CERT_ID]["subject"] = subject_table(raw["subject"], "edge_ca.subject",
+                                                                          Problems())
         self.preloads.certs.update(out["preloaded_certs"])
         self.preloads.keys.update(out["preloaded_keys"])
 
