@@ -465,6 +465,13 @@ class _Splitter:
         """``auto_reprovisioning_mode`` and ``prefer_module_identity_cache`` act in the identity service (it
         provisions, and answers module identities); the mode's value was checked with the runtime's settings."""
         mode = self.doc.get("auto_reprovisioning_mode")
+        prov = self.doc.get("provisioning")
+        legacy = prov.get("always_reprovision_on_startup") if isinstance(prov, dict) else None
+        if legacy is True and mode is None:  # IoT Edge 1.2's flag, where 1.5's mode is not given
+            mode = "AlwaysOnStartup"
+        elif legacy is True and mode != "AlwaysOnStartup":
+            self.p.warnings.append(f"provisioning.always_reprovision_on_startup: auto_reprovisioning_mode = "
+                                   f"{mode!r} decides instead")
         if mode in _REPROVISIONING:
             identityd["auto_reprovisioning_mode"] = mode
         if "prefer_module_identity_cache" in self.doc:
