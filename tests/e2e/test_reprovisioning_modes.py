@@ -1,6 +1,7 @@
 """IoT Edge 1.5's ``auto_reprovisioning_mode`` and ``prefer_module_identity_cache`` against the real daemon
 (``edgeward run``), provisioned by DPS (symmetric key) through the DPS and IoT Hub emulators over real TLS; module
-identities are asked for over the identity socket, as aziot-edged and host agents ask."""
+identities are asked for over the identity socket, as aziot-edged and host agents ask. The DPS key is written
+without its base64 padding, as aziot accepts it (a wrongly decoded key would fail every registration)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def write_config(base: Path, dps: DpsEmulator, key: bytes, extra: str) -> Path:
         [provisioning.attestation]
         method = "symmetric_key"
         registration_id = "{REG}"
-        symmetric_key = {{ value = "{base64.b64encode(key).decode()}" }}
+        symmetric_key = {{ value = "{base64.b64encode(key).decode().rstrip('=')}" }}
 
         [edgeward.identity]
         cloud_trust_bundle = "file://{base / 'cloud-ca.pem'}"
