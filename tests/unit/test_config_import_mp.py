@@ -37,7 +37,7 @@ def test_import_of_a_1_1_config_matches_golden_file_and_is_valid(case: str, tmp_
 def test_import_lists_what_it_could_not_convert() -> None:
     result = import_v1_config((IMPORT / "dps-x509-device-ca" / "config.yaml").read_text())
     assert "listen.min_tls_version (1.5 serves its APIs over Unix sockets only)" in result.not_converted
-    assert "provisioning.dynamic_reprovisioning (IoT Edge 1.5 has no counterpart)" in result.not_converted
+    assert result.doc["auto_reprovisioning_mode"] == "Dynamic"  # 1.1's dynamic_reprovisioning: true
     result = import_v1_config((IMPORT / "manual-x509-external-socket" / "config.yaml").read_text())
     assert result.not_converted == ["experimental_features"]
     assert result.doc["listen"] == {"workload_uri": "fd://aziot-edged.workload.socket",

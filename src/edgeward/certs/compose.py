@@ -12,7 +12,7 @@ __all__ = ["build_cert_service", "managed_certs"]
 
 def managed_certs(settings: CertsSettings) -> list[ManagedCert]:
     return [
-        ManagedCert(cert_id, opts.key_id or cert_id, opts.auto_renew, opts.common_name)
+        ManagedCert(cert_id, opts.key_id or cert_id, opts.auto_renew, opts.common_name, opts.subject)
         for cert_id, opts in settings.issuance.items()
         if opts.auto_renew is not None
     ]

@@ -70,7 +70,10 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
-def _subject(csr: x509.CertificateSigningRequest, common_name: str | None) -> x509.Name:
+def _subject(csr: x509.CertificateSigningRequest, common_name: str | None,
+             subject: x509.Name | None = None) -> x509.Name:
+    if subject is not None:  # the configured DN replaces the CSR's whole (as aziot-certd's subject does)
+        return subject
     if common_name is None:
         return csr.subject
     rest = [a for a in csr.subject if a.oid != NameOID.COMMON_NAME]
@@ -96,13 +99,15 @@ def self_signed_ca_builder(common_name: str, public_key: PublicKey, days: int) -
 
 
 async def issue(keys: KeysApi, csr: x509.CertificateSigningRequest, issuer: IssuerRef, lifetime: dt.timedelta, *,
-                policy: IssuancePolicy, common_name: str | None = None) -> x509.Certificate:
+                policy: IssuancePolicy, common_name: str | None = None,
+                subject: x509.Name | None = None) -> x509.Certificate:
     """Sign a certificate for ``csr`` as ``policy`` allows: the CSR gives its public key, its subject (CN
-    overridden by ``common_name``) and the names the policy grants; everything else comes from the policy.
+    overridden by ``common_name``, all of it by a configured ``subject``) and the names the policy grants;
+    everything else comes from the policy.
     A CSR asking for more than the policy allows is refused (400) before anything is signed."""
     grant = policy.grant(csr, common_name)
     public_key = csr.public_key()
-    return await sign_leaf(keys, _subject(csr, common_name), public_key, policy.extensions(public_key, grant),
+    return await sign_leaf(keys, _subject(csr, common_name, subject), public_key, policy.extensions(public_key, grant),
                            issuer=issuer, lifetime=lifetime)
 
 

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from ..http.errors import HttpError
+from .dn import subject_name
 from .service import CertService
 from .settings import RenewPolicy
 from .x509sign import handle_public_key, same_public_key, sign_csr
@@ -40,6 +41,7 @@ class ManagedCert:
     key_id: str
     policy: RenewPolicy
     common_name: str | None = None
+    subject: tuple[tuple[str, str], ...] = ()  # the configured DN, for the first request (certs/dn.py)
 
     @property
     def temp_key_id(self) -> str:
@@ -219,7 +221,8 @@ class RenewalEngine:
         async with svc.lock(m.cert_id):
             old = svc.read_chain(m.cert_id)
             previous = old[0].not_valid_after_utc if old else None
-            subject = old[0].subject if old else x509.Name(
+            # a renewal keeps the old subject, as IoT Edge's does; the first request carries the configured DN
+            subject = old[0].subject if old else subject_name(m.subject) if m.subject else x509.Name(
                 [x509.NameAttribute(NameOID.COMMON_NAME, m.common_name or m.cert_id)])
             builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
             # what the policy allows (a CA's extensions; the old names and usages still allowed), so that an EST

@@ -24,6 +24,7 @@ from ..keys.api import KeysApi
 from ..keys.model import PublicKey
 from ..keys.principals import glob_to_regex
 from .api import CertsApi
+from .dn import subject_name
 from .errors import CertNotFound, InvalidCsr, IssuanceFailed, NotAuthorized
 from .est import EstClient, KeysIdentity
 from .issuance import IssuerRef, issue, parse_csr, self_signed_ca_builder
@@ -218,6 +219,8 @@ class CertService:
         self-signed cert is signed with (the renewal engine's not-yet-moved new key)."""
         opts = self.options(cert_id)
         common_name = opts.common_name if opts else None
+        # the configured DN (subject = { ... }); an EST server gets the CSR as it is, which carries it (renewal.py)
+        subject = subject_name(opts.subject) if opts is not None and opts.subject and opts.method != "est" else None
         if issuer is None and (opts is None or opts.method is None):
             raise BadRequest(f"no issuer given and no cert_issuance method configured for cert {cert_id!r}")
         policy = self.policy(cert_id)
@@ -234,7 +237,7 @@ class CertService:
             if not same_public_key(public, issuer_chain[0].public_key()):
                 raise BadRequest(f"privateKeyHandle is not the key of issuer cert {issuer_id!r}")
             leaf = await issue(self.keys, csr, IssuerRef(issuer_chain[0], handle, public), self.lifetime(cert_id),
-                               policy=policy, common_name=common_name)
+                               policy=policy, common_name=common_name, subject=subject)
             return [leaf, *issuer_chain]
         assert opts is not None
         if opts.method == "self_signed":
@@ -244,12 +247,12 @@ class CertService:
             if not same_public_key(public, csr.public_key()):
                 raise InvalidCsr(f"a self-signed cert for {cert_id!r} must be requested for key {key_id!r}")
             return [await issue(self.keys, csr, IssuerRef(None, handle, public), self.lifetime(cert_id),
-                                policy=policy, common_name=common_name)]
+                                policy=policy, common_name=common_name, subject=subject)]
         if opts.method == "local_ca":
             ca_chain, ca_handle, ca_public = await self.local_ca()
             policy.check_issuer(ca_chain[0], self.settings.local_ca.cert if self.settings.local_ca else "local CA")
             leaf = await issue(self.keys, csr, IssuerRef(ca_chain[0], ca_handle, ca_public), self.lifetime(cert_id),
-                               policy=policy, common_name=common_name)
+                               policy=policy, common_name=common_name, subject=subject)
             return [leaf, *ca_chain]
         return await self._enroll_est(cert_id, opts, csr, renewing, policy)
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from ..config.problems import Problems
 from ..keys.principals import glob_to_regex
+from .dn import DnError, subject_fields
 from .policy import KINDS, IpNetwork, Kind, parse_ip_networks
 
 __all__ = [
@@ -111,6 +112,7 @@ class IssuanceOptions:
     ip_addresses: tuple[IpNetwork, ...] = ()  # addresses or networks a CSR may ask for
     path_len: int | None = 0  # a CA's pathLen; 0: it issues leaves only
     common_names: tuple[str, ...] = ()  # globs the subject CN must match; empty: any
+    subject: tuple[tuple[str, str], ...] = ()  # IoT Edge's subject = { ... }: the full DN (certs/dn.py)
 
     @property
     def configured_kind(self) -> Kind | None:
@@ -163,6 +165,16 @@ def _policy(raw: Any, where: str, p: Problems) -> RenewPolicy | None:
             except ValueError as e:
                 p.add(f"{where}.{name}", value, str(e))
     return out
+
+
+def _subject(raw: Any, where: str, p: Problems) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    try:
+        return subject_fields(raw)
+    except DnError as e:
+        p.add(where, raw, str(e))
+        return ()
 
 
 POLICY_KEYS = ("kind", "dns_names", "ip_addresses", "path_len", "common_names")
@@ -285,6 +297,7 @@ def parse_certs_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path,
             auth=_auth(raw, where, p) if has_auth else None,
             auto_renew=_policy(raw.get("auto_renew"), f"{where}.auto_renew", p),
             ca=p.get(raw, "ca", where, bool, False),
+            subject=_subject(raw.get("subject"), f"{where}.subject", p),
             **_issuance_policy(raw, where, p),
         )
     auth = est.auth

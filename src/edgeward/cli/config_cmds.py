@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..config.import_v1 import import_v1_config
+from ..config.import_v1 import import_v1_config, old_master_encryption_key
 from ..config.mp import manual_provisioning_config
 from ..config.problems import ConfigError, Problems
 from ..config.super_config import ServiceConfigs, split_super_config
@@ -124,7 +124,7 @@ def import_cmd(in_file: Path, out_file: Path, force: bool) -> None:
         err.print(f"[red]error:[/red] cannot read {in_file}: {e.strerror or e}", highlight=False)
         sys.exit(EXIT_FAILED)
     try:
-        result = import_v1_config(text, str(in_file))
+        result = import_v1_config(text, str(in_file), old_master_encryption_key())
         converted = result.toml(in_file.name)
         problems = Problems(str(out_file))
         split_super_config(tomllib.loads(converted), problems)  # what we write must itself be valid

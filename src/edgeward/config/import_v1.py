@@ -3,24 +3,38 @@
 What converts, as ``iotedge config import`` does: provisioning (manual connection string or X.509; DPS TPM,
 symmetric key or X.509), ``certificates`` (the device CA becomes ``[edge_ca]``, ``trusted_ca_certs`` the trust
 bundle, ``auto_generated_ca_lifetime_days`` the quickstart CA's lifetime), the agent, hostname and parent hostname,
-``connect``/``listen`` (1.1's systemd socket names become 1.5's), the watchdog and the Moby runtime. What has no 1.5
-counterpart (``homedir``, ``listen.min_tls_version``, ``dynamic_reprovisioning``, unknown keys) is listed, not
-dropped silently. External provisioning cannot be converted and stops the import.
+``connect``/``listen`` (1.1's systemd socket names become 1.5's), the watchdog and the Moby runtime. 1.1's own
+defaults are applied first (as ``iotedge config import`` does), so an absent ``certificates`` becomes the
+quickstart edge CA of 90 days and an absent Moby network ``azure-iot-edge``. The reprovisioning flags become
+``auto_reprovisioning_mode`` (``dynamic_reprovisioning`` -> "Dynamic", else ``always_reprovision_on_startup`` ->
+"AlwaysOnStartup", else "OnErrorOnly", written explicitly because 1.5's default is "Dynamic"), and 1.1's master
+encryption key file, when the device has one, is carried as ``imported_master_encryption_key`` so what modules
+sealed with the 1.1 workload API still opens. What has no 1.5 counterpart (``homedir``,
+``listen.min_tls_version``, unknown keys) is listed, not dropped silently. External provisioning cannot be
+converted and stops the import.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..identity.settings import parse_connection_string
+from .b64 import decode_key
 from .problems import ConfigError, Problems
 from .toml_write import dumps
 
-__all__ = ["ImportResult", "import_v1_config"]
+__all__ = ["OLD_MASTER_ENCRYPTION_KEY", "ImportResult", "import_v1_config", "old_master_encryption_key"]
+
+# Where IoT Edge 1.1's HSM library kept the master encryption key (its file name derives from the key's alias).
+OLD_MASTER_ENCRYPTION_KEY = ("/var/lib/iotedge/hsm/enc_keys/"
+                             "edgelet-masterWt5mT2xpO72EPKlt2Tt0Sq4uJCrMvfl2rzzKRB3pnyo_.enc.key")
+_DEFAULT_NETWORK = "azure-iot-edge"  # 1.1's default Moby network
+_DEFAULT_CA_DAYS = 90  # 1.1's default certificates.auto_generated_ca_lifetime_days
 
 _TOP_LEVEL = {"provisioning", "agent", "hostname", "parent_hostname", "connect", "listen", "homedir",
               "certificates", "watchdog", "moby_runtime"}
@@ -41,6 +55,28 @@ class ImportResult:
         return "\n".join(header) + "\n\n" + dumps(self.doc)
 
 
+def old_master_encryption_key(path: str = OLD_MASTER_ENCRYPTION_KEY) -> str | None:
+    """The 1.1 master encryption key file on this device, if there is one (``config import`` carries it over)."""
+    return path if Path(path).is_file() else None
+
+
+def _url(value: str) -> str:
+    """A URL as 1.5 writes it back (a bare host gets its "/" path), so imports read like IoT Edge's own."""
+    parts = urlsplit(value)
+    if parts.scheme in ("http", "https") and parts.netloc and not parts.path:
+        return urlunsplit(parts._replace(path="/"))
+    return value
+
+
+def _reprovisioning_mode(raw: dict[str, Any]) -> str:
+    """1.1's two flags as 1.5's mode; dynamic wins, since it also reprovisions before a restart (as upstream)."""
+    if raw.get("dynamic_reprovisioning") is True:
+        return "Dynamic"
+    if raw.get("always_reprovision_on_startup") is True:
+        return "AlwaysOnStartup"
+    return "OnErrorOnly"
+
+
 def _file_uri(value: Any, where: str, p: Problems) -> str | None:
     """1.1 took a file path or a file:// URI; 1.5 takes a file:// URI."""
     if isinstance(value, str) and value.startswith("file:///"):
@@ -56,8 +92,7 @@ def _provisioning(raw: Any, out: dict[str, Any], p: Problems, skipped: list[str]
         p.add("provisioning", raw, "a mapping with source: manual or dps")
         return
     source = raw.get("source")
-    if raw.get("dynamic_reprovisioning"):
-        skipped.append("provisioning.dynamic_reprovisioning (IoT Edge 1.5 has no counterpart)")
+    out["auto_reprovisioning_mode"] = _reprovisioning_mode(raw)
     if source == "manual":
         auth = raw.get("authentication")
         conn = raw.get("device_connection_string")
@@ -108,9 +143,9 @@ def _provisioning(raw: Any, out: dict[str, Any], p: Problems, skipped: list[str]
         if method == "symmetric_key":
             sym = att.get("symmetric_key")
             try:
-                if not isinstance(sym, str) or not base64.b64decode(sym, validate=True):
+                if not isinstance(sym, str) or not decode_key(sym):
                     raise ValueError("empty")
-            except (binascii.Error, ValueError):
+            except ValueError:
                 p.add("provisioning.attestation.symmetric_key", "<redacted>", "a base64 key")
                 return
             new_att["symmetric_key"] = {"value": sym}
@@ -123,10 +158,8 @@ def _provisioning(raw: Any, out: dict[str, Any], p: Problems, skipped: list[str]
         elif method != "tpm":
             p.add("provisioning.attestation.method", method, '"tpm", "symmetric_key" or "x509"')
             return
-        out["provisioning"] = {"source": "dps", "global_endpoint": endpoint, "id_scope": scope,
+        out["provisioning"] = {"source": "dps", "global_endpoint": _url(str(endpoint)), "id_scope": scope,
                                "attestation": new_att}
-        if raw.get("always_reprovision_on_startup") is True:
-            out["auto_reprovisioning_mode"] = "AlwaysOnStartup"
         return
     p.add("provisioning.source", source, '"manual" or "dps" (external provisioning has no IoT Edge 1.5 form)')
 
@@ -166,8 +199,11 @@ def _agent(raw: Any, p: Problems, skipped: list[str]) -> dict[str, Any] | None:
     return agent
 
 
-def import_v1_config(text: str, source: str = "config.yaml") -> ImportResult:
-    """Convert the text of a 1.1 config.yaml; ConfigError with every problem if it cannot be converted."""
+def import_v1_config(text: str, source: str = "config.yaml",
+                     master_encryption_key: str | None = None) -> ImportResult:
+    """Convert the text of a 1.1 config.yaml; ConfigError with every problem if it cannot be converted.
+    ``master_encryption_key`` is the 1.1 device's master encryption key file (see
+    :func:`old_master_encryption_key`), carried over as ``imported_master_encryption_key``."""
     try:
         import yaml  # type: ignore[import-untyped]  # noqa: PLC0415  (only this command reads YAML)
     except ImportError:
@@ -181,6 +217,8 @@ def import_v1_config(text: str, source: str = "config.yaml") -> ImportResult:
     p = Problems(source)
     skipped: list[str] = []
     out: dict[str, Any] = {}
+    if master_encryption_key is not None:
+        out["imported_master_encryption_key"] = master_encryption_key
     for key in ("hostname", "parent_hostname"):
         if isinstance(raw.get(key), str):
             out[key] = raw[key]
@@ -195,12 +233,15 @@ def import_v1_config(text: str, source: str = "config.yaml") -> ImportResult:
                 out["trust_bundle_cert"] = trusted
             if cert and pk:
                 edge_ca = {"cert": cert, "pk": pk}
-        elif "auto_generated_ca_lifetime_days" in certs:
-            edge_ca = {"auto_generated_edge_ca_expiry_days": certs["auto_generated_ca_lifetime_days"]}
+        else:
+            days = certs.get("auto_generated_ca_lifetime_days", _DEFAULT_CA_DAYS)
+            edge_ca = {"auto_generated_edge_ca_expiry_days": days}
         skipped.extend(f"certificates.{k}" for k in sorted(set(certs) - {
             "device_ca_cert", "device_ca_pk", "trusted_ca_certs", "auto_generated_ca_lifetime_days"}))
     elif certs is not None:
         p.add("certificates", certs, "a mapping")
+    else:
+        edge_ca = {"auto_generated_edge_ca_expiry_days": _DEFAULT_CA_DAYS}
     _provisioning(raw.get("provisioning"), out, p, skipped)
     if "agent" in raw:
         agent = _agent(raw["agent"], p, skipped)
@@ -226,6 +267,7 @@ def import_v1_config(text: str, source: str = "config.yaml") -> ImportResult:
     moby = raw.get("moby_runtime")
     if isinstance(moby, dict):
         out["moby_runtime"] = {k: moby[k] for k in ("uri", "network") if k in moby}
+        out["moby_runtime"].setdefault("network", _DEFAULT_NETWORK)
         skipped.extend(f"moby_runtime.{k}" for k in sorted(set(moby) - {"uri", "network"}))
     if "homedir" in raw:
         skipped.append("homedir (1.5 keeps its state in fresh directories)")

@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..certs.dn import DnError, common_name_of, subject_fields
 from ..certs.settings import parse_renew_amount
 from .locations import cert_location, key_location
 from .problems import Problems
 
-__all__ = ["ISSUANCE_KEYS", "Preloads", "est_auth", "issuance_options", "renew_policy"]
+__all__ = ["ISSUANCE_KEYS", "Preloads", "est_auth", "issuance_options", "renew_policy", "subject_table"]
 
 METHODS = ("est", "local_ca", "self_signed")
 AUTH_KEYS = ("username", "password", "identity_cert", "identity_pk", "bootstrap_identity_cert",
@@ -140,6 +141,16 @@ def est_auth(raw: dict[str, Any], where: str, p: Problems, preloads: Preloads, *
     return out if ok else None
 
 
+def subject_table(raw: Any, where: str, p: Problems) -> dict[str, str] | None:
+    """A ``subject = { ... }`` distinguished name, checked as aziot-certd builds it (see certs/dn.py); the fields
+    in the order the certificate carries them."""
+    try:
+        return dict(subject_fields(raw))
+    except DnError as e:
+        p.add(where, raw, str(e))
+        return None
+
+
 def issuance_options(raw: Any, where: str, p: Problems, preloads: Preloads, cert_id: str, *,
                      has_local_ca: bool, has_est_url: bool, has_pkcs11_lib: bool,
                      known: set[str] = ISSUANCE_KEYS) -> dict[str, Any] | None:
@@ -159,14 +170,11 @@ def issuance_options(raw: Any, where: str, p: Problems, preloads: Preloads, cert
         p.add(f"{where}.common_name", common_name, "a common name of 1 to 64 characters")
     subject = raw.get("subject")
     if subject is not None:
-        if not isinstance(subject, dict) or not all(isinstance(v, str) for v in subject.values()):
-            p.add(f"{where}.subject", subject, 'a table of distinguished name fields, e.g. { CN = "my-device" }')
-        else:
-            if set(subject) - {"CN"}:
-                p.warnings.append(f"{where}.subject: only CN is used by Edgeward; "
-                                  f"{', '.join(sorted(set(subject) - {'CN'}))} ignored")
-            if common_name is None and isinstance(subject.get("CN"), str):
-                common_name = subject["CN"]
+        fields = subject_table(subject, f"{where}.subject", p)
+        if fields is not None:
+            entry["subject"] = fields
+            if common_name is None:
+                common_name = common_name_of(tuple(fields.items()))
     if isinstance(common_name, str):
         entry["common_name"] = common_name
     for name, limit in (("expiry_days", 36500), ("expiry_seconds", 36500 * 86400)):

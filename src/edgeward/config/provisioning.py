@@ -85,9 +85,7 @@ def translate_provisioning(raw: dict[str, Any], p: Problems, preloads: Preloads,
         value = prov.pop("always_reprovision_on_startup")
         if not isinstance(value, bool):
             p.add("provisioning.always_reprovision_on_startup", value, "true or false")
-        else:
-            p.warnings.append("provisioning.always_reprovision_on_startup: accepted for compatibility with IoT "
-                              "Edge, not used by Edgeward yet")
+        # IoT Edge 1.2's form of auto_reprovisioning_mode = "AlwaysOnStartup" (super_config.reprovisioning)
     source = prov.get("source")
     opts = {"has_local_ca": has_local_ca, "has_est_url": has_est_url, "has_pkcs11_lib": has_pkcs11_lib}
     if source == "none":

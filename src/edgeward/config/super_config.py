@@ -16,10 +16,13 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from ..certs.dn import common_name_of
+from ..keys.aead import IMPORTED_MASTER_KEY_ID
 from ..runtime.edge_ca_config import apply_edge_ca
-from .issuance import ISSUANCE_KEYS, Preloads, est_auth, issuance_options, renew_policy
+from .issuance import ISSUANCE_KEYS, Preloads, est_auth, issuance_options, renew_policy, subject_table
 from .locations import cert_location, key_location, valid_id
 from .problems import Problems
 from .provisioning import translate_provisioning
@@ -48,6 +51,10 @@ _ENDPOINTS = {"aziot_keyd": "keyd", "aziot_certd": "certd", "aziot_identityd": "
 _REPROVISIONING = ("Dynamic", "AlwaysOnStartup", "OnErrorOnly")
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _UNUSED = "accepted for compatibility with IoT Edge, not used by Edgeward yet"
+# Reprovisioning, the module identity cache and 1.1's master encryption key (identity/service.py, the workload
+# API's decrypt): read by the identity service, and by the keys service as a preloaded key.
+TOP_LEVEL |= {"prefer_module_identity_cache", "imported_master_encryption_key"}
+_MASTER_KEY_LENGTH = 32  # IoT Edge 1.1's master encryption key: AES-256, raw bytes
 
 
 @dataclass(frozen=True)
@@ -325,8 +332,13 @@ class _Splitter:
             clean = {k: v for k, v in (entry or {}).items() if k != "key_id"}
         else:
             known = {"auto_generated_edge_ca_expiry_days", "expiry_seconds", "auto_renew", "common_name"}
-            self.p.warn_unknown(raw, known, where)
+            self.p.warn_unknown(raw, known | {"subject"}, where)
             clean = {k: v for k, v in raw.items() if k in known}
+            if "subject" in raw:  # IoT Edge 1.5's quickstart CA takes a subject too
+                subject = subject_table(raw["subject"], f"{where}.subject", self.p)
+                cn = common_name_of(tuple(subject.items())) if subject is not None else None
+                if cn is not None and "common_name" not in clean:
+                    clean["common_name"] = cn
             if "auto_renew" in raw:
                 policy = renew_policy(raw["auto_renew"], f"{where}.auto_renew", self.p)
                 if policy is None:
@@ -346,6 +358,13 @@ class _Splitter:
         out = apply_edge_ca(doc, silent)
         self.p.items.extend(silent.items)
         self.issuance.update(out["cert_issuance"])
+        if "subject" in raw and not ("cert" in raw or "pk" in raw):
+            # the full DN, which the runtime's edge CA translation does not carry (checked above)
+            from ..runtime.edge_ca import EDGE_CA_CERT_ID  # noqa: PLC0415  (the runtime's id of the edge CA)
+
+            if isinstance(self.issuance.get(EDGE_CA_CERT_ID), dict):
+                self.issuance[EDGE_CA_CERT_ID]["subject"] = subject_table(raw["subject"], "edge_ca.subject",
+                                                                          Problems())
         self.preloads.certs.update(out["preloaded_certs"])
         self.preloads.keys.update(out["preloaded_keys"])
 
@@ -378,8 +397,6 @@ class _Splitter:
                 self.p.add("auto_reprovisioning_mode", mode, '"Dynamic", "AlwaysOnStartup" or "OnErrorOnly"')
             else:
                 edged["auto_reprovisioning_mode"] = mode
-                if mode != "Dynamic":
-                    self.unused("auto_reprovisioning_mode")
         if "agent" in self.doc:
             agent = self.table("agent")
             config = agent.get("config")
@@ -443,6 +460,50 @@ class _Splitter:
                 identityd[key] = value
                 if key == "cloud_retries":
                     self.unused(key)
+
+    def reprovisioning(self, identityd: dict[str, Any]) -> None:
+        """``auto_reprovisioning_mode`` and ``prefer_module_identity_cache`` act in the identity service (it
+        provisions, and answers module identities); the mode's value was checked with the runtime's settings."""
+        mode = self.doc.get("auto_reprovisioning_mode")
+        prov = self.doc.get("provisioning")
+        legacy = prov.get("always_reprovision_on_startup") if isinstance(prov, dict) else None
+        if legacy is True and mode is None:  # IoT Edge 1.2's flag, where 1.5's mode is not given
+            mode = "AlwaysOnStartup"
+        elif legacy is True and mode != "AlwaysOnStartup":
+            self.p.warnings.append(f"provisioning.always_reprovision_on_startup: auto_reprovisioning_mode = "
+                                   f"{mode!r} decides instead")
+        if mode in _REPROVISIONING:
+            identityd["auto_reprovisioning_mode"] = mode
+        if "prefer_module_identity_cache" in self.doc:
+            prefer = self.doc["prefer_module_identity_cache"]
+            if not isinstance(prefer, bool):
+                self.p.add("prefer_module_identity_cache", prefer, "true or false")
+            else:
+                identityd["prefer_module_identity_cache"] = prefer
+
+    def imported_master_encryption_key(self) -> None:
+        """IoT Edge 1.1's master encryption key (``iotedge config import`` names its file): preloaded into the
+        keys service under IoT Edge 1.5's id, so the workload API still opens what modules sealed with it. It is
+        used where it is, so it is checked here, where a problem names the setting."""
+        key = "imported_master_encryption_key"
+        raw = self.doc.get(key)
+        if raw is None:
+            return
+        path = raw.removeprefix("file://") if isinstance(raw, str) else None
+        if path is None or not path.startswith("/"):
+            self.p.add(key, raw, "the absolute path of IoT Edge 1.1's master encryption key file")
+            return
+        try:
+            with Path(path).open("rb") as f:
+                size = len(f.read(_MASTER_KEY_LENGTH + 1))
+        except OSError as e:
+            self.p.add(key, raw, f"a readable file ({e.strerror or e})")
+            return
+        if size != _MASTER_KEY_LENGTH:
+            self.p.add(key, raw, f"a file of {_MASTER_KEY_LENGTH} bytes (IoT Edge 1.1's AES-256 master encryption "
+                                 f"key), not {'more' if size > _MASTER_KEY_LENGTH else size}")
+            return
+        self.preloads.key(IMPORTED_MASTER_KEY_ID, f"file://{path}", key, self.p)
 
     def edgeward(self, docs: dict[str, dict[str, Any]]) -> None:
         ours = self.table("edgeward")
@@ -521,6 +582,8 @@ class _Splitter:
         self.edge_ca(self.table("edge_ca"))
         self.trust_bundles(edged)
         self.edged_settings(edged)
+        self.reprovisioning(identityd)
+        self.imported_master_encryption_key()
         self.principals(keyd, certd, identityd)
 
         tpmd: dict[str, Any] | None = None
@@ -550,6 +613,7 @@ class _Splitter:
                            "manifest_trust_bundle_cert", "allow_elevated_docker_permissions",
                            "auto_reprovisioning_mode", "agent", "connect", "listen", "watchdog", "moby_runtime",
                            "image_garbage_collection", "edgeward")}
+        order["identityd"] += ("auto_reprovisioning_mode", "prefer_module_identity_cache")
         out = {name: {k: docs[name][k] for k in order[name] if k in docs[name]} for name in docs}
         return ServiceConfigs(out["keyd"], out["certd"], out["identityd"], out["edged"], tpmd)
 

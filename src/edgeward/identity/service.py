@@ -19,7 +19,7 @@ import os
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ..certs.api import CertsApi
 from ..certs.est.tls_identity import KeysIdentity
 from ..certs.x509sign import handle_public_key, same_public_key, sign_csr
+from ..config.b64 import decode_key
 from ..http.errors import BadRequest, HttpError, NotFound, Unauthorized
 from ..http.peercred import Caller
 from ..keys.api import KeysApi
@@ -37,6 +38,7 @@ from ..tpm.api import TpmApi
 from .cloud import Unreachable
 from .dps import DpsAuth, SymmetricKeyAuth, TpmAuth, X509Auth
 from .model import AziotIdentity, HubModules, Identity, LocalIdentity, ModuleInfo, ProvisioningInfo
+from .reprovisioning import ReprovisioningPolicy
 from .settings import DpsProvisioning, IdentitySettings, IdPrincipal, ManualProvisioning, SecretSource
 from .state import DeviceIdentity, DeviceStore, HostModule, HostModules, ModuleCache, ModuleRecord, fingerprint
 
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEVICE_KEY_ID = "edgeward-identity-device-key"
 MODULE_MASTER_KEY_ID = "edgeward-identity-module-master"
@@ -77,7 +80,7 @@ def _read_secret(source: SecretSource) -> bytes:
     assert source.uri is not None
     raw = Path(source.uri.removeprefix("file://")).read_bytes().strip()
     try:
-        return base64.b64decode(raw, validate=True)
+        return decode_key(raw)  # padding optional, as aziot
     except ValueError:
         return raw
 
@@ -118,6 +121,7 @@ class IdentityService:
         self._last_error: str | None = None
         self._lock = asyncio.Lock()
         self._fingerprint = _config_fingerprint(settings)
+        self.reprovisioning = ReprovisioningPolicy(settings)  # auto_reprovisioning_mode
         self._retry_task: asyncio.Task[None] | None = None
         self._renewal_task: asyncio.Task[None] | None = None
         self.next_attempt_in: float | None = None
@@ -140,8 +144,11 @@ class IdentityService:
         if self.settings.provisioning is None:
             log.info("no [provisioning] configured: the device has no cloud identity")
             return
+        fresh = self.reprovisioning.fresh_on_startup()
+        if fresh:
+            log.info("auto_reprovisioning_mode = AlwaysOnStartup: registering with DPS again")
         try:
-            await self.provision(use_backup=True)
+            await self.provision(use_backup=not fresh)
         except HttpError as e:
             log.error("provisioning failed: %s", e.message)
             if _retriable(e):
@@ -356,21 +363,41 @@ class IdentityService:
         return AziotIdentity(device.hub, device.device_id, "sas", handle, gateway_host=device.gateway_host,
                              module_id=info.module_id, gen_id=info.generation_id, managed_by=info.managed_by)
 
+    async def _on_hub(self, op: Callable[[HubModules], Awaitable[T]]) -> T:
+        """``op`` against the device's hub; when the hub refuses the device's credentials and the reprovisioning
+        mode says the device may have moved (Dynamic), register again and retry once on the hub DPS names."""
+        try:
+            return await op(await self.hub())
+        except HttpError as e:
+            if not self.reprovisioning.moved(e):
+                raise
+            log.warning("IoT Hub refused the device's credentials (%s): the device may have moved to another "
+                        "hub, registering with DPS again (auto_reprovisioning_mode = Dynamic)", e.message)
+            try:
+                await self.reprovision()
+            except HttpError as again:
+                log.error("reprovisioning after the hub's refusal failed: %s", again.message)
+                raise e from None
+        return await op(await self.hub())
+
     async def create_module(self, module_id: str, managed_by: str | None = None) -> AziotIdentity:
         _validate_module_id(module_id)
-        hub = await self.hub()
-        return await self._aziot_module(await self._register(hub, module_id, managed_by,
-                                                             await hub.get_module(module_id)))
+
+        async def create(hub: HubModules) -> ModuleInfo:
+            return await self._register(hub, module_id, managed_by, await hub.get_module(module_id))
+        return await self._aziot_module(await self._on_hub(create))
 
     async def update_module(self, module_id: str) -> AziotIdentity:
         """Give an existing module identity the keys of its generation again (aziot's update: no such module in
         the hub is a 404, never a creation)."""
         _validate_module_id(module_id)
-        hub = await self.hub()
-        existing = await hub.get_module(module_id)
-        if existing is None:
-            raise NotFound(f"module identity {module_id!r} not found")
-        return await self._aziot_module(await self._register(hub, module_id, existing.managed_by, existing))
+
+        async def update(hub: HubModules) -> ModuleInfo:
+            existing = await hub.get_module(module_id)
+            if existing is None:
+                raise NotFound(f"module identity {module_id!r} not found")
+            return await self._register(hub, module_id, existing.managed_by, existing)
+        return await self._aziot_module(await self._on_hub(update))
 
     async def _register(self, hub: HubModules, module_id: str, managed_by: str | None,
                         existing: ModuleInfo | None) -> ModuleInfo:
@@ -386,10 +413,15 @@ class IdentityService:
         return await self._aziot_module(await self._module_info(module_id))
 
     async def _module_info(self, module_id: str) -> ModuleInfo:
-        """The hub's answer, or the local copy while the hub is unreachable."""
+        """The hub's answer, or the local copy while the hub is unreachable; with
+        ``prefer_module_identity_cache``, the local copy first and the hub only for a module it does not hold."""
         _validate_module_id(module_id)
+        if self.settings.prefer_module_identity_cache:
+            held = self.cache.get(self.device.device_id, "aziot", module_id)
+            if held is not None:
+                return ModuleInfo(held.module_id, held.generation_id, held.managed_by)
         try:
-            info = await (await self.hub()).get_module(module_id)
+            info = await self._on_hub(lambda hub: hub.get_module(module_id))
             if info is None:
                 self.cache.delete(self.device.device_id, "aziot", module_id)
                 raise NotFound(f"module identity {module_id!r} not found")
@@ -408,8 +440,13 @@ class IdentityService:
         return info
 
     async def list_modules(self) -> list[AziotIdentity]:
+        if self.settings.prefer_module_identity_cache:
+            held = self.cache.list_all(self.device.device_id, "aziot")
+            if held:
+                return [await self._aziot_module(ModuleInfo(r.module_id, r.generation_id, r.managed_by))
+                        for r in held]
         try:
-            infos = await (await self.hub()).list_modules()
+            infos = await self._on_hub(lambda hub: hub.list_modules())
             self.cache.replace_all(self.device.device_id, "aziot",
                                    [ModuleRecord(i.module_id, "aziot", i.generation_id, i.managed_by) for i in infos])
         except HttpError as e:
@@ -421,7 +458,7 @@ class IdentityService:
 
     async def delete_module(self, module_id: str) -> None:
         _validate_module_id(module_id)
-        await (await self.hub()).delete_module(module_id)
+        await self._on_hub(lambda hub: hub.delete_module(module_id))
         self.cache.delete(self.device.device_id, "aziot", module_id)
 
     async def local_identity(self, module_id: str, server: bool) -> LocalIdentity:

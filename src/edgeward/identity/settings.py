@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from ..config.b64 import decode_key
 from ..config.problems import Problems
 
 __all__ = [
@@ -64,6 +64,10 @@ class IdPrincipal:
     local_server: bool = False  # aziot's ``localid = { type = "x509", attributes = "server" }``
 
 
+ReprovisioningMode = Literal["Dynamic", "AlwaysOnStartup", "OnErrorOnly"]
+REPROVISIONING_MODES: tuple[ReprovisioningMode, ...] = ("Dynamic", "AlwaysOnStartup", "OnErrorOnly")
+
+
 @dataclass(frozen=True)
 class IdentitySettings:
     hostname: str
@@ -75,6 +79,9 @@ class IdentitySettings:
     cloud_trust_bundle: str | None = None  # file:// URI of the CAs trusted for IoT Hub / DPS TLS
     cloud_timeout: float = 30.0
     tpmd_socket: Path | None = None  # where the TPM service listens, for DPS TPM attestation
+    # IoT Edge 1.5's auto_reprovisioning_mode and prefer_module_identity_cache (identity/reprovisioning.py)
+    auto_reprovisioning_mode: ReprovisioningMode = "Dynamic"
+    prefer_module_identity_cache: bool = False
 
 
 def parse_connection_string(value: str) -> tuple[str, str, bytes]:
@@ -89,7 +96,7 @@ def parse_connection_string(value: str) -> tuple[str, str, bytes]:
     if missing:
         raise ValueError(f"the connection string lacks {', '.join(missing)}")
     try:
-        key = base64.b64decode(parts["SharedAccessKey"], validate=True)
+        key = decode_key(parts["SharedAccessKey"])  # padding optional, as aziot
     except (binascii.Error, ValueError):
         raise ValueError("SharedAccessKey is not base64") from None
     return parts["HostName"], parts["DeviceId"], key
@@ -98,7 +105,7 @@ def parse_connection_string(value: str) -> tuple[str, str, bytes]:
 def _secret(raw: Any, where: str, p: Problems) -> SecretSource | None:
     if isinstance(raw, dict) and "value" in raw and isinstance(raw["value"], str):
         try:
-            return SecretSource(value=base64.b64decode(raw["value"], validate=True))
+            return SecretSource(value=decode_key(raw["value"]))  # padding optional, as aziot
         except (binascii.Error, ValueError):
             p.add(f"{where}.value", "<secret>", "a base64 key")
             return None
@@ -233,6 +240,14 @@ def parse_identity_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pa
     own = tpm_endpoints.get("aziot_tpmd") if isinstance(tpm_endpoints, dict) else None
     tpmd_uri = str(own or p.get(endpoints, "aziot_tpmd", "endpoints", str, ""))
     tpmd_socket = Path(tpmd_uri.removeprefix("unix://")) if tpmd_uri else run_dir / "tpmd.sock"
+    mode = doc.get("auto_reprovisioning_mode", "Dynamic")
+    if mode not in REPROVISIONING_MODES:
+        p.add("auto_reprovisioning_mode", mode, '"Dynamic", "AlwaysOnStartup" or "OnErrorOnly"')
+        mode = "Dynamic"
+    prefer_cache = doc.get("prefer_module_identity_cache", False)
+    if not isinstance(prefer_cache, bool):
+        p.add("prefer_module_identity_cache", prefer_cache, "true or false")
+        prefer_cache = False
     if problems is None:
         p.raise_if_any()
     return IdentitySettings(
@@ -241,7 +256,8 @@ def parse_identity_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pa
                            str(state_dir / "identityd"))),
         socket_path=socket, provisioning=provisioning, principals=tuple(principals),
         localid_domain=p.get(localid, "domain_name", "localid", str, "") or None, cloud_trust_bundle=trust,
-        tpmd_socket=tpmd_socket,
+        tpmd_socket=tpmd_socket, auto_reprovisioning_mode=cast(ReprovisioningMode, mode),
+        prefer_module_identity_cache=prefer_cache,
     )
 
 

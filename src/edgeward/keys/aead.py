@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
+    "IMPORTED_MASTER_KEY_ID",
     "RESERVED_PREFIX",
     "SALT_LENGTH",
     "TAG_LENGTH",
@@ -39,6 +40,10 @@ __all__ = [
     "split_v2",
 ]
 
+# The key IoT Edge keeps its master encryption key under (1.5's id; a 1.1 device's key is imported there by
+# ``imported_master_encryption_key``): what modules sealed with it is in the v1 or v2 format, with the module's
+# name and generation id, concatenated, as associated data.
+IMPORTED_MASTER_KEY_ID = "iotedge_master_encryption_id"
 V1 = 0x01
 V2 = 0x02
 V3 = 0x03

@@ -7,7 +7,9 @@ Encryption: each (module, generation) has its own AES-256-GCM key, derived insid
 HMAC key and never leaving it; the service picks every message's nonce (AEAD-SALTED), so the caller's
 ``initializationVector`` is bound to the ciphertext but cannot make two messages share a keystream. Ciphertexts of
 the earlier format (one key for every module, the caller's IV as the nonce) still open for the module and generation
-that sealed them, and are never produced again: a module re-seals one by decrypting and encrypting it.
+that sealed them, and are never produced again: a module re-seals one by decrypting and encrypting it. So do the
+ciphertexts IoT Edge's workload API sealed (1.1's v1, 1.5's v2) under the device's master encryption key, once
+``imported_master_encryption_key`` names it.
 
 Server certificates carry the requested commonName (a DNS name; wildcards and IP addresses only when configured),
 the module's name (when it is a valid DNS label) and the device's hostname.
@@ -30,7 +32,7 @@ from ..attest.pipeline import AttestationRefused, Attestor
 from ..http import RouteTable, build_app, read_json_object
 from ..http.errors import BadRequest, Forbidden, HttpError, UnprocessableEntity
 from ..http.limits import UidLimiter
-from ..keys.aead import V1, V2, V3, length_prefixed
+from ..keys.aead import IMPORTED_MASTER_KEY_ID, V1, V2, V3, length_prefixed
 from ..keys.api import KeysApi
 from ..keys.model import Aead, AeadSalted, HmacSha256
 from ..runtime.registry import Registration
@@ -176,17 +178,36 @@ async def _salted(wl: Workload, reg: Registration, iv: bytes, data: bytes, encry
     return await op(await _encryption_handle(wl, reg, fresh=True), mechanism, data)
 
 
-async def _open_legacy(wl: Workload, reg: Registration, iv: bytes, ciphertext: bytes) -> bytes:
-    """A ciphertext of the single-key format: it opens only with the associated data of the module and generation
-    that sealed it (name and generation id, concatenated, as that format had it)."""
+async def _load_if_present(wl: Workload, key_id: str) -> str | None:
     try:
-        handle = await wl.keys.load_key(LEGACY_ENCRYPTION_KEY_ID)
+        return await wl.keys.load_key(key_id)
     except HttpError as e:
         if e.status != 404:
             raise
-        raise BadRequest("ciphertext does not decrypt: it is in the format of earlier Edgeward releases, and this "
-                         "device never sealed anything in that format") from None
-    return await wl.keys.decrypt(handle, Aead(iv, f"{reg.name}{reg.generation_id}".encode()), ciphertext)
+        return None
+
+
+async def _open_legacy(wl: Workload, reg: Registration, iv: bytes, ciphertext: bytes) -> bytes:
+    """A ciphertext of a single-key format: IoT Edge's (v1 from 1.1, v2 from 1.5) under the device's imported
+    master encryption key, or earlier Edgeward releases' (v2). Either opens only with the associated data of the
+    module and generation that sealed it (name and generation id, concatenated, as those formats have it)."""
+    aad = Aead(iv, f"{reg.name}{reg.generation_id}".encode())
+    handles = [h for h in (await _load_if_present(wl, IMPORTED_MASTER_KEY_ID),
+                           await _load_if_present(wl, LEGACY_ENCRYPTION_KEY_ID)) if h is not None]
+    if not handles:
+        raise BadRequest("ciphertext does not decrypt: it is in a single-key format (IoT Edge's or earlier "
+                         "Edgeward releases'), and this device has no key of that format (set "
+                         "imported_master_encryption_key to the IoT Edge 1.1 device's key file)")
+    refusal: HttpError | None = None
+    for handle in handles:  # GCM's tag tells the right key; a wrong one opens nothing
+        try:
+            return await wl.keys.decrypt(handle, aad, ciphertext)
+        except HttpError as e:
+            if e.status != 400:
+                raise
+            refusal = e
+    assert refusal is not None
+    raise refusal
 
 
 @routes.post("/modules/{name}/genid/{genid}/encrypt", since="2018-06-28")
