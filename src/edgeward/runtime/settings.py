@@ -143,8 +143,8 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
     if agent is not None and parent is not None:
         agent = resolve_upstream(agent, parent)
     elif agent is not None and agent.image.startswith(UPSTREAM):
-        p.add("agent.config.image", agent.image, f"no {UPSTREAM} without parent_hostname ({UPSTREAM} names the parent "
-              "device the agent's image is pulled from)")
+        p.add("agent.config.image", agent.image, f"parent_hostname set ({UPSTREAM} stands for the parent device a "
+              "child pulls the agent's image from)")
     limits = {name: value for name, value in p.get(doc, "iotedge_max_requests", "", dict, {}).items()
               if name in ("management", "workload") and isinstance(value, int) and not isinstance(value, bool)
               and value > 0}
