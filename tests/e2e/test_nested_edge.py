@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from edgeward.supervise import start_daemon, stop_daemon
 from edgeward.testing.est_server import generate_ca
@@ -181,8 +182,6 @@ async def test_a_child_that_does_not_trust_its_parents_ca_fails_clearly(tmp_path
     os.chmod(tmp_path, 0o755)
     (tmp_path / "relays").mkdir(mode=0o700)
     other_ca, _ = generate_ca("Not the parent's CA")
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-
     (tmp_path / "other-ca.pem").write_bytes(other_ca.public_bytes(serialization.Encoding.PEM))
     async with HubEmulator(hub_name=HUB) as parent:
         key = parent.add_device(CHILD)

@@ -56,9 +56,14 @@ class HubClient:
         """``signer`` signs SAS tokens; ``None`` for an X.509 device, which ``transport`` authenticates by TLS.
         ``gateway``: the host the requests go to when it is not the hub itself (the parent device)."""
         self.hub, self.device_id = hub, device_id
-        self.gateway = gateway or hub
+        self._gateway = gateway
         self._transport = transport
         self._signer = signer
+
+    @property
+    def gateway(self) -> str:
+        """Where the requests go: the parent device, or the hub itself."""
+        return self._gateway or self.hub
 
     def __repr__(self) -> str:
         via = f" via {self.gateway}" if self.gateway != self.hub else ""
