@@ -202,3 +202,33 @@ async def test_a_child_that_does_not_trust_its_parents_ca_fails_clearly(tmp_path
         assert f"parent device (parent_hostname {parent.address})" in message, message
         assert "not trusted" in message and f"trust_bundle_cert (file://{tmp_path / 'other-ca.pem'})" in message
         assert parent.modules_of(CHILD) == {}
+
+
+async def test_dps_provisioning_under_a_parent_is_refused_clearly(tmp_path: Path) -> None:
+    """As aziot-identityd ("DPS provisioning is not supported in nested mode"): nothing is sent anywhere."""
+    os.chmod(tmp_path, 0o755)
+    key = base64.b64encode(b"d" * 32).decode()
+    (tmp_path / "config.toml").write_text(textwrap.dedent(f"""\
+        hostname = "{CHILD}"
+        parent_hostname = "parent.invalid"
+        [provisioning]
+        source = "dps"
+        global_endpoint = "https://dps.invalid"
+        id_scope = "0ne00000000"
+        [provisioning.attestation]
+        method = "symmetric_key"
+        registration_id = "{CHILD}"
+        symmetric_key = {{ value = "{key}" }}
+        """))
+    run = tmp_path / "run"
+    loop = asyncio.get_running_loop()
+    daemon = await loop.run_in_executor(None, lambda: start_daemon(
+        ["run", "-c", str(tmp_path / "config.toml"), "--state-dir", str(tmp_path / "state"), "--run-dir", str(run)],
+        log_path=tmp_path / "daemon.log"))
+    try:
+        status, body = await call(run / "identityd.sock", "GET", "/identities/identity?" + IDENTITY)
+    finally:
+        await loop.run_in_executor(None, stop_daemon, daemon)
+    assert status == 503, body
+    assert "DPS provisioning is not supported under a parent device (parent_hostname parent.invalid)" in \
+        body["message"], body

@@ -9,6 +9,7 @@ IoT Hub, but everything that names the hub stays the hub's: the SAS token's audi
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 from typing import Any
 from urllib.parse import quote
@@ -44,6 +45,14 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def _host(name: str) -> str:
+    """A host for a URL: an IPv6 address (a parent_hostname may be one) in brackets."""
+    try:
+        return f"[{name}]" if ipaddress.ip_address(name).version == 6 else name
+    except ValueError:
+        return name
+
+
 def _module(doc: Any) -> ModuleInfo:
     if not isinstance(doc, dict) or "moduleId" not in doc:
         raise HubError("the hub answered with something that is not a module", cloud_status=0)
@@ -71,7 +80,7 @@ class HubClient:
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
                        if_match: bool = False) -> tuple[int, Any]:
-        url = f"https://{self.gateway}/devices/{_segment(self.device_id)}{path}?api-version={HUB_API_VERSION}"
+        url = f"https://{_host(self.gateway)}/devices/{_segment(self.device_id)}{path}?api-version={HUB_API_VERSION}"
         headers = {"Accept": "application/json"}
         if self._signer is not None:
             headers["Authorization"] = await make_token(device_audience(self.hub, self.device_id), self._signer, 300)
