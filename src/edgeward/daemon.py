@@ -8,7 +8,7 @@ import os
 import signal
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -27,7 +27,8 @@ from .certs.routes import build_certs_app
 from .certs.settings import CertsSettings, parse_certs_settings
 from .config.problems import ConfigError, Problems
 from .config.super_config import split_super_config
-from .http import Listener, UidLimiter, start_server
+from .http import Listener, start_server
+from .http.limits import max_requests_limiter
 from .http.logfilter import limit_provoked_logs
 from .http.peercred import Caller
 from .identity.compose import build_identity_service
@@ -64,6 +65,8 @@ class DaemonSettings:
     tpm: TpmdSettings | None = None  # the TPM service runs only when [tpm] is configured
     warnings: tuple[str, ...] = ()
     config_path: Path | None = None  # None: embedded defaults
+    # [aziot_max_requests] keyd/certd/identityd as configured (simultaneous requests per caller); absent: defaults
+    max_requests: Mapping[str, int] = field(default_factory=dict)
 
 
 def read_config(path: Path | None) -> Mapping[str, Any]:
@@ -136,8 +139,11 @@ def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> Daemon
         identity = replace(identity, cloud_timeout=float(split.cloud_timeout_sec))
     pkcs11_lib = Path(keys.pkcs11_lib_path) if keys.pkcs11_lib_path else None  # keyd loads it as root
     runtime = replace(runtime, protected_paths=_files_of(config, keys, certs, identity, pkcs11_lib))
+    limits = {name: doc["aziot_max_requests"][name] for name, doc in
+              (("keyd", split.keyd), ("certd", split.certd), ("identityd", split.identityd))
+              if name in doc.get("aziot_max_requests", {})}
     return DaemonSettings(state_dir, run_dir, keys, certs, identity, runtime, tpm,
-                          tuple(dict.fromkeys(problems.warnings)), config)
+                          tuple(dict.fromkeys(problems.warnings)), config, limits)
 
 
 if TYPE_CHECKING:
@@ -264,7 +270,8 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             key_service = build_key_service(settings.keys)
             # identity principals too: identityd hands them key handles to sign with (create/load still need globs)
             uids = [p.uid for p in settings.keys.principals] + [p.uid for p in settings.identity.principals]
-            app = guard_host_service(build_keys_app(key_service, limiter=UidLimiter()), "keyd", uids,
+            app = guard_host_service(build_keys_app(key_service, limiter=max_requests_limiter(
+                settings.max_requests.get("keyd"))), "keyd", uids,
                                      modules.module_of)
             runners.append(await start_server(app, [Listener(settings.keys.socket_path, mode=socket_mode("keyd", uids),
                                                              activation_name="keyd")]))
@@ -275,7 +282,8 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
         if "certs" in services:
             cert_service, renewal = build_cert_service(settings.certs, keys_api)
             uids = [p.uid for p in settings.certs.principals]
-            app = guard_host_service(build_certs_app(cert_service, limiter=UidLimiter()), "certd", uids,
+            app = guard_host_service(build_certs_app(cert_service, limiter=max_requests_limiter(
+                settings.max_requests.get("certd"))), "certd", uids,
                                      modules.module_of)
             runners.append(await start_server(app, [Listener(settings.certs.socket_path,
                                                              mode=socket_mode("certd", uids),
@@ -291,7 +299,8 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             if renewal is not None:  # a renewed device identity cert is provisioned again, as aziot does
                 identity.follow_renewals(renewal.subscribe())
             uids = [p.uid for p in settings.identity.principals]
-            app = guard_host_service(build_identity_app(identity, limiter=UidLimiter()), "identityd", uids,
+            app = guard_host_service(build_identity_app(identity, limiter=max_requests_limiter(
+                settings.max_requests.get("identityd"))), "identityd", uids,
                                      modules.module_of)
             runners.append(await start_server(app, [Listener(settings.identity.socket_path,
                                                              mode=socket_mode("identityd", uids),

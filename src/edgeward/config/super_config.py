@@ -41,11 +41,11 @@ TOP_LEVEL = {
     "allow_elevated_docker_permissions", "auto_reprovisioning_mode", "homedir", "cloud_timeout_sec",
     "cloud_retries", "provisioning", "localid", "aziot_keys", "preloaded_keys", "cert_issuance", "preloaded_certs",
     "tpm", "agent", "connect", "listen", "watchdog", "edge_ca", "moby_runtime", "image_garbage_collection",
-    "principal", "endpoints", "edgeward", "homedir_path",
+    "principal", "endpoints", "edgeward", "homedir_path", "iotedge_max_requests", "aziot_max_requests",
 }
 _TABLES = {"provisioning", "localid", "aziot_keys", "preloaded_keys", "cert_issuance", "preloaded_certs", "tpm",
            "agent", "connect", "listen", "watchdog", "edge_ca", "moby_runtime", "image_garbage_collection",
-           "endpoints", "edgeward"}
+           "endpoints", "edgeward", "iotedge_max_requests", "aziot_max_requests"}
 _EDGEWARD = {"keys": "keyd", "identity": "identityd", "runtime": "edged", "integrity": "edged"}
 _ENDPOINTS = {"aziot_keyd": "keyd", "aziot_certd": "certd", "aziot_identityd": "identityd", "aziot_tpmd": "tpmd"}
 _REPROVISIONING = ("Dynamic", "AlwaysOnStartup", "OnErrorOnly")
@@ -55,6 +55,11 @@ _UNUSED = "accepted for compatibility with IoT Edge, not used by Edgeward yet"
 # API's decrypt): read by the identity service, and by the keys service as a preloaded key.
 TOP_LEVEL |= {"prefer_module_identity_cache", "imported_master_encryption_key"}
 _MASTER_KEY_LENGTH = 32  # IoT Edge 1.1's master encryption key: AES-256, raw bytes
+# Simultaneous requests per caller on each socket (aziot's http-common counts connections per uid per socket):
+# [aziot_max_requests] for aziot's services, [iotedge_max_requests] for aziot-edged's two APIs.
+MAX_REQUESTS = {"aziot_max_requests": ("keyd", "certd", "identityd", "tpmd"),
+                "iotedge_max_requests": ("management", "workload")}
+MAX_REQUESTS_LIMIT = 10_000
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,8 @@ class _Splitter:
                        "they are two names of one setting")
         chosen = parent if isinstance(parent, str) else gateway
         if isinstance(chosen, str) and valid_hostname(chosen):
-            edged["local_gateway_hostname"] = chosen
+            # the identity service sends hub traffic to the parent; the runtime tells the agent and modules
+            identityd["local_gateway_hostname"] = edged["local_gateway_hostname"] = chosen
 
     def principals(self, keyd: dict[str, Any], certd: dict[str, Any], identityd: dict[str, Any]) -> None:
         raw = self.doc.get("principal", [])
@@ -368,7 +374,7 @@ class _Splitter:
         self.preloads.certs.update(out["preloaded_certs"])
         self.preloads.keys.update(out["preloaded_keys"])
 
-    def trust_bundles(self, edged: dict[str, Any]) -> None:
+    def trust_bundles(self, identityd: dict[str, Any], edged: dict[str, Any]) -> None:
         for key, cert_id in (("trust_bundle_cert", TRUST_BUNDLE), ("manifest_trust_bundle_cert",
                                                                     MANIFEST_TRUST_BUNDLE)):
             if key not in self.doc:
@@ -377,8 +383,9 @@ class _Splitter:
             if loc is None:
                 continue
             self.preloads.cert(cert_id, loc.value, key, self.p)
-            edged[key] = loc.value
-            self.unused(key)
+            edged[key] = loc.value  # the workload API's trust bundles (runtime/edge_ca.py)
+            if key == "trust_bundle_cert" and "local_gateway_hostname" in identityd:
+                identityd[key] = loc.value  # nested edge: the parent's CAs, for the identity service's TLS
 
     def edged_settings(self, edged: dict[str, Any]) -> None:
         for key, kind, expected in (("allow_elevated_docker_permissions", bool, "true or false"),
@@ -458,8 +465,28 @@ class _Splitter:
                 self.p.add(key, value, f"an integer from {low} to {high}")
             else:
                 identityd[key] = value
-                if key == "cloud_retries":
-                    self.unused(key)
+
+    def max_requests(self, docs: dict[str, dict[str, Any]], tpmd: dict[str, Any] | None) -> None:
+        """``[aziot_max_requests]`` and ``[iotedge_max_requests]``: each service's file keeps its own entry under the
+        same table (so it is itself a valid config), the TPM service's goes to its ``max_requests``."""
+        for table, names in MAX_REQUESTS.items():
+            if table not in self.doc:
+                continue
+            raw = self.table(table)
+            self.p.warn_unknown(raw, set(names), table)
+            for name in names:
+                if name not in raw:
+                    continue
+                value = raw[name]
+                if (not isinstance(value, int) or isinstance(value, bool)
+                        or not 1 <= value <= MAX_REQUESTS_LIMIT):
+                    self.p.add(f"{table}.{name}", value, f"an integer from 1 to {MAX_REQUESTS_LIMIT}")
+                elif name == "tpmd":
+                    if tpmd is not None:
+                        tpmd.setdefault("max_requests", value)
+                else:
+                    service = "edged" if table == "iotedge_max_requests" else name
+                    docs[service].setdefault(table, {})[name] = value
 
     def reprovisioning(self, identityd: dict[str, Any]) -> None:
         """``auto_reprovisioning_mode`` and ``prefer_module_identity_cache`` act in the identity service (it
@@ -580,7 +607,7 @@ class _Splitter:
             # certd keeps names under the local identity domain for local identities (local-id-*) only
             certd["localid"] = self.table("localid")
         self.edge_ca(self.table("edge_ca"))
-        self.trust_bundles(edged)
+        self.trust_bundles(identityd, edged)
         self.edged_settings(edged)
         self.reprovisioning(identityd)
         self.imported_master_encryption_key()
@@ -593,6 +620,7 @@ class _Splitter:
             tpmd = {}  # DPS TPM attestation needs the TPM service, as aziot-tpmd always runs with IoT Edge
         docs = {"keyd": keyd, "certd": certd, "identityd": identityd, "edged": edged}
         self.edgeward(docs)
+        self.max_requests(docs, tpmd)
         self.endpoints(docs, tpmd)
         if isinstance(doc.get("homedir_path"), str):
             certd["homedir_path"] = doc["homedir_path"]
@@ -605,14 +633,17 @@ class _Splitter:
             certd["cert_issuance"] = self.issuance
         if self.preloads.certs:
             certd["preloaded_certs"] = self.preloads.certs
-        order = {"keyd": ("aziot_keys", "preloaded_keys", "principal", "edgeward", "endpoints"),
-                 "certd": ("homedir_path", "cert_issuance", "preloaded_certs", "principal", "localid", "endpoints"),
-                 "identityd": ("hostname", "cloud_timeout_sec", "cloud_retries", "provisioning", "localid",
-                               "principal", "edgeward", "endpoints"),
+        order = {"keyd": ("aziot_keys", "preloaded_keys", "principal", "edgeward", "endpoints",
+                          "aziot_max_requests"),
+                 "certd": ("homedir_path", "cert_issuance", "preloaded_certs", "principal", "localid", "endpoints",
+                           "aziot_max_requests"),
+                 "identityd": ("hostname", "local_gateway_hostname", "trust_bundle_cert", "cloud_timeout_sec",
+                               "cloud_retries", "provisioning", "localid", "principal", "edgeward", "endpoints",
+                               "aziot_max_requests"),
                  "edged": ("hostname", "local_gateway_hostname", "homedir", "trust_bundle_cert",
                            "manifest_trust_bundle_cert", "allow_elevated_docker_permissions",
                            "auto_reprovisioning_mode", "agent", "connect", "listen", "watchdog", "moby_runtime",
-                           "image_garbage_collection", "edgeward")}
+                           "image_garbage_collection", "edgeward", "iotedge_max_requests")}
         order["identityd"] += ("auto_reprovisioning_mode", "prefer_module_identity_cache")
         out = {name: {k: docs[name][k] for k in order[name] if k in docs[name]} for name in docs}
         return ServiceConfigs(out["keyd"], out["certd"], out["identityd"], out["edged"], tpmd)

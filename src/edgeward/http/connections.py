@@ -15,7 +15,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from aiohttp import web
@@ -74,6 +74,13 @@ class ConnectionLimits:
     per_caller: int = 256
     total: int = 8192
     host_reserve: int = 256
+
+    def capped(self, per_caller: int | None) -> ConnectionLimits:
+        """These limits with at most ``per_caller`` connections per caller (a service's configured
+        ``max_requests``); None changes nothing."""
+        if per_caller is None or per_caller >= self.per_caller:
+            return self
+        return replace(self, per_caller=per_caller)
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] | None = None) -> ConnectionLimits:

@@ -2,6 +2,10 @@
 
 Callers are told apart by a caller key (see :mod:`.connections`): by default the socket a request arrived on and
 the peer's uid, so every module's own workload socket is a caller of its own even when all modules run as root.
+
+aziot's ``max_requests`` (``[aziot_max_requests]``, ``[iotedge_max_requests]``) is the number of simultaneous
+requests one uid may have on one socket (http-common counts its connections, each serving one request at a time):
+:func:`max_requests_limiter` makes a limiter that holds each caller to that many connections and running requests.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field
 from .callers import CallerKey, by_socket_and_uid, describe_caller
 from .errors import TooManyRequests
 
-__all__ = ["CallerLimiter", "UidLimiter"]
+__all__ = ["CallerLimiter", "UidLimiter", "max_requests_limiter"]
 
 
 @dataclass
@@ -29,11 +33,14 @@ class CallerLimiter:
     """At most ``max_in_flight`` requests run per caller key; up to ``max_waiting`` more queue; the rest get a 429.
 
     ``caller_key`` says who a caller is, for the apps built with this limiter that do not name their own.
+    ``max_connections``: open connections per caller key on the app's sockets, when lower than the process's
+    per-caller cap (:class:`~edgeward.http.connections.ConnectionLimits`); None keeps that cap.
     """
 
     max_in_flight: int = 64
     max_waiting: int = 1024
     caller_key: CallerKey = by_socket_and_uid
+    max_connections: int | None = None
     _slots: dict[Hashable, _Slot] = field(default_factory=dict)
 
     @asynccontextmanager
@@ -66,3 +73,12 @@ class CallerLimiter:
 
 
 UidLimiter = CallerLimiter  # the name every service imports; limits are per caller key now, uid among them
+
+
+def max_requests_limiter(max_requests: int | None, caller_key: CallerKey = by_socket_and_uid) -> CallerLimiter:
+    """The limiter of a service whose ``max_requests`` is configured: each caller holds at most that many
+    connections (the next is refused at once with a 429, where aziot closes it unanswered) and runs at most that
+    many requests; None: Edgeward's defaults (64 running, 1,024 queued, the process's connection cap)."""
+    if max_requests is None:
+        return CallerLimiter(caller_key=caller_key)
+    return CallerLimiter(max_in_flight=max_requests, caller_key=caller_key, max_connections=max_requests)

@@ -169,7 +169,7 @@ def build_app(
     which enforce the connection limits.
     """
     limiter = limiter or UidLimiter()
-    limits = connection_limits or ConnectionLimits.from_environ()
+    limits = (connection_limits or ConnectionLimits.from_environ()).capped(limiter.max_connections)
     # Decided once, here: at the default level a request pays nothing for a log line nobody will see.
     logged = [request_log] if request_log_enabled() else []
     app = web.Application(

@@ -15,7 +15,7 @@ from ..tpm.api import TpmApi
 from ..tpm.client import TpmClient
 from .cloud import HttpsTransport, X509Transport
 from .dps import DpsAuth, DpsClient, SymmetricKeyAuth, TpmAuth, X509Auth
-from .hub import HubClient
+from .hub import HubClient, HubError
 from .model import HubModules
 from .service import DEVICE_KEY_ID, DpsRegistrar, HubAuth, HubFactory, IdentityService
 from .settings import DpsProvisioning, IdentitySettings
@@ -26,36 +26,55 @@ __all__ = ["build_identity_service", "dps_registrar_for", "hub_factory_for"]
 
 def hub_factory_for(settings: IdentitySettings) -> HubFactory:
     """The production hub client, trusting the configured cloud trust bundle (else the system's CAs): SAS tokens
-    over server-authenticated TLS, or mutual TLS for an X.509 device."""
+    over server-authenticated TLS, or mutual TLS for an X.509 device. Under a parent device (nested edge) the
+    requests go to the parent, whose certificate is checked against ``trust_bundle_cert``'s CAs."""
+    gateway = settings.gateway_hostname
     trusted = _trusted(settings)
+    source: str | None = None
+    if gateway is not None and settings.parent_trust_bundle is not None:
+        trusted = _load(settings.parent_trust_bundle) + (trusted or [])
+        source = f"trust_bundle_cert ({settings.parent_trust_bundle})"
+    peer = f"parent device (parent_hostname {gateway})" if gateway is not None else "IoT Hub"
+    timeout, retries = settings.cloud_timeout, settings.cloud_retries
 
     def factory(device: DeviceIdentity, auth: HubAuth) -> HubModules:
-        peer = "IoT Hub"
+        via = device.gateway_host or gateway
         if isinstance(auth, KeysIdentity):
-            return HubClient(device.hub, device.device_id, X509Transport(auth, trusted, settings.cloud_timeout, peer),
-                             None)
-        return HubClient(device.hub, device.device_id, HttpsTransport(trusted, settings.cloud_timeout, peer), auth)
+            return HubClient(device.hub, device.device_id, X509Transport(auth, trusted, timeout, peer, retries),
+                             None, gateway=via)
+        return HubClient(device.hub, device.device_id,
+                         HttpsTransport(trusted, timeout, peer, retries, trust_source=source), auth, gateway=via)
 
     return factory
+
+
+def _load(uri: str) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(Path(uri.removeprefix("file://")).read_bytes())
 
 
 def _trusted(settings: IdentitySettings) -> list[x509.Certificate] | None:
     if settings.cloud_trust_bundle is None:
         return None
-    return x509.load_pem_x509_certificates(Path(settings.cloud_trust_bundle.removeprefix("file://")).read_bytes())
+    return _load(settings.cloud_trust_bundle)
 
 
 def dps_registrar_for(settings: IdentitySettings) -> DpsRegistrar:
     trusted = _trusted(settings)
 
     async def register(prov: DpsProvisioning, auth: DpsAuth) -> DeviceIdentity:
+        if settings.gateway_hostname is not None:
+            # as aziot-identityd ("DPS provisioning is not supported in nested mode"): not worth retrying
+            raise HubError(f"DPS provisioning is not supported under a parent device (parent_hostname "
+                           f"{settings.gateway_hostname}); provision this device manually", status=400,
+                           cloud_status=0)
         registration_id = prov.registration_id
         if registration_id is None and isinstance(auth, X509Auth):
             names = auth.identity.cert_chain[0].subject.get_attributes_for_oid(NameOID.COMMON_NAME)
             registration_id = str(names[0].value) if names else None
         if registration_id is None:
             raise HttpError("no DPS registration id: set provisioning.attestation.registration_id", status=500)
-        client = DpsClient(prov.endpoint, prov.scope_id, trusted, settings.cloud_timeout)
+        client = DpsClient(prov.endpoint, prov.scope_id, trusted, settings.cloud_timeout,
+                           retries=settings.cloud_retries)
         assignment = await client.register(registration_id, auth, prov.payload)
         hub, device_id = assignment.assigned_hub, assignment.device_id
         if isinstance(auth, SymmetricKeyAuth):

@@ -68,17 +68,20 @@ class DpsAssignment:
 
 class DpsClient:
     def __init__(self, endpoint: str, scope_id: str, trusted: Sequence[x509.Certificate] | None,
-                 timeout: float = 30.0, max_wait: float = 120.0) -> None:
+                 timeout: float = 30.0, max_wait: float = 120.0, *, retries: int = 0) -> None:
+        """``timeout`` bounds each attempt of each call and ``retries`` is how often a call that got no answer is
+        tried again (``cloud_timeout_sec``, ``cloud_retries``); ``max_wait`` bounds the wait for the assignment."""
         self.endpoint, self.scope_id = endpoint.rstrip("/"), scope_id
         self._trusted = trusted
         self._timeout = timeout
+        self._retries = retries
         self._max_wait = max_wait
 
     def _transport(self, auth: DpsAuth) -> CloudTransport:
         peer = "DPS"
         if isinstance(auth, X509Auth):
-            return X509Transport(auth.identity, self._trusted, self._timeout, peer)
-        return HttpsTransport(self._trusted, self._timeout, peer)
+            return X509Transport(auth.identity, self._trusted, self._timeout, peer, self._retries)
+        return HttpsTransport(self._trusted, self._timeout, peer, self._retries)
 
     async def _call(self, transport: CloudTransport, method: str, path: str, token: str | None, *,
                     body: dict[str, Any] | None = None,

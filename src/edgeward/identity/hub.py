@@ -1,10 +1,15 @@
 """IoT Hub's registry REST API for a device's own modules (``/devices/{id}/modules/{mid}``), authenticated either with
 a SAS token signed by the device key (in the keys service, or the TPM's authentication key) or, for an X.509 device,
-by mutual TLS with the device identity certificate (its key in the keys service). Implements :class:`HubModules`."""
+by mutual TLS with the device identity certificate (its key in the keys service). Implements :class:`HubModules`.
+
+Nested edge (``parent_hostname``): the requests go to the parent device (``gateway``), whose edge hub relays them to
+IoT Hub, but everything that names the hub stays the hub's: the SAS token's audience (``sr``) is still
+``<hub>/devices/<id>``, and the paths are the registry's own, as aziot-identityd's hub client builds them."""
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 from typing import Any
 from urllib.parse import quote
@@ -40,6 +45,14 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def _host(name: str) -> str:
+    """A host for a URL: an IPv6 address (a parent_hostname may be one) in brackets."""
+    try:
+        return f"[{name}]" if ipaddress.ip_address(name).version == 6 else name
+    except ValueError:
+        return name
+
+
 def _module(doc: Any) -> ModuleInfo:
     if not isinstance(doc, dict) or "moduleId" not in doc:
         raise HubError("the hub answered with something that is not a module", cloud_status=0)
@@ -47,18 +60,27 @@ def _module(doc: Any) -> ModuleInfo:
 
 
 class HubClient:
-    def __init__(self, hub: str, device_id: str, transport: CloudTransport, signer: Signer | None) -> None:
-        """``signer`` signs SAS tokens; ``None`` for an X.509 device, which ``transport`` authenticates by TLS."""
+    def __init__(self, hub: str, device_id: str, transport: CloudTransport, signer: Signer | None,
+                 gateway: str | None = None) -> None:
+        """``signer`` signs SAS tokens; ``None`` for an X.509 device, which ``transport`` authenticates by TLS.
+        ``gateway``: the host the requests go to when it is not the hub itself (the parent device)."""
         self.hub, self.device_id = hub, device_id
+        self._gateway = gateway
         self._transport = transport
         self._signer = signer
 
+    @property
+    def gateway(self) -> str:
+        """Where the requests go: the parent device, or the hub itself."""
+        return self._gateway or self.hub
+
     def __repr__(self) -> str:
-        return f"HubClient({self.hub}, {self.device_id})"
+        via = f" via {self.gateway}" if self.gateway != self.hub else ""
+        return f"HubClient({self.hub}, {self.device_id}{via})"
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
                        if_match: bool = False) -> tuple[int, Any]:
-        url = f"https://{self.hub}/devices/{_segment(self.device_id)}{path}?api-version={HUB_API_VERSION}"
+        url = f"https://{_host(self.gateway)}/devices/{_segment(self.device_id)}{path}?api-version={HUB_API_VERSION}"
         headers = {"Accept": "application/json"}
         if self._signer is not None:
             headers["Authorization"] = await make_token(device_audience(self.hub, self.device_id), self._signer, 300)
@@ -83,7 +105,8 @@ class HubClient:
                 message = str(doc.get("Message") or doc.get("message") or "")
             # The caller of the identity API is not the one the hub refused: 401/403 become 502 (bad gateway).
             mapped = status if status in (404, 409, 412, 429) else (503 if status >= 500 else 502)
-            raise HubError(f"IoT Hub {self.hub} answered {status} to {method} {path}: {message[:300]}", mapped,
+            via = f" (through {self.gateway})" if self.gateway != self.hub else ""
+            raise HubError(f"IoT Hub {self.hub}{via} answered {status} to {method} {path}: {message[:300]}", mapped,
                            float(retry_after) if retry_after and retry_after.isdigit() else None, status)
         return status, doc
 

@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -134,6 +134,9 @@ class IdentityService:
         if self._device is None:
             detail = f": {self._last_error}" if self._last_error else ""
             raise NotProvisioned(f"the device is not provisioned yet{detail}")
+        gateway = self.settings.gateway_hostname  # nested edge: today's parent, whatever a backup recorded
+        if gateway is not None and self._device.gateway_host != gateway:
+            return replace(self._device, gateway_host=gateway)
         return self._device
 
     async def start(self) -> None:

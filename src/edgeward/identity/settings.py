@@ -1,5 +1,7 @@
-"""The identity service's settings: aziot-identityd's ``[provisioning]``, ``hostname``, ``[[principal]]`` and
-``[localid]``, plus Edgeward's ``[edgeward.identity]`` (the trust bundle for the cloud's TLS)."""
+"""The identity service's settings: aziot-identityd's ``[provisioning]``, ``hostname``, ``[[principal]]``,
+``[localid]``, ``cloud_timeout_sec``, ``cloud_retries`` and ``local_gateway_hostname`` (IoT Edge's
+``parent_hostname``, with the parent's CAs from ``trust_bundle_cert``), plus Edgeward's ``[edgeward.identity]`` (the
+trust bundle for the cloud's TLS)."""
 
 from __future__ import annotations
 
@@ -77,7 +79,12 @@ class IdentitySettings:
     principals: tuple[IdPrincipal, ...] = ()
     localid_domain: str | None = None
     cloud_trust_bundle: str | None = None  # file:// URI of the CAs trusted for IoT Hub / DPS TLS
-    cloud_timeout: float = 30.0
+    cloud_timeout: float = 30.0  # seconds per attempt of a cloud call (cloud_timeout_sec)
+    cloud_retries: int = 1  # attempts after the first that got no answer (cloud_retries; aziot's default)
+    # Nested edge: the parent device hub traffic goes to (parent_hostname), and the file:// URI of the CAs its TLS
+    # certificate is checked against (trust_bundle_cert); None: hub traffic goes to the hub itself.
+    gateway_hostname: str | None = None
+    parent_trust_bundle: str | None = None
     tpmd_socket: Path | None = None  # where the TPM service listens, for DPS TPM attestation
     # IoT Edge 1.5's auto_reprovisioning_mode and prefer_module_identity_cache (identity/reprovisioning.py)
     auto_reprovisioning_mode: ReprovisioningMode = "Dynamic"
@@ -248,6 +255,12 @@ def parse_identity_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pa
     if not isinstance(prefer_cache, bool):
         p.add("prefer_module_identity_cache", prefer_cache, "true or false")
         prefer_cache = False
+    timeout = p.get(doc, "cloud_timeout_sec", "", int, 30)
+    retries = p.get(doc, "cloud_retries", "", int, 1)
+    gateway = p.get(doc, "local_gateway_hostname", "", str, "") or None
+    parent_trust = (p.get(doc, "trust_bundle_cert", "", str, "") or None) if gateway is not None else None
+    if parent_trust is not None and not parent_trust.startswith("file://"):
+        p.add("trust_bundle_cert", parent_trust, "a file:// URI")
     if problems is None:
         p.raise_if_any()
     return IdentitySettings(
@@ -258,6 +271,8 @@ def parse_identity_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pa
         localid_domain=p.get(localid, "domain_name", "localid", str, "") or None, cloud_trust_bundle=trust,
         tpmd_socket=tpmd_socket, auto_reprovisioning_mode=cast(ReprovisioningMode, mode),
         prefer_module_identity_cache=prefer_cache,
+        cloud_timeout=float(timeout), cloud_retries=retries, gateway_hostname=gateway,
+        parent_trust_bundle=parent_trust,
     )
 
 

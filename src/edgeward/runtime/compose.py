@@ -18,8 +18,9 @@ from ..attest.audit_open import open_audit_log
 from ..attest.monitor import IntegrityMonitor
 from ..attest.pipeline import Attestor
 from ..certs.api import CertsApi
-from ..http import Listener, UidLimiter, start_server
+from ..http import Listener, start_server
 from ..http.callers import by_socket
+from ..http.limits import max_requests_limiter
 from ..http.server import make_runner
 from ..identity.service import IdentityService
 from ..keys.api import KeysApi
@@ -106,7 +107,8 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
     sockets = WorkloadSockets(settings.workload_root)
     workload = Workload(attestor, sockets, keys, edge_ca, settings.hostname)
     # One socket per module: the socket is the caller, whatever uids the module's processes take.
-    workload_app = build_workload_app(workload, limiter=UidLimiter(caller_key=by_socket))
+    workload_app = build_workload_app(workload, limiter=max_requests_limiter(settings.max_requests.get("workload"),
+                                                                             caller_key=by_socket))
     workload_runner = make_runner(workload_app)
     await workload_runner.setup()
     sockets.runner = workload_runner  # from now on every module directory gets its socket
@@ -122,7 +124,7 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
                          [workload_runner])
     try:
         settings.mgmt_dir.mkdir(parents=True, exist_ok=True)
-        mgmt_app = build_management_app(mgmt, limiter=UidLimiter())
+        mgmt_app = build_management_app(mgmt, limiter=max_requests_limiter(settings.max_requests.get("management")))
         parts.runners.append(await start_server(mgmt_app, [
             Listener(settings.mgmt_socket, mode=0o666, activation_name="aziot-edged.mgmt")]))
         await runtime.start()

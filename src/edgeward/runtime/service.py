@@ -38,6 +38,7 @@ from .privileges import (
 from .registry import Registration, Registry
 from .settings import RuntimeSettings
 from .sockets import WorkloadSockets
+from .upstream import upstream_env
 
 __all__ = ["WORKLOAD_API_VERSION", "ModuleRuntime", "ModuleView"]
 
@@ -152,15 +153,13 @@ class ModuleRuntime:
             "IOTEDGE_MODULEGENERATIONID": generation_id,
             "IOTEDGE_DEVICEID": device_id,
             "IOTEDGE_IOTHUBHOSTNAME": hub,
-            "IOTEDGE_GATEWAYHOSTNAME": self.settings.gateway_hostname,
             "IOTEDGE_APIVERSION": WORKLOAD_API_VERSION,
             "IOTEDGE_AUTHSCHEME": "sasToken",
         })
-        if identity.startswith("$"):
-            # The agent and edgeHub read IOTEDGE_GATEWAYHOSTNAME as their parent edge's name (nested edge): they
-            # would connect upstream to this very device. aziot-edged sets it for them only under a parent, which
-            # Edgeward does not support; every other module keeps it (its gateway is this device's edgeHub).
-            env.pop("IOTEDGE_GATEWAYHOSTNAME", None)
+        # nested edge: the agent and edgeHub go to the parent, every other module to this device (upstream.py)
+        env.pop("IOTEDGE_GATEWAYHOSTNAME", None)
+        env.pop("IOTEDGE_PARENTHOSTNAME", None)
+        env.update(upstream_env(identity, self.settings.hostname, self.settings.parent_hostname))
         env.update(self.settings.extra_env)
         if system:
             # aziot-edged's watchdog: the agent writes EdgeDeviceHostName into edgeHub's environment and names it

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from ..config.problems import Problems
 from .model import ModuleConfig, parse_module_config
+from .upstream import UPSTREAM, resolve_upstream
 
 __all__ = ["RuntimeSettings", "parse_runtime_settings"]
 
@@ -28,7 +29,7 @@ class RuntimeSettings:
     home: Path  # registrations and process-engine state
     run_dir: Path  # mgmt.sock and one workload socket directory per module
     hostname: str
-    gateway_hostname: str
+    gateway_hostname: str  # what modules use as their gateway: this device (its edgeHub)
     docker_uri: str = "unix:///var/run/docker.sock"
     network: str | None = None
     agent: ModuleConfig | None = None
@@ -51,6 +52,10 @@ class RuntimeSettings:
     # Files and directories of the other services (config file, key/cert files, their homedirs) that no module may
     # bind: filled by daemon.load_settings, which sees every service's settings.
     protected_paths: tuple[Path, ...] = ()
+    # Nested edge: the parent device (IoT Edge's parent_hostname), the agent's and edgeHub's upstream (upstream.py).
+    parent_hostname: str | None = None
+    # [iotedge_max_requests] management / workload as configured (simultaneous requests per caller); absent: defaults
+    max_requests: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def mgmt_dir(self) -> Path:
@@ -133,11 +138,21 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
         uid_base = None
     hostname = p.get(doc, "hostname", "", str, "edgeward-device")
     elevated = p.get(doc, "allow_elevated_docker_permissions", "", bool, False)
+    parent = p.get(doc, "local_gateway_hostname", "", str, "") or None
+    agent = _agent(doc, p)
+    if agent is not None and parent is not None:
+        agent = resolve_upstream(agent, parent)
+    elif agent is not None and agent.image.startswith(UPSTREAM):
+        p.add("agent.config.image", agent.image, f"parent_hostname set ({UPSTREAM} stands for the parent device a "
+              "child pulls the agent's image from)")
+    limits = {name: value for name, value in p.get(doc, "iotedge_max_requests", "", dict, {}).items()
+              if name in ("management", "workload") and isinstance(value, int) and not isinstance(value, bool)
+              and value > 0}
     return RuntimeSettings(
         engine="docker" if engine == "docker" else "process",
         home=state_dir / "runtime", run_dir=run_dir, hostname=hostname,
-        gateway_hostname=p.get(doc, "local_gateway_hostname", "", str, hostname),
-        docker_uri=uri, network=network, agent=_agent(doc, p), watchdog_period=float(period),
+        gateway_hostname=hostname, parent_hostname=parent, max_requests=limits,
+        docker_uri=uri, network=network, agent=agent, watchdog_period=float(period),
         watchdog_max_retries=retries, integrity_policy=policy,  # type: ignore[arg-type]
         integrity_period=float(integrity_period), audit_home=state_dir / "audit",
         server_cert_allow_wildcards=p.get(ours, "server_cert_allow_wildcards", "edgeward.runtime", bool, False),

@@ -25,6 +25,11 @@ whole to ``https.request`` and has no port setting; the host name is also the SA
 emulator listens on port 443 of a loopback address of its own (``127.x.y.z``: Linux routes all of 127/8 to ``lo``),
 and that address is its host name. Binding port 443 needs root or CAP_NET_BIND_SERVICE; ``port=0`` gives an
 ephemeral port on 127.0.0.1 instead, and a ``127.0.0.1:<port>`` host name that only clients taking a port can use.
+
+As a parent device (nested edge): ``hub_name`` is the name of the IoT Hub the emulator stands for when that is not
+the name it is reached by. A child device dials the parent's address (its ``parent_hostname``) and checks the TLS
+certificate against the parent's CA, while its SAS tokens name the hub (``sr=<hub_name>/devices/<id>``), as a
+parent's edgeHub relays them to IoT Hub, which checks them against its own name.
 """
 
 from __future__ import annotations
@@ -108,9 +113,11 @@ class _Refused(Exception):
 class HubEmulator:
     API_VERSIONS = frozenset({"2017-11-08-preview", "2020-05-31-preview", "2021-04-12"})
 
-    def __init__(self, *, port: int | None = None) -> None:
+    def __init__(self, *, port: int | None = None, hub_name: str | None = None) -> None:
         """``port=None``: port 443 on a loopback address of its own (what the SDKs can dial); ``port=0``: an
-        ephemeral port on 127.0.0.1."""
+        ephemeral port on 127.0.0.1. ``hub_name``: the IoT Hub's name in tokens and connection strings, when the
+        emulator stands in for a parent device reached by another name (default: :attr:`hostname`)."""
+        self._hub_name = hub_name
         self.ca_cert, self._ca_key = generate_ca("Edgeward test IoT Hub CA")
         self.devices: dict[str, Device] = {}
         self.policies: dict[str, AccessPolicy] = {}
@@ -133,6 +140,11 @@ class HubEmulator:
         return self.address if self.port == 443 else f"{self.address}:{self.port}"
 
     @property
+    def hub_name(self) -> str:
+        """The IoT Hub's name: what SAS tokens must name (``sr``) and connection strings carry (``HostName``)."""
+        return self._hub_name or self.hostname
+
+    @property
     def ca_pem(self) -> bytes:
         return self.ca_cert.public_bytes(serialization.Encoding.PEM)
 
@@ -149,7 +161,7 @@ class HubEmulator:
     def connection_string(self, policy: str = "iothubowner") -> str:
         """A service connection string for ``policy``, as the portal shows it."""
         key = base64.b64encode(self.policies[policy].primary_key).decode()
-        return f"HostName={self.hostname};SharedAccessKeyName={policy};SharedAccessKey={key}"
+        return f"HostName={self.hub_name};SharedAccessKeyName={policy};SharedAccessKey={key}"
 
     def add_device(self, device_id: str, key: bytes | None = None) -> bytes:
         """A SAS device with ``key`` as its primary key (an existing device keeps its modules and generation)."""
@@ -289,9 +301,9 @@ class HubEmulator:
             scope = parse_scope(token)
         except SasError as e:
             raise _Refused(str(e)) from None
-        if not covers(scope, self.hostname, request.raw_path):
+        if not covers(scope, self.hub_name, request.raw_path):
             raise _Refused(f"the token's resource {scope.host}/{'/'.join(scope.segments)} does not cover "
-                           f"{self.hostname}{request.path}")
+                           f"{self.hub_name}{request.path}")
         if token.key_name is not None:
             policy = self.policies.get(token.key_name)
             if policy is None:
