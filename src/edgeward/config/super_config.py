@@ -390,18 +390,9 @@ class _Splitter:
         for key in ("connect", "listen"):
             if key not in self.doc:
                 continue
-            table = self.table(key)
-            self.p.warn_unknown(table, {"workload_uri", "management_uri", "min_tls_version"} if key == "listen"
-                                else {"workload_uri", "management_uri"}, key)
-            schemes = ("unix://", "fd://") if key == "listen" else ("unix://",)
-            for name in ("workload_uri", "management_uri"):
-                uri = table.get(name)
-                if uri is not None and not (isinstance(uri, str) and uri.startswith(schemes)):
-                    self.p.add(f"{key}.{name}", uri, " or ".join(f"a {s}... URI" for s in schemes))
+            table = self.table(key)  # checked, and its unknown keys reported, by the runtime's settings
             if isinstance(self.doc[key], dict):
                 edged[key] = table
-                self.p.warnings.append(f"{key}: {_UNUSED} (Edgeward serves the management and workload APIs "
-                                       "under its run directory)")
         if "watchdog" in self.doc:
             watchdog = self.table("watchdog")
             self.p.warn_unknown(watchdog, {"max_retries"}, "watchdog")
@@ -425,12 +416,9 @@ class _Splitter:
             if isinstance(self.doc["moby_runtime"], dict):
                 edged["moby_runtime"] = moby
         if "image_garbage_collection" in self.doc:
-            gc = self.table("image_garbage_collection")
-            self.p.warn_unknown(gc, {"enabled", "cleanup_recurrence", "image_age_cleanup_threshold",
-                                     "cleanup_time"}, "image_garbage_collection")
+            gc = self.table("image_garbage_collection")  # checked by the runtime's settings (runtime/image_gc.py)
             if isinstance(self.doc["image_garbage_collection"], dict):
                 edged["image_garbage_collection"] = gc
-                self.unused("image_garbage_collection")
 
     def identity_cloud(self, identityd: dict[str, Any]) -> None:
         for key, low, high in (("cloud_timeout_sec", 1, 3600), ("cloud_retries", 0, 100)):

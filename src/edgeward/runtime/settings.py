@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from ..config.problems import Problems
+from .engine import CONTAINER_WORKLOAD_DIR, WORKLOAD_SOCKET_NAME
+from .image_gc import ImageGcSettings, parse_image_gc
 from .model import ModuleConfig, parse_module_config
 
 __all__ = ["RuntimeSettings", "parse_runtime_settings"]
@@ -51,14 +53,53 @@ class RuntimeSettings:
     # Files and directories of the other services (config file, key/cert files, their homedirs) that no module may
     # bind: filled by daemon.load_settings, which sees every service's settings.
     protected_paths: tuple[Path, ...] = ()
+    # IoT Edge's [connect] (what modules are told: paths inside their containers) and [listen] (where the sockets
+    # are on the host: unix:// paths or systemd's fd:// names); None: Edgeward's defaults (see the properties).
+    connect_workload_uri: str | None = None
+    connect_management_uri: str | None = None
+    listen_workload_uri: str | None = None
+    listen_management_uri: str | None = None
+    image_gc: ImageGcSettings = field(default_factory=ImageGcSettings)
 
     @property
     def mgmt_dir(self) -> Path:
+        """The host directory mounted into a container agent for its management socket (when that socket is not
+        in the agent's own workload directory, see :attr:`agent_mgmt_in_workload_dir`)."""
         return self.run_dir / "mgmt"
 
     @property
     def mgmt_socket(self) -> Path:
+        """The management socket host callers use: ``listen.management_uri``'s path, else under the run dir (also
+        when systemd passes the socket: the unit's ListenStream is then the path)."""
+        listen = self.listen_management_uri
+        if listen is not None and listen.startswith("unix://"):
+            return Path(listen.removeprefix("unix://"))
         return self.mgmt_dir / "mgmt.sock"
+
+    @property
+    def container_workload_socket(self) -> PurePosixPath:
+        """Where a container module's workload socket is inside it (``connect.workload_uri``): its own workload
+        directory is mounted on this path's directory."""
+        uri = self.connect_workload_uri or f"unix://{CONTAINER_WORKLOAD_DIR}/{WORKLOAD_SOCKET_NAME}"
+        return PurePosixPath(uri.removeprefix("unix://"))
+
+    @property
+    def container_mgmt_socket(self) -> PurePosixPath:
+        """Where a container agent's management socket is inside it (``connect.management_uri``)."""
+        uri = self.connect_management_uri or "unix:///var/run/iotedge-mgmt/mgmt.sock"
+        return PurePosixPath(uri.removeprefix("unix://"))
+
+    @property
+    def agent_mgmt_in_workload_dir(self) -> bool:
+        """IoT Edge's default layout puts both sockets in one directory (/var/run/iotedge): a container agent then
+        gets its management socket inside its own workload directory, so one directory mount carries both."""
+        return self.container_mgmt_socket.parent == self.container_workload_socket.parent
+
+    @property
+    def workload_socket_name(self) -> str:
+        """The file name of each module's workload socket on the host: the container path's, so the directory can
+        be mounted as it is; host processes are told the host path, so theirs keeps Edgeward's name."""
+        return self.container_workload_socket.name if self.engine == "docker" else WORKLOAD_SOCKET_NAME
 
     @property
     def workload_root(self) -> Path:
@@ -75,6 +116,41 @@ def _agent(doc: Mapping[str, Any], p: Problems) -> ModuleConfig | None:
         "imagePullPolicy": raw.get("imagePullPolicy", "on-create"), "config": raw.get("config", {}),
         "env": raw.get("env", {}),
     }, p, "agent")
+
+
+def _socket_uri(table: Mapping[str, Any], key: str, where: str, p: Problems, *, fd: bool) -> str | None:
+    """A ``unix:///absolute/path`` URI (or, where systemd may pass the socket, ``fd://<name or number>``)."""
+    uri = table.get(key)
+    if uri is None:
+        return None
+    if isinstance(uri, str) and uri.startswith("unix://"):
+        path = PurePosixPath(uri.removeprefix("unix://"))
+        if path.is_absolute() and path.name and ".." not in path.parts and "\0" not in uri:
+            return uri
+    elif fd and isinstance(uri, str) and uri.startswith("fd://"):
+        name = uri.removeprefix("fd://").rstrip("/")
+        if name and ":" not in name and "/" not in name and not name.isspace():
+            return uri
+    expected = "a unix:///absolute/path URI" + (" or fd://<systemd socket name or fd number>" if fd else "")
+    p.add(f"{where}.{key}", uri, expected)
+    return None
+
+
+def _connect_listen(doc: Mapping[str, Any], p: Problems) -> tuple[str | None, str | None, str | None, str | None]:
+    """(connect workload, connect management, listen workload, listen management) URIs, each checked."""
+    connect = p.get(doc, "connect", "", dict, {})
+    listen = p.get(doc, "listen", "", dict, {})
+    p.warn_unknown(connect, {"workload_uri", "management_uri"}, "connect")
+    p.warn_unknown(listen, {"workload_uri", "management_uri", "min_tls_version"}, "listen")
+    c_work = _socket_uri(connect, "workload_uri", "connect", p, fd=False)
+    c_mgmt = _socket_uri(connect, "management_uri", "connect", p, fd=False)
+    l_work = _socket_uri(listen, "workload_uri", "listen", p, fd=True)
+    l_mgmt = _socket_uri(listen, "management_uri", "listen", p, fd=True)
+    if c_work is not None and c_work == c_mgmt:
+        p.add("connect.management_uri", c_mgmt, "another path than connect.workload_uri")
+    if l_work is not None and l_work == l_mgmt:
+        p.add("listen.management_uri", l_mgmt, "another socket than listen.workload_uri")
+    return c_work, c_mgmt, l_work, l_mgmt
 
 
 def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path, p: Problems) -> RuntimeSettings:
@@ -132,6 +208,7 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
         p.add("edgeward.runtime.sandbox_uid_base", uid_base, "a uid from 1000 leaving room for 65536 uids above it")
         uid_base = None
     hostname = p.get(doc, "hostname", "", str, "edgeward-device")
+    c_work, c_mgmt, l_work, l_mgmt = _connect_listen(doc, p)
     elevated = p.get(doc, "allow_elevated_docker_permissions", "", bool, False)
     return RuntimeSettings(
         engine="docker" if engine == "docker" else "process",
@@ -143,4 +220,6 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
         server_cert_allow_wildcards=p.get(ours, "server_cert_allow_wildcards", "edgeward.runtime", bool, False),
         server_cert_allow_ip_addresses=p.get(ours, "server_cert_allow_ip_addresses", "edgeward.runtime", bool, False),
         server_cert_hostname_modules=tuple(hostname_modules), server_cert_names=cert_names,
-        allow_elevated_docker_permissions=elevated, state_dir=state_dir, sandbox_uid_base=uid_base)
+        allow_elevated_docker_permissions=elevated, state_dir=state_dir, sandbox_uid_base=uid_base,
+        image_gc=parse_image_gc(doc, p), connect_workload_uri=c_work, connect_management_uri=c_mgmt,
+        listen_workload_uri=l_work, listen_management_uri=l_mgmt)
