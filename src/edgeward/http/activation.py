@@ -6,6 +6,8 @@ import os
 import socket
 from collections.abc import Mapping
 
+from ..config.problems import ConfigError
+
 __all__ = ["SD_LISTEN_FDS_START", "ActivationError", "activated_sockets", "socket_for_fd_uri"]
 
 SD_LISTEN_FDS_START = 3
@@ -15,8 +17,12 @@ SD_LISTEN_FDS_START = 3
 _TAKEN: dict[int, dict[str, socket.socket]] = {}
 
 
-class ActivationError(Exception):
-    """An ``fd://`` URI names a socket systemd did not pass; the message names the setting and what was passed."""
+class ActivationError(ConfigError):
+    """An ``fd://`` URI names a socket systemd did not pass; the message names the setting and what was passed (a
+    configuration error: the daemon exits with its code, 3)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__([message], "socket activation")
 
 
 def activated_sockets(environ: Mapping[str, str] | None = None) -> dict[str, socket.socket]:
