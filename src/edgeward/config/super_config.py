@@ -443,6 +443,18 @@ class _Splitter:
             else:
                 docs[service].setdefault("edgeward", {})[name] = value
 
+    def tpm_owner_for_keys(self, keyd: dict[str, Any], tpmd: dict[str, Any] | None) -> None:
+        """``[tpm.hierarchy_authorization] owner`` is the owner hierarchy's authValue: the keys service's TPM backend
+        needs it too when it keeps keys (or the master key) in the TPM, to create the storage root key they are
+        wrapped under. ``[edgeward.keys] tpm_owner_auth``, when given, wins; ``str:`` keeps the value literal."""
+        hier = tpmd.get("hierarchy_authorization") if tpmd is not None else None
+        owner = hier.get("owner") if isinstance(hier, dict) else None
+        keys = keyd.get("edgeward", {}).get("keys")
+        if not (isinstance(owner, str) and owner and isinstance(keys, dict)):
+            return
+        if keys.get("backend") == "tpm" or keys.get("master_key") == "tpm":
+            keys.setdefault("tpm_owner_auth", f"str:{owner}")
+
     def endpoints(self, docs: dict[str, dict[str, Any]], tpmd: dict[str, Any] | None) -> None:
         raw = self.table("endpoints")
         self.p.warn_unknown(raw, set(_ENDPOINTS), "endpoints")
@@ -518,6 +530,7 @@ class _Splitter:
             tpmd = {}  # DPS TPM attestation needs the TPM service, as aziot-tpmd always runs with IoT Edge
         docs = {"keyd": keyd, "certd": certd, "identityd": identityd, "edged": edged}
         self.edgeward(docs)
+        self.tpm_owner_for_keys(docs["keyd"], tpmd)
         self.endpoints(docs, tpmd)
         if isinstance(doc.get("homedir_path"), str):
             certd["homedir_path"] = doc["homedir_path"]
