@@ -2,7 +2,8 @@
 
 dockerd runs with --bridge=none --iptables=false: the network Edgeward creates is a user-defined bridge (the
 engine's default driver, as aziot-edged creates it; ipvlan and macvlan answer "operation not supported" there).
-dockerd adds a br-<id> interface for it while it exists and no firewall rule; the test removes the network.
+dockerd adds a br-<id> interface (with the network's gateway address) for it while it exists, and no firewall
+rule; the test uses a subnet of the benchmarking range and removes the network.
 
 No registry is reachable: a local HTTP server stands in for one at 127.0.0.1 (which dockerd treats as an insecure
 registry and reaches over plain HTTP), challenges for Basic credentials, and records the Authorization header
@@ -41,13 +42,18 @@ async def test_modules_and_agent_join_the_network_created_when_missing(
     agent = {"name": "edgeAgent", "type": "docker", "imagePullPolicy": "never",
              "config": {"image": TEST_IMAGE, "createOptions": {"Cmd": ["sleep", "3600"]}},
              "env": {"RuntimeLogLevel": "debug", "UpstreamProtocol": "AmqpWs"}}
-    doc = {"hostname": "edge-net", "moby_runtime": {"uri": dockerd.uri, "network": network}, "agent": agent,
+    # IoT Edge's table form; a subnet from the benchmarking range (RFC 2544) clashes with no real network.
+    table = {"name": network, "ipam": {"config": [{"gateway": "198.18.231.1", "subnet": "198.18.231.0/24",
+                                                    "ip_range": "198.18.231.128/25"}]}}
+    doc = {"hostname": "edge-net", "moby_runtime": {"uri": dockerd.uri, "network": table}, "agent": agent,
            "edgeward": {"runtime": {"engine": "docker", "watchdog_seconds": 1}}}
     try:
         async with serve_runtime(request, public_dir, DockerEngine(dockerd.uri), doc) as rt:
             try:
                 created = _inspect(dockerd, network)
                 assert created["Driver"] == "bridge", created
+                assert created["IPAM"]["Config"] == [{"Subnet": "198.18.231.0/24", "IPRange": "198.18.231.128/25",
+                                                      "Gateway": "198.18.231.1"}], created["IPAM"]
                 mgmt = ManagementClient(rt.mgmt_socket)
                 try:
                     await mgmt.create_module({"name": "netmod", "type": "docker", "imagePullPolicy": "never",
@@ -60,6 +66,7 @@ async def test_modules_and_agent_join_the_network_created_when_missing(
                     c = _inspect(dockerd, name)
                     assert c["HostConfig"]["NetworkMode"] == network, name
                     assert list(c["NetworkSettings"]["Networks"]) == [network], name
+                    assert c["NetworkSettings"]["Networks"][network]["IPAddress"].startswith("198.18.231."), name
                 env = dict(e.split("=", 1) for e in _inspect(dockerd, "edgeAgent")["Config"]["Env"])
                 assert env["RuntimeLogLevel"] == "debug" and env["UpstreamProtocol"] == "AmqpWs"  # [agent.env]
             finally:

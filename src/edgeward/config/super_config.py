@@ -400,17 +400,7 @@ class _Splitter:
                 edged["watchdog"] = watchdog
         if "moby_runtime" in self.doc:
             moby = self.table("moby_runtime")
-            network = moby.get("network")
-            if isinstance(network, dict):
-                # IoT Edge's network table: Edgeward uses the network by name
-                self.p.warn_unknown(network, {"name", "ipv6", "ipam"}, "moby_runtime.network")
-                if not isinstance(network.get("name"), str):
-                    self.p.add("moby_runtime.network.name", network.get("name", "<missing>"), "a network name")
-                    moby.pop("network")
-                else:
-                    moby["network"] = network["name"]
-                    for extra in sorted({"ipv6", "ipam"} & set(network)):
-                        self.unused(f"moby_runtime.network.{extra}")
+            # IoT Edge's network (a name, or a table with name, ipv6, ipam): checked by the runtime's settings
             if "content_trust" in moby:
                 self.unused("moby_runtime.content_trust")
             if isinstance(self.doc["moby_runtime"], dict):

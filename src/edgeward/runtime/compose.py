@@ -199,7 +199,7 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
         if shared is not None:
             await _serve(workload_runner, shared)
         if settings.network and hasattr(engine, "ensure_network"):
-            await engine.ensure_network(settings.network)
+            await engine.ensure_network(settings.network, settings.network_options)
         await runtime.start()
         await monitor.start()
         if image_gc is not None:

@@ -9,6 +9,7 @@ setting either way, and every refusal says how to turn it on."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -33,6 +34,8 @@ class RuntimeSettings:
     gateway_hostname: str
     docker_uri: str = "unix:///var/run/docker.sock"
     network: str | None = None
+    # How the network is created when missing ([moby_runtime.network] ipv6, ipam): Docker's network create body.
+    network_options: Mapping[str, Any] = field(default_factory=dict)
     agent: ModuleConfig | None = None
     watchdog_period: float = 5.0
     watchdog_max_retries: int | None = None  # None: retry forever (IoT Edge's "infinite")
@@ -118,6 +121,58 @@ def _agent(doc: Mapping[str, Any], p: Problems) -> ModuleConfig | None:
     }, p, "agent")
 
 
+_IPAM_KEYS = {"gateway": "Gateway", "subnet": "Subnet", "ip_range": "IPRange"}
+
+
+def _network(moby: Mapping[str, Any], p: Problems) -> tuple[str | None, dict[str, Any]]:
+    """``[moby_runtime] network``: a name, or IoT Edge's table {name, ipv6, ipam = {config = [{gateway, subnet,
+    ip_range}]}}, which aziot-edged turns into Docker's EnableIPv6 and IPAM.Config when it creates the network."""
+    raw = moby.get("network")
+    where = "moby_runtime.network"
+    if raw is None or raw == "":
+        return None, {}  # aziot-edged's default is "azure-iot-edge"; Edgeward leaves modules' networks alone
+    if isinstance(raw, str):
+        return raw, {}
+    if not isinstance(raw, dict):
+        p.add(where, raw, "a network name or a table with name, ipv6 and ipam")
+        return None, {}
+    p.warn_unknown(raw, {"name", "ipv6", "ipam"}, where)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        p.add(f"{where}.name", name if name is not None else "<missing>", "a network name")
+        name = None
+    options: dict[str, Any] = {}
+    if "ipv6" in raw:
+        options["EnableIPv6"] = p.get(raw, "ipv6", where, bool, False)
+    ipam = p.get(raw, "ipam", where, dict, {})
+    p.warn_unknown(ipam, {"config"}, f"{where}.ipam")
+    configs: list[dict[str, str]] = []
+    for i, entry in enumerate(p.get(ipam, "config", f"{where}.ipam", list, [])):
+        at = f"{where}.ipam.config[{i}]"
+        if not isinstance(entry, dict):
+            p.add(at, entry, "a table with gateway, subnet and ip_range")
+            continue
+        p.warn_unknown(entry, set(_IPAM_KEYS), at)
+        out: dict[str, str] = {}
+        for key, docker_key in _IPAM_KEYS.items():
+            value = entry.get(key)
+            if value is None:
+                continue
+            try:
+                ok = isinstance(value, str) and bool(
+                    ipaddress.ip_address(value) if key == "gateway" else ipaddress.ip_network(value, strict=False))
+            except ValueError:
+                ok = False
+            if ok:
+                out[docker_key] = value
+            else:
+                p.add(f"{at}.{key}", value, "an IP address" if key == "gateway" else "an IP network (a.b.c.d/n)")
+        configs.append(out)
+    if configs:
+        options["IPAM"] = {"Config": configs}
+    return name, options
+
+
 def _socket_uri(table: Mapping[str, Any], key: str, where: str, p: Problems, *, fd: bool) -> str | None:
     """A ``unix:///absolute/path`` URI (or, where systemd may pass the socket, ``fd://<name or number>``)."""
     uri = table.get(key)
@@ -179,7 +234,7 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
     uri = p.get(moby, "uri", "moby_runtime", str, "unix:///var/run/docker.sock")
     if not uri.startswith("unix://"):
         p.add("moby_runtime.uri", uri, "a unix:// URI (Edgeward talks to the engine over its local socket)")
-    network = p.get(moby, "network", "moby_runtime", str, "") or None
+    network, network_options = _network(moby, p)
     watchdog = p.get(doc, "watchdog", "", dict, {})
     retries_raw = watchdog.get("max_retries", "infinite")
     retries: int | None = None
@@ -214,7 +269,8 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
         engine="docker" if engine == "docker" else "process",
         home=state_dir / "runtime", run_dir=run_dir, hostname=hostname,
         gateway_hostname=p.get(doc, "local_gateway_hostname", "", str, hostname),
-        docker_uri=uri, network=network, agent=_agent(doc, p), watchdog_period=float(period),
+        docker_uri=uri, network=network, network_options=network_options, agent=_agent(doc, p),
+        watchdog_period=float(period),
         watchdog_max_retries=retries, integrity_policy=policy,  # type: ignore[arg-type]
         integrity_period=float(integrity_period), audit_home=state_dir / "audit",
         server_cert_allow_wildcards=p.get(ours, "server_cert_allow_wildcards", "edgeward.runtime", bool, False),

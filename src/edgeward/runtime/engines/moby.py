@@ -182,14 +182,15 @@ class DockerEngine:
             raise
         return True
 
-    async def ensure_network(self, name: str) -> None:
+    async def ensure_network(self, name: str, options: Mapping[str, Any] | None = None) -> None:
         """Create the network modules join (``[moby_runtime] network``) when the engine has none of that name, as
-        aziot-edged does at start; the engine's default driver (a bridge on dockerd)."""
+        aziot-edged does at start: the engine's default driver (a bridge on dockerd), with ``options`` (EnableIPv6,
+        IPAM) from the network table. An existing network is used as it is."""
         found = await self._call("list networks", lambda d: d.networks.list(filters={"name": [name]}))
         if any(n.get("Name") == name for n in found):
             return
-        await self._call(f"create network {name}", lambda d: d.networks.create({"Name": name,
-                                                                               "CheckDuplicate": True}))
+        body = {**(options or {}), "Name": name, "CheckDuplicate": True}
+        await self._call(f"create network {name}", lambda d: d.networks.create(body))
 
     # modules ----------------------------------------------------------------------------------------------------
     def _body(self, spec: ModuleSpec) -> dict[str, Any]:
