@@ -76,7 +76,11 @@ async def test_run_serves_management_and_shared_workload_on_sockets_systemd_pass
         await mgmt.action("actmod", "start")
         seen = await logs_until(mgmt, "actmod", b"DONE", timeout=60)
         assert seen.count(b'"status": 200') == 2, seen
-        assert not (base / "run" / "mgmt" / "mgmt.sock").exists()  # nothing bound besides what systemd passed
+        cli = ManagementClient(base / "run" / "mgmt" / "mgmt.sock")  # where Edgeward's CLI looks, served too
+        try:
+            assert [m["name"] for m in await cli.list_modules()] == ["actmod"]
+        finally:
+            await cli.close()
     finally:
         await mgmt.close()
         stop_daemon(proc)

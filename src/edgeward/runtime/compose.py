@@ -192,6 +192,11 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
         agent_socket = agent_mgmt_socket(settings, sockets)
         if agent_socket is not None:
             await _serve(mgmt_runner, bind_unix(agent_socket, 0o666))
+        # Edgeward's CLI (`edgeward list`, `logs`, `restart`) finds the management API under the run directory,
+        # wherever [listen] puts it (never re-bound over a socket systemd passed for that path).
+        cli_socket = settings.mgmt_dir / "mgmt.sock"
+        if str(cli_socket) != main.getsockname() and cli_socket != agent_socket:
+            await _serve(mgmt_runner, bind_unix(cli_socket, 0o666))
         # IoT Edge's shared workload socket, for modules told its path by an older agent: attestation still names
         # the caller by its container, so a module acts only as itself there too.
         shared = listening_socket(settings.listen_workload_uri, None, "listen.workload_uri",
