@@ -186,6 +186,8 @@ class DockerEngine:
         """Create the network modules join (``[moby_runtime] network``) when the engine has none of that name, as
         aziot-edged does at start: the engine's default driver (a bridge on dockerd), with ``options`` (EnableIPv6,
         IPAM) from the network table. An existing network is used as it is."""
+        if name in ("none", "host", "bridge", "default") or name.startswith("container:"):
+            return  # network modes built into the engine (podman lists no "none" network, and refuses to make one)
         found = await self._call("list networks", lambda d: d.networks.list(filters={"name": [name]}))
         if any(n.get("Name") == name for n in found):
             return
