@@ -196,7 +196,7 @@ def _connect_listen(doc: Mapping[str, Any], p: Problems) -> tuple[str | None, st
     connect = p.get(doc, "connect", "", dict, {})
     listen = p.get(doc, "listen", "", dict, {})
     p.warn_unknown(connect, {"workload_uri", "management_uri"}, "connect")
-    p.warn_unknown(listen, {"workload_uri", "management_uri", "min_tls_version"}, "listen")
+    p.warn_unknown(listen, {"workload_uri", "management_uri"}, "listen")  # 1.5 has no min_tls_version
     c_work = _socket_uri(connect, "workload_uri", "connect", p, fd=False)
     c_mgmt = _socket_uri(connect, "management_uri", "connect", p, fd=False)
     l_work = _socket_uri(listen, "workload_uri", "listen", p, fd=True)
