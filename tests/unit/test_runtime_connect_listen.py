@@ -65,3 +65,20 @@ def test_seconds_until_the_next_cleanup_time() -> None:
     assert seconds_until(12 * 60 + 30, noon) == 1800
     assert seconds_until(12 * 60, noon) == DAY  # it is now: the next one is tomorrow's
     assert seconds_until(0, noon) == 12 * 3600
+
+
+def test_container_settings_on_a_host_process_device_are_said_to_have_no_effect(tmp_path: Path) -> None:
+    p = Problems()
+    parse_runtime_settings({"connect": {"workload_uri": "unix:///var/run/iotedge/workload.sock"},
+                            "moby_runtime": {"network": "azure-iot-edge"}, "image_garbage_collection": {},
+                            "edgeward": {"runtime": {"engine": "process"}}}, tmp_path, tmp_path, p)
+    assert not p.items
+    assert [w.split(":")[0] for w in p.warnings] == ["connect.workload_uri", "moby_runtime.network",
+                                                     "image_garbage_collection"]
+
+
+def test_a_connect_path_directly_under_root_is_refused(tmp_path: Path) -> None:
+    p = Problems()
+    parse_runtime_settings({"connect": {"workload_uri": "unix:///workload.sock"}}, tmp_path, tmp_path, p)
+    assert p.items == ["connect.workload_uri = 'unix:///workload.sock': expected a unix:///absolute/path URI in a "
+                       "directory other than / (it is mounted in containers)"]

@@ -180,13 +180,16 @@ def _socket_uri(table: Mapping[str, Any], key: str, where: str, p: Problems, *, 
         return None
     if isinstance(uri, str) and uri.startswith("unix://"):
         path = PurePosixPath(uri.removeprefix("unix://"))
-        if path.is_absolute() and path.name and ".." not in path.parts and "\0" not in uri:
+        # A [connect] path's directory is mounted in containers: never the root of their filesystem.
+        if path.is_absolute() and path.name and ".." not in path.parts and "\0" not in uri \
+                and (fd or len(path.parts) > 2):
             return uri
     elif fd and isinstance(uri, str) and uri.startswith("fd://"):
         name = uri.removeprefix("fd://").rstrip("/")
         if name and ":" not in name and "/" not in name and not name.isspace():
             return uri
-    expected = "a unix:///absolute/path URI" + (" or fd://<systemd socket name or fd number>" if fd else "")
+    expected = ("a unix:///absolute/path URI" + (" or fd://<systemd socket name or fd number>" if fd else
+                                                  " in a directory other than / (it is mounted in containers)"))
     p.add(f"{where}.{key}", uri, expected)
     return None
 
@@ -264,6 +267,12 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
         uid_base = None
     hostname = p.get(doc, "hostname", "", str, "edgeward-device")
     c_work, c_mgmt, l_work, l_mgmt = _connect_listen(doc, p)
+    if engine != "docker":  # set, but nothing it could act on: said, never silently ignored
+        for key, present in (("connect.workload_uri", c_work is not None), ("moby_runtime.network", bool(network)),
+                             ("image_garbage_collection", "image_garbage_collection" in doc)):
+            if present:
+                p.warnings.append(f"{key}: no effect: modules run as host processes on this device (no "
+                                  '[moby_runtime], or [edgeward.runtime] engine = "process")')
     elevated = p.get(doc, "allow_elevated_docker_permissions", "", bool, False)
     return RuntimeSettings(
         engine="docker" if engine == "docker" else "process",
