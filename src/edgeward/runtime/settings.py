@@ -1,6 +1,12 @@
-"""The runtime's settings: IoT Edge's `[agent]`, `[moby_runtime]`, `[connect]`, `[watchdog]`, `hostname`,
-`local_gateway_hostname`, `allow_elevated_docker_permissions`, plus Edgeward's `[edgeward.runtime]` (engine choice,
-watchdog period).
+"""The runtime's settings: IoT Edge's `[agent]`, `[moby_runtime]`, `[connect]`, `[listen]`, `[watchdog]`,
+`[image_garbage_collection]`, `hostname`, `local_gateway_hostname`, `allow_elevated_docker_permissions`, plus
+Edgeward's `[edgeward.runtime]` (engine choice, watchdog period).
+
+`[listen]` says where the management socket and IoT Edge's shared workload socket are on the host (`unix://` paths,
+or `fd://` names of sockets systemd passed); each module's own workload socket stays in a directory of its own under
+the run directory (aziot-edged keeps them under its homedir's `mnt`). `[connect]` says where containers find them:
+each module's directory is mounted on `connect.workload_uri`'s directory, and the agent's management socket on
+`connect.management_uri`'s (inside the agent's own workload directory when both share one, as in IoT Edge's layout).
 
 `allow_elevated_docker_permissions` defaults to false, where IoT Edge 1.5 defaults to true ("this will change in a
 future version", its source says): privileged modules are an operator's decision, not a deployment's. With false,

@@ -5,7 +5,8 @@ request arrived on is also one more fact attestation checks (it must be the call
 
 A directory is named after its module, unless the socket's path would then pass the kernel's limit for a Unix socket
 address (108 bytes with its NUL; module names run to 128 characters): then it is "~" and a hash of the name, which no
-module name can look like (names start with a letter or digit).
+module name can look like (names start with a letter or digit). The socket's file name is `connect.workload_uri`'s
+for container modules (the directory is mounted as it is), `workload.sock` otherwise.
 """
 
 from __future__ import annotations
