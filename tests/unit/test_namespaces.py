@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -18,10 +20,11 @@ def test_this_process_is_host_and_a_missing_pid_is_not() -> None:
 
 
 def test_a_process_in_its_own_pid_and_mount_namespaces_is_not_host() -> None:
-    proc = subprocess.Popen(["unshare", "--pid", "--mount", "--fork", "sleep", "30"])
+    # --kill-child: the sleeper (init of its pid namespace) dies with unshare, which is what the test kills.
+    proc = subprocess.Popen(["unshare", "--pid", "--mount", "--fork", "--kill-child", "sleep", "30"])
+    child = None
     try:
         # unshare forks the sleeper into the new namespaces; find that child.
-        child = None
         deadline = time.monotonic() + 10
         while child is None and time.monotonic() < deadline:
             kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
@@ -33,6 +36,9 @@ def test_a_process_in_its_own_pid_and_mount_namespaces_is_not_host() -> None:
         assert namespaces_of(child) is not None
         assert not is_host_process(child)
     finally:
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
         proc.kill()
         proc.wait()
 

@@ -414,18 +414,9 @@ class _Splitter:
         for key in ("connect", "listen"):
             if key not in self.doc:
                 continue
-            table = self.table(key)
-            self.p.warn_unknown(table, {"workload_uri", "management_uri", "min_tls_version"} if key == "listen"
-                                else {"workload_uri", "management_uri"}, key)
-            schemes = ("unix://", "fd://") if key == "listen" else ("unix://",)
-            for name in ("workload_uri", "management_uri"):
-                uri = table.get(name)
-                if uri is not None and not (isinstance(uri, str) and uri.startswith(schemes)):
-                    self.p.add(f"{key}.{name}", uri, " or ".join(f"a {s}... URI" for s in schemes))
+            table = self.table(key)  # checked, and its unknown keys reported, by the runtime's settings
             if isinstance(self.doc[key], dict):
                 edged[key] = table
-                self.p.warnings.append(f"{key}: {_UNUSED} (Edgeward serves the management and workload APIs "
-                                       "under its run directory)")
         if "watchdog" in self.doc:
             watchdog = self.table("watchdog")
             self.p.warn_unknown(watchdog, {"max_retries"}, "watchdog")
@@ -433,28 +424,15 @@ class _Splitter:
                 edged["watchdog"] = watchdog
         if "moby_runtime" in self.doc:
             moby = self.table("moby_runtime")
-            network = moby.get("network")
-            if isinstance(network, dict):
-                # IoT Edge's network table: Edgeward uses the network by name
-                self.p.warn_unknown(network, {"name", "ipv6", "ipam"}, "moby_runtime.network")
-                if not isinstance(network.get("name"), str):
-                    self.p.add("moby_runtime.network.name", network.get("name", "<missing>"), "a network name")
-                    moby.pop("network")
-                else:
-                    moby["network"] = network["name"]
-                    for extra in sorted({"ipv6", "ipam"} & set(network)):
-                        self.unused(f"moby_runtime.network.{extra}")
+            # IoT Edge's network (a name, or a table with name, ipv6, ipam): checked by the runtime's settings
             if "content_trust" in moby:
                 self.unused("moby_runtime.content_trust")
             if isinstance(self.doc["moby_runtime"], dict):
                 edged["moby_runtime"] = moby
         if "image_garbage_collection" in self.doc:
-            gc = self.table("image_garbage_collection")
-            self.p.warn_unknown(gc, {"enabled", "cleanup_recurrence", "image_age_cleanup_threshold",
-                                     "cleanup_time"}, "image_garbage_collection")
+            gc = self.table("image_garbage_collection")  # checked by the runtime's settings (runtime/image_gc.py)
             if isinstance(self.doc["image_garbage_collection"], dict):
                 edged["image_garbage_collection"] = gc
-                self.unused("image_garbage_collection")
 
     def identity_cloud(self, identityd: dict[str, Any]) -> None:
         for key, low, high in (("cloud_timeout_sec", 1, 3600), ("cloud_retries", 0, 100)):
@@ -543,6 +521,18 @@ class _Splitter:
             else:
                 docs[service].setdefault("edgeward", {})[name] = value
 
+    def tpm_owner_for_keys(self, keyd: dict[str, Any], tpmd: dict[str, Any] | None) -> None:
+        """``[tpm.hierarchy_authorization] owner`` is the owner hierarchy's authValue: the keys service's TPM backend
+        needs it too when it keeps keys (or the master key) in the TPM, to create the storage root key they are
+        wrapped under. ``[edgeward.keys] tpm_owner_auth``, when given, wins; ``str:`` keeps the value literal."""
+        hier = tpmd.get("hierarchy_authorization") if tpmd is not None else None
+        owner = hier.get("owner") if isinstance(hier, dict) else None
+        keys = keyd.get("edgeward", {}).get("keys")
+        if not (isinstance(owner, str) and owner and isinstance(keys, dict)):
+            return
+        if keys.get("backend") == "tpm" or keys.get("master_key") == "tpm":
+            keys.setdefault("tpm_owner_auth", f"str:{owner}")
+
     def endpoints(self, docs: dict[str, dict[str, Any]], tpmd: dict[str, Any] | None) -> None:
         raw = self.table("endpoints")
         self.p.warn_unknown(raw, set(_ENDPOINTS), "endpoints")
@@ -621,6 +611,7 @@ class _Splitter:
         docs = {"keyd": keyd, "certd": certd, "identityd": identityd, "edged": edged}
         self.edgeward(docs)
         self.max_requests(docs, tpmd)
+        self.tpm_owner_for_keys(docs["keyd"], tpmd)
         self.endpoints(docs, tpmd)
         if isinstance(doc.get("homedir_path"), str):
             certd["homedir_path"] = doc["homedir_path"]

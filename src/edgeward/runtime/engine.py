@@ -124,8 +124,9 @@ class ModuleEngine(Protocol):
         """The engine's name and version (for systeminfo and `edgeward check`); raises EngineError if unreachable."""
         ...
 
-    async def pull(self, image: str) -> None:
-        """Fetch an image; EngineError with a clear message when no registry is reachable."""
+    async def pull(self, image: str, auth: Mapping[str, Any] | None = None) -> None:
+        """Fetch an image (with the registry credentials ``auth``, IoT Edge's {username, password, serveraddress});
+        EngineError with a clear message when no registry is reachable."""
         ...
 
     async def image_id(self, image: str) -> str | None:

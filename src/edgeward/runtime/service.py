@@ -25,6 +25,7 @@ from .engine import (
     inside,
 )
 from .identities import ModuleIdentities
+from .image_gc import ImageUse
 from .model import ModuleConfig, hub_identity_name, valid_module_name
 from .privileges import (
     ALLOW_HINT,
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 
 # What IOTEDGE_APIVERSION tells modules to speak to the workload API (aziot-edged 1.4/1.5 gives 2022-08-03).
 WORKLOAD_API_VERSION = "2022-08-03"
-CONTAINER_MGMT_DIR = "/var/run/iotedge-mgmt"
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class ModuleRuntime:
         self._checks: set[asyncio.Task[None]] = set()
         self.agent_restarts = 0
         self.last_watchdog_error: str | None = None
+        self.image_use: ImageUse | None = None
 
     def _record(self, kind: str, name: str, **detail: Any) -> None:
         if self.audit is not None:
@@ -166,10 +167,21 @@ class ModuleRuntime:
             # as every other module's gateway (else its appsettings' placeholder "<Edge device host name>").
             env["EdgeDeviceHostName"] = self.settings.hostname
             env["Mode"] = "iotedged"
-            mgmt = (f"{CONTAINER_MGMT_DIR}/mgmt.sock" if self.engine.kind == "docker"
-                    else str(self.settings.mgmt_socket))
-            env["IOTEDGE_MANAGEMENTURI"] = f"unix://{mgmt}"
+        env.update(self._socket_env(system))
         return env
+
+    def _socket_env(self, system: bool) -> dict[str, str]:
+        """IOTEDGE_WORKLOADURI and (the agent's) IOTEDGE_MANAGEMENTURI: IoT Edge's [connect] URIs for containers,
+        where the runtime mounts the sockets; a host-process module is told its own workload socket's host path by
+        its engine, and the agent [connect]'s management URI, else the management socket's host path."""
+        out: dict[str, str] = {}
+        if self.engine.kind == "docker":
+            out["IOTEDGE_WORKLOADURI"] = f"unix://{self.settings.container_workload_socket}"
+        if system:
+            s = self.settings
+            out["IOTEDGE_MANAGEMENTURI"] = (f"unix://{s.container_mgmt_socket}" if self.engine.kind == "docker"
+                                            else s.connect_management_uri or f"unix://{s.mgmt_socket}")
+        return out
 
     def _create_options(self, config: ModuleConfig, system: bool) -> dict[str, Any]:
         options = dict(config.create_options)
@@ -177,16 +189,18 @@ class ModuleRuntime:
             host = dict(options.get("HostConfig") or {})
             if self.settings.network and "NetworkMode" not in host:
                 host["NetworkMode"] = self.settings.network
-            if system:
+            if system and not self.settings.agent_mgmt_in_workload_dir:
                 # The agent binds its management socket's path onto itself when it updates itself: the runtime
                 # mounts that directory, so such binds would only put a directory dockerd made over the socket.
+                # (In IoT Edge's layout, the management socket is in the agent's workload directory instead.)
+                target = str(self.settings.container_mgmt_socket.parent)
                 mounts = [m for m in host.get("Mounts") or []
-                          if not (isinstance(m, Mapping) and inside(str(m.get("Target") or ""), CONTAINER_MGMT_DIR))]
-                mounts.append({"Type": "bind", "Source": str(self.settings.mgmt_dir), "Target": CONTAINER_MGMT_DIR})
+                          if not (isinstance(m, Mapping) and inside(str(m.get("Target") or ""), target))]
+                mounts.append({"Type": "bind", "Source": str(self.settings.mgmt_dir), "Target": target})
                 host["Mounts"] = mounts
                 if "Binds" in host:
                     host["Binds"] = [b for b in host.get("Binds") or []
-                                     if not (isinstance(b, str) and inside(bind_target(b), CONTAINER_MGMT_DIR))]
+                                     if not (isinstance(b, str) and inside(bind_target(b), target))]
             options["HostConfig"] = host
         return options
 
@@ -247,7 +261,7 @@ class ModuleRuntime:
             if present is None:
                 if config.pull_policy == "never":
                     raise BadRequest(f"image {config.image} is not on the device and imagePullPolicy is never")
-                await self.engine.pull(config.image)
+                await self.engine.pull(config.image, auth=config.auth)
         except EngineError as e:
             raise engine_error(e) from None
 
@@ -286,6 +300,8 @@ class ModuleRuntime:
         self._record("module.created", config.name, engine_id=status.engine_id, image=config.image,
                      image_id=status.image_id, generation_id=identity.generation_id, system=system)
         reg = self.registry.put(replace(reg, engine_id=status.engine_id, image_id=status.image_id))
+        if self.image_use is not None:  # image garbage collection: when an image was last used (runtime/image_gc.py)
+            self.image_use.record(status.image_id)
         log.info("module %s created (%s %s, image %s)", config.name, self.engine.kind, status.engine_id[:12],
                  status.image_id[:19])
         return ModuleView(reg, status)

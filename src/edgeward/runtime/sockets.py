@@ -5,7 +5,8 @@ request arrived on is also one more fact attestation checks (it must be the call
 
 A directory is named after its module, unless the socket's path would then pass the kernel's limit for a Unix socket
 address (108 bytes with its NUL; module names run to 128 characters): then it is "~" and a hash of the name, which no
-module name can look like (names start with a letter or digit).
+module name can look like (names start with a letter or digit). The socket's file name is `connect.workload_uri`'s
+for container modules (the directory is mounted as it is), `workload.sock` otherwise.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ log = logging.getLogger(__name__)
 
 
 class WorkloadSockets:
-    def __init__(self, root: Path, runner: web.AppRunner | None = None) -> None:
+    def __init__(self, root: Path, runner: web.AppRunner | None = None,
+                 socket_name: str = WORKLOAD_SOCKET_NAME) -> None:
         self.root = root
+        self.socket_name = socket_name  # the file name connect.workload_uri gives (mounted as the directory is)
         self.runner = runner  # the workload API's runner; None while only directories are wanted
         self._sites: dict[str, web.SockSite] = {}
         self._hashed: dict[str, str] = {}  # directory name -> module name, for directories named by a hash
@@ -39,14 +42,14 @@ class WorkloadSockets:
 
     def directory(self, name: str) -> Path:
         plain = self.root / name
-        if len(bytes(plain / WORKLOAD_SOCKET_NAME)) <= MAX_SOCKET_PATH:
+        if len(bytes(plain / self.socket_name)) <= MAX_SOCKET_PATH:
             return plain
         hashed = "~" + hashlib.sha256(name.encode()).hexdigest()[:32]
         self._hashed[hashed] = name
         return self.root / hashed
 
     def socket_path(self, name: str) -> Path:
-        return self.directory(name) / WORKLOAD_SOCKET_NAME
+        return self.directory(name) / self.socket_name
 
     def module_of(self, sockname: str | bytes | None) -> str | None:
         """The module whose socket a connection arrived on (from the server side's socket name)."""
@@ -55,7 +58,7 @@ class WorkloadSockets:
         if not sockname:
             return None
         path = Path(sockname)
-        if path.name != WORKLOAD_SOCKET_NAME or path.parent.parent != self.root:
+        if path.name != self.socket_name or path.parent.parent != self.root:
             return None
         directory = path.parent.name
         if directory.startswith("~"):
@@ -84,7 +87,7 @@ class WorkloadSockets:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path(name).unlink()
         with contextlib.suppress(FileNotFoundError, OSError):
-            self.directory(name).rmdir()
+            self.directory(name).rmdir()  # kept while it holds another socket (the agent's management socket)
 
     async def close_all(self) -> None:
         for name in list(self._sites):

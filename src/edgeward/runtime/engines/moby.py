@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import posixpath
 import struct
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -134,9 +135,14 @@ class DockerEngine:
         return {"name": "docker" if "Podman" not in json.dumps(v.get("Components", "")) else "podman",
                 "version": str(v.get("Version", "")), "api": str(v.get("ApiVersion", ""))}
 
-    async def pull(self, image: str) -> None:
+    async def pull(self, image: str, auth: Mapping[str, Any] | None = None) -> None:
+        """Pull ``image``; ``auth`` (IoT Edge's ``{username, password, serveraddress}``) goes to the engine as its
+        X-Registry-Auth header, as aziot-edged sends it (base64url of the JSON), and is never logged."""
+        creds = {k: str(v) for k, v in auth.items() if k in ("username", "password", "serveraddress",
+                                                               "email", "identitytoken", "registrytoken")} \
+            if auth else None
         try:
-            await self._call(f"pull {image}", lambda d: d.images.pull(image))
+            await self._call(f"pull {image}", lambda d: d.images.pull(image, auth=creds))
         except EngineError as e:
             raise EngineError(f"cannot pull {image}: {e.message.split(': ', 1)[-1]} (is a registry reachable, "
                               f"and are its credentials configured?)", 400 if e.status < 500 else 502) from None
@@ -150,6 +156,44 @@ class DockerEngine:
             raise
         return str(info["Id"])
 
+    async def images_in_use(self) -> set[str]:
+        """The image ids of every container on the engine (Edgeward's or not, running or not)."""
+        found = await self._call("list containers", lambda d: d.containers.list(all=True))
+        return {str(c._container.get("ImageID") or "") for c in found} - {""}
+
+    async def remove_image(self, image_id: str) -> bool:
+        """Remove an image by id (every tag of it); True when it is gone, False when the engine keeps it (a
+        container uses it). Never forced past a container that uses it."""
+        try:
+            await self._call(f"remove image {image_id[:19]}",
+                             lambda d: d.images.delete(image_id, force=False, noprune=False))
+        except EngineError as e:
+            if e.status == 404:
+                return True
+            if e.status == 409 and "multiple repositories" in e.message:
+                # Several tags on one id: untag each (still refused while a container uses the image).
+                info = await self._call("image", lambda d: d.images.inspect(image_id))
+                for tag in info.get("RepoTags") or []:
+                    with contextlib.suppress(EngineError):
+                        await self._call(f"untag {tag}", lambda d, t=tag: d.images.delete(t, force=False))
+                return await self.image_id(image_id) is None
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    async def ensure_network(self, name: str, options: Mapping[str, Any] | None = None) -> None:
+        """Create the network modules join (``[moby_runtime] network``) when the engine has none of that name, as
+        aziot-edged does at start: the engine's default driver (a bridge on dockerd), with ``options`` (EnableIPv6,
+        IPAM) from the network table. An existing network is used as it is."""
+        if name in ("none", "host", "bridge", "default") or name.startswith("container:"):
+            return  # network modes built into the engine (podman lists no "none" network, and refuses to make one)
+        found = await self._call("list networks", lambda d: d.networks.list(filters={"name": [name]}))
+        if any(n.get("Name") == name for n in found):
+            return
+        body = {**(options or {}), "Name": name, "CheckDuplicate": True}
+        await self._call(f"create network {name}", lambda d: d.networks.create(body))
+
     # modules ----------------------------------------------------------------------------------------------------
     def _body(self, spec: ModuleSpec) -> dict[str, Any]:
         body = dict(spec.create_options)
@@ -157,22 +201,28 @@ class DockerEngine:
         env = [e for e in body.get("Env") or [] if isinstance(e, str)]
         # The runtime's variables win over createOptions', so a deployment cannot fake IOTEDGE_*.
         env = [e for e in env if e.split("=", 1)[0] not in spec.env] + [f"{k}={v}" for k, v in spec.env.items()]
+        # Where the module's workload socket is inside it: what the runtime tells it (IoT Edge's
+        # connect.workload_uri), else IoT Edge's default; its own directory is mounted on that path's directory.
+        told = spec.env.get("IOTEDGE_WORKLOADURI", "")
+        socket_path = told.removeprefix("unix://") if told.startswith("unix:///") else \
+            f"{CONTAINER_WORKLOAD_DIR}/{WORKLOAD_SOCKET_NAME}"
+        workload_dir = posixpath.dirname(posixpath.normpath(socket_path))
         if spec.workload_dir is not None:
             env = [e for e in env if not e.startswith("IOTEDGE_WORKLOADURI=")]
-            env.append(f"IOTEDGE_WORKLOADURI=unix://{CONTAINER_WORKLOAD_DIR}/{WORKLOAD_SOCKET_NAME}")
+            env.append(f"IOTEDGE_WORKLOADURI=unix://{socket_path}")
         body["Env"] = env
         body["Labels"] = {**(body.get("Labels") or {}), **spec.labels, ENGINE_LABEL: spec.name}
         host = dict(body.get("HostConfig") or {})
         mounts = [m for m in host.get("Mounts") or [] if isinstance(m, Mapping)
-                  and not inside(str(m.get("Target") or ""), CONTAINER_WORKLOAD_DIR)]
+                  and not inside(str(m.get("Target") or ""), workload_dir)]
         if "Binds" in host:
             # The edge agent binds "<its workload path>:<its workload path>" into every module (no
             # IOTEDGE_WORKLOADLISTEN_MNTURI): onto the socket the runtime mounts there, runc cannot start the
             # container, and dockerd would make the missing source on the host. The runtime owns that directory.
             host["Binds"] = [b for b in host.get("Binds") or []
-                             if not (isinstance(b, str) and inside(bind_target(b), CONTAINER_WORKLOAD_DIR))]
+                             if not (isinstance(b, str) and inside(bind_target(b), workload_dir))]
         if spec.workload_dir is not None:
-            mounts.append({"Type": "bind", "Source": str(spec.workload_dir), "Target": CONTAINER_WORKLOAD_DIR})
+            mounts.append({"Type": "bind", "Source": str(spec.workload_dir), "Target": workload_dir})
         host["Mounts"] = mounts
         host["RestartPolicy"] = {"Name": "no"}  # the watchdog and the edge agent decide restarts
         body["HostConfig"] = host

@@ -546,7 +546,7 @@ class ProcessEngine:
     async def version(self) -> Mapping[str, str]:
         return {"name": "edgeward-process", "version": __version__}
 
-    async def pull(self, image: str) -> None:
+    async def pull(self, image: str, auth: Mapping[str, Any] | None = None) -> None:
         raise EngineError(f"host-process modules are not pulled: install the executable {image} on the device "
                           f"(with a package or an update agent), then create the module with its path", 400)
 
