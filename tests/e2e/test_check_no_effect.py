@@ -157,3 +157,31 @@ def test_check_says_agent_auth_has_no_effect_for_host_process_modules(tmp_path: 
     rows = no_effect_rows(run_check(config, tmp_path / "state", tmp_path / "run"))
     assert rows["agent.config.auth"] == ("warning", "modules run as host processes: the agent's executable is "
                                                     "never pulled from a registry")
+
+
+def test_check_says_cloud_and_watchdog_keys_have_no_effect_without_provisioning_or_agent(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("cloud_timeout_sec = 20\ncloud_retries = 2\nprefer_module_identity_cache = true\n"
+                      + EFFECTIVE + "\n[watchdog]\nmax_retries = 3\n")
+    rows = no_effect_rows(run_check(config, tmp_path / "state", tmp_path / "run"))
+    assert set(rows) == {"cloud_timeout_sec", "cloud_retries", "prefer_module_identity_cache",
+                         "watchdog.max_retries"}
+    assert "no [provisioning]" in rows["cloud_retries"][1] and "no [agent]" in rows["watchdog.max_retries"][1]
+
+
+def test_check_does_not_flag_cloud_keys_of_a_provisioned_device(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("cloud_timeout_sec = 20\ncloud_retries = 2\nprefer_module_identity_cache = true\n"
+                      'auto_reprovisioning_mode = "OnErrorOnly"\n' + EFFECTIVE + textwrap.dedent("""
+        [provisioning]
+        source = "dps"
+        global_endpoint = "https://global.azure-devices-provisioning.net"
+        id_scope = "0ab1234C5D6"
+
+        [provisioning.attestation]
+        method = "symmetric_key"
+        registration_id = "checked-device"
+        symmetric_key = { value = "YXppb3QtaWRlbnRpdHktc2VydmljZXxhemlvdC1pZGU=" }
+    """))
+    rows = json.loads(run_check(config, tmp_path / "state", tmp_path / "run").stdout)
+    assert [r["outcome"] for r in rows if r["name"] == "settings without effect"] == ["ok"]

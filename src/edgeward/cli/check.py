@@ -295,6 +295,14 @@ def conditional_no_effect(doc: dict[str, Any], s: DaemonSettings) -> list[tuple[
             found.append(("auto_reprovisioning_mode", why))
         if "always_reprovision_on_startup" in _table(doc, "provisioning"):
             found.append(("provisioning.always_reprovision_on_startup", why))
+    if s.identity.provisioning is None:  # no device identity: no hub or DPS to call, no module identity to cache
+        for key in ("cloud_timeout_sec", "cloud_retries", "prefer_module_identity_cache"):
+            if key in doc:
+                found.append((key, "no [provisioning]: the device has no cloud identity, so no IoT Hub or DPS "
+                                   "call is made and no module identity is cached"))
+    if "max_retries" in _table(doc, "watchdog") and s.runtime.agent is None:
+        found.append(("watchdog.max_retries", "no [agent]: the watchdog has no edge agent to keep running "
+                                              "(runtime/service.py check_agent)"))
     if "auth_key_index" in _table(doc, "tpm") and (dps is None or dps.auth != "tpm"):
         found.append(("tpm.auth_key_index", "only DPS provisioning with TPM attestation imports a key to that "
                                             "index; this device does not provision with TPM attestation"))
