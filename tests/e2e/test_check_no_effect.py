@@ -185,3 +185,15 @@ def test_check_does_not_flag_cloud_keys_of_a_provisioned_device(tmp_path: Path) 
     """))
     rows = json.loads(run_check(config, tmp_path / "state", tmp_path / "run").stdout)
     assert [r["outcome"] for r in rows if r["name"] == "settings without effect"] == ["ok"]
+
+
+def test_check_lists_container_only_keys_of_a_host_process_device(tmp_path: Path) -> None:
+    """The reader's own warnings become rows too: image garbage collection has no images to collect when modules
+    are host processes."""
+    config = tmp_path / "config.toml"
+    config.write_text(EFFECTIVE + '\n[image_garbage_collection]\nenabled = true\ncleanup_time = "03:00"\n')
+    checked = run_check(config, tmp_path / "state", tmp_path / "run")
+    rows = no_effect_rows(checked)
+    assert rows["image_garbage_collection"][0] == "warning"
+    config_row = next(r for r in json.loads(checked.stdout) if r["name"] == "configuration")
+    assert config_row["outcome"] == "ok"  # said once, in its own row
