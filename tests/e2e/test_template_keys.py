@@ -1,0 +1,209 @@
+"""IoT Edge 1.5 template keys that only the golden config files covered, shown taking effect in the daemon
+(``edgeward run -c config.toml``) as an operator writes them: a manually provisioned SAS device whose key is given
+by ``device_id_pk`` (inline or as a file), and the edge CA from files, from the local CA, or quickstart with its
+lifetime. Each result is read back over the real sockets, or from the IoT Hub emulator the device talked to."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import subprocess
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from edgeward.certs.client import CertsClient
+from edgeward.certs.policy import EDGE_CA_CERT_ID
+from edgeward.http.errors import HttpError
+from edgeward.supervise import start_daemon, stop_daemon
+from edgeward.testing.hub_emulator import HubEmulator
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+DEADLINE = 30.0
+
+
+@asynccontextmanager
+async def daemon(config: Path, base: Path) -> AsyncIterator[Path]:
+    """``edgeward run -c config`` until the block ends (stopped by pid even when the test fails); yields run dir."""
+    loop = asyncio.get_running_loop()
+    run = base / "run"
+    proc: subprocess.Popen[bytes] = await loop.run_in_executor(None, start_daemon, [
+        "run", "-c", str(config), "--state-dir", str(base / "state"), "--run-dir", str(run)], None, 60.0,
+        base / "daemon.log")
+    try:
+        yield run
+    finally:
+        await loop.run_in_executor(None, stop_daemon, proc)
+
+
+async def edge_ca_of(run: Path) -> x509.Certificate:
+    """The edge CA as aziot's clients read it from the certs socket (issued as the daemon starts)."""
+    certs = CertsClient(run / "certd.sock")
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            try:
+                return x509.load_pem_x509_certificates((await certs.get_cert(EDGE_CA_CERT_ID)).encode())[0]
+            except HttpError as e:
+                if e.status != 404 or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+    finally:
+        await certs.close()
+
+
+def make_ca(base: Path, name: str, cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, Path, Path]:
+    """A self-signed CA cert and its key as PEM files (the key readable by root only)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = base / f"{name}.pem", base / f"{name}.key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert, key, cert_path, key_path
+
+
+def lifetime(cert: x509.Certificate) -> dt.timedelta:
+    return cert.not_valid_after_utc - cert.not_valid_before_utc
+
+
+@pytest.mark.parametrize("given", ["value", "file"])
+async def test_manual_sas_device_id_pk_signs_the_devices_hub_requests(given: str, tmp_path: Path) -> None:
+    """[provisioning] iothub_hostname, device_id, [provisioning.authentication] method = "sas" and device_id_pk
+    ({ value } or { uri = file }): the module a host principal stands for is registered in the hub at start, which
+    the hub emulator only allows with a SAS token signed by that device key."""
+    async with HubEmulator() as hub:
+        key = hub.add_device("sas-dev")
+        (tmp_path / "hub-ca.pem").write_bytes(hub.ca_pem)
+        if given == "value":
+            pk = f'{{ value = "{base64.b64encode(key).decode()}" }}'
+        else:
+            key_file = tmp_path / "device-id.key"
+            key_file.write_bytes(key)  # aziot-keyd reads a key file's bytes as the key itself
+            key_file.chmod(0o600)
+            pk = f'{{ uri = "file://{key_file}" }}'
+        config = tmp_path / "config.toml"
+        config.write_text(textwrap.dedent(f"""
+            hostname = "sas-dev"
+
+            [provisioning]
+            source = "manual"
+            iothub_hostname = "{hub.hostname}"
+            device_id = "sas-dev"
+
+            [provisioning.authentication]
+            method = "sas"
+            device_id_pk = {pk}
+
+            [edgeward.identity]
+            cloud_trust_bundle = "file://{tmp_path / 'hub-ca.pem'}"
+
+            [[principal]]
+            uid = 3101
+            name = "host-agent"
+            idtype = ["module"]
+        """))
+        async with daemon(config, tmp_path):
+            deadline = time.monotonic() + DEADLINE
+            while "host-agent" not in hub.modules_of("sas-dev"):
+                assert time.monotonic() < deadline, "the device never registered its module in the hub"
+                await asyncio.sleep(0.1)
+
+
+async def test_a_wrong_device_id_pk_is_refused_by_the_hub_and_registers_nothing(tmp_path: Path) -> None:
+    """The contrast that makes the test above mean something: another key for the same device gets nothing in."""
+    async with HubEmulator() as hub:
+        hub.add_device("sas-dev")
+        (tmp_path / "hub-ca.pem").write_bytes(hub.ca_pem)
+        config = tmp_path / "config.toml"
+        config.write_text(textwrap.dedent(f"""
+            hostname = "sas-dev"
+
+            [provisioning]
+            source = "manual"
+            iothub_hostname = "{hub.hostname}"
+            device_id = "sas-dev"
+
+            [provisioning.authentication]
+            method = "sas"
+            device_id_pk = {{ value = "{base64.b64encode(b"not-the-device-key-0123456789abc").decode()}" }}
+
+            [edgeward.identity]
+            cloud_trust_bundle = "file://{tmp_path / 'hub-ca.pem'}"
+
+            [[principal]]
+            uid = 3101
+            name = "host-agent"
+            idtype = ["module"]
+        """))
+        async with daemon(config, tmp_path):
+            deadline = time.monotonic() + DEADLINE
+            log = tmp_path / "daemon.log"
+            while "could not register the identity of host principal 'host-agent'" not in log.read_text():
+                assert time.monotonic() < deadline, "the hub's refusal was never logged"
+                await asyncio.sleep(0.1)
+            assert "host-agent" not in hub.modules_of("sas-dev")
+
+
+async def test_edge_ca_from_files_is_the_edge_ca_served(tmp_path: Path) -> None:
+    """[edge_ca] cert and pk as file URIs: the edge CA the certs service serves is that certificate."""
+    cert, _, cert_path, key_path = make_ca(tmp_path, "edge-ca", "Operator edge CA")
+    config = tmp_path / "config.toml"
+    config.write_text(f'hostname = "ca-files"\n\n[edge_ca]\ncert = "file://{cert_path}"\npk = "file://{key_path}"\n')
+    async with daemon(config, tmp_path) as run:
+        assert await edge_ca_of(run) == cert
+
+
+async def test_edge_ca_issued_by_the_local_ca_has_the_configured_name_and_lifetime(tmp_path: Path) -> None:
+    """[cert_issuance.local_ca] cert and pk as files, [edge_ca] method = "local_ca" with common_name and
+    expiry_days: the edge CA is signed by that local CA and carries that name and lifetime."""
+    local, _, cert_path, key_path = make_ca(tmp_path, "local-ca", "Operator local CA")
+    config = tmp_path / "config.toml"
+    config.write_text(textwrap.dedent(f"""
+        hostname = "ca-local"
+
+        [cert_issuance.local_ca]
+        cert = "file://{cert_path}"
+        pk = "file://{key_path}"
+
+        [edge_ca]
+        method = "local_ca"
+        common_name = "Plant 9 edge CA"
+        expiry_days = 12
+    """))
+    async with daemon(config, tmp_path) as run:
+        ca = await edge_ca_of(run)
+    assert ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "Plant 9 edge CA"
+    assert ca.issuer == local.subject
+    ca.verify_directly_issued_by(local)
+    assert abs(lifetime(ca) - dt.timedelta(days=12)) < dt.timedelta(hours=1)
+
+
+async def test_quickstart_edge_ca_lives_auto_generated_edge_ca_expiry_days(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('hostname = "ca-quick"\n\n[edge_ca]\nauto_generated_edge_ca_expiry_days = 9\n')
+    async with daemon(config, tmp_path) as run:
+        ca = await edge_ca_of(run)
+    assert ca.issuer == ca.subject
+    assert abs(lifetime(ca) - dt.timedelta(days=9)) < dt.timedelta(hours=1)
