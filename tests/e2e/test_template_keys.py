@@ -207,3 +207,33 @@ async def test_quickstart_edge_ca_lives_auto_generated_edge_ca_expiry_days(tmp_p
         ca = await edge_ca_of(run)
     assert ca.issuer == ca.subject
     assert abs(lifetime(ca) - dt.timedelta(days=9)) < dt.timedelta(hours=1)
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+async def test_watchdog_gives_up_on_the_agent_after_max_retries(retries: int, tmp_path: Path) -> None:
+    """[watchdog] max_retries: an agent that cannot be created (its executable is missing) is tried once plus
+    max_retries times, then the watchdog stops trying and says so."""
+    config = tmp_path / "config.toml"
+    config.write_text(textwrap.dedent(f"""
+        hostname = "wd"
+
+        [agent]
+        name = "edgeAgent"
+        type = "docker"
+
+        [agent.config]
+        image = "{tmp_path / 'missing-edge-agent'}"
+
+        [watchdog]
+        max_retries = {retries}
+
+        [edgeward.runtime]
+        watchdog_seconds = 1
+    """))
+    log = tmp_path / "daemon.log"
+    async with daemon(config, tmp_path):
+        deadline = time.monotonic() + DEADLINE
+        while f"watchdog: giving up after {retries} attempts" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.1)
+        assert log.read_text().count("watchdog: could not keep the edge agent running") == retries + 1
