@@ -8,11 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import subprocess
 import textwrap
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -21,46 +18,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edgeward.certs.client import CertsClient
-from edgeward.certs.policy import EDGE_CA_CERT_ID
-from edgeward.http.errors import HttpError
-from edgeward.supervise import start_daemon, stop_daemon
 from edgeward.testing.hub_emulator import HubEmulator
+from tests.fixtures.config_daemon import DEADLINE, daemon, edge_ca_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-DEADLINE = 30.0
-
-
-@asynccontextmanager
-async def daemon(config: Path, base: Path) -> AsyncIterator[Path]:
-    """``edgeward run -c config`` until the block ends (stopped by pid even when the test fails); yields run dir."""
-    loop = asyncio.get_running_loop()
-    run = base / "run"
-    proc: subprocess.Popen[bytes] = await loop.run_in_executor(None, start_daemon, [
-        "run", "-c", str(config), "--state-dir", str(base / "state"), "--run-dir", str(run)], None, 60.0,
-        base / "daemon.log")
-    try:
-        yield run
-    finally:
-        await loop.run_in_executor(None, stop_daemon, proc)
-
-
-async def edge_ca_of(run: Path) -> x509.Certificate:
-    """The edge CA as aziot's clients read it from the certs socket (issued as the daemon starts)."""
-    certs = CertsClient(run / "certd.sock")
-    try:
-        deadline = time.monotonic() + DEADLINE
-        while True:
-            try:
-                return x509.load_pem_x509_certificates((await certs.get_cert(EDGE_CA_CERT_ID)).encode())[0]
-            except HttpError as e:
-                if e.status != 404 or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-    finally:
-        await certs.close()
-
 
 def make_ca(base: Path, name: str, cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, Path, Path]:
     """A self-signed CA cert and its key as PEM files (the key readable by root only)."""
