@@ -16,34 +16,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgeward.certs.client import CertsClient
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.fixtures.config_daemon import DEADLINE, daemon, edge_ca_of
+from tests.fixtures.config_daemon import DEADLINE, daemon, edge_ca_of, make_ca
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-def make_ca(base: Path, name: str, cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, Path, Path]:
-    """A self-signed CA cert and its key as PEM files (the key readable by root only)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = base / f"{name}.pem", base / f"{name}.key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert, key, cert_path, key_path
-
 
 def lifetime(cert: x509.Certificate) -> dt.timedelta:
     return cert.not_valid_after_utc - cert.not_valid_before_utc
@@ -198,3 +177,75 @@ async def test_watchdog_gives_up_on_the_agent_after_max_retries(retries: int, tm
             assert time.monotonic() < deadline, log.read_text()
             await asyncio.sleep(0.1)
         assert log.read_text().count("watchdog: could not keep the edge agent running") == retries + 1
+
+
+def client_leaf(base: Path, cn: str) -> tuple[x509.Certificate, Path, Path]:
+    """A self-signed clientAuth device certificate (IoT Hub's "selfSigned" X.509 device) and its key, as files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = base / "device-id.pem", base / "device-id.key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert, cert_path, key_path
+
+
+@pytest.mark.parametrize("given", ["files", "local_ca"])
+async def test_manual_x509_identity_authenticates_the_device_to_the_hub(given: str, tmp_path: Path) -> None:
+    """[provisioning.authentication] method = "x509" with identity_cert/identity_pk files, or identity_cert issued
+    by the local CA with a full subject: the hub emulator (mutual TLS) registers the host principal's module only
+    for that certificate, and the issued one carries the configured DN."""
+    async with HubEmulator() as hub:
+        (tmp_path / "hub-ca.pem").write_bytes(hub.ca_pem)
+        if given == "files":
+            cert, cert_path, key_path = client_leaf(tmp_path, "x509-dev")
+            hub.add_x509_device("x509-dev", cert=cert)
+            identity = f'identity_cert = "file://{cert_path}"\nidentity_pk = "file://{key_path}"\n'
+            local_ca = ""
+        else:
+            ca, _, ca_path, ca_key_path = make_ca(tmp_path, "local-ca", "Operator local CA")
+            hub.add_x509_device("x509-dev", ca=ca)
+            identity = ('identity_cert = { method = "local_ca", subject = { L = "McMurdo", ST = "Antarctica", '
+                        'CN = "x509-dev" } }\n')
+            local_ca = f'\n[cert_issuance.local_ca]\ncert = "file://{ca_path}"\npk = "file://{ca_key_path}"\n'
+        config = tmp_path / "config.toml"
+        config.write_text(textwrap.dedent(f"""
+            hostname = "x509-dev"
+
+            [provisioning]
+            source = "manual"
+            iothub_hostname = "{hub.hostname}"
+            device_id = "x509-dev"
+
+            [provisioning.authentication]
+            method = "x509"
+        """) + identity + local_ca + textwrap.dedent(f"""
+            [edgeward.identity]
+            cloud_trust_bundle = "file://{tmp_path / 'hub-ca.pem'}"
+
+            [[principal]]
+            uid = 3102
+            name = "host-agent"
+            idtype = ["module"]
+        """))
+        async with daemon(config, tmp_path) as run:
+            deadline = time.monotonic() + DEADLINE
+            while "host-agent" not in hub.modules_of("x509-dev"):
+                assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+                await asyncio.sleep(0.1)
+            if given == "local_ca":
+                certs = CertsClient(run / "certd.sock")
+                try:
+                    issued = x509.load_pem_x509_certificates((await certs.get_cert("device-id")).encode())[0]
+                finally:
+                    await certs.close()
+                assert issued.subject.get_attributes_for_oid(NameOID.LOCALITY_NAME)[0].value == "McMurdo"
+                assert issued.subject.get_attributes_for_oid(NameOID.STATE_OR_PROVINCE_NAME)[0].value == "Antarctica"
+                issued.verify_directly_issued_by(ca)
