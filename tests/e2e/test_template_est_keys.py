@@ -67,6 +67,14 @@ def est_config(how: str, server: EstServer, base: Path) -> str:
             [cert_issuance.est.urls]
             default = "{server.base_url}"
         """) + edge_ca
+    if how == "own_identity":
+        cert, key = client_identity(server, base, "edge-est-id")
+        return head + edge_ca + (f'url = "{server.base_url}"\nidentity_cert = "file://{cert}"\n'
+                                 f'identity_pk = "file://{key}"\n')
+    if how == "own_bootstrap":
+        cert, key = client_identity(server, base, "edge-est-bootstrap-id")
+        return head + edge_ca + (f'url = "{server.base_url}"\nbootstrap_identity_cert = "file://{cert}"\n'
+                                 f'bootstrap_identity_pk = "file://{key}"\n')
     assert how == "bootstrap"
     cert, key = client_identity(server, base, "est-bootstrap-id")
     return head + textwrap.dedent(f"""
@@ -79,7 +87,7 @@ def est_config(how: str, server: EstServer, base: Path) -> str:
     """) + edge_ca
 
 
-@pytest.mark.parametrize("how", ["shared", "own", "identity", "bootstrap"])
+@pytest.mark.parametrize("how", ["shared", "own", "identity", "bootstrap", "own_identity", "own_bootstrap"])
 async def test_edge_ca_is_enrolled_over_est_as_the_config_says(how: str, est_server: EstServer,
                                                                tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
@@ -90,7 +98,7 @@ async def test_edge_ca_is_enrolled_over_est_as_the_config_says(how: str, est_ser
     assert ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "EST edge CA"
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     # the bootstrap identity enrolls the EST identity first, which then enrolls the edge CA
-    assert est_server.enrollments == (2 if how == "bootstrap" else 1)
+    assert est_server.enrollments == (2 if how.endswith("bootstrap") else 1)
 
 
 async def test_edge_ca_over_est_with_a_wrong_password_is_not_issued(est_server: EstServer, tmp_path: Path) -> None:
