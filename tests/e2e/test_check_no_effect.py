@@ -197,3 +197,62 @@ def test_check_lists_container_only_keys_of_a_host_process_device(tmp_path: Path
     assert rows["image_garbage_collection"][0] == "warning"
     config_row = next(r for r in json.loads(checked.stdout) if r["name"] == "configuration")
     assert config_row["outcome"] == "ok"  # said once, in its own row
+
+
+def test_check_names_keys_of_the_provisioning_source_not_chosen(tmp_path: Path) -> None:
+    """DPS keys on a manually provisioned device, and manual ones on a DPS device, do nothing."""
+    manual = tmp_path / "manual.toml"
+    manual.write_text(EFFECTIVE + textwrap.dedent("""
+        [provisioning]
+        source = "manual"
+        connection_string = "HostName=hub.example.net;DeviceId=m;SharedAccessKey=YXppb3QtaWRlbnRpdHktc2VydmljZXxhemlvdC1pZGU="
+        global_endpoint = "https://global.azure-devices-provisioning.net"
+        id_scope = "0ab1234C5D6"
+        payload = { uri = "file:///etc/hostname" }
+    """))
+    rows = no_effect_rows(run_check(manual, tmp_path / "state", tmp_path / "run"))
+    assert set(rows) == {"provisioning.global_endpoint", "provisioning.id_scope", "provisioning.payload"}
+    assert 'source = "manual"' in rows["provisioning.payload"][1]
+    dps = tmp_path / "dps.toml"
+    dps.write_text(EFFECTIVE + textwrap.dedent("""
+        [provisioning]
+        source = "dps"
+        global_endpoint = "https://global.azure-devices-provisioning.net"
+        id_scope = "0ab1234C5D6"
+        device_id = "d"
+
+        [provisioning.attestation]
+        method = "symmetric_key"
+        registration_id = "d"
+        symmetric_key = { value = "YXppb3QtaWRlbnRpdHktc2VydmljZXxhemlvdC1pZGU=" }
+    """))
+    assert set(no_effect_rows(run_check(dps, tmp_path / "state", tmp_path / "run"))) == {"provisioning.device_id"}
+
+
+def test_check_names_est_keys_the_est_server_or_a_missing_identity_makes_moot(tmp_path: Path) -> None:
+    """edge_ca.expiry_days when the EST server issues the edge CA, and identity_auto_renew with no EST identity."""
+    config = tmp_path / "config.toml"
+    config.write_text('hostname = "est-moot"\n' + textwrap.dedent("""
+        [cert_issuance.est]
+        trusted_certs = []
+
+        [cert_issuance.est.auth]
+        username = "user"
+        password = "secret-password"
+
+        [cert_issuance.est.identity_auto_renew]
+        rotate_key = true
+        threshold = "80%"
+        retry = "4%"
+
+        [cert_issuance.est.urls]
+        default = "https://est.example.net/.well-known/est"
+
+        [edge_ca]
+        method = "est"
+        common_name = "EST edge CA"
+        expiry_days = 90
+    """))
+    rows = no_effect_rows(run_check(config, tmp_path / "state", tmp_path / "run"))
+    assert set(rows) == {"edge_ca.expiry_days", "cert_issuance.est.identity_auto_renew"}
+    assert "EST server decides" in rows["edge_ca.expiry_days"][1]

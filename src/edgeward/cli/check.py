@@ -295,6 +295,14 @@ def conditional_no_effect(doc: dict[str, Any], s: DaemonSettings) -> list[tuple[
             found.append(("auto_reprovisioning_mode", why))
         if "always_reprovision_on_startup" in _table(doc, "provisioning"):
             found.append(("provisioning.always_reprovision_on_startup", why))
+    prov = _table(doc, "provisioning")
+    source = prov.get("source")
+    other = {"manual": ("global_endpoint", "id_scope", "attestation", "payload"),
+             "dps": ("connection_string", "iothub_hostname", "device_id", "authentication")}
+    for key in other.get(source, ()) if isinstance(source, str) else ():
+        if key in prov:
+            found.append((f"provisioning.{key}", f'provisioning.source = "{source}": only '
+                                                 f'{"DPS" if source == "manual" else "manual"} provisioning reads it'))
     if s.identity.provisioning is None:  # no device identity: no hub or DPS to call, no module identity to cache
         for key in ("cloud_timeout_sec", "cloud_retries", "prefer_module_identity_cache"):
             if key in doc:
@@ -312,6 +320,16 @@ def conditional_no_effect(doc: dict[str, Any], s: DaemonSettings) -> list[tuple[
             found.append((f"cert_issuance.est.{key}", "no certificate is issued over EST here (no provisioning "
                                                       'identity_cert, [edge_ca] or [cert_issuance.<id>] with '
                                                       'method = "est")'))
+    edge_ca = _table(doc, "edge_ca")
+    if edge_ca.get("method") == "est" and "expiry_days" in edge_ca:  # the CSR carries no lifetime (RFC 7030)
+        found.append(("edge_ca.expiry_days", 'edge_ca.method = "est": the EST server decides the lifetime of the '
+                                             "certificates it issues"))
+    est_auth = _table(doc, "cert_issuance", "est", "auth")
+    if ("identity_auto_renew" in est and not {"identity_cert", "bootstrap_identity_cert"} & set(est_auth)
+            and "cert_issuance.est.identity_auto_renew" not in {path for path, _ in found}):
+        found.append(("cert_issuance.est.identity_auto_renew", "[cert_issuance.est.auth] has no EST identity "
+                                                               "certificate (identity_cert or bootstrap_identity_cert)"
+                                                               " to renew"))
     agent = s.runtime.agent
     if agent is not None and "auth" in _table(doc, "agent", "config"):
         if s.runtime.engine != "docker":
