@@ -45,7 +45,8 @@ class RecordingDps(DpsEmulator):
 async def test_dps_symmetric_key_file_and_payload_file_reach_dps(key_ok: bool, tmp_path: Path) -> None:
     hub = HubEmulator()
     dps = RecordingDps(hub)
-    key = dps.add_individual_enrollment(REG, device_id="dps-files")
+    # a key file holds raw bytes, any of them: this key starts with one that reads as whitespace
+    key = dps.add_individual_enrollment(REG, key=b" " + os.urandom(31), device_id="dps-files")
     async with hub:
         (tmp_path / "cloud-ca.pem").write_bytes(hub.ca_pem)
         key_file = tmp_path / "device-id.key"

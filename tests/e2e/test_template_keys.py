@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import os
 import textwrap
 import time
 from pathlib import Path
@@ -34,7 +35,8 @@ async def test_manual_sas_device_id_pk_signs_the_devices_hub_requests(given: str
     ({ value } or { uri = file }): the module a host principal stands for is registered in the hub at start, which
     the hub emulator only allows with a SAS token signed by that device key."""
     async with HubEmulator() as hub:
-        key = hub.add_device("sas-dev")
+        # a key file holds raw bytes, any of them: this key ends with one that reads as whitespace
+        key = hub.add_device("sas-dev", key=os.urandom(31) + b"\n")
         (tmp_path / "hub-ca.pem").write_bytes(hub.ca_pem)
         if given == "value":
             pk = f'{{ value = "{base64.b64encode(key).decode()}" }}'
