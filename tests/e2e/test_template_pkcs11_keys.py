@@ -5,6 +5,7 @@ file was imported into and then deleted, so only the token can sign."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -12,8 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edgeward.testing.est_server import EstServer, issue_certificate
 from tests.fixtures.config_daemon import daemon, edge_ca_of, make_ca
 from tests.fixtures.softhsm import SoftHsm, make_token
 
@@ -64,3 +69,33 @@ async def test_edge_ca_key_in_a_pkcs11_token_is_the_one_its_cert_names(tmp_path:
     rows = {r["name"]: r for r in json.loads(checked.stdout)}
     assert rows["cert aziot-edged-ca"]["outcome"] == "ok", rows["cert aziot-edged-ca"]
     assert rows["cert aziot-edged-ca"]["detail"].startswith("matches its key")
+
+
+@pytest.mark.parametrize("where", ["cert_issuance.est.auth", "edge_ca"])
+async def test_est_identity_key_in_a_pkcs11_token_authenticates_the_enrollment(where: str, est_server: EstServer,
+                                                                              tmp_path: Path) -> None:
+    """identity_pk = "pkcs11:..." for the EST identity (shared, or the edge CA's own): the TLS client key that
+    authenticates the edge CA's enrollment is the token's (no password is configured)."""
+    hsm = make_token(tmp_path / "hsm", label="template-keys")
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "est-edge")])).sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "est-id.pem", tmp_path / "est-id.key.pem"
+    cert_path.write_bytes(issue_certificate(csr, est_server.ca_cert, est_server.ca_key, dt.timedelta(days=1))
+                          .public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    uri = into_token(hsm, key_path, "est-id", "0a03")
+    (tmp_path / "est-ca.pem").write_bytes(est_server.ca_pem)
+    identity = f'identity_cert = "file://{cert_path}"\nidentity_pk = "{uri}"\n'
+    head = (f'hostname = "hsm-est"\n\n{aziot_keys(hsm)}\n[cert_issuance.est]\n'
+            f'trusted_certs = ["file://{tmp_path / "est-ca.pem"}"]\n')
+    edge_ca = f'[edge_ca]\nmethod = "est"\ncommon_name = "HSM EST edge CA"\nurl = "{est_server.base_url}"\n'
+    text = (head + "\n[cert_issuance.est.auth]\n" + identity + "\n" + edge_ca if where == "cert_issuance.est.auth"
+            else head + "\n" + edge_ca + identity)
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    async with daemon(config, tmp_path, env=dict(os.environ, SOFTHSM2_CONF=str(hsm.conf))) as run:
+        ca = await edge_ca_of(run)
+    ca.verify_directly_issued_by(est_server.ca_cert)
+    assert est_server.enrollments == 1
