@@ -289,7 +289,7 @@ class CertService:
                 raise IssuanceFailed(f"EST trusted cert {trusted_id!r} not found (cert_issuance.est.trusted_certs)")
             trusted.extend(chain)
         auth = opts.auth or est.auth
-        identity = await self._est_identity(auth, trusted)
+        identity = await self._est_identity(auth, trusted, url)
         client = self.est_factory(url, trusted, auth, identity)
         der = csr.public_bytes(serialization.Encoding.DER)
         # Re-enrollment (RFC 7030 4.2.2) authenticates with the current cert over TLS, which needs an EST identity.
@@ -319,9 +319,10 @@ class CertService:
             return None
         return KeysIdentity(chain, self.keys, await self.keys.load_key_pair(key_id))
 
-    async def _est_identity(self, auth: EstAuth, trusted: list[x509.Certificate]) -> KeysIdentity | None:
+    async def _est_identity(self, auth: EstAuth, trusted: list[x509.Certificate], url: str) -> KeysIdentity | None:
         """The EST identity (RFC 7030 client auth); when it is missing or expired and a bootstrap identity is
-        configured, enroll a new EST identity with the bootstrap one first, as aziot does."""
+        configured, enroll a new EST identity with the bootstrap one first, as aziot does: at the URL of the cert
+        being issued (``url``, e.g. ``[edge_ca] url``) unless ``[cert_issuance.est.urls]`` names one for it."""
         bootstrap = None
         if auth.bootstrap_identity_cert and auth.bootstrap_identity_pk:
             bootstrap = await self._keys_identity(auth.bootstrap_identity_cert, auth.bootstrap_identity_pk)
@@ -330,9 +331,7 @@ class CertService:
         identity = await self._keys_identity(auth.identity_cert, auth.identity_pk)
         if identity is not None or bootstrap is None:
             return identity
-        url = self.settings.est.urls.get(auth.identity_cert) or self.settings.est.default_url
-        if url is None:
-            raise IssuanceFailed(f"no EST URL to enroll the EST identity {auth.identity_cert!r}")
+        url = self.settings.est.urls.get(auth.identity_cert) or url
         handle = await self.keys.create_key_pair_if_not_exists(auth.identity_pk, "ec-p256:rsa-2048:*")
         public = await handle_public_key(self.keys, handle)
         csr = await sign_csr(x509.CertificateSigningRequestBuilder().subject_name(bootstrap.cert_chain[0].subject),

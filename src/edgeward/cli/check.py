@@ -14,7 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import aiodocker
 import aiohttp
@@ -22,13 +22,15 @@ import click
 from aiodocker.exceptions import DockerError
 from cryptography import x509
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..certs.client import CertsClient
 from ..certs.x509sign import handle_public_key, same_public_key
 from ..config.problems import ConfigError
-from ..daemon import DaemonSettings, load_settings
+from ..daemon import DaemonSettings, load_settings, read_config
 from ..http.errors import HttpError
+from ..identity.settings import DpsProvisioning
 from ..keys.client import KeysClient
 from ..runtime.compose import make_engine
 from ..runtime.edge_ca import EDGE_CA_CERT_ID, EDGE_CA_KEY_ID
@@ -254,8 +256,106 @@ async def _elevated_modules(uri: str) -> list[str]:
         await docker.close()
 
 
-CHECKS: list[Check] = [check_hostname, check_clock, check_permissions, check_services, check_certs,
-                       check_hardware, check_engine, check_elevated]
+# The config reader's warnings that say a set key does nothing: unknown keys, keys "accepted ... not used", keys
+# "ignored" because another decides, and container-only keys on a host-process device. Other warnings (a hostname
+# too long for a certificate's CN) are about a value that does take effect; they stay in the "configuration" row.
+_NO_EFFECT_WARNING = re.compile(r"^(?P<path>[^\s:]+): (?P<why>.*\b(ignored|not used|no effect|decides instead)\b.*)$")
+NO_EFFECT_FIX = "remove it from the config (or meet the condition named) so the config says what the device does"
+
+
+def split_warnings(warnings: tuple[str, ...]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The reader's warnings as (key path, why) for keys without effect, and the other warnings as they are."""
+    no_effect: list[tuple[str, str]] = []
+    others: list[str] = []
+    for w in warnings:
+        m = _NO_EFFECT_WARNING.match(w)
+        if m:
+            no_effect.append((m["path"], m["why"]))
+        else:
+            others.append(w)
+    return no_effect, others
+
+
+def _table(doc: Any, *path: str) -> dict[str, Any]:
+    for key in path:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return doc if isinstance(doc, dict) else {}
+
+
+def conditional_no_effect(doc: dict[str, Any], s: DaemonSettings) -> list[tuple[str, str]]:
+    """Keys the reader accepts and the services read, but that only act under a condition this device does not
+    meet (decided from what each service does with them, not from the key's name)."""
+    found: list[tuple[str, str]] = []
+    dps = s.identity.provisioning if isinstance(s.identity.provisioning, DpsProvisioning) else None
+    if dps is None:  # identity/reprovisioning.py: only DPS provisions again
+        source = _table(doc, "provisioning").get("source", "none")
+        why = (f"provisioning is {source!r}, not DPS: there is nothing to provision again with "
+               "(identity/reprovisioning.py)")
+        if "auto_reprovisioning_mode" in doc:
+            found.append(("auto_reprovisioning_mode", why))
+        if "always_reprovision_on_startup" in _table(doc, "provisioning"):
+            found.append(("provisioning.always_reprovision_on_startup", why))
+    prov = _table(doc, "provisioning")
+    source = prov.get("source")
+    other = {"manual": ("global_endpoint", "id_scope", "attestation", "payload"),
+             "dps": ("connection_string", "iothub_hostname", "device_id", "authentication")}
+    for key in other.get(source, ()) if isinstance(source, str) else ():
+        if key in prov:
+            found.append((f"provisioning.{key}", f'provisioning.source = "{source}": only '
+                                                 f'{"DPS" if source == "manual" else "manual"} provisioning reads it'))
+    if s.identity.provisioning is None:  # no device identity: no hub or DPS to call, no module identity to cache
+        for key in ("cloud_timeout_sec", "cloud_retries", "prefer_module_identity_cache"):
+            if key in doc:
+                found.append((key, "no [provisioning]: the device has no cloud identity, so no IoT Hub or DPS "
+                                   "call is made and no module identity is cached"))
+    if "max_retries" in _table(doc, "watchdog") and s.runtime.agent is None:
+        found.append(("watchdog.max_retries", "no [agent]: the watchdog has no edge agent to keep running "
+                                              "(runtime/service.py check_agent)"))
+    if "auth_key_index" in _table(doc, "tpm") and (dps is None or dps.auth != "tpm"):
+        found.append(("tpm.auth_key_index", "only DPS provisioning with TPM attestation imports a key to that "
+                                            "index; this device does not provision with TPM attestation"))
+    est = _table(doc, "cert_issuance", "est")
+    if est and not any(opts.method == "est" for opts in s.certs.issuance.values()):
+        for key in est:
+            found.append((f"cert_issuance.est.{key}", "no certificate is issued over EST here (no provisioning "
+                                                      'identity_cert, [edge_ca] or [cert_issuance.<id>] with '
+                                                      'method = "est")'))
+    edge_ca = _table(doc, "edge_ca")
+    if edge_ca.get("method") == "est" and "expiry_days" in edge_ca:  # the CSR carries no lifetime (RFC 7030)
+        found.append(("edge_ca.expiry_days", 'edge_ca.method = "est": the EST server decides the lifetime of the '
+                                             "certificates it issues"))
+    est_auth = _table(doc, "cert_issuance", "est", "auth")
+    if ("identity_auto_renew" in est and not {"identity_cert", "bootstrap_identity_cert"} & set(est_auth)
+            and "cert_issuance.est.identity_auto_renew" not in {path for path, _ in found}):
+        found.append(("cert_issuance.est.identity_auto_renew", "[cert_issuance.est.auth] has no EST identity "
+                                                               "certificate (identity_cert or bootstrap_identity_cert)"
+                                                               " to renew"))
+    agent = s.runtime.agent
+    if agent is not None and "auth" in _table(doc, "agent", "config"):
+        if s.runtime.engine != "docker":
+            found.append(("agent.config.auth", "modules run as host processes: the agent's executable is never "
+                                               "pulled from a registry"))
+        elif agent.pull_policy == "never":
+            found.append(("agent.config.auth", 'agent.imagePullPolicy = "never": the agent\'s image is never '
+                                               "pulled, so no registry is logged in to"))
+    return found
+
+
+async def check_no_effect(s: DaemonSettings) -> list[Result]:
+    """Every key set in the config that changes nothing on this device, with why; an operator moving an IoT Edge
+    config here must not believe a setting is in force when it is not."""
+    doc: dict[str, Any] = dict(read_config(s.config_path)) if s.config_path is not None else {}
+    found, _ = split_warnings(s.warnings)
+    said = {path for path, _ in found}
+    found += [(path, why) for path, why in conditional_no_effect(doc, s) if path not in said]
+    if not found:
+        source = str(s.config_path) if s.config_path is not None else "embedded defaults"
+        return [Result("settings without effect", "ok", f"none: every key set in {source} takes effect here")]
+    return [Result(f"no effect: {path}", "warning", why, NO_EFFECT_FIX) for path, why in found]
+
+
+CHECKS: list[Check] = [check_no_effect, check_hostname, check_clock, check_permissions, check_services,
+                       check_certs, check_hardware, check_engine, check_elevated]
 
 
 @click.command()
@@ -268,9 +368,10 @@ def check(config: Path | None, state_dir: Path | None, run_dir: Path | None, as_
     results: list[Result] = []
     try:
         settings = load_settings(config, state_dir or default_state_dir(), run_dir or default_run_dir())
-        results.append(Result("configuration", "warning" if settings.warnings else "ok",
-                              "; ".join(settings.warnings) or (str(config) if config else "embedded defaults"),
-                              "remove or fix the keys named above" if settings.warnings else ""))
+        _, others = split_warnings(settings.warnings)  # keys without effect: one row each (check_no_effect)
+        results.append(Result("configuration", "warning" if others else "ok",
+                              "; ".join(others) or (str(config) if config else "embedded defaults"),
+                              "fix the values named above" if others else ""))
     except ConfigError as e:
         results.append(Result("configuration", "error", "; ".join(e.problems), "fix the settings named"))
         settings = None
@@ -291,7 +392,7 @@ def check(config: Path | None, state_dir: Path | None, run_dir: Path | None, as_
         marks = {"ok": "[green]ok[/green]", "warning": "[yellow]warn[/yellow]", "error": "[red]FAIL[/red]",
                  "skipped": "skip"}
         for r in results:
-            table.add_row(r.name, marks[r.outcome], r.detail, r.fix)
+            table.add_row(escape(r.name), marks[r.outcome], escape(r.detail), escape(r.fix))  # [tables] shown
         out.print(table)
     if any(r.outcome == "error" for r in results):
         sys.exit(1)

@@ -78,11 +78,11 @@ def _read_secret(source: SecretSource) -> bytes:
     if source.value is not None:
         return source.value
     assert source.uri is not None
-    raw = Path(source.uri.removeprefix("file://")).read_bytes().strip()
+    raw = Path(source.uri.removeprefix("file://")).read_bytes()
     try:
-        return decode_key(raw)  # padding optional, as aziot
+        return decode_key(raw.strip())  # a base64 text file (padding optional)
     except ValueError:
-        return raw
+        return raw  # aziot-keyd's key file: its bytes are the key, a leading or trailing "whitespace" byte included
 
 
 def principal_key_id(name: str) -> str:
