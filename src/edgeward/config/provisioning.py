@@ -67,11 +67,9 @@ def _token_symmetric_key(table: dict[str, Any], name: str, where: str, p: Proble
     if not (isinstance(raw, dict) and isinstance(raw.get("uri"), str) and raw["uri"].startswith("pkcs11:")):
         return
     loc = key_location(raw, f"{where}.{name}", p, has_pkcs11_lib=has_pkcs11_lib)
-    if loc is None:
-        table.pop(name)  # reported above; the identity service would only repeat it
-        return
-    preloads.key(DEVICE_ID, loc.value, f"{where}.{name}", p)
-    table[name] = {"key_id": DEVICE_ID}
+    if loc is not None:
+        preloads.key(DEVICE_ID, loc.value, f"{where}.{name}", p)
+    table[name] = {"key_id": DEVICE_ID}  # when reported above, this keeps the identity reader from repeating it
 
 
 def _payload(raw: Any, p: Problems) -> Any:
