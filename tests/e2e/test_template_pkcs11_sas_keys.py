@@ -91,13 +91,16 @@ async def test_manual_sas_device_id_pk_in_a_pkcs11_token_signs_the_devices_hub_r
                 assert "host-agent" not in hub.modules_of("hsm-sas")
 
 
-async def test_dps_symmetric_key_in_a_pkcs11_token_registers_the_device(tmp_path: Path) -> None:
-    """DPS accepts the registration only with a SAS token signed by the enrollment's key, here the token's; the
-    device then reaches the hub it was assigned with the same key (its module registered there)."""
+@pytest.mark.parametrize("group", [False, True], ids=["individual", "group"])
+async def test_dps_symmetric_key_in_a_pkcs11_token_registers_the_device(group: bool, tmp_path: Path) -> None:
+    """DPS accepts the registration only with a SAS token signed by the enrollment's key, here the token's (for a
+    group enrollment, the device key derived from the group key in the token by its HMAC); the device then reaches
+    the hub it was assigned with the same key (its module registered there)."""
     hsm = make_token(tmp_path / "hsm", label="sas-keys")
     hub = HubEmulator()
     dps = DpsEmulator(hub, polls_before_assigned=1, retry_after=0)
-    key = dps.add_individual_enrollment("reg-hsm", key=os.urandom(32), device_id="dps-hsm")
+    key = (dps.add_group_enrollment(key=os.urandom(32)) if group
+           else dps.add_individual_enrollment("reg-hsm", key=os.urandom(32), device_id="reg-hsm"))
     uri = secret_in_token(hsm, key, "dps-sas")
     async with hub:
         (tmp_path / "cloud-ca.pem").write_bytes(hub.ca_pem)
@@ -112,6 +115,7 @@ async def test_dps_symmetric_key_in_a_pkcs11_token_registers_the_device(tmp_path
             method = "symmetric_key"
             registration_id = "reg-hsm"
             symmetric_key = {{ uri = "{uri}" }}
+            group_enrollment = {str(group).lower()}
 
             [edgeward.identity]
             cloud_trust_bundle = "file://{tmp_path / 'cloud-ca.pem'}"
@@ -124,7 +128,7 @@ async def test_dps_symmetric_key_in_a_pkcs11_token_registers_the_device(tmp_path
         log = tmp_path / "daemon.log"
         async with daemon(config, tmp_path, env=dict(os.environ, SOFTHSM2_CONF=str(hsm.conf))):
             deadline = time.monotonic() + DEADLINE
-            while "host-agent" not in hub.modules_of("dps-hsm"):
+            while "host-agent" not in hub.modules_of("reg-hsm"):
                 assert time.monotonic() < deadline, log.read_text()
                 await asyncio.sleep(0.1)
         assert dps.registrations == 1
