@@ -58,6 +58,20 @@ def _x509_identity(table: dict[str, Any], where: str, p: Problems, preloads: Pre
     table["identity_pk"] = DEVICE_ID if pk.kind == "uri" else pk.value
 
 
+def _token_symmetric_key(table: dict[str, Any], name: str, where: str, p: Problems, preloads: Preloads, *,
+                         has_pkcs11_lib: bool, **_: bool) -> None:
+    """``{ uri = "pkcs11:..." }``: the device's SAS key is a secret (HMAC) object in a token, as aziot-keyd allows.
+    It is preloaded as ``device-id`` and the identity service signs with it there, so its bytes are never read;
+    a value or file:// key keeps its shape."""
+    raw = table.get(name)
+    if not (isinstance(raw, dict) and isinstance(raw.get("uri"), str) and raw["uri"].startswith("pkcs11:")):
+        return
+    loc = key_location(raw, f"{where}.{name}", p, has_pkcs11_lib=has_pkcs11_lib)
+    if loc is not None:
+        preloads.key(DEVICE_ID, loc.value, f"{where}.{name}", p)
+    table[name] = {"key_id": DEVICE_ID}  # when reported above, this keeps the identity reader from repeating it
+
+
 def _payload(raw: Any, p: Problems) -> Any:
     """IoT Edge's ``payload = { uri = "file:///...json" }``: the JSON document DPS receives with the registration."""
     if not (isinstance(raw, dict) and set(raw) == {"uri"} and isinstance(raw["uri"], str)
@@ -115,6 +129,8 @@ def translate_provisioning(raw: dict[str, Any], p: Problems, preloads: Preloads,
                            "provisioning.authentication")
             if method == "x509":
                 _x509_identity(auth, "provisioning.authentication", p, preloads, issuance, **opts)
+            elif method == "sas":
+                _token_symmetric_key(auth, "device_id_pk", "provisioning.authentication", p, preloads, **opts)
         elif auth is not None:
             p.add("provisioning.authentication", auth, 'a table with method = "sas" or "x509"')
             prov.pop("authentication")
@@ -131,6 +147,8 @@ def translate_provisioning(raw: dict[str, Any], p: Problems, preloads: Preloads,
             p.warn_unknown(att, known, "provisioning.attestation")
             if method == "x509":
                 _x509_identity(att, "provisioning.attestation", p, preloads, issuance, **opts)
+            elif method == "symmetric_key":
+                _token_symmetric_key(att, "symmetric_key", "provisioning.attestation", p, preloads, **opts)
         elif att is not None:
             p.add("provisioning.attestation", att, 'a table with method = "symmetric_key", "x509" or "tpm"')
             prov.pop("attestation")

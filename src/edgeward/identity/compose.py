@@ -78,7 +78,8 @@ def dps_registrar_for(settings: IdentitySettings) -> DpsRegistrar:
         assignment = await client.register(registration_id, auth, prov.payload)
         hub, device_id = assignment.assigned_hub, assignment.device_id
         if isinstance(auth, SymmetricKeyAuth):
-            return DeviceIdentity(hub, device_id, "sas", key_id=DEVICE_KEY_ID,
+            key_id = prov.symmetric_key.key_id if prov.symmetric_key and prov.symmetric_key.key_id else DEVICE_KEY_ID
+            return DeviceIdentity(hub, device_id, "sas", key_id=key_id,
                                   derivation=registration_id if prov.group_enrollment else None, source="dps")
         if isinstance(auth, TpmAuth):
             return DeviceIdentity(hub, device_id, "tpm", source="dps")

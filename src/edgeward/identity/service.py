@@ -209,8 +209,8 @@ class IdentityService:
         if isinstance(prov, ManualProvisioning):
             if prov.auth == "sas":
                 assert prov.sas_key is not None
-                await self.keys.import_key(DEVICE_KEY_ID, _read_secret(prov.sas_key), "sign")
-                return DeviceIdentity(prov.hub, prov.device_id, "sas", key_id=DEVICE_KEY_ID)
+                key_id = await self._device_key(prov.sas_key, "sign")
+                return DeviceIdentity(prov.hub, prov.device_id, "sas", key_id=key_id)
             assert prov.identity_cert is not None and prov.identity_pk is not None
             await self.x509_identity(prov.identity_cert, prov.identity_pk, prov.device_id)  # usable now, or fail
             return DeviceIdentity(prov.hub, prov.device_id, "x509", cert_id=prov.identity_cert, pk_id=prov.identity_pk)
@@ -219,15 +219,24 @@ class IdentityService:
         auth: DpsAuth
         if prov.auth == "symmetric_key":
             assert prov.symmetric_key is not None
-            await self.keys.import_key(DEVICE_KEY_ID, _read_secret(prov.symmetric_key), "derive,sign")
+            key_id = await self._device_key(prov.symmetric_key, "derive,sign")
             auth = SymmetricKeyAuth(await self._device_signer(
-                DEVICE_KEY_ID, prov.registration_id if prov.group_enrollment else None))
+                key_id, prov.registration_id if prov.group_enrollment else None))
         elif prov.auth == "x509":
             assert prov.identity_cert is not None and prov.identity_pk is not None
             auth = X509Auth(await self.x509_identity(prov.identity_cert, prov.identity_pk, prov.registration_id))
         else:
             auth = TpmAuth(self._tpm())
         return await self.dps_register(prov, auth)
+
+    async def _device_key(self, source: SecretSource, usage: str) -> str:
+        """The keys service id of the device's symmetric key: a key held there already (preloaded from a token, so
+        the bytes are never seen here) is used as it is; a value or file is imported."""
+        if source.key_id is not None:
+            await self.keys.load_key(source.key_id)  # there now, or fail before registering anything
+            return source.key_id
+        await self.keys.import_key(DEVICE_KEY_ID, _read_secret(source), usage)
+        return DEVICE_KEY_ID
 
     def _tpm(self) -> TpmApi:
         if self.tpm is None:

@@ -29,10 +29,13 @@ IdType = Literal["device", "module", "local"]
 
 @dataclass(frozen=True)
 class SecretSource:
-    """A key given inline (base64) or by file URI; never shown in reprs."""
+    """A key given inline (base64), by file URI, or as the id of a key the keys service already holds (a preloaded
+    ``pkcs11:`` key, which never leaves its token: the device's SAS signatures are the token's HMACs); never shown
+    in reprs."""
 
     value: bytes | None = field(default=None, repr=False)
     uri: str | None = None
+    key_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,10 @@ def _secret(raw: Any, where: str, p: Problems) -> SecretSource | None:
             return None
     if isinstance(raw, dict) and isinstance(raw.get("uri"), str) and raw["uri"].startswith("file://"):
         return SecretSource(uri=raw["uri"])
-    p.add(where, "<secret>", '{ value = "<base64>" } or { uri = "file:///..." }')
+    if isinstance(raw, dict) and set(raw) == {"key_id"} and isinstance(raw["key_id"], str) and raw["key_id"] \
+            and not any(c in raw["key_id"] for c in "/\\:\0 \t\r\n"):
+        return SecretSource(key_id=raw["key_id"])
+    p.add(where, "<secret>", '{ value = "<base64>" }, { uri = "file:///..." } or { key_id = "<keys service id>" }')
     return None
 
 

@@ -1,0 +1,111 @@
+"""IoT Edge 1.5's manual X.509 device identity with its key in a PKCS#11 token, as an operator writes it in
+config.toml (``identity_pk = "pkcs11:..."``), taking effect in the daemon (``edgeward run``) against the hub
+emulator's mutual TLS: the key file is imported into a SoftHSM2 token and deleted, so the TLS client signature the
+hub checks can only come from the token."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from edgeward.testing.hub_emulator import HubEmulator
+from tests.fixtures.config_daemon import DEADLINE, daemon
+from tests.fixtures.softhsm import SoftHsm, make_token
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"),
+              pytest.mark.skipif(os.getuid() != 0, reason="the hub emulator listens on port 443")]
+
+
+def self_signed_client(tmp_path: Path, cn: str) -> tuple[x509.Certificate, Path, Path]:
+    """A self-signed client certificate (the hub knows devices by thumbprint) and its PKCS#8 key file."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / f"{cn}.pem", tmp_path / f"{cn}.key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert, cert_path, key_path
+
+
+def into_token(hsm: SoftHsm, key_file: Path, label: str, object_id: str) -> str:
+    """Import the key file as object ``label`` and delete the file; the key's pkcs11: URI."""
+    subprocess.run(["softhsm2-util", "--import", str(key_file), "--token", hsm.label, "--label", label, "--id",
+                    object_id, "--pin", hsm.pin], env=dict(os.environ, SOFTHSM2_CONF=str(hsm.conf)), check=True,
+                   capture_output=True, timeout=60)
+    key_file.unlink()
+    return hsm.uri(label)
+
+
+@pytest.mark.parametrize("key_ok", [True, False], ids=["its-key", "another-key"])
+async def test_manual_x509_identity_key_in_a_pkcs11_token_authenticates_the_device_to_the_hub(
+        key_ok: bool, tmp_path: Path) -> None:
+    """The hub emulator registers the host principal's module only over a TLS connection whose client key is the
+    certificate's; with another key in the token under that URI, nothing gets in (the daemon refuses to pair the
+    certificate with a key that is not its own)."""
+    hsm = make_token(tmp_path / "hsm", label="identity-keys")
+    async with HubEmulator() as hub:
+        (tmp_path / "hub-ca.pem").write_bytes(hub.ca_pem)
+        cert, cert_path, key_path = self_signed_client(tmp_path, "hsm-x509")
+        hub.add_x509_device("hsm-x509", cert=cert)
+        if not key_ok:
+            (tmp_path / "other").mkdir()
+            _, _, key_path = self_signed_client(tmp_path / "other", "hsm-x509")
+        uri = into_token(hsm, key_path, "device-id-key", "0b01")
+        config = tmp_path / "config.toml"
+        config.write_text(textwrap.dedent(f"""
+            hostname = "hsm-x509"
+
+            [provisioning]
+            source = "manual"
+            iothub_hostname = "{hub.hostname}"
+            device_id = "hsm-x509"
+
+            [provisioning.authentication]
+            method = "x509"
+            identity_cert = "file://{cert_path}"
+            identity_pk = "{uri}"
+
+            [aziot_keys]
+            pkcs11_lib_path = "{hsm.lib}"
+            pkcs11_base_slot = "{hsm.uri()}"
+
+            [edgeward.identity]
+            cloud_trust_bundle = "file://{tmp_path / 'hub-ca.pem'}"
+
+            [[principal]]
+            uid = 3104
+            name = "host-agent"
+            idtype = ["module"]
+        """))
+        log = tmp_path / "daemon.log"
+        async with daemon(config, tmp_path, env=dict(os.environ, SOFTHSM2_CONF=str(hsm.conf))):
+            deadline = time.monotonic() + DEADLINE
+            if key_ok:
+                while "host-agent" not in hub.modules_of("hsm-x509"):
+                    assert time.monotonic() < deadline, log.read_text()
+                    await asyncio.sleep(0.1)
+            else:
+                # the daemon reads the token key's public half, finds it is not the certificate's and asks for a new
+                # certificate, which nothing is configured to issue: the device fails closed before any hub call
+                while "provisioning failed" not in log.read_text():
+                    assert time.monotonic() < deadline, log.read_text()
+                    await asyncio.sleep(0.1)
+                assert "host-agent" not in hub.modules_of("hsm-x509")
+        assert not key_path.exists()  # only the token held the key
