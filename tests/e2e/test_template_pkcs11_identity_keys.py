@@ -103,9 +103,11 @@ async def test_manual_x509_identity_key_in_a_pkcs11_token_authenticates_the_devi
                     await asyncio.sleep(0.1)
             else:
                 # the daemon reads the token key's public half, finds it is not the certificate's and asks for a new
-                # certificate, which nothing is configured to issue: the device fails closed before any hub call
+                # certificate, which nothing is configured to issue: the device fails closed before any hub call,
+                # saying the cause (cert and key are not a pair), not only the re-issue's failure
                 while "provisioning failed" not in log.read_text():
                     assert time.monotonic() < deadline, log.read_text()
                     await asyncio.sleep(0.1)
+                assert "is not for the key" in log.read_text(), log.read_text()
                 assert "host-agent" not in hub.modules_of("hsm-x509")
         assert not key_path.exists()  # only the token held the key

@@ -278,7 +278,14 @@ class IdentityService:
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
                    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
         csr = await sign_csr(builder, self.keys, handle, public)
-        pem = await self.certs.create_cert(cert_ref, csr.public_bytes(serialization.Encoding.PEM))
+        try:
+            pem = await self.certs.create_cert(cert_ref, csr.public_bytes(serialization.Encoding.PEM))
+        except HttpError as e:
+            if chain and not same_public_key(chain[0].public_key(), public):
+                # Say the cause first: a preloaded certificate and key that are not a pair, not the re-issue's error.
+                raise HttpError(f"the identity certificate {cert_ref!r} is not for the key {key_id!r} (they are not "
+                                f"a pair), and it cannot be issued anew: {e}", status=e.status) from e
+            raise
         log.info("issued the device identity certificate %r (CN %s)", cert_ref, cn)
         return KeysIdentity(x509.load_pem_x509_certificates(pem.encode()), self.keys, handle)
 
