@@ -1,0 +1,39 @@
+"""Findings of a break-it pass over issue 14 (IoT Edge 1.5 config.toml): what `edgeward config apply` prints about
+an operator's config.toml must be the config's words, whatever characters the operator's values hold."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+MANUAL = ('[provisioning]\nsource = "manual"\nconnection_string = '
+          '"HostName=example.azure-devices.net;DeviceId=my-device;SharedAccessKey=YXNkZg"\n')
+
+
+def _apply_dry_run(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "COLUMNS": "400"}
+    return subprocess.run([sys.executable, "-m", "edgeward", "config", "apply", "--dry-run", "-c", str(config)],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+def test_apply_refuses_a_hostname_holding_brackets_with_a_message_not_a_traceback(tmp_path: Path) -> None:
+    result = _apply_dry_run(tmp_path, 'hostname = "dev[/x]"\n' + MANUAL)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode != 0
+    assert "hostname" in result.stderr and "dev[/x]" in result.stderr, result.stderr
+
+
+def test_apply_warning_names_the_config_sections_it_points_at(tmp_path: Path) -> None:
+    # a process-engine device with [connect] set: the warning tells the operator to add [moby_runtime]
+    result = _apply_dry_run(tmp_path, 'hostname = "dev"\n' + MANUAL +
+                            '[connect]\nworkload_uri = "unix:///var/run/iotedge/workload.sock"\n'
+                            'management_uri = "unix:///var/run/iotedge/mgmt.sock"\n')
+    assert result.returncode == 0, result.stderr
+    warning = " ".join(result.stderr.split())
+    assert "connect.workload_uri: no effect" in warning, warning
+    assert "[moby_runtime]" in warning and "[edgeward.runtime]" in warning, warning
