@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..config.import_v1 import import_v1_config, old_master_encryption_key
@@ -36,14 +37,19 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _e(value: object) -> str:
+    """Operator text (config values, paths, messages quoting them) printed as it is, never read as rich markup."""
+    return escape(str(value))
+
+
 def _fail(e: ConfigError) -> None:
-    err.print(f"[red]error:[/red] {e}", highlight=False)
+    err.print(f"[red]error:[/red] {_e(e)}", highlight=False)
     sys.exit(EXIT_CONFIG)
 
 
 def _warn(warnings: list[str] | tuple[str, ...]) -> None:
     for warning in dict.fromkeys(warnings):
-        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        err.print(f"[yellow]warning:[/yellow] {_e(warning)}", highlight=False)
 
 
 def _describe(name: str, doc: dict[str, Any]) -> str:
@@ -102,7 +108,7 @@ def apply(config_path: Path, out_dir: Path, dry_run: bool) -> None:
             for name, text in texts.items():
                 atomic_write(out_dir / name, text.encode(), mode=0o600)
         except OSError as e:
-            err.print(f"[red]error:[/red] cannot write to {out_dir}: {e.strerror or e}", highlight=False)
+            err.print(f"[red]error:[/red] cannot write to {_e(out_dir)}: {_e(e.strerror or e)}", highlight=False)
             sys.exit(EXIT_FAILED)
     out.print(table)
 
@@ -116,12 +122,12 @@ def apply(config_path: Path, out_dir: Path, dry_run: bool) -> None:
 def import_cmd(in_file: Path, out_file: Path, force: bool) -> None:
     """Convert an IoT Edge 1.1 config.yaml to the 1.5 config.toml, listing what could not be converted."""
     if out_file.exists() and not force:
-        err.print(f"[red]error:[/red] {out_file} exists; pass --force to overwrite it", highlight=False)
+        err.print(f"[red]error:[/red] {_e(out_file)} exists; pass --force to overwrite it", highlight=False)
         sys.exit(EXIT_FAILED)
     try:
         text = in_file.read_text()
     except OSError as e:
-        err.print(f"[red]error:[/red] cannot read {in_file}: {e.strerror or e}", highlight=False)
+        err.print(f"[red]error:[/red] cannot read {_e(in_file)}: {_e(e.strerror or e)}", highlight=False)
         sys.exit(EXIT_FAILED)
     try:
         result = import_v1_config(text, str(in_file), old_master_encryption_key())
@@ -135,12 +141,12 @@ def import_cmd(in_file: Path, out_file: Path, force: bool) -> None:
     try:
         atomic_write(out_file, converted.encode(), mode=0o600)
     except OSError as e:
-        err.print(f"[red]error:[/red] cannot write {out_file}: {e.strerror or e}", highlight=False)
+        err.print(f"[red]error:[/red] cannot write {_e(out_file)}: {_e(e.strerror or e)}", highlight=False)
         sys.exit(EXIT_FAILED)
-    out.print(f"wrote {out_file}")
+    out.print(f"wrote {_e(out_file)}")
     for item in result.not_converted:
-        err.print(f"[yellow]not converted:[/yellow] {item}", highlight=False)
-    out.print(f"next: edgeward config apply -c {out_file}")
+        err.print(f"[yellow]not converted:[/yellow] {_e(item)}", highlight=False)
+    out.print(f"next: edgeward config apply -c {_e(out_file)}")
 
 
 @config.command("mp")
@@ -156,12 +162,12 @@ def mp(connection_string: str, out_file: Path, force: bool) -> None:
         _fail(e)
         return
     if out_file.exists() and not force:
-        err.print(f"[red]error:[/red] {out_file} exists; pass --force to overwrite it", highlight=False)
+        err.print(f"[red]error:[/red] {_e(out_file)} exists; pass --force to overwrite it", highlight=False)
         sys.exit(EXIT_FAILED)
     try:
         out_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out_file, text.encode(), mode=0o600)  # it holds the device key
     except OSError as e:
-        err.print(f"[red]error:[/red] cannot write {out_file}: {e.strerror or e}", highlight=False)
+        err.print(f"[red]error:[/red] cannot write {_e(out_file)}: {_e(e.strerror or e)}", highlight=False)
         sys.exit(EXIT_FAILED)
-    out.print(f"wrote {out_file}; next: edgeward config apply -c {out_file}")
+    out.print(f"wrote {_e(out_file)}; next: edgeward config apply -c {_e(out_file)}")

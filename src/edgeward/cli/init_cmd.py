@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from ..config.problems import ConfigError
 from ..daemon import load_settings
@@ -18,6 +19,11 @@ from ..identity.settings import parse_connection_string
 __all__ = ["init"]
 
 out = Console()
+
+
+def _e(value: object) -> str:
+    """Operator text (config values, paths, messages quoting them) printed as it is, never read as rich markup."""
+    return escape(str(value))
 
 
 def _toml_str(value: str) -> str:
@@ -67,7 +73,7 @@ def _docker_reachable(uri: str) -> bool:
 def init(output: Path, quickstart: bool, force: bool) -> None:
     """Write a first configuration (by questions, or --quickstart), checked before it is saved."""
     if output.exists() and not force:
-        out.print(f"[red]error:[/red] {output} exists; use --force to replace it")
+        out.print(f"[red]error:[/red] {_e(output)} exists; use --force to replace it")
         sys.exit(1)
     docker_uri = "unix:///var/run/docker.sock"
     engine = "docker" if _docker_reachable(docker_uri) else "process"
@@ -86,7 +92,7 @@ def init(output: Path, quickstart: bool, force: bool) -> None:
                     parse_connection_string(value)
                     break
                 except ValueError as e:
-                    out.print(f"[red]{e}[/red]")
+                    out.print(f"[red]{_e(e)}[/red]")
             provisioning = {"source": "manual", "connection_string": value}
         elif source == "dps":
             provisioning = {"source": "dps", "id_scope": click.prompt("DPS ID scope"),
@@ -99,13 +105,13 @@ def init(output: Path, quickstart: bool, force: bool) -> None:
         try:
             settings = load_settings(candidate, Path(d) / "state", Path(d) / "run")
         except ConfigError as e:
-            out.print(f"[red]the configuration would not be valid:[/red] {e}")
+            out.print(f"[red]the configuration would not be valid:[/red] {_e(e)}")
             sys.exit(3)
     output.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a connection string
     with os.fdopen(fd, "w") as f:
         f.write(text)
     for warning in settings.warnings:
-        out.print(f"[yellow]warning:[/yellow] {warning}")
-    out.print(f"[green]wrote {output}[/green] ({engine} engine, "
+        out.print(f"[yellow]warning:[/yellow] {_e(warning)}")
+    out.print(f"[green]wrote {_e(output)}[/green] ({_e(engine)} engine, "
               f"{provisioning.get('source', 'no cloud')} provisioning). Next: edgeward run -c {output}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from .. import __version__
 from ..config.problems import ConfigError
@@ -28,6 +29,11 @@ __all__ = ["main"]
 EXIT_FAILED, EXIT_CONFIG, EXIT_BACKEND = 1, 3, 4
 
 err = Console(stderr=True)
+
+
+def _e(value: object) -> str:
+    """Operator text (config values, paths, messages quoting them) printed as it is, never read as rich markup."""
+    return escape(str(value))
 
 
 
@@ -46,20 +52,20 @@ def _run_services(config: Path | None, state_dir: Path | None, run_dir: Path | N
     try:
         settings = load_settings(config, state_dir or _default_state_dir(), run_dir or _default_run_dir())
     except ConfigError as e:
-        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        err.print(f"[red]error:[/red] {_e(e)}", markup=True, highlight=False)
         sys.exit(EXIT_CONFIG)
     for warning in settings.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        err.print(f"[yellow]warning:[/yellow] {_e(warning)}", highlight=False)
     wanted = os.environ.get("EDGEWARD_LOG_LEVEL", "info").upper()  # set by `edgeward system set-log-level`
     level = logging.getLevelName(wanted) if wanted in ("ERROR", "WARNING", "INFO", "DEBUG") else logging.INFO
     logging.getLogger().setLevel(min(logging.getLogger().level, level))
     try:
         asyncio.run(serve(settings, services))
     except ConfigError as e:  # found only at start (e.g. EDGEWARD_HTTP_* limits, a TPM that does not answer)
-        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        err.print(f"[red]error:[/red] {_e(e)}", markup=True, highlight=False)
         sys.exit(EXIT_CONFIG)
     except BackendUnavailable as e:
-        err.print(f"[red]error:[/red] {e.message}", highlight=False)
+        err.print(f"[red]error:[/red] {_e(e.message)}", highlight=False)
         sys.exit(EXIT_BACKEND)
     except KeyboardInterrupt:
         pass

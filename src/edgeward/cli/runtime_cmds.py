@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..attest.audit import AuditLog
@@ -27,6 +28,11 @@ T = TypeVar("T")
 out = Console()
 err = Console(stderr=True)
 EXIT_FAILED, EXIT_UNREACHABLE = 1, 5
+
+
+def _e(value: object) -> str:
+    """Operator text (config values, paths, messages quoting them) printed as it is, never read as rich markup."""
+    return escape(str(value))
 
 
 def _mgmt_socket(run_dir: Path | None) -> Path:
@@ -46,10 +52,10 @@ def _call(run_dir: Path | None, op: Callable[[ManagementClient], Awaitable[T]]) 
     try:
         return asyncio.run(go())
     except HttpError as e:
-        err.print(f"[red]error:[/red] {e.message}", highlight=False)
+        err.print(f"[red]error:[/red] {_e(e.message)}", highlight=False)
         sys.exit(EXIT_FAILED)
     except (FileNotFoundError, ConnectionError, OSError) as e:
-        err.print(f"[red]error:[/red] cannot reach Edgeward's management API at {socket} ({e.__class__.__name__}); "
+        err.print(f"[red]error:[/red] cannot reach Edgeward's management API at {_e(socket)} ({e.__class__.__name__}); "
                   f"is it running? (edgeward run, or systemctl status edgeward)", highlight=False)
         sys.exit(EXIT_UNREACHABLE)
 
@@ -105,7 +111,7 @@ def logs(module: str, *, tail: int | None, since: str | None, follow: bool, time
 def restart(module: str, run_dir: Path | None) -> None:
     """Restart a module."""
     _call(run_dir, lambda c: c.action(module, "restart"))
-    out.print(f"restarted {module}")
+    out.print(f"restarted {_e(module)}")
 
 
 @click.group()
@@ -130,25 +136,25 @@ def audit_verify(config: Path | None, state_dir: Path | None, run_dir: Path | No
         settings = load_settings(config, state, run_dir or default_run_dir())
         result = asyncio.run(verify_installed_log(settings))
     except ConfigError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        err.print(f"[red]error:[/red] {_e(e)}", highlight=False)
         sys.exit(EXIT_FAILED)
     except HttpError as e:
-        err.print(f"[red]error:[/red] cannot get the audit key or counter: {e.message}", highlight=False)
+        err.print(f"[red]error:[/red] cannot get the audit key or counter: {_e(e.message)}", highlight=False)
         sys.exit(EXIT_UNREACHABLE)
     except OSError as e:
-        err.print(f"[red]error:[/red] cannot reach the keys or TPM service: {e}", highlight=False)
+        err.print(f"[red]error:[/red] cannot reach the keys or TPM service: {_e(e)}", highlight=False)
         sys.exit(EXIT_UNREACHABLE)
     if result is None:
-        err.print(f"[red]error:[/red] no audit log under {state / 'audit'}", highlight=False)
+        err.print(f"[red]error:[/red] no audit log under {_e(state / 'audit')}", highlight=False)
         sys.exit(EXIT_FAILED)
     if result.ok:
         anchor = f", TPM counter {result.counter}" if result.counter is not None else ""
-        out.print(f"[green]audit log intact[/green]: {result.records} records, head {result.head[:16]}{anchor}",
+        out.print(f"[green]audit log intact[/green]: {result.records} records, head {_e(result.head[:16])}{_e(anchor)}",
                   highlight=False)
         if result.note:
-            out.print(f"note: {result.note}", highlight=False)
+            out.print(f"note: {_e(result.note)}", highlight=False)
         return
-    err.print(f"[red]audit log TAMPERED[/red]: {result.problem} (first {result.records} records check out)",
+    err.print(f"[red]audit log TAMPERED[/red]: {_e(result.problem)} (first {_e(result.records)} records check out)",
               highlight=False)
     sys.exit(EXIT_FAILED)
 
@@ -208,10 +214,10 @@ def attest_quote(nonce: str, run_dir: Path | None, state_dir: Path | None) -> No
     try:
         q = asyncio.run(go())
     except HttpError as e:
-        err.print(f"[red]error:[/red] {e.message}", highlight=False)
+        err.print(f"[red]error:[/red] {_e(e.message)}", highlight=False)
         sys.exit(EXIT_FAILED)
     except OSError as e:
-        err.print(f"[red]error:[/red] no TPM service at {socket} ({e.__class__.__name__}); is [tpm] configured?")
+        err.print(f"[red]error:[/red] no TPM service at {_e(socket)} ({e.__class__.__name__}); is \\[tpm] configured?")
         sys.exit(EXIT_UNREACHABLE)
     report: dict[str, Any] = {"quote": q.as_dict()}
     try:
