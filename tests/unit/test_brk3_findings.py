@@ -37,3 +37,33 @@ def test_apply_warning_names_the_config_sections_it_points_at(tmp_path: Path) ->
     warning = " ".join(result.stderr.split())
     assert "connect.workload_uri: no effect" in warning, warning
     assert "[moby_runtime]" in warning and "[edgeward.runtime]" in warning, warning
+
+
+V1_MANUAL = """provisioning:
+  source: 'manual'
+  device_connection_string: 'HostName=example.azure-devices.net;DeviceId=my-device;SharedAccessKey=YXNkZg=='
+agent:
+  name: 'edgeAgent'
+  type: 'docker'
+  config:
+    image: 'mcr.microsoft.com/azureiotedge-agent:1.0'
+hostname: 'my-device'
+moby_runtime:
+  uri: 'unix:///var/run/docker.sock'
+"""
+
+
+def test_a_1_1_manual_device_imported_by_edgeward_gets_no_no_effect_finding_from_check(tmp_path: Path) -> None:
+    # IoT Edge's importer (and so Edgeward's) writes auto_reprovisioning_mode for every device; `edgeward check` must
+    # not then tell the operator that the config Edgeward itself wrote holds a setting with no effect
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "COLUMNS": "400"}
+    old, new = tmp_path / "config.yaml", tmp_path / "config.toml"
+    old.write_text(V1_MANUAL)
+    imported = subprocess.run([sys.executable, "-m", "edgeward", "config", "import", "-i", str(old), "-o", str(new)],
+                              capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert imported.returncode == 0, imported.stderr
+    checked = subprocess.run([sys.executable, "-m", "edgeward", "check", "-c", str(new), "--state-dir", str(tmp_path / "state"), "--run-dir",
+                              str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=120,
+                             check=False)
+    rows = [line for line in (checked.stdout + checked.stderr).splitlines() if "no effect" in line]
+    assert rows == [], rows
