@@ -3,6 +3,7 @@ an operator's config.toml must be the config's words, whatever characters the op
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -67,3 +68,22 @@ def test_a_1_1_manual_device_imported_by_edgeward_gets_no_no_effect_finding_from
                              check=False)
     rows = [line for line in (checked.stdout + checked.stderr).splitlines() if "no effect" in line]
     assert rows == [], rows
+
+
+def test_check_says_image_gc_schedule_has_no_effect_when_image_gc_is_disabled(tmp_path: Path) -> None:
+    # aziot-edged runs no image garbage collection at all with enabled = false: its schedule and threshold change
+    # nothing, and `edgeward check` must say so (issue 14: every key set without effect is reported)
+    config = tmp_path / "config.toml"
+    config.write_text('hostname = "my-device"\n' + MANUAL +
+                      '[agent]\nname = "edgeAgent"\ntype = "docker"\n[agent.config]\n'
+                      'image = "mcr.microsoft.com/azureiotedge-agent:1.5"\n'
+                      '[moby_runtime]\nuri = "unix:///var/run/docker.sock"\n'
+                      '[image_garbage_collection]\nenabled = false\ncleanup_recurrence = "3d"\n'
+                      'image_age_cleanup_threshold = "1d"\ncleanup_time = "10:00"\n')
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    checked = subprocess.run([sys.executable, "-m", "edgeward", "check", "--json", "-c", str(config), "--state-dir",
+                              str(tmp_path / "state"), "--run-dir", str(tmp_path / "run")],
+                             capture_output=True, text=True, env=env, timeout=120, check=False)
+    names = {row["name"] for row in json.loads(checked.stdout)}
+    for key in ("cleanup_recurrence", "image_age_cleanup_threshold", "cleanup_time"):
+        assert f"no effect: image_garbage_collection.{key}" in names, names
