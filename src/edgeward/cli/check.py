@@ -330,6 +330,12 @@ def conditional_no_effect(doc: dict[str, Any], s: DaemonSettings) -> list[tuple[
         found.append(("cert_issuance.est.identity_auto_renew", "[cert_issuance.est.auth] has no EST identity "
                                                                "certificate (identity_cert or bootstrap_identity_cert)"
                                                                " to renew"))
+    gc = _table(doc, "image_garbage_collection")
+    if s.runtime.engine == "docker" and gc.get("enabled") is False:  # aziot-edged then runs no collection at all
+        for key in ("cleanup_recurrence", "image_age_cleanup_threshold", "cleanup_time"):
+            if key in gc:
+                found.append((f"image_garbage_collection.{key}", "image_garbage_collection.enabled = false: no "
+                                                                  "image is ever collected"))
     agent = s.runtime.agent
     if agent is not None and "auth" in _table(doc, "agent", "config"):
         if s.runtime.engine != "docker":
