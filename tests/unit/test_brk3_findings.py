@@ -87,3 +87,11 @@ def test_check_says_image_gc_schedule_has_no_effect_when_image_gc_is_disabled(tm
     names = {row["name"] for row in json.loads(checked.stdout)}
     for key in ("cleanup_recurrence", "image_age_cleanup_threshold", "cleanup_time"):
         assert f"no effect: image_garbage_collection.{key}" in names, names
+
+
+def test_watchdog_max_retries_infinite_in_any_letter_case_is_accepted_as_aziot_edged_does(tmp_path: Path) -> None:
+    # aziot-edged compares "infinite" ignoring ASCII case (edgelet-settings watchdog.rs); a migrated "Infinite" must
+    # not stop the device's config from applying
+    result = _apply_dry_run(tmp_path, 'hostname = "dev"\n' + MANUAL + '[watchdog]\nmax_retries = "Infinite"\n')
+    assert result.returncode == 0, result.stderr
+    assert "max_retries" not in result.stderr, result.stderr
