@@ -254,7 +254,7 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
     retries: int | None = None
     if isinstance(retries_raw, int) and not isinstance(retries_raw, bool) and retries_raw >= 0:
         retries = retries_raw
-    elif retries_raw != "infinite":
+    elif not (isinstance(retries_raw, str) and retries_raw.lower() == "infinite"):  # aziot-edged ignores its case
         p.add("watchdog.max_retries", retries_raw, 'a non-negative integer or "infinite"')
     period = p.get(ours, "watchdog_seconds", "edgeward.runtime", int, 5)
     if period <= 0:
