@@ -95,3 +95,15 @@ def test_watchdog_max_retries_infinite_in_any_letter_case_is_accepted_as_aziot_e
     result = _apply_dry_run(tmp_path, 'hostname = "dev"\n' + MANUAL + '[watchdog]\nmax_retries = "Infinite"\n')
     assert result.returncode == 0, result.stderr
     assert "max_retries" not in result.stderr, result.stderr
+
+
+def test_apply_refuses_agent_create_options_the_engine_cannot_take(tmp_path: Path) -> None:
+    # IoT Edge's `config apply` reads [agent.config] createOptions into Docker's typed create body (HostConfig.Binds is
+    # a list of strings), so a string there is refused when the config is applied, not when the agent is created
+    result = _apply_dry_run(tmp_path, 'hostname = "dev"\n' + MANUAL +
+                            '[moby_runtime]\nuri = "unix:///var/run/docker.sock"\n'
+                            '[agent]\nname = "edgeAgent"\ntype = "docker"\n[agent.config]\n'
+                            'image = "mcr.microsoft.com/azureiotedge-agent:1.5"\n'
+                            'createOptions = { HostConfig = { Binds = "/iotedge/storage:/iotedge/storage" } }\n')
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Binds" in result.stderr, result.stderr
