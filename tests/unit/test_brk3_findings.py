@@ -107,3 +107,16 @@ def test_apply_refuses_agent_create_options_the_engine_cannot_take(tmp_path: Pat
                             'createOptions = { HostConfig = { Binds = "/iotedge/storage:/iotedge/storage" } }\n')
     assert result.returncode != 0, result.stdout + result.stderr
     assert "Binds" in result.stderr, result.stderr
+
+
+def test_apply_refuses_upstream_registry_server_without_parent_hostname(tmp_path: Path) -> None:
+    # aziot-edged resolves a leading $upstream in the agent's image and in its registry credentials' serveraddress
+    # alike (edgelet-settings DockerConfig::parent_hostname_resolve); Edgeward refuses $upstream in the image without
+    # parent_hostname, so the same keyword in serveraddress must not be accepted and sent to the engine as written
+    result = _apply_dry_run(tmp_path, 'hostname = "dev"\n' + MANUAL +
+                            '[moby_runtime]\nuri = "unix:///var/run/docker.sock"\n'
+                            '[agent]\nname = "edgeAgent"\ntype = "docker"\n[agent.config]\n'
+                            'image = "mcr.microsoft.com/azureiotedge-agent:1.5"\n'
+                            '[agent.config.auth]\nserveraddress = "$upstream:443"\nusername = "u"\npassword = "p"\n')
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "serveraddress" in result.stderr and "parent_hostname" in result.stderr, result.stderr
