@@ -292,6 +292,11 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
     elif agent is not None and agent.image.startswith(UPSTREAM):
         p.add("agent.config.image", agent.image, f"parent_hostname set ({UPSTREAM} stands for the parent device a "
               "child pulls the agent's image from)")
+    if agent is not None and parent is None:  # aziot-edged resolves the keyword in the registry address as well
+        for key, value in (agent.auth or {}).items():
+            if key.lower() == "serveraddress" and isinstance(value, str) and value.startswith(UPSTREAM):
+                p.add(f"agent.config.auth.{key}", value, f"parent_hostname set ({UPSTREAM} stands for the parent "
+                      "device whose registry a child logs in to)")
     limits = {name: value for name, value in p.get(doc, "iotedge_max_requests", "", dict, {}).items()
               if name in ("management", "workload") and isinstance(value, int) and not isinstance(value, bool)
               and value > 0}
