@@ -291,7 +291,10 @@ def conditional_no_effect(doc: dict[str, Any], s: DaemonSettings) -> list[tuple[
         source = _table(doc, "provisioning").get("source", "none")
         why = (f"provisioning is {source!r}, not DPS: there is nothing to provision again with "
                "(identity/reprovisioning.py)")
-        if "auto_reprovisioning_mode" in doc:
+        # Dynamic and OnErrorOnly say what to do on an error, and IoT Edge's importer writes one of them for every
+        # device: inert here, as under IoT Edge, and not worth a finding. AlwaysOnStartup asks for something this
+        # device cannot do.
+        if doc.get("auto_reprovisioning_mode") == "AlwaysOnStartup":
             found.append(("auto_reprovisioning_mode", why))
         if "always_reprovision_on_startup" in _table(doc, "provisioning"):
             found.append(("provisioning.always_reprovision_on_startup", why))
