@@ -192,10 +192,11 @@ class RenewalEngine:
                 status.last_error = failure_reason(e)
                 backoff = self._backoff(m, cert, status.failures)
                 status.next_attempt = self.now() + backoff
-                # A traceback only for what is not an answer from a service (a bug), and only the first time.
+                # A traceback only for what is neither a service's answer nor the system's (disk full...): a bug,
+                # and only the first time.
                 log.warning("renewal of %r failed (attempt %d), retrying in %.1fs: %s", m.cert_id, status.failures,
                             backoff.total_seconds(), status.last_error,
-                            exc_info=status.failures == 1 and not isinstance(e, HttpError))
+                            exc_info=status.failures == 1 and not isinstance(e, (HttpError, OSError)))
                 await self._sleep_until(m, status.next_attempt)
 
     def _backoff(self, m: ManagedCert, cert: x509.Certificate | None, failures: int) -> dt.timedelta:
