@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..certs.est.pkcs7 import EstError
 from ..certs.est.tls_identity import KeysIdentity
+from ..http.answers import read_capped
 from ..http.errors import HttpError
 
 __all__ = ["MAX_RESPONSE", "RETRY_DELAY", "CloudTransport", "HttpsTransport", "OversizedAnswer", "Unreachable",
@@ -128,20 +129,11 @@ class HttpsTransport:
 
 
     async def _read_all(self, resp: aiohttp.ClientResponse, method: str, url: str) -> bytes:
-        """The whole body, however it is chunked (``content.read(n)`` returns only what is buffered so far), or
-        :class:`OversizedAnswer` as soon as it passes the cap; the timeout bounds a body that never ends."""
         def oversized() -> OversizedAnswer:
             return OversizedAnswer(f"the {self.peer} answered {method} {url} with more than {MAX_RESPONSE} bytes "
                                    f"(the cap on a cloud answer); refused")
 
-        if resp.content_length is not None and resp.content_length > MAX_RESPONSE:
-            raise oversized()
-        body = bytearray()
-        async for chunk in resp.content.iter_any():
-            body += chunk
-            if len(body) > MAX_RESPONSE:
-                raise oversized()
-        return bytes(body)
+        return await read_capped(resp, MAX_RESPONSE, oversized)
 
 
 class X509Transport:

@@ -34,6 +34,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from ...http.answers import read_capped
 from .pkcs7 import EstError, decode_base64_body, order_chain, parse_certificates
 from .tls_identity import KeysIdentity
 
@@ -326,14 +327,8 @@ def _retry_after(value: str | None, url: str) -> float:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, url: str) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise EstError(f"the EST server at {url} sent more than {MAX_RESPONSE_BYTES} bytes", resp.status)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_capped(resp, MAX_RESPONSE_BYTES, lambda: EstError(
+        f"the EST server at {url} sent more than {MAX_RESPONSE_BYTES} bytes", resp.status))
 
 
 def _csr_key(csr_der: bytes) -> PublicKeyTypes | None:
