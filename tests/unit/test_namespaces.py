@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
-from edgeward.attest.namespaces import ReferenceProcess, host_namespaces, is_host_process, namespaces_of
+from edgeward.attest.namespaces import (
+    ReferenceProcess,
+    host_namespaces,
+    is_host_process,
+    namespaces_of,
+    pid_namespace_depth,
+)
 
 
 def test_this_process_is_host_and_a_missing_pid_is_not() -> None:
@@ -57,3 +65,49 @@ def test_reference_process_proves_namespaces_only_while_it_is_the_same_process()
         proc.kill()
         proc.wait()
     assert not ref.alive() and ref.namespaces() is None
+
+
+def _verdicts_as_nobody(pids: list[int]) -> list[bool]:
+    """is_host_process as an unprivileged service sees it: another user, who may not read the callers' (or pid 1's)
+    namespace links, in a mount namespace of its own (as a hardened unit's)."""
+    code = ("import sys; from edgeward.attest.namespaces import is_host_process, namespaces_of\n"
+            "assert namespaces_of(1) is None, 'pid 1 readable: not the unprivileged case'\n"
+            "print(' '.join(str(is_host_process(int(p))) for p in sys.argv[1:]))")
+    # A copy the other user can read, wherever the checkout is (a home directory is not).
+    src = tempfile.mkdtemp(prefix="edgeward-ns-")
+    try:
+        shutil.copytree(Path(__file__).resolve().parents[2] / "src" / "edgeward", Path(src) / "edgeward",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for d, _, files in os.walk(src):
+            os.chmod(d, 0o755)
+            for f in files:
+                os.chmod(Path(d) / f, 0o644)
+            out = subprocess.run(["unshare", "--mount", "--propagation", "private", "setpriv", "--reuid=65534",
+                              "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+                              "/usr/bin/env", f"PYTHONPATH={src}", "/usr/bin/python3", "-c", code, *map(str, pids)],
+                             capture_output=True, text=True, timeout=60, check=True)
+    finally:
+        shutil.rmtree(src)
+    return [word == "True" for word in out.stdout.split()]
+
+
+def test_an_unprivileged_service_tells_host_from_contained_by_pid_namespace() -> None:
+    """The packaged units run as their own users: they decide "host" from NSpid and the cgroup. A root process on
+    the host (this test) is host; a root process in a pid namespace of its own is not, though neither's links can
+    be read."""
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 10
+        child = None
+        while child is None and time.monotonic() < deadline:
+            kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            if kids and Path(f"/proc/{kids[0]}/comm").read_text().strip() == "sleep":
+                child = int(kids[0])
+            else:
+                time.sleep(0.01)
+        assert child is not None
+        assert pid_namespace_depth(child) == 2 and pid_namespace_depth(os.getpid()) == 1
+        assert _verdicts_as_nobody([os.getpid(), child, 2**22 + 7]) == [True, False, False]
+    finally:
+        proc.kill()
+        proc.wait()

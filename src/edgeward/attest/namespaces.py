@@ -5,7 +5,14 @@ container a process *claims* to be in. Its pid and mount namespaces are fixed by
 created or enters them (setns needs the target's namespace file, which a contained process does not hold), so
 Edgeward treats them as the proof: a caller is a module only when its namespaces are its container's init
 process's, and "host" only when they are the host's. A namespace that cannot be read proves nothing: callers
-whose namespaces are unreadable are never host and never a module (fail closed).
+whose namespaces are unreadable are never a module, and host only by the rule below (fail closed otherwise).
+
+A service that runs as its own unprivileged user (the packaged units) may not read the namespace links of another
+user's process (the kernel asks for ptrace rights), nor pid 1's, and its own mount namespace is private (systemd's
+ProtectSystem/PrivateTmp). There "host" is decided from what the kernel shows every reader: the pid namespace, from
+`NSpid` in /proc/<pid>/status (one entry: the pid namespace of this /proc, the host's when this daemon's own entry
+is one too), and no container's cgroup. What that cannot tell apart is a container sharing the host's pid namespace
+whose cgroup is not its container's: only a privileged container can move its cgroup, and it is root on the host.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cgroups import read_container_id
 from .pin import ProcessGone, start_time
 
-__all__ = ["KINDS", "Namespaces", "ReferenceProcess", "host_namespaces", "is_host_process", "namespaces_of"]
+__all__ = ["KINDS", "Namespaces", "ReferenceProcess", "host_namespaces", "is_host_process", "namespaces_of",
+           "pid_namespace_depth"]
 
 # The namespaces compared. pid: a process in another pid namespace is contained; mnt: it sees other files.
 KINDS = ("pid", "mnt")
@@ -52,12 +61,34 @@ def host_namespaces() -> Namespaces | None:
 
 
 def is_host_process(pid: int) -> bool:
-    """True only when `pid` provably shares the host's pid and mount namespaces."""
+    """True only when `pid` provably shares the host's pid and mount namespaces, or, where this daemon cannot read
+    them (an unprivileged service), the host's pid namespace outside any container's cgroup."""
+    if namespaces_of(1) is None:  # not root: pid 1's links (and other users') are not ours to read
+        return _host_by_pid_namespace(pid)
     host = host_namespaces()
     if host is None:
         return False
     mine = namespaces_of(pid)
     return mine is not None and mine == host
+
+
+def pid_namespace_depth(pid: int | str) -> int | None:
+    """How many pid namespaces `pid` is nested in, counted from this /proc's (1: in it), from the kernel's NSpid
+    line; None when the process is gone or the line is missing."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            return len(line.split()) - 1
+    return None
+
+
+def _host_by_pid_namespace(pid: int) -> bool:
+    if pid_namespace_depth("self") != 1:  # this daemon is not in the host's pid namespace: nothing is provable
+        return False
+    return pid_namespace_depth(pid) == 1 and read_container_id(pid) is None
 
 
 @dataclass(frozen=True, slots=True)
