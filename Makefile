@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both set up what they need first.
-.PHONY: setup demo test lint unit bench clean
+.PHONY: setup demo test lint unit bench deb clean
 
 setup:
 	@./scripts/setup.sh
@@ -20,5 +20,9 @@ unit: setup
 bench: setup
 	.venv/bin/python -m benchmarks
 
+# dist/edgeward_<version>_<arch>.deb (Debian 12); scripts/build-deb.sh says how it is made
+deb: setup
+	./scripts/build-deb.sh
+
 clean:
-	rm -rf .venv demo-state .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv demo-state .pytest_cache .mypy_cache .ruff_cache build dist
