@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(softhsm2 opensc swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config build-essential python3-dev
               python3-venv util-linux docker.io podman runc busybox-static bubblewrap uidmap
-              libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus-daemon dbus-bin)
+              libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus-daemon dbus-bin
+              mmdebstrap systemd-container)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
