@@ -26,7 +26,7 @@ from .certs.renewal import RenewalEngine
 from .certs.routes import build_certs_app
 from .certs.settings import CertsSettings, parse_certs_settings
 from .config.problems import ConfigError, Problems
-from .config.super_config import split_super_config
+from .config.super_config import PEERS, SERVICE_FILES, split_super_config
 from .http import Listener, start_server
 from .http.limits import max_requests_limiter
 from .http.logfilter import limit_provoked_logs
@@ -34,7 +34,7 @@ from .http.peercred import Caller
 from .identity.compose import build_identity_service
 from .identity.routes import build_identity_app
 from .identity.service import IdentityService
-from .identity.settings import DpsProvisioning, IdentitySettings, parse_identity_settings
+from .identity.settings import IdentitySettings, parse_identity_settings
 from .keys.api import KeysApi
 from .keys.client import KeysClient
 from .keys.compose import build_key_service
@@ -49,7 +49,7 @@ from .tpm.counter_routes import install_counter_routes
 from .tpm.routes import build_tpm_app
 from .tpm.settings import TpmdSettings, parse_tpmd_settings
 
-__all__ = ["DaemonSettings", "load_settings", "serve"]
+__all__ = ["DaemonSettings", "load_service_settings", "load_settings", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class DaemonSettings:
     runtime: RuntimeSettings
     tpm: TpmdSettings | None = None  # the TPM service runs only when [tpm] is configured
     warnings: tuple[str, ...] = ()
-    config_path: Path | None = None  # None: embedded defaults
+    config_path: Path | None = None  # the super config, or the service's own file (--config-dir); None: defaults
     # [aziot_max_requests] keyd/certd/identityd as configured (simultaneous requests per caller); absent: defaults
     max_requests: Mapping[str, int] = field(default_factory=dict)
 
@@ -77,6 +77,8 @@ def read_config(path: Path | None) -> Mapping[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError([f"config file {path} does not exist"], str(path)) from None
+    except OSError as e:  # not readable by this user, a directory, ...
+        raise ConfigError([f"cannot read config file {path}: {e.strerror or e}"], str(path)) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"not valid TOML: {e}"], str(path)) from None
 
@@ -128,7 +130,8 @@ def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> Daemon
     `edgeward config apply` writes, and parse each with its service's reader; every problem is raised at once."""
     doc = read_config(config) if config is not None else EMBEDDED_DEFAULTS
     problems = Problems(str(config) if config else "embedded defaults")
-    split = split_super_config(doc, problems)  # checks and translates, edge CA included
+    # checks and translates, edge CA included
+    split = split_super_config(doc, problems, config_files=(config.resolve(),) if config is not None else ())
     keys = parse_keys_settings(split.keyd, state_dir, run_dir, problems)
     certs = parse_certs_settings(split.certd, state_dir, run_dir, problems)
     identity = parse_identity_settings(split.identityd, state_dir, run_dir, problems)
@@ -138,12 +141,59 @@ def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> Daemon
     if split.cloud_timeout_sec is not None:
         identity = replace(identity, cloud_timeout=float(split.cloud_timeout_sec))
     pkcs11_lib = Path(keys.pkcs11_lib_path) if keys.pkcs11_lib_path else None  # keyd loads it as root
-    runtime = replace(runtime, protected_paths=_files_of(config, keys, certs, identity, pkcs11_lib))
+    protected = _files_of(config, keys, certs, identity, pkcs11_lib) + runtime.protected_paths
+    runtime = replace(runtime, protected_paths=tuple(dict.fromkeys(protected)))
     limits = {name: doc["aziot_max_requests"][name] for name, doc in
               (("keyd", split.keyd), ("certd", split.certd), ("identityd", split.identityd))
               if name in doc.get("aziot_max_requests", {})}
     return DaemonSettings(state_dir, run_dir, keys, certs, identity, runtime, tpm,
                           tuple(dict.fromkeys(problems.warnings)), config, limits)
+
+
+def load_service_settings(service: str, config_dir: Path, state_dir: Path, run_dir: Path) -> DaemonSettings:
+    """``edgeward serve <service> --config-dir <dir>``: read only the service's own file, the one ``edgeward config
+    apply`` wrote for it (in the packaged deployment each file is readable by its service's user only), with that
+    service's reader. What it needs of the other services is in that file (config/super_config.py): their
+    endpoints (the other services' settings here are only where they listen), keyd's identity principals, edged's
+    ``[edgeward.peers]``. Every problem is raised at once, naming the file."""
+    path = config_dir / SERVICE_FILES[service]
+    try:
+        doc = read_config(path)
+    except ConfigError as e:
+        hint = ("`edgeward config apply` writes it when [tpm] is configured or DPS provisioning uses TPM attestation"
+                if service == "tpm" else f"`edgeward config apply --out-dir {config_dir}` writes it")
+        raise ConfigError([f"{e.problems[0]}; {hint}", *e.problems[1:]], e.source) from None
+    problems = Problems(str(path))
+    peer = {"endpoints": doc["endpoints"]} if "endpoints" in doc else {}  # the services this one calls
+
+    def own(name: str) -> Mapping[str, Any]:
+        return doc if service == name else peer
+
+    keys = parse_keys_settings(own("keys"), state_dir, run_dir, problems)
+    certs = parse_certs_settings(own("certs"), state_dir, run_dir, problems)
+    identity = parse_identity_settings(own("identity"), state_dir, run_dir, problems)
+    runtime = parse_runtime_settings(doc if service == "edged" else {}, state_dir, run_dir, problems)
+    tpm = None
+    if service == "tpm":
+        table = doc.get("tpm")
+        if not isinstance(table, dict):
+            problems.add("tpm", table if table is not None else "<missing>", "the [tpm] table `config apply` writes")
+        tpm = parse_tpmd_settings(table if isinstance(table, dict) else {}, run_dir, problems, prefix="tpm")
+    elif service == "edged":
+        ours = doc.get("edgeward")
+        if not (isinstance(ours, dict) and isinstance(ours.get(PEERS), dict)):
+            problems.add(f"edgeward.{PEERS}", "<missing>", "the table `edgeward config apply` writes: what the "
+                         "module runtime knows of the other services (provisioning, TPM, paths no module may bind)")
+        if runtime.tpm_service:  # its socket, from [endpoints]
+            tpm = parse_tpmd_settings(peer, run_dir, problems)
+        files = (config_dir.resolve(), path.resolve())  # whatever the splitter could not know of
+        runtime = replace(runtime, protected_paths=tuple(dict.fromkeys((*files, *runtime.protected_paths))))
+    problems.raise_if_any()
+    name = {"keys": "keyd", "certs": "certd", "identity": "identityd"}.get(service)
+    limits = doc.get("aziot_max_requests", {})
+    max_requests = {name: limits[name]} if name is not None and isinstance(limits, dict) and name in limits else {}
+    return DaemonSettings(state_dir, run_dir, keys, certs, identity, runtime, tpm,
+                          tuple(dict.fromkeys(problems.warnings)), path, max_requests)
 
 
 if TYPE_CHECKING:
@@ -268,8 +318,10 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
         keys_api: KeysApi
         if "keys" in services:
             key_service = build_key_service(settings.keys)
-            # identity principals too: identityd hands them key handles to sign with (create/load still need globs)
-            uids = [p.uid for p in settings.keys.principals] + [p.uid for p in settings.identity.principals]
+            # identity principals too: identityd hands them key handles to sign with (create/load still need globs);
+            # keyd.toml names them itself (config/super_config.py), for `serve keys --config-dir`
+            uids = list(dict.fromkeys([p.uid for p in settings.keys.principals]
+                                      + [p.uid for p in settings.identity.principals]))
             app = guard_host_service(build_keys_app(key_service, limiter=max_requests_limiter(
                 settings.max_requests.get("keyd"))), "keyd", uids,
                                      modules.module_of)
@@ -306,12 +358,12 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
                                                              mode=socket_mode("identityd", uids),
                                                              activation_name="identityd")]))
         if "edged" in services:
-            provisioning = settings.identity.provisioning
+            provisioning = settings.runtime.cloud_provisioning  # [edgeward.peers], in edged.toml too
             identities = identities_for(settings.runtime, provisioning, identity, settings.identity.socket_path)
             reprovision = identity.reprovision if identity is not None and provisioning is not None else None
             runtime = await start_runtime(
                 settings.runtime, keys_api, certs_api, identities, reprovision=reprovision,
-                provisioning="dps" if isinstance(provisioning, DpsProvisioning) else "manual",
+                provisioning=provisioning or "manual",
                 audit_counter=_audit_counter(settings, tpm_service))
             me = measure_self(settings.config_path)
             detail: dict[str, Any] = {"code": me.code, "config": me.config, "files": me.files,

@@ -26,12 +26,15 @@ def private_dir(path: Path, mode: int = 0o700) -> Path:
     return path
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write temp, fsync, rename over ``path``, fsync the directory."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
+    """Write temp, fsync, rename over ``path``, fsync the directory. ``owner`` (uid, gid): given to the temp file
+    before anything is written to it, so the file is never readable by anyone but its owner(s) at any point."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as f:
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

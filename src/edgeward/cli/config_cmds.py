@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..config.apply_files import FileResult, file_owners, planned, units_to_restart, write_service_files
 from ..config.import_v1 import import_v1_config, old_master_encryption_key
 from ..config.mp import manual_provisioning_config
 from ..config.problems import ConfigError, Problems
@@ -25,6 +26,7 @@ from ..config.toml_write import TomlWriteError
 from ..daemon import load_settings, read_config
 from ..fsutil import atomic_write
 from .paths import default_run_dir, default_state_dir
+from .system_cmds import RestartFailed, systemd_running, try_restart
 
 __all__ = ["config"]
 
@@ -80,36 +82,63 @@ def config() -> None:
               show_default=True, help="The super config (IoT Edge 1.5 config.toml format).")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_OUT_DIR,
               show_default=True, help="Where the per-service files go.")
-@click.option("--dry-run", is_flag=True, help="Check and show what would be written; write nothing.")
-def apply(config_path: Path, out_dir: Path, dry_run: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="Check and show what would change; write nothing.")
+@click.option("--no-restart", is_flag=True, help="Do not restart the services whose file changed (systemd).")
+def apply(config_path: Path, out_dir: Path, dry_run: bool, no_restart: bool) -> None:
     """Check the config (every problem at once) and write one file per service: keyd.toml, certd.toml,
-    identityd.toml, tpmd.toml (with a TPM), edged.toml; owner-readable only, each replaced atomically."""
+    identityd.toml, tpmd.toml (with a TPM), edged.toml; each readable by its service's user only (aziotks,
+    aziotcs, aziotid, aziottpm when they exist and this runs as root; edged.toml root's), mode 0600, replaced
+    atomically, and only when its content changed. Under systemd, the units whose file changed are restarted
+    (`systemctl try-restart`: a stopped unit stays stopped; socket activation starts it with its new file)."""
     try:
         # exactly what `edgeward run -c` checks, so a config that applies also runs
         settings = load_settings(config_path, default_state_dir(), default_run_dir())
     except ConfigError as e:
         _fail(e)
         return
-    split: ServiceConfigs = split_super_config(read_config(config_path), Problems(str(config_path)))
+    split: ServiceConfigs = split_super_config(read_config(config_path), Problems(str(config_path)),
+                                               config_files=(config_path.resolve(), out_dir.resolve()))
     try:
         texts = split.render(config_path.name)
     except TomlWriteError as e:
         _fail(ConfigError([str(e)], str(config_path)))
         return
     _warn(settings.warnings)
-    table = Table(title=f"{'would write' if dry_run else 'wrote'} {len(texts)} files to {out_dir}")
+    try:
+        results = planned(texts, out_dir) if dry_run else write_service_files(texts, out_dir, file_owners())
+    except OSError as e:
+        err.print(f"[red]error:[/red] cannot write to {_e(out_dir)}: {_e(e.strerror or e)}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    _report(results, split.files(), out_dir, dry_run)
+    units = units_to_restart(results)
+    if dry_run or not units:
+        return
+    if no_restart or not systemd_running():
+        why = "--no-restart" if no_restart else "no systemd here"
+        out.print(f"not restarted ({why}): {', '.join(units)} read their new file when they start again")
+        return
+    try:
+        try_restart(units)
+    except RestartFailed as e:
+        for unit, detail in e.failures.items():
+            err.print(f"[red]error:[/red] {unit} did not restart with its new file: {_e(detail)}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    out.print(f"restarted (if running): {', '.join(units)}")
+
+
+def _report(results: list[FileResult], docs: dict[str, dict[str, Any]], out_dir: Path, dry_run: bool) -> None:
+    changed = sum(r.change != "unchanged" for r in results)
+    title = (f"would write {len(docs)} files to {out_dir}: {changed} new, changed or removed" if dry_run
+             else f"{len(docs)} files in {out_dir}: {changed} new, changed or removed")
+    table = Table(title=_e(title))
     table.add_column("file")
+    table.add_column("change")
     table.add_column("holds")
-    for name in texts:
-        table.add_row(name, _describe(name, split.files()[name]))
-    if not dry_run:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            for name, text in texts.items():
-                atomic_write(out_dir / name, text.encode(), mode=0o600)
-        except OSError as e:
-            err.print(f"[red]error:[/red] cannot write to {_e(out_dir)}: {_e(e.strerror or e)}", highlight=False)
-            sys.exit(EXIT_FAILED)
+    for r in results:
+        change = r.change + (" (owner/mode put right)" if r.fixed else "")
+        if r.owner is not None:
+            change += f" (owner uid {r.owner[0]})"
+        table.add_row(r.name, change, _describe(r.name, docs[r.name]) if r.name in docs else "")
     out.print(table)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -18,7 +19,7 @@ from rich.markup import escape
 
 from .. import __version__
 from ..config.problems import ConfigError
-from ..daemon import ALL_SERVICES, load_settings, serve
+from ..daemon import ALL_SERVICES, DaemonSettings, load_service_settings, load_settings, serve
 from ..keys.errors import BackendUnavailable
 from .paths import config_option, run_option, state_option
 from .paths import default_run_dir as _default_run_dir
@@ -47,10 +48,9 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _run_services(config: Path | None, state_dir: Path | None, run_dir: Path | None,
-                  services: tuple[str, ...]) -> None:
+def _run_services(load: Callable[[], DaemonSettings], services: tuple[str, ...]) -> None:
     try:
-        settings = load_settings(config, state_dir or _default_state_dir(), run_dir or _default_run_dir())
+        settings = load()
     except ConfigError as e:
         err.print(f"[red]error:[/red] {_e(e)}", markup=True, highlight=False)
         sys.exit(EXIT_CONFIG)
@@ -77,17 +77,30 @@ def _run_services(config: Path | None, state_dir: Path | None, run_dir: Path | N
 @run_option
 def run(config: Path | None, state_dir: Path | None, run_dir: Path | None) -> None:
     """Run every service in this process (the embedded composition)."""
-    _run_services(config, state_dir, run_dir, ALL_SERVICES)
+    _run_services(lambda: load_settings(config, state_dir or _default_state_dir(), run_dir or _default_run_dir()),
+                  ALL_SERVICES)
 
 
 @cli.command("serve")
 @click.argument("service", type=click.Choice(list(ALL_SERVICES)))
 @config_option
+@click.option("--config-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Read only this service's own file in this directory (keyd.toml, certd.toml, identityd.toml, "
+                   "tpmd.toml or edged.toml, as `edgeward config apply` writes them); instead of -c.")
 @state_option
 @run_option
-def serve_one(service: str, config: Path | None, state_dir: Path | None, run_dir: Path | None) -> None:
-    """Run one service per process, as systemd units with socket activation do."""
-    _run_services(config, state_dir, run_dir, (service,))
+def serve_one(service: str, config: Path | None, config_dir: Path | None, state_dir: Path | None,
+              run_dir: Path | None) -> None:
+    """Run one service per process, as systemd units with socket activation do: from the super config (-c), or,
+    as the packaged deployment runs them (one user per service), from its own file only (--config-dir)."""
+    state, run = state_dir or _default_state_dir(), run_dir or _default_run_dir()
+    if config is not None and config_dir is not None:
+        raise click.UsageError("-c/--config and --config-dir are mutually exclusive: the super config, or the "
+                               "directory of per-service files `edgeward config apply` writes")
+    if config_dir is not None:
+        _run_services(lambda: load_service_settings(service, config_dir, state, run), (service,))
+    else:
+        _run_services(lambda: load_settings(config, state, run), (service,))
 
 
 from .check import check  # noqa: E402

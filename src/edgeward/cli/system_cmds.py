@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -23,11 +24,14 @@ from ..runtime.mgmt_client import ManagementClient
 from .paths import default_run_dir, default_state_dir, run_option, state_option
 from .status import collect_status, render_status
 
-__all__ = ["support_bundle", "system", "version"]
+__all__ = ["UNITS", "RestartFailed", "support_bundle", "system", "systemd_running", "try_restart", "version"]
 
 out = Console()
 err = Console(stderr=True)
-UNITS = ("edgeward-keyd", "edgeward-certd", "edgeward-identityd", "edgeward-edged")
+UNITS = ("edgeward-keyd", "edgeward-certd", "edgeward-identityd", "edgeward-tpmd", "edgeward-edged")
+# The TPM service runs only where a TPM is configured (`config apply` writes tpmd.toml only then): restarted only
+# when it runs, so that `system restart` does not start it on a device without one.
+_ONLY_IF_RUNNING = ("edgeward-tpmd",)
 LOG_LEVELS = ("error", "warning", "info", "debug")
 # What must never leave the device in a support bundle, whatever a module printed.
 SECRET_PATTERNS = [
@@ -97,8 +101,39 @@ def reprovision(run_dir: Path | None) -> None:
     out.print("[green]reprovisioned[/green]")
 
 
-def _systemd() -> bool:
+def systemd_running() -> bool:
     return shutil.which("systemctl") is not None and Path("/run/systemd/system").is_dir()
+
+
+class RestartFailed(Exception):
+    def __init__(self, failures: dict[str, str]) -> None:
+        self.failures = failures  # unit -> what systemctl said
+        super().__init__("; ".join(f"{unit}: {detail}" for unit, detail in failures.items()))
+
+
+def try_restart(units: Sequence[str], systemctl: str = "systemctl") -> None:
+    """``systemctl try-restart`` each unit, in the order given (a unit that is not running stays stopped; socket
+    activation starts it, with its new file, when it is next called). Raises RestartFailed naming every unit that
+    failed to restart (systemctl waits until each has started again, or failed to)."""
+    failures: dict[str, str] = {}
+    for unit in units:
+        try:
+            done = subprocess.run([systemctl, "try-restart", f"{unit}.service"], capture_output=True, text=True,
+                                  check=False)
+        except OSError as e:
+            failures[unit] = f"cannot run {systemctl}: {e.strerror or e}"
+            continue
+        if done.returncode != 0:
+            said = (done.stderr or done.stdout).strip()
+            failures[unit] = said or f"systemctl exited with {done.returncode}"
+    if failures:
+        raise RestartFailed(failures)
+
+
+def _restart_all() -> int:
+    always = [f"{u}.service" for u in UNITS if u not in _ONLY_IF_RUNNING]
+    code = subprocess.call(["systemctl", "restart", *always])
+    return code or subprocess.call(["systemctl", "try-restart", *(f"{u}.service" for u in _ONLY_IF_RUNNING)])
 
 
 @system.command("logs")
@@ -106,7 +141,7 @@ def _systemd() -> bool:
 @state_option
 def logs(follow: bool, state_dir: Path | None) -> None:
     """The services' logs (journald under systemd; the daemon log file of `edgeward run` otherwise)."""
-    if _systemd():
+    if systemd_running():
         cmd = ["journalctl", *(a for u in UNITS for a in ("-u", u)), "--no-pager"] + (["-f"] if follow else [])
         sys.exit(subprocess.call(cmd))
     log = (state_dir or default_state_dir()) / "daemon.log"
@@ -119,17 +154,17 @@ def logs(follow: bool, state_dir: Path | None) -> None:
 @system.command("restart")
 def restart() -> None:
     """Restart every Edgeward service (systemd)."""
-    if not _systemd():
+    if not systemd_running():
         err.print("no systemd here: stop `edgeward run` (Ctrl-C or SIGTERM) and start it again")
         sys.exit(1)
-    sys.exit(subprocess.call(["systemctl", "restart", *(f"{u}.service" for u in UNITS)]))
+    sys.exit(_restart_all())
 
 
 @system.command("set-log-level")
 @click.argument("level", type=click.Choice(LOG_LEVELS))
 def set_log_level(level: str) -> None:
     """Set the services' log level (a systemd drop-in with EDGEWARD_LOG_LEVEL), then restart them."""
-    if not _systemd():
+    if not systemd_running():
         err.print(f"no systemd here: start Edgeward with EDGEWARD_LOG_LEVEL={level} in its environment")
         sys.exit(1)
     for unit in UNITS:
@@ -137,7 +172,7 @@ def set_log_level(level: str) -> None:
         dropin.mkdir(parents=True, exist_ok=True)
         (dropin / "log-level.conf").write_text(f"[Service]\nEnvironment=EDGEWARD_LOG_LEVEL={level}\n")
     subprocess.check_call(["systemctl", "daemon-reload"])
-    sys.exit(subprocess.call(["systemctl", "restart", *(f"{u}.service" for u in UNITS)]))
+    sys.exit(_restart_all())
 
 
 @click.command("support-bundle")

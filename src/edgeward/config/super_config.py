@@ -2,11 +2,13 @@
 
 Each service reads its own document (keyd, certd, identityd, tpmd, edged), holding only the tables it reads, in the
 shape its settings reader expects; ``edgeward run`` parses those documents and ``edgeward config apply`` writes
-them. Where the super config names a thing differently from a service (a device identity given as a file URI,
-an EST identity given by location, the edge CA, ``parent_hostname``), this module translates, as
-``iotedge config apply`` does. Values a service reader checks keep their key path, so its messages still name the
-setting the user wrote; what this module translates, it checks itself. Unknown keys are warnings, and settings
-that Edgeward accepts for compatibility but does not act on yet are warnings too, so nothing is silently ignored.
+them, for ``edgeward serve <service> --config-dir`` (one user per service: a service can read its own file only,
+so what it needs to know of the others is written into it). Where the super config names a thing differently from
+a service (a device identity given as a file URI, an EST identity given by location, the edge CA,
+``parent_hostname``), this module translates, as ``iotedge config apply`` does. Values a service reader checks keep
+their key path, so its messages still name the setting the user wrote; what this module translates, it checks
+itself. Unknown keys are warnings, and settings that Edgeward accepts for compatibility but does not act on yet are
+warnings too, so nothing is silently ignored.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from __future__ import annotations
 import copy
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from ..certs.dn import common_name_of
 from ..keys.aead import IMPORTED_MASTER_KEY_ID
@@ -28,7 +31,8 @@ from .problems import Problems
 from .provisioning import translate_provisioning
 from .toml_write import dumps
 
-__all__ = ["EST_BOOTSTRAP_ID", "EST_ID", "LOCAL_CA", "ServiceConfigs", "split_super_config"]
+__all__ = ["EST_BOOTSTRAP_ID", "EST_ID", "LOCAL_CA", "PEERS", "SERVICE_FILES", "ServiceConfigs",
+           "split_super_config"]
 
 EST_ID = "est-id"
 EST_BOOTSTRAP_ID = "est-bootstrap-id"
@@ -48,6 +52,18 @@ _TABLES = {"provisioning", "localid", "aziot_keys", "preloaded_keys", "cert_issu
            "endpoints", "edgeward", "iotedge_max_requests", "aziot_max_requests"}
 _EDGEWARD = {"keys": "keyd", "identity": "identityd", "runtime": "edged", "integrity": "edged"}
 _ENDPOINTS = {"aziot_keyd": "keyd", "aziot_certd": "certd", "aziot_identityd": "identityd", "aziot_tpmd": "tpmd"}
+# Who calls whom: in the packaged deployment each service reads its own file only, so the endpoints of the services
+# it calls are written into its file too (a socket moved in [endpoints] must reach every caller).
+_CALLERS = {"keyd": ("certd", "identityd", "edged"), "certd": ("identityd", "edged"), "identityd": ("edged",),
+            "tpmd": ("identityd", "edged")}
+# The file `config apply` writes for each service (as `edgeward serve <service> --config-dir` names it).
+SERVICE_FILES = {"keys": "keyd.toml", "certs": "certd.toml", "identity": "identityd.toml", "tpm": "tpmd.toml",
+                 "edged": "edged.toml"}
+# [edgeward.peers] in edged.toml: what the module runtime must know of the other services, whose files it cannot
+# read (see _Splitter.peers). Written by the splitter only; in the super config it is ignored, with a warning.
+PEERS = "peers"
+# Settings that name a file or directory by a plain path (the rest are file:// or unix:// URIs).
+_PATH_SETTINGS = ("homedir_path", "pkcs11_lib_path", "homedir")
 _REPROVISIONING = ("Dynamic", "AlwaysOnStartup", "OnErrorOnly")
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _UNUSED = "accepted for compatibility with IoT Edge, not used by Edgeward yet"
@@ -73,8 +89,11 @@ class ServiceConfigs:
     tpmd: dict[str, Any] | None  # None: no TPM service (no [tpm] and no TPM attestation)
 
     def files(self) -> dict[str, dict[str, Any]]:
-        """The documents by file name. Each is itself a valid Edgeward config for its service, so
-        ``edgeward serve <service> -c <file>`` reads it; the TPM settings therefore stay in their ``[tpm]`` table."""
+        """The documents by file name (:data:`SERVICE_FILES`). ``edgeward serve <service> --config-dir <dir>`` reads
+        its service's file and no other, so each holds everything its service needs: the endpoints of the services
+        it calls, keyd's the uids of identity principals, edged's ``[edgeward.peers]``. Each is also itself a valid
+        super config (``serve <service> -c <file>`` reads it); the TPM settings therefore stay in their ``[tpm]``
+        table."""
         out = {"keyd.toml": self.keyd, "certd.toml": self.certd, "identityd.toml": self.identityd}
         if self.tpmd is not None:
             out["tpmd.toml"] = {"tpm": self.tpmd}
@@ -206,6 +225,14 @@ class _Splitter:
                 out["identity"].append({k: entry[k] for k in ("uid", "name", "idtype", "localid") if k in entry})
         for dup in sorted({n for n in names if names.count(n) > 1}):
             self.p.add("principal.name", dup, "unique principal names")
+        # An identity principal signs with the key handles the identity service gives it, so the keys service must
+        # let its uid connect; with no key globs it may create, load or move no key itself. Written into keyd's
+        # file because the keys service reads no other (a uid that already has key globs is not repeated).
+        key_uids = {entry["uid"] for entry in out["keys"]}
+        for entry in out["identity"]:
+            if entry["uid"] not in key_uids:
+                out["keys"].append({"uid": entry["uid"], "keys": []})
+                key_uids.add(entry["uid"])
         for into, key in ((keyd, "keys"), (certd, "certs"), (identityd, "identity")):
             if out[key]:
                 into["principal"] = out[key]
@@ -514,7 +541,10 @@ class _Splitter:
         ours = self.table("edgeward")
         for name, value in ours.items():
             service = _EDGEWARD.get(name)
-            if service is None:
+            if name == PEERS:
+                self.p.warnings.append(f"edgeward.{name}: ignored here; `edgeward config apply` writes it into "
+                                       "edged.toml from the rest of this file")
+            elif service is None:
                 self.p.warnings.append(f"edgeward.{name}: unknown setting, ignored")
             elif not isinstance(value, dict):
                 self.p.add(f"edgeward.{name}", value, "a table")
@@ -534,6 +564,8 @@ class _Splitter:
             keys.setdefault("tpm_owner_auth", f"str:{owner}")
 
     def endpoints(self, docs: dict[str, dict[str, Any]], tpmd: dict[str, Any] | None) -> None:
+        """Each service's endpoint goes to its own file and to the files of the services that call it
+        (:data:`_CALLERS`): in the packaged deployment a service can read no other file."""
         raw = self.table("endpoints")
         self.p.warn_unknown(raw, set(_ENDPOINTS), "endpoints")
         for name, value in raw.items():
@@ -546,19 +578,45 @@ class _Splitter:
                 if tpmd is not None:
                     tpmd.setdefault("endpoints", {}).setdefault(name, value)
             else:
-                docs[service].setdefault("endpoints", {})[name] = value
-        # The identity service reaches the TPM service (DPS TPM attestation): it needs the TPM socket too, and the
-        # TPM table's own endpoint wins over the shared one, as in the TPM service's settings.
+                for into in (service, *_CALLERS[service]):
+                    docs[into].setdefault("endpoints", {})[name] = value
+        # The identity service (DPS TPM attestation) and the runtime (the audit log's TPM counter) reach the TPM
+        # service: they need its socket too, and the TPM table's own endpoint wins over the shared one, as in the TPM
+        # service's settings.
         own = tpmd.get("endpoints") if tpmd is not None else None
         tpm_uri = own.get("aziot_tpmd") if isinstance(own, dict) else None
         if not isinstance(tpm_uri, str):
             tpm_uri = raw.get("aziot_tpmd")
         if isinstance(tpm_uri, str) and tpm_uri.startswith("unix:///"):
-            docs["identityd"].setdefault("endpoints", {})["aziot_tpmd"] = tpm_uri
+            for into in _CALLERS["tpmd"]:
+                docs[into].setdefault("endpoints", {})["aziot_tpmd"] = tpm_uri
+
+    def peers(self, docs: dict[str, dict[str, Any]], tpmd: dict[str, Any] | None,
+              config_files: Sequence[Path]) -> None:
+        """``[edgeward.peers]`` in edged.toml: what the module runtime needs from the other services' files, which it
+        cannot read in the packaged deployment (each file is readable by its own service's user only):
+
+        - ``provisioning``: the identity service's provisioning source (``"dps"``, ``"manual"`` or ``"none"``):
+          module identities come from the cloud through the identity service, or are minted locally;
+        - ``tpm``: whether a TPM service runs (the audit log is anchored to a TPM counter over its socket);
+        - ``protected_paths``: the config files and every file or directory the other services name (file://
+          URIs, homedirs, sockets, the PKCS#11 library), which no module may bind (runtime/privileges.py).
+
+        A change in any of them changes edged.toml, so ``config apply`` restarts the runtime with the rest."""
+        prov = docs["identityd"].get("provisioning")
+        source = prov.get("source") if isinstance(prov, dict) else None
+        named = [str(path) for path in config_files]
+        for doc in (docs["keyd"], docs["certd"], docs["identityd"], tpmd or {}):  # as daemon._files_of walks them
+            named += _named_paths(doc)
+        docs["edged"].setdefault("edgeward", {})[PEERS] = {
+            "provisioning": source if source in ("dps", "manual") else "none",
+            "tpm": tpmd is not None,
+            "protected_paths": list(dict.fromkeys(named)),
+        }
 
     # -- the whole document ------------------------------------------------------------------------------------
 
-    def run(self) -> ServiceConfigs:
+    def run(self, config_files: Sequence[Path] = ()) -> ServiceConfigs:
         doc, p = self.doc, self.p
         p.warn_unknown(doc, TOP_LEVEL, "")
         for key in sorted(_TABLES & set(doc)):
@@ -624,6 +682,7 @@ class _Splitter:
             certd["cert_issuance"] = self.issuance
         if self.preloads.certs:
             certd["preloaded_certs"] = self.preloads.certs
+        self.peers(docs, tpmd, config_files)
         order = {"keyd": ("aziot_keys", "preloaded_keys", "principal", "edgeward", "endpoints",
                           "aziot_max_requests"),
                  "certd": ("homedir_path", "cert_issuance", "preloaded_certs", "principal", "localid", "endpoints",
@@ -634,13 +693,30 @@ class _Splitter:
                  "edged": ("hostname", "local_gateway_hostname", "homedir", "trust_bundle_cert",
                            "manifest_trust_bundle_cert", "allow_elevated_docker_permissions",
                            "auto_reprovisioning_mode", "agent", "connect", "listen", "watchdog", "moby_runtime",
-                           "image_garbage_collection", "edgeward", "iotedge_max_requests")}
+                           "image_garbage_collection", "edgeward", "endpoints", "iotedge_max_requests")}
         order["identityd"] += ("auto_reprovisioning_mode", "prefer_module_identity_cache")
         out = {name: {k: docs[name][k] for k in order[name] if k in docs[name]} for name in docs}
         return ServiceConfigs(out["keyd"], out["certd"], out["identityd"], out["edged"], tpmd)
 
 
-def split_super_config(doc: Mapping[str, Any], problems: Problems) -> ServiceConfigs:
+def _named_paths(value: object, key: str = "") -> list[str]:
+    """The paths a service document names: file:// and unix:// URIs anywhere, and the path settings."""
+    if isinstance(value, str):
+        if value.startswith(("file://", "unix://")):
+            path = unquote(urlsplit(value).path)
+            return [path] if path.startswith("/") else []
+        return [value] if key in _PATH_SETTINGS and value.startswith("/") else []
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in _named_paths(v, str(k))]
+    if isinstance(value, list):
+        return [p for v in value for p in _named_paths(v, key)]
+    return []
+
+
+def split_super_config(doc: Mapping[str, Any], problems: Problems,
+                       config_files: Sequence[Path] = ()) -> ServiceConfigs:
     """Check the super config and split it into per-service documents. Problems and warnings go to ``problems``
-    (the caller raises once every service reader has added its own); the input is never modified."""
-    return _Splitter(doc, problems).run()
+    (the caller raises once every service reader has added its own); the input is never modified.
+    ``config_files``: the super config itself and where the per-service files go, added to the paths no module may
+    bind (``[edgeward.peers] protected_paths``)."""
+    return _Splitter(doc, problems).run(config_files)

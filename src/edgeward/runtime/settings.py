@@ -8,6 +8,10 @@ the run directory (aziot-edged keeps them under its homedir's `mnt`). `[connect]
 each module's directory is mounted on `connect.workload_uri`'s directory, and the agent's management socket on
 `connect.management_uri`'s (inside the agent's own workload directory when both share one, as in IoT Edge's layout).
 
+`[edgeward.peers]` is what the runtime knows of the other services, written by `edgeward config apply` (the
+runtime cannot read their files in the packaged deployment): the provisioning source, whether a TPM service runs,
+and the paths no module may bind (see config/super_config.py).
+
 `allow_elevated_docker_permissions` defaults to false, where IoT Edge 1.5 defaults to true ("this will change in a
 future version", its source says): privileged modules are an operator's decision, not a deployment's. With false,
 runtime/privileges.py strips what IoT Edge strips and refuses host control surfaces; `edgeward check` reports the
@@ -60,9 +64,13 @@ class RuntimeSettings:
     allow_elevated_docker_permissions: bool = False
     state_dir: Path | None = None  # default: home's parent
     sandbox_uid_base: int | None = None  # first uid for sandboxed host modules without User; None: the engine's
-    # Files and directories of the other services (config file, key/cert files, their homedirs) that no module may
-    # bind: filled by daemon.load_settings, which sees every service's settings.
+    # Files and directories of the other services (config files, key/cert files, their homedirs) that no module may
+    # bind: [edgeward.peers] protected_paths, and what daemon.load_settings sees in every service's settings.
     protected_paths: tuple[Path, ...] = ()
+    # [edgeward.peers]: how the identity service provisions the device (None: it does not; module identities are
+    # then minted locally) and whether a TPM service runs (the audit log's counter, over its socket).
+    cloud_provisioning: Literal["dps", "manual"] | None = None
+    tpm_service: bool = False
     # Nested edge: the parent device (IoT Edge's parent_hostname), the agent's and edgeHub's upstream (upstream.py).
     parent_hostname: str | None = None
     # [iotedge_max_requests] management / workload as configured (simultaneous requests per caller); absent: defaults
@@ -222,6 +230,26 @@ def _connect_listen(doc: Mapping[str, Any], p: Problems) -> tuple[str | None, st
     return c_work, c_mgmt, l_work, l_mgmt
 
 
+_PROVISIONING_SOURCES = ("dps", "manual", "none")
+
+
+def _peers(doc: Mapping[str, Any], p: Problems) -> tuple[Literal["dps", "manual"] | None, bool, tuple[Path, ...]]:
+    """``[edgeward.peers]``: (provisioning source, a TPM service runs, protected paths)."""
+    peers = p.get(p.get(doc, "edgeward", "", dict, {}), "peers", "edgeward", dict, {})
+    where = "edgeward.peers"
+    p.warn_unknown(peers, {"provisioning", "tpm", "protected_paths"}, where)
+    source = p.get(peers, "provisioning", where, str, "none")
+    if source not in _PROVISIONING_SOURCES:
+        p.add(f"{where}.provisioning", source, '"dps", "manual" or "none"')
+    tpm = p.get(peers, "tpm", where, bool, False)
+    raw = p.get(peers, "protected_paths", where, list, [])
+    bad = [v for v in raw if not (isinstance(v, str) and v.startswith("/"))]
+    if bad:
+        p.add(f"{where}.protected_paths", bad, "a list of absolute paths")
+    paths = tuple(Path(v) for v in raw if isinstance(v, str) and v.startswith("/"))
+    return ("dps" if source == "dps" else "manual" if source == "manual" else None), tpm, paths
+
+
 def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path, p: Problems) -> RuntimeSettings:
     ours = p.get(p.get(doc, "edgeward", "", dict, {}), "runtime", "edgeward", dict, {})
     p.warn_unknown(ours, {"engine", "watchdog_seconds", "server_cert_allow_wildcards",
@@ -297,6 +325,7 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
             if key.lower() == "serveraddress" and isinstance(value, str) and value.startswith(UPSTREAM):
                 p.add(f"agent.config.auth.{key}", value, f"parent_hostname set ({UPSTREAM} stands for the parent "
                       "device whose registry a child logs in to)")
+    cloud, tpm_service, protected = _peers(doc, p)
     limits = {name: value for name, value in p.get(doc, "iotedge_max_requests", "", dict, {}).items()
               if name in ("management", "workload") and isinstance(value, int) and not isinstance(value, bool)
               and value > 0}
@@ -313,4 +342,5 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
         server_cert_hostname_modules=tuple(hostname_modules), server_cert_names=cert_names,
         allow_elevated_docker_permissions=elevated, state_dir=state_dir, sandbox_uid_base=uid_base,
         image_gc=parse_image_gc(doc, p), connect_workload_uri=c_work, connect_management_uri=c_mgmt,
-        listen_workload_uri=l_work, listen_management_uri=l_mgmt)
+        listen_workload_uri=l_work, listen_management_uri=l_mgmt, protected_paths=protected,
+        cloud_provisioning=cloud, tpm_service=tpm_service)
