@@ -94,8 +94,14 @@ class Device:
                                *(f"{k}={v}" for k, v in CLEAN_ENV.items()), *cmd],
                               capture_output=True, text=True, timeout=timeout, input=input)
         if check and done.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+            raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}\n"
+                                 f"journal:\n{self.journal()}")
         return done
+
+    def journal(self, lines: int = 40) -> str:
+        """The Edgeward units' last log lines, for a failure's message."""
+        return subprocess.run(["nsenter", "-t", str(self.leader), "-a", "journalctl", "--no-pager", "-n", str(lines),
+                               "-u", "edgeward*"], capture_output=True, text=True, timeout=60).stdout
 
     def sh(self, script: str, *, check: bool = True, timeout: float = 120) -> str:
         return self.run("/bin/sh", "-c", script, check=check, timeout=timeout).stdout

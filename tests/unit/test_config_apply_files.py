@@ -108,6 +108,10 @@ def fake_systemctl(tmp_path: Path, failing: str) -> tuple[Path, Path]:
     script = tmp_path / "systemctl"
     script.write_text(textwrap.dedent(f"""\
         #!/bin/sh
+        if [ "$1" = is-enabled ]; then  # the module runtime is the enabled unit, as the package installs it
+            [ "$3" = edgeward-edged.service ]
+            exit $?
+        fi
         echo "$@" >> {calls}
         if [ "$2" = "{failing}.service" ]; then
             echo "Job for $2 failed because the control process exited with error code." >&2
@@ -127,7 +131,7 @@ def test_try_restart_names_every_unit_that_failed(tmp_path: Path) -> None:
     assert "Job for edgeward-certd.service failed" in raised.value.failures["edgeward-certd"]
     assert calls.read_text().splitlines() == ["try-restart edgeward-keyd.service", "try-restart edgeward-keyd.service",
                                               "try-restart edgeward-certd.service",
-                                              "try-restart edgeward-edged.service"]
+                                              "restart edgeward-edged.service"]
     with pytest.raises(RestartFailed, match="cannot run"):
         try_restart(["edgeward-keyd"], systemctl=str(tmp_path / "missing"))
 

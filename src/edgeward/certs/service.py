@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from ..access.trusted import trusted_service_uids
 from ..http.errors import BadRequest, HttpError
 from ..http.peercred import Caller
 from ..keys.api import KeysApi
@@ -70,7 +70,7 @@ class CertService:
         self.store = CertStore(settings.homedir)
         self.keys = keys
         self.est_factory = est_factory
-        self._trusted = trusted_uids if trusted_uids is not None else frozenset({0, os.getuid()})
+        self._trusted = trusted_uids if trusted_uids is not None else trusted_service_uids("certd")
         self._locks: dict[str, asyncio.Lock] = {}
 
     def for_caller(self, caller: Caller) -> CertsApi:

@@ -20,6 +20,7 @@ from rich.markup import escape
 from .. import __version__
 from ..config.problems import ConfigError
 from ..daemon import ALL_SERVICES, DaemonSettings, load_service_settings, load_settings, serve
+from ..http.errors import HttpError
 from ..keys.errors import BackendUnavailable
 from .paths import config_option, run_option, state_option
 from .paths import default_run_dir as _default_run_dir
@@ -67,6 +68,9 @@ def _run_services(load: Callable[[], DaemonSettings], services: tuple[str, ...])
     except BackendUnavailable as e:
         err.print(f"[red]error:[/red] {_e(e.message)}", highlight=False)
         sys.exit(EXIT_BACKEND)
+    except HttpError as e:  # a service this one needs at start refused it or failed (its socket, its policy)
+        err.print(f"[red]error:[/red] a service refused the start: {_e(e.message)}", highlight=False)
+        sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         pass
 

@@ -113,13 +113,16 @@ class RestartFailed(Exception):
 
 def try_restart(units: Sequence[str], systemctl: str = "systemctl") -> None:
     """``systemctl try-restart`` each unit, in the order given (a unit that is not running stays stopped; socket
-    activation starts it, with its new file, when it is next called). Raises RestartFailed naming every unit that
-    failed to restart (systemctl waits until each has started again, or failed to)."""
+    activation starts it, with its new file, when it is next called); an enabled unit (the module runtime, which
+    runs whether or not anyone calls it) is restarted, so the first config applied starts it. Raises RestartFailed
+    naming every unit that failed to restart (systemctl waits until each has started again, or failed to)."""
     failures: dict[str, str] = {}
     for unit in units:
         try:
-            done = subprocess.run([systemctl, "try-restart", f"{unit}.service"], capture_output=True, text=True,
-                                  check=False)
+            enabled = subprocess.run([systemctl, "is-enabled", "--quiet", f"{unit}.service"], capture_output=True,
+                                     check=False).returncode == 0
+            done = subprocess.run([systemctl, "restart" if enabled else "try-restart", f"{unit}.service"],
+                                  capture_output=True, text=True, check=False)
         except OSError as e:
             failures[unit] = f"cannot run {systemctl}: {e.strerror or e}"
             continue

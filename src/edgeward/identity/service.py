@@ -15,7 +15,6 @@ import base64
 import contextlib
 import datetime as dt
 import logging
-import os
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..access.trusted import trusted_service_uids
 from ..certs.api import CertsApi
 from ..certs.est.tls_identity import KeysIdentity
 from ..certs.x509sign import handle_public_key, same_public_key, sign_csr
@@ -116,7 +116,7 @@ class IdentityService:
         self.reconciled = asyncio.Event()  # set once the host principals' identities match the configuration
         self._reconcile_lock = asyncio.Lock()
         self._reconcile_task: asyncio.Task[None] | None = None
-        self._trusted = trusted_uids if trusted_uids is not None else frozenset({0, os.getuid()})
+        self._trusted = trusted_uids if trusted_uids is not None else trusted_service_uids("identityd")
         self._device: DeviceIdentity | None = None
         self._last_error: str | None = None
         self._lock = asyncio.Lock()

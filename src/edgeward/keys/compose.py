@@ -6,13 +6,13 @@ is opened.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..access.trusted import trusted_service_uids
 from ..executor import BlockingExecutor
 from ..fsutil import private_dir
 from .backends.base import KeyBackend
@@ -107,7 +107,7 @@ def build_key_service(settings: KeysSettings) -> KeyService:
     return KeyService(
         locator=KeyLocator(default, preloaded),
         handles=KeyHandleCodec(_derive(master, b"edgeward key handle validation v1")),
-        principals=PrincipalTable(settings.principals, trusted_uids={0, os.getuid()}),
+        principals=PrincipalTable(settings.principals, trusted_uids=trusted_service_uids("keyd")),
         executor=BlockingExecutor(settings.max_concurrency, name="edgeward-keys"),
         default_ttl_seconds=settings.handle_ttl_seconds,
     )
