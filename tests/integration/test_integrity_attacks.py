@@ -387,3 +387,23 @@ def test_the_runtime_hides_its_state_and_run_dirs_and_takes_the_configured_uid_b
         parse_runtime_settings({"edgeward": {"runtime": {"sandbox_uid_base": bad}}}, tmp_path, tmp_path, wrong)
         with pytest.raises(ConfigError):
             wrong.raise_if_any()
+
+
+@pytest.mark.parametrize("user", ["tss", "102", "65534:109", "nobody:tss"])
+def test_a_module_cannot_run_as_a_service_account_or_in_its_group(user: str) -> None:
+    """Packaged, each service's socket admits its group and its service users are trusted with every object: a
+    host-process module running as one (User "aziotid") would be taken for that service. Refused at create, with
+    or without a sandbox (here with tss, the TPM's group, which exists wherever tpm2 tools are installed)."""
+    import grp
+    import pwd
+
+    try:
+        tss_uid, tss_gid = pwd.getpwnam("tss").pw_uid, grp.getgrnam("tss").gr_gid
+    except KeyError:
+        pytest.skip("no tss account on this machine")
+    user = user.replace("102", str(tss_uid)).replace(":109", f":{tss_gid}")
+    for sandbox in (False, True):
+        spec = ModuleSpec(name="svc", image="/bin/sh", create_options={"User": user, "Sandbox": sandbox})
+        with pytest.raises(EngineError) as refused:
+            plan_launch(spec, "/usr/bin/bwrap", sandbox_uid=None)
+        assert refused.value.status == 400 and "service account tss" in refused.value.message, refused.value.message

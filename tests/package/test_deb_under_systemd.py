@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +57,7 @@ while True:
     if not line:
         break
     sys.stdout.write(line.decode(errors="replace"))
-    if b"DEMO-DONE" in line:
+    if sys.argv[2].encode() in line:
         break
 """
 
@@ -131,7 +132,7 @@ def test_install_listens_on_every_socket_and_starts_no_service_before_a_config(w
     assert "/run/edgeward/mgmt/mgmt.sock 666 root root" in modes
     # who may connect to whom: each caller is in the groups of the services it calls, and no one else is
     groups = {u: set(d.sh(f"id -nG {u}").split()) for u in ("aziotks", "aziotcs", "aziotid", "aziottpm")}
-    assert groups["aziotks"] == {"aziotks"}
+    assert groups["aziotks"] == {"aziotks", "tss"}  # tss: the TPM device nodes, for TPM-backed keys
     assert groups["aziotcs"] == {"aziotcs", "aziotks"}
     assert groups["aziotid"] == {"aziotid", "aziotks", "aziotcs", "aziottpm"}
 
@@ -218,7 +219,7 @@ def test_a_host_process_module_deployed_through_the_management_api_signs_through
           f"http://mgmt/modules?{API}", check=True)
     d.run("curl", "-sS", "--fail-with-body", *MGMT.split(), "-X", "POST",
           f"http://mgmt/modules/signer/start?{API}", check=True)
-    logs = d.run("python3", "-c", FOLLOW_LOGS, "signer", timeout=120).stdout
+    logs = d.run("python3", "-c", FOLLOW_LOGS, "signer", "DEMO-DONE", timeout=120).stdout
     assert "DEMO-DONE" in logs, logs
     steps = {s["step"]: s for s in (json.loads(line.split("DEMO ", 1)[1]) for line in logs.splitlines()
                                     if "DEMO {" in line)}
@@ -227,6 +228,35 @@ def test_a_host_process_module_deployed_through_the_management_api_signs_through
     identities = json.loads(d.sh(f"curl -sS --fail-with-body {MGMT} 'http://mgmt/identities?{API}'"))
     world.before["identities"] = sorted((i["moduleId"], i["generationId"]) for i in identities["identities"])
     assert "signer" in {i["moduleId"] for i in identities["identities"]}
+
+
+def _create(d: Device, name: str, image: str, options: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    body = json.dumps({"name": name, "imagePullPolicy": "never", "config": {"image": image, "createOptions": options}})
+    return d.run("curl", "-sS", "-w", "\n%{http_code}", *MGMT.split(), "-H", "Content-Type: application/json",
+                 "-d", body, f"http://mgmt/modules?{API}")
+
+
+def test_a_module_cannot_pass_for_a_service_nor_reach_its_state(world: World) -> None:
+    """The attacks a deployment could try on a packaged device: run a module as a service's user (its socket would
+    admit it, the service would trust it); as root, become a service's user and read its state; as any other user,
+    connect to the keys socket."""
+    d = world.device
+    refused = _create(d, "as-identityd", "/bin/sh", {"User": "aziotid", "Cmd": ["-c", "sleep 1000"]})
+    assert refused.stdout.rstrip().endswith("400"), refused.stdout
+    assert "service account aziotid" in refused.stdout
+    snoop = "setpriv --reuid aziotks --regid aziotks --clear-groups ls -A /var/lib/edgeward/keys 2>&1; echo SNOOP-DONE $?"
+    created = _create(d, "snoop", "/bin/sh", {"Cmd": ["-c", f"{snoop}; sleep 1000"]})
+    assert created.stdout.rstrip().endswith("201"), created.stdout
+    d.run("curl", "-sS", "--fail-with-body", *MGMT.split(), "-X", "POST", f"http://mgmt/modules/snoop/start?{API}",
+          check=True)
+    logs = d.run("python3", "-c", FOLLOW_LOGS, "snoop", "SNOOP-DONE", timeout=120).stdout
+    assert "SNOOP-DONE 0" not in logs and "SNOOP-DONE" in logs, logs
+    assert "Permission denied" in logs, logs
+    d.run("curl", "-sS", "--fail-with-body", *MGMT.split(), "-X", "DELETE", f"http://mgmt/modules/snoop?{API}",
+          check=True)
+    other = d.run("setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "curl", "-sS",
+                  "--unix-socket", "/run/edgeward/keyd.sock", "http://keyd/key/x?api-version=2020-09-01")
+    assert other.returncode == 7, other  # connect(2) refused: not in the keys group (root got in above)
 
 
 def test_config_apply_restarts_only_what_changed(world: World) -> None:

@@ -11,8 +11,10 @@ What the create options mean for a host process:
   options cannot spoof the module identity; IOTEDGE_WORKLOADURI points at the host path of the workload socket,
   which the sandbox binds at the same path; the daemon's own environment is never inherited;
 - `User` is "uid", "uid:gid" or names; privileges are dropped to gid, no supplementary groups, then uid;
-  without `User` (and without `Sandbox`) the module runs as Edgeward's own user: root in the embedded shape, as
-  trusted as Edgeward itself;
+  never a service account's uid or group (the keys, certificates, identity and TPM services' users, IoT Edge's
+  `iotedge`, the TPM's `tss`): their sockets would take the module for that service; without `User` (and without
+  `Sandbox`) the module runs as Edgeward's own user, with its groups: root in the embedded shape, as trusted as
+  Edgeward itself;
 - `Sandbox: true` runs it under bubblewrap: read-only root, private /tmp, new pid and IPC namespaces, no
   capabilities, a new session, killed with its supervisor; only the workload dir and `HostConfig.Binds` are
   writable (Binds without ":ro", and bind `Mounts` without `ReadOnly`). Edgeward's state and run directories
@@ -36,6 +38,9 @@ from ..engine import WORKLOAD_SOCKET_NAME, EngineError, ModuleSpec
 
 __all__ = ["DEFAULT_PATH", "Launch", "check_executable", "needs_sandbox_uid", "parse_user", "plan_launch"]
 
+# Accounts a module may not run as (user or group): the services' own users (the packaged units run as them,
+# and their sockets admit their groups), IoT Edge's edged user, and the owner of the TPM's device nodes.
+SERVICE_ACCOUNTS = ("aziotks", "aziotcs", "aziotid", "aziottpm", "iotedge", "tss")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # what Docker gives a bare image
 _BIND_OPTIONS = {"ro", "rw", "z", "Z", "private", "rprivate", "slave", "rslave", "shared", "rshared", "nocopy"}
 
@@ -125,6 +130,22 @@ def parse_user(text: str) -> tuple[int, int]:
         raise _bad(f"createOptions.User: uid {uid} has no passwd entry; give \"{uid}:<gid>\"") from None
 
 
+def _not_a_service_account(raw: str, uid: int, gid: int) -> None:
+    for name in SERVICE_ACCOUNTS:
+        try:
+            if pwd.getpwnam(name).pw_uid == uid:
+                raise _bad(f"createOptions.User {raw!r} is the service account {name}: a module never runs as one "
+                           f"(its socket would take the module for that service)")
+        except KeyError:
+            pass
+        try:
+            if grp.getgrnam(name).gr_gid == gid:
+                raise _bad(f"createOptions.User {raw!r} has the group of the service account {name}: a module "
+                           f"never runs in it (that service's socket admits the group)")
+        except KeyError:
+            pass
+
+
 def _identity(options: Mapping[str, Any]) -> tuple[int | None, int | None]:
     raw = options.get("User")
     if raw is None or raw == "":
@@ -132,6 +153,7 @@ def _identity(options: Mapping[str, Any]) -> tuple[int | None, int | None]:
     if not isinstance(raw, str):
         raise _bad("createOptions.User must be a string")
     uid, gid = parse_user(raw)
+    _not_a_service_account(raw, uid, gid)
     if os.geteuid() == 0:
         return uid, gid
     if (uid, gid) == (os.getuid(), os.getgid()):
