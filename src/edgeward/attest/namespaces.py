@@ -63,13 +63,14 @@ def host_namespaces() -> Namespaces | None:
 def is_host_process(pid: int) -> bool:
     """True only when `pid` provably shares the host's pid and mount namespaces, or, where this daemon cannot read
     them (an unprivileged service), the host's pid namespace outside any container's cgroup."""
-    if namespaces_of(1) is None:  # not root: pid 1's links (and other users') are not ours to read
+    host, mine = host_namespaces(), namespaces_of(pid)
+    if host is not None and mine is not None:
+        return mine == host
+    if mine is None and os.geteuid() != 0 and namespaces_of(1) is None:
+        # an unprivileged service: another user's links (and pid 1's) are not ours to read. Root reads a root
+        # caller's links whatever its capabilities, so a root daemon never falls back to the weaker rule.
         return _host_by_pid_namespace(pid)
-    host = host_namespaces()
-    if host is None:
-        return False
-    mine = namespaces_of(pid)
-    return mine is not None and mine == host
+    return False
 
 
 def pid_namespace_depth(pid: int | str) -> int | None:
