@@ -260,3 +260,15 @@ async def test_keys_a_token_refuses_fall_back_to_the_software_store(keys_env: Ke
     else:
         assert store.primary.key_info(key_id) is None  # type: ignore[attr-defined]
         assert store.secondary.key_info(key_id) is not None  # type: ignore[attr-defined]
+
+
+async def test_short_lived_keys_leave_no_lock_behind(keys_env: KeysEnv) -> None:
+    """A key created, used and deleted leaves nothing in the service (the per-key lock used to stay for every id
+    ever seen: memory that grew with use)."""
+    for _ in range(20):
+        pair = await keys_env.client.create_key_pair_if_not_exists(keys_env.new_id("brief"), "ec-p256")
+        await keys_env.client.sign(pair, EcdsaDigest(b"\x01" * 32))
+        await keys_env.client.delete_key_pair(pair)
+        secret = await keys_env.client.create_key_if_not_exists(keys_env.new_id("brief"), "sign")
+        await keys_env.client.delete_key(secret)
+    assert len(keys_env.service._locks) == 0

@@ -99,6 +99,8 @@ async def test_module_lifecycle_through_the_management_api(rt: RuntimeEnv, mgmt:
         with pytest.raises(HttpError) as missing:
             await call
         assert missing.value.status == 404
+    # nothing is kept for a module name no one is using (the per-module lock used to stay for every name ever used)
+    assert len(rt.parts.runtime._locks) == 0
 
 
 async def test_bad_module_specs_are_refused_with_every_problem(mgmt: ManagementClient) -> None:

@@ -38,6 +38,7 @@ engine = "process"
 [tpm]
 tcti = "swtpm:host=127.0.0.1,port=2321"
 """
+README = Path(__file__).resolve().parents[2] / "README.md"
 MGMT = "--unix-socket /run/edgeward/mgmt/mgmt.sock"
 API = "api-version=2022-08-03"
 DEMO = "/usr/lib/edgeward/python/edgeward/runtime/demo_module.py"
@@ -139,13 +140,20 @@ def test_install_listens_on_every_socket_and_starts_no_service_before_a_config(w
 
 def test_config_apply_writes_each_service_its_own_file_and_starts_the_runtime(world: World) -> None:
     d = world.device
-    d.run("/bin/sh", "-c", "umask 077 && cat > /etc/aziot/config.toml", input=CONFIG, check=True)
-    d.run("edgeward", "config", "apply", check=True, timeout=120)
-    files = d.sh("stat -c '%n %a %U' /etc/edgeward/*.toml")
-    for name, user in (("keyd", "aziotks"), ("certd", "aziotcs"), ("identityd", "aziotid"), ("tpmd", "aziottpm"),
-                       ("edged", "root")):
+    # the README's local-only install line, as it is written there
+    line = next(line for line in README.read_text().splitlines() if "config.toml.edgeward.template" in line
+                and line.startswith("sudo "))
+    d.sh(line.split("#", 1)[0].replace("sudo ", ""), timeout=180)
+    files = d.sh("stat -c '%n %a %U' /etc/aziot/config.toml /etc/edgeward/*.toml")
+    assert "/etc/aziot/config.toml 600 root" in files, files
+    for name, user in (("keyd", "aziotks"), ("certd", "aziotcs"), ("identityd", "aziotid"), ("edged", "root")):
         assert f"/etc/edgeward/{name}.toml 600 {user}" in files, files
     # the module runtime (enabled, waiting for a config) was started by apply
+    assert _show(d, "edgeward-edged.service", "ActiveState") == "active", d.journal()
+    # the device's own settings and its TPM: apply writes the TPM service's file and restarts what changed
+    d.run("/bin/sh", "-c", "cat >> /etc/aziot/config.toml", input=CONFIG, check=True)
+    d.run("edgeward", "config", "apply", check=True, timeout=180)
+    assert "/etc/edgeward/tpmd.toml 600 aziottpm" in d.sh("stat -c '%n %a %U' /etc/edgeward/tpmd.toml")
     assert _show(d, "edgeward-edged.service", "ActiveState") == "active", d.journal()
 
 
@@ -175,7 +183,7 @@ def test_each_service_starts_on_its_first_connection_as_its_own_user(world: Worl
 
 
 def test_the_readmes_hardening_figures_are_systemd_analyzes(world: World) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = README.read_text()
     documented = dict(re.findall(r"^\| (edgeward-\w+\.service) \| ([0-9.]+ [A-Z]+) \|$", readme, re.M))
     assert len(documented) == 5, documented
     for unit, figure in documented.items():

@@ -4,7 +4,6 @@ are computed per call and never returned: see :mod:`.aead`)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..executor import BlockingExecutor
 from ..http.peercred import Caller
+from ..keyedlocks import KeyedLocks
 from . import aead
 from .api import PUBLIC_PARAMETERS, KeysApi
 from .backends.base import KeyMissing, UnsupportedByBackend
@@ -100,7 +100,7 @@ class KeyService:
         # Generation of each key this process has seen, so the hot path (sign) needs no backend lookup. Every
         # mutation goes through this service, which keeps the cache true.
         self._generations: dict[tuple[KeyKind, str], str] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
 
     def for_caller(self, caller: Caller) -> KeysApi:
         return _CallerView(self, caller)
@@ -129,12 +129,6 @@ class KeyService:
             raise UnsupportedOperation(str(e)) from e
         except KeyMissing as e:
             raise InvalidHandle(f"the key {e.args[0]!r} no longer exists in its store") from None
-
-    def _lock(self, key_id: str) -> asyncio.Lock:
-        lock = self._locks.get(key_id)
-        if lock is None:
-            lock = self._locks[key_id] = asyncio.Lock()
-        return lock
 
     def authorize(self, caller: Caller, key_id: str) -> None:
         if not self.principals.allows(caller.uid, key_id):
@@ -207,7 +201,7 @@ class KeyService:
                 f"preferredAlgorithms {preferred_algorithms!r} names no supported algorithm; "
                 f"use {', '.join(a.value for a in KeyPairAlgorithm)} or *"
             )
-        async with self._lock(key_id):
+        async with self._locks.hold(key_id):
             loc = self.locator.locate(key_id)
             info = await self._run(loc.backend.key_pair_info, loc.ref)
             if info is None:
@@ -225,7 +219,7 @@ class KeyService:
                         f"the {loc.backend.name} backend could not create key pair {key_id!r}: "
                         + "; ".join(reasons)
                     )
-                log.info("created key pair %r (%s) in %s", key_id, info.algorithm, loc.backend.name)
+                log.debug("created key pair %r (%s) in %s", key_id, info.algorithm, loc.backend.name)
             return self._issue(KeyKind.KEY_PAIR, key_id, info.generation, ttl_seconds)
 
     async def load_key_pair(self, caller: Caller, key_id: str, ttl_seconds: int | None) -> str:
@@ -271,23 +265,23 @@ class KeyService:
         src_loc, dst_loc = self.locator.locate(src), self.locator.locate(dst)
         if src_loc.backend is not dst_loc.backend or src_loc.preloaded or dst_loc.preloaded:
             raise UnsupportedOperation("key pairs can only be moved between ids of the same, non-preloaded store")
-        async with self._lock(min(src, dst)), self._lock(max(src, dst)):
+        async with self._locks.hold(min(src, dst)), self._locks.hold(max(src, dst)):
             if await self._run(src_loc.backend.key_pair_info, src_loc.ref) is None:
                 raise KeyNotFound(f"key pair {src!r} not found")
             await self._run(src_loc.backend.move_key_pair, src_loc.ref, dst_loc.ref)
             self._forget(src)
             self._forget(dst)
-        log.info("moved key pair %r to %r", src, dst)
+        log.debug("moved key pair %r to %r", src, dst)
 
     async def delete_key_pair(self, caller: Caller, handle: str) -> None:
         """A handle lets its holder use a key, not destroy it: deleting needs the right to load the key id too
         (a principal given a handle to sign with - identityd's device identity - must not wipe the device key)."""
         claims, loc = await self.resolve(handle, KeyKind.KEY_PAIR)
         self.authorize(caller, claims.key_id)
-        async with self._lock(claims.key_id):
+        async with self._locks.hold(claims.key_id):
             await self._run(loc.backend.delete_key_pair, loc.ref)
             self._forget(claims.key_id)
-        log.info("deleted key pair %r", claims.key_id)
+        log.debug("deleted key pair %r", claims.key_id)
 
     # symmetric keys --------------------------------------------------------------------------------------
     async def create_key_if_not_exists(self, caller: Caller, key_id: str, usage: str,
@@ -298,14 +292,14 @@ class KeyService:
             wanted = parse_usage(usage)
         except ValueError as e:
             raise InvalidParameter(str(e)) from e
-        async with self._lock(key_id):
+        async with self._locks.hold(key_id):
             loc = self.locator.locate(key_id)
             info = await self._run(loc.backend.key_info, loc.ref)
             if info is None:
                 if loc.preloaded:
                     raise KeyNotFound(f"preloaded key {key_id!r} does not exist at its configured location")
                 info = await self._run(loc.backend.create_key, loc.ref, GENERATED_KEY_LENGTH, wanted)
-                log.info("created symmetric key %r (%s) in %s", key_id, wanted.names(), loc.backend.name)
+                log.debug("created symmetric key %r (%s) in %s", key_id, wanted.names(), loc.backend.name)
             return self._issue(KeyKind.KEY, key_id, info.generation, ttl_seconds)
 
     async def import_key(self, caller: Caller, key_id: str, key: bytes, usage: str | None,
@@ -318,12 +312,12 @@ class KeyService:
             wanted = parse_usage(usage) if usage else KeyUsage.DERIVE | KeyUsage.SIGN
         except ValueError as e:
             raise InvalidParameter(str(e)) from e
-        async with self._lock(key_id):
+        async with self._locks.hold(key_id):
             loc = self.locator.locate(key_id)
             if loc.preloaded:
                 raise UnsupportedOperation(f"key {key_id!r} is preloaded from configuration and cannot be replaced")
             info = await self._run(loc.backend.import_key, loc.ref, key, wanted)
-            log.info("imported symmetric key %r (%s) into %s", key_id, wanted.names(), loc.backend.name)
+            log.debug("imported symmetric key %r (%s) into %s", key_id, wanted.names(), loc.backend.name)
             return self._issue(KeyKind.KEY, key_id, info.generation, ttl_seconds)
 
     async def load_key(self, caller: Caller, key_id: str, ttl_seconds: int | None) -> str:
@@ -339,10 +333,10 @@ class KeyService:
         """As :meth:`delete_key_pair`: the caller must also be allowed the key id."""
         claims, loc = await self.resolve(handle, KeyKind.KEY)
         self.authorize(caller, claims.key_id)
-        async with self._lock(claims.key_id):
+        async with self._locks.hold(claims.key_id):
             await self._run(loc.backend.delete_key, loc.ref)
             self._forget(claims.key_id)
-        log.info("deleted symmetric key %r", claims.key_id)
+        log.debug("deleted symmetric key %r", claims.key_id)
 
     async def create_derived_key(self, base_handle: str, derivation_data: bytes) -> str:
         _refuse_reserved(derivation_data, "derivationData")

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..attest.audit import AuditLog
 from ..http.errors import BadRequest, Conflict, Forbidden, HttpError, NotFound
+from ..keyedlocks import KeyedLocks
 from ..tasks import cancel_all
 from .engine import (
     EngineError,
@@ -78,7 +79,7 @@ class ModuleRuntime:
         self.registry = registry
         self.identities = identities
         self.sockets = sockets
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._checks: set[asyncio.Task[None]] = set()
@@ -89,9 +90,6 @@ class ModuleRuntime:
     def _record(self, kind: str, name: str, **detail: Any) -> None:
         if self.audit is not None:
             self.audit.append(kind, name, detail)
-
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
 
     # lifecycle of the runtime ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -269,7 +267,7 @@ class ModuleRuntime:
         if not valid_module_name(config.name):
             raise BadRequest(f"invalid module name {config.name!r}")
         config = await self._vetted(config)
-        async with self._lock(config.name):
+        async with self._locks.hold(config.name):
             return await self._create(config, system)
 
     async def _create(self, config: ModuleConfig, system: bool) -> ModuleView:
@@ -330,7 +328,7 @@ class ModuleRuntime:
         return [ModuleView(reg, statuses.get(reg.name)) for reg in self.registry.all()]
 
     async def start_module(self, name: str) -> None:
-        async with self._lock(name):
+        async with self._locks.hold(name):
             await self._start(name)
 
     async def _start(self, name: str) -> None:
@@ -342,7 +340,7 @@ class ModuleRuntime:
         self.registry.set_state(name, "running")
 
     async def stop_module(self, name: str) -> None:
-        async with self._lock(name):
+        async with self._locks.hold(name):
             self._registration(name)
             self.registry.set_state(name, "stopped")  # first, so the watchdog does not fight the stop
             try:
@@ -351,7 +349,7 @@ class ModuleRuntime:
                 raise engine_error(e) from None
 
     async def restart_module(self, name: str) -> None:
-        async with self._lock(name):
+        async with self._locks.hold(name):
             await self._vet_start(self._registration(name))
             try:
                 await self.engine.restart(name)
@@ -360,7 +358,7 @@ class ModuleRuntime:
             self.registry.set_state(name, "running")
 
     async def remove_module(self, name: str, *, by_runtime: bool = False) -> None:
-        async with self._lock(name):
+        async with self._locks.hold(name):
             await self._remove(name, by_runtime)
 
     async def _remove(self, name: str, by_runtime: bool) -> None:
@@ -388,7 +386,7 @@ class ModuleRuntime:
         await self._ensure_image(config)
         # One hold of the module's lock from removal to start: the watchdog, woken by the engine's "destroy",
         # must not recreate the edge agent from the config in between (the agent's self-update answered 409).
-        async with self._lock(config.name):
+        async with self._locks.hold(config.name):
             reg = self._registration(config.name)
             await self._remove(config.name, by_runtime=True)
             view = await self._create(config, reg.system)
@@ -444,7 +442,7 @@ class ModuleRuntime:
         if reg is None or self.engine.kind != "docker" or self.settings.allow_elevated_docker_permissions:
             return
         try:
-            async with self._lock(name):
+            async with self._locks.hold(name):
                 await self._vet_start(reg, "module.stopped_refused")
         except ElevatedOptionRefused:
             log.error("module %s was started by the engine although it fails vetting; stopping it", name)
@@ -484,7 +482,7 @@ class ModuleRuntime:
             return
         # The whole decision under the agent's lock: an update of the agent (remove, create, start) is never seen
         # half done.
-        async with self._lock(agent.name):
+        async with self._locks.hold(agent.name):
             reg = self.registry.get(agent.name)
             if reg is None:
                 log.info("watchdog: creating the edge agent %s", agent.name)
