@@ -384,6 +384,11 @@ class KeyService:
                 raise InvalidParameter(f"an RSA-PSS {mechanism.hash} digest must be "
                                        f"{_HASHERS[mechanism.hash]().digest_size} bytes")
             scheme = SignScheme("rsa-pss", mechanism.hash)
+        cheap = getattr(loc.backend, "sign_digest_if_cheap", None)
+        if cheap is not None:  # the backend signs on the event loop when that costs less than a thread hop
+            signature: bytes | None = await self._run_fast(loc.backend, cheap, loc.ref, digest, scheme)
+            if signature is not None:
+                return signature
         return await self._run(loc.backend.sign_digest, loc.ref, digest, scheme)
 
     async def encrypt(self, handle: str, mechanism: EncryptMechanism, plaintext: bytes) -> bytes:
