@@ -13,7 +13,7 @@ import time
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgeward.http.errors import HttpError
@@ -272,3 +272,15 @@ async def test_short_lived_keys_leave_no_lock_behind(keys_env: KeysEnv) -> None:
         secret = await keys_env.client.create_key_if_not_exists(keys_env.new_id("brief"), "sign")
         await keys_env.client.delete_key(secret)
     assert len(keys_env.service._locks) == 0
+
+
+async def test_many_signatures_with_one_key_all_verify(keys_env: KeysEnv) -> None:
+    """Past the first signatures a fast backend signs on the event loop (software: a cached key; PKCS#11: once
+    the token has shown itself fast): those signatures verify as the first ones do."""
+    handle = await keys_env.client.create_key_pair_if_not_exists(keys_env.new_id("many"), "ec-p256")
+    pub = await public_key(keys_env, handle)
+    assert isinstance(pub, ec.EllipticCurvePublicKey)
+    for i in range(80):
+        digest = hashlib.sha256(i.to_bytes(2, "big")).digest()
+        der = await keys_env.client.sign(handle, EcdsaDigest(digest))
+        pub.verify(der, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))

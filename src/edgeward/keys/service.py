@@ -386,7 +386,10 @@ class KeyService:
             scheme = SignScheme("rsa-pss", mechanism.hash)
         cheap = getattr(loc.backend, "sign_digest_if_cheap", None)
         if cheap is not None:  # the backend signs on the event loop when that costs less than a thread hop
-            signature: bytes | None = await self._run_fast(loc.backend, cheap, loc.ref, digest, scheme)
+            try:
+                signature: bytes | None = cheap(loc.ref, digest, scheme)
+            except UnsupportedByBackend as e:
+                raise UnsupportedOperation(str(e)) from e
             if signature is not None:
                 return signature
         return await self._run(loc.backend.sign_digest, loc.ref, digest, scheme)

@@ -38,6 +38,10 @@ class SymmetricFallback:
     def move_key_pair(self, src: str, dst: str) -> None:
         self.primary.move_key_pair(src, dst)
 
+    def sign_digest_if_cheap(self, ref: str, digest: bytes, scheme: SignScheme) -> bytes | None:
+        cheap = getattr(self.primary, "sign_digest_if_cheap", None)
+        return cheap(ref, digest, scheme) if cheap is not None else None
+
     def sign_digest(self, ref: str, digest: bytes, scheme: SignScheme) -> bytes:
         return self.primary.sign_digest(ref, digest, scheme)
 

@@ -17,6 +17,7 @@ import logging
 import queue
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from ..model import (
     SymmetricKeyInfo,
 )
 from .base import KeyMissing, UnsupportedByBackend
+from .inline_gate import InlineGate
 from .rsaraw import prepare_block
 
 __all__ = ["Pkcs11Backend", "Pkcs11Settings"]
@@ -191,6 +193,12 @@ def _pin_digest(pin: str | None) -> bytes:
     return hashlib.sha256(b"edgeward pkcs11 pin\0" + (pin or "").encode()).digest()
 
 
+def _dss(raw: bytes) -> bytes:
+    """PKCS#11's r||s as the DER signature callers verify."""
+    half = len(raw) // 2
+    return utils.encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
+
+
 class Pkcs11Backend:
     name = "pkcs11"
 
@@ -212,6 +220,7 @@ class Pkcs11Backend:
         self._current_epoch = next(self._epoch)
         self._caches: dict[int, tuple[int, dict[tuple[ObjectClass, str], Any]]] = {}
         self._broken = False
+        self._inline = InlineGate()
         with self._lib.lock:
             self._open()
 
@@ -561,11 +570,10 @@ class Pkcs11Backend:
             if scheme.kind == "ecdsa":
                 if key_type != KeyType.EC:
                     raise UnsupportedByBackend("ECDSA needs an EC key")
+                start = time.perf_counter()
                 raw = priv.sign(digest, mechanism=Mechanism.ECDSA)
-                half = len(raw) // 2
-                return utils.encode_dss_signature(
-                    int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
-                )
+                self._inline.record_offloaded(time.perf_counter() - start)
+                return _dss(raw)
             if key_type != KeyType.RSA:
                 raise UnsupportedByBackend(f"{scheme.kind} needs an RSA key")
             if scheme.kind == "rsa-pkcs1v15":
@@ -575,6 +583,40 @@ class Pkcs11Backend:
             raise UnsupportedByBackend(f"unknown signature scheme {scheme.kind}")
 
         return self._with(sign)
+
+    def sign_digest_if_cheap(self, ref: str, digest: bytes, scheme: SignScheme) -> bytes | None:
+        """ECDSA on the caller's thread (the event loop) when the token has proven fast (InlineGate) and nothing
+        would make the caller wait: an idle session, the library lock free, the key already found in that session.
+        None otherwise, and on any token error: the executor path then retries, recovers and explains."""
+        if scheme.kind != "ecdsa" or not self._inline.allows():
+            return None
+        pool = self._sessions
+        if pool is None or self._broken or self._generation != self._lib.generation:
+            return None
+        try:
+            session = pool.idle.get_nowait()
+        except queue.Empty:
+            return None
+        try:
+            if not self._lib.lock.acquire(blocking=False):
+                return None
+            try:
+                epoch, cache = self._caches.get(id(session), (-1, {}))
+                priv = cache.get((ObjectClass.PRIVATE_KEY, ref)) if epoch == self._current_epoch else None
+                if pool.generation != self._lib.generation or priv is None or priv.key_type != KeyType.EC:
+                    return None
+                start = time.perf_counter()
+                try:
+                    raw = priv.sign(digest, mechanism=Mechanism.ECDSA)
+                except p11e.PKCS11Error:
+                    return None
+                finally:
+                    self._inline.record_inline(time.perf_counter() - start)
+            finally:
+                self._lib.lock.release()
+        finally:
+            pool.idle.put(session)
+        return _dss(raw)
 
     def rsa_private_encrypt(self, ref: str, data: bytes, padding: RsaPadding) -> bytes:
         def encrypt(session: Any) -> bytes:

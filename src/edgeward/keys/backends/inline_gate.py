@@ -1,0 +1,44 @@
+"""When a token's signature may run on the event loop: only once it has shown, on worker threads, that it is fast.
+
+A thread hop costs tens of microseconds and, under load, far more (the worker threads and the event loop take
+turns at the GIL): more than SoftHSM2's ECDSA P-256 signature itself. A hardware token over USB takes tens of
+milliseconds per signature and must never run on the loop. So the gate opens once the quicker quarter of the last
+signatures measured on worker threads took less than a thread hop (their slow ones waited for the GIL, not for the
+token), and closes on the first slow signature on the loop, until the worker threads show it fast again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+__all__ = ["InlineGate"]
+
+FAST_SECONDS = 0.0005  # a signature this quick costs the loop less than handing it to a thread
+SLOW_SECONDS = 0.002  # one this slow on the loop sends signatures back to the executor
+WINDOW = 32  # signatures on worker threads that decide
+
+
+class InlineGate:
+    def __init__(self, window: int = WINDOW) -> None:
+        self._offloaded: deque[float] = deque(maxlen=window)
+        self._open = False
+        self._lock = threading.Lock()  # executor threads record too
+
+    def allows(self) -> bool:
+        return self._open
+
+    def record_offloaded(self, seconds: float) -> None:
+        """A signature timed on a worker thread."""
+        with self._lock:
+            self._offloaded.append(seconds)
+            if len(self._offloaded) == self._offloaded.maxlen:
+                quicker_quarter = sorted(self._offloaded)[len(self._offloaded) // 4]
+                self._open = quicker_quarter < FAST_SECONDS
+
+    def record_inline(self, seconds: float) -> None:
+        """A signature timed on the event loop: one slow one closes the gate."""
+        if seconds >= SLOW_SECONDS:
+            with self._lock:
+                self._open = False
+                self._offloaded.clear()
