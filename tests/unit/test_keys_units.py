@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,22 @@ def test_settings_and_backends_reprs_hide_pins_and_keys(tmp_path: Path) -> None:
         {"aziot_keys": {"pkcs11_lib_path": "/lib.so", "pkcs11_base_slot": "pkcs11:token=t?pin-value=s3cr3t"},
          "edgeward": {"keys": {"tpm_owner_auth": "s3cr3t"}}}, tmp_path, tmp_path)
     assert "s3cr3t" not in repr(settings)
+
+
+def test_a_handle_verified_once_still_expires_and_its_tampered_twin_still_fails() -> None:
+    """Verified handles are remembered (the MAC is not recomputed per request): the expiry is checked on every use,
+    and only the exact string that verified is remembered."""
+    codec = KeyHandleCodec(secrets.token_bytes(32))
+    now = time.time()
+    handle = codec.issue(HandleClaims(KeyKind.KEY_PAIR, "k", "g1", expires=int(now) + 60))
+    assert codec.verify(handle, now=now).key_id == "k"
+    assert codec.verify(handle, now=now).key_id == "k"  # remembered
+    with pytest.raises(InvalidHandle, match="expired"):
+        codec.verify(handle, now=now + 61)
+    sr, sig = handle.split("&sig=")
+    for twin in (f"{sr}&sig={sig[:-2]}AA", f"{sr[:-1]}{'A' if sr[-1] != 'A' else 'B'}&sig={sig}"):
+        with pytest.raises(InvalidHandle):
+            codec.verify(twin, now=now)
+    for i in range(2000):  # the memory stays bounded
+        codec.verify(codec.issue(HandleClaims(KeyKind.KEY_PAIR, f"k{i}", "g1")), now=now)
+    assert len(codec._verified) <= 1024

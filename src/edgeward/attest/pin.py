@@ -39,15 +39,18 @@ class PinnedProcess:
     pid: int
     started: int
     pidfd: int | None = field(default=None, repr=False)
+    _poller: select.poll | None = field(default=None, init=False, repr=False, compare=False)
 
     def alive(self) -> bool:
         """Still the same process. A pidfd refers to one process, never to a later owner of its pid, so while it
         has not signalled exit nothing more is needed; without one, the pid's start time must be unchanged."""
         if self.pidfd is not None:
             # poll, not select: select cannot watch descriptors numbered 1024 and up, and a busy daemon has them.
-            poller = select.poll()
-            poller.register(self.pidfd, select.POLLIN)
-            return not poller.poll(0)
+            # One poller per pin: asked on every request of the connection, made once.
+            if self._poller is None:
+                self._poller = select.poll()
+                self._poller.register(self.pidfd, select.POLLIN)
+            return not self._poller.poll(0)
         try:
             return start_time(self.pid) == self.started
         except ProcessGone:
@@ -55,6 +58,7 @@ class PinnedProcess:
 
     def close(self) -> None:
         if self.pidfd is not None:
+            self._poller = None
             with contextlib.suppress(OSError):
                 os.close(self.pidfd)
             self.pidfd = None
