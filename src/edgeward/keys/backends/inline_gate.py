@@ -4,7 +4,8 @@ A thread hop costs tens of microseconds and, under load, far more (the worker th
 turns at the GIL): more than SoftHSM2's ECDSA P-256 signature itself. A hardware token over USB takes tens of
 milliseconds per signature and must never run on the loop. So the gate opens once the quicker quarter of the last
 signatures measured on worker threads took less than a thread hop (their slow ones waited for the GIL, not for the
-token), and closes on the first slow signature on the loop, until the worker threads show it fast again.
+token); only a slow signature on the loop closes it (worker-thread timings also hold GIL waits), until the worker
+threads show it fast again.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ class InlineGate:
         """A signature timed on a worker thread."""
         with self._lock:
             self._offloaded.append(seconds)
-            if len(self._offloaded) == self._offloaded.maxlen:
-                quicker_quarter = sorted(self._offloaded)[len(self._offloaded) // 4]
-                self._open = quicker_quarter < FAST_SECONDS
+            if not self._open and len(self._offloaded) == self._offloaded.maxlen:
+                # only the loop's own measurements close it: these waited for the GIL as much as for the token
+                self._open = sorted(self._offloaded)[len(self._offloaded) // 4] < FAST_SECONDS
 
     def record_inline(self, seconds: float) -> None:
         """A signature timed on the event loop: one slow one closes the gate."""
