@@ -16,14 +16,6 @@ from urllib.parse import unquote, urlsplit
 from aiohttp import web
 
 from .access.wiring import guard_host_service, socket_mode
-from .attest.audit_counter import AuditCounter, InProcessCounter, SocketCounter
-from .attest.selfmeasure import measure_self
-from .attest.tpm_quote import DEFAULT_PCR
-from .certs.api import CertsApi
-from .certs.client import CertsClient
-from .certs.compose import build_cert_service
-from .certs.renewal import RenewalEngine
-from .certs.routes import build_certs_app
 from .certs.settings import CertsSettings, parse_certs_settings
 from .config.problems import ConfigError, Problems
 from .config.super_config import PEERS, SERVICE_FILES, split_super_config
@@ -31,22 +23,10 @@ from .http import Listener, start_server
 from .http.limits import max_requests_limiter
 from .http.logfilter import limit_provoked_logs
 from .http.peercred import Caller
-from .identity.compose import build_identity_service
-from .identity.routes import build_identity_app
-from .identity.service import IdentityService
 from .identity.settings import IdentitySettings, parse_identity_settings
-from .keys.api import KeysApi
-from .keys.client import KeysClient
-from .keys.compose import build_key_service
-from .keys.routes import build_keys_app
-from .keys.service import KeyService
 from .keys.settings import KeysSettings, parse_keys_settings
 from .notify import notify
-from .runtime.compose import RuntimeParts, identities_for, start_runtime
-from .runtime.engine import EngineError
 from .runtime.settings import RuntimeSettings, parse_runtime_settings
-from .tpm.counter_routes import install_counter_routes
-from .tpm.routes import build_tpm_app
 from .tpm.settings import TpmdSettings, parse_tpmd_settings
 
 __all__ = ["DaemonSettings", "load_service_settings", "load_settings", "serve"]
@@ -197,6 +177,15 @@ def load_service_settings(service: str, config_dir: Path, state_dir: Path, run_d
 
 
 if TYPE_CHECKING:
+    from .attest.audit_counter import AuditCounter
+    from .certs.api import CertsApi
+    from .certs.client import CertsClient
+    from .certs.renewal import RenewalEngine
+    from .identity.service import IdentityService
+    from .keys.api import KeysApi
+    from .keys.client import KeysClient
+    from .keys.service import KeyService
+    from .runtime.compose import RuntimeParts
     from .tpm.service import TpmService
 
 
@@ -209,6 +198,8 @@ def _tpm_service(settings: TpmdSettings) -> TpmService:
 
 def _audit_counter(settings: DaemonSettings, tpm_service: TpmService | None) -> AuditCounter | None:
     """The TPM counter the audit log is anchored to: the TPM service in this process, or over its socket."""
+    from .attest.audit_counter import InProcessCounter, SocketCounter  # noqa: PLC0415
+
     if tpm_service is not None:
         return InProcessCounter(tpm_service)
     return SocketCounter(settings.tpm.socket_path) if settings.tpm is not None else None
@@ -276,6 +267,8 @@ class _Modules:
         parts = self.runtime
         if parts is None:
             return None
+        from .runtime.engine import EngineError  # noqa: PLC0415
+
         try:
             engine_id = await parts.engine.engine_id_of_pid(pid)
         except EngineError as e:  # cannot tell: never promote the caller to a host caller
@@ -305,7 +298,12 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
     limit_provoked_logs()
     signals = _StopSignals()
     try:
+        # Each branch imports its own service: a process serving keys loads no TPM, certificate, identity or
+        # module-runtime code (start-up time and memory on small devices).
         if "tpm" in services and settings.tpm is not None:
+            from .tpm.counter_routes import install_counter_routes  # noqa: PLC0415
+            from .tpm.routes import build_tpm_app  # noqa: PLC0415
+
             # Imported here: tpm2-pytss is only needed on devices with a TPM.
             tpm_service = _tpm_service(settings.tpm)
             app = build_tpm_app(tpm_service, max_requests=settings.tpm.max_requests)
@@ -317,6 +315,9 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             raise ConfigError(["no [tpm] table is configured"], "tpm service")
         keys_api: KeysApi
         if "keys" in services:
+            from .keys.compose import build_key_service  # noqa: PLC0415
+            from .keys.routes import build_keys_app  # noqa: PLC0415
+
             key_service = build_key_service(settings.keys)
             # identity principals too: identityd hands them key handles to sign with (create/load still need globs);
             # keyd.toml names them itself (config/super_config.py), for `serve keys --config-dir`
@@ -329,9 +330,14 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
                                                              activation_name="keyd")]))
             keys_api = key_service.for_caller(Caller.this_process())
         else:
+            from .keys.client import KeysClient  # noqa: PLC0415
+
             keys_client = KeysClient(settings.keys.socket_path)
             keys_api = keys_client
         if "certs" in services:
+            from .certs.compose import build_cert_service  # noqa: PLC0415
+            from .certs.routes import build_certs_app  # noqa: PLC0415
+
             cert_service, renewal = build_cert_service(settings.certs, keys_api)
             uids = [p.uid for p in settings.certs.principals]
             app = guard_host_service(build_certs_app(cert_service, limiter=max_requests_limiter(
@@ -342,10 +348,15 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
                                                              activation_name="certd")]))
             await renewal.start()
             certs_api: CertsApi = cert_service.for_caller(Caller.this_process())
-        else:
+        elif services not in (("keys",), ("tpm",)):
+            from .certs.client import CertsClient  # noqa: PLC0415
+
             certs_client = CertsClient(settings.certs.socket_path)
             certs_api = certs_client
         if "identity" in services:
+            from .identity.compose import build_identity_service  # noqa: PLC0415
+            from .identity.routes import build_identity_app  # noqa: PLC0415
+
             identity = build_identity_service(settings.identity, keys_api, certs_api, tpm=tpm_service)
             await identity.start()
             if renewal is not None:  # a renewed device identity cert is provisioned again, as aziot does
@@ -358,6 +369,10 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
                                                              mode=socket_mode("identityd", uids),
                                                              activation_name="identityd")]))
         if "edged" in services:
+            from .attest.selfmeasure import measure_self  # noqa: PLC0415
+            from .attest.tpm_quote import DEFAULT_PCR  # noqa: PLC0415
+            from .runtime.compose import identities_for, start_runtime  # noqa: PLC0415
+
             provisioning = settings.runtime.cloud_provisioning  # [edgeward.peers], in edged.toml too
             identities = identities_for(settings.runtime, provisioning, identity, settings.identity.socket_path)
             reprovision = identity.reprovision if identity is not None and provisioning is not None else None

@@ -7,6 +7,7 @@ Exit codes scripts can rely on: 0 ok, 1 operation failed, 2 usage error, 3 confi
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import sys
@@ -40,7 +41,31 @@ def _e(value: object) -> str:
 
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# The other commands, imported when invoked (or listed by --help): `serve keys` should not pay for the container
+# engine client, the status renderer and every other service before its socket answers.
+_LAZY = {
+    "demo": ("demo", "demo"), "list": ("runtime_cmds", "list_modules"), "logs": ("runtime_cmds", "logs"),
+    "restart": ("runtime_cmds", "restart"), "audit": ("runtime_cmds", "audit"), "attest": ("runtime_cmds", "attest"),
+    "system": ("system_cmds", "system"), "support-bundle": ("system_cmds", "support_bundle"),
+    "version": ("system_cmds", "version"), "check": ("check", "check"), "init": ("init_cmd", "init"),
+    "config": ("config_cmds", "config"),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *_LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY and cmd_name not in self.commands:
+            module, attr = _LAZY[cmd_name]
+            command = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeward")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def cli(verbose: int) -> None:
@@ -105,18 +130,6 @@ def serve_one(service: str, config: Path | None, config_dir: Path | None, state_
         _run_services(lambda: load_service_settings(service, config_dir, state, run), (service,))
     else:
         _run_services(lambda: load_settings(config, state, run), (service,))
-
-
-from .check import check  # noqa: E402
-from .config_cmds import config  # noqa: E402
-from .demo import demo  # noqa: E402  (commands register on the group defined above)
-from .init_cmd import init  # noqa: E402
-from .runtime_cmds import attest, audit, list_modules, logs, restart  # noqa: E402
-from .system_cmds import support_bundle, system, version  # noqa: E402
-
-for command in (demo, list_modules, logs, restart, audit, attest, system, support_bundle, version, check, init,
-                config):
-    cli.add_command(command)
 
 
 def main() -> None:
