@@ -19,14 +19,16 @@ from tests.fixtures.swtpm import start_swtpm
 
 from edgeward.supervise import sigterm_as_interrupt
 
-from . import certs_issue, est_enroll, keys_sign, pkcs11_libraries, runtime_modules, workload_sign
+from . import certs_issue, est_enroll, keys_sign, pkcs11_libraries, runtime_modules, soak, workload_sign
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--only", choices=["keys", "pkcs11-libs", "certs", "est", "workload", "runtime"], default=None)
+    parser.add_argument("--only", choices=["keys", "pkcs11-libs", "certs", "est", "workload", "runtime", "soak"],
+                        default=None, help="one benchmark (soak runs only when named: it takes --minutes)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="how long the soak runs")
     parser.add_argument("--docker-uri", default=None, help="also measure the runtime on this dockerd (unix://...)")
     parser.add_argument("--docker-image", default=None, help="a local image with sleep, for --docker-uri")
     parser.add_argument("--backends", default="software,pkcs11,tpm")
@@ -113,6 +115,19 @@ def main() -> None:
                 for r in rows:
                     t.add_row(r["engine"], f"{r['total_s']:.2f}", f"{r['p50_ms']:.1f}", f"{r['max_ms']:.1f}",
                               f"{r['rss_idle_mb']:.1f}", f"{r['rss_loaded_mb']:.1f}")
+                console.print(t)
+            if args.only == "soak":
+                r = soak.run(args.minutes)
+                results["soak"] = r
+                t = Table(title=f"Soak: {args.minutes:g} min of key rounds, module lifecycles and workload calls")
+                for c in ("key rounds", "module lifecycles", "workload calls", "RSS start / warm / end / idle MB",
+                          "slope MB/min (goal < 0.2)", "idle - warm MB (goal <= 5)"):
+                    t.add_column(c)
+                t.add_row(str(r["key_rounds"]), str(r["lifecycles"]), f">= {r['workload_calls_at_least']}",
+                          f"{r['start_rss_mb']:.1f} / {r['warm_rss_mb']:.1f} / {r['end_rss_mb']:.1f} / "
+                          f"{r['idle_rss_mb']:.1f}",
+                          f"{r['slope_mb_per_min']:.2f} {'yes' if r['slope_met'] else 'NO'}",
+                          f"{r['idle_rss_mb'] - r['warm_rss_mb']:.1f} {'yes' if r['idle_met'] else 'NO'}")
                 console.print(t)
         finally:
             tpm.stop()

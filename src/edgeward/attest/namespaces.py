@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from .cgroups import read_container_id
 from .pin import ProcessGone, start_time
@@ -44,7 +43,7 @@ class Namespaces:
 def namespaces_of(pid: int) -> Namespaces | None:
     """The pid and mount namespaces of `pid`, or None when they cannot be read (gone, or not permitted)."""
     try:
-        return Namespaces(*(str(Path(f"/proc/{pid}/ns/{kind}").readlink()) for kind in KINDS))
+        return Namespaces(*(os.readlink(f"/proc/{int(pid)}/ns/{kind}") for kind in KINDS))  # noqa: PTH115
     except OSError:
         return None
 
@@ -73,11 +72,17 @@ def is_host_process(pid: int) -> bool:
     return False
 
 
+def _read_text(path: str) -> str:
+    # not pathlib: Path interns every component, and a daemon meets every pid there is
+    with open(path) as f:  # noqa: PTH123
+        return f.read()
+
+
 def pid_namespace_depth(pid: int | str) -> int | None:
     """How many pid namespaces `pid` is nested in, counted from this /proc's (1: in it), from the kernel's NSpid
     line; None when the process is gone or the line is missing."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        status = _read_text(f"/proc/{pid}/status")
     except OSError:
         return None
     for line in status.splitlines():

@@ -7,7 +7,6 @@ import contextlib
 import os
 import select
 from dataclasses import dataclass, field
-from pathlib import Path
 
 __all__ = ["PinnedProcess", "ProcessGone", "ProcessPins", "parse_start_time", "pin", "start_time"]
 
@@ -28,7 +27,8 @@ def parse_start_time(stat: bytes) -> int:
 def start_time(pid: int) -> int:
     """With the pid, the start time names one process over the whole boot."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:  # noqa: PTH123  (not pathlib: it interns every pid it meets)
+            raw = f.read()
     except (FileNotFoundError, ProcessLookupError):
         raise ProcessGone(f"process {pid} is gone") from None
     return parse_start_time(raw)
@@ -125,7 +125,8 @@ def pin(pid: int) -> PinnedProcess:
 
 def _uids(pid: int) -> tuple[int, ...]:
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        with open(f"/proc/{int(pid)}/status") as f:  # noqa: PTH123
+            status = f.read()
     except (FileNotFoundError, ProcessLookupError):
         raise ProcessGone(f"process {pid} is gone") from None
     for line in status.splitlines():

@@ -80,7 +80,9 @@ def parse_stat(raw: bytes) -> ProcStat:
 def read_stat(pid: int) -> ProcStat | None:
     """None when the process is gone (or was never there): callers treat both the same."""
     try:
-        raw = (_PROC / str(pid) / "stat").read_bytes()
+        # a plain string, not pathlib: Path interns every component, and scans of /proc met every pid there is
+        with open(f"{_PROC}/{int(pid)}/stat", "rb") as f:  # noqa: PTH123
+            raw = f.read()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     try:
