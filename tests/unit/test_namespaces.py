@@ -20,6 +20,17 @@ from edgeward.attest.namespaces import (
 )
 
 
+def _sleeper_of(proc: subprocess.Popen[bytes]) -> int:
+    """unshare forks the sleeper into the new namespaces: that child's pid."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        if kids and Path(f"/proc/{kids[0]}/comm").read_text().strip() == "sleep":
+            return int(kids[0])
+        time.sleep(0.01)
+    raise AssertionError("unshare's sleeper did not start")
+
+
 def test_this_process_is_host_and_a_missing_pid_is_not() -> None:
     assert host_namespaces() is not None
     assert is_host_process(os.getpid())
@@ -32,15 +43,7 @@ def test_a_process_in_its_own_pid_and_mount_namespaces_is_not_host() -> None:
     proc = subprocess.Popen(["unshare", "--pid", "--mount", "--fork", "--kill-child", "sleep", "30"])
     child = None
     try:
-        # unshare forks the sleeper into the new namespaces; find that child.
-        deadline = time.monotonic() + 10
-        while child is None and time.monotonic() < deadline:
-            kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-            if kids and Path(f"/proc/{kids[0]}/comm").read_text().strip() == "sleep":
-                child = int(kids[0])
-            else:
-                time.sleep(0.01)
-        assert child is not None
+        child = _sleeper_of(proc)
         assert namespaces_of(child) is not None
         assert not is_host_process(child)
     finally:
@@ -97,15 +100,7 @@ def test_an_unprivileged_service_tells_host_from_contained_by_pid_namespace() ->
     be read."""
     proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "sleep", "30"])
     try:
-        deadline = time.monotonic() + 10
-        child = None
-        while child is None and time.monotonic() < deadline:
-            kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-            if kids and Path(f"/proc/{kids[0]}/comm").read_text().strip() == "sleep":
-                child = int(kids[0])
-            else:
-                time.sleep(0.01)
-        assert child is not None
+        child = _sleeper_of(proc)
         assert pid_namespace_depth(child) == 2 and pid_namespace_depth(os.getpid()) == 1
         assert _verdicts_as_nobody([os.getpid(), child, 2**22 + 7]) == [True, False, False]
     finally:

@@ -123,6 +123,11 @@ class KeyService:
         loop: a thread hop costs more than they do (measured: 1.7x the workload sign throughput)."""
         if not getattr(backend, "inline_fast_ops", False):
             return await self._run(fn, *args)
+        return self._inline(fn, *args)
+
+    @staticmethod
+    def _inline(fn: Callable[..., T], *args: object) -> T:
+        """A backend call on the event loop, its errors mapped as the executor path maps them."""
         try:
             return fn(*args)
         except UnsupportedByBackend as e:
@@ -386,10 +391,7 @@ class KeyService:
             scheme = SignScheme("rsa-pss", mechanism.hash)
         cheap = getattr(loc.backend, "sign_digest_if_cheap", None)
         if cheap is not None:  # the backend signs on the event loop when that costs less than a thread hop
-            try:
-                signature: bytes | None = cheap(loc.ref, digest, scheme)
-            except UnsupportedByBackend as e:
-                raise UnsupportedOperation(str(e)) from e
+            signature: bytes | None = self._inline(cheap, loc.ref, digest, scheme)
             if signature is not None:
                 return signature
         return await self._run(loc.backend.sign_digest, loc.ref, digest, scheme)

@@ -356,11 +356,16 @@ class Pkcs11Backend:
     def _invalidate(self) -> None:
         self._current_epoch = next(self._epoch)
 
-    def _find(self, session: Any, cls: ObjectClass, label: str) -> Any | None:
+    def _cache_of(self, session: Any) -> dict[tuple[ObjectClass, str], Any]:
+        """The objects found on this session since the last invalidation (an older epoch's are dropped)."""
         epoch, cache = self._caches.get(id(session), (-1, {}))
         if epoch != self._current_epoch:
             cache = {}
             self._caches[id(session)] = (self._current_epoch, cache)
+        return cache
+
+    def _find(self, session: Any, cls: ObjectClass, label: str) -> Any | None:
+        cache = self._cache_of(session)
         key = (cls, label)
         if key in cache:
             return cache[key]
@@ -601,8 +606,7 @@ class Pkcs11Backend:
             if not self._lib.lock.acquire(blocking=False):
                 return None
             try:
-                epoch, cache = self._caches.get(id(session), (-1, {}))
-                priv = cache.get((ObjectClass.PRIVATE_KEY, ref)) if epoch == self._current_epoch else None
+                priv = self._cache_of(session).get((ObjectClass.PRIVATE_KEY, ref))
                 if pool.generation != self._lib.generation or priv is None or priv.key_type != KeyType.EC:
                     return None
                 start = time.perf_counter()

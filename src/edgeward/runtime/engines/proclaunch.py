@@ -25,6 +25,7 @@ What the create options mean for a host process:
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -131,19 +132,15 @@ def parse_user(text: str) -> tuple[int, int]:
 
 
 def _not_a_service_account(raw: str, uid: int, gid: int) -> None:
-    for name in SERVICE_ACCOUNTS:
-        try:
+    for name in SERVICE_ACCOUNTS:  # an account this system does not have (KeyError) cannot be matched
+        with contextlib.suppress(KeyError):
             if pwd.getpwnam(name).pw_uid == uid:
                 raise _bad(f"createOptions.User {raw!r} is the service account {name}: a module never runs as one "
                            f"(its socket would take the module for that service)")
-        except KeyError:
-            pass
-        try:
+        with contextlib.suppress(KeyError):
             if grp.getgrnam(name).gr_gid == gid:
                 raise _bad(f"createOptions.User {raw!r} has the group of the service account {name}: a module "
                            f"never runs in it (that service's socket admits the group)")
-        except KeyError:
-            pass
 
 
 def _identity(options: Mapping[str, Any]) -> tuple[int | None, int | None]:
