@@ -53,7 +53,7 @@ async def closed_loop(socket: Path, path: str, body: dict[str, object], concurre
                 async with session.post("http://x" + path, data=payload,
                                         headers={"Content-Type": "application/json"}) as r:
                     await r.read()
-                    if r.status != 200:
+                    if not 200 <= r.status < 300:  # the certs API answers 201 Created
                         errors += 1
                 if measuring:
                     latencies.append(time.perf_counter() - t)

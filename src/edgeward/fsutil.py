@@ -26,9 +26,11 @@ def private_dir(path: Path, mode: int = 0o700) -> Path:
     return path
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
-    """Write temp, fsync, rename over ``path``, fsync the directory. ``owner`` (uid, gid): given to the temp file
-    before anything is written to it, so the file is never readable by anyone but its owner(s) at any point."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None,
+                 sync_dir: bool = True) -> None:
+    """Write temp, fsync, rename over ``path``, fsync the directory (unless the caller fsyncs it once for several
+    files: ``sync_dir=False``). ``owner`` (uid, gid): given to the temp file before anything is written to it, so
+    the file is never readable by anyone but its owner(s) at any point."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
@@ -43,7 +45,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, i
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def remove_durably(path: Path) -> bool:

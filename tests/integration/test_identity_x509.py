@@ -120,7 +120,7 @@ async def test_dps_x509_group_enrollment_key_in_pkcs11_cert_issued_by_certs_then
     })
 
     async def enroll_the_local_ca(certs_env: CertsEnv) -> None:
-        chain, _, _ = await certs_env.service.local_ca()
+        chain = (await certs_env.service.local_ca()).chain
         dps.add_x509_group_enrollment(chain[0])
 
     async with serve(request, tmp_path, doc, kind="pkcs11", prepare=enroll_the_local_ca,

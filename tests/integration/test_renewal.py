@@ -80,7 +80,7 @@ async def _half_rotation(env: CertsEnv, m: ManagedCert, store_cert: bool) -> x50
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge.example")])), env.keys, handle, public)
     chain = await env.service.issue_chain(m.cert_id, csr, None)
     if store_cert:
-        env.service.write_chain(m.cert_id, chain)
+        await env.service.write_chain(m.cert_id, chain)
     return chain[0]
 
 

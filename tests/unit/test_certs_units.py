@@ -37,14 +37,14 @@ def test_threshold_and_jitter() -> None:
             parse_renew_amount(bad)
 
 
-def test_store_file_names_are_safe_for_any_id(tmp_path: Path) -> None:
+async def test_store_file_names_are_safe_for_any_id(tmp_path: Path) -> None:
     store = CertStore(tmp_path)
     ids = ["../../etc/passwd", "a/b", "A", "a", "\u00e9t\u00e9", ".hidden", "x" * 300, "nul\x00byte"]
     paths = {store.path(i) for i in ids}
     assert len(paths) == len(ids)
     for p in paths:
         assert p.parent == store.dir and not p.name.startswith(".") and len(p.name) < 120
-    store.put("../../etc/passwd", b"pem")
+    await store.put("../../etc/passwd", b"pem")
     assert store.get("../../etc/passwd") == b"pem" and store.get("a") is None
 
 

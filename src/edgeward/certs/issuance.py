@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from ..keys.api import KeysApi
 from ..keys.model import PublicKey
 from .errors import InvalidCsr
-from .policy import IssuancePolicy
+from .policy import Grant, IssuancePolicy
 from .x509sign import sign_certificate
 
 __all__ = ["IssuerRef", "issue", "parse_csr", "self_signed_ca_builder", "sign_leaf"]
@@ -99,13 +99,12 @@ def self_signed_ca_builder(common_name: str, public_key: PublicKey, days: int) -
 
 
 async def issue(keys: KeysApi, csr: x509.CertificateSigningRequest, issuer: IssuerRef, lifetime: dt.timedelta, *,
-                policy: IssuancePolicy, common_name: str | None = None,
+                policy: IssuancePolicy, grant: Grant, common_name: str | None = None,
                 subject: x509.Name | None = None) -> x509.Certificate:
-    """Sign a certificate for ``csr`` as ``policy`` allows: the CSR gives its public key, its subject (CN
-    overridden by ``common_name``, all of it by a configured ``subject``) and the names the policy grants;
-    everything else comes from the policy.
-    A CSR asking for more than the policy allows is refused (400) before anything is signed."""
-    grant = policy.grant(csr, common_name)
+    """Sign a certificate for ``csr`` as ``policy`` allowed it (``grant``: ``policy.grant(csr, common_name)``,
+    which refuses a CSR asking for more, 400, before anything is signed): the CSR gives its public key, its subject
+    (CN overridden by ``common_name``, all of it by a configured ``subject``) and the names granted; everything
+    else comes from the policy."""
     public_key = csr.public_key()
     return await sign_leaf(keys, _subject(csr, common_name, subject), public_key, policy.extensions(public_key, grant),
                            issuer=issuer, lifetime=lifetime)

@@ -243,7 +243,7 @@ class RenewalEngine:
             public = await handle_public_key(keys, handle)
             csr = await sign_csr(builder, keys, handle, public)
             chain = await svc.issue_chain(m.cert_id, csr, None, renewing=old is not None, self_key=key_id)
-            svc.write_chain(m.cert_id, chain)
+            await svc.write_chain(m.cert_id, chain)
             if rotate:
                 await keys.move_key_pair(m.temp_key_id, m.key_id)
         event = RenewalEvent(m.cert_id, chain[0].not_valid_after_utc, rotate, previous)

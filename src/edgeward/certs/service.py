@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +23,7 @@ from ..access.trusted import trusted_service_uids
 from ..http.errors import BadRequest, HttpError
 from ..http.peercred import Caller
 from ..keys.api import KeysApi
+from ..keys.errors import InvalidHandle, KeyNotFound
 from ..keys.model import PublicKey
 from ..keys.principals import glob_to_regex
 from .api import CertsApi
@@ -32,13 +35,22 @@ from .pem import PemError, chain_to_pem, parse_chain
 from .policy import LOCAL_ID_PREFIX, IssuancePolicy, PolicyRefused, default_kind
 from .settings import CertsSettings, EstAuth, IssuanceOptions
 from .store import CertStore
-from .x509sign import handle_public_key, same_public_key, sign_certificate, sign_csr
+from .x509sign import IssuerKeyMismatch, handle_public_key, same_public_key, sign_certificate, sign_csr
 
-__all__ = ["CertService", "EstEnroller", "validate_cert_id"]
+__all__ = ["CertService", "EstEnroller", "LocalCa", "validate_cert_id"]
 
 log = logging.getLogger(__name__)
 
 MAX_CERT_ID_LENGTH = 256
+LOCAL_CA_RECHECK_SECONDS = 1.0  # how stale a remembered local CA may be when its file is replaced from outside
+
+
+@dataclass(frozen=True)
+class LocalCa:
+    chain: list[x509.Certificate]
+    handle: str
+    public: PublicKey
+    stamp: tuple[int, int, int] | None  # the CA cert file when this was read (``CertService._stamp``)
 
 
 class EstEnroller(Protocol):
@@ -72,6 +84,8 @@ class CertService:
         self.est_factory = est_factory
         self._trusted = trusted_uids if trusted_uids is not None else trusted_service_uids("certd")
         self._locks: dict[str, asyncio.Lock] = {}
+        self._local_ca: LocalCa | None = None
+        self._local_ca_checked = 0.0
 
     def for_caller(self, caller: Caller) -> CertsApi:
         return _CallerView(self, caller)
@@ -124,9 +138,16 @@ class CertService:
         return chain_to_pem(chain)
 
     # writing --------------------------------------------------------------------------------------------
-    def write_chain(self, cert_id: str, chain: list[x509.Certificate]) -> str:
+    def stage_chain(self, cert_id: str, chain: list[x509.Certificate]) -> tuple[str, Awaitable[None]]:
+        """Store ``chain`` as ``cert_id``: readers see it at once, it is on disk once the awaitable completes.
+        Staging under the cert's lock and awaiting after releasing it lets one flush carry a burst of writes."""
         pem = chain_to_pem(chain)
-        self.store.put(cert_id, pem.encode())
+        self._changed(cert_id)
+        return pem, self.store.stage(cert_id, pem.encode())
+
+    async def write_chain(self, cert_id: str, chain: list[x509.Certificate]) -> str:
+        pem, durable = self.stage_chain(cert_id, chain)
+        await durable
         return pem
 
     async def import_cert(self, caller: Caller, cert_id: str, pem: str) -> str:
@@ -137,13 +158,16 @@ class CertService:
         except PemError as e:
             raise BadRequest(f"pem: {e}") from None
         async with self.lock(cert_id):
-            return self.write_chain(cert_id, chain)
+            stored, durable = self.stage_chain(cert_id, chain)
+        await durable
+        return stored
 
     async def delete_cert(self, caller: Caller, cert_id: str) -> None:
         validate_cert_id(cert_id)
         self.authorize(caller, cert_id)
         async with self.lock(cert_id):
-            if not self.store.delete(cert_id):  # already gone: done, as aziot-certd treats it
+            self._changed(cert_id)
+            if not await self.store.delete(cert_id):  # already gone: done, as aziot-certd treats it
                 log.debug("cert %r was not stored; nothing to delete", cert_id)
 
     async def create_cert(self, caller: Caller, cert_id: str, csr_data: bytes,
@@ -153,9 +177,14 @@ class CertService:
         csr = parse_csr(csr_data)
         async with self.lock(cert_id):
             chain = await self.issue_chain(cert_id, csr, issuer)
-            pem = self.write_chain(cert_id, chain)
+            pem, durable = self.stage_chain(cert_id, chain)
+        await durable
         log.info("issued cert %r, valid until %s", cert_id, chain[0].not_valid_after_utc.isoformat())
         return pem
+
+    def _changed(self, cert_id: str) -> None:
+        if self.settings.local_ca is not None and cert_id == self.settings.local_ca.cert:
+            self._local_ca = None
 
     # issuance -------------------------------------------------------------------------------------------
     def options(self, cert_id: str) -> IssuanceOptions | None:
@@ -225,7 +254,7 @@ class CertService:
             raise BadRequest(f"no issuer given and no cert_issuance method configured for cert {cert_id!r}")
         policy = self.policy(cert_id)
         # refused before any key is loaded or any request leaves the device (an EST server gets the CSR as it is)
-        policy.grant(csr, common_name if opts is not None and opts.method != "est" else None)
+        grant = policy.grant(csr, common_name if opts is not None and opts.method != "est" else None)
         self._keep_local_id_names(cert_id, csr, common_name)
         if issuer is not None:
             issuer_id, handle = issuer
@@ -237,7 +266,7 @@ class CertService:
             if not same_public_key(public, issuer_chain[0].public_key()):
                 raise BadRequest(f"privateKeyHandle is not the key of issuer cert {issuer_id!r}")
             leaf = await issue(self.keys, csr, IssuerRef(issuer_chain[0], handle, public), self.lifetime(cert_id),
-                               policy=policy, common_name=common_name, subject=subject)
+                               policy=policy, grant=grant, common_name=common_name, subject=subject)
             return [leaf, *issuer_chain]
         assert opts is not None
         if opts.method == "self_signed":
@@ -247,33 +276,66 @@ class CertService:
             if not same_public_key(public, csr.public_key()):
                 raise InvalidCsr(f"a self-signed cert for {cert_id!r} must be requested for key {key_id!r}")
             return [await issue(self.keys, csr, IssuerRef(None, handle, public), self.lifetime(cert_id),
-                                policy=policy, common_name=common_name, subject=subject)]
+                                policy=policy, grant=grant, common_name=common_name, subject=subject)]
         if opts.method == "local_ca":
-            ca_chain, ca_handle, ca_public = await self.local_ca()
-            policy.check_issuer(ca_chain[0], self.settings.local_ca.cert if self.settings.local_ca else "local CA")
-            leaf = await issue(self.keys, csr, IssuerRef(ca_chain[0], ca_handle, ca_public), self.lifetime(cert_id),
-                               policy=policy, common_name=common_name, subject=subject)
-            return [leaf, *ca_chain]
+            for remembered in (True, False):
+                ca = await self.local_ca()
+                policy.check_issuer(ca.chain[0], self.settings.local_ca.cert if self.settings.local_ca else "local CA")
+                try:
+                    leaf = await issue(self.keys, csr, IssuerRef(ca.chain[0], ca.handle, ca.public),
+                                       self.lifetime(cert_id), policy=policy, grant=grant,
+                                       common_name=common_name, subject=subject)
+                except (InvalidHandle, KeyNotFound, IssuerKeyMismatch):
+                    if not (remembered and ca is self._local_ca):
+                        raise
+                    # the CA's key was replaced or deleted since it was remembered: look again (and re-create)
+                    self._local_ca = None
+                    continue
+                return [leaf, *ca.chain]
+            raise AssertionError("unreachable")  # pragma: no cover - the second pass returns or raises
         return await self._enroll_est(cert_id, opts, csr, renewing, policy)
 
-    async def local_ca(self) -> tuple[list[x509.Certificate], str, PublicKey]:
-        """The local CA, created (key and self-signed cert) on first use and re-created when expired."""
+    async def local_ca(self) -> LocalCa:
+        """The local CA, created (key and self-signed cert) on first use and re-created when expired. Remembered
+        while its certificate file is unchanged, so an issuance does not reload the CA key and certificate."""
         ca = self.settings.local_ca
         if ca is None:
             raise BadRequest("no [cert_issuance.local_ca] is configured")
+        now = dt.datetime.now(dt.UTC)
+        known = self._local_ca
+        if known is not None and known.chain[0].not_valid_after_utc > now:
+            if time.monotonic() - self._local_ca_checked < LOCAL_CA_RECHECK_SECONDS:
+                return known
+            if known.stamp == self._stamp(ca.cert):
+                self._local_ca_checked = time.monotonic()
+                return known
         handle = await self.keys.create_key_pair_if_not_exists(ca.pk, "ec-p256:rsa-2048:*")
         public = await handle_public_key(self.keys, handle)
         async with self.lock(ca.cert):
             chain = self.read_chain(ca.cert)
-            now = dt.datetime.now(dt.UTC)
             usable = chain is not None and chain[0].not_valid_after_utc > now
             if chain is None or not usable or not same_public_key(public, chain[0].public_key()):
                 cert = await sign_certificate(self_signed_ca_builder(ca.common_name, public, ca.expiry_days),
                                               self.keys, handle, public)
                 chain = [cert]
-                self.write_chain(ca.cert, chain)
+                await self.write_chain(ca.cert, chain)
                 log.info("created local CA %r", ca.cert)
-        return chain, handle, public
+            stamp = self._stamp(ca.cert)
+            found = LocalCa(chain, handle, public, stamp)
+            if stamp is not None:
+                self._local_ca, self._local_ca_checked = found, time.monotonic()
+        return found
+
+    def _stamp(self, cert_id: str) -> tuple[int, int, int] | None:
+        """The stored file's identity (inode, mtime, size): changes whenever anything replaces the file; None
+        while a change is staged or when nothing is stored."""
+        if self.store.staged(cert_id):
+            return None
+        try:
+            st = self.store.path(cert_id).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
     async def _enroll_est(self, cert_id: str, opts: IssuanceOptions, csr: x509.CertificateSigningRequest,
                           renewing: bool, policy: IssuancePolicy) -> list[x509.Certificate]:
@@ -346,7 +408,7 @@ class CertService:
                                  f"failed: {e}") from e
         if not chain or not same_public_key(chain[0].public_key(), public):
             raise IssuanceFailed(f"EST server at {url} returned an EST identity cert for another key")
-        self.write_chain(auth.identity_cert, chain)
+        await self.write_chain(auth.identity_cert, chain)
         log.info("enrolled EST identity %r with the bootstrap identity", auth.identity_cert)
         return KeysIdentity(chain, self.keys, handle)
 

@@ -15,7 +15,6 @@ import hashlib
 from asn1crypto import core as asn1_core
 from asn1crypto import csr as asn1_csr
 from asn1crypto import keys as asn1_keys
-from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from ..keys.api import KeysApi
 from ..keys.model import EcdsaDigest, PublicKey, RsaPkcs1
 
-__all__ = ["handle_public_key", "same_public_key", "sign_certificate", "sign_csr"]
+__all__ = ["IssuerKeyMismatch", "handle_public_key", "same_public_key", "sign_certificate", "sign_csr"]
 
 _SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 
@@ -74,6 +73,10 @@ async def _sign_bytes(keys: KeysApi, handle: str, public: PublicKey, tbs: bytes)
     return await keys.encrypt(handle, RsaPkcs1(), _SHA256_DIGEST_INFO + hashlib.sha256(tbs).digest())
 
 
+class IssuerKeyMismatch(ValueError):
+    """The issuer key's signature does not verify against the public key the certificate names as its issuer."""
+
+
 def _verify(public: PublicKey, signature: bytes, tbs: bytes) -> None:
     """Never hand out a certificate the issuer key did not really sign (a misbehaving HSM, a swapped key)."""
     try:
@@ -83,23 +86,50 @@ def _verify(public: PublicKey, signature: bytes, tbs: bytes) -> None:
         else:
             public.verify(signature, tbs, padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature:
-        raise ValueError("the issuer key's signature does not verify against the issuer's public key") from None
+        raise IssuerKeyMismatch("the issuer key's signature does not verify against the issuer's public key") from None
 
 
 async def sign_certificate(builder: x509.CertificateBuilder, keys: KeysApi, issuer_handle: str,
                            issuer_public: PublicKey) -> x509.Certificate:
     throwaway, digest = _scheme(issuer_public)
-    draft = asn1_x509.Certificate.load(builder.sign(throwaway, digest).public_bytes(serialization.Encoding.DER))
-    tbs = draft["tbs_certificate"].dump()
+    draft = builder.sign(throwaway, digest)
+    tbs = draft.tbs_certificate_bytes
     signature = await _sign_bytes(keys, issuer_handle, issuer_public, tbs)
-    final = asn1_x509.Certificate({
-        "tbs_certificate": draft["tbs_certificate"],
-        "signature_algorithm": draft["signature_algorithm"],
-        "signature_value": asn1_core.OctetBitString(signature),
-    })
-    cert = x509.load_der_x509_certificate(final.dump())
     _verify(issuer_public, signature, tbs)
-    return cert
+    return x509.load_der_x509_certificate(_resigned(draft.public_bytes(serialization.Encoding.DER), tbs, signature))
+
+
+def _resigned(draft: bytes, tbs: bytes, signature: bytes) -> bytes:
+    """``draft`` (Certificate: SEQUENCE {tbsCertificate, signatureAlgorithm, signatureValue BIT STRING}) with its
+    signature replaced: the two leading parts are kept byte for byte, so nothing is re-encoded."""
+    start = _header_length(draft, 0)
+    if draft[start:start + len(tbs)] != tbs:
+        raise ValueError("unexpected certificate encoding")  # pragma: no cover - cryptography writes DER
+    algorithm_at = start + len(tbs)
+    algorithm_end = algorithm_at + _header_length(draft, algorithm_at) + _content_length(draft, algorithm_at)
+    bits = b"\x00" + signature  # no unused bits
+    body = draft[start:algorithm_end] + b"\x03" + _der_length(len(bits)) + bits
+    return b"\x30" + _der_length(len(body)) + body
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def _header_length(der: bytes, at: int) -> int:
+    """Tag plus length octets of the element at ``at`` (one-byte tags: all X.509 uses here)."""
+    first = der[at + 1]
+    return 2 if first < 0x80 else 2 + (first & 0x7F)
+
+
+def _content_length(der: bytes, at: int) -> int:
+    first = der[at + 1]
+    if first < 0x80:
+        return first
+    return int.from_bytes(der[at + 2:at + 2 + (first & 0x7F)], "big")
 
 
 async def sign_csr(builder: x509.CertificateSigningRequestBuilder, keys: KeysApi, handle: str,
