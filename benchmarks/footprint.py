@@ -29,7 +29,7 @@ from typing import Any
 
 from edgeward.supervise import stop_daemon
 
-__all__ = ["GOALS", "floor_rss_mb", "run"]
+__all__ = ["GOALS", "floor_rss_mb", "rss_mb", "run", "started"]
 
 # goal name -> (figure, limit): RSS as a ratio to the floor, start-up in seconds
 GOALS = {"serve keys RSS": 1.1, "run idle RSS": 1.2, "run + 50 modules RSS": 1.3,
