@@ -1,6 +1,6 @@
 """Run every benchmark with real components (SoftHSM2, swtpm) and print one table of ratios.
 
-    python -m benchmarks [--seconds 3] [--concurrency 16] [--only keys|pkcs11-libs]
+    python -m benchmarks [--seconds 3] [--concurrency 16] [--only keys|pkcs11-libs|footprint|...]
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -19,15 +20,37 @@ from tests.fixtures.swtpm import start_swtpm
 
 from edgeward.supervise import sigterm_as_interrupt
 
-from . import certs_issue, est_enroll, keys_sign, pkcs11_libraries, runtime_modules, soak, workload_sign
+from . import certs_issue, est_enroll, footprint, keys_sign, pkcs11_libraries, runtime_modules, soak, workload_sign
+
+
+def _footprint_table(r: dict[str, Any]) -> Table:
+    floor = r["floor_rss_mb"]
+    t = Table(title=f"Footprint: daemon VmRSS (children not counted) against the floor ({floor:.1f} MB: aiohttp + "
+                    f"cryptography serving one route), and start to READY=1; one run")
+    for c in ("process", "RSS idle MB", "/ floor", "RSS goal", "start to READY s (median of 5)", "start goal",
+              "start / floor's", "first start s", "children at idle"):
+        t.add_column(c)
+    floor_start = r["floor_start_to_ready_s"]
+    t.add_row("floor", f"{floor:.1f}", "1.00", "", f"{floor_start:.2f}", "", "1.00", "", "")
+    rows = (("serve keys", r["serve_keys"], "serve keys"), ("serve keys --config-dir", r["serve_keys_config_dir"],
+                                                             "serve keys"), ("run", r["run"], "run"))
+    for name, m, goal in rows:
+        rss_goal = footprint.GOALS[f"{goal}{' idle' if goal == 'run' else ''} RSS"]
+        start_goal = footprint.GOALS[f"{goal} start to READY s"]
+        ratio = m["rss_idle_mb"] / floor
+        t.add_row(name, f"{m['rss_idle_mb']:.1f}", f"{ratio:.2f}",
+                  f"<= {rss_goal}x {'yes' if ratio <= rss_goal else 'NO'}", f"{m['start_to_ready_s']:.2f}",
+                  f"<= {start_goal} {'yes' if m['start_to_ready_s'] <= start_goal else 'NO'}",
+                  f"{m['start_to_ready_s'] / floor_start:.2f}", f"{m['first_start_s']:.2f}", str(m["children_at_idle"]))
+    return t
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--only", choices=["keys", "pkcs11-libs", "certs", "est", "workload", "runtime", "soak"],
-                        default=None, help="one benchmark (soak runs only when named: it takes --minutes)")
+    parser.add_argument("--only", choices=["keys", "pkcs11-libs", "certs", "est", "workload", "runtime", "footprint",
+                                           "soak"], default=None, help="one benchmark (soak runs only when named: it takes --minutes)")
     parser.add_argument("--minutes", type=float, default=10.0, help="how long the soak runs")
     parser.add_argument("--docker-uri", default=None, help="also measure the runtime on this dockerd (unix://...)")
     parser.add_argument("--docker-image", default=None, help="a local image with sleep, for --docker-uri")
@@ -105,19 +128,31 @@ def main() -> None:
                               f"{r['api_vs_bare']:.2f}", f"{r['api_p50_ms']:.2f}", f"{r['api_p99_ms']:.2f}",
                               f"{r['bare_p99_ms']:.2f}", str(r["errors"]))
                 console.print(t)
+            floor_mb: float | None = None
+            if args.only in (None, "footprint"):
+                r = footprint.run()
+                results["footprint"] = r
+                floor_mb = r["floor_rss_mb"]
+                console.print(_footprint_table(r))
             if args.only in (None, "runtime"):
+                if floor_mb is None:
+                    floor_mb = footprint.floor_rss_mb()
                 rows = [runtime_modules.run()]
                 if args.docker_uri:
                     rows.append(runtime_modules.run(engine="docker", docker_uri=args.docker_uri,
                                                     image=args.docker_image))
                 results["runtime_modules"] = rows
                 t = Table(title="Module runtime: POST /modules + start -> running, and daemon memory")
-                for c in ("engine", "20 modules total s", "p50 ms", "max ms", "RSS idle MB",
-                          "RSS with 50 modules MB (goal < 80)"):
+                goal = footprint.GOALS["run + 50 modules RSS"]
+                for c in ("engine", "20 modules total s", "p50 ms", "max ms", "RSS idle MB", "RSS with 50 modules MB",
+                          f"/ floor {floor_mb:.1f} MB (goal <= {goal}x)"):
                     t.add_column(c)
                 for r in rows:
+                    ratio = r["rss_loaded_mb"] / floor_mb
+                    r["rss_loaded_vs_floor"] = ratio
                     t.add_row(r["engine"], f"{r['total_s']:.2f}", f"{r['p50_ms']:.1f}", f"{r['max_ms']:.1f}",
-                              f"{r['rss_idle_mb']:.1f}", f"{r['rss_loaded_mb']:.1f}")
+                              f"{r['rss_idle_mb']:.1f}", f"{r['rss_loaded_mb']:.1f}",
+                              f"{ratio:.2f} {'yes' if ratio <= goal else 'NO'}")
                 console.print(t)
             if args.only == "soak":
                 r = soak.run(args.minutes)

@@ -16,37 +16,52 @@ from urllib.parse import unquote, urlsplit
 from aiohttp import web
 
 from .access.wiring import guard_host_service, socket_mode
-from .certs.settings import CertsSettings, parse_certs_settings
 from .config.problems import ConfigError, Problems
-from .config.super_config import PEERS, SERVICE_FILES, split_super_config
+from .config.service_files import PEERS, SERVICE_FILES
 from .http import Listener, start_server
 from .http.limits import max_requests_limiter
 from .http.logfilter import limit_provoked_logs
 from .http.peercred import Caller
-from .identity.settings import IdentitySettings, parse_identity_settings
 from .keys.settings import KeysSettings, parse_keys_settings
 from .notify import notify
-from .runtime.settings import RuntimeSettings, parse_runtime_settings
-from .tpm.settings import TpmdSettings, parse_tpmd_settings
 
-__all__ = ["DaemonSettings", "load_service_settings", "load_settings", "serve"]
+if TYPE_CHECKING:
+    from .certs.settings import CertsSettings
+    from .identity.settings import IdentitySettings
+    from .runtime.settings import RuntimeSettings
+    from .tpm.settings import TpmdSettings
+
+__all__ = ["DaemonSettings", "ServiceSettings", "load_service_settings", "load_settings", "serve"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DaemonSettings:
+class ServiceSettings:
+    """What one process serves from: the settings of the services it runs, and of those they call (where these
+    listen). A service started on its own file (--config-dir) reads no settings of a service it does not call, so it
+    loads none of that service's code: ``serve keys`` has no certs, identity or runtime settings."""
+
     state_dir: Path
     run_dir: Path
     keys: KeysSettings
-    certs: CertsSettings
-    identity: IdentitySettings
-    runtime: RuntimeSettings
+    certs: CertsSettings | None
+    identity: IdentitySettings | None
+    runtime: RuntimeSettings | None
     tpm: TpmdSettings | None = None  # the TPM service runs only when [tpm] is configured
     warnings: tuple[str, ...] = ()
     config_path: Path | None = None  # the super config, or the service's own file (--config-dir); None: defaults
     # [aziot_max_requests] keyd/certd/identityd as configured (simultaneous requests per caller); absent: defaults
     max_requests: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DaemonSettings(ServiceSettings):
+    """Every service's settings, from the super config (or the embedded defaults)."""
+
+    certs: CertsSettings
+    identity: IdentitySettings
+    runtime: RuntimeSettings
 
 
 def read_config(path: Path | None) -> Mapping[str, Any]:
@@ -108,6 +123,13 @@ def _files_of(config: Path | None, *services: object) -> tuple[Path, ...]:
 def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> DaemonSettings:
     """Read the super config (IoT Edge 1.5's config.toml, plus Edgeward's tables), split it into the documents
     `edgeward config apply` writes, and parse each with its service's reader; every problem is raised at once."""
+    # Here, not at the top: a service started on its own file (--config-dir) reads no other service's settings.
+    from .certs.settings import parse_certs_settings  # noqa: PLC0415
+    from .config.super_config import split_super_config  # noqa: PLC0415
+    from .identity.settings import parse_identity_settings  # noqa: PLC0415
+    from .runtime.settings import parse_runtime_settings  # noqa: PLC0415
+    from .tpm.settings import parse_tpmd_settings  # noqa: PLC0415
+
     doc = read_config(config) if config is not None else EMBEDDED_DEFAULTS
     problems = Problems(str(config) if config else "embedded defaults")
     # checks and translates, edge CA included
@@ -130,12 +152,19 @@ def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> Daemon
                           tuple(dict.fromkeys(problems.warnings)), config, limits)
 
 
-def load_service_settings(service: str, config_dir: Path, state_dir: Path, run_dir: Path) -> DaemonSettings:
+# The services each one calls: what a service started on its own file must know of the others (their sockets).
+# Every process knows where keyd listens (its settings reader is small).
+_CALLS = {"keys": (), "tpm": (), "certs": ("keys",), "identity": ("keys", "certs"),
+          "edged": ("keys", "certs", "identity")}
+
+
+def load_service_settings(service: str, config_dir: Path, state_dir: Path, run_dir: Path) -> ServiceSettings:
     """``edgeward serve <service> --config-dir <dir>``: read only the service's own file, the one ``edgeward config
     apply`` wrote for it (in the packaged deployment each file is readable by its service's user only), with that
-    service's reader. What it needs of the other services is in that file (config/super_config.py): their
-    endpoints (the other services' settings here are only where they listen), keyd's identity principals, edged's
-    ``[edgeward.peers]``. Every problem is raised at once, naming the file."""
+    service's reader. What it needs of the other services is in that file (config/super_config.py): the endpoints
+    of those it calls (their settings here are only where they listen), keyd's identity principals, edged's
+    ``[edgeward.peers]``. Each settings reader is imported only for the service it reads (start-up time and memory
+    of ``serve keys``). Every problem is raised at once, naming the file."""
     path = config_dir / SERVICE_FILES[service]
     try:
         doc = read_config(path)
@@ -149,17 +178,30 @@ def load_service_settings(service: str, config_dir: Path, state_dir: Path, run_d
     def own(name: str) -> Mapping[str, Any]:
         return doc if service == name else peer
 
+    def needs(name: str) -> bool:
+        return service == name or name in _CALLS[service]
+
     keys = parse_keys_settings(own("keys"), state_dir, run_dir, problems)
-    certs = parse_certs_settings(own("certs"), state_dir, run_dir, problems)
-    identity = parse_identity_settings(own("identity"), state_dir, run_dir, problems)
-    runtime = parse_runtime_settings(doc if service == "edged" else {}, state_dir, run_dir, problems)
-    tpm = None
+    certs = identity = runtime = tpm = None
+    if needs("certs"):
+        from .certs.settings import parse_certs_settings  # noqa: PLC0415
+
+        certs = parse_certs_settings(own("certs"), state_dir, run_dir, problems)
+    if needs("identity"):
+        from .identity.settings import parse_identity_settings  # noqa: PLC0415
+
+        identity = parse_identity_settings(own("identity"), state_dir, run_dir, problems)
+    if service in ("tpm", "edged"):
+        from .tpm.settings import parse_tpmd_settings  # noqa: PLC0415
     if service == "tpm":
         table = doc.get("tpm")
         if not isinstance(table, dict):
             problems.add("tpm", table if table is not None else "<missing>", "the [tpm] table `config apply` writes")
         tpm = parse_tpmd_settings(table if isinstance(table, dict) else {}, run_dir, problems, prefix="tpm")
     elif service == "edged":
+        from .runtime.settings import parse_runtime_settings  # noqa: PLC0415
+
+        runtime = parse_runtime_settings(doc, state_dir, run_dir, problems)
         ours = doc.get("edgeward")
         if not (isinstance(ours, dict) and isinstance(ours.get(PEERS), dict)):
             problems.add(f"edgeward.{PEERS}", "<missing>", "the table `edgeward config apply` writes: what the "
@@ -172,8 +214,8 @@ def load_service_settings(service: str, config_dir: Path, state_dir: Path, run_d
     name = {"keys": "keyd", "certs": "certd", "identity": "identityd"}.get(service)
     limits = doc.get("aziot_max_requests", {})
     max_requests = {name: limits[name]} if name is not None and isinstance(limits, dict) and name in limits else {}
-    return DaemonSettings(state_dir, run_dir, keys, certs, identity, runtime, tpm,
-                          tuple(dict.fromkeys(problems.warnings)), path, max_requests)
+    return ServiceSettings(state_dir, run_dir, keys, certs, identity, runtime, tpm,
+                           tuple(dict.fromkeys(problems.warnings)), path, max_requests)
 
 
 if TYPE_CHECKING:
@@ -196,7 +238,7 @@ def _tpm_service(settings: TpmdSettings) -> TpmService:
     return TpmService(settings)
 
 
-def _audit_counter(settings: DaemonSettings, tpm_service: TpmService | None) -> AuditCounter | None:
+def _audit_counter(settings: ServiceSettings, tpm_service: TpmService | None) -> AuditCounter | None:
     """The TPM counter the audit log is anchored to: the TPM service in this process, or over its socket."""
     from .attest.audit_counter import InProcessCounter, SocketCounter  # noqa: PLC0415
 
@@ -279,7 +321,7 @@ class _Modules:
         return reg.name if reg is not None else f"unregistered {parts.engine.kind} object {engine_id[:12]}"
 
 
-async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVICES,
+async def serve(settings: ServiceSettings, services: tuple[str, ...] = ALL_SERVICES,
                 ready: asyncio.Event | None = None) -> None:
     """Start the named services, serve until SIGTERM/SIGINT, then stop cleanly.
 
@@ -321,8 +363,9 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             key_service = build_key_service(settings.keys)
             # identity principals too: identityd hands them key handles to sign with (create/load still need globs);
             # keyd.toml names them itself (config/super_config.py), for `serve keys --config-dir`
+            identity_principals = settings.identity.principals if settings.identity is not None else ()
             uids = list(dict.fromkeys([p.uid for p in settings.keys.principals]
-                                      + [p.uid for p in settings.identity.principals]))
+                                      + [p.uid for p in identity_principals]))
             app = guard_host_service(build_keys_app(key_service, limiter=max_requests_limiter(
                 settings.max_requests.get("keyd"))), "keyd", uids,
                                      modules.module_of)
@@ -338,6 +381,7 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             from .certs.compose import build_cert_service  # noqa: PLC0415
             from .certs.routes import build_certs_app  # noqa: PLC0415
 
+            assert settings.certs is not None  # loaded for every process that runs or calls certd
             cert_service, renewal = build_cert_service(settings.certs, keys_api)
             uids = [p.uid for p in settings.certs.principals]
             app = guard_host_service(build_certs_app(cert_service, limiter=max_requests_limiter(
@@ -351,12 +395,14 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
         elif services not in (("keys",), ("tpm",)):
             from .certs.client import CertsClient  # noqa: PLC0415
 
+            assert settings.certs is not None
             certs_client = CertsClient(settings.certs.socket_path)
             certs_api = certs_client
         if "identity" in services:
             from .identity.compose import build_identity_service  # noqa: PLC0415
             from .identity.routes import build_identity_app  # noqa: PLC0415
 
+            assert settings.identity is not None
             identity = build_identity_service(settings.identity, keys_api, certs_api, tpm=tpm_service)
             await identity.start()
             if renewal is not None:  # a renewed device identity cert is provisioned again, as aziot does
@@ -373,6 +419,7 @@ async def serve(settings: DaemonSettings, services: tuple[str, ...] = ALL_SERVIC
             from .attest.tpm_quote import DEFAULT_PCR  # noqa: PLC0415
             from .runtime.compose import identities_for, start_runtime  # noqa: PLC0415
 
+            assert settings.runtime is not None and settings.identity is not None
             provisioning = settings.runtime.cloud_provisioning  # [edgeward.peers], in edged.toml too
             identities = identities_for(settings.runtime, provisioning, identity, settings.identity.socket_path)
             reprovision = identity.reprovision if identity is not None and provisioning is not None else None

@@ -30,7 +30,9 @@ from edgeward.http import HttpError, Listener, start_server
 from edgeward.keys.backends.tpm import TpmBackend, TpmSettings
 from edgeward.keys.model import HashAlg, KeyPairAlgorithm, SignScheme
 from edgeward.testing.dps_tpm import InvalidTpmPublic, TpmChallenge, make_tpm_challenge
-from edgeward.tpm import TpmApi, TpmClient, TpmKeys, TpmUnavailable, build_tpm_app, parse_tpmd_settings
+from edgeward.tpm import TpmApi, TpmKeys, TpmUnavailable, parse_tpmd_settings
+from edgeward.tpm.client import TpmClient
+from edgeward.tpm.routes import build_tpm_app
 from edgeward.tpm.service import TpmService
 from edgeward.tpm.settings import TpmdSettings
 from tests.fixtures.processes import free_port_pair

@@ -52,11 +52,16 @@ def test_each_service_reads_from_its_own_file_what_it_reads_from_the_super_confi
     for name in (p.name for p in out.iterdir()):
         service = SERVICES[name]
         alone = load_service_settings(service, out, state, run)
-        # where the others listen: what this service's file says of them
+        # where the services it calls listen: what this service's file says of them; of the others, nothing
+        assert (alone.certs is not None) == (service in ("certs", "identity", "edged")), name
+        assert (alone.identity is not None) == (service in ("identity", "edged")), name
+        assert (alone.runtime is not None) == (service == "edged"), name
         assert alone.keys.socket_path == whole.keys.socket_path, name
-        assert alone.certs.socket_path == whole.certs.socket_path, name
-        assert alone.identity.socket_path == whole.identity.socket_path, name
-        assert alone.identity.tpmd_socket == whole.identity.tpmd_socket, name
+        if alone.certs is not None:
+            assert alone.certs.socket_path == whole.certs.socket_path, name
+        if alone.identity is not None:
+            assert alone.identity.socket_path == whole.identity.socket_path, name
+            assert alone.identity.tpmd_socket == whole.identity.tpmd_socket, name
         if service == "keys":
             assert alone.keys == whole.keys
             wanted = {p.uid for p in whole.keys.principals} | {p.uid for p in whole.identity.principals}
@@ -70,6 +75,7 @@ def test_each_service_reads_from_its_own_file_what_it_reads_from_the_super_confi
         elif service == "tpm":
             assert alone.tpm == whole.tpm
         else:
+            assert alone.runtime is not None
             assert replace(alone.runtime, protected_paths=()) == replace(whole.runtime, protected_paths=())
             assert (alone.tpm is None) == (whole.tpm is None)
             if whole.tpm is not None:
@@ -153,6 +159,7 @@ def test_edged_learns_provisioning_and_tpm_from_its_own_file(tmp_path: Path) -> 
     out = tmp_path / "etc"
     write_split(config, out)
     settings = load_service_settings("edged", out, tmp_path / "state", tmp_path / "run")
+    assert settings.runtime is not None
     assert settings.runtime.cloud_provisioning == "manual"
     assert settings.runtime.tpm_service and settings.tpm is not None
     assert settings.tpm.socket_path == tmp_path / "tpm" / "tpmd.sock"  # the audit log's counter, over its socket

@@ -15,12 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
 from .. import __version__
 from ..config.problems import ConfigError
-from ..daemon import ALL_SERVICES, DaemonSettings, load_service_settings, load_settings, serve
+from ..daemon import ALL_SERVICES, ServiceSettings, load_service_settings, load_settings, serve
 from ..http.errors import HttpError
 from ..keys.errors import BackendUnavailable
 from .paths import config_option, run_option, state_option
@@ -31,14 +29,11 @@ __all__ = ["main"]
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_BACKEND = 1, 3, 4
 
-err = Console(stderr=True)
 
-
-def _e(value: object) -> str:
-    """Operator text (config values, paths, messages quoting them) printed as it is, never read as rich markup."""
-    return escape(str(value))
-
-
+def _say(kind: str, text: object) -> None:
+    """An error or a warning on stderr, colored on a terminal. click rather than rich: this module is the daemon's
+    entry point too, and rich's console would add to every service's start-up time and memory."""
+    click.echo(f"{click.style(f'{kind}:', fg='red' if kind == 'error' else 'yellow')} {text}", err=True)
 
 
 # The other commands, imported when invoked (or listed by --help): `serve keys` should not pay for the container
@@ -74,27 +69,27 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _run_services(load: Callable[[], DaemonSettings], services: tuple[str, ...]) -> None:
+def _run_services(load: Callable[[], ServiceSettings], services: tuple[str, ...]) -> None:
     try:
         settings = load()
     except ConfigError as e:
-        err.print(f"[red]error:[/red] {_e(e)}", markup=True, highlight=False)
+        _say("error", e)
         sys.exit(EXIT_CONFIG)
     for warning in settings.warnings:
-        err.print(f"[yellow]warning:[/yellow] {_e(warning)}", highlight=False)
+        _say("warning", warning)
     wanted = os.environ.get("EDGEWARD_LOG_LEVEL", "info").upper()  # set by `edgeward system set-log-level`
     level = logging.getLevelName(wanted) if wanted in ("ERROR", "WARNING", "INFO", "DEBUG") else logging.INFO
     logging.getLogger().setLevel(min(logging.getLogger().level, level))
     try:
         asyncio.run(serve(settings, services))
     except ConfigError as e:  # found only at start (e.g. EDGEWARD_HTTP_* limits, a TPM that does not answer)
-        err.print(f"[red]error:[/red] {_e(e)}", markup=True, highlight=False)
+        _say("error", e)
         sys.exit(EXIT_CONFIG)
     except BackendUnavailable as e:
-        err.print(f"[red]error:[/red] {_e(e.message)}", highlight=False)
+        _say("error", e.message)
         sys.exit(EXIT_BACKEND)
     except HttpError as e:  # a service this one needs at start refused it or failed (its socket, its policy)
-        err.print(f"[red]error:[/red] a service refused the start: {_e(e.message)}", highlight=False)
+        _say("error", f"a service refused the start: {e.message}")
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         pass

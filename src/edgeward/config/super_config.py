@@ -23,12 +23,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..certs.dn import common_name_of
+from ..certs.policy import EDGE_CA_CERT_ID
 from ..keys.aead import IMPORTED_MASTER_KEY_ID
 from ..runtime.edge_ca_config import apply_edge_ca
 from .issuance import ISSUANCE_KEYS, Preloads, est_auth, issuance_options, renew_policy, subject_table
 from .locations import cert_location, key_location, valid_id
 from .problems import Problems
 from .provisioning import translate_provisioning
+from .service_files import PEERS, SERVICE_FILES
 from .toml_write import dumps
 
 __all__ = ["EST_BOOTSTRAP_ID", "EST_ID", "LOCAL_CA", "PEERS", "SERVICE_FILES", "ServiceConfigs",
@@ -56,12 +58,6 @@ _ENDPOINTS = {"aziot_keyd": "keyd", "aziot_certd": "certd", "aziot_identityd": "
 # it calls are written into its file too (a socket moved in [endpoints] must reach every caller).
 _CALLERS = {"keyd": ("certd", "identityd", "edged"), "certd": ("identityd", "edged"), "identityd": ("edged",),
             "tpmd": ("identityd", "edged")}
-# The file `config apply` writes for each service (as `edgeward serve <service> --config-dir` names it).
-SERVICE_FILES = {"keys": "keyd.toml", "certs": "certd.toml", "identity": "identityd.toml", "tpm": "tpmd.toml",
-                 "edged": "edged.toml"}
-# [edgeward.peers] in edged.toml: what the module runtime must know of the other services, whose files it cannot
-# read (see _Splitter.peers). Written by the splitter only; in the super config it is ignored, with a warning.
-PEERS = "peers"
 # Settings that name a file or directory by a plain path (the rest are file:// or unix:// URIs).
 _PATH_SETTINGS = ("homedir_path", "pkcs11_lib_path", "homedir")
 _REPROVISIONING = ("Dynamic", "AlwaysOnStartup", "OnErrorOnly")
@@ -357,8 +353,6 @@ class _Splitter:
                 if cert is not None and pk is not None:
                     clean = {"cert": cert.value, "pk": pk.value}
         elif "method" in raw:
-            from ..runtime.edge_ca import EDGE_CA_CERT_ID  # noqa: PLC0415  (the runtime's id of the edge CA)
-
             entry = issuance_options(raw, where, self.p, self.preloads, EDGE_CA_CERT_ID,
                                      has_local_ca=self.has_local_ca, has_est_url=self.has_est_url,
                                      has_pkcs11_lib=self.has_pkcs11_lib, known=ISSUANCE_KEYS)
@@ -391,13 +385,10 @@ class _Splitter:
         out = apply_edge_ca(doc, silent)
         self.p.items.extend(silent.items)
         self.issuance.update(out["cert_issuance"])
-        if "subject" in raw and not ("cert" in raw or "pk" in raw):
-            # the full DN, which the runtime's edge CA translation does not carry (checked above)
-            from ..runtime.edge_ca import EDGE_CA_CERT_ID  # noqa: PLC0415  (the runtime's id of the edge CA)
-
-            if isinstance(self.issuance.get(EDGE_CA_CERT_ID), dict):
-                self.issuance[EDGE_CA_CERT_ID]["subject"] = subject_table(raw["subject"], "edge_ca.subject",
-                                                                          Problems())
+        # the full DN, which the runtime's edge CA translation does not carry (checked above)
+        if ("subject" in raw and not ("cert" in raw or "pk" in raw)
+                and isinstance(self.issuance.get(EDGE_CA_CERT_ID), dict)):
+            self.issuance[EDGE_CA_CERT_ID]["subject"] = subject_table(raw["subject"], "edge_ca.subject", Problems())
         self.preloads.certs.update(out["preloaded_certs"])
         self.preloads.keys.update(out["preloaded_keys"])
 

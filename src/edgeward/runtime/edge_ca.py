@@ -25,10 +25,10 @@ from ..certs.policy import EDGE_CA_CERT_ID, IssuancePolicy, Kind
 from ..certs.x509sign import handle_public_key
 from ..http.errors import HttpError
 from ..keys.api import KeysApi
+from .edge_ca_config import EDGE_CA_KEY_ID
 
 __all__ = ["EDGE_CA_CERT_ID", "EDGE_CA_KEY_ID", "EdgeCa", "IssuedCert"]
 
-EDGE_CA_KEY_ID = "aziot-edged-ca"
 TRUST_BUNDLE_ID = "aziot-edged-trust-bundle"  # where `config apply` puts trust_bundle_cert
 MANIFEST_TRUST_BUNDLE_ID = "aziot-edged-manifest-trust-bundle"
 MAX_LEAF_LIFETIME = dt.timedelta(days=90)

@@ -11,10 +11,13 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from ..certs.policy import EDGE_CA_CERT_ID
 from ..config.problems import Problems
-from .edge_ca import EDGE_CA_CERT_ID, EDGE_CA_KEY_ID
 
-__all__ = ["QUICKSTART_DAYS", "apply_edge_ca"]
+__all__ = ["EDGE_CA_KEY_ID", "QUICKSTART_DAYS", "apply_edge_ca"]
+
+# Named here rather than in edge_ca.py: reading the config must not load the edge CA's issuing code.
+EDGE_CA_KEY_ID = "aziot-edged-ca"
 
 QUICKSTART_DAYS = 90
 _DEFAULT_RENEW = {"rotate_key": True, "threshold": "80%", "retry": "4%"}

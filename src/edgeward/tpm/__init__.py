@@ -1,12 +1,12 @@
 """The TPM service (aziot-tpmd's counterpart): EK and SRK publics, DPS auth-key import, HMAC with the auth key.
 
-``TpmService`` (in-process, in :mod:`edgeward.tpm.service`) needs tpm2-pytss; everything exported here does not, so
-a caller that only talks to the service over its socket can import this package on any device.
+``TpmService`` (in-process, in :mod:`edgeward.tpm.service`) needs tpm2-pytss; nothing exported here does, so any
+device can import this package. Only the API and the settings are exported: every process reads the TPM settings
+(``edgeward serve keys`` too), and should not load the client, the routes and their wire models with them; import
+those from :mod:`edgeward.tpm.client` and :mod:`edgeward.tpm.routes`.
 """
 
 from .api import AuthKeyMissing, InvalidAuthKey, TpmApi, TpmKeys, TpmUnavailable
-from .client import TpmClient
-from .routes import build_tpm_app
 from .settings import HierarchyAuthorization, TpmdSettings, parse_tpmd_settings
 
 __all__ = [
@@ -14,10 +14,8 @@ __all__ = [
     "HierarchyAuthorization",
     "InvalidAuthKey",
     "TpmApi",
-    "TpmClient",
     "TpmKeys",
     "TpmUnavailable",
     "TpmdSettings",
-    "build_tpm_app",
     "parse_tpmd_settings",
 ]

@@ -1,0 +1,66 @@
+"""Each service imports only what it uses: `edgeward serve keys`, ready and serving, has loaded no code of the other
+services (start-up time and memory on small devices). Checked in a real daemon process, through its sys.modules."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeward.supervise import stop_daemon
+
+# The daemon's own entry point, which writes the modules it has loaded to argv[1] as it exits.
+WRAPPER = (
+    "import atexit, sys; out = sys.argv[1]; "
+    "atexit.register(lambda: open(out, 'w').write('\\n'.join(sorted(sys.modules)))); "
+    "sys.argv = ['edgeward'] + sys.argv[2:]; from edgeward.cli.main import main; main()"
+)
+OTHER_SERVICES = ("edgeward.runtime", "edgeward.tpm", "edgeward.certs", "edgeward.identity", "edgeward.attest.audit")
+
+
+def modules_when_ready(args: list[str], tmp_path: Path) -> set[str]:
+    """Start the daemon, wait for its READY=1, stop it by its pid: the modules it had loaded."""
+    notify = tmp_path / "notify.sock"
+    listing = tmp_path / "modules.txt"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(notify))
+        listener.settimeout(60)
+        proc = subprocess.Popen([sys.executable, "-c", WRAPPER, str(listing), *args],
+                                env=dict(os.environ, NOTIFY_SOCKET=str(notify)), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            assert b"READY=1" in listener.recv(4096)
+        finally:
+            assert stop_daemon(proc) == 0, proc.stderr.read() if proc.stderr else ""
+    return set(listing.read_text().split())
+
+
+def loaded(modules: set[str], packages: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == p or m.startswith(f"{p}.") for p in packages))
+
+
+@pytest.mark.parametrize("own_file", [True, False], ids=["config-dir", "embedded-defaults"])
+def test_serve_keys_loads_no_other_service(own_file: bool, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    args = ["serve", "keys", "--state-dir", str(state), "--run-dir", str(state / "run")]
+    if own_file:
+        config, out = tmp_path / "config.toml", tmp_path / "etc"
+        config.write_text("")
+        subprocess.run([sys.executable, "-m", "edgeward", "config", "apply", "-c", str(config), "--out-dir", str(out),
+                        "--no-restart"], check=True, capture_output=True, timeout=60)
+        args += ["--config-dir", str(out)]
+    modules = modules_when_ready(args, tmp_path)
+    assert "edgeward.keys.service" in modules  # it did serve keys
+    if own_file:
+        # reading keyd.toml needs nothing else: no other service, no super config translation, no x509
+        assert loaded(modules, (*OTHER_SERVICES, "edgeward.config.super_config", "cryptography.x509")) == []
+    else:
+        # the super config is checked whole, every service's reader included; no other service's running code
+        assert loaded(modules, ("edgeward.runtime.edge_ca", "edgeward.runtime.compose", "edgeward.tpm.client",
+                                "edgeward.tpm.routes", "edgeward.certs.issuance", "edgeward.certs.service",
+                                "edgeward.identity.service", "edgeward.attest.audit")) == []
+    assert loaded(modules, ("rich",)) == []  # the CLI's renderer: commands that print tables load it
