@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from .runtime_modules import _rss_mb
 
 GOAL_SLOPE_MB_PER_MIN = 0.2
 GOAL_IDLE_WITHIN_MB = 5.0
+LOOPS = ("keys", "lifecycles", "workload")
 
 # A module that signs through its workload API as fast as it can (stdlib only, as the demo module).
 WORKLOAD_CALLER = """
@@ -97,22 +99,29 @@ async def _sample(pid: int, until: float, samples: list[tuple[float, float]], st
         await asyncio.sleep(1)
 
 
-async def _drive(pid: int, run_dir: Path, seconds: float) -> dict[str, Any]:
+async def _drive(pid: int, run_dir: Path, seconds: float, loops: Collection[str]) -> dict[str, Any]:
     mgmt = ManagementClient(run_dir / "mgmt" / "mgmt.sock")
     counts = {"key_rounds": 0, "lifecycles": 0}
     samples: list[tuple[float, float]] = []
+    workload_calls = 0
     try:
-        await mgmt.create_module({"name": "caller", "imagePullPolicy": "never",
-                                  "config": {"image": sys.executable,
-                                             "createOptions": {"Cmd": ["-c", WORKLOAD_CALLER]}}})
-        await mgmt.action("caller", "start")
+        if "workload" in loops:
+            await mgmt.create_module({"name": "caller", "imagePullPolicy": "never",
+                                      "config": {"image": sys.executable,
+                                                 "createOptions": {"Cmd": ["-c", WORKLOAD_CALLER]}}})
+            await mgmt.action("caller", "start")
         start = time.monotonic()
         until = start + seconds
-        await asyncio.gather(_key_rounds(run_dir / "keyd.sock", until, counts),
-                             _module_lifecycles(mgmt, until, counts), _sample(pid, until, samples, start))
-        await mgmt.action("caller", "stop")
-        workload_calls = sum(int(c.data.split()[0]) for c in [c async for c in mgmt.logs("caller", tail=1)]
-                             if c.data.split() and c.data.split()[0].isdigit())
+        drivers = [_sample(pid, until, samples, start)]
+        if "keys" in loops:
+            drivers.append(_key_rounds(run_dir / "keyd.sock", until, counts))
+        if "lifecycles" in loops:
+            drivers.append(_module_lifecycles(mgmt, until, counts))
+        await asyncio.gather(*drivers)
+        if "workload" in loops:
+            await mgmt.action("caller", "stop")
+            workload_calls = sum(int(c.data.split()[0]) for c in [c async for c in mgmt.logs("caller", tail=1)]
+                                 if c.data.split() and c.data.split()[0].isdigit())
     finally:
         await mgmt.close()
     warm = [s for s in samples if s[0] >= seconds / 5]
@@ -121,7 +130,9 @@ async def _drive(pid: int, run_dir: Path, seconds: float) -> dict[str, Any]:
             "end_rss_mb": samples[-1][1], "slope_mb_per_min": _slope_mb_per_min(warm)}
 
 
-def run(minutes: float) -> dict[str, Any]:
+def run(minutes: float, loops: Collection[str] = LOOPS, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`loops`: which of the three loads run (each alone shows its own share); `env`: added to the daemon's
+    environment (MALLOC_ARENA_MAX, say, to tell allocator behaviour from retention)."""
     seconds = minutes * 60
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -130,12 +141,15 @@ def run(minutes: float) -> dict[str, Any]:
         config = tmp / "config.toml"
         config.write_text('[edgeward.runtime]\nengine = "process"\n')
         with running_daemon(["run", "-c", str(config), "--state-dir", str(state), "--run-dir", str(state / "run")],
-                            log_path=tmp / "daemon.log") as proc:
+                            env={**os.environ, **(env or {})}, log_path=tmp / "daemon.log") as proc:
             start_rss = _rss_mb(proc.pid)
-            result = asyncio.run(_drive(proc.pid, state / "run", seconds))
+            result = asyncio.run(_drive(proc.pid, state / "run", seconds, loops))
             time.sleep(min(60.0, seconds / 5))
             idle_rss = _rss_mb(proc.pid)
-    result.pop("samples")
+    samples = result.pop("samples")
+    # the shape as well as the slope: RSS at each tenth of the run (a cache filling up flattens, a leak does not)
+    result["rss_by_tenth_mb"] = [round(samples[min(len(samples) - 1, len(samples) * i // 10)][1], 1)
+                                 for i in range(11)]
     return {**result, "minutes": minutes, "start_rss_mb": start_rss, "idle_rss_mb": idle_rss,
             "slope_met": result["slope_mb_per_min"] < GOAL_SLOPE_MB_PER_MIN,
             "idle_met": idle_rss - result["warm_rss_mb"] <= GOAL_IDLE_WITHIN_MB}

@@ -4,9 +4,11 @@ services over their sockets: tests/integration/test_audit_anchor.py.)"""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -216,3 +218,46 @@ def test_the_counter_index_is_a_setting_of_the_tpm_service(tmp_path: Path) -> No
     assert parse_tpmd_settings({"audit_counter_index": 0x01_00_00_42}, tmp_path).audit_counter_index == 0x01000042
     with pytest.raises(ConfigError, match="audit_counter_index"):
         parse_tpmd_settings({"audit_counter_index": 0x81_00_00_01}, tmp_path)
+
+
+def _sqlite_memory_used() -> Callable[[], int] | None:
+    """SQLite's own count of the memory it holds, from the library the sqlite3 module uses (None if that library
+    is not the shared one ctypes can load: then there is nothing to read it from)."""
+    name = ctypes.util.find_library("sqlite3")
+    if name is None:
+        return None
+    lib = ctypes.CDLL(name)
+    lib.sqlite3_libversion.restype = ctypes.c_char_p
+    lib.sqlite3_memory_used.restype = ctypes.c_int64
+    if lib.sqlite3_libversion().decode() != sqlite3.sqlite_version:
+        return None
+    return lambda: int(lib.sqlite3_memory_used())
+
+
+def test_appending_does_not_grow_memory(tmp_path: Path) -> None:
+    """Each module lifecycle appends records, so the log only grows: its page cache must not grow with it (with
+    SQLite's default cache, the daemon's memory grew with every module created and removed, up to 2 MB)."""
+    memory_used = _sqlite_memory_used()
+    if memory_used is None:
+        pytest.skip("the sqlite3 module does not use a shared libsqlite3 this test can read")
+    detail = {"detail": "x" * 2000}
+    rows = 600  # ~1.3 MB of records
+
+    plain = sqlite3.connect(tmp_path / "plain.db", isolation_level=None)  # the same writes, default cache
+    plain.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, detail TEXT)")
+    before = memory_used()
+    for seq in range(rows):
+        plain.execute("INSERT INTO t VALUES (?, ?)", (seq, json.dumps(detail)))
+    plain_growth = memory_used() - before
+    plain.close()
+    assert plain_growth > 1_000_000  # what the measure sees when the cache keeps every page
+
+    audit = AuditLog(tmp_path / "audit", KEY)
+    audit.append("first")
+    before = memory_used()
+    for i in range(rows):
+        audit.append("runtime.module_created", f"m{i}", detail)
+    growth = memory_used() - before
+    assert audit.verify().ok
+    audit.close()
+    assert growth < 200_000, growth
