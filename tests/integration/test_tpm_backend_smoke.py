@@ -88,6 +88,19 @@ def test_ec_key_signs_der_ecdsa_that_verifies(backend: TpmBackend, algorithm: Ke
         backend.sign_digest("ec", _digest(HashAlg.SHA256), SignScheme("rsa-pss"))
 
 
+def test_ecdsa_through_the_public_esapi_call_signs_alike(backend: TpmBackend,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sign hot path calls tpm2-pytss's cffi bindings; without them the public ESAPI call must do the same."""
+    from edgeward.keys.backends import tpm
+
+    public_key = backend.create_key_pair("ec", KeyPairAlgorithm.EC_P384).public_key
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    monkeypatch.setattr(tpm, "_lib", None)
+    digest = _digest(HashAlg.SHA384)
+    signature = backend.sign_digest("ec", digest, SignScheme("ecdsa", HashAlg.SHA384))
+    public_key.verify(signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA384())))
+
+
 def test_rsa_2048_signs_pkcs1v15_and_pss(backend: TpmBackend) -> None:
     info = backend.create_key_pair("rsa", KeyPairAlgorithm.RSA_2048)
     public_key = info.public_key
