@@ -27,9 +27,9 @@ def manual_provisioning_config(connection_string: str) -> str:
         raise ConfigError([f"connection string = <redacted>: expected HostName=...;DeviceId=...;"
                            f"SharedAccessKey=<base64> ({e})"], "connection string") from None
     problems = []
-    if not _HOST.match(hub):
+    if not _HOST.fullmatch(hub):
         problems.append(f"connection string HostName = {hub!r}: expected a host name")
-    if not _DEVICE_ID.match(device_id):
+    if not _DEVICE_ID.fullmatch(device_id):
         problems.append(f"connection string DeviceId = {device_id!r}: expected 1-128 letters, digits or "
                         "-:.+%_#*?!(),=@$'")
     if not key:

@@ -118,7 +118,7 @@ def valid_hostname(value: str) -> bool:
     else:
         return True
     name = value.removesuffix(".")
-    return 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
+    return 0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
 
 
 class _Splitter:

@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["TomlWriteError", "dumps"]
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 _INLINE_MAX_ITEMS = 4
 _INLINE_MAX_CHARS = 100
@@ -26,7 +26,7 @@ class TomlWriteError(ValueError):
 
 
 def _key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else _string(key)
+    return key if _BARE_KEY.fullmatch(key) else _string(key)  # a key ending in "\n" is not bare
 
 
 def _string(value: str) -> str:

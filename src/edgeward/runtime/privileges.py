@@ -499,7 +499,7 @@ def _check_devices(host: Mapping[str, Any], policy: PrivilegePolicy) -> None:
             if not (stat.S_ISCHR(mode) or (stat.S_ISDIR(mode) and landing.count("/") == 2)):
                 raise ElevatedOptionRefused(where, f"{landing} is not a character device")
     for i, rule in enumerate(_strings(host.get("DeviceCgroupRules"), "HostConfig.DeviceCgroupRules")):
-        m = _RULE.match(rule.strip())
+        m = _RULE.fullmatch(rule.strip())
         if m is None or int(m.group(1)) not in _DEVICE_MAJORS:
             raise ElevatedOptionRefused(f"HostConfig.DeviceCgroupRules[{i}]",
                                         f"{rule!r} widens device access beyond the character devices of serial, "
@@ -508,7 +508,7 @@ def _check_devices(host: Mapping[str, Any], policy: PrivilegePolicy) -> None:
 
 def _check_security(host: Mapping[str, Any]) -> None:
     for i, opt in enumerate(_strings(host.get("SecurityOpt"), "HostConfig.SecurityOpt")):
-        if not _SECURITY_OPTS.match(opt.strip()):
+        if not _SECURITY_OPTS.fullmatch(opt.strip()):
             raise ElevatedOptionRefused(f"HostConfig.SecurityOpt[{i}]", f"{opt[:80]!r} may loosen the module's "
                                         f"confinement (allowed: no-new-privileges, apparmor=docker-default, "
                                         f"label=level:...)")
