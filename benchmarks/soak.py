@@ -26,7 +26,7 @@ from edgeward.keys.model import EcdsaDigest, HmacSha256
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import running_daemon
 
-from .runtime_modules import _rss_mb
+from .footprint import rss_mb
 
 GOAL_SLOPE_MB_PER_MIN = 0.2
 GOAL_IDLE_WITHIN_MB = 5.0
@@ -95,7 +95,7 @@ async def _module_lifecycles(mgmt: ManagementClient, until: float, counts: dict[
 
 async def _sample(pid: int, until: float, samples: list[tuple[float, float]], start: float) -> None:
     while time.monotonic() < until:
-        samples.append((time.monotonic() - start, _rss_mb(pid)))
+        samples.append((time.monotonic() - start, rss_mb(pid)))
         await asyncio.sleep(1)
 
 
@@ -142,10 +142,10 @@ def run(minutes: float, loops: Collection[str] = LOOPS, env: Mapping[str, str] |
         config.write_text('[edgeward.runtime]\nengine = "process"\n')
         with running_daemon(["run", "-c", str(config), "--state-dir", str(state), "--run-dir", str(state / "run")],
                             env={**os.environ, **(env or {})}, log_path=tmp / "daemon.log") as proc:
-            start_rss = _rss_mb(proc.pid)
+            start_rss = rss_mb(proc.pid)
             result = asyncio.run(_drive(proc.pid, state / "run", seconds, loops))
             time.sleep(min(60.0, seconds / 5))
-            idle_rss = _rss_mb(proc.pid)
+            idle_rss = rss_mb(proc.pid)
     samples = result.pop("samples")
     # the shape as well as the slope: RSS at each tenth of the run (a cache filling up flattens, a leak does not)
     result["rss_by_tenth_mb"] = [round(samples[min(len(samples) - 1, len(samples) * i // 10)][1], 1)
