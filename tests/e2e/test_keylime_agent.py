@@ -1,0 +1,199 @@
+"""Edgeward as a Keylime agent, against a real registrar and verifier (keylime 7.14.3) and a swtpm: the device is
+enrolled with `keylime_tenant` and the runtime policy `edgeward attest keylime-policy` writes, passes while its
+module is as deployed and across a restart of Edgeward, and fails, with the verifier's revocation notice in the
+audit log, within two quote intervals of its module's executable being swapped.
+
+The three tests share one enrolled device (session-scoped fixtures) and run in file order: each is a later stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeward.attest.audit import AuditLog, AuditRecord
+from edgeward.runtime.mgmt_client import ManagementClient
+from edgeward.supervise import start_daemon, stop_daemon
+from tests.fixtures.keylime import QUOTE_INTERVAL, KeylimeServices, free_port
+from tests.fixtures.swtpm import Swtpm
+
+AGENT_UUID = "d432fbb3-d2f1-4a97-9ef7-75bd81c00000"
+MODULE = "sensor"
+INTEGRITY_PERIOD = 1  # seconds between the integrity monitor's passes
+
+
+@dataclass
+class Device:
+    base: Path
+    config: Path
+    module_exe: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    enrol_seconds: float = 0.0
+
+    @property
+    def state(self) -> Path:
+        return self.base / "state"
+
+    @property
+    def run(self) -> Path:
+        return self.base / "run"
+
+    def start(self) -> float:
+        started = time.perf_counter()
+        self.proc = start_daemon(["run", "-c", str(self.config), "--state-dir", str(self.state), "--run-dir",
+                                  str(self.run)], env=self.env)
+        return time.perf_counter() - started
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_daemon(self.proc)
+            self.proc = None
+
+    def edgeward(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edgeward", *args], env=self.env, capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    def audit(self, kind_prefix: str) -> list[AuditRecord]:
+        log = AuditLog(self.state / "audit")
+        try:
+            return [r for r in log.records() if r.kind.startswith(kind_prefix)]
+        finally:
+            log.close()
+
+
+def _wait_for(what: str, check: Any, timeout: float) -> Any:
+    """Poll the verifier (it has no event stream to wait on) until ``check()`` returns something true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def keylime_swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swtpm]:
+    """A TPM of its own: PCR 10 must start at zero (a reboot), and no other test may extend it."""
+    tpm = Swtpm(tmp_path_factory.mktemp("keylime-tpm") / "state")
+    try:
+        tpm.start()
+        yield tpm
+    finally:
+        tpm.stop()
+
+
+@pytest.fixture(scope="session")
+def device(keylime_services: KeylimeServices, keylime_swtpm: Swtpm,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
+    base = tmp_path_factory.mktemp("keylime-device")
+    os.chmod(base, 0o755)
+    exe = base / "modules" / "sensor"
+    exe.parent.mkdir()
+    shutil.copy("/bin/sleep", exe)
+    exe.chmod(0o755)
+    port = free_port()
+    config = base / "config.toml"
+    config.write_text(f"""hostname = "keylime-edge"
+[tpm]
+tcti = "{keylime_swtpm.tcti}"
+[edgeward.runtime]
+engine = "process"
+[edgeward.integrity]
+period_seconds = {INTEGRITY_PERIOD}
+[edgeward.keylime]
+registrar_url = "{keylime_services.registrar_url}"
+verifier_ca = "{keylime_services.ca}"
+agent_uuid = "{AGENT_UUID}"
+listen_port = {port}
+ima_securityfs = "{base / 'no-ima'}"
+""")
+    dev = Device(base, config, exe, {**os.environ, "TSS2_LOG": "all+NONE"})
+    try:
+        dev.start()
+        asyncio.run(_deploy(dev))
+        policy = base / "policy.json"
+        made = dev.edgeward("attest", "keylime-policy", "-o", str(policy), "-c", str(config), "--state-dir",
+                            str(dev.state), "--run-dir", str(dev.run))
+        assert made.returncode == 0, made.stderr
+        started = time.perf_counter()
+        added = keylime_services.tenant("-c", "add", "-u", AGENT_UUID, "--runtime-policy", str(policy))
+        assert added.returncode == 0, added.stdout[-3000:] + added.stderr[-3000:]
+        dev.enrol_seconds = time.perf_counter() - started
+        yield dev
+    finally:
+        dev.stop()
+        keylime_services.tenant("-c", "delete", "-u", AGENT_UUID)
+
+
+async def _deploy(dev: Device) -> None:
+    mgmt = ManagementClient(dev.run / "mgmt" / "mgmt.sock")
+    try:
+        await mgmt.create_module({"name": MODULE, "imagePullPolicy": "never", "config": {
+            "image": str(dev.module_exe), "createOptions": {"Cmd": ["3600"]}}})
+        await mgmt.action(MODULE, "start")
+    finally:
+        await mgmt.close()
+
+
+def _passing_beyond(services: KeylimeServices, count: int) -> Any:
+    status = services.agent_status(AGENT_UUID)
+    assert status["attestation_status"] != "FAIL", status
+    return status if status["attestation_status"] == "PASS" and status["attestation_count"] > count else None
+
+
+def test_enrolled_device_passes_while_its_modules_are_as_deployed(device: Device,
+                                                                 keylime_services: KeylimeServices) -> None:
+    status = _wait_for("attestations", lambda: _passing_beyond(keylime_services, 2), 12 * QUOTE_INTERVAL)  # 3: Get Quote
+    assert status["operational_state"] == 3 and status["hash_alg"] == "sha256"
+    assert device.audit("keylime.registered"), "registration is recorded"
+    print(f"\nenrolment (tenant add): {device.enrol_seconds:.2f} s")
+
+
+def test_restart_of_edgeward_keeps_the_device_passing(device: Device, keylime_services: KeylimeServices) -> None:
+    before = keylime_services.agent_status(AGENT_UUID)["attestation_count"]
+    device.stop()
+    restart = device.start()
+    _wait_for("attestations after the restart", lambda: _passing_beyond(keylime_services, before + 2),
+              20 * QUOTE_INTERVAL)
+    assert len(device.audit("keylime.registered")) == 2, "registered again, with the same AK"
+    print(f"\nrestart to READY: {restart:.2f} s")
+
+
+def test_swapped_module_fails_attestation_and_is_revoked(device: Device, keylime_services: KeylimeServices) -> None:
+    data = device.module_exe.read_bytes()
+    swapped = device.base / "modules" / "sensor.new"
+    swapped.write_bytes(data + b"\0swapped")
+    swapped.chmod(0o755)
+    started = time.monotonic()
+    swapped.replace(device.module_exe)
+
+    def failed() -> Any:
+        status = keylime_services.agent_status(AGENT_UUID)
+        return status if status["attestation_status"] == "FAIL" else None
+
+    status = _wait_for("a failed attestation", failed, 2 * QUOTE_INTERVAL + INTEGRITY_PERIOD + 2)
+    failed_after = time.monotonic() - started
+    assert status["last_event_id"] == "ima.validation.ima-ng.not_in_allowlist", status
+    revoked = _wait_for("the revocation notice in the audit log",
+                        lambda: device.audit("keylime.revocation"), 2 * QUOTE_INTERVAL)
+    revoked_after = time.monotonic() - started
+    notice = revoked[-1]
+    assert notice.kind == "keylime.revocation_unauthenticated"  # added without a --cert payload: unsigned
+    assert notice.detail["agent_id"] == AGENT_UUID and notice.detail["authenticated"] is False
+    assert "not_in_allowlist" in notice.detail["event_id"]
+    assert any(r.module == MODULE for r in device.audit("integrity.binary_changed"))
+    assert revoked_after <= 2 * QUOTE_INTERVAL + INTEGRITY_PERIOD + 1, revoked_after
+    print(f"\nswap -> FAIL at the verifier: {failed_after:.2f} s; -> revocation recorded: {revoked_after:.2f} s")
