@@ -3,17 +3,21 @@ enrolled with `keylime_tenant` and the runtime policy `edgeward attest keylime-p
 module is as deployed and across a restart of Edgeward, and fails, with the verifier's revocation notice in the
 audit log, within two quote intervals of its module's executable being swapped.
 
-The three tests share one enrolled device (session-scoped fixtures) and run in file order: each is a later stage.
+The tests share one enrolled device (session-scoped fixtures) and run in file order: each is a later stage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +42,7 @@ class Device:
     config: Path
     module_exe: Path
     env: dict[str, str]
+    port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     enrol_seconds: float = 0.0
 
@@ -120,7 +125,7 @@ agent_uuid = "{AGENT_UUID}"
 listen_port = {port}
 ima_securityfs = "{base / 'no-ima'}"
 """)
-    dev = Device(base, config, exe, {**os.environ, "TSS2_LOG": "all+NONE"})
+    dev = Device(base, config, exe, {**os.environ, "TSS2_LOG": "all+NONE"}, port)
     try:
         dev.start()
         asyncio.run(_deploy(dev))
@@ -159,7 +164,36 @@ def test_enrolled_device_passes_while_its_modules_are_as_deployed(device: Device
     status = _wait_for("attestations", lambda: _passing_beyond(keylime_services, 2), 12 * QUOTE_INTERVAL)  # 3: Get Quote
     assert status["operational_state"] == 3 and status["hash_alg"] == "sha256"
     assert device.audit("keylime.registered"), "registration is recorded"
-    print(f"\nenrolment (tenant add): {device.enrol_seconds:.2f} s")
+    registered = device.audit("keylime.registered")[0].detail["seconds"]
+    print(f"\nregistration + activation: {registered:.2f} s; enrolment (tenant add): {device.enrol_seconds:.2f} s")
+
+
+def _agent_get(device: Device, services: KeylimeServices, path: str, client_cert: bool = True) -> Any:
+    ctx = ssl.create_default_context(cafile=str(device.state / "keylime" / "mtls-cert.pem"))
+    ctx.check_hostname = False
+    if client_cert:
+        ctx.load_cert_chain(str(services.home / "cv_ca" / "client-cert.crt"),
+                            str(services.home / "cv_ca" / "client-private.pem"))
+    with urllib.request.urlopen(f"https://127.0.0.1:{device.port}{path}", context=ctx, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_agent_api_answers_the_verifiers_client_only(device: Device, keylime_services: KeylimeServices) -> None:
+    assert _agent_get(device, keylime_services, "/version")["results"]["supported_version"] == "2.6"
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
+        _agent_get(device, keylime_services, "/version", client_cert=False)
+    took = []
+    for _ in range(5):
+        started = time.perf_counter()
+        doc = _agent_get(device, keylime_services, "/v2.6/quotes/integrity?nonce=abcdefghij0123456789&mask=0x400"
+                                                   "&partial=1&ima_ml_entry=0")
+        took.append(time.perf_counter() - started)
+    results = doc["results"]
+    assert results["quote"].startswith("r") and results["quote"].count(":") == 2 and "pubkey" not in results
+    assert results["ima_measurement_list_entry"] == 0
+    paths = [line.split()[4] for line in results["ima_measurement_list"].splitlines()]
+    assert paths[:3] == ["/edgeward/self/code", "/edgeward/self/config", f"/edgeward/modules/{MODULE}"]
+    print(f"\nintegrity quote over mTLS (PCRs 10+16, swtpm): median {sorted(took)[2] * 1000:.0f} ms")
 
 
 def test_restart_of_edgeward_keeps_the_device_passing(device: Device, keylime_services: KeylimeServices) -> None:
