@@ -397,6 +397,8 @@ async def serve(settings: ServiceSettings, services: tuple[str, ...] = ALL_SERVI
     limit_provoked_logs()
     signals = _StopSignals()
     try:
+        if "keylime-agent" in services and settings.keylime is None:
+            raise ConfigError(["no [edgeward.keylime] table is configured"], "keylime agent")
         # Each branch imports its own service: a process serving keys loads no TPM, certificate, identity or
         # module-runtime code (start-up time and memory on small devices).
         if "tpm" in services and settings.tpm is not None:

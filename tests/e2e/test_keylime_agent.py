@@ -69,10 +69,10 @@ class Device:
         return subprocess.run([sys.executable, "-m", "edgeward", *args], env=self.env, capture_output=True,
                               text=True, timeout=60, check=False)
 
-    def audit(self, kind_prefix: str) -> list[AuditRecord]:
+    def audit(self, *kinds: str) -> list[AuditRecord]:
         log = AuditLog(self.state / "audit")
         try:
-            return [r for r in log.records() if r.kind.startswith(kind_prefix)]
+            return [r for r in log.records() if r.kind in kinds]
         finally:
             log.close()
 
@@ -124,6 +124,7 @@ verifier_ca = "{keylime_services.ca}"
 agent_uuid = "{AGENT_UUID}"
 listen_port = {port}
 ima_securityfs = "{base / 'no-ima'}"
+revocation_action = "stop_modules"
 """)
     dev = Device(base, config, exe, {**os.environ, "TSS2_LOG": "all+NONE"}, port)
     try:
@@ -134,7 +135,10 @@ ima_securityfs = "{base / 'no-ima'}"
                             str(dev.state), "--run-dir", str(dev.run))
         assert made.returncode == 0, made.stderr
         started = time.perf_counter()
-        added = keylime_services.tenant("-c", "add", "-u", AGENT_UUID, "--runtime-policy", str(policy))
+        # with a payload (--cert): the U/V bootstrap runs, checked by --verify, and the payload carries the
+        # certificate the verifier's revocation notices are signed with
+        added = keylime_services.tenant("-c", "add", "-u", AGENT_UUID, "--runtime-policy", str(policy), "--cert",
+                                        "default", "--verify")
         assert added.returncode == 0, added.stdout[-3000:] + added.stderr[-3000:]
         dev.enrol_seconds = time.perf_counter() - started
         yield dev
@@ -164,6 +168,9 @@ def test_enrolled_device_passes_while_its_modules_are_as_deployed(device: Device
     status = _wait_for("attestations", lambda: _passing_beyond(keylime_services, 2), 12 * QUOTE_INTERVAL)  # 3: Get Quote
     assert status["operational_state"] == 3 and status["hash_alg"] == "sha256"
     assert device.audit("keylime.registered"), "registration is recorded"
+    kept = device.state / "keylime"
+    assert (kept / "payload.zip").stat().st_mode & 0o777 == 0o600 and (kept / "revocation-cert.pem").exists()
+    assert not (kept / "autorun.sh").exists()  # stored, never unpacked
     registered = device.audit("keylime.registered")[0].detail["seconds"]
     print(f"\nregistration + activation: {registered:.2f} s; enrolment (tenant add): {device.enrol_seconds:.2f} s")
 
@@ -222,12 +229,26 @@ def test_swapped_module_fails_attestation_and_is_revoked(device: Device, keylime
     failed_after = time.monotonic() - started
     assert status["last_event_id"] == "ima.validation.ima-ng.not_in_allowlist", status
     revoked = _wait_for("the revocation notice in the audit log",
-                        lambda: device.audit("keylime.revocation"), 2 * QUOTE_INTERVAL)
+                        lambda: device.audit("keylime.revocation", "keylime.revocation_unauthenticated"),
+                        2 * QUOTE_INTERVAL)
     revoked_after = time.monotonic() - started
     notice = revoked[-1]
-    assert notice.kind == "keylime.revocation_unauthenticated"  # added without a --cert payload: unsigned
-    assert notice.detail["agent_id"] == AGENT_UUID and notice.detail["authenticated"] is False
+    assert notice.kind == "keylime.revocation", notice  # signed by the key whose certificate came in the payload
+    assert notice.detail["agent_id"] == AGENT_UUID and notice.detail["authenticated"] is True
     assert "not_in_allowlist" in notice.detail["event_id"]
     assert any(r.module == MODULE for r in device.audit("integrity.binary_changed"))
     assert revoked_after <= 2 * QUOTE_INTERVAL + INTEGRITY_PERIOD + 1, revoked_after
+    assert _wait_for("the revocation acted on", lambda: device.audit("keylime.revocation_acted"), 10)
     print(f"\nswap -> FAIL at the verifier: {failed_after:.2f} s; -> revocation recorded: {revoked_after:.2f} s")
+
+
+def test_serve_keylime_agent_needs_its_table_and_the_super_config(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('hostname = "no-keylime"\n')
+    common = ["--state-dir", str(tmp_path / "state"), "--run-dir", str(tmp_path / "run")]
+    done = subprocess.run([sys.executable, "-m", "edgeward", "serve", "keylime-agent", "-c", str(config), *common],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 3 and "[edgeward.keylime]" in done.stderr, done.stderr
+    done = subprocess.run([sys.executable, "-m", "edgeward", "serve", "keylime-agent", "--config-dir",
+                           str(tmp_path), *common], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "super config" in done.stderr, done.stderr

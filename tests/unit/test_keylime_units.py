@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -30,6 +31,7 @@ from edgeward.keylime.policy import runtime_policy
 from edgeward.keylime.quote_format import pcr_blob, pcrs_of_mask
 from edgeward.keylime.registrar import RegistrarError, auth_tag, parse_blob
 from edgeward.keylime.revocation import check_notice
+from edgeward.keylime.routes import build_agent_app
 from edgeward.keylime.service import uuid_from_ek
 from edgeward.keylime.settings import parse_keylime_settings
 from edgeward.runtime.registry import Registration
@@ -219,3 +221,16 @@ def test_only_a_notice_signed_by_the_revocation_key_is_authentic() -> None:
     assert not check_notice({"msg": msg, "signature": "!!"}, cert).authenticated
     with pytest.raises(ValueError):
         check_notice({"signature": sig}, cert)
+
+
+# routes ---------------------------------------------------------------------------------------------------------
+async def test_routes_refuse_a_caller_without_a_client_certificate() -> None:
+    client = TestClient(TestServer(build_agent_app(object())))  # type: ignore[arg-type]  # no handler is reached
+    await client.start_server()
+    try:
+        version = await client.get("/version")
+        assert (await version.json())["results"]["supported_versions"][-1] == "2.6"
+        refused = await client.get("/v2.6/quotes/identity?nonce=abc")  # plain HTTP: no peer certificate
+        assert refused.status == 403 and (await refused.json())["code"] == 403
+    finally:
+        await client.close()
