@@ -25,7 +25,9 @@ _TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
 class RegistrarError(RuntimeError):
-    pass
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused  # the registrar knows this UUID with another EK or AK: retrying cannot help
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ async def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
                 raise RegistrarError(
                     f"the registrar refused {url} (403: {text[:200]}): it knows this agent UUID with another EK "
                     "or attestation key; if the TPM was cleared, remove the old record with `keylime_tenant -c "
-                    "regdelete -u <uuid>`")
+                    "regdelete -u <uuid>`", refused=True)
             if response.status != 200:
                 raise RegistrarError(f"the registrar answered {url} with {response.status}: {text[:300]}")
             doc = await response.json(content_type=None)

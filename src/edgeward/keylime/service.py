@@ -87,7 +87,7 @@ class KeylimeAgent:
         try:
             await self._register(ek, ek_cert, ak)
         except RegistrarError as e:
-            if "403" in str(e):
+            if e.refused:
                 raise
             log.warning("keylime: registration failed (%s); retrying in the background", e)
             self._tasks.append(asyncio.create_task(self._register_later(ek, ek_cert, ak), name="keylime-register"))
@@ -133,7 +133,7 @@ class KeylimeAgent:
                 return
             except RegistrarError as e:
                 log.warning("keylime: registration failed (%s)", e)
-                if "403" in str(e):
+                if e.refused:
                     self.audit.append("keylime.registration_refused", None, {"uuid": self.uuid, "why": str(e)})
                     return
                 delay = min(delay * 2, _RETRY_CAP)
