@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(softhsm2 opensc swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config build-essential python3-dev
               python3-venv util-linux docker.io podman runc busybox-static bubblewrap uidmap
               libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus-daemon dbus-bin
-              mmdebstrap systemd-container)
+              mmdebstrap systemd-container python3-gpg)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -47,4 +47,18 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
 .venv/bin/python -m pip install -q -e '.[tpm,dev]'
+
+# Keylime's registrar, verifier and tenant (tests/e2e/test_keylime_agent.py), in a virtualenv of their own: their
+# pinned dependencies must not meet Edgeward's. Keylime imports `gpg` at start; Debian's python3-gpg is linked in.
+KL_REQ=tests/keylime/requirements.txt
+if [[ ! -x .venv-keylime/bin/keylime_verifier ]] || ! cmp -s "$KL_REQ" .venv-keylime/.edgeward-requirements; then
+    echo "setup: installing keylime for the Keylime agent test (.venv-keylime)"
+    "$PY" -m venv .venv-keylime
+    .venv-keylime/bin/python -m pip install -q -r "$KL_REQ"
+    cp "$KL_REQ" .venv-keylime/.edgeward-requirements
+fi
+site=$(.venv-keylime/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [[ -d /usr/lib/python3/dist-packages/gpg && ! -e "$site/gpg" ]]; then
+    ln -s /usr/lib/python3/dist-packages/gpg "$site/gpg"
+fi
 echo "setup: ready (.venv)"

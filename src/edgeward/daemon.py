@@ -28,6 +28,7 @@ from .notify import notify
 if TYPE_CHECKING:
     from .certs.settings import CertsSettings
     from .identity.settings import IdentitySettings
+    from .keylime.settings import KeylimeSettings
     from .runtime.settings import RuntimeSettings
     from .tpm.settings import TpmdSettings
 
@@ -53,6 +54,7 @@ class ServiceSettings:
     config_path: Path | None = None  # the super config, or the service's own file (--config-dir); None: defaults
     # [aziot_max_requests] keyd/certd/identityd as configured (simultaneous requests per caller); absent: defaults
     max_requests: Mapping[str, int] = field(default_factory=dict)
+    keylime: KeylimeSettings | None = None  # the Keylime agent runs only when [edgeward.keylime] is configured
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,7 @@ def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> Daemon
     identity = parse_identity_settings(split.identityd, state_dir, run_dir, problems)
     runtime = parse_runtime_settings(split.edged, state_dir, run_dir, problems)
     tpm = parse_tpmd_settings(split.tpmd, run_dir, problems, prefix="tpm") if split.tpmd is not None else None
+    keylime = _keylime_settings(split.edged, state_dir, problems)
     problems.raise_if_any()
     if split.cloud_timeout_sec is not None:
         identity = replace(identity, cloud_timeout=float(split.cloud_timeout_sec))
@@ -149,7 +152,19 @@ def load_settings(config: Path | None, state_dir: Path, run_dir: Path) -> Daemon
               (("keyd", split.keyd), ("certd", split.certd), ("identityd", split.identityd))
               if name in doc.get("aziot_max_requests", {})}
     return DaemonSettings(state_dir, run_dir, keys, certs, identity, runtime, tpm,
-                          tuple(dict.fromkeys(problems.warnings)), config, limits)
+                          tuple(dict.fromkeys(problems.warnings)), config, limits, keylime)
+
+
+def _keylime_settings(edged: Mapping[str, Any], state_dir: Path, problems: Problems) -> KeylimeSettings | None:
+    """``[edgeward.keylime]`` (in edged's document: the agent runs beside the module runtime), read only when it is
+    there, so no other process loads the Keylime agent's code."""
+    ours = edged.get("edgeward")
+    table = ours.get("keylime") if isinstance(ours, dict) else None
+    if not isinstance(table, dict):
+        return None
+    from .keylime.settings import parse_keylime_settings  # noqa: PLC0415
+
+    return parse_keylime_settings(table, state_dir, problems)
 
 
 # The services each one calls: what a service started on its own file must know of the others (their sockets).
@@ -210,12 +225,13 @@ def load_service_settings(service: str, config_dir: Path, state_dir: Path, run_d
             tpm = parse_tpmd_settings(peer, run_dir, problems)
         files = (config_dir.resolve(), path.resolve())  # whatever the splitter could not know of
         runtime = replace(runtime, protected_paths=tuple(dict.fromkeys((*files, *runtime.protected_paths))))
+    keylime = _keylime_settings(doc, state_dir, problems) if service == "edged" else None
     problems.raise_if_any()
     name = {"keys": "keyd", "certs": "certd", "identity": "identityd"}.get(service)
     limits = doc.get("aziot_max_requests", {})
     max_requests = {name: limits[name]} if name is not None and isinstance(limits, dict) and name in limits else {}
     return ServiceSettings(state_dir, run_dir, keys, certs, identity, runtime, tpm,
-                           tuple(dict.fromkeys(problems.warnings)), path, max_requests)
+                           tuple(dict.fromkeys(problems.warnings)), path, max_requests, keylime)
 
 
 if TYPE_CHECKING:
@@ -224,6 +240,7 @@ if TYPE_CHECKING:
     from .certs.client import CertsClient
     from .certs.renewal import RenewalEngine
     from .identity.service import IdentityService
+    from .keylime.service import KeylimeAgent
     from .keys.api import KeysApi
     from .keys.client import KeysClient
     from .keys.service import KeyService
@@ -245,6 +262,42 @@ def _audit_counter(settings: ServiceSettings, tpm_service: TpmService | None) ->
     if tpm_service is not None:
         return InProcessCounter(tpm_service)
     return SocketCounter(settings.tpm.socket_path) if settings.tpm is not None else None
+
+
+async def _start_keylime(settings: ServiceSettings, tpm_service: TpmService | None,
+                         runtime: RuntimeParts | None) -> KeylimeAgent:
+    """The Keylime agent, on this process's TPM service and module runtime; a problem that makes its reports
+    untrue (PCR 10 is the kernel's, the list does not replay, the TPM's AK changed) stops the start."""
+    from .keylime.kernel_ima import KernelOwnsPcr10  # noqa: PLC0415
+    from .keylime.mlist import MeasurementListBroken  # noqa: PLC0415
+    from .keylime.registrar import RegistrarError  # noqa: PLC0415
+    from .keylime.service import AgentIdentityChanged, KeylimeAgent  # noqa: PLC0415
+    from .keylime.tpm_ops import AkMismatch  # noqa: PLC0415
+
+    assert settings.keylime is not None
+    if tpm_service is None or runtime is None:
+        raise ConfigError(["[edgeward.keylime] needs [tpm] and the module runtime in the same process: run "
+                           "`edgeward run`, or `edgeward serve keylime-agent` (the TPM service, the module runtime "
+                           "and the agent)"], "edgeward.keylime")
+    parts = runtime
+
+    async def stop_modules() -> None:
+        for reg in parts.registry.all():
+            try:
+                await parts.engine.stop(reg.name, timeout=5.0)
+            except Exception:  # one module that will not stop must not keep the others running
+                log.exception("keylime: could not stop module %s after the revocation", reg.name)
+
+    agent = KeylimeAgent(settings.keylime, tpm_service, runtime.audit, on_revoked=stop_modules)
+    try:
+        await agent.start()
+    except (KernelOwnsPcr10, MeasurementListBroken, AgentIdentityChanged, AkMismatch, RegistrarError) as e:
+        await agent.stop()
+        raise ConfigError([str(e)], "edgeward.keylime") from None
+    except OSError as e:  # the listen address, the verifier's CA file
+        await agent.stop()
+        raise ConfigError([f"the Keylime agent cannot start: {e}"], "edgeward.keylime") from None
+    return agent
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -297,6 +350,9 @@ class _StopSignals:
 
 
 ALL_SERVICES = ("keys", "certs", "identity", "tpm", "edged")
+# `serve keylime-agent`: the agent quotes under the TPM service's lock and turns the runtime's audit records into its
+# measurement list, so it runs in the process that runs both; keys, certs and identity are reached over their sockets.
+KEYLIME_SERVICES = ("tpm", "edged", "keylime-agent")
 
 
 class _Modules:
@@ -336,10 +392,13 @@ async def serve(settings: ServiceSettings, services: tuple[str, ...] = ALL_SERVI
     identity: IdentityService | None = None
     tpm_service: TpmService | None = None
     runtime: RuntimeParts | None = None
+    keylime: KeylimeAgent | None = None
     modules = _Modules()
     limit_provoked_logs()
     signals = _StopSignals()
     try:
+        if "keylime-agent" in services and settings.keylime is None:
+            raise ConfigError(["no [edgeward.keylime] table is configured"], "keylime agent")
         # Each branch imports its own service: a process serving keys loads no TPM, certificate, identity or
         # module-runtime code (start-up time and memory on small devices).
         if "tpm" in services and settings.tpm is not None:
@@ -434,6 +493,8 @@ async def serve(settings: ServiceSettings, services: tuple[str, ...] = ALL_SERVI
                 detail["pcr"], detail["pcr_value"] = DEFAULT_PCR, await tpm_service.extend_pcr(me.combined)
             runtime.audit.append("edgeward.started", None, detail)
             modules.runtime = runtime
+        if settings.keylime is not None and ("keylime-agent" in services or services == ALL_SERVICES):
+            keylime = await _start_keylime(settings, tpm_service, runtime)
         signals.started()
         log.info("edgeward ready: %s", ", ".join(services))
         notify(f"READY=1\nMAINPID={os.getpid()}")
@@ -446,6 +507,8 @@ async def serve(settings: ServiceSettings, services: tuple[str, ...] = ALL_SERVI
         log.info("stopped while starting")
     finally:
         modules.runtime = None
+        if keylime is not None:
+            await keylime.stop()
         if runtime is not None:
             await runtime.close()
         if renewal is not None:

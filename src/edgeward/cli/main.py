@@ -18,7 +18,7 @@ import click
 
 from .. import __version__
 from ..config.problems import ConfigError
-from ..daemon import ALL_SERVICES, ServiceSettings, load_service_settings, load_settings, serve
+from ..daemon import ALL_SERVICES, KEYLIME_SERVICES, ServiceSettings, load_service_settings, load_settings, serve
 from ..http.errors import HttpError
 from ..keys.errors import BackendUnavailable
 from .paths import config_option, run_option, state_option
@@ -106,7 +106,7 @@ def run(config: Path | None, state_dir: Path | None, run_dir: Path | None) -> No
 
 
 @cli.command("serve")
-@click.argument("service", type=click.Choice(list(ALL_SERVICES)))
+@click.argument("service", type=click.Choice([*ALL_SERVICES, "keylime-agent"]))
 @config_option
 @click.option("--config-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Read only this service's own file in this directory (keyd.toml, certd.toml, identityd.toml, "
@@ -116,8 +116,16 @@ def run(config: Path | None, state_dir: Path | None, run_dir: Path | None) -> No
 def serve_one(service: str, config: Path | None, config_dir: Path | None, state_dir: Path | None,
               run_dir: Path | None) -> None:
     """Run one service per process, as systemd units with socket activation do: from the super config (-c), or,
-    as the packaged deployment runs them (one user per service), from its own file only (--config-dir)."""
+    as the packaged deployment runs them (one user per service), from its own file only (--config-dir).
+    `keylime-agent` runs the TPM service and the module runtime with it (it quotes under the one and measures what
+    the other records)."""
     state, run = state_dir or _default_state_dir(), run_dir or _default_run_dir()
+    if service == "keylime-agent":
+        if config_dir is not None:
+            raise click.UsageError("serve keylime-agent reads the super config (-c): it runs the TPM service and "
+                                   "the module runtime, whose files are readable by different users")
+        _run_services(lambda: load_settings(config, state, run), KEYLIME_SERVICES)
+        return
     if config is not None and config_dir is not None:
         raise click.UsageError("-c/--config and --config-dir are mutually exclusive: the super config, or the "
                                "directory of per-service files `edgeward config apply` writes")

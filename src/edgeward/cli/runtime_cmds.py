@@ -240,3 +240,49 @@ def attest_quote(nonce: str, run_dir: Path | None, state_dir: Path | None) -> No
     print(json.dumps(report, indent=2))
     if report["signature_and_nonce"] != "verified" or report.get("pcr_matches_last_start") is False:
         sys.exit(EXIT_FAILED)
+
+
+@attest.command("keylime-policy")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the policy here (default: standard output).")
+@config_option
+@state_option
+@run_option
+def attest_keylime_policy(output: Path | None, config: Path | None, state_dir: Path | None,
+                          run_dir: Path | None) -> None:
+    """Keylime's runtime policy (allow-list JSON) for this device as deployed: Edgeward's code and config as
+    measured at its latest start, and each registered module's content id. Enrol the device with it:
+    `keylime_tenant -c add -u <uuid> --runtime-policy <file>`."""
+    from ..config.problems import ConfigError  # noqa: PLC0415
+    from ..daemon import load_settings  # noqa: PLC0415
+    from ..keylime.policy import runtime_policy  # noqa: PLC0415
+    from ..runtime.registry import Registry  # noqa: PLC0415
+
+    try:
+        settings = load_settings(config, state_dir or default_state_dir(), run_dir or default_run_dir())
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {_e(e)}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    home = settings.runtime.audit_home or settings.runtime.home / "audit"
+    if not (home / "audit.db").exists():
+        err.print(f"[red]error:[/red] no audit log at {_e(home)}: start Edgeward once, so it measures itself")
+        sys.exit(EXIT_FAILED)
+    log = AuditLog(home)
+    try:
+        started = [r for r in log.records() if r.kind == "edgeward.started"]
+    finally:
+        log.close()
+    if not started:
+        err.print("[red]error:[/red] the audit log has no start of Edgeward yet: start it once, so it measures itself")
+        sys.exit(EXIT_FAILED)
+    registry = Registry(settings.runtime.home)
+    try:
+        policy = runtime_policy(started[-1].detail, registry.all())
+    finally:
+        registry.close()
+    text = json.dumps(policy, indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        err.print(f"wrote {_e(output)}: {len(policy['digests'])} allowed names")

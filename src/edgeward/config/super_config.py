@@ -52,7 +52,7 @@ TOP_LEVEL = {
 _TABLES = {"provisioning", "localid", "aziot_keys", "preloaded_keys", "cert_issuance", "preloaded_certs", "tpm",
            "agent", "connect", "listen", "watchdog", "edge_ca", "moby_runtime", "image_garbage_collection",
            "endpoints", "edgeward", "iotedge_max_requests", "aziot_max_requests"}
-_EDGEWARD = {"keys": "keyd", "identity": "identityd", "runtime": "edged", "integrity": "edged"}
+_EDGEWARD = {"keys": "keyd", "identity": "identityd", "runtime": "edged", "integrity": "edged", "keylime": "edged"}
 _ENDPOINTS = {"aziot_keyd": "keyd", "aziot_certd": "certd", "aziot_identityd": "identityd", "aziot_tpmd": "tpmd"}
 # Who calls whom: in the packaged deployment each service reads its own file only, so the endpoints of the services
 # it calls are written into its file too (a socket moved in [endpoints] must reach every caller).

@@ -600,6 +600,13 @@ class TpmService:
         """Blocking, for the audit log's append: the counter must move before the next record, not eventually."""
         return self._tpm.increment_counter()
 
+    async def run_exclusive(self, op: Callable[[Any], T]) -> T:
+        """Run ``op(esapi)`` on the service's connection, under its lock, with its reconnect-and-retry-once: for
+        another part of Edgeward that speaks to the TPM itself (the Keylime agent) without a second connection, which
+        without a resource manager would compete for the same few object slots. ``op`` must be safe to run twice and
+        flush whatever it loads."""
+        return await self.executor.run(self._tpm._run, op)
+
     async def quote(self, nonce: bytes, pcr: int = DEFAULT_PCR) -> Quote:
         if not 1 <= len(nonce) <= 64:
             raise BadRequest("nonce must be 1 to 64 bytes")

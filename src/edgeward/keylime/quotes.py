@@ -1,0 +1,66 @@
+"""The two quotes a Keylime agent gives: identity (for the tenant, PCR 16 only) and integrity (for the verifier,
+the PCRs its mask names plus 16, with the measurement list when PCR 10 is among them)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+from .ima import IMA_PCR
+from .mlist import MeasurementList, TpmRunner
+from .quote_format import DATA_PCR, format_quote, pcr_blob, pcrs_of_mask
+from .tpm_ops import quote_pcrs
+
+__all__ = ["BadQuoteRequest", "Quoter"]
+
+_NONCE = re.compile(r"^[A-Za-z0-9]{1,64}$")  # Keylime's are 20 alphanumerics; a TPM2B_DATA holds at most 64
+
+
+class BadQuoteRequest(ValueError):
+    pass
+
+
+class Quoter:
+    def __init__(self, tpm: TpmRunner, ak_handle: int, ak_algorithm: str, payload_pubkey_pem: str,
+                 mlist: MeasurementList) -> None:
+        self.tpm = tpm
+        self.ak_handle = ak_handle
+        self.pubkey = payload_pubkey_pem
+        self.mlist = mlist
+        self.algs = {"hash_alg": "sha256", "enc_alg": ak_algorithm,
+                     "sign_alg": "rsassa" if ak_algorithm == "rsa" else "ecdsa"}
+
+    async def _quote(self, nonce: str, pcrs: list[int]) -> str:
+        if not _NONCE.match(nonce):
+            raise BadQuoteRequest("nonce must be 1 to 64 letters and digits")
+        parts = await self.tpm.run_exclusive(functools.partial(
+            quote_pcrs, ak_handle=self.ak_handle, nonce=nonce.encode(), pcrs=pcrs,
+            bound_data=self.pubkey.encode()))
+        return format_quote(parts.attest, parts.signature, pcr_blob(parts.pcrs, parts.values))
+
+    async def identity(self, nonce: str) -> dict[str, Any]:
+        return {"quote": await self._quote(nonce, [DATA_PCR]), **self.algs, "pubkey": self.pubkey}
+
+    async def integrity(self, nonce: str, mask: str, partial: str, entry: str) -> dict[str, Any]:
+        try:
+            pcrs = pcrs_of_mask(mask)
+        except ValueError as e:
+            raise BadQuoteRequest(str(e)) from None
+        try:
+            first = int(entry or "0")
+        except ValueError:
+            raise BadQuoteRequest("ima_ml_entry must be an integer") from None
+        with_list = IMA_PCR in pcrs
+        if with_list:
+            await self.mlist.sync()  # audit records since the last quote: a finding shows in this very quote
+        quote = await self._quote(nonce, pcrs)
+        result: dict[str, Any] = {"quote": quote, **self.algs, "boottime": self.mlist.boottime}
+        if partial != "1":
+            result["pubkey"] = self.pubkey
+        if with_list:
+            # read after the quote: the list may be ahead of the quoted PCR 10 (the verifier allows that), never behind
+            text, start = self.mlist.lines_from(first)
+            result["ima_measurement_list"] = text
+            result["ima_measurement_list_entry"] = start
+        return result

@@ -1,0 +1,130 @@
+"""The agent API Keylime's tenant and verifier call (pull mode, API 2.1-2.6), over mTLS only.
+
+Parse, call the agent, answer in Keylime's envelope ``{"code", "status", "results"}``; nothing else. What a route
+does is in :mod:`.quotes`, :mod:`.payloads` and :mod:`.revocation` (through :class:`.service.KeylimeAgent`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .payloads import MAX_PAYLOAD, PayloadError
+from .quotes import BadQuoteRequest
+
+if TYPE_CHECKING:
+    from .service import KeylimeAgent
+
+__all__ = ["SUPPORTED_VERSIONS", "build_agent_app"]
+
+log = logging.getLogger(__name__)
+
+# Never 1.0: for it the verifier expects zlib-compressed quotes. 3.0 is push mode.
+SUPPORTED_VERSIONS = ("2.1", "2.2", "2.3", "2.4", "2.5", "2.6")
+Handler = Callable[["KeylimeAgent", web.Request], Awaitable[dict[str, Any]]]
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, status: str) -> None:
+        super().__init__(status)
+        self.code, self.status = code, status
+
+
+def _answer(code: int, status: str, results: dict[str, Any] | None = None) -> web.Response:
+    return web.json_response({"code": code, "status": status, "results": results or {}}, status=code)
+
+
+async def _body(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read() or b"{}")
+    except ValueError:
+        raise _Refused(400, "the body is not JSON") from None
+
+
+async def _identity(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
+    return await agent.quoter.identity(request.query.get("nonce", ""))
+
+
+async def _integrity(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
+    q = request.query
+    return await agent.quoter.integrity(q.get("nonce", ""), q.get("mask", "0x0"), q.get("partial", "0"),
+                                        q.get("ima_ml_entry", "0"))
+
+
+async def _ukey(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
+    agent.payloads.ukey(await _body(request))
+    return {}
+
+
+async def _vkey(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
+    agent.payloads.vkey(await _body(request))
+    return {}
+
+
+async def _verify(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
+    digest = agent.payloads.verify(request.query.get("challenge", ""))
+    if digest is None:
+        raise _Refused(400, "Bootstrap key not yet available.")
+    return {"hmac": digest}
+
+
+async def _pubkey(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
+    return {"pubkey": agent.keys.payload_pubkey_pem}
+
+
+async def _info(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
+    algs = agent.quoter.algs
+    return {"agent_uuid": agent.uuid, "tpm_hash_alg": algs["hash_alg"], "tpm_enc_alg": algs["enc_alg"],
+            "tpm_sign_alg": algs["sign_alg"], "ak_handle": agent.settings.ak_handle}
+
+
+async def _revocation(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
+    try:
+        await agent.revocation(await _body(request))
+    except ValueError as e:
+        raise _Refused(400, str(e)) from None
+    return {}
+
+
+_ROUTES: dict[tuple[str, str], Handler] = {
+    ("GET", "quotes/identity"): _identity, ("GET", "quotes/integrity"): _integrity,
+    ("POST", "keys/ukey"): _ukey, ("POST", "keys/vkey"): _vkey, ("GET", "keys/verify"): _verify,
+    ("GET", "keys/pubkey"): _pubkey, ("GET", "agent/info"): _info,
+    ("POST", "notifications/revocation"): _revocation,
+}
+
+
+def build_agent_app(agent: KeylimeAgent) -> web.Application:
+    async def version(request: web.Request) -> web.Response:
+        return _answer(200, "Success", {"supported_version": SUPPORTED_VERSIONS[-1],
+                                        "supported_versions": list(SUPPORTED_VERSIONS)})
+
+    async def dispatch(request: web.Request) -> web.Response:
+        if not request.transport or not request.transport.get_extra_info("peercert"):
+            return _answer(403, "a client certificate is required")  # the TLS context already demands one
+        ver = request.match_info["version"]
+        if ver not in SUPPORTED_VERSIONS:
+            return _answer(400, f"API version not supported: v{ver}")  # the verifier renegotiates on this text
+        handler = _ROUTES.get((request.method, request.match_info["rest"]))
+        if handler is None:
+            return _answer(404, "URI not supported")
+        try:
+            return _answer(200, "Success", await handler(agent, request))
+        except _Refused as e:
+            return _answer(e.code, e.status)
+        except (BadQuoteRequest, PayloadError) as e:
+            return _answer(400, str(e))
+        except web.HTTPRequestEntityTooLarge:
+            return _answer(413, "body too large")
+        except Exception:
+            log.exception("keylime agent: %s %s failed", request.method, request.path)
+            return _answer(500, "internal error (see the Edgeward log)")
+
+    app = web.Application(client_max_size=MAX_PAYLOAD * 2)
+    app.router.add_get("/version", version)
+    app.router.add_route("*", r"/v{version}/{rest:.+}", dispatch)
+    return app

@@ -1,0 +1,178 @@
+"""Edgeward as a Keylime agent: registration with the TPM service's EK and a persisted AK, the agent API over mTLS,
+the measurement list, payloads stored and never run, revocation notices recorded.
+
+Start order, and why: the kernel's IMA first (if it owns PCR 10 nothing below can be true); then the TPM keys and
+the AK, checked against the one registered before (the registrar refuses another AK for a known UUID); then the
+measurement list, rebuilt and checked against PCR 10 (a list that does not replay is never served); then the API
+(so the registrar's contact address answers); then registration and activation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hashlib
+import json
+import logging
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..attest.audit import AuditLog
+from ..fsutil import atomic_write, private_dir
+from ..tasks import cancel_all
+from .agent_keys import AgentKeys, load_or_create_keys
+from .kernel_ima import check_kernel_ima
+from .mlist import MeasurementList, TpmRunner
+from .payloads import Payloads
+from .quotes import Quoter
+from .registrar import RegistrarError, activate, auth_tag, register
+from .revocation import check_notice, load_revocation_cert
+from .routes import build_agent_app
+from .settings import KeylimeSettings
+from .tpm_ops import AkInfo, activate_credential, ek_certificate, ek_public, ensure_ak
+
+__all__ = ["AgentIdentityChanged", "KeylimeAgent", "uuid_from_ek"]
+
+log = logging.getLogger(__name__)
+_UUID_NAMESPACE = uuid.UUID("5b0c4a3e-2f1d-4e0a-9c65-6b0e9a7d3f21")  # Edgeward's: EK-derived agent UUIDs
+_RETRY_CAP = 60.0
+
+
+class AgentIdentityChanged(RuntimeError):
+    """The TPM's EK or AK is not the one this agent registered with."""
+
+
+def uuid_from_ek(ek_public: bytes) -> str:
+    """The same TPM always registers as the same agent, with no setting to keep in step."""
+    return str(uuid.uuid5(_UUID_NAMESPACE, hashlib.sha256(ek_public).hexdigest()))
+
+
+class KeylimeAgent:
+    def __init__(self, settings: KeylimeSettings, tpm: TpmRunner, audit: AuditLog, *,
+                 on_revoked: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.settings = settings
+        self.tpm = tpm
+        self.audit = audit
+        self.on_revoked = on_revoked
+        self.home = private_dir(settings.state_dir)
+        self.uuid = ""
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        # set by start()
+        self.keys: AgentKeys
+        self.quoter: Quoter
+        self.payloads: Payloads
+        self.mlist: MeasurementList
+        self.timings: dict[str, float] = {}
+
+    async def start(self) -> None:
+        check_kernel_ima(self.settings.ima_securityfs)
+        ek, ek_cert = await self.tpm.run_exclusive(lambda e: (ek_public(e), ek_certificate(e)))
+        ak: AkInfo = await self.tpm.run_exclusive(functools.partial(
+            ensure_ak, handle=self.settings.ak_handle, algorithm=self.settings.ak_algorithm))
+        self.uuid = self.settings.agent_uuid or uuid_from_ek(ek)
+        self._check_identity(ek, ak)
+        self.keys = load_or_create_keys(self.home, self.uuid, self.settings.contact)
+        self.payloads = Payloads(self.home, self.keys.payload_key, self.uuid)
+        self.mlist = MeasurementList(self.audit, self.home / "measurements.json", self.tpm)
+        await self.mlist.start()
+        self.quoter = Quoter(self.tpm, ak.handle, ak.algorithm, self.keys.payload_pubkey_pem, self.mlist)
+        await self._serve()
+        try:
+            await self._register(ek, ek_cert, ak)
+        except RegistrarError as e:
+            if e.refused:
+                raise
+            log.warning("keylime: registration failed (%s); retrying in the background", e)
+            self._tasks.append(asyncio.create_task(self._register_later(ek, ek_cert, ak), name="keylime-register"))
+
+    # identity and registration ------------------------------------------------------------------------------
+    def _check_identity(self, ek: bytes, ak: AkInfo) -> None:
+        record = self.home / "registration.json"
+        if not record.exists():
+            return
+        doc = json.loads(record.read_bytes())
+        if doc.get("uuid") != self.uuid:
+            return  # another UUID is another agent to the registrar
+        for name, have in (("ek", ek), ("ak", ak.public)):
+            if doc.get(name) != base64.b64encode(have).decode():
+                raise AgentIdentityChanged(
+                    f"the TPM's {name.upper()} is not the one agent {self.uuid} registered with (the TPM was cleared, "
+                    f"or [edgeward.keylime] ak_handle or ak_algorithm changed): the registrar refuses that; remove "
+                    f"the old record (keylime_tenant -c regdelete -u {self.uuid}) and {record}, then restart")
+
+    async def _register(self, ek: bytes, ek_cert: bytes | None, ak: AkInfo) -> None:
+        started = time.perf_counter()
+        s = self.settings
+        challenge = await register(s.registrar_url, self.uuid, ek=ek, ak=ak.public, ek_cert=ek_cert,
+                                   mtls_cert=self.keys.tls_cert_pem, ip=s.contact, port=s.listen_port)
+        secret = await self.tpm.run_exclusive(functools.partial(
+            activate_credential, ak_handle=ak.handle, credential=challenge.credential, secret=challenge.secret))
+        await activate(s.registrar_url, self.uuid, auth_tag(secret, self.uuid))
+        self.timings["registration_seconds"] = time.perf_counter() - started
+        atomic_write(self.home / "registration.json", json.dumps({
+            "uuid": self.uuid, "ek": base64.b64encode(ek).decode(), "ak": base64.b64encode(ak.public).decode(),
+            "registrar": s.registrar_url}).encode())
+        self.audit.append("keylime.registered", None, {
+            "uuid": self.uuid, "registrar": s.registrar_url, "ak_sha256": hashlib.sha256(ak.public).hexdigest(),
+            "ak_handle": ak.handle, "seconds": round(self.timings["registration_seconds"], 3)})
+        log.info("keylime: registered and activated as agent %s", self.uuid)
+
+    async def _register_later(self, ek: bytes, ek_cert: bytes | None, ak: AkInfo) -> None:
+        delay = 2.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._register(ek, ek_cert, ak)
+                return
+            except RegistrarError as e:
+                log.warning("keylime: registration failed (%s)", e)
+                if e.refused:
+                    self.audit.append("keylime.registration_refused", None, {"uuid": self.uuid, "why": str(e)})
+                    return
+                delay = min(delay * 2, _RETRY_CAP)
+
+    # the API ----------------------------------------------------------------------------------------------------
+    def _tls(self) -> ssl.SSLContext:
+        """Server TLS with the certificate the registrar holds; clients must present one chaining to the
+        verifier's CA. There is no setting that turns this off."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.settings.verifier_ca))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_cert_chain(str(self.keys.tls_cert), str(self.keys.tls_key))
+        return ctx
+
+    async def _serve(self) -> None:
+        runner = web.AppRunner(build_agent_app(self), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.listen_address, self.settings.listen_port, ssl_context=self._tls())
+        await site.start()
+        self._runner = runner
+        log.info("keylime agent %s listening on %s:%d (mTLS)", self.uuid, self.settings.listen_address,
+                 self.settings.listen_port)
+
+    async def revocation(self, body: Any) -> None:
+        """Record the notice; act on it only if it is authentic, names this agent, and the policy says so."""
+        cert = load_revocation_cert(self.settings.revocation_cert, self.home / "revocation-cert.pem")
+        notice = check_notice(body, cert)
+        kind = "keylime.revocation" if notice.authenticated else "keylime.revocation_unauthenticated"
+        self.audit.append(kind, None, notice.audit_detail())
+        log.warning("keylime: %s revocation notice for agent %s (%s): %s",
+                    "verified" if notice.authenticated else "UNAUTHENTICATED", notice.fields.get("agent_id"),
+                    notice.why, notice.fields.get("event_id"))
+        if (notice.authenticated and notice.fields.get("agent_id") == self.uuid
+                and self.settings.revocation_action == "stop_modules" and self.on_revoked is not None):
+            await self.on_revoked()
+            self.audit.append("keylime.revocation_acted", None, {"action": "stop_modules"})
+
+    async def stop(self) -> None:
+        await cancel_all(self._tasks)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

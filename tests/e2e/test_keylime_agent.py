@@ -1,0 +1,254 @@
+"""Edgeward as a Keylime agent, against a real registrar and verifier (keylime 7.14.3) and a swtpm: the device is
+enrolled with `keylime_tenant` and the runtime policy `edgeward attest keylime-policy` writes, passes while its
+module is as deployed and across a restart of Edgeward, and fails, with the verifier's revocation notice in the
+audit log, within two quote intervals of its module's executable being swapped.
+
+The tests share one enrolled device (session-scoped fixtures) and run in file order: each is a later stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeward.attest.audit import AuditLog, AuditRecord
+from edgeward.runtime.mgmt_client import ManagementClient
+from edgeward.supervise import start_daemon, stop_daemon
+from tests.fixtures.keylime import QUOTE_INTERVAL, KeylimeServices, free_port
+from tests.fixtures.swtpm import Swtpm
+
+AGENT_UUID = "d432fbb3-d2f1-4a97-9ef7-75bd81c00000"
+MODULE = "sensor"
+INTEGRITY_PERIOD = 1  # seconds between the integrity monitor's passes
+
+
+@dataclass
+class Device:
+    base: Path
+    config: Path
+    module_exe: Path
+    env: dict[str, str]
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    enrol_seconds: float = 0.0
+
+    @property
+    def state(self) -> Path:
+        return self.base / "state"
+
+    @property
+    def run(self) -> Path:
+        return self.base / "run"
+
+    def start(self) -> float:
+        started = time.perf_counter()
+        self.proc = start_daemon(["run", "-c", str(self.config), "--state-dir", str(self.state), "--run-dir",
+                                  str(self.run)], env=self.env)
+        return time.perf_counter() - started
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_daemon(self.proc)
+            self.proc = None
+
+    def edgeward(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edgeward", *args], env=self.env, capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    def audit(self, *kinds: str) -> list[AuditRecord]:
+        log = AuditLog(self.state / "audit")
+        try:
+            return [r for r in log.records() if r.kind in kinds]
+        finally:
+            log.close()
+
+
+def _wait_for(what: str, check: Any, timeout: float) -> Any:
+    """Poll the verifier (it has no event stream to wait on) until ``check()`` returns something true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def keylime_swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swtpm]:
+    """A TPM of its own: PCR 10 must start at zero (a reboot), and no other test may extend it."""
+    tpm = Swtpm(tmp_path_factory.mktemp("keylime-tpm") / "state")
+    try:
+        tpm.start()
+        yield tpm
+    finally:
+        tpm.stop()
+
+
+@pytest.fixture(scope="session")
+def device(keylime_services: KeylimeServices, keylime_swtpm: Swtpm,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
+    base = tmp_path_factory.mktemp("keylime-device")
+    os.chmod(base, 0o755)
+    exe = base / "modules" / "sensor"
+    exe.parent.mkdir()
+    shutil.copy("/bin/sleep", exe)
+    exe.chmod(0o755)
+    port = free_port()
+    config = base / "config.toml"
+    config.write_text(f"""hostname = "keylime-edge"
+[tpm]
+tcti = "{keylime_swtpm.tcti}"
+[edgeward.runtime]
+engine = "process"
+[edgeward.integrity]
+period_seconds = {INTEGRITY_PERIOD}
+[edgeward.keylime]
+registrar_url = "{keylime_services.registrar_url}"
+verifier_ca = "{keylime_services.ca}"
+agent_uuid = "{AGENT_UUID}"
+listen_port = {port}
+ima_securityfs = "{base / 'no-ima'}"
+revocation_action = "stop_modules"
+""")
+    dev = Device(base, config, exe, {**os.environ, "TSS2_LOG": "all+NONE"}, port)
+    try:
+        dev.start()
+        asyncio.run(_deploy(dev))
+        policy = base / "policy.json"
+        made = dev.edgeward("attest", "keylime-policy", "-o", str(policy), "-c", str(config), "--state-dir",
+                            str(dev.state), "--run-dir", str(dev.run))
+        assert made.returncode == 0, made.stderr
+        started = time.perf_counter()
+        # with a payload (--cert): the U/V bootstrap runs, checked by --verify, and the payload carries the
+        # certificate the verifier's revocation notices are signed with
+        added = keylime_services.tenant("-c", "add", "-u", AGENT_UUID, "--runtime-policy", str(policy), "--cert",
+                                        "default", "--verify")
+        assert added.returncode == 0, added.stdout[-3000:] + added.stderr[-3000:]
+        dev.enrol_seconds = time.perf_counter() - started
+        yield dev
+    finally:
+        dev.stop()
+        keylime_services.tenant("-c", "delete", "-u", AGENT_UUID)
+
+
+async def _deploy(dev: Device) -> None:
+    mgmt = ManagementClient(dev.run / "mgmt" / "mgmt.sock")
+    try:
+        await mgmt.create_module({"name": MODULE, "imagePullPolicy": "never", "config": {
+            "image": str(dev.module_exe), "createOptions": {"Cmd": ["3600"]}}})
+        await mgmt.action(MODULE, "start")
+    finally:
+        await mgmt.close()
+
+
+def _passing_beyond(services: KeylimeServices, count: int) -> Any:
+    status = services.agent_status(AGENT_UUID)
+    assert status["attestation_status"] != "FAIL", status
+    return status if status["attestation_status"] == "PASS" and status["attestation_count"] > count else None
+
+
+def test_enrolled_device_passes_while_its_modules_are_as_deployed(device: Device,
+                                                                 keylime_services: KeylimeServices) -> None:
+    status = _wait_for("attestations", lambda: _passing_beyond(keylime_services, 2), 12 * QUOTE_INTERVAL)  # 3: Get Quote
+    assert status["operational_state"] == 3 and status["hash_alg"] == "sha256"
+    assert device.audit("keylime.registered"), "registration is recorded"
+    kept = device.state / "keylime"
+    assert (kept / "payload.zip").stat().st_mode & 0o777 == 0o600 and (kept / "revocation-cert.pem").exists()
+    assert not (kept / "autorun.sh").exists()  # stored, never unpacked
+    registered = device.audit("keylime.registered")[0].detail["seconds"]
+    print(f"\nregistration + activation: {registered:.2f} s; enrolment (tenant add): {device.enrol_seconds:.2f} s")
+
+
+def _agent_get(device: Device, services: KeylimeServices, path: str, client_cert: bool = True) -> Any:
+    ctx = ssl.create_default_context(cafile=str(device.state / "keylime" / "mtls-cert.pem"))
+    ctx.check_hostname = False
+    if client_cert:
+        ctx.load_cert_chain(str(services.home / "cv_ca" / "client-cert.crt"),
+                            str(services.home / "cv_ca" / "client-private.pem"))
+    with urllib.request.urlopen(f"https://127.0.0.1:{device.port}{path}", context=ctx, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_agent_api_answers_the_verifiers_client_only(device: Device, keylime_services: KeylimeServices) -> None:
+    assert _agent_get(device, keylime_services, "/version")["results"]["supported_version"] == "2.6"
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
+        _agent_get(device, keylime_services, "/version", client_cert=False)
+    took = []
+    for _ in range(5):
+        started = time.perf_counter()
+        doc = _agent_get(device, keylime_services, "/v2.6/quotes/integrity?nonce=abcdefghij0123456789&mask=0x400"
+                                                   "&partial=1&ima_ml_entry=0")
+        took.append(time.perf_counter() - started)
+    results = doc["results"]
+    assert results["quote"].startswith("r") and results["quote"].count(":") == 2 and "pubkey" not in results
+    assert results["ima_measurement_list_entry"] == 0
+    paths = [line.split()[4] for line in results["ima_measurement_list"].splitlines()]
+    assert paths[:3] == ["/edgeward/self/code", "/edgeward/self/config", f"/edgeward/modules/{MODULE}"]
+    print(f"\nintegrity quote over mTLS (PCRs 10+16, swtpm): median {sorted(took)[2] * 1000:.0f} ms")
+
+
+def test_restart_of_edgeward_keeps_the_device_passing(device: Device, keylime_services: KeylimeServices) -> None:
+    before = keylime_services.agent_status(AGENT_UUID)["attestation_count"]
+    device.stop()
+    restart = device.start()
+    _wait_for("attestations after the restart", lambda: _passing_beyond(keylime_services, before + 2),
+              20 * QUOTE_INTERVAL)
+    assert len(device.audit("keylime.registered")) == 2, "registered again, with the same AK"
+    print(f"\nrestart to READY: {restart:.2f} s")
+
+
+def test_swapped_module_fails_attestation_and_is_revoked(device: Device, keylime_services: KeylimeServices) -> None:
+    data = device.module_exe.read_bytes()
+    swapped = device.base / "modules" / "sensor.new"
+    swapped.write_bytes(data + b"\0swapped")
+    swapped.chmod(0o755)
+    started = time.monotonic()
+    swapped.replace(device.module_exe)
+
+    def failed() -> Any:
+        status = keylime_services.agent_status(AGENT_UUID)
+        return status if status["attestation_status"] == "FAIL" else None
+
+    status = _wait_for("a failed attestation", failed, 2 * QUOTE_INTERVAL + INTEGRITY_PERIOD + 2)
+    failed_after = time.monotonic() - started
+    assert status["last_event_id"] == "ima.validation.ima-ng.not_in_allowlist", status
+    revoked = _wait_for("the revocation notice in the audit log",
+                        lambda: device.audit("keylime.revocation", "keylime.revocation_unauthenticated"),
+                        2 * QUOTE_INTERVAL)
+    revoked_after = time.monotonic() - started
+    notice = revoked[-1]
+    assert notice.kind == "keylime.revocation", notice  # signed by the key whose certificate came in the payload
+    assert notice.detail["agent_id"] == AGENT_UUID and notice.detail["authenticated"] is True
+    assert "not_in_allowlist" in notice.detail["event_id"]
+    assert any(r.module == MODULE for r in device.audit("integrity.binary_changed"))
+    assert revoked_after <= 2 * QUOTE_INTERVAL + INTEGRITY_PERIOD + 1, revoked_after
+    assert _wait_for("the revocation acted on", lambda: device.audit("keylime.revocation_acted"), 10)
+    print(f"\nswap -> FAIL at the verifier: {failed_after:.2f} s; -> revocation recorded: {revoked_after:.2f} s")
+
+
+def test_serve_keylime_agent_needs_its_table_and_the_super_config(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('hostname = "no-keylime"\n')
+    common = ["--state-dir", str(tmp_path / "state"), "--run-dir", str(tmp_path / "run")]
+    done = subprocess.run([sys.executable, "-m", "edgeward", "serve", "keylime-agent", "-c", str(config), *common],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 3 and "[edgeward.keylime]" in done.stderr, done.stderr
+    done = subprocess.run([sys.executable, "-m", "edgeward", "serve", "keylime-agent", "--config-dir",
+                           str(tmp_path), *common], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "super config" in done.stderr, done.stderr

@@ -1,0 +1,140 @@
+"""The Keylime agent's measurement list on a real TPM (swtpm): built at the first start of a boot, rebuilt from the
+audit log after a restart, completed after a crash between journal and extend, refused when PCR 10 was extended
+by someone else, and started over after a TPM reset. Also: the persisted attestation key stays the same."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from edgeward.attest.audit import AuditLog
+from edgeward.attest.audit_key import AuditKey
+from edgeward.keylime.ima import IMA_PCR, replay
+from edgeward.keylime.mlist import MeasurementList, MeasurementListBroken
+from edgeward.keylime.tpm_ops import AkMismatch, ensure_ak, extend_measurement, read_pcr
+from edgeward.tpm.service import TpmService
+from edgeward.tpm.settings import parse_tpmd_settings
+from tests.fixtures.swtpm import Swtpm
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+KEY = AuditKey(bytes(range(32)))
+CODE = hashlib.sha256(b"code").hexdigest()
+
+
+@pytest.fixture
+async def tpm(fresh_swtpm: Swtpm, tmp_path: Path) -> AsyncIterator[TpmService]:
+    service = TpmService(parse_tpmd_settings({"tcti": fresh_swtpm.tcti}, tmp_path / "run"))
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+def _audit(tmp_path: Path) -> AuditLog:
+    audit = AuditLog(tmp_path / "audit", KEY)
+    audit.append("edgeward.started", None, {"code": CODE, "config": ""})
+    audit.append("module.created", "a", {"image_id": "sha256:" + "a" * 64})
+    audit.append("module.created", "b", {"image_id": "sha256:" + "b" * 64})
+    audit.append("module.removed", "b", {})
+    return audit
+
+
+async def _pcr10(tpm: TpmService) -> bytes:
+    return await tpm.run_exclusive(lambda e: read_pcr(e, IMA_PCR))
+
+
+async def _started(audit: AuditLog, tmp_path: Path, tpm: TpmService) -> MeasurementList:
+    mlist = MeasurementList(audit, tmp_path / "measurements.json", tpm)
+    await mlist.start()
+    return mlist
+
+
+def _paths(mlist: MeasurementList) -> list[str]:
+    return [line.split()[4] for line in mlist.lines_from(0)[0].splitlines()]
+
+
+async def test_first_start_lists_edgeward_then_existing_modules_and_replays_to_pcr_10(
+        tpm: TpmService, tmp_path: Path) -> None:
+    audit = _audit(tmp_path)
+    mlist = await _started(audit, tmp_path, tpm)
+    assert _paths(mlist) == ["/edgeward/self/code", "/edgeward/self/config", "/edgeward/modules/a"]  # b was removed
+    assert await _pcr10(tpm) == replay(mlist._entries)
+    audit.append("integrity.binary_changed", "a", {"detail": "changed"})
+    audit.append("module.started", "a", {})
+    await mlist.sync()
+    assert _paths(mlist)[-1] == "/edgeward/findings/binary_changed/a"
+    assert await _pcr10(tpm) == replay(mlist._entries)
+    text, start = mlist.lines_from(3)
+    assert start == 3 and text.count("\n") == 1
+    assert mlist.lines_from(99) == mlist.lines_from(0)  # beyond the end: the verifier starts over
+
+
+async def test_restart_rebuilds_the_list_from_the_audit_log_without_extending_again(
+        tpm: TpmService, tmp_path: Path) -> None:
+    audit = _audit(tmp_path)
+    first = await _started(audit, tmp_path, tpm)
+    pcr = await _pcr10(tpm)
+    again = await _started(audit, tmp_path, tpm)
+    assert again.lines_from(0) == first.lines_from(0) and await _pcr10(tpm) == pcr
+    audit.append("edgeward.started", None, {"code": CODE, "config": ""})  # the restart's own start record
+    await again.sync()
+    assert _paths(again)[-2:] == ["/edgeward/self/code", "/edgeward/self/config"]
+    assert await _pcr10(tpm) == replay(again._entries)
+
+
+async def test_a_crash_between_journal_and_extend_is_completed_at_the_next_start(
+        tpm: TpmService, tmp_path: Path) -> None:
+    audit = _audit(tmp_path)
+    await _started(audit, tmp_path, tpm)
+    record = audit.append("module.created", "c", {"image_id": "sha256:" + "c" * 64})
+    journal = tmp_path / "measurements.json"
+    doc = json.loads(journal.read_text())
+    doc["seqs"].append(record.seq)
+    doc["cursor"] = record.seq
+    journal.write_text(json.dumps(doc))  # journalled, never extended
+    mlist = await _started(audit, tmp_path, tpm)
+    assert _paths(mlist)[-1] == "/edgeward/modules/c" and await _pcr10(tpm) == replay(mlist._entries)
+
+
+async def test_pcr_10_extended_by_someone_else_is_refused(tpm: TpmService, tmp_path: Path) -> None:
+    audit = _audit(tmp_path)
+    await _started(audit, tmp_path, tpm)
+    pcr = await _pcr10(tpm)
+    await tpm.run_exclusive(functools.partial(extend_measurement, before=pcr, digest=b"\x01" * 32))
+    with pytest.raises(MeasurementListBroken, match="no prefix"):
+        await _started(audit, tmp_path, tpm)
+
+
+async def test_a_tpm_reset_starts_a_new_list(fresh_swtpm: Swtpm, tmp_path: Path) -> None:
+    audit = _audit(tmp_path)
+    settings = parse_tpmd_settings({"tcti": fresh_swtpm.tcti}, tmp_path / "run")
+    tpm = TpmService(settings)
+    try:
+        first = await _started(audit, tmp_path, tpm)
+        audit.append("integrity.binary_changed", "a", {"detail": "changed"})
+        await first.sync()
+        assert len(first) == 4
+    finally:
+        tpm.close()
+    fresh_swtpm.restart()  # a reboot: TPM Reset, PCR 10 back to zero, resetCount up
+    tpm = TpmService(settings)
+    try:
+        rebooted = await _started(audit, tmp_path, tpm)
+        assert _paths(rebooted) == ["/edgeward/self/code", "/edgeward/self/config", "/edgeward/modules/a"]
+        assert await _pcr10(tpm) == replay(rebooted._entries)
+    finally:
+        tpm.close()
+
+
+async def test_the_attestation_key_is_persisted_and_checked(tpm: TpmService) -> None:
+    handle = 0x81004B41
+    first = await tpm.run_exclusive(functools.partial(ensure_ak, handle=handle, algorithm="rsa"))
+    again = await tpm.run_exclusive(functools.partial(ensure_ak, handle=handle, algorithm="rsa"))
+    assert first.public == again.public
+    with pytest.raises(AkMismatch, match="not a restricted ECC signing key"):
+        await tpm.run_exclusive(functools.partial(ensure_ak, handle=handle, algorithm="ecc"))
