@@ -136,14 +136,22 @@ def running_daemon(args: Sequence[str], env: dict[str, str] | None = None,
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """While active (main thread only), SIGTERM and SIGHUP raise KeyboardInterrupt as Ctrl-C does, so the
-    ``finally`` blocks that stop what was started run; their default action ends the process on the spot."""
+    ``finally`` blocks that stop what was started run; their default action ends the process on the spot.
+    A library that catches the interrupt and raises its own error instead (aiohttp's response parser turns it into
+    a ClientPayloadError) still ends in KeyboardInterrupt here, so the caller exits as interrupted (130)."""
+    received: list[str] = []
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        received.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt(received[-1])
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
+    except Exception as e:
+        if received:
+            raise KeyboardInterrupt(received[0]) from e
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
