@@ -283,8 +283,8 @@ async def _start_keylime(settings: ServiceSettings, tpm_service: TpmService | No
 
     async def stop_modules() -> None:
         for reg in parts.registry.all():
-            try:
-                await parts.engine.stop(reg.name, timeout=5.0)
+            try:  # through the runtime: the module is marked stopped first, so the watchdog does not restart it
+                await parts.runtime.stop_module(reg.name)
             except Exception:  # one module that will not stop must not keep the others running
                 log.exception("keylime: could not stop module %s after the revocation", reg.name)
 
@@ -294,7 +294,7 @@ async def _start_keylime(settings: ServiceSettings, tpm_service: TpmService | No
     except (KernelOwnsPcr10, MeasurementListBroken, AgentIdentityChanged, AkMismatch, RegistrarError) as e:
         await agent.stop()
         raise ConfigError([str(e)], "edgeward.keylime") from None
-    except OSError as e:  # the listen address, the verifier's CA file
+    except (OSError, ValueError) as e:  # the listen address, the verifier's CA file, a revocation cert
         await agent.stop()
         raise ConfigError([f"the Keylime agent cannot start: {e}"], "edgeward.keylime") from None
     return agent

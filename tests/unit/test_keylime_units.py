@@ -29,8 +29,9 @@ from edgeward.keylime.kernel_ima import KernelOwnsPcr10, check_kernel_ima
 from edgeward.keylime.payloads import Payloads
 from edgeward.keylime.policy import runtime_policy
 from edgeward.keylime.quote_format import pcr_blob, pcrs_of_mask
+from edgeward.keylime.quotes import BadQuoteRequest, Quoter
 from edgeward.keylime.registrar import RegistrarError, auth_tag, parse_blob
-from edgeward.keylime.revocation import check_notice
+from edgeward.keylime.revocation import check_notice, load_revocation_cert
 from edgeward.keylime.routes import build_agent_app
 from edgeward.keylime.service import uuid_from_ek
 from edgeward.keylime.settings import parse_keylime_settings
@@ -202,6 +203,45 @@ def test_payload_is_decrypted_and_stored_never_extracted(tmp_path: Path) -> None
     assert (tmp_path / "payload.zip").read_bytes() == archive.getvalue()
     assert (tmp_path / "revocation-cert.pem").read_bytes() == cert
     assert sorted(p.name for p in tmp_path.iterdir()) == ["payload.zip", "revocation-cert.pem"]  # nothing unpacked
+
+
+def _deliver(tmp_path: Path, archive: bytes) -> Payloads:
+    nk = rsa.generate_private_key(65537, 2048)
+    oaep = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)
+    k, v = os.urandom(32), os.urandom(32)
+    u = bytes(a ^ b for a, b in zip(k, v, strict=True))
+    iv = os.urandom(16)
+    payloads = Payloads(tmp_path, nk, UUID)
+    payloads.ukey({"encrypted_key": base64.b64encode(nk.public_key().encrypt(u, oaep)).decode(),
+                   "auth_tag": hmac.new(k, UUID.encode(), hashlib.sha384).hexdigest(),
+                   "payload": base64.b64encode(iv + AESGCM(k).encrypt(iv, archive, None)).decode()})
+    payloads.vkey({"encrypted_key": base64.b64encode(nk.public_key().encrypt(v, oaep)).decode()})
+    return payloads
+
+
+def test_a_payload_whose_certificate_declares_gigabytes_is_never_decompressed(tmp_path: Path) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("RevocationNotifier-cert.crt", b"\0" * (8 * 1024 * 1024))  # 8 MB that deflate to ~8 KB
+    assert len(archive.getvalue()) < 64 * 1024
+    _deliver(tmp_path, archive.getvalue())
+    assert (tmp_path / "payload.zip").exists() and not (tmp_path / "revocation-cert.pem").exists()
+
+
+def test_a_configured_revocation_certificate_that_is_missing_is_an_error_not_a_fall_back(tmp_path: Path) -> None:
+    _, cert = _revocation_pair()
+    delivered = tmp_path / "revocation-cert.pem"
+    delivered.write_bytes(cert)
+    assert load_revocation_cert(None, delivered) is not None
+    with pytest.raises(FileNotFoundError):
+        load_revocation_cert(tmp_path / "configured-but-missing.pem", delivered)
+
+
+@pytest.mark.parametrize("nonce", ["abc\n", "a" * 33, "", "abc def", "abc%0A"])
+async def test_a_nonce_must_be_1_to_32_letters_and_digits_nothing_after(nonce: str) -> None:
+    quoter = Quoter(None, 0x81004B41, "rsa", "", None)  # type: ignore[arg-type] # refused before the TPM is used
+    with pytest.raises(BadQuoteRequest):
+        await quoter._quote(nonce, [16])
 
 
 # revocation -----------------------------------------------------------------------------------------------------

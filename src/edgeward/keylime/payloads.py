@@ -102,9 +102,12 @@ class Payloads:
         atomic_write(self.home / "payload.zip", data)  # kept for the operator; never extracted, never run
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                cert = archive.read(REVOCATION_CERT_NAME) if REVOCATION_CERT_NAME in archive.namelist() else None
+                cert = _bounded_member(archive, REVOCATION_CERT_NAME)
         except zipfile.BadZipFile:
             log.warning("keylime: the payload is not a zip archive; stored as it is")
+            return
+        except ValueError as e:
+            log.warning("keylime: %s; the payload is stored, its certificate not used", e)
             return
         if cert is not None:
             x509.load_pem_x509_certificate(cert)  # must parse before it is trusted for anything
@@ -116,3 +119,19 @@ class Payloads:
         if self._k is None:
             return None
         return hmac.new(self._k, challenge.encode(), hashlib.sha384).hexdigest()
+
+
+MAX_CERT_MEMBER = 64 * 1024
+
+
+def _bounded_member(archive: zipfile.ZipFile, name: str) -> bytes | None:
+    """``name``'s bytes, refusing a member whose declared size is larger than a certificate can be: the whole
+    member is decompressed in memory, and a few hundred kilobytes of zip can declare gigabytes. zipfile stops
+    reading at the declared size, so checking it bounds the memory."""
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        return None
+    if info.file_size > MAX_CERT_MEMBER:
+        raise ValueError(f"{name} declares {info.file_size} bytes (a certificate is at most {MAX_CERT_MEMBER})")
+    return archive.read(info)

@@ -14,7 +14,9 @@ from .tpm_ops import quote_pcrs
 
 __all__ = ["BadQuoteRequest", "Quoter"]
 
-_NONCE = re.compile(r"^[A-Za-z0-9]{1,64}$")  # Keylime's are 20 alphanumerics; a TPM2B_DATA holds at most 64
+# Keylime's are 20 alphanumerics; qualifying data holds a digest of the TPM's largest hash (32 bytes on
+# SHA-256-only TPMs). fullmatch: "$" would also let a final newline through.
+_NONCE = re.compile(r"[A-Za-z0-9]{1,32}")
 
 
 class BadQuoteRequest(ValueError):
@@ -32,8 +34,8 @@ class Quoter:
                      "sign_alg": "rsassa" if ak_algorithm == "rsa" else "ecdsa"}
 
     async def _quote(self, nonce: str, pcrs: list[int]) -> str:
-        if not _NONCE.match(nonce):
-            raise BadQuoteRequest("nonce must be 1 to 64 letters and digits")
+        if not _NONCE.fullmatch(nonce):
+            raise BadQuoteRequest("nonce must be 1 to 32 letters and digits")
         parts = await self.tpm.run_exclusive(functools.partial(
             quote_pcrs, ak_handle=self.ak_handle, nonce=nonce.encode(), pcrs=pcrs,
             bound_data=self.pubkey.encode()))

@@ -37,10 +37,13 @@ class Notice:
         return {"authenticated": self.authenticated, "check": self.why, **self.fields}
 
 
-def load_revocation_cert(*paths: Path | None) -> x509.Certificate | None:
-    for path in paths:
-        if path is not None and path.exists():
-            return x509.load_pem_x509_certificate(path.read_bytes())
+def load_revocation_cert(configured: Path | None, delivered: Path) -> x509.Certificate | None:
+    """The configured certificate when one is configured (missing: an error, never a silent fall back to what a
+    payload delivered), else the one the payload delivered, if any."""
+    if configured is not None:
+        return x509.load_pem_x509_certificate(configured.read_bytes())
+    if delivered.exists():
+        return x509.load_pem_x509_certificate(delivered.read_bytes())
     return None
 
 

@@ -73,6 +73,8 @@ class KeylimeAgent:
 
     async def start(self) -> None:
         check_kernel_ima(self.settings.ima_securityfs)
+        if self.settings.revocation_cert is not None:  # configured: it must be there and readable now (OSError)
+            load_revocation_cert(self.settings.revocation_cert, self.home / "revocation-cert.pem")
         ek, ek_cert = await self.tpm.run_exclusive(lambda e: (ek_public(e), ek_certificate(e)))
         ak: AkInfo = await self.tpm.run_exclusive(functools.partial(
             ensure_ak, handle=self.settings.ak_handle, algorithm=self.settings.ak_algorithm))
