@@ -138,3 +138,24 @@ async def test_the_attestation_key_is_persisted_and_checked(tpm: TpmService) -> 
     assert first.public == again.public
     with pytest.raises(AkMismatch, match="not a restricted ECC signing key"):
         await tpm.run_exclusive(functools.partial(ensure_ak, handle=handle, algorithm="ecc"))
+
+
+async def test_a_journal_write_that_fails_keeps_the_finding_for_the_next_sync(
+        tpm: TpmService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeward.keylime import mlist as mlist_module
+
+    audit = _audit(tmp_path)
+    mlist = await _started(audit, tmp_path, tpm)
+    audit.append("integrity.image_swapped", "a", {"detail": "swapped"})
+    real = mlist_module.atomic_write
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mlist_module, "atomic_write", full_disk)
+    with pytest.raises(OSError):
+        await mlist.sync()
+    monkeypatch.setattr(mlist_module, "atomic_write", real)
+    await mlist.sync()  # the disk has room again: the finding is taken in now, not skipped
+    assert _paths(mlist)[-1] == "/edgeward/findings/image_swapped/a"
+    assert await _pcr10(tpm) == replay(mlist._entries)

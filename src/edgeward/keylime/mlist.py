@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -170,9 +170,12 @@ class MeasurementList:
             records = self.audit.records(since=journal.cursor)
             if records:
                 wanted = [r for r in records if entries_of(r)]
-                journal.cursor = records[-1].seq
-                journal.seqs.extend(r.seq for r in wanted)
-                atomic_write(self.path, journal.dump())  # before the PCR moves: see the module docstring
+                # The journal in memory moves only once the new one is on disk: a failed write (a full disk)
+                # leaves the cursor where it was, so the next sync takes these records again rather than skip a
+                # finding for good.
+                grown = replace(journal, cursor=records[-1].seq, seqs=[*journal.seqs, *(r.seq for r in wanted)])
+                atomic_write(self.path, grown.dump())  # before the PCR moves: see the module docstring
+                self._journal = grown
                 self._adopt(wanted)
             await self._extend_pending()
 
