@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -201,6 +202,14 @@ def test_agent_api_answers_the_verifiers_client_only(device: Device, keylime_ser
     paths = [line.split()[4] for line in results["ima_measurement_list"].splitlines()]
     assert paths[:3] == ["/edgeward/self/code", "/edgeward/self/config", f"/edgeward/modules/{MODULE}"]
     print(f"\nintegrity quote over mTLS (PCRs 10+16, swtpm): median {sorted(took)[2] * 1000:.0f} ms")
+
+
+def test_a_connection_that_never_starts_tls_is_closed_within_seconds(device: Device) -> None:
+    """Before its handshake a connection is not yet counted by the connection guard, so it may not linger."""
+    with socket.create_connection(("127.0.0.1", device.port), timeout=15) as idle:
+        started = time.monotonic()
+        assert idle.recv(1) == b""  # closed by the agent, not by our timeout
+        assert time.monotonic() - started < 10
 
 
 def test_restart_of_edgeward_keeps_the_device_passing(device: Device, keylime_services: KeylimeServices) -> None:

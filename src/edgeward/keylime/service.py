@@ -25,6 +25,7 @@ from aiohttp import web
 
 from ..attest.audit import AuditLog
 from ..fsutil import atomic_write, private_dir
+from ..http.connections import CONNECTION_POLICY, ConnectionLimits, ConnectionPolicy, GuardedRunner
 from ..tasks import cancel_all
 from .agent_keys import AgentKeys, load_or_create_keys
 from .kernel_ima import check_kernel_ima
@@ -151,9 +152,14 @@ class KeylimeAgent:
         return ctx
 
     async def _serve(self) -> None:
-        runner = web.AppRunner(build_agent_app(self), access_log=None)
+        app = build_agent_app(self)
+        # The process's connection guard and deadlines, as on every Edgeward listener: the verifier and tenant
+        # need a handful of connections, and an idle or stalled one must not hold a descriptor the TPM service
+        # and the runtime in this process need.
+        app[CONNECTION_POLICY] = ConnectionPolicy(ConnectionLimits.from_environ().capped(AGENT_CONNECTIONS))
+        runner = GuardedRunner(app)
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.listen_address, self.settings.listen_port, ssl_context=self._tls())
+        site = _AgentSite(runner, self.settings.listen_address, self.settings.listen_port, ssl_context=self._tls())
         await site.start()
         self._runner = runner
         log.info("keylime agent %s listening on %s:%d (mTLS)", self.uuid, self.settings.listen_address,
@@ -178,3 +184,21 @@ class KeylimeAgent:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+AGENT_CONNECTIONS = 64
+TLS_HANDSHAKE_SECONDS = 5.0
+
+
+class _AgentSite(web.TCPSite):
+    """A TCP site whose TLS handshakes must finish within seconds (asyncio's default is a minute): a connection
+    that never sends its ClientHello is not yet counted by the connection guard, so it may not linger."""
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS)
+
