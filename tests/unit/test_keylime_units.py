@@ -274,3 +274,20 @@ async def test_routes_refuse_a_caller_without_a_client_certificate() -> None:
         assert refused.status == 403 and (await refused.json())["code"] == 403
     finally:
         await client.close()
+
+
+def test_an_ek_certificate_ending_in_a_zero_byte_is_read_whole() -> None:
+    from edgeward.keylime.tpm_ops import der_prefix
+
+    cert = b"\x30\x82\x01\x00" + bytes(255) + b"\x00"  # 256 content bytes, the last one zero
+    assert der_prefix(cert + bytes(700)) == cert  # the NV index's padding goes, the certificate's zero stays
+    short = b"\x30\x03\x02\x01\x00"
+    assert der_prefix(short + b"\xff" * 10) == short
+    assert der_prefix(b"\x00" * 16) is None and der_prefix(b"\x30\x82\x01\x00\x00") is None
+
+
+def test_every_field_of_a_notice_is_bounded() -> None:
+    notice = check_notice({"msg": json.dumps({"type": "revocation", "agent_id": "x" * 10_000_000,
+                                              "event_id": "e" * 5000, "context": "c" * 100_000})}, None)
+    assert not notice.authenticated
+    assert len(json.dumps(notice.audit_detail())) < 5000

@@ -25,6 +25,7 @@ __all__ = ["Notice", "check_notice", "load_revocation_cert"]
 
 _FIELDS = ("type", "agent_id", "event_id", "severity_label", "event_time", "ip", "port")
 _MAX_CONTEXT = 2000
+_MAX_FIELD = 256
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,9 @@ def _fields(msg: str) -> dict[str, Any]:
         return {"unparsed": msg[:_MAX_CONTEXT]}
     if not isinstance(doc, dict):
         return {"unparsed": msg[:_MAX_CONTEXT]}
-    out: dict[str, Any] = {k: doc[k] for k in _FIELDS if isinstance(doc.get(k), (str, int))}
+    # every field bounded: an unauthenticated notice is still recorded, and must not make a megabyte record
+    out: dict[str, Any] = {k: doc[k] if isinstance(doc[k], int) else doc[k][:_MAX_FIELD]
+                           for k in _FIELDS if isinstance(doc.get(k), (str, int))}
     context = doc.get("context")
     if isinstance(context, str):
         out["context"] = context[:_MAX_CONTEXT]

@@ -79,7 +79,7 @@ def ek_certificate(ectx: Any) -> bytes | None:
             data = b""
             while len(data) < size:
                 data += bytes(ectx.nv_read(tr, min(_NV_CHUNK, size - len(data)), len(data), tr))
-            return data.rstrip(b"\x00") or None
+            return der_prefix(data)
         except TSS2_Exception:
             continue
         finally:
@@ -217,3 +217,20 @@ def extend_measurement(ectx: Any, before: bytes, digest: bytes) -> bytes:
 def reset_count(ectx: Any) -> int:
     """The TPM's resetCount: it goes up on every TPM Reset (a reboot), when PCR 10 returns to zero."""
     return int(ectx.read_clock().clockInfo.resetCount)
+
+
+def der_prefix(data: bytes) -> bytes | None:
+    """The DER SEQUENCE at the start of ``data`` (an NV index is larger than the certificate it holds and padded
+    after it). Cut by the SEQUENCE's own length, not by stripping zeros: a certificate may end in a zero byte."""
+    if len(data) < 2 or data[0] != 0x30:
+        return None
+    first = data[1]
+    if first < 0x80:
+        header, length = 2, first
+    else:
+        octets = first & 0x7F
+        if not 0 < octets <= 4 or len(data) < 2 + octets:
+            return None
+        header, length = 2 + octets, int.from_bytes(data[2:2 + octets], "big")
+    end = header + length
+    return data[:end] if end <= len(data) else None
