@@ -291,3 +291,30 @@ def test_every_field_of_a_notice_is_bounded() -> None:
                                               "event_id": "e" * 5000, "context": "c" * 100_000})}, None)
     assert not notice.authenticated
     assert len(json.dumps(notice.audit_detail())) < 5000
+
+
+async def test_quotes_beyond_two_at_once_are_refused_not_queued_on_the_tpm() -> None:
+    import asyncio
+
+    from edgeward.keylime.quotes import QUOTES_AT_ONCE, QuotesBusy
+
+    release = asyncio.Event()
+    entered: list[int] = []
+
+    class SlowTpm:
+        async def run_exclusive(self, op: object) -> object:
+            entered.append(1)
+            await release.wait()
+            raise RuntimeError("the test's TPM quotes nothing")
+
+    quoter = Quoter(SlowTpm(), 0x81004B41, "rsa", "", None)  # type: ignore[arg-type]
+    held = [asyncio.create_task(quoter._quote("abc", [16])) for _ in range(QUOTES_AT_ONCE)]
+    while len(entered) < QUOTES_AT_ONCE:
+        await asyncio.sleep(0)
+    with pytest.raises(QuotesBusy):
+        await quoter._quote("abc", [16])
+    release.set()
+    for task in held:
+        with pytest.raises(RuntimeError):
+            await task
+    assert quoter._in_flight == 0  # the slots come back whatever the TPM did

@@ -12,7 +12,7 @@ from .mlist import MeasurementList, TpmRunner
 from .quote_format import DATA_PCR, format_quote, pcr_blob, pcrs_of_mask
 from .tpm_ops import quote_pcrs
 
-__all__ = ["BadQuoteRequest", "Quoter"]
+__all__ = ["BadQuoteRequest", "Quoter", "QuotesBusy"]
 
 # Keylime's are 20 alphanumerics; qualifying data holds a digest of the TPM's largest hash (32 bytes on
 # SHA-256-only TPMs). fullmatch: "$" would also let a final newline through.
@@ -23,6 +23,13 @@ class BadQuoteRequest(ValueError):
     pass
 
 
+class QuotesBusy(Exception):
+    """More quotes asked for at once than the TPM should queue: the TPM service's other callers share its lock."""
+
+
+QUOTES_AT_ONCE = 2  # one verifier asks for one at a time; a second covers a tenant's identity check
+
+
 class Quoter:
     def __init__(self, tpm: TpmRunner, ak_handle: int, ak_algorithm: str, payload_pubkey_pem: str,
                  mlist: MeasurementList) -> None:
@@ -30,15 +37,22 @@ class Quoter:
         self.ak_handle = ak_handle
         self.pubkey = payload_pubkey_pem
         self.mlist = mlist
+        self._in_flight = 0
         self.algs = {"hash_alg": "sha256", "enc_alg": ak_algorithm,
                      "sign_alg": "rsassa" if ak_algorithm == "rsa" else "ecdsa"}
 
     async def _quote(self, nonce: str, pcrs: list[int]) -> str:
         if not _NONCE.fullmatch(nonce):
             raise BadQuoteRequest("nonce must be 1 to 32 letters and digits")
-        parts = await self.tpm.run_exclusive(functools.partial(
-            quote_pcrs, ak_handle=self.ak_handle, nonce=nonce.encode(), pcrs=pcrs,
-            bound_data=self.pubkey.encode()))
+        if self._in_flight >= QUOTES_AT_ONCE:  # refused, not queued ahead of the TPM service's own callers
+            raise QuotesBusy(f"{QUOTES_AT_ONCE} quotes are being taken; retry")
+        self._in_flight += 1
+        try:
+            parts = await self.tpm.run_exclusive(functools.partial(
+                quote_pcrs, ak_handle=self.ak_handle, nonce=nonce.encode(), pcrs=pcrs,
+                bound_data=self.pubkey.encode()))
+        finally:
+            self._in_flight -= 1
         return format_quote(parts.attest, parts.signature, pcr_blob(parts.pcrs, parts.values))
 
     async def identity(self, nonce: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .payloads import MAX_PAYLOAD, PayloadError
-from .quotes import BadQuoteRequest
+from .quotes import BadQuoteRequest, QuotesBusy
 
 if TYPE_CHECKING:
     from .service import KeylimeAgent
@@ -118,6 +118,8 @@ def build_agent_app(agent: KeylimeAgent) -> web.Application:
             return _answer(e.code, e.status)
         except (BadQuoteRequest, PayloadError) as e:
             return _answer(400, str(e))
+        except QuotesBusy as e:
+            return _answer(503, str(e))
         except web.HTTPRequestEntityTooLarge:
             return _answer(413, "body too large")
         except Exception:
