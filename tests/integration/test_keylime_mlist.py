@@ -159,3 +159,53 @@ async def test_a_journal_write_that_fails_keeps_the_finding_for_the_next_sync(
     await mlist.sync()  # the disk has room again: the finding is taken in now, not skipped
     assert _paths(mlist)[-1] == "/edgeward/findings/image_swapped/a"
     assert await _pcr10(tpm) == replay(mlist._entries)
+
+
+async def test_a_refused_registration_turns_off_the_agent_not_the_daemon(tpm: TpmService, tmp_path: Path) -> None:
+    """The registrar speaks plain HTTP and a UUID derived from the EK can be squatted: a 403 must not keep every
+    other service of the device from starting; it is recorded, and the agent is not registered."""
+    import datetime as dt
+
+    from aiohttp import web
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from edgeward.config.problems import Problems
+    from edgeward.keylime.service import KeylimeAgent
+    from edgeward.keylime.settings import parse_keylime_settings
+    from tests.fixtures.keylime import free_port
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test verifier CA")])
+    now = dt.datetime.now(dt.UTC)
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"code": 403, "status": "agent exists with another EK", "results": {}}, status=403)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    registrar_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", registrar_port).start()
+    problems = Problems()
+    settings = parse_keylime_settings({"registrar_url": f"http://127.0.0.1:{registrar_port}",
+                                       "verifier_ca": str(tmp_path / "ca.pem"), "listen_port": free_port(),
+                                       "ima_securityfs": str(tmp_path / "no-ima")}, tmp_path, problems)
+    assert settings is not None, problems.items
+    audit = _audit(tmp_path)
+    agent = KeylimeAgent(settings, tpm, audit)
+    try:
+        await agent.start()  # does not raise
+        refused = [r for r in audit.records(since=0) if r.kind == "keylime.registration_refused"]
+        assert len(refused) == 1 and "403" in refused[0].detail["why"]
+        assert not (settings.state_dir / "registration.json").exists()
+    finally:
+        await agent.stop()
+        await runner.cleanup()

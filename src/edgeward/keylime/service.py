@@ -90,8 +90,10 @@ class KeylimeAgent:
         try:
             await self._register(ek, ek_cert, ak)
         except RegistrarError as e:
-            if e.refused:
-                raise
+            if e.refused:  # a squatted UUID, or a 403 forged on the registrar's plain HTTP: this agent only is off
+                log.error("keylime: %s", e)
+                self.audit.append("keylime.registration_refused", None, {"uuid": self.uuid, "why": str(e)})
+                return
             log.warning("keylime: registration failed (%s); retrying in the background", e)
             self._tasks.append(asyncio.create_task(self._register_later(ek, ek_cert, ak), name="keylime-register"))
 
