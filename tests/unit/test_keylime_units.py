@@ -318,3 +318,17 @@ async def test_quotes_beyond_two_at_once_are_refused_not_queued_on_the_tpm() -> 
         with pytest.raises(RuntimeError):
             await task
     assert quoter._in_flight == 0  # the slots come back whatever the TPM did
+
+
+def test_an_attestation_key_must_have_been_made_in_this_tpm_and_bound_to_it() -> None:
+    from tpm2_pytss import TPMA_OBJECT
+
+    from edgeward.keylime.tpm_ops import ak_attributes_acceptable
+
+    made_here = (TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
+                 | TPMA_OBJECT.SENSITIVEDATAORIGIN | TPMA_OBJECT.USERWITHAUTH)
+    assert ak_attributes_acceptable(int(made_here))
+    for missing in (TPMA_OBJECT.FIXEDTPM, TPMA_OBJECT.FIXEDPARENT, TPMA_OBJECT.SENSITIVEDATAORIGIN,
+                    TPMA_OBJECT.RESTRICTED, TPMA_OBJECT.SIGN_ENCRYPT):  # duplicable, imported, or not an AK
+        assert not ak_attributes_acceptable(int(made_here & ~missing)), missing
+    assert not ak_attributes_acceptable(int(made_here | TPMA_OBJECT.DECRYPT))

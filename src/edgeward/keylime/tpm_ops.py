@@ -91,7 +91,7 @@ def ek_certificate(ectx: Any) -> bytes | None:
 def ensure_ak(ectx: Any, handle: int, algorithm: str) -> AkInfo:
     """The attestation key at ``handle``: used where it is (if it is a restricted signing key of the configured
     kind), created from the fixed template and persisted there otherwise."""
-    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPMA_OBJECT  # noqa: PLC0415
+    from tpm2_pytss import ESYS_TR, TPM2_ALG  # noqa: PLC0415
     from tpm2_pytss.TSS2_Exception import TSS2_Exception  # noqa: PLC0415
 
     try:
@@ -111,12 +111,11 @@ def ensure_ak(ectx: Any, handle: int, algorithm: str) -> AkInfo:
         with contextlib.suppress(Exception):
             ectx.tr_close(tr)
     area = public.publicArea
-    attrs = int(area.objectAttributes)
-    want = TPM2_ALG.RSA if algorithm == "rsa" else TPM2_ALG.ECC
-    if area.type != want or not attrs & TPMA_OBJECT.RESTRICTED or not attrs & TPMA_OBJECT.SIGN_ENCRYPT \
-            or attrs & TPMA_OBJECT.DECRYPT:
+    if area.type != (TPM2_ALG.RSA if algorithm == "rsa" else TPM2_ALG.ECC) \
+            or not ak_attributes_acceptable(int(area.objectAttributes)):
         raise AkMismatch(f"the object at TPM handle {handle:#x} is not a restricted {algorithm.upper()} signing "
-                         "key; choose another [edgeward.keylime] ak_handle or evict it (tpm2_evictcontrol)")
+                         "key made inside this TPM and bound to it; choose another [edgeward.keylime] ak_handle or "
+                         "evict it (tpm2_evictcontrol)")
     return AkInfo(handle, bytes(public.marshal()), algorithm)
 
 
@@ -234,3 +233,14 @@ def der_prefix(data: bytes) -> bytes | None:
         header, length = 2 + octets, int.from_bytes(data[2:2 + octets], "big")
     end = header + length
     return data[:end] if end <= len(data) else None
+
+
+def ak_attributes_acceptable(attrs: int) -> bool:
+    """A restricted signing key (never decrypting) whose private part was made in this TPM and can never leave it:
+    a key pre-planted at the handle by someone who holds its private part (imported, or duplicable) would sign
+    quotes outside the TPM. Keylime's verifier does not check this, so the agent must."""
+    from tpm2_pytss import TPMA_OBJECT  # noqa: PLC0415
+
+    required = (TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
+                | TPMA_OBJECT.SENSITIVEDATAORIGIN)
+    return attrs & required == required and not attrs & TPMA_OBJECT.DECRYPT
