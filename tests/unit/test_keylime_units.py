@@ -332,3 +332,40 @@ def test_an_attestation_key_must_have_been_made_in_this_tpm_and_bound_to_it() ->
                     TPMA_OBJECT.RESTRICTED, TPMA_OBJECT.SIGN_ENCRYPT):  # duplicable, imported, or not an AK
         assert not ak_attributes_acceptable(int(made_here & ~missing)), missing
     assert not ak_attributes_acceptable(int(made_here | TPMA_OBJECT.DECRYPT))
+
+
+async def test_a_signed_notice_posted_again_is_recorded_as_a_replay_and_not_acted_on(tmp_path: Path) -> None:
+    from edgeward.attest.audit import AuditLog
+    from edgeward.attest.audit_key import AuditKey
+    from edgeward.keylime.service import KeylimeAgent
+
+    key, pem = _revocation_pair()
+    (tmp_path / "revocation.pem").write_bytes(pem)
+    problems = Problems()
+    settings = parse_keylime_settings({"registrar_url": "http://127.0.0.1:1", "verifier_ca": str(tmp_path / "ca"),
+                                       "revocation_cert": str(tmp_path / "revocation.pem"),
+                                       "revocation_action": "stop_modules"}, tmp_path, problems)
+    assert settings is not None, problems.items
+    acted: list[int] = []
+
+    async def stop_modules() -> None:
+        acted.append(1)
+
+    audit = AuditLog(tmp_path / "audit", AuditKey(bytes(32)))
+    agent = KeylimeAgent(settings, None, audit, on_revoked=stop_modules)  # type: ignore[arg-type] # no TPM needed
+    agent.uuid = UUID
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
+
+    def signed(event_time: str) -> dict[str, str]:
+        msg = json.dumps({"type": "revocation", "agent_id": UUID, "event_id": "ima.validation.ima-ng.not_in_allowlist",
+                          "event_time": event_time})
+        return {"msg": msg, "signature": base64.b64encode(key.sign(msg.encode(), pss, hashes.SHA256())).decode()}
+
+    first = signed("Wed Dec  2 23:00:00 2026")
+    await agent.revocation(first)
+    await agent.revocation(first)  # the same signed notice, posted again
+    await agent.revocation(signed("Wed Dec  2 23:05:00 2026"))  # same kind of failure, a new event: acted on
+    kinds = [r.kind for r in audit.records(since=0) if r.kind.startswith("keylime.")]
+    assert kinds == ["keylime.revocation", "keylime.revocation_acted", "keylime.revocation_replayed",
+                     "keylime.revocation", "keylime.revocation_acted"]
+    assert len(acted) == 2

@@ -172,14 +172,30 @@ class KeylimeAgent:
         cert = load_revocation_cert(self.settings.revocation_cert, self.home / "revocation-cert.pem")
         notice = check_notice(body, cert)
         kind = "keylime.revocation" if notice.authenticated else "keylime.revocation_unauthenticated"
+        replayed = notice.authenticated and not self._first_sighting(hashlib.sha256(body["msg"].encode()).hexdigest())
+        if replayed:  # a signed notice seen before, posted again (by anyone holding a client cert): recorded only
+            kind = "keylime.revocation_replayed"
         self.audit.append(kind, None, notice.audit_detail())
         log.warning("keylime: %s revocation notice for agent %s (%s): %s",
                     "verified" if notice.authenticated else "UNAUTHENTICATED", notice.fields.get("agent_id"),
                     notice.why, notice.fields.get("event_id"))
-        if (notice.authenticated and notice.fields.get("agent_id") == self.uuid
+        if (notice.authenticated and not replayed and notice.fields.get("agent_id") == self.uuid
                 and self.settings.revocation_action == "stop_modules" and self.on_revoked is not None):
             await self.on_revoked()
             self.audit.append("keylime.revocation_acted", None, {"action": "stop_modules"})
+
+    def _first_sighting(self, event_id: str) -> bool:
+        """Whether this signed notice is new (``event_id``: the digest of its signed text; Keylime's own event_id
+        names the kind of failure, not the event); remembered across restarts, the last ones only."""
+        path = self.home / "revocations-seen.json"
+        try:
+            seen: list[str] = json.loads(path.read_bytes())
+        except (FileNotFoundError, ValueError):
+            seen = []
+        if event_id in seen:
+            return False
+        atomic_write(path, json.dumps([*seen, event_id][-SEEN_EVENTS:]).encode())
+        return True
 
     async def stop(self) -> None:
         await cancel_all(self._tasks)
@@ -189,6 +205,7 @@ class KeylimeAgent:
 
 
 AGENT_CONNECTIONS = 64
+SEEN_EVENTS = 1024  # signed revocation notices remembered against replays
 TLS_HANDSHAKE_SECONDS = 5.0
 
 
