@@ -9,7 +9,6 @@ the previous one staged, and the single flusher applies the changes in staging o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,12 +50,6 @@ class GroupCommit:
             if change is not None:
                 return True, change.data
         return False, None
-
-    async def drain(self) -> None:
-        """Wait until everything staged so far is on disk (or has failed)."""
-        while self._flusher is not None and not self._flusher.done():
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._flusher)
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()

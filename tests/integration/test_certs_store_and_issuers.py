@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -20,6 +19,7 @@ from edgeward.certs.issuance import self_signed_ca_builder
 from edgeward.certs.x509sign import handle_public_key, sign_certificate, sign_csr
 from edgeward.http.errors import HttpError
 from tests.fixtures.certs import CertsEnv, serve_certs
+from tests.fixtures.flushes import count_flushes
 from tests.integration.test_certs import csr_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -42,14 +42,7 @@ async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 async def test_each_answer_is_already_on_disk_and_a_burst_shares_flushes(env: CertsEnv,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    flushes: list[int] = []
-    real = groupcommit._apply
-
-    def counting(changes: dict[Path, tuple[bytes | None, int]]) -> dict[Path, Exception]:
-        flushes.append(len(changes))
-        return real(changes)
-
-    monkeypatch.setattr(groupcommit, "_apply", counting)
+    flushes = count_flushes(monkeypatch)
     key = ec.generate_private_key(ec.SECP256R1())
     csr = csr_for(key)
     store = env.service.store

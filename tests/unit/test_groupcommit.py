@@ -10,20 +10,14 @@ import pytest
 
 from edgeward import groupcommit
 from edgeward.groupcommit import GroupCommit
+from tests.fixtures.flushes import count_flushes
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_a_burst_shares_flushes_and_the_last_change_wins(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    flushes: list[int] = []
-    real = groupcommit._apply
-
-    def counting(changes: dict[Path, tuple[bytes | None, int]]) -> dict[Path, Exception]:
-        flushes.append(len(changes))
-        return real(changes)
-
-    monkeypatch.setattr(groupcommit, "_apply", counting)
+    flushes = count_flushes(monkeypatch)
     commits = GroupCommit()
     same = tmp_path / "same"
     waits = [commits.stage(same, f"v{i}".encode(), 0o644) for i in range(50)]
@@ -51,7 +45,6 @@ async def test_changes_staged_during_a_flush_go_in_the_next_one_in_order(tmp_pat
     again = commits.stage(path, b"three")
     await again
     assert path.read_bytes() == b"three"
-    await commits.drain()
 
 
 async def test_a_failed_write_reaches_its_callers_and_only_them(tmp_path: Path,
