@@ -23,34 +23,44 @@ from .load import BARE_SERVER
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Runs inside the module (or as a plain process for the baseline): closed-loop load, one JSON line of results.
+# Runs inside the module: closed-loop load, alternating the bare server and the workload API round by round (one
+# generator, one process, neighbouring moments), then one JSON line of results.
 LOADGEN = """
 import asyncio, base64, json, os, sys, time, urllib.parse
 from benchmarks.load import closed_loop
-sock = sys.argv[1] if len(sys.argv) > 1 else urllib.parse.urlparse(os.environ["IOTEDGE_WORKLOADURI"]).path
-name = os.environ.get("IOTEDGE_MODULEID", "bare"); gen = os.environ.get("IOTEDGE_MODULEGENERATIONID", "0")
-path = f"/modules/{name}/genid/{gen}/sign?api-version=2019-01-30" if len(sys.argv) == 1 else "/sign"
+api = urllib.parse.urlparse(os.environ["IOTEDGE_WORKLOADURI"]).path
+bare = os.environ["BENCH_BARE_SOCKET"]
+name, gen = os.environ["IOTEDGE_MODULEID"], os.environ["IOTEDGE_MODULEGENERATIONID"]
+path = f"/modules/{name}/genid/{gen}/sign?api-version=2019-01-30"
 body = {"keyId": "primary", "algo": "HMACSHA256", "data": base64.b64encode(b"x" * 64).decode()}
+seconds = float(os.environ["BENCH_SECONDS"]) / int(os.environ["BENCH_ROUNDS"])
 out = {}
 for c in json.loads(os.environ["BENCH_CONCURRENCY"]):
-    r = asyncio.run(closed_loop(sock, path, body, c, float(os.environ["BENCH_SECONDS"])))
-    out[c] = {"rate": r.rate, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors}
+    rounds = []
+    for _ in range(int(os.environ["BENCH_ROUNDS"])):
+        b = asyncio.run(closed_loop(bare, "/sign", body, c, seconds))
+        a = asyncio.run(closed_loop(api, path, body, c, seconds))
+        rounds.append({side: {"rate": r.rate, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors}
+                       for side, r in (("api", a), ("bare", b))})
+    out[c] = rounds
 print("BENCH " + json.dumps(out), flush=True)
-if len(sys.argv) == 1:
-    time.sleep(3600)
+time.sleep(3600)
 """
+ROUNDS = 3  # bare/API pairs per client count; the ratio reported is their median
 
 
-async def _module_load(run_dir: Path, concurrency: list[int], seconds: float) -> dict[str, Any]:
+async def _load(run_dir: Path, bare_socket: Path, concurrency: list[int], seconds: float) -> dict[str, Any]:
     mgmt = ManagementClient(run_dir / "mgmt" / "mgmt.sock")
     try:
         await mgmt.create_module({"name": "bench", "imagePullPolicy": "never", "config": {
             "image": sys.executable, "createOptions": {"Cmd": ["-c", LOADGEN]}}, "env": [
             {"key": "PYTHONPATH", "value": str(REPO)},
+            {"key": "BENCH_BARE_SOCKET", "value": str(bare_socket)},
             {"key": "BENCH_CONCURRENCY", "value": json.dumps(concurrency)},
+            {"key": "BENCH_ROUNDS", "value": str(ROUNDS)},
             {"key": "BENCH_SECONDS", "value": str(seconds)}]})
         await mgmt.action("bench", "start")
-        async with asyncio.timeout(len(concurrency) * (seconds + 2) + 60):
+        async with asyncio.timeout(len(concurrency) * 2 * (seconds + 2 * ROUNDS) + 60):
             async for chunk in mgmt.logs("bench", follow=True):
                 for line in chunk.data.splitlines():
                     if line.startswith(b"BENCH "):
@@ -62,36 +72,32 @@ async def _module_load(run_dir: Path, concurrency: list[int], seconds: float) ->
         await mgmt.close()
 
 
-def _bare_load(tmp: Path, concurrency: list[int], seconds: float) -> dict[str, Any]:
-    sock = tmp / "bare.sock"
-    server = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(sock)], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL)
-    try:
-        assert server.stdout is not None
-        server.stdout.readline()
-        env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_CONCURRENCY": json.dumps(concurrency),
-               "BENCH_SECONDS": str(seconds)}
-        out = subprocess.run([sys.executable, "-c", LOADGEN, str(sock)], capture_output=True, text=True, env=env,
-                             timeout=len(concurrency) * (seconds + 2) + 60, check=True).stdout
-        line = next(x for x in out.splitlines() if x.startswith("BENCH "))
-        return dict(json.loads(line[6:]))
-    finally:
-        stop_daemon(server)  # type: ignore[arg-type]
-
-
 def run(seconds: float, concurrency: list[int]) -> list[dict[str, Any]]:
+    """Each client count gets ``seconds`` on each side, split into ROUNDS bare/API pairs run back to back by the
+    same generator, so a noisy neighbour weighs on both sides of a pair alike."""
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         os.chmod(tmp, 0o755)
-        bare = _bare_load(tmp, concurrency, seconds)
-        state = tmp / "state"
-        with running_daemon(["run", "--state-dir", str(state), "--run-dir", str(state / "run")],
-                            log_path=tmp / "daemon.log"):
-            api = asyncio.run(_module_load(state / "run", concurrency, seconds))
+        sock = tmp / "bare.sock"
+        server = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(sock)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            assert server.stdout is not None
+            server.stdout.readline()
+            state = tmp / "state"
+            with running_daemon(["run", "--state-dir", str(state), "--run-dir", str(state / "run")],
+                                log_path=tmp / "daemon.log"):
+                results = asyncio.run(_load(state / "run", sock, concurrency, seconds))
+        finally:
+            stop_daemon(server)  # type: ignore[arg-type]
     rows = []
     for c in concurrency:
-        a, b = api[str(c)], bare[str(c)]
+        rounds = results[str(c)]
+        ordered = sorted(rounds, key=lambda r: r["api"]["rate"] / r["bare"]["rate"])
+        mid = ordered[len(ordered) // 2]
+        a, b = mid["api"], mid["bare"]
         rows.append({"concurrency": c, "api_per_s": a["rate"], "bare_per_s": b["rate"],
                      "api_vs_bare": a["rate"] / b["rate"], "api_p50_ms": a["p50_ms"], "api_p99_ms": a["p99_ms"],
-                     "bare_p99_ms": b["p99_ms"], "errors": a["errors"]})
+                     "bare_p99_ms": b["p99_ms"], "errors": sum(r["api"]["errors"] for r in rounds),
+                     "ratios": [r["api"]["rate"] / r["bare"]["rate"] for r in rounds]})
     return rows

@@ -181,6 +181,24 @@ async def test_imported_hmac_key_and_derived_keys_match_reference(keys_env: Keys
     assert await keys_env.client.decrypt(derived, Aead(iv, b"aad"), ct) == b"secret"
 
 
+async def test_a_derived_key_follows_its_master_when_the_master_is_replaced(keys_env: KeysEnv) -> None:
+    """The service remembers derived keys between signs; a master deleted and imported again under the same id
+    must never sign with the old one's derived key (the old handle is refused, a new one signs with the new)."""
+    key_id, data = keys_env.new_id(), b"module1:gen1:primary"
+    old = await keys_env.client.import_key(key_id, b"\x01" * 32, "derive")
+    old_derived = await keys_env.client.create_derived_key(old, data)
+    old_key = hmac.new(b"\x01" * 32, data, hashlib.sha256).digest()
+    assert await keys_env.client.sign(old_derived, HmacSha256(b"m")) == hmac.new(old_key, b"m", hashlib.sha256).digest()
+    await keys_env.client.delete_key(old)
+    await expect_status(401, keys_env.client.sign(old_derived, HmacSha256(b"m")))
+    new = await keys_env.client.import_key(key_id, b"\x02" * 32, "derive")
+    await expect_status(401, keys_env.client.sign(old_derived, HmacSha256(b"m")))
+    new_key = hmac.new(b"\x02" * 32, data, hashlib.sha256).digest()
+    derived = await keys_env.client.create_derived_key(new, data)
+    assert await keys_env.client.sign(derived, HmacSha256(b"m")) == hmac.new(new_key, b"m", hashlib.sha256).digest()
+    assert await keys_env.client.export_derived_key(derived) == new_key
+
+
 async def test_generated_symmetric_keys_work_and_usage_is_enforced(keys_env: KeysEnv) -> None:
     signer = await keys_env.client.create_key_if_not_exists(keys_env.new_id(), "sign")
     mac1 = await keys_env.client.sign(signer, HmacSha256(b"m"))

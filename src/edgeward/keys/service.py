@@ -58,6 +58,7 @@ GENERATED_KEY_LENGTH = 32  # HMAC-SHA256 and AES-256-GCM both want 256-bit keys
 MAX_TTL_SECONDS = 10 * 365 * 86400
 # aziot treats "sign" and "derive" as one usage (an HMAC key); only "encrypt" (an AES key) is distinct.
 HMAC_USAGE = KeyUsage.SIGN | KeyUsage.DERIVE
+MAX_DERIVED_CACHED = 4096  # derived keys kept (a module generation's SAS keys each take one)
 
 # DER encodings of the curve OIDs, as aziot's /parameters/ec-curve-oid returns them.
 _CURVE_OID_DER = {
@@ -100,6 +101,10 @@ class KeyService:
         # Generation of each key this process has seen, so the hot path (sign) needs no backend lookup. Every
         # mutation goes through this service, which keeps the cache true.
         self._generations: dict[tuple[KeyKind, str], str] = {}
+        # Derived keys by (key id, generation, derivation data): a module's SAS sign otherwise computes its key again
+        # (an HMAC of the master) on every call. Entries of a key go when it is deleted or replaced (a new
+        # generation never matches), and the whole table when it outgrows its bound.
+        self._derived: dict[tuple[str, str, bytes], bytes] = {}
         self._locks = KeyedLocks()
 
     def for_caller(self, caller: Caller) -> KeysApi:
@@ -187,6 +192,8 @@ class KeyService:
     def _forget(self, key_id: str) -> None:
         for kind in KeyKind:
             self._generations.pop((kind, key_id), None)
+        for entry in [k for k in self._derived if k[0] == key_id]:
+            del self._derived[entry]
 
     async def _symmetric_info(self, loc: KeyLocation) -> SymmetricKeyInfo:
         info = await self._run(loc.backend.key_info, loc.ref)
@@ -356,8 +363,15 @@ class KeyService:
 
     async def _derived_key(self, claims: HandleClaims, loc: KeyLocation) -> bytes:
         assert claims.derivation is not None
-        _refuse_reserved(claims.derivation, "derivationData")
-        return await self._run_fast(loc.backend, loc.backend.hmac_sha256, loc.ref, claims.derivation)
+        entry = (claims.key_id, claims.generation, claims.derivation)
+        derived = self._derived.get(entry)
+        if derived is None:
+            _refuse_reserved(claims.derivation, "derivationData")
+            derived = await self._run_fast(loc.backend, loc.backend.hmac_sha256, loc.ref, claims.derivation)
+            if len(self._derived) >= MAX_DERIVED_CACHED:
+                self._derived.clear()
+            self._derived[entry] = derived
+        return derived
 
     async def export_derived_key(self, handle: str) -> bytes:
         claims, loc = await self.resolve(handle, KeyKind.DERIVED)

@@ -37,6 +37,9 @@ class WorkloadSockets:
         self.runner = runner  # the workload API's runner; None while only directories are wanted
         self._sites: dict[str, web.SockSite] = {}
         self._hashed: dict[str, str] = {}  # directory name -> module name, for directories named by a hash
+        # Socket name -> module, for the socket names seen: looked up on every workload request, and the names are
+        # this object's own listening sockets (the kernel reports the bound path), so the table stays small.
+        self._arrivals: dict[str, str | None] = {}
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o755)  # noqa: S103 -- modules of any uid must reach their own directory
 
@@ -57,13 +60,24 @@ class WorkloadSockets:
             sockname = sockname.decode(errors="replace")
         if not sockname:
             return None
+        try:
+            return self._arrivals[sockname]
+        except KeyError:
+            pass
         path = Path(sockname)
         if path.name != self.socket_name or path.parent.parent != self.root:
             return None
         directory = path.parent.name
         if directory.startswith("~"):
-            return self._hashed.get(directory, directory)  # unknown: a name no module has (refused)
-        return directory
+            if directory not in self._hashed:
+                return directory  # a name no module has (refused); not remembered, a module may yet open it
+            module = self._hashed[directory]
+        else:
+            module = directory
+        if len(self._arrivals) >= 4096:
+            self._arrivals.clear()
+        self._arrivals[sockname] = module
+        return module
 
     async def open(self, name: str) -> Path:
         """Create the module's directory and, when serving, its socket (world-connectable: attestation, not file
