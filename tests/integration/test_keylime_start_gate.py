@@ -71,3 +71,19 @@ async def test_a_revoked_device_runs_no_module_whoever_starts_it(runtime: tuple[
     assert _running(dockerd, "before")
     assert [r.kind for r in rt.parts.audit.records() if r.kind.startswith("keylime.")] == \
         ["keylime.revoked", "keylime.revocation_cleared"]
+
+
+async def test_modules_found_running_on_a_revoked_device_at_start_are_stopped(
+        runtime: tuple[RuntimeEnv, ManagementClient], dockerd: Dockerd, tmp_path: Path) -> None:
+    """Edgeward was down when the engine brought a module back (a restart policy across a reboot, a crash between
+    the revocation and the stop): the runtime stops it as it starts."""
+    rt, mgmt = runtime
+    await mgmt.create_module(_spec("survivor"))
+    await mgmt.action("survivor", "start")
+    gate = RevocationGate(tmp_path / "keylime")
+    gate.revoke("cd" * 32, {"agent_id": "a", "event_id": "ima.validation.ima-ng.not_in_allowlist"}, rt.parts.audit)
+    rt.parts.runtime.start_gate = gate
+    assert _running(dockerd, "survivor")
+    await rt.parts.runtime.stop_gated_modules()  # what start() does after reconciling
+    assert not _running(dockerd, "survivor")
+    assert [r.module for r in rt.parts.audit.records() if r.kind == "module.stopped_refused"] == ["survivor"]

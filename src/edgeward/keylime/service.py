@@ -192,7 +192,10 @@ class KeylimeAgent:
                     notice.why, notice.fields.get("event_id"))
         if (not replayed and notice.fields.get("agent_id") == self.uuid
                 and self.settings.revocation_action == "stop_modules"):
-            self.gate.revoke(digest, notice.fields, self.audit)  # first: nothing starts again from here on
+            try:  # first: nothing starts again from here on
+                self.gate.revoke(digest, notice.fields, self.audit)
+            except Exception:  # a full disk must not also keep the modules running
+                log.exception("keylime: could not persist the revocation; stopping the modules all the same")
             if self.on_revoked is not None:
                 await self.on_revoked()
             self.audit.append("keylime.revocation_acted", None, {"action": "stop_modules"})

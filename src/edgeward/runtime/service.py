@@ -98,6 +98,7 @@ class ModuleRuntime:
     async def start(self) -> None:
         """Reconcile registrations with the engine, reopen workload sockets, then start the watchdog."""
         await self.reconcile()
+        await self.stop_gated_modules()
         try:  # the agent is up before the daemon says it is ready; if it cannot be, the watchdog keeps trying
             await self.check_agent()
         except (HttpError, EngineError) as e:
@@ -250,6 +251,26 @@ class ModuleRuntime:
             log.warning("module %s may not start: %s", name, why)
             self._record(record, name, reason=why)
             raise Forbidden(why)
+
+    async def stop_gated_modules(self) -> None:
+        """At start, while the start gate is closed: stop every module found running. The engine may have started
+        them on its own (a restart policy across a reboot or a crash of Edgeward) before this runtime listened for
+        its events."""
+        if self.start_gate is None:
+            return
+        for reg in self.registry.all():
+            try:
+                status = await self.engine.inspect(reg.name)
+            except EngineError:
+                continue
+            if status.state != "running":
+                continue
+            try:
+                self._gate(reg.name, "module.stopped_refused")
+            except Forbidden:
+                log.error("module %s is running although the start gate is closed; stopping it", reg.name)
+                with contextlib.suppress(EngineError):
+                    await self.engine.stop(reg.name, timeout=0)
 
     async def _vet_start(self, reg: Registration, record: str = "module.start_refused") -> None:
         """Vet the stored createOptions again before a start this runtime initiates: a bind source may have become
