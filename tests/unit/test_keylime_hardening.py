@@ -214,3 +214,18 @@ async def test_the_agent_does_not_start_on_a_bundle_of_cas(tmp_path: Path) -> No
     (tmp_path / "ca").write_bytes(_cert(True) + _cert(True))  # e.g. a system trust store
     with pytest.raises(VerifierCaRefused, match=r"edgeward\.keylime\.verifier_ca"):
         await agent.start()  # before the TPM (there is none here) or the listener
+
+
+async def test_a_notice_larger_than_a_notice_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from edgeward.keylime import routes
+
+    audit = AuditLog(tmp_path / "audit", AuditKey(bytes(32)))
+    agent, _ = _agent(tmp_path, audit)
+    for headers in ({"Content-Length": str(routes.MAX_NOTICE + 1)}, {"Transfer-Encoding": "chunked"}):
+        request = make_mocked_request("POST", "/v2.6/notifications/revocation", headers=headers)
+        with pytest.raises(routes._Refused) as refused:
+            await routes._revocation(agent, request)
+        assert refused.value.code == 413
+    assert agent.unverified.posted == 0
