@@ -240,6 +240,7 @@ if TYPE_CHECKING:
     from .certs.client import CertsClient
     from .certs.renewal import RenewalEngine
     from .identity.service import IdentityService
+    from .keylime.revoked import RevocationGate
     from .keylime.service import KeylimeAgent
     from .keys.api import KeysApi
     from .keys.client import KeysClient
@@ -265,14 +266,14 @@ def _audit_counter(settings: ServiceSettings, tpm_service: TpmService | None) ->
 
 
 async def _start_keylime(settings: ServiceSettings, tpm_service: TpmService | None,
-                         runtime: RuntimeParts | None) -> KeylimeAgent:
+                         runtime: RuntimeParts | None, gate: RevocationGate | None) -> KeylimeAgent:
     """The Keylime agent, on this process's TPM service and module runtime; a problem that makes its reports
     untrue (PCR 10 is the kernel's, the list does not replay, the TPM's AK changed) stops the start."""
     from .keylime.kernel_ima import KernelOwnsPcr10  # noqa: PLC0415
     from .keylime.mlist import MeasurementListBroken  # noqa: PLC0415
-    from .keylime.registrar import RegistrarError  # noqa: PLC0415
     from .keylime.service import AgentIdentityChanged, KeylimeAgent  # noqa: PLC0415
     from .keylime.tpm_ops import AkMismatch  # noqa: PLC0415
+    from .keylime.verifier_ca import VerifierCaRefused  # noqa: PLC0415
 
     assert settings.keylime is not None
     if tpm_service is None or runtime is None:
@@ -288,10 +289,10 @@ async def _start_keylime(settings: ServiceSettings, tpm_service: TpmService | No
             except Exception:  # one module that will not stop must not keep the others running
                 log.exception("keylime: could not stop module %s after the revocation", reg.name)
 
-    agent = KeylimeAgent(settings.keylime, tpm_service, runtime.audit, on_revoked=stop_modules)
+    agent = KeylimeAgent(settings.keylime, tpm_service, runtime.audit, on_revoked=stop_modules, gate=gate)
     try:
         await agent.start()
-    except (KernelOwnsPcr10, MeasurementListBroken, AgentIdentityChanged, AkMismatch, RegistrarError) as e:
+    except (KernelOwnsPcr10, MeasurementListBroken, AgentIdentityChanged, AkMismatch, VerifierCaRefused) as e:
         await agent.stop()
         raise ConfigError([str(e)], "edgeward.keylime") from None
     except (OSError, ValueError) as e:  # the listen address, the verifier's CA file, a revocation cert
@@ -393,6 +394,7 @@ async def serve(settings: ServiceSettings, services: tuple[str, ...] = ALL_SERVI
     tpm_service: TpmService | None = None
     runtime: RuntimeParts | None = None
     keylime: KeylimeAgent | None = None
+    revocation_gate: RevocationGate | None = None
     modules = _Modules()
     limit_provoked_logs()
     signals = _StopSignals()
@@ -482,10 +484,14 @@ async def serve(settings: ServiceSettings, services: tuple[str, ...] = ALL_SERVI
             provisioning = settings.runtime.cloud_provisioning  # [edgeward.peers], in edged.toml too
             identities = identities_for(settings.runtime, provisioning, identity, settings.identity.socket_path)
             reprovision = identity.reprovision if identity is not None and provisioning is not None else None
+            if settings.keylime is not None:  # a revocation that stands keeps every module from starting, from now
+                from .keylime.revoked import RevocationGate  # noqa: PLC0415
+
+                revocation_gate = RevocationGate(settings.keylime.state_dir)
             runtime = await start_runtime(
                 settings.runtime, keys_api, certs_api, identities, reprovision=reprovision,
                 provisioning=provisioning or "manual",
-                audit_counter=_audit_counter(settings, tpm_service))
+                audit_counter=_audit_counter(settings, tpm_service), start_gate=revocation_gate)
             me = measure_self(settings.config_path)
             detail: dict[str, Any] = {"code": me.code, "config": me.config, "files": me.files,
                                       "services": list(services)}
@@ -494,7 +500,7 @@ async def serve(settings: ServiceSettings, services: tuple[str, ...] = ALL_SERVI
             runtime.audit.append("edgeward.started", None, detail)
             modules.runtime = runtime
         if settings.keylime is not None and ("keylime-agent" in services or services == ALL_SERVICES):
-            keylime = await _start_keylime(settings, tpm_service, runtime)
+            keylime = await _start_keylime(settings, tpm_service, runtime, revocation_gate)
         signals.started()
         log.info("edgeward ready: %s", ", ".join(services))
         notify(f"READY=1\nMAINPID={os.getpid()}")

@@ -1,7 +1,8 @@
 """Edgeward as a Keylime agent, against a real registrar and verifier (keylime 7.14.3) and a swtpm: the device is
 enrolled with `keylime_tenant` and the runtime policy `edgeward attest keylime-policy` writes, passes while its
-module is as deployed and across a restart of Edgeward, and fails, with the verifier's revocation notice in the
-audit log, within two quote intervals of its module's executable being swapped.
+module is as deployed, across a restart of Edgeward and under a connection flood from another address, and fails,
+with the verifier's revocation notice in the audit log, within two quote intervals of its module's executable being
+swapped; from then on no module starts, across a restart too, until an operator clears the revocation.
 
 The tests share one enrolled device (session-scoped fixtures) and run in file order: each is a later stage.
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import selectors
 import shutil
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -27,6 +30,7 @@ from typing import Any
 import pytest
 
 from edgeward.attest.audit import AuditLog, AuditRecord
+from edgeward.http.errors import HttpError
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import start_daemon, stop_daemon
 from tests.fixtures.keylime import QUOTE_INTERVAL, KeylimeServices, free_port
@@ -222,6 +226,49 @@ def test_restart_of_edgeward_keeps_the_device_passing(device: Device, keylime_se
     print(f"\nrestart to READY: {restart:.2f} s")
 
 
+def _closed_within(sockets: list[socket.socket], seconds: float) -> int:
+    """How many of ``sockets`` the other end closed within ``seconds`` (EOF or reset)."""
+    with selectors.DefaultSelector() as sel:
+        for s in sockets:
+            sel.register(s, selectors.EVENT_READ)
+        closed, deadline = 0, time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and sel.get_map():
+            for key, _ in sel.select(left):
+                sel.unregister(key.fileobj)
+                try:
+                    closed += key.fileobj.recv(1) == b""  # type: ignore[union-attr]
+                except ConnectionResetError:
+                    closed += 1
+        return closed
+
+
+def test_a_flood_from_one_address_does_not_keep_the_verifier_out(device: Device,
+                                                                 keylime_services: KeylimeServices) -> None:
+    """Bare connections from 127.0.0.2 that never start TLS: all but a few are closed at once, and the verifier
+    (127.0.0.1) goes on getting quotes meanwhile."""
+    before = keylime_services.agent_status(AGENT_UUID)["attestation_count"]
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(200):
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.connect(("127.0.0.1", device.port))
+            flood.append(s)
+        closed = _closed_within(flood, 1.0)  # at once: the handshake deadline alone would take 5 s
+        assert closed >= 190, closed
+        started = time.perf_counter()
+        assert _agent_get(device, keylime_services, "/version")["code"] == 200
+        answered = time.perf_counter() - started
+        assert answered < 2.0
+        _wait_for("attestations during the flood", lambda: _passing_beyond(keylime_services, before + 1),
+                  6 * QUOTE_INTERVAL)
+    finally:
+        for s in flood:
+            s.close()
+    print(f"\n200 bare connections from 127.0.0.2: {closed} closed at once; /version from 127.0.0.1 in "
+          f"{answered * 1000:.0f} ms")
+
+
 def test_swapped_module_fails_attestation_and_is_revoked(device: Device, keylime_services: KeylimeServices) -> None:
     data = device.module_exe.read_bytes()
     swapped = device.base / "modules" / "sensor.new"
@@ -249,6 +296,61 @@ def test_swapped_module_fails_attestation_and_is_revoked(device: Device, keylime
     assert revoked_after <= 2 * QUOTE_INTERVAL + INTEGRITY_PERIOD + 1, revoked_after
     assert _wait_for("the revocation acted on", lambda: device.audit("keylime.revocation_acted"), 10)
     print(f"\nswap -> FAIL at the verifier: {failed_after:.2f} s; -> revocation recorded: {revoked_after:.2f} s")
+
+
+async def _mgmt(device: Device, op: Any) -> Any:
+    mgmt = ManagementClient(device.run / "mgmt" / "mgmt.sock")
+    try:
+        return await op(mgmt)
+    finally:
+        await mgmt.close()
+
+
+def _refused_as_revoked(device: Device, op: Any) -> None:
+    with pytest.raises(HttpError) as refused:
+        asyncio.run(_mgmt(device, op))
+    assert refused.value.status == 403, refused.value
+    assert "revoked by its Keylime verifier" in refused.value.message, refused.value.message
+    assert "edgeward attest keylime-clear-revocation" in refused.value.message
+
+
+def test_a_revoked_device_starts_no_module_until_the_operator_clears_it(device: Device) -> None:
+    other = {"name": "other", "imagePullPolicy": "never",
+             "config": {"image": "/bin/sleep", "createOptions": {"Cmd": ["3600"]}}}
+    _refused_as_revoked(device, lambda m: m.action(MODULE, "start"))
+    _refused_as_revoked(device, lambda m: m.create_module(other))  # a deployment re-creating modules
+    assert device.audit("module.start_refused")
+    device.stop()
+    device.start()  # the revocation outlives Edgeward
+    _refused_as_revoked(device, lambda m: m.action(MODULE, "start"))
+    common = ["-c", str(device.config), "--state-dir", str(device.state), "--run-dir", str(device.run)]
+    cleared = device.edgeward("attest", "keylime-clear-revocation", *common)
+    assert cleared.returncode == 0 and "cleared the revocation" in cleared.stdout, cleared.stdout + cleared.stderr
+    asyncio.run(_mgmt(device, lambda m: m.create_module(other)))
+    asyncio.run(_mgmt(device, lambda m: m.action("other", "start")))
+    record = device.audit("keylime.revocation_cleared")
+    assert len(record) == 1 and record[0].detail["by_uid"] == os.getuid()
+    again = device.edgeward("attest", "keylime-clear-revocation", *common)
+    assert again.returncode == 0 and "no revocation stands" in again.stdout
+
+
+def test_keylime_policy_refuses_an_audit_log_that_does_not_verify(device: Device, tmp_path: Path) -> None:
+    device.stop()
+    copy = tmp_path / "state"
+    shutil.copytree(device.state, copy, symlinks=True)
+    common = ["-c", str(device.config), "--state-dir", str(copy), "--run-dir", str(tmp_path / "run")]
+    made = device.edgeward("attest", "keylime-policy", "-o", str(tmp_path / "policy.json"), *common)
+    assert made.returncode == 0, made.stderr  # the copy, as it is, verifies
+    db = sqlite3.connect(copy / "audit" / "audit.db")
+    try:  # what someone with the disk would do: allow a binary of their own in the policy
+        db.execute("DROP TRIGGER audit_no_update")
+        db.execute("UPDATE audit SET detail = replace(detail, 'sensor', 'backdoor') WHERE kind = 'module.created'")
+        db.commit()
+    finally:
+        db.close()
+    refused = device.edgeward("attest", "keylime-policy", "-o", str(tmp_path / "forged.json"), *common)
+    assert refused.returncode == 1 and "does not verify" in refused.stderr, refused.stderr
+    assert not (tmp_path / "forged.json").exists()
 
 
 def test_serve_keylime_agent_needs_its_table_and_the_super_config(tmp_path: Path) -> None:

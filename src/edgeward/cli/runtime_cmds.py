@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -21,6 +21,9 @@ from ..http.errors import HttpError
 from ..runtime.mgmt_client import ManagementClient
 from ..tpm.client import TpmClient
 from .paths import config_option, default_run_dir, default_state_dir, run_option, state_option
+
+if TYPE_CHECKING:
+    from ..daemon import DaemonSettings
 
 __all__ = ["attest", "audit", "list_modules", "logs", "restart"]
 
@@ -242,6 +245,27 @@ def attest_quote(nonce: str, run_dir: Path | None, state_dir: Path | None) -> No
         sys.exit(EXIT_FAILED)
 
 
+def _verified_or_exit(settings: DaemonSettings, what: str) -> None:
+    """Verify the installed audit log (chain, MACs, TPM counter) or exit 1 saying why ``what`` is not built."""
+    from ..attest.audit_open import verify_installed_log  # noqa: PLC0415
+
+    try:
+        result = asyncio.run(verify_installed_log(settings))
+    except HttpError as e:
+        err.print(f"[red]error:[/red] cannot get the audit key or counter to verify the audit log: {_e(e.message)}",
+                  highlight=False)
+        sys.exit(EXIT_UNREACHABLE)
+    except OSError as e:
+        err.print(f"[red]error:[/red] cannot reach the keys or TPM service to verify the audit log: {_e(e)}",
+                  highlight=False)
+        sys.exit(EXIT_UNREACHABLE)
+    if result is not None and not result.ok:
+        err.print(f"[red]error:[/red] the audit log does not verify ({_e(result.problem)}; the first "
+                  f"{_e(result.records)} records check out): {_e(what)} built from it could allow what was never "
+                  "measured, so none is; see `edgeward audit verify`", highlight=False)
+        sys.exit(EXIT_FAILED)
+
+
 @attest.command("keylime-policy")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the policy here (default: standard output).")
@@ -267,6 +291,7 @@ def attest_keylime_policy(output: Path | None, config: Path | None, state_dir: P
     if not (home / "audit.db").exists():
         err.print(f"[red]error:[/red] no audit log at {_e(home)}: start Edgeward once, so it measures itself")
         sys.exit(EXIT_FAILED)
+    _verified_or_exit(settings, "a runtime policy")  # the policy allows what the log says: only a log that checks
     log = AuditLog(home)
     try:
         started = [r for r in log.records() if r.kind == "edgeward.started"]
@@ -286,3 +311,39 @@ def attest_keylime_policy(output: Path | None, config: Path | None, state_dir: P
     else:
         output.write_text(text)
         err.print(f"wrote {_e(output)}: {len(policy['digests'])} allowed names")
+
+
+@attest.command("keylime-clear-revocation")
+@config_option
+@state_option
+@run_option
+def attest_keylime_clear_revocation(config: Path | None, state_dir: Path | None, run_dir: Path | None) -> None:
+    """Clear the revocation the Keylime verifier sent (with revocation_action = "stop_modules"): until then no
+    module is created or started. Deal with the cause first (the verifier's log says what failed attestation).
+    Edgeward records the clearing, with who asked, in the audit log before it lets the next module start."""
+    from ..config.problems import ConfigError  # noqa: PLC0415
+    from ..daemon import load_settings  # noqa: PLC0415
+    from ..keylime.revoked import RevocationGate  # noqa: PLC0415
+
+    try:
+        settings = load_settings(config, state_dir or default_state_dir(), run_dir or default_run_dir())
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {_e(e)}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    if settings.keylime is None:
+        err.print("[red]error:[/red] no [edgeward.keylime] table is configured: there is no revocation to clear",
+                  highlight=False)
+        sys.exit(EXIT_FAILED)
+    gate = RevocationGate(settings.keylime.state_dir)
+    try:
+        state = gate.request_clear()
+    except (OSError, ValueError) as e:
+        err.print(f"[red]error:[/red] cannot clear the revocation under {_e(settings.keylime.state_dir)}: {_e(e)} "
+                  "(run as the user Edgeward runs as, usually root)", highlight=False)
+        sys.exit(EXIT_FAILED)
+    if state is None:
+        out.print("no revocation stands: modules may start")
+        return
+    out.print(f"cleared the revocation of notice {_e(str(state.get('digest'))[:16])}... "
+              f"({_e(state.get('event_id'))}): the running Edgeward records it in the audit log and lets the next "
+              "module start (a deployment, `edgeward restart <module>`, the edge agent's watchdog)", highlight=False)

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 # Never 1.0: for it the verifier expects zlib-compressed quotes. 3.0 is push mode.
 SUPPORTED_VERSIONS = ("2.1", "2.2", "2.3", "2.4", "2.5", "2.6")
 Handler = Callable[["KeylimeAgent", web.Request], Awaitable[dict[str, Any]]]
+# A notice is parsed on the event loop before anyone knows whether it is authentic: not the payload routes' 16 MB.
+MAX_NOTICE = 256 * 1024
 
 
 class _Refused(Exception):
@@ -83,6 +85,8 @@ async def _info(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
 
 
 async def _revocation(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
+    if request.content_length is None or request.content_length > MAX_NOTICE:  # the verifier's are a few KB
+        raise _Refused(413, f"a revocation notice is at most {MAX_NOTICE} bytes, with a Content-Length")
     try:
         await agent.revocation(await _body(request))
     except ValueError as e:

@@ -29,14 +29,18 @@ from ..http.connections import CONNECTION_POLICY, ConnectionLimits, ConnectionPo
 from ..tasks import cancel_all
 from .agent_keys import AgentKeys, load_or_create_keys
 from .kernel_ima import check_kernel_ima
+from .listener import AgentSite
 from .mlist import MeasurementList, TpmRunner
+from .notice_tally import UnverifiedTally
 from .payloads import Payloads
 from .quotes import Quoter
 from .registrar import RegistrarError, activate, auth_tag, register
 from .revocation import check_notice, load_revocation_cert
+from .revoked import RevocationGate
 from .routes import build_agent_app
 from .settings import KeylimeSettings
 from .tpm_ops import AkInfo, activate_credential, ek_certificate, ek_public, ensure_ak
+from .verifier_ca import check_verifier_ca
 
 __all__ = ["AgentIdentityChanged", "KeylimeAgent", "uuid_from_ek"]
 
@@ -56,12 +60,15 @@ def uuid_from_ek(ek_public: bytes) -> str:
 
 class KeylimeAgent:
     def __init__(self, settings: KeylimeSettings, tpm: TpmRunner, audit: AuditLog, *,
-                 on_revoked: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_revoked: Callable[[], Awaitable[None]] | None = None,
+                 gate: RevocationGate | None = None) -> None:
         self.settings = settings
         self.tpm = tpm
         self.audit = audit
         self.on_revoked = on_revoked
         self.home = private_dir(settings.state_dir)
+        self.gate = gate or RevocationGate(self.home)
+        self.unverified = UnverifiedTally(audit)
         self.uuid = ""
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -73,7 +80,9 @@ class KeylimeAgent:
         self.timings: dict[str, float] = {}
 
     async def start(self) -> None:
+        check_verifier_ca(self.settings.verifier_ca)
         check_kernel_ima(self.settings.ima_securityfs)
+        self._tasks.append(asyncio.create_task(self.unverified.run(), name="keylime-unverified-notices"))
         if self.settings.revocation_cert is not None:  # configured: it must be there and readable now (OSError)
             load_revocation_cert(self.settings.revocation_cert, self.home / "revocation-cert.pem")
         ek, ek_cert = await self.tpm.run_exclusive(lambda e: (ek_public(e), ek_certificate(e)))
@@ -161,7 +170,7 @@ class KeylimeAgent:
         app[CONNECTION_POLICY] = ConnectionPolicy(ConnectionLimits.from_environ().capped(AGENT_CONNECTIONS))
         runner = GuardedRunner(app)
         await runner.setup()
-        site = _AgentSite(runner, self.settings.listen_address, self.settings.listen_port, ssl_context=self._tls())
+        site = AgentSite(runner, self.settings.listen_address, self.settings.listen_port, ssl_context=self._tls())
         await site.start()
         self._runner = runner
         log.info("keylime agent %s listening on %s:%d (mTLS)", self.uuid, self.settings.listen_address,
@@ -171,17 +180,24 @@ class KeylimeAgent:
         """Record the notice; act on it only if it is authentic, names this agent, and the policy says so."""
         cert = load_revocation_cert(self.settings.revocation_cert, self.home / "revocation-cert.pem")
         notice = check_notice(body, cert)
-        kind = "keylime.revocation" if notice.authenticated else "keylime.revocation_unauthenticated"
-        replayed = notice.authenticated and not self._first_sighting(hashlib.sha256(body["msg"].encode()).hexdigest())
-        if replayed:  # a signed notice seen before, posted again (by anyone holding a client cert): recorded only
-            kind = "keylime.revocation_replayed"
+        if not notice.authenticated:  # anyone with a client cert can post these, as fast as they like: counted
+            self.unverified.add(body, notice.audit_detail())
+            return
+        digest = hashlib.sha256(body["msg"].encode()).hexdigest()
+        replayed = not self._first_sighting(digest)
+        # a signed notice seen before, posted again (by anyone holding a client cert): recorded only
+        kind = "keylime.revocation_replayed" if replayed else "keylime.revocation"
         self.audit.append(kind, None, notice.audit_detail())
-        log.warning("keylime: %s revocation notice for agent %s (%s): %s",
-                    "verified" if notice.authenticated else "UNAUTHENTICATED", notice.fields.get("agent_id"),
+        log.warning("keylime: verified revocation notice for agent %s (%s): %s", notice.fields.get("agent_id"),
                     notice.why, notice.fields.get("event_id"))
-        if (notice.authenticated and not replayed and notice.fields.get("agent_id") == self.uuid
-                and self.settings.revocation_action == "stop_modules" and self.on_revoked is not None):
-            await self.on_revoked()
+        if (not replayed and notice.fields.get("agent_id") == self.uuid
+                and self.settings.revocation_action == "stop_modules"):
+            try:  # first: nothing starts again from here on
+                self.gate.revoke(digest, notice.fields, self.audit)
+            except Exception:  # a full disk must not also keep the modules running
+                log.exception("keylime: could not persist the revocation; stopping the modules all the same")
+            if self.on_revoked is not None:
+                await self.on_revoked()
             self.audit.append("keylime.revocation_acted", None, {"action": "stop_modules"})
 
     def _first_sighting(self, event_id: str) -> bool:
@@ -199,6 +215,7 @@ class KeylimeAgent:
 
     async def stop(self) -> None:
         await cancel_all(self._tasks)
+        await self.unverified.flush()  # what the window held back is still recorded
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -206,18 +223,3 @@ class KeylimeAgent:
 
 AGENT_CONNECTIONS = 64
 SEEN_EVENTS = 1024  # signed revocation notices remembered against replays
-TLS_HANDSHAKE_SECONDS = 5.0
-
-
-class _AgentSite(web.TCPSite):
-    """A TCP site whose TLS handshakes must finish within seconds (asyncio's default is a minute): a connection
-    that never sends its ClientHello is not yet counted by the connection guard, so it may not linger."""
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)
-        server = self._runner.server
-        assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
-            ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS)
-

@@ -37,6 +37,7 @@ from .registry import Registry
 from .service import ModuleRuntime
 from .settings import RuntimeSettings
 from .sockets import WorkloadSockets
+from .start_gate import StartGate
 from .workload_routes import Workload, build_workload_app
 
 __all__ = ["RuntimeParts", "identities_for", "make_engine", "start_runtime"]
@@ -152,7 +153,8 @@ async def _serve(runner: web.AppRunner, sock: socket.socket) -> None:
 async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsApi, identities: ModuleIdentities,
                         *, engine: ModuleEngine | None = None, provisioning: str = "manual",
                         reprovision: Callable[[], Awaitable[None]] | None = None,
-                        audit_counter: AuditCounter | None = None) -> RuntimeParts:
+                        audit_counter: AuditCounter | None = None,
+                        start_gate: StartGate | None = None) -> RuntimeParts:
     engine = engine or make_engine(settings)
     registry = Registry(settings.home)
     attestor = Attestor(engine, registry)
@@ -168,7 +170,8 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
     # Keyed by the keys service, anchored to the TPM's counter when there is one (see attest.audit).
     audit = await open_audit_log(settings.audit_home or settings.home / "audit", keys, audit_counter)
     refusals.set_sink(audit)  # every refusal of this process's services is recorded in the runtime's audit log
-    runtime = ModuleRuntime(settings, engine, registry, identities, sockets, audit=audit)
+    runtime = ModuleRuntime(settings, engine, registry, identities, sockets, audit=audit,
+                            start_gate=start_gate)
     image_gc = None
     if engine.kind == "docker":
         runtime.image_use = ImageUse(settings.home / "gc" / "image_use.json")

@@ -40,6 +40,7 @@ from .privileges import (
 from .registry import Registration, Registry
 from .settings import RuntimeSettings
 from .sockets import WorkloadSockets
+from .start_gate import StartGate
 from .upstream import upstream_env
 
 __all__ = ["WORKLOAD_API_VERSION", "ModuleRuntime", "ModuleView"]
@@ -72,8 +73,10 @@ def _stored_options(reg: Registration) -> Mapping[str, Any] | None:
 
 class ModuleRuntime:
     def __init__(self, settings: RuntimeSettings, engine: ModuleEngine, registry: Registry,
-                 identities: ModuleIdentities, sockets: WorkloadSockets, *, audit: AuditLog | None = None) -> None:
+                 identities: ModuleIdentities, sockets: WorkloadSockets, *, audit: AuditLog | None = None,
+                 start_gate: StartGate | None = None) -> None:
         self.settings = settings
+        self.start_gate = start_gate
         self.audit = audit
         self.engine = engine
         self.registry = registry
@@ -95,6 +98,7 @@ class ModuleRuntime:
     async def start(self) -> None:
         """Reconcile registrations with the engine, reopen workload sockets, then start the watchdog."""
         await self.reconcile()
+        await self.stop_gated_modules()
         try:  # the agent is up before the daemon says it is ready; if it cannot be, the watchdog keeps trying
             await self.check_agent()
         except (HttpError, EngineError) as e:
@@ -233,6 +237,41 @@ class ModuleRuntime:
             out += host_binds(reg.name, _stored_options(reg) or {})
         return out
 
+    def _gate(self, name: str, record: str = "module.start_refused") -> None:
+        """Refuse (403, recorded) every create and start while the start gate is closed; a gate that fails is a
+        closed one."""
+        if self.start_gate is None:
+            return
+        try:
+            why = self.start_gate.refusal(self.audit)
+        except Exception as e:
+            log.exception("the start gate failed")
+            why = f"the start gate cannot be consulted ({e.__class__.__name__}); nothing starts until it can"
+        if why is not None:
+            log.warning("module %s may not start: %s", name, why)
+            self._record(record, name, reason=why)
+            raise Forbidden(why)
+
+    async def stop_gated_modules(self) -> None:
+        """At start, while the start gate is closed: stop every module found running. The engine may have started
+        them on its own (a restart policy across a reboot or a crash of Edgeward) before this runtime listened for
+        its events."""
+        if self.start_gate is None:
+            return
+        for reg in self.registry.all():
+            try:
+                status = await self.engine.inspect(reg.name)
+            except EngineError:
+                continue
+            if status.state != "running":
+                continue
+            try:
+                self._gate(reg.name, "module.stopped_refused")
+            except Forbidden:
+                log.error("module %s is running although the start gate is closed; stopping it", reg.name)
+                with contextlib.suppress(EngineError):
+                    await self.engine.stop(reg.name, timeout=0)
+
     async def _vet_start(self, reg: Registration, record: str = "module.start_refused") -> None:
         """Vet the stored createOptions again before a start this runtime initiates: a bind source may have become
         a symlink since the module was created, and a module created while elevated permissions were allowed keeps
@@ -272,6 +311,7 @@ class ModuleRuntime:
 
     async def _create(self, config: ModuleConfig, system: bool) -> ModuleView:
         """create_module with the module's lock held by the caller and the spec vetted."""
+        self._gate(config.name)
         if (known := self.registry.named_like(config.name)) is not None:
             raise Conflict(f"module {config.name} already exists" if known.name == config.name else
                            f"module {known.name} exists: module names may not differ only in letter case")
@@ -332,6 +372,7 @@ class ModuleRuntime:
             await self._start(name)
 
     async def _start(self, name: str) -> None:
+        self._gate(name)
         await self._vet_start(self._registration(name))
         try:
             await self.engine.start(name)
@@ -350,6 +391,7 @@ class ModuleRuntime:
 
     async def restart_module(self, name: str) -> None:
         async with self._locks.hold(name):
+            self._gate(name)
             await self._vet_start(self._registration(name))
             try:
                 await self.engine.restart(name)
@@ -382,6 +424,7 @@ class ModuleRuntime:
         reg = self._registration(config.name)
         if reg.system and config.name != reg.name:
             raise Forbidden("the edge agent's name cannot change")
+        self._gate(config.name)  # before the old module is removed: a refused update must not cost it
         config = await self._vetted(config)  # a refused spec must not cost the module it would replace
         await self._ensure_image(config)
         # One hold of the module's lock from removal to start: the watchdog, woken by the engine's "destroy",
@@ -437,15 +480,18 @@ class ModuleRuntime:
 
     async def _check_started(self, name: str) -> None:
         """A start this runtime did not vet (dockerd's restart policy, `docker start`): vetted after the fact, and
-        stopped if it fails, so a bind turned into a symlink does not stay mounted in a running module."""
+        stopped if it fails, so a bind turned into a symlink does not stay mounted in a running module, nor a module
+        runs on a device its verifier revoked (the start gate)."""
         reg = self.registry.get(name)
-        if reg is None or self.engine.kind != "docker" or self.settings.allow_elevated_docker_permissions:
+        if reg is None:
             return
         try:
             async with self._locks.hold(name):
-                await self._vet_start(reg, "module.stopped_refused")
-        except ElevatedOptionRefused:
-            log.error("module %s was started by the engine although it fails vetting; stopping it", name)
+                self._gate(name, "module.stopped_refused")
+                if self.engine.kind == "docker" and not self.settings.allow_elevated_docker_permissions:
+                    await self._vet_start(reg, "module.stopped_refused")
+        except (ElevatedOptionRefused, Forbidden):
+            log.error("module %s was started by the engine although it may not run; stopping it", name)
             with contextlib.suppress(EngineError):
                 await self.engine.stop(name, timeout=0)
         except Exception:

@@ -1,0 +1,138 @@
+"""A verified revocation that stands until an operator clears it: while it does, no module is created or started.
+
+Stopping the modules when the notice arrives is not enough: a deployment re-creates them, the watchdog restarts
+the edge agent, an Edgeward restart starts them again. So the notice leaves a state in the agent's state dir,
+written durably (``revoked.json``: the notice's digest, when, what it said) and an audit record
+(``keylime.revoked``), and the runtime consults this gate (:class:`edgeward.runtime.start_gate.StartGate`) before
+every start.
+
+Clearing: ``edgeward attest keylime-clear-revocation`` writes ``revocation-clear.json`` naming the digest it clears
+(a later revocation is never cleared by an earlier request). The audit log has one writer, the daemon, so the CLI
+does not append to it: the daemon records ``keylime.revocation_cleared`` (with who asked, and when) the next time
+the gate is consulted, before it lets that start pass. If the record cannot be written, the device stays revoked.
+
+Offline tampering: deleting ``revoked.json`` does not clear anything. On its first consultation the gate reads the
+audit log (MAC'd, chained, counter-anchored) for the latest ``keylime.revoked`` without a matching
+``keylime.revocation_cleared``, and a revocation found there stands (and the file is written again).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..fsutil import atomic_write, private_dir, remove_durably
+
+if TYPE_CHECKING:
+    from ..attest.audit import AuditLog
+
+__all__ = ["CLEAR_COMMAND", "RevocationGate"]
+
+log = logging.getLogger(__name__)
+CLEAR_COMMAND = "edgeward attest keylime-clear-revocation"
+_STATE, _CLEAR = "revoked.json", "revocation-clear.json"
+REVOKED, CLEARED = "keylime.revoked", "keylime.revocation_cleared"
+
+
+class RevocationGate:
+    """The revoked state in ``home`` (the agent's state dir). Used by the daemon (revoke, refusal) and by the CLI
+    (current, request_clear)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self._audit_checked = False
+
+    # the daemon -------------------------------------------------------------------------------------------------
+    def revoke(self, digest: str, fields: dict[str, Any], audit: AuditLog) -> None:
+        """Persist the revocation (file first, then the audit record): from here on nothing starts."""
+        state = {"digest": digest, "time": time.time(), "agent_id": fields.get("agent_id"),
+                 "event_id": fields.get("event_id"), "event_time": fields.get("event_time")}
+        private_dir(self.home)
+        atomic_write(self.home / _STATE, json.dumps(state).encode())
+        audit.append(REVOKED, None, state)
+        log.error("keylime: the verifier revoked this device (notice %s...): no module will be created or started "
+                  "until an operator runs `%s`", digest[:16], CLEAR_COMMAND)
+
+    def refusal(self, audit: AuditLog | None) -> str | None:
+        try:
+            state = self._state(audit)
+        except (OSError, ValueError) as e:  # fail closed: a state that cannot be read is no permission to start
+            return f"the device's Keylime revocation state cannot be read ({e}); {CLEAR_COMMAND} rewrites it"
+        if state is None:
+            return None
+        clear = _read(self.home / _CLEAR)
+        if clear is not None and clear.get("digest") == state.get("digest"):
+            if audit is None:
+                return _message(state, "the clearing is recorded by the running Edgeward before a module starts")
+            audit.append(CLEARED, None, {"digest": state.get("digest"), "requested_at": clear.get("time"),
+                                         "by_uid": clear.get("uid"), "by_user": clear.get("user")})
+            remove_durably(self.home / _STATE)
+            remove_durably(self.home / _CLEAR)
+            log.warning("keylime: the revocation %s... was cleared by %s; modules may start again",
+                        str(state.get("digest"))[:16], clear.get("user"))
+            return None
+        return _message(state, None)
+
+    def _state(self, audit: AuditLog | None) -> dict[str, Any] | None:
+        state = _read(self.home / _STATE)
+        if not self._audit_checked and audit is not None:
+            from_log = _standing_in_log(audit)
+            self._audit_checked = True
+            if from_log is not None and (state is None or state.get("digest") != from_log.get("digest")):
+                log.error("keylime: the audit log holds a revocation (%s...) the state dir does not; it stands",
+                          str(from_log.get("digest"))[:16])
+                private_dir(self.home)
+                atomic_write(self.home / _STATE, json.dumps(from_log).encode())
+                state = from_log
+        return state
+
+    # the CLI ------------------------------------------------------------------------------------------------------
+    def current(self) -> dict[str, Any] | None:
+        return _read(self.home / _STATE)
+
+    def request_clear(self) -> dict[str, Any] | None:
+        """Ask the daemon to clear the standing revocation; None if there is none."""
+        state = self.current()
+        if state is None:
+            return None
+        uid = os.getuid()
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = str(uid)
+        request = {"digest": state.get("digest"), "time": time.time(), "uid": uid, "user": user}
+        atomic_write(self.home / _CLEAR, json.dumps(request).encode())
+        return state
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return doc
+
+
+def _standing_in_log(audit: AuditLog) -> dict[str, Any] | None:
+    standing: dict[str, Any] | None = None
+    for record in audit.records(since=0):
+        if record.kind == REVOKED:
+            standing = dict(record.detail)
+        elif record.kind == CLEARED and standing is not None and record.detail.get("digest") == standing.get("digest"):
+            standing = None
+    return standing
+
+
+def _message(state: dict[str, Any], note: str | None) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(state.get("time") or 0)))
+    text = (f"the device was revoked by its Keylime verifier at {when} (notice sha256 "
+            f"{str(state.get('digest'))[:16]}..., {state.get('event_id')}): no module may be created or started "
+            f"until an operator who has dealt with the cause runs `{CLEAR_COMMAND}`")
+    return f"{text} ({note})" if note else text
