@@ -37,7 +37,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
     A missing Content-Type is accepted because the Azure IoT Python SDK sends none; a wrong one is a 415.
     """
-    if request.headers.get("Content-Type") is not None and request.content_type not in _JSON_TYPES:
+    declared = request.headers.get("Content-Type")
+    if declared is not None and declared not in _JSON_TYPES and request.content_type not in _JSON_TYPES:
         raise UnsupportedMediaType(f"expected an application/json body, got {request.content_type!r}")
     try:
         raw = await request.read()

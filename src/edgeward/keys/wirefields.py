@@ -12,7 +12,6 @@ device) and a sign request costs a few dict look-ups instead of a model validati
 
 from __future__ import annotations
 
-import base64
 import binascii
 import math
 import re
@@ -55,7 +54,9 @@ def decode_b64(value: object) -> bytes:
     if len(value) > MAX_B64_CHARS:
         raise ValueError("base64 value too long")
     try:
-        return base64.b64decode(value, validate=True)
+        # strict_mode accepts exactly what b64decode(validate=True) does (checked over every string of up to 7
+        # characters from "AQgw/+=\\n é"), without its regular expression pass
+        return binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         raise ValueError("not valid base64") from None
 
