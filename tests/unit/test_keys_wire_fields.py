@@ -168,3 +168,25 @@ def test_keys_request_reprs_leave_out_key_material() -> None:
     body = wire.CreateKeyRequest.parse({"keyId": "k", "keyBytes": "c2VjcmV0"})
     assert body.key_bytes == b"secret" and "secret" not in repr(body) and "c2VjcmV0" not in repr(body)
     assert json.loads(wire.SignResponse(b"\x00").to_json()) == {"signature": "AA=="}
+
+
+def _b64decode_validated(value: str) -> bytes | None:
+    """What the keys wire decoded with before (base64.b64decode(validate=True)); None for a refusal."""
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        return None
+
+
+@settings(max_examples=2000, deadline=None)
+@given(value=st.text(alphabet="AQgw09+/=\n é-_\ud800", max_size=12) | st.text(max_size=12))
+@example(value="YQ==")
+@example(value="YQ=")
+@example(value="YWJj=")
+@example(value="YQ==YQ==")
+def test_keys_base64_accepts_exactly_what_b64decode_validate_did(value: str) -> None:
+    try:
+        ours: bytes | None = decode_b64(value)
+    except ValueError:
+        ours = None
+    assert ours == _b64decode_validated(value)
