@@ -1,7 +1,7 @@
 """Shared HTTP plumbing: aiohttp over Unix sockets, api-version, the error shape, caller credentials, limits."""
 
 from .apiversion import ApiVersions, check_api_version
-from .body import read_body, read_json_object, reply, reply_empty
+from .body import read_body, read_json_object, reply, reply_empty, reply_json
 from .client import UnixClient, quote_segment
 from .errors import (
     BadRequest,
@@ -46,5 +46,6 @@ __all__ = [
     "read_json_object",
     "reply",
     "reply_empty",
+    "reply_json",
     "start_server",
 ]

@@ -1,18 +1,24 @@
-"""Request bodies in, response bodies out: the only place JSON meets the typed wire models."""
+"""Request bodies in, response bodies out: the only place JSON meets the typed wire models.
+
+pydantic is imported only by the functions that take its models (identity, certs, tpm): the keys service validates
+its bodies by hand and answers with :func:`reply_json`, so a daemon serving only keys never loads it.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 
 from .errors import BadRequest, PayloadTooLarge, UnprocessableEntity, UnsupportedMediaType
 
-__all__ = ["read_body", "read_json_object", "reply", "reply_empty"]
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
 
-M = TypeVar("M", bound=BaseModel)
+__all__ = ["read_body", "read_json_object", "reply", "reply_empty", "reply_json"]
+
+M = TypeVar("M", bound="BaseModel")
 
 _JSON_TYPES = frozenset({"application/json", "text/json"})
 
@@ -31,7 +37,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
     A missing Content-Type is accepted because the Azure IoT Python SDK sends none; a wrong one is a 415.
     """
-    if request.headers.get("Content-Type") is not None and request.content_type not in _JSON_TYPES:
+    declared = request.headers.get("Content-Type")
+    if declared is not None and declared not in _JSON_TYPES and request.content_type not in _JSON_TYPES:
         raise UnsupportedMediaType(f"expected an application/json body, got {request.content_type!r}")
     try:
         raw = await request.read()
@@ -54,6 +61,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
 async def read_body(request: web.Request, model: type[M]) -> M:
     """Parse and validate a JSON body against a wire model."""
+    from pydantic import ValidationError  # noqa: PLC0415 -- only services with pydantic models pay for it
+
     data = await read_json_object(request)
     try:
         return model.model_validate(data)
@@ -67,6 +76,11 @@ def reply(model: BaseModel, status: int = 200) -> web.Response:
         body=model.model_dump_json(by_alias=True, exclude_none=True).encode(),
         content_type="application/json",
     )
+
+
+def reply_json(body: bytes, status: int = 200) -> web.Response:
+    """A body already serialized as JSON."""
+    return web.Response(status=status, body=body, content_type="application/json")
 
 
 def reply_empty() -> web.Response:

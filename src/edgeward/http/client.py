@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
-from pydantic import BaseModel
 
 from .errors import HttpError
 
+if TYPE_CHECKING:  # only callers that pass pydantic models load it (the keys client sends plain mappings)
+    from pydantic import BaseModel
+
 __all__ = ["UnixClient", "error_message", "quote_segment"]
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound="BaseModel")
 
 
 def quote_segment(value: str) -> str:
@@ -61,9 +63,9 @@ class UnixClient:
         headers = {}
         if body is not None:
             data = (
-                body.model_dump_json(by_alias=True, exclude_none=True).encode()
-                if isinstance(body, BaseModel)
-                else json.dumps(body).encode()
+                json.dumps(body).encode()
+                if isinstance(body, Mapping)
+                else body.model_dump_json(by_alias=True, exclude_none=True).encode()
             )
             headers["Content-Type"] = "application/json"
         async with self._session_for_loop().request(

@@ -4,11 +4,9 @@ service. The caller's identity is whatever the kernel reports for this process."
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..http import UnixClient, quote_segment
 from ..http.errors import HttpError
@@ -16,7 +14,13 @@ from . import wire
 from .errors import KeyNotFound
 from .model import EncryptMechanism, SignMechanism
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
 __all__ = ["KeysClient"]
+
+T = TypeVar("T")
+
 
 class _KeydHttp(UnixClient):
     """keyd's wire answers a missing key with aziot's 400; callers get :class:`KeyNotFound`, as in-process."""
@@ -38,9 +42,14 @@ class KeysClient:
     async def close(self) -> None:
         await self.http.close()
 
+    async def _call(self, method: str, path: str, parse: Callable[[bytes], T],
+                    body: Mapping[str, object] | None = None) -> T:
+        """One request whose answer is a body of the keys wire (a malformed one raises ValueError)."""
+        _, raw = await self.http.request(method, path, body)
+        return parse(raw)
+
     async def _handle(self, method: str, path: str, body: dict[str, object] | None = None) -> str:
-        resp = await self.http.call(method, path, wire.KeyHandleResponse, body)
-        return resp.key_handle
+        return (await self._call(method, path, wire.KeyHandleResponse.parse, body)).key_handle
 
     async def create_key_pair_if_not_exists(
         self, key_id: str, preferred_algorithms: str | None = None, ttl_seconds: int | None = None
@@ -59,9 +68,8 @@ class KeysClient:
         return await self._handle("GET", path)
 
     async def get_key_pair_public_parameter(self, handle: str, name: str) -> str:
-        resp = await self.http.call(
-            "POST", f"/parameters/{quote_segment(name)}", wire.ParameterResponse, {"keyHandle": handle}
-        )
+        resp = await self._call("POST", f"/parameters/{quote_segment(name)}", wire.ParameterResponse.parse,
+                                {"keyHandle": handle})
         return resp.value
 
     async def move_key_pair(self, src: str, dst: str) -> None:
@@ -100,15 +108,14 @@ class KeysClient:
         )
 
     async def export_derived_key(self, handle: str) -> bytes:
-        resp = await self.http.call("POST", "/derivedkey/export", wire.ExportDerivedKeyResponse,
-                                    {"keyHandle": handle})
+        resp = await self._call("POST", "/derivedkey/export", wire.ExportDerivedKeyResponse.parse,
+                                {"keyHandle": handle})
         return resp.key
 
     async def sign(self, handle: str, mechanism: SignMechanism) -> bytes:
         algorithm, params = wire.mechanism_body(mechanism)
-        resp = await self.http.call(
-            "POST", "/sign", wire.SignResponse, {"keyHandle": handle, "algorithm": algorithm, "parameters": params}
-        )
+        resp = await self._call("POST", "/sign", wire.SignResponse.parse,
+                                {"keyHandle": handle, "algorithm": algorithm, "parameters": params})
         return resp.signature
 
     async def _crypt(self, path: str, handle: str, mechanism: EncryptMechanism, field: str, data: bytes) -> bytes:
@@ -118,8 +125,8 @@ class KeysClient:
         if params is not None:
             body["parameters"] = params
         if path == "/encrypt":
-            return (await self.http.call("POST", path, wire.CiphertextResponse, body)).ciphertext
-        return (await self.http.call("POST", path, wire.PlaintextResponse, body)).plaintext
+            return (await self._call("POST", path, wire.CiphertextResponse.parse, body)).ciphertext
+        return (await self._call("POST", path, wire.PlaintextResponse.parse, body)).plaintext
 
     async def encrypt(self, handle: str, mechanism: EncryptMechanism, plaintext: bytes) -> bytes:
         return await self._crypt("/encrypt", handle, mechanism, "plaintext", plaintext)

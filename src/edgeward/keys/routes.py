@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel
 
-from ..http import RouteTable, build_app, caller_of, read_body, reply, reply_empty
+from ..http import RouteTable, build_app, caller_of, read_json_object, reply_empty, reply_json
 from ..http.errors import BadRequest, UnprocessableEntity
 from ..http.server import Handler
 from . import wire
@@ -22,7 +21,7 @@ __all__ = ["KEYS_SERVICE", "build_keys_app", "routes"]
 KEYS_SERVICE = web.AppKey("edgeward.keys.service", KeyService)
 
 OURS = wire.EDGEWARD_VERSION
-M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 class _AziotRoutes(RouteTable):
@@ -48,11 +47,15 @@ class _AziotRoutes(RouteTable):
 routes = _AziotRoutes(wire.API_VERSIONS)
 
 
-async def _body(request: web.Request, model: type[M]) -> M:
+async def _body(request: web.Request, parse: Callable[[dict[str, Any]], T]) -> T:
     """aziot-keyd answers a POST or DELETE without a body with 400 "missing request body", whatever its type."""
     if not request.body_exists:
         raise BadRequest("missing request body")
-    return await read_body(request, model)
+    data = await read_json_object(request)
+    try:
+        return parse(data)
+    except wire.InvalidBody as e:
+        raise UnprocessableEntity(str(e)) from None
 
 
 def _api(request: web.Request) -> KeysApi:
@@ -66,11 +69,11 @@ def _ttl(request: web.Request, ttl: int | None) -> int | None:
 
 @routes.post("/keypair", since="2020-09-01")
 async def create_key_pair(request: web.Request) -> web.Response:
-    body = await _body(request, wire.CreateKeyPairRequest)
+    body = await _body(request, wire.CreateKeyPairRequest.parse)
     handle = await _api(request).create_key_pair_if_not_exists(
         body.key_id, body.preferred_algorithms, _ttl(request, body.handle_ttl_seconds)
     )
-    return reply(wire.KeyHandleResponse(key_handle=handle))
+    return reply_json(wire.KeyHandleResponse(key_handle=handle).to_json())
 
 
 @routes.get("/keypair/{keyId}", since="2020-09-01")
@@ -79,11 +82,11 @@ async def load_key_pair(request: web.Request) -> web.Response:
     handle = await _api(request).load_key_pair(
         request.match_info["keyId"], _ttl(request, int(ttl) if ttl and ttl.isdigit() else None)
     )
-    return reply(wire.KeyHandleResponse(key_handle=handle))
+    return reply_json(wire.KeyHandleResponse(key_handle=handle).to_json())
 
 
 async def _move(request: web.Request, dst: str | None) -> web.Response:
-    body = await _body(request, wire.MoveKeyPairRequest)
+    body = await _body(request, wire.MoveKeyPairRequest.parse)
     target = body.dst if body.dst is not None else dst
     if target is None:
         raise UnprocessableEntity("invalid request body: to: Field required")
@@ -107,21 +110,21 @@ async def move_key_pair_into(request: web.Request) -> web.Response:
 
 @routes.delete("/keypair", since="2020-09-01")
 async def delete_key_pair(request: web.Request) -> web.Response:
-    body = await _body(request, wire.KeyHandleRequest)
+    body = await _body(request, wire.KeyHandleRequest.parse)
     await _api(request).delete_key_pair(body.key_handle)
     return reply_empty()
 
 
 @routes.post("/parameters/{parameterName}", since="2020-09-01")
 async def get_parameter(request: web.Request) -> web.Response:
-    body = await _body(request, wire.KeyHandleRequest)
+    body = await _body(request, wire.KeyHandleRequest.parse)
     value = await _api(request).get_key_pair_public_parameter(body.key_handle, request.match_info["parameterName"])
-    return reply(wire.ParameterResponse(value=value))
+    return reply_json(wire.ParameterResponse(value=value).to_json())
 
 
 @routes.post("/key", since="2020-09-01")
 async def create_key(request: web.Request) -> web.Response:
-    body = await _body(request, wire.CreateKeyRequest)
+    body = await _body(request, wire.CreateKeyRequest.parse)
     api, ttl = _api(request), _ttl(request, body.handle_ttl_seconds)
     if body.key_bytes is not None:
         handle = await api.import_key(body.key_id, body.key_bytes, body.usage, ttl)
@@ -129,62 +132,62 @@ async def create_key(request: web.Request) -> web.Response:
         if body.length_bytes is not None and body.length_bytes != 32:
             raise UnprocessableEntity("lengthBytes: only 32-byte keys are generated (HMAC-SHA256, AES-256-GCM)")
         handle = await api.create_key_if_not_exists(body.key_id, body.usage or "derive,sign", ttl)
-    return reply(wire.KeyHandleResponse(key_handle=handle))
+    return reply_json(wire.KeyHandleResponse(key_handle=handle).to_json())
 
 
 @routes.get("/key/{keyId}", since="2020-09-01")
 async def load_key(request: web.Request) -> web.Response:
     handle = await _api(request).load_key(request.match_info["keyId"], None)
-    return reply(wire.KeyHandleResponse(key_handle=handle))
+    return reply_json(wire.KeyHandleResponse(key_handle=handle).to_json())
 
 
 @routes.delete("/key", since="2020-09-01")
 async def delete_key(request: web.Request) -> web.Response:
-    body = await _body(request, wire.KeyHandleRequest)
+    body = await _body(request, wire.KeyHandleRequest.parse)
     await _api(request).delete_key(body.key_handle)
     return reply_empty()
 
 
 @routes.post("/derivedkey", since="2020-09-01")
 async def create_derived_key(request: web.Request) -> web.Response:
-    body = await _body(request, wire.DeriveKeyRequest)
+    body = await _body(request, wire.DeriveKeyRequest.parse)
     handle = await _api(request).create_derived_key(body.base_handle, body.derivation_data)
-    return reply(wire.KeyHandleResponse(key_handle=handle))
+    return reply_json(wire.KeyHandleResponse(key_handle=handle).to_json())
 
 
 @routes.post("/derivedkey/export", since="2020-09-01")
 async def export_derived_key(request: web.Request) -> web.Response:
-    body = await _body(request, wire.KeyHandleRequest)
+    body = await _body(request, wire.KeyHandleRequest.parse)
     key = await _api(request).export_derived_key(body.key_handle)
-    return reply(wire.ExportDerivedKeyResponse(key=key))
+    return reply_json(wire.ExportDerivedKeyResponse(key=key).to_json())
 
 
 @routes.post("/sign", since="2020-09-01")
 async def sign(request: web.Request) -> web.Response:
-    body = await _body(request, wire.SignRequest)
+    body = await _body(request, wire.SignRequest.parse)
     mechanism = wire.sign_mechanism(body, request.query["api-version"])
     signature = await _api(request).sign(body.key_handle, mechanism)
-    return reply(wire.SignResponse(signature=signature))
+    return reply_json(wire.SignResponse(signature=signature).to_json())
 
 
 @routes.post("/encrypt", since="2020-09-01")
 async def encrypt(request: web.Request) -> web.Response:
-    body = await _body(request, wire.CryptRequest)
+    body = await _body(request, wire.CryptRequest.parse)
     if body.plaintext is None:
         raise UnprocessableEntity("invalid request body: plaintext: Field required")
     mechanism = wire.encrypt_mechanism(body, request.query["api-version"])
     ciphertext = await _api(request).encrypt(body.key_handle, mechanism, body.plaintext)
-    return reply(wire.CiphertextResponse(ciphertext=ciphertext))
+    return reply_json(wire.CiphertextResponse(ciphertext=ciphertext).to_json())
 
 
 @routes.post("/decrypt", since="2020-09-01")
 async def decrypt(request: web.Request) -> web.Response:
-    body = await _body(request, wire.CryptRequest)
+    body = await _body(request, wire.CryptRequest.parse)
     if body.ciphertext is None:
         raise UnprocessableEntity("invalid request body: ciphertext: Field required")
     mechanism = wire.encrypt_mechanism(body, request.query["api-version"])
     plaintext = await _api(request).decrypt(body.key_handle, mechanism, body.ciphertext)
-    return reply(wire.PlaintextResponse(plaintext=plaintext))
+    return reply_json(wire.PlaintextResponse(plaintext=plaintext).to_json())
 
 
 def build_keys_app(service: KeyService, **kwargs: object) -> web.Application:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import base64
-import binascii
-from typing import Annotated, Any
-
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+import json
+from dataclasses import dataclass, field
+from typing import Any, Self
 
 from .errors import InvalidParameter as _Invalid
 from .model import (
@@ -22,17 +21,19 @@ from .model import (
     RsaPss,
     SignMechanism,
 )
+from .wirefields import MAX_B64_CHARS, BodyCheck, InvalidBody, decode_b64
 
 __all__ = [
     "API_VERSIONS",
-    "B64",
     "EDGEWARD_VERSION",
+    "MAX_B64_CHARS",
     "CiphertextResponse",
     "CreateKeyPairRequest",
     "CreateKeyRequest",
     "CryptRequest",
     "DeriveKeyRequest",
     "ExportDerivedKeyResponse",
+    "InvalidBody",
     "KeyHandleRequest",
     "KeyHandleResponse",
     "MoveKeyPairRequest",
@@ -40,6 +41,7 @@ __all__ = [
     "PlaintextResponse",
     "SignRequest",
     "SignResponse",
+    "decode_b64",
     "encrypt_mechanism",
     "is_missing_key",
     "mechanism_body",
@@ -51,116 +53,256 @@ __all__ = [
 EDGEWARD_VERSION = "2026-11-01"
 API_VERSIONS = ("2020-09-01", "2021-05-01", EDGEWARD_VERSION)
 
-MAX_B64_CHARS = 1_000_000
+MAX_HANDLE_CHARS = 8192
+
+# Requests: each ``parse`` takes the decoded JSON object and raises InvalidBody (a 422) naming every field at
+# fault. Fields are looked up under their wire name first, then their Python name (both were always accepted);
+# unknown fields are ignored, as serde does by default.
 
 
-def _decode_b64(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("expected a base64 string")
-    if len(value) > MAX_B64_CHARS:
-        raise ValueError("base64 value too long")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("not valid base64") from None
+@dataclass(frozen=True, slots=True)
+class KeyHandleRequest:
+    key_handle: str
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        c = BodyCheck(data)
+        handle = c.text("keyHandle", "key_handle", max_length=MAX_HANDLE_CHARS)
+        c.done()
+        return cls(handle)
 
 
-B64 = Annotated[
-    bytes,
-    BeforeValidator(_decode_b64),
-    PlainSerializer(lambda b: base64.b64encode(b).decode(), return_type=str),
-]
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", strict=False, frozen=True)
-
-
-class KeyHandleResponse(_Body):
-    key_handle: str = Field(alias="keyHandle")
-
-
-class KeyHandleRequest(_Body):
-    key_handle: str = Field(alias="keyHandle", max_length=8192)
-
-
-class CreateKeyPairRequest(_Body):
-    key_id: str = Field(alias="keyId")
+@dataclass(frozen=True, slots=True)
+class CreateKeyPairRequest:
+    key_id: str
     # The docs say preferredAlgorithms; aziot's serde types say preferred_algorithms. Accept both.
-    preferred_algorithms: str | None = Field(
-        default=None,
-        alias="preferredAlgorithms",
-        validation_alias=AliasChoices("preferredAlgorithms", "preferred_algorithms"),
-    )
-    handle_ttl_seconds: int | None = Field(default=None, alias="handleTtlSeconds")
+    preferred_algorithms: str | None = None
+    handle_ttl_seconds: int | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        c = BodyCheck(data)
+        key_id = c.text("keyId", "key_id")
+        algorithms = c.optional_text("preferredAlgorithms", "preferred_algorithms")
+        ttl = c.optional_int("handleTtlSeconds", "handle_ttl_seconds")
+        c.done()
+        return cls(key_id, algorithms, ttl)
 
 
-class MoveKeyPairRequest(_Body):
+@dataclass(frozen=True, slots=True)
+class MoveKeyPairRequest:
     """``POST /keypair/{to}`` sends only ``from`` (aziot-keyd); ``POST /keypair/move`` sends both (aziot's docs)."""
 
-    src: str = Field(alias="from")
-    dst: str | None = Field(default=None, alias="to")
+    src: str
+    dst: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        c = BodyCheck(data)
+        src = c.text("from", "src")
+        dst = c.optional_text("to", "dst")
+        c.done()
+        return cls(src, dst)
 
 
-class ParameterResponse(_Body):
-    value: str
+_USAGES = ("derive", "encrypt", "sign")
 
 
-def _check_usage(value: object) -> object:
+def _unknown_usage(usage: str) -> str | None:
     """aziot-key-common-http's usage list: comma-separated "derive", "encrypt", "sign"; anything else fails to
     deserialize (422), before the service sees it."""
-    if isinstance(value, str):
-        bad = [u for u in value.split(",") if u not in ("derive", "encrypt", "sign")]
-        if bad:
-            raise ValueError(f"unknown key usage {bad[0]!r}; expected derive, encrypt or sign, comma-separated")
-    return value
+    bad = [u for u in usage.split(",") if u not in _USAGES]
+    return f"unknown key usage {bad[0]!r}; expected derive, encrypt or sign, comma-separated" if bad else None
 
 
-class CreateKeyRequest(_Body):
+@dataclass(frozen=True, slots=True)
+class CreateKeyRequest:
     """Generate (``usage``/``lengthBytes``) or import (``keyBytes``) a symmetric key."""
 
-    key_id: str = Field(alias="keyId")
-    usage: Annotated[str | None, BeforeValidator(_check_usage)] = None
-    length_bytes: int | None = Field(default=None, alias="lengthBytes")
-    key_bytes: B64 | None = Field(default=None, alias="keyBytes")
-    handle_ttl_seconds: int | None = Field(default=None, alias="handleTtlSeconds")
+    key_id: str
+    usage: str | None = None
+    length_bytes: int | None = None
+    key_bytes: bytes | None = field(default=None, repr=False)
+    handle_ttl_seconds: int | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        c = BodyCheck(data)
+        key_id = c.text("keyId", "key_id")
+        usage = c.optional_text("usage", check=_unknown_usage)
+        length = c.optional_int("lengthBytes", "length_bytes")
+        key_bytes = c.optional_b64("keyBytes", "key_bytes")
+        ttl = c.optional_int("handleTtlSeconds", "handle_ttl_seconds")
+        c.done()
+        return cls(key_id, usage, length, key_bytes, ttl)
 
 
-class DeriveKeyRequest(_Body):
-    base_handle: str = Field(alias="baseKeyHandle", max_length=8192)
-    derivation_data: B64 = Field(alias="derivationData")
+@dataclass(frozen=True, slots=True)
+class DeriveKeyRequest:
+    base_handle: str
+    derivation_data: bytes
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        c = BodyCheck(data)
+        base = c.text("baseKeyHandle", "base_handle", max_length=MAX_HANDLE_CHARS)
+        derivation = c.b64("derivationData", "derivation_data")
+        c.done()
+        return cls(base, derivation)
 
 
-class ExportDerivedKeyResponse(_Body):
-    key: B64
-
-
-class SignRequest(_Body):
-    key_handle: str = Field(alias="keyHandle", max_length=8192)
+@dataclass(frozen=True, slots=True)
+class SignRequest:
+    key_handle: str
     algorithm: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        # The shape every client sends, accepted in a few look-ups (signing is the hot path); anything else is
+        # checked field by field below, with the same outcome for the shape above.
+        handle, algorithm, parameters = data.get("keyHandle"), data.get("algorithm"), data.get("parameters")
+        if (type(handle) is str and type(algorithm) is str and type(parameters) is dict
+                and len(handle) <= MAX_HANDLE_CHARS and handle.isascii()):
+            return cls(handle, algorithm, parameters)
+        c = BodyCheck(data)
+        handle = c.text("keyHandle", "key_handle", max_length=MAX_HANDLE_CHARS)
+        algorithm = c.text("algorithm")
+        parameters = c.mapping("parameters", default={})
+        c.done()
+        return cls(handle, algorithm, parameters or {})
 
 
-class SignResponse(_Body):
-    signature: B64
-
-
-class CryptRequest(_Body):
-    key_handle: str = Field(alias="keyHandle", max_length=8192)
+@dataclass(frozen=True, slots=True)
+class CryptRequest:
+    key_handle: str
     algorithm: str
-    parameters: dict[str, Any] | None = None
-    plaintext: B64 | None = None
-    ciphertext: B64 | None = None
+    parameters: dict[str, Any] | None = field(default=None, repr=False)
+    plaintext: bytes | None = field(default=None, repr=False)
+    ciphertext: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        c = BodyCheck(data)
+        handle = c.text("keyHandle", "key_handle", max_length=MAX_HANDLE_CHARS)
+        algorithm = c.text("algorithm")
+        parameters = c.mapping("parameters")
+        plaintext = c.optional_b64("plaintext")
+        ciphertext = c.optional_b64("ciphertext")
+        c.done()
+        return cls(handle, algorithm, parameters, plaintext, ciphertext)
 
 
-class CiphertextResponse(_Body):
-    ciphertext: B64
+# Responses: one field each. ``to_json`` gives the body as the service always sent it (compact, no spaces);
+# ``parse`` is the client's side, raising InvalidBody (a ValueError) for a body that does not fit.
 
 
-class PlaintextResponse(_Body):
-    plaintext: B64
+def _object(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidBody("invalid response body: not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidBody("invalid response body: not a JSON object")
+    return data
+
+
+def _text_body(name: str, value: str) -> bytes:
+    return b'{"%s":%s}' % (name.encode(), json.dumps(value, ensure_ascii=False).encode())
+
+
+def _b64_body(name: str, value: bytes) -> bytes:
+    return b'{"%s":"%s"}' % (name.encode(), base64.b64encode(value))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHandleResponse:
+    key_handle: str
+
+    def to_json(self) -> bytes:
+        return _text_body("keyHandle", self.key_handle)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Self:
+        c = BodyCheck(_object(raw), "response")
+        handle = c.text("keyHandle", "key_handle")
+        c.done()
+        return cls(handle)
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterResponse:
+    value: str
+
+    def to_json(self) -> bytes:
+        return _text_body("value", self.value)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Self:
+        c = BodyCheck(_object(raw), "response")
+        value = c.text("value")
+        c.done()
+        return cls(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportDerivedKeyResponse:
+    key: bytes = field(repr=False)
+
+    def to_json(self) -> bytes:
+        return _b64_body("key", self.key)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Self:
+        c = BodyCheck(_object(raw), "response")
+        key = c.b64("key")
+        c.done()
+        return cls(key)
+
+
+@dataclass(frozen=True, slots=True)
+class SignResponse:
+    signature: bytes
+
+    def to_json(self) -> bytes:
+        return _b64_body("signature", self.signature)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Self:
+        c = BodyCheck(_object(raw), "response")
+        signature = c.b64("signature")
+        c.done()
+        return cls(signature)
+
+
+@dataclass(frozen=True, slots=True)
+class CiphertextResponse:
+    ciphertext: bytes
+
+    def to_json(self) -> bytes:
+        return _b64_body("ciphertext", self.ciphertext)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Self:
+        c = BodyCheck(_object(raw), "response")
+        ciphertext = c.b64("ciphertext")
+        c.done()
+        return cls(ciphertext)
+
+
+@dataclass(frozen=True, slots=True)
+class PlaintextResponse:
+    plaintext: bytes = field(repr=False)
+
+    def to_json(self) -> bytes:
+        return _b64_body("plaintext", self.plaintext)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Self:
+        c = BodyCheck(_object(raw), "response")
+        plaintext = c.b64("plaintext")
+        c.done()
+        return cls(plaintext)
 
 
 # wire -> domain -------------------------------------------------------------------------------------------
@@ -168,7 +310,7 @@ def _param_b64(params: dict[str, Any] | None, name: str, algorithm: str) -> byte
     if not params or name not in params:
         raise _Invalid(f"{algorithm} needs parameters.{name}")
     try:
-        return _decode_b64(params[name])
+        return decode_b64(params[name])
     except ValueError as e:
         raise _Invalid(f"parameters.{name}: {e}") from None
 

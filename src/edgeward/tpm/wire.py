@@ -3,9 +3,12 @@ names, bytes as standard base64 strings, one model per route."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import base64
+from typing import Annotated
 
-from ..keys.wire import B64
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+
+from ..keys.wirefields import decode_b64
 
 __all__ = [
     "API_VERSION",
@@ -24,6 +27,13 @@ __all__ = [
 API_VERSION = "2020-09-01"
 EDGEWARD_VERSION = "2026-11-01"  # Edgeward's additions (the quote and audit counter routes)
 API_VERSIONS = (API_VERSION, EDGEWARD_VERSION)
+
+# Bytes on the wire: standard base64, checked and bounded as the keys API checks them.
+B64 = Annotated[
+    bytes,
+    BeforeValidator(decode_b64),
+    PlainSerializer(lambda b: base64.b64encode(b).decode(), return_type=str),
+]
 
 
 class QuoteRequest(BaseModel):
