@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgeward import groupcommit
 from edgeward.certs import service as certs_service
-from edgeward.certs.issuance import self_signed_ca_builder
+from edgeward.certs.issuance import self_signed_ca
 from edgeward.certs.x509sign import handle_public_key, sign_certificate, sign_csr
 from edgeward.http.errors import HttpError
 from tests.fixtures.certs import CertsEnv, serve_certs
@@ -89,7 +89,7 @@ async def test_the_remembered_local_ca_follows_a_certificate_replaced_on_disk(
     csr = csr_for(ec.generate_private_key(ec.SECP256R1()))
     await env.client.create_cert("leaf-c", csr)
     ca = await env.service.local_ca()
-    reissued = await sign_certificate(self_signed_ca_builder("Store Test CA, reissued", ca.public, 2),
+    reissued = await sign_certificate(self_signed_ca("Store Test CA, reissued", ca.public, 2),
                                       env.keys, ca.handle, ca.public)
     env.service.store.path("store-ca").write_bytes(
         reissued.public_bytes(serialization.Encoding.PEM))  # an operator's out-of-band replacement

@@ -10,6 +10,7 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -20,9 +21,10 @@ from ..keys.api import KeysApi
 from ..keys.model import PublicKey
 from .errors import InvalidCsr
 from .policy import Grant, IssuancePolicy
+from .tbs import TbsCertificate, key_identifier, spki_der
 from .x509sign import sign_certificate
 
-__all__ = ["IssuerRef", "issue", "parse_csr", "self_signed_ca_builder", "sign_leaf"]
+__all__ = ["IssuerRef", "issue", "parse_csr", "self_signed_ca", "sign_leaf"]
 
 MAX_CSR_BYTES = 64 * 1024
 BACKDATE = dt.timedelta(minutes=1)  # tolerate small clock differences between the device and its peers
@@ -35,6 +37,12 @@ class IssuerRef:
     cert: x509.Certificate | None
     key_handle: str
     public_key: PublicKey
+
+    @functools.cached_property
+    def authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
+        """Worked out once per issuer (the local CA's is kept with it): every certificate it signs names the same."""
+        ski = x509.SubjectKeyIdentifier(key_identifier(spki_der(self.public_key)))
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
 def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
@@ -80,22 +88,21 @@ def _subject(csr: x509.CertificateSigningRequest, common_name: str | None,
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name), *rest])
 
 
-def self_signed_ca_builder(common_name: str, public_key: PublicKey, days: int) -> x509.CertificateBuilder:
+def self_signed_ca(common_name: str, public_key: PublicKey, days: int) -> TbsCertificate:
     now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE).not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-    )
+    spki = spki_der(public_key)
+    ski = x509.SubjectKeyIdentifier(key_identifier(spki))
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=True, path_length=None), True),
+        (x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                       crl_sign=True, encipher_only=False, decipher_only=False), True),
+        (ski, False),
+        (x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), False),
+    ]
+    return TbsCertificate(x509.random_serial_number(), name, name, now - BACKDATE, now + dt.timedelta(days=days),
+                          spki, extensions)
 
 
 async def issue(keys: KeysApi, csr: x509.CertificateSigningRequest, issuer: IssuerRef, lifetime: dt.timedelta, *,
@@ -120,20 +127,11 @@ async def sign_leaf(keys: KeysApi, subject: x509.Name, public_key: CertificatePu
         not_after = min(not_after, issuer.cert.not_valid_after_utc)
         if not_after <= now:
             raise InvalidCsr("the issuer certificate has expired; renew it first")
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.cert.subject if issuer.cert is not None else subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - min(BACKDATE, lifetime / 10))  # short-lived certs keep their renewal math
-        .not_valid_after(not_after)
-    )
-    for value, critical in extensions:
-        builder = builder.add_extension(value, critical=critical)
-    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-    issuer_ski = x509.SubjectKeyIdentifier.from_public_key(issuer.public_key)
-    builder = builder.add_extension(
-        x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False
-    )
-    return await sign_certificate(builder, keys, issuer.key_handle, issuer.public_key)
+    spki = spki_der(public_key)
+    extensions = [*extensions, (x509.SubjectKeyIdentifier(key_identifier(spki)), False),
+                  (issuer.authority_key_identifier, False)]
+    tbs = TbsCertificate(x509.random_serial_number(), issuer.cert.subject if issuer.cert is not None else subject,
+                         subject, now - min(BACKDATE, lifetime / 10),  # short-lived certs keep their renewal math
+                         not_after, spki, extensions)
+    return await sign_certificate(tbs, keys, issuer.key_handle, issuer.public_key)
+

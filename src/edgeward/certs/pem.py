@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -28,4 +30,16 @@ def parse_chain(pem: bytes | str) -> list[x509.Certificate]:
 
 
 def chain_to_pem(certs: list[x509.Certificate]) -> str:
-    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
+    """Leaf first. The issuers' PEM is remembered: a local CA's chain follows every certificate it issues."""
+    if not certs:
+        return ""
+    return _pem(certs[0]) + "".join(_issuer_pem(c) for c in certs[1:])
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@functools.lru_cache(maxsize=32)
+def _issuer_pem(cert: x509.Certificate) -> str:  # certificates hash and compare by their DER
+    return _pem(cert)

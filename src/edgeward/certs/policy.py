@@ -191,12 +191,11 @@ class IssuancePolicy:
                     names.append(name)
             elif ext.oid == ExtensionOID.NAME_CONSTRAINTS and not self.is_ca:
                 raise self._refuse("nameConstraints", "it is not configured as a CA")
-        self._check_common_name(csr.subject, common_name)
+        if self.common_names:  # csr.subject builds a Name each time it is read: not for nothing on every request
+            self._check_common_name(csr.subject, common_name)
         return Grant(tuple(dict.fromkeys(names)), self._usages(requested_usages))
 
     def _check_common_name(self, subject: x509.Name, override: str | None) -> None:
-        if not self.common_names:
-            return
         values = [override] if override is not None else [
             str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
         if not values:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,7 +31,7 @@ from .api import CertsApi
 from .dn import subject_name
 from .errors import CertNotFound, InvalidCsr, IssuanceFailed, NotAuthorized
 from .est import EstClient, KeysIdentity
-from .issuance import IssuerRef, issue, parse_csr, self_signed_ca_builder
+from .issuance import IssuerRef, issue, parse_csr, self_signed_ca
 from .pem import PemError, chain_to_pem, parse_chain
 from .policy import LOCAL_ID_PREFIX, IssuancePolicy, PolicyRefused, default_kind
 from .settings import CertsSettings, EstAuth, IssuanceOptions
@@ -51,6 +52,11 @@ class LocalCa:
     handle: str
     public: PublicKey
     stamp: tuple[int, int, int] | None  # the CA cert file when this was read (``CertService._stamp``)
+
+    @functools.cached_property
+    def issuer(self) -> IssuerRef:
+        """Kept with the remembered CA, so what is worked out about the issuer (its key identifier) is done once."""
+        return IssuerRef(self.chain[0], self.handle, self.public)
 
 
 class EstEnroller(Protocol):
@@ -282,8 +288,7 @@ class CertService:
                 ca = await self.local_ca()
                 policy.check_issuer(ca.chain[0], self.settings.local_ca.cert if self.settings.local_ca else "local CA")
                 try:
-                    leaf = await issue(self.keys, csr, IssuerRef(ca.chain[0], ca.handle, ca.public),
-                                       self.lifetime(cert_id), policy=policy, grant=grant,
+                    leaf = await issue(self.keys, csr, ca.issuer, self.lifetime(cert_id), policy=policy, grant=grant,
                                        common_name=common_name, subject=subject)
                 except (InvalidHandle, KeyNotFound, IssuerKeyMismatch):
                     if not (remembered and ca is self._local_ca):
@@ -315,7 +320,7 @@ class CertService:
             chain = self.read_chain(ca.cert)
             usable = chain is not None and chain[0].not_valid_after_utc > now
             if chain is None or not usable or not same_public_key(public, chain[0].public_key()):
-                cert = await sign_certificate(self_signed_ca_builder(ca.common_name, public, ca.expiry_days),
+                cert = await sign_certificate(self_signed_ca(ca.common_name, public, ca.expiry_days),
                                               self.keys, handle, public)
                 chain = [cert]
                 await self.write_chain(ca.cert, chain)

@@ -1,9 +1,10 @@
 """Certificates and CSRs signed by a key that never leaves the keys service.
 
-`cryptography` signs only with in-process keys, so the to-be-signed part is built with a throwaway key of the same
-algorithm (which yields the same AlgorithmIdentifier), then signed through the keys API and reassembled with
-asn1crypto. ECDSA keys sign SHA-256 (P-256) or SHA-384 (P-384) digests; RSA keys sign PKCS#1 v1.5 SHA-256 through
-aziot's RSA-PKCS1 private "encrypt", exactly as aziot's OpenSSL engine does.
+`cryptography` signs only with in-process keys, so a certificate's to-be-signed part is written by ``tbs`` and signed
+through the keys API. A CSR is built with a throwaway key of the same algorithm (which yields the same
+AlgorithmIdentifier), its public key replaced, then signed through the keys API and reassembled with asn1crypto.
+ECDSA keys sign SHA-256 (P-256) or SHA-384 (P-384) digests; RSA keys sign PKCS#1 v1.5 SHA-256 through aziot's
+RSA-PKCS1 private "encrypt", exactly as aziot's OpenSSL engine does.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from ..keys.api import KeysApi
 from ..keys.model import EcdsaDigest, PublicKey, RsaPkcs1
+from .tbs import TbsCertificate, signature_algorithm, signed_certificate_der
 
 __all__ = ["IssuerKeyMismatch", "handle_public_key", "same_public_key", "sign_certificate", "sign_csr"]
 
@@ -89,47 +91,13 @@ def _verify(public: PublicKey, signature: bytes, tbs: bytes) -> None:
         raise IssuerKeyMismatch("the issuer key's signature does not verify against the issuer's public key") from None
 
 
-async def sign_certificate(builder: x509.CertificateBuilder, keys: KeysApi, issuer_handle: str,
+async def sign_certificate(tbs: TbsCertificate, keys: KeysApi, issuer_handle: str,
                            issuer_public: PublicKey) -> x509.Certificate:
-    throwaway, digest = _scheme(issuer_public)
-    draft = builder.sign(throwaway, digest)
-    tbs = draft.tbs_certificate_bytes
-    signature = await _sign_bytes(keys, issuer_handle, issuer_public, tbs)
-    _verify(issuer_public, signature, tbs)
-    return x509.load_der_x509_certificate(_resigned(draft.public_bytes(serialization.Encoding.DER), tbs, signature))
-
-
-def _resigned(draft: bytes, tbs: bytes, signature: bytes) -> bytes:
-    """``draft`` (Certificate: SEQUENCE {tbsCertificate, signatureAlgorithm, signatureValue BIT STRING}) with its
-    signature replaced: the two leading parts are kept byte for byte, so nothing is re-encoded."""
-    start = _header_length(draft, 0)
-    if draft[start:start + len(tbs)] != tbs:
-        raise ValueError("unexpected certificate encoding")  # pragma: no cover - cryptography writes DER
-    algorithm_at = start + len(tbs)
-    algorithm_end = algorithm_at + _header_length(draft, algorithm_at) + _content_length(draft, algorithm_at)
-    bits = b"\x00" + signature  # no unused bits
-    body = draft[start:algorithm_end] + b"\x03" + _der_length(len(bits)) + bits
-    return b"\x30" + _der_length(len(body)) + body
-
-
-def _der_length(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
-
-
-def _header_length(der: bytes, at: int) -> int:
-    """Tag plus length octets of the element at ``at`` (one-byte tags: all X.509 uses here)."""
-    first = der[at + 1]
-    return 2 if first < 0x80 else 2 + (first & 0x7F)
-
-
-def _content_length(der: bytes, at: int) -> int:
-    first = der[at + 1]
-    if first < 0x80:
-        return first
-    return int.from_bytes(der[at + 2:at + 2 + (first & 0x7F)], "big")
+    algorithm = signature_algorithm(issuer_public)
+    tbs_der = tbs.der(algorithm)
+    signature = await _sign_bytes(keys, issuer_handle, issuer_public, tbs_der)
+    _verify(issuer_public, signature, tbs_der)
+    return x509.load_der_x509_certificate(signed_certificate_der(tbs_der, algorithm, signature))
 
 
 async def sign_csr(builder: x509.CertificateSigningRequestBuilder, keys: KeysApi, handle: str,
