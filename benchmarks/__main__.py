@@ -20,7 +20,17 @@ from tests.fixtures.swtpm import start_swtpm
 
 from edgeward.supervise import sigterm_as_interrupt
 
-from . import certs_issue, est_enroll, footprint, keys_sign, pkcs11_libraries, runtime_modules, soak, workload_sign
+from . import (
+    certs_issue,
+    est_enroll,
+    footprint,
+    keylime_fleet,
+    keys_sign,
+    pkcs11_libraries,
+    runtime_modules,
+    soak,
+    workload_sign,
+)
 
 
 def _footprint_table(r: dict[str, Any]) -> Table:
@@ -50,8 +60,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--only", choices=["keys", "pkcs11-libs", "certs", "est", "workload", "runtime", "footprint",
-                                           "soak"], default=None, help="one benchmark (soak runs only when named: it takes --minutes)")
+                                           "soak", "keylime-fleet"], default=None,
+                        help="one benchmark (soak and keylime-fleet run only when named: they take minutes)")
     parser.add_argument("--minutes", type=float, default=10.0, help="how long the soak runs")
+    parser.add_argument("--agents", default=",".join(map(str, keylime_fleet.STEPS)),
+                        help="keylime-fleet: the fleet sizes to step through")
+    parser.add_argument("--window", type=float, default=30.0, help="keylime-fleet: seconds attestations are counted")
+    parser.add_argument("--quote-interval", type=float, default=2.0, help="keylime-fleet: the verifier's")
+    parser.add_argument("--verifier-workers", type=int, default=2, help="keylime-fleet: the verifier's num_workers")
     parser.add_argument("--docker-uri", default=None, help="also measure the runtime on this dockerd (unix://...)")
     parser.add_argument("--docker-image", default=None, help="a local image with sleep, for --docker-uri")
     parser.add_argument("--backends", default="software,pkcs11,tpm")
@@ -169,6 +185,34 @@ def main() -> None:
                           f"{r['slope_mb_per_min']:.2f} {'yes' if r['slope_met'] else 'NO'}",
                           f"{r['idle_rss_mb'] - r['warm_rss_mb']:.1f} {'yes' if r['idle_met'] else 'NO'}")
                 console.print(t)
+            if args.only == "keylime-fleet":
+                r = keylime_fleet.run([int(n) for n in args.agents.split(",")], args.window, args.quote_interval,
+                                      args.verifier_workers)
+                results["keylime_fleet"] = r
+                t = Table(title=f"Keylime fleet: one verifier ({r['verifier_workers']} workers, idle RSS "
+                                f"{r['verifier_idle_rss_mb']:.0f} MB, PSS {r['verifier_idle_pss_mb']:.0f} MB), quote interval {r['quote_interval_s']:g} s, "
+                                f"{args.window:g} s window, {r['cpus']} CPUs shared with other work")
+                for c in ("agents", "attestations/s", "ideal", "/ ideal", "period median / max s", "late (>1.5x)",
+                          "verifier RSS (PSS) MB", "verifier RSS (PSS) MB / agent", "Edgeward RSS MB median / max", "swtpm MB",
+                          "CPU verifier / Edgewards / swtpms (of 2.0)", "CPU ms / attestation verifier / Edgeward",
+                          "bring-up s", "load"):
+                    t.add_column(c)
+                for row in r["rows"]:
+                    t.add_row(str(row["agents"]), f"{row['attestations_per_s']:.2f}", f"{row['ideal_per_s']:.1f}",
+                              f"{row['attestations_per_s'] / row['ideal_per_s']:.2f}",
+                              f"{row['period_median_s']:.2f} / {row['period_max_s']:.2f}", str(row["late_devices"]),
+                              f"{row['verifier_rss_mb']:.0f} ({row['verifier_pss_mb']:.0f})",
+                              f"{row['verifier_mb_per_agent']:.2f} ({row['verifier_pss_mb_per_agent']:.2f})",
+                              f"{row['edgeward_rss_mb_median']:.1f} / {row['edgeward_rss_mb_max']:.1f}",
+                              f"{row['swtpm_rss_mb_median']:.1f}",
+                              f"{row['verifier_cpu']:.2f} / {row['edgewards_cpu']:.2f} / {row['swtpms_cpu']:.2f}",
+                              f"{row['verifier_cpu_ms_per_attestation']:.0f} / "
+                              f"{row['edgeward_cpu_ms_per_attestation']:.0f}",
+                              f"{row['bring_up_s']:.0f}",
+                              f"{row['load_1min']:.1f}")
+                console.print(t)
+                if r["stopped"]:
+                    console.print(f"stopped {r['stopped']}")
         finally:
             tpm.stop()
     if args.json:

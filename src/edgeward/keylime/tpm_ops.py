@@ -65,27 +65,80 @@ def ek_public(ectx: Any) -> bytes:
 
 
 def ek_certificate(ectx: Any) -> bytes | None:
-    """The manufacturer's EK certificate (DER) from NV, where the TPM has one (swtpm without swtpm_setup does not:
-    then the tenant must run with ``require_ek_cert = False``, and the EK is trusted on first use)."""
+    """The manufacturer's certificate (DER) of this TPM's EK, from NV, where the TPM has one (swtpm without
+    ``swtpm_setup --create-ek-cert`` does not: then the tenant must run with ``require_ek_cert = False``, and the EK
+    is trusted on first use).
+
+    Only a certificate of the very key at 0x81010001 is returned: the registrar refuses a registration whose
+    ``ekcert`` carries another key than ``ek_tpm`` (a 400, retried for ever), and a TPM holds certificates of
+    several EKs (RSA and ECC, low and high range), while the key persisted at the handle may have been made from
+    another template than the one the manufacturer certified."""
     from tpm2_pytss.TSS2_Exception import TSS2_Exception  # noqa: PLC0415
 
+    ek_tr = ectx.tr_from_tpmpublic(ENDORSEMENT_KEY_HANDLE)
+    try:
+        ek = _public_key_der(ectx.read_public(ek_tr)[0])
+    finally:
+        with contextlib.suppress(Exception):
+            ectx.tr_close(ek_tr)
     for index in _EK_CERT_INDEXES:
         try:
             tr = ectx.tr_from_tpmpublic(index)
         except TSS2_Exception:
             continue
         try:
-            size = int(ectx.nv_read_public(tr)[0].nvPublic.dataSize)
-            data = b""
-            while len(data) < size:
-                data += bytes(ectx.nv_read(tr, min(_NV_CHUNK, size - len(data)), len(data), tr))
-            return der_prefix(data)
+            cert = _read_nv_der(ectx, tr)
         except TSS2_Exception:
             continue
         finally:
             with contextlib.suppress(Exception):
                 ectx.tr_close(tr)
+        if cert is not None and ek is not None and _certified_key_der(cert) == ek:
+            return cert
     return None
+
+
+def _read_nv_der(ectx: Any, tr: Any) -> bytes | None:
+    """The DER certificate in an NV index, read in chunks a TPM's NV buffer holds, under the index's own (empty)
+    authorization as the EK Credential Profile provides (AUTHREAD), or the owner's where only OWNERREAD is set."""
+    from tpm2_pytss import ESYS_TR, TPMA_NV  # noqa: PLC0415
+
+    public = ectx.nv_read_public(tr)[0].nvPublic
+    attrs, size = int(public.attributes), int(public.dataSize)
+    if not attrs & TPMA_NV.WRITTEN:
+        return None
+    auth = tr if attrs & TPMA_NV.AUTHREAD or not attrs & TPMA_NV.OWNERREAD else ESYS_TR.OWNER
+    data = b""
+    while len(data) < size:
+        chunk = bytes(ectx.nv_read(tr, min(_NV_CHUNK, size - len(data)), len(data), auth))
+        if not chunk:
+            return None
+        data += chunk
+        if (cert := der_prefix(data)) is not None:
+            return cert  # an index padded after its certificate is not read to the end
+    return der_prefix(data)
+
+
+def _public_key_der(public: Any) -> bytes | None:
+    """SubjectPublicKeyInfo of a TPM2B_PUBLIC, as the registrar compares it with the certificate's."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    try:
+        key = serialization.load_pem_public_key(bytes(public.to_pem()))
+    except (ValueError, TypeError, RuntimeError):
+        return None
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _certified_key_der(cert: bytes) -> bytes | None:
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    try:
+        key = x509.load_der_x509_certificate(cert).public_key()
+    except ValueError:
+        return None
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def ensure_ak(ectx: Any, handle: int, algorithm: str) -> AkInfo:
