@@ -118,11 +118,13 @@ def main() -> None:
                 results["certs_issue"] = row
                 t = Table(title="Certificates issued through the certs API (local CA, P-256, software keys)")
                 for c in ("API certs/s", "in-process certs/s", "API/in-process (goal >= 0.5)", "p50 ms", "p99 ms",
-                          "errors"):
+                          "CPU us/cert: daemon / its loop / in-process", "errors"):
                     t.add_column(c)
                 t.add_row(f"{row['certs_per_s']:.0f}", f"{row['in_process_per_s']:.0f}",
                           f"{row['api_vs_in_process']:.2f} {'yes' if row['met'] else 'NO'}", f"{row['p50_ms']:.1f}",
-                          f"{row['p99_ms']:.1f}", str(row["errors"]))
+                          f"{row['p99_ms']:.1f}",
+                          f"{row['daemon_cpu_us_per_cert']:.0f} / {row['loop_cpu_us_per_cert']:.0f} / "
+                          f"{row['in_process_cpu_us_per_cert']:.0f}", str(row["errors"]))
                 console.print(t)
             if args.only in (None, "est"):
                 row = est_enroll.run(args.seconds, args.concurrency)
