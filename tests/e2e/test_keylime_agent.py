@@ -10,6 +10,8 @@ The tests share one enrolled device (session-scoped fixtures) and run in file or
 from __future__ import annotations
 
 import asyncio
+import collections
+import http.client
 import json
 import os
 import selectors
@@ -19,6 +21,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -267,6 +270,60 @@ def test_a_flood_from_one_address_does_not_keep_the_verifier_out(device: Device,
             s.close()
     print(f"\n200 bare connections from 127.0.0.2: {closed} closed at once; /version from 127.0.0.1 in "
           f"{answered * 1000:.0f} ms")
+
+
+def _client_cert(services: KeylimeServices, cn: str) -> tuple[Path, Path]:
+    """A client certificate from the verifier's CA that is not the verifier's: what any tenant or operator tool
+    holds (made with keylime's own ca_util, as `keylime_ca -c create` would)."""
+    ca_dir = services.home / "cv_ca"
+    cert, key = ca_dir / f"{cn}-cert.crt", ca_dir / f"{cn}-private.pem"
+    if not cert.exists():
+        code = ("import sys; from keylime import ca_util; ca_util.read_password(None); "
+                "ca_util.cmd_mkcert(sys.argv[1], sys.argv[2])")
+        subprocess.run([str(services.venv / "bin" / "python"), "-c", code, str(ca_dir), cn], env=services.env,
+                       check=True, capture_output=True, cwd=services.home)
+    return cert, key
+
+
+def test_identity_quote_loops_of_another_client_do_not_stop_the_verifier(device: Device,
+                                                                         keylime_services: KeylimeServices) -> None:
+    """A3 of the break-this review: four kept-alive identity-quote loops from the holder of another client
+    certificate. The agent used to answer the verifier's integrity quote 503 while two quotes were being taken,
+    which Keylime's verifier takes as an irrecoverable failure (no_quote): it stopped polling the device for good,
+    within 5 s. Now the verifier's quotes go first and the loops are throttled; the device keeps passing."""
+    cert = _client_cert(keylime_services, "some-tenant")
+    ctx = ssl.create_default_context(cafile=str(device.state / "keylime" / "mtls-cert.pem"))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    before = _wait_for("attestations", lambda: _passing_beyond(keylime_services, 0), 6 * QUOTE_INTERVAL)
+    stop = threading.Event()
+    answers: collections.Counter[int] = collections.Counter()
+
+    def loop() -> None:  # one kept-alive connection each, as fast as the agent answers
+        conn = http.client.HTTPSConnection("127.0.0.1", device.port, context=ctx, timeout=30)
+        try:
+            while not stop.is_set():
+                conn.request("GET", "/v2.6/quotes/identity?nonce=abcdefghij0123456789")
+                response = conn.getresponse()
+                response.read()
+                answers[response.status] += 1
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=loop) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:  # five of the verifier's quotes during the loops: each must pass
+        status = _wait_for("attestations during the quote loops",
+                           lambda: _passing_beyond(keylime_services, before["attestation_count"] + 4),
+                           8 * QUOTE_INTERVAL)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert status["operational_state"] == 3, status
+    assert 503 not in answers and answers[200] >= 1, answers
+    print(f"\n4 identity-quote loops of another client during 5 attestations: answers {dict(answers)}")
 
 
 def test_swapped_module_fails_attestation_and_is_revoked(device: Device, keylime_services: KeylimeServices) -> None:

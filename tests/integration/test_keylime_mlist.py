@@ -4,9 +4,14 @@ by someone else, and started over after a TPM reset. Also: the persisted attesta
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import json
+import os
+import sqlite3
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +20,7 @@ import pytest
 from edgeward.attest.audit import AuditLog
 from edgeward.attest.audit_key import AuditKey
 from edgeward.keylime.ima import IMA_PCR, replay
-from edgeward.keylime.mlist import MeasurementList, MeasurementListBroken
+from edgeward.keylime.mlist import RESERVE_BYTES, MeasurementList, MeasurementListBroken
 from edgeward.keylime.tpm_ops import AkMismatch, ensure_ak, extend_measurement, read_pcr
 from edgeward.tpm.service import TpmService
 from edgeward.tpm.settings import parse_tpmd_settings
@@ -140,25 +145,83 @@ async def test_the_attestation_key_is_persisted_and_checked(tpm: TpmService) -> 
         await tpm.run_exclusive(functools.partial(ensure_ak, handle=handle, algorithm="ecc"))
 
 
-async def test_a_journal_write_that_fails_keeps_the_finding_for_the_next_sync(
+async def test_a_journal_write_that_fails_does_not_hold_the_finding_back(
         tpm: TpmService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A4: the finding is extended and served from memory while the journal cannot be written, and the journal is
+    written at the first sync that can: a restart then rebuilds the list to PCR 10's value."""
     from edgeward.keylime import mlist as mlist_module
 
     audit = _audit(tmp_path)
     mlist = await _started(audit, tmp_path, tpm)
+    (tmp_path / "measurements.reserve").unlink()  # no reserve to fall back on: the write fails
+    journal = (tmp_path / "measurements.json").read_bytes()
     audit.append("integrity.image_swapped", "a", {"detail": "swapped"})
-    real = mlist_module.atomic_write
 
     def full_disk(*args: object, **kwargs: object) -> None:
-        raise OSError(28, "No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(mlist_module, "atomic_write", full_disk)
-    with pytest.raises(OSError):
-        await mlist.sync()
-    monkeypatch.setattr(mlist_module, "atomic_write", real)
-    await mlist.sync()  # the disk has room again: the finding is taken in now, not skipped
+    monkeypatch.setattr(mlist_module.os, "posix_fallocate", full_disk)
+    await mlist.sync()
     assert _paths(mlist)[-1] == "/edgeward/findings/image_swapped/a"
+    assert await _pcr10(tpm) == replay(mlist._entries)  # in the PCR, though not in the journal
+    assert (tmp_path / "measurements.json").read_bytes() == journal
+    with pytest.raises(MeasurementListBroken, match="full disk"):  # a restart now: the device fails, never passes
+        await _started(audit, tmp_path, tpm)
+    monkeypatch.undo()
+    mlist.flush()  # room again (Edgeward stopping, say): written
+    again = await _started(audit, tmp_path, tpm)
+    assert again.lines_from(0) == mlist.lines_from(0)
+    assert (tmp_path / "measurements.reserve").stat().st_size == RESERVE_BYTES  # and the reserve made again
+
+
+async def test_a_finding_the_audit_log_cannot_take_reaches_pcr_10_and_the_list(
+        tpm: TpmService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    audit = _audit(tmp_path)
+    mlist = await _started(audit, tmp_path, tpm)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(audit, "_append", full)
+    for _ in range(3):  # the integrity monitor tries again at each pass: one entry for the finding
+        with pytest.raises(sqlite3.OperationalError):
+            audit.append("integrity.binary_changed", "a", {"detail": "changed", "policy": "refuse"})
+    with pytest.raises(sqlite3.OperationalError):
+        audit.append("module.started", "a", {})  # no finding: no entry
+    await mlist.sync()
+    assert _paths(mlist)[3:] == ["/edgeward/findings/binary_changed/a"]
     assert await _pcr10(tpm) == replay(mlist._entries)
+    monkeypatch.undo()
+    audit.append("integrity.binary_changed", "a", {"detail": "changed", "policy": "refuse"})  # room again
+    await mlist.sync()
+    assert _paths(mlist)[3:] == ["/edgeward/findings/binary_changed/a"] * 2  # the PCR keeps the first, too
+    again = await _started(audit, tmp_path, tpm)  # the unrecorded one is in the journal, inline
+    assert again.lines_from(0) == mlist.lines_from(0) and await _pcr10(tpm) == replay(again._entries)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root only)")
+async def test_on_a_full_file_system_the_reserve_file_makes_room_for_the_journal(
+        tpm: TpmService, tmp_path: Path) -> None:
+    home = tmp_path / "keylime"
+    home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(home)], check=True)
+    try:
+        audit = _audit(tmp_path)
+        mlist = MeasurementList(audit, home / "measurements.json", tpm)
+        await mlist.start()
+        assert (home / "measurements.reserve").stat().st_size == RESERVE_BYTES
+        with (home / "filler").open("wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:
+                f.write(bytes(4096))
+        audit.append("integrity.image_swapped", "a", {"detail": "swapped"})
+        await mlist.sync()
+        assert not mlist._unsaved  # written, in the reserve's room (and the reserve made again in what was left)
+        again = MeasurementList(audit, home / "measurements.json", tpm)
+        await again.start()
+        assert _paths(again)[-1] == "/edgeward/findings/image_swapped/a"
+    finally:
+        subprocess.run(["umount", str(home)], check=False)
 
 
 async def test_a_refused_registration_turns_off_the_agent_not_the_daemon(tpm: TpmService, tmp_path: Path) -> None:

@@ -241,7 +241,7 @@ def test_a_configured_revocation_certificate_that_is_missing_is_an_error_not_a_f
 async def test_a_nonce_must_be_1_to_32_letters_and_digits_nothing_after(nonce: str) -> None:
     quoter = Quoter(None, 0x81004B41, "rsa", "", None)  # type: ignore[arg-type] # refused before the TPM is used
     with pytest.raises(BadQuoteRequest):
-        await quoter._quote(nonce, [16])
+        await quoter.identity(nonce, "peer")
 
 
 # revocation -----------------------------------------------------------------------------------------------------
@@ -291,33 +291,6 @@ def test_every_field_of_a_notice_is_bounded() -> None:
                                               "event_id": "e" * 5000, "context": "c" * 100_000})}, None)
     assert not notice.authenticated
     assert len(json.dumps(notice.audit_detail())) < 5000
-
-
-async def test_quotes_beyond_two_at_once_are_refused_not_queued_on_the_tpm() -> None:
-    import asyncio
-
-    from edgeward.keylime.quotes import QUOTES_AT_ONCE, QuotesBusy
-
-    release = asyncio.Event()
-    entered: list[int] = []
-
-    class SlowTpm:
-        async def run_exclusive(self, op: object) -> object:
-            entered.append(1)
-            await release.wait()
-            raise RuntimeError("the test's TPM quotes nothing")
-
-    quoter = Quoter(SlowTpm(), 0x81004B41, "rsa", "", None)  # type: ignore[arg-type]
-    held = [asyncio.create_task(quoter._quote("abc", [16])) for _ in range(QUOTES_AT_ONCE)]
-    while len(entered) < QUOTES_AT_ONCE:
-        await asyncio.sleep(0)
-    with pytest.raises(QuotesBusy):
-        await quoter._quote("abc", [16])
-    release.set()
-    for task in held:
-        with pytest.raises(RuntimeError):
-            await task
-    assert quoter._in_flight == 0  # the slots come back whatever the TPM did
 
 
 def test_an_attestation_key_must_have_been_made_in_this_tpm_and_bound_to_it() -> None:

@@ -17,7 +17,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,8 @@ from .audit_chain import (
 from .audit_counter import AuditCounter
 from .audit_key import AuditKey
 
-__all__ = ["GENESIS", "AuditCounterUnavailable", "AuditLog", "AuditRecord", "Verification", "record_hash"]
+__all__ = ["GENESIS", "AuditCounterUnavailable", "AuditLog", "AuditRecord", "Unrecorded", "Verification",
+           "record_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ _MAX_CATCH_UP = 64  # increments owed to the TPM counter after it was unreachabl
 # then (0.9 of the 1.6 MB per 1,000 module lifecycles the soak benchmark saw). An append touches the last leaf and
 # its few parents, a read of recent records the same, and verification reads every page once: a few pages do.
 CACHE_KIB = 64
+
+
+# Told of a record the log could not take (a full disk): kind, module, detail. See AuditLog.on_unrecorded.
+Unrecorded = Callable[[str, "str | None", Mapping[str, Any]], None]
 
 
 class AuditCounterUnavailable(RuntimeError):
@@ -95,6 +100,14 @@ class AuditLog:
         self._head: Head | None = None  # the authenticated head, once started
         self._broken: str | None = None  # why the log is not extended under a head
         self._counter_behind = False
+        self._unrecorded: list[Unrecorded] = []
+
+    def on_unrecorded(self, listener: Unrecorded) -> None:
+        """Call ``listener`` with each record an append fails to store (SQLite or the file system refused it: a
+        full disk), before the append raises. Why: what depends on a record being in the log (the Keylime agent's
+        measurement list, which reports integrity findings to its verifier) must not be silenced by the very
+        condition that kept it out. The listener is called on the appender's thread and must not block."""
+        self._unrecorded.append(listener)
 
     def _add_columns(self) -> None:
         """Logs written before records carried MACs: their rows stay as they are, covered by the chain."""
@@ -216,8 +229,18 @@ class AuditLog:
     def append(self, kind: str, module: str | None = None, detail: Mapping[str, Any] | None = None) -> AuditRecord:
         if self._key is None:
             raise RuntimeError("this audit log was opened without its key: it can be read, not appended to")
-        key = self._key
         detail = dict(detail or {})
+        try:
+            return self._append(self._key, kind, module, detail)
+        except (OSError, sqlite3.Error):
+            for listener in self._unrecorded:
+                try:
+                    listener(kind, module, detail)
+                except Exception:
+                    log.exception("audit log: a listener for unrecorded records failed")
+            raise
+
+    def _append(self, key: AuditKey, kind: str, module: str | None, detail: dict[str, Any]) -> AuditRecord:
         with self._store.lock:
             if self._head is None and self._broken is None:
                 self._start_locked(key)

@@ -9,6 +9,10 @@ device reports) and the policy writer (what the verifier allows) use, so the two
 - a re-measurement finding (``integrity.binary_changed``, ``integrity.image_swapped``, ...):
   ``/edgeward/findings/<kind>/<module>`` with a digest of the record. No policy names a finding path, so a finding
   reaches the verifier as ``not_in_allowlist``: the device fails attestation.
+
+A finding the audit log could not take (a full disk) becomes the same path with a digest of what was known of it
+(:func:`unrecorded_entry`): the list holds it from memory and its journal inline, so the verifier hears of it all
+the same.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from typing import Any
 from ..attest.audit import AuditRecord
 from .ima import ImaEntry
 
-__all__ = ["FINDING_KINDS", "SELF_CODE", "SELF_CONFIG", "entries_of", "module_digest", "module_path",
-           "self_entries"]
+__all__ = ["FINDING_KINDS", "SELF_CODE", "SELF_CONFIG", "entries_of", "finding_kind", "module_digest",
+           "module_path", "self_entries", "unrecorded_entry"]
 
 SELF_CODE, SELF_CONFIG = "/edgeward/self/code", "/edgeward/self/config"
 FINDING_KINDS = frozenset({"binary_changed", "image_swapped", "engine_object_replaced", "unregistered",
@@ -52,15 +56,35 @@ def self_entries(detail: Mapping[str, Any]) -> list[ImaEntry]:
     return [ImaEntry(SELF_CODE, module_digest(code)), ImaEntry(SELF_CONFIG, module_digest(config))]
 
 
+def finding_kind(record_kind: str) -> str | None:
+    """``binary_changed`` for ``integrity.binary_changed``; None for a record kind that is no finding."""
+    kind = record_kind.removeprefix("integrity.")
+    return kind if record_kind.startswith("integrity.") and kind in FINDING_KINDS else None
+
+
+def _finding_path(kind: str, module: str | None) -> str:
+    return f"/edgeward/findings/{kind}/{_name(module or '_')}"
+
+
 def entries_of(record: AuditRecord) -> list[ImaEntry]:
     """The entries one audit record contributes (none for most kinds)."""
     if record.kind == "edgeward.started":
         return self_entries(record.detail)
     if record.kind == "module.created" and record.module:
         return [ImaEntry(module_path(record.module), module_digest(str(record.detail.get("image_id", ""))))]
-    kind = record.kind.removeprefix("integrity.")
-    if record.kind.startswith("integrity.") and kind in FINDING_KINDS:
+    kind = finding_kind(record.kind)
+    if kind is not None:
         evidence = json.dumps({"seq": record.seq, "hash": record.hash}, sort_keys=True).encode()
-        return [ImaEntry(f"/edgeward/findings/{kind}/{_name(record.module or '_')}",
-                         hashlib.sha256(evidence).hexdigest())]
+        return [ImaEntry(_finding_path(kind, record.module), hashlib.sha256(evidence).hexdigest())]
     return []
+
+
+def unrecorded_entry(record_kind: str, module: str | None, detail: Mapping[str, Any], ts: float) -> ImaEntry | None:
+    """The entry of a finding the audit log could not take; None for any other kind (only findings must reach the
+    verifier whatever the disk does: a module created or Edgeward started unrecorded changes no verdict)."""
+    kind = finding_kind(record_kind)
+    if kind is None:
+        return None
+    evidence = json.dumps({"unrecorded": record_kind, "module": module, "detail": detail, "ts": ts},
+                          sort_keys=True, default=str).encode()
+    return ImaEntry(_finding_path(kind, module), hashlib.sha256(evidence).hexdigest())

@@ -10,23 +10,39 @@ resetCount, with PCR 10 back at zero) a new list starts.
 Write-ahead: a record is added to the journal before PCR 10 is extended with it. A crash in between leaves the PCR
 at a prefix of the list, which the next start finds and completes; a PCR that matches no prefix was extended by
 someone else, and the agent refuses to serve a list that cannot be true.
+
+A full disk must not hide a finding (A4 of the break-this review: the finding could not be appended to the audit
+log, so it never reached the list, and the verifier went on reporting PASS). So:
+
+- a finding the audit log could not take reaches the list all the same: the log tells the list of it
+  (:meth:`~edgeward.attest.audit.AuditLog.on_unrecorded`), and it is held in memory and in the journal inline;
+- a journal write that fails for want of room first frees a reserve file kept beside the journal (preallocated, made
+  again once there is room) and is tried again in the room it held;
+- a journal that still cannot be written does not hold the PCR back: the entries are extended and served from
+  memory, and the journal is written at the next sync that can. Write-ahead is given up for them, knowingly: a
+  restart of Edgeward before the journal is written finds PCR 10 beyond the rebuilt list, refuses to start the agent,
+  and the device fails attestation rather than pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import functools
 import json
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ..attest.audit import AuditLog, AuditRecord
 from ..fsutil import atomic_write
-from .entries import entries_of
+from .entries import entries_of, finding_kind, unrecorded_entry
 from .ima import IMA_PCR, ImaEntry, replay
 from .tpm_ops import extend_measurement, read_pcr, reset_count
 
@@ -35,6 +51,9 @@ __all__ = ["MeasurementList", "MeasurementListBroken", "TpmRunner"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _ZERO = bytes(32)
+RESERVE_BYTES = 256 * 1024  # the room kept for the journal (its items are a few dozen bytes each)
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+Item = int | ImaEntry  # an audit record's seq, or an entry the audit log could not take, held inline
 
 
 class TpmRunner(Protocol):
@@ -50,18 +69,19 @@ class _Journal:
     reset_count: int
     boottime: int
     cursor: int  # the last audit record read
-    seqs: list[int] = field(default_factory=list)  # the records this boot's list holds, in order
+    items: list[Item] = field(default_factory=list)  # what this boot's list holds, in order
 
     def dump(self) -> bytes:
-        return json.dumps({"version": 1, "reset_count": self.reset_count, "boottime": self.boottime,
-                           "cursor": self.cursor, "seqs": self.seqs}).encode()
+        items = [i if isinstance(i, int) else {"path": i.path, "sha256": i.sha256} for i in self.items]
+        return json.dumps({"version": 2, "reset_count": self.reset_count, "boottime": self.boottime,
+                           "cursor": self.cursor, "seqs": items}).encode()
 
     @classmethod
     def load(cls, path: Path) -> _Journal | None:
         try:
             doc = json.loads(path.read_bytes())
             return cls(int(doc["reset_count"]), int(doc["boottime"]), int(doc["cursor"]),
-                       [int(s) for s in doc["seqs"]])
+                       [_item(i) for i in doc["seqs"]])
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as e:
@@ -69,10 +89,17 @@ class _Journal:
                                         "cannot be explained until the next reboot") from None
 
 
+def _item(value: Any) -> Item:
+    if isinstance(value, Mapping):
+        return ImaEntry(str(value["path"]), str(value["sha256"]))
+    return int(value)
+
+
 class MeasurementList:
     def __init__(self, audit: AuditLog, journal: Path, tpm: TpmRunner) -> None:
         self.audit = audit
         self.path = journal
+        self.reserve = journal.with_name(f"{journal.stem}.reserve")
         self.tpm = tpm
         self._journal: _Journal | None = None
         self._entries: list[ImaEntry] = []  # journal order; the PCR holds the first `_extended`
@@ -80,6 +107,12 @@ class MeasurementList:
         self._extended = 0
         self._pcr = _ZERO
         self._lock = asyncio.Lock()
+        self._unsaved = False  # the journal on disk is behind the one in memory
+        self._unsaved_logged = False
+        # findings the audit log could not take, as its listener was told of them (on the appender's thread)
+        self._unrecorded: deque[tuple[tuple[str, str | None], ImaEntry]] = deque()
+        self._noted: set[tuple[str, str | None]] = set()
+        audit.on_unrecorded(self._note_unrecorded)
 
     @property
     def boottime(self) -> int:
@@ -97,7 +130,7 @@ class MeasurementList:
         async with self._lock:
             if journal is not None and journal.reset_count == count:
                 self._journal = journal
-                self._adopt(self._records(journal.seqs))
+                self._adopt(self._entries_of(journal.items))
                 self._extended = self._prefix_matching(pcr)
                 self._pcr = pcr
                 log.info("measurement list: %d entries rebuilt from the audit log, %d in PCR %d", len(self._entries),
@@ -109,11 +142,12 @@ class MeasurementList:
                         "something else extends it (a kernel running IMA, another agent), and a list of Edgeward's "
                         "alone would not replay to it")
                 head, _ = self.audit.head()
-                self._journal = _Journal(count, int(time.time()), head, self._initial_seqs(head))
-                atomic_write(self.path, self._journal.dump())
-                self._adopt(self._records(self._journal.seqs))
+                self._journal = _Journal(count, int(time.time()), head, list(self._initial_seqs(head)))
+                self._write(self._journal)
+                self._adopt(self._entries_of(self._journal.items))
                 log.info("measurement list: new boot (TPM resetCount %d), %d entries", count, len(self._entries))
             await self._extend_pending()
+        self._keep_reserve()
         await self.sync()
 
     def _initial_seqs(self, head: int) -> list[int]:
@@ -132,22 +166,19 @@ class MeasurementList:
                 created.pop(record.module, None)
         return ([started.seq] if started is not None else []) + sorted(created.values())
 
-    def _records(self, seqs: list[int]) -> list[AuditRecord]:
-        if not seqs:
-            return []
-        wanted = set(seqs)
-        found = {r.seq: r for r in self.audit.records(since=min(seqs) - 1) if r.seq in wanted}
-        missing = wanted - found.keys()
+    def _entries_of(self, items: list[Item]) -> list[ImaEntry]:
+        seqs = {i for i in items if isinstance(i, int)}
+        found = {r.seq: r for r in self.audit.records(since=min(seqs) - 1) if r.seq in seqs} if seqs else {}
+        missing = seqs - found.keys()
         if missing:
             raise MeasurementListBroken(f"the audit log lacks records {sorted(missing)[:5]} the measurement list "
                                         "was built from")
-        return [found[s] for s in seqs]
+        return [e for i in items for e in (entries_of(found[i]) if isinstance(i, int) else [i])]
 
-    def _adopt(self, records: list[AuditRecord]) -> None:
-        for record in records:
-            for entry in entries_of(record):
-                self._entries.append(entry)
-                self._lines.append(entry.line())
+    def _adopt(self, entries: list[ImaEntry]) -> None:
+        for entry in entries:
+            self._entries.append(entry)
+            self._lines.append(entry.line())
 
     def _prefix_matching(self, pcr: bytes) -> int:
         value = _ZERO
@@ -158,26 +189,117 @@ class MeasurementList:
             if value == pcr:
                 return i + 1
         raise MeasurementListBroken(f"PCR {IMA_PCR} ({pcr.hex()[:16]}...) matches no prefix of the measurement list "
-                                    f"rebuilt from the audit log ({len(self._entries)} entries)")
+                                    f"rebuilt from the audit log ({len(self._entries)} entries): it was extended "
+                                    "by someone else, or with entries whose journal could not be written (a full "
+                                    "disk; see the log before the restart)")
 
     # growth -----------------------------------------------------------------------------------------------------
     async def sync(self) -> None:
-        """Take in the audit records appended since the last call (each quote starts with this, so a finding
-        reaches the verifier in its next quote)."""
+        """Take in the audit records appended since the last call, and the findings the audit log could not take
+        (each quote starts with this, so a finding reaches the verifier in its next quote)."""
         async with self._lock:
             journal = self._journal
             assert journal is not None, "start() first"
             records = self.audit.records(since=journal.cursor)
-            if records:
-                wanted = [r for r in records if entries_of(r)]
-                # The journal in memory moves only once the new one is on disk: a failed write (a full disk)
-                # leaves the cursor where it was, so the next sync takes these records again rather than skip a
-                # finding for good.
-                grown = replace(journal, cursor=records[-1].seq, seqs=[*journal.seqs, *(r.seq for r in wanted)])
-                atomic_write(self.path, grown.dump())  # before the PCR moves: see the module docstring
-                self._journal = grown
-                self._adopt(wanted)
+            wanted = [r for r in records if entries_of(r)]
+            unrecorded = self._take_unrecorded(records)
+            if records or unrecorded:
+                self._journal = replace(journal, cursor=records[-1].seq if records else journal.cursor,
+                                        items=[*journal.items, *(r.seq for r in wanted), *unrecorded])
+                self._adopt([*(e for r in wanted for e in entries_of(r)), *unrecorded])
+                self._unsaved = True
+            if self._unsaved:
+                self._save()  # before the PCR moves, if the disk lets it: see the module docstring
+            self._keep_reserve()
             await self._extend_pending()
+
+    def flush(self) -> None:
+        """At stop: the journal, if a sync could not write it (a restart would otherwise find PCR 10 beyond the
+        rebuilt list, and refuse to start the agent)."""
+        if self._unsaved:
+            self._save()
+
+    def _save(self) -> None:
+        assert self._journal is not None
+        try:
+            self._write(self._journal)
+        except OSError as e:
+            if not self._unsaved_logged:
+                self._unsaved_logged = True
+                log.error("measurement list: the journal %s cannot be written (%s); PCR %d is extended all the "
+                          "same, from memory (a finding must reach the verifier), and the journal is written once "
+                          "it can be. Until then a restart of Edgeward cannot rebuild the list, and the agent will "
+                          "not start", self.path, e.strerror or e, IMA_PCR)
+            return
+        if self._unsaved_logged:
+            log.warning("measurement list: the journal %s is written again", self.path)
+        self._unsaved = self._unsaved_logged = False
+
+    def _write(self, journal: _Journal) -> None:
+        """The journal, atomically; short of room, in the room the reserve file held."""
+        data = journal.dump()
+        try:
+            atomic_write(self.path, data)
+        except OSError as e:
+            if e.errno not in _NO_ROOM or not self._release_reserve():
+                raise
+            log.warning("measurement list: no room for the journal (%s); the reserve file is given up for it",
+                        e.strerror)
+            atomic_write(self.path, data)
+
+    def _release_reserve(self) -> bool:
+        try:
+            self.reserve.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _keep_reserve(self) -> None:
+        """Keep :data:`RESERVE_BYTES` allocated beside the journal for the day the file system is full: made at
+        start, and again at the first sync with room after it was given up (or removed)."""
+        if self.reserve.exists():
+            return
+        tmp = self.reserve.with_name(f".{self.reserve.name}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.reserve)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.debug("measurement list: no room for the reserve file yet (%s)", e)
+
+    # findings the audit log could not take ----------------------------------------------------------------------
+    def _note_unrecorded(self, kind: str, module: str | None, detail: Mapping[str, Any]) -> None:
+        """The audit log's listener (on the appender's thread): keep the finding for the next sync. The integrity
+        monitor tries again at each pass; one entry per finding is enough."""
+        key = (kind, module)
+        if finding_kind(kind) is None or key in self._noted:
+            return
+        entry = unrecorded_entry(kind, module, detail, time.time())
+        assert entry is not None
+        self._noted.add(key)
+        self._unrecorded.append((key, entry))
+        log.error("measurement list: the audit log could not take %s of %s; it goes into PCR %d and the list all "
+                  "the same", kind, module, IMA_PCR)
+
+    def _take_unrecorded(self, records: list[AuditRecord]) -> list[ImaEntry]:
+        """The findings noted since the last sync, but for those the audit log has taken meanwhile."""
+        recorded = {(r.kind, r.module) for r in records}
+        for record in records:  # recorded at last, or cleared: a later failure to record it is noted afresh
+            self._noted.discard((record.kind, record.module))
+            if record.kind == "integrity.cleared":
+                self._noted.discard((f"integrity.{record.detail.get('kind')}", record.module))
+        taken = []
+        while self._unrecorded:
+            key, entry = self._unrecorded.popleft()
+            if key not in recorded:
+                taken.append(entry)
+        return taken
 
     async def _extend_pending(self) -> None:
         while self._extended < len(self._entries):

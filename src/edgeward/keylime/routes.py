@@ -6,15 +6,18 @@ does is in :mod:`.quotes`, :mod:`.payloads` and :mod:`.revocation` (through :cla
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from .payloads import MAX_PAYLOAD, PayloadError
-from .quotes import BadQuoteRequest, QuotesBusy
+from .quote_queue import QuoteDeferred
+from .quotes import BadQuoteRequest
 
 if TYPE_CHECKING:
     from .service import KeylimeAgent
@@ -47,14 +50,24 @@ async def _body(request: web.Request) -> Any:
         raise _Refused(400, "the body is not JSON") from None
 
 
+def _peer(request: web.Request) -> str:
+    """The client certificate (its SHA-256) a quote is asked with: the verifier and a tenant may share an address,
+    not a key."""
+    tls = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = tls.getpeercert(binary_form=True) if tls is not None else None
+    if not der:
+        raise _Refused(403, "a client certificate is required")
+    return hashlib.sha256(der).hexdigest()
+
+
 async def _identity(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
-    return await agent.quoter.identity(request.query.get("nonce", ""))
+    return await agent.quoter.identity(request.query.get("nonce", ""), _peer(request))
 
 
 async def _integrity(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
     q = request.query
     return await agent.quoter.integrity(q.get("nonce", ""), q.get("mask", "0x0"), q.get("partial", "0"),
-                                        q.get("ima_ml_entry", "0"))
+                                        q.get("ima_ml_entry", "0"), _peer(request))
 
 
 async def _ukey(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
@@ -122,8 +135,11 @@ def build_agent_app(agent: KeylimeAgent) -> web.Application:
             return _answer(e.code, e.status)
         except (BadQuoteRequest, PayloadError) as e:
             return _answer(400, str(e))
-        except QuotesBusy as e:
-            return _answer(503, str(e))
+        except QuoteDeferred as e:  # never 503: the verifier stops polling a device for good on that
+            response = _answer(e.status, str(e))
+            if e.retry_after is not None:
+                response.headers["Retry-After"] = str(max(1, math.ceil(e.retry_after)))
+            return response
         except web.HTTPRequestEntityTooLarge:
             return _answer(413, "body too large")
         except Exception:

@@ -214,6 +214,8 @@ class KeylimeAgent:
         return True
 
     async def stop(self) -> None:
+        if hasattr(self, "mlist"):
+            self.mlist.flush()
         await cancel_all(self._tasks)
         await self.unverified.flush()  # what the window held back is still recorded
         if self._runner is not None:
