@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..fsutil import atomic_write, private_dir, remove_durably
+from .revocation import raise_notice_floor
 
 if TYPE_CHECKING:
     from ..attest.audit import AuditLog
@@ -71,6 +72,8 @@ class RevocationGate:
                 return _message(state, "the clearing is recorded by the running Edgeward before a module starts")
             audit.append(CLEARED, None, {"digest": state.get("digest"), "requested_at": clear.get("time"),
                                          "by_uid": clear.get("uid"), "by_user": clear.get("user")})
+            # a notice dated before the clearing is history, however genuine: replayed, it is not obeyed again
+            raise_notice_floor(self.home, float(clear.get("time") or time.time()), "revocation cleared")
             remove_durably(self.home / _STATE)
             remove_durably(self.home / _CLEAR)
             log.warning("keylime: the revocation %s... was cleared by %s; modules may start again",
