@@ -247,3 +247,18 @@ def test_an_operator_reset_lets_the_next_enrolment_in_and_is_recorded(tmp_path: 
     with pytest.raises(BootstrapPinned):  # pinned again
         dev.enrol(None)
     assert request_reset(tmp_path / "nothing-here") is None
+
+
+def test_stop_modules_without_a_revocation_cert_is_flagged_as_without_effect(tmp_path: Path) -> None:
+    from edgeward.cli.check import split_warnings
+
+    problems = Problems()
+    table = {"registrar_url": "http://127.0.0.1:1", "verifier_ca": str(tmp_path / "ca.pem"),
+             "revocation_action": "stop_modules"}
+    assert parse_keylime_settings(table, tmp_path, problems) is not None
+    no_effect, _ = split_warnings(tuple(problems.warnings))  # `edgeward check` shows it as its own row
+    assert [path for path, _ in no_effect] == ["edgeward.keylime.revocation_action"]
+    assert "never acted on" in no_effect[0][1]
+    quiet = Problems()
+    parse_keylime_settings({**table, "revocation_cert": str(tmp_path / "r.pem")}, tmp_path, quiet)
+    assert not quiet.warnings

@@ -10,6 +10,8 @@ Clearing: ``edgeward attest keylime-clear-revocation`` writes ``revocation-clear
 (a later revocation is never cleared by an earlier request). The audit log has one writer, the daemon, so the CLI
 does not append to it: the daemon records ``keylime.revocation_cleared`` (with who asked, and when) the next time
 the gate is consulted, before it lets that start pass. If the record cannot be written, the device stays revoked.
+The clearing also raises the notice floor (:func:`.revocation.raise_notice_floor`): a genuine notice dated before
+it, replayed later, is recorded and not obeyed again.
 
 Offline tampering: deleting ``revoked.json`` does not clear anything. On its first consultation the gate reads the
 audit log (MAC'd, chained, counter-anchored) for the latest ``keylime.revoked`` without a matching
