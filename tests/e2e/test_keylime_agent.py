@@ -1,6 +1,8 @@
 """Edgeward as a Keylime agent, against a real registrar and verifier (keylime 7.14.3) and a swtpm: the device is
 enrolled with `keylime_tenant` and the runtime policy `edgeward attest keylime-policy` writes, passes while its
-module is as deployed, across a restart of Edgeward and under a connection flood from another address, and fails,
+module is as deployed, across a restart of Edgeward and under a connection flood from another address, keeps its
+bootstrap key and revocation certificate against another client of the verifier's CA (until an operator resets it
+for `keylime_tenant -c update`), and fails,
 with the verifier's revocation notice in the audit log, within two quote intervals of its module's executable being
 swapped; from then on no module starts, across a restart too, until an operator clears the revocation.
 
@@ -10,8 +12,13 @@ The tests share one enrolled device (session-scoped fixtures) and run in file or
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import datetime
+import hashlib
+import hmac
 import http.client
+import io
 import json
 import os
 import selectors
@@ -25,18 +32,25 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509.oid import NameOID
 
 from edgeward.attest.audit import AuditLog, AuditRecord
 from edgeward.http.errors import HttpError
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import start_daemon, stop_daemon
 from tests.fixtures.keylime import QUOTE_INTERVAL, KeylimeServices, free_port
+from tests.fixtures.keylime_ca import mint_client_cert, tenant_ca
 from tests.fixtures.swtpm import Swtpm
 
 AGENT_UUID = "d432fbb3-d2f1-4a97-9ef7-75bd81c00000"
@@ -119,6 +133,7 @@ def device(keylime_services: KeylimeServices, keylime_swtpm: Swtpm,
     exe.chmod(0o755)
     port = free_port()
     config = base / "config.toml"
+    # revocation_cert: the tenant's CA, which issues the RevocationNotifier certificate `--cert default` delivers
     config.write_text(f"""hostname = "keylime-edge"
 [tpm]
 tcti = "{keylime_swtpm.tcti}"
@@ -133,6 +148,7 @@ agent_uuid = "{AGENT_UUID}"
 listen_port = {port}
 ima_securityfs = "{base / 'no-ima'}"
 revocation_action = "stop_modules"
+revocation_cert = "{tenant_ca(keylime_services)}"
 """)
     dev = Device(base, config, exe, {**os.environ, "TSS2_LOG": "all+NONE"}, port)
     try:
@@ -324,6 +340,144 @@ def test_identity_quote_loops_of_another_client_do_not_stop_the_verifier(device:
     assert status["operational_state"] == 3, status
     assert 503 not in answers and answers[200] >= 1, answers
     print(f"\n4 identity-quote loops of another client during 5 attestations: answers {dict(answers)}")
+
+
+def _agent_call(device: Device, method: str, path: str, client: tuple[Path, Path], body: Any = None) -> int:
+    ctx = ssl.create_default_context(cafile=str(device.state / "keylime" / "mtls-cert.pem"))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(client[0]), str(client[1]))
+    request = urllib.request.Request(f"https://127.0.0.1:{device.port}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.urlopen(request, context=ctx, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def _own_notifier() -> tuple[rsa.RSAPrivateKey, bytes]:
+    key = rsa.generate_private_key(65537, 2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "RevocationNotifier")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    return key, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _hijack(pubkey_pem: str, cert: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A bootstrap key and payload of one's own, from public data only (attacks/keylime/forge.py)."""
+    pub = serialization.load_pem_public_key(pubkey_pem.encode())
+    assert isinstance(pub, rsa.RSAPublicKey)
+    oaep = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)
+    u, v = os.urandom(32), os.urandom(32)
+    k = bytes(a ^ b for a, b in zip(u, v, strict=True))
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("RevocationNotifier-cert.crt", cert)
+    iv = os.urandom(16)
+    return ({"encrypted_key": base64.b64encode(pub.encrypt(u, oaep)).decode(),
+             "auth_tag": hmac.new(k, AGENT_UUID.encode(), hashlib.sha384).hexdigest(),
+             "payload": base64.b64encode(iv + AESGCM(k).encrypt(iv, archive.getvalue(), None)).decode()},
+            {"encrypted_key": base64.b64encode(pub.encrypt(v, oaep)).decode()})
+
+
+def test_another_client_of_the_verifier_ca_can_neither_replace_the_payload_nor_forge_a_revocation(
+        device: Device, keylime_services: KeylimeServices) -> None:
+    """A1 of the break-this review: a tenant's certificate from the verifier's CA, not this device's verifier."""
+    client = mint_client_cert(keylime_services, "some-tenant")
+    delivered = (device.state / "keylime" / "revocation-cert.pem").read_bytes()
+    ctx = ssl.create_default_context(cafile=str(device.state / "keylime" / "mtls-cert.pem"))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(client[0]), str(client[1]))
+    with urllib.request.urlopen(f"https://127.0.0.1:{device.port}/v2.6/keys/pubkey", context=ctx,
+                                timeout=30) as response:
+        pubkey = json.loads(response.read())["results"]["pubkey"]
+    key, cert = _own_notifier()
+    ukey, vkey = _hijack(pubkey, cert)
+    assert _agent_call(device, "POST", "/v2.6/keys/ukey", client, ukey) == 409
+    assert _agent_call(device, "POST", "/v2.6/keys/vkey", client, vkey) == 409
+    assert (device.state / "keylime" / "revocation-cert.pem").read_bytes() == delivered
+    msg = json.dumps({"type": "revocation", "agent_id": AGENT_UUID, "event_id": "ima.validation.ima-ng.not_in_allowlist",
+                      "severity_label": "emergency", "event_time": time.asctime(), "context": "{}"})
+    signature = key.sign(msg.encode(), padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
+                                                   salt_length=padding.PSS.MAX_LENGTH), hashes.SHA256())
+    forged = {"msg": msg, "signature": base64.b64encode(signature).decode()}
+    assert _agent_call(device, "POST", "/v2.6/notifications/revocation", client, forged) == 200
+    counted = _wait_for("the forged notice counted", lambda: device.audit("keylime.revocation_unauthenticated"), 10)
+    assert "does not verify" in counted[-1].detail["first"][0]["check"]
+    assert not device.audit("keylime.revoked", "keylime.revocation_acted")
+    assert not (device.state / "keylime" / "revoked.json").exists()
+    _wait_for("attestations", lambda: _passing_beyond(keylime_services, 0), 4 * QUOTE_INTERVAL)
+
+
+def _peak_mb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) // 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_large_bodies_from_a_client_of_the_verifier_ca_do_not_grow_the_daemon(
+        device: Device, keylime_services: KeylimeServices) -> None:
+    """A2 (phase 1) of the break-this review: 32 ukey bodies of 15 MB from two addresses took it from 79 to 418 MB."""
+    assert device.proc is not None
+    client = mint_client_cert(keylime_services, "some-tenant")
+    ctx = ssl.create_default_context(cafile=str(device.state / "keylime" / "mtls-cert.pem"))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(client[0]), str(client[1]))
+    body = b'{"encrypted_key": "' + b"A" * ((15 << 20) - 40) + b'"}'
+    answers: list[str] = []
+
+    def post(source: str) -> None:
+        try:
+            with socket.socket() as raw:
+                raw.bind((source, 0))
+                raw.connect(("127.0.0.1", device.port))
+                with ctx.wrap_socket(raw) as s:
+                    s.settimeout(60)
+                    s.sendall(f"POST /v2.6/keys/ukey HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              f"Content-Length: {len(body)}\r\n\r\n".encode())
+                    try:
+                        s.sendall(body)
+                    except OSError:
+                        pass  # answered and closed before it all went out
+                    answers.append(s.recv(64).split(b"\r\n", 1)[0].decode())
+        except OSError as e:
+            answers.append(type(e).__name__)
+
+    before = _peak_mb(device.proc.pid)
+    threads = [threading.Thread(target=post, args=(f"127.0.0.{10 + a}",)) for a in range(2) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = _peak_mb(device.proc.pid)
+    print(f"\n32 x 15 MB ukey bodies: {sorted(set(answers))}; daemon peak RSS {before} -> {after} MB")
+    # answered 413 unread, and closed while the body still came: the reset may overtake the answer
+    assert all("413" in a or a in ("ConnectionResetError", "BrokenPipeError") for a in answers), answers
+    assert after - before < 40, (before, after)
+    _wait_for("attestations", lambda: _passing_beyond(keylime_services, 0), 4 * QUOTE_INTERVAL)
+
+
+def test_an_enrolment_update_needs_the_operators_reset_of_the_pinned_bootstrap(
+        device: Device, keylime_services: KeylimeServices) -> None:
+    policy = device.base / "policy.json"
+    update = ("-c", "update", "-u", AGENT_UUID, "--runtime-policy", str(policy), "--cert", "default", "--verify")
+    refused = keylime_services.tenant(*update)
+    assert refused.returncode != 0 and "409" in refused.stdout + refused.stderr, refused.stdout[-2000:]
+    common = ["-c", str(device.config), "--state-dir", str(device.state), "--run-dir", str(device.run)]
+    reset = device.edgeward("attest", "keylime-reset-bootstrap", *common)
+    assert reset.returncode == 0 and "reset the bootstrap key" in reset.stdout, reset.stdout + reset.stderr
+    started = time.perf_counter()
+    updated = keylime_services.tenant(*update)
+    assert updated.returncode == 0, updated.stdout[-3000:] + updated.stderr[-3000:]
+    took = time.perf_counter() - started
+    assert [r.kind for r in device.audit("keylime.bootstrap_pinned", "keylime.bootstrap_reset")] == [
+        "keylime.bootstrap_pinned", "keylime.bootstrap_reset", "keylime.bootstrap_pinned"]
+    assert device.audit("keylime.bootstrap_reset")[0].detail["by_uid"] == os.getuid()
+    _wait_for("attestations after the update", lambda: _passing_beyond(keylime_services, 1), 12 * QUOTE_INTERVAL)
+    print(f"\nreset + keylime_tenant -c update --verify: {took:.2f} s")
 
 
 def test_swapped_module_fails_attestation_and_is_revoked(device: Device, keylime_services: KeylimeServices) -> None:

@@ -31,7 +31,7 @@ from edgeward.keylime.policy import runtime_policy
 from edgeward.keylime.quote_format import pcr_blob, pcrs_of_mask
 from edgeward.keylime.quotes import BadQuoteRequest, Quoter
 from edgeward.keylime.registrar import RegistrarError, auth_tag, parse_blob
-from edgeward.keylime.revocation import check_notice, load_revocation_cert
+from edgeward.keylime.revocation import Trust, check_notice, load_trust
 from edgeward.keylime.routes import build_agent_app
 from edgeward.keylime.service import uuid_from_ek
 from edgeward.keylime.settings import parse_keylime_settings
@@ -202,7 +202,8 @@ def test_payload_is_decrypted_and_stored_never_extracted(tmp_path: Path) -> None
     assert payloads.verify("abc") == hmac.new(k, b"abc", hashlib.sha384).hexdigest()
     assert (tmp_path / "payload.zip").read_bytes() == archive.getvalue()
     assert (tmp_path / "revocation-cert.pem").read_bytes() == cert
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["payload.zip", "revocation-cert.pem"]  # nothing unpacked
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # nothing unpacked
+        "bootstrap-pin.json", "notice-floor.json", "payload.zip", "revocation-cert.pem"]
 
 
 def _deliver(tmp_path: Path, archive: bytes) -> Payloads:
@@ -232,9 +233,9 @@ def test_a_configured_revocation_certificate_that_is_missing_is_an_error_not_a_f
     _, cert = _revocation_pair()
     delivered = tmp_path / "revocation-cert.pem"
     delivered.write_bytes(cert)
-    assert load_revocation_cert(None, delivered) is not None
+    assert load_trust(None, delivered).cert is not None
     with pytest.raises(FileNotFoundError):
-        load_revocation_cert(tmp_path / "configured-but-missing.pem", delivered)
+        load_trust(tmp_path / "configured-but-missing.pem", delivered)
 
 
 @pytest.mark.parametrize("nonce", ["abc\n", "a" * 33, "", "abc def", "abc%0A"])
@@ -247,7 +248,7 @@ async def test_a_nonce_must_be_1_to_32_letters_and_digits_nothing_after(nonce: s
 # revocation -----------------------------------------------------------------------------------------------------
 def test_only_a_notice_signed_by_the_revocation_key_is_authentic() -> None:
     key, pem = _revocation_pair()
-    cert = x509.load_pem_x509_certificate(pem)
+    cert = Trust(x509.load_pem_x509_certificate(pem), True, "revocation_cert")
     msg = json.dumps({"type": "revocation", "agent_id": UUID, "event_id": "ima.validation.ima-ng.not_in_allowlist",
                       "context": json.dumps({"message": "File not found"})})
     sig = base64.b64encode(key.sign(msg.encode(), padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
@@ -257,7 +258,7 @@ def test_only_a_notice_signed_by_the_revocation_key_is_authentic() -> None:
     assert good.authenticated and good.fields["agent_id"] == UUID
     assert not check_notice({"msg": msg.replace("revocation", "revocatioN"), "signature": sig}, cert).authenticated
     assert not check_notice({"msg": msg, "signature": ""}, cert).authenticated
-    assert not check_notice({"msg": msg, "signature": sig}, None).authenticated
+    assert not check_notice({"msg": msg, "signature": sig}, Trust(None, False, "none")).authenticated
     assert not check_notice({"msg": msg, "signature": "!!"}, cert).authenticated
     with pytest.raises(ValueError):
         check_notice({"signature": sig}, cert)
@@ -288,7 +289,8 @@ def test_an_ek_certificate_ending_in_a_zero_byte_is_read_whole() -> None:
 
 def test_every_field_of_a_notice_is_bounded() -> None:
     notice = check_notice({"msg": json.dumps({"type": "revocation", "agent_id": "x" * 10_000_000,
-                                              "event_id": "e" * 5000, "context": "c" * 100_000})}, None)
+                                              "event_id": "e" * 5000, "context": "c" * 100_000})},
+                          Trust(None, False, "none"))
     assert not notice.authenticated
     assert len(json.dumps(notice.audit_detail())) < 5000
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -347,3 +348,39 @@ def attest_keylime_clear_revocation(config: Path | None, state_dir: Path | None,
     out.print(f"cleared the revocation of notice {_e(str(state.get('digest'))[:16])}... "
               f"({_e(state.get('event_id'))}): the running Edgeward records it in the audit log and lets the next "
               "module start (a deployment, `edgeward restart <module>`, the edge agent's watchdog)", highlight=False)
+
+
+@attest.command("keylime-reset-bootstrap")
+@config_option
+@state_option
+@run_option
+def attest_keylime_reset_bootstrap(config: Path | None, state_dir: Path | None, run_dir: Path | None) -> None:
+    """Let the Keylime agent take a new bootstrap key: the first tenant U and verifier V that combine are pinned,
+    and every later /keys/ukey and /keys/vkey is refused (409) until this is run. Run it before
+    `keylime_tenant -c update` (or delete and add again), or when someone else's U and V got there first (the
+    verifier then reports its V refused). Edgeward records the reset, with who asked, in the audit log."""
+    from ..config.problems import ConfigError  # noqa: PLC0415
+    from ..daemon import load_settings  # noqa: PLC0415
+    from ..keylime.payloads import request_reset  # noqa: PLC0415
+
+    try:
+        settings = load_settings(config, state_dir or default_state_dir(), run_dir or default_run_dir())
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {_e(e)}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    if settings.keylime is None:
+        err.print("[red]error:[/red] no [edgeward.keylime] table is configured: there is no bootstrap key to reset",
+                  highlight=False)
+        sys.exit(EXIT_FAILED)
+    try:
+        pin = request_reset(settings.keylime.state_dir)
+    except (OSError, ValueError) as e:
+        err.print(f"[red]error:[/red] cannot reset the bootstrap key under {_e(settings.keylime.state_dir)}: "
+                  f"{_e(e)} (run as the user Edgeward runs as, usually root)", highlight=False)
+        sys.exit(EXIT_FAILED)
+    if pin is None:
+        out.print("no bootstrap key is pinned: the next tenant's U and verifier's V are taken")
+        return
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(pin.get("time") or 0)))
+    out.print(f"reset the bootstrap key pinned at {_e(when)}: the running Edgeward records it in the audit log and "
+              "takes the next U and V (keylime_tenant -c update -u <uuid> ... --cert <dir>)", highlight=False)

@@ -1,17 +1,32 @@
 """Revocation notices from the verifier (``POST /notifications/revocation``): checked, recorded, acted on only
-when authentic.
+when the operator's configuration vouches for the key that signed them.
 
 The verifier signs ``msg`` (a JSON string) with RSA-PSS (MGF1-SHA256, maximal salt, SHA-256) using the
-RevocationNotifier key, whose certificate reaches the agent in the tenant's payload (or is configured). A notice
-with no signature (the tenant added the agent without a ``--cert`` payload), or one that does not verify, is
-recorded as unauthenticated and nothing is done about it: anyone who can reach the agent API could have sent it.
+RevocationNotifier key the tenant made (``keylime_tenant --cert``: its CA directory's ``RevocationNotifier``
+certificate, which the tenant also puts in the payload it delivers to the agent).
+
+Who may be believed: any holder of a client certificate from the verifier's CA can post ``/keys/ukey`` and
+``/keys/vkey``, so a certificate that only a payload delivered proves nothing about the verifier. A notice is acted on
+only when it verifies with ``revocation_cert`` from ``[edgeward.keylime]``: either the RevocationNotifier certificate
+itself, or the tenant CA that issued it (then the payload's certificate is used if, and only if, that CA issued it
+to the subject ``RevocationNotifier``). Without one, notices are checked against the payload's certificate for the
+record only, and never acted on.
+
+What is acted on, besides the signature: ``type == "revocation"`` (the verifier also sends ``comm_error``), naming
+this agent (the verifier sends every notice to every agent it attests), not seen before, and not dated before the
+floor (the last bootstrap pinned, or revocation cleared): a genuine old notice replayed after an operator cleared it
+is recorded, not obeyed. Keylime dates a notice with ``time.asctime()``, the verifier's local time with no zone, so
+the floor is compared with :data:`EVENT_TIME_SLACK` to spare: a verifier west of UTC writes times that look earlier.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import calendar
+import datetime
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,32 +35,110 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
 
-__all__ = ["Notice", "check_notice", "load_revocation_cert"]
+from ..fsutil import atomic_write
+
+__all__ = ["EVENT_TIME_SLACK", "Notice", "RevocationCertRefused", "Trust", "check_notice",
+           "check_revocation_cert", "event_time", "load_trust", "notice_floor", "raise_notice_floor"]
 
 _FIELDS = ("type", "agent_id", "event_id", "severity_label", "event_time", "ip", "port")
 _MAX_CONTEXT = 2000
 _MAX_FIELD = 256
+NOTIFIER_CN = "RevocationNotifier"  # the subject keylime's ca_util gives the key the tenant hands the verifier
+EVENT_TIME_SLACK = 13 * 3600.0  # UTC-12, the furthest west a verifier's local time can be, and an hour of clock skew
+_FLOOR = "notice-floor.json"
+_SETTING = "edgeward.keylime.revocation_cert"
+_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+                                       "Dec"), start=1)}
+
+
+class RevocationCertRefused(ValueError):
+    """The configured revocation certificate would let the wrong signers be believed; the message names the
+    setting."""
+
+
+@dataclass(frozen=True)
+class Trust:
+    """The certificate notices are checked against, and whether the operator vouches for it."""
+
+    cert: x509.Certificate | None
+    configured: bool
+    source: str  # for the audit record: where the certificate came from
+
+    @property
+    def acts(self) -> bool:
+        return self.cert is not None and self.configured
 
 
 @dataclass(frozen=True)
 class Notice:
-    authenticated: bool
+    authenticated: bool  # the signature verifies with trust.cert
+    trusted: bool  # ... and that certificate is one the operator configured (directly or through its CA)
     why: str  # how it was judged, for the audit record
     fields: dict[str, Any]
 
     def audit_detail(self) -> dict[str, Any]:
-        return {"authenticated": self.authenticated, "check": self.why, **self.fields}
+        return {"authenticated": self.authenticated, "trusted": self.trusted, "check": self.why, **self.fields}
 
 
-def load_revocation_cert(configured: Path | None, delivered: Path) -> x509.Certificate | None:
-    """The configured certificate when one is configured (missing: an error, never a silent fall back to what a
-    payload delivered), else the one the payload delivered, if any."""
-    if configured is not None:
-        return x509.load_pem_x509_certificate(configured.read_bytes())
-    if delivered.exists():
-        return x509.load_pem_x509_certificate(delivered.read_bytes())
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def check_revocation_cert(path: Path, verifier_ca: x509.Certificate) -> x509.Certificate:
+    """The configured certificate, refused when it is the verifier's CA: every tenant, verifier and operator tool
+    holds a certificate from that CA, so any of them could sign notices. Missing or unreadable: an error (the
+    agent does not start), never a silent fall back to what a payload delivered."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise RevocationCertRefused(f"{_SETTING} = {str(path)!r} cannot be read as a PEM certificate ({e})") from None
+    if cert.public_key() == verifier_ca.public_key():
+        raise RevocationCertRefused(
+            f"{_SETTING} = {str(path)!r} is the verifier's CA: every holder of a client certificate from it could "
+            "sign revocation notices; configure the tenant's RevocationNotifier certificate or the tenant CA that "
+            "issued it (keylime_tenant --cert <dir>: <dir>/cacert.crt)")
+    return cert
+
+
+def _issued_notifier(delivered: x509.Certificate, ca: x509.Certificate) -> str | None:
+    """None if ``ca`` issued ``delivered`` to the RevocationNotifier, valid now; else why not."""
+    names = delivered.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if [n.value for n in names] != [NOTIFIER_CN]:
+        return f"its subject is {delivered.subject.rfc4514_string()!r}, not CN={NOTIFIER_CN}"
+    if _is_ca(delivered):
+        return "it is a CA"
+    try:
+        delivered.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return "the configured revocation CA did not issue it"
+    now = datetime.datetime.now(datetime.UTC)
+    if not delivered.not_valid_before_utc <= now <= delivered.not_valid_after_utc:
+        return "it is not valid now"
     return None
+
+
+def load_trust(configured: Path | None, delivered: Path) -> Trust:
+    """What notices are checked against: the configured certificate (a RevocationNotifier certificate: itself;
+    a CA: the payload's certificate if it issued it), else the payload's, believed for the record only."""
+    payload_cert = x509.load_pem_x509_certificate(delivered.read_bytes()) if delivered.exists() else None
+    if configured is None:
+        if payload_cert is None:
+            return Trust(None, False, "no RevocationNotifier certificate is known")
+        return Trust(payload_cert, False, f"the payload's certificate, which {_SETTING} does not vouch for")
+    cert = x509.load_pem_x509_certificate(configured.read_bytes())
+    if not _is_ca(cert):
+        return Trust(cert, True, _SETTING)
+    if payload_cert is None:
+        return Trust(None, False, f"no payload has delivered a certificate issued by the CA in {_SETTING}")
+    refused = _issued_notifier(payload_cert, cert)
+    if refused is not None:
+        return Trust(payload_cert, False, f"the payload's certificate, refused by the CA in {_SETTING}: {refused}")
+    return Trust(payload_cert, True, f"the payload's certificate, issued by the CA in {_SETTING}")
 
 
 def _fields(msg: str) -> dict[str, Any]:
@@ -64,7 +157,7 @@ def _fields(msg: str) -> dict[str, Any]:
     return out
 
 
-def check_notice(body: Any, cert: x509.Certificate | None) -> Notice:
+def check_notice(body: Any, trust: Trust) -> Notice:
     """Judge one notice. Raises ValueError only for a body that is no notice at all (answered 400)."""
     if not isinstance(body, dict) or not isinstance(body.get("msg"), str):
         raise ValueError("a revocation notice is {\"msg\": <JSON text>, \"signature\": <base64>}")
@@ -72,16 +165,50 @@ def check_notice(body: Any, cert: x509.Certificate | None) -> Notice:
     signature = body.get("signature") or ""
     fields = _fields(msg)
     if not isinstance(signature, str) or not signature:
-        return Notice(False, "unsigned", fields)
-    if cert is None:
-        return Notice(False, "signed, but no RevocationNotifier certificate is known to check it", fields)
-    key = cert.public_key()
+        return Notice(False, False, "unsigned", fields)
+    if trust.cert is None:
+        return Notice(False, False, f"signed, but {trust.source} to check it", fields)
+    key = trust.cert.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
-        return Notice(False, "the RevocationNotifier certificate's key is not RSA", fields)
+        return Notice(False, False, f"the key of {trust.source} is not RSA", fields)
     try:
         key.verify(base64.b64decode(signature, validate=True), msg.encode(),
                    padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH),
                    hashes.SHA256())
     except (InvalidSignature, binascii.Error, ValueError):
-        return Notice(False, "the signature does not verify with the RevocationNotifier certificate", fields)
-    return Notice(True, "signature verified", fields)
+        return Notice(False, False, f"the signature does not verify with {trust.source}", fields)
+    if not trust.configured:
+        return Notice(True, False, f"signature verified with {trust.source}: recorded, never acted on", fields)
+    return Notice(True, True, f"signature verified with {trust.source}", fields)
+
+
+def event_time(fields: dict[str, Any]) -> float | None:
+    """The notice's ``event_time`` (``time.asctime()``: "Thu Dec  3 06:01:02 2026") as seconds, read as UTC;
+    None if it is not that. Parsed by hand: strptime's month names follow the locale."""
+    raw = fields.get("event_time")
+    parts = raw.split() if isinstance(raw, str) else []
+    if len(parts) != 5 or parts[1] not in _MONTHS:
+        return None
+    try:
+        hh, mm, ss = (int(x) for x in parts[3].split(":"))
+        return float(calendar.timegm((int(parts[4]), _MONTHS[parts[1]], int(parts[2]), hh, mm, ss, 0, 0, 0)))
+    except (ValueError, OverflowError):
+        return None
+
+
+def notice_floor(home: Path) -> float:
+    """The time before which a notice is history: the last bootstrap pinned or revocation cleared (0: none)."""
+    try:
+        doc = json.loads((home / _FLOOR).read_bytes())
+    except FileNotFoundError:
+        return 0.0
+    except ValueError:
+        return time.time()  # unreadable: only notices from now on are believed
+    since = doc.get("since") if isinstance(doc, dict) else None
+    return float(since) if isinstance(since, (int, float)) else time.time()
+
+
+def raise_notice_floor(home: Path, since: float, why: str) -> None:
+    """Move the floor up to ``since`` (never down)."""
+    if since > notice_floor(home):
+        atomic_write(home / _FLOOR, json.dumps({"since": since, "why": why}).encode())

@@ -10,6 +10,8 @@ Clearing: ``edgeward attest keylime-clear-revocation`` writes ``revocation-clear
 (a later revocation is never cleared by an earlier request). The audit log has one writer, the daemon, so the CLI
 does not append to it: the daemon records ``keylime.revocation_cleared`` (with who asked, and when) the next time
 the gate is consulted, before it lets that start pass. If the record cannot be written, the device stays revoked.
+The clearing also raises the notice floor (:func:`.revocation.raise_notice_floor`): a genuine notice dated before
+it, replayed later, is recorded and not obeyed again.
 
 Offline tampering: deleting ``revoked.json`` does not clear anything. On its first consultation the gate reads the
 audit log (MAC'd, chained, counter-anchored) for the latest ``keylime.revoked`` without a matching
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..fsutil import atomic_write, private_dir, remove_durably
+from .revocation import raise_notice_floor
 
 if TYPE_CHECKING:
     from ..attest.audit import AuditLog
@@ -71,6 +74,8 @@ class RevocationGate:
                 return _message(state, "the clearing is recorded by the running Edgeward before a module starts")
             audit.append(CLEARED, None, {"digest": state.get("digest"), "requested_at": clear.get("time"),
                                          "by_uid": clear.get("uid"), "by_user": clear.get("user")})
+            # a notice dated before the clearing is history, however genuine: replayed, it is not obeyed again
+            raise_notice_floor(self.home, float(clear.get("time") or time.time()), "revocation cleared")
             remove_durably(self.home / _STATE)
             remove_durably(self.home / _CLEAR)
             log.warning("keylime: the revocation %s... was cleared by %s; modules may start again",

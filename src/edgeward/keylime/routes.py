@@ -6,6 +6,7 @@ does is in :mod:`.quotes`, :mod:`.payloads` and :mod:`.revocation` (through :cla
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .payloads import MAX_PAYLOAD, PayloadError
+from .payloads import MAX_PAYLOAD, BootstrapPinned, PayloadError
 from .quote_queue import QuoteDeferred
 from .quotes import BadQuoteRequest
 
@@ -29,8 +30,16 @@ log = logging.getLogger(__name__)
 # Never 1.0: for it the verifier expects zlib-compressed quotes. 3.0 is push mode.
 SUPPORTED_VERSIONS = ("2.1", "2.2", "2.3", "2.4", "2.5", "2.6")
 Handler = Callable[["KeylimeAgent", web.Request], Awaitable[dict[str, Any]]]
-# A notice is parsed on the event loop before anyone knows whether it is authentic: not the payload routes' 16 MB.
+# A notice is parsed on the event loop before anyone knows whether it is authentic: not the payload routes' 11 MB.
 MAX_NOTICE = 256 * 1024
+# Per route, from the Content-Length, before a byte is read: a V is a 256-byte RSA ciphertext in base64 (~400 bytes
+# of JSON); a U is the same with an auth_tag, and may carry the tenant's payload (at most MAX_PAYLOAD, in base64).
+MAX_VKEY_BODY = 4096
+SMALL_UKEY_BODY = 64 * 1024  # a U without a payload; anything larger takes the one payload slot
+MAX_UKEY_BODY = 4 * (MAX_PAYLOAD // 3 + 1) + SMALL_UKEY_BODY
+PAYLOAD_WAIT_SECONDS = 2.0  # a second payload waits this long for the slot, then is answered 429
+PAYLOAD_READ_SECONDS = 30.0  # the slot's holder must have sent its body by then (~400 KB/s for the largest)
+PAYLOAD_SLOT = web.AppKey("keylime_payload_slot", asyncio.Semaphore)
 
 
 class _Refused(Exception):
@@ -70,14 +79,57 @@ async def _integrity(agent: KeylimeAgent, request: web.Request) -> dict[str, Any
                                         q.get("ima_ml_entry", "0"), _peer(request))
 
 
+def _length(request: web.Request, limit: int, what: str) -> int:
+    if request.content_length is None:
+        raise _Refused(411, f"{what} needs a Content-Length")
+    if request.content_length > limit:
+        raise _Refused(413, f"{what} is at most {limit} bytes")
+    return request.content_length
+
+
 async def _ukey(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
-    agent.payloads.ukey(await _body(request))
+    """One payload in memory at a time: a body beyond a bare key half waits briefly for the slot, then is refused
+    (429), unread; a pinned agent refuses every U (409), unread."""
+    length = _length(request, MAX_UKEY_BODY, "a U key half with its payload")
+    if agent.payloads.pinned():
+        raise _Refused(409, str(BootstrapPinned()))
+    if length <= SMALL_UKEY_BODY:
+        _pinned_is_409(agent.payloads.ukey, await _body(request))
+        return {}
+    slot = request.app[PAYLOAD_SLOT]
+    try:
+        async with asyncio.timeout(PAYLOAD_WAIT_SECONDS):
+            await slot.acquire()
+    except TimeoutError:
+        raise _Refused(429, "another payload is being received; try again shortly") from None
+    try:
+        try:
+            async with asyncio.timeout(PAYLOAD_READ_SECONDS):
+                raw = await request.read()
+        except TimeoutError:
+            raise _Refused(408, f"the payload did not arrive within {PAYLOAD_READ_SECONDS:.0f} s") from None
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise _Refused(400, "the body is not JSON") from None
+        del raw
+        _pinned_is_409(agent.payloads.ukey, body)
+    finally:
+        slot.release()
     return {}
 
 
 async def _vkey(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
-    agent.payloads.vkey(await _body(request))
+    _length(request, MAX_VKEY_BODY, "a V key half")
+    _pinned_is_409(agent.payloads.vkey, await _body(request))
     return {}
+
+
+def _pinned_is_409(half: Callable[[Any], None], body: Any) -> None:
+    try:
+        half(body)
+    except BootstrapPinned as e:
+        raise _Refused(409, str(e)) from None
 
 
 async def _verify(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
@@ -146,7 +198,8 @@ def build_agent_app(agent: KeylimeAgent) -> web.Application:
             log.exception("keylime agent: %s %s failed", request.method, request.path)
             return _answer(500, "internal error (see the Edgeward log)")
 
-    app = web.Application(client_max_size=MAX_PAYLOAD * 2)
+    app = web.Application(client_max_size=MAX_UKEY_BODY)
+    app[PAYLOAD_SLOT] = asyncio.Semaphore(1)
     app.router.add_get("/version", version)
     app.router.add_route("*", r"/v{version}/{rest:.+}", dispatch)
     return app

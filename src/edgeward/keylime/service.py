@@ -32,10 +32,11 @@ from .kernel_ima import check_kernel_ima
 from .listener import AgentSite
 from .mlist import MeasurementList, TpmRunner
 from .notice_tally import UnverifiedTally
+from .notices import NoticeHandler
 from .payloads import Payloads
 from .quotes import Quoter
 from .registrar import RegistrarError, activate, auth_tag, register
-from .revocation import check_notice, load_revocation_cert
+from .revocation import check_revocation_cert
 from .revoked import RevocationGate
 from .routes import build_agent_app
 from .settings import KeylimeSettings
@@ -69,6 +70,8 @@ class KeylimeAgent:
         self.home = private_dir(settings.state_dir)
         self.gate = gate or RevocationGate(self.home)
         self.unverified = UnverifiedTally(audit)
+        self.notices = NoticeHandler(settings, self.home, audit, self.unverified, gate=self.gate,
+                                     on_revoked=on_revoked)
         self.uuid = ""
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -80,18 +83,22 @@ class KeylimeAgent:
         self.timings: dict[str, float] = {}
 
     async def start(self) -> None:
-        check_verifier_ca(self.settings.verifier_ca)
+        verifier_ca = check_verifier_ca(self.settings.verifier_ca)
         check_kernel_ima(self.settings.ima_securityfs)
         self._tasks.append(asyncio.create_task(self.unverified.run(), name="keylime-unverified-notices"))
-        if self.settings.revocation_cert is not None:  # configured: it must be there and readable now (OSError)
-            load_revocation_cert(self.settings.revocation_cert, self.home / "revocation-cert.pem")
+        if self.settings.revocation_cert is not None:  # configured: there, readable, not the verifier's CA, now
+            check_revocation_cert(self.settings.revocation_cert, verifier_ca)
+        elif self.settings.revocation_action == "stop_modules":
+            log.warning("keylime: revocation_action = \"stop_modules\" but no revocation_cert is configured: "
+                        "revocation notices are recorded as unverified and NEVER acted on (any client of the "
+                        "verifier's CA can deliver a payload certificate); set [edgeward.keylime] revocation_cert")
         ek, ek_cert = await self.tpm.run_exclusive(lambda e: (ek_public(e), ek_certificate(e)))
         ak: AkInfo = await self.tpm.run_exclusive(functools.partial(
             ensure_ak, handle=self.settings.ak_handle, algorithm=self.settings.ak_algorithm))
         self.uuid = self.settings.agent_uuid or uuid_from_ek(ek)
         self._check_identity(ek, ak)
         self.keys = load_or_create_keys(self.home, self.uuid, self.settings.contact)
-        self.payloads = Payloads(self.home, self.keys.payload_key, self.uuid)
+        self.payloads = Payloads(self.home, self.keys.payload_key, self.uuid, self.audit)
         self.mlist = MeasurementList(self.audit, self.home / "measurements.json", self.tpm)
         await self.mlist.start()
         self.quoter = Quoter(self.tpm, ak.handle, ak.algorithm, self.keys.payload_pubkey_pem, self.mlist)
@@ -177,41 +184,9 @@ class KeylimeAgent:
                  self.settings.listen_port)
 
     async def revocation(self, body: Any) -> None:
-        """Record the notice; act on it only if it is authentic, names this agent, and the policy says so."""
-        cert = load_revocation_cert(self.settings.revocation_cert, self.home / "revocation-cert.pem")
-        notice = check_notice(body, cert)
-        if not notice.authenticated:  # anyone with a client cert can post these, as fast as they like: counted
-            self.unverified.add(body, notice.audit_detail())
-            return
-        digest = hashlib.sha256(body["msg"].encode()).hexdigest()
-        replayed = not self._first_sighting(digest)
-        # a signed notice seen before, posted again (by anyone holding a client cert): recorded only
-        kind = "keylime.revocation_replayed" if replayed else "keylime.revocation"
-        self.audit.append(kind, None, notice.audit_detail())
-        log.warning("keylime: verified revocation notice for agent %s (%s): %s", notice.fields.get("agent_id"),
-                    notice.why, notice.fields.get("event_id"))
-        if (not replayed and notice.fields.get("agent_id") == self.uuid
-                and self.settings.revocation_action == "stop_modules"):
-            try:  # first: nothing starts again from here on
-                self.gate.revoke(digest, notice.fields, self.audit)
-            except Exception:  # a full disk must not also keep the modules running
-                log.exception("keylime: could not persist the revocation; stopping the modules all the same")
-            if self.on_revoked is not None:
-                await self.on_revoked()
-            self.audit.append("keylime.revocation_acted", None, {"action": "stop_modules"})
-
-    def _first_sighting(self, event_id: str) -> bool:
-        """Whether this signed notice is new (``event_id``: the digest of its signed text; Keylime's own event_id
-        names the kind of failure, not the event); remembered across restarts, the last ones only."""
-        path = self.home / "revocations-seen.json"
-        try:
-            seen: list[str] = json.loads(path.read_bytes())
-        except (FileNotFoundError, ValueError):
-            seen = []
-        if event_id in seen:
-            return False
-        atomic_write(path, json.dumps([*seen, event_id][-SEEN_EVENTS:]).encode())
-        return True
+        """Record the notice; act on it only if the operator's revocation_cert vouches for its signer, it revokes
+        this agent, it is new, and the policy says so (:mod:`.notices`)."""
+        await self.notices.handle(body, self.uuid)
 
     async def stop(self) -> None:
         if hasattr(self, "mlist"):
@@ -224,4 +199,3 @@ class KeylimeAgent:
 
 
 AGENT_CONNECTIONS = 64
-SEEN_EVENTS = 1024  # signed revocation notices remembered against replays

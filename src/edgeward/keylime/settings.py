@@ -2,7 +2,9 @@
 
 Every default is the safe one: mTLS is always on (there is no setting to turn it off), a revocation notice is
 recorded and nothing more unless ``revocation_action`` says otherwise, and a kernel that runs IMA (and so owns
-PCR 10) makes the agent refuse to start rather than mix two lists in one PCR.
+PCR 10) makes the agent refuse to start rather than mix two lists in one PCR. ``stop_modules`` needs
+``revocation_cert``: a certificate only a payload delivered is no evidence (any client of the verifier's CA can post
+one), so without it notices are recorded and never acted on, and the configuration check says so.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ class KeylimeSettings:
     ak_algorithm: Literal["rsa", "ecc"] = "rsa"  # the tenant accepts rsassa by default, ecdsa only if configured
     ak_handle: int = DEFAULT_AK_HANDLE
     revocation_action: RevocationAction = "record"
-    revocation_cert: Path | None = None  # the RevocationNotifier certificate, if not delivered in a payload
+    # the RevocationNotifier certificate the verifier signs notices with, or the tenant CA that issued it (the
+    # payload's certificate then counts only if that CA issued it); None: no notice is ever acted on
+    revocation_cert: Path | None = None
     ima_securityfs: Path = Path("/sys/kernel/security/ima")  # where a kernel that runs IMA shows its list
 
     @property
@@ -111,6 +115,13 @@ def parse_keylime_settings(table: Mapping[str, Any], state_dir: Path, problems: 
               '"record" (write verified notices to the audit log) or "stop_modules" (also stop every module when a '
               "verified notice revokes this device)")
         action = "record"
+    revocation_cert = _path(p, table, "revocation_cert", None)
+    if action == "stop_modules" and revocation_cert is None:
+        p.warnings.append(
+            f'{where}.revocation_action: "stop_modules" has no effect without {where}.revocation_cert (the tenant\'s '
+            "RevocationNotifier certificate, or the CA in its --cert directory): revocation notices are recorded as "
+            "unverified and never acted on, since any client of the verifier's CA could deliver a payload "
+            "certificate")
     home = _path(p, table, "state_dir", state_dir / "keylime")
     assert home is not None
     if ca is None or split.scheme != "http":
@@ -120,5 +131,5 @@ def parse_keylime_settings(table: Mapping[str, Any], state_dir: Path, problems: 
         listen_address=address, listen_port=port, contact_address=contact, hash_alg=hash_alg,
         ak_algorithm="ecc" if ak_alg == "ecc" else "rsa", ak_handle=ak_handle,
         revocation_action="stop_modules" if action == "stop_modules" else "record",
-        revocation_cert=_path(p, table, "revocation_cert", None),
+        revocation_cert=revocation_cert,
         ima_securityfs=_path(p, table, "ima_securityfs", Path("/sys/kernel/security/ima")) or Path())

@@ -1,0 +1,264 @@
+"""A1 of the break-this review, closed: a holder of any client certificate from the verifier's CA replaced the
+bootstrap key and the payload's RevocationNotifier certificate, then forged a revocation the agent acted on (and
+muted the verifier's genuine ones). Now a notice is acted on only if the operator's revocation_cert vouches for its
+signer, it is a revocation, about this agent, new and not older than the last enrolment or clearing; and the first
+bootstrap is pinned until an operator resets it."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import io
+import json
+import os
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509.oid import NameOID
+
+from edgeward.attest.audit import AuditLog
+from edgeward.attest.audit_key import AuditKey
+from edgeward.config.problems import Problems
+from edgeward.keylime.payloads import BootstrapPinned, Payloads, request_reset
+from edgeward.keylime.revocation import RevocationCertRefused, check_revocation_cert, event_time
+from edgeward.keylime.revoked import RevocationGate
+from edgeward.keylime.service import KeylimeAgent
+from edgeward.keylime.settings import parse_keylime_settings
+
+UUID = "d432fbb3-d2f1-4a97-9ef7-75bd81c00000"
+PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
+OAEP = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)  # Keylime's wire format
+Issued = tuple[rsa.RSAPrivateKey, x509.Certificate]
+
+
+def _issue(cn: str, issuer: Issued | None = None, *, ca: bool = False) -> Issued:
+    key = rsa.generate_private_key(65537, 2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer[1].subject if issuer else name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    return key, builder.sign(issuer[0] if issuer else key, hashes.SHA256())
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _bootstrap(pubkey: rsa.RSAPublicKey, notifier: x509.Certificate | None) -> tuple[dict[str, Any], dict[str, Any],
+                                                                                      bytes]:
+    """(ukey body, vkey body, K) as keylime_tenant makes them (or anyone who can read the agent's public key)."""
+    u, v = os.urandom(32), os.urandom(32)
+    k = bytes(a ^ b for a, b in zip(u, v, strict=True))
+    ukey: dict[str, Any] = {"encrypted_key": base64.b64encode(pubkey.encrypt(u, OAEP)).decode(),
+                            "auth_tag": hmac.new(k, UUID.encode(), hashlib.sha384).hexdigest()}
+    if notifier is not None:
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as z:
+            z.writestr("RevocationNotifier-cert.crt", _pem(notifier))
+        iv = os.urandom(16)
+        ukey["payload"] = base64.b64encode(iv + AESGCM(k).encrypt(iv, archive.getvalue(), None)).decode()
+    return ukey, {"encrypted_key": base64.b64encode(pubkey.encrypt(v, OAEP)).decode()}, k
+
+
+def _notice(key: rsa.RSAPrivateKey, *, kind: str = "revocation", agent_id: str = UUID,
+            when: str | None = None) -> dict[str, str]:
+    msg = json.dumps({"type": kind, "agent_id": agent_id, "event_id": "ima.validation.ima-ng.not_in_allowlist",
+                      "event_time": when or time.asctime(time.gmtime()), "nonce": os.urandom(4).hex()})
+    return {"msg": msg, "signature": base64.b64encode(key.sign(msg.encode(), PSS, hashes.SHA256())).decode()}
+
+
+class _Device:
+    """The agent's notice and payload halves over one state dir, with no TPM and no listener."""
+
+    def __init__(self, tmp_path: Path, revocation_cert: bytes | None) -> None:
+        self.verifier_ca = _issue("verifier CA", ca=True)
+        (tmp_path / "ca.pem").write_bytes(_pem(self.verifier_ca[1]))
+        table = {"registrar_url": "http://127.0.0.1:1", "verifier_ca": str(tmp_path / "ca.pem"),
+                 "revocation_action": "stop_modules"}
+        if revocation_cert is not None:
+            (tmp_path / "revocation.pem").write_bytes(revocation_cert)
+            table["revocation_cert"] = str(tmp_path / "revocation.pem")
+        problems = Problems()
+        settings = parse_keylime_settings(table, tmp_path, problems)
+        assert settings is not None, problems.items
+        self.audit = AuditLog(tmp_path / "audit", AuditKey(bytes(32)))
+        self.acted: list[int] = []
+
+        async def stop_modules() -> None:
+            self.acted.append(1)
+
+        self.agent = KeylimeAgent(settings, None, self.audit, on_revoked=stop_modules)  # type: ignore[arg-type]
+        self.agent.uuid = UUID
+        self.nk = rsa.generate_private_key(65537, 2048)
+        self.payloads = Payloads(self.agent.home, self.nk, UUID, self.audit)
+
+    def enrol(self, notifier: x509.Certificate | None) -> bytes:
+        ukey, vkey, k = _bootstrap(self.nk.public_key(), notifier)
+        self.payloads.ukey(ukey)
+        self.payloads.vkey(vkey)
+        return k
+
+    def kinds(self) -> list[str]:
+        return [r.kind for r in self.audit.records(since=0) if r.kind.startswith("keylime.")]
+
+    async def unverified(self) -> list[dict[str, Any]]:
+        await self.agent.unverified.flush()
+        return [s for r in self.audit.records(since=0) if r.kind == "keylime.revocation_unauthenticated"
+                for s in r.detail["first"]]
+
+
+# who may be believed --------------------------------------------------------------------------------------------
+async def test_a_notice_signed_with_a_certificate_only_a_payload_delivered_is_recorded_never_acted_on(
+        tmp_path: Path) -> None:
+    """The attack as it was: no revocation_cert configured, the attacker's own payload, its own signed notice."""
+    dev = _Device(tmp_path, None)
+    attacker = _issue("RevocationNotifier")
+    dev.enrol(attacker[1])
+    await dev.agent.revocation(_notice(attacker[0]))
+    assert dev.acted == [] and dev.agent.gate.refusal(dev.audit) is None
+    [sample] = await dev.unverified()
+    assert sample["authenticated"] is True and sample["trusted"] is False
+    assert "never acted on" in sample["check"] and "revocation_cert" in sample["check"]
+
+
+async def test_a_configured_notifier_certificate_is_believed_whatever_a_payload_delivers(tmp_path: Path) -> None:
+    genuine, attacker = _issue("RevocationNotifier"), _issue("RevocationNotifier")
+    dev = _Device(tmp_path, _pem(genuine[1]))
+    dev.enrol(attacker[1])  # the payload's certificate is not the configured one: it changes nothing
+    await dev.agent.revocation(_notice(attacker[0]))
+    assert dev.acted == []
+    await dev.agent.revocation(_notice(genuine[0]))
+    assert dev.acted == [1]
+    assert dev.kinds()[-3:] == ["keylime.revocation", "keylime.revoked", "keylime.revocation_acted"]
+
+
+async def test_a_tenant_ca_vouches_only_for_the_revocation_notifier_it_issued(tmp_path: Path) -> None:
+    tenant_ca = _issue("Keylime Certificate Authority", ca=True)
+    notifier = _issue("RevocationNotifier", tenant_ca)
+    dev = _Device(tmp_path, _pem(tenant_ca[1]))
+    for wrong in (_issue("RevocationNotifier"),  # another issuer
+                  _issue(UUID, tenant_ca)):  # the tenant CA's certificate for an agent: its key is in that payload
+        (dev.agent.home / "bootstrap-pin.json").unlink(missing_ok=True)
+        dev.enrol(wrong[1])
+        await dev.agent.revocation(_notice(wrong[0]))
+        assert dev.acted == []
+    samples = await dev.unverified()
+    assert "did not issue it" in samples[0]["check"] and "not CN=RevocationNotifier" in samples[1]["check"]
+    (dev.agent.home / "bootstrap-pin.json").unlink()
+    dev.enrol(notifier[1])
+    await dev.agent.revocation(_notice(notifier[0]))
+    assert dev.acted == [1]
+
+
+def test_the_verifier_ca_is_refused_as_the_revocation_certificate(tmp_path: Path) -> None:
+    """Every tenant and verifier-side tool holds a certificate from it: any of them could sign notices."""
+    verifier_ca = _issue("verifier CA", ca=True)
+    (tmp_path / "same.pem").write_bytes(_pem(verifier_ca[1]))
+    with pytest.raises(RevocationCertRefused, match=r"edgeward\.keylime\.revocation_cert.*verifier's CA"):
+        check_revocation_cert(tmp_path / "same.pem", verifier_ca[1])
+    with pytest.raises(RevocationCertRefused, match="cannot be read"):
+        check_revocation_cert(tmp_path / "absent.pem", verifier_ca[1])
+    (tmp_path / "tenant.pem").write_bytes(_pem(_issue("tenant CA", ca=True)[1]))
+    assert check_revocation_cert(tmp_path / "tenant.pem", verifier_ca[1]).subject.rfc4514_string() == "CN=tenant CA"
+
+
+# what is acted on -----------------------------------------------------------------------------------------------
+async def test_only_a_revocation_about_this_agent_is_acted_on(tmp_path: Path) -> None:
+    notifier = _issue("RevocationNotifier")
+    dev = _Device(tmp_path, _pem(notifier[1]))
+    await dev.agent.revocation(_notice(notifier[0], kind="comm_error"))  # the verifier sends these too
+    other = _notice(notifier[0], agent_id="0" * 8 + UUID[8:])  # to every agent it attests, about another
+    await dev.agent.revocation(other)
+    assert dev.acted == []
+    assert dev.kinds() == ["keylime.notice"]
+    [notice] = [r for r in dev.audit.records(since=0) if r.kind == "keylime.notice"]
+    assert notice.detail["type"] == "comm_error" and "not 'revocation'" in notice.detail["not_acted_on"]
+    [sample] = await dev.unverified()
+    assert "about another agent" in sample["check"]
+    assert not (dev.agent.home / "revocations-seen.json").exists()  # neither fills the replay memory
+
+
+async def test_a_genuine_notice_dated_before_the_last_clearing_is_recorded_not_obeyed(tmp_path: Path) -> None:
+    notifier = _issue("RevocationNotifier")
+    dev = _Device(tmp_path, _pem(notifier[1]))
+    old = _notice(notifier[0], when=time.asctime(time.gmtime(time.time() - 2 * 86400)))  # captured two days ago
+    await dev.agent.revocation(_notice(notifier[0]))
+    assert dev.acted == [1]
+    RevocationGate(dev.agent.home).request_clear()
+    assert dev.agent.gate.refusal(dev.audit) is None  # the daemon takes the clearing up
+    await dev.agent.revocation(old)
+    await dev.agent.revocation(_notice(notifier[0], when="yesterday"))
+    assert dev.acted == [1] and dev.agent.gate.refusal(dev.audit) is None
+    stale = [r.detail for r in dev.audit.records(since=0) if r.kind == "keylime.revocation_stale"]
+    assert [("dated before" in s["not_acted_on"], "not a time" in s["not_acted_on"]) for s in stale] == \
+        [(True, False), (False, True)]
+    await dev.agent.revocation(_notice(notifier[0]))  # a new one is obeyed
+    assert dev.acted == [1, 1]
+
+
+def test_event_time_reads_keylimes_asctime() -> None:
+    assert event_time({"event_time": "Thu Dec  3 06:01:02 2026"}) == datetime.datetime(
+        2026, 12, 3, 6, 1, 2, tzinfo=datetime.UTC).timestamp()
+    for bad in ("2026-12-03T06:01:02Z", "Thu Foo  3 06:01:02 2026", "Thu Dec 3 6:1 2026", None, 7):
+        assert event_time({"event_time": bad}) is None
+
+
+# the bootstrap is pinned ----------------------------------------------------------------------------------------
+def test_the_first_bootstrap_is_pinned_against_any_other_clients_halves(tmp_path: Path) -> None:
+    genuine, attacker = _issue("RevocationNotifier"), _issue("RevocationNotifier")
+    dev = _Device(tmp_path, None)
+    u, v, k = _bootstrap(dev.nk.public_key(), genuine[1])
+    dev.payloads.ukey(u)
+    dev.payloads.vkey(v)
+    delivered = (dev.agent.home / "revocation-cert.pem").read_bytes()
+    evil_u, evil_v, _ = _bootstrap(dev.nk.public_key(), attacker[1])
+    for post in (lambda: dev.payloads.ukey(evil_u), lambda: dev.payloads.vkey(evil_v)):
+        with pytest.raises(BootstrapPinned, match="edgeward attest keylime-reset-bootstrap"):
+            post()
+    dev.payloads.vkey(v)  # the verifier re-sending its V (after a restart of its own) is no conflict
+    assert dev.payloads.verify("c") == hmac.new(k, b"c", hashlib.sha384).hexdigest()
+    assert (dev.agent.home / "revocation-cert.pem").read_bytes() == delivered
+    restarted = Payloads(dev.agent.home, dev.nk, UUID, dev.audit)  # the pin outlives Edgeward
+    with pytest.raises(BootstrapPinned):
+        restarted.ukey(evil_u)
+    assert dev.kinds() == ["keylime.bootstrap_pinned"]
+
+
+def test_an_operator_reset_lets_the_next_enrolment_in_and_is_recorded(tmp_path: Path) -> None:
+    dev = _Device(tmp_path, None)
+    dev.enrol(None)
+    assert request_reset(dev.agent.home) is not None  # the CLI's half
+    k = dev.enrol(None)  # keylime_tenant -c update: a new U, then the verifier's new V
+    assert dev.payloads.verify("c") == hmac.new(k, b"c", hashlib.sha384).hexdigest()
+    assert dev.kinds() == ["keylime.bootstrap_pinned", "keylime.bootstrap_reset", "keylime.bootstrap_pinned"]
+    reset = next(r for r in dev.audit.records(since=0) if r.kind == "keylime.bootstrap_reset")
+    assert reset.detail["by_uid"] == os.getuid()
+    with pytest.raises(BootstrapPinned):  # pinned again
+        dev.enrol(None)
+    assert request_reset(tmp_path / "nothing-here") is None
+
+
+def test_stop_modules_without_a_revocation_cert_is_flagged_as_without_effect(tmp_path: Path) -> None:
+    from edgeward.cli.check import split_warnings
+
+    problems = Problems()
+    table = {"registrar_url": "http://127.0.0.1:1", "verifier_ca": str(tmp_path / "ca.pem"),
+             "revocation_action": "stop_modules"}
+    assert parse_keylime_settings(table, tmp_path, problems) is not None
+    no_effect, _ = split_warnings(tuple(problems.warnings))  # `edgeward check` shows it as its own row
+    assert [path for path, _ in no_effect] == ["edgeward.keylime.revocation_action"]
+    assert "never acted on" in no_effect[0][1]
+    quiet = Problems()
+    parse_keylime_settings({**table, "revocation_cert": str(tmp_path / "r.pem")}, tmp_path, quiet)
+    assert not quiet.warnings
