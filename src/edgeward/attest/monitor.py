@@ -22,17 +22,18 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..runtime.engine import EngineError, ModuleEngine
 from ..runtime.registry import Registration, Registry
 from ..tasks import cancel_all
-from .audit import AuditLog
+from .audit import AuditLog, AuditRecord
 from .measure import measure
 from .pipeline import Attestor
 
-__all__ = ["Finding", "IntegrityMonitor", "MonitorHealth", "Policy", "Unmeasured"]
+__all__ = ["Finding", "IntegrityMonitor", "MonitorHealth", "Policy", "Unmeasured", "unresolved_monitor_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,21 @@ class MonitorHealth:
         """Some module (or every module) has gone unmeasured for `STALE_AFTER` or longer."""
         failures = [*self.unmeasured.values(), *([self.pass_failure] if self.pass_failure else [])]
         return any(u.lasted >= STALE_AFTER for u in failures)
+
+
+def unresolved_monitor_errors(records: Iterable[AuditRecord]) -> dict[str | None, Mapping[str, Any]]:
+    """From the audit log: the monitor's failures to measure with no recovery recorded since, module (None: whole
+    passes) -> the latest ``integrity.monitor_error`` detail. A start of the daemon closes them all (its monitor
+    starts afresh). What `edgeward status` shows, from the log, whichever process asks."""
+    unresolved: dict[str | None, Mapping[str, Any]] = {}
+    for record in records:
+        if record.kind == "integrity.monitor_error":
+            unresolved[record.module] = record.detail
+        elif record.kind == "integrity.monitor_recovered":
+            unresolved.pop(record.module, None)
+        elif record.kind == "edgeward.started":
+            unresolved.clear()
+    return unresolved
 
 
 @dataclass(frozen=True)

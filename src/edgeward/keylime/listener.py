@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 TLS_HANDSHAKE_SECONDS = 5.0
 HANDSHAKES_PER_PEER = 4  # a verifier and a tenant on one host open a handful at once; a flood opens hundreds
 CONNECTIONS_PER_PEER = 16  # of the process guard's 64 for this listener: no one peer holds more than a quarter
-BACKLOG = 128  # aiohttp's default, at most: also how many connections asyncio accepts in one go, before any is closed
+BACKLOG = 128  # aiohttp's default, at most (see backlog_for_fd_limit)
 LOOPBACK = "loopback"
 _LOG_EVERY = 10.0
 _ALL = "*"  # the key of the caps over every peer, in the log's rate limit
@@ -65,16 +65,18 @@ def caps_for_fd_limit(limit: int) -> tuple[int, int]:
     """(connections in the TLS handshake, connections in all) over every peer, for a process that may hold `limit`
     descriptors: in all an eighth of them (16 to 256), of which half (8 to 64) in the handshake. With the backlog
     asyncio accepts before it can close any (:func:`backlog_for_fd_limit`), the listener holds at most a quarter of
-    the descriptors (at 1024: 128 + 64): the rest stay for the integrity monitor, the audit log and the other
+    the descriptors (at 1024: 128 + 3 x 21): the rest stay for the integrity monitor, the audit log and the other
     services."""
     total = max(16, min(256, limit // 8))
     return max(8, min(64, total // 2)), total
 
 
 def backlog_for_fd_limit(limit: int) -> int:
-    """The listen backlog: a sixteenth of the descriptors (8 to `BACKLOG`), as asyncio accepts up to that many at
-    once, each holding a descriptor until the loop has closed it."""
-    return max(8, min(BACKLOG, limit // 16))
+    """The listen backlog: a 48th of the descriptors (8 to `BACKLOG`). asyncio accepts up to that many at once, and
+    a connection closed at once still holds its descriptor for two turns of the loop (connection_made, then the
+    close, are each scheduled), in which two more batches are accepted: measured under a flood, about three
+    backlogs' worth of descriptors (384 of them at 128)."""
+    return max(8, min(BACKLOG, limit // 48))
 
 
 class PeerCaps:
