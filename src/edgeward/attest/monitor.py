@@ -148,8 +148,8 @@ class IntegrityMonitor:
         while True:
             try:
                 await self.check()
-            except EngineError as e:
-                log.warning("integrity monitor: engine unavailable: %s", e.message)
+            except EngineError as e:  # nothing measured: as visible as any other failure to measure
+                self._failed(_PASS, f"module engine unavailable: {e.message}")
             except Exception as e:  # the audit log or the registry could not be read: no pass, no finding either
                 if self._failed(_PASS, f"integrity monitor pass failed: {e!r}"):
                     log.exception("integrity monitor pass failed")
