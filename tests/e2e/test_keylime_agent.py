@@ -261,16 +261,28 @@ def _closed_within(sockets: list[socket.socket], seconds: float) -> int:
         return closed
 
 
-def test_a_flood_from_one_address_does_not_keep_the_verifier_out(device: Device,
-                                                                 keylime_services: KeylimeServices) -> None:
-    """Bare connections from 127.0.0.2 that never start TLS: all but a few are closed at once, and the verifier
-    (127.0.0.1) goes on getting quotes meanwhile."""
+def _host_address() -> str | None:
+    """An IPv4 address of this host off its loopback: a peer of its own to the agent (all of 127/8 is one peer, this
+    host's, so a flood from 127.0.0.2 is the local verifier's peer too)."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True,
+                         check=False).stdout
+    fields = out.split()
+    return fields[3].split("/")[0] if len(fields) > 3 else None
+
+
+def test_a_flood_from_another_peer_does_not_keep_the_verifier_out(device: Device,
+                                                                  keylime_services: KeylimeServices) -> None:
+    """Bare connections from this host's network address that never start TLS: all but a few are closed at once,
+    and the verifier (127.0.0.1, another peer) goes on getting quotes meanwhile."""
+    source = _host_address()
+    if source is None:
+        pytest.skip("this host has no address but its loopback")
     before = keylime_services.agent_status(AGENT_UUID)["attestation_count"]
     flood: list[socket.socket] = []
     try:
         for _ in range(200):
             s = socket.socket()
-            s.bind(("127.0.0.2", 0))
+            s.bind((source, 0))
             s.connect(("127.0.0.1", device.port))
             flood.append(s)
         closed = _closed_within(flood, 1.0)  # at once: the handshake deadline alone would take 5 s
@@ -284,7 +296,7 @@ def test_a_flood_from_one_address_does_not_keep_the_verifier_out(device: Device,
     finally:
         for s in flood:
             s.close()
-    print(f"\n200 bare connections from 127.0.0.2: {closed} closed at once; /version from 127.0.0.1 in "
+    print(f"\n200 bare connections from {source}: {closed} closed at once; /version from 127.0.0.1 in "
           f"{answered * 1000:.0f} ms")
 
 

@@ -1,5 +1,6 @@
-"""The Keylime agent's listener under a flood from one address: connections beyond the per-address caps are closed
-at once, before any TLS, and a verifier on another address is still answered promptly."""
+"""The Keylime agent's listener under a flood: connections beyond the caps per peer and over every peer are closed
+at once, before any TLS, and a verifier elsewhere is still answered promptly. A flood from many loopback addresses
+(break-this review A2: 1000 of them used up the daemon's descriptors) is one peer's."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import datetime
 import ssl
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,23 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edgeward.http.connections import GuardedRunner
-from edgeward.keylime.listener import CONNECTIONS_PER_PEER, HANDSHAKES_PER_PEER, AgentSite
+from edgeward.keylime.listener import (
+    CONNECTIONS_PER_PEER,
+    HANDSHAKES_PER_PEER,
+    LOOPBACK,
+    AgentSite,
+    PeerCaps,
+    backlog_for_fd_limit,
+    caps_for_fd_limit,
+    peer_of,
+)
 
 ATTACKER = "127.0.0.2"  # Linux routes all of 127/8 to lo
+
+
+def _per_address(address: str) -> str:
+    """Each loopback address a peer of its own, as hosts on the network are: the per-peer tests need two peers."""
+    return address
 
 
 def _issue(base: Path, name: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
@@ -57,8 +73,8 @@ class _Agent:
             writer.close()
 
 
-@pytest.fixture
-async def agent(tmp_path: Path) -> AsyncIterator[_Agent]:
+@asynccontextmanager
+async def _serve(tmp_path: Path, caps: PeerCaps) -> AsyncIterator[_Agent]:
     ca_cert, ca_key, ca_path, _ = _issue(tmp_path, "ca", None)
     _, _, server_cert, server_key = _issue(tmp_path, "agent", (ca_cert, ca_key))
     _, _, client_cert, client_key = _issue(tmp_path, "verifier", (ca_cert, ca_key))
@@ -75,7 +91,7 @@ async def agent(tmp_path: Path) -> AsyncIterator[_Agent]:
     app.router.add_get("/version", version)
     runner = GuardedRunner(app)
     await runner.setup()
-    site = AgentSite(runner, "127.0.0.1", 0, ssl_context=server)
+    site = AgentSite(runner, "127.0.0.1", 0, ssl_context=server, caps=caps)
     await site.start()
     assert site._server is not None
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
@@ -83,6 +99,12 @@ async def agent(tmp_path: Path) -> AsyncIterator[_Agent]:
         yield _Agent(port, client, site)
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def agent(tmp_path: Path) -> AsyncIterator[_Agent]:
+    async with _serve(tmp_path, PeerCaps(peer_of=_per_address)) as served:
+        yield served
 
 
 async def _closed_at_once(reader: asyncio.StreamReader) -> bool:
@@ -130,3 +152,69 @@ async def test_one_address_holds_at_most_its_share_of_established_connections(ag
     async with asyncio.timeout(5):  # and the address's count comes back down as they close
         while agent.site.caps.open.get(ATTACKER):
             await asyncio.sleep(0.01)
+
+
+async def _bare(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that never sends a ClientHello: it costs no certificate, and held a descriptor for 5 s."""
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def test_a_flood_from_many_loopback_addresses_is_one_peers(tmp_path: Path) -> None:
+    """Any local user may bind any 127/8 address: 50 of them, 4 bare connections each, hold 4 handshakes in all."""
+    async with _serve(tmp_path, PeerCaps()) as agent:
+        flood = [await _bare(agent.port, f"127.1.0.{a}") for a in range(1, 51) for _ in range(4)]
+        try:
+            closed = await asyncio.gather(*(_closed_at_once(r) for r, _ in flood))
+            assert sum(not c for c in closed) == HANDSHAKES_PER_PEER
+            assert agent.site.caps.handshaking == {LOOPBACK: HANDSHAKES_PER_PEER}
+        finally:
+            for _, writer in flood:
+                writer.close()
+        async with asyncio.timeout(5):
+            while agent.site.caps.all_open:
+                await asyncio.sleep(0.01)
+        assert (await agent.get_version()).startswith(b"HTTP/1.1 200")  # the flood gone, served again at once
+
+
+async def test_handshakes_over_every_peer_are_capped_and_a_verifier_that_finishes_its_handshake_is_served(
+        tmp_path: Path) -> None:
+    """Peers the network has plenty of (IPv6 /64s, here loopback addresses counted apart) together hold no more
+    than the cap over every peer; the rest are closed at once, before any TLS."""
+    async with _serve(tmp_path, PeerCaps(peer_of=_per_address, all_handshakes=8, all_total=12)) as agent:
+        flood = [await _bare(agent.port, f"127.2.0.{a}") for a in range(1, 41)]
+        try:
+            closed = await asyncio.gather(*(_closed_at_once(r) for r, _ in flood))
+            assert sum(not c for c in closed) == 8
+            assert agent.site.caps.all_handshaking == 8
+        finally:
+            for _, writer in flood:
+                writer.close()
+        async with asyncio.timeout(5):
+            while agent.site.caps.all_handshaking:
+                await asyncio.sleep(0.01)
+        held = [await asyncio.open_connection("127.0.0.1", agent.port, ssl=agent.client, server_hostname="localhost",
+                                              local_addr=(f"127.3.0.{a}", 0)) for a in range(1, 13)]
+        try:
+            assert agent.site.caps.all_open == 12  # established connections count against the total too
+            with pytest.raises((ConnectionError, ssl.SSLError, OSError)):
+                await agent.get_version("127.3.1.1")
+        finally:
+            for _, writer in held:
+                writer.close()
+
+
+@pytest.mark.parametrize(("address", "peer"), [
+    ("127.0.0.1", LOOPBACK), ("127.1.2.3", LOOPBACK), ("::1", LOOPBACK), ("::ffff:127.9.9.9", LOOPBACK),
+    ("192.0.2.7", "192.0.2.7"), ("::ffff:192.0.2.7", "192.0.2.7"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"), ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"), ("fe80::1%eth0", "fe80::/64"),
+])
+def test_a_peer_is_an_ipv4_address_an_ipv6_64_or_the_whole_loopback(address: str, peer: str) -> None:
+    assert peer_of(address) == peer
+
+
+@pytest.mark.parametrize("limit", [256, 1024, 4096, 524288])
+def test_the_caps_over_every_peer_leave_most_descriptors_to_the_rest(limit: int) -> None:
+    handshakes, total = caps_for_fd_limit(limit)
+    assert 8 <= handshakes <= total
+    assert total + 3 * backlog_for_fd_limit(limit) <= limit // 4  # the listener, and what asyncio accepts at once

@@ -19,6 +19,7 @@ import click
 from .. import __version__
 from ..config.problems import ConfigError
 from ..daemon import ALL_SERVICES, KEYLIME_SERVICES, ServiceSettings, load_service_settings, load_settings, serve
+from ..fdlimit import raise_fd_limit
 from ..http.errors import HttpError
 from ..keys.errors import BackendUnavailable
 from .paths import config_option, run_option, state_option
@@ -80,6 +81,7 @@ def _run_services(load: Callable[[], ServiceSettings], services: tuple[str, ...]
     wanted = os.environ.get("EDGEWARD_LOG_LEVEL", "info").upper()  # set by `edgeward system set-log-level`
     level = logging.getLevelName(wanted) if wanted in ("ERROR", "WARNING", "INFO", "DEBUG") else logging.INFO
     logging.getLogger().setLevel(min(logging.getLogger().level, level))
+    raise_fd_limit()  # before any listener sizes its caps by it (see edgeward.fdlimit)
     try:
         asyncio.run(serve(settings, services))
     except ConfigError as e:  # found only at start (e.g. EDGEWARD_HTTP_* limits, a TPM that does not answer)

@@ -10,9 +10,11 @@ from typing import Any
 from cryptography import x509
 from rich.table import Table
 
+from ..attest.audit import AuditLog
 from ..attest.audit_open import verify_installed_log
+from ..attest.monitor import unresolved_monitor_errors
 from ..certs.client import CertsClient
-from ..daemon import load_settings
+from ..daemon import DaemonSettings, load_settings
 from ..http.errors import HttpError
 from ..runtime.edge_ca import EDGE_CA_CERT_ID
 from ..runtime.mgmt_client import ManagementClient
@@ -60,7 +62,25 @@ async def collect_status(run_dir: Path, state_dir: Path, extra_certs: tuple[str,
     else:
         if result is not None:
             status.audit = (result.ok, result.records, result.head, result.problem)
+    status.problems.extend(_monitor_problems(load_settings(None, state_dir, run_dir)))
     return status
+
+
+def _monitor_problems(settings: DaemonSettings) -> list[str]:
+    """The integrity monitor's failures to measure, as the audit log has them: not findings, but a module whose
+    code has not been checked for a while must not look like one that has."""
+    home = settings.runtime.audit_home or settings.state_dir / "audit"
+    if not (home / "audit.db").exists():
+        return []
+    log = AuditLog(home)
+    try:
+        unresolved = unresolved_monitor_errors(log.records())
+    finally:
+        log.close()
+    return [f"integrity monitor: cannot measure {module or 'any module'} since "
+            f"{dt.datetime.fromtimestamp(float(d.get('since', 0)), dt.UTC):%Y-%m-%d %H:%M:%S} UTC "
+            f"({d.get('attempts')} attempts{', persistent' if d.get('persistent') else ''}): {d.get('error')}"
+            for module, d in unresolved.items()]
 
 
 def _left(when: dt.datetime | None) -> str:
