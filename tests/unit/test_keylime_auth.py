@@ -6,6 +6,7 @@ bootstrap is pinned until an operator resets it."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import hashlib
@@ -262,3 +263,68 @@ def test_stop_modules_without_a_revocation_cert_is_flagged_as_without_effect(tmp
     quiet = Problems()
     parse_keylime_settings({**table, "revocation_cert": str(tmp_path / "r.pem")}, tmp_path, quiet)
     assert not quiet.warnings
+
+
+# a full disk -----------------------------------------------------------------------------------------------------
+async def test_a_genuine_revocation_is_acted_on_when_nothing_can_be_written(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The review's A4 run: with the state file system full the replay list and the audit log refused their writes,
+    the verifier's one notice raised, and the modules kept running. Fail closed: act, remember the notice in memory,
+    and refuse its replay all the same."""
+    import errno
+    import sqlite3
+
+    from edgeward.keylime import notices
+
+    genuine = _issue("RevocationNotifier")
+    dev = _Device(tmp_path, _pem(genuine[1]))
+    dev.enrol(genuine[1])
+
+    def disk_full(*_a: Any, **_k: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def audit_full(*_a: Any, **_k: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(notices, "atomic_write", disk_full)
+    monkeypatch.setattr(dev.audit, "append", audit_full)
+    monkeypatch.setattr(dev.agent.gate, "revoke", disk_full)
+    notice = _notice(genuine[0])
+    await dev.agent.revocation(notice)
+    assert dev.acted == [1]
+    await dev.agent.revocation(notice)  # the same signed notice again: remembered in memory
+    assert dev.acted == [1]
+
+
+async def test_the_unverified_tally_survives_an_audit_log_that_cannot_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from edgeward.keylime.notice_tally import UnverifiedTally
+
+    audit = AuditLog(tmp_path / "audit", AuditKey(bytes(32)))
+    tally = UnverifiedTally(audit, window=0.01)
+    real_append = audit.append
+    calls: list[str] = []
+
+    def append(kind: str, module: str | None = None, detail: Any = None) -> Any:
+        calls.append(kind)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_append(kind, module, detail)
+
+    monkeypatch.setattr(audit, "append", append)
+    task = asyncio.create_task(tally.run())
+    try:
+        tally.add({"msg": "a", "signature": "b"}, {"check": "unsigned"})
+        while len(calls) < 1:
+            await asyncio.sleep(0.01)
+        tally.add({"msg": "c", "signature": "d"}, {"check": "unsigned"})
+        async with asyncio.timeout(5):
+            while len(calls) < 2:
+                await asyncio.sleep(0.01)
+        assert not task.done()
+        [record] = [r for r in audit.records(since=0) if r.kind == "keylime.revocation_unauthenticated"]
+        assert record.detail["notices"] == 2  # the summary that could not be written is carried into the next
+    finally:
+        task.cancel()

@@ -82,4 +82,15 @@ class UnverifiedTally:
             return
         log.warning("keylime: %d UNAUTHENTICATED revocation notice(s) (%d distinct) recorded as one audit record",
                     detail["notices"], detail["distinct"])
-        await asyncio.to_thread(self.audit.append, KIND, None, detail)
+        try:
+            await asyncio.to_thread(self.audit.append, KIND, None, detail)
+        except Exception:  # a full disk: carried into the next summary rather than ending the task (and the stop)
+            log.exception("keylime: could not record the unauthenticated notices; they go into the next summary")
+            self._carry(detail)
+
+    def _carry(self, unwritten: dict[str, Any]) -> None:
+        self.posted += unwritten["notices"]
+        self.distinct += unwritten["distinct"]
+        self.since = min(self.since, unwritten["since"])
+        self.samples = (unwritten["first"] + self.samples)[:SAMPLES]
+        self._pending.set()

@@ -38,6 +38,7 @@ class NoticeHandler:
                  gate: RevocationGate, on_revoked: Callable[[], Awaitable[None]] | None) -> None:
         self.settings, self.home, self.audit, self.tally = settings, home, audit, tally
         self.gate, self.on_revoked = gate, on_revoked
+        self._seen_here: set[str] = set()  # what this process saw, whether or not it reached the file
 
     async def handle(self, body: Any, agent_uuid: str) -> None:
         """Raises ValueError only for a body that is no notice at all."""
@@ -51,7 +52,7 @@ class NoticeHandler:
             return
         kind, why_not = self._judge(notice, hashlib.sha256(body["msg"].encode()).hexdigest())
         detail = notice.audit_detail() | ({"not_acted_on": why_not} if why_not else {})
-        self.audit.append(kind, None, detail)
+        self._record(kind, detail)
         log.warning("keylime: verified notice (%s) from the verifier: %s %s%s", notice.why, notice.fields.get("type"),
                     notice.fields.get("event_id"), f"; not acted on: {why_not}" if why_not else "")
         if why_not is None and self.settings.revocation_action == "stop_modules":
@@ -79,7 +80,15 @@ class NoticeHandler:
             log.exception("keylime: could not persist the revocation; stopping the modules all the same")
         if self.on_revoked is not None:
             await self.on_revoked()
-        self.audit.append("keylime.revocation_acted", None, {"action": "stop_modules"})
+        self._record("keylime.revocation_acted", {"action": "stop_modules"})
+
+    def _record(self, kind: str, detail: dict[str, Any]) -> None:
+        """A record the log cannot take (a full disk) is logged instead: the verifier's one notice must still be
+        acted on, and the agent keeps answering (its quotes then show the measurement list from memory)."""
+        try:
+            self.audit.append(kind, None, detail)
+        except Exception:
+            log.exception("keylime: could not record %s in the audit log; %s", kind, detail)
 
     def _first_sighting(self, digest: str) -> bool:
         """Whether this signed notice is new (``digest``: of its signed text; Keylime's own event_id names the kind
@@ -89,7 +98,13 @@ class NoticeHandler:
             seen: list[str] = json.loads(path.read_bytes())
         except (FileNotFoundError, ValueError):
             seen = []
-        if digest in seen:
+        if digest in seen or digest in self._seen_here:
             return False
-        atomic_write(path, json.dumps([*seen, digest][-SEEN_EVENTS:]).encode())
+        if len(self._seen_here) >= SEEN_EVENTS:
+            self._seen_here.clear()  # the file keeps the last ones; this set only covers what the file could not
+        self._seen_here.add(digest)
+        try:
+            atomic_write(path, json.dumps([*seen, digest][-SEEN_EVENTS:]).encode())
+        except OSError:  # a full disk: a replay is then refused by memory until the next restart
+            log.exception("keylime: could not remember the notice on disk; it is remembered until the next restart")
         return True
