@@ -283,11 +283,7 @@ async def _start_keylime(settings: ServiceSettings, tpm_service: TpmService | No
     parts = runtime
 
     async def stop_modules() -> None:
-        for reg in parts.registry.all():
-            try:  # through the runtime: the module is marked stopped first, so the watchdog does not restart it
-                await parts.runtime.stop_module(reg.name)
-            except Exception:  # one module that will not stop must not keep the others running
-                log.exception("keylime: could not stop module %s after the revocation", reg.name)
+        await parts.runtime.stop_all_modules("the Keylime verifier revoked the device")
 
     agent = KeylimeAgent(settings.keylime, tpm_service, runtime.audit, on_revoked=stop_modules, gate=gate)
     try:

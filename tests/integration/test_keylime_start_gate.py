@@ -87,3 +87,52 @@ async def test_modules_found_running_on_a_revoked_device_at_start_are_stopped(
     await rt.parts.runtime.stop_gated_modules()  # what start() does after reconciling
     assert not _running(dockerd, "survivor")
     assert [r.module for r in rt.parts.audit.records() if r.kind == "module.stopped_refused"] == ["survivor"]
+
+
+async def test_a_revocation_on_a_full_disk_stops_the_modules_and_keeps_them_stopped(
+        runtime: tuple[RuntimeEnv, ManagementClient], dockerd: Dockerd, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """N4 of the second break-this review: with the state file system full, the revocation's state file, its audit
+    record and each module's "stopped" in the registry all failed, so no module was stopped, and once space was
+    back nothing refused a restart. Now the revocation holds in memory first, the modules stop whatever cannot be
+    written, and the state is written as soon as it can be."""
+    import errno
+    import sqlite3
+
+    from edgeward.keylime import revoked
+
+    rt, mgmt = runtime
+    await mgmt.create_module(_spec("swapped"))
+    await mgmt.action("swapped", "start")
+    gate = RevocationGate(tmp_path / "keylime")
+    rt.parts.runtime.start_gate = gate
+
+    def disk_full(*_a: Any, **_k: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def db_full(*_a: Any, **_k: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as full:
+        full.setattr(revoked, "atomic_write", disk_full)
+        full.setattr(rt.parts.audit, "append", db_full)
+        full.setattr(rt.parts.registry, "set_state", db_full)
+        with pytest.raises(OSError):
+            gate.revoke("ef" * 32, {"agent_id": "a", "event_id": "ima.validation.ima-ng.not_in_allowlist"},
+                        rt.parts.audit)
+        await rt.parts.runtime.stop_all_modules("the device was revoked")
+        assert not _running(dockerd, "swapped")
+        dockerd.cli("start", "swapped")  # the engine's own restart, while nothing can be written
+        deadline = time.monotonic() + 30
+        while _running(dockerd, "swapped"):
+            assert time.monotonic() < deadline, "a module started by the engine kept running on a revoked device"
+            await asyncio.sleep(0.1)
+        with pytest.raises(HttpError) as refused:
+            await mgmt.action("swapped", "start")
+        assert refused.value.status == 403
+    # space is back: the next consultation writes the revocation down, so it survives a restart and can be cleared
+    with pytest.raises(HttpError):
+        await mgmt.action("swapped", "start")
+    assert gate.current() is not None and gate.current()["digest"] == "ef" * 32  # type: ignore[index]
+    assert [r.kind for r in rt.parts.audit.records() if r.kind.startswith("keylime.")] == ["keylime.revoked"]
+    assert RevocationGate(tmp_path / "keylime").refusal(rt.parts.audit) is not None  # a new process: still revoked

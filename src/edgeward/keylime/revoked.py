@@ -49,19 +49,42 @@ class RevocationGate:
     def __init__(self, home: Path) -> None:
         self.home = home
         self._audit_checked = False
+        # A revocation this process received and could not yet write down (a full disk): it holds from memory and
+        # is written at the next consultation that can.
+        self._unwritten: dict[str, Any] | None = None
 
     # the daemon -------------------------------------------------------------------------------------------------
     def revoke(self, digest: str, fields: dict[str, Any], audit: AuditLog) -> None:
         """Persist the revocation (file first, then the audit record): from here on nothing starts."""
         state = {"digest": digest, "time": time.time(), "agent_id": fields.get("agent_id"),
                  "event_id": fields.get("event_id"), "event_time": fields.get("event_time")}
-        private_dir(self.home)
-        atomic_write(self.home / _STATE, json.dumps(state).encode())
-        audit.append(REVOKED, None, state)
+        self._unwritten = state  # first: from here on nothing starts, whatever can be written
         log.error("keylime: the verifier revoked this device (notice %s...): no module will be created or started "
                   "until an operator runs `%s`", digest[:16], CLEAR_COMMAND)
+        self._write_down(audit)
+
+    def _write_down(self, audit: AuditLog | None) -> None:
+        """File first, then the audit record; each only once. Raises what the disk says."""
+        state = self._unwritten
+        if state is None:
+            return
+        if _read(self.home / _STATE) != state:
+            private_dir(self.home)
+            atomic_write(self.home / _STATE, json.dumps(state).encode())
+        if audit is None:
+            return
+        audit.append(REVOKED, None, state)
+        self._unwritten = None
 
     def refusal(self, audit: AuditLog | None) -> str | None:
+        if self._unwritten is not None:
+            try:
+                self._write_down(audit)
+            except Exception as e:  # still full: the revocation holds from memory
+                log.warning("keylime: the revocation is not written down yet (%s); it holds until it is", e)
+                return _message(self._unwritten, "held in memory until it can be written down")
+            if self._unwritten is not None:  # no audit log to record it in (the CLI's view)
+                return _message(self._unwritten, None)
         try:
             state = self._state(audit)
         except (OSError, ValueError) as e:  # fail closed: a state that cannot be read is no permission to start

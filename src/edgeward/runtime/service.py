@@ -94,6 +94,14 @@ class ModuleRuntime:
         if self.audit is not None:
             self.audit.append(kind, name, detail)
 
+    def _record_if_possible(self, kind: str, name: str, **detail: Any) -> None:
+        """For records that accompany a refusal: a log that cannot take them (a full disk) must not turn the
+        refusal into an error that lets the module run."""
+        try:
+            self._record(kind, name, **detail)
+        except Exception:
+            log.exception("could not record %s for module %s", kind, name)
+
     # lifecycle of the runtime ----------------------------------------------------------------------------
     async def start(self) -> None:
         """Reconcile registrations with the engine, reopen workload sockets, then start the watchdog."""
@@ -249,7 +257,7 @@ class ModuleRuntime:
             why = f"the start gate cannot be consulted ({e.__class__.__name__}); nothing starts until it can"
         if why is not None:
             log.warning("module %s may not start: %s", name, why)
-            self._record(record, name, reason=why)
+            self._record_if_possible(record, name, reason=why)
             raise Forbidden(why)
 
     async def stop_gated_modules(self) -> None:
@@ -388,6 +396,23 @@ class ModuleRuntime:
                 await self.engine.stop(name)
             except EngineError as e:
                 raise engine_error(e) from None
+
+    async def stop_all_modules(self, why: str) -> None:
+        """Stop every module now, whatever cannot be written: a verifier's revocation must stop them on a full
+        disk too. A module whose "stopped" the registry cannot take is stopped in the engine all the same; the start
+        gate, closed by then, keeps the watchdog and the engine from bringing it back."""
+        for reg in self.registry.all():
+            try:
+                await self.stop_module(reg.name)
+                continue
+            except Exception:
+                log.exception("could not stop module %s through the registry (%s); stopping it in the engine",
+                              reg.name, why)
+            try:
+                async with self._locks.hold(reg.name):
+                    await self.engine.stop(reg.name, timeout=0)
+            except Exception:  # one module that will not stop must not keep the others running
+                log.exception("could not stop module %s (%s)", reg.name, why)
 
     async def restart_module(self, name: str) -> None:
         async with self._locks.hold(name):
