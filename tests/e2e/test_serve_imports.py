@@ -79,3 +79,5 @@ def test_run_loads_no_pydantic_nor_asn1crypto(tmp_path: Path) -> None:
         modules = modules_when_ready(args, tmp_path / start)
         assert "edgeward.identity.service" in modules and "edgeward.certs.service" in modules  # it did run them
         assert loaded(modules, ("pydantic", "pydantic_core", "asn1crypto")) == [], start
+        # what only systeminfo and a support bundle use is loaded when they are asked for
+        assert loaded(modules, ("importlib.metadata", "zipfile")) == [], start
