@@ -8,24 +8,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from .errors import BadRequest, PayloadTooLarge, UnprocessableEntity, UnsupportedMediaType
-from .wirefields import InvalidBody
+from .wirefields import InvalidBody, JsonBody
 
 __all__ = ["JsonBody", "read_body", "read_json_object", "reply", "reply_empty", "reply_json"]
 
 T = TypeVar("T")
 
 _JSON_TYPES = frozenset({"application/json", "text/json"})
-
-
-class JsonBody(Protocol):
-    """A response body that writes its own JSON."""
-
-    def to_json(self) -> bytes: ...
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

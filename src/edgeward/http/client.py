@@ -5,22 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
 
 from .errors import HttpError
+from .wirefields import JsonBody
 
-__all__ = ["JsonRequest", "UnixClient", "error_message", "quote_segment"]
+__all__ = ["UnixClient", "error_message", "quote_segment"]
 
 T = TypeVar("T")
-
-
-class JsonRequest(Protocol):
-    """A request body that writes its own JSON (the wire types' ``to_json``)."""
-
-    def to_json(self) -> bytes: ...
 
 
 def quote_segment(value: str) -> str:
@@ -58,7 +53,7 @@ class UnixClient:
         self,
         method: str,
         path: str,
-        body: JsonRequest | Mapping[str, Any] | None = None,
+        body: JsonBody | Mapping[str, Any] | None = None,
         api_version: str | None = None,
     ) -> tuple[int, bytes]:
         params = {"api-version": api_version or self.api_version}
@@ -80,7 +75,7 @@ class UnixClient:
         method: str,
         path: str,
         parse: Callable[[bytes], T],
-        body: JsonRequest | Mapping[str, Any] | None = None,
+        body: JsonBody | Mapping[str, Any] | None = None,
         api_version: str | None = None,
     ) -> T:
         """The answer's body through a wire type's ``parse`` (a ValueError when it does not fit)."""

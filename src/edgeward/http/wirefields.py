@@ -18,9 +18,9 @@ import json
 import math
 import re
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-__all__ = ["MAX_B64_CHARS", "BodyCheck", "InvalidBody", "decode_b64", "dump_json", "response_object"]
+__all__ = ["MAX_B64_CHARS", "BodyCheck", "InvalidBody", "JsonBody", "decode_b64", "dump_json", "response_object"]
 
 MAX_B64_CHARS = 1_000_000
 
@@ -41,6 +41,12 @@ _INT_SIZE = "Unable to parse input string as an integer, exceeded maximum size"
 _INT_FRACTION = "Input should be a valid integer, got a number with a fractional part"
 _NOT_FINITE = "Input should be a finite number"
 _I64_BOUND = float(2**63)
+
+
+class JsonBody(Protocol):
+    """A body that writes its own JSON (a reply, or a client's request)."""
+
+    def to_json(self) -> bytes: ...
 
 
 class InvalidBody(ValueError):
