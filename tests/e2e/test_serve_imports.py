@@ -1,6 +1,6 @@
 """Each service imports only what it uses: `edgeward serve keys`, ready and serving, has loaded no code of the other
-services and no pydantic (start-up time and memory on small devices). Checked in a real daemon process, through its
-sys.modules."""
+services and no pydantic (start-up time and memory on small devices); `edgeward run`, ready and idle, no pydantic
+and no asn1crypto. Checked in a real daemon process, through its sys.modules."""
 
 from __future__ import annotations
 
@@ -67,3 +67,17 @@ def test_serve_keys_loads_no_other_service(own_file: bool, tmp_path: Path) -> No
     assert loaded(modules, ("rich",)) == []  # the CLI's renderer: commands that print tables load it
     # the keys wire is checked by hand: pydantic (about 8 MB and 0.1 s of start) is for the other services' models
     assert loaded(modules, ("pydantic", "pydantic_core")) == []
+
+
+def test_run_loads_no_pydantic_nor_asn1crypto(tmp_path: Path) -> None:
+    """Every wire is checked by hand and CSRs are reassembled as DER directly, so neither library is needed: not on
+    the first start (which creates the local CA, the device identity and their certificates) nor on the next."""
+    state = tmp_path / "state"
+    args = ["run", "--state-dir", str(state), "--run-dir", str(state / "run")]
+    for start in ("first", "second"):
+        (tmp_path / start).mkdir()
+        modules = modules_when_ready(args, tmp_path / start)
+        assert "edgeward.identity.service" in modules and "edgeward.certs.service" in modules  # it did run them
+        assert loaded(modules, ("pydantic", "pydantic_core", "asn1crypto")) == [], start
+        # what only systeminfo and a support bundle use is loaded when they are asked for
+        assert loaded(modules, ("importlib.metadata", "zipfile")) == [], start

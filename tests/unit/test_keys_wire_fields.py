@@ -14,9 +14,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
 
-from edgeward.http.body import _describe
+from edgeward.http.wirefields import InvalidBody, decode_b64
 from edgeward.keys import wire
-from edgeward.keys.wirefields import InvalidBody, decode_b64
+from tests.unit.wire_oracle import describe as _describe
 
 B64 = Annotated[bytes, BeforeValidator(decode_b64),
                 PlainSerializer(lambda b: base64.b64encode(b).decode(), return_type=str)]

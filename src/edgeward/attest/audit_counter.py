@@ -86,7 +86,7 @@ class SocketCounter:
             except (ValueError, KeyError, TypeError):
                 message = resp.reason
             raise HttpError(message, status=resp.status)
-        return wire.AuditCounterResponse.model_validate_json(raw).value
+        return wire.AuditCounterResponse.parse(raw).value
 
     def read(self) -> int | None:
         return self._call("GET", "/edgeward/audit-counter")

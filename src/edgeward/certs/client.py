@@ -41,15 +41,16 @@ class CertsClient:
         body: dict[str, object] = {"certId": cert_id, "csr": _csr_text(csr)}
         if issuer is not None:
             body["issuer"] = {"certId": issuer[0], "privateKeyHandle": issuer[1]}
-        return (await self.http.call("POST", "/certificates", wire.PemResponse, body)).pem
+        return (await self.http.call("POST", "/certificates", wire.PemResponse.parse, body)).pem
 
     async def import_cert(self, cert_id: str, pem: str) -> str:
-        return (await self.http.call("PUT", f"/certificates/{quote_segment(cert_id)}", wire.PemResponse,
+        return (await self.http.call("PUT", f"/certificates/{quote_segment(cert_id)}", wire.PemResponse.parse,
                                      {"pem": pem})).pem
 
     async def get_cert(self, cert_id: str) -> str:
         try:
-            return (await self.http.call("GET", f"/certificates/{quote_segment(cert_id)}", wire.PemResponse)).pem
+            return (await self.http.call("GET", f"/certificates/{quote_segment(cert_id)}",
+                                          wire.PemResponse.parse)).pem
         except HttpError as e:
             if wire.is_missing_cert(e.status, e.message):
                 raise CertNotFound(e.message) from None

@@ -26,17 +26,17 @@ def _api(request: web.Request) -> CertsApi:
 async def create_cert(request: web.Request) -> web.Response:
     if not request.body_exists:
         raise BadRequest("missing request body")  # aziot-certd's answer to a POST without a body
-    body = await read_body(request, wire.CreateCertRequest)
+    body = await read_body(request, wire.CreateCertRequest.parse)
     issuer = (body.issuer.cert_id, body.issuer.private_key_handle) if body.issuer else None
     pem = await _api(request).create_cert(body.cert_id, body.csr.encode(), issuer)
-    return reply(wire.PemResponse(pem=pem), status=wire.CREATED)
+    return reply(wire.PemResponse(pem), status=wire.CREATED)
 
 
 @routes.put("/certificates/{certId}", since="2020-09-01")
 async def import_cert(request: web.Request) -> web.Response:
-    body = await read_body(request, wire.ImportCertRequest)
+    body = await read_body(request, wire.ImportCertRequest.parse)
     pem = await _api(request).import_cert(request.match_info["certId"], body.pem)
-    return reply(wire.PemResponse(pem=pem), status=wire.CREATED)
+    return reply(wire.PemResponse(pem), status=wire.CREATED)
 
 
 @routes.get("/certificates/{certId}", since="2020-09-01")
@@ -45,7 +45,7 @@ async def get_cert(request: web.Request) -> web.Response:
         pem = await _api(request).get_cert(request.match_info["certId"])
     except CertNotFound as e:  # the domain's "not found" is a 400 on aziot's wire
         raise BadRequest(wire.missing_cert_message(e.message)) from None
-    return reply(wire.PemResponse(pem=pem))
+    return reply(wire.PemResponse(pem))
 
 
 @routes.delete("/certificates/{certId}", since="2020-09-01")

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 
 from ..keys.model import PublicKey
 
-__all__ = ["TbsCertificate", "key_identifier", "signature_algorithm", "signed_certificate_der", "spki_der"]
+__all__ = ["TbsCertificate", "der_elements", "key_identifier", "signature_algorithm", "signed_certificate_der",
+           "spki_der", "tlv"]
 
 # AlgorithmIdentifier of the issuer's signature, as cryptography writes them: no parameters for ECDSA, NULL for RSA.
 _ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
@@ -115,6 +116,28 @@ def _time(when: dt.datetime) -> bytes:
     if t.year < _UTC_TIME_UNTIL:
         return _tlv(0x17, f"{t.year % 100:02d}{digits}".encode())
     return _tlv(0x18, f"{t.year:04d}{digits}".encode())
+
+
+def der_elements(der: bytes) -> list[bytes]:
+    """The elements (whole, tag and length included) inside the constructed DER element ``der`` (a SEQUENCE):
+    enough to take a structure cryptography wrote apart and put it back together with one element changed."""
+    at = _header_length(der, 0)
+    end = at + _content_length(der, 0)
+    if end != len(der):
+        raise ValueError("not one DER element")
+    out = []
+    while at < end:
+        size = _header_length(der, at) + _content_length(der, at)
+        out.append(der[at:at + size])
+        at += size
+    if at != end:
+        raise ValueError("DER element overruns its container")
+    return out
+
+
+def tlv(tag: int, content: bytes) -> bytes:
+    """One DER element: ``tag`` (one octet), the definite length, ``content``."""
+    return _tlv(tag, content)
 
 
 def _tlv(tag: int, content: bytes) -> bytes:

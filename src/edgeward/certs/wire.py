@@ -1,8 +1,15 @@
-"""Request and response bodies of the certificates API (aziot-certd's field names)."""
+"""Request and response bodies of the certificates API (aziot-certd's field names).
+
+Bodies are checked by hand (:mod:`edgeward.http.wirefields`) with the outcomes and 422 messages the pydantic
+models they replaced gave (``tests/unit/test_certs_wire_fields.py`` compares them), so the daemons need no pydantic.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from dataclasses import dataclass
+from typing import Any, Self
+
+from ..http.wirefields import BodyCheck, dump_json, response_object
 
 __all__ = [
     "API_VERSIONS",
@@ -18,6 +25,9 @@ __all__ = [
 API_VERSIONS = ("2020-09-01",)
 CREATED = 201  # create and import: aziot-cert-client-async accepts nothing else
 
+MAX_HANDLE_CHARS = 8192
+MAX_PEM_CHARS = 256 * 1024
+
 # aziot-certd answers a GET of a missing cert with InvalidParameter("id", "not found"): a 400 with this message.
 _MISSING_PREFIX = 'parameter "id" has an invalid value\ncaused by: '
 
@@ -31,27 +41,63 @@ def is_missing_cert(status: int, message: str) -> bool:
     return status == 400 and message.startswith(_MISSING_PREFIX) and message.endswith("not found")
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+# Fields are looked up under their wire name first, then their Python name (both were always accepted); unknown
+# fields are ignored, as serde does by default.
 
 
-class IssuerBody(_Body):
-    cert_id: str = Field(alias="certId")
-    private_key_handle: str = Field(alias="privateKeyHandle", max_length=8192)
+@dataclass(frozen=True, slots=True)
+class IssuerBody:
+    cert_id: str
+    private_key_handle: str
+
+    @classmethod
+    def check(cls, c: BodyCheck) -> Self:
+        return cls(c.text("certId", "cert_id"),
+                   c.text("privateKeyHandle", "private_key_handle", max_length=MAX_HANDLE_CHARS))
 
 
-class CreateCertRequest(_Body):
+@dataclass(frozen=True, slots=True)
+class CreateCertRequest:
     """``csr`` is PEM text, as aziot-cert-common-http's ``Pem`` carries it; base64 of DER (or of PEM) is also
     taken, for clients that followed the prose of aziot's API page."""
 
-    cert_id: str = Field(alias="certId")
+    cert_id: str
     csr: str
     issuer: IssuerBody | None = None
 
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        c = BodyCheck(data)
+        cert_id = c.text("certId", "cert_id")
+        csr = c.text("csr")
+        issuer_body = c.nested("issuer", model="IssuerBody")
+        issuer = IssuerBody.check(issuer_body) if issuer_body is not None else None
+        c.done()
+        return cls(cert_id, csr, issuer)
 
-class ImportCertRequest(_Body):
-    pem: str = Field(max_length=256 * 1024)
 
-
-class PemResponse(_Body):
+@dataclass(frozen=True, slots=True)
+class ImportCertRequest:
     pem: str
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        c = BodyCheck(data)
+        pem = c.text("pem", max_length=MAX_PEM_CHARS)
+        c.done()
+        return cls(pem)
+
+
+@dataclass(frozen=True, slots=True)
+class PemResponse:
+    pem: str
+
+    def to_json(self) -> bytes:
+        return dump_json({"pem": self.pem})
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Self:
+        c = BodyCheck(response_object(raw), "response")
+        pem = c.text("pem")
+        c.done()
+        return cls(pem)

@@ -2,7 +2,8 @@
 
 `cryptography` signs only with in-process keys, so a certificate's to-be-signed part is written by ``tbs`` and signed
 through the keys API. A CSR is built with a throwaway key of the same algorithm (which yields the same
-AlgorithmIdentifier), its public key replaced, then signed through the keys API and reassembled with asn1crypto.
+AlgorithmIdentifier), its public key replaced in the DER cryptography wrote, then signed through the keys API and
+reassembled (three DER elements: no ASN.1 library is loaded for it).
 ECDSA keys sign SHA-256 (P-256) or SHA-384 (P-384) digests; RSA keys sign PKCS#1 v1.5 SHA-256 through aziot's
 RSA-PKCS1 private "encrypt", exactly as aziot's OpenSSL engine does.
 """
@@ -13,9 +14,6 @@ import base64
 import functools
 import hashlib
 
-from asn1crypto import core as asn1_core
-from asn1crypto import csr as asn1_csr
-from asn1crypto import keys as asn1_keys
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from ..keys.api import KeysApi
 from ..keys.model import EcdsaDigest, PublicKey, RsaPkcs1
-from .tbs import TbsCertificate, signature_algorithm, signed_certificate_der
+from .tbs import TbsCertificate, der_elements, signature_algorithm, signed_certificate_der, spki_der, tlv
 
 __all__ = ["IssuerKeyMismatch", "handle_public_key", "same_public_key", "sign_certificate", "sign_csr"]
 
@@ -104,17 +102,13 @@ async def sign_csr(builder: x509.CertificateSigningRequestBuilder, keys: KeysApi
                    public: PublicKey) -> x509.CertificateSigningRequest:
     """A CSR for the key behind ``handle``: the throwaway key's public key is replaced before signing."""
     throwaway, digest = _scheme(public)
-    draft = asn1_csr.CertificationRequest.load(builder.sign(throwaway, digest).public_bytes(serialization.Encoding.DER))
-    info = draft["certification_request_info"].copy()
-    spki = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    info["subject_pk_info"] = asn1_keys.PublicKeyInfo.load(spki)
-    signature = await _sign_bytes(keys, handle, public, info.dump(force=True))
-    final = asn1_csr.CertificationRequest({
-        "certification_request_info": info,
-        "signature_algorithm": draft["signature_algorithm"],
-        "signature": asn1_core.OctetBitString(signature),
-    })
-    csr = x509.load_der_x509_csr(final.dump(force=True))
+    # CertificationRequest ::= SEQUENCE { certificationRequestInfo, signatureAlgorithm, signature BIT STRING }
+    # CertificationRequestInfo ::= SEQUENCE { version, subject, subjectPKInfo, attributes [0] }
+    info_der, algorithm, _ = der_elements(builder.sign(throwaway, digest).public_bytes(serialization.Encoding.DER))
+    version, subject, _, *attributes = der_elements(info_der)
+    info = tlv(0x30, b"".join([version, subject, spki_der(public), *attributes]))
+    signature = await _sign_bytes(keys, handle, public, info)
+    csr = x509.load_der_x509_csr(tlv(0x30, info + algorithm + tlv(0x03, b"\x00" + signature)))
     if not csr.is_signature_valid:
         raise ValueError("the keys service produced a CSR signature that does not verify")
     return csr

@@ -1,35 +1,25 @@
-"""Request bodies in, response bodies out: the only place JSON meets the typed wire models.
+"""Request bodies in, response bodies out: the only place JSON meets the typed wire bodies.
 
-pydantic is imported only by the functions that take its models (identity, certs, tpm): the keys service validates
-its bodies by hand and answers with :func:`reply_json`, so a daemon serving only keys never loads it.
+The wire types check their fields by hand (:mod:`.wirefields`) and write their own JSON, so no daemon loads a
+validation library.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from .errors import BadRequest, PayloadTooLarge, UnprocessableEntity, UnsupportedMediaType
+from .wirefields import InvalidBody, JsonBody
 
-if TYPE_CHECKING:
-    from pydantic import BaseModel, ValidationError
+__all__ = ["JsonBody", "read_body", "read_json_object", "reply", "reply_empty", "reply_json"]
 
-__all__ = ["read_body", "read_json_object", "reply", "reply_empty", "reply_json"]
-
-M = TypeVar("M", bound="BaseModel")
+T = TypeVar("T")
 
 _JSON_TYPES = frozenset({"application/json", "text/json"})
-
-
-def _describe(error: ValidationError) -> str:
-    # Field paths and reasons only: input values may be secrets (key bytes, PINs) and must not be echoed.
-    parts = []
-    for item in error.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in item["loc"]) or "body"
-        parts.append(f"{where}: {item['msg']}")
-    return "invalid request body: " + "; ".join(parts)
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -59,23 +49,17 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return data
 
 
-async def read_body(request: web.Request, model: type[M]) -> M:
-    """Parse and validate a JSON body against a wire model."""
-    from pydantic import ValidationError  # noqa: PLC0415 -- only services with pydantic models pay for it
-
+async def read_body(request: web.Request, parse: Callable[[dict[str, Any]], T]) -> T:
+    """A JSON object body checked by a wire type's ``parse``: every field at fault is one 422."""
     data = await read_json_object(request)
     try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise UnprocessableEntity(_describe(e)) from e
+        return parse(data)
+    except InvalidBody as e:
+        raise UnprocessableEntity(str(e)) from None
 
 
-def reply(model: BaseModel, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status,
-        body=model.model_dump_json(by_alias=True, exclude_none=True).encode(),
-        content_type="application/json",
-    )
+def reply(body: JsonBody, status: int = 200) -> web.Response:
+    return reply_json(body.to_json(), status)
 
 
 def reply_json(body: bytes, status: int = 200) -> web.Response:

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
 
 from .errors import HttpError
-
-if TYPE_CHECKING:  # only callers that pass pydantic models load it (the keys client sends plain mappings)
-    from pydantic import BaseModel
+from .wirefields import JsonBody
 
 __all__ = ["UnixClient", "error_message", "quote_segment"]
 
-M = TypeVar("M", bound="BaseModel")
+T = TypeVar("T")
 
 
 def quote_segment(value: str) -> str:
@@ -55,18 +53,14 @@ class UnixClient:
         self,
         method: str,
         path: str,
-        body: BaseModel | Mapping[str, Any] | None = None,
+        body: JsonBody | Mapping[str, Any] | None = None,
         api_version: str | None = None,
     ) -> tuple[int, bytes]:
         params = {"api-version": api_version or self.api_version}
         data: bytes | None = None
         headers = {}
         if body is not None:
-            data = (
-                json.dumps(body).encode()
-                if isinstance(body, Mapping)
-                else body.model_dump_json(by_alias=True, exclude_none=True).encode()
-            )
+            data = json.dumps(body).encode() if isinstance(body, Mapping) else body.to_json()
             headers["Content-Type"] = "application/json"
         async with self._session_for_loop().request(
             method, path, params=params, data=data, headers=headers
@@ -80,12 +74,13 @@ class UnixClient:
         self,
         method: str,
         path: str,
-        response: type[M],
-        body: BaseModel | Mapping[str, Any] | None = None,
+        parse: Callable[[bytes], T],
+        body: JsonBody | Mapping[str, Any] | None = None,
         api_version: str | None = None,
-    ) -> M:
+    ) -> T:
+        """The answer's body through a wire type's ``parse`` (a ValueError when it does not fit)."""
         _, raw = await self.request(method, path, body, api_version)
-        return response.model_validate_json(raw)
+        return parse(raw)
 
 
 def error_message(raw: bytes, reason: str | None) -> str:

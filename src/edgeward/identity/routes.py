@@ -65,7 +65,7 @@ async def device_identity(request: web.Request) -> web.Response:
     svc.may_read_device(caller_of(request))
     if not request.body_exists:
         raise BadRequest("missing request body")
-    await read_body(request, wire.IdTypeRequest)
+    await read_body(request, wire.IdTypeRequest.parse)
     return web.json_response(wire.identity_body(await svc.device_identity()))
 
 
@@ -89,7 +89,7 @@ async def list_modules(request: web.Request) -> web.Response:
 @routes.post("/identities/modules", since="2020-09-01")
 async def create_module(request: web.Request) -> web.Response:
     svc = _daemon(request)
-    body = await read_body(request, wire.CreateModuleRequest)
+    body = await read_body(request, wire.CreateModuleRequest.parse)
     if body.type not in ("aziot", "local"):
         raise _invalid("type", f"invalid type: {body.type}")
     if body.type == "local":

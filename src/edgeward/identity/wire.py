@@ -1,11 +1,15 @@
-"""Request and response bodies of the identity API (aziot-identityd's field names)."""
+"""Request and response bodies of the identity API (aziot-identityd's field names).
+
+Request bodies are checked by hand (:mod:`edgeward.http.wirefields`) with the outcomes and 422 messages of the
+pydantic models they replaced (``tests/unit/test_identity_wire_fields.py`` compares them).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from ..http.wirefields import BodyCheck
 from .model import AziotIdentity, Identity, LocalIdentity, ProvisioningInfo
 
 __all__ = [
@@ -19,24 +23,50 @@ __all__ = [
 
 API_VERSIONS = ("2020-09-01", "2021-12-01", "2022-08-01")
 
+MAX_TYPE_CHARS = 64
+MAX_MODULE_ID_CHARS = 128
 
-class _Body(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
-
-
-class IdTypeRequest(_Body):
-    type: str = Field(max_length=64)  # aziot-identityd reads it and uses none of it
+# Fields are looked up under their wire name first, then their Python name; unknown fields are ignored.
 
 
-class LocalIdOpts(_Body):
-    type: Literal["x509"] = "x509"
-    attributes: Literal["client", "server"] = "client"
+@dataclass(frozen=True, slots=True)
+class IdTypeRequest:
+    type: str  # aziot-identityd reads it and uses none of it
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        c = BodyCheck(data)
+        kind = c.text("type", max_length=MAX_TYPE_CHARS)
+        c.done()
+        return cls(kind)
 
 
-class CreateModuleRequest(_Body):
-    type: str = Field(max_length=64)  # checked by the route: an unknown type is aziot's 400, not a 422
-    module_id: str = Field(alias="moduleId", max_length=128)
-    local_id_opts: LocalIdOpts | None = Field(default=None, alias="localIdOpts")
+@dataclass(frozen=True, slots=True)
+class LocalIdOpts:
+    type: str = "x509"  # the only one aziot knows
+    attributes: str = "client"  # or "server"
+
+    @classmethod
+    def check(cls, c: BodyCheck) -> Self:
+        return cls(c.choice("type", choices=("x509",), default="x509"),
+                   c.choice("attributes", choices=("client", "server"), default="client"))
+
+
+@dataclass(frozen=True, slots=True)
+class CreateModuleRequest:
+    type: str  # checked by the route: an unknown type is aziot's 400, not a 422
+    module_id: str
+    local_id_opts: LocalIdOpts | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        c = BodyCheck(data)
+        kind = c.text("type", max_length=MAX_TYPE_CHARS)
+        module_id = c.text("moduleId", "module_id", max_length=MAX_MODULE_ID_CHARS)
+        opts_body = c.nested("localIdOpts", "local_id_opts", model="LocalIdOpts")
+        opts = LocalIdOpts.check(opts_body) if opts_body is not None else None
+        c.done()
+        return cls(kind, module_id, opts)
 
 
 def identity_body(identity: Identity) -> dict[str, Any]:

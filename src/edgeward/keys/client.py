@@ -6,16 +6,14 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ..http import UnixClient, quote_segment
 from ..http.errors import HttpError
+from ..http.wirefields import JsonBody
 from . import wire
 from .errors import KeyNotFound
 from .model import EncryptMechanism, SignMechanism
-
-if TYPE_CHECKING:
-    from pydantic import BaseModel
 
 __all__ = ["KeysClient"]
 
@@ -25,7 +23,7 @@ T = TypeVar("T")
 class _KeydHttp(UnixClient):
     """keyd's wire answers a missing key with aziot's 400; callers get :class:`KeyNotFound`, as in-process."""
 
-    async def request(self, method: str, path: str, body: BaseModel | Mapping[str, Any] | None = None,
+    async def request(self, method: str, path: str, body: JsonBody | Mapping[str, Any] | None = None,
                       api_version: str | None = None) -> tuple[int, bytes]:
         try:
             return await super().request(method, path, body, api_version)

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from ..http.wirefields import MAX_B64_CHARS, BodyCheck, InvalidBody, decode_b64
 from .errors import InvalidParameter as _Invalid
 from .model import (
     Aead,
@@ -21,7 +22,6 @@ from .model import (
     RsaPss,
     SignMechanism,
 )
-from .wirefields import MAX_B64_CHARS, BodyCheck, InvalidBody, decode_b64
 
 __all__ = [
     "API_VERSIONS",

@@ -7,7 +7,6 @@ import platform
 import shutil
 import time
 from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,9 @@ _STARTED = time.monotonic()
 
 
 def edgeward_version() -> str:
+    # importlib.metadata (with zipfile and csv, about 0.7 MB) is loaded when systeminfo is first asked, not at start
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
     try:
         return version("edgeward")
     except PackageNotFoundError:

@@ -29,7 +29,7 @@ def _may_increment(uid: int) -> bool:
 @counter_routes.get("/edgeward/audit-counter", since=wire.EDGEWARD_VERSION)
 async def read_audit_counter(request: web.Request) -> web.Response:
     value = await request.app[TPM_API].read_audit_counter()
-    return reply(wire.AuditCounterResponse(value=value))
+    return reply(wire.AuditCounterResponse(value))
 
 
 @counter_routes.post("/edgeward/audit-counter/increment", since=wire.EDGEWARD_VERSION)
@@ -38,7 +38,7 @@ async def increment_audit_counter(request: web.Request) -> web.Response:
     if not _may_increment(uid):
         raise Forbidden(f"uid {uid} may not move the audit counter (only root and the TPM service's user may)")
     value = await request.app[TPM_API].increment_audit_counter()
-    return reply(wire.AuditCounterResponse(value=value))
+    return reply(wire.AuditCounterResponse(value))
 
 
 def install_counter_routes(app: web.Application) -> None:

@@ -6,10 +6,10 @@ so the socket's mode and owner are the access control.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel
 
 from ..http import RouteTable, build_app, read_body, reply
 from ..http.errors import BadRequest
@@ -19,46 +19,45 @@ from .api import TpmApi
 
 __all__ = ["TPM_API", "build_tpm_app", "routes"]
 
-M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 TPM_API: web.AppKey[TpmApi] = web.AppKey("edgeward.tpm.api")
 
 routes = RouteTable(wire.API_VERSIONS)
 
 
-async def _body(request: web.Request, model: type[M]) -> M:
+async def _body(request: web.Request, parse: Callable[[dict[str, Any]], T]) -> T:
     # aziot-tpmd answers a POST without a body with 400 "missing request body"; other bad bodies get
     # the shared treatment (400 for bad JSON, 415 for a wrong content type, 422 for wrong fields).
     if not request.body_exists:
         raise BadRequest("missing request body")
-    return await read_body(request, model)
+    return await read_body(request, parse)
 
 
 @routes.get("/get_tpm_keys", since="2020-09-01")
 async def get_tpm_keys(request: web.Request) -> web.Response:
     keys = await request.app[TPM_API].get_tpm_keys()
-    return reply(wire.GetTpmKeysResponse(endorsement_key=keys.endorsement_key,
-                                         storage_root_key=keys.storage_root_key))
+    return reply(wire.GetTpmKeysResponse(keys.endorsement_key, keys.storage_root_key))
 
 
 @routes.post("/import_auth_key", since="2020-09-01")
 async def import_auth_key(request: web.Request) -> web.Response:
-    body = await _body(request, wire.ImportAuthKeyRequest)
+    body = await _body(request, wire.ImportAuthKeyRequest.parse)
     await request.app[TPM_API].import_auth_key(body.key)
     return reply(wire.ImportAuthKeyResponse())
 
 
 @routes.post("/sign_with_auth_key", since="2020-09-01")
 async def sign_with_auth_key(request: web.Request) -> web.Response:
-    body = await _body(request, wire.SignWithAuthKeyRequest)
+    body = await _body(request, wire.SignWithAuthKeyRequest.parse)
     digest = await request.app[TPM_API].sign_with_auth_key(body.data)
-    return reply(wire.SignWithAuthKeyResponse(digest=digest))
+    return reply(wire.SignWithAuthKeyResponse(digest))
 
 
 @routes.post("/edgeward/quote", since="2026-11-01")
 async def quote(request: web.Request) -> web.Response:
     """Edgeward: a quote over the PCR holding Edgeward's own measurement, for a verifier's nonce."""
-    body = await _body(request, wire.QuoteRequest)
+    body = await _body(request, wire.QuoteRequest.parse)
     if not 0 <= body.pcr <= 23:
         raise BadRequest("pcr must be 0 to 23")
     q = await request.app[TPM_API].quote(body.nonce, body.pcr)

@@ -1,24 +1,26 @@
-"""Field checks of the keys API's request bodies, by hand.
+"""Field checks of the aziot APIs' bodies (keys, certs, identity, TPM), by hand.
 
-The keys API's bodies were validated by pydantic models (lax mode, extra fields ignored); their accept/refuse
-decisions and messages are the wire contract callers see, so these checks keep them exactly: each field is looked
-up under its alias first, then its other names; a body is checked whole and every field at fault is reported, in
-declaration order, as ``invalid request body: <field>: <reason>; ...``. Input values are never echoed (they may be
-key bytes). ``tests/unit/test_keys_wire_fields.py`` holds the pydantic models as the oracle and compares.
+The bodies were validated by pydantic models (lax mode, extra fields ignored); their accept/refuse decisions and
+messages are the wire contract callers see, so these checks keep them exactly: each field is looked up under its
+alias first, then its other names; a body is checked whole and every field at fault is reported, in declaration
+order (a nested object's fields in its place, as ``outer.inner``), as ``invalid request body: <field>: <reason>;
+...``. Input values are never echoed (they may be key bytes). ``tests/unit/test_*_wire_fields.py`` hold the
+pydantic models as the oracle and compare.
 
-This module exists so that ``serve keys`` need not import pydantic (about 8 MB and 0.1 s of start on a small
-device) and a sign request costs a few dict look-ups instead of a model validation.
+This module exists so that no daemon need import pydantic (about 8 MB and 0.1 s of start on a small device) and a
+request costs a few dict look-ups instead of a model validation.
 """
 
 from __future__ import annotations
 
 import binascii
+import json
 import math
 import re
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-__all__ = ["MAX_B64_CHARS", "BodyCheck", "InvalidBody", "decode_b64"]
+__all__ = ["MAX_B64_CHARS", "BodyCheck", "InvalidBody", "JsonBody", "decode_b64", "dump_json", "response_object"]
 
 MAX_B64_CHARS = 1_000_000
 
@@ -41,6 +43,12 @@ _NOT_FINITE = "Input should be a finite number"
 _I64_BOUND = float(2**63)
 
 
+class JsonBody(Protocol):
+    """A body that writes its own JSON (a reply, or a client's request)."""
+
+    def to_json(self) -> bytes: ...
+
+
 class InvalidBody(ValueError):
     """A request body its route's model refuses; the message names every field at fault (a 422)."""
 
@@ -59,6 +67,22 @@ def decode_b64(value: object) -> bytes:
         return binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         raise ValueError("not valid base64") from None
+
+
+def response_object(raw: bytes) -> dict[str, Any]:
+    """An answer's JSON object, for a client's ``parse``: anything else is an :class:`InvalidBody`."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidBody("invalid response body: not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidBody("invalid response body: not a JSON object")
+    return data
+
+
+def dump_json(body: dict[str, Any]) -> bytes:
+    """A body as pydantic's ``model_dump_json`` wrote it: compact, non-ASCII text as UTF-8, fields in order."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _is_unicode(text: str) -> bool:
@@ -113,12 +137,14 @@ class BodyCheck:
     """One body being checked: each accessor returns the field's value (a placeholder if it is at fault) and
     records what is wrong; :meth:`done` raises :class:`InvalidBody` with every fault at once."""
 
-    __slots__ = ("_data", "_faults", "_kind")
+    __slots__ = ("_data", "_faults", "_kind", "_prefix")
 
-    def __init__(self, data: dict[str, Any], kind: str = "request") -> None:
+    def __init__(self, data: dict[str, Any], kind: str = "request", *, _faults: list[str] | None = None,
+                 _prefix: str = "") -> None:
         self._data = data
-        self._faults: list[str] = []
+        self._faults: list[str] = [] if _faults is None else _faults
         self._kind = kind
+        self._prefix = _prefix
 
     def _find(self, names: tuple[str, ...]) -> tuple[str, Any]:
         for name in names:
@@ -127,7 +153,7 @@ class BodyCheck:
         return names[0], _ABSENT
 
     def _fault(self, where: str, reason: str) -> None:
-        self._faults.append(f"{where}: {reason}")
+        self._faults.append(f"{self._prefix}{where}: {reason}")
 
     def text(self, *names: str, max_length: int | None = None) -> str:
         """A required string; one with a maximum length must also be valid Unicode (pydantic checks it only then)."""
@@ -170,6 +196,42 @@ class BodyCheck:
             return None
         return parsed
 
+    def integer(self, *names: str, default: int | None = None) -> int:
+        """An int, required unless it has a default; null is refused either way (the type is not optional)."""
+        where, value = self._find(names)
+        if value is _ABSENT:
+            if default is None:
+                self._fault(where, "Field required")
+            return default or 0
+        parsed = _lax_int(value)
+        if isinstance(parsed, str):
+            self._fault(where, parsed)
+            return default or 0
+        return parsed
+
+    def choice(self, *names: str, choices: tuple[str, ...], default: str) -> str:
+        """One of a few literal strings (a ``Literal`` field with a default); nothing is coerced."""
+        where, value = self._find(names)
+        if value is _ABSENT:
+            return default
+        if isinstance(value, str) and value in choices:
+            return value
+        quoted = [f"'{c}'" for c in choices]
+        expected = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + f" or {quoted[-1]}"
+        self._fault(where, f"Input should be {expected}")
+        return default
+
+    def nested(self, *names: str, model: str) -> BodyCheck | None:
+        """An optional nested object (a model named ``model`` on the wire's messages): a check of its own whose
+        faults are reported with this body's, under the field's name; None when absent, null or at fault."""
+        where, value = self._find(names)
+        if value is _ABSENT or value is None:
+            return None
+        if isinstance(value, dict):
+            return BodyCheck(value, self._kind, _faults=self._faults, _prefix=f"{self._prefix}{where}.")
+        self._fault(where, f"Input should be a valid dictionary or instance of {model}")
+        return None
+
     def b64(self, *names: str) -> bytes:
         """Required bytes, as base64 (a null is not base64 either)."""
         where, value = self._find(names)
@@ -204,5 +266,6 @@ class BodyCheck:
         return default
 
     def done(self) -> None:
-        if self._faults:
+        """Raise for every fault found so far (a nested check leaves this to its outermost body)."""
+        if self._faults and not self._prefix:
             raise InvalidBody(f"invalid {self._kind} body: " + "; ".join(self._faults))
