@@ -408,6 +408,8 @@ async def test_a_verifier_east_or_west_of_utc_is_read_with_its_offset(tmp_path: 
         local = time.time() + hours * 3600  # what time.asctime() says on the verifier
         await dev.agent.revocation(_notice(notifier[0], when=time.asctime(time.gmtime(local - 3600))))
         assert dev.acted == []  # an hour before the enrolment, in the verifier's time
+        [stale] = [r.detail for r in dev.audit.records(since=0) if r.kind == "keylime.revocation_stale"]
+        assert ("UTC+05:30" if hours > 0 else "UTC-08:00") in stale["not_acted_on"]
         await dev.agent.revocation(_notice(notifier[0], when=time.asctime(time.gmtime(local))))
         assert dev.acted == [1]
 
@@ -459,8 +461,11 @@ def test_a_tenant_ca_with_no_delivered_notifier_certificate_is_a_settings_warnin
     problems = Problems()
     settings = parse_keylime_settings(table, tmp_path, problems)
     assert settings is not None
+    from edgeward.cli.check import split_warnings
+
     [warning] = problems.warnings
     assert warning.startswith("edgeward.keylime.revocation_cert: ") and "--verify" in warning
+    assert split_warnings((warning,)) == ([], [warning])  # `edgeward check`'s configuration row, not "no effect"
     settings.state_dir.mkdir(parents=True)
     (settings.state_dir / "revocation-cert.pem").write_bytes(_pem(_issue("RevocationNotifier", ca)[1]))
     quiet = Problems()

@@ -83,7 +83,8 @@ class NoticeHandler:
         if when < floor - CLOCK_TOLERANCE:
             return "keylime.revocation_stale", (
                 f"it is dated before the last bootstrap or clearing of a revocation (by {(floor - when) / 60:.0f} "
-                f"min, reading its time as the verifier's at UTC{offset // 60:+03d}:{abs(offset) % 60:02d} "
+                f"min, reading its time as the verifier's at UTC{'-' if offset < 0 else '+'}{abs(offset) // 60:02d}:"
+                f"{abs(offset) % 60:02d} "
                 "([edgeward.keylime] verifier_utc_offset: set it if the verifier's local time is not that))")
         if self._seen(digest, _SEEN_UNTRUSTED) or not self._first_sighting(digest, _SEEN, SEEN_EVENTS):
             return "keylime.revocation_replayed", "it was received before"

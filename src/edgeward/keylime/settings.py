@@ -4,7 +4,9 @@ Every default is the safe one: mTLS is always on (there is no setting to turn it
 recorded and nothing more unless ``revocation_action`` says otherwise, and a kernel that runs IMA (and so owns
 PCR 10) makes the agent refuse to start rather than mix two lists in one PCR. ``stop_modules`` needs
 ``revocation_cert``: a certificate only a payload delivered is no evidence (any client of the verifier's CA can post
-one), so without it notices are recorded and never acted on, and the configuration check says so.
+one), so without it notices are recorded and never acted on, and the configuration check says so; it says so too
+when ``revocation_cert`` is a tenant CA and no enrolment has delivered the notifier certificate it issued.
+``verifier_utc_offset``: the verifier's local time zone, which Keylime dates notices in (default UTC).
 """
 
 from __future__ import annotations
