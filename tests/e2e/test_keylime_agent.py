@@ -492,6 +492,50 @@ def test_an_enrolment_update_needs_the_operators_reset_of_the_pinned_bootstrap(
     print(f"\nreset + keylime_tenant -c update --verify: {took:.2f} s")
 
 
+def test_a_bare_u_flood_during_enrolment_does_not_keep_the_bootstrap_out(
+        device: Device, keylime_services: KeylimeServices) -> None:
+    """N3 of the second review: another client of the verifier's CA posted a bare U every 100 ms through the
+    enrolment; the tenant's U was overwritten, the verifier's V combined with nothing and was answered 200: PASS with
+    no pin, no payload, no RevocationNotifier certificate. Now the tenant's U waits beside the flood's and the V
+    combines with it."""
+    client = mint_client_cert(keylime_services, "some-tenant")
+    ctx = ssl.create_default_context(cafile=str(device.state / "keylime" / "mtls-cert.pem"))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(client[0]), str(client[1]))
+    with urllib.request.urlopen(f"https://127.0.0.1:{device.port}/v2.6/keys/pubkey", context=ctx,
+                                timeout=30) as response:
+        pubkey = json.loads(response.read())["results"]["pubkey"]
+    common = ["-c", str(device.config), "--state-dir", str(device.state), "--run-dir", str(device.run)]
+    reset = device.edgeward("attest", "keylime-reset-bootstrap", *common)
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    (device.state / "keylime" / "revocation-cert.pem").unlink()
+    pins = len(device.audit("keylime.bootstrap_pinned"))
+    stop, answers = threading.Event(), collections.Counter[int]()
+
+    def flood() -> None:
+        while not stop.wait(0.1):
+            bare, _ = _hijack(pubkey, _own_notifier()[1])
+            bare.pop("payload")
+            answers[_agent_call(device, "POST", "/v2.6/keys/ukey", client, bare)] += 1
+
+    flooding = threading.Thread(target=flood)
+    flooding.start()
+    try:
+        _wait_for("the flood's first U", lambda: answers[200], 30)
+        policy = device.base / "policy.json"
+        updated = keylime_services.tenant("-c", "update", "-u", AGENT_UUID, "--runtime-policy", str(policy),
+                                          "--cert", "default", "--verify")
+    finally:
+        stop.set()
+        flooding.join()
+    print(f"\nbare-U flood during keylime_tenant -c update --verify: answers {dict(answers)}")
+    assert updated.returncode == 0, updated.stdout[-3000:] + updated.stderr[-3000:]
+    assert len(device.audit("keylime.bootstrap_pinned")) == pins + 1
+    assert (device.state / "keylime" / "revocation-cert.pem").exists()
+    assert answers[409], answers  # pinned: the flood's later halves are refused unread
+    _wait_for("attestations after the update", lambda: _passing_beyond(keylime_services, 1), 12 * QUOTE_INTERVAL)
+
+
 def test_swapped_module_fails_attestation_and_is_revoked(device: Device, keylime_services: KeylimeServices) -> None:
     data = device.module_exe.read_bytes()
     swapped = device.base / "modules" / "sensor.new"

@@ -62,13 +62,16 @@ class _Api:
     port: int
     client: ssl.SSLContext
     agent: _StandIn
+    others: dict[str, ssl.SSLContext]  # more clients of the verifier's CA, each with a certificate of its own
 
-    def post(self, route: str, body: bytes | None, length: int | None = None, chunked: bool = False) -> int:
+    def post(self, route: str, body: bytes | None, length: int | None = None, chunked: bool = False,
+             who: str | None = None) -> int:
         """POST with a Content-Length of ``length`` (default: the body's), sending ``body`` (None: headers only, so
         only an answer given unread can arrive). Blocking, for a thread: the bytes go out from C, unlike the
         event loop's buffers, so the server's memory is all tracemalloc sees grow."""
+        client = self.others[who] if who else self.client
         with socket.create_connection(("127.0.0.1", self.port), timeout=20) as raw, \
-                self.client.wrap_socket(raw, server_hostname="localhost") as s:
+                client.wrap_socket(raw, server_hostname="localhost") as s:
             size = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {length or len(body or b'')}"
             s.sendall(f"POST /v2.6/keys/{route} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
                       f"{size}\r\n\r\n".encode())
@@ -90,6 +93,11 @@ async def api(tmp_path: Path) -> AsyncIterator[_Api]:
     server.load_cert_chain(str(server_cert), str(server_key))
     client = ssl.create_default_context(cafile=str(ca_path))
     client.load_cert_chain(str(client_cert), str(client_key))
+    others: dict[str, ssl.SSLContext] = {}
+    for who in ("verifier", "attacker"):
+        _, _, cert_path, key_path = _issue(tmp_path, who, (ca_cert, ca_key))
+        others[who] = ssl.create_default_context(cafile=str(ca_path))
+        others[who].load_cert_chain(str(cert_path), str(key_path))
     agent = _StandIn(Payloads(tmp_path / "keylime", rsa.generate_private_key(65537, 2048), UUID))
     (tmp_path / "keylime").mkdir()
     runner = web.AppRunner(routes.build_agent_app(agent))  # type: ignore[arg-type] # the routes it needs
@@ -98,7 +106,7 @@ async def api(tmp_path: Path) -> AsyncIterator[_Api]:
     await site.start()
     port = runner.addresses[0][1]
     try:
-        yield _Api(port, client, agent)
+        yield _Api(port, client, agent, others)
     finally:
         await runner.cleanup()
 
@@ -166,6 +174,34 @@ async def test_a_second_payload_waits_briefly_then_is_refused_not_queued(api: _A
         assert await asyncio.to_thread(api.post, "ukey", None, 1 << 20) == 429
         assert asyncio.get_running_loop().time() - started < routes.PAYLOAD_WAIT_SECONDS + 2
         _, vkey, _ = _bootstrap(api.agent.payloads._key.public_key(), None)
-        assert await asyncio.to_thread(api.post, "vkey", json.dumps(vkey).encode()) == 200
+        assert await asyncio.to_thread(api.post, "vkey", json.dumps(vkey).encode()) == 400  # at once: no U for it
     finally:
         slow.close()
+
+
+async def test_a_bare_u_flood_from_another_certificate_does_not_keep_the_bootstrap_from_combining(api: _Api) -> None:
+    """N3 of the second review, over mTLS: a holder of another client certificate posts bare U halves throughout
+    enrolment. The tenant's U (with its payload) stays pending beside them; the verifier's V combines with it and is
+    answered 200; a V that combines with nothing is answered 400, which Keylime's verifier takes as a failed agent
+    (event no_v), not as success."""
+    from tests.unit.test_keylime_auth import _issue as issue_rsa
+
+    pub = api.agent.payloads._key.public_key()
+    notifier = issue_rsa("RevocationNotifier")
+    ukey, vkey, _ = _bootstrap(pub, notifier[1])
+
+    async def flood(n: int) -> list[int]:
+        codes = []
+        for _ in range(n):
+            bare, _, _ = _bootstrap(pub, None)
+            codes.append(await asyncio.to_thread(api.post, "ukey", json.dumps(bare).encode(), who="attacker"))
+        return codes
+
+    assert set(await flood(3)) == {200}
+    assert await asyncio.to_thread(api.post, "ukey", json.dumps(ukey).encode()) == 200  # the tenant's
+    assert set(await flood(5)) == {200}
+    _, evil_v, _ = _bootstrap(pub, None)
+    assert await asyncio.to_thread(api.post, "vkey", json.dumps(evil_v).encode(), who="attacker") == 400
+    assert await asyncio.to_thread(api.post, "vkey", json.dumps(vkey).encode(), who="verifier") == 200
+    assert api.agent.payloads.pinned()
+    assert (api.agent.payloads.home / "revocation-cert.pem").exists()

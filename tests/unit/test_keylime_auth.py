@@ -82,11 +82,11 @@ def _notice(key: rsa.RSAPrivateKey, *, kind: str = "revocation", agent_id: str =
 class _Device:
     """The agent's notice and payload halves over one state dir, with no TPM and no listener."""
 
-    def __init__(self, tmp_path: Path, revocation_cert: bytes | None) -> None:
+    def __init__(self, tmp_path: Path, revocation_cert: bytes | None, *, verifier_utc_offset: str | int = 0) -> None:
         self.verifier_ca = _issue("verifier CA", ca=True)
         (tmp_path / "ca.pem").write_bytes(_pem(self.verifier_ca[1]))
         table = {"registrar_url": "http://127.0.0.1:1", "verifier_ca": str(tmp_path / "ca.pem"),
-                 "revocation_action": "stop_modules"}
+                 "revocation_action": "stop_modules", "verifier_utc_offset": verifier_utc_offset}
         if revocation_cert is not None:
             (tmp_path / "revocation.pem").write_bytes(revocation_cert)
             table["revocation_cert"] = str(tmp_path / "revocation.pem")
@@ -328,3 +328,146 @@ async def test_the_unverified_tally_survives_an_audit_log_that_cannot_be_written
         assert record.detail["notices"] == 2  # the summary that could not be written is carried into the next
     finally:
         task.cancel()
+
+
+# N3 of the second review: a bare-U flood kept the genuine bootstrap from ever combining ----------------------------
+def test_a_bare_u_flood_from_another_client_does_not_keep_the_tenants_u_from_combining(tmp_path: Path) -> None:
+    """The review's run: a U of its own (no payload) every 100 ms overwrote the tenant's; the verifier's V then met
+    the attacker's U and was answered 200 all the same: no pin, no payload, no notifier certificate, nothing said."""
+    dev = _Device(tmp_path, None)
+    notifier = _issue("RevocationNotifier")
+    u, v, k = _bootstrap(dev.nk.public_key(), notifier[1])
+    dev.payloads.ukey(u, peer="tenant")
+    for peer in ("attacker", "attacker", "tenant", "attacker"):  # the tenant and verifier may share one certificate
+        bare, _, _ = _bootstrap(dev.nk.public_key(), None)
+        dev.payloads.ukey(bare, peer=peer)
+    dev.payloads.vkey(v, peer="verifier")
+    assert dev.payloads.verify("c") == hmac.new(k, b"c", hashlib.sha384).hexdigest()
+    assert dev.payloads.pinned() and (dev.agent.home / "revocation-cert.pem").read_bytes() == _pem(notifier[1])
+    assert dev.kinds() == ["keylime.bootstrap_pinned"]
+
+
+def test_a_v_that_combines_with_no_u_is_refused_and_recorded(tmp_path: Path) -> None:
+    from edgeward.keylime.payloads import BootstrapIncomplete
+
+    dev = _Device(tmp_path, None)
+    _, v, _ = _bootstrap(dev.nk.public_key(), None)
+    for _ in range(3):
+        bare, _, _ = _bootstrap(dev.nk.public_key(), None)
+        dev.payloads.ukey(bare, peer="attacker")
+    for _ in range(3):  # the verifier posts its V once; anyone else may post many: one record a minute
+        with pytest.raises(BootstrapIncomplete, match="bootstrap not completed"):
+            dev.payloads.vkey(v, peer="verifier")
+    assert not dev.payloads.pinned() and dev.payloads.verify("c") is None
+    [record] = [r.detail for r in dev.audit.records(since=0) if r.kind == "keylime.bootstrap_incomplete"]
+    assert record["pending_u"] == 3 and record["v_sha256"]
+
+
+def test_pending_u_halves_are_bounded_per_certificate_and_in_certificates(tmp_path: Path) -> None:
+    from edgeward.keylime import payloads as mod
+
+    dev = _Device(tmp_path, None)
+    u, v, _ = _bootstrap(dev.nk.public_key(), None)
+    dev.payloads.ukey(u, peer="tenant")
+    for i in range(mod.PENDING_CERTS + 3):
+        for _ in range(mod.PENDING_PER_CERT + 2):
+            bare, _, _ = _bootstrap(dev.nk.public_key(), None)
+            dev.payloads.ukey(bare, peer=f"attacker-{i}")
+    assert dev.payloads.pending() <= mod.PENDING_CERTS * mod.PENDING_PER_CERT
+    with pytest.raises(mod.BootstrapIncomplete):  # the oldest certificate's halves went first: the tenant's
+        dev.payloads.vkey(v, peer="verifier")
+
+
+# N2 of the second review: a genuine notice the device never recorded, replayed -----------------------------------
+async def test_a_notice_dated_hours_before_a_re_enrolment_is_stale(tmp_path: Path) -> None:
+    """(a) EVENT_TIME_SLACK was 13 h: a notice captured 3 h before the operator repaired and re-added the device
+    revoked it again."""
+    ca = _issue("tenant CA", ca=True)
+    notifier = _issue("RevocationNotifier", ca)
+    dev = _Device(tmp_path, _pem(ca[1]))
+    dev.enrol(notifier[1])
+    n0 = _notice(notifier[0], when=time.asctime(time.gmtime(time.time() - 3 * 3600)))
+    request_reset(dev.agent.home)
+    assert not dev.payloads.pinned()
+    dev.enrol(notifier[1])
+    await dev.agent.revocation(n0)
+    assert dev.acted == [] and dev.agent.gate.refusal(dev.audit) is None
+    [stale] = [r.detail for r in dev.audit.records(since=0) if r.kind == "keylime.revocation_stale"]
+    assert "verifier_utc_offset" in stale["not_acted_on"]
+    await dev.agent.revocation(_notice(notifier[0], when=time.asctime(time.gmtime(time.time() - 300))))
+    assert dev.acted == [1]  # within the clock-skew tolerance of the floor
+
+
+async def test_a_verifier_east_or_west_of_utc_is_read_with_its_offset(tmp_path: Path) -> None:
+    notifier = _issue("RevocationNotifier")
+    for offset, hours in (("+05:30", 5.5), (-480, -8.0)):
+        home = tmp_path / str(offset)
+        home.mkdir()
+        dev = _Device(home, _pem(notifier[1]), verifier_utc_offset=offset)
+        dev.enrol(notifier[1])
+        local = time.time() + hours * 3600  # what time.asctime() says on the verifier
+        await dev.agent.revocation(_notice(notifier[0], when=time.asctime(time.gmtime(local - 3600))))
+        assert dev.acted == []  # an hour before the enrolment, in the verifier's time
+        [stale] = [r.detail for r in dev.audit.records(since=0) if r.kind == "keylime.revocation_stale"]
+        assert ("UTC+05:30" if hours > 0 else "UTC-08:00") in stale["not_acted_on"]
+        await dev.agent.revocation(_notice(notifier[0], when=time.asctime(time.gmtime(local))))
+        assert dev.acted == [1]
+
+
+def test_verifier_utc_offset_is_hours_and_minutes_or_minutes(tmp_path: Path) -> None:
+    table = {"registrar_url": "http://127.0.0.1:1", "verifier_ca": str(tmp_path / "ca.pem")}
+    for raw, minutes in (("+01:00", 60), ("-05:30", -330), ("00:00", 0), (120, 120), (-720, -720)):
+        problems = Problems()
+        settings = parse_keylime_settings({**table, "verifier_utc_offset": raw}, tmp_path, problems)
+        assert settings is not None and settings.verifier_utc_offset == minutes, (raw, problems.items)
+    for bad in ("+1", "UTC+1", "+15:00", 900, "+01:75", True):
+        problems = Problems()
+        parse_keylime_settings({**table, "verifier_utc_offset": bad}, tmp_path, problems)
+        assert [i for i in problems.items if "verifier_utc_offset" in i], bad
+    defaults = parse_keylime_settings(table, tmp_path, Problems())
+    assert defaults is not None and defaults.verifier_utc_offset == 0
+
+
+async def test_a_signed_notice_recorded_before_revocation_cert_was_set_is_not_obeyed_when_replayed(
+        tmp_path: Path) -> None:
+    """(b) A notice that verified with the payload's certificate while no revocation_cert was set was only tallied;
+    its digest never entered the seen-list, so once the operator configured revocation_cert the same notice
+    replayed was acted on."""
+    notifier = _issue("RevocationNotifier")
+    before = _Device(tmp_path, None)
+    before.enrol(notifier[1])
+    n0 = _notice(notifier[0])
+    await before.agent.revocation(n0)
+    junk = _issue("RevocationNotifier")
+    await before.agent.revocation(_notice(junk[0]))  # does not verify: never remembered
+    await before.agent.revocation(_notice(notifier[0], agent_id="0" * 8 + UUID[8:]))  # another agent's: neither
+    assert len(json.loads((before.agent.home / "revocations-seen-untrusted.json").read_bytes())) == 1
+    before.audit.close()
+    after = _Device(tmp_path, _pem(notifier[1]))
+    await after.agent.revocation(n0)
+    assert after.acted == []
+    assert after.kinds()[-1] == "keylime.revocation_replayed"
+    await after.agent.revocation(_notice(notifier[0]))
+    assert after.acted == [1]
+
+
+def test_a_tenant_ca_with_no_delivered_notifier_certificate_is_a_settings_warning(tmp_path: Path) -> None:
+    """With revocation_cert = the tenant CA and no payload delivered (the bootstrap never completed) no notice can
+    be acted on: `edgeward check` and the daemon's start say so."""
+    ca = _issue("tenant CA", ca=True)
+    (tmp_path / "ca.pem").write_bytes(_pem(ca[1]))
+    table = {"registrar_url": "http://127.0.0.1:1", "verifier_ca": str(tmp_path / "v.pem"),
+             "revocation_action": "stop_modules", "revocation_cert": str(tmp_path / "ca.pem")}
+    problems = Problems()
+    settings = parse_keylime_settings(table, tmp_path, problems)
+    assert settings is not None
+    from edgeward.cli.check import split_warnings
+
+    [warning] = problems.warnings
+    assert warning.startswith("edgeward.keylime.revocation_cert: ") and "--verify" in warning
+    assert split_warnings((warning,)) == ([], [warning])  # `edgeward check`'s configuration row, not "no effect"
+    settings.state_dir.mkdir(parents=True)
+    (settings.state_dir / "revocation-cert.pem").write_bytes(_pem(_issue("RevocationNotifier", ca)[1]))
+    quiet = Problems()
+    parse_keylime_settings(table, tmp_path, quiet)
+    assert not quiet.warnings

@@ -7,6 +7,13 @@ as fast as they like, so none of them costs an audit record of its own. Recorded
 about this agent, which only the verifier's RevocationNotifier key can make: ``keylime.revocation`` (a fresh
 revocation, acted on when ``revocation_action = "stop_modules"``), ``keylime.revocation_replayed`` (seen before),
 ``keylime.revocation_stale`` (dated before the floor) and ``keylime.notice`` (another type, such as ``comm_error``).
+
+Remembered against replays: the vouched-for notices, and also the revocations about this agent whose signature
+verified with a certificate the agent holds but the configuration does not vouch for (the payload's, before
+``revocation_cert`` is set): otherwise the verifier's one genuine notice, tallied while nothing vouched for it, is
+obeyed when someone replays it after the operator configures ``revocation_cert`` (the second review's N2). Those go
+to a list of their own (:data:`SEEN_UNTRUSTED`), so whoever holds that certificate's key cannot push the vouched-for
+ones out; a notice that does not verify is never remembered (anyone could fill the list with those).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..fsutil import atomic_write
-from .revocation import EVENT_TIME_SLACK, Notice, check_notice, event_time, load_trust, notice_floor
+from .revocation import CLOCK_TOLERANCE, Notice, check_notice, event_time, load_trust, notice_floor
 
 if TYPE_CHECKING:
     from ..attest.audit import AuditLog
@@ -27,10 +34,12 @@ if TYPE_CHECKING:
     from .revoked import RevocationGate
     from .settings import KeylimeSettings
 
-__all__ = ["SEEN_EVENTS", "NoticeHandler"]
+__all__ = ["SEEN_EVENTS", "SEEN_UNTRUSTED", "NoticeHandler"]
 
 log = logging.getLogger(__name__)
 SEEN_EVENTS = 1024  # vouched-for notices remembered against replays
+SEEN_UNTRUSTED = 256  # authenticated revocations of this agent nothing vouched for, remembered likewise
+_SEEN, _SEEN_UNTRUSTED = "revocations-seen.json", "revocations-seen-untrusted.json"
 
 
 class NoticeHandler:
@@ -45,31 +54,39 @@ class NoticeHandler:
         trust = load_trust(self.settings.revocation_cert, self.home / "revocation-cert.pem")
         notice = check_notice(body, trust)
         if not notice.trusted:
+            if notice.authenticated and agent_uuid and notice.fields.get("agent_id") == agent_uuid \
+                    and notice.fields.get("type") == "revocation":
+                self._first_sighting(_digest(body), _SEEN_UNTRUSTED, SEEN_UNTRUSTED)
             self.tally.add(body, notice.audit_detail())
             return
         if not agent_uuid or notice.fields.get("agent_id") != agent_uuid:
             self.tally.add(body, {**notice.audit_detail(), "check": f"{notice.why}; about another agent"})
             return
-        kind, why_not = self._judge(notice, hashlib.sha256(body["msg"].encode()).hexdigest())
+        kind, why_not = self._judge(notice, _digest(body))
         detail = notice.audit_detail() | ({"not_acted_on": why_not} if why_not else {})
         self._record(kind, detail)
         log.warning("keylime: verified notice (%s) from the verifier: %s %s%s", notice.why, notice.fields.get("type"),
                     notice.fields.get("event_id"), f"; not acted on: {why_not}" if why_not else "")
         if why_not is None and self.settings.revocation_action == "stop_modules":
-            await self._act(hashlib.sha256(body["msg"].encode()).hexdigest(), notice)
+            await self._act(_digest(body), notice)
 
     def _judge(self, notice: Notice, digest: str) -> tuple[str, str | None]:
         """(the audit kind, why it is not acted on or None)."""
         kind = notice.fields.get("type")
         if kind != "revocation":
             return "keylime.notice", f"its type is {kind!r}, not 'revocation'"
-        when = event_time(notice.fields)
+        offset = self.settings.verifier_utc_offset
+        when = event_time(notice.fields, offset)
         floor = notice_floor(self.home)
         if when is None:
             return "keylime.revocation_stale", "its event_time is not a time"
-        if when < floor - EVENT_TIME_SLACK:
-            return "keylime.revocation_stale", "it is dated before the last bootstrap or clearing of a revocation"
-        if not self._first_sighting(digest):
+        if when < floor - CLOCK_TOLERANCE:
+            return "keylime.revocation_stale", (
+                f"it is dated before the last bootstrap or clearing of a revocation (by {(floor - when) / 60:.0f} "
+                f"min, reading its time as the verifier's at UTC{'-' if offset < 0 else '+'}{abs(offset) // 60:02d}:"
+                f"{abs(offset) % 60:02d} "
+                "([edgeward.keylime] verifier_utc_offset: set it if the verifier's local time is not that))")
+        if self._seen(digest, _SEEN_UNTRUSTED) or not self._first_sighting(digest, _SEEN, SEEN_EVENTS):
             return "keylime.revocation_replayed", "it was received before"
         return "keylime.revocation", None
 
@@ -90,10 +107,17 @@ class NoticeHandler:
         except Exception:
             log.exception("keylime: could not record %s in the audit log; %s", kind, detail)
 
-    def _first_sighting(self, digest: str) -> bool:
+    def _seen(self, digest: str, name: str) -> bool:
+        try:
+            seen = json.loads((self.home / name).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return False
+        return isinstance(seen, list) and digest in seen
+
+    def _first_sighting(self, digest: str, name: str, keep: int) -> bool:
         """Whether this signed notice is new (``digest``: of its signed text; Keylime's own event_id names the kind
-        of failure, not the event); remembered across restarts, the last ones only."""
-        path = self.home / "revocations-seen.json"
+        of failure, not the event); remembered across restarts in ``name``, the last ``keep`` only."""
+        path = self.home / name
         try:
             seen: list[str] = json.loads(path.read_bytes())
         except (FileNotFoundError, ValueError):
@@ -101,10 +125,14 @@ class NoticeHandler:
         if digest in seen or digest in self._seen_here:
             return False
         if len(self._seen_here) >= SEEN_EVENTS:
-            self._seen_here.clear()  # the file keeps the last ones; this set only covers what the file could not
+            self._seen_here.clear()  # the files keep the last ones; this set only covers what they could not
         self._seen_here.add(digest)
         try:
-            atomic_write(path, json.dumps([*seen, digest][-SEEN_EVENTS:]).encode())
+            atomic_write(path, json.dumps([*seen, digest][-keep:]).encode())
         except OSError:  # a full disk: a replay is then refused by memory until the next restart
             log.exception("keylime: could not remember the notice on disk; it is remembered until the next restart")
         return True
+
+
+def _digest(body: dict[str, Any]) -> str:
+    return hashlib.sha256(body["msg"].encode()).hexdigest()

@@ -16,6 +16,17 @@ is). ``keylime_tenant -c update`` posts a new U, so it needs that reset first; a
 (``-c updateruntimepolicy``) changes with no bootstrap at all. Until the first pair arrives, whoever posts first
 wins: a pin taken by someone else shows as the verifier's V refused (its agent FAILED at the verifier) and is undone
 by the same reset.
+
+Kept apart until they combine: the same clients may post a U of their own at any time, so one U slot would let any
+of them overwrite the tenant's U just before the verifier's V arrives (the second review's N3: the V then combined
+with nothing, the verifier heard 200, and no pin, payload or notifier certificate was ever taken). So every U is
+kept under the client certificate that posted it (:data:`PENDING_PER_CERT` a certificate, a bare U never pushing
+out one with a payload; :data:`PENDING_CERTS` certificates, the least recent dropped; :data:`PENDING_PAYLOADS`
+payloads in memory in all), and an arriving V is tried against each: the pair whose auth_tag checks is pinned. A V
+is not kept: Keylime's tenant posts its U before it gives the verifier the agent, so a V that combines with no U
+means the bootstrap failed. It is answered 400 (the verifier then marks the agent FAILED, event ``no_v``: visible
+in ``keylime_tenant -c cvstatus``, where a 200 said PASS with no bootstrap), and recorded as
+``keylime.bootstrap_incomplete`` (at most one record a minute, with how many more there were).
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ import os
 import pwd
 import time
 import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +58,8 @@ from .revocation import raise_notice_floor
 if TYPE_CHECKING:
     from ..attest.audit import AuditLog
 
-__all__ = ["RESET_COMMAND", "BootstrapPinned", "PayloadError", "Payloads", "current_pin", "request_reset"]
+__all__ = ["RESET_COMMAND", "BootstrapIncomplete", "BootstrapPinned", "PayloadError", "Payloads", "current_pin",
+           "request_reset"]
 
 log = logging.getLogger(__name__)
 _OAEP = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)  # noqa: S303 -- Keylime's wire format
@@ -54,10 +68,27 @@ MAX_PAYLOAD = 8 << 20
 RESET_COMMAND = "edgeward attest keylime-reset-bootstrap"
 _PIN, _RESET = "bootstrap-pin.json", "bootstrap-reset.json"
 PINNED, RESET = "keylime.bootstrap_pinned", "keylime.bootstrap_reset"
+INCOMPLETE = "keylime.bootstrap_incomplete"
+PENDING_PER_CERT = 4  # U halves kept per client certificate: the tenant's, and a retry or two of its own
+PENDING_CERTS = 8  # client certificates with U halves pending; beyond it the least recent one's are dropped
+PENDING_PAYLOADS = 2  # payloads (up to MAX_PAYLOAD each) held while their U waits for a V
+INCOMPLETE_RECORD_SECONDS = 60.0  # anyone may post V halves: at most one audit record a minute says so
 
 
 class PayloadError(ValueError):
     """A key half or payload that does not decrypt or check: answered 400, nothing stored."""
+
+
+class BootstrapIncomplete(PayloadError):
+    """A V that combines with no pending U: answered 400, so the verifier fails the agent instead of hearing 200."""
+
+
+@dataclass(frozen=True)
+class _PendingU:
+    half: bytes
+    auth_tag: str
+    payload: bytes | None
+    seq: int  # arrival order, across certificates
 
 
 class BootstrapPinned(Exception):
@@ -74,11 +105,11 @@ class Payloads:
         self._key = key
         self._uuid = agent_uuid
         self._audit = audit
-        self._u: bytes | None = None
-        self._v: bytes | None = None
-        self._auth_tag: str | None = None
-        self._payload: bytes | None = None
+        self._pending: OrderedDict[str, list[_PendingU]] = OrderedDict()  # by client certificate, least recent first
+        self._seq = 0
         self._k: bytes | None = None
+        self._incomplete_at = -INCOMPLETE_RECORD_SECONDS
+        self._incomplete_unrecorded = 0
 
     def __repr__(self) -> str:
         return f"Payloads(home={self.home}, bootstrapped={self._k is not None})"
@@ -112,13 +143,19 @@ class Payloads:
         raise_notice_floor(self.home, float(reset.get("time") or time.time()), "bootstrap reset")
         remove_durably(self.home / _PIN)
         remove_durably(self.home / _RESET)
-        self._u = self._v = self._k = self._payload = None
-        self._auth_tag = None
+        self._k = None
+        self._pending.clear()
         log.warning("keylime: the bootstrap key pinned at enrolment was reset by %s; the next tenant's U and "
                     "verifier's V are taken", reset.get("user"))
         return False
 
-    def ukey(self, body: Any) -> None:
+    def pending(self) -> int:
+        """How many U halves wait for a V."""
+        return sum(len(us) for us in self._pending.values())
+
+    def ukey(self, body: Any, *, peer: str = "") -> None:
+        """Keep the U under ``peer`` (the SHA-256 of the client certificate that posted it) until a V combines with
+        it; nothing is pinned or stored yet."""
         if self.pinned():
             raise BootstrapPinned
         half = self._decrypt_half(body)
@@ -128,40 +165,68 @@ class Payloads:
         payload = body.get("payload")
         if payload is not None and not isinstance(payload, str):
             raise PayloadError("payload must be base64 text")
-        self._u, self._auth_tag = half, tag
-        self._payload = base64.b64decode(payload) if payload else None
-        self._combine()
+        self._seq += 1
+        entry = _PendingU(half, tag, base64.b64decode(payload) if payload else None, self._seq)
+        mine = [*self._pending.pop(peer, []), entry]
+        while len(mine) > PENDING_PER_CERT:  # the oldest bare U goes first: a U with a payload outlives bare ones
+            mine.remove(next((u for u in mine if u.payload is None), mine[0]))
+        self._pending[peer] = mine
+        while len(self._pending) > PENDING_CERTS:
+            self._pending.popitem(last=False)
+        held = [(p, u) for p, us in self._pending.items() for u in us if u.payload is not None]
+        if len(held) > PENDING_PAYLOADS:  # this certificate's own older payload first, else the oldest one
+            own = [(p, u) for p, u in held if p == peer and u is not entry]
+            p, u = min(own or [(p, u) for p, u in held if u is not entry], key=lambda pu: pu[1].seq)
+            self._pending[p].remove(u)
 
-    def vkey(self, body: Any) -> None:
+    def vkey(self, body: Any, *, peer: str = "") -> None:
+        """Try the V against every pending U and pin the pair whose auth_tag checks; raise BootstrapIncomplete if
+        none does."""
         half = self._decrypt_half(body)
         if self.pinned():
             pin = current_pin(self.home) or {}
             if hmac.compare_digest(str(pin.get("v_sha256")), hashlib.sha256(half).hexdigest()):
                 return  # the pinned V again: the verifier re-sends it after a restart of its own
             raise BootstrapPinned
-        self._v = half
-        self._combine()
+        for u in sorted((u for us in self._pending.values() for u in us), key=lambda u: -u.seq):
+            k = bytes(a ^ b for a, b in zip(u.half, half, strict=True))
+            if hmac.compare_digest(hmac.new(k, self._uuid.encode(), hashlib.sha384).hexdigest(), u.auth_tag):
+                self._pin(u, half)
+                self._pending.clear()
+                self._k = k
+                if u.payload:
+                    self._store(k, u.payload)
+                return
+        self._incomplete(half, peer)
+        raise BootstrapIncomplete(
+            f"bootstrap not completed: this V combines with none of the {self.pending()} U key halves received; "
+            "the tenant posts its U before it adds the agent to the verifier (keylime_tenant -c add ... --verify "
+            "reports this)")
 
-    def _combine(self) -> None:
-        if self._u is None or self._v is None or self._auth_tag is None:
+    def _incomplete(self, v: bytes, peer: str) -> None:
+        """Recorded so an operator sees it, at most once a minute (anyone with a verifier-CA client certificate
+        can post V halves)."""
+        now = time.monotonic()
+        if now - self._incomplete_at < INCOMPLETE_RECORD_SECONDS:
+            self._incomplete_unrecorded += 1
             return
-        k = bytes(a ^ b for a, b in zip(self._u, self._v, strict=True))
-        expected = hmac.new(k, self._uuid.encode(), hashlib.sha384).hexdigest()
-        if not hmac.compare_digest(expected, self._auth_tag):
-            log.warning("keylime: U and V do not combine into the key the tenant's auth_tag names; waiting for others")
-            return
-        self._pin()
-        self._k = k
-        if self._payload:
-            self._store(k, self._payload)
+        v_sha256 = hashlib.sha256(v).hexdigest()
+        detail = {"v_sha256": v_sha256, "peer_sha256": peer, "pending_u": self.pending(),
+                  "certificates": len(self._pending), "unrecorded_before": self._incomplete_unrecorded}
+        self._incomplete_at, self._incomplete_unrecorded = now, 0
+        log.warning("keylime: bootstrap not completed: a V (%s...) combines with none of the %d U key halves "
+                    "pending; no payload or RevocationNotifier certificate is stored", v_sha256[:16], self.pending())
+        if self._audit is not None:
+            try:
+                self._audit.append(INCOMPLETE, None, detail)
+            except Exception:  # a full disk: the V is refused all the same
+                log.exception("keylime: could not record %s; %s", INCOMPLETE, detail)
 
-    def _pin(self) -> None:
+    def _pin(self, u: _PendingU, v: bytes) -> None:
         """Durably, before the verifier hears 200 for its V."""
-        assert self._u is not None and self._v is not None
         now = time.time()
-        pin = {"u_sha256": hashlib.sha256(self._u).hexdigest(), "v_sha256": hashlib.sha256(self._v).hexdigest(),
-               "time": now,
-               "payload_sha256": hashlib.sha256(self._payload).hexdigest() if self._payload else None}
+        pin = {"u_sha256": hashlib.sha256(u.half).hexdigest(), "v_sha256": hashlib.sha256(v).hexdigest(),
+               "time": now, "payload_sha256": hashlib.sha256(u.payload).hexdigest() if u.payload else None}
         atomic_write(self.home / _PIN, json.dumps(pin).encode())
         raise_notice_floor(self.home, now, "bootstrap pinned")
         if self._audit is not None:

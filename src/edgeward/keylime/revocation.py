@@ -15,8 +15,12 @@ record only, and never acted on.
 What is acted on, besides the signature: ``type == "revocation"`` (the verifier also sends ``comm_error``), naming
 this agent (the verifier sends every notice to every agent it attests), not seen before, and not dated before the
 floor (the last bootstrap pinned, or revocation cleared): a genuine old notice replayed after an operator cleared it
-is recorded, not obeyed. Keylime dates a notice with ``time.asctime()``, the verifier's local time with no zone, so
-the floor is compared with :data:`EVENT_TIME_SLACK` to spare: a verifier west of UTC writes times that look earlier.
+is recorded, not obeyed. Keylime dates a notice with ``time.asctime()``, the verifier's local time with no zone: it
+is read at ``verifier_utc_offset`` (default UTC, as Keylime's containers and most servers run) and compared with the
+floor less :data:`CLOCK_TOLERANCE` for the two clocks' skew. (It was compared with 13 h to spare, for any zone: a
+notice captured up to 13 h before an operator re-enrolled or cleared the device was obeyed when replayed.) A
+verifier west of its configured offset dates notices too early, so genuine ones just after an enrolment are
+recorded as stale, saying to set the offset; east of it, older notices pass the floor by that many hours.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import binascii
 import calendar
 import datetime
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +44,16 @@ from cryptography.x509.oid import NameOID
 
 from ..fsutil import atomic_write
 
-__all__ = ["EVENT_TIME_SLACK", "Notice", "RevocationCertRefused", "Trust", "check_notice",
-           "check_revocation_cert", "event_time", "load_trust", "notice_floor", "raise_notice_floor"]
+__all__ = ["CLOCK_TOLERANCE", "Notice", "RevocationCertRefused", "Trust", "check_notice",
+           "check_revocation_cert", "event_time", "load_trust", "notice_floor", "parse_utc_offset",
+           "raise_notice_floor", "undelivered_warning"]
 
 _FIELDS = ("type", "agent_id", "event_id", "severity_label", "event_time", "ip", "port")
 _MAX_CONTEXT = 2000
 _MAX_FIELD = 256
 NOTIFIER_CN = "RevocationNotifier"  # the subject keylime's ca_util gives the key the tenant hands the verifier
-EVENT_TIME_SLACK = 13 * 3600.0  # UTC-12, the furthest west a verifier's local time can be, and an hour of clock skew
+CLOCK_TOLERANCE = 600.0  # the verifier's clock ahead of the device's by up to this is still within the floor
+_OFFSET = re.compile(r"^([+-]?)(\d\d):(\d\d)$")
 _FLOOR = "notice-floor.json"
 _SETTING = "edgeward.keylime.revocation_cert"
 _MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
@@ -182,16 +189,32 @@ def check_notice(body: Any, trust: Trust) -> Notice:
     return Notice(True, True, f"signature verified with {trust.source}", fields)
 
 
-def event_time(fields: dict[str, Any]) -> float | None:
-    """The notice's ``event_time`` (``time.asctime()``: "Thu Dec  3 06:01:02 2026") as seconds, read as UTC;
-    None if it is not that. Parsed by hand: strptime's month names follow the locale."""
+def parse_utc_offset(raw: object) -> int | None:
+    """``verifier_utc_offset`` in minutes: "+HH:MM" / "-HH:MM", or an integer of minutes; from -12:00 to +14:00.
+    None if it is neither."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        minutes = raw
+    elif isinstance(raw, str) and (m := _OFFSET.match(raw)) and int(m[3]) < 60:
+        minutes = (-1 if m[1] == "-" else 1) * (int(m[2]) * 60 + int(m[3]))
+    else:
+        return None
+    return minutes if -12 * 60 <= minutes <= 14 * 60 else None
+
+
+def event_time(fields: dict[str, Any], utc_offset_minutes: int = 0) -> float | None:
+    """The notice's ``event_time`` (``time.asctime()``: "Thu Dec  3 06:01:02 2026", the verifier's local time) as
+    seconds since the epoch, for a verifier ``utc_offset_minutes`` east of UTC; None if it is not that. Parsed by
+    hand: strptime's month names follow the locale."""
     raw = fields.get("event_time")
     parts = raw.split() if isinstance(raw, str) else []
     if len(parts) != 5 or parts[1] not in _MONTHS:
         return None
     try:
         hh, mm, ss = (int(x) for x in parts[3].split(":"))
-        return float(calendar.timegm((int(parts[4]), _MONTHS[parts[1]], int(parts[2]), hh, mm, ss, 0, 0, 0)))
+        local = calendar.timegm((int(parts[4]), _MONTHS[parts[1]], int(parts[2]), hh, mm, ss, 0, 0, 0))
+        return float(local - 60 * utc_offset_minutes)
     except (ValueError, OverflowError):
         return None
 
@@ -212,3 +235,22 @@ def raise_notice_floor(home: Path, since: float, why: str) -> None:
     """Move the floor up to ``since`` (never down)."""
     if since > notice_floor(home):
         atomic_write(home / _FLOOR, json.dumps({"since": since, "why": why}).encode())
+
+
+def undelivered_warning(configured: Path | None, home: Path) -> str | None:
+    """The settings warning for a revocation_cert that is a CA when no payload has delivered a RevocationNotifier
+    certificate it issued: then no notice is acted on (the bootstrap never completed, or has not yet). None when
+    the certificate is not a CA, cannot be read (the agent's start refuses it), or the state is not readable here."""
+    if configured is None:
+        return None
+    try:
+        if not _is_ca(x509.load_pem_x509_certificate(configured.read_bytes())):
+            return None
+        trust = load_trust(configured, home / "revocation-cert.pem")
+    except (OSError, ValueError):
+        return None
+    if trust.acts:
+        return None
+    return (f"{_SETTING}: a CA, and {trust.source}: revocation notices are recorded and never acted on until an "
+            "enrolment delivers the RevocationNotifier certificate it issued (keylime_tenant -c add ... --cert <dir> "
+            "--verify; --verify fails if the bootstrap does not complete)")

@@ -7,6 +7,7 @@ does is in :mod:`.quotes`, :mod:`.payloads` and :mod:`.revocation` (through :cla
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -93,8 +94,9 @@ async def _ukey(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
     length = _length(request, MAX_UKEY_BODY, "a U key half with its payload")
     if agent.payloads.pinned():
         raise _Refused(409, str(BootstrapPinned()))
+    ukey = functools.partial(agent.payloads.ukey, peer=_peer(request))  # kept per client certificate
     if length <= SMALL_UKEY_BODY:
-        _pinned_is_409(agent.payloads.ukey, await _body(request))
+        _pinned_is_409(ukey, await _body(request))
         return {}
     slot = request.app[PAYLOAD_SLOT]
     try:
@@ -113,15 +115,17 @@ async def _ukey(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
         except ValueError:
             raise _Refused(400, "the body is not JSON") from None
         del raw
-        _pinned_is_409(agent.payloads.ukey, body)
+        _pinned_is_409(ukey, body)
     finally:
         slot.release()
     return {}
 
 
 async def _vkey(agent: KeylimeAgent, request: web.Request) -> dict[str, Any]:
+    """200 only when the V combined (or is the pinned one again); one that combines with no U is 400
+    (BootstrapIncomplete), which Keylime's verifier takes as a failed agent rather than a bootstrapped one."""
     _length(request, MAX_VKEY_BODY, "a V key half")
-    _pinned_is_409(agent.payloads.vkey, await _body(request))
+    _pinned_is_409(functools.partial(agent.payloads.vkey, peer=_peer(request)), await _body(request))
     return {}
 
 

@@ -4,7 +4,9 @@ Every default is the safe one: mTLS is always on (there is no setting to turn it
 recorded and nothing more unless ``revocation_action`` says otherwise, and a kernel that runs IMA (and so owns
 PCR 10) makes the agent refuse to start rather than mix two lists in one PCR. ``stop_modules`` needs
 ``revocation_cert``: a certificate only a payload delivered is no evidence (any client of the verifier's CA can post
-one), so without it notices are recorded and never acted on, and the configuration check says so.
+one), so without it notices are recorded and never acted on, and the configuration check says so; it says so too
+when ``revocation_cert`` is a tenant CA and no enrolment has delivered the notifier certificate it issued.
+``verifier_utc_offset``: the verifier's local time zone, which Keylime dates notices in (default UTC).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ DEFAULT_AK_HANDLE = 0x81_00_4B_41  # the owner's persistent range; clear of the 
 DEFAULT_PORT = 9002  # the Keylime agent's usual port
 _KNOWN = {"registrar_url", "agent_uuid", "listen_address", "listen_port", "contact_address", "verifier_ca",
           "state_dir", "hash_alg", "ak_algorithm", "ak_handle", "revocation_action", "revocation_cert",
-          "ima_securityfs"}
+          "ima_securityfs", "verifier_utc_offset"}
 _UUID = re.compile(r"^[0-9a-fA-F-]{36}$")
 
 
@@ -48,6 +50,8 @@ class KeylimeSettings:
     # payload's certificate then counts only if that CA issued it); None: no notice is ever acted on
     revocation_cert: Path | None = None
     ima_securityfs: Path = Path("/sys/kernel/security/ima")  # where a kernel that runs IMA shows its list
+    # minutes east of UTC of the verifier's clock: Keylime dates notices in its local time with no zone (revocation.py)
+    verifier_utc_offset: int = 0
 
     @property
     def contact(self) -> str:
@@ -124,6 +128,7 @@ def parse_keylime_settings(table: Mapping[str, Any], state_dir: Path, problems: 
             "certificate")
     home = _path(p, table, "state_dir", state_dir / "keylime")
     assert home is not None
+    offset = _revocation_checks(p, table, revocation_cert, home)
     if ca is None or split.scheme != "http":
         return None
     return KeylimeSettings(
@@ -132,4 +137,21 @@ def parse_keylime_settings(table: Mapping[str, Any], state_dir: Path, problems: 
         ak_algorithm="ecc" if ak_alg == "ecc" else "rsa", ak_handle=ak_handle,
         revocation_action="stop_modules" if action == "stop_modules" else "record",
         revocation_cert=revocation_cert,
-        ima_securityfs=_path(p, table, "ima_securityfs", Path("/sys/kernel/security/ima")) or Path())
+        ima_securityfs=_path(p, table, "ima_securityfs", Path("/sys/kernel/security/ima")) or Path(),
+        verifier_utc_offset=offset)
+
+
+def _revocation_checks(p: Problems, table: Mapping[str, Any], cert: Path | None, home: Path) -> int:
+    """``verifier_utc_offset`` (minutes), and the warning for a tenant CA with no notifier certificate delivered."""
+    from .revocation import parse_utc_offset, undelivered_warning  # noqa: PLC0415 -- cryptography, only if used
+
+    raw = table.get("verifier_utc_offset", 0)
+    offset = parse_utc_offset(raw)
+    if offset is None:
+        p.add("edgeward.keylime.verifier_utc_offset", raw,
+              '"+HH:MM" or "-HH:MM", or minutes (the verifier\'s local time, which Keylime dates notices in, '
+              "east of UTC; -12:00 to +14:00)")
+    warning = undelivered_warning(cert, home)
+    if warning is not None:
+        p.warnings.append(warning)
+    return offset or 0
