@@ -161,7 +161,7 @@ def _measure(args: list[str], state: Path, log: Path, starts: int) -> dict[str, 
 
 def run(starts: int = 5) -> dict[str, Any]:
     """The floor, `serve keys` (embedded defaults and, as packaged, --config-dir) and `run` on embedded defaults."""
-    _compile_package()
+    compile_package()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         os.chmod(tmp, 0o755)
@@ -177,7 +177,7 @@ def run(starts: int = 5) -> dict[str, Any]:
     return {"floor_rss_mb": floor["rss_idle_mb"], "floor_start_to_ready_s": floor["start_to_ready_s"], "serve_keys": keys, "serve_keys_config_dir": keys_dir, "run": run_}
 
 
-def _compile_package() -> None:
+def compile_package() -> None:
     """Bytecode for Edgeward as the package's postinst writes it. The floor's aiohttp and cryptography come with
     theirs (pip compiles at install); an editable checkout under PYTHONDONTWRITEBYTECODE has none, so every start
     would compile ~150 modules (0.4-0.5 s and 1.5-2 MB) that no installed device ever does."""
