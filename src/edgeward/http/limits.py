@@ -43,29 +43,41 @@ class CallerLimiter:
     max_connections: int | None = None
     _slots: dict[Hashable, _Slot] = field(default_factory=dict)
 
-    @asynccontextmanager
-    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+    async def enter(self, key: Hashable) -> None:
+        """Take a running slot for ``key`` (waiting in its queue if needed); pair with :meth:`leave`. Not an async
+        context manager: this runs on every request, and the generator-based one cost ~4% of a keys-API sign."""
         slot = self._slots.get(key)
         if slot is None:
             slot = self._slots[key] = _Slot(asyncio.Semaphore(self.max_in_flight))
-        if slot.semaphore.locked() and slot.waiting >= self.max_waiting:
-            raise TooManyRequests(
-                f"too many concurrent requests from {describe_caller(key)} (limit {self.max_in_flight} running, "
-                f"{self.max_waiting} queued); retry later"
-            )
-        slot.waiting += 1
-        try:
-            await slot.semaphore.acquire()
-        finally:
-            slot.waiting -= 1
+        if slot.semaphore.locked():
+            if slot.waiting >= self.max_waiting:
+                raise TooManyRequests(
+                    f"too many concurrent requests from {describe_caller(key)} (limit {self.max_in_flight} running, "
+                    f"{self.max_waiting} queued); retry later"
+                )
+            slot.waiting += 1
+            try:
+                await slot.semaphore.acquire()
+            finally:
+                slot.waiting -= 1
+        else:
+            await slot.semaphore.acquire()  # free: returns without suspending
         slot.active += 1
+
+    def leave(self, key: Hashable) -> None:
+        slot = self._slots[key]
+        slot.active -= 1
+        slot.semaphore.release()
+        if slot.active == 0 and slot.waiting == 0:
+            self._slots.pop(key, None)
+
+    @asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        await self.enter(key)
         try:
             yield
         finally:
-            slot.active -= 1
-            slot.semaphore.release()
-            if slot.active == 0 and slot.waiting == 0:
-                self._slots.pop(key, None)
+            self.leave(key)
 
     def in_flight(self, key: Hashable) -> int:
         slot = self._slots.get(key)

@@ -134,9 +134,9 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def _caller_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     limiter = request.app[_LIMITER_KEY]
+    key = caller_key_of(request, request.app[CONNECTION_POLICY].key)
     try:
-        hold = limiter.hold(caller_key_of(request, request.app[CONNECTION_POLICY].key))
-        await hold.__aenter__()
+        await limiter.enter(key)
     except TooManyRequests:
         # Take the body off the wire before refusing, so the caller reads a clean 429 on a connection it can
         # reuse, instead of a reset in the middle of writing its request; a body that does not come in time
@@ -149,7 +149,7 @@ async def _caller_limit_middleware(request: web.Request, handler: Handler) -> we
         with body_deadline(request):
             return await handler(request)
     finally:
-        await hold.__aexit__(None, None, None)
+        limiter.leave(key)
 
 
 def build_app(
