@@ -484,6 +484,7 @@ async def serve(settings: ServiceSettings, services: tuple[str, ...] = ALL_SERVI
                 from .keylime.revoked import RevocationGate  # noqa: PLC0415
 
                 revocation_gate = RevocationGate(settings.keylime.state_dir)
+                revocation_gate.prepare()
             runtime = await start_runtime(
                 settings.runtime, keys_api, certs_api, identities, reprovision=reprovision,
                 provisioning=provisioning or "manual",
@@ -511,6 +512,8 @@ async def serve(settings: ServiceSettings, services: tuple[str, ...] = ALL_SERVI
         modules.runtime = None
         if keylime is not None:
             await keylime.stop()
+        if revocation_gate is not None:  # a revocation the full disk kept in memory: a restart must find it
+            revocation_gate.write_down(runtime.audit if runtime is not None else None)
         if runtime is not None:
             await runtime.close()
         if renewal is not None:

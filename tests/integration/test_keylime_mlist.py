@@ -149,7 +149,7 @@ async def test_a_journal_write_that_fails_does_not_hold_the_finding_back(
         tpm: TpmService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A4: the finding is extended and served from memory while the journal cannot be written, and the journal is
     written at the first sync that can: a restart then rebuilds the list to PCR 10's value."""
-    from edgeward.keylime import mlist as mlist_module
+    from edgeward import fsreserve
 
     audit = _audit(tmp_path)
     mlist = await _started(audit, tmp_path, tpm)
@@ -160,8 +160,8 @@ async def test_a_journal_write_that_fails_does_not_hold_the_finding_back(
     def full_disk(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(mlist_module, "atomic_write", full_disk)
-    monkeypatch.setattr(mlist_module.os, "posix_fallocate", full_disk)
+    monkeypatch.setattr(fsreserve, "atomic_write", full_disk)
+    monkeypatch.setattr(fsreserve.os, "posix_fallocate", full_disk)
     await mlist.sync()
     assert _paths(mlist)[-1] == "/edgeward/findings/image_swapped/a"
     assert await _pcr10(tpm) == replay(mlist._entries)  # in the PCR, though not in the journal

@@ -99,7 +99,7 @@ async def test_a_revocation_on_a_full_disk_stops_the_modules_and_keeps_them_stop
     import errno
     import sqlite3
 
-    from edgeward.keylime import revoked
+    from edgeward import fsreserve
 
     rt, mgmt = runtime
     await mgmt.create_module(_spec("swapped"))
@@ -114,7 +114,7 @@ async def test_a_revocation_on_a_full_disk_stops_the_modules_and_keeps_them_stop
         raise sqlite3.OperationalError("database or disk is full")
 
     with monkeypatch.context() as full:
-        full.setattr(revoked, "atomic_write", disk_full)
+        full.setattr(fsreserve, "atomic_write", disk_full)
         full.setattr(rt.parts.audit, "append", db_full)
         full.setattr(rt.parts.registry, "set_state", db_full)
         with pytest.raises(OSError):

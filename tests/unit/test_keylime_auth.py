@@ -471,3 +471,15 @@ def test_a_tenant_ca_with_no_delivered_notifier_certificate_is_a_settings_warnin
     quiet = Problems()
     parse_keylime_settings(table, tmp_path, quiet)
     assert not quiet.warnings
+
+
+async def test_a_floor_set_while_the_clock_ran_ahead_does_not_make_genuine_notices_stale(tmp_path: Path) -> None:
+    """N2b of the third review: the floor only rises, so one set while this device's clock was 30 days ahead (a bad
+    RTC, a spoofed time source) made every genuine notice "stale" once the clock was put right."""
+    from edgeward.keylime.revocation import raise_notice_floor
+
+    notifier = _issue("RevocationNotifier")
+    dev = _Device(tmp_path, _pem(notifier[1]))
+    raise_notice_floor(dev.agent.home, time.time() + 30 * 86400, "enrolled while the clock ran ahead")
+    await dev.agent.revocation(_notice(notifier[0]))
+    assert dev.acted == [1]

@@ -27,12 +27,9 @@ log, so it never reached the list, and the verifier went on reporting PASS). So:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import functools
 import json
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -41,7 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ..attest.audit import AuditLog, AuditRecord
-from ..fsutil import atomic_write
+from ..fsreserve import Reserve
 from .entries import entries_of, finding_kind, unrecorded_entry
 from .ima import IMA_PCR, ImaEntry, replay
 from .tpm_ops import extend_measurement, read_pcr, reset_count
@@ -52,7 +49,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _ZERO = bytes(32)
 RESERVE_BYTES = 256 * 1024  # the room kept for the journal (its items are a few dozen bytes each)
-_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 Item = int | ImaEntry  # an audit record's seq, or an entry the audit log could not take, held inline
 
 
@@ -100,6 +96,7 @@ class MeasurementList:
         self.audit = audit
         self.path = journal
         self.reserve = journal.with_name(f"{journal.stem}.reserve")
+        self._reserve = Reserve(self.reserve, RESERVE_BYTES)
         self.tpm = tpm
         self._journal: _Journal | None = None
         self._entries: list[ImaEntry] = []  # journal order; the PCR holds the first `_extended`
@@ -237,41 +234,12 @@ class MeasurementList:
 
     def _write(self, journal: _Journal) -> None:
         """The journal, atomically; short of room, in the room the reserve file held."""
-        data = journal.dump()
-        try:
-            atomic_write(self.path, data)
-        except OSError as e:
-            if e.errno not in _NO_ROOM or not self._release_reserve():
-                raise
-            log.warning("measurement list: no room for the journal (%s); the reserve file is given up for it",
-                        e.strerror)
-            atomic_write(self.path, data)
-
-    def _release_reserve(self) -> bool:
-        try:
-            self.reserve.unlink()
-        except FileNotFoundError:
-            return False
-        return True
+        self._reserve.write(self.path, journal.dump())
 
     def _keep_reserve(self) -> None:
         """Keep :data:`RESERVE_BYTES` allocated beside the journal for the day the file system is full: made at
         start, and again at the first sync with room after it was given up (or removed)."""
-        if self.reserve.exists():
-            return
-        tmp = self.reserve.with_name(f".{self.reserve.name}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, RESERVE_BYTES)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.reserve)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            log.debug("measurement list: no room for the reserve file yet (%s)", e)
+        self._reserve.keep()
 
     # findings the audit log could not take ----------------------------------------------------------------------
     def _note_unrecorded(self, kind: str, module: str | None, detail: Mapping[str, Any]) -> None:

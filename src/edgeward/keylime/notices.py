@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,9 +78,21 @@ class NoticeHandler:
             return "keylime.notice", f"its type is {kind!r}, not 'revocation'"
         offset = self.settings.verifier_utc_offset
         when = event_time(notice.fields, offset)
+        now = time.time()
         floor = notice_floor(self.home)
+        if floor > now + CLOCK_TOLERANCE:
+            # set while this device's clock ran ahead (a bad RTC, a spoofed time source): a floor in the future
+            # would make every genuine notice stale, so it counts up to now only
+            log.warning("keylime: the notice floor is %.0f min ahead of this device's clock (was the clock ahead at "
+                        "the last enrolment or clearing?); judging notices against the present instead",
+                        (floor - now) / 60)
+            floor = now
         if when is None:
             return "keylime.revocation_stale", "its event_time is not a time"
+        if when > now + CLOCK_TOLERANCE:
+            log.warning("keylime: a verified notice is dated %.0f min after this device's clock: the verifier's "
+                        "clock or [edgeward.keylime] verifier_utc_offset is wrong, and notices older than they look "
+                        "pass the replay floor", (when - now) / 60)
         if when < floor - CLOCK_TOLERANCE:
             return "keylime.revocation_stale", (
                 f"it is dated before the last bootstrap or clearing of a revocation (by {(floor - when) / 60:.0f} "

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..fsreserve import Reserve
 from ..fsutil import atomic_write, private_dir, remove_durably
 from .revocation import raise_notice_floor
 
@@ -38,7 +39,8 @@ __all__ = ["CLEAR_COMMAND", "RevocationGate"]
 
 log = logging.getLogger(__name__)
 CLEAR_COMMAND = "edgeward attest keylime-clear-revocation"
-_STATE, _CLEAR = "revoked.json", "revocation-clear.json"
+_STATE, _CLEAR, _RESERVE = "revoked.json", "revocation-clear.json", "revoked.reserve"
+RESERVE_BYTES = 64 * 1024  # a revoked.json is a few hundred bytes; a file system's block, and its rename, fit
 REVOKED, CLEARED = "keylime.revoked", "keylime.revocation_cleared"
 
 
@@ -52,6 +54,13 @@ class RevocationGate:
         # A revocation this process received and could not yet write down (a full disk): it holds from memory and
         # is written at the next consultation that can.
         self._unwritten: dict[str, Any] | None = None
+        self._reserve = Reserve(home / _RESERVE, RESERVE_BYTES)
+
+    def prepare(self) -> None:
+        """The daemon, at start: keep room for a revocation that arrives when the state file system is full (a
+        restart must find it on disk: the verifier sends its notice once)."""
+        private_dir(self.home)
+        self._reserve.keep()
 
     # the daemon -------------------------------------------------------------------------------------------------
     def revoke(self, digest: str, fields: dict[str, Any], audit: AuditLog) -> None:
@@ -70,11 +79,22 @@ class RevocationGate:
             return
         if _read(self.home / _STATE) != state:
             private_dir(self.home)
-            atomic_write(self.home / _STATE, json.dumps(state).encode())
+            self._reserve.write(self.home / _STATE, json.dumps(state).encode())
         if audit is None:
             return
         audit.append(REVOKED, None, state)
         self._unwritten = None
+        self._reserve.keep()
+
+    def write_down(self, audit: AuditLog | None) -> None:
+        """What is still only in memory, written now if it can be (the daemon's stop); never raises."""
+        if self._unwritten is None:
+            return
+        try:
+            self._write_down(audit)
+        except Exception:
+            log.exception("keylime: the revocation could not be written down at stop; the audit log's record or "
+                          "the state file is missing")
 
     def refusal(self, audit: AuditLog | None) -> str | None:
         if self._unwritten is not None:
@@ -115,7 +135,7 @@ class RevocationGate:
                 log.error("keylime: the audit log holds a revocation (%s...) the state dir does not; it stands",
                           str(from_log.get("digest"))[:16])
                 private_dir(self.home)
-                atomic_write(self.home / _STATE, json.dumps(from_log).encode())
+                self._reserve.write(self.home / _STATE, json.dumps(from_log).encode())
                 state = from_log
         return state
 
