@@ -27,7 +27,7 @@ DEFAULT_AK_HANDLE = 0x81_00_4B_41  # the owner's persistent range; clear of the 
 DEFAULT_PORT = 9002  # the Keylime agent's usual port
 _KNOWN = {"registrar_url", "agent_uuid", "listen_address", "listen_port", "contact_address", "verifier_ca",
           "state_dir", "hash_alg", "ak_algorithm", "ak_handle", "revocation_action", "revocation_cert",
-          "ima_securityfs"}
+          "ima_securityfs", "verifier_addresses"}
 _UUID = re.compile(r"^[0-9a-fA-F-]{36}$")
 
 
@@ -48,6 +48,8 @@ class KeylimeSettings:
     # payload's certificate then counts only if that CA issued it); None: no notice is ever acted on
     revocation_cert: Path | None = None
     ima_securityfs: Path = Path("/sys/kernel/security/ima")  # where a kernel that runs IMA shows its list
+    # the verifier's addresses (IPs or CIDRs): TLS handshake slots are kept for them even before their first quote
+    verifier_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def contact(self) -> str:
@@ -122,6 +124,7 @@ def parse_keylime_settings(table: Mapping[str, Any], state_dir: Path, problems: 
             "RevocationNotifier certificate, or the CA in its --cert directory): revocation notices are recorded as "
             "unverified and never acted on, since any client of the verifier's CA could deliver a payload "
             "certificate")
+    verifiers = _networks(p, table, "verifier_addresses")
     home = _path(p, table, "state_dir", state_dir / "keylime")
     assert home is not None
     if ca is None or split.scheme != "http":
@@ -132,4 +135,20 @@ def parse_keylime_settings(table: Mapping[str, Any], state_dir: Path, problems: 
         ak_algorithm="ecc" if ak_alg == "ecc" else "rsa", ak_handle=ak_handle,
         revocation_action="stop_modules" if action == "stop_modules" else "record",
         revocation_cert=revocation_cert,
-        ima_securityfs=_path(p, table, "ima_securityfs", Path("/sys/kernel/security/ima")) or Path())
+        ima_securityfs=_path(p, table, "ima_securityfs", Path("/sys/kernel/security/ima")) or Path(),
+        verifier_addresses=verifiers)
+
+
+def _networks(p: Problems, table: Mapping[str, Any], key: str,
+              ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    raw = table.get(key, [])
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        p.add(f"edgeward.keylime.{key}", raw, 'a list of IP addresses or networks, e.g. ["192.0.2.10", "10.1.0.0/24"]')
+        return ()
+    nets = []
+    for value in raw:
+        try:
+            nets.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            p.add(f"edgeward.keylime.{key}", value, "an IP address or network (CIDR)")
+    return tuple(nets)
