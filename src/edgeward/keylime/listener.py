@@ -36,6 +36,7 @@ import ipaddress
 import logging
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -129,7 +130,9 @@ class PeerCaps:
         self.refused = self.evicted = 0
         self._learned: dict[str, float] = {}  # address -> when it last took an integrity quote (monotonic)
         self._strangers: dict[str, dict[_Slot, None]] = {}  # peer -> its strangers' unfinished handshakes, oldest 1st
-        self._by_count: list[dict[str, None]] = [{} for _ in range(handshakes + 1)]  # [n]: peers holding n of them
+        # [n]: the strangers holding n unfinished handshakes, in the order they came to (an OrderedDict: a dict's
+        # first key is found past the holes its deleted ones left, O(n) when it is a queue)
+        self._by_count: list[OrderedDict[str, None]] = [OrderedDict() for _ in range(handshakes + 1)]
         self._logged: dict[str, float] = {}
 
     # known verifiers ------------------------------------------------------------------------------------------------
