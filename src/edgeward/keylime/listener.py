@@ -208,7 +208,7 @@ class PeerCaps:
         for count in range(len(self._by_count) - 1, 0, -1):
             peers = self._by_count[count]
             if peers:
-                holder = peer if peer in peers else next(iter(peers))
+                holder = peer if peer is not None and peer in peers else next(iter(peers))
                 return next(iter(self._strangers[holder]))
         return None
 
