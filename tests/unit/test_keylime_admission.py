@@ -29,13 +29,11 @@ def test_a_newcomer_displaces_the_oldest_handshake_of_the_peer_holding_the_most_
     assert caps.all_handshaking == 8
     d = caps.admit("d")  # full: a holds the most, its oldest goes
     assert d is not None and a[0] is not None and not a[0].open and all(s and s.open for s in a[1:] + b + c)
-    caps.admit("b")  # b holds 2, a 3: a gives one up
-    assert a[1] is not None and not a[1].open and b[0] is not None and b[0].open
-    caps.admit("b")  # b holds 3, as many as any: its own oldest goes, never another's
-    assert not b[0].open and a[2] is not None and a[2].open and c[0] is not None and c[0].open
-    caps.admit("d")  # d holds 1: the one holding the most (b, 3) gives one up
-    assert b[1] is not None and not b[1].open
-    assert caps.handshaking == {"a": 2, "b": 2, "c": 2, "d": 2} and caps.evicted == 4
+    assert caps.admit("b") is None  # b holds 2, a 3: a trade would leave b level with what a had, so refused
+    assert caps.admit("d") is not None and a[1] is not None and not a[1].open  # d holds 1: a (3) gives one up
+    assert caps.admit("d") is None and caps.handshaking == {"a": 2, "b": 2, "c": 2, "d": 2}  # level: no trades
+    assert caps.admit("e") is not None  # a peer's first always gets in: the first to hold 2 (b) gives one up
+    assert b[0] is not None and not b[0].open and caps.evicted == 3 and caps.refused == 2
 
 
 def test_a_known_verifiers_handshake_is_never_displaced_and_the_reserve_is_its_own() -> None:

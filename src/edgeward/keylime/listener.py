@@ -106,8 +106,9 @@ class PeerCaps:
     """Connections per peer (see :func:`peer_of`) and over every peer: in the TLS handshake, and in all.
 
     When the slots over every peer are full, a newcomer takes the place of the oldest unfinished handshake of the
-    stranger peer holding the most (its own, if it holds as many as any): peers that flood from many addresses keep
-    each other out, never a peer with fewer. `reserved` slots (handshakes, in all) are for known verifiers only
+    stranger peer holding the most, if that one holds more than the newcomer's peer would (:meth:`_victim`): peers
+    that flood from many addresses keep each other out, never a peer with fewer, and a peer's first connection
+    always gets in. `reserved` slots (handshakes, in all) are for known verifiers only
     (:meth:`known`), whose handshakes are never displaced. Every step is O(1) in the number of peers: the strangers
     are kept by how many handshakes they hold (at most `handshakes`), each one's oldest first."""
 
@@ -173,7 +174,7 @@ class PeerCaps:
                 return None
             self._evict(next(iter(own)), peer)  # a known verifier's address before a stranger sharing its peer
         if self._full(known):
-            victim = self._victim(None if known else peer)
+            victim = self._victim(None if known else len(self._strangers.get(peer, ())))
             if victim is None:
                 self._refused(_ALL, f"closing connections at once (this one from {peer}): {self.all_handshaking} "
                                     f"in the TLS handshake, {self.all_open} open over every peer (caps "
@@ -203,13 +204,17 @@ class PeerCaps:
         return (self.all_handshaking - self.known_handshaking >= self.max_all_handshakes - self.reserved_handshakes
                 or self.all_open - self.known_open >= self.max_all_total - self.reserved_total)
 
-    def _victim(self, peer: str | None) -> _Slot | None:
-        """The oldest unfinished handshake of the stranger holding the most (`peer`'s own if it holds as many)."""
+    def _victim(self, holds: int | None) -> _Slot | None:
+        """The oldest unfinished handshake of the stranger holding the most, for a newcomer whose peer `holds` so
+        many (None: a known verifier, for whom any will do). Only if that leaves the newcomer's peer with fewer than
+        the other had: a peer's first always gets in, but peers level with each other (16 addresses x 4 in 56
+        slots) do not trade places at the flood's rate, each trade a TLS set-up, only to end where they began."""
         for count in range(len(self._by_count) - 1, 0, -1):
             peers = self._by_count[count]
             if peers:
-                holder = peer if peer is not None and peer in peers else next(iter(peers))
-                return next(iter(self._strangers[holder]))
+                if holds is not None and holds and count < holds + 2:
+                    return None
+                return next(iter(self._strangers[next(iter(peers))]))
         return None
 
     def _evict(self, slot: _Slot, newcomer: str) -> None:
