@@ -1,6 +1,7 @@
-"""The Keylime agent's listener under a flood: connections beyond the caps per peer and over every peer are closed
-at once, before any TLS, and a verifier elsewhere is still answered promptly. A flood from many loopback addresses
-(break-this review A2: 1000 of them used up the daemon's descriptors) is one peer's."""
+"""The Keylime agent's listener under a flood: connections beyond the caps per peer are closed at once, before any
+TLS, and a verifier elsewhere is still answered promptly. A flood from many loopback addresses (break-this review
+A2: 1000 of them used up the daemon's descriptors) is one peer's. A flood from many peers that holds every handshake
+slot over every peer (second review, N1) makes room for a newcomer, and never takes a known verifier's."""
 
 from __future__ import annotations
 
