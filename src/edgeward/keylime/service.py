@@ -29,7 +29,7 @@ from ..http.connections import CONNECTION_POLICY, ConnectionLimits, ConnectionPo
 from ..tasks import cancel_all
 from .agent_keys import AgentKeys, load_or_create_keys
 from .kernel_ima import check_kernel_ima
-from .listener import AgentSite
+from .listener import AgentSite, PeerCaps, learn_verifiers
 from .mlist import MeasurementList, TpmRunner
 from .notice_tally import UnverifiedTally
 from .notices import NoticeHandler
@@ -175,9 +175,12 @@ class KeylimeAgent:
         # need a handful of connections, and an idle or stalled one must not hold a descriptor the TPM service
         # and the runtime in this process need.
         app[CONNECTION_POLICY] = ConnectionPolicy(ConnectionLimits.from_environ().capped(AGENT_CONNECTIONS))
+        caps = PeerCaps(verifiers=self.settings.verifier_addresses)
+        learn_verifiers(app, caps)  # before the runner freezes the app
         runner = GuardedRunner(app)
         await runner.setup()
-        site = AgentSite(runner, self.settings.listen_address, self.settings.listen_port, ssl_context=self._tls())
+        site = AgentSite(runner, self.settings.listen_address, self.settings.listen_port, ssl_context=self._tls(),
+                         caps=caps)
         await site.start()
         self._runner = runner
         log.info("keylime agent %s listening on %s:%d (mTLS)", self.uuid, self.settings.listen_address,

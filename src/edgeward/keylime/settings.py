@@ -29,7 +29,7 @@ DEFAULT_AK_HANDLE = 0x81_00_4B_41  # the owner's persistent range; clear of the 
 DEFAULT_PORT = 9002  # the Keylime agent's usual port
 _KNOWN = {"registrar_url", "agent_uuid", "listen_address", "listen_port", "contact_address", "verifier_ca",
           "state_dir", "hash_alg", "ak_algorithm", "ak_handle", "revocation_action", "revocation_cert",
-          "ima_securityfs", "verifier_utc_offset"}
+          "ima_securityfs", "verifier_utc_offset", "verifier_addresses"}
 _UUID = re.compile(r"^[0-9a-fA-F-]{36}$")
 
 
@@ -52,6 +52,8 @@ class KeylimeSettings:
     ima_securityfs: Path = Path("/sys/kernel/security/ima")  # where a kernel that runs IMA shows its list
     # minutes east of UTC of the verifier's clock: Keylime dates notices in its local time with no zone (revocation.py)
     verifier_utc_offset: int = 0
+    # the verifier's addresses (IPs or CIDRs): TLS handshake slots are kept for them even before their first quote
+    verifier_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def contact(self) -> str:
@@ -126,6 +128,7 @@ def parse_keylime_settings(table: Mapping[str, Any], state_dir: Path, problems: 
             "RevocationNotifier certificate, or the CA in its --cert directory): revocation notices are recorded as "
             "unverified and never acted on, since any client of the verifier's CA could deliver a payload "
             "certificate")
+    verifiers = _networks(p, table, "verifier_addresses")
     home = _path(p, table, "state_dir", state_dir / "keylime")
     assert home is not None
     offset = _revocation_checks(p, table, revocation_cert, home)
@@ -138,7 +141,7 @@ def parse_keylime_settings(table: Mapping[str, Any], state_dir: Path, problems: 
         revocation_action="stop_modules" if action == "stop_modules" else "record",
         revocation_cert=revocation_cert,
         ima_securityfs=_path(p, table, "ima_securityfs", Path("/sys/kernel/security/ima")) or Path(),
-        verifier_utc_offset=offset)
+        verifier_utc_offset=offset, verifier_addresses=verifiers)
 
 
 def _revocation_checks(p: Problems, table: Mapping[str, Any], cert: Path | None, home: Path) -> int:
@@ -155,3 +158,18 @@ def _revocation_checks(p: Problems, table: Mapping[str, Any], cert: Path | None,
     if warning is not None:
         p.warnings.append(warning)
     return offset or 0
+
+
+def _networks(p: Problems, table: Mapping[str, Any], key: str,
+              ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    raw = table.get(key, [])
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        p.add(f"edgeward.keylime.{key}", raw, 'a list of IP addresses or networks, e.g. ["192.0.2.10", "10.1.0.0/24"]')
+        return ()
+    nets = []
+    for value in raw:
+        try:
+            nets.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            p.add(f"edgeward.keylime.{key}", value, "an IP address or network (CIDR)")
+    return tuple(nets)

@@ -1,0 +1,99 @@
+"""Who the agent listener lets into a TLS handshake when every slot over every peer is taken (review N1): the
+newcomer displaces the oldest unfinished handshake of the stranger holding the most, never a known verifier's, and
+the reserve is only known verifiers'. Synthetic peers: the counting is what is under test here; the listener tests
+drive it with real connections."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeward.config.problems import Problems
+from edgeward.keylime import listener
+from edgeward.keylime.listener import KNOWN_SECONDS, PeerCaps
+from edgeward.keylime.settings import parse_keylime_settings
+
+
+def _caps(handshakes: int = 8, total: int = 64, **kw: object) -> PeerCaps:
+    return PeerCaps(all_handshakes=handshakes, all_total=total, peer_of=str, **kw)  # type: ignore[arg-type]
+
+
+def test_a_newcomer_displaces_the_oldest_handshake_of_the_peer_holding_the_most_never_one_holding_fewer() -> None:
+    caps = _caps(reserved=(0, 0))
+    a = [caps.admit("a") for _ in range(4)]
+    b = [caps.admit("b") for _ in range(2)]
+    c = [caps.admit("c") for _ in range(2)]
+    assert caps.all_handshaking == 8
+    d = caps.admit("d")  # full: a holds the most, its oldest goes
+    assert d is not None and a[0] is not None and not a[0].open and all(s and s.open for s in a[1:] + b + c)
+    assert caps.admit("b") is None  # b holds 2, a 3: a trade would leave b level with what a had, so refused
+    assert caps.admit("d") is not None and a[1] is not None and not a[1].open  # d holds 1: a (3) gives one up
+    assert caps.admit("d") is None and caps.handshaking == {"a": 2, "b": 2, "c": 2, "d": 2}  # level: no trades
+    assert caps.admit("e") is not None  # a peer's first always gets in: the first to hold 2 (b) gives one up
+    assert b[0] is not None and not b[0].open and caps.evicted == 3 and caps.refused == 2
+
+
+def test_a_known_verifiers_handshake_is_never_displaced_and_the_reserve_is_its_own() -> None:
+    caps = _caps(reserved=(2, 4), verifiers=[ipaddress.ip_network("192.0.2.0/28")])
+    assert caps.known("192.0.2.9") and not caps.known("192.0.2.16") and not caps.known("2001:db8::1")
+    verifier = caps.admit("192.0.2.9", known=True)
+    for i in range(10_000):  # every one a newcomer from a peer of its own
+        assert caps.admit(f"198.18.{i // 256}.{i % 256}") is not None
+    assert verifier is not None and verifier.handshaking
+    assert caps.all_handshaking - caps.known_handshaking == 6  # the strangers' share: 8 less the reserve of 2
+    second = caps.admit("192.0.2.10", known=True)  # the reserve
+    third = caps.admit("192.0.2.11", known=True)  # beyond it: a stranger's handshake gives way
+    assert second is not None and third is not None and caps.all_handshaking == 8 and caps.known_handshaking == 3
+
+
+def test_on_a_shared_peer_a_known_address_displaces_a_strangers_handshake_a_stranger_is_refused() -> None:
+    """The loopback is one peer: a local user's flood from 127.0.0.2 holds its 4 handshakes, and a verifier known
+    at 127.0.0.1 still gets one; a fifth from the flood is refused at once, as before."""
+    caps = PeerCaps(all_handshakes=64, all_total=128, peer_of=lambda a: "loopback")
+    caps.learn("127.0.0.1")
+    flood = [caps.admit(caps.peer_of("127.0.0.2")) for _ in range(4)]
+    assert caps.admit("loopback") is None and caps.refused == 1
+    verifier = caps.admit("loopback", known=caps.known("127.0.0.1"))
+    assert verifier is not None and flood[0] is not None and not flood[0].open
+    assert caps.handshaking == {"loopback": 4} and caps.known_handshaking == 1
+
+
+def test_a_learned_verifier_is_forgotten_after_an_hour(monkeypatch: pytest.MonkeyPatch) -> None:
+    caps = _caps()
+    caps.learn("::ffff:192.0.2.5")
+    assert caps.known("192.0.2.5")
+    later = time.monotonic() + KNOWN_SECONDS + 1
+    monkeypatch.setattr(listener.time, "monotonic", lambda: later)
+    assert not caps.known("192.0.2.5")
+
+
+def test_admission_costs_the_same_with_fifty_thousand_peers_as_with_ten() -> None:
+    """O(1) per connection: the strangers are kept by how many handshakes they hold, each count's in arrival order,
+    never searched (with a plain dict as that queue, 50000 peers cost 4 times what 10 did)."""
+    def cost(peers: int) -> float:
+        caps = _caps(handshakes=peers, total=2 * peers, reserved=(0, 0))
+        for i in range(peers):
+            caps.admit(str(i))
+        started = time.perf_counter()
+        for i in range(20_000):  # each a newcomer: the first peer of those holding the most gives one up
+            caps.admit(str(peers + i))
+        return time.perf_counter() - started
+    assert min(cost(50_000) for _ in range(3)) < 2 * min(cost(10) for _ in range(3))
+
+
+def test_verifier_addresses_are_ips_or_networks(tmp_path: Path) -> None:
+    table = {"registrar_url": "http://r:8890", "verifier_ca": "/ca.crt"}
+    p = Problems("test")
+    s = parse_keylime_settings({**table, "verifier_addresses": ["192.0.2.10", "2001:db8:1::/64"]}, tmp_path, p)
+    p.raise_if_any()
+    assert s is not None and s.verifier_addresses == (ipaddress.ip_network("192.0.2.10/32"),
+                                                      ipaddress.ip_network("2001:db8:1::/64"))
+    p = Problems("test")
+    parse_keylime_settings({**table, "verifier_addresses": ["verifier.example"]}, tmp_path, p)
+    assert any("verifier_addresses" in item for item in p.items)
+    p = Problems("test")
+    parse_keylime_settings({**table, "verifier_addresses": "192.0.2.10"}, tmp_path, p)
+    assert any("verifier_addresses" in item for item in p.items)
