@@ -2,8 +2,8 @@
 
 A full disk is something a module can cause (a writable bind, an image pull, logs), and some writes decide what the
 device's verifier sees or whether a revoked device starts again: the measurement list's journal, a revocation's
-state. Each keeps a preallocated file beside it; a write refused for want of room gives that file up and is tried
-once more in its room, and the file is made again once there is room.
+state. Each keeps a preallocated file beside it; a write refused for want of room is written into that file's own
+blocks, the file renamed over the target, and the reserve made again once there is room.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from .fsutil import atomic_write
+from .fsutil import atomic_write, fsync_dir
 
 __all__ = ["NO_ROOM", "Reserve"]
 
@@ -44,19 +44,22 @@ class Reserve:
                 tmp.unlink()
             log.debug("no room for the reserve file %s yet (%s)", self.path, e)
 
-    def release(self) -> bool:
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            return False
-        return True
-
     def write(self, path: Path, data: bytes) -> None:
-        """``atomic_write``, and on a full file system once more in the reserve's room."""
+        """``atomic_write``, and on a full file system written into the reserve's own blocks, which then becomes
+        ``path``. Never by freeing the reserve first: a module that keeps the disk full takes freed room before the
+        write does (review N4d)."""
         try:
             atomic_write(path, data)
         except OSError as e:
-            if e.errno not in NO_ROOM or not self.release():
+            if e.errno not in NO_ROOM or len(data) > self.size or not self.path.exists():
                 raise
-            log.warning("no room for %s (%s); the reserve file is given up for it", path, e.strerror)
-            atomic_write(path, data)
+            log.warning("no room for %s (%s); it is written into the reserve file's room", path, e.strerror)
+            fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                os.pwrite(fd, data, 0)  # blocks allocated when the reserve was made: no new room needed
+                os.ftruncate(fd, len(data))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self.path, path)
+            fsync_dir(path.parent)

@@ -70,3 +70,33 @@ def test_a_revocation_the_audit_log_could_not_take_is_recorded_at_stop(tmp_path:
     gate.write_down(audit)  # at stop, with room
     assert [r.kind for r in audit.records(since=0)] == ["keylime.revoked"]
     assert RevocationGate(home).refusal(audit) is not None
+
+
+def test_a_module_filling_the_disk_cannot_take_the_reserves_room_before_the_revocation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """N4d of the fourth review: the reserve was unlinked and only then the state written; a module writing in a
+    loop took the freed room in between, in 2 of 5 runs, and after a reboot the swapped module started again. Here
+    the racing writer runs exactly in that gap: whatever room appears before the second write is taken."""
+    from edgeward import fsreserve
+
+    home = tmp_path / "keylime"
+    with _full_tmpfs(home):
+        audit = AuditLog(tmp_path / "audit", AuditKey(bytes(32)))
+        gate = RevocationGate(home)
+        gate.prepare()
+        _fill(home)
+        real = fsreserve.atomic_write
+        calls = 0
+
+        def racing(path: Path, data: bytes, *a: Any, **k: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls > 1:
+                with (home / f"racer{calls}").open("wb", buffering=0) as f, contextlib.suppress(OSError):
+                    while True:
+                        f.write(bytes(512))
+            real(path, data, *a, **k)
+
+        monkeypatch.setattr(fsreserve, "atomic_write", racing)
+        gate.revoke("ef" * 32, FIELDS, audit)
+        assert RevocationGate(home).current() is not None

@@ -45,8 +45,32 @@ def test_a_known_verifiers_handshake_is_never_displaced_and_the_reserve_is_its_o
     assert verifier is not None and verifier.handshaking
     assert caps.all_handshaking - caps.known_handshaking == 6  # the strangers' share: 8 less the reserve of 2
     second = caps.admit("192.0.2.10", known=True)  # the reserve
-    third = caps.admit("192.0.2.11", known=True)  # beyond it: a stranger's handshake gives way
-    assert second is not None and third is not None and caps.all_handshaking == 8 and caps.known_handshaking == 3
+    third = caps.admit("192.0.2.11", known=True)  # beyond it: admitted as a stranger would be (its peer's first)
+    assert second is not None and third is not None and caps.all_handshaking == 8 and caps.known_handshaking == 2
+    assert not third.known
+
+
+def test_learned_addresses_cannot_hold_every_slot_with_protected_handshakes() -> None:
+    """K1 of the fourth review: any client of verifier_ca took one integrity quote from each of 16 addresses, which
+    made them all known; their bare connections then held all 64 handshake slots, never displaced, and the real
+    verifier was closed at once until it gave the device up."""
+    caps = _caps(handshakes=64, total=128, reserved=(8, 16))
+    attackers = [f"198.51.100.{i}" for i in range(16)]
+    for address in attackers:
+        caps.learn(address)
+    for address in attackers:
+        for _ in range(4):
+            caps.admit(address, known=caps.known(address))
+    assert caps.all_handshaking == 64 and caps.known_handshaking == 8  # the reserve, no more
+    caps.learn("192.0.2.1")
+    assert caps.admit("192.0.2.1", known=caps.known("192.0.2.1")) is not None  # the verifier gets in
+    assert caps.admit("203.0.113.7") is not None  # and so does any newcomer, over the flood's protected-free share
+
+
+def test_configured_verifier_addresses_are_the_only_known_ones() -> None:
+    caps = _caps(verifiers=[ipaddress.ip_network("192.0.2.1/32")])
+    caps.learn("198.51.100.1")  # a verifier_ca client that took an integrity quote
+    assert not caps.known("198.51.100.1") and caps.known("192.0.2.1")
 
 
 def test_on_a_shared_peer_a_known_address_displaces_a_strangers_handshake_a_stranger_is_refused() -> None:

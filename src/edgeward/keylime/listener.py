@@ -109,8 +109,10 @@ class PeerCaps:
     stranger peer holding the most, if that one holds more than the newcomer's peer would (:meth:`_victim`): peers
     that flood from many addresses keep each other out, never a peer with fewer, and a peer's first connection
     always gets in. `reserved` slots (handshakes, in all) are for known verifiers only
-    (:meth:`known`), whose handshakes are never displaced. Every step is O(1) in the number of peers: the strangers
-    are kept by how many handshakes they hold (at most `handshakes`), each one's oldest first."""
+    (:meth:`known`), whose handshakes there are never displaced; beyond the reserve theirs are strangers' like any
+    other (a learned address is any verifier_ca client's that took an integrity quote). Every step is O(1) in the
+    number of peers: the strangers are kept by how many handshakes they hold (at most `handshakes`), each one's
+    oldest first."""
 
     def __init__(self, handshakes: int = HANDSHAKES_PER_PEER, total: int = CONNECTIONS_PER_PEER, *,
                  all_handshakes: int | None = None, all_total: int | None = None,
@@ -140,6 +142,8 @@ class PeerCaps:
     def learn(self, address: str) -> None:
         """`address` completed an mTLS handshake (its certificate chains to verifier_ca) and took an integrity
         quote: a verifier, known for :data:`KNOWN_SECONDS`."""
+        if self.verifiers:  # configured: the operator named the verifier; no client makes itself one (K1b)
+            return
         key = _address(address)
         self._learned.pop(key, None)
         self._learned[key] = time.monotonic()
@@ -165,6 +169,10 @@ class PeerCaps:
     # admission ------------------------------------------------------------------------------------------------------
     def admit(self, peer: str, known: bool = False) -> _Slot | None:
         """A slot for a new connection from `peer`, or None: it is to be closed at once, unread."""
+        if known and (self.known_handshaking >= self.reserved_handshakes or self.known_open >= self.reserved_total):
+            # Beyond the reserve a known verifier's connection is anyone's: any client of verifier_ca can make its
+            # addresses known by taking integrity quotes (review K1), and must not hold every slot with them.
+            known = False
         held, opened = self.handshaking.get(peer, 0), self.open.get(peer, 0)
         if held >= self.max_handshakes or opened >= self.max_total:
             own = self._strangers.get(peer) if known and held >= self.max_handshakes else None
