@@ -466,8 +466,12 @@ def test_large_bodies_from_a_client_of_the_verifier_ca_do_not_grow_the_daemon(
         t.join()
     after = _peak_mb(device.proc.pid)
     print(f"\n32 x 15 MB ukey bodies: {sorted(set(answers))}; daemon peak RSS {before} -> {after} MB")
-    # answered 413 unread, and closed while the body still came: the reset may overtake the answer
-    assert all("413" in a or a in ("ConnectionResetError", "BrokenPipeError") for a in answers), answers
+    # answered 413 unread, and closed while the body still came: the reset (or the end) may overtake the answer; over the
+    # loopback peer's caps (16 connections, 4 in the handshake) a connection is closed before TLS instead
+    closed = ("", "ConnectionResetError", "BrokenPipeError", "SSLEOFError", "SSLZeroReturnError", "SSLError",
+              "ConnectionAbortedError")
+    assert all("413" in a or a in closed for a in answers), answers
+    assert any("413" in a for a in answers), answers
     assert after - before < 40, (before, after)
     _wait_for("attestations", lambda: _passing_beyond(keylime_services, 0), 4 * QUOTE_INTERVAL)
 
