@@ -25,6 +25,7 @@ from .paths import config_option, default_run_dir, default_state_dir, run_option
 
 if TYPE_CHECKING:
     from ..daemon import DaemonSettings
+    from ..keylime.settings import KeylimeSettings
 
 __all__ = ["attest", "audit", "list_modules", "logs", "restart"]
 
@@ -37,6 +38,27 @@ EXIT_FAILED, EXIT_UNREACHABLE = 1, 5
 def _e(value: object) -> str:
     """Operator text (config values, paths, messages quoting them) printed as it is, never read as rich markup."""
     return escape(str(value))
+
+
+def _settings_or_exit(config: Path | None, state_dir: Path | None, run_dir: Path | None) -> DaemonSettings:
+    from ..config.problems import ConfigError  # noqa: PLC0415
+    from ..daemon import load_settings  # noqa: PLC0415
+
+    try:
+        return load_settings(config, state_dir or default_state_dir(), run_dir or default_run_dir())
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {_e(e)}", highlight=False)
+        sys.exit(EXIT_FAILED)
+
+
+def _keylime_settings_or_exit(config: Path | None, state_dir: Path | None, run_dir: Path | None,
+                              nothing: str) -> KeylimeSettings:
+    """The [edgeward.keylime] table, or exit saying there is ``nothing`` without it."""
+    settings = _settings_or_exit(config, state_dir, run_dir)
+    if settings.keylime is None:
+        err.print(f"[red]error:[/red] no [edgeward.keylime] table is configured: {nothing}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    return settings.keylime
 
 
 def _mgmt_socket(run_dir: Path | None) -> Path:
@@ -278,16 +300,10 @@ def attest_keylime_policy(output: Path | None, config: Path | None, state_dir: P
     """Keylime's runtime policy (allow-list JSON) for this device as deployed: Edgeward's code and config as
     measured at its latest start, and each registered module's content id. Enrol the device with it:
     `keylime_tenant -c add -u <uuid> --runtime-policy <file>`."""
-    from ..config.problems import ConfigError  # noqa: PLC0415
-    from ..daemon import load_settings  # noqa: PLC0415
     from ..keylime.policy import runtime_policy  # noqa: PLC0415
     from ..runtime.registry import Registry  # noqa: PLC0415
 
-    try:
-        settings = load_settings(config, state_dir or default_state_dir(), run_dir or default_run_dir())
-    except ConfigError as e:
-        err.print(f"[red]error:[/red] {_e(e)}", highlight=False)
-        sys.exit(EXIT_FAILED)
+    settings = _settings_or_exit(config, state_dir, run_dir)
     home = settings.runtime.audit_home or settings.runtime.home / "audit"
     if not (home / "audit.db").exists():
         err.print(f"[red]error:[/red] no audit log at {_e(home)}: start Edgeward once, so it measures itself")
@@ -322,24 +338,14 @@ def attest_keylime_clear_revocation(config: Path | None, state_dir: Path | None,
     """Clear the revocation the Keylime verifier sent (with revocation_action = "stop_modules"): until then no
     module is created or started. Deal with the cause first (the verifier's log says what failed attestation).
     Edgeward records the clearing, with who asked, in the audit log before it lets the next module start."""
-    from ..config.problems import ConfigError  # noqa: PLC0415
-    from ..daemon import load_settings  # noqa: PLC0415
     from ..keylime.revoked import RevocationGate  # noqa: PLC0415
 
-    try:
-        settings = load_settings(config, state_dir or default_state_dir(), run_dir or default_run_dir())
-    except ConfigError as e:
-        err.print(f"[red]error:[/red] {_e(e)}", highlight=False)
-        sys.exit(EXIT_FAILED)
-    if settings.keylime is None:
-        err.print("[red]error:[/red] no [edgeward.keylime] table is configured: there is no revocation to clear",
-                  highlight=False)
-        sys.exit(EXIT_FAILED)
-    gate = RevocationGate(settings.keylime.state_dir)
+    keylime = _keylime_settings_or_exit(config, state_dir, run_dir, "there is no revocation to clear")
+    gate = RevocationGate(keylime.state_dir)
     try:
         state = gate.request_clear()
     except (OSError, ValueError) as e:
-        err.print(f"[red]error:[/red] cannot clear the revocation under {_e(settings.keylime.state_dir)}: {_e(e)} "
+        err.print(f"[red]error:[/red] cannot clear the revocation under {_e(keylime.state_dir)}: {_e(e)} "
                   "(run as the user Edgeward runs as, usually root)", highlight=False)
         sys.exit(EXIT_FAILED)
     if state is None:
@@ -359,23 +365,13 @@ def attest_keylime_reset_bootstrap(config: Path | None, state_dir: Path | None, 
     and every later /keys/ukey and /keys/vkey is refused (409) until this is run. Run it before
     `keylime_tenant -c update` (or delete and add again), or when someone else's U and V got there first (the
     verifier then reports its V refused). Edgeward records the reset, with who asked, in the audit log."""
-    from ..config.problems import ConfigError  # noqa: PLC0415
-    from ..daemon import load_settings  # noqa: PLC0415
     from ..keylime.payloads import request_reset  # noqa: PLC0415
 
+    keylime = _keylime_settings_or_exit(config, state_dir, run_dir, "there is no bootstrap key to reset")
     try:
-        settings = load_settings(config, state_dir or default_state_dir(), run_dir or default_run_dir())
-    except ConfigError as e:
-        err.print(f"[red]error:[/red] {_e(e)}", highlight=False)
-        sys.exit(EXIT_FAILED)
-    if settings.keylime is None:
-        err.print("[red]error:[/red] no [edgeward.keylime] table is configured: there is no bootstrap key to reset",
-                  highlight=False)
-        sys.exit(EXIT_FAILED)
-    try:
-        pin = request_reset(settings.keylime.state_dir)
+        pin = request_reset(keylime.state_dir)
     except (OSError, ValueError) as e:
-        err.print(f"[red]error:[/red] cannot reset the bootstrap key under {_e(settings.keylime.state_dir)}: "
+        err.print(f"[red]error:[/red] cannot reset the bootstrap key under {_e(keylime.state_dir)}: "
                   f"{_e(e)} (run as the user Edgeward runs as, usually root)", highlight=False)
         sys.exit(EXIT_FAILED)
     if pin is None:

@@ -37,8 +37,6 @@ import hmac
 import io
 import json
 import logging
-import os
-import pwd
 import time
 import zipfile
 from collections import OrderedDict
@@ -54,6 +52,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..fsutil import atomic_write, remove_durably
 from .revocation import raise_notice_floor
+from .statefiles import read_object, requester
 
 if TYPE_CHECKING:
     from ..attest.audit import AuditLog
@@ -127,13 +126,13 @@ class Payloads:
         """Whether a bootstrap is pinned, after taking up an operator's reset request if there is one. A pin file
         that cannot be read is a pin (fail closed: the reset rewrites it)."""
         try:
-            pin = _read(self.home / _PIN)
+            pin = read_object(self.home / _PIN)
         except (OSError, ValueError):
             return True
         if pin is None:
             return False
         try:
-            reset = _read(self.home / _RESET)
+            reset = read_object(self.home / _RESET)
         except (OSError, ValueError):
             return True
         if reset is None or reset.get("pin") != pin.get("u_sha256") or self._audit is None:
@@ -265,19 +264,9 @@ class Payloads:
         return hmac.new(self._k, challenge.encode(), hashlib.sha384).hexdigest()
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path} is not a JSON object")
-    return doc
-
-
 def current_pin(home: Path) -> dict[str, Any] | None:
     """The pinned bootstrap (digests and when), or None."""
-    return _read(home / _PIN)
+    return read_object(home / _PIN)
 
 
 def request_reset(home: Path) -> dict[str, Any] | None:
@@ -286,13 +275,7 @@ def request_reset(home: Path) -> dict[str, Any] | None:
     pin = current_pin(home)
     if pin is None:
         return None
-    uid = os.getuid()
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = str(uid)
-    atomic_write(home / _RESET, json.dumps({"pin": pin.get("u_sha256"), "time": time.time(), "uid": uid,
-                                            "user": user}).encode())
+    atomic_write(home / _RESET, json.dumps({"pin": pin.get("u_sha256"), **requester()}).encode())
     return pin
 
 

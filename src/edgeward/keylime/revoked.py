@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import pwd
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..fsreserve import Reserve
 from ..fsutil import atomic_write, private_dir, remove_durably
 from .revocation import raise_notice_floor
+from .statefiles import read_object, requester
 
 if TYPE_CHECKING:
     from ..attest.audit import AuditLog
@@ -77,7 +76,7 @@ class RevocationGate:
         state = self._unwritten
         if state is None:
             return
-        if _read(self.home / _STATE) != state:
+        if read_object(self.home / _STATE) != state:
             private_dir(self.home)
             self._reserve.write(self.home / _STATE, json.dumps(state).encode())
         if audit is None:
@@ -111,7 +110,7 @@ class RevocationGate:
             return f"the device's Keylime revocation state cannot be read ({e}); {CLEAR_COMMAND} rewrites it"
         if state is None:
             return None
-        clear = _read(self.home / _CLEAR)
+        clear = read_object(self.home / _CLEAR)
         if clear is not None and clear.get("digest") == state.get("digest"):
             if audit is None:
                 return _message(state, "the clearing is recorded by the running Edgeward before a module starts")
@@ -127,7 +126,7 @@ class RevocationGate:
         return _message(state, None)
 
     def _state(self, audit: AuditLog | None) -> dict[str, Any] | None:
-        state = _read(self.home / _STATE)
+        state = read_object(self.home / _STATE)
         if not self._audit_checked and audit is not None:
             from_log = _standing_in_log(audit)
             self._audit_checked = True
@@ -141,31 +140,16 @@ class RevocationGate:
 
     # the CLI ------------------------------------------------------------------------------------------------------
     def current(self) -> dict[str, Any] | None:
-        return _read(self.home / _STATE)
+        return read_object(self.home / _STATE)
 
     def request_clear(self) -> dict[str, Any] | None:
         """Ask the daemon to clear the standing revocation; None if there is none."""
         state = self.current()
         if state is None:
             return None
-        uid = os.getuid()
-        try:
-            user = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            user = str(uid)
-        request = {"digest": state.get("digest"), "time": time.time(), "uid": uid, "user": user}
+        request = {"digest": state.get("digest"), **requester()}
         atomic_write(self.home / _CLEAR, json.dumps(request).encode())
         return state
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path} is not a JSON object")
-    return doc
 
 
 def _standing_in_log(audit: AuditLog) -> dict[str, Any] | None:
