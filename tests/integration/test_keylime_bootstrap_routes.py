@@ -7,7 +7,6 @@ call the agent."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import socket
 import ssl
@@ -19,34 +18,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edgeward.keylime import routes
 from edgeward.keylime.payloads import Payloads
+from tests.fixtures.mtls_certs import issue
 from tests.unit.test_keylime_auth import UUID, _bootstrap
-
-
-def _issue(base: Path, name: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-           ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder().subject_name(subject)
-               .issuer_name(issuer[0].subject if issuer else subject).public_key(key.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True))
-    if issuer is not None:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-    cert_path, key_path = base / f"{name}.pem", base / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert, key, cert_path, key_path
 
 
 @dataclass
@@ -85,9 +62,9 @@ class _Api:
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[_Api]:
-    ca_cert, ca_key, ca_path, _ = _issue(tmp_path, "ca", None)
-    _, _, server_cert, server_key = _issue(tmp_path, "agent", (ca_cert, ca_key))
-    _, _, client_cert, client_key = _issue(tmp_path, "some-tenant", (ca_cert, ca_key))
+    ca_cert, ca_key, ca_path, _ = issue(tmp_path, "ca", None)
+    _, _, server_cert, server_key = issue(tmp_path, "agent", (ca_cert, ca_key))
+    _, _, client_cert, client_key = issue(tmp_path, "some-tenant", (ca_cert, ca_key))
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca_path))
     server.verify_mode = ssl.CERT_REQUIRED
     server.load_cert_chain(str(server_cert), str(server_key))
@@ -95,7 +72,7 @@ async def api(tmp_path: Path) -> AsyncIterator[_Api]:
     client.load_cert_chain(str(client_cert), str(client_key))
     others: dict[str, ssl.SSLContext] = {}
     for who in ("verifier", "attacker"):
-        _, _, cert_path, key_path = _issue(tmp_path, who, (ca_cert, ca_key))
+        _, _, cert_path, key_path = issue(tmp_path, who, (ca_cert, ca_key))
         others[who] = ssl.create_default_context(cafile=str(ca_path))
         others[who].load_cert_chain(str(cert_path), str(key_path))
     agent = _StandIn(Payloads(tmp_path / "keylime", rsa.generate_private_key(65537, 2048), UUID))

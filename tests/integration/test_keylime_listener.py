@@ -6,7 +6,6 @@ slot over every peer (second review, N1) makes room for a newcomer, and never ta
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ipaddress
 import ssl
 import time
@@ -16,10 +15,6 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from edgeward.http.connections import GuardedRunner
 from edgeward.keylime.listener import (
@@ -33,6 +28,7 @@ from edgeward.keylime.listener import (
     learn_verifiers,
     peer_of,
 )
+from tests.fixtures.mtls_certs import issue
 
 ATTACKER = "127.0.0.2"  # Linux routes all of 127/8 to lo
 
@@ -40,26 +36,6 @@ ATTACKER = "127.0.0.2"  # Linux routes all of 127/8 to lo
 def _per_address(address: str) -> str:
     """Each loopback address a peer of its own, as hosts on the network are: the per-peer tests need two peers."""
     return address
-
-
-def _issue(base: Path, name: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-           ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder().subject_name(subject)
-               .issuer_name(issuer[0].subject if issuer else subject).public_key(key.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True))
-    if issuer is not None:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-    cert_path, key_path = base / f"{name}.pem", base / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert, key, cert_path, key_path
 
 
 class _Agent:
@@ -78,9 +54,9 @@ class _Agent:
 
 @asynccontextmanager
 async def _serve(tmp_path: Path, caps: PeerCaps) -> AsyncIterator[_Agent]:
-    ca_cert, ca_key, ca_path, _ = _issue(tmp_path, "ca", None)
-    _, _, server_cert, server_key = _issue(tmp_path, "agent", (ca_cert, ca_key))
-    _, _, client_cert, client_key = _issue(tmp_path, "verifier", (ca_cert, ca_key))
+    ca_cert, ca_key, ca_path, _ = issue(tmp_path, "ca", None)
+    _, _, server_cert, server_key = issue(tmp_path, "agent", (ca_cert, ca_key))
+    _, _, client_cert, client_key = issue(tmp_path, "verifier", (ca_cert, ca_key))
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca_path))
     server.verify_mode = ssl.CERT_REQUIRED
     server.load_cert_chain(str(server_cert), str(server_key))
