@@ -300,26 +300,13 @@ def test_a_flood_from_another_peer_does_not_keep_the_verifier_out(device: Device
           f"{answered * 1000:.0f} ms")
 
 
-def _client_cert(services: KeylimeServices, cn: str) -> tuple[Path, Path]:
-    """A client certificate from the verifier's CA that is not the verifier's: what any tenant or operator tool
-    holds (made with keylime's own ca_util, as `keylime_ca -c create` would)."""
-    ca_dir = services.home / "cv_ca"
-    cert, key = ca_dir / f"{cn}-cert.crt", ca_dir / f"{cn}-private.pem"
-    if not cert.exists():
-        code = ("import sys; from keylime import ca_util; ca_util.read_password(None); "
-                "ca_util.cmd_mkcert(sys.argv[1], sys.argv[2])")
-        subprocess.run([str(services.venv / "bin" / "python"), "-c", code, str(ca_dir), cn], env=services.env,
-                       check=True, capture_output=True, cwd=services.home)
-    return cert, key
-
-
 def test_identity_quote_loops_of_another_client_do_not_stop_the_verifier(device: Device,
                                                                          keylime_services: KeylimeServices) -> None:
     """A3 of the break-this review: four kept-alive identity-quote loops from the holder of another client
     certificate. The agent used to answer the verifier's integrity quote 503 while two quotes were being taken,
     which Keylime's verifier takes as an irrecoverable failure (no_quote): it stopped polling the device for good,
     within 5 s. Now the verifier's quotes go first and the loops are throttled; the device keeps passing."""
-    cert = _client_cert(keylime_services, "some-tenant")
+    cert = mint_client_cert(keylime_services, "some-tenant")
     ctx = ssl.create_default_context(cafile=str(device.state / "keylime" / "mtls-cert.pem"))
     ctx.check_hostname = False
     ctx.load_cert_chain(str(cert[0]), str(cert[1]))
