@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from .runtime.settings import RuntimeSettings
     from .tpm.settings import TpmdSettings
 
-__all__ = ["DaemonSettings", "ServiceSettings", "load_service_settings", "load_settings", "serve"]
+__all__ = ["DaemonSettings", "ServiceSettings", "load_service_settings", "load_settings", "load_super_service_settings",
+           "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,31 @@ def load_service_settings(service: str, config_dir: Path, state_dir: Path, run_d
         hint = ("`edgeward config apply` writes it when [tpm] is configured or DPS provisioning uses TPM attestation"
                 if service == "tpm" else f"`edgeward config apply --out-dir {config_dir}` writes it")
         raise ConfigError([f"{e.problems[0]}; {hint}", *e.problems[1:]], e.source) from None
-    problems = Problems(str(path))
+    return _service_settings(service, doc, Problems(str(path)), path=path,
+                             files=(config_dir.resolve(), path.resolve()), state_dir=state_dir, run_dir=run_dir)
+
+
+def load_super_service_settings(service: str, config: Path | None, state_dir: Path,
+                                run_dir: Path) -> ServiceSettings:
+    """``edgeward serve <service>`` on the super config (-c) or the embedded defaults: the super config is checked
+    and split as ``config apply`` does, and the service reads its own document of the split, exactly as it would
+    read its file under ``--config-dir``. So ``serve keys`` parses no certs, identity or runtime settings and loads
+    none of their code; their problems are reported by the processes that serve them (and by ``edgeward check``)."""
+    from .config.super_config import split_super_config  # noqa: PLC0415
+
+    doc = read_config(config) if config is not None else EMBEDDED_DEFAULTS
+    problems = Problems(str(config) if config else "embedded defaults")
+    files = (config.resolve(),) if config is not None else ()
+    split = split_super_config(doc, problems, config_files=files)
+    own = split.files().get(SERVICE_FILES[service])
+    return _service_settings(service, own or {}, problems, path=config, files=files, state_dir=state_dir,
+                             run_dir=run_dir)
+
+
+def _service_settings(service: str, doc: Mapping[str, Any], problems: Problems, *, path: Path | None,
+                      files: tuple[Path, ...], state_dir: Path, run_dir: Path) -> ServiceSettings:
+    """One service's settings from its own document (see :meth:`ServiceConfigs.files`); ``files``: the config
+    files no module may bind, beyond what the splitter put in ``[edgeward.peers]``."""
     peer = {"endpoints": doc["endpoints"]} if "endpoints" in doc else {}  # the services this one calls
 
     def own(name: str) -> Mapping[str, Any]:
@@ -211,7 +236,9 @@ def load_service_settings(service: str, config_dir: Path, state_dir: Path, run_d
     if service == "tpm":
         table = doc.get("tpm")
         if not isinstance(table, dict):
-            problems.add("tpm", table if table is not None else "<missing>", "the [tpm] table `config apply` writes")
+            problems.add("tpm", table if table is not None else "<missing>",
+                         "a [tpm] table naming the TPM (in the super config: [tpm], or DPS provisioning with TPM "
+                         "attestation)")
         tpm = parse_tpmd_settings(table if isinstance(table, dict) else {}, run_dir, problems, prefix="tpm")
     elif service == "edged":
         from .runtime.settings import parse_runtime_settings  # noqa: PLC0415
@@ -223,7 +250,6 @@ def load_service_settings(service: str, config_dir: Path, state_dir: Path, run_d
                          "module runtime knows of the other services (provisioning, TPM, paths no module may bind)")
         if runtime.tpm_service:  # its socket, from [endpoints]
             tpm = parse_tpmd_settings(peer, run_dir, problems)
-        files = (config_dir.resolve(), path.resolve())  # whatever the splitter could not know of
         runtime = replace(runtime, protected_paths=tuple(dict.fromkeys((*files, *runtime.protected_paths))))
     keylime = _keylime_settings(doc, state_dir, problems) if service == "edged" else None
     problems.raise_if_any()

@@ -60,10 +60,11 @@ def test_serve_keys_loads_no_other_service(own_file: bool, tmp_path: Path) -> No
         # reading keyd.toml needs nothing else: no other service, no super config translation, no x509
         assert loaded(modules, (*OTHER_SERVICES, "edgeward.config.super_config", "cryptography.x509")) == []
     else:
-        # the super config is checked whole, every service's reader included; no other service's running code
-        assert loaded(modules, ("edgeward.runtime.edge_ca", "edgeward.runtime.compose", "edgeward.tpm.client",
-                                "edgeward.tpm.routes", "edgeward.certs.issuance", "edgeward.certs.service",
-                                "edgeward.identity.service", "edgeward.attest.audit")) == []
+        # the super config is checked and split as `config apply` does, and keys reads only its own document of it:
+        # no other service's settings reader, let alone its running code
+        assert loaded(modules, ("edgeward.runtime.settings", "edgeward.runtime.engine", "edgeward.tpm",
+                                "edgeward.runtime.edge_ca", "edgeward.runtime.compose", "edgeward.certs.issuance",
+                                "edgeward.certs.service", "edgeward.identity.service", "edgeward.attest.audit")) == []
     assert loaded(modules, ("rich",)) == []  # the CLI's renderer: commands that print tables load it
     # the keys wire is checked by hand: pydantic (about 8 MB and 0.1 s of start) is for the other services' models
     assert loaded(modules, ("pydantic", "pydantic_core")) == []

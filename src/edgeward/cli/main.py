@@ -18,7 +18,15 @@ import click
 
 from .. import __version__
 from ..config.problems import ConfigError
-from ..daemon import ALL_SERVICES, KEYLIME_SERVICES, ServiceSettings, load_service_settings, load_settings, serve
+from ..daemon import (
+    ALL_SERVICES,
+    KEYLIME_SERVICES,
+    ServiceSettings,
+    load_service_settings,
+    load_settings,
+    load_super_service_settings,
+    serve,
+)
 from ..fdlimit import raise_fd_limit
 from ..http.errors import HttpError
 from ..keys.errors import BackendUnavailable
@@ -134,7 +142,7 @@ def serve_one(service: str, config: Path | None, config_dir: Path | None, state_
     if config_dir is not None:
         _run_services(lambda: load_service_settings(service, config_dir, state, run), (service,))
     else:
-        _run_services(lambda: load_settings(config, state, run), (service,))
+        _run_services(lambda: load_super_service_settings(service, config, state, run), (service,))
 
 
 def main() -> None:
