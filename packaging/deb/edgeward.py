@@ -6,6 +6,6 @@ import sys
 
 sys.path = ["/usr/lib/edgeward/python"] + [p for p in sys.path if p.startswith("/usr/lib/python3")]
 
-from edgeward.cli.main import main  # noqa: E402
+from edgeward.cli.entry import main  # noqa: E402
 
 sys.exit(main())

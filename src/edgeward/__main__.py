@@ -1,3 +1,3 @@
-from edgeward.cli.main import main
+from edgeward.cli.entry import main
 
 main()

@@ -126,7 +126,7 @@ def test_serve_keys_with_socket_activation(tmp_path: Path) -> None:
     wrapper = (
         "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
         "os.environ['LISTEN_FDS'] = '1'; os.environ['LISTEN_FDNAMES'] = 'keyd'; "
-        "sys.argv = ['edgeward'] + sys.argv[2:]; from edgeward.cli.main import main; main()"
+        "sys.argv = ['edgeward'] + sys.argv[2:]; from edgeward.cli.entry import main; main()"
     )
     proc = None
     try:

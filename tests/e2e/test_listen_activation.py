@@ -26,7 +26,7 @@ WRAPPER = (
     "import os, sys; fds = [int(f) for f in sys.argv[1].split(',')]; "
     "[os.dup2(fd, 3 + i) for i, fd in enumerate(fds)]; os.environ['LISTEN_PID'] = str(os.getpid()); "
     "os.environ['LISTEN_FDS'] = str(len(fds)); os.environ['LISTEN_FDNAMES'] = sys.argv[2]; "
-    "sys.argv = ['edgeward'] + sys.argv[3:]; from edgeward.cli.main import main; main()"
+    "sys.argv = ['edgeward'] + sys.argv[3:]; from edgeward.cli.entry import main; main()"
 )
 
 

@@ -1,6 +1,6 @@
 """Each service imports only what it uses: `edgeward serve keys`, ready and serving, has loaded no code of the other
 services and no pydantic (start-up time and memory on small devices); `edgeward run`, ready and idle, no pydantic
-and no asn1crypto. Checked in a real daemon process, through its sys.modules."""
+and no asn1crypto; neither loads click. Checked in a real daemon process, through its sys.modules."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from edgeward.supervise import stop_daemon
 WRAPPER = (
     "import atexit, sys; out = sys.argv[1]; "
     "atexit.register(lambda: open(out, 'w').write('\\n'.join(sorted(sys.modules)))); "
-    "sys.argv = ['edgeward'] + sys.argv[2:]; from edgeward.cli.main import main; main()"
+    "sys.argv = ['edgeward'] + sys.argv[2:]; from edgeward.cli.entry import main; main()"
 )
 OTHER_SERVICES = ("edgeward.runtime", "edgeward.tpm", "edgeward.certs", "edgeward.identity", "edgeward.attest.audit")
 
@@ -66,6 +66,7 @@ def test_serve_keys_loads_no_other_service(own_file: bool, tmp_path: Path) -> No
                                 "edgeward.runtime.edge_ca", "edgeward.runtime.compose", "edgeward.certs.issuance",
                                 "edgeward.certs.service", "edgeward.identity.service", "edgeward.attest.audit")) == []
     assert loaded(modules, ("rich",)) == []  # the CLI's renderer: commands that print tables load it
+    assert loaded(modules, ("click",)) == []  # the daemon's commands are parsed without it (cli/daemon_cmds.py)
     # the keys wire is checked by hand: pydantic (about 8 MB and 0.1 s of start) is for the other services' models
     assert loaded(modules, ("pydantic", "pydantic_core")) == []
 
@@ -79,6 +80,6 @@ def test_run_loads_no_pydantic_nor_asn1crypto(tmp_path: Path) -> None:
         (tmp_path / start).mkdir()
         modules = modules_when_ready(args, tmp_path / start)
         assert "edgeward.identity.service" in modules and "edgeward.certs.service" in modules  # it did run them
-        assert loaded(modules, ("pydantic", "pydantic_core", "asn1crypto")) == [], start
+        assert loaded(modules, ("pydantic", "pydantic_core", "asn1crypto", "click")) == [], start
         # what only systeminfo and a support bundle use is loaded when they are asked for
         assert loaded(modules, ("importlib.metadata", "zipfile")) == [], start
