@@ -65,6 +65,8 @@ def test_serve_keys_loads_no_other_service(own_file: bool, tmp_path: Path) -> No
         assert loaded(modules, ("edgeward.runtime.settings", "edgeward.runtime.engine", "edgeward.tpm",
                                 "edgeward.runtime.edge_ca", "edgeward.runtime.compose", "edgeward.certs.issuance",
                                 "edgeward.certs.service", "edgeward.identity.service", "edgeward.attest.audit")) == []
+        # nor X.509 code (about 1 MB): subject fields are checked by dotted OID, the policy's names live apart
+        assert loaded(modules, ("cryptography.x509", "edgeward.certs.policy")) == []
     assert loaded(modules, ("rich",)) == []  # the CLI's renderer: commands that print tables load it
     assert loaded(modules, ("click",)) == []  # the daemon's commands are parsed without it (cli/daemon_cmds.py)
     # the keys wire is checked by hand: pydantic (about 8 MB and 0.1 s of start) is for the other services' models

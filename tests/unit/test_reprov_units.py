@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeward.certs.dn import CN_MAX, DnError, subject_fields, subject_name
+from edgeward.certs.dn import CN_MAX, DN_FIELDS, DnError, subject_fields, subject_name
 from edgeward.config.b64 import decode_key
 from edgeward.http.errors import HttpError
 from edgeward.identity.hub import HubError
@@ -81,3 +81,29 @@ def test_subject_fields_follow_aziot_certd() -> None:
         subject_fields({"C": "A1"})
     with pytest.raises(DnError, match="at most 256"):
         subject_fields({"O": "o" * 257})
+
+
+def test_subject_field_names_are_the_oids_cryptography_names() -> None:
+    """DN_FIELDS holds dotted OIDs (no X.509 code to read a config): each must be the OID cryptography gives that
+    attribute, and the name a certificate gets must carry it."""
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    by_oid = {v.dotted_string: k for k, v in vars(NameOID).items() if not k.startswith("_")}
+    expected = {"CN": "COMMON_NAME", "C": "COUNTRY_NAME", "ST": "STATE_OR_PROVINCE_NAME", "L": "LOCALITY_NAME",
+                "O": "ORGANIZATION_NAME", "OU": "ORGANIZATIONAL_UNIT_NAME", "street": "STREET_ADDRESS",
+                "postalCode": "POSTAL_CODE", "serialNumber": "SERIAL_NUMBER", "title": "TITLE", "GN": "GIVEN_NAME",
+                "SN": "SURNAME", "initials": "INITIALS", "pseudonym": "PSEUDONYM",
+                "generationQualifier": "GENERATION_QUALIFIER", "dnQualifier": "DN_QUALIFIER",
+                "DC": "DOMAIN_COMPONENT", "UID": "USER_ID", "emailAddress": "EMAIL_ADDRESS",
+                "businessCategory": "BUSINESS_CATEGORY", "jurisdictionC": "JURISDICTION_COUNTRY_NAME",
+                "jurisdictionST": "JURISDICTION_STATE_OR_PROVINCE_NAME",
+                "jurisdictionL": "JURISDICTION_LOCALITY_NAME"}
+    for short, attribute in expected.items():
+        assert by_oid[DN_FIELDS[short]] == attribute, short
+    assert len({DN_FIELDS[k] for k in DN_FIELDS}) == len(expected)  # every long name is one of these
+    name = subject_name(subject_fields({"jurisdictionC": "AQ", "CN": "dev"}))
+    assert name.get_attributes_for_oid(NameOID.JURISDICTION_COUNTRY_NAME)[0].value == "AQ"
+    with pytest.raises(DnError, match="two-letter country"):
+        subject_fields({"jurisdictionC": "AQX"})
+    with pytest.raises(DnError, match="dotted OID"):
+        subject_fields({"3.99": "x"})  # cryptography refuses a first arc above 2

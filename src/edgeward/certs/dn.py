@@ -9,40 +9,44 @@ would refuse are refused when the configuration is read, with the list of accept
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID, ObjectIdentifier
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["CN_MAX", "DN_FIELDS", "DnError", "common_name_of", "subject_fields", "subject_name"]
 
 CN_MAX = 64  # RFC 5280's ub-common-name; aziot truncates longer CNs
 
-DN_FIELDS: dict[str, ObjectIdentifier] = {
-    "CN": NameOID.COMMON_NAME, "commonName": NameOID.COMMON_NAME,
-    "C": NameOID.COUNTRY_NAME, "countryName": NameOID.COUNTRY_NAME,
-    "ST": NameOID.STATE_OR_PROVINCE_NAME, "stateOrProvinceName": NameOID.STATE_OR_PROVINCE_NAME,
-    "L": NameOID.LOCALITY_NAME, "localityName": NameOID.LOCALITY_NAME,
-    "O": NameOID.ORGANIZATION_NAME, "organizationName": NameOID.ORGANIZATION_NAME,
-    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME, "organizationalUnitName": NameOID.ORGANIZATIONAL_UNIT_NAME,
-    "street": NameOID.STREET_ADDRESS, "streetAddress": NameOID.STREET_ADDRESS,
-    "postalCode": NameOID.POSTAL_CODE,
-    "serialNumber": NameOID.SERIAL_NUMBER,
-    "title": NameOID.TITLE,
-    "GN": NameOID.GIVEN_NAME, "givenName": NameOID.GIVEN_NAME,
-    "SN": NameOID.SURNAME, "surname": NameOID.SURNAME,
-    "initials": NameOID.INITIALS,
-    "pseudonym": NameOID.PSEUDONYM,
-    "generationQualifier": NameOID.GENERATION_QUALIFIER,
-    "dnQualifier": NameOID.DN_QUALIFIER,
-    "DC": NameOID.DOMAIN_COMPONENT, "domainComponent": NameOID.DOMAIN_COMPONENT,
-    "UID": NameOID.USER_ID, "userId": NameOID.USER_ID,
-    "emailAddress": NameOID.EMAIL_ADDRESS,
-    "businessCategory": NameOID.BUSINESS_CATEGORY,
-    "jurisdictionC": NameOID.JURISDICTION_COUNTRY_NAME,
-    "jurisdictionST": NameOID.JURISDICTION_STATE_OR_PROVINCE_NAME,
-    "jurisdictionL": NameOID.JURISDICTION_LOCALITY_NAME,
+# By dotted OID rather than cryptography's NameOID: reading a config (every service's, `serve keys` included) then
+# needs no X.509 code, about 1 MB of a process that never builds a name. subject_name() turns them into OIDs.
+_CN, _C, _JURISDICTION_C = "2.5.4.3", "2.5.4.6", "1.3.6.1.4.1.311.60.2.1.3"
+DN_FIELDS: dict[str, str] = {
+    "CN": _CN, "commonName": _CN,
+    "C": _C, "countryName": _C,
+    "ST": "2.5.4.8", "stateOrProvinceName": "2.5.4.8",
+    "L": "2.5.4.7", "localityName": "2.5.4.7",
+    "O": "2.5.4.10", "organizationName": "2.5.4.10",
+    "OU": "2.5.4.11", "organizationalUnitName": "2.5.4.11",
+    "street": "2.5.4.9", "streetAddress": "2.5.4.9",
+    "postalCode": "2.5.4.17",
+    "serialNumber": "2.5.4.5",
+    "title": "2.5.4.12",
+    "GN": "2.5.4.42", "givenName": "2.5.4.42",
+    "SN": "2.5.4.4", "surname": "2.5.4.4",
+    "initials": "2.5.4.43",
+    "pseudonym": "2.5.4.65",
+    "generationQualifier": "2.5.4.44",
+    "dnQualifier": "2.5.4.46",
+    "DC": "0.9.2342.19200300.100.1.25", "domainComponent": "0.9.2342.19200300.100.1.25",
+    "UID": "0.9.2342.19200300.100.1.1", "userId": "0.9.2342.19200300.100.1.1",
+    "emailAddress": "1.2.840.113549.1.9.1",
+    "businessCategory": "2.5.4.15",
+    "jurisdictionC": _JURISDICTION_C,
+    "jurisdictionST": "1.3.6.1.4.1.311.60.2.1.2",
+    "jurisdictionL": "1.3.6.1.4.1.311.60.2.1.1",
 }
-_COUNTRIES = {NameOID.COUNTRY_NAME, NameOID.JURISDICTION_COUNTRY_NAME}
+_COUNTRIES = {_C, _JURISDICTION_C}
 _MAX_VALUE = 256
 
 
@@ -50,14 +54,17 @@ class DnError(ValueError):
     """What is wrong with a subject table, in words an operator can act on."""
 
 
-def _oid(name: str) -> ObjectIdentifier:
+def _oid(name: str) -> str:
+    """The dotted OID of a field name; a dotted name is checked as cryptography (which builds the name) checks it."""
     oid = DN_FIELDS.get(name)
     if oid is not None:
         return oid
     parts = name.split(".")
     if len(parts) >= 2 and all(p.isdigit() for p in parts):
+        from cryptography.x509.oid import ObjectIdentifier  # noqa: PLC0415  (a rare config: see DN_FIELDS)
+
         try:
-            return ObjectIdentifier(name)
+            return ObjectIdentifier(name).dotted_string
         except ValueError:
             pass
     raise DnError(f"distinguished name fields OpenSSL knows; {name!r} is not one (known: "
@@ -78,7 +85,7 @@ def subject_fields(raw: object) -> tuple[tuple[str, str], ...]:
         oid = _oid(name)
         if oid in _COUNTRIES and not (len(value) == 2 and value.isascii() and value.isalpha()):
             raise DnError(f"field {name!r}: a two-letter country code (ISO 3166), not {value!r}")
-        if oid == NameOID.COMMON_NAME:
+        if oid == _CN:
             value = value[:CN_MAX]  # as aziot-certd does
         out.append((name, value))
     return tuple(out)
@@ -86,11 +93,13 @@ def subject_fields(raw: object) -> tuple[tuple[str, str], ...]:
 
 def subject_name(fields: tuple[tuple[str, str], ...]) -> x509.Name:
     """The X.509 name of checked fields (see :func:`subject_fields`)."""
-    return x509.Name([x509.NameAttribute(_oid(name), value) for name, value in fields])
+    from cryptography import x509  # noqa: PLC0415  (see DN_FIELDS)
+
+    return x509.Name([x509.NameAttribute(x509.ObjectIdentifier(_oid(name)), value) for name, value in fields])
 
 
 def common_name_of(fields: tuple[tuple[str, str], ...]) -> str | None:
     for name, value in fields:
-        if _oid(name) == NameOID.COMMON_NAME:
+        if _oid(name) == _CN:
             return value
     return None

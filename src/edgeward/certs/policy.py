@@ -31,7 +31,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -40,6 +39,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from ..keys.principals import glob_to_regex
 from .errors import InvalidCsr
+from .kinds import (
+    DEVICE_SERVER_CERT_ID,
+    EDGE_CA_CERT_ID,
+    KINDS,
+    LOCAL_ID_PREFIX,
+    IpNetwork,
+    Kind,
+    default_kind,
+    parse_ip_networks,
+)
 
 __all__ = [
     "DEVICE_SERVER_CERT_ID",
@@ -55,14 +64,7 @@ __all__ = [
     "parse_ip_networks",
 ]
 
-Kind = Literal["ca", "server", "client", "identity"]
-KINDS: tuple[Kind, ...] = ("ca", "server", "client", "identity")
-IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Extension = tuple[x509.ExtensionType, bool]  # (value, critical)
-
-EDGE_CA_CERT_ID = "aziot-edged-ca"  # aziot-edged's edge CA
-DEVICE_SERVER_CERT_ID = "edgeward-device-server"  # the embedded defaults' device server certificate
-LOCAL_ID_PREFIX = "local-id-"  # identityd's local identities, "local-id-<module>"
 
 _EKU_OF: dict[Kind, frozenset[x509.ObjectIdentifier]] = {
     "ca": frozenset(),
@@ -75,30 +77,6 @@ _EKU_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID
 
 class PolicyRefused(InvalidCsr):
     """The CSR asks for something its cert id's issuance policy does not allow (400, naming the extension)."""
-
-
-def default_kind(cert_id: str, *, ca_ids: Iterable[str] = (), identity_ids: Iterable[str] = ()) -> Kind:
-    """The kind of a cert id without a configured one: the edge CA and ``ca_ids`` (the local CA) are CAs;
-    ``local-id-*`` and ``identity_ids`` (EST identities) are identities; the device server cert is a server; any
-    other id is a client leaf, the least a certificate can do."""
-    if cert_id == EDGE_CA_CERT_ID or cert_id in set(ca_ids):
-        return "ca"
-    if cert_id.startswith(LOCAL_ID_PREFIX) or cert_id in set(identity_ids):
-        return "identity"
-    if cert_id == DEVICE_SERVER_CERT_ID:
-        return "server"
-    return "client"
-
-
-def parse_ip_networks(values: Iterable[str]) -> tuple[IpNetwork, ...]:
-    """``"10.0.0.1"`` or ``"10.0.0.0/8"``; raises ValueError naming the bad entry."""
-    out = []
-    for value in values:
-        try:
-            out.append(ipaddress.ip_network(value, strict=False))
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address or network") from None
-    return tuple(out)
 
 
 def _eku_name(oid: x509.ObjectIdentifier) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from ..config.problems import Problems
 from ..keys.principals import glob_to_regex
 from .dn import DnError, subject_fields
-from .policy import KINDS, IpNetwork, Kind, parse_ip_networks
+from .kinds import KINDS, IpNetwork, Kind, parse_ip_networks
 
 __all__ = [
     "CertPrincipal",

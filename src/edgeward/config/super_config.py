@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..certs.dn import common_name_of
-from ..certs.policy import EDGE_CA_CERT_ID
+from ..certs.kinds import EDGE_CA_CERT_ID
 from ..keys.aead import IMPORTED_MASTER_KEY_ID
 from ..runtime.edge_ca_config import apply_edge_ca
 from .issuance import ISSUANCE_KEYS, Preloads, est_auth, issuance_options, renew_policy, subject_table

@@ -11,7 +11,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from ..certs.policy import EDGE_CA_CERT_ID
+from ..certs.kinds import EDGE_CA_CERT_ID
 from ..config.problems import Problems
 
 __all__ = ["EDGE_CA_KEY_ID", "QUICKSTART_DAYS", "apply_edge_ca"]
