@@ -116,3 +116,38 @@ async def test_missing_or_mismatched_cert_is_renewed_at_once(request: pytest.Fix
         await env.engine.start()
         await next_event(events, timeout=10)
         await cert_matches_key(env, "edge-server", "edge-server")
+
+
+@pytest.mark.parametrize("grace", [30.0, 0.2], ids=["within-grace", "past-grace"])
+async def test_a_stop_lets_a_key_rotation_under_way_finish(grace: float, request: pytest.FixtureRequest,
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop (not a crash) while a rotation is under way waits for it, so the next start has nothing to finish;
+    past the grace it is cut, and the start's recovery still leaves a matching pair."""
+    async with serve_certs("software", request, tmp_path, config(3600, rotate=True)) as env:
+        keys = env.service.keys
+        reached, release = asyncio.Event(), asyncio.Event()
+        move = keys.move_key_pair
+
+        async def slow_move(source: str, target: str) -> None:
+            reached.set()
+            await release.wait()
+            await move(source, target)
+
+        monkeypatch.setattr(keys, "move_key_pair", slow_move)
+        env.engine.stop_grace = grace
+        await env.engine.start()  # no cert yet: issued at once, with a new key
+        await asyncio.wait_for(reached.wait(), 30)
+        stopping = asyncio.create_task(env.engine.stop())
+        await asyncio.sleep(0)
+        assert not stopping.done()  # it waits for the rotation
+        if grace > 1:
+            release.set()
+            await asyncio.wait_for(stopping, 30)
+            with pytest.raises(Exception, match="not found"):
+                await env.keys.load_key_pair("edge-server.next")  # nothing left for the next start to finish
+        else:
+            await asyncio.wait_for(stopping, 30)  # cut at the grace, the move never ran
+            monkeypatch.setattr(keys, "move_key_pair", move)
+            for m in env.engine.managed:
+                await env.engine.recover(m)
+        await cert_matches_key(env, "edge-server", "edge-server")

@@ -92,6 +92,10 @@ class RenewalEngine:
     _subscribers: list[asyncio.Queue[RenewalEvent]] = field(default_factory=list)
     _status: dict[str, RenewalStatus] = field(default_factory=dict)
     _wake: dict[str, asyncio.Event] = field(default_factory=dict)
+    # How long a stop waits for renewals under way: a stop that cut a key rotation in half would leave the next
+    # start to finish it (recover()), with a warning meant for crashes.
+    stop_grace: float = 10.0
+    _renewing: set[asyncio.Task[RenewalEvent]] = field(default_factory=set)
 
     def subscribe(self) -> asyncio.Queue[RenewalEvent]:
         """Renewal events for other parts (edge CA, identity) to react to."""
@@ -119,6 +123,18 @@ class RenewalEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
+        if self._renewing:  # let a renewal under way finish, within the grace
+            done, late = await asyncio.wait(set(self._renewing), timeout=self.stop_grace)
+            for renewal in late:
+                log.warning("stopping during the renewal of %s: the next start finishes or undoes it",
+                            renewal.get_name().removeprefix("renewing:"))
+                renewal.cancel()
+            for renewal in done:  # its failure was not awaited by its (cancelled) loop
+                error = None if renewal.cancelled() else renewal.exception()
+                if error is not None:
+                    log.warning("renewal of %s failed as the service stopped: %s",
+                                renewal.get_name().removeprefix("renewing:"), failure_reason(error))
+            await asyncio.gather(*late, return_exceptions=True)
 
     def wake(self, cert_id: str) -> None:
         self._wake[cert_id].set()
@@ -133,7 +149,8 @@ class RenewalEngine:
         chain = self.service.read_chain(m.cert_id)
         temp_public = await handle_public_key(keys, temp_handle)
         if chain is not None and same_public_key(chain[0].public_key(), temp_public):
-            log.warning("finishing the key rotation of %r that a crash interrupted", m.cert_id)
+            log.warning("finishing the key rotation of %r that a crash (or a stop past its grace) interrupted",
+                        m.cert_id)
             await keys.move_key_pair(m.temp_key_id, m.key_id)
         else:
             log.info("discarding the unused new key of an interrupted renewal of %r", m.cert_id)
@@ -185,8 +202,12 @@ class RenewalEngine:
             status.next_attempt = due
             status.not_after = cert.not_valid_after_utc if cert else None
             await self._sleep_until(m, due)
+            # its own task, shielded: a stop waits for it (see stop_grace) rather than cutting a rotation in half
+            renewal = asyncio.create_task(self.renew(m), name=f"renewing:{m.cert_id!r}")
+            self._renewing.add(renewal)
+            renewal.add_done_callback(self._renewing.discard)
             try:
-                await self.renew(m)
+                await asyncio.shield(renewal)
             except Exception as e:
                 status.failures += 1
                 status.last_error = failure_reason(e)
