@@ -86,7 +86,7 @@ def test_subject_fields_follow_aziot_certd() -> None:
 def test_subject_field_names_are_the_oids_cryptography_names() -> None:
     """DN_FIELDS holds dotted OIDs (no X.509 code to read a config): each must be the OID cryptography gives that
     attribute, and the name a certificate gets must carry it."""
-    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID
 
     by_oid = {v.dotted_string: k for k, v in vars(NameOID).items() if not k.startswith("_")}
     expected = {"CN": "COMMON_NAME", "C": "COUNTRY_NAME", "ST": "STATE_OR_PROVINCE_NAME", "L": "LOCALITY_NAME",
