@@ -121,8 +121,9 @@ async def test_missing_or_mismatched_cert_is_renewed_at_once(request: pytest.Fix
 @pytest.mark.parametrize("grace", [30.0, 0.2], ids=["within-grace", "past-grace"])
 async def test_a_stop_lets_a_key_rotation_under_way_finish(grace: float, request: pytest.FixtureRequest,
                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A stop (not a crash) while a rotation is under way waits for it, so the next start has nothing to finish;
-    past the grace it is cut, and the start's recovery still leaves a matching pair."""
+    """A stop (not a crash) while a rotation commits (new chain written, new key moved in place) waits for it, so
+    the next start has nothing to finish; past the grace it is cut, and the start's recovery still leaves a
+    matching pair."""
     async with serve_certs("software", request, tmp_path, config(3600, rotate=True)) as env:
         keys = env.service.keys
         reached, release = asyncio.Event(), asyncio.Event()
@@ -138,8 +139,8 @@ async def test_a_stop_lets_a_key_rotation_under_way_finish(grace: float, request
         await env.engine.start()  # no cert yet: issued at once, with a new key
         await asyncio.wait_for(reached.wait(), 30)
         stopping = asyncio.create_task(env.engine.stop())
-        await asyncio.sleep(0)
-        assert not stopping.done()  # it waits for the rotation
+        await asyncio.sleep(0.05)
+        assert not stopping.done()  # it waits for the commit
         if grace > 1:
             release.set()
             await asyncio.wait_for(stopping, 30)
@@ -151,3 +152,23 @@ async def test_a_stop_lets_a_key_rotation_under_way_finish(grace: float, request
             for m in env.engine.managed:
                 await env.engine.recover(m)
         await cert_matches_key(env, "edge-server", "edge-server")
+
+
+async def test_a_stop_does_not_wait_for_a_renewal_that_has_not_reached_its_commit(
+        request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renewal stuck before its commit (a keys service or an EST server that does not answer) is cancelled at
+    once by a stop: the grace is for the commit only."""
+    async with serve_certs("software", request, tmp_path, config(3600, rotate=True)) as env:
+        keys = env.service.keys
+        reached = asyncio.Event()
+
+        async def stuck(*_: object) -> str:
+            reached.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        monkeypatch.setattr(keys, "create_key_pair_if_not_exists", stuck)
+        env.engine.stop_grace = 30.0
+        await env.engine.start()
+        await asyncio.wait_for(reached.wait(), 30)
+        await asyncio.wait_for(env.engine.stop(), 2)

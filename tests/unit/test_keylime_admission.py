@@ -124,19 +124,20 @@ def test_verifier_addresses_are_ips_or_networks(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("networks", "warned"), [
-    (["192.0.2.10", "198.51.100.0/24", "2001:db8:1::10/120"], []),
+    (["192.0.2.10", "198.51.100.0/26", "2001:db8:1::40/122"], []),
     (["0.0.0.0/0"], ["0.0.0.0/0"]),
     (["192.0.2.10", "10.0.0.0/16", "2001:db8:1::/64"], ["10.0.0.0/16", "2001:db8:1::/64"]),
+    ([f"10.0.{i}.0/24" for i in range(256)], ["10.0.0.0/24", "10.0.255.0/24"]),  # a /16, spelled out
 ])
 def test_a_broad_verifier_network_is_warned_of(networks: list[str], warned: list[str], tmp_path: Path) -> None:
-    """Each listed address gets the handshake slots kept for verifiers: listing a wide network hands them to any
-    flooder inside it, which the operator is told (the setting is still taken: it may be what they mean)."""
+    """Each listed address gets the handshake slots kept for verifiers: listing many hands them to any flooder
+    among them, which the operator is told (the setting is still taken: it may be what they mean)."""
     p = Problems("test")
     s = parse_keylime_settings({"registrar_url": "http://r:8890", "verifier_ca": "/ca.crt",
                                 "verifier_addresses": networks}, tmp_path, p)
     p.raise_if_any()
     assert s is not None and len(s.verifier_addresses) == len(networks)
     found = [w for w in p.warnings if "verifier_addresses" in w]
-    assert len(found) == len(warned)
-    for net, warning in zip(warned, found, strict=True):
-        assert net in warning and "list the verifier's own addresses" in warning
+    assert len(found) == (1 if warned else 0)
+    for net in warned:
+        assert net in found[0] and "list the verifier's own addresses" in found[0]

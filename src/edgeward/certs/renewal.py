@@ -13,8 +13,9 @@ import contextlib
 import datetime as dt
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -92,10 +93,10 @@ class RenewalEngine:
     _subscribers: list[asyncio.Queue[RenewalEvent]] = field(default_factory=list)
     _status: dict[str, RenewalStatus] = field(default_factory=dict)
     _wake: dict[str, asyncio.Event] = field(default_factory=dict)
-    # How long a stop waits for renewals under way: a stop that cut a key rotation in half would leave the next
-    # start to finish it (recover()), with a warning meant for crashes.
+    # How long a stop waits for a renewal's commit under way (the new chain written, the new key moved in place): a
+    # stop that cut it in half would leave the next start to finish it (recover()), with a warning meant for crashes.
+    # What comes before the commit (a CSR, the issuer's answer) is cancelled at once.
     stop_grace: float = 10.0
-    _renewing: set[asyncio.Task[RenewalEvent]] = field(default_factory=set)
 
     def subscribe(self) -> asyncio.Queue[RenewalEvent]:
         """Renewal events for other parts (edge CA, identity) to react to."""
@@ -123,18 +124,6 @@ class RenewalEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
-        if self._renewing:  # let a renewal under way finish, within the grace
-            done, late = await asyncio.wait(set(self._renewing), timeout=self.stop_grace)
-            for renewal in late:
-                log.warning("stopping during the renewal of %s: the next start finishes or undoes it",
-                            renewal.get_name().removeprefix("renewing:"))
-                renewal.cancel()
-            for renewal in done:  # its failure was not awaited by its (cancelled) loop
-                error = None if renewal.cancelled() else renewal.exception()
-                if error is not None:
-                    log.warning("renewal of %s failed as the service stopped: %s",
-                                renewal.get_name().removeprefix("renewing:"), failure_reason(error))
-            await asyncio.gather(*late, return_exceptions=True)
 
     def wake(self, cert_id: str) -> None:
         self._wake[cert_id].set()
@@ -155,6 +144,21 @@ class RenewalEngine:
         else:
             log.info("discarding the unused new key of an interrupted renewal of %r", m.cert_id)
             await keys.delete_key_pair(temp_handle)
+
+    async def _uncut(self, work: Coroutine[Any, Any, None], cert_id: str) -> None:
+        """Run a renewal's commit to its end even if the renewal is cancelled meanwhile (a stop): the cancel waits
+        for it, up to :attr:`stop_grace`, still holding the cert id's lock, and then goes on."""
+        task = asyncio.create_task(work, name=f"commit:{cert_id}")
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            done, _ = await asyncio.wait({task}, timeout=self.stop_grace)
+            if not done:
+                log.warning("stopping during the renewal of %r: the next start finishes or undoes it", cert_id)
+                task.cancel()
+            elif not task.cancelled() and (error := task.exception()) is not None:
+                log.warning("renewal of %r failed as the service stopped: %s", cert_id, failure_reason(error))
+            raise
 
     async def _try_load(self, key_id: str) -> str | None:
         try:
@@ -202,12 +206,8 @@ class RenewalEngine:
             status.next_attempt = due
             status.not_after = cert.not_valid_after_utc if cert else None
             await self._sleep_until(m, due)
-            # its own task, shielded: a stop waits for it (see stop_grace) rather than cutting a rotation in half
-            renewal = asyncio.create_task(self.renew(m), name=f"renewing:{m.cert_id!r}")
-            self._renewing.add(renewal)
-            renewal.add_done_callback(self._renewing.discard)
             try:
-                await asyncio.shield(renewal)
+                await self.renew(m)
             except Exception as e:
                 status.failures += 1
                 status.last_error = failure_reason(e)
@@ -264,9 +264,13 @@ class RenewalEngine:
             public = await handle_public_key(keys, handle)
             csr = await sign_csr(builder, keys, handle, public)
             chain = await svc.issue_chain(m.cert_id, csr, None, renewing=old is not None, self_key=key_id)
-            await svc.write_chain(m.cert_id, chain)
-            if rotate:
-                await keys.move_key_pair(m.temp_key_id, m.key_id)
+
+            async def commit() -> None:
+                await svc.write_chain(m.cert_id, chain)
+                if rotate:
+                    await keys.move_key_pair(m.temp_key_id, m.key_id)
+
+            await self._uncut(commit(), m.cert_id)
         event = RenewalEvent(m.cert_id, chain[0].not_valid_after_utc, rotate, previous)
         status = self._status.setdefault(m.cert_id, RenewalStatus(m.cert_id))
         status.failures, status.last_error, status.not_after = 0, None, event.not_after

@@ -53,8 +53,8 @@ def say(kind: str, text: object) -> None:
     print(f"{label} {text}", file=sys.stderr)
 
 
-def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """The parser, and its `serve` subparser (whose usage a refusal of its options shows)."""
+def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and its subcommands' (whose usage a refusal of their options shows)."""
     parser = argparse.ArgumentParser(prog="edgeward", allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{run,serve}")
 
@@ -63,7 +63,8 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         sub.add_argument("--state-dir", type=Path, default=None, help=STATE_HELP)
         sub.add_argument("--run-dir", type=Path, default=None, help=RUN_HELP)
 
-    paths(commands.add_parser("run", help=RUN_SUMMARY, description=RUN_SUMMARY, allow_abbrev=False))
+    run = commands.add_parser("run", help=RUN_SUMMARY, description=RUN_SUMMARY, allow_abbrev=False)
+    paths(run)
     serve_one = commands.add_parser("serve", help=SERVE_SUMMARY, description=_SERVE_DESCRIPTION, allow_abbrev=False)
     serve_one.add_argument("service", choices=[*ALL_SERVICES, "keylime-agent"])
     paths(serve_one)
@@ -71,13 +72,16 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                            help="Read only this service's own file in this directory (keyd.toml, certd.toml, "
                                 "identityd.toml, tpmd.toml or edged.toml, as `edgeward config apply` writes them); "
                                 "instead of -c.")
-    return parser, serve_one
+    return parser, {"run": run, "serve": serve_one}
 
 
 def main(argv: Sequence[str]) -> None:
     """Parse ``run ...`` or ``serve ...`` and run it until a stop signal."""
-    parser, serve_parser = _parsers()
-    args = parser.parse_args(list(argv))
+    parser, commands = _parsers()
+    args, unknown = parser.parse_known_args(list(argv))
+    if unknown:  # refused with the usage of the command it was given to, not the top level's
+        commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    serve_parser = commands["serve"]
     state = args.state_dir or default_state_dir()
     run = args.run_dir or default_run_dir()
     config: Path | None = args.config

@@ -31,7 +31,7 @@ _KNOWN = {"registrar_url", "agent_uuid", "listen_address", "listen_port", "conta
           "state_dir", "hash_alg", "ak_algorithm", "ak_handle", "revocation_action", "revocation_cert",
           "ima_securityfs", "verifier_utc_offset", "verifier_addresses"}
 _UUID = re.compile(r"^[0-9a-fA-F-]{36}$")
-BROAD_NETWORK = 256  # more addresses than a /24 (or an IPv6 /120) in verifier_addresses: warned of
+BROAD_NETWORK = 256  # verifier_addresses covering more addresses than a /24, IPv4 and IPv6 counted together: warned of
 
 
 @dataclass(frozen=True)
@@ -170,15 +170,16 @@ def _networks(p: Problems, table: Mapping[str, Any], key: str,
     nets = []
     for value in raw:
         try:
-            net = ipaddress.ip_network(value, strict=False)
+            nets.append(ipaddress.ip_network(value, strict=False))
         except ValueError:
             p.add(f"edgeward.keylime.{key}", value, "an IP address or network (CIDR)")
-            continue
-        if net.num_addresses > BROAD_NETWORK:
-            # Every address listed is trusted with the handshake slots kept for verifiers (keylime/listener.py):
-            # a network this wide hands them to whoever floods from inside it.
-            p.warnings.append(f"edgeward.keylime.{key}: {value} covers {net.num_addresses:,} addresses, each given "
-                              "the handshake slots kept for the verifier, so a flood from any of them can keep the "
-                              "verifier out; list the verifier's own addresses")
-        nets.append(net)
+    # Every address listed is trusted with the handshake slots kept for verifiers (keylime/listener.py): this many
+    # hands them to whoever floods from among them. Counted over the list, so a /16 spelled as 256 /24s counts too.
+    covered = sum(n.num_addresses for n in ipaddress.collapse_addresses([n for n in nets if n.version == 4])) + sum(
+        n.num_addresses for n in ipaddress.collapse_addresses([n for n in nets if n.version == 6]))
+    if covered > BROAD_NETWORK:
+        wide = ", ".join(str(n) for n in nets if n.num_addresses > 1)
+        p.warnings.append(f"edgeward.keylime.{key}: {wide} cover {covered:,} addresses, each given the handshake "
+                          "slots kept for the verifier, so a flood from any of them can keep the verifier out; list "
+                          "the verifier's own addresses")
     return tuple(nets)
