@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -559,6 +560,16 @@ class _Splitter:
         (:data:`_CALLERS`): in the packaged deployment a service can read no other file."""
         raw = self.table("endpoints")
         self.p.warn_unknown(raw, set(_ENDPOINTS), "endpoints")
+        # Two services on one socket: whichever binds last takes every caller of the other, which would then
+        # talk to the wrong service (the keys service answering certd's callers, or the reverse).
+        seen: dict[str, str] = {}
+        for name, value in raw.items():
+            if name in _ENDPOINTS and isinstance(value, str) and value.startswith("unix:///"):
+                path = posixpath.normpath(unquote(urlsplit(value).path))
+                if path in seen:
+                    self.p.add(f"endpoints.{name}", value, f"a socket of its own (endpoints.{seen[path]} is the "
+                                                           "same)")
+                seen.setdefault(path, name)
         for name, value in raw.items():
             service = _ENDPOINTS.get(name)
             if service is None:
