@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 MAX_CERT_ID_LENGTH = 256
 LOCAL_CA_RECHECK_SECONDS = 1.0  # how stale a remembered local CA may be when its file is replaced from outside
 PLANS_REMEMBERED = 1024
+_CONTROL = re.compile(r"[\x00-\x1f]")  # what validate_cert_id refuses: control characters
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ EstFactory = Callable[[str, Sequence[x509.Certificate], EstAuth, "KeysIdentity |
 
 
 def validate_cert_id(cert_id: str) -> str:
-    if not cert_id or len(cert_id) > MAX_CERT_ID_LENGTH or any(ord(c) < 0x20 for c in cert_id):
+    if not cert_id or len(cert_id) > MAX_CERT_ID_LENGTH or _CONTROL.search(cert_id):
         raise BadRequest(f"certId must be 1 to {MAX_CERT_ID_LENGTH} printable characters")
     return cert_id
 
