@@ -15,7 +15,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeward.certs.tbs import TbsCertificate, key_identifier, signature_algorithm, signed_certificate_der, spki_der
+from edgeward.certs.tbs import (
+    EncodedExtension,
+    EncodedName,
+    TbsCertificate,
+    extension_der,
+    key_identifier,
+    signature_algorithm,
+    signed_certificate_der,
+    spki_der,
+    subject_key_identifier_der,
+)
 
 _SUBJECT_OIDS = [NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME,
                  NameOID.LOCALITY_NAME, NameOID.STATE_OR_PROVINCE_NAME]  # UTF8String: any text
@@ -71,11 +81,13 @@ def _extensions(draw: st.DrawFn) -> list[tuple[x509.ExtensionType, bool]]:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(issuer_kind=_ISSUER_KINDS, subject_kind=_SUBJECT_KINDS, issuer=_names, subject=_names,
        serial=st.integers(1, (1 << 159) - 1), not_before=_times, lifetime=_lifetimes,
-       extensions=_extensions())
+       extensions=_extensions(), encoded=st.lists(st.booleans(), min_size=8, max_size=8))
 def test_tbs_certificate_is_what_cryptography_writes(issuer_kind: str, subject_kind: str, issuer: x509.Name,
                                                      subject: x509.Name, serial: int, not_before: dt.datetime,
                                                      lifetime: dt.timedelta,
-                                                     extensions: list[tuple[x509.ExtensionType, bool]]) -> None:
+                                                     extensions: list[tuple[x509.ExtensionType, bool]],
+                                                     encoded: list[bool]) -> None:
+    """Whichever names and extensions are passed already encoded (as issuance passes the fixed ones)."""
     signer = _key(issuer_kind)
     not_after = not_before + lifetime
     subject_key = _key(subject_kind).public_key()
@@ -86,8 +98,11 @@ def test_tbs_certificate_is_what_cryptography_writes(issuer_kind: str, subject_k
     expected = builder.sign(signer, hashes.SHA384() if issuer_kind == "p384" else hashes.SHA256())
 
     algorithm = signature_algorithm(signer.public_key())
-    tbs = TbsCertificate(serial, issuer, subject, not_before, not_after, spki_der(subject_key), extensions).der(
-        algorithm)
+    names: list[EncodedName] = [n.public_bytes() if pre else n for n, pre in zip((issuer, subject), encoded,
+                                                                                 strict=False)]
+    passed: list[EncodedExtension] = [extension_der(*e) if pre else e for e, pre in zip(extensions, encoded[2:],
+                                                                                       strict=False)]
+    tbs = TbsCertificate(serial, *names, not_before, not_after, spki_der(subject_key), passed).der(algorithm)
 
     assert tbs == expected.tbs_certificate_bytes
     assert signed_certificate_der(tbs, algorithm, expected.signature) == expected.public_bytes(
@@ -99,6 +114,14 @@ def test_tbs_certificate_is_what_cryptography_writes(issuer_kind: str, subject_k
 def test_key_identifier_is_cryptographys_subject_key_identifier(kind: str) -> None:
     public = _key(kind).public_key()
     assert key_identifier(spki_der(public)) == x509.SubjectKeyIdentifier.from_public_key(public).digest
+
+
+@settings(max_examples=50, deadline=None)
+@given(kind=_SUBJECT_KINDS)
+def test_subject_key_identifier_der_is_the_extension_cryptography_writes(kind: str) -> None:
+    public = _key(kind).public_key()
+    assert subject_key_identifier_der(spki_der(public)) == extension_der(
+        x509.SubjectKeyIdentifier.from_public_key(public), False)
 
 
 def test_tbs_refuses_what_the_builder_refuses() -> None:

@@ -125,3 +125,42 @@ def test_csr_with_a_duplicate_extension_is_a_400_not_a_500() -> None:
                                          "signature": asn1_core.OctetBitString(signature)}).dump(force=True)
     with pytest.raises(InvalidCsr, match=r"csr extensions are not valid: Duplicate 2\.5\.29\.19"):
         parse_csr(der)
+
+
+@pytest.mark.parametrize("kind", ["ca", "server", "client", "identity"])
+def test_policy_extensions_der_are_its_extensions_encoded(kind: str) -> None:
+    """The encodings issuance remembers per kind are those of the extensions the policy decides, names included."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from edgeward.certs.policy import Grant
+    from edgeward.certs.tbs import extension_der
+
+    policy = IssuancePolicy("c", kind, dns_names=("*.local",), path_len=2 if kind == "ca" else 0)
+    keys = [ec.generate_private_key(ec.SECP256R1()).public_key(),
+            rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()]
+    grants = [Grant(), Grant((x509.DNSName("a.local"),), (ExtendedKeyUsageOID.SERVER_AUTH,)),
+              Grant((), (ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH))]
+    for public in keys:
+        for grant in grants:
+            for _ in range(2):  # the second time from what was remembered
+                assert policy.extensions_der(public, grant) == [
+                    extension_der(value, critical) for value, critical in policy.extensions(public, grant)]
+
+
+def test_a_csr_is_read_as_pem_der_or_base64_of_either_and_anything_else_is_a_400() -> None:
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    from edgeward.certs.errors import InvalidCsr
+    from edgeward.certs.issuance import parse_csr
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])).sign(key, hashes.SHA256()))
+    pem, der = csr.public_bytes(serialization.Encoding.PEM), csr.public_bytes(serialization.Encoding.DER)
+    for form in (pem, der, base64.b64encode(pem), base64.b64encode(der), b"text before it\n" + pem):
+        assert parse_csr(form) == csr
+    for junk in (b"", b"garbage", b"0" * 40, base64.b64encode(b"0" * 40), b"-----BEGIN nothing", der[:-1]):
+        with pytest.raises(InvalidCsr, match="not a PKCS#10"):
+            parse_csr(junk)

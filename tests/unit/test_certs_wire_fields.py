@@ -71,6 +71,8 @@ def test_certs_bodies_are_accepted_and_refused_as_the_pydantic_models_did(model:
 
 @settings(max_examples=200, deadline=None)
 @given(pem=st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=30))
+@example(pem="-----BEGIN CERTIFICATE-----\nMIIBkTCCATeg\n-----END CERTIFICATE-----\n")
+@example(pem='"\\\x00\x1f\x7f\u2028\u00e9\U0001f512')
 def test_certs_answers_are_the_bytes_pydantic_wrote(pem: str) -> None:
     raw = wire.PemResponse(pem).to_json()
     assert raw == PemResponse(pem=pem).model_dump_json(by_alias=True, exclude_none=True).encode()

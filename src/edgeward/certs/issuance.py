@@ -11,6 +11,7 @@ import binascii
 import contextlib
 import datetime as dt
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -21,7 +22,16 @@ from ..keys.api import KeysApi
 from ..keys.model import PublicKey
 from .errors import InvalidCsr
 from .policy import Grant, IssuancePolicy
-from .tbs import TbsCertificate, key_identifier, spki_der
+from .tbs import (
+    EncodedExtension,
+    EncodedName,
+    TbsCertificate,
+    der_elements,
+    extension_der,
+    key_identifier,
+    spki_der,
+    subject_key_identifier_der,
+)
 from .x509sign import sign_certificate
 
 __all__ = ["IssuerRef", "issue", "parse_csr", "self_signed_ca", "sign_leaf"]
@@ -44,6 +54,15 @@ class IssuerRef:
         ski = x509.SubjectKeyIdentifier(key_identifier(spki_der(self.public_key)))
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
+    @functools.cached_property
+    def authority_key_identifier_der(self) -> bytes:
+        return extension_der(self.authority_key_identifier, False)
+
+    @functools.cached_property
+    def name_der(self) -> bytes | None:
+        """The issuer certificate's subject, encoded once (None: self-signed, the issuer is the subject)."""
+        return self.cert.subject.public_bytes() if self.cert is not None else None
+
 
 def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
     """A CSR as PEM, DER, or base64 of either (aziot clients send base64 of the PEM); its signature must verify."""
@@ -54,7 +73,7 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
         candidates.append(base64.b64decode(data, validate=True))
     csr = None
     for blob in candidates:
-        for loader in (x509.load_pem_x509_csr, x509.load_der_x509_csr):
+        for loader in _loaders(blob):
             try:
                 csr = loader(blob)
                 break
@@ -78,12 +97,24 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
+def _loaders(blob: bytes) -> list[Callable[[bytes], x509.CertificateSigningRequest]]:
+    """The loaders that can take ``blob``: PEM has its BEGIN line, DER starts with a SEQUENCE (0x30); a loader
+    that cannot is not tried (each failed try raises, which costs more than the check)."""
+    loaders: list[Callable[[bytes], x509.CertificateSigningRequest]] = []
+    if b"-----BEGIN" in blob:
+        loaders.append(x509.load_pem_x509_csr)
+    if blob[:1] == b"\x30":
+        loaders.append(x509.load_der_x509_csr)
+    return loaders
+
+
 def _subject(csr: x509.CertificateSigningRequest, common_name: str | None,
-             subject: x509.Name | None = None) -> x509.Name:
+             subject: x509.Name | None = None) -> EncodedName:
     if subject is not None:  # the configured DN replaces the CSR's whole (as aziot-certd's subject does)
         return subject
-    if common_name is None:
-        return csr.subject
+    if common_name is None:  # the CSR's subject as the CSR carries it (what OpenSSL, so aziot-certd, copies)
+        # CertificationRequestInfo ::= SEQUENCE { version, subject, subjectPKInfo, attributes [0] }
+        return der_elements(csr.tbs_certrequest_bytes)[1]
     rest = [a for a in csr.subject if a.oid != NameOID.COMMON_NAME]
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name), *rest])
 
@@ -113,12 +144,12 @@ async def issue(keys: KeysApi, csr: x509.CertificateSigningRequest, issuer: Issu
     (CN overridden by ``common_name``, all of it by a configured ``subject``) and the names granted; everything
     else comes from the policy."""
     public_key = csr.public_key()
-    return await sign_leaf(keys, _subject(csr, common_name, subject), public_key, policy.extensions(public_key, grant),
-                           issuer=issuer, lifetime=lifetime)
+    return await sign_leaf(keys, _subject(csr, common_name, subject), public_key,
+                           policy.extensions_der(public_key, grant), issuer=issuer, lifetime=lifetime)
 
 
-async def sign_leaf(keys: KeysApi, subject: x509.Name, public_key: CertificatePublicKeyTypes,
-                    extensions: list[tuple[x509.ExtensionType, bool]], *, issuer: IssuerRef,
+async def sign_leaf(keys: KeysApi, subject: EncodedName, public_key: CertificatePublicKeyTypes,
+                    extensions: Sequence[EncodedExtension], *, issuer: IssuerRef,
                     lifetime: dt.timedelta) -> x509.Certificate:
     """Sign exactly ``extensions`` (plus SKID/AKID); notAfter never passes the issuer's notAfter."""
     now = dt.datetime.now(dt.UTC)
@@ -128,9 +159,8 @@ async def sign_leaf(keys: KeysApi, subject: x509.Name, public_key: CertificatePu
         if not_after <= now:
             raise InvalidCsr("the issuer certificate has expired; renew it first")
     spki = spki_der(public_key)
-    extensions = [*extensions, (x509.SubjectKeyIdentifier(key_identifier(spki)), False),
-                  (issuer.authority_key_identifier, False)]
-    tbs = TbsCertificate(x509.random_serial_number(), issuer.cert.subject if issuer.cert is not None else subject,
+    extensions = [*extensions, subject_key_identifier_der(spki), issuer.authority_key_identifier_der]
+    tbs = TbsCertificate(x509.random_serial_number(), issuer.name_der or subject,
                          subject, now - min(BACKDATE, lifetime / 10),  # short-lived certs keep their renewal math
                          not_after, spki, extensions)
     return await sign_certificate(tbs, keys, issuer.key_handle, issuer.public_key)

@@ -28,6 +28,7 @@ anything else is a client leaf.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from .kinds import (
     default_kind,
     parse_ip_networks,
 )
+from .tbs import extension_der
 
 __all__ = [
     "DEVICE_SERVER_CERT_ID",
@@ -220,25 +222,23 @@ class IssuancePolicy:
     # building the certificate --------------------------------------------------------------------------------
     def extensions(self, public_key: CertificatePublicKeyTypes | None, grant: Grant) -> list[Extension]:
         """The certificate's extensions other than SKID/AKID: fixed by the kind, names from the grant."""
-        if self.is_ca:
-            out: list[Extension] = [
-                (x509.BasicConstraints(ca=True, path_length=self.path_len), True),
-                (x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                               data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                               encipher_only=False, decipher_only=False), True),
-            ]
-        else:
-            encipher = self.kind == "server" and isinstance(public_key, rsa.RSAPublicKey)
-            out = [
-                (x509.BasicConstraints(ca=False, path_length=None), True),
-                (x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=encipher,
-                               data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                               encipher_only=False, decipher_only=False), True),
-                (x509.ExtendedKeyUsage(list(grant.usages)), False),
-            ]
+        out = _fixed_extensions(self.is_ca, self.path_len, self._key_encipherment(public_key), grant.usages)
         if grant.names:
             out.append((x509.SubjectAlternativeName(list(grant.names)), False))
         return out
+
+    def extensions_der(self, public_key: CertificatePublicKeyTypes | None, grant: Grant) -> list[bytes]:
+        """``extensions`` as the certificate carries them (DER). Those the kind fixes come out the same for every
+        certificate of a cert id, so they are encoded once; only the names are the request's."""
+        out = list(_fixed_extensions_der(self.is_ca, self.path_len, self._key_encipherment(public_key),
+                                         grant.usages))
+        if grant.names:
+            out.append(extension_der(x509.SubjectAlternativeName(list(grant.names)), False))
+        return out
+
+    def _key_encipherment(self, public_key: CertificatePublicKeyTypes | None) -> bool:
+        """A server's RSA key also encrypts (TLS RSA key exchange)."""
+        return self.kind == "server" and isinstance(public_key, rsa.RSAPublicKey)
 
     def renewal_request(self, old: x509.Certificate | None) -> list[Extension]:
         """What a renewal CSR asks for (an EST server sees it): the CA extensions of a CA, else the old cert's
@@ -276,3 +276,28 @@ class IssuancePolicy:
             raise ValueError(f"{where} returned a CA certificate for cert id {self.cert_id}, "
                              f"which is not configured as a CA")
 
+
+def _fixed_extensions(is_ca: bool, path_len: int | None, key_encipherment: bool,
+                      usages: tuple[x509.ObjectIdentifier, ...]) -> list[Extension]:
+    """BasicConstraints and keyUsage (critical), and a leaf's extendedKeyUsage: what the kind decides."""
+    if is_ca:
+        return [
+            (x509.BasicConstraints(ca=True, path_length=path_len), True),
+            (x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                           data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                           encipher_only=False, decipher_only=False), True),
+        ]
+    return [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=key_encipherment,
+                       data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                       encipher_only=False, decipher_only=False), True),
+        (x509.ExtendedKeyUsage(list(usages)), False),
+    ]
+
+
+@functools.lru_cache(maxsize=64)  # a handful of kinds, path lengths and usage sets: configuration, not requests
+def _fixed_extensions_der(is_ca: bool, path_len: int | None, key_encipherment: bool,
+                          usages: tuple[x509.ObjectIdentifier, ...]) -> tuple[bytes, ...]:
+    return tuple(extension_der(value, critical)
+                 for value, critical in _fixed_extensions(is_ca, path_len, key_encipherment, usages))

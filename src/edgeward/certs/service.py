@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -38,12 +39,14 @@ from .settings import CertsSettings, EstAuth, IssuanceOptions
 from .store import CertStore
 from .x509sign import IssuerKeyMismatch, handle_public_key, same_public_key, sign_certificate, sign_csr
 
-__all__ = ["CertService", "EstEnroller", "LocalCa", "validate_cert_id"]
+__all__ = ["CertService", "EstEnroller", "IssuancePlan", "LocalCa", "validate_cert_id"]
 
 log = logging.getLogger(__name__)
 
 MAX_CERT_ID_LENGTH = 256
 LOCAL_CA_RECHECK_SECONDS = 1.0  # how stale a remembered local CA may be when its file is replaced from outside
+PLANS_REMEMBERED = 1024
+_CONTROL = re.compile(r"[\x00-\x1f]")  # what validate_cert_id refuses: control characters
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,17 @@ class LocalCa:
         return IssuerRef(self.chain[0], self.handle, self.public)
 
 
+@dataclass(frozen=True)
+class IssuancePlan:
+    """What the configuration decides about issuing one cert id: the same for every request for it, as settings do
+    not change while the service runs, so it is worked out once (``CertService.plan``)."""
+
+    options: IssuanceOptions | None
+    policy: IssuancePolicy
+    lifetime: dt.timedelta
+    subject: x509.Name | None  # the configured DN (subject = { ... }), for every method but EST
+
+
 class EstEnroller(Protocol):
     """What the service needs of an EST client (``edgeward.certs.est.EstClient`` in production)."""
 
@@ -71,7 +85,7 @@ EstFactory = Callable[[str, Sequence[x509.Certificate], EstAuth, "KeysIdentity |
 
 
 def validate_cert_id(cert_id: str) -> str:
-    if not cert_id or len(cert_id) > MAX_CERT_ID_LENGTH or any(ord(c) < 0x20 for c in cert_id):
+    if not cert_id or len(cert_id) > MAX_CERT_ID_LENGTH or _CONTROL.search(cert_id):
         raise BadRequest(f"certId must be 1 to {MAX_CERT_ID_LENGTH} printable characters")
     return cert_id
 
@@ -92,6 +106,7 @@ class CertService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._local_ca: LocalCa | None = None
         self._local_ca_checked = 0.0
+        self._plans: dict[str, IssuancePlan] = {}
 
     def for_caller(self, caller: Caller) -> CertsApi:
         return _CallerView(self, caller)
@@ -221,6 +236,17 @@ class CertService:
             return IssuancePolicy(cert_id, kind)
         return IssuancePolicy(cert_id, kind, opts.dns_names, opts.ip_addresses, opts.path_len, opts.common_names)
 
+    def plan(self, cert_id: str) -> IssuancePlan:
+        found = self._plans.get(cert_id)
+        if found is None:
+            if len(self._plans) >= PLANS_REMEMBERED:  # ids are the callers' to choose: keep the memory bounded
+                self._plans.clear()
+            opts = self.options(cert_id)
+            # an EST server gets the CSR as it is, which carries the configured DN already (renewal.py)
+            subject = subject_name(opts.subject) if opts is not None and opts.subject and opts.method != "est" else None
+            found = self._plans[cert_id] = IssuancePlan(opts, self.policy(cert_id), self.lifetime(cert_id), subject)
+        return found
+
     def lifetime(self, cert_id: str) -> dt.timedelta:
         opts = self.options(cert_id)
         if opts and opts.expiry_seconds:
@@ -252,13 +278,11 @@ class CertService:
                           self_key: str | None = None) -> list[x509.Certificate]:
         """Issue by the caller's issuer, else by the configured method. ``self_key`` overrides the key a
         self-signed cert is signed with (the renewal engine's not-yet-moved new key)."""
-        opts = self.options(cert_id)
+        plan = self.plan(cert_id)
+        opts, policy, subject, lifetime = plan.options, plan.policy, plan.subject, plan.lifetime
         common_name = opts.common_name if opts else None
-        # the configured DN (subject = { ... }); an EST server gets the CSR as it is, which carries it (renewal.py)
-        subject = subject_name(opts.subject) if opts is not None and opts.subject and opts.method != "est" else None
         if issuer is None and (opts is None or opts.method is None):
             raise BadRequest(f"no issuer given and no cert_issuance method configured for cert {cert_id!r}")
-        policy = self.policy(cert_id)
         # refused before any key is loaded or any request leaves the device (an EST server gets the CSR as it is)
         grant = policy.grant(csr, common_name if opts is not None and opts.method != "est" else None)
         self._keep_local_id_names(cert_id, csr, common_name)
@@ -271,7 +295,7 @@ class CertService:
             public = await handle_public_key(self.keys, handle)
             if not same_public_key(public, issuer_chain[0].public_key()):
                 raise BadRequest(f"privateKeyHandle is not the key of issuer cert {issuer_id!r}")
-            leaf = await issue(self.keys, csr, IssuerRef(issuer_chain[0], handle, public), self.lifetime(cert_id),
+            leaf = await issue(self.keys, csr, IssuerRef(issuer_chain[0], handle, public), lifetime,
                                policy=policy, grant=grant, common_name=common_name, subject=subject)
             return [leaf, *issuer_chain]
         assert opts is not None
@@ -281,14 +305,14 @@ class CertService:
             public = await handle_public_key(self.keys, handle)
             if not same_public_key(public, csr.public_key()):
                 raise InvalidCsr(f"a self-signed cert for {cert_id!r} must be requested for key {key_id!r}")
-            return [await issue(self.keys, csr, IssuerRef(None, handle, public), self.lifetime(cert_id),
+            return [await issue(self.keys, csr, IssuerRef(None, handle, public), lifetime,
                                 policy=policy, grant=grant, common_name=common_name, subject=subject)]
         if opts.method == "local_ca":
             for remembered in (True, False):
                 ca = await self.local_ca()
                 policy.check_issuer(ca.chain[0], self.settings.local_ca.cert if self.settings.local_ca else "local CA")
                 try:
-                    leaf = await issue(self.keys, csr, ca.issuer, self.lifetime(cert_id), policy=policy, grant=grant,
+                    leaf = await issue(self.keys, csr, ca.issuer, lifetime, policy=policy, grant=grant,
                                        common_name=common_name, subject=subject)
                 except (InvalidHandle, KeyNotFound, IssuerKeyMismatch):
                     if not (remembered and ca is self._local_ca):

@@ -4,7 +4,10 @@ and the builder's copies per issuance (about a third of a local-CA issuance's CP
 builder writes for the same fields (a property test compares them), so certificates do not change.
 
 Names, public keys and extension values are still encoded by cryptography (``public_bytes``); only the frame around
-them (lengths, version, serial, validity, the signature AlgorithmIdentifier) is written here.
+them (lengths, version, serial, validity, the signature AlgorithmIdentifier) is written here. What stays the same from
+one issuance to the next (the issuer's name, the extensions a cert id's policy fixes, the issuer's key identifier)
+can be passed already encoded, and a CSR's subject as the CSR carries it, so a local CA does not encode them again
+for every certificate.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 
 from ..keys.model import PublicKey
 
-__all__ = ["TbsCertificate", "der_elements", "key_identifier", "signature_algorithm", "signed_certificate_der",
-           "spki_der", "tlv"]
+__all__ = ["EncodedExtension", "EncodedName", "TbsCertificate", "der_elements", "extension_der", "key_identifier",
+           "signature_algorithm", "signed_certificate_der", "spki_der", "subject_key_identifier_der", "tlv"]
+
+EncodedName = x509.Name | bytes  # bytes: the Name's DER
+EncodedExtension = tuple[x509.ExtensionType, bool] | bytes  # (value, critical), or the whole Extension's DER
 
 # AlgorithmIdentifier of the issuer's signature, as cryptography writes them: no parameters for ECDSA, NULL for RSA.
 _ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
@@ -33,6 +39,7 @@ _VERSION_3 = bytes.fromhex("a003020102")
 _CRITICAL = bytes.fromhex("0101ff")
 _UTC_TIME_EARLIEST = 1950
 _UTC_TIME_UNTIL = 2050  # RFC 5280 4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050
+_SKI_OID = "2.5.29.14"
 
 
 def signature_algorithm(issuer_public: PublicKey) -> bytes:
@@ -45,27 +52,27 @@ def signature_algorithm(issuer_public: PublicKey) -> bytes:
 
 @dataclass(frozen=True)
 class TbsCertificate:
-    """A v3 certificate's signed fields. Names are x509.Name, as the certificate will carry them; times are UTC
-    (naive ones are taken as UTC) and lose their fractions of a second, as with the builder; ``spki`` is the
-    subject's SubjectPublicKeyInfo DER (``spki_der``), which its key identifier is also taken from."""
+    """A v3 certificate's signed fields. Names are x509.Name, as the certificate will carry them, or their DER;
+    times are UTC (naive ones are taken as UTC) and lose their fractions of a second, as with the builder; ``spki``
+    is the subject's SubjectPublicKeyInfo DER (``spki_der``), which its key identifier is also taken from."""
 
     serial_number: int
-    issuer: x509.Name
-    subject: x509.Name
+    issuer: EncodedName
+    subject: EncodedName
     not_valid_before: dt.datetime
     not_valid_after: dt.datetime
     spki: bytes
-    extensions: Sequence[tuple[x509.ExtensionType, bool]]  # (value, critical), in order
+    extensions: Sequence[EncodedExtension]  # in order; DER from ``extension_der`` or ``subject_key_identifier_der``
 
     def der(self, algorithm: bytes) -> bytes:
         """The TBSCertificate signed by a key of ``algorithm`` (``signature_algorithm``)."""
         if not 0 < self.serial_number < 1 << 159:
             raise ValueError("a serial number is positive and at most 159 bits (RFC 5280 4.1.2.2)")
-        parts = [_VERSION_3, _integer(self.serial_number), algorithm, self.issuer.public_bytes(),
+        parts = [_VERSION_3, _integer(self.serial_number), algorithm, _name(self.issuer),
                  _tlv(0x30, _time(self.not_valid_before) + _time(self.not_valid_after)),
-                 self.subject.public_bytes(), self.spki]
+                 _name(self.subject), self.spki]
         if self.extensions:
-            encoded = b"".join(_extension(value, critical) for value, critical in self.extensions)
+            encoded = b"".join(e if isinstance(e, bytes) else extension_der(*e) for e in self.extensions)
             parts.append(_tlv(0xA3, _tlv(0x30, encoded)))
         return _tlv(0x30, b"".join(parts))
 
@@ -88,13 +95,25 @@ def key_identifier(spki: bytes) -> bytes:
     return hashlib.sha1(bits, usedforsecurity=False).digest()
 
 
-def _extension(value: x509.ExtensionType, critical: bool) -> bytes:
+def extension_der(value: x509.ExtensionType, critical: bool) -> bytes:
+    """Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET STRING }."""
     body = _oid(value.oid.dotted_string) + (_CRITICAL if critical else b"") + _tlv(0x04, value.public_bytes())
     return _tlv(0x30, body)
 
 
+def subject_key_identifier_der(spki: bytes) -> bytes:
+    """The non-critical subjectKeyIdentifier extension of the key ``spki``: what ``extension_der`` writes for
+    ``x509.SubjectKeyIdentifier(key_identifier(spki))``, without building the object for every certificate."""
+    return _tlv(0x30, _oid(_SKI_OID) + _tlv(0x04, _tlv(0x04, key_identifier(spki))))
+
+
+def _name(name: EncodedName) -> bytes:
+    return name if isinstance(name, bytes) else name.public_bytes()
+
+
 @functools.cache
 def _oid(dotted: str) -> bytes:
+    """An OBJECT IDENTIFIER's DER (the few OIDs of extensions: remembered)."""
     arcs = [int(a) for a in dotted.split(".")]
     out = bytearray()
     for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:

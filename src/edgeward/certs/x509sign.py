@@ -26,6 +26,8 @@ from .tbs import TbsCertificate, der_elements, signature_algorithm, signed_certi
 __all__ = ["IssuerKeyMismatch", "handle_public_key", "same_public_key", "sign_certificate", "sign_csr"]
 
 _SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+# Signature algorithm objects hold no state: made once, not for every certificate checked.
+_ECDSA_SHA256, _ECDSA_SHA384 = ec.ECDSA(hashes.SHA256()), ec.ECDSA(hashes.SHA384())
 
 
 @functools.cache
@@ -81,8 +83,7 @@ def _verify(public: PublicKey, signature: bytes, tbs: bytes) -> None:
     """Never hand out a certificate the issuer key did not really sign (a misbehaving HSM, a swapped key)."""
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):
-            h = hashes.SHA384() if public.curve.name == "secp384r1" else hashes.SHA256()
-            public.verify(signature, tbs, ec.ECDSA(h))
+            public.verify(signature, tbs, _ECDSA_SHA384 if public.curve.name == "secp384r1" else _ECDSA_SHA256)
         else:
             public.verify(signature, tbs, padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -51,13 +52,24 @@ def hash_of(alg: HashAlg) -> hashes.HashAlgorithm:
     return _HASHES[alg]()
 
 
+@functools.cache
+def _prehashed(alg: HashAlg) -> utils.Prehashed:
+    return utils.Prehashed(hash_of(alg))
+
+
+@functools.cache
+def _ecdsa(alg: HashAlg) -> ec.ECDSA:
+    """Made once per hash (it holds no state): every workload and certificate signature needs one."""
+    return ec.ECDSA(_prehashed(alg))
+
+
 def sign_with_private_key(key: PrivateKey, digest: bytes, scheme: SignScheme) -> bytes:
     """Sign a digest with an in-memory key: shared by every backend that holds keys in software."""
-    prehashed = utils.Prehashed(hash_of(scheme.hash))
+    prehashed = _prehashed(scheme.hash)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         if scheme.kind != "ecdsa":
             raise UnsupportedByBackend(f"an EC key cannot sign with {scheme.kind}")
-        return key.sign(digest, ec.ECDSA(prehashed))
+        return key.sign(digest, _ecdsa(scheme.hash))
     if scheme.kind == "rsa-pkcs1v15":
         return key.sign(digest, padding.PKCS1v15(), prehashed)
     if scheme.kind == "rsa-pss":
