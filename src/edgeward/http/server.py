@@ -145,6 +145,8 @@ async def _caller_limit_middleware(request: web.Request, handler: Handler) -> we
             await request.read()
         raise
     try:
+        if request.content.is_eof():  # the whole body is here (most requests): no deadline to arm
+            return await handler(request)
         # The slot is held at most as long as the body takes to arrive, plus the handler's own work.
         with body_deadline(request):
             return await handler(request)
