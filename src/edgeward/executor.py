@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from typing import Any, ParamSpec, TypeVar
 
 __all__ = ["BlockingExecutor", "LaneClosed", "SerialLane"]
@@ -58,8 +59,9 @@ class SerialLane:
         self.bound = bound
         self._closed_error = closed_error
         self._mutex = threading.Lock()
-        self._ready = threading.Condition(self._mutex)
-        self._queue: deque[_Call] = deque()
+        # SimpleQueue (C): an idle thread sleeps in one C call and wakes once per call, as the pool's threads do; a
+        # threading.Condition would wake it and then have it take the Condition's lock back from the submitter.
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()  # None: stop
         self._in_flight = 0  # queued or running
         self._done: dict[asyncio.AbstractEventLoop, list[_Call]] = {}  # finished, not yet handed to their loop
         self._thread: threading.Thread | None = None
@@ -84,22 +86,25 @@ class SerialLane:
             if self._in_flight >= self.bound:
                 return None
             self._in_flight += 1
-            self._queue.append(call)
+            self._queue.put(call)  # under the mutex: never behind the stop marker
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
                 self._thread.start()
-            elif len(self._queue) == 1:
-                self._ready.notify()  # the thread may be waiting; while it works, no wake-up is needed
         return call.future
 
     def close(self) -> None:
         """Stop the thread once the running call returns; calls still queued fail. Idempotent."""
+        dropped: list[_Call] = []
         with self._mutex:
             self._closing = True
             thread = self._thread
-            dropped = list(self._queue)
-            self._queue.clear()
-            self._ready.notify()
+            with suppress(queue.Empty):
+                while True:
+                    call = self._queue.get_nowait()
+                    if call is not None:
+                        dropped.append(call)
+            if thread is not None:
+                self._queue.put(None)
         for call in dropped:
             call.outcome, call.failed = self._closed_error(), True
             self._finished(call)
@@ -110,14 +115,10 @@ class SerialLane:
 
     # the lane's thread ----------------------------------------------------------------------------------------
     def _work(self) -> None:
-        while True:
-            with self._mutex:
-                while not self._queue and not self._closing:
-                    self._ready.wait()
-                if not self._queue:
-                    return
-                call = self._queue.popleft()
-            if not call.future.cancelled():  # a cancelled caller's call is skipped, as the pool skips it
+        while (call := self._queue.get()) is not None:
+            if self._closing:  # taken before close emptied the queue
+                call.outcome, call.failed = self._closed_error(), True
+            elif not call.future.cancelled():  # a cancelled caller's call is skipped, as the pool skips it
                 try:
                     call.outcome = call.ctx.run(call.fn, *call.args)
                 except BaseException as e:  # handed to the caller, as the pool does
