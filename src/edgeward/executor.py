@@ -149,7 +149,6 @@ class SerialLane:
                 call.future.set_exception(call.outcome)
             else:
                 call.future.set_result(call.outcome)
-        # the outcomes (and any traceback) go with the batch, not with the lane
 
 
 class BlockingExecutor:
