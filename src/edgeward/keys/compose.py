@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..access.trusted import trusted_service_uids
-from ..executor import BlockingExecutor
+from ..executor import BlockingExecutor, SerialLane
 from ..fsutil import private_dir
 from .backends.base import KeyBackend
 from .backends.fallback import SymmetricFallback
@@ -29,7 +29,10 @@ from .settings import KeysSettings
 from .uri import FileUri, Pkcs11Uri, parse_key_uri
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .backends.pkcs11 import Pkcs11Backend
+    from .backends.tpm import TpmBackend
 
 __all__ = ["build_key_service"]
 
@@ -56,7 +59,7 @@ class _Pkcs11Pool:
         return self._backends[key]
 
 
-def _tpm_parts(settings: KeysSettings, homedir: Path) -> tuple[KeyBackend, MasterKeySource]:
+def _tpm_parts(settings: KeysSettings, homedir: Path) -> tuple[TpmBackend, MasterKeySource]:
     # Imported here: tpm2-pytss is optional and only needed on devices that use a TPM.
     from .backends.tpm import TpmBackend, TpmSealedMasterKey, TpmSettings  # noqa: PLC0415
 
@@ -68,7 +71,7 @@ def _tpm_parts(settings: KeysSettings, homedir: Path) -> tuple[KeyBackend, Maste
 
 def build_key_service(settings: KeysSettings) -> KeyService:
     homedir = private_dir(settings.homedir)
-    tpm: KeyBackend | None = None
+    tpm: TpmBackend | None = None
     master_source: MasterKeySource = FileMasterKey(homedir / "master-key")
     if settings.backend == "tpm" or settings.master_key == "tpm":
         tpm, sealed = _tpm_parts(settings, homedir)
@@ -79,6 +82,7 @@ def build_key_service(settings: KeysSettings) -> KeyService:
     pool = _Pkcs11Pool()
 
     default: KeyBackend
+    lanes: dict[Callable[..., object], SerialLane] = {}
     if settings.backend == "pkcs11":
         if settings.pkcs11_lib_path is None or settings.pkcs11_base_slot is None:
             raise BackendUnavailable("aziot_keys.pkcs11_lib_path and pkcs11_base_slot must be set for pkcs11")
@@ -88,6 +92,9 @@ def build_key_service(settings: KeysSettings) -> KeyService:
     elif settings.backend == "tpm":
         assert tpm is not None
         default = SymmetricFallback(tpm, software)
+        # Signatures run on the TPM context's own thread, back to back (see executor.py); key pairs always live in
+        # the TPM, so these calls never reach the software store.
+        lanes = {default.sign_digest: tpm.lane, default.rsa_private_encrypt: tpm.lane}
     else:
         default = software
 
@@ -108,6 +115,6 @@ def build_key_service(settings: KeysSettings) -> KeyService:
         locator=KeyLocator(default, preloaded),
         handles=KeyHandleCodec(_derive(master, b"edgeward key handle validation v1")),
         principals=PrincipalTable(settings.principals, trusted_uids=trusted_service_uids("keyd")),
-        executor=BlockingExecutor(settings.max_concurrency, name="edgeward-keys"),
+        executor=BlockingExecutor(settings.max_concurrency, name="edgeward-keys", lanes=lanes),
         default_ttl_seconds=settings.handle_ttl_seconds,
     )

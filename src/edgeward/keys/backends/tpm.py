@@ -70,6 +70,7 @@ try:  # tpm2-pytss's own cffi bindings of the TSS, for the sign hot path (see _e
 except ImportError:  # pragma: no cover - a tpm2-pytss that moved them: the public ESAPI call does the same
     _ffi = _lib = None
 
+from ...executor import SerialLane
 from ...fsutil import atomic_write, private_dir, remove_durably
 from ..errors import BackendUnavailable, InvalidParameter
 from ..model import (
@@ -398,7 +399,9 @@ class TpmBackend:
     """Key pairs and HMAC keys under the TPM's SRK; AES keys are refused so the service keeps them in software.
 
     All ESAPI use goes through one lock: an ESAPI context is not thread-safe, and a TPM runs one command at a time
-    anyway.
+    anyway. ``lane`` is the context's own thread, for the hot operations the service routes to it (see
+    ``keys/compose.py``): it runs them back to back, so they never queue on the lock behind each other; everything
+    else still takes the lock from whichever thread calls it.
     """
 
     name = "tpm"
@@ -415,6 +418,7 @@ class TpmBackend:
         self._supported: dict[KeyPairAlgorithm, str | None] = {}
         with self._lock:
             self._connect()
+        self.lane = SerialLane("edgeward-tpm", closed_error=lambda: BackendUnavailable("the TPM backend is closed"))
 
     def __repr__(self) -> str:
         return f"TpmBackend({self.settings.tcti!r}, blob_dir={self.settings.blob_dir})"
@@ -832,6 +836,7 @@ class TpmBackend:
         return self._run(unseal)
 
     def close(self) -> None:
+        self.lane.close()  # first: its running call may wait for the lock
         with self._lock:
             self._closed = True
             if self._ectx is not None:
