@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import queue
 import threading
 from collections.abc import Callable, Mapping
@@ -24,6 +25,8 @@ from typing import Any, ParamSpec, TypeVar
 __all__ = ["BlockingExecutor", "LaneClosed", "SerialLane"]
 
 P = ParamSpec("P")
+JOIN_SECONDS = 10.0  # how long close() waits for the call a lane's thread is running
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -109,7 +112,10 @@ class SerialLane:
             call.outcome, call.failed = self._closed_error(), True
             self._finished(call)
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            # bounded: a device stuck in a call must not hold up the process's stop (the thread is a daemon)
+            thread.join(JOIN_SECONDS)
+            if thread.is_alive():
+                log.warning("%s: a call still runs after %g s; stopping without it", self.name, JOIN_SECONDS)
         with self._mutex:
             self._thread = None
 

@@ -164,3 +164,27 @@ def test_a_lane_never_used_starts_no_thread_and_closes() -> None:
     lane = SerialLane("test-lane")
     lane.close()
     assert set(threading.enumerate()) == before
+
+
+async def test_close_does_not_wait_forever_for_a_device_stuck_in_a_call(monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A TPM that never answers must not hold up the daemon's stop: close gives up after JOIN_SECONDS (the thread
+    is a daemon thread) and says so."""
+    from edgeward import executor
+
+    monkeypatch.setattr(executor, "JOIN_SECONDS", 0.1)
+    lane = SerialLane("stuck")
+    release, entered = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        entered.set()
+        release.wait(30)
+
+    future = lane.submit(stuck)
+    assert future is not None
+    await asyncio.to_thread(entered.wait, 5)
+    try:
+        await asyncio.wait_for(asyncio.to_thread(lane.close), 5)
+        assert "a call still runs after 0.1 s" in caplog.text
+    finally:
+        release.set()
