@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..childwatch import use_pidfd_child_watcher
 from ..config.problems import ConfigError
 from ..daemon import (
     ALL_SERVICES,
@@ -120,7 +121,7 @@ def _run_services(load: Callable[[], ServiceSettings], services: tuple[str, ...]
     logging.getLogger().setLevel(min(logging.getLogger().level, level))
     raise_fd_limit()  # before any listener sizes its caps by it (see edgeward.fdlimit)
     try:
-        asyncio.run(serve(settings, services))
+        asyncio.run(_serve_process(settings, services))
     except ConfigError as e:  # found only at start (e.g. EDGEWARD_HTTP_* limits, a TPM that does not answer)
         say("error", e)
         sys.exit(EXIT_CONFIG)
@@ -132,3 +133,10 @@ def _run_services(load: Callable[[], ServiceSettings], services: tuple[str, ...]
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         pass
+
+
+async def _serve_process(settings: ServiceSettings, services: tuple[str, ...]) -> None:
+    """:func:`serve` as the whole process: what is the process's to decide (how child exits are watched, a global
+    of asyncio's) is decided here, not in ``serve``, which tests also run inside their own processes."""
+    use_pidfd_child_watcher(asyncio.get_running_loop())
+    await serve(settings, services)
