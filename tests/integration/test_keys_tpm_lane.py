@@ -47,8 +47,9 @@ def _transient_handles(tcti: str) -> list[int]:
         return [int(h) for h in data.data.handles]
 
 
-def _tpm_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "edgeward-tpm"]
+def _tpm_threads(before: frozenset[threading.Thread] = frozenset()) -> list[threading.Thread]:
+    """The TPM lane threads alive now, less ``before`` (a backend another test in this process left unclosed)."""
+    return [t for t in threading.enumerate() if t.name == "edgeward-tpm" and t not in before]
 
 
 async def _ec_key(env: KeysEnv, key_id: str) -> tuple[str, ec.EllipticCurvePublicKey]:
@@ -64,6 +65,7 @@ def _verify_ecdsa(public_key: ec.EllipticCurvePublicKey, signature: bytes) -> No
 
 async def test_concurrent_signs_on_three_keys_all_verify_and_run_on_the_tpm_thread(
         request: pytest.FixtureRequest, fresh_swtpm: Swtpm, tmp_path: Path) -> None:
+    before = frozenset(_tpm_threads())
     async with serve_keys("tpm", request, tmp_path, _tpm_config(fresh_swtpm)) as env:
         keys = [await _ec_key(env, f"ec{i}") for i in range(3)]  # one more than the TPM backend keeps loaded
         rsa_handle = await env.client.create_key_pair_if_not_exists("rsa", "rsa-2048")
@@ -80,7 +82,7 @@ async def test_concurrent_signs_on_three_keys_all_verify_and_run_on_the_tpm_thre
             rsa_info.public_key.verify(signature, b"firmware %d" % i,
                                        padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
         lane_thread = _backend(env).lane.thread
-        assert lane_thread is not None and lane_thread.is_alive() and _tpm_threads() == [lane_thread]
+        assert lane_thread is not None and lane_thread.is_alive() and _tpm_threads(before) == [lane_thread]
 
 
 async def test_errors_under_concurrency_map_as_on_the_pool(
@@ -110,6 +112,7 @@ async def test_errors_under_concurrency_map_as_on_the_pool(
 
 async def test_close_under_load_stops_the_tpm_thread_and_leaves_no_objects_in_the_tpm(
         request: pytest.FixtureRequest, fresh_swtpm: Swtpm, tmp_path: Path) -> None:
+    before = frozenset(_tpm_threads())
     async with serve_keys("tpm", request, tmp_path, _tpm_config(fresh_swtpm)) as env:
         keys = [await _ec_key(env, f"ec{i}") for i in range(3)]
         backend = _backend(env)
@@ -118,7 +121,7 @@ async def test_close_under_load_stops_the_tpm_thread_and_leaves_no_objects_in_th
         lane_thread = backend.lane.thread
         assert lane_thread is not None
         await asyncio.to_thread(backend.close)  # as the daemon's stop does, with signatures in flight
-        assert not lane_thread.is_alive() and backend.lane.thread is None and _tpm_threads() == []
+        assert not lane_thread.is_alive() and backend.lane.thread is None and _tpm_threads(before) == []
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         signed = closed = 0
         for i, outcome in enumerate(outcomes):
@@ -132,7 +135,7 @@ async def test_close_under_load_stops_the_tpm_thread_and_leaves_no_objects_in_th
         assert signed >= 1 and signed + closed == len(calls)
         assert _transient_handles(fresh_swtpm.tcti) == []  # the cached keys were flushed
         await expect_closed(env, keys[0][0])
-    assert _tpm_threads() == []
+    assert _tpm_threads(before) == []
 
 
 async def expect_closed(env: KeysEnv, handle: str) -> None:
