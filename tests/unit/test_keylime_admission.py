@@ -105,7 +105,13 @@ def test_admission_costs_the_same_with_fifty_thousand_peers_as_with_ten() -> Non
         for i in range(20_000):  # each a newcomer: the first peer of those holding the most gives one up
             caps.admit(str(peers + i))
         return time.perf_counter() - started
-    assert min(cost(50_000) for _ in range(3)) < 2 * min(cost(10) for _ in range(3))
+    # Interleaved, best of five each, so a noisy neighbour slows both sides alike; 2.5x stays well under the
+    # searched queue's 4x (and the 5000x a scan of 50000 peers would cost).
+    few, many = [], []
+    for _ in range(5):
+        few.append(cost(10))
+        many.append(cost(50_000))
+    assert min(many) < 2.5 * min(few)
 
 
 def test_verifier_addresses_are_ips_or_networks(tmp_path: Path) -> None:
