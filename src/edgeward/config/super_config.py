@@ -560,23 +560,19 @@ class _Splitter:
         (:data:`_CALLERS`): in the packaged deployment a service can read no other file."""
         raw = self.table("endpoints")
         self.p.warn_unknown(raw, set(_ENDPOINTS), "endpoints")
-        # Two services on one socket: whichever binds last takes every caller of the other, which would then
-        # talk to the wrong service (the keys service answering certd's callers, or the reverse).
-        seen: dict[str, str] = {}
-        for name, value in raw.items():
-            if name in _ENDPOINTS and isinstance(value, str) and value.startswith("unix:///"):
-                path = posixpath.normpath(unquote(urlsplit(value).path))
-                if path in seen:
-                    self.p.add(f"endpoints.{name}", value, f"a socket of its own (endpoints.{seen[path]} is the "
-                                                           "same)")
-                seen.setdefault(path, name)
+        seen: dict[str, str] = {}  # socket path -> the endpoint that named it first
         for name, value in raw.items():
             service = _ENDPOINTS.get(name)
             if service is None:
                 continue
             if not (isinstance(value, str) and value.startswith("unix:///")):
                 self.p.add(f"endpoints.{name}", value, "a unix:///path URI")
-            elif service == "tpmd":
+                continue
+            path = posixpath.normpath(unquote(urlsplit(value).path))
+            if path in seen:  # whichever binds last takes the other's callers, who then talk to the wrong service
+                self.p.add(f"endpoints.{name}", value, f"a socket of its own (endpoints.{seen[path]} is the same)")
+            seen.setdefault(path, name)
+            if service == "tpmd":
                 if tpmd is not None:
                     tpmd.setdefault("endpoints", {}).setdefault(name, value)
             else:
