@@ -1,5 +1,6 @@
 """The ``edgeward`` command. The daemon's commands (``run``, ``serve``) start without loading click (see
-cli/daemon_cmds.py); every other command, and ``edgeward --help``, goes through the click group."""
+cli/daemon_cmds.py) and without the system CA bundle aiohttp's import loads (cli/lean_aiohttp.py); every other
+command, and ``edgeward --help``, goes through the click group."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ __all__ = ["main"]
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in ("run", "serve"):
+        from .lean_aiohttp import import_aiohttp_without_default_trust  # noqa: PLC0415
+
+        import_aiohttp_without_default_trust()  # before anything else imports aiohttp (see lean_aiohttp.py)
         from .daemon_cmds import main as daemon_main  # noqa: PLC0415
 
         daemon_main(sys.argv[1:])
