@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 CLIENT = textwrap.dedent("""
-    import asyncio, json, ssl, sys
+    import asyncio, json, mimetypes, ssl, sys
     mode, port = sys.argv[1], int(sys.argv[2])
     if mode == "daemon":  # the way the daemon's entry starts: run/serve, before anything imports aiohttp
         from edgeward.cli import entry
@@ -46,6 +46,9 @@ CLIENT = textwrap.dedent("""
         "default_ca_count": connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"],
         "with_default": asyncio.run(fetch(True)),
         "with_own_context": asyncio.run(fetch(own)),
+        # aiohttp.web's MIME table: Python's built-in types only, or the system's files read as well
+        "mime_table_built_in": mimetypes.types_map == mimetypes._types_map_default,
+        "mime_files_restored": "/etc/mime.types" in mimetypes.knownfiles,
     }))
 """)
 
@@ -110,7 +113,8 @@ def test_plain_aiohttp_trusts_the_system_store(tls_server: tuple[Path, int]) -> 
     """The control: without the daemon's entry, aiohttp's default context trusts the system store."""
     ca, port = tls_server
     seen = _client("plain", ca, port)
-    assert seen == {"default_ca_count": 1, "with_default": 200, "with_own_context": 200}
+    assert {k: seen[k] for k in ("default_ca_count", "with_default", "with_own_context", "mime_files_restored")} == {
+        "default_ca_count": 1, "with_default": 200, "with_own_context": 200, "mime_files_restored": True}
 
 
 def test_daemon_entry_leaves_aiohttp_defaults_without_trust(tls_server: tuple[Path, int]) -> None:
@@ -118,7 +122,8 @@ def test_daemon_entry_leaves_aiohttp_defaults_without_trust(tls_server: tuple[Pa
     seen = _client("daemon", ca, port)
     # aiohttp's defaults hold no CA, so a connection relying on them is refused; a context built on purpose (as
     # every outbound client of the daemon does) still trusts the system store.
-    assert seen == {"default_ca_count": 0, "with_default": "certificate refused", "with_own_context": 200}
+    assert seen == {"default_ca_count": 0, "with_default": "certificate refused", "with_own_context": 200,
+                    "mime_table_built_in": True, "mime_files_restored": True}
 
 
 def test_patch_is_not_applied_twice_and_is_undone() -> None:
