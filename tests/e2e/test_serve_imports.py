@@ -85,3 +85,8 @@ def test_run_loads_no_pydantic_nor_asn1crypto(tmp_path: Path) -> None:
         assert loaded(modules, ("pydantic", "pydantic_core", "asn1crypto", "click")) == [], start
         # what only systeminfo and a support bundle use is loaded when they are asked for
         assert loaded(modules, ("importlib.metadata", "zipfile")) == [], start
+        # no EST server and no cloud configured: the EST client, the DPS and hub clients and their transports wait
+        # for a device that uses them
+        assert loaded(modules, ("edgeward.certs.est.client", "edgeward.certs.est.pkcs7", "edgeward.identity.dps",
+                                "edgeward.identity.hub", "edgeward.identity.cloud",
+                                "cryptography.hazmat.primitives.serialization.pkcs7")) == [], start

@@ -31,7 +31,7 @@ from ..keys.principals import glob_to_regex
 from .api import CertsApi
 from .dn import subject_name
 from .errors import CertNotFound, InvalidCsr, IssuanceFailed, NotAuthorized
-from .est import EstClient, KeysIdentity
+from .est.tls_identity import KeysIdentity
 from .issuance import IssuerRef, issue, parse_csr, self_signed_ca
 from .pem import PemError, chain_to_pem, parse_chain
 from .policy import LOCAL_ID_PREFIX, IssuancePolicy, PolicyRefused, default_kind
@@ -92,6 +92,8 @@ def validate_cert_id(cert_id: str) -> str:
 
 def default_est_factory(url: str, trusted: Sequence[x509.Certificate], auth: EstAuth,
                         identity: KeysIdentity | None) -> EstEnroller:
+    from .est.client import EstClient  # noqa: PLC0415 - loaded by the first enrollment (est/__init__.py says why)
+
     return EstClient(url, list(trusted) or None, auth.username, auth.password, identity)
 
 

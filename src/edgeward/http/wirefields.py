@@ -216,6 +216,9 @@ class BodyCheck:
             return default
         if isinstance(value, str) and value in choices:
             return value
+        if isinstance(value, str) and not _is_unicode(value):  # as pydantic's Literal: text first, then the value
+            self._fault(where, _NOT_UNICODE)
+            return default
         quoted = [f"'{c}'" for c in choices]
         expected = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + f" or {quoted[-1]}"
         self._fault(where, f"Input should be {expected}")

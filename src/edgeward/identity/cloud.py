@@ -32,6 +32,7 @@ from ..certs.est.pkcs7 import EstError
 from ..certs.est.tls_identity import KeysIdentity
 from ..http.answers import read_capped
 from ..http.errors import HttpError
+from .unreachable import Unreachable
 
 __all__ = ["MAX_RESPONSE", "RETRY_DELAY", "CloudTransport", "HttpsTransport", "OversizedAnswer", "Unreachable",
            "X509Transport"]
@@ -40,12 +41,6 @@ log = logging.getLogger(__name__)
 
 MAX_RESPONSE = 1024 * 1024  # far above any DPS or registry answer (a module list of a full device is ~100 KB)
 RETRY_DELAY = 3.0  # seconds between attempts that got no answer, as aziot's http-common waits
-
-
-class Unreachable(HttpError):
-    """The cloud gave no (complete) answer: connection refused, TLS refused, timeout. Always worth a retry."""
-
-    status = 503
 
 
 class OversizedAnswer(HttpError):

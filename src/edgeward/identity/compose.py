@@ -13,9 +13,7 @@ from ..http.errors import HttpError
 from ..keys.api import KeysApi
 from ..tpm.api import TpmApi
 from ..tpm.client import TpmClient
-from .cloud import HttpsTransport, X509Transport
-from .dps import DpsAuth, DpsClient, SymmetricKeyAuth, TpmAuth, X509Auth
-from .hub import HubClient, HubError
+from .dps_auth import DpsAuth, SymmetricKeyAuth, TpmAuth, X509Auth
 from .model import HubModules
 from .service import DEVICE_KEY_ID, DpsRegistrar, HubAuth, HubFactory, IdentityService
 from .settings import DpsProvisioning, IdentitySettings
@@ -38,6 +36,10 @@ def hub_factory_for(settings: IdentitySettings) -> HubFactory:
     timeout, retries = settings.cloud_timeout, settings.cloud_retries
 
     def factory(device: DeviceIdentity, auth: HubAuth) -> HubModules:
+        # the hub client and its transports load when a device first talks to its hub (never, offline)
+        from .cloud import HttpsTransport, X509Transport  # noqa: PLC0415
+        from .hub import HubClient  # noqa: PLC0415
+
         via = device.gateway_host or gateway
         if isinstance(auth, KeysIdentity):
             return HubClient(device.hub, device.device_id, X509Transport(auth, trusted, timeout, peer, retries),
@@ -62,6 +64,9 @@ def dps_registrar_for(settings: IdentitySettings) -> DpsRegistrar:
     trusted = _trusted(settings)
 
     async def register(prov: DpsProvisioning, auth: DpsAuth) -> DeviceIdentity:
+        from .dps import DpsClient  # noqa: PLC0415 - the DPS client loads when a device first registers
+        from .hub import HubError  # noqa: PLC0415
+
         if settings.gateway_hostname is not None:
             # as aziot-identityd ("DPS provisioning is not supported in nested mode"): not worth retrying
             raise HubError(f"DPS provisioning is not supported under a parent device (parent_hostname "

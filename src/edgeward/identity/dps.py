@@ -27,34 +27,16 @@ from urllib.parse import quote
 
 from cryptography import x509
 
-from ..certs.est.tls_identity import KeysIdentity
 from ..http.errors import HttpError
 from ..tpm.api import TpmApi
 from .cloud import MAX_RESPONSE, CloudTransport, HttpsTransport, X509Transport
+from .dps_auth import DpsAuth, SymmetricKeyAuth, TpmAuth, X509Auth
 from .hub import HubError
-from .sas import Signer, make_token
+from .sas import make_token
 
 __all__ = ["DPS_API_VERSION", "DpsAssignment", "DpsAuth", "DpsClient", "SymmetricKeyAuth", "TpmAuth", "X509Auth"]
 
 DPS_API_VERSION = "2021-06-01"
-
-
-@dataclass(frozen=True)
-class SymmetricKeyAuth:
-    sign: Signer
-
-
-@dataclass(frozen=True)
-class X509Auth:
-    identity: KeysIdentity
-
-
-@dataclass(frozen=True)
-class TpmAuth:
-    tpm: TpmApi
-
-
-DpsAuth = SymmetricKeyAuth | X509Auth | TpmAuth
 
 
 @dataclass(frozen=True)

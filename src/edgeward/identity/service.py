@@ -35,12 +35,12 @@ from ..http.peercred import Caller
 from ..keys.api import KeysApi
 from ..keys.model import HmacSha256
 from ..tpm.api import TpmApi
-from .cloud import Unreachable
-from .dps import DpsAuth, SymmetricKeyAuth, TpmAuth, X509Auth
+from .dps_auth import DpsAuth, SymmetricKeyAuth, TpmAuth, X509Auth
 from .model import AziotIdentity, HubModules, Identity, LocalIdentity, ModuleInfo, ProvisioningInfo
 from .reprovisioning import ReprovisioningPolicy
 from .settings import DpsProvisioning, IdentitySettings, IdPrincipal, ManualProvisioning, SecretSource
 from .state import DeviceIdentity, DeviceStore, HostModule, HostModules, ModuleCache, ModuleRecord, fingerprint
+from .unreachable import Unreachable
 
 __all__ = [
     "DEVICE_KEY_ID",

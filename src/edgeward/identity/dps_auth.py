@@ -1,0 +1,31 @@
+"""How the device proves itself to DPS, one kind per attestation. Apart from the DPS client (dps.py) so the identity
+service can name them without loading the client and its cloud transports, which a device provisioned manually (or
+not at all) never uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..certs.est.tls_identity import KeysIdentity
+from ..tpm.api import TpmApi
+from .sas import Signer
+
+__all__ = ["DpsAuth", "SymmetricKeyAuth", "TpmAuth", "X509Auth"]
+
+
+@dataclass(frozen=True)
+class SymmetricKeyAuth:
+    sign: Signer
+
+
+@dataclass(frozen=True)
+class X509Auth:
+    identity: KeysIdentity
+
+
+@dataclass(frozen=True)
+class TpmAuth:
+    tpm: TpmApi
+
+
+DpsAuth = SymmetricKeyAuth | X509Auth | TpmAuth
