@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from ..keys.api import KeysApi
 from .renewal import ManagedCert, RenewalEngine
 from .service import CertService, EstFactory, default_est_factory
@@ -18,7 +20,21 @@ def managed_certs(settings: CertsSettings) -> list[ManagedCert]:
     ]
 
 
+def load_est_client_if_used(settings: CertsSettings) -> None:
+    """A device that enrolls over EST loads the EST client with the service, not at its first enrollment or renewal
+    (days later, maybe): what runs is then what the start-up self-measurement read (attest/selfmeasure.py), not a file
+    changed since. Only a device with no EST server configured is spared the client's memory."""
+    est, issuance = settings.est, settings.issuance.values()
+    if not (est.default_url or est.urls or any(o.method == "est" for o in issuance)):
+        return
+    importlib.import_module(f"{__package__}.est.client")
+    auths = [est.auth, *(o.auth for o in issuance if o.auth is not None)]
+    if any(a.identity_cert or a.bootstrap_identity_cert for a in auths):  # TLS with a key the keys service holds
+        importlib.import_module(f"{__package__}.est.keys_tls")
+
+
 def build_cert_service(settings: CertsSettings, keys: KeysApi,
                        est_factory: EstFactory = default_est_factory) -> tuple[CertService, RenewalEngine]:
+    load_est_client_if_used(settings)
     service = CertService(settings, keys, est_factory)
     return service, RenewalEngine(service, managed_certs(settings))

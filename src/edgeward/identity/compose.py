@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from cryptography import x509
@@ -94,9 +95,23 @@ def dps_registrar_for(settings: IdentitySettings) -> DpsRegistrar:
     return register
 
 
+def load_cloud_clients_if_used(settings: IdentitySettings) -> None:
+    """A device with a cloud identity loads the hub client, its transports (and the DPS client, for DPS) with the
+    service, not at first use: what runs is then what the start-up self-measurement read (attest/selfmeasure.py).
+    Only a device with no [provisioning] is spared their memory."""
+    prov = settings.provisioning
+    if prov is None:
+        return
+    for module in ("cloud", "hub", *(["dps"] if isinstance(prov, DpsProvisioning) else [])):
+        importlib.import_module(f"{__package__}.{module}")
+    if prov.auth == "x509":  # mutual TLS with a key the keys service holds
+        importlib.import_module("..certs.est.keys_tls", __package__)
+
+
 def build_identity_service(settings: IdentitySettings, keys: KeysApi, certs: CertsApi,
                            tpm: TpmApi | None = None) -> IdentityService:
     """``tpm``: the TPM service when it runs in this process; otherwise a DPS TPM device reaches it over its socket."""
+    load_cloud_clients_if_used(settings)
     owned: TpmClient | None = None
     prov = settings.provisioning
     if tpm is None and isinstance(prov, DpsProvisioning) and prov.auth == "tpm" and settings.tpmd_socket is not None:

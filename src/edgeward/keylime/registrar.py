@@ -55,7 +55,9 @@ def auth_tag(secret: bytes, agent_uuid: str) -> str:
 
 async def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
     try:
-        async with aiohttp.ClientSession(timeout=_TIMEOUT) as session, session.post(url, json=body) as response:
+        # a redirect is not followed: the registrar's agent port is plain HTTP, and a hop elsewhere would be anyone's
+        async with aiohttp.ClientSession(timeout=_TIMEOUT) as session, session.post(
+                url, json=body, allow_redirects=False) as response:
             text = await response.text()
             if response.status == 403:
                 raise RegistrarError(
