@@ -34,6 +34,23 @@ def _deep(root: Path) -> None:
         os.chdir(here)
 
 
+def _undeep(root: Path) -> None:
+    """Removes the chain bottom-up without recursion (pytest's own clean-up, shutil.rmtree, recurses per level)."""
+    here = Path.cwd()
+    os.chdir(root)
+    try:
+        depth = 0
+        while Path("a").is_dir():
+            os.chdir("a")
+            depth += 1
+        Path("m.py").unlink(missing_ok=True)
+        for _ in range(depth):
+            os.chdir("..")
+            os.rmdir("a")  # noqa: PTH106 - relative to the cwd, as it was made
+    finally:
+        os.chdir(here)
+
+
 CASES: dict[str, Callable[[Path], object]] = {
     "symlinked-dir": lambda r: (_w(r / "real/m.py"), (r / "link").symlink_to(r / "real")),
     "symlink-loop": lambda r: (_w(r / "a/m.py"), (r / "a/loop").symlink_to(r / "a")),
@@ -49,11 +66,15 @@ CASES: dict[str, Callable[[Path], object]] = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_new_walk_agrees_with_the_old_one(case: str, tmp_path: Path) -> None:
-    CASES[case](tmp_path)
-    outcomes = []
-    for walk in (_old, _source_files):
-        try:
-            outcomes.append(walk(tmp_path))
-        except RecursionError as e:  # both walks recurse per directory level on Python 3.11
-            outcomes.append(type(e).__name__)
-    assert outcomes[0] == outcomes[1]
+    try:
+        CASES[case](tmp_path)
+        outcomes = []
+        for walk in (_old, _source_files):
+            try:
+                outcomes.append(walk(tmp_path))
+            except RecursionError as e:  # both walks recurse per directory level on Python 3.11
+                outcomes.append(type(e).__name__)
+        assert outcomes[0] == outcomes[1]
+    finally:
+        if case == "deep-1100":
+            _undeep(tmp_path)
