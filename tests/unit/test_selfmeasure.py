@@ -5,10 +5,11 @@ same code."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import edgeward
-from edgeward.attest.selfmeasure import _MEASURED_SUFFIXES, _source_files, measure_self
+from edgeward.attest.selfmeasure import _MEASURED_SUFFIXES, _source_files, measure_self, measure_tree
 
 
 def _rglob_order(root: Path) -> list[tuple[str, ...]]:
@@ -40,3 +41,16 @@ def test_digest_of_the_installed_package_matches_the_pathlib_walk() -> None:
         outer.update(f"{'/'.join(parts)}\0{hashlib.sha256(root.joinpath(*parts).read_bytes()).hexdigest()}\n".encode())
     measured = measure_self(None)
     assert (measured.code, measured.files) == (outer.hexdigest(), len(files))
+
+
+def test_a_name_that_is_not_utf8_is_measured_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("a")
+    before = measure_tree(tmp_path)
+    odd = os.fsencode(tmp_path) + b"/\xff.py"
+    with open(odd, "wb") as f:  # noqa: PTH123 - a bytes path: pathlib cannot name it
+        f.write(b"b")
+    after = measure_tree(tmp_path)
+    assert after[1] == 2 and after[0] != before[0]
+    with open(odd, "wb") as f:  # noqa: PTH123
+        f.write(b"c")
+    assert measure_tree(tmp_path)[0] != after[0]  # its content is measured too

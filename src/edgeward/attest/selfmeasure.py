@@ -13,7 +13,7 @@ from pathlib import Path
 
 import edgeward
 
-__all__ = ["SelfMeasurement", "measure_self"]
+__all__ = ["SelfMeasurement", "measure_self", "measure_tree"]
 
 _MEASURED_SUFFIXES = (".py", ".yaml", ".json", ".toml")
 
@@ -43,13 +43,18 @@ def _source_files(root: Path) -> list[tuple[str, ...]]:
     return sorted(found)
 
 
-def measure_self(config: Path | None) -> SelfMeasurement:
-    root = Path(edgeward.__file__).resolve().parent
+def measure_tree(root: Path) -> tuple[str, int]:
+    """The code digest of the tree under ``root`` and how many files it covers. Names are hashed as the file
+    system holds them (os.fsencode: UTF-8 names as UTF-8), so a name that is not UTF-8 is measured, not a crash."""
     outer = hashlib.sha256()
     files = _source_files(root)
     for parts in files:
         digest = hashlib.sha256(root.joinpath(*parts).read_bytes()).hexdigest()
-        outer.update(f"{'/'.join(parts)}\0{digest}\n".encode())
-    count = len(files)
+        outer.update(b"/".join(os.fsencode(part) for part in parts) + f"\0{digest}\n".encode())
+    return outer.hexdigest(), len(files)
+
+
+def measure_self(config: Path | None) -> SelfMeasurement:
+    code, count = measure_tree(Path(edgeward.__file__).resolve().parent)
     config_digest = hashlib.sha256(config.read_bytes()).hexdigest() if config is not None else ""
-    return SelfMeasurement(outer.hexdigest(), config_digest, count)
+    return SelfMeasurement(code, config_digest, count)
