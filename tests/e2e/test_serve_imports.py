@@ -63,6 +63,7 @@ def test_serve_keys_loads_no_other_service(own_file: bool, tmp_path: Path) -> No
         # the super config is checked and split as `config apply` does, and keys reads only its own document of it:
         # no other service's settings reader, let alone its running code
         assert loaded(modules, ("edgeward.runtime.settings", "edgeward.runtime.engine", "edgeward.tpm",
+                                "edgeward.certs.settings", "edgeward.identity.settings",
                                 "edgeward.runtime.edge_ca", "edgeward.runtime.compose", "edgeward.certs.issuance",
                                 "edgeward.certs.service", "edgeward.identity.service", "edgeward.attest.audit")) == []
         # nor X.509 code (about 1 MB): subject fields are checked by dotted OID, the policy's names live apart

@@ -5,10 +5,8 @@ with policy keys and no ``method`` only sets the policy, for certs issued with a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +14,7 @@ from ..config.problems import Problems
 from ..keys.principals import glob_to_regex
 from .dn import DnError, subject_fields
 from .kinds import KINDS, IpNetwork, Kind, parse_ip_networks
+from .renew_amount import RenewAmount, parse_renew_amount
 
 __all__ = [
     "CertPrincipal",
@@ -24,44 +23,13 @@ __all__ = [
     "EstSettings",
     "IssuanceOptions",
     "LocalCaOptions",
+    "RenewAmount",
     "RenewPolicy",
     "parse_certs_settings",
     "parse_renew_amount",
 ]
 
 Method = Literal["self_signed", "local_ca", "est"]
-
-
-@dataclass(frozen=True)
-class RenewAmount:
-    """A share of the certificate's lifetime ("80%") or a fixed time ("30min", "2day")."""
-
-    fraction: float | None = None
-    duration: timedelta | None = None
-
-    def of(self, lifetime: timedelta) -> timedelta:
-        if self.fraction is not None:
-            return lifetime * self.fraction
-        assert self.duration is not None
-        return self.duration
-
-
-_AMOUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|s|sec|min|h|hour|day|d)\s*$")
-
-
-def parse_renew_amount(value: str) -> RenewAmount:
-    m = _AMOUNT.match(value)
-    if not m:
-        raise ValueError(f"{value!r} is neither a percentage (80%) nor a duration (30min, 12h, 2day)")
-    number, unit = float(m.group(1)), m.group(2)
-    if unit == "%":
-        if not 0 < number < 100:
-            raise ValueError(f"{value!r}: a percentage must be between 0 and 100")
-        return RenewAmount(fraction=number / 100)
-    seconds = {"s": 1, "sec": 1, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}[unit] * number
-    if seconds <= 0:
-        raise ValueError(f"{value!r}: a duration must be positive")
-    return RenewAmount(duration=timedelta(seconds=seconds))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from ..config.problems import ConfigError
 from ..daemon import load_settings
-from ..identity.settings import parse_connection_string
+from ..identity.connection_string import parse_connection_string
 
 __all__ = ["init"]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..identity.settings import parse_connection_string
+from ..identity.connection_string import parse_connection_string
 from .b64 import decode_key
 from .problems import ConfigError, Problems
 from .toml_write import dumps

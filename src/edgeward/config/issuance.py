@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..certs.dn import DnError, common_name_of, subject_fields
-from ..certs.settings import parse_renew_amount
+from ..certs.renew_amount import parse_renew_amount
 from .locations import cert_location, key_location
 from .problems import Problems
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from ..identity.settings import parse_connection_string
+from ..identity.connection_string import parse_connection_string
 from .problems import ConfigError
 from .toml_write import dumps
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..identity.settings import parse_connection_string
+from ..identity.connection_string import parse_connection_string
 from .issuance import ISSUANCE_KEYS, Preloads, issuance_options
 from .locations import cert_location, key_location
 from .problems import Problems

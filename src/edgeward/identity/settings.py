@@ -13,6 +13,7 @@ from typing import Any, Literal, cast
 
 from ..config.b64 import decode_key
 from ..config.problems import Problems
+from .connection_string import parse_connection_string
 
 __all__ = [
     "DpsProvisioning",
@@ -92,24 +93,6 @@ class IdentitySettings:
     # IoT Edge 1.5's auto_reprovisioning_mode and prefer_module_identity_cache (identity/reprovisioning.py)
     auto_reprovisioning_mode: ReprovisioningMode = "Dynamic"
     prefer_module_identity_cache: bool = False
-
-
-def parse_connection_string(value: str) -> tuple[str, str, bytes]:
-    """``HostName=...;DeviceId=...;SharedAccessKey=...`` -> (hub, device id, key)."""
-    parts = {}
-    for item in value.split(";"):
-        name, eq, v = item.partition("=")
-        if not eq:
-            raise ValueError("a connection string is name=value pairs separated by ';'")
-        parts[name.strip()] = v.strip()
-    missing = [k for k in ("HostName", "DeviceId", "SharedAccessKey") if not parts.get(k)]
-    if missing:
-        raise ValueError(f"the connection string lacks {', '.join(missing)}")
-    try:
-        key = decode_key(parts["SharedAccessKey"])  # padding optional, as aziot
-    except (binascii.Error, ValueError):
-        raise ValueError("SharedAccessKey is not base64") from None
-    return parts["HostName"], parts["DeviceId"], key
 
 
 def _secret(raw: Any, where: str, p: Problems) -> SecretSource | None:
