@@ -415,6 +415,24 @@ async def test_parser_reads_pkcs7_in_every_encoding_and_orders_the_chain() -> No
     assert parse_certificates(leaf.public_bytes(DER)) == [leaf]
 
 
+async def test_raw_der_ending_in_a_whitespace_byte_is_read_whole() -> None:
+    """A DER certificate's last byte is its signature's, so one in 40 or so is a whitespace byte: it is part of the
+    certificate, not padding to trim (a trailing newline after the DER still is)."""
+    root, root_key = generate_ca("Root")
+    csr = x509.load_der_x509_csr(make_csr("leaf")[0])
+    for _ in range(2000):
+        leaf = issue_certificate(csr, root, root_key, timedelta(days=1))
+        der = leaf.public_bytes(DER)
+        if der[-1:] in (b" ", b"\t", b"\r", b"\n", b"\v", b"\f"):
+            break
+    else:
+        pytest.fail("no certificate ending in a whitespace byte in 2000 tries")
+    assert parse_certificates(der) == [leaf]
+    assert parse_certificates(der + b"\r\n") == [leaf]
+    p7 = certs_only_pkcs7([leaf, root])
+    assert set(parse_certificates(p7 + b"\n")) == {leaf, root}
+
+
 async def test_order_chain_refuses_an_answer_without_the_requested_key() -> None:
     leaf, inter, _ = _chain()
     stranger = ec.generate_private_key(ec.SECP256R1()).public_key()

@@ -63,7 +63,10 @@ def parse_certificates(body: bytes) -> list[x509.Certificate]:
     Accepted: base64 certs-only PKCS#7 (line breaks allowed), raw DER PKCS#7, PEM ``PKCS7`` or ``CERTIFICATE`` blocks,
     a base64 or raw DER single certificate. Raises :class:`EstError` for anything else, including an empty bundle.
     """
-    data = body.strip(_WHITESPACE)
+    data = body.lstrip(_WHITESPACE)
+    # Raw DER ends where its outer length says, and its last bytes may be anything, whitespace included: only what
+    # follows that end is trimmed. Text (base64, PEM) loses its trailing whitespace.
+    data = _der_exact(data) if data[:1] == bytes([_DER_SEQUENCE]) else data.rstrip(_WHITESPACE)
     if not data:
         raise EstError("the EST response body is empty; expected a certs-only PKCS#7")
     if _PEM_MARK in data:
@@ -131,6 +134,24 @@ def base64_body(der: bytes, line_length: int | None = 64) -> bytes:
     if line_length is None:
         return text
     return b"\n".join(text[i : i + line_length] for i in range(0, len(text), line_length)) + b"\n"
+
+
+def _der_exact(data: bytes) -> bytes:
+    """``data`` up to the end of its outer DER element when only whitespace follows it; else as it is (the parser
+    then says what is wrong)."""
+    if len(data) < 2:
+        return data
+    first = data[1]
+    if first < 0x80:
+        end = 2 + first
+    else:
+        count = first & 0x7F
+        if not 1 <= count <= 4 or len(data) < 2 + count:
+            return data
+        end = 2 + count + int.from_bytes(data[2:2 + count], "big")
+    if end <= len(data) and not data[end:].strip(_WHITESPACE):
+        return data[:end]
+    return data
 
 
 def _from_pem(data: bytes) -> list[x509.Certificate]:
