@@ -7,36 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from edgeward.supervise import stop_daemon
 from edgeward.testing.est_server import EstServer
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.e2e.test_serve_imports import WRAPPER
+from tests.e2e.test_serve_imports import modules_when_ready
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
               pytest.mark.skipif(os.getuid() != 0, reason="the hub emulator listens on port 443")]
-
-
-def _modules_when_ready(args: list[str], tmp: Path, n: int) -> set[str]:
-    notify, listing = tmp / f"notify{n}.sock", tmp / f"modules{n}.txt"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
-        listener.bind(str(notify))
-        listener.settimeout(60)
-        with (tmp / f"log{n}").open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-c", WRAPPER, str(listing), *args],
-                                    env=dict(os.environ, NOTIFY_SOCKET=str(notify)), stdout=log, stderr=log)
-        try:
-            assert b"READY=1" in listener.recv(4096)
-        finally:
-            stop_daemon(proc)
-    return set(listing.read_text().split())
 
 
 async def test_est_client_is_part_of_what_the_start_measured(est_server: EstServer, tmp_path: Path) -> None:
@@ -67,9 +48,12 @@ async def test_est_client_is_part_of_what_the_start_measured(est_server: EstServ
         state = tmp_path / "state"
         args = ["run", "-c", str(config), "--state-dir", str(state), "--run-dir", str(state / "run")]
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, _modules_when_ready, args, tmp_path, 1)
-        assert est_server.enrollments == 1, (tmp_path / "log1").read_text()
-        second = await loop.run_in_executor(None, _modules_when_ready, args, tmp_path, 2)
+        for start in ("first", "second"):
+            (tmp_path / start).mkdir()
+        log = tmp_path / "first" / "daemon.log"
+        await loop.run_in_executor(None, modules_when_ready, args, tmp_path / "first", log)
+        assert est_server.enrollments == 1, log.read_text()
+        second = await loop.run_in_executor(None, modules_when_ready, args, tmp_path / "second")
     # the restart found its certificate: the EST client (which handles the EST password and the renewal's CSR) is
     # not loaded, so the renewal will run whatever client.py holds then, not what the measurement covered
     unmeasured = [m for m in ("edgeward.certs.est.client", "edgeward.certs.est.pkcs7", "edgeward.identity.cloud",

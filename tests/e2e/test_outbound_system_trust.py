@@ -4,10 +4,8 @@ and must refuse when the system store does not hold their CA (from a review of t
 
 from __future__ import annotations
 
-import asyncio
 import os
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -15,17 +13,11 @@ import pytest
 from edgeward.testing.dps_emulator import DpsEmulator
 from edgeward.testing.est_server import EstServer
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.fixtures.config_daemon import DEADLINE, daemon
+from tests.e2e.test_template_est_identity import until_in_log, until_module
+from tests.fixtures.config_daemon import daemon
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
               pytest.mark.skipif(os.getuid() != 0, reason="the hub emulator listens on port 443")]
-
-
-async def _until(check: object, log: Path) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
-        await asyncio.sleep(0.1)
 
 
 def _env(bundle: Path) -> dict[str, str]:
@@ -60,7 +52,7 @@ async def test_dps_and_hub_with_system_trust_only(tmp_path: Path) -> None:
         """))
         log = tmp_path / "daemon.log"
         async with daemon(config, tmp_path, _env(bundle)):
-            await _until(lambda: "dps-sys" in hub.devices and "host-agent" in hub.modules_of("dps-sys"), log)
+            await until_module(hub, "dps-sys", log)
 
 
 @pytest.mark.parametrize("system_holds_est_ca", [True, False], ids=["est-ca-in-system", "est-ca-missing"])
@@ -93,8 +85,8 @@ async def test_est_without_trusted_certs_uses_the_system_store(system_holds_est_
         log = tmp_path / "daemon.log"
         async with daemon(config, tmp_path, _env(bundle)):
             if system_holds_est_ca:
-                await _until(lambda: "host-agent" in hub.modules_of("est-sys"), log)
+                await until_module(hub, "est-sys", log)
             else:
-                await _until(lambda: "provisioning failed" in log.read_text(), log)
+                await until_in_log(log, "provisioning failed")
                 assert "TLS verification of the EST server" in log.read_text(), log.read_text()
     assert est_server.enrollments == (1 if system_holds_est_ca else 0)

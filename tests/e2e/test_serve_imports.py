@@ -4,6 +4,7 @@ and no asn1crypto; neither loads click. Checked in a real daemon process, throug
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -23,20 +24,24 @@ WRAPPER = (
 OTHER_SERVICES = ("edgeward.runtime", "edgeward.tpm", "edgeward.certs", "edgeward.identity", "edgeward.attest.audit")
 
 
-def modules_when_ready(args: list[str], tmp_path: Path) -> set[str]:
-    """Start the daemon, wait for its READY=1, stop it by its pid: the modules it had loaded."""
+def modules_when_ready(args: list[str], tmp_path: Path, log: Path | None = None) -> set[str]:
+    """Start the daemon, wait for its READY=1, stop it by its pid: the modules it had loaded. Its output goes to
+    ``log`` when given (kept for the caller's own assertions)."""
     notify = tmp_path / "notify.sock"
     listing = tmp_path / "modules.txt"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(str(notify))
         listener.settimeout(60)
-        proc = subprocess.Popen([sys.executable, "-c", WRAPPER, str(listing), *args],
-                                env=dict(os.environ, NOTIFY_SOCKET=str(notify)), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(log.open("wb")) if log is not None else subprocess.DEVNULL
+            proc = subprocess.Popen([sys.executable, "-c", WRAPPER, str(listing), *args],
+                                    env=dict(os.environ, NOTIFY_SOCKET=str(notify)), stdout=out,
+                                    stderr=out if log is not None else subprocess.PIPE)
         try:
             assert b"READY=1" in listener.recv(4096)
         finally:
-            assert stop_daemon(proc) == 0, proc.stderr.read() if proc.stderr else ""
+            code = stop_daemon(proc)
+            assert code == 0, log.read_text() if log is not None else proc.stderr.read() if proc.stderr else ""
     return set(listing.read_text().split())
 
 

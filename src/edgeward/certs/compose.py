@@ -28,8 +28,8 @@ def load_est_client_if_used(settings: CertsSettings) -> None:
     if not (est.default_url or est.urls or any(o.method == "est" for o in issuance)):
         return
     importlib.import_module(f"{__package__}.est.client")
-    auths = [est.auth, *(o.auth for o in issuance if o.auth is not None)]
-    if any(a.identity_cert or a.bootstrap_identity_cert for a in auths):  # TLS with a key the keys service holds
+    # TLS with a key the keys service holds
+    if any(a.identity_cert or a.bootstrap_identity_cert for a in settings.est_auths):
         importlib.import_module(f"{__package__}.est.keys_tls")
 
 

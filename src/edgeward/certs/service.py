@@ -231,8 +231,7 @@ class CertService:
         if kind is None:
             s = self.settings
             ca_ids = [s.local_ca.cert] if s.local_ca is not None else []
-            auths = [s.est.auth, *(o.auth for o in s.issuance.values() if o.auth is not None)]
-            identities = [i for a in auths for i in (a.identity_cert, a.bootstrap_identity_cert) if i]
+            identities = [i for a in s.est_auths for i in (a.identity_cert, a.bootstrap_identity_cert) if i]
             kind = default_kind(cert_id, ca_ids=ca_ids, identity_ids=identities)
         if opts is None:
             return IssuancePolicy(cert_id, kind)

@@ -116,6 +116,11 @@ class CertsSettings:
     default_expiry_days: int = 30
     local_id_domain: str | None = None  # [localid] domain_name: names under it are for local-id-* certs only
 
+    @property
+    def est_auths(self) -> list[EstAuth]:
+        """Every EST authentication configured: ``[cert_issuance.est.auth]`` and each cert id's own."""
+        return [self.est.auth, *(o.auth for o in self.issuance.values() if o.auth is not None)]
+
 
 def _policy(raw: Any, where: str, p: Problems) -> RenewPolicy | None:
     if raw is None:

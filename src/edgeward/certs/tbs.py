@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 
 from ..keys.model import PublicKey
 
-__all__ = ["EncodedExtension", "EncodedName", "TbsCertificate", "der_elements", "extension_der", "key_identifier",
+__all__ = ["EncodedExtension", "EncodedName", "TbsCertificate", "der_elements", "element_length", "extension_der",
+           "key_identifier",
            "signature_algorithm", "signed_certificate_der", "spki_der", "subject_key_identifier_der", "tlv"]
 
 EncodedName = x509.Name | bytes  # bytes: the Name's DER
@@ -146,12 +147,17 @@ def der_elements(der: bytes) -> list[bytes]:
         raise ValueError("not one DER element")
     out = []
     while at < end:
-        size = _header_length(der, at) + _content_length(der, at)
+        size = element_length(der, at)
         out.append(der[at:at + size])
         at += size
     if at != end:
         raise ValueError("DER element overruns its container")
     return out
+
+
+def element_length(der: bytes, at: int = 0) -> int:
+    """The whole length (tag, length octets, content) the DER element at ``at`` declares."""
+    return _header_length(der, at) + _content_length(der, at)
 
 
 def tlv(tag: int, content: bytes) -> bytes:

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from ..tbs import element_length
+
 __all__ = [
     "EstError",
     "base64_body",
@@ -141,14 +143,7 @@ def _der_exact(data: bytes) -> bytes:
     then says what is wrong)."""
     if len(data) < 2:
         return data
-    first = data[1]
-    if first < 0x80:
-        end = 2 + first
-    else:
-        count = first & 0x7F
-        if not 1 <= count <= 4 or len(data) < 2 + count:
-            return data
-        end = 2 + count + int.from_bytes(data[2:2 + count], "big")
+    end = element_length(data)
     if end <= len(data) and not data[end:].strip(_WHITESPACE):
         return data[:end]
     return data
