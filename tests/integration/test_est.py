@@ -433,6 +433,17 @@ async def test_raw_der_ending_in_a_whitespace_byte_is_read_whole() -> None:
     assert set(parse_certificates(p7 + b"\n")) == {leaf, root}
 
 
+async def test_a_certificate_with_a_duplicated_extension_is_an_est_error() -> None:
+    """Found by the corrupted-PKCS#7 property: one flipped byte turns the authority key identifier's OID into the
+    subject key identifier's, and the parse raised cryptography's DuplicateExtension instead of an EstError."""
+    leaf, _, _ = _chain()
+    der = leaf.public_bytes(DER)
+    aki_oid, ski_oid = bytes.fromhex("0603551d23"), bytes.fromhex("0603551d0e")
+    assert der.count(aki_oid) == 1 and ski_oid in der
+    with pytest.raises(EstError, match="malformed certificate"):
+        parse_certificates(der.replace(aki_oid, ski_oid))
+
+
 async def test_order_chain_refuses_an_answer_without_the_requested_key() -> None:
     leaf, inter, _ = _chain()
     stranger = ec.generate_private_key(ec.SECP256R1()).public_key()

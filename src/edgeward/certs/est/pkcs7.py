@@ -40,6 +40,7 @@ _PARSE_ERRORS = (
     UnsupportedAlgorithm,
     x509.InvalidVersion,
     x509.UnsupportedGeneralNameType,
+    x509.DuplicateExtension,  # two extensions of one kind: one parser could read the first, the next the second
 )
 
 
