@@ -5,12 +5,13 @@ certificate, and issuers with RSA keys (long DER lengths) still produce certific
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgeward import groupcommit
@@ -113,3 +114,29 @@ async def test_rsa_issuers_sign_certificates_that_verify(env: CertsEnv, key_type
     leaf, issuer = x509.load_pem_x509_certificates(pem.encode())
     assert issuer == root
     leaf.verify_directly_issued_by(root)
+
+
+
+async def test_an_imported_certificate_with_a_duplicated_extension_is_refused(env: CertsEnv) -> None:
+    """Two extensions of one kind mean one thing to one parser and another to the next, and cryptography will not
+    read such a certificate's extensions at all (used as an issuer later, it would fail deep in an issuance): the
+    import refuses it with a 400, as a CSR with a duplicated extension is refused."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "dup-ext CA")])
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    now = datetime.datetime.now(datetime.UTC)
+    der = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+           .serial_number(7).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+           .add_extension(ski, critical=False)
+           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+           .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    aki_oid, ski_oid = bytes.fromhex("0603551d23"), bytes.fromhex("0603551d0e")
+    assert der.count(aki_oid) == 1
+    pem = x509.load_der_x509_certificate(der.replace(aki_oid, ski_oid)).public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(HttpError) as refused:
+        await env.client.import_cert("dup-ext-ca", pem.decode())
+    assert refused.value.status == 400 and "extension" in str(refused.value), str(refused.value)
+    with pytest.raises(HttpError) as missing:
+        await env.client.get_cert("dup-ext-ca")
+    assert missing.value.status == 404

@@ -26,6 +26,11 @@ def parse_chain(pem: bytes | str) -> list[x509.Certificate]:
         raise PemError(f"not a PEM certificate chain: {e}") from None
     if not certs:
         raise PemError("no certificate in PEM")
+    for n, cert in enumerate(certs, 1):
+        try:
+            cert.extensions  # noqa: B018 - parsed now: a malformed or duplicated extension is the PEM's fault
+        except (ValueError, x509.DuplicateExtension) as e:
+            raise PemError(f"certificate {n} of the chain has invalid extensions: {e}") from None
     return certs
 
 
