@@ -26,8 +26,13 @@ from .tbs import TbsCertificate, der_elements, signature_algorithm, signed_certi
 __all__ = ["IssuerKeyMismatch", "handle_public_key", "same_public_key", "sign_certificate", "sign_csr"]
 
 _SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
-# Signature algorithm objects hold no state: made once, not for every certificate checked.
-_ECDSA_SHA256, _ECDSA_SHA384 = ec.ECDSA(hashes.SHA256()), ec.ECDSA(hashes.SHA384())
+
+
+@functools.cache
+def _ecdsa(curve: str) -> ec.ECDSA:
+    """Made once, not for every certificate checked, and not at import: making one imports cryptography's OpenSSL
+    backend (its cffi binding table, ~0.3 MB), which a daemon that has not signed anything yet does not need."""
+    return ec.ECDSA(hashes.SHA384() if curve == "secp384r1" else hashes.SHA256())
 
 
 @functools.cache
@@ -83,7 +88,7 @@ def _verify(public: PublicKey, signature: bytes, tbs: bytes) -> None:
     """Never hand out a certificate the issuer key did not really sign (a misbehaving HSM, a swapped key)."""
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):
-            public.verify(signature, tbs, _ECDSA_SHA384 if public.curve.name == "secp384r1" else _ECDSA_SHA256)
+            public.verify(signature, tbs, _ecdsa(public.curve.name))
         else:
             public.verify(signature, tbs, padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature:
