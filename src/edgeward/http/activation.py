@@ -7,6 +7,7 @@ import socket
 from collections.abc import Mapping
 
 from ..config.problems import ConfigError
+from ..digits import is_number
 
 __all__ = ["SD_LISTEN_FDS_START", "ActivationError", "activated_sockets", "socket_for_fd_uri"]
 
@@ -58,7 +59,7 @@ def socket_for_fd_uri(uri: str, setting: str, environ: Mapping[str, str] | None 
     number is an fd (3 is the first passed), anything else a name in LISTEN_FDNAMES."""
     target = uri.removeprefix("fd://").rstrip("/")
     passed = activated_sockets(environ)
-    if target.isdigit():
+    if is_number(target):
         for sock in passed.values():
             if sock.fileno() == int(target):
                 return sock

@@ -30,6 +30,9 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     declared = request.headers.get("Content-Type")
     if declared is not None and declared not in _JSON_TYPES and request.content_type not in _JSON_TYPES:
         raise UnsupportedMediaType(f"expected an application/json body, got {request.content_type!r}")
+    coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding != "identity":  # aziot's services decode no content coding either; RFC 9110 15.5.16 says 415
+        raise UnsupportedMediaType(f"Content-Encoding {coding[:40]!r} is not supported; send the body as is")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as e:
@@ -44,6 +47,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise BadRequest("request body is not valid UTF-8 JSON") from e
     except RecursionError:  # "[[[[..." nested deeper than the parser's stack: hostile, never a 500
         raise BadRequest("request body is nested too deeply") from None
+    except ValueError:  # an integer of more digits than int() reads (4,300): no field of any API is one
+        raise BadRequest("request body holds a number too long to read") from None
     if not isinstance(data, dict):
         raise UnprocessableEntity("request body must be a JSON object")
     return data

@@ -26,6 +26,7 @@ from .apiversion import ApiVersions, check_api_version
 from .callers import CallerKey, by_socket, caller_key_of
 from .connections import CONNECTION_POLICY, ConnectionGuard, ConnectionLimits, ConnectionPolicy, GuardedRunner
 from .errors import HttpError, TooManyRequests
+from .internal_errors import InternalErrorLog
 from .limits import UidLimiter
 from .requestlog import enabled as request_log_enabled
 from .requestlog import request_log
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_INTERNAL_ERRORS = InternalErrorLog(log)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -124,10 +126,10 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         if e.errno == errno.EROFS:
             log.error("read-only state for %s %s: %s", request.method, request.path, e)
             return error_response(503, "Edgeward's state directory is read-only; remount it read-write")
-        log.exception("internal error on %s %s", request.method, request.path)
+        _INTERNAL_ERRORS.log(request, e)
         return error_response(500, "internal error; see the service log")
-    except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
+    except Exception as e:
+        _INTERNAL_ERRORS.log(request, e)
         return error_response(500, "internal error; see the service log")
 
 

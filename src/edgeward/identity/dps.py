@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from cryptography import x509
 
+from ..digits import is_number
 from ..http.errors import HttpError
 from ..tpm.api import TpmApi
 from .cloud import MAX_RESPONSE, CloudTransport, HttpsTransport, X509Transport
@@ -85,7 +86,7 @@ class DpsClient:
             except ValueError:
                 doc = None
         retry = resp_headers.get("Retry-After")
-        retry_after = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
+        retry_after = _retry_after(retry)
         if challenge and status == 401 and isinstance(doc, dict) and "authenticationKey" in doc:
             return status, doc, retry_after
         if status >= 400:
@@ -144,6 +145,15 @@ class DpsClient:
                 raise HubError(f"DPS did not assign {registration_id!r} within {self._max_wait:.0f}s", 504)
             await asyncio.sleep(wait)
             _, doc, retry_after = await self._call(transport, "GET", f"{path}/operations/{quote(operation)}", token)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """A Retry-After of seconds, whole or not, as DPS sends it; anything else counts as none given."""
+    if value is None:
+        return None
+    whole, _, fraction = value.strip().partition(".")
+    return float(f"{whole}.{fraction or 0}") if is_number(whole, 9) and (not fraction or is_number(fraction, 9)) \
+        else None
 
 
 def _authentication_key(doc: Any) -> bytes:

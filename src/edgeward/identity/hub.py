@@ -14,6 +14,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+from ..digits import is_number
 from ..http.errors import HttpError
 from .cloud import CloudTransport
 from .model import ModuleInfo
@@ -107,7 +108,7 @@ class HubClient:
             mapped = status if status in (404, 409, 412, 429) else (503 if status >= 500 else 502)
             via = f" (through {self.gateway})" if self.gateway != self.hub else ""
             raise HubError(f"IoT Hub {self.hub}{via} answered {status} to {method} {path}: {message[:300]}", mapped,
-                           float(retry_after) if retry_after and retry_after.isdigit() else None, status)
+                           float(retry_after) if retry_after and is_number(retry_after) else None, status)
         return status, doc
 
     def _body(self, module_id: str, managed_by: str | None, keys: tuple[bytes, bytes] | None) -> dict[str, Any]:

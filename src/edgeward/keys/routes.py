@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from ..digits import number_or_none
 from ..http import RouteTable, build_app, caller_of, read_json_object, reply_empty, reply_json
 from ..http.errors import BadRequest, UnprocessableEntity
 from ..http.server import Handler
@@ -67,6 +68,18 @@ def _ttl(request: web.Request, ttl: int | None) -> int | None:
     return ttl if request.query.get("api-version", "") >= OURS else None
 
 
+def _query_ttl(request: web.Request) -> int | None:
+    """``?handleTtlSeconds=``: looked at only under Edgeward's api-version (aziot-keyd has no such parameter and
+    ignores it, as it ignores every parameter it does not know); there, anything but whole seconds is a 400."""
+    raw = request.query.get("handleTtlSeconds")
+    if raw is None or _ttl(request, 0) is None:
+        return None
+    ttl = number_or_none(raw)
+    if ttl is None:
+        raise BadRequest(f"handleTtlSeconds must be a whole number of seconds, got {raw[:20]!r}")
+    return ttl
+
+
 @routes.post("/keypair", since="2020-09-01")
 async def create_key_pair(request: web.Request) -> web.Response:
     body = await _body(request, wire.CreateKeyPairRequest.parse)
@@ -78,10 +91,7 @@ async def create_key_pair(request: web.Request) -> web.Response:
 
 @routes.get("/keypair/{keyId}", since="2020-09-01")
 async def load_key_pair(request: web.Request) -> web.Response:
-    ttl = request.query.get("handleTtlSeconds")
-    handle = await _api(request).load_key_pair(
-        request.match_info["keyId"], _ttl(request, int(ttl) if ttl and ttl.isdigit() else None)
-    )
+    handle = await _api(request).load_key_pair(request.match_info["keyId"], _query_ttl(request))
     return reply_json(wire.KeyHandleResponse(key_handle=handle).to_json())
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from ..digits import is_number
+
 __all__ = ["FileUri", "KeyUriError", "Pkcs11Uri", "parse_key_uri", "redact_uri"]
 
 _PATH_ATTRS = {"token", "slot-id", "object", "type", "id", "manufacturer", "model", "serial", "library-description",
@@ -76,7 +78,7 @@ def parse_key_uri(uri: str) -> FileUri | Pkcs11Uri:
         except UnicodeDecodeError as e:
             raise KeyUriError(f"pkcs11 URI has invalid percent-encoding: {e}") from None
         slot = path_attrs.get("slot-id")
-        if slot is not None and not slot.isdigit():
+        if slot is not None and not is_number(slot):
             raise KeyUriError(f"pkcs11 URI slot-id must be a number, got {slot!r}")
         if "token" not in path_attrs and slot is None:
             raise KeyUriError("pkcs11 URI must name a token (token=...) or a slot (slot-id=...)")

@@ -11,6 +11,8 @@ import datetime as dt
 import re
 import time
 
+from ..digits import is_number
+
 __all__ = ["BadTime", "parse_since"]
 
 _I32 = (-(2**31), 2**31 - 1)
@@ -73,7 +75,7 @@ def _duration(value: str) -> float | None:
             return None
         digits = re.sub(r"\s", "", m.group(1))
         unit = _UNITS.get(m.group(2))
-        if unit is None or not digits.isdigit() or int(digits) >= _MAX_SECONDS:
+        if unit is None or not is_number(digits) or int(digits) >= _MAX_SECONDS:
             return None
         total += int(digits) * unit
         pos = m.end()

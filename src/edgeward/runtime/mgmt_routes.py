@@ -14,6 +14,7 @@ from aiohttp import web
 from ..access.wiring import guard_attested_service
 from ..attest.pipeline import Attestor
 from ..config.problems import Problems
+from ..digits import is_number
 from ..http import RouteTable, build_app, read_json_object, reply_empty
 from ..http.errors import BadRequest, HttpError, NotFound, UnprocessableEntity
 from ..http.limits import UidLimiter
@@ -161,7 +162,7 @@ def _log_options(request: web.Request) -> LogOptions:
     tail_raw = q.get("tail", "all")
     tail: int | None = None
     if tail_raw != "all":
-        if not tail_raw.isdigit():
+        if not is_number(tail_raw):
             raise BadRequest(f"tail must be a number of lines or 'all', got {tail_raw[:20]!r}")
         tail = int(tail_raw)
     return LogOptions(follow=follow == "true", tail=tail, since=_time(q.get("since"), "since"),

@@ -34,6 +34,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from ...digits import is_number
 from ...http.answers import read_capped
 from .pkcs7 import EstError, decode_base64_body, order_chain, parse_certificates
 from .tls_identity import KeysIdentity
@@ -315,7 +316,7 @@ def _retry_after(value: str | None, url: str) -> float:
     if value is None or not value.strip():
         raise EstError(f"EST server at {url} answered 202 without a Retry-After header (RFC 7030 requires one)", 202)
     value = value.strip()
-    if value.isdigit():
+    if is_number(value):
         return max(float(value), _MIN_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ...digits import is_number
 from ..engine import LogChunk, LogOptions
 
 __all__ = [
@@ -65,7 +66,7 @@ def format_timestamp(ts_ns: int) -> str:
 
 def parse_timestamp(text: str) -> int:
     """Inverse of format_timestamp; ValueError on anything else."""
-    if len(text) != 30 or text[19] != "." or text[29] != "Z" or not text[20:29].isdigit():
+    if len(text) != 30 or text[19] != "." or text[29] != "Z" or not is_number(text[20:29]):
         raise ValueError(f"not a log timestamp: {text!r}")
     seconds = calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
     return seconds * 1_000_000_000 + int(text[20:29])
