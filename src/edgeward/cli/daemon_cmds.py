@@ -29,6 +29,7 @@ from ..daemon import (
     load_super_service_settings,
     serve,
 )
+from ..dirtrust import untrusted_dir
 from ..fdlimit import raise_fd_limit
 from ..http.errors import HttpError
 from ..keys.errors import BackendUnavailable
@@ -86,6 +87,11 @@ def main(argv: Sequence[str]) -> None:
     state = args.state_dir or default_state_dir()
     run = args.run_dir or default_run_dir()
     config: Path | None = args.config
+    for flag, path in (("--state-dir", state), ("--run-dir", run)):
+        problem = untrusted_dir(path)
+        if problem is not None:  # before anything is read from or written to it
+            say("error", f"{flag} {path}: {problem}; whoever can rename it can replace Edgeward's keys or sockets")
+            sys.exit(EXIT_CONFIG)
     if args.command == "run":
         _run_services(lambda: load_settings(config, state, run), ALL_SERVICES)
         return
