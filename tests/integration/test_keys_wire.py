@@ -201,3 +201,13 @@ async def test_numbers_and_encodings_a_caller_can_send_are_4xx_not_500s(software
     # nothing of Edgeward's logged an error (aiohttp's own line about the undecodable body is rate-limited and
     # stripped of its traceback in the daemon: edgeward.http.logfilter)
     assert [r.getMessage() for r in caplog.records if r.name.startswith("edgeward") and r.levelno >= 40] == []
+
+
+async def test_a_field_given_twice_is_refused_as_serde_refuses_it(software_keys: KeysEnv) -> None:
+    """Found by the session-11 review: {"keyId":"a","keyId":"b"} was taken, the last one winning. aziot's serde
+    refuses a duplicate field; two readers of one body (a proxy, a log, the service) must not see two requests."""
+    env = software_keys
+    for raw in (b'{"keyId":"a","keyId":"b"}', b'{"keyId":"a","preferredAlgorithms":"ec-p256","keyId":"a"}',
+                b'{"keyHandle":"h","algorithm":"ECDSA","parameters":{"digest":"AA==","digest":"AQ=="}}'):
+        status, answer = await call(env, "POST", "/keypair" if b"keyId" in raw else "/sign", raw=raw)
+        assert status == 422 and "duplicate field" in answer["message"], (raw, answer)

@@ -40,7 +40,9 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not raw:
         raise UnprocessableEntity("request body is empty; a JSON object is required")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateField as e:
+        raise UnprocessableEntity(f"invalid request body: duplicate field `{e.name}`") from None
     except json.JSONDecodeError as e:
         raise BadRequest(f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
     except UnicodeDecodeError as e:
@@ -51,6 +53,25 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise BadRequest("request body holds a number too long to read") from None
     if not isinstance(data, dict):
         raise UnprocessableEntity("request body must be a JSON object")
+    return data
+
+
+class _DuplicateField(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object naming a field twice is refused (aziot's serde refuses it too): with the last one winning, two
+    readers of one body, a proxy or a log and the service, could take it for two different requests."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateField(name[:64])
+            seen.add(name)
     return data
 
 
