@@ -211,3 +211,22 @@ async def test_a_field_given_twice_is_refused_as_serde_refuses_it(software_keys:
                 b'{"keyHandle":"h","algorithm":"ECDSA","parameters":{"digest":"AA==","digest":"AQ=="}}'):
         status, answer = await call(env, "POST", "/keypair" if b"keyId" in raw else "/sign", raw=raw)
         assert status == 422 and "duplicate field" in answer["message"], (raw, answer)
+
+
+async def test_a_body_is_utf8_json_as_serde_reads_it(software_keys: KeysEnv) -> None:
+    """Found by the session-11 review: UTF-16 bodies (which Python's json detects) and a bogus charset were taken;
+    aziot's serde_json reads UTF-8 only."""
+    env = software_keys
+    body = json.dumps({"keyId": env.new_id()})
+    for raw in (body.encode("utf-16"), body.encode("utf-16-le"), body.encode("utf-32"),
+                b"\xef\xbb\xbf" + body.encode()):
+        status, answer = await call(env, "POST", "/keypair", raw=raw)
+        assert status == 400 and ("UTF-8" in answer["message"] or "not valid JSON" in answer["message"]), answer
+    for charset in ("bogus", "utf-16", "latin-1"):
+        status, answer = await call(env, "POST", "/keypair", raw=body.encode(),
+                                    headers={"Content-Type": f"application/json; charset={charset}"})
+        assert status == 415 and "charset" in answer["message"], (charset, answer)
+    for charset in ("utf-8", "UTF-8", '"utf-8"'):
+        status, answer = await call(env, "POST", "/keypair", raw=body.encode(),
+                                    headers={"Content-Type": f"application/json; charset={charset}"})
+        assert status == 200, (charset, answer)

@@ -30,6 +30,9 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     declared = request.headers.get("Content-Type")
     if declared is not None and declared not in _JSON_TYPES and request.content_type not in _JSON_TYPES:
         raise UnsupportedMediaType(f"expected an application/json body, got {request.content_type!r}")
+    charset = request.charset
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):  # serde_json reads UTF-8 only
+        raise UnsupportedMediaType(f"expected a UTF-8 body, got charset {charset[:40]!r}")
     coding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if coding != "identity":  # aziot's services decode no content coding either; RFC 9110 15.5.16 says 415
         raise UnsupportedMediaType(f"Content-Encoding {coding[:40]!r} is not supported; send the body as is")
@@ -40,7 +43,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not raw:
         raise UnprocessableEntity("request body is empty; a JSON object is required")
     try:
-        data = json.loads(raw, object_pairs_hook=_refuse_duplicates)
+        # decoded here, strictly: json.loads on bytes would also take UTF-16 and UTF-32, which serde_json does not
+        data = json.loads(raw.decode(), object_pairs_hook=_refuse_duplicates)
     except _DuplicateField as e:
         raise UnprocessableEntity(f"invalid request body: duplicate field `{e.name}`") from None
     except json.JSONDecodeError as e:
