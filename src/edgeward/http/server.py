@@ -37,6 +37,7 @@ __all__ = [
     "Handler",
     "Listener",
     "RouteTable",
+    "UnsafeSocketPath",
     "bind_unix",
     "build_app",
     "error_response",
@@ -207,24 +208,53 @@ class Listener:
     activation_name: str | None = None
 
 
+class UnsafeSocketPath(RuntimeError):
+    """A socket's path holds something that is not the socket Edgeward binds (planted, or swapped in): refused,
+    never replaced or followed."""
+
+
 def bind_unix(path: Path, mode: int, backlog: int = 1024) -> socket.socket:
+    """A listening socket at ``path`` with ``mode``; a stale socket there is replaced, anything else refused.
+
+    The mode is set through the socket's own inode, never by path: whoever can write the directory could otherwise
+    put a symlink there between the bind and the chmod and have this process (root) chmod its target.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(path.lstat().st_mode):
             path.unlink()
         else:
-            raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
+            raise UnsafeSocketPath(f"{path} exists and is not a socket; refusing to replace it")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Bind under a restrictive umask so the socket is never briefly reachable with wider permissions.
-    old = os.umask(0o177)
     try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old)
-    os.chmod(path, mode)
-    sock.listen(backlog)
+        # Bind under a restrictive umask so the socket is never briefly reachable with wider permissions.
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        _chmod_socket(path, mode)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
+
+
+def _chmod_socket(path: Path, mode: int) -> None:
+    """chmod the socket at ``path`` without following a symlink: opened as the entry itself (O_PATH|O_NOFOLLOW),
+    checked to be a socket of this process's uid, and changed through /proc/self/fd (fchmod refuses O_PATH
+    descriptors). Anything else there now was swapped in after the bind: refused, left as it is."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+            raise UnsafeSocketPath(f"{path} is not the socket just bound there (replaced after the bind?); "
+                                   f"refusing to change its mode")
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
 
 
 async def start_server(app: web.Application, listeners: Iterable[Listener]) -> web.AppRunner:

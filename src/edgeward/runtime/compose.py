@@ -24,7 +24,7 @@ from ..certs.api import CertsApi
 from ..http.activation import activated_sockets, socket_for_fd_uri
 from ..http.callers import by_socket
 from ..http.limits import max_requests_limiter
-from ..http.server import bind_unix, make_runner
+from ..http.server import UnsafeSocketPath, bind_unix, make_runner
 from ..identity.service import IdentityService
 from ..keys.api import KeysApi
 from .edge_ca import EdgeCa
@@ -196,7 +196,11 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
         await _serve(mgmt_runner, main)
         agent_socket = agent_mgmt_socket(settings, sockets)
         if agent_socket is not None:
-            await _serve(mgmt_runner, bind_unix(agent_socket, 0o666))
+            try:
+                await _serve(mgmt_runner, bind_unix(agent_socket, 0o666))
+            except UnsafeSocketPath as e:  # in a directory the agent had mounted: its loss, not the daemon's
+                log.error("the edge agent's management socket cannot be opened at %s: %s; the agent runs without "
+                          "it until what is there is removed and Edgeward restarts", agent_socket, e)
         # Edgeward's CLI (`edgeward list`, `logs`, `restart`) finds the management API under the run directory,
         # wherever [listen] puts it (never re-bound over a socket systemd passed for that path).
         cli_socket = settings.mgmt_dir / "mgmt.sock"

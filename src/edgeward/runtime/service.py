@@ -206,7 +206,9 @@ class ModuleRuntime:
                 target = str(self.settings.container_mgmt_socket.parent)
                 mounts = [m for m in host.get("Mounts") or []
                           if not (isinstance(m, Mapping) and inside(str(m.get("Target") or ""), target))]
-                mounts.append({"Type": "bind", "Source": str(self.settings.mgmt_dir), "Target": target})
+                # Read-only, as the workload directory (engines/moby.py): it holds Edgeward's own sockets.
+                mounts.append({"Type": "bind", "Source": str(self.settings.mgmt_dir), "Target": target,
+                               "ReadOnly": True})
                 host["Mounts"] = mounts
                 if "Binds" in host:
                     host["Binds"] = [b for b in host.get("Binds") or []

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..http.server import bind_unix
+from ..http.server import UnsafeSocketPath, bind_unix
 from .engine import WORKLOAD_SOCKET_NAME
 
 __all__ = ["MAX_SOCKET_PATH", "WorkloadSockets"]
@@ -40,6 +40,8 @@ class WorkloadSockets:
         # Socket name -> module, for the socket names seen: looked up on every workload request, and the names are
         # this object's own listening sockets (the kernel reports the bound path), so the table stays small.
         self._arrivals: dict[str, str | None] = {}
+        # Module -> why its socket could not be bound at the last try (the module runs without the workload API).
+        self.unavailable: dict[str, str] = {}
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o755)  # noqa: S103 -- modules of any uid must reach their own directory
 
@@ -81,20 +83,36 @@ class WorkloadSockets:
 
     async def open(self, name: str) -> Path:
         """Create the module's directory and, when serving, its socket (world-connectable: attestation, not file
-        modes, decides who may do what — a module may run as any uid)."""
+        modes, decides who may do what — a module may run as any uid).
+
+        A socket that cannot be bound fails this module's socket only, logged and kept in ``unavailable`` until
+        an open binds it (the next start): one module must not keep the daemon, and with it keys, certs, identities
+        and every other module, down. What is at the path is left there: a container gets its directory read-only,
+        so a non-socket there was put by root on the host or by a container created before that, and either
+        deserves a look rather than a silent removal (removing the module clears its directory)."""
         directory = self.directory(name)
         directory.mkdir(exist_ok=True)
         os.chmod(directory, 0o755)  # noqa: S103 -- see above
         if self.runner is not None and name not in self._sites:
-            # World-connectable; a burst of connecting modules gets a deep backlog (the kernel caps it).
-            sock = bind_unix(self.socket_path(name), 0o666, backlog=4096)
+            path = self.socket_path(name)
+            try:
+                # World-connectable; a burst of connecting modules gets a deep backlog (the kernel caps it).
+                sock = bind_unix(path, 0o666, backlog=4096)
+            except (UnsafeSocketPath, OSError) as e:
+                self.unavailable[name] = str(e)
+                log.error("workload socket of module %s cannot be opened at %s: %s; the module runs without the "
+                          "workload API until what is there is removed and Edgeward restarts (or the module is "
+                          "removed)", name, path, e)
+                return directory
             site = web.SockSite(self.runner, sock)
             await site.start()
             self._sites[name] = site
-            log.info("workload socket for %s at %s", name, self.socket_path(name))
+            self.unavailable.pop(name, None)
+            log.info("workload socket for %s at %s", name, path)
         return directory
 
     async def close(self, name: str) -> None:
+        self.unavailable.pop(name, None)
         site = self._sites.pop(name, None)
         if site is not None:
             await site.stop()

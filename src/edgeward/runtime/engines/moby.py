@@ -222,7 +222,11 @@ class DockerEngine:
             host["Binds"] = [b for b in host.get("Binds") or []
                              if not (isinstance(b, str) and inside(bind_target(b), workload_dir))]
         if spec.workload_dir is not None:
-            mounts.append({"Type": "bind", "Source": str(spec.workload_dir), "Target": workload_dir})
+            # Read-only: root in the container is root on the host's files, and the directory is Edgeward's, in its
+            # run directory (a RAM tmpfs). Writable, a module could fill that, or leave a file or a symlink where its
+            # socket goes; a socket in a read-only bind still takes connections, and the path is IoT Edge's.
+            mounts.append({"Type": "bind", "Source": str(spec.workload_dir), "Target": workload_dir,
+                           "ReadOnly": True})
         host["Mounts"] = mounts
         host["RestartPolicy"] = {"Name": "no"}  # the watchdog and the edge agent decide restarts
         body["HostConfig"] = host
