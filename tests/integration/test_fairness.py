@@ -446,13 +446,16 @@ async def held_by_a_local_user(sock: Path, count: int, uid: int = NOBODY) -> Asy
         await proc.wait()
 
 
-# A module that is root (as in a container without a user namespace) opens HOLD connections to its own socket from
+# A module that is root (as in a container without a user namespace), once GO exists, opens HOLD connections to its own socket from
 # each of several uids it switches to (forked children), with unfinished headers, and reports how many the daemon
 # kept open and how it answered the others. Its processes hold them until the module is removed.
 SWITCHER = textwrap.dedent("""
     import json, os, select, socket, time, urllib.parse
     sock = urllib.parse.urlparse(os.environ["IOTEDGE_WORKLOADURI"]).path
     uids = [int(u) for u in os.environ["UIDS"].split(",")]
+    print("WAITING", flush=True)
+    while not os.path.exists(os.environ["GO"]):
+        time.sleep(0.02)
     pipes = []
     for uid in uids:
         r, w = os.pipe()
@@ -517,9 +520,12 @@ async def test_a_module_gets_its_whole_cap_beside_a_local_user_and_no_more_by_sw
     """A module's connections count under the module (attested by its process tree), whichever uids its processes
     take: a local user's flood on its socket takes none of its 20, and the module's root switching to three other
     uids gets 20 in all, not 20 (or the local user's few) per uid."""
+    go = public_dir / "go"
     async with edgeward(public_dir, max_connections_per_caller="20") as daemon:
+        await daemon.start_module("m", SWITCHER, {"UIDS": f"0,{NOBODY},60001,60002", "HOLD": "10", "GO": str(go)},
+                                  b"WAITING")
         async with held_by_a_local_user(daemon.workload_socket("m"), 40) as (_, flood):
-            await daemon.start_module("m", SWITCHER, {"UIDS": f"0,{NOBODY},60001,60002", "HOLD": "10"}, b"HOLDING ")
+            go.touch()
             logs = await logs_until(daemon.mgmt, "m", b"HOLDING ", 30)
         held = json.loads(next(x for x in logs.splitlines() if x.startswith(b"HOLDING "))[8:])
         print(json.dumps({"flood": flood, "module": held}))
