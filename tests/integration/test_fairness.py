@@ -26,6 +26,7 @@ import pytest
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import running_daemon
 from tests.fixtures.modules import logs_until
+from tests.fixtures.peers import NOBODY, held_by_a_local_user
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -396,54 +397,6 @@ async def test_refused_connection_flood_leaves_the_log_small_and_free_of_task_ex
         finally:
             for conn in held:
                 conn.close()
-
-
-# A local user's client (the system interpreter, run as another uid): opens N connections to a socket with unfinished
-# headers, then reports how many the daemon keeps open (admitted) and how the others were answered; it holds the
-# admitted ones until its stdin closes.
-HOLD_AS_UID = textwrap.dedent("""
-    import json, select, socket, sys, time
-    path, n = sys.argv[1], int(sys.argv[2])
-    socks = []
-    for _ in range(n):
-        s = socket.socket(socket.AF_UNIX); s.connect(path)
-        try:
-            s.sendall(b"GET /trust-bundle?api-version=2019-01-30 HTTP/1.1\\r\\nHost: x\\r\\nX-Slow: ")
-        except OSError:
-            pass
-        socks.append(s)
-    time.sleep(1)
-    answered = select.select(socks, [], [], 0)[0]
-    refused = {}
-    for s in answered:
-        try:
-            got = s.recv(200)
-        except OSError as e:
-            got = type(e).__name__.encode()
-        status = got.split(b" ")[1].decode() if got.startswith(b"HTTP/") else (got.decode() or "closed")
-        refused[status] = refused.get(status, 0) + 1
-    print(json.dumps({"held": len(socks) - len(answered), "refused": refused}), flush=True)
-    sys.stdin.read()
-""")
-
-NOBODY = 65534
-
-
-@contextlib.asynccontextmanager
-async def held_by_a_local_user(sock: Path, count: int, uid: int = NOBODY) -> AsyncIterator[tuple[int, dict]]:
-    """``count`` connections to ``sock`` opened by ``uid`` (no module): (its pid, what it reported), while they are
-    held; stopped by pid after."""
-    proc = await asyncio.create_subprocess_exec(
-        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "/usr/bin/python3", "-c", HOLD_AS_UID,
-        str(sock), str(count), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        yield proc.pid, json.loads(line)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
 
 
 # A module that is root (as in a container without a user namespace), once GO exists, opens HOLD connections to its own socket from
