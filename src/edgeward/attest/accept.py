@@ -12,16 +12,18 @@ the background:
 - a container: the caller's pid and mount namespaces are those of the init of the container its cgroup names, as
   the Docker engine attributes callers (a cgroup path alone can be claimed; the namespaces cannot).
 
-Cost, per connection: at most ``MAX_DEPTH`` /proc reads along the ppid chain, or one cgroup read and four namespace
-links and one stat; the references are learned at most once per ``REFRESH_INTERVAL`` (the registry and the engine's
-list), in one background task, whatever the callers do. Fail closed: a caller that cannot be placed now (no
-reference yet, a chain deeper than ``MAX_DEPTH``, anything unreadable) is no module. This decides only where a
-connection is counted: the workload API still attests every request and decides what the caller may do.
+Cost, per connection: at most ``MAX_DEPTH`` /proc reads along the ppid chain (one, for another connection of a
+process already placed), or one cgroup read, four namespace links and one stat. The references are learned at most
+once per ``REFRESH_INTERVAL`` (the registry and the engine's list), in one background task, whatever the callers
+do. Fail closed: a caller that cannot be placed now (no reference yet, a chain deeper than ``MAX_DEPTH``, anything
+unreadable) is no module. This decides only where a connection is counted: the workload API still attests every
+request and decides what the caller may do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 from collections.abc import Callable
@@ -52,8 +54,9 @@ class AcceptAttestor:
     """``module_of(peer)``: the module a connection's peer is, if it may act as that module on the socket it
     arrived on (its own module's socket, or the shared workload socket, where any module calls); else None."""
 
-    MAX_DEPTH = 64  # a module's callers sit a few levels below its main process; a deeper chain is a stranger's
+    MAX_DEPTH = 32  # a module's callers sit a few levels below its main process; a deeper chain is a stranger's
     REFRESH_INTERVAL = 1.0  # seconds between two learnings of the references, at most
+    MAX_PLACED = 4096  # processes whose place is remembered until the references change
 
     def __init__(self, engine: ModuleEngine, registry: Registry,
                  socket_module: Callable[[str | None], str | None]) -> None:
@@ -63,6 +66,9 @@ class AcceptAttestor:
         self._by_start: dict[tuple[int, int], _Reference] = {}
         self._by_container: dict[str, _Reference] = {}
         self._version = -1  # the registry's version the references were learned at
+        # (pid, start time) -> its module or None, while the references stay the same: a process's ppid chain only
+        # gets shorter (reparented when a parent exits), never gains a module's main process.
+        self._placed: dict[tuple[int, int], str | None] = {}
         self._wanted = False
         self._task: asyncio.Task[None] | None = None
         self._last = -math.inf
@@ -82,14 +88,27 @@ class AcceptAttestor:
         return found if found is not None and own in (None, found) else None
 
     def _process_module(self, pid: int) -> str | None:
-        for depth, st in enumerate(ancestors(pid)):
+        chain = iter(ancestors(pid))
+        caller = next(chain, None)
+        if caller is None:
+            return None  # gone already
+        key = (caller.pid, caller.start_time)
+        if key in self._placed:
+            return self._placed[key]
+        found: str | None = None
+        for depth, st in enumerate(itertools.chain((caller,), chain)):
             if depth >= self.MAX_DEPTH:
-                return None
+                break
             ref = self._by_start.get((st.pid, st.start_time))
             if ref is not None:
-                return ref.module
-        self._want()  # a stranger, or a module started (or restarted) since the references were learned
-        return None
+                found = ref.module
+                break
+        if len(self._placed) >= self.MAX_PLACED:
+            self._placed.clear()
+        self._placed[key] = found
+        if found is None:
+            self._want()  # a stranger, or a module started (or restarted) since the references were learned
+        return found
 
     def _container_module(self, pid: int) -> str | None:
         container_id = read_container_id(pid)
@@ -152,4 +171,5 @@ class AcceptAttestor:
                 refs.append(_Reference(name, status.engine_id, process))
         self._by_start = {(ref.process.pid, ref.process.started): ref for ref in refs}
         self._by_container = {ref.engine_id: ref for ref in refs}
+        self._placed = {}
         self._version = version
