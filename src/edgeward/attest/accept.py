@@ -65,20 +65,25 @@ class AcceptAttestor:
         self._socket_module = socket_module  # the module whose own socket a connection arrived on (None: shared)
         self._by_start: dict[tuple[int, int], _Reference] = {}
         self._by_container: dict[str, _Reference] = {}
-        self._version = -1  # the registry's version the references were learned at
+        self._version = -1  # the registry's version the references were last learned (or tried) at
         # (pid, start time) -> its module or None, while the references stay the same: a process's ppid chain only
         # gets shorter (reparented when a parent exits), never gains a module's main process.
         self._placed: dict[tuple[int, int], str | None] = {}
         self._wanted = False
+        self._urgent = False
         self._task: asyncio.Task[None] | None = None
         self._last = -math.inf
+        self._last_warning = -math.inf
 
     def module_of(self, peer: Peer) -> str | None:
         pid = peer.caller.pid
         if pid <= 0:
             return None
         if self.registry.version != self._version:
-            self._want()  # modules changed (created, started, removed): learn their references again
+            # Modules changed (started, stopped, removed: the management API's and the watchdog's doing, never a
+            # caller's): learn their references again at once, so a module just started is placed on its first
+            # connections.
+            self._want(urgent=True)
         try:
             found = self._container_module(pid) if self.engine.kind == "docker" else self._process_module(pid)
         except Exception:  # anything unreadable places nobody
@@ -127,8 +132,9 @@ class AcceptAttestor:
             return None
         return ref.module if mine is not None and mine == theirs else None
 
-    def _want(self) -> None:
+    def _want(self, *, urgent: bool = False) -> None:
         self._wanted = True
+        self._urgent = self._urgent or urgent
         if self._task is not None and not self._task.done():
             return
         try:
@@ -140,19 +146,21 @@ class AcceptAttestor:
     async def _refresh(self) -> None:
         loop = asyncio.get_running_loop()
         while self._wanted:
-            self._wanted = False
+            urgent, self._wanted, self._urgent = self._urgent, False, False
             wait = self._last + self.REFRESH_INTERVAL - loop.time()
-            if wait > 0:
+            if wait > 0 and not urgent:
                 await asyncio.sleep(wait)
             self._last = loop.time()
             try:
                 async with asyncio.timeout(30):
                     await self._learn()
             except Exception as e:  # the engine is away: callers stay unplaced (strangers) until it is back
-                log.warning("cannot learn the running modules' processes for the connection caps: %s", e)
+                if self._last - self._last_warning >= 60.0:  # one line a minute, however often callers ask
+                    self._last_warning = self._last
+                    log.warning("cannot learn the running modules' processes for the connection caps: %s", e)
 
     async def _learn(self) -> None:
-        version = self.registry.version
+        self._version = self.registry.version  # tried once for this version, even if the engine fails: no retry storm
         registered = {reg.engine_id: reg.name for reg in self.registry.all()}
         refs: list[_Reference] = []
         for status in await self.engine.list():
@@ -172,4 +180,3 @@ class AcceptAttestor:
         self._by_start = {(ref.process.pid, ref.process.started): ref for ref in refs}
         self._by_container = {ref.engine_id: ref for ref in refs}
         self._placed = {}
-        self._version = version
