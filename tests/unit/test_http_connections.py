@@ -68,6 +68,7 @@ def test_strangers_get_a_few_connections_never_more_than_a_caller() -> None:
     limits = ConnectionLimits.from_environ({"EDGEWARD_HTTP_MAX_CONNECTIONS_PER_STRANGER": "3"})
     assert limits.per_stranger == 3
     assert ConnectionLimits().per_stranger == 8
+    assert ConnectionLimits.from_environ({"EDGEWARD_HTTP_MAX_CONNECTIONS_PER_CALLER": "4"}).per_stranger == 4
     assert ConnectionLimits().capped(5).per_stranger == 5  # a service's max_requests below it lowers it too
     assert ConnectionLimits().capped(20).per_stranger == 8
 

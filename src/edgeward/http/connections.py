@@ -120,7 +120,7 @@ class ConnectionLimits:
                             f"the {limits.total} connections of EDGEWARD_HTTP_MAX_CONNECTIONS")
         if problems:
             raise ConfigError(problems, "the environment")
-        return limits
+        return replace(limits, per_stranger=min(limits.per_stranger, limits.per_caller))  # never above a module
 
 
 Close = Callable[[], None]
