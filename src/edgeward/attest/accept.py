@@ -2,22 +2,23 @@
 connection caps: a connection counts under the module it is attested as, so nobody else who can reach a module's
 socket (0666, since containers of any uid must) can use up the module's connections.
 
-The workload API's attestation (:mod:`.pipeline`) asks the module engine, which may take a round trip (a container
-engine's inspect); a connection is admitted or refused before a byte of it is read, synchronously. So the same facts
-are read here from what the kernel shows and one reference process per running module, learned from the engine in
-the background:
+The workload API's attestation (:mod:`.pipeline`) may wait for the module engine (a container engine's inspect); a
+connection is admitted or refused before a byte of it is read, without waiting. So the same facts are read here:
 
 - a host-process module: the caller's ppid chain leads to the module's main process (pid and start time), as the
-  process engine attributes callers, whatever uids the module's processes took;
+  process engine attributes callers (its ``running_processes``, read as it is now), whatever uids the module's
+  processes took;
 - a container: the caller's pid and mount namespaces are those of the init of the container its cgroup names, as
-  the Docker engine attributes callers (a cgroup path alone can be claimed; the namespaces cannot).
+  the Docker engine attributes callers (a cgroup path alone can be claimed; the namespaces cannot). The inits are
+  learned from the engine in the background: at once when the registry changes (a module started, stopped,
+  removed), else at most once per ``REFRESH_INTERVAL`` however often callers ask.
 
 Cost, per connection: at most ``MAX_DEPTH`` /proc reads along the ppid chain (one, for another connection of a
-process already placed), or one cgroup read, four namespace links and one stat. The references are learned at most
-once per ``REFRESH_INTERVAL`` (the registry and the engine's list), in one background task, whatever the callers
-do. Fail closed: a caller that cannot be placed now (no reference yet, a chain deeper than ``MAX_DEPTH``, anything
-unreadable) is no module. This decides only where a connection is counted: the workload API still attests every
-request and decides what the caller may do.
+process already placed; none within ``RECENT`` seconds of its last, as in a burst), or one cgroup read, four
+namespace links and one stat. Fail closed: a caller that cannot be
+placed now (a container not learned yet, a chain deeper than ``MAX_DEPTH``, anything unreadable) is no module. This
+decides only where a connection is counted: the workload API still attests every request and decides what the
+caller may do.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import asyncio
 import itertools
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,13 +42,14 @@ __all__ = ["AcceptAttestor"]
 
 log = logging.getLogger(__name__)
 
+_RunningProcesses = Callable[[], dict[tuple[int, int], str]]
+
 
 @dataclass(frozen=True, slots=True)
-class _Reference:
-    """A running module's main process (host process) or container init, as the engine placed it."""
+class _Init:
+    """A running container module's init, as the engine placed it."""
 
     module: str
-    engine_id: str
     process: ReferenceProcess
 
 
@@ -55,20 +58,27 @@ class AcceptAttestor:
     arrived on (its own module's socket, or the shared workload socket, where any module calls); else None."""
 
     MAX_DEPTH = 32  # a module's callers sit a few levels below its main process; a deeper chain is a stranger's
-    REFRESH_INTERVAL = 1.0  # seconds between two learnings of the references, at most
-    MAX_PLACED = 4096  # processes whose place is remembered until the references change
+    REFRESH_INTERVAL = 1.0  # seconds between two learnings of the containers' inits that callers ask for, at least
+    MAX_PLACED = 4096  # processes whose place is remembered while the registry stays the same
+    # A pid placed this recently is taken as the same process without reading its start time: a pid is not used
+    # again so soon (the kernel hands out every other free pid first; cycling through them takes far longer).
+    RECENT = 0.1
 
     def __init__(self, engine: ModuleEngine, registry: Registry,
                  socket_module: Callable[[str | None], str | None]) -> None:
         self.engine = engine
         self.registry = registry
         self._socket_module = socket_module  # the module whose own socket a connection arrived on (None: shared)
-        self._by_start: dict[tuple[int, int], _Reference] = {}
-        self._by_container: dict[str, _Reference] = {}
-        self._version = -1  # the registry's version the references were last learned (or tried) at
-        # (pid, start time) -> its module or None, while the references stay the same: a process's ppid chain only
+        self._running: _RunningProcesses | None = getattr(engine, "running_processes", None)
+        self._names: dict[str, str] = {}  # engine id -> module name, as registered
+        self._names_version = -1
+        # (pid, start time) -> its module or None, while the registry stays the same: a process's ppid chain only
         # gets shorter (reparented when a parent exits), never gains a module's main process.
         self._placed: dict[tuple[int, int], str | None] = {}
+        self._recent: dict[int, tuple[float, str | None]] = {}  # pid -> (when placed, its module or None)
+        self._recent_version = -1
+        self._inits: dict[str, _Init] = {}  # container id -> its init, learned
+        self._learned_version = -1  # the registry's version the inits were last learned (or tried) at
         self._wanted = False
         self._urgent = False
         self._task: asyncio.Task[None] | None = None
@@ -79,58 +89,74 @@ class AcceptAttestor:
         pid = peer.caller.pid
         if pid <= 0:
             return None
-        if self.registry.version != self._version:
-            # Modules changed (started, stopped, removed: the management API's and the watchdog's doing, never a
-            # caller's): learn their references again at once, so a module just started is placed on its first
-            # connections.
-            self._want(urgent=True)
-        try:
-            found = self._container_module(pid) if self.engine.kind == "docker" else self._process_module(pid)
-        except Exception:  # anything unreadable places nobody
-            log.debug("cannot place pid %d at accept", pid, exc_info=True)
-            return None
+        now = time.monotonic()
+        recent = self._recent.get(pid)
+        if recent is not None and now - recent[0] < self.RECENT and self.registry.version == self._recent_version:
+            found = recent[1]
+        else:
+            try:
+                found = self._container_module(pid) if self.engine.kind == "docker" else self._process_module(pid)
+            except Exception:  # anything unreadable places nobody
+                log.debug("cannot place pid %d at accept", pid, exc_info=True)
+                return None
+            if self.registry.version != self._recent_version or len(self._recent) >= self.MAX_PLACED:
+                self._recent = {}
+                self._recent_version = self.registry.version
+            self._recent[pid] = (now, found)
         own = self._socket_module(peer.sockname if isinstance(peer.sockname, str) else None)
         return found if found is not None and own in (None, found) else None
 
+    def _registered(self) -> dict[str, str]:
+        version = self.registry.version
+        if version != self._names_version:  # a management action or the watchdog changed it: never a caller
+            self._names = {reg.engine_id: reg.name for reg in self.registry.all()}
+            self._names_version = version
+            self._placed = {}
+        return self._names
+
     def _process_module(self, pid: int) -> str | None:
+        names = self._registered()
         chain = iter(ancestors(pid))
         caller = next(chain, None)
-        if caller is None:
-            return None  # gone already
+        if caller is None or self._running is None:
+            return None  # gone already, or an engine that cannot tell without waiting
         key = (caller.pid, caller.start_time)
         if key in self._placed:
             return self._placed[key]
+        running = self._running()
         found: str | None = None
         for depth, st in enumerate(itertools.chain((caller,), chain)):
             if depth >= self.MAX_DEPTH:
                 break
-            ref = self._by_start.get((st.pid, st.start_time))
-            if ref is not None:
-                found = ref.module
+            engine_id = running.get((st.pid, st.start_time))
+            if engine_id is not None:
+                found = names.get(engine_id)
                 break
         if len(self._placed) >= self.MAX_PLACED:
             self._placed.clear()
         self._placed[key] = found
-        if found is None:
-            self._want()  # a stranger, or a module started (or restarted) since the references were learned
         return found
 
     def _container_module(self, pid: int) -> str | None:
+        if self.registry.version != self._learned_version:
+            # Modules changed: learn their inits again at once, so a container just started is placed on its
+            # first connections (they may come before the learning ends: those count as strangers).
+            self._want(urgent=True)
         container_id = read_container_id(pid)
         if container_id is None:
             return None  # in no container: no container module
-        ref = self._by_container.get(container_id)
-        if ref is None:
+        init = self._inits.get(container_id)
+        if init is None:
             self._want()
             return None
         # The caller's first, the init's after (confirmed still alive then): both were live at the first read, so
         # equal numbers mean the same namespaces, not a recycled number.
         mine = namespaces_of(pid)
-        theirs = ref.process.namespaces()
+        theirs = init.process.namespaces()
         if theirs is None:  # the container stopped or restarted since
             self._want()
             return None
-        return ref.module if mine is not None and mine == theirs else None
+        return init.module if mine is not None and mine == theirs else None
 
     def _want(self, *, urgent: bool = False) -> None:
         self._wanted = True
@@ -154,15 +180,15 @@ class AcceptAttestor:
             try:
                 async with asyncio.timeout(30):
                     await self._learn()
-            except Exception as e:  # the engine is away: callers stay unplaced (strangers) until it is back
+            except Exception as e:  # the engine is away: containers stay unplaced (strangers) until it is back
                 if self._last - self._last_warning >= 60.0:  # one line a minute, however often callers ask
                     self._last_warning = self._last
-                    log.warning("cannot learn the running modules' processes for the connection caps: %s", e)
+                    log.warning("cannot learn the running containers' inits for the connection caps: %s", e)
 
     async def _learn(self) -> None:
-        self._version = self.registry.version  # tried once for this version, even if the engine fails: no retry storm
+        self._learned_version = self.registry.version  # tried once per version, even if the engine fails
         registered = {reg.engine_id: reg.name for reg in self.registry.all()}
-        refs: list[_Reference] = []
+        inits: dict[str, _Init] = {}
         for status in await self.engine.list():
             name = registered.get(status.engine_id)
             if name is None or status.state != "running" or not status.pid:
@@ -174,9 +200,7 @@ class AcceptAttestor:
                 placed = await self.engine.engine_id_of_pid(status.pid)
             except EngineError:
                 continue
-            # The engine placed that pid in the module after it was referenced, and it is the same process still.
+            # The engine placed that pid in the container after it was referenced, and it is the same process still.
             if placed == status.engine_id and process.alive():
-                refs.append(_Reference(name, status.engine_id, process))
-        self._by_start = {(ref.process.pid, ref.process.started): ref for ref in refs}
-        self._by_container = {ref.engine_id: ref for ref in refs}
-        self._placed = {}
+                inits[status.engine_id] = _Init(name, process)
+        self._inits = inits
