@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -459,11 +460,19 @@ async def test_a_local_user_holding_connections_to_a_modules_socket_leaves_the_m
             print(json.dumps({"flood": flood, "victim": signs["statuses"]}))
             assert signs["statuses"] == [200] * 20, signs["statuses"]
             assert flood == {"held": 8, "refused": {"429": 32}}, flood
-            # The refusal names the caller (its uid and pid), not "the callers on" the socket, and is in the audit
-            # trail's log line as the other refusals are.
+            # The refusal names the caller (its uid and pid), not "the callers on" the socket, and is in the refusal
+            # trail (log line and audit record) as the other refusals are.
             lines = _refusal_lines(public_dir / "daemon.log", pid)
             assert any(f"uid {NOBODY}" in line for line in lines), lines
             assert len(lines) <= 4, lines  # rate-limited: 32 refusals, a few lines
+            audit = sqlite3.connect(f"file:{public_dir / 'state' / 'audit' / 'audit.db'}?mode=ro", uri=True)
+            try:
+                records = [json.loads(d) for (d,) in audit.execute(
+                    "SELECT detail FROM audit WHERE kind = 'access.refused'")]
+            finally:
+                audit.close()
+            assert any(r["service"] == "connections" and r["uid"] == NOBODY and r["pid"] == pid and r["status"] == 429
+                       for r in records), records
         finally:
             go.touch()
 
