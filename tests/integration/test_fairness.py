@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -26,6 +27,7 @@ import pytest
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import running_daemon
 from tests.fixtures.modules import logs_until
+from tests.fixtures.peers import NOBODY, held_by_a_local_user
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -71,11 +73,11 @@ FLOOD = textwrap.dedent("""
     time.sleep(3600)
 """)
 
-# Module B: once GO exists, signs SIGNS times, one after the other, each on a new connection, and reports every
+# Module B: once GO exists, signs SIGNS times (on its workload socket, or SIGN_ON's), one after the other, each on a new connection, and reports every
 # call's status and latency; it gives up after three failures (so a starved B reports instead of hanging).
 SIGNER = textwrap.dedent("""
     import base64, http.client, json, os, socket, time, urllib.parse
-    sock = urllib.parse.urlparse(os.environ["IOTEDGE_WORKLOADURI"]).path
+    sock = os.environ.get("SIGN_ON") or urllib.parse.urlparse(os.environ["IOTEDGE_WORKLOADURI"]).path
     path = (f"/modules/{os.environ['IOTEDGE_MODULEID']}/genid/{os.environ['IOTEDGE_MODULEGENERATIONID']}"
             "/sign?api-version=2019-01-30")
     body = json.dumps({"keyId": "primary", "algo": "HMACSHA256", "data": base64.b64encode(b"x" * 32).decode()})
@@ -130,13 +132,17 @@ class Daemon:
 
 
 @contextlib.asynccontextmanager
-async def edgeward(public_dir: Path, **limits: str) -> AsyncIterator[Daemon]:
-    """`edgeward run` with the given EDGEWARD_HTTP_* settings; stopped by pid whatever happens."""
+async def edgeward(public_dir: Path, config: str | None = None, **limits: str) -> AsyncIterator[Daemon]:
+    """`edgeward run` with the given EDGEWARD_HTTP_* settings (and config file text); stopped by pid whatever
+    happens."""
     run = public_dir / "run"
     env = dict(os.environ, **{f"EDGEWARD_HTTP_{k.upper()}": v for k, v in limits.items()})
     loop = asyncio.get_running_loop()
-    cm = running_daemon(["run", "--state-dir", str(public_dir / "state"), "--run-dir", str(run)], env=env,
-                        log_path=public_dir / "daemon.log")
+    args = ["run", "--state-dir", str(public_dir / "state"), "--run-dir", str(run)]
+    if config is not None:
+        (public_dir / "config.toml").write_text(config)
+        args += ["-c", str(public_dir / "config.toml")]
+    cm = running_daemon(args, env=env, log_path=public_dir / "daemon.log")
     proc = await loop.run_in_executor(None, cm.__enter__)
     mgmt = ManagementClient(run / "mgmt" / "mgmt.sock")
     daemon = Daemon(proc.pid, run, mgmt)
@@ -392,3 +398,118 @@ async def test_refused_connection_flood_leaves_the_log_small_and_free_of_task_ex
         finally:
             for conn in held:
                 conn.close()
+
+
+# A module that is root (as in a container without a user namespace), once GO exists, opens HOLD connections to its own socket from
+# each of several uids it switches to (forked children), with unfinished headers, and reports how many the daemon
+# kept open and how it answered the others. Its processes hold them until the module is removed.
+SWITCHER = textwrap.dedent("""
+    import json, os, select, socket, time, urllib.parse
+    sock = urllib.parse.urlparse(os.environ["IOTEDGE_WORKLOADURI"]).path
+    uids = [int(u) for u in os.environ["UIDS"].split(",")]
+    print("WAITING", flush=True)
+    while not os.path.exists(os.environ["GO"]):
+        time.sleep(0.02)
+    pipes = []
+    for uid in uids:
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.setgid(uid); os.setuid(uid)
+            socks = []
+            for _ in range(int(os.environ["HOLD"])):
+                s = socket.socket(socket.AF_UNIX); s.connect(sock)
+                try:
+                    s.sendall(b"GET /trust-bundle?api-version=2019-01-30 HTTP/1.1\\r\\nHost: x\\r\\nX-Slow: ")
+                except OSError:
+                    pass
+                socks.append(s)
+            time.sleep(1.5)
+            answered = select.select(socks, [], [], 0)[0]
+            statuses = [s.recv(200).split(b" ")[1].decode() if s in answered else "held" for s in socks]
+            os.write(w, json.dumps(statuses).encode()); os.close(w)
+            time.sleep(3600)
+        os.close(w)
+        pipes.append(r)
+    counts = {}
+    for r in pipes:
+        for status in json.loads(os.read(r, 65536)):
+            counts[status] = counts.get(status, 0) + 1
+    print("HOLDING " + json.dumps(counts), flush=True)
+    time.sleep(3600)
+""")
+
+
+def _refusal_lines(daemon_log: Path, pid: int) -> list[str]:
+    return [line for line in daemon_log.read_text(errors="replace").splitlines()
+            if "refused" in line and f"pid {pid}" in line]
+
+
+async def test_a_local_user_holding_connections_to_a_modules_socket_leaves_the_module_signing(
+        public_dir: Path) -> None:
+    """The attack of a05: a local user (no module) fills a module's workload socket (0666, so containers of any uid
+    can reach it) with idle connections. They are counted as that user's, not the module's: the user gets a few,
+    each refusal after says who it was, and the module keeps signing."""
+    go = public_dir / "go"
+    async with edgeward(public_dir, max_connections_per_caller="20") as daemon:
+        try:
+            await daemon.start_module("victim", SIGNER, {"GO": str(go), "SIGNS": "20"}, b"WAITING")
+            async with held_by_a_local_user(daemon.workload_socket("victim"), 40) as (pid, flood):
+                go.touch()
+                logs = await logs_until(daemon.mgmt, "victim", b"SIGNS ", 60)
+            signs = json.loads(next(x for x in logs.splitlines() if x.startswith(b"SIGNS "))[6:])
+            print(json.dumps({"flood": flood, "victim": signs["statuses"]}))
+            assert signs["statuses"] == [200] * 20, signs["statuses"]
+            assert flood == {"held": 8, "refused": {"429": 32}}, flood
+            # The refusal names the caller (its uid and pid), not "the callers on" the socket, and is in the refusal
+            # trail (log line and audit record) as the other refusals are.
+            lines = _refusal_lines(public_dir / "daemon.log", pid)
+            assert any(f"uid {NOBODY}" in line for line in lines), lines
+            assert len(lines) <= 4, lines  # rate-limited: 32 refusals, a few lines
+            audit = sqlite3.connect(f"file:{public_dir / 'state' / 'audit' / 'audit.db'}?mode=ro", uri=True)
+            try:
+                records = [json.loads(d) for (d,) in audit.execute(
+                    "SELECT detail FROM audit WHERE kind = 'access.refused'")]
+            finally:
+                audit.close()
+            assert any(r["service"] == "connections" and r["uid"] == NOBODY and r["pid"] == pid and r["status"] == 429
+                       for r in records), records
+        finally:
+            go.touch()
+
+
+async def test_a_module_gets_its_whole_cap_beside_a_local_user_and_no_more_by_switching_uids(
+        public_dir: Path) -> None:
+    """A module's connections count under the module (attested by its process tree), whichever uids its processes
+    take: a local user's flood on its socket takes none of its 20, and the module's root switching to three other
+    uids gets 20 in all, not 20 (or the local user's few) per uid."""
+    go = public_dir / "go"
+    async with edgeward(public_dir, max_connections_per_caller="20") as daemon:
+        await daemon.start_module("m", SWITCHER, {"UIDS": f"0,{NOBODY},60001,60002", "HOLD": "10", "GO": str(go)},
+                                  b"WAITING")
+        async with held_by_a_local_user(daemon.workload_socket("m"), 40) as (_, flood):
+            go.touch()
+            logs = await logs_until(daemon.mgmt, "m", b"HOLDING ", 30)
+        held = json.loads(next(x for x in logs.splitlines() if x.startswith(b"HOLDING "))[8:])
+        print(json.dumps({"flood": flood, "module": held}))
+        assert held == {"held": 20, "429": 20}, held
+        assert flood["held"] <= 8, flood
+
+
+async def test_a_local_user_flooding_the_shared_workload_socket_leaves_modules_signing(public_dir: Path) -> None:
+    """The attack of a16: with IoT Edge's shared workload socket served, a local user's idle connections there are
+    that user's few, not every module's."""
+    go, shared = public_dir / "go", public_dir / "shared" / "workload.sock"
+    config = f'[listen]\nworkload_uri = "unix://{shared}"\n'
+    async with edgeward(public_dir, config, max_connections_per_caller="20") as daemon:
+        try:
+            await daemon.start_module("m1", SIGNER, {"GO": str(go), "SIGNS": "20", "SIGN_ON": str(shared)},
+                                      b"WAITING")
+            async with held_by_a_local_user(shared, 40) as (_, flood):
+                go.touch()
+                logs = await logs_until(daemon.mgmt, "m1", b"SIGNS ", 60)
+            signs = json.loads(next(x for x in logs.splitlines() if x.startswith(b"SIGNS "))[6:])
+            print(json.dumps({"flood": flood, "m1": signs["statuses"]}))
+            assert signs["statuses"] == [200] * 20, signs["statuses"]
+            assert flood == {"held": 8, "refused": {"429": 32}}, flood
+        finally:
+            go.touch()

@@ -3,10 +3,20 @@ real daemon in tests/integration/test_fairness.py)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from edgeward.config.problems import ConfigError
-from edgeward.http.callers import Peer, by_socket, by_socket_and_uid, describe_caller
+from edgeward.http.callers import (
+    LocalCaller,
+    ModuleCaller,
+    Peer,
+    by_attested_module,
+    by_socket,
+    by_socket_and_uid,
+    describe_caller,
+)
 from edgeward.http.connections import ConnectionGuard, ConnectionLimits
 from edgeward.http.peercred import Caller
 
@@ -23,7 +33,7 @@ def test_connection_limits_come_from_the_environment_and_refuse_bad_values() -> 
                                        "EDGEWARD_HTTP_HOST_RESERVED_CONNECTIONS": "10"})
     for name, value in [("EDGEWARD_HTTP_BODY_TIMEOUT", "0"), ("EDGEWARD_HTTP_MAX_CONNECTIONS", "lots"),
                         ("EDGEWARD_HTTP_MAX_CONNECTIONS_PER_CALLER", "-1"), ("EDGEWARD_HTTP_HEADER_TIMEOUT", "nan"),
-                        ("EDGEWARD_HTTP_BODY_TIMEOUT", "inf")]:
+                        ("EDGEWARD_HTTP_BODY_TIMEOUT", "inf"), ("EDGEWARD_HTTP_MAX_CONNECTIONS_PER_STRANGER", "0")]:
         with pytest.raises(ConfigError, match=name):
             ConnectionLimits.from_environ({name: value})
 
@@ -52,6 +62,30 @@ def test_module_sockets_key_by_socket_alone_so_switching_uid_gains_nothing() -> 
     assert by_socket(as_root) == by_socket(as_other)
     assert by_socket_and_uid(as_root) != by_socket_and_uid(as_other)
     assert describe_caller(by_socket_and_uid(as_other)) == "uid 1234 on /run/workload/a/workload.sock"
+
+
+def test_strangers_get_a_few_connections_never_more_than_a_caller() -> None:
+    limits = ConnectionLimits.from_environ({"EDGEWARD_HTTP_MAX_CONNECTIONS_PER_STRANGER": "3"})
+    assert limits.per_stranger == 3
+    assert ConnectionLimits().per_stranger == 8
+    assert ConnectionLimits.from_environ({"EDGEWARD_HTTP_MAX_CONNECTIONS_PER_CALLER": "4"}).per_stranger == 4
+    assert ConnectionLimits().capped(5).per_stranger == 5  # a service's max_requests below it lowers it too
+    assert ConnectionLimits().capped(20).per_stranger == 8
+
+
+def test_module_socket_callers_are_keyed_by_the_module_they_are_attested_as_else_by_uid() -> None:
+    sock = "/run/workload/a/workload.sock"
+    attested = {10: "a", 11: "a"}  # two processes of module a, as root and as another uid
+    key = by_attested_module(lambda peer: attested.get(peer.caller.pid))
+    as_root, as_other = Peer(sock, Caller(pid=10, uid=0, gid=0)), Peer(sock, Caller(pid=11, uid=1234, gid=0))
+    assert key(as_root) == key(as_other) == ModuleCaller(sock, "a")
+    stranger = key(Peer(sock, Caller(pid=12, uid=1000, gid=1000)))
+    assert stranger == LocalCaller(sock, 1000, host=False)
+    assert describe_caller(stranger) == f"uid 1000 on {sock}, not attested as a module served there"
+    assert describe_caller(key(as_root)) == f"module a on {sock}"
+    # Host root that is no module (this test process, when run as root) counts as the host's, not as a stranger.
+    if os.geteuid() == 0:
+        assert key(Peer(sock, Caller(pid=os.getpid(), uid=0, gid=0))) == LocalCaller(sock, 0, host=True)
 
 
 def test_host_reserve_is_the_hosts_alone() -> None:

@@ -2,7 +2,8 @@
 
 A connection is described by the socket it arrived on (one per module for the workload API) and the peer's
 credentials (SO_PEERCRED); a caller key function turns that into the key the connection and request limits count
-under. Services choose the key: by socket and uid on shared sockets, by socket alone on a module's own socket.
+under. Services choose the key: by socket and uid on shared sockets; on the workload sockets, by the module the caller
+is attested as (:func:`by_attested_module`), so whoever else can reach a module's socket counts apart from it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from .peercred import Caller, caller_of, peer_credentials
 __all__ = [
     "CallerKey",
     "HostCaller",
+    "LocalCaller",
+    "ModuleCaller",
     "Peer",
+    "by_attested_module",
     "by_socket",
     "by_socket_and_uid",
     "caller_key_of",
@@ -71,6 +75,41 @@ class HostCaller:
     key: Hashable
 
 
+@dataclass(frozen=True, slots=True)
+class ModuleCaller:
+    """A caller attested as a module, on a socket that serves modules: every process of the module, whatever its
+    uid, so a module that is root in its container cannot multiply its share by switching uids."""
+
+    sockname: Hashable
+    module: str
+
+
+@dataclass(frozen=True, slots=True)
+class LocalCaller:
+    """A caller of a socket that serves modules that is not attested as a module it may act as there: counted per
+    uid. ``host``: root or the daemon's uid in the host's namespaces (which may read the public routes), held to the
+    per-caller cap; anyone else is a stranger, who will only ever be refused and gets a few connections to read
+    that on."""
+
+    sockname: Hashable
+    uid: int
+    host: bool = False
+
+
+def by_attested_module(module_of: Callable[[Peer], str | None]) -> CallerKey:
+    """The key of a socket that serves modules: the module ``module_of`` attests the peer as (None: none it may act
+    as on this socket), else the peer's uid, host or stranger. Never the host's reserve: a module's socket is not
+    where the host's operator and agents need to get in."""
+
+    def key(peer: Peer) -> Hashable:
+        module = module_of(peer)
+        if module is not None:
+            return ModuleCaller(peer.sockname, module)
+        return LocalCaller(peer.sockname, peer.caller.uid, is_host_caller(peer.caller))
+
+    return key
+
+
 def is_host_caller(caller: Caller) -> bool:
     """True only for root or the daemon's uid in the host's pid and mount namespaces; a container's root, or a
     caller whose namespaces cannot be read, is not the host (fail closed)."""
@@ -79,6 +118,10 @@ def is_host_caller(caller: Caller) -> bool:
 
 def describe_caller(key: Hashable) -> str:
     """A caller key in words, for refusals and logs."""
+    if isinstance(key, ModuleCaller):
+        return f"module {key.module} on {key.sockname}"
+    if isinstance(key, LocalCaller):
+        return f"{'host ' if key.host else ''}uid {key.uid} on {key.sockname}, not attested as a module served there"
     if isinstance(key, HostCaller):
         return f"host {describe_caller(key.key)}"
     if isinstance(key, int):

@@ -21,8 +21,20 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from ..attest.namespaces import is_host_process
 from ..config.problems import ConfigError
-from .callers import CallerKey, HostCaller, by_socket_and_uid, describe_caller, is_host_caller, peer_of, remember_key
+from .callers import (
+    CallerKey,
+    HostCaller,
+    LocalCaller,
+    ModuleCaller,
+    Peer,
+    by_socket_and_uid,
+    describe_caller,
+    is_host_caller,
+    peer_of,
+    remember_key,
+)
 from .peercred import note_accepted
 
 __all__ = [
@@ -66,7 +78,9 @@ class ConnectionLimits:
     or from the previous response (so it also bounds idle keep-alive connections). ``body_timeout``: seconds a
     handler waits for a request body. ``per_caller`` open connections per caller key; ``total`` for the process,
     of which ``host_reserve`` only host callers (root or the daemon's uid, in the host's namespaces, on a shared
-    socket) may use, so no set of modules can lock the host's operator and agents out.
+    socket) may use, so no set of modules can lock the host's operator and agents out. ``per_stranger``: open
+    connections per uid that is not attested as a module on a socket that serves modules (a local user or another
+    module that can reach it): it will only ever be refused there, and needs no more to read that.
     """
 
     header_timeout: float = 20.0
@@ -74,13 +88,14 @@ class ConnectionLimits:
     per_caller: int = 256
     total: int = 8192
     host_reserve: int = 256
+    per_stranger: int = 8
 
     def capped(self, per_caller: int | None) -> ConnectionLimits:
         """These limits with at most ``per_caller`` connections per caller (a service's configured
         ``max_requests``); None changes nothing."""
         if per_caller is None or per_caller >= self.per_caller:
             return self
-        return replace(self, per_caller=per_caller)
+        return replace(self, per_caller=per_caller, per_stranger=min(self.per_stranger, per_caller))
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] | None = None) -> ConnectionLimits:
@@ -97,13 +112,15 @@ class ConnectionLimits:
             per_caller=_positive(env, "EDGEWARD_HTTP_MAX_CONNECTIONS_PER_CALLER", share, int, problems),
             total=total,
             host_reserve=_positive(env, "EDGEWARD_HTTP_HOST_RESERVED_CONNECTIONS", share, int, problems),
+            per_stranger=_positive(env, "EDGEWARD_HTTP_MAX_CONNECTIONS_PER_STRANGER", cls.per_stranger, int,
+                                   problems),
         )
         if not problems and limits.host_reserve >= limits.total:
             problems.append(f"EDGEWARD_HTTP_HOST_RESERVED_CONNECTIONS={limits.host_reserve}: must be less than "
                             f"the {limits.total} connections of EDGEWARD_HTTP_MAX_CONNECTIONS")
         if problems:
             raise ConfigError(problems, "the environment")
-        return limits
+        return replace(limits, per_stranger=min(limits.per_stranger, limits.per_caller))  # never above a module
 
 
 Close = Callable[[], None]
@@ -132,9 +149,9 @@ class ConnectionGuard:
         return {key: len(held) for key, held in self._held.items()}
 
     def admit(self, key: Hashable, per_caller: int, token: Hashable | None = None, close: Close | None = None, *,
-              host: bool = False) -> tuple[int, str] | None:
+              host: bool = False, who: str | None = None) -> tuple[int, str] | None:
         """None if the connection (``token``; ``close`` closes it if it has to make room) may stay, else the
-        (status, message) it is refused with."""
+        (status, message) it is refused with; ``who`` names the process asking, in the log line of a refusal."""
         held = self._held.get(key, {})
         refusal: tuple[int, str] | None = None
         if len(held) >= per_caller:
@@ -144,7 +161,8 @@ class ConnectionGuard:
                 len(held) + 1, host, newcomer=not host and not held):
             refusal = (503, f"the service holds its limit of {self.total} open connections; retry later")
         if refusal is not None:
-            self._log_once(key, f"connection refused for {describe_caller(key)}: {refusal[1]}")
+            self._log_once(key, f"connection refused for {describe_caller(key)}{f' ({who})' if who else ''}: "
+                                f"{refusal[1]}")
             return refusal
         self._held.setdefault(key, {})[object() if token is None else token] = close
         if host:
@@ -235,6 +253,23 @@ def _refusal(status: int, message: str) -> bytes:
     return head.encode() + body
 
 
+def _record_refusal(peer: Peer, key: Hashable, status: int, message: str) -> None:
+    """Into the refusal trail (rate-limited log line and audit record), as the access table's refusals are."""
+    # Here, not at import: the access package builds on this one.
+    from ..access.refusals import refusals  # noqa: PLC0415
+
+    if isinstance(key, ModuleCaller):
+        module: str | None = key.module
+        where = f"module {key.module}"
+    else:
+        module = None
+        host = isinstance(key, HostCaller) or (isinstance(key, LocalCaller) and key.host)
+        where = "host" if host or (peer.caller.pid > 0 and is_host_process(peer.caller.pid)) else "elsewhere"
+    refusals.record(service="connections", pid=peer.caller.pid, uid=peer.caller.uid, where=where, module=module,
+                    step="connection_cap" if status == 429 else "connection_total", route=f"connect {peer.sockname}",
+                    status=status, message=message)
+
+
 class _GuardedHandler(RequestHandler):
     """aiohttp's connection handler, admitted against the guard before it starts: a refused connection is answered
     and closed without ever starting aiohttp's request task (which would otherwise fail on the closed connection
@@ -264,22 +299,31 @@ class _GuardedServer(web.Server):
     def admit(self, handler: RequestHandler, transport: asyncio.Transport) -> bool:
         """Whether the connection may go on; if not, it has been answered and closed."""
         refusal: tuple[int, str] | None
+        peer: Peer | None = None
+        key: Hashable = None
         note_accepted(transport)
         try:
             peer = peer_of(transport)
             key = self._policy.key(peer)
-            host = self._policy.host_callers and is_host_caller(peer.caller)
+            # A key that says who a module's socket is serving has already told the host apart (never its reserve).
+            host = (self._policy.host_callers and not isinstance(key, ModuleCaller | LocalCaller)
+                    and is_host_caller(peer.caller))
         except Exception:  # a caller that cannot be told apart is not admitted
             log.exception("cannot tell who is calling on %s", transport.get_extra_info("sockname"))
             refusal = (503, "the service cannot identify this caller")
         else:
             if host:
                 key = HostCaller(key)
-            refusal = self._guard.admit(key, self._policy.limits.per_caller, handler, transport.close, host=host)
+            limits = self._policy.limits
+            cap = limits.per_stranger if isinstance(key, LocalCaller) and not key.host else limits.per_caller
+            who = f"pid {peer.caller.pid}" + ("" if isinstance(key, LocalCaller) else f" uid {peer.caller.uid}")
+            refusal = self._guard.admit(key, cap, handler, transport.close, host=host, who=who)
         if refusal is None:
             self._admitted[handler] = key
             remember_key(transport, key)
             return True
+        if peer is not None:
+            _record_refusal(peer, key, *refusal)
         # Answered and closed at once, unread: an over-limit caller gets a clear refusal and holds no descriptor.
         transport.write(_refusal(*refusal))
         transport.close()

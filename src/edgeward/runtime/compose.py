@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..access.refusals import refusals
+from ..attest.accept import AcceptAttestor
 from ..attest.audit import AuditLog
 from ..attest.audit_counter import AuditCounter
 from ..attest.audit_open import open_audit_log
@@ -22,7 +23,7 @@ from ..attest.monitor import IntegrityMonitor
 from ..attest.pipeline import Attestor
 from ..certs.api import CertsApi
 from ..http.activation import activated_sockets, socket_for_fd_uri
-from ..http.callers import by_socket
+from ..http.callers import by_attested_module
 from ..http.limits import max_requests_limiter
 from ..http.server import UnsafeSocketPath, bind_unix, make_runner
 from ..identity.service import IdentityService
@@ -161,9 +162,11 @@ async def start_runtime(settings: RuntimeSettings, keys: KeysApi, certs: CertsAp
     edge_ca = EdgeCa(keys, certs)
     sockets = WorkloadSockets(settings.workload_root, socket_name=settings.workload_socket_name)
     workload = Workload(attestor, sockets, keys, edge_ca, settings.hostname)
-    # One socket per module: the socket is the caller, whatever uids the module's processes take.
+    # A connection counts under the module it is attested as, whatever uids the module's processes take; anyone
+    # else who can reach a module's socket (or the shared one) counts as their own uid.
+    caller_key = by_attested_module(AcceptAttestor(engine, registry, sockets.module_of).module_of)
     workload_app = build_workload_app(workload, limiter=max_requests_limiter(settings.max_requests.get("workload"),
-                                                                             caller_key=by_socket))
+                                                                             caller_key=caller_key))
     workload_runner = make_runner(workload_app)
     await workload_runner.setup()
     sockets.runner = workload_runner  # from now on every module directory gets its socket

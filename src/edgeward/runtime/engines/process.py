@@ -683,10 +683,18 @@ class ProcessEngine:
                 "cpu_stats": {"cpu_usage": {"total_usage": cpu_ns}}, "memory_stats": {"usage": rss},
                 "pids_stats": {"current": len(tree)}}
 
+    def running_processes(self) -> dict[tuple[int, int], str]:
+        """(pid, start time) of each running module's main process -> its engine id, as it is now: what
+        `engine_id_of_pid` walks a caller's ppid chain against, for a caller that must decide without waiting (the
+        workload sockets' connection caps, at accept). Empty until the engine has loaded its modules."""
+        if self._store is None or self._closed:
+            return {}
+        return {(m.record.pid, m.record.pid_start): m.record.engine_id for m in self._modules.values()
+                if m.phase == "running" and m.record.pid is not None and m.record.pid_start is not None}
+
     async def engine_id_of_pid(self, pid: int) -> str | None:
         await self._ready()
-        running = {(m.record.pid, m.record.pid_start): m.record.engine_id for m in self._modules.values()
-                   if m.phase == "running" and m.record.pid is not None and m.record.pid_start is not None}
+        running = self.running_processes()
         if not running or pid <= 0:
             return None
         for st in ancestors(pid):
