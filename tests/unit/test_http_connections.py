@@ -13,7 +13,6 @@ from edgeward.http.callers import (
     ModuleCaller,
     Peer,
     by_attested_module,
-    by_socket,
     by_socket_and_uid,
     describe_caller,
 )
@@ -56,10 +55,9 @@ def test_guard_caps_each_caller_and_the_total_and_frees_on_release() -> None:
     assert guard.count == 0 and guard.open == {}
 
 
-def test_module_sockets_key_by_socket_alone_so_switching_uid_gains_nothing() -> None:
+def test_shared_sockets_key_by_socket_and_uid() -> None:
     as_root = Peer("/run/workload/a/workload.sock", Caller(pid=10, uid=0, gid=0))
     as_other = Peer("/run/workload/a/workload.sock", Caller(pid=11, uid=1234, gid=0))
-    assert by_socket(as_root) == by_socket(as_other)
     assert by_socket_and_uid(as_root) != by_socket_and_uid(as_other)
     assert describe_caller(by_socket_and_uid(as_other)) == "uid 1234 on /run/workload/a/workload.sock"
 

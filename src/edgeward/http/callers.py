@@ -28,7 +28,6 @@ __all__ = [
     "ModuleCaller",
     "Peer",
     "by_attested_module",
-    "by_socket",
     "by_socket_and_uid",
     "caller_key_of",
     "describe_caller",
@@ -57,14 +56,6 @@ CallerKey = Callable[[Peer], Hashable]
 def by_socket_and_uid(peer: Peer) -> Hashable:
     """The caller on a shared socket (keyd, certd, identityd, management): its uid, per socket."""
     return (peer.sockname, peer.caller.uid)
-
-
-def by_socket(peer: Peer) -> Hashable:
-    """The caller on a socket that belongs to one module: the module, whatever uid its processes take.
-
-    Keying by uid too would let a module that is root in its container multiply its share by switching uids.
-    """
-    return (peer.sockname,)
 
 
 @dataclass(frozen=True, slots=True)

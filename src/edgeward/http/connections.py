@@ -230,7 +230,6 @@ class ConnectionPolicy:
     limits: ConnectionLimits
     key: CallerKey = by_socket_and_uid
     guard: ConnectionGuard | None = None
-    host_callers: bool = True  # False on a module's own socket: whoever calls there is that module, never the host
 
 
 CONNECTION_POLICY = web.AppKey("edgeward.connection_policy", ConnectionPolicy)
@@ -306,8 +305,7 @@ class _GuardedServer(web.Server):
             peer = peer_of(transport)
             key = self._policy.key(peer)
             # A key that says who a module's socket is serving has already told the host apart (never its reserve).
-            host = (self._policy.host_callers and not isinstance(key, ModuleCaller | LocalCaller)
-                    and is_host_caller(peer.caller))
+            host = not isinstance(key, ModuleCaller | LocalCaller) and is_host_caller(peer.caller)
         except Exception:  # a caller that cannot be told apart is not admitted
             log.exception("cannot tell who is calling on %s", transport.get_extra_info("sockname"))
             refusal = (503, "the service cannot identify this caller")

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from .activation import activated_sockets
 from .apiversion import ApiVersions, check_api_version
-from .callers import CallerKey, by_socket, caller_key_of
+from .callers import CallerKey, caller_key_of
 from .connections import CONNECTION_POLICY, ConnectionGuard, ConnectionLimits, ConnectionPolicy, GuardedRunner
 from .errors import HttpError, TooManyRequests
 from .internal_errors import InternalErrorLog
@@ -188,8 +188,7 @@ def build_app(
     )
     app[_LIMITER_KEY] = limiter
     key = caller_key or limiter.caller_key
-    # A socket keyed by socket alone is one module's: no caller there is the host, whatever its uid.
-    app[CONNECTION_POLICY] = ConnectionPolicy(limits, key, connection_guard, host_callers=key is not by_socket)
+    app[CONNECTION_POLICY] = ConnectionPolicy(limits, key, connection_guard)
     routes.install(app)
     return app
 
