@@ -230,3 +230,22 @@ async def test_a_body_is_utf8_json_as_serde_reads_it(software_keys: KeysEnv) -> 
         status, answer = await call(env, "POST", "/keypair", raw=body.encode(),
                                     headers={"Content-Type": f"application/json; charset={charset}"})
         assert status == 200, (charset, answer)
+
+
+async def test_malformed_http_is_answered_in_the_api_s_shape_without_echoing_it(software_keys: KeysEnv) -> None:
+    """Found by the session-11 review: a malformed request line or header got aiohttp's text/plain 400, which
+    echoed the caller's bytes back; every answer of the API is {"message": ...}."""
+    import asyncio
+
+    for request in (b"GXT\x01 /keypair HTTP/1.1\r\nHost: k\r\n\r\n",
+                    b"POST /keypair HTTP/1.1\r\nHost: k\r\nBad Header\x00: <script>\r\n\r\n",
+                    b"POST /keypair HTTP/1.1\r\nHost: k\r\nContent-Length: -5\r\n\r\n"):
+        reader, writer = await asyncio.open_unix_connection(str(software_keys.socket))
+        writer.write(request)
+        answer = await asyncio.wait_for(reader.read(), 10)  # the connection is closed after the answer
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith((b"HTTP/1.1 400 ", b"HTTP/1.0 400 ")), answer
+        assert b"Content-Type: application/json" in head, answer
+        assert json.loads(body) == {"message": "malformed HTTP request"}, answer
+        assert b"script" not in answer and b"GXT" not in answer

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from ..attest.namespaces import is_host_process
 from ..config.problems import ConfigError
@@ -281,6 +282,17 @@ class _GuardedHandler(RequestHandler):
             super().connection_made(transport)
         else:
             self._manager = None  # nothing was set up: connection_lost has nothing to undo
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A request aiohttp could not parse (or a failure outside every handler) is answered in the API's own
+        shape, {"message": ...}, and without aiohttp's text, which echoes the caller's bytes back. aiohttp's
+        reply would do the logging (rate-limited: edgeward.http.logfilter) and close the connection."""
+        super().handle_error(request, status, exc, message)
+        text = "malformed HTTP request" if 400 <= status < 500 else "internal error; see the service log"
+        response = web.json_response({"message": text}, status=status)
+        response.force_close()
+        return response
 
 
 class _GuardedServer(web.Server):
