@@ -63,3 +63,15 @@ async def test_a_module_socket_that_cannot_be_bound_fails_alone(tmp_path: Path,
     finally:
         await sockets.close_all()
         await runner.cleanup()
+
+
+async def test_removing_a_module_whose_socket_path_was_made_a_directory_does_not_fail(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A container made before read-only workload mounts could plant a directory where its socket goes; removing
+    the module then raised IsADirectoryError out of close (helper review, session 11). Now it is left, and said."""
+    sockets = WorkloadSockets(tmp_path / "workload", socket_name="workload.sock")
+    planted = sockets.socket_path("old")
+    planted.mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="edgeward.runtime.sockets"):
+        await sockets.close("old")
+    assert planted.is_dir() and str(planted) in caplog.text

@@ -116,8 +116,13 @@ class WorkloadSockets:
         site = self._sites.pop(name, None)
         if site is not None:
             await site.stop()
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path(name).unlink()
+        path = self.socket_path(name)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # a directory planted there (by a container with a writable mount): not ours to empty
+            log.warning("workload socket of module %s: %s could not be removed (%s); remove it by hand", name, path, e)
         with contextlib.suppress(FileNotFoundError, OSError):
             self.directory(name).rmdir()  # kept while it holds another socket (the agent's management socket)
 
