@@ -25,7 +25,7 @@ import pytest
 
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import running_daemon
-from tests.fixtures.modules import logs_until
+from tests.fixtures.modules import elevated_defaults, logs_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -135,8 +135,9 @@ async def edgeward(public_dir: Path, **limits: str) -> AsyncIterator[Daemon]:
     run = public_dir / "run"
     env = dict(os.environ, **{f"EDGEWARD_HTTP_{k.upper()}": v for k, v in limits.items()})
     loop = asyncio.get_running_loop()
-    cm = running_daemon(["run", "--state-dir", str(public_dir / "state"), "--run-dir", str(run)], env=env,
-                        log_path=public_dir / "daemon.log")
+    # The embedded defaults, with root host modules allowed: the flooding modules run as root.
+    cm = running_daemon(["run", "-c", str(elevated_defaults(public_dir)), "--state-dir", str(public_dir / "state"),
+                         "--run-dir", str(run)], env=env, log_path=public_dir / "daemon.log")
     proc = await loop.run_in_executor(None, cm.__enter__)
     mgmt = ManagementClient(run / "mgmt" / "mgmt.sock")
     daemon = Daemon(proc.pid, run, mgmt)

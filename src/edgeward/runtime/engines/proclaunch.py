@@ -12,9 +12,9 @@ What the create options mean for a host process:
   which the sandbox binds at the same path; the daemon's own environment is never inherited;
 - `User` is "uid", "uid:gid" or names; privileges are dropped to gid, no supplementary groups, then uid;
   never a service account's uid or group (the keys, certificates, identity and TPM services' users, IoT Edge's
-  `iotedge`, the TPM's `tss`): their sockets would take the module for that service; without `User` (and without
-  `Sandbox`) the module runs as Edgeward's own user, with its groups: root in the embedded shape, as trusted as
-  Edgeward itself;
+  `iotedge`, the TPM's `tss`): their sockets would take the module for that service; nor a `[[principal]]`'s uid;
+  without `User` (and without `Sandbox`) the module runs as Edgeward's own user, with its groups: root in the
+  embedded shape (then only with `allow_elevated_docker_permissions`, see below), as trusted as Edgeward itself;
 - `Sandbox: true` runs it under bubblewrap: read-only root, private /tmp, new pid and IPC namespaces, no
   capabilities, a new session, killed with its supervisor; only the workload dir and `HostConfig.Binds` are
   writable (Binds without ":ro", and bind `Mounts` without `ReadOnly`). Edgeward's state and run directories
