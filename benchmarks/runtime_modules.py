@@ -55,7 +55,10 @@ def run(modules_timed: int = 20, modules_total: int = 50, engine: str = "process
         os.chmod(tmp, 0o755)
         state = tmp / "state"
         config = tmp / "config.toml"
-        config.write_text(f'[edgeward.runtime]\nengine = "{engine}"\n'
+        # Host modules run as root here, which only allow_elevated_docker_permissions allows (containers are vetted
+        # as on a default device).
+        config.write_text(('allow_elevated_docker_permissions = true\n' if engine == "process" else "")
+                          + f'[edgeward.runtime]\nengine = "{engine}"\n'
                           + (f'[moby_runtime]\nuri = "{docker_uri}"\n' if docker_uri else ""))
         with running_daemon(["run", "-c", str(config), "--state-dir", str(state), "--run-dir", str(state / "run")],
                             log_path=tmp / "daemon.log") as proc:

@@ -139,7 +139,8 @@ def run(minutes: float, loops: Collection[str] = LOOPS, env: Mapping[str, str] |
         os.chmod(tmp, 0o755)
         state = tmp / "state"
         config = tmp / "config.toml"
-        config.write_text('[edgeward.runtime]\nengine = "process"\n')
+        config.write_text('allow_elevated_docker_permissions = true\n'  # its modules run as root
+                          '[edgeward.runtime]\nengine = "process"\n')
         with running_daemon(["run", "-c", str(config), "--state-dir", str(state), "--run-dir", str(state / "run")],
                             env={**os.environ, **(env or {})}, log_path=tmp / "daemon.log") as proc:
             start_rss = rss_mb(proc.pid)

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgeward.config.toml_write import dumps
+from edgeward.daemon import EMBEDDED_DEFAULTS
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import running_daemon, stop_daemon
 
@@ -85,7 +87,10 @@ def run(seconds: float, concurrency: list[int]) -> list[dict[str, Any]]:
             assert server.stdout is not None
             server.stdout.readline()
             state = tmp / "state"
-            with running_daemon(["run", "--state-dir", str(state), "--run-dir", str(state / "run")],
+            # The embedded defaults, with root host modules allowed: the load generator runs as root.
+            config = tmp / "config.toml"
+            config.write_text(dumps({**EMBEDDED_DEFAULTS, "allow_elevated_docker_permissions": True}))
+            with running_daemon(["run", "-c", str(config), "--state-dir", str(state), "--run-dir", str(state / "run")],
                                 log_path=tmp / "daemon.log"):
                 results = asyncio.run(_load(state / "run", sock, concurrency, seconds))
         finally:

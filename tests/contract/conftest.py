@@ -99,6 +99,7 @@ def contract_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contra
     config = base / "config.toml"
     config.write_text(textwrap.dedent(f"""\
         hostname = "contract-edge"
+        allow_elevated_docker_permissions = true  # the agent and the modules run as root
 
         [agent]
         name = "{AGENT}"

@@ -116,6 +116,7 @@ async def device(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Devi
         config = base / "config.toml"
         config.write_text(textwrap.dedent(f"""\
             hostname = "{HOSTNAME}"
+            allow_elevated_docker_permissions = true  # the agent and the modules run as root
 
             [provisioning]
             source = "manual"

@@ -25,7 +25,7 @@ from edgeward.http import HttpError, UnixClient
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import running_daemon
 from tests.fixtures.dockerd import TEST_IMAGE, Dockerd
-from tests.fixtures.modules import client_spec, logs_until
+from tests.fixtures.modules import client_spec, elevated_defaults, logs_until
 from tests.fixtures.peers import CLIENT
 from tests.fixtures.swtpm import Swtpm
 
@@ -62,7 +62,9 @@ def device() -> Iterator[dict[str, Path]]:
     state, run = base / "state", base / "run"
     log = base / "daemon.log"
     try:
-        with running_daemon(["run", "--state-dir", str(state), "--run-dir", str(run)], log_path=log):
+        # Root host modules allowed (one test is about a module running as root, the others' modules are root).
+        with running_daemon(["run", "-c", str(elevated_defaults(base)), "--state-dir", str(state), "--run-dir",
+                             str(run)], log_path=log):
             for d in (run, run / "mgmt"):  # as aziot's DirectoryMode: the sockets' own modes and the table decide
                 os.chmod(d, 0o755)
             yield {"state": state, "run": run, "log": log}

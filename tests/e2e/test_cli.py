@@ -18,7 +18,7 @@ import pytest
 
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import running_daemon
-from tests.fixtures.modules import logs_until
+from tests.fixtures.modules import elevated_defaults, logs_until
 
 EDGEWARD = [sys.executable, "-m", "edgeward"]
 
@@ -37,7 +37,9 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]
     base = tmp_path_factory.mktemp("cli")
     os.chmod(base, 0o755)
     state, run = base / "state", base / "run"
-    with running_daemon(["run", "--state-dir", str(state), "--run-dir", str(run)], log_path=base / "daemon.log"):
+    # The embedded defaults, with root host modules allowed: the leaky module runs as the test's user, root.
+    with running_daemon(["run", "-c", str(elevated_defaults(base)), "--state-dir", str(state), "--run-dir", str(run)],
+                        log_path=base / "daemon.log"):
         yield {"state": state, "run": run, "base": base}
 
 

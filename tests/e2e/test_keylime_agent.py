@@ -135,6 +135,7 @@ def device(keylime_services: KeylimeServices, keylime_swtpm: Swtpm,
     config = base / "config.toml"
     # revocation_cert: the tenant's CA, which issues the RevocationNotifier certificate `--cert default` delivers
     config.write_text(f"""hostname = "keylime-edge"
+allow_elevated_docker_permissions = true
 [tpm]
 tcti = "{keylime_swtpm.tcti}"
 [edgeward.runtime]

@@ -102,6 +102,7 @@ def device(keylime_services: KeylimeServices, tmp_path: Path) -> Iterator[Device
         shutil.copy("/bin/sleep", dev.exe)
         dev.exe.chmod(0o755)
         (tmp_path / "config.toml").write_text(f"""hostname = "keylime-disk-full"
+allow_elevated_docker_permissions = true
 [tpm]
 tcti = "{tpm.tcti}"
 [edgeward.runtime]

@@ -53,7 +53,8 @@ async def test_run_serves_management_and_shared_workload_on_sockets_systemd_pass
     mgmt_path, shared_path = base / "sd" / "mgmt.sock", base / "sd" / "workload.sock"
     listeners = [_listener(mgmt_path), _listener(shared_path)]
     config = base / "config.toml"
-    config.write_text('hostname = "edge-activated"\n[listen]\nmanagement_uri = "fd://edge.mgmt.socket"\n'
+    config.write_text('hostname = "edge-activated"\nallow_elevated_docker_permissions = true\n'  # root module
+                      '[listen]\nmanagement_uri = "fd://edge.mgmt.socket"\n'
                       'workload_uri = "fd://4"\n[edgeward.runtime]\nengine = "process"\n')
     proc = _spawn(listeners, "edge.mgmt.socket:edge.workload.socket", config, base)
     for s in listeners:

@@ -81,6 +81,7 @@ def child_config(base: Path, parent: HubEmulator, key: bytes, trust_bundle: Path
         hostname = "{CHILD}"
         parent_hostname = "{parent.address}"
         trust_bundle_cert = "file://{trust_bundle}"
+        allow_elevated_docker_permissions = true  # the agent and the modules are host processes of root
         {extra}
         [provisioning]
         source = "manual"

@@ -42,6 +42,7 @@ async def test_a_debug_run_logs_no_secret(public_dir: Path) -> None:
         config = public_dir / "config.toml"
         config.write_text(textwrap.dedent(f"""
             hostname = "edge-secrets"
+            allow_elevated_docker_permissions = true  # its module runs as root
             [provisioning]
             source = "manual"
             connection_string = "HostName={hub.hostname};DeviceId=edge-secrets;SharedAccessKey={base64.b64encode(device_key).decode()}"

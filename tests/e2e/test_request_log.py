@@ -17,7 +17,7 @@ from edgeward.http.errors import HttpError
 from edgeward.keys.client import KeysClient
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import start_daemon, stop_daemon
-from tests.fixtures.modules import client_spec, logs_until
+from tests.fixtures.modules import ELEVATED, client_spec, logs_until
 from tests.fixtures.peers import as_uid_async
 from tests.fixtures.swtpm import Swtpm
 
@@ -42,7 +42,7 @@ def _one(lines: list[dict[str, str]], service: str, method: str, route: str) -> 
 async def test_a_debug_run_logs_every_request_with_route_status_caller_and_time_and_each_refusal_at_info(
         fresh_swtpm: Swtpm, public_dir: Path) -> None:
     config = public_dir / "config.toml"
-    config.write_text(f'[tpm]\ntcti = "{fresh_swtpm.tcti}"\n')
+    config.write_text(f'{ELEVATED}[tpm]\ntcti = "{fresh_swtpm.tcti}"\n')  # its module runs as root
     run, log = public_dir / "run", public_dir / "daemon.log"
     loop = asyncio.get_running_loop()
     daemon = await loop.run_in_executor(None, lambda: start_daemon(

@@ -17,7 +17,7 @@ import pytest
 from edgeward.runtime.engines.procfs import read_stat, send_signal
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import running_daemon, start_daemon, stop_daemon
-from tests.fixtures.modules import client_spec, logs_until
+from tests.fixtures.modules import ELEVATED, client_spec, elevated_defaults, logs_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -39,8 +39,8 @@ def _processes_of(run_dir: Path) -> list[int]:
 
 async def test_sigterm_stops_the_modules_and_ends_log_followers_without_a_traceback(tmp_path: Path) -> None:
     log = tmp_path / "daemon.log"
-    with running_daemon(["run", "--state-dir", str(tmp_path / "s"), "--run-dir", str(tmp_path / "r")],
-                        log_path=log) as proc:
+    with running_daemon(["run", "-c", str(elevated_defaults(tmp_path)), "--state-dir", str(tmp_path / "s"),
+                         "--run-dir", str(tmp_path / "r")], log_path=log) as proc:
         mgmt = ManagementClient(tmp_path / "r" / "mgmt" / "mgmt.sock")
         try:
             await mgmt.create_module(client_spec("lingering", []))
@@ -65,7 +65,7 @@ async def test_sigterm_while_the_daemon_starts_stops_the_agent_it_already_starte
     """The agent is started before the daemon says it is ready; a SIGTERM in that window used to end the daemon on
     the spot (default action) and leave the agent running with no supervisor."""
     config = tmp_path / "config.toml"
-    config.write_text(f'[agent]\nname = "edgeAgent"\nimagePullPolicy = "never"\n[agent.config]\n'
+    config.write_text(f'{ELEVATED}[agent]\nname = "edgeAgent"\nimagePullPolicy = "never"\n[agent.config]\n'
                       f'image = "{sys.executable}"\ncreateOptions = {{ Cmd = ["-c", "import time; time.sleep(300)"] }}\n')
     run = tmp_path / "r"
     log = tmp_path / "daemon.log"
@@ -101,8 +101,9 @@ async def test_a_closed_terminal_sighup_stops_edgeward_run_and_its_modules(tmp_p
     """`edgeward run` in a terminal gets SIGHUP when the terminal closes; it stops as on SIGTERM (the default
     action would end it on the spot and leave its host-process modules running)."""
     log = tmp_path / "daemon.log"
-    daemon = await asyncio.to_thread(start_daemon, ["run", "--state-dir", str(tmp_path / "s"), "--run-dir",
-                                                     str(tmp_path / "r")], None, 60.0, log)
+    daemon = await asyncio.to_thread(start_daemon, ["run", "-c", str(elevated_defaults(tmp_path)), "--state-dir",
+                                                     str(tmp_path / "s"), "--run-dir", str(tmp_path / "r")],
+                                     None, 60.0, log)
     seen: dict[int, int] = {}
     try:
         mgmt = ManagementClient(tmp_path / "r" / "mgmt" / "mgmt.sock")

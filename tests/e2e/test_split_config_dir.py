@@ -48,6 +48,7 @@ def write_config(base: Path, hub: HubEmulator, key: bytes) -> Path:
     config = base / "config.toml"
     config.write_text(textwrap.dedent(f"""
         hostname = "{DEVICE}"
+        allow_elevated_docker_permissions = true  # its module runs as root
         [provisioning]
         source = "manual"
         connection_string = "HostName={hub.hostname};DeviceId={DEVICE};SharedAccessKey={base64.b64encode(key).decode()}"

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 async def test_edged_alone(public_dir: Path) -> None:
     config = public_dir / "config.toml"
-    config.write_text('hostname = "split-edge"\n[edgeward.runtime]\nengine = "process"\n')
+    config.write_text('hostname = "split-edge"\nallow_elevated_docker_permissions = true\n'  # root module
+                      '[edgeward.runtime]\nengine = "process"\n')
     common = ["-c", str(config), "--state-dir", str(public_dir / "state"), "--run-dir", str(public_dir / "run")]
     loop = asyncio.get_running_loop()
     procs = []

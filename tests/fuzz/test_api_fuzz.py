@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,9 @@ def daemon_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         async def create() -> None:
             mgmt = ManagementClient(base / "run" / "mgmt" / "mgmt.sock")
             try:
+                # As nobody: the device keeps the default (no root host modules), which the fuzzed creates meet.
                 await mgmt.create_module({"name": "fuzzmod", "imagePullPolicy": "never", "config": {"settings": {
-                    "image": sys.executable, "createOptions": {"Cmd": ["-c", "import time; time.sleep(3600)"]}}}})
+                    "image": "/bin/sleep", "createOptions": {"Cmd": ["3600"], "User": "nobody"}}}})
             finally:
                 await mgmt.close()
 

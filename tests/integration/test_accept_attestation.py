@@ -40,7 +40,7 @@ CHAIN = textwrap.dedent("""
 
 
 async def test_a_modules_processes_are_placed_in_it_within_a_bounded_walk_and_nobody_else_is(tmp_path: Path) -> None:
-    engine = ProcessEngine(tmp_path / "state", stop_timeout=2.0)
+    engine = ProcessEngine(tmp_path / "state", stop_timeout=2.0, allow_elevated=True)  # its modules run as root
     registry = Registry(tmp_path / "home")
     out = tmp_path / "chain.json"
     depth = AcceptAttestor.MAX_DEPTH + 4

@@ -222,7 +222,8 @@ async def test_root_process_in_namespaces_of_its_own_is_not_host_root(request: p
     """Root in a pid and mount namespace of its own, in no container and under no supervisor, is no module and
     not the host: whatever the engine, it is refused at container_of, while root on the host is admitted."""
     engine: ModuleEngine = (DockerEngine(request.getfixturevalue("dockerd").uri) if kind == "docker" else
-                            ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0))
+                            ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0,
+                                          allow_elevated=True))  # the module is root, as the test's subject
     doc: dict[str, Any] = {"hostname": "edge-unshared"}
     if isinstance(engine, DockerEngine):
         doc["moby_runtime"] = {"uri": engine.url, "network": "none"}

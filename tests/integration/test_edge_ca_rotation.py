@@ -46,7 +46,7 @@ FETCHER = textwrap.dedent("""
 
 @pytest.fixture
 async def rt(request: pytest.FixtureRequest, public_dir: Path) -> AsyncIterator[RuntimeEnv]:
-    engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0)
+    engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0, allow_elevated=True)
     doc = {"hostname": "soak", "edge_ca": {"expiry_seconds": 3, "auto_renew": {
         "rotate_key": True, "threshold": "50%", "retry": "5%"}}}
     async with serve_runtime(request, public_dir, engine, doc) as env:

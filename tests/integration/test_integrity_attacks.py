@@ -41,8 +41,9 @@ needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewr
 
 
 def _engine(base: Path, **kwargs: Any) -> ProcessEngine:
+    """The attacks rewrite binaries of modules that run as root (the device allows it: elevated permissions on)."""
     return ProcessEngine(base / "state" / "runtime" / "processes", stop_timeout=2.0, backoff_base=0.05,
-                         backoff_cap=0.5, **kwargs)
+                         backoff_cap=0.5, **{"allow_elevated": True, **kwargs})
 
 
 @pytest.fixture
@@ -296,7 +297,8 @@ async def test_sandboxed_module_without_user_reaches_neither_the_master_key_nor_
     # Edgeward's state and run directories, as the runtime passes them (the keys service's are under base/keys
     # in these fixtures, where a device has them in the same state and run directories).
     hidden = (device_dir / "state", device_dir / "run", device_dir / "keys")
-    async with serve_runtime(request, device_dir, _engine(device_dir, hidden=hidden), {"hostname": "edge1"}) as rt:
+    async with serve_runtime(request, device_dir, _engine(device_dir, hidden=hidden, allow_elevated=False),
+                             {"hostname": "edge1"}) as rt:
         master_key = rt.base / "keys" / "state" / "keys" / "master-key"
         assert master_key.is_file()
         keyd = rt.certs_env.keys_env.socket

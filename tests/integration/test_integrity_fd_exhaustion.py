@@ -30,7 +30,7 @@ SYSTEM_PYTHON = str(Path("/usr/bin/python3").resolve())  # other uids can run it
 @pytest.fixture
 async def rt(request: pytest.FixtureRequest, public_dir: Path) -> AsyncIterator[RuntimeEnv]:
     engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0, backoff_base=0.05,
-                           backoff_cap=0.5)
+                           backoff_cap=0.5, allow_elevated=True)  # its modules run as root
     doc = {"hostname": "edge1", "edgeward": {"integrity": {"period_seconds": 3600}}}  # passes: by hand
     async with serve_runtime(request, public_dir, engine, doc) as env:
         yield env

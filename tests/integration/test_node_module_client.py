@@ -47,7 +47,7 @@ HOSTNAME = "edge-node"
 
 @pytest.fixture
 async def rt(request: pytest.FixtureRequest, public_dir: Path) -> AsyncIterator[RuntimeEnv]:
-    engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0)
+    engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0, allow_elevated=True)
     async with serve_runtime(request, public_dir, engine, {"hostname": HOSTNAME}) as env:
         yield env
 
@@ -70,7 +70,7 @@ async def hub_rt(request: pytest.FixtureRequest, public_dir: Path, hub: Dialable
            "edgeward": {"identity": {"cloud_trust_bundle": f"file://{ca}"}},
            "preloaded_certs": {TRUST_BUNDLE_ID: f"file://{ca}"}}
     hub_factory = hub_factory_for(parse_identity_settings(doc, public_dir / "state", public_dir / "run"))
-    engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0)
+    engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0, allow_elevated=True)
     async with serve_runtime(request, public_dir, engine, doc, hub=hub_factory) as env:
         yield env
 

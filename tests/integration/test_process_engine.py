@@ -38,7 +38,10 @@ needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewr
 
 
 def make_engine(state: Path) -> ProcessEngine:
-    return ProcessEngine(state, stop_timeout=2.0, backoff_base=0.05, backoff_cap=0.2, stable_after=30.0)
+    """Supervision, logs and restarts of modules that run as the test's user, root: a device with
+    allow_elevated_docker_permissions = true (with it off: test_host_module_privileges.py)."""
+    return ProcessEngine(state, stop_timeout=2.0, backoff_base=0.05, backoff_cap=0.2, stable_after=30.0,
+                         allow_elevated=True)
 
 
 @pytest.fixture
@@ -207,7 +210,7 @@ async def test_create_refuses_what_cannot_run(engine: ProcessEngine, tmp_path: P
         with pytest.raises(EngineError) as refused:
             await engine.create(spec)
         assert refused.value.status == 400, why
-    small = ProcessEngine(tmp_path / "small", max_executable_bytes=1024)
+    small = ProcessEngine(tmp_path / "small", max_executable_bytes=1024, allow_elevated=True)
     with pytest.raises(EngineError, match="over the 1024-byte limit") as over:
         await small.create(ModuleSpec("m", str(big)))
     assert over.value.status == 400

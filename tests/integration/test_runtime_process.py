@@ -41,8 +41,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 def _engine(base: Path) -> ProcessEngine:
+    """Modules (and the edge agent) run as the test's user, root: elevated permissions on (off:
+    test_host_module_privileges.py)."""
     return ProcessEngine(base / "state" / "runtime" / "processes", stop_timeout=2.0, backoff_base=0.05,
-                         backoff_cap=0.5)
+                         backoff_cap=0.5, allow_elevated=True)
 
 
 @pytest.fixture

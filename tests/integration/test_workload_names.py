@@ -42,7 +42,7 @@ def refused(result: dict[str, Any], fragment: str) -> None:
 async def run(public_dir: Path, request: pytest.FixtureRequest, doc: dict[str, Any], name: str,
               calls: list[Any], others: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Serve a runtime with `doc`, start the `others`, then module `name` making `calls`; what it was answered."""
-    engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0)
+    engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0, allow_elevated=True)
     async with serve_runtime(request, public_dir, engine, doc) as rt:
         mgmt = ManagementClient(rt.mgmt_socket)
         try:
@@ -124,7 +124,7 @@ async def test_workload_server_cert_only_for_names_the_module_holds(request: pyt
     """A module cannot get a certificate downstream devices would take for the edge hub, nor one for another
     module's name; the edge hub holds the device's host names."""
     doc = {"hostname": "edge-names", "local_gateway_hostname": "gw.example"}
-    engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0)
+    engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0, allow_elevated=True)
     async with serve_runtime(request, public_dir, engine, doc) as rt:
         mgmt = ManagementClient(rt.mgmt_socket)
         try:

@@ -49,7 +49,7 @@ SDK_MODULE = textwrap.dedent("""
 
 @pytest.fixture
 async def rt(request: pytest.FixtureRequest, public_dir: Path) -> AsyncIterator[RuntimeEnv]:
-    engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0)
+    engine = ProcessEngine(public_dir / "state" / "runtime" / "processes", stop_timeout=2.0, allow_elevated=True)
     async with serve_runtime(request, public_dir, engine, {"hostname": "edge-sdk"}) as env:
         yield env
 

@@ -16,7 +16,7 @@ import pytest
 
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import running_daemon
-from tests.fixtures.modules import client_spec
+from tests.fixtures.modules import client_spec, elevated_defaults
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -74,7 +74,9 @@ async def daemon(public_dir: Path) -> AsyncIterator[tuple[int, Path]]:
     loop = asyncio.get_running_loop()
     # 1,200 connections from one module are over the default per-caller connection cap (256, which
     # tests/integration/test_fairness.py proves): raised here, so the load reaches the request limiter it measures.
-    cm = running_daemon(["run", "--state-dir", str(public_dir / "state"), "--run-dir", str(run)],
+    # Root host modules allowed: the load module runs as root (the quiet one as 65534).
+    cm = running_daemon(["run", "-c", str(elevated_defaults(public_dir)), "--state-dir", str(public_dir / "state"),
+                         "--run-dir", str(run)],
                         env=dict(os.environ, EDGEWARD_HTTP_MAX_CONNECTIONS_PER_CALLER="2048"),
                         log_path=public_dir / "daemon.log")
     proc = await loop.run_in_executor(None, cm.__enter__)

@@ -222,7 +222,7 @@ def test_a_host_process_module_deployed_through_the_management_api_signs_through
         world: World) -> None:
     d = world.device
     body = json.dumps({"name": "signer", "imagePullPolicy": "never",
-                       "config": {"image": "/usr/bin/python3", "createOptions": {"Cmd": [DEMO]}}})
+                       "config": {"image": "/usr/bin/python3", "createOptions": {"Cmd": [DEMO], "User": "nobody"}}})
     d.run("curl", "-sS", "--fail-with-body", *MGMT.split(), "-H", "Content-Type: application/json", "-d", body,
           f"http://mgmt/modules?{API}", check=True)
     d.run("curl", "-sS", "--fail-with-body", *MGMT.split(), "-X", "POST",
@@ -253,6 +253,12 @@ def test_a_module_cannot_pass_for_a_service_nor_reach_its_state(world: World) ->
     assert refused.stdout.rstrip().endswith("400"), refused.stdout
     assert "service account aziotid" in refused.stdout
     snoop = "setpriv --reuid aziotks --regid aziotks --clear-groups ls -A /var/lib/edgeward/keys 2>&1; echo SNOOP-DONE $?"
+    # A root host module is refused while allow_elevated_docker_permissions is off (the default) ...
+    rooted = _create(d, "snoop", "/bin/sh", {"Cmd": ["-c", f"{snoop}; sleep 1000"]})
+    assert rooted.stdout.rstrip().endswith("422") and "allow_elevated_docker_permissions" in rooted.stdout, rooted
+    # ... and where the operator allows it, it still cannot read another service's state.
+    d.run("sed", "-i", "1i allow_elevated_docker_permissions = true", "/etc/aziot/config.toml", check=True)
+    d.run("edgeward", "config", "apply", check=True, timeout=180)
     created = _create(d, "snoop", "/bin/sh", {"Cmd": ["-c", f"{snoop}; sleep 1000"]})
     assert created.stdout.rstrip().endswith("201"), created.stdout
     d.run("curl", "-sS", "--fail-with-body", *MGMT.split(), "-X", "POST", f"http://mgmt/modules/snoop/start?{API}",

@@ -10,6 +10,7 @@ import hmac
 import json
 import os
 import secrets
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -122,6 +123,20 @@ async def _exercise(socket_path: Path) -> Table:
     return table
 
 
+def _demo_module_config(state_dir: Path) -> dict[str, Any]:
+    """The demo module runs as the demo's user; as root, as `nobody` with the system's python3 (the demo module
+    needs only the standard library): the daemon runs no host module as root unless
+    allow_elevated_docker_permissions is on, and this interpreter and this file may be where other users cannot
+    read them (a copy goes next to the state directory, which the demo module must reach anyway)."""
+    if os.geteuid() != 0:
+        return {"image": sys.executable, "createOptions": {"Cmd": [demo_module.__file__]}}
+    script = state_dir / "demo_module.py"
+    script.write_bytes(Path(demo_module.__file__).read_bytes())
+    script.chmod(0o644)
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    return {"image": python, "createOptions": {"Cmd": [str(script)], "User": "nobody"}}
+
+
 async def _demo_module(run_dir: Path, state_dir: Path) -> tuple[Table, list[Table | str]]:
     """Deploy the demo module through the management API, watch it use the workload API, check its answers."""
     table = Table(title="demo module: what a module does at start, through the workload API")
@@ -132,8 +147,8 @@ async def _demo_module(run_dir: Path, state_dir: Path) -> tuple[Table, list[Tabl
     try:
         with contextlib.suppress(HttpError):
             await mgmt.delete_module(DEMO_MODULE)  # a fresh run shows the whole flow
-        await mgmt.create_module({"name": DEMO_MODULE, "imagePullPolicy": "never", "config": {
-            "image": sys.executable, "createOptions": {"Cmd": [demo_module.__file__]}}})
+        await mgmt.create_module({"name": DEMO_MODULE, "imagePullPolicy": "never",
+                                  "config": _demo_module_config(state_dir)})
         await mgmt.action(DEMO_MODULE, "start")
         results: list[dict[str, Any]] = []
         with console.status("demo module running ..."):

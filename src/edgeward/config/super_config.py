@@ -598,7 +598,9 @@ class _Splitter:
           module identities come from the cloud through the identity service, or are minted locally;
         - ``tpm``: whether a TPM service runs (the audit log is anchored to a TPM counter over its socket);
         - ``protected_paths``: the config files and every file or directory the other services name (file://
-          URIs, homedirs, sockets, the PKCS#11 library), which no module may bind (runtime/privileges.py).
+          URIs, homedirs, sockets, the PKCS#11 library), which no module may bind (runtime/privileges.py);
+        - ``principal_uids`` (when there are principals): the uids of every ``[[principal]]`` of keyd, certd and
+          identityd, which no host-process module may run as (runtime/engines/proclaunch.py).
 
         A change in any of them changes edged.toml, so ``config apply`` restarts the runtime with the rest."""
         prov = docs["identityd"].get("provisioning")
@@ -606,11 +608,16 @@ class _Splitter:
         named = [str(path) for path in config_files]
         for doc in (docs["keyd"], docs["certd"], docs["identityd"], tpmd or {}):  # as daemon._files_of walks them
             named += _named_paths(doc)
-        docs["edged"].setdefault("edgeward", {})[PEERS] = {
+        peers: dict[str, Any] = {
             "provisioning": source if source in ("dps", "manual") else "none",
             "tpm": tpmd is not None,
             "protected_paths": list(dict.fromkeys(named)),
         }
+        principal_uids = list(dict.fromkeys(entry["uid"] for name in ("keyd", "certd", "identityd")
+                                            for entry in docs[name].get("principal", [])))
+        if principal_uids:
+            peers["principal_uids"] = principal_uids
+        docs["edged"].setdefault("edgeward", {})[PEERS] = peers
 
     # -- the whole document ------------------------------------------------------------------------------------
 

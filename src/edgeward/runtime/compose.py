@@ -56,7 +56,9 @@ def make_engine(settings: RuntimeSettings) -> ModuleEngine:
 
     # Sandboxed modules see Edgeward's state directory (home is <state>/runtime) and run directory as empty tmpfs.
     return ProcessEngine(settings.home / "processes", hidden=(settings.home.parent, settings.run_dir),
-                         sandbox_uid_base=settings.sandbox_uid_base or DEFAULT_SANDBOX_UID_BASE)
+                         sandbox_uid_base=settings.sandbox_uid_base or DEFAULT_SANDBOX_UID_BASE,
+                         allow_elevated=settings.allow_elevated_docker_permissions,
+                         principal_uids=settings.principal_uids)
 
 
 @dataclass

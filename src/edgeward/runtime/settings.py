@@ -67,6 +67,9 @@ class RuntimeSettings:
     # Files and directories of the other services (config files, key/cert files, their homedirs) that no module may
     # bind: [edgeward.peers] protected_paths, and what daemon.load_settings sees in every service's settings.
     protected_paths: tuple[Path, ...] = ()
+    # The uids of the keys, certificates and identity services' [[principal]] entries ([edgeward.peers]
+    # principal_uids): no host-process module may run as one (runtime/engines/proclaunch.py).
+    principal_uids: tuple[int, ...] = ()
     # [edgeward.peers]: how the identity service provisions the device (None: it does not; module identities are
     # then minted locally) and whether a TPM service runs (the audit log's counter, over its socket).
     cloud_provisioning: Literal["dps", "manual"] | None = None
@@ -233,11 +236,20 @@ def _connect_listen(doc: Mapping[str, Any], p: Problems) -> tuple[str | None, st
 _PROVISIONING_SOURCES = ("dps", "manual", "none")
 
 
-def _peers(doc: Mapping[str, Any], p: Problems) -> tuple[Literal["dps", "manual"] | None, bool, tuple[Path, ...]]:
-    """``[edgeward.peers]``: (provisioning source, a TPM service runs, protected paths)."""
+def _principal_uids(peers: Mapping[str, Any], where: str, p: Problems) -> tuple[int, ...]:
+    raw = p.get(peers, "principal_uids", where, list, [])
+    uids = [v for v in raw if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32]
+    if len(uids) != len(raw):
+        p.add(f"{where}.principal_uids", raw, "a list of uids")
+    return tuple(dict.fromkeys(uids))
+
+
+def _peers(doc: Mapping[str, Any], p: Problems) -> tuple[Literal["dps", "manual"] | None, bool, tuple[Path, ...],
+                                                         tuple[int, ...]]:
+    """``[edgeward.peers]``: (provisioning source, a TPM service runs, protected paths, principals' uids)."""
     peers = p.get(p.get(doc, "edgeward", "", dict, {}), "peers", "edgeward", dict, {})
     where = "edgeward.peers"
-    p.warn_unknown(peers, {"provisioning", "tpm", "protected_paths"}, where)
+    p.warn_unknown(peers, {"provisioning", "tpm", "protected_paths", "principal_uids"}, where)
     source = p.get(peers, "provisioning", where, str, "none")
     if source not in _PROVISIONING_SOURCES:
         p.add(f"{where}.provisioning", source, '"dps", "manual" or "none"')
@@ -247,7 +259,8 @@ def _peers(doc: Mapping[str, Any], p: Problems) -> tuple[Literal["dps", "manual"
     if bad:
         p.add(f"{where}.protected_paths", bad, "a list of absolute paths")
     paths = tuple(Path(v) for v in raw if isinstance(v, str) and v.startswith("/"))
-    return ("dps" if source == "dps" else "manual" if source == "manual" else None), tpm, paths
+    return ("dps" if source == "dps" else "manual" if source == "manual" else None), tpm, paths, \
+        _principal_uids(peers, where, p)
 
 
 def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Path, p: Problems) -> RuntimeSettings:
@@ -325,7 +338,7 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
             if key.lower() == "serveraddress" and isinstance(value, str) and value.startswith(UPSTREAM):
                 p.add(f"agent.config.auth.{key}", value, f"parent_hostname set ({UPSTREAM} stands for the parent "
                       "device whose registry a child logs in to)")
-    cloud, tpm_service, protected = _peers(doc, p)
+    cloud, tpm_service, protected, principal_uids = _peers(doc, p)
     limits = {name: value for name, value in p.get(doc, "iotedge_max_requests", "", dict, {}).items()
               if name in ("management", "workload") and isinstance(value, int) and not isinstance(value, bool)
               and value > 0}
@@ -343,4 +356,4 @@ def parse_runtime_settings(doc: Mapping[str, Any], state_dir: Path, run_dir: Pat
         allow_elevated_docker_permissions=elevated, state_dir=state_dir, sandbox_uid_base=uid_base,
         image_gc=parse_image_gc(doc, p), connect_workload_uri=c_work, connect_management_uri=c_mgmt,
         listen_workload_uri=l_work, listen_management_uri=l_mgmt, protected_paths=protected,
-        cloud_provisioning=cloud, tpm_service=tpm_service)
+        cloud_provisioning=cloud, tpm_service=tpm_service, principal_uids=principal_uids)

@@ -37,6 +37,10 @@ Decisions a reader should know:
   as that process runs, even if the file is put back afterwards; it also says so when the pinned file was
   written after it was measured, or when the path named another file right after the start (the file was
   swapped during the start). Left open: a swap there and back within the exec itself.
+- **Root host modules need `allow_elevated_docker_permissions`** (`allow_elevated`, off unless the operator
+  turns it on), and no module runs as a `[[principal]]`'s uid (`principal_uids`): both checked at create and
+  before every start, so a module created while the setting was on does not start once it is off (see
+  `proclaunch`).
 - **A sandboxed module that names no User runs as a uid of its own** (`sandbox_uid_base` + n, one per module
   name, kept across re-creation, recorded in the engine's state); the sandbox hides the engine's state
   directory and the `hidden` directories (Edgeward's state and run directories) behind an empty tmpfs.
@@ -51,7 +55,7 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,7 +67,7 @@ from ...fsutil import private_dir
 from ..engine import EngineError, EngineEvent, LogChunk, LogOptions, ModuleNotFound, ModuleSpec, ModuleStatus
 from ..model import valid_module_name
 from .procfs import PAGE_SIZE, TICKS_PER_SECOND, ProcStat, ancestors, descendants, read_stat, send_signal
-from .proclaunch import Launch, check_executable, needs_sandbox_uid, plan_launch
+from .proclaunch import Launch, check_executable, needs_sandbox_uid, plan_launch, runs_as_root
 from .proclogs import ModuleLogs, pump, select
 from .procstate import ModuleRecord, RecordStore
 
@@ -159,12 +163,16 @@ class ProcessEngine:
                  backoff_cap: float = 300.0, stable_after: float = 60.0, log_max_bytes: int = 10 * 1024 * 1024,
                  max_executable_bytes: int = MAX_EXECUTABLE_BYTES, bwrap: str | None = None,
                  hidden: Sequence[Path] = (), sandbox_uid_base: int = DEFAULT_SANDBOX_UID_BASE,
-                 sandbox_uid_count: int = DEFAULT_SANDBOX_UID_COUNT) -> None:
+                 sandbox_uid_count: int = DEFAULT_SANDBOX_UID_COUNT, allow_elevated: bool = False,
+                 principal_uids: Iterable[int] = ()) -> None:
         if sandbox_uid_base <= 0 or sandbox_uid_count <= 0 or sandbox_uid_base + sandbox_uid_count > 0xFFFF_FFFF:
             raise ValueError("sandbox uids must be a non-empty range of unprivileged uids")
         self.state_dir = state_dir
         # What a sandbox must not show: the engine's own state (records, logs) and the directories given.
         self.hidden = (state_dir, *hidden)
+        # allow_elevated_docker_permissions: may a module run as root (see proclaunch)? Off unless the operator says.
+        self.allow_elevated = allow_elevated
+        self.principal_uids = frozenset(principal_uids)  # no module runs as a keys/certs/identity principal
         self.sandbox_uid_base = sandbox_uid_base
         self.sandbox_uid_count = sandbox_uid_count
         self.stop_timeout = stop_timeout
@@ -292,7 +300,8 @@ class ProcessEngine:
             if self._store is None:
                 raise EngineError("the process engine is not loaded", 503)
             rec.sandbox_uid = self._allocate_uid(self._store, rec.name)
-        return plan_launch(spec, self.bwrap, sandbox_uid=rec.sandbox_uid, hidden=self.hidden)
+        return plan_launch(spec, self.bwrap, sandbox_uid=rec.sandbox_uid, hidden=self.hidden,
+                           allow_elevated=self.allow_elevated, principal_uids=self.principal_uids)
 
     def _allocate_uid(self, store: RecordStore, name: str) -> int:
         try:
@@ -580,7 +589,8 @@ class ProcessEngine:
             raise EngineError(f"module {spec.name} already exists", 409)
         sandbox_uid = self._allocate_uid(store, spec.name) if needs_sandbox_uid(spec) and os.geteuid() == 0 \
             else None
-        plan_launch(spec, self.bwrap, sandbox_uid=sandbox_uid, hidden=self.hidden)
+        launch = plan_launch(spec, self.bwrap, sandbox_uid=sandbox_uid, hidden=self.hidden,
+                             allow_elevated=self.allow_elevated, principal_uids=self.principal_uids)
         # The registration's reference: read from the bytes, whatever an earlier reading left in the cache.
         image_id = await asyncio.to_thread(_executable_digest, check_executable(spec.image),
                                            self.max_executable_bytes, cached=False)
@@ -593,9 +603,10 @@ class ProcessEngine:
         shutil.rmtree(self.state_dir / "logs" / spec.name, ignore_errors=True)  # a removal cut short by a crash
         mod = _Module(ModuleRecord.from_spec(spec, engine_id, image_id), self._module_logs(spec.name))
         mod.record.sandbox_uid = sandbox_uid
-        if os.geteuid() == 0 and not spec.create_options.get("Sandbox") and not spec.create_options.get("User"):
-            log.warning("module %s names neither User nor Sandbox: it runs as root with every capability, as "
-                        "trusted as Edgeward itself", spec.name)
+        if runs_as_root(launch) and not launch.sandbox:  # only allow_elevated_docker_permissions lets it here
+            log.warning("module %s runs as root with every capability (createOptions.User %r): as trusted as "
+                        "Edgeward itself (allow_elevated_docker_permissions = true)", spec.name,
+                        spec.create_options.get("User"))
         self._modules[spec.name] = mod
         self._save(mod)
         self._emit("create", mod)

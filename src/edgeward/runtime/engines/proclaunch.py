@@ -12,15 +12,33 @@ What the create options mean for a host process:
   which the sandbox binds at the same path; the daemon's own environment is never inherited;
 - `User` is "uid", "uid:gid" or names; privileges are dropped to gid, no supplementary groups, then uid;
   never a service account's uid or group (the keys, certificates, identity and TPM services' users, IoT Edge's
-  `iotedge`, the TPM's `tss`): their sockets would take the module for that service; without `User` (and without
-  `Sandbox`) the module runs as Edgeward's own user, with its groups: root in the embedded shape, as trusted as
-  Edgeward itself;
+  `iotedge`, the TPM's `tss`): their sockets would take the module for that service; nor a `[[principal]]`'s uid;
+  without `User` (and without `Sandbox`) the module runs as Edgeward's own user, with its groups: root in the
+  embedded shape (then only with `allow_elevated_docker_permissions`, see below), as trusted as Edgeward itself;
 - `Sandbox: true` runs it under bubblewrap: read-only root, private /tmp, new pid and IPC namespaces, no
   capabilities, a new session, killed with its supervisor; only the workload dir and `HostConfig.Binds` are
   writable (Binds without ":ro", and bind `Mounts` without `ReadOnly`). Edgeward's state and run directories
   (`hidden`) are empty tmpfs inside, with only the module's own workload directory bound back, so it sees no
   key file, no other socket. Without `User` it runs as a dedicated unprivileged uid of its own (allocated by the
   engine, never 0): a uid 0 without capabilities still owns root's files and is root to every service.
+
+Who may run as root is the operator's decision, as for containers (`allow_elevated_docker_permissions`, default
+false, see runtime/privileges.py). A host process as uid 0 is all of root on the host, more than a Privileged
+container (which still has its own mount and pid namespaces), so with the setting off a host-process module may
+not run as uid 0, in gid 0, or with any capability: no `User` while Edgeward runs as root, `User` naming uid or gid
+0, an executable that is setuid or setgid or carries file capabilities (it would get them back at exec; bubblewrap
+sets no_new_privs, so inside the sandbox it gets nothing), or Edgeward's own ambient capabilities. Such a module is
+refused at create, update and every start, with 422 like Edgeward's other refusals of elevated create options
+(upstream aziot-edged refuses nothing: it strips Privileged and CapAdd with a warning, and what would be stripped
+here is the module's whole identity, so it is refused instead). It is refused rather than moved into the sandbox
+under an allocated uid: the sandbox changes what the program sees (read-only root, hidden state, private /tmp) and
+needs bubblewrap, so a module that expects the host would fail later and obscurely; the refusal names both ways
+out (an unprivileged `User`, or `Sandbox: true`) and the setting. With the setting on, root host modules run as
+before, with a warning.
+
+No module runs as the uid of a keys, certificates or identity `[[principal]]` either (`principal_uids`): the
+module itself is attributed to its module and refused, but a process that leaves its tree (a double fork into a
+new session) would be taken for that principal and use its keys. Principals are matched by uid only.
 """
 
 from __future__ import annotations
@@ -30,19 +48,25 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..engine import WORKLOAD_SOCKET_NAME, EngineError, ModuleSpec
 
-__all__ = ["DEFAULT_PATH", "Launch", "check_executable", "needs_sandbox_uid", "parse_user", "plan_launch"]
+__all__ = ["DEFAULT_PATH", "Launch", "check_executable", "needs_sandbox_uid", "parse_user", "plan_launch",
+           "runs_as_root"]
 
 # Accounts a module may not run as (user or group): the services' own users (the packaged units run as them,
 # and their sockets admit their groups), IoT Edge's edged user, and the owner of the TPM's device nodes.
 SERVICE_ACCOUNTS = ("aziotks", "aziotcs", "aziotid", "aziottpm", "iotedge", "tss")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # what Docker gives a bare image
+_ELEVATED = ("elevated Docker permissions are off on this device (allow_elevated_docker_permissions = false), and a "
+             "host process with root's uid, group or capabilities is root on the host; give User an unprivileged "
+             "user, or Sandbox: true to run it as a dedicated uid, or, if the module must be root, set "
+             "allow_elevated_docker_permissions = true in the config and apply it (every deployment may then run "
+             "host modules as root)")
 _BIND_OPTIONS = {"ro", "rw", "z", "Z", "private", "rprivate", "slave", "rslave", "shared", "rshared", "nocopy"}
 
 
@@ -58,6 +82,11 @@ class Launch:
 
 def _bad(message: str) -> EngineError:
     return EngineError(message, 400)
+
+
+def _elevated(what: str) -> EngineError:
+    """422, as privileges.ElevatedOptionRefused answers for containers."""
+    return EngineError(f"{what} is refused: {_ELEVATED}", 422)
 
 
 def check_executable(image: str) -> Path:
@@ -143,7 +172,14 @@ def _not_a_service_account(raw: str, uid: int, gid: int) -> None:
                            f"never runs in it (that service's socket admits the group)")
 
 
-def _identity(options: Mapping[str, Any]) -> tuple[int | None, int | None]:
+def _not_a_principal(raw: str, uid: int, principal_uids: Collection[int]) -> None:
+    if uid in principal_uids:
+        raise _bad(f"createOptions.User {raw!r} is the uid of a [[principal]] of the keys, certificates or identity "
+                   f"service: a module never runs as one (a process that leaves the module's process tree would be "
+                   f"taken for that principal)")
+
+
+def _identity(options: Mapping[str, Any], principal_uids: Collection[int]) -> tuple[int | None, int | None]:
     raw = options.get("User")
     if raw is None or raw == "":
         return None, None
@@ -151,6 +187,7 @@ def _identity(options: Mapping[str, Any]) -> tuple[int | None, int | None]:
         raise _bad("createOptions.User must be a string")
     uid, gid = parse_user(raw)
     _not_a_service_account(raw, uid, gid)
+    _not_a_principal(raw, uid, principal_uids)
     if os.geteuid() == 0:
         return uid, gid
     if (uid, gid) == (os.getuid(), os.getgid()):
@@ -265,10 +302,68 @@ def needs_sandbox_uid(spec: ModuleSpec) -> bool:
     return options.get("Sandbox", False) is True and options.get("User") in (None, "")
 
 
+def _ambient_capabilities() -> int:
+    """This process's ambient capabilities: what a child that keeps its identity keeps across exec."""
+    try:
+        with Path("/proc/self/status").open(encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapAmb:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def runs_as_root(launch: Launch) -> bool:
+    """Will the process run as uid 0 (its own User, or Edgeward's identity when it names none)?"""
+    return (os.geteuid() if launch.uid is None else launch.uid) == 0
+
+
+def _not_elevated(launch: Launch, options: Mapping[str, Any], image: str) -> None:
+    """Refuse (422) what would make the module root, or give it capabilities: see the module docstring."""
+    raw = options.get("User")
+    user = f"createOptions.User {raw!r}" if raw not in (None, "") else "a module without createOptions.User"
+    uid = os.geteuid() if launch.uid is None else launch.uid
+    gid = os.getegid() if launch.gid is None else launch.gid
+    if uid == 0:
+        running = "" if launch.uid is not None else ", which runs as Edgeward's user, root,"
+        raise _elevated(f"{user}{running} (uid 0)")
+    if gid == 0 or (launch.uid is None and 0 in os.getgroups()):
+        raise _elevated(f"{user} (group 0, root's)")
+    if launch.uid is None and _ambient_capabilities():
+        raise _elevated(f"{user} (it keeps Edgeward's ambient capabilities)")
+    if launch.sandbox:
+        return  # bubblewrap sets no_new_privs: no setuid bit or file capability takes effect inside
+    try:
+        st = Path(image).stat()
+    except OSError:
+        raise _bad(f"the executable {image} does not exist") from None
+    if st.st_mode & stat.S_ISUID or (st.st_mode & stat.S_ISGID and st.st_mode & stat.S_IXGRP):
+        raise _elevated(f"the executable {image}, setuid or setgid (it runs as its owner, not as User),")
+    try:
+        caps = os.getxattr(image, "security.capability")
+    except OSError:
+        caps = b""
+    if caps:
+        raise _elevated(f"the executable {image}, which carries file capabilities,")
+
+
 def plan_launch(spec: ModuleSpec, bwrap: str | None, *, sandbox_uid: int | None = None,
-                hidden: Sequence[Path] = ()) -> Launch:
-    """Check `spec` and say how to run it; EngineError(400) naming the field at fault. `sandbox_uid` is the
-    module's dedicated uid (see `needs_sandbox_uid`); `hidden` the directories a sandbox must not show."""
+                hidden: Sequence[Path] = (), allow_elevated: bool = False,
+                principal_uids: Collection[int] = ()) -> Launch:
+    """Check `spec` and say how to run it; EngineError(400) naming the field at fault, 422 for what only
+    `allow_elevated` (allow_elevated_docker_permissions) permits. `sandbox_uid` is the module's dedicated uid (see
+    `needs_sandbox_uid`); `hidden` the directories a sandbox must not show; `principal_uids` the uids of the
+    services' [[principal]] entries, which no module may run as."""
+    launch = _plan(spec, bwrap, sandbox_uid=sandbox_uid, hidden=hidden, allow_elevated=allow_elevated,
+                   principal_uids=principal_uids)
+    if not allow_elevated:
+        _not_elevated(launch, spec.create_options, os.path.normpath(spec.image))
+    return launch
+
+
+def _plan(spec: ModuleSpec, bwrap: str | None, *, sandbox_uid: int | None, hidden: Sequence[Path],
+          allow_elevated: bool, principal_uids: Collection[int]) -> Launch:
     image = str(check_executable(spec.image))
     options = spec.create_options
     argv = [image, *(_check_arg(a, "createOptions.Entrypoint") for a in _strings(options, "Entrypoint")),
@@ -277,7 +372,7 @@ def plan_launch(spec: ModuleSpec, bwrap: str | None, *, sandbox_uid: int | None 
     if not isinstance(cwd, str) or not cwd.startswith("/"):
         raise _bad("createOptions.WorkingDir must be an absolute path")
     env = _env(spec, options)
-    uid, gid = _identity(options)
+    uid, gid = _identity(options, principal_uids)
     sandbox = options.get("Sandbox", False)
     if not isinstance(sandbox, bool):
         raise _bad("createOptions.Sandbox must be true or false")
@@ -291,7 +386,12 @@ def plan_launch(spec: ModuleSpec, bwrap: str | None, *, sandbox_uid: int | None 
                        f"root can switch to it; give User (\"{os.getuid()}\" to run as Edgeward's own user)")
         if sandbox_uid is None or sandbox_uid <= 0:
             raise EngineError(f"module {spec.name} has no dedicated sandbox uid", 500)
+        if sandbox_uid in principal_uids:
+            raise _bad(f"module {spec.name}'s sandbox uid {sandbox_uid} is a [[principal]]'s uid; move "
+                       f"[edgeward.runtime] sandbox_uid_base away from the principals' uids")
         uid, gid = sandbox_uid, sandbox_uid
+    if (uid == 0 or gid == 0) and not allow_elevated:
+        raise _elevated(f"createOptions.User {options.get('User')!r} with Sandbox (uid or gid 0)")
     if uid == 0 or gid == 0:
         # Without capabilities uid 0 still owns root's files: the device's config.toml (connection strings),
         # preloaded key files, PKCS#11 PINs; a sandbox that runs as root hides none of them.
