@@ -115,6 +115,15 @@ async def test_an_update_to_a_root_host_module_is_refused(mgmt_of: ManagementCli
     with pytest.raises(HttpError) as refused:
         await mgmt_of.update_module("sensor", _spec("sensor", User="0"), start=True)
     assert refused.value.status == 422 and "allow_elevated_docker_permissions" in refused.value.message
+    # ...and the refused update cost nothing: the module it would have replaced is still there, as it was
+    # (found by the fixer: the process engine's refusal came after the old module was removed)
+    assert [m["name"] for m in await mgmt_of.list_modules()] == ["sensor"]
+    for bad in (_spec("sensor", image="/nonexistent/binary", User="nobody"), _spec("sensor", User="nobody:root")):
+        with pytest.raises(HttpError):
+            await mgmt_of.update_module("sensor", bad, start=True)
+        assert [m["name"] for m in await mgmt_of.list_modules()] == ["sensor"]
+    await mgmt_of.action("sensor", "start")
+    assert (await _identity(mgmt_of, "sensor"))[0] != 0
 
 
 async def test_a_setuid_root_or_file_capability_executable_is_refused_while_elevated_permissions_are_off(

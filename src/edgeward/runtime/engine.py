@@ -133,6 +133,11 @@ class ModuleEngine(Protocol):
         """The content id of a local image (or executable), None when it is not present."""
         ...
 
+    async def check(self, spec: ModuleSpec) -> None:
+        """EngineError for what :meth:`create` would refuse in ``spec`` itself, creating nothing: an update checks
+        the new spec before it removes the module the spec would replace."""
+        ...
+
     async def create(self, spec: ModuleSpec) -> ModuleStatus:
         """Create (not start). EngineError(409) if a module of that name exists."""
         ...

@@ -454,6 +454,12 @@ class ModuleRuntime:
         self._gate(config.name)  # before the old module is removed: a refused update must not cost it
         config = await self._vetted(config)  # a refused spec must not cost the module it would replace
         await self._ensure_image(config)
+        try:  # nor one only the engine refuses (a host module's User, its executable)
+            await self.engine.check(ModuleSpec(
+                name=config.name, image=config.image, env={}, create_options=self._create_options(config, reg.system),
+                labels={}, workload_dir=self.sockets.directory(config.name), pull_policy=config.pull_policy))
+        except EngineError as e:
+            raise engine_error(e) from None
         # One hold of the module's lock from removal to start: the watchdog, woken by the engine's "destroy",
         # must not recreate the edge agent from the config in between (the agent's self-update answered 409).
         async with self._locks.hold(config.name):

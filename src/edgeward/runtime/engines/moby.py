@@ -232,6 +232,10 @@ class DockerEngine:
         body["HostConfig"] = host
         return body
 
+    async def check(self, spec: ModuleSpec) -> None:
+        """Nothing to add: the runtime vets a container's create options itself (runtime/privileges.py), and what
+        else dockerd refuses only dockerd can say."""
+
     async def create(self, spec: ModuleSpec) -> ModuleStatus:
         if await self.image_id(spec.image) is None:
             if spec.pull_policy == "never":

@@ -581,6 +581,22 @@ class ProcessEngine:
                 raise ModuleNotFound(name)
             yield mod
 
+    async def check(self, spec: ModuleSpec) -> None:
+        """The launch create would plan for ``spec`` (User, Sandbox, elevated permissions, principals' uids) and its
+        executable, nothing allocated or stored: a sandboxed module being replaced keeps the uid it has, a new one
+        is checked with the first uid of the range (allocation skips principals' and real accounts' uids)."""
+        await self._ready()
+        if not valid_module_name(spec.name):
+            raise EngineError(f"invalid module name {spec.name!r}", 400)
+        sandbox_uid = None
+        if needs_sandbox_uid(spec) and os.geteuid() == 0:
+            current = self._modules.get(spec.name)
+            sandbox_uid = current.record.sandbox_uid if current is not None else None
+            sandbox_uid = sandbox_uid if sandbox_uid is not None else self.sandbox_uid_base
+        plan_launch(spec, self.bwrap, sandbox_uid=sandbox_uid, hidden=self.hidden, allow_elevated=self.allow_elevated,
+                    principal_uids=self.principal_uids)
+        check_executable(spec.image)
+
     async def create(self, spec: ModuleSpec) -> ModuleStatus:
         store = await self._ready()
         if not valid_module_name(spec.name):
