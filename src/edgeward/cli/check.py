@@ -207,7 +207,15 @@ async def check_elevated(s: DaemonSettings) -> list[Result]:
     """IoT Edge's `iotedge check` does not report this; a device that lets deployments run privileged modules
     should say so where an operator looks."""
     if s.runtime.engine != "docker":
-        return [Result("elevated permissions", "skipped", "host-process modules: no container options to allow")]
+        if s.runtime.allow_elevated_docker_permissions:
+            return [Result("elevated permissions", "warning",
+                           "allow_elevated_docker_permissions = true: deployments may run host-process modules as "
+                           "root (no User, User 0, a setuid executable), which is root on this device",
+                           "set allow_elevated_docker_permissions = false in the config and apply it, unless a module "
+                           "truly needs root")]
+        return [Result("elevated permissions", "ok",
+                       "allow_elevated_docker_permissions = false: host-process modules that would run as root are "
+                       "refused (set it to true to allow them)")]
     agent = s.runtime.agent
     if agent is not None:
         try:
