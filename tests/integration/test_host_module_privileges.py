@@ -204,3 +204,12 @@ async def test_the_principals_of_the_config_reach_the_process_engine(tmp_path: P
                            wrong)
     with pytest.raises(ConfigError, match="principal_uids"):
         wrong.raise_if_any()
+
+
+async def test_users_no_account_can_have_are_400s_not_500s(mgmt_of: ManagementClient) -> None:
+    """Found by the session-11 second review: "²" passed str.isdigit() and failed int(), 5,000 digits failed int(),
+    and a NUL made getpwnam raise ValueError: each was a 500 with a traceback."""
+    for user in ("²", "9" * 5000, "root\x00", "nobody:\x00", "\u0661\u0662"):
+        refused = await _refused(mgmt_of, _spec("odd", image=SYSTEM_PYTHON, User=user))
+        assert refused.status == 400, (user, refused.status, refused.message)
+    assert await mgmt_of.list_modules() == []

@@ -249,3 +249,15 @@ async def test_malformed_http_is_answered_in_the_api_s_shape_without_echoing_it(
         assert b"Content-Type: application/json" in head, answer
         assert json.loads(body) == {"message": "malformed HTTP request"}, answer
         assert b"script" not in answer and b"GXT" not in answer
+
+
+async def test_a_lone_surrogate_is_refused_as_serde_refuses_it(software_keys: KeysEnv) -> None:
+    """Found by the session-11 second review: "\\ud800" in a keyId was a 500 (UnicodeEncodeError); serde_json
+    refuses a lone surrogate escape."""
+    env = software_keys
+    for raw in (b'{"keyId":"a\\ud800"}', b'{"keyId":"\\udc00b"}', b'{"keyId":"x","preferredAlgorithms":["\\ud83d"]}',
+                b'{"\\ud800":"x","keyId":"y"}'):
+        status, answer = await call(env, "POST", "/keypair", raw=raw)
+        assert status == 400 and "surrogate" in answer["message"], (raw, answer)
+    status, answer = await call(env, "POST", "/keypair", raw=b'{"keyId":"pair \\ud83d\\ude00 %s"}' % env.new_id().encode())
+    assert status == 200, answer  # a surrogate pair is one character, as serde reads it

@@ -57,7 +57,28 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise BadRequest("request body holds a number too long to read") from None
     if not isinstance(data, dict):
         raise UnprocessableEntity("request body must be a JSON object")
+    if _has_lone_surrogate(data):  # "\ud800": json.loads takes it, serde_json refuses it, UTF-8 cannot hold it
+        raise BadRequest("request body is not valid JSON: a lone surrogate escape is not a character")
     return data
+
+
+def _has_lone_surrogate(data: dict[str, Any]) -> bool:
+    """Whether any key or string of ``data`` holds a lone surrogate (walked with a stack: no recursion limit)."""
+    stack: list[Any] = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode()
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 class _DuplicateField(Exception):

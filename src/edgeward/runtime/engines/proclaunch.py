@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...digits import is_number
 from ..engine import WORKLOAD_SOCKET_NAME, EngineError, ModuleSpec
 
 __all__ = ["DEFAULT_PATH", "Launch", "check_executable", "needs_sandbox_uid", "parse_user", "plan_launch",
@@ -123,21 +124,21 @@ def _check_arg(value: str, where: str) -> str:
 
 
 def _user_id(text: str) -> int:
-    if text.isdigit():
+    if is_number(text, 10):  # ASCII digits only: "²" or "١٢" are names (and no account has one)
         return int(text)
     try:
         return pwd.getpwnam(text).pw_uid
-    except KeyError:
-        raise _bad(f"createOptions.User: no user named {text!r}") from None
+    except (KeyError, ValueError):  # ValueError: a NUL byte, which no name holds
+        raise _bad(f"createOptions.User: no user named {text[:64]!r}") from None
 
 
 def _group_id(text: str) -> int:
-    if text.isdigit():
+    if is_number(text, 10):
         return int(text)
     try:
         return grp.getgrnam(text).gr_gid
-    except KeyError:
-        raise _bad(f"createOptions.User: no group named {text!r}") from None
+    except (KeyError, ValueError):
+        raise _bad(f"createOptions.User: no group named {text[:64]!r}") from None
 
 
 def parse_user(text: str) -> tuple[int, int]:
