@@ -213,3 +213,21 @@ async def test_users_no_account_can_have_are_400s_not_500s(mgmt_of: ManagementCl
         refused = await _refused(mgmt_of, _spec("odd", image=SYSTEM_PYTHON, User=user))
         assert refused.status == 400, (user, refused.status, refused.message)
     assert await mgmt_of.list_modules() == []
+
+
+async def test_a_create_the_engine_fails_unexpectedly_leaves_no_ghost(composed: RuntimeEnv, mgmt_of: ManagementClient,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the session-11 second review: a create that ended in a 500 stayed registered, with its workload
+    directory and a listening socket (200 such creates: 200 more open files until a restart). A failed create is
+    undone whatever the failure."""
+    engine = composed.parts.engine
+
+    async def broken(*_: Any) -> Any:
+        raise RuntimeError("an engine bug")
+
+    monkeypatch.setattr(engine, "create", broken)
+    with pytest.raises(HttpError) as failed:
+        await mgmt_of.create_module(_spec("ghost", image=SYSTEM_PYTHON, User="nobody"))
+    assert failed.value.status == 500
+    assert await mgmt_of.list_modules() == [] and composed.parts.registry.get("ghost") is None
+    assert not composed.parts.sockets.socket_path("ghost").exists()

@@ -340,10 +340,12 @@ class ModuleRuntime:
             generation_id=identity.generation_id, state="created", system=system, config=config.to_wire()))
         try:
             status = await self.engine.create(spec)
-        except EngineError as e:
+        except BaseException as e:  # refused or failed, even by a bug: no registration or socket is left behind
             self.registry.delete(config.name)
             await self.sockets.close(config.name)
-            raise engine_error(e) from None
+            if isinstance(e, EngineError):
+                raise engine_error(e) from None
+            raise
         # The audit record first: a registration always has a creation record to be checked against.
         self._record("module.created", config.name, engine_id=status.engine_id, image=config.image,
                      image_id=status.image_id, generation_id=identity.generation_id, system=system)
