@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["untrusted_dir"]
+__all__ = ["make_trusted_dir", "untrusted_dir", "untrusted_file"]
 
 
 def _problem(path: Path, st: os.stat_result, final: bool, trusted: frozenset[int]) -> str | None:
@@ -40,11 +40,54 @@ def untrusted_dir(path: Path) -> str | None:
                 st = stat_of(part)
             except FileNotFoundError:
                 break  # the rest is made by Edgeward
-            if stat.S_ISLNK(st.st_mode):
-                continue  # the directory holding it was checked; where it leads is checked as resolved
+            if stat.S_ISLNK(st.st_mode):  # where it leads is checked as resolved; who may re-point it, here
+                if st.st_uid not in trusted:  # its owner may, even in a sticky directory
+                    return f"{part} is a symbolic link owned by uid {st.st_uid}, neither root nor Edgeward's user"
+                continue
             if not stat.S_ISDIR(st.st_mode):
                 return f"{part} is not a directory"
             problem = _problem(part, st, i == len(chain) - 1, trusted)
             if problem is not None:
                 return problem
+    return None
+
+
+def make_trusted_dir(path: Path, mode: int = 0o755) -> str | None:
+    """Make the missing directories of ``path`` (``mode``, whatever the umask), then say why what is there cannot be
+    trusted, or None. Made first and checked after: a directory someone else made in between is theirs, and the
+    check refuses it; one checked while missing could be made by anyone before Edgeward gets to it."""
+    missing = [p for p in _chain(path.absolute()) if not os.path.lexists(p)]
+    for part in missing:
+        try:
+            part.mkdir(mode)
+        except FileExistsError:
+            continue  # made by someone else meanwhile: the check below judges it
+        except OSError as e:
+            return f"{part} cannot be made: {e.strerror}"
+        os.chmod(part, mode)
+    return untrusted_dir(path)
+
+
+def untrusted_file(path: Path) -> str | None:
+    """Why the file at ``path`` (a config file) cannot be trusted to say what Edgeward does, or None: it and every
+    directory on the way must be root's or Edgeward's user's and writable by no one else."""
+    problem = untrusted_dir(path.absolute().parent)
+    if problem is not None:
+        return problem
+    trusted = frozenset({0, os.geteuid()})
+    for stat_of, where in ((os.lstat, path), (os.stat, path.resolve())):
+        try:
+            st = stat_of(where)
+        except FileNotFoundError:
+            return None  # the reader says it is missing
+        if stat.S_ISLNK(st.st_mode):
+            if st.st_uid not in trusted:
+                return f"{where} is a symbolic link owned by uid {st.st_uid}, neither root nor Edgeward's user"
+            problem = untrusted_dir(path.resolve().parent)
+            if problem is not None:
+                return problem
+            continue
+        problem = _problem(where, st, True, trusted)
+        if problem is not None:
+            return problem
     return None

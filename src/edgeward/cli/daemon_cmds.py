@@ -29,7 +29,7 @@ from ..daemon import (
     load_super_service_settings,
     serve,
 )
-from ..dirtrust import untrusted_dir
+from ..dirtrust import make_trusted_dir, untrusted_dir, untrusted_file
 from ..fdlimit import raise_fd_limit
 from ..http.errors import HttpError
 from ..keys.errors import BackendUnavailable
@@ -87,12 +87,8 @@ def main(argv: Sequence[str]) -> None:
     state = args.state_dir or default_state_dir()
     run = args.run_dir or default_run_dir()
     config: Path | None = args.config
-    for flag, path in (("--state-dir", state), ("--run-dir", run)):
-        problem = untrusted_dir(path)
-        if problem is not None:  # before anything is read from or written to it
-            say("error", f"{flag} {path}: {problem}; whoever can rename it can replace Edgeward's keys or sockets")
-            sys.exit(EXIT_CONFIG)
     if args.command == "run":
+        _refuse_untrusted(state, run, config, None)
         _run_services(lambda: load_settings(config, state, run), ALL_SERVICES)
         return
     service: str = args.service
@@ -101,6 +97,7 @@ def main(argv: Sequence[str]) -> None:
         if config_dir is not None:
             serve_parser.error("serve keylime-agent reads the super config (-c): it runs the TPM service and the "
                                "module runtime, whose files are readable by different users")
+        _refuse_untrusted(state, run, config, None)
         _run_services(lambda: load_settings(config, state, run), KEYLIME_SERVICES)
     elif config is not None and config_dir is not None:
         serve_parser.error("-c/--config and --config-dir are mutually exclusive: the super config, or the directory "
@@ -108,9 +105,26 @@ def main(argv: Sequence[str]) -> None:
     elif config_dir is not None:
         if config_dir.exists() and not config_dir.is_dir():
             serve_parser.error(f"--config-dir {config_dir}: not a directory")
+        _refuse_untrusted(state, run, None, config_dir)
         _run_services(lambda: load_service_settings(service, config_dir, state, run), (service,))
     else:
+        _refuse_untrusted(state, run, config, None)
         _run_services(lambda: load_super_service_settings(service, config, state, run), (service,))
+
+
+def _refuse_untrusted(state: Path, run: Path, config: Path | None, config_dir: Path | None) -> None:
+    """Exit unless the state and run directories (made now where missing) and the config are Edgeward's alone:
+    checked after the usage, before anything is read from or written to them."""
+    for flag, path in (("--state-dir", state), ("--run-dir", run)):
+        problem = make_trusted_dir(path)
+        if problem is not None:
+            say("error", f"{flag} {path}: {problem}; whoever can rename it can replace Edgeward's keys or sockets")
+            sys.exit(EXIT_CONFIG)
+    for flag, given in (("-c", config), ("--config-dir", config_dir)):
+        problem = None if given is None else untrusted_file(given) if flag == "-c" else untrusted_dir(given)
+        if problem is not None:
+            say("error", f"{flag} {given}: {problem}; whoever can write it decides what Edgeward allows")
+            sys.exit(EXIT_CONFIG)
 
 
 def _run_services(load: Callable[[], ServiceSettings], services: tuple[str, ...]) -> None:
