@@ -231,3 +231,22 @@ async def test_a_create_the_engine_fails_unexpectedly_leaves_no_ghost(composed: 
     assert failed.value.status == 500
     assert await mgmt_of.list_modules() == [] and composed.parts.registry.get("ghost") is None
     assert not composed.parts.sockets.socket_path("ghost").exists()
+
+
+async def test_a_script_of_a_setuid_interpreter_and_a_privileged_group_are_refused(
+        mgmt_of: ManagementClient, public_dir: Path) -> None:
+    """Found by the session-11 second review: a script whose #! interpreter is setuid root ran with euid 0 (the
+    check read only the script's own mode), and `User: "65534:shadow"` read /etc/shadow (as disk, docker, sudo, adm
+    would give their own)."""
+    interpreter = public_dir / "suid-python"
+    shutil.copy2(os.path.realpath(sys.executable), interpreter)
+    os.chown(interpreter, 0, 0)
+    os.chmod(interpreter, 0o4755)
+    script = public_dir / "module.py"
+    script.write_text(f"#!{interpreter}\nimport os, time\nprint(os.geteuid())\ntime.sleep(60)\n")
+    os.chmod(script, 0o755)
+    refused = await _refused(mgmt_of, _spec("viascript", image=str(script), User="nobody"))
+    assert refused.status == 422 and str(interpreter) in refused.message, refused.message
+    refused = await _refused(mgmt_of, _spec("shadowy", image=SYSTEM_PYTHON, User="65534:shadow"))
+    assert refused.status == 422 and "shadow" in refused.message, refused.message
+    assert await mgmt_of.list_modules() == []

@@ -320,7 +320,7 @@ def runs_as_root(launch: Launch) -> bool:
     return (os.geteuid() if launch.uid is None else launch.uid) == 0
 
 
-def _not_elevated(launch: Launch, options: Mapping[str, Any], image: str) -> None:
+def _not_elevated(launch: Launch, options: Mapping[str, Any], image: str, depth: int = 0) -> None:
     """Refuse (422) what would make the module root, or give it capabilities: see the module docstring."""
     raw = options.get("User")
     user = f"createOptions.User {raw!r}" if raw not in (None, "") else "a module without createOptions.User"
@@ -331,6 +331,9 @@ def _not_elevated(launch: Launch, options: Mapping[str, Any], image: str) -> Non
         raise _elevated(f"{user}{running} (uid 0)")
     if gid == 0 or (launch.uid is None and 0 in os.getgroups()):
         raise _elevated(f"{user} (group 0, root's)")
+    privileged = _privileged_group(gid)
+    if privileged is not None:
+        raise _elevated(f"{user} (group {privileged}, which reads or writes what only root should)")
     if launch.uid is None and _ambient_capabilities():
         raise _elevated(f"{user} (it keeps Edgeward's ambient capabilities)")
     if launch.sandbox:
@@ -347,6 +350,37 @@ def _not_elevated(launch: Launch, options: Mapping[str, Any], image: str) -> Non
         caps = b""
     if caps:
         raise _elevated(f"the executable {image}, which carries file capabilities,")
+    interpreter = _interpreter(image) if stat.S_ISREG(st.st_mode) else None
+    if interpreter is not None and depth < 4:  # a script runs as its #! interpreter does: setuid there counts too
+        _not_elevated(launch, options, interpreter, depth + 1)
+
+
+def _interpreter(image: str) -> str | None:
+    """The program a script's #! line names (the kernel execs that, with the script as an argument), or None."""
+    try:
+        with Path(image).open("rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].split()
+    return os.fsdecode(words[0]) if words and words[0].startswith(b"/") else None
+
+
+# Groups whose members read or write what only root should: raw disks and memory, password hashes, every log, the
+# container engine's socket, sudo. A module in one is root, or close to it, as a process in group 0 is.
+_PRIVILEGED_GROUPS = ("disk", "kmem", "shadow", "sudo", "wheel", "adm", "docker", "lxd", "systemd-journal")
+
+
+def _privileged_group(gid: int) -> str | None:
+    for name in _PRIVILEGED_GROUPS:
+        try:
+            if grp.getgrnam(name).gr_gid == gid:
+                return name
+        except KeyError:
+            continue
+    return None
 
 
 def plan_launch(spec: ModuleSpec, bwrap: str | None, *, sandbox_uid: int | None = None,
