@@ -250,3 +250,12 @@ async def test_a_script_of_a_setuid_interpreter_and_a_privileged_group_are_refus
     refused = await _refused(mgmt_of, _spec("shadowy", image=SYSTEM_PYTHON, User="65534:shadow"))
     assert refused.status == 422 and "shadow" in refused.message, refused.message
     assert await mgmt_of.list_modules() == []
+
+
+async def test_an_image_under_proc_sys_or_dev_is_refused(mgmt_of: ManagementClient) -> None:
+    """Found by the session-11 review: image /proc/self/exe was created (201). It names whatever program is asking,
+    not a program of its own: nothing a module could be measured as."""
+    for image in ("/proc/self/exe", "/proc/1/exe", "/dev/zero", "/sys/kernel/notes", "/proc/../proc/self/exe"):
+        refused = await _refused(mgmt_of, _spec("odd", image=image, User="nobody"))
+        assert refused.status == 400, (image, refused.status, refused.message)
+    assert await mgmt_of.list_modules() == []

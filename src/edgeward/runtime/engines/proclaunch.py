@@ -95,6 +95,9 @@ def check_executable(image: str) -> Path:
     if not image.startswith("/"):
         raise _bad(f"a host-process module's image must be the absolute path of its executable, not {image!r}")
     path = Path(os.path.normpath(image))
+    if len(path.parts) > 1 and path.parts[1] in ("proc", "sys", "dev"):
+        # /proc/self/exe is whichever program asks; nothing there is a program of its own to measure and run
+        raise _bad(f"{image} is under /{path.parts[1]}: a host-process module's image must be a program's file")
     try:
         st = path.stat()
     except OSError:
