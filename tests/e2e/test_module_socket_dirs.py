@@ -109,8 +109,13 @@ async def test_container_cannot_write_its_workload_dir_and_a_planted_file_stops_
     try:
         mgmt = ManagementClient(sock)
         try:
-            listed = {m["name"]: m["status"]["runtimeStatus"]["status"] for m in await mgmt.list_modules()}
+            modules = await mgmt.list_modules()
+            listed = {m["name"]: m["status"]["runtimeStatus"]["status"] for m in modules}
             assert listed == {"ctm": "running", "other": "running"}, listed
+            # the operator sees it where module status is read, not only in the log
+            said = {m["name"]: m["status"]["runtimeStatus"].get("description", "") for m in modules}
+            assert "workload socket" in said["ctm"] and "not a socket" in said["ctm"], said
+            assert said["other"] == "", said
         finally:
             await mgmt.close()
         assert planted.read_text() == "not a socket\n"

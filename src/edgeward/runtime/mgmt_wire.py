@@ -29,7 +29,12 @@ def module_details(view: ModuleView) -> dict[str, Any]:
     reg, status = view.registration, view.status
     config = dict(reg.config.get("config") or {})
     settings = dict(config.get("settings") or {})
-    body_status: dict[str, Any] = {"runtimeStatus": _runtime_status(status)}
+    runtime_status = _runtime_status(status)
+    if view.socket_problem is not None:  # running, but its workload API cannot be reached: say so where status is read
+        said = f"workload socket unavailable: {view.socket_problem}"
+        runtime_status["description"] = f"{runtime_status['description']}; {said}" \
+            if "description" in runtime_status else said
+    body_status: dict[str, Any] = {"runtimeStatus": runtime_status}
     if status is not None and status.started_at:
         body_status["startTime"] = status.started_at
     if status is not None and status.finished_at and status.exit_code is not None and status.state != "running":

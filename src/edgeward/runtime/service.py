@@ -57,6 +57,7 @@ class ModuleView:
 
     registration: Registration
     status: ModuleStatus | None  # None: the engine no longer has it
+    socket_problem: str | None = None  # why its workload socket could not be opened (runtime/sockets.py)
 
 
 def engine_error(e: EngineError) -> HttpError:
@@ -370,14 +371,15 @@ class ModuleRuntime:
             status = None
         except EngineError as e:
             raise engine_error(e) from None
-        return ModuleView(reg, status)
+        return ModuleView(reg, status, self.sockets.unavailable.get(name))
 
     async def list_modules(self) -> list[ModuleView]:
         try:
             statuses = {s.name: s for s in await self.engine.list()}
         except EngineError as e:
             raise engine_error(e) from None
-        return [ModuleView(reg, statuses.get(reg.name)) for reg in self.registry.all()]
+        return [ModuleView(reg, statuses.get(reg.name), self.sockets.unavailable.get(reg.name))
+                for reg in self.registry.all()]
 
     async def start_module(self, name: str) -> None:
         async with self._locks.hold(name):
