@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"),
 # Prints the identity the module's process really has: real uid and gid, effective and permitted capabilities.
 SHOW_ID = ("st = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines() if ':' in l)\n"
            "print('ID', st['Uid'].split()[0], st['Gid'].split()[0], int(st['CapEff'], 16), int(st['CapPrm'], 16), "
-           "'END', flush=True)\nimport time\ntime.sleep(60)")
+           "st['NoNewPrivs'].strip(), 'END', flush=True)\nimport time\ntime.sleep(60)")
 PRINCIPAL_UID = 4242
 SYSTEM_PYTHON = "/usr/bin/python3"  # what another uid can run (the venv may live in a directory it cannot pass)
 ROOT_SPECS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -55,7 +55,7 @@ def _spec(name: str, image: str = sys.executable, **options: Any) -> dict[str, A
 
 
 async def _identity(mgmt: ManagementClient, name: str) -> list[int]:
-    """uid, gid, CapEff, CapPrm of the running module's process."""
+    """uid, gid, CapEff, CapPrm, NoNewPrivs of the running module's process."""
     seen = await logs_until(mgmt, name, b" END")
     return [int(x) for x in seen.split(b"ID ", 1)[1].split(b" END", 1)[0].split()]
 
@@ -106,8 +106,10 @@ async def test_an_agent_gets_no_root_host_module_while_elevated_permissions_are_
     # An unprivileged User is what a deployment gets: no root uid or gid, no capability.
     await mgmt_of.create_module(_spec("asnobody", image=SYSTEM_PYTHON, User="nobody"))
     await mgmt_of.action("asnobody", "start")
-    uid, gid, cap_eff, cap_prm = await _identity(mgmt_of, "asnobody")
+    uid, gid, cap_eff, cap_prm, no_new_privs = await _identity(mgmt_of, "asnobody")
     assert uid != 0 and gid != 0 and cap_eff == cap_prm == 0
+    # and no setuid program or file capability it execs gives any back (second review: a module could exec them)
+    assert no_new_privs == 1
 
 
 async def test_an_update_to_a_root_host_module_is_refused(mgmt_of: ManagementClient) -> None:
@@ -149,7 +151,7 @@ async def test_elevated_permissions_on_still_run_a_root_host_module_and_say_so(
             for name, options in (("rootmod", {}), ("rootmod0", {"User": "0"})):
                 await mgmt.create_module(_spec(name, **options))
                 await mgmt.action(name, "start")
-                uid, gid, cap_eff, _ = await _identity(mgmt, name)
+                uid, gid, cap_eff, _, _ = await _identity(mgmt, name)
                 assert (uid, gid) == (0, 0) and cap_eff != 0
         warned = [r.getMessage() for r in caplog.records if "root" in r.getMessage()]
         assert any("rootmod " in m for m in warned) and any("rootmod0 " in m for m in warned), warned

@@ -44,12 +44,15 @@ new session) would be taken for that principal and use its keys. Principals are 
 from __future__ import annotations
 
 import contextlib
+import functools
 import grp
+import logging
 import os
 import pwd
+import shutil
 import stat
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,8 @@ from ..engine import WORKLOAD_SOCKET_NAME, EngineError, ModuleSpec
 
 __all__ = ["DEFAULT_PATH", "Launch", "check_executable", "needs_sandbox_uid", "parse_user", "plan_launch",
            "runs_as_root"]
+
+log = logging.getLogger(__name__)
 
 # Accounts a module may not run as (user or group): the services' own users (the packaged units run as them,
 # and their sockets admit their groups), IoT Edge's edged user, and the owner of the TPM's device nodes.
@@ -397,7 +402,22 @@ def plan_launch(spec: ModuleSpec, bwrap: str | None, *, sandbox_uid: int | None 
                    principal_uids=principal_uids)
     if not allow_elevated:
         _not_elevated(launch, spec.create_options, os.path.normpath(spec.image))
+        if not launch.sandbox:  # (bubblewrap sets it inside the sandbox)
+            launch = replace(launch, argv=(*_no_new_privs(), *launch.argv))
     return launch
+
+
+@functools.cache
+def _no_new_privs() -> tuple[str, ...]:
+    """The prefix that execs the module with no_new_privs set (util-linux's setpriv): no setuid program or file
+    capability it runs later gives it anything, as inside the sandbox. Without setpriv (not a Debian device) the
+    module runs without it, and that is said once."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        log.warning("setpriv (util-linux) is not installed: host modules outside the sandbox run without "
+                    "no_new_privs, so a setuid program they exec runs as its owner")
+        return ()
+    return (setpriv, "--no-new-privs", "--")
 
 
 def _plan(spec: ModuleSpec, bwrap: str | None, *, sandbox_uid: int | None, hidden: Sequence[Path],
