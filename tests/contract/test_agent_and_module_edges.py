@@ -128,8 +128,12 @@ def test_server_certificate_with_a_non_ascii_common_name_is_a_clear_400(
         r = contract_device.session.post(
             f"{contract_device.module_url}/modules/{MODULE}/genid/{genid}/certificate/server?api-version=2020-07-07",
             data=data, headers={"Content-Type": "application/json"}, timeout=20)
+        message = r.json()["message"]
+        if r.status_code == 422:  # a lone surrogate escape: not a character at all, refused with the body
+            assert "surrogate" in message and "\\udc80" in body, (common_name, message)
+            continue
         assert r.status_code == 400, (common_name, r.status_code, r.text)
-        assert "ASCII" in r.json()["message"] or "not a DNS name" in r.json()["message"]
+        assert "ASCII" in message or "not a DNS name" in message
     assert not _daemon_log_problems(contract_device, start), _daemon_log_problems(contract_device, start)
 
 

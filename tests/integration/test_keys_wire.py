@@ -258,6 +258,6 @@ async def test_a_lone_surrogate_is_refused_as_serde_refuses_it(software_keys: Ke
     for raw in (b'{"keyId":"a\\ud800"}', b'{"keyId":"\\udc00b"}', b'{"keyId":"x","preferredAlgorithms":["\\ud83d"]}',
                 b'{"\\ud800":"x","keyId":"y"}'):
         status, answer = await call(env, "POST", "/keypair", raw=raw)
-        assert status == 400 and "surrogate" in answer["message"], (raw, answer)
+        assert status == 422 and "surrogate" in answer["message"], (raw, answer)
     status, answer = await call(env, "POST", "/keypair", raw=b'{"keyId":"pair \\ud83d\\ude00 %s"}' % env.new_id().encode())
     assert status == 200, answer  # a surrogate pair is one character, as serde reads it
