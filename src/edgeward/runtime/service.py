@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from ..attest.audit import AuditLog
@@ -217,6 +218,13 @@ class ModuleRuntime:
             options["HostConfig"] = host
         return options
 
+    def _module_spec(self, config: ModuleConfig, system: bool, env: Mapping[str, str], directory: Path) -> ModuleSpec:
+        """What the engine is given for ``config``: by create, and by an update's check before it removes anything."""
+        return ModuleSpec(name=config.name, image=config.image, env=env,
+                          create_options=self._create_options(config, system),
+                          labels={"net.edgeward.system": str(system)}, workload_dir=directory,
+                          pull_policy=config.pull_policy)
+
     async def _vet(self, options: Mapping[str, Any], name: str) -> Vetted:
         """vet_create_options in a thread: it asks the engine (GET /info) and resolves paths on disk, and the
         workload API shares this event loop."""
@@ -329,11 +337,9 @@ class ModuleRuntime:
         await self._ensure_image(config)
         identity = await self.identities.ensure(hub_identity_name(config.name, system), managed_by="IotEdge")
         directory = await self.sockets.open(config.name)
-        spec = ModuleSpec(
-            name=config.name, image=config.image,
-            env=self._env(config, identity.generation_id, identity.device_id, identity.hub, system),
-            create_options=self._create_options(config, system), labels={"net.edgeward.system": str(system)},
-            workload_dir=directory, pull_policy=config.pull_policy)
+        spec = self._module_spec(config, system,
+                                 self._env(config, identity.generation_id, identity.device_id, identity.hub, system),
+                                 directory)
         # Registered (without an engine id) before the engine creates it, so a crash in between leaves a
         # trace reconcile() can finish; the engine id and measured image follow once the object exists.
         reg = self.registry.put(Registration(
@@ -459,9 +465,7 @@ class ModuleRuntime:
         config = await self._vetted(config)  # a refused spec must not cost the module it would replace
         await self._ensure_image(config)
         try:  # nor one only the engine refuses (a host module's User, its executable)
-            await self.engine.check(ModuleSpec(
-                name=config.name, image=config.image, env={}, create_options=self._create_options(config, reg.system),
-                labels={}, workload_dir=self.sockets.directory(config.name), pull_policy=config.pull_policy))
+            await self.engine.check(self._module_spec(config, reg.system, {}, self.sockets.directory(config.name)))
         except EngineError as e:
             raise engine_error(e) from None
         # One hold of the module's lock from removal to start: the watchdog, woken by the engine's "destroy",

@@ -593,9 +593,9 @@ class ProcessEngine:
             current = self._modules.get(spec.name)
             sandbox_uid = current.record.sandbox_uid if current is not None else None
             sandbox_uid = sandbox_uid if sandbox_uid is not None else self.sandbox_uid_base
+        # (plan_launch checks the executable too)
         plan_launch(spec, self.bwrap, sandbox_uid=sandbox_uid, hidden=self.hidden, allow_elevated=self.allow_elevated,
                     principal_uids=self.principal_uids)
-        check_executable(spec.image)
 
     async def create(self, spec: ModuleSpec) -> ModuleStatus:
         store = await self._ready()
