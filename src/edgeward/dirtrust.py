@@ -16,6 +16,13 @@ from pathlib import Path
 __all__ = ["make_trusted_dir", "untrusted_dir", "untrusted_file"]
 
 
+def _link_problem(path: Path, st: os.stat_result, trusted: frozenset[int]) -> str | None:
+    """A symbolic link may be re-pointed by its owner, even in a sticky directory."""
+    if st.st_uid not in trusted:
+        return f"{path} is a symbolic link owned by uid {st.st_uid}, neither root nor Edgeward's user"
+    return None
+
+
 def _problem(path: Path, st: os.stat_result, final: bool, trusted: frozenset[int]) -> str | None:
     if st.st_uid not in trusted:
         return f"{path} is owned by uid {st.st_uid}, neither root nor the user Edgeward runs as"
@@ -41,8 +48,9 @@ def untrusted_dir(path: Path) -> str | None:
             except FileNotFoundError:
                 break  # the rest is made by Edgeward
             if stat.S_ISLNK(st.st_mode):  # where it leads is checked as resolved; who may re-point it, here
-                if st.st_uid not in trusted:  # its owner may, even in a sticky directory
-                    return f"{part} is a symbolic link owned by uid {st.st_uid}, neither root nor Edgeward's user"
+                problem = _link_problem(part, st, trusted)
+                if problem is not None:
+                    return problem
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 return f"{part} is not a directory"
@@ -81,9 +89,7 @@ def untrusted_file(path: Path) -> str | None:
         except FileNotFoundError:
             return None  # the reader says it is missing
         if stat.S_ISLNK(st.st_mode):
-            if st.st_uid not in trusted:
-                return f"{where} is a symbolic link owned by uid {st.st_uid}, neither root nor Edgeward's user"
-            problem = untrusted_dir(path.resolve().parent)
+            problem = _link_problem(where, st, trusted) or untrusted_dir(path.resolve().parent)
             if problem is not None:
                 return problem
             continue

@@ -120,8 +120,8 @@ def _refuse_untrusted(state: Path, run: Path, config: Path | None, config_dir: P
         if problem is not None:
             say("error", f"{flag} {path}: {problem}; whoever can rename it can replace Edgeward's keys or sockets")
             sys.exit(EXIT_CONFIG)
-    for flag, given in (("-c", config), ("--config-dir", config_dir)):
-        problem = None if given is None else untrusted_file(given) if flag == "-c" else untrusted_dir(given)
+    for flag, given, untrusted in (("-c", config, untrusted_file), ("--config-dir", config_dir, untrusted_dir)):
+        problem = untrusted(given) if given is not None else None
         if problem is not None:
             say("error", f"{flag} {given}: {problem}; whoever can write it decides what Edgeward allows")
             sys.exit(EXIT_CONFIG)

@@ -63,16 +63,21 @@ def _api(request: web.Request) -> KeysApi:
     return request.app[KEYS_SERVICE].for_caller(caller_of(request))
 
 
+def _ours(request: web.Request) -> bool:
+    """Under Edgeward's own api-version (its extensions: handle lifetimes), not aziot-keyd's."""
+    return request.query.get("api-version", "") >= OURS
+
+
 def _ttl(request: web.Request, ttl: int | None) -> int | None:
     # Handle lifetimes are an Edgeward extension: older api-versions keep aziot's non-expiring handles.
-    return ttl if request.query.get("api-version", "") >= OURS else None
+    return ttl if _ours(request) else None
 
 
 def _query_ttl(request: web.Request) -> int | None:
     """``?handleTtlSeconds=``: looked at only under Edgeward's api-version (aziot-keyd has no such parameter and
     ignores it, as it ignores every parameter it does not know); there, anything but whole seconds is a 400."""
     raw = request.query.get("handleTtlSeconds")
-    if raw is None or _ttl(request, 0) is None:
+    if raw is None or not _ours(request):
         return None
     ttl = number_or_none(raw)
     if ttl is None:
