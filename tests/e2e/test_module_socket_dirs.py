@@ -22,7 +22,7 @@ import pytest
 from edgeward.runtime.engine import ENGINE_LABEL
 from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.supervise import start_daemon, stop_daemon
-from tests.fixtures.dockerd import TEST_IMAGE, Dockerd, host_python_binds
+from tests.fixtures.dockerd import TEST_IMAGE, Dockerd, container_results, host_python_binds
 from tests.fixtures.modules import CLIENT_SCRIPT
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -60,17 +60,6 @@ def _spec(name: str, code: str, calls: list[Any]) -> dict[str, Any]:
         "env": [{"key": "EDGEWARD_TEST_CALLS", "value": json.dumps(calls)}]}}
 
 
-async def _results(dockerd: Dockerd, container: str, timeout: float = 60) -> list[dict[str, Any]]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        out = dockerd.cli("logs", container, check=False).stdout
-        if "DONE" in out:
-            return [json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")]
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{container} did not finish: {dockerd.cli('logs', container, check=False)}")
-
-
 async def test_container_cannot_write_its_workload_dir_and_a_planted_file_stops_only_its_socket(
         public_dir: Path, dockerd: Dockerd) -> None:
     config = public_dir / "config.toml"
@@ -88,7 +77,7 @@ async def test_container_cannot_write_its_workload_dir_and_a_planted_file_stops_
             await mgmt.create_module(_spec("other", "import time\ntime.sleep(3600)", []))
             await mgmt.action("ctm", "start")
             await mgmt.action("other", "start")
-            fill, plant, sign = await _results(dockerd, "ctm")
+            fill, plant, sign = await container_results(dockerd, "ctm", timeout=60)
         finally:
             await mgmt.close()
         # Read-only: nothing lands in the run directory, the socket stays, and it still takes the module's calls.

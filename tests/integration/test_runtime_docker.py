@@ -17,7 +17,7 @@ from edgeward.http.errors import HttpError
 from edgeward.runtime.engine import ENGINE_LABEL
 from edgeward.runtime.engines.moby import DockerEngine
 from edgeward.runtime.mgmt_client import ManagementClient
-from tests.fixtures.dockerd import TEST_IMAGE, Dockerd, host_python_binds
+from tests.fixtures.dockerd import TEST_IMAGE, Dockerd, container_results, host_python_binds
 from tests.fixtures.modules import CLIENT_SCRIPT, module_results
 from tests.fixtures.podman import Podman
 from tests.fixtures.runtime import RuntimeEnv, serve_runtime
@@ -70,17 +70,6 @@ def _run_by_hand(dockerd: Dockerd, name: str, labels: dict[str, str], workload_d
     return dockerd.cli(*args, TEST_IMAGE, "/usr/bin/python3", "-c", CLIENT_SCRIPT).stdout.strip()
 
 
-async def _logs_of(dockerd: Dockerd, container: str, timeout: float = 30) -> list[dict[str, Any]]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        out = dockerd.cli("logs", container, check=False).stdout
-        if "DONE" in out:
-            return [json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")]
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{container} did not finish: {dockerd.cli('logs', container, check=False)}")
-
-
 async def test_container_module_uses_its_workload_socket(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
     calls = [["POST", "workload", SIGN_PATH, SIGN],
              ["POST", "workload", "/modules/{name}/genid/{genid}/certificate/server?api-version=2019-01-30",
@@ -107,7 +96,7 @@ async def test_look_alike_container_is_refused_and_found(rt: RuntimeEnv, mgmt: M
                      rt.settings.workload_root / "victim",
                      {"IOTEDGE_MODULEID": "victim", "IOTEDGE_MODULEGENERATIONID": victim.generation_id},
                      [["POST", "workload", SIGN_PATH, SIGN]])
-        (result,) = await _logs_of(dockerd, name)
+        (result,) = await container_results(dockerd, name)
         assert result["status"] == 403 and "did not create" in result["body"]["message"]
         findings = await rt.parts.monitor.check()
         assert ("unregistered", name) in {(f.kind, f.module) for f in findings}
@@ -129,7 +118,7 @@ async def test_replaced_container_with_retagged_image_is_refused(rt: RuntimeEnv,
         _run_by_hand(dockerd, "payments", {ENGINE_LABEL: "payments"}, rt.settings.workload_root / "payments",
                      {"IOTEDGE_MODULEID": "payments", "IOTEDGE_MODULEGENERATIONID": reg.generation_id},
                      [["POST", "workload", SIGN_PATH, SIGN]])
-        (result,) = await _logs_of(dockerd, "payments")
+        (result,) = await container_results(dockerd, "payments")
         assert result["status"] == 403, result
         assert "registration_for" in result["body"]["message"] or "measure" in result["body"]["message"]
         kinds = {f.kind for f in await rt.parts.monitor.check()}
