@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,8 +43,10 @@ for c in json.loads(os.environ["BENCH_CONCURRENCY"]):
     for _ in range(int(os.environ["BENCH_ROUNDS"])):
         b = asyncio.run(closed_loop(bare, "/sign", body, c, seconds))
         a = asyncio.run(closed_loop(api, path, body, c, seconds))
+        lb = asyncio.run(closed_loop(bare, "/sign", body, c, seconds, client="lean"))
+        la = asyncio.run(closed_loop(api, path, body, c, seconds, client="lean"))
         rounds.append({side: {"rate": r.rate, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors}
-                       for side, r in (("api", a), ("bare", b))})
+                       for side, r in (("api", a), ("bare", b), ("lean_api", la), ("lean_bare", lb))})
     out[c] = rounds
 print("BENCH " + json.dumps(out), flush=True)
 time.sleep(3600)
@@ -62,7 +65,7 @@ async def _load(run_dir: Path, bare_socket: Path, concurrency: list[int], second
             {"key": "BENCH_ROUNDS", "value": str(ROUNDS)},
             {"key": "BENCH_SECONDS", "value": str(seconds)}]})
         await mgmt.action("bench", "start")
-        async with asyncio.timeout(len(concurrency) * 2 * (seconds + 2 * ROUNDS) + 60):
+        async with asyncio.timeout(len(concurrency) * 4 * (seconds + 2 * ROUNDS) + 60):
             async for chunk in mgmt.logs("bench", follow=True):
                 for line in chunk.data.splitlines():
                     if line.startswith(b"BENCH "):
@@ -75,7 +78,7 @@ async def _load(run_dir: Path, bare_socket: Path, concurrency: list[int], second
 
 
 def run(seconds: float, concurrency: list[int]) -> list[dict[str, Any]]:
-    """Each client count gets ``seconds`` on each side, split into ROUNDS bare/API pairs run back to back by the
+    """Each client count gets ``seconds`` on each side, split into ROUNDS rounds of bare/API pairs (each generator in turn) run back to back by the
     same generator, so a noisy neighbour weighs on both sides of a pair alike."""
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -103,6 +106,9 @@ def run(seconds: float, concurrency: list[int]) -> list[dict[str, Any]]:
         a, b = mid["api"], mid["bare"]
         rows.append({"concurrency": c, "api_per_s": a["rate"], "bare_per_s": b["rate"],
                      "api_vs_bare": a["rate"] / b["rate"], "api_p50_ms": a["p50_ms"], "api_p99_ms": a["p99_ms"],
-                     "bare_p99_ms": b["p99_ms"], "errors": sum(r["api"]["errors"] for r in rounds),
-                     "ratios": [r["api"]["rate"] / r["bare"]["rate"] for r in rounds]})
+                     "bare_p99_ms": b["p99_ms"],
+                     "errors": sum(r["api"]["errors"] + r["lean_api"]["errors"] for r in rounds),
+                     "ratios": [r["api"]["rate"] / r["bare"]["rate"] for r in rounds],
+                     "lean_api_vs_bare": statistics.median(r["lean_api"]["rate"] / r["lean_bare"]["rate"]
+                                                           for r in rounds)})
     return rows

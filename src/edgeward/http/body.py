@@ -44,7 +44,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise UnprocessableEntity("request body is empty; a JSON object is required")
     try:
         # decoded here, strictly: json.loads on bytes would also take UTF-16 and UTF-32, which serde_json does not
-        data = json.loads(raw.decode(), object_pairs_hook=_refuse_duplicates)
+        data = _DECODER.decode(raw.decode())
     except _DuplicateField as e:
         raise UnprocessableEntity(f"invalid request body: duplicate field `{e.name}`") from None
     except json.JSONDecodeError as e:
@@ -99,6 +99,11 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 raise _DuplicateField(name[:64])
             seen.add(name)
     return data
+
+
+# One decoder for every body: json.loads with a hook builds a new JSONDecoder per call, about half of a small
+# body's decoding time.
+_DECODER = json.JSONDecoder(object_pairs_hook=_refuse_duplicates)
 
 
 async def read_body(request: web.Request, parse: Callable[[dict[str, Any]], T]) -> T:
