@@ -120,6 +120,10 @@ class _Answers(asyncio.Protocol):
             return
         status = int(self.buffer[9:12])
         del self.buffer[:end + 4 + length]
+        if b"\r\nconnection: close" in head:  # the server closes after this answer: the next request takes a new one
+            self.closed = True
+            assert self.transport is not None
+            self.transport.close()
         self.waiter.set_result(status)
 
 
