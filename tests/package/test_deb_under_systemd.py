@@ -63,6 +63,28 @@ while True:
 """
 
 
+# How many processes run `sleep <argv[1]>`, waited for (10 s at most) to be argv[2]; printed, exit 0 when reached.
+COUNT_SLEEPS = """
+import os, sys, time
+def count():
+    n = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                n += f.read() == b"sleep\\0" + sys.argv[1].encode() + b"\\0"
+        except OSError:
+            pass
+    return n
+for _ in range(100):
+    n = count()
+    if n == int(sys.argv[2]):
+        break
+    time.sleep(0.1)
+print(n)
+sys.exit(0 if n == int(sys.argv[2]) else 1)
+"""
+
+
 class World:
     """What the steps share: the device, the two builds, and what was seen before the upgrade."""
 
@@ -236,6 +258,24 @@ def test_a_host_process_module_deployed_through_the_management_api_signs_through
     identities = json.loads(d.sh(f"curl -sS --fail-with-body {MGMT} 'http://mgmt/identities?{API}'"))
     world.before["identities"] = sorted((i["moduleId"], i["generationId"]) for i in identities["identities"])
     assert "signer" in {i["moduleId"] for i in identities["identities"]}
+
+
+def test_a_process_a_host_module_double_forks_dies_with_the_module(world: World) -> None:
+    """Under the packaged unit (Delegate=yes), each host module runs in a cgroup of its own: a process that left
+    the module's session and tree is killed when the module is removed, not left running as the module's user."""
+    d = world.device
+    body = json.dumps({"name": "leaver", "imagePullPolicy": "never", "config": {
+        "image": "/bin/sh", "createOptions": {"Cmd": ["-c", "setsid -f sleep 4242; exec sleep 600"],
+                                              "User": "nobody"}}})
+    d.run("curl", "-sS", "--fail-with-body", *MGMT.split(), "-H", "Content-Type: application/json", "-d", body,
+          f"http://mgmt/modules?{API}", check=True)
+    d.run("curl", "-sS", "--fail-with-body", *MGMT.split(), "-X", "POST",
+          f"http://mgmt/modules/leaver/start?{API}", check=True)
+    d.run("python3", "-c", COUNT_SLEEPS, "4242", "1", check=True, timeout=60)  # the double-forked one runs
+    d.run("curl", "-sS", "--fail-with-body", *MGMT.split(), "-X", "DELETE", f"http://mgmt/modules/leaver?{API}",
+          check=True)
+    left = d.run("python3", "-c", COUNT_SLEEPS, "4242", "0", timeout=60).stdout.strip()
+    assert left == "0", f"{left} process(es) the removed module double-forked still run"
 
 
 def _create(d: Device, name: str, image: str, options: dict[str, object]) -> subprocess.CompletedProcess[str]:

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from edgeward.cli.check import check_elevated
+from edgeward.cli import check as check_module
+from edgeward.cli.check import check_elevated, check_engine
 from edgeward.config.toml_write import dumps
 from edgeward.daemon import EMBEDDED_DEFAULTS, load_settings
+from edgeward.runtime.engines.proccgroup import cgroup2_mount
 
 
 @pytest.mark.parametrize(("allowed", "outcome", "says"), [(False, "ok", "refused"), (True, "warning", "as root")])
@@ -21,3 +23,15 @@ async def test_the_check_says_whether_host_modules_may_run_as_root(tmp_path: Pat
     assert settings.runtime.engine == "process"
     [result] = await check_elevated(settings)
     assert (result.outcome, says in result.detail) == (outcome, True), result
+
+
+async def test_the_check_says_whether_host_modules_get_cgroups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(None, tmp_path / "state", tmp_path / "run")
+    assert settings.runtime.engine == "process"
+    by_name = {r.name: r for r in await check_engine(settings)}
+    found = cgroup2_mount()
+    assert by_name["module cgroups"].outcome == ("ok" if found is not None else "warning")
+    monkeypatch.setattr(check_module, "cgroup2_mount", lambda: None)  # a v1-only host
+    by_name = {r.name: r for r in await check_engine(settings)}
+    assert by_name["module cgroups"].outcome == "warning"
+    assert "outlives the module" in by_name["module cgroups"].detail

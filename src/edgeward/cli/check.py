@@ -35,6 +35,7 @@ from ..keys.client import KeysClient
 from ..runtime.compose import make_engine
 from ..runtime.edge_ca import EDGE_CA_CERT_ID, EDGE_CA_KEY_ID
 from ..runtime.engine import ENGINE_LABEL, EngineError
+from ..runtime.engines.proccgroup import cgroup2_mount
 from ..runtime.privileges import ElevatedOptionRefused, policy_for, vet_create_options
 from .paths import config_option, default_run_dir, default_state_dir, run_option, state_option
 
@@ -190,8 +191,18 @@ async def check_hardware(s: DaemonSettings) -> list[Result]:
 async def check_engine(s: DaemonSettings) -> list[Result]:
     if s.runtime.engine == "process":  # nothing to reach; never open the running daemon's process state here
         bwrap = shutil.which("bwrap")
-        return [Result("module engine", "ok", f"host processes (sandbox: {'bubblewrap' if bwrap else 'none'})",
-                       "" if bwrap else "install bubblewrap to sandbox host modules (createOptions Sandbox)")]
+        results = [Result("module engine", "ok", f"host processes (sandbox: {'bubblewrap' if bwrap else 'none'})",
+                          "" if bwrap else "install bubblewrap to sandbox host modules (createOptions Sandbox)")]
+        mount = cgroup2_mount()
+        if mount is None:
+            results.append(Result("module cgroups", "warning", "no cgroup v2 hierarchy: a process a host module "
+                                  "double-forks out of its tree outlives the module's stop and removal",
+                                  "boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1, Debian 12's default)"))
+        else:
+            results.append(Result("module cgroups", "ok", f"cgroup v2 at {mount}: each host module runs in a cgroup "
+                                  "of its own, killed with it (the runtime's log says so at start if it cannot "
+                                  "make them)"))
+        return results
     engine = make_engine(s.runtime)
     try:
         v = await engine.version()

@@ -27,7 +27,11 @@ Decisions a reader should know:
   started, or vanished while no daemon watched it, so its exit code is unknown).
 - **When the main process exits, the rest of its process group is killed**, as a container's processes die with
   its pid 1. Descendants that left the group (`setsid`, or the sandbox's own session) are found through the ppid
-  chain while the main process lives; a daemonising process that escapes both is out of reach without cgroups.
+  chain while the main process lives. **Each module also runs in a cgroup of its own** (`proccgroup`, where the
+  daemon can make cgroups: cgroup v2, root), entered before any of the module's code runs: a shell started in
+  its place waits on its stdin until the engine has moved it there, then execs the module. A daemonising process
+  that left both the group and the tree is still in it, and dies with the module's main process, its stop, its
+  removal, or at the next daemon's start if the daemon died first. Without cgroups it is out of reach, as before.
 - In the sandbox the supervised pid is bubblewrap's; `engine_id_of_pid` maps every descendant of it, including the
   module's own process whose host pid differs from the pid it sees in its namespace.
 - **The executable is measured again, from its bytes, before every start** (by a caller, by the restart policy,
@@ -66,6 +70,7 @@ from ...digest import MAX_EXECUTABLE_BYTES, PinnedFile, TooLarge, file_digest, p
 from ...fsutil import private_dir
 from ..engine import EngineError, EngineEvent, LogChunk, LogOptions, ModuleNotFound, ModuleSpec, ModuleStatus
 from ..model import valid_module_name
+from .proccgroup import ModuleCgroups
 from .procfs import PAGE_SIZE, TICKS_PER_SECOND, ProcStat, ancestors, descendants, read_stat, send_signal
 from .proclaunch import Launch, check_executable, needs_sandbox_uid, plan_launch, runs_as_root
 from .proclogs import ModuleLogs, pump, select
@@ -76,6 +81,10 @@ __all__ = ["DEFAULT_SANDBOX_UID_BASE", "MAX_EXECUTABLE_BYTES", "ProcessEngine", 
 log = logging.getLogger(__name__)
 
 _DRAIN_TIMEOUT = 5.0  # after the group is killed, how long a pipe held by an escaped process may stay open
+# Started in the module's place: waits for one line on stdin (the engine writes it once the process is in the
+# module's cgroup; EOF, if the engine could not, ends it without running anything), then execs the module's argv
+# with stdin on /dev/null, as every module has it.
+_CGROUP_GATE = ("/bin/sh", "-c", 'read -r _ && exec "$@" </dev/null', "edgeward-cgroup-gate")
 _EVENT_QUEUE = 4096
 # Sandboxed modules without a User get uids from here: above the ranges distributions hand to accounts, to
 # systemd's dynamic users (61184-65519) and to the usual subordinate-id ranges of rootless containers (100000+,
@@ -164,7 +173,7 @@ class ProcessEngine:
                  max_executable_bytes: int = MAX_EXECUTABLE_BYTES, bwrap: str | None = None,
                  hidden: Sequence[Path] = (), sandbox_uid_base: int = DEFAULT_SANDBOX_UID_BASE,
                  sandbox_uid_count: int = DEFAULT_SANDBOX_UID_COUNT, allow_elevated: bool = False,
-                 principal_uids: Iterable[int] = ()) -> None:
+                 principal_uids: Iterable[int] = (), cgroups: bool = True) -> None:
         if sandbox_uid_base <= 0 or sandbox_uid_count <= 0 or sandbox_uid_base + sandbox_uid_count > 0xFFFF_FFFF:
             raise ValueError("sandbox uids must be a non-empty range of unprivileged uids")
         self.state_dir = state_dir
@@ -182,6 +191,8 @@ class ProcessEngine:
         self.log_max_bytes = log_max_bytes
         self.max_executable_bytes = max_executable_bytes
         self.bwrap = bwrap or shutil.which("bwrap")
+        self._use_cgroups = cgroups  # one cgroup per module where the daemon can make them (see proccgroup)
+        self._cgroups: ModuleCgroups | None = None
         self._store: RecordStore | None = None
         self._modules: dict[str, _Module] = {}
         self._subscribers: set[asyncio.Queue[EngineEvent | None]] = set()
@@ -198,10 +209,13 @@ class ProcessEngine:
             if self._store is not None:
                 return self._store
             store = RecordStore(self.state_dir)
+            if self._use_cgroups:
+                self._cgroups = await asyncio.to_thread(ModuleCgroups.for_state, self.state_dir)
             for record in store.load_all():
                 mod = _Module(record, self._module_logs(record.name))
                 await self._settle_leftover(mod, store)
                 self._modules[record.name] = mod
+            await self._settle_leftover_cgroups()
             self._store = store
         for mod in list(self._modules.values()):
             if mod.record.want_running and mod.record.restart_policy != "never":
@@ -237,6 +251,20 @@ class ProcessEngine:
         if rec.restart_policy == "never":
             rec.want_running = False
         store.save(rec)
+
+    async def _settle_leftover_cgroups(self) -> None:
+        """Kill what a previous daemon's modules left in their cgroups (processes that escaped its tree, or all of
+        them if it died), and remove the cgroups of modules that no longer exist."""
+        cgroups = self._cgroups
+        if cgroups is None:
+            return
+        for name in cgroups.names():
+            if cgroups.populated(name):
+                log.warning("module %s: killing the processes a previous daemon left in its cgroup", name)
+                if not await cgroups.kill_and_wait(name, self.stop_timeout):
+                    log.error("module %s: processes left in its cgroup did not die", name)
+            if name not in self._modules:
+                cgroups.remove(name)
 
     async def _wait_gone(self, pid: int, start_time: int) -> None:
         """Until the process (not our child) exits: its pidfd becomes readable then."""
@@ -362,26 +390,59 @@ class ProcessEngine:
         return None
 
     async def _spawn(self, mod: _Module, launch: Launch) -> tuple[asyncio.subprocess.Process, list[int]]:
-        """Start the process with our own pipes: asyncio's would make `wait()` hang while a grandchild holds one."""
+        """Start the process with our own pipes: asyncio's would make `wait()` hang while a grandchild holds one.
+        With cgroups, the process is in the module's cgroup before it runs any of the module's code."""
         await self._pin_launch(mod)
+        cgroups = self._cgroups
+        if cgroups is not None and cgroups.populated(mod.record.name):  # an earlier run's escapee: not this one's
+            await cgroups.kill_and_wait(mod.record.name, self.stop_timeout)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        gate_r, gate_w = os.pipe() if cgroups is not None else (-1, -1)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *launch.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w, env=dict(launch.env),
-                cwd=launch.cwd, start_new_session=True, user=launch.uid, group=launch.gid,
+                *(_CGROUP_GATE if cgroups is not None else ()), *launch.argv,
+                stdin=gate_r if cgroups is not None else asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+                env=dict(launch.env), cwd=launch.cwd, start_new_session=True, user=launch.uid, group=launch.gid,
                 extra_groups=[] if launch.uid is not None else None)
         except OSError as e:
             mod.unpin()
-            for fd in (out_r, err_r):
-                os.close(fd)
+            for fd in (out_r, err_r, gate_w):
+                if fd >= 0:
+                    os.close(fd)
             where = f" ({e.filename})" if e.filename else ""
             raise EngineError(f"cannot start module {mod.record.name}: {e.strerror or e}{where}", 500) from None
         finally:
-            os.close(out_w)
-            os.close(err_w)
+            for fd in (out_w, err_w, gate_r):
+                if fd >= 0:
+                    os.close(fd)
+        if cgroups is not None:
+            await self._release_into_cgroup(mod, cgroups, proc, gate_w, (out_r, err_r))
         self._check_started_from_pin(mod)
         return proc, [out_r, err_r]
+
+    async def _release_into_cgroup(self, mod: _Module, cgroups: ModuleCgroups, proc: asyncio.subprocess.Process,
+                                   gate: int, pipes: tuple[int, int]) -> None:
+        """Move the waiting process into the module's cgroup, then let it exec the module; if it cannot be moved,
+        it never runs the module (the gate's EOF ends it) and the start fails."""
+        try:
+            try:
+                await asyncio.to_thread(cgroups.enter, mod.record.name, proc.pid)
+            except OSError as e:
+                os.close(gate)
+                gate = -1
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                mod.unpin()
+                for fd in pipes:
+                    os.close(fd)
+                raise EngineError(f"cannot start module {mod.record.name}: its cgroup "
+                                  f"{cgroups.path(mod.record.name)} cannot take it: {e.strerror or e}", 500) from None
+            os.write(gate, b"go\n")
+        finally:
+            if gate >= 0:
+                os.close(gate)
 
     async def _start_locked(self, mod: _Module, *, restarted: bool) -> None:
         launch = self._plan(mod)
@@ -430,9 +491,15 @@ class ProcessEngine:
                 transports.append(transport)
                 pumps.append(asyncio.create_task(pump(reader, self._sink(mod, stream))))
             returncode = await proc.wait()
-            # The rest of the group dies with the main process; then the pipes reach their end.
+            # The rest of the group (and of its cgroup) dies with the main process; then the pipes reach their end.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            if self._cgroups is not None:
+                try:
+                    self._cgroups.kill(mod.record.name)
+                except OSError as e:
+                    log.error("module %s: cannot kill what is left in its cgroup: %s", mod.record.name,
+                              e.strerror or e)
             _, pending = await asyncio.wait(pumps, timeout=_DRAIN_TIMEOUT)
             if pending:
                 log.warning("module %s: a process outside its group still holds its output; not waiting for it",
@@ -652,6 +719,7 @@ class ProcessEngine:
     async def remove(self, name: str) -> None:
         async with self._locked(name) as mod:
             await self._stop_locked(mod, self.stop_timeout)
+            await self._empty_cgroup(name)
             store = await self._ready()
             store.delete(name)
             del self._modules[name]
@@ -730,10 +798,19 @@ class ProcessEngine:
                 return engine_id
         return None
 
+    async def _empty_cgroup(self, name: str) -> None:
+        """Nothing of the module left in its cgroup, and the cgroup gone (it is made again at the next start)."""
+        if self._cgroups is None:
+            return
+        if not await self._cgroups.kill_and_wait(name, self.stop_timeout):
+            log.error("module %s: processes in its cgroup did not die", name)
+        self._cgroups.remove(name)
+
     async def _stop_for_shutdown(self, mod: _Module) -> None:
         async with mod.lock:
             try:
                 await self._stop_locked(mod, self.stop_timeout, forget=False)
+                await self._empty_cgroup(mod.record.name)
             except Exception:  # one module's trouble must not leave the others running
                 log.exception("module %s: could not be stopped cleanly", mod.record.name)
             mod.logs.close()
@@ -747,6 +824,8 @@ class ProcessEngine:
             # All at once: one by one, modules that ignore SIGTERM would add up their stop timeouts past any
             # supervisor's patience, and a daemon killed in the middle leaves the rest running.
             await asyncio.gather(*(self._stop_for_shutdown(mod) for mod in list(self._modules.values())))
+            if self._cgroups is not None:
+                self._cgroups.remove_base()
         for queue in self._subscribers:
             queue.put_nowait(None)
         self._subscribers.clear()
