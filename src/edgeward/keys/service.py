@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -171,7 +172,8 @@ class KeyService:
             return None
         if not 0 < ttl <= MAX_TTL_SECONDS:
             raise InvalidParameter(f"handle lifetime must be between 1 and {MAX_TTL_SECONDS} seconds")
-        return int(time.time()) + ttl
+        # exp is a whole second: rounded up, so a handle lives at least the seconds asked (at most one more)
+        return math.ceil(time.time()) + ttl
 
     def _issue(self, kind: KeyKind, key_id: str, generation: str, ttl_seconds: int | None,
                derivation: bytes | None = None) -> str:
