@@ -7,6 +7,10 @@ from a pool of threads. Every pool thread that picks up one of its calls only qu
 to the loop in batches (one wake-up for whatever finished since the loop last looked), so the device's own time is
 the bound. Which calls take a lane is decided where the service is built (``BlockingExecutor(lanes=...)``); every
 other call, and any call that finds its lane full, takes the pool as before.
+
+Why a :class:`PriorityLock` for such a device: one key generation on it (an RSA key pair on a PKCS#11 token or a TPM)
+takes hundreds of milliseconds to seconds, a signature milliseconds. Under a first-come lock a signature waits for
+every generation queued before it; under this one it waits at most for the generation already running.
 """
 
 from __future__ import annotations
@@ -17,21 +21,100 @@ import functools
 import logging
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["BlockingExecutor", "LaneClosed", "SerialLane"]
+__all__ = ["BULK_PATIENCE", "BlockingExecutor", "LaneClosed", "PriorityLock", "SerialLane"]
 
 P = ParamSpec("P")
 JOIN_SECONDS = 10.0  # how long close() waits for the call a lane's thread is running
+# Urgent acquisitions a waiting bulk one lets pass before it goes first: urgent callers never starve bulk ones.
+BULK_PATIENCE = 16
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class LaneClosed(RuntimeError):
     """The lane was closed before the call ran (its owner is shutting down)."""
+
+
+class PriorityLock:
+    """A mutex whose urgent holders (short operations) go ahead of waiting bulk ones (key generation).
+
+    ``with lock:`` and ``acquire()`` are urgent; :meth:`bulk` (or ``acquire(bulk=True)``) waits while an urgent
+    acquirer waits. So that a steady stream of short operations cannot shut bulk ones out for good, a waiting bulk
+    acquirer lets at most ``patience`` urgent ones pass; then it goes next. Not reentrant, like ``threading.Lock``.
+    """
+
+    def __init__(self, patience: int = BULK_PATIENCE) -> None:
+        self.patience = patience
+        self._cond = threading.Condition(threading.Lock())
+        self._held = False
+        self._urgent_waiting = 0
+        self._bulk_waiting = 0
+        self._passed = 0  # urgent grants while a bulk acquirer waited, since the last bulk grant
+
+    def _bulk_due(self) -> bool:
+        return self._bulk_waiting > 0 and self._passed >= self.patience
+
+    def acquire(self, blocking: bool = True, *, bulk: bool = False) -> bool:
+        with self._cond:
+            if bulk:
+                self._bulk_waiting += 1
+                try:
+                    while self._held or (self._urgent_waiting and not self._bulk_due()):
+                        if not blocking:
+                            return False
+                        self._cond.wait()
+                finally:
+                    self._bulk_waiting -= 1
+                self._passed = 0
+            else:
+                self._urgent_waiting += 1
+                try:
+                    while self._held or self._bulk_due():
+                        if not blocking:
+                            return False
+                        self._cond.wait()
+                finally:
+                    self._urgent_waiting -= 1
+                if self._bulk_waiting:
+                    self._passed += 1
+            self._held = True
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            if not self._held:
+                raise RuntimeError("release of an unlocked PriorityLock")
+            self._held = False
+            if self._urgent_waiting or self._bulk_waiting:
+                self._cond.notify_all()  # the waiters decide among themselves who is next
+
+    def locked(self) -> bool:
+        return self._held
+
+    def waiting(self) -> tuple[int, int]:
+        """Urgent and bulk acquirers waiting now (for status output and tests)."""
+        with self._cond:
+            return self._urgent_waiting, self._bulk_waiting
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Hold the lock as a bulk (long) operation."""
+        self.acquire(bulk=True)
+        try:
+            yield
+        finally:
+            self.release()
 
 
 class _Call:

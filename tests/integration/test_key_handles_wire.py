@@ -66,3 +66,20 @@ async def test_sign_with_an_ambiguous_handle_is_refused_with_401(software_keys: 
     status, body = await sign(software_keys, shape.format(h=handle, sr=sr, sig=sig))
     assert status == 401, body
     assert "key handle" in body["message"]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 0.999])
+async def test_a_handle_lives_at_least_the_seconds_asked(software_keys: KeysEnv, fraction: float,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """handleTtlSeconds=1 minted late in a second was dead on arrival (the expiry was rounded down to the second)."""
+    from edgeward.http.peercred import Caller
+    from edgeward.keys import service as service_module
+
+    minted = 1_900_000_000 + fraction
+    monkeypatch.setattr(service_module.time, "time", lambda: minted)
+    api = software_keys.service.for_caller(Caller.this_process())
+    handle = await api.create_key_pair_if_not_exists(software_keys.new_id(), "ec-p256", ttl_seconds=1)
+    monkeypatch.undo()
+    exp = json.loads(base64.b64decode(handle.split("&")[0][3:]))["exp"]
+    assert minted + 1 <= exp < minted + 2
+    software_keys.service.handles.verify(handle, now=minted + 0.99)  # still alive just before its second is up

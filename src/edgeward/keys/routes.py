@@ -23,6 +23,8 @@ KEYS_SERVICE = web.AppKey("edgeward.keys.service", KeyService)
 
 OURS = wire.EDGEWARD_VERSION
 T = TypeVar("T")
+R = TypeVar("R")  # a parsed request body
+M = TypeVar("M")  # the mechanism it names
 
 
 class _AziotRoutes(RouteTable):
@@ -55,6 +57,14 @@ async def _body(request: web.Request, parse: Callable[[dict[str, Any]], T]) -> T
     data = await read_json_object(request)
     try:
         return parse(data)
+    except wire.InvalidBody as e:
+        raise UnprocessableEntity(str(e)) from None
+
+
+def _mechanism(read: Callable[[R, str], M], body: R, request: web.Request) -> M:
+    """The body's algorithm and parameters: what aziot's serde reads with the body, so a 422 as a body error is."""
+    try:
+        return read(body, request.query["api-version"])
     except wire.InvalidBody as e:
         raise UnprocessableEntity(str(e)) from None
 
@@ -180,7 +190,7 @@ async def export_derived_key(request: web.Request) -> web.Response:
 @routes.post("/sign", since="2020-09-01")
 async def sign(request: web.Request) -> web.Response:
     body = await _body(request, wire.SignRequest.parse)
-    mechanism = wire.sign_mechanism(body, request.query["api-version"])
+    mechanism = _mechanism(wire.sign_mechanism, body, request)
     signature = await _api(request).sign(body.key_handle, mechanism)
     return reply_json(wire.SignResponse(signature=signature).to_json())
 
@@ -190,7 +200,7 @@ async def encrypt(request: web.Request) -> web.Response:
     body = await _body(request, wire.CryptRequest.parse)
     if body.plaintext is None:
         raise UnprocessableEntity("invalid request body: plaintext: Field required")
-    mechanism = wire.encrypt_mechanism(body, request.query["api-version"])
+    mechanism = _mechanism(wire.encrypt_mechanism, body, request)
     ciphertext = await _api(request).encrypt(body.key_handle, mechanism, body.plaintext)
     return reply_json(wire.CiphertextResponse(ciphertext=ciphertext).to_json())
 
@@ -200,7 +210,7 @@ async def decrypt(request: web.Request) -> web.Response:
     body = await _body(request, wire.CryptRequest.parse)
     if body.ciphertext is None:
         raise UnprocessableEntity("invalid request body: ciphertext: Field required")
-    mechanism = wire.encrypt_mechanism(body, request.query["api-version"])
+    mechanism = _mechanism(wire.encrypt_mechanism, body, request)
     plaintext = await _api(request).decrypt(body.key_handle, mechanism, body.ciphertext)
     return reply_json(wire.PlaintextResponse(plaintext=plaintext).to_json())
 

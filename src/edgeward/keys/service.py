@@ -8,8 +8,9 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from cryptography.hazmat.primitives import serialization
@@ -106,6 +107,12 @@ class KeyService:
         # generation never matches), and the whole table when it outgrows its bound.
         self._derived: dict[tuple[str, str, bytes], bytes] = {}
         self._locks = KeyedLocks()
+        # Key generation, fair to everyone else on a device that runs one call at a time (a PKCS#11 library, a
+        # TPM): one generation at a time per caller uid, so one principal cannot fill the queue, and one at a time
+        # per device, so generations waiting for it hold no executor thread and every short operation (sign, HMAC)
+        # waits for at most the one generation running (the backend's PriorityLock lets it go before the next).
+        self._makers = KeyedLocks()
+        self._devices = KeyedLocks()
 
     def for_caller(self, caller: Caller) -> KeysApi:
         return _CallerView(self, caller)
@@ -116,8 +123,13 @@ class KeyService:
 
     # helpers ---------------------------------------------------------------------------------------------
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await self._mapped(self.executor.run(fn, *args))
+
+    @staticmethod
+    async def _mapped(call: Awaitable[T]) -> T:
+        """A backend call's errors as the API answers them."""
         try:
-            return await self.executor.run(fn, *args)
+            return await call
         except UnsupportedByBackend as e:
             raise UnsupportedOperation(str(e)) from e
         except KeyMissing as e:
@@ -140,6 +152,15 @@ class KeyService:
         except KeyMissing as e:
             raise InvalidHandle(f"the key {e.args[0]!r} no longer exists in its store") from None
 
+    async def _generate(self, caller: Caller, backend: object, fn: Callable[..., T], *args: object) -> T:
+        """A key-making backend call (``fn``), behind the caller's and the device's one-at-a-time gates."""
+        async with self._makers.hold(caller.uid):
+            device = getattr(backend, "serial_device", None)
+            if device is None:  # calls run in parallel (software keys): only the per-caller bound applies
+                return await self.executor.run(fn, *args)
+            async with self._devices.hold(device):
+                return await self.executor.run(fn, *args)
+
     def authorize(self, caller: Caller, key_id: str) -> None:
         if not self.principals.allows(caller.uid, key_id):
             log.debug("uid %d refused access to key %r", caller.uid, key_id)  # the guard logs the refusal
@@ -151,7 +172,8 @@ class KeyService:
             return None
         if not 0 < ttl <= MAX_TTL_SECONDS:
             raise InvalidParameter(f"handle lifetime must be between 1 and {MAX_TTL_SECONDS} seconds")
-        return int(time.time()) + ttl
+        # exp is a whole second: rounded up, so a handle lives at least the seconds asked (at most one more)
+        return math.ceil(time.time()) + ttl
 
     def _issue(self, kind: KeyKind, key_id: str, generation: str, ttl_seconds: int | None,
                derivation: bytes | None = None) -> str:
@@ -222,7 +244,8 @@ class KeyService:
                 reasons = []
                 for algorithm in algorithms:
                     try:
-                        info = await self.executor.run(loc.backend.create_key_pair, loc.ref, algorithm)
+                        info = await self._generate(caller, loc.backend, loc.backend.create_key_pair, loc.ref,
+                                                    algorithm)
                         break
                     except UnsupportedByBackend as e:
                         reasons.append(f"{algorithm}: {e}")
@@ -310,7 +333,8 @@ class KeyService:
             if info is None:
                 if loc.preloaded:
                     raise KeyNotFound(f"preloaded key {key_id!r} does not exist at its configured location")
-                info = await self._run(loc.backend.create_key, loc.ref, GENERATED_KEY_LENGTH, wanted)
+                info = await self._mapped(self._generate(caller, loc.backend, loc.backend.create_key, loc.ref,
+                                                         GENERATED_KEY_LENGTH, wanted))
                 log.debug("created symmetric key %r (%s) in %s", key_id, wanted.names(), loc.backend.name)
             return self._issue(KeyKind.KEY, key_id, info.generation, ttl_seconds)
 
@@ -328,7 +352,8 @@ class KeyService:
             loc = self.locator.locate(key_id)
             if loc.preloaded:
                 raise UnsupportedOperation(f"key {key_id!r} is preloaded from configuration and cannot be replaced")
-            info = await self._run(loc.backend.import_key, loc.ref, key, wanted)
+            info = await self._mapped(self._generate(caller, loc.backend, loc.backend.import_key, loc.ref, key,
+                                                     wanted))
             log.debug("imported symmetric key %r (%s) into %s", key_id, wanted.names(), loc.backend.name)
             return self._issue(KeyKind.KEY, key_id, info.generation, ttl_seconds)
 

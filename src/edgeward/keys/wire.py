@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from ..http.wirefields import MAX_B64_CHARS, BodyCheck, InvalidBody, decode_b64
-from .errors import InvalidParameter as _Invalid
 from .model import (
     Aead,
     AeadSalted,
@@ -306,13 +305,21 @@ class PlaintextResponse:
 
 
 # wire -> domain -------------------------------------------------------------------------------------------
+# aziot-keyd reads "algorithm" and "parameters" of /sign, /encrypt and /decrypt into serde enums (tag "algorithm",
+# content "parameters"; aziot-key-common-http sign::Parameters, encrypt::Parameters), the same under every
+# api-version; an unknown algorithm or a missing or undecodable parameter fails that deserialization, which
+# http-common's server answers 422. These raise InvalidBody (422) for the same cases.
+def _invalid(reason: str) -> InvalidBody:
+    return InvalidBody(f"invalid request body: {reason}")
+
+
 def _param_b64(params: dict[str, Any] | None, name: str, algorithm: str) -> bytes:
     if not params or name not in params:
-        raise _Invalid(f"{algorithm} needs parameters.{name}")
+        raise _invalid(f"parameters.{name}: Field required ({algorithm})")
     try:
         return decode_b64(params[name])
     except ValueError as e:
-        raise _Invalid(f"parameters.{name}: {e}") from None
+        raise _invalid(f"parameters.{name}: {e}") from None
 
 
 def _hash_param(params: dict[str, Any], default: HashAlg = HashAlg.SHA256) -> HashAlg:
@@ -320,7 +327,7 @@ def _hash_param(params: dict[str, Any], default: HashAlg = HashAlg.SHA256) -> Ha
     try:
         return HashAlg(str(value).lower().replace("-", ""))
     except ValueError:
-        raise _Invalid("parameters.hashAlgorithm must be sha256, sha384 or sha512") from None
+        raise _invalid("parameters.hashAlgorithm must be sha256, sha384 or sha512") from None
 
 
 def sign_mechanism(req: SignRequest, api_version: str) -> SignMechanism:
@@ -338,7 +345,7 @@ def sign_mechanism(req: SignRequest, api_version: str) -> SignMechanism:
             return RsaPss(_param_b64(params, "digest", req.algorithm), True, _hash_param(params))
         return RsaPss(_param_b64(params, "message", req.algorithm), False, _hash_param(params))
     known = "ECDSA, HMAC-SHA256" + (", RSA-PSS" if ours else "")
-    raise _Invalid(f"unsupported sign algorithm {req.algorithm!r}; expected one of {known}")
+    raise _invalid(f"algorithm: unknown sign algorithm {req.algorithm!r}; expected one of {known}")
 
 
 def encrypt_mechanism(req: CryptRequest, api_version: str) -> EncryptMechanism:
@@ -354,7 +361,7 @@ def encrypt_mechanism(req: CryptRequest, api_version: str) -> EncryptMechanism:
     if req.algorithm == "RSA-NO-PADDING":
         return RsaNoPadding()
     known = "AEAD, " + ("AEAD-SALTED, " if ours else "") + "RSA-PKCS1 or RSA-NO-PADDING"
-    raise _Invalid(f"unsupported algorithm {req.algorithm!r}; expected {known}")
+    raise _invalid(f"algorithm: unknown algorithm {req.algorithm!r}; expected {known}")
 
 
 def _b64s(data: bytes) -> str:

@@ -24,7 +24,12 @@ class UnsupportedByBackend(Exception):
 
 @runtime_checkable
 class KeyBackend(Protocol):
-    """One store of keys. ``name`` appears in logs and status output."""
+    """One store of keys. ``name`` appears in logs and status output.
+
+    A backend whose calls all serialize on one device (a PKCS#11 library, a TPM) also has ``serial_device``, an
+    object naming that device: the service then lets one key generation at a time wait for it (see
+    ``KeyService._generate``). Backends without it run calls in parallel.
+    """
 
     name: str
 

@@ -21,6 +21,7 @@ class SymmetricFallback:
         self.primary = primary
         self.secondary = secondary
         self.name = f"{primary.name}+{secondary.name}"
+        self.serial_device: object | None = getattr(primary, "serial_device", None)
 
     def __repr__(self) -> str:
         return f"SymmetricFallback({self.primary!r}, {self.secondary!r})"

@@ -31,6 +31,7 @@ from pkcs11 import MGF, Attribute, KeyType, Mechanism, MechanismFlag, ObjectClas
 from pkcs11.constants import DEFAULT
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
+from ...executor import PriorityLock
 from .. import aead
 from ..errors import BackendUnavailable, InvalidParameter
 from ..model import (
@@ -74,7 +75,9 @@ class _Library:
     A library is initialized once per process. python-pkcs11 calls C_Initialize without CKF_OS_LOCKING_OK, which
     tells the library it will never be entered by two threads at once (SoftHSM2 then disables its own mutexes and
     crashes under concurrency), so every call into one library is serialized here. The GIL is still released
-    during each call, so the event loop keeps running while a slow token works.
+    during each call, so the event loop keeps running while a slow token works. The lock is a
+    :class:`~edgeward.executor.PriorityLock`: key generation (seconds for an RSA-4096 pair) takes it as a bulk
+    holder, so a waiting signature goes ahead of every generation but the one already running.
 
     ``generation`` counts re-initializations (C_Finalize + C_Initialize): every session and object handle of an
     older generation is dead, and each backend on this library reopens its token when it sees a new one.
@@ -83,7 +86,7 @@ class _Library:
     def __init__(self, path: str) -> None:
         self.path = path
         self.lib = pkcs11.lib(path)
-        self.lock = threading.Lock()
+        self.lock = PriorityLock()
         self.generation = 0
         # Learnt when the library refuses CKA_ENCRYPT/CKA_DECRYPT=FALSE on a key pair: its tokens set those.
         self.token_sets_usage = False
@@ -221,6 +224,8 @@ class Pkcs11Backend:
         self._caches: dict[int, tuple[int, dict[tuple[ObjectClass, str], Any]]] = {}
         self._broken = False
         self._inline = InlineGate()
+        # What the service's one-generation-at-a-time gate is keyed by: every backend on this library shares its lock
+        self.serial_device: object = self._lib
         with self._lib.lock:
             self._open()
 
@@ -377,17 +382,19 @@ class Pkcs11Backend:
             cache[key] = obj
         return obj
 
-    def _with(self, fn: Callable[[Any], T], *, retry: bool = True) -> T:
+    def _with(self, fn: Callable[[Any], T], *, retry: bool = True, bulk: bool = False) -> T:
         """Run ``fn`` on a session. A token failure re-initializes the library (which frees what the token holds
         for this process) and, for an operation that is safe to repeat, tries once more; what still fails is a
-        503 naming the token, never a traceback."""
+        503 naming the token, never a traceback. ``bulk``: a long operation (key generation), which lets waiting
+        short ones take the library first."""
         failure: p11e.PKCS11Error | None = None
         reinitialized = False
         attempts, stale = 2 if retry else 1, 0
         while attempts > 0:
             generation = self._generation
             try:
-                with self._session() as (generation, session), self._lib.lock:
+                lock = self._lib.lock.bulk() if bulk else self._lib.lock
+                with self._session() as (generation, session), lock:
                     if generation != self._lib.generation:
                         # Re-initialized while this thread waited: the handle numbers of this session and of the
                         # objects cached for it may now name other sessions and other keys. Never use them.
@@ -507,7 +514,7 @@ class Pkcs11Backend:
             self._invalidate()
             self._check_pair(public, private)
 
-        self._with(create)
+        self._with(create, bulk=True)
         info = self.key_pair_info(ref)
         if info is None:
             raise BackendUnavailable(f"the token did not keep the new key pair {ref!r}")
@@ -683,7 +690,7 @@ class Pkcs11Backend:
                 raise UnsupportedByBackend(f"the token refuses this symmetric key: {type(e).__name__}") from e
             self._invalidate()
 
-        self._with(store)
+        self._with(store, bulk=True)
         return SymmetricKeyInfo(gen.hex(), usage)
 
     def create_key(self, ref: str, length: int, usage: KeyUsage) -> SymmetricKeyInfo:

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import secrets
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -70,7 +69,7 @@ try:  # tpm2-pytss's own cffi bindings of the TSS, for the sign hot path (see _e
 except ImportError:  # pragma: no cover - a tpm2-pytss that moved them: the public ESAPI call does the same
     _ffi = _lib = None
 
-from ...executor import SerialLane
+from ...executor import PriorityLock, SerialLane
 from ...fsutil import atomic_write, private_dir, remove_durably
 from ..errors import BackendUnavailable, InvalidParameter
 from ..model import (
@@ -399,9 +398,11 @@ class TpmBackend:
     """Key pairs and HMAC keys under the TPM's SRK; AES keys are refused so the service keeps them in software.
 
     All ESAPI use goes through one lock: an ESAPI context is not thread-safe, and a TPM runs one command at a time
-    anyway. ``lane`` is the context's own thread, for the hot operations the service routes to it (see
-    ``keys/compose.py``): it runs them back to back, so they never queue on the lock behind each other; everything
-    else still takes the lock from whichever thread calls it.
+    anyway. The lock is a :class:`~edgeward.executor.PriorityLock`: TPM2_Create (key generation: an RSA-2048 pair
+    takes the TPM seconds) takes it as a bulk holder, so a waiting HMAC or signature goes ahead of every creation
+    but the one already running. ``lane`` is the context's own thread, for the hot operations the service routes to
+    it (see ``keys/compose.py``): it runs them back to back, so they never queue on the lock behind each other;
+    everything else still takes the lock from whichever thread calls it.
     """
 
     name = "tpm"
@@ -409,7 +410,8 @@ class TpmBackend:
     def __init__(self, settings: TpmSettings) -> None:
         self.settings = settings
         self._blob_dir = private_dir(settings.blob_dir)
-        self._lock = threading.Lock()
+        self._lock = PriorityLock()
+        self.serial_device: object = self  # one TPM, one context: the service's generation gate is keyed by it
         self._ectx: Any = None
         self._srk: Any = None
         self._closed = False
@@ -514,9 +516,10 @@ class TpmBackend:
             with suppress(Exception):
                 ectx.close()
 
-    def _run(self, op: Callable[[Any], T]) -> T:
-        """Run ``op(esapi)`` under the lock; after a lost connection or stale objects, retry once from scratch."""
-        with self._lock:
+    def _run(self, op: Callable[[Any], T], *, bulk: bool = False) -> T:
+        """Run ``op(esapi)`` under the lock; after a lost connection or stale objects, retry once from scratch.
+        ``bulk``: a long command (TPM2_Create), which lets waiting short ones go first."""
+        with self._lock.bulk() if bulk else self._lock:
             return run_retrying_once(op, self._connected, self._disconnect, recover=self._recover,
                                      unavailable=BackendUnavailable, where=self._where)
 
@@ -672,7 +675,7 @@ class TpmBackend:
                     raise UnsupportedByBackend(f"the TPM refuses this {kind}: {e}") from e
                 raise
 
-        return self._run(create)
+        return self._run(create, bulk=True)
 
     # key pairs ------------------------------------------------------------------------------------------------
     def _check_supported(self, algorithm: KeyPairAlgorithm) -> None:
