@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import pwd
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +30,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"),
 DEVICE = "edge-hostids"
 MA = "?api-version=2022-08-03"  # the management API's
 IA = "?api-version=2021-12-01"  # the identity service's
+NO_PASSWD_UID = 4444
 
 
 @contextlib.asynccontextmanager
@@ -113,3 +115,21 @@ async def test_the_agent_cannot_delete_create_over_or_update_a_host_principals_i
         assert hub.modules_of(DEVICE)["filter"].managed_by == "IotEdge"
         status, _ = await as_uid(0, mgmt, "DELETE", "/identities/filter" + MA)
         assert status == 204 and "filter" not in hub.modules_of(DEVICE)
+
+
+async def test_a_refused_module_create_registers_no_hub_identity(public_dir: Path) -> None:
+    with pytest.raises(KeyError):
+        pwd.getpwuid(NO_PASSWD_UID)
+    async with principals_daemon(public_dir) as (hub, run):
+        mgmt = run / "mgmt" / "mgmt.sock"
+        before = set(hub.modules_of(DEVICE))
+        for i in range(3):
+            spec = {"name": f"ghost{i}", "type": "docker", "imagePullPolicy": "never",
+                    "config": {"settings": {"image": "/usr/bin/python3",
+                                            "createOptions": {"Cmd": ["-c", "print(1)"],
+                                                              "User": str(NO_PASSWD_UID)}}, "env": []}}
+            status, answer = await as_uid(0, mgmt, "POST", "/modules" + MA, spec)
+            assert status == 400 and "passwd" in answer["message"], answer
+        assert set(hub.modules_of(DEVICE)) == before
+        status, listed = await as_uid(0, mgmt, "GET", "/modules" + MA)
+        assert status == 200 and not [m for m in listed["modules"] if m["name"].startswith("ghost")]
