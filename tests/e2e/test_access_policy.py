@@ -204,6 +204,41 @@ async def test_every_refusal_is_audited_and_logged_with_a_rate_limit(device: dic
     assert 1 <= len(flood) <= 5, len(flood)
 
 
+# A stdlib client that asks the same refused route `n` times on one socket, one connection each.
+REPEAT_CLIENT = textwrap.dedent("""
+    import http.client, socket, sys
+    class C(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(sys.argv[1])
+    for _ in range(int(sys.argv[3])):
+        c = C("mgmt"); c.request("GET", sys.argv[2]); r = c.getresponse(); r.read(); c.close()
+    print(r.status)
+""")
+
+
+def _in_own_namespaces(uid: int, sock: Path, path: str, n: int) -> str:
+    """`n` requests from `uid` in fresh user, pid and mount namespaces (unprivileged: any local user may)."""
+    done = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "unshare", "-Urpf",
+                           "--mount-proc", "/usr/bin/python3", "-c", REPEAT_CLIENT, str(sock), path, str(n)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout.strip()
+
+
+def test_a_local_user_in_namespaces_of_its_own_cannot_hide_another_users_refusal(device: dict[str, Path]) -> None:
+    """Break-this review, session 12 (a01): such a caller is "elsewhere" (no host caller, no module's); uid 4444
+    spent the one shared "elsewhere" budget and uid 1000's refusal on the same route, a moment later and from
+    namespaces of its own too, left no record. The kernel still names each one's uid."""
+    run, state = device["run"], device["state"]
+    before = len(refusals_in_audit(state))
+    path = "/systeminfo?api-version=2022-08-03"
+    assert _in_own_namespaces(4444, run / "mgmt" / "mgmt.sock", path, 60) == "403"
+    assert _in_own_namespaces(1000, run / "mgmt" / "mgmt.sock", path, 1) == "403"
+    records = [r for r in refusals_in_audit(state)[before:] if r["detail"]["route"] == "GET /systeminfo"]
+    assert {r["detail"]["caller"] for r in records} == {"unattributed"}, records
+    assert 1 <= sum(r["detail"]["uid"] == 4444 for r in records) <= 10, records
+    assert [r for r in records if r["detail"]["uid"] == 1000], records
+
+
 def test_a_named_keys_principal_without_idtype_is_refused_at_start(tmp_path: Path) -> None:
     """Such an entry would be an identity daemon: the device's and every module's key handles, and with them
     their SAS keys (a break found by review: a principal meant for `mod-*` keys minted the edge agent's tokens)."""

@@ -85,6 +85,19 @@ async def test_container_module_uses_its_workload_socket(rt: RuntimeEnv, mgmt: M
     assert other["status"] == 403 and "registration_for" in other["body"]["message"]
 
 
+async def test_a_create_the_engine_refuses_leaves_no_module_identity(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
+    """Break-this review, session 12 (i02): a refused create left the module identity it had made (in IoT Hub,
+    which caps a device's module identities). Here dockerd refuses the container after the identity was made, so
+    the runtime must undo it; the runtime's own check could not have seen the problem."""
+    spec = container_spec("refused", [])
+    spec["config"]["settings"]["createOptions"]["HostConfig"]["Memory"] = 1  # below dockerd's minimum (6 MB)
+    with pytest.raises(HttpError) as e:
+        await mgmt.create_module(spec)
+    assert e.value.status == 400 and "memory" in e.value.message.lower(), e.value.message
+    assert "refused" not in {i["moduleId"] for i in await mgmt.identities()}
+    assert "refused" not in {m["name"] for m in await mgmt.list_modules()}
+
+
 async def test_look_alike_container_is_refused_and_found(rt: RuntimeEnv, mgmt: ManagementClient,
                                                          dockerd: Dockerd) -> None:
     await mgmt.create_module(container_spec("victim", []))

@@ -40,14 +40,39 @@ def test_a_flood_from_many_modules_never_silences_another_modules_first_refusal(
     assert len(sink.records) == 8 * 10 + 1  # each flooding module: 10 a minute in all
 
 
-def test_unattributed_callers_whatever_cgroup_or_uid_they_claim_share_one_budget() -> None:
-    """A process that writes itself into fresh cgroups, or switches uids, cannot mint callers: it is 'elsewhere',
-    and the host's users and the modules keep their own budgets."""
+def test_unattributed_callers_whatever_cgroup_they_claim_are_one_caller_per_uid() -> None:
+    """A process that writes itself into fresh cgroups cannot mint callers: it is 'elsewhere' under its kernel uid,
+    one budget whatever it claims."""
     rec, sink = RefusalRecorder(), Sink()
     rec.set_sink(sink)
     for i in range(2000):
-        refuse(rec, f"container {i:012x}", route=f"POST /r{i % 7}", uid=i)
-    assert len(sink.records) <= 30
+        refuse(rec, f"container {i:012x}", route=f"POST /r{i % 7}", uid=4444)
+    assert len(sink.records) == 10  # per_caller
+    assert refuse(rec, "container 0f0f", uid=1000)
+    assert sink.records[-1][2]["uid"] == 1000
+
+
+def test_a_uid_flooding_from_namespaces_of_its_own_does_not_hide_another_uids_refusal() -> None:
+    """Break-this review, session 12 (a01): uid 4444 in its own user+pid namespaces spent the one shared
+    "elsewhere" budget on a route, and uid 1000's later refusal there (also in namespaces of its own) left no
+    record; the summary named no uid."""
+    rec, sink = RefusalRecorder(), Sink()
+    rec.set_sink(sink)
+    for _ in range(60):
+        refuse(rec, "elsewhere", route="GET /key/{keyId}", uid=4444)
+    assert refuse(rec, "elsewhere", route="GET /key/{keyId}", uid=1000)
+    assert [r[2]["uid"] for r in sink.records] == [4444] * 3 + [1000]
+
+
+def test_callers_that_can_take_any_uid_mint_a_bounded_number_of_budgets() -> None:
+    """Root in a container with no user namespace can be any uid: at most `elsewhere_uids` budgets of their own a
+    window, the rest share one; the host's users and the modules keep theirs."""
+    rec, sink = RefusalRecorder(elsewhere_uids=32, per_caller=10, elsewhere=30), Sink()
+    rec.set_sink(sink)
+    for i in range(2000):
+        for _ in range(12):
+            refuse(rec, f"container {i:012x}", route=f"POST /r{i % 7}", uid=i)
+    assert len(sink.records) <= 32 * 3 + 30
     assert refuse(rec, "host", uid=4321) and refuse(rec, "module victim")
 
 

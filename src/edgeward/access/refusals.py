@@ -44,19 +44,25 @@ class RefusalRecorder:
 
     The caller is what the kernel and attestation vouch for, never what a caller can pick: an attested module (its
     name), a host uid, or — for everything else (a process in namespaces that are not the host's and that no module
-    owns, whatever cgroup or uid it claims) — one shared "elsewhere" caller with its own budget. So a flood from one
-    module or host user never hides another's attempt; unattributable callers can only crowd each other, and the
-    summary still counts them. At most `max_callers` distinct callers a window (the rest count as "elsewhere")."""
+    owns, whatever cgroup it claims) — "elsewhere" under the uid the kernel reports for it (SO_PEERCRED maps it
+    into the host's user namespace: `unshare -U` does not change it). So a flood from one module or host user never
+    hides another's attempt, nor does a local user who steps into namespaces of its own hide another user's. Only
+    a process that can take any uid (root in a container without a user namespace) can mint "elsewhere" callers:
+    at most `elsewhere_uids` of them a window, the rest share one "elsewhere" caller with a budget of `elsewhere`,
+    and the summary still counts them. At most `max_callers` distinct modules and host uids a window (the rest
+    count as that shared "elsewhere" too)."""
 
     per_route: int = 3
     per_caller: int = 10
     elsewhere: int = 30
+    elsewhere_uids: int = 32
     max_callers: int = 1000
     window: float = 60.0
     buffer_size: int = 256
     _sink: AuditSink | None = None
     _windows: dict[tuple[Any, ...], _Window] = field(default_factory=dict)
     _callers: dict[tuple[Any, ...], _Window] = field(default_factory=dict)
+    _seen: dict[str, int] = field(default_factory=dict)  # distinct callers this window, by kind
     _total: _Window = field(default_factory=lambda: _Window(0.0))
     _pending: deque[tuple[str | None, str, dict[str, Any]]] = field(default_factory=deque)
 
@@ -74,10 +80,7 @@ class RefusalRecorder:
         now = time.monotonic()
         if now - self._total.start >= self.window:
             self._close_window(now)
-        caller: tuple[Any, ...] = (("module", module) if module is not None else ("host", uid) if where == "host"
-                                   else ("elsewhere",))
-        if caller not in self._callers and len(self._callers) >= self.max_callers:
-            caller = ("elsewhere",)
+        caller = self._caller(module, where, uid)
         budget = self.elsewhere if caller == ("elsewhere",) else self.per_caller
         mine = self._callers.setdefault(caller, _Window(now))
         key = (caller, service, route, step)
@@ -96,6 +99,18 @@ class RefusalRecorder:
         self._emit(module, detail)
         return True
 
+    def _caller(self, module: str | None, where: str, uid: int) -> tuple[Any, ...]:
+        """The budget's key; a new one only while its kind has room this window, else the shared "elsewhere"."""
+        caller: tuple[Any, ...] = (("module", module) if module is not None else ("host", uid) if where == "host"
+                                   else ("elsewhere", uid))
+        if caller in self._callers:
+            return caller
+        kind = "elsewhere" if caller[0] == "elsewhere" else "named"
+        if self._seen.get(kind, 0) >= (self.elsewhere_uids if kind == "elsewhere" else self.max_callers):
+            return ("elsewhere",)
+        self._seen[kind] = self._seen.get(kind, 0) + 1
+        return caller
+
     def _close_window(self, now: float) -> None:
         """A new window: the last one's suppressed refusals become one summary record, then the counts restart."""
         if self._total.suppressed:
@@ -110,6 +125,7 @@ class RefusalRecorder:
             self._emit(None, detail, AUDIT_KIND + ".suppressed")
         self._windows = {}
         self._callers = {}
+        self._seen = {}
         self._total = _Window(now)
 
     def _emit(self, module: str | None, detail: dict[str, Any], kind: str = AUDIT_KIND) -> None:

@@ -30,7 +30,7 @@ from ..certs.api import CertsApi
 from ..certs.est.tls_identity import KeysIdentity
 from ..certs.x509sign import handle_public_key, same_public_key, sign_csr
 from ..config.b64 import decode_key
-from ..http.errors import BadRequest, HttpError, NotFound, Unauthorized
+from ..http.errors import BadRequest, Conflict, HttpError, NotFound, Unauthorized
 from ..http.peercred import Caller
 from ..keys.api import KeysApi
 from ..keys.model import HmacSha256
@@ -399,8 +399,19 @@ class IdentityService:
                 raise e from None
         return await op(await self.hub())
 
+    def _refuse_host_principals_identity(self, module_id: str) -> None:
+        """409 for a module identity a host principal holds (configured, or recorded and not yet deleted): only the
+        reconciliation creates, rekeys or deletes it. aziot-identityd lets a daemon (aziot-edged, for the edge
+        agent) do all three to any name; here the agent deploying a module named like a host principal would delete
+        that principal's identity (the agent deletes only IotEdge-managed ones it lists, but asks on any name)."""
+        held = self._host_principal_modules() | {r.module_id for r in self.host_modules.all()}
+        if module_id in held:
+            raise Conflict(f"module identity {module_id!r} belongs to host principal {module_id!r} (managedBy "
+                           f"{HOST_MODULE_TAG!r}): only this service changes it, from the [[principal]] configuration")
+
     async def create_module(self, module_id: str, managed_by: str | None = None) -> AziotIdentity:
         _validate_module_id(module_id)
+        self._refuse_host_principals_identity(module_id)
 
         async def create(hub: HubModules) -> ModuleInfo:
             return await self._register(hub, module_id, managed_by, await hub.get_module(module_id))
@@ -410,6 +421,7 @@ class IdentityService:
         """Give an existing module identity the keys of its generation again (aziot's update: no such module in
         the hub is a 404, never a creation)."""
         _validate_module_id(module_id)
+        self._refuse_host_principals_identity(module_id)
 
         async def update(hub: HubModules) -> ModuleInfo:
             existing = await hub.get_module(module_id)
@@ -477,6 +489,7 @@ class IdentityService:
 
     async def delete_module(self, module_id: str) -> None:
         _validate_module_id(module_id)
+        self._refuse_host_principals_identity(module_id)
         await self._on_hub(lambda hub: hub.delete_module(module_id))
         self.cache.delete(self.device.device_id, "aziot", module_id)
 

@@ -57,7 +57,8 @@ class CloudModuleIdentities:
     async def ensure(self, module_id: str, managed_by: str | None = None) -> ModuleIdentity:
         got = await self._identity.create_module(module_id, managed_by)
         assert got.gen_id is not None
-        return ModuleIdentity(module_id, got.gen_id, got.device_id, got.hub, managed_by)
+        # the managedBy the hub keeps (an existing identity keeps its own), not the one asked for
+        return ModuleIdentity(module_id, got.gen_id, got.device_id, got.hub, got.managed_by)
 
     async def get(self, module_id: str) -> ModuleIdentity | None:
         try:

@@ -335,21 +335,31 @@ class ModuleRuntime:
             raise Conflict(f"module {config.name} already exists" if known.name == config.name else
                            f"module {known.name} exists: module names may not differ only in letter case")
         await self._ensure_image(config)
-        identity = await self.identities.ensure(hub_identity_name(config.name, system), managed_by="IotEdge")
-        directory = await self.sockets.open(config.name)
-        spec = self._module_spec(config, system,
-                                 self._env(config, identity.generation_id, identity.device_id, identity.hub, system),
-                                 directory)
-        # Registered (without an engine id) before the engine creates it, so a crash in between leaves a
-        # trace reconcile() can finish; the engine id and measured image follow once the object exists.
-        reg = self.registry.put(Registration(
-            name=config.name, engine=self.engine.kind, engine_id="", image=config.image, image_id="",
-            generation_id=identity.generation_id, state="created", system=system, config=config.to_wire()))
+        try:  # what the engine would refuse in the spec itself, before an identity is made for it
+            await self.engine.check(self._module_spec(config, system, {}, self.sockets.directory(config.name)))
+        except EngineError as e:
+            raise engine_error(e) from None
+        identity_name = hub_identity_name(config.name, system)
+        made = await self.identities.get(identity_name) is None  # the agent usually made it first: not ours to undo
+        identity = await self.identities.ensure(identity_name, managed_by="IotEdge")
         try:
-            status = await self.engine.create(spec)
-        except BaseException as e:  # refused or failed, even by a bug: no registration or socket is left behind
-            self.registry.delete(config.name)
-            await self.sockets.close(config.name)
+            directory = await self.sockets.open(config.name)
+            spec = self._module_spec(config, system, self._env(config, identity.generation_id, identity.device_id,
+                                                               identity.hub, system), directory)
+            # Registered (without an engine id) before the engine creates it, so a crash in between leaves a
+            # trace reconcile() can finish; the engine id and measured image follow once the object exists.
+            reg = self.registry.put(Registration(
+                name=config.name, engine=self.engine.kind, engine_id="", image=config.image, image_id="",
+                generation_id=identity.generation_id, state="created", system=system, config=config.to_wire()))
+            try:
+                status = await self.engine.create(spec)
+            except BaseException:  # refused or failed, even by a bug: no registration or socket is left behind
+                self.registry.delete(config.name)
+                await self.sockets.close(config.name)
+                raise
+        except BaseException as e:  # nor an identity this create made (IoT Hub caps module identities a device)
+            if made:
+                await self._undo_identity(identity_name)
             if isinstance(e, EngineError):
                 raise engine_error(e) from None
             raise
@@ -362,6 +372,15 @@ class ModuleRuntime:
         log.info("module %s created (%s %s, image %s)", config.name, self.engine.kind, status.engine_id[:12],
                  status.image_id[:19])
         return ModuleView(reg, status)
+
+    async def _undo_identity(self, identity_name: str) -> None:
+        """Delete the identity a failed create made; a failure to is logged, the create's own error is the answer."""
+        try:
+            await self.identities.delete(identity_name)
+        except Exception:
+            log.exception("could not delete module identity %s, made for a create that failed", identity_name)
+        else:
+            log.info("module identity %s, made for a create that failed, is deleted", identity_name)
 
     def _registration(self, name: str) -> Registration:
         reg = self.registry.get(name)
