@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
+import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -22,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from edgeward.certs.repeat_log import RepeatLog
+from edgeward.certs.service import log as certs_log
 from edgeward.certs.tbs import tlv
 from edgeward.certs.x509sign import handle_public_key, sign_csr
 from edgeward.http.errors import HttpError
@@ -401,3 +404,26 @@ async def test_subjects_with_control_characters_are_refused_for_every_cert_id(en
                                                              "for cert id free-4"), (value, body)
     status, body = await as_module(env, "free-4", _encoded_cn_csr(key, 0x02, b"\x01"))  # not a string at all
     assert status == 400 and "subject CN" in body["message"], body
+
+
+async def test_a_principal_reissuing_certs_in_a_loop_cannot_push_the_log_past_a_bounded_rate(
+        env: CertsEnv, caplog: pytest.LogCaptureFixture) -> None:
+    """h/brk12a r04: re-issuing its own certs made certd write an INFO line each, ~300 a second. Now the first line
+    of a cert id an interval is at INFO, within a budget over all cert ids (a caller inventing ids gets no more),
+    the rest at DEBUG; one summary at the interval's end says how many, for which ids."""
+    env.service.issued_log = RepeatLog(certs_log, "issued cert", budget=5)  # the default budget is 60
+    await env.service.local_ca()  # created before, so its line is not counted here
+    caplog.set_level(logging.DEBUG, logger="edgeward.certs")
+    key = ec.generate_private_key(ec.SECP256R1())
+    for _ in range(30):
+        status, body = await as_module(env, "free-log", plain_csr(key, "free-log"))
+        assert status == 201, body
+    for i in range(12):
+        await env.client.create_cert(f"free-log{i}", plain_csr(key, f"free-log{i}").encode())
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(info) == 5 and info[0].startswith(f"issued cert 'free-log' for uid {MOD_UID}, valid until "), info
+    assert sum(r.getMessage().startswith("issued cert") for r in caplog.records) == 42  # the rest at DEBUG
+    env.service.issued_log.flush()  # the interval's end
+    summary = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO][5:]
+    assert len(summary) == 1 and summary[0].startswith("37 more 'issued cert' lines in the last"), summary
+    assert "'free-log' 29" in summary[0] and "and 4 more keys" in summary[0], summary

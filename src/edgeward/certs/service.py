@@ -33,6 +33,7 @@ from .est.tls_identity import KeysIdentity
 from .issuance import IssuerRef, issue, parse_csr, self_signed_ca
 from .pem import PemError, chain_to_pem, parse_chain
 from .policy import LOCAL_ID_PREFIX, Grant, IssuancePolicy, PolicyRefused, default_kind, name_under
+from .repeat_log import RepeatLog
 from .settings import CertsSettings, EstAuth, IssuanceOptions
 from .store import CertStore
 from .x509sign import IssuerKeyMismatch, handle_public_key, same_public_key, sign_certificate, sign_csr
@@ -108,6 +109,7 @@ class CertService:
         self._local_ca: LocalCa | None = None
         self._local_ca_checked = 0.0
         self._plans: dict[str, IssuancePlan] = {}
+        self.issued_log = RepeatLog(log, "issued cert")
 
     def for_caller(self, caller: Caller) -> CertsApi:
         return _CallerView(self, caller)
@@ -201,7 +203,9 @@ class CertService:
             chain = await self.issue_chain(cert_id, csr, issuer)
             pem, durable = self.stage_chain(cert_id, chain)
         await durable
-        log.info("issued cert %r, valid until %s", cert_id, chain[0].not_valid_after_utc.isoformat())
+        # a caller may repeat this at will (re-issuing its cert, a local identity asking for itself): a bounded rate
+        self.issued_log.log(cert_id, "issued cert %r for uid %d, valid until %s", cert_id, caller.uid,
+                            chain[0].not_valid_after_utc.isoformat())
         return pem
 
     def _changed(self, cert_id: str) -> None:
