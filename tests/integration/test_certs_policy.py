@@ -370,6 +370,8 @@ async def test_a_local_identity_name_cannot_be_smuggled_into_another_cert_id(env
         assert status == 400, (label, body)
         assert "belong to local identities" in body["message"] or "not allowed for cert id free-2" in body[
             "message"], (label, body)
+    status, body = await as_module(env, "free-2", cases["BMPString bytes"])
+    assert "(subject CN, as its bytes read) is not allowed for cert id free-2" in body["message"], body
     # a DNS name a glob allows, with a NUL before the allowed suffix (the null-prefix trick on a SAN)
     san = x509.SubjectAlternativeName([x509.DNSName(LOCAL_ID + "\x00.mod.example")])
     status, body = await as_module(env, "mod-n", _attrs_csr(key, [(cn, "mod-n")], san))

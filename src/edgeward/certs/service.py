@@ -275,7 +275,7 @@ class CertService:
             texts.append((f"subject {value.field}", value.text))
             raw = value.raw.decode("latin-1")  # what a C verifier copies, byte for byte
             if raw != value.text:
-                texts.append((f"subject {value.field} (as its bytes read)", raw))
+                texts.append((f"subject {value.field}, as its bytes read", raw))
         texts += [(f"configured {where}", text) for where, text in plan.configured_names]
         texts += [("subjectAltName DNS", n.value) for n in grant.names if isinstance(n, x509.DNSName)]
         for where, text in texts:
