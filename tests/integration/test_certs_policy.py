@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
+import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -22,6 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from edgeward.certs.repeat_log import RepeatLog
+from edgeward.certs.service import log as certs_log
+from edgeward.certs.tbs import tlv
 from edgeward.certs.x509sign import handle_public_key, sign_csr
 from edgeward.http.errors import HttpError
 from edgeward.runtime.edge_ca import EDGE_CA_CERT_ID, EDGE_CA_KEY_ID, EdgeCa
@@ -44,9 +48,10 @@ CONFIG: dict[str, Any] = {
         "local-id-*": {"method": "local_ca", "expiry_days": 1},
         "aziot-edged-ca": {"method": "self_signed", "expiry_days": 1},  # a CA by default, as aziot-edged asks
         "free-*": {"method": "local_ca", "expiry_days": 1},  # no common_names: any CN, but not a local identity's
+        "dn-*": {"method": "local_ca", "expiry_days": 1, "subject": {"CN": "dn", "OU": "a.edge1.EDGEWARD.local "}},
     },
     "localid": {"domain_name": "edgeward.local"},
-    "principal": [{"uid": MOD_UID, "certs": ["mod-*", "free-*"]}],
+    "principal": [{"uid": MOD_UID, "certs": ["mod-*", "free-*", "dn-*", "local-id-m"]}],
 }
 
 
@@ -308,3 +313,119 @@ async def test_no_cert_id_but_local_identities_carries_a_name_under_the_local_id
         assert status == 400 and "belong to local identities" in body["message"], body
     status, body = await as_module(env, "free-1", plain_csr(key, "free-1.example"))
     assert status == 201, body
+
+
+LOCAL_ID = "agent.edge1.edgeward.local"  # a local identity's name (<module>.<hostname>.<domain>)
+
+
+def _attrs_csr(key: ec.EllipticCurvePrivateKey, attrs: list[tuple[x509.ObjectIdentifier, str]],
+               *extensions: x509.ExtensionType) -> str:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(oid, value, _validate=False) for oid, value in attrs]))
+    for value in extensions:
+        builder = builder.add_extension(value, critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _encoded_cn_csr(key: ec.EllipticCurvePrivateKey, tag: int, content: bytes) -> str:
+    """A CSR whose CN is ``content`` under the ASN.1 ``tag`` as written (cryptography's builder re-encodes)."""
+    subject = tlv(0x30, tlv(0x31, tlv(0x30, bytes.fromhex("0603550403") + tlv(tag, content))))
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    info = tlv(0x30, bytes.fromhex("020100") + subject + spki + bytes.fromhex("a000"))
+    signature = key.sign(info, ec.ECDSA(hashes.SHA256()))
+    der = tlv(0x30, info + bytes.fromhex("300a06082a8648ce3d040302") + tlv(0x03, b"\x00" + signature))
+    return x509.load_der_x509_csr(der).public_bytes(serialization.Encoding.PEM).decode()
+
+
+async def test_a_local_identity_name_cannot_be_smuggled_into_another_cert_id(env: CertsEnv) -> None:
+    """The name of a local identity spelled so a lower()/rstrip(".") comparison of the CN misses it but a verifier
+    reads it (h/brk12a c01): a C verifier's X509_NAME_get_text_by_NID stops at a NUL, and copies a BMPString's
+    bytes as they are; trailing blanks are trimmed by many; UTS-46 maps the ideographic and fullwidth full stops to
+    "." and drops the soft hyphen; OU, UID, emailAddress and serialNumber are read as names too. Each is a 400."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cn, ou, uid, email, serial = (NameOID.COMMON_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME, NameOID.USER_ID,
+                                  NameOID.EMAIL_ADDRESS, NameOID.SERIAL_NUMBER)
+    cases = {
+        "NUL": _attrs_csr(key, [(cn, LOCAL_ID + "\x00.free.example")]),
+        "trailing space": _attrs_csr(key, [(cn, LOCAL_ID + " ")]),
+        "trailing tab": _attrs_csr(key, [(cn, LOCAL_ID + "\t")]),
+        "leading space": _attrs_csr(key, [(cn, " " + LOCAL_ID)]),
+        "fullwidth full stop": _attrs_csr(key, [(cn, LOCAL_ID.replace(".local", "\uff0elocal"))]),
+        "ideographic full stop": _attrs_csr(key, [(cn, LOCAL_ID.replace(".local", "\u3002local"))]),
+        "fullwidth letters": _attrs_csr(key, [(cn, LOCAL_ID.replace("local", "\uff4c\uff4f\uff43al"))]),
+        "soft hyphen": _attrs_csr(key, [(cn, LOCAL_ID.replace("local", "lo\u00adcal"))]),
+        "OU": _attrs_csr(key, [(cn, "free-ok"), (ou, LOCAL_ID)]),
+        "UID": _attrs_csr(key, [(cn, "free-ok"), (uid, LOCAL_ID.upper())]),
+        "emailAddress": _attrs_csr(key, [(cn, "free-ok"), (email, "a@" + LOCAL_ID)]),
+        "serialNumber": _attrs_csr(key, [(cn, "free-ok"), (serial, LOCAL_ID)]),
+        "second CN": _attrs_csr(key, [(cn, "free-ok"), (cn, LOCAL_ID)]),
+        "URL in O": _attrs_csr(key, [(cn, "free-ok"), (NameOID.ORGANIZATION_NAME, f"https://{LOCAL_ID}/x")]),
+        # UTF-16 code units whose bytes spell the name: cryptography decodes CJK, C reads the name
+        "BMPString bytes": _encoded_cn_csr(key, 0x1E, LOCAL_ID.encode()),
+        "T61String": _encoded_cn_csr(key, 0x14, LOCAL_ID.encode()),
+        "OCTET STRING": _encoded_cn_csr(key, 0x04, LOCAL_ID.encode()),
+    }
+    for label, csr in cases.items():
+        status, body = await as_module(env, "free-2", csr)
+        assert status == 400, (label, body)
+        assert "belong to local identities" in body["message"] or "not allowed for cert id free-2" in body[
+            "message"], (label, body)
+    status, body = await as_module(env, "free-2", cases["BMPString bytes"])
+    assert "(subject CN, as its bytes read) is not allowed for cert id free-2" in body["message"], body
+    # a DNS name a glob allows, with a NUL before the allowed suffix (the null-prefix trick on a SAN)
+    san = x509.SubjectAlternativeName([x509.DNSName(LOCAL_ID + "\x00.mod.example")])
+    status, body = await as_module(env, "mod-n", _attrs_csr(key, [(cn, "mod-n")], san))
+    assert status == 400 and "is not allowed for cert id mod-n" in body["message"], body
+    # a configured subject (dn-*: OU "a.edge1.EDGEWARD.local ") is what the certificate carries: refused as well
+    status, body = await as_module(env, "dn-1", plain_csr(key, "dn-1"))
+    assert status == 400 and "belong to local identities" in body["message"], body
+
+
+async def test_names_that_merely_mention_the_local_identity_domain_or_are_local_identities_are_issued(
+        env: CertsEnv) -> None:
+    """What the check leaves alone: names outside the domain (one that only starts like it, a longer label, the
+    domain followed by more labels), ordinary non-ASCII text, and local-id-* ids themselves."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cn, org = NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME
+    for attrs in ([(cn, "free-3.example"), (org, "Contoso Plant Ops")],
+                  [(cn, "edgeward.local.example.com")], [(cn, "free-3.xedgeward.local")],
+                  [(cn, "Zürich Lab"), (org, "東京 工場")]):
+        status, body = await as_module(env, "free-3", _attrs_csr(key, attrs))
+        assert status == 201, (attrs, body)
+    status, body = await as_module(env, "local-id-m", plain_csr(key, "m.edge1.edgeward.local"))
+    assert status == 201, body
+
+
+async def test_subjects_with_control_characters_are_refused_for_every_cert_id(env: CertsEnv) -> None:
+    """aziot-certd copies a CSR's subject as it is; no aziot client asks for a control character in one, and a NUL
+    or newline makes a name mean one thing to a C verifier or a log reader and another to Edgeward."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    for value in ("mod-1\x00admin", "mod-1\nadmin", "mod-1\x7f", "mod-1\x85"):
+        status, body = await as_module(env, "free-4", _attrs_csr(key, [(NameOID.COMMON_NAME, value)]))
+        assert status == 400 and body["message"].startswith("subject CN with a control character is not allowed "
+                                                             "for cert id free-4"), (value, body)
+    status, body = await as_module(env, "free-4", _encoded_cn_csr(key, 0x02, b"\x01"))  # not a string at all
+    assert status == 400 and "subject CN" in body["message"], body
+
+
+async def test_a_principal_reissuing_certs_in_a_loop_cannot_push_the_log_past_a_bounded_rate(
+        env: CertsEnv, caplog: pytest.LogCaptureFixture) -> None:
+    """h/brk12a r04: re-issuing its own certs made certd write an INFO line each, ~300 a second. Now the first line
+    of a cert id an interval is at INFO, within a budget over all cert ids (a caller inventing ids gets no more),
+    the rest at DEBUG; one summary at the interval's end says how many, for which ids."""
+    env.service.issued_log = RepeatLog(certs_log, "issued cert", budget=5)  # the default budget is 60
+    await env.service.local_ca()  # created before, so its line is not counted here
+    caplog.set_level(logging.DEBUG, logger="edgeward.certs")
+    key = ec.generate_private_key(ec.SECP256R1())
+    for _ in range(30):
+        status, body = await as_module(env, "free-log", plain_csr(key, "free-log"))
+        assert status == 201, body
+    for i in range(12):
+        await env.client.create_cert(f"free-log{i}", plain_csr(key, f"free-log{i}").encode())
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(info) == 5 and info[0].startswith(f"issued cert 'free-log' for uid {MOD_UID}, valid until "), info
+    assert sum(r.getMessage().startswith("issued cert") for r in caplog.records) == 42  # the rest at DEBUG
+    env.service.issued_log.flush()  # the interval's end
+    summary = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO][5:]
+    assert len(summary) == 1 and summary[0].startswith("37 more 'issued cert' lines in the last"), summary
+    assert "'free-log' 29" in summary[0] and "and 4 more keys" in summary[0], summary

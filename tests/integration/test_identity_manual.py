@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,30 @@ async def test_local_identity_routes_over_the_socket(request: pytest.FixtureRequ
         # a caller that is not a daemon principal may not ask for it
         status, refused = await get(env.socket, "/identities/modules/agent?type=bogus&api-version=2021-12-01")
         assert status == 400 and "invalid type: bogus" in refused["message"]
+
+
+async def test_a_local_identity_asking_for_itself_in_a_loop_adds_no_log_line_per_answer(
+        request: pytest.FixtureRequest, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every answer is a fresh certificate from the local CA (h/brk12a r04/r06: about 300 INFO lines a second,
+    past journald's per-unit limit, which then drops the refusals logged next): its "issued cert" line is logged at
+    INFO once an interval, the repeats at DEBUG, and a summary says how many."""
+    doc = config() | {"localid": {"domain_name": "local.test"}}
+    doc["principal"] = [*doc["principal"], {"uid": 2003, "name": "local-agent", "idtype": ["local"]}]
+    path = "/identities/modules/local-agent?type=local&api-version=2021-12-01"
+    async with serve_identity(request, tmp_path, doc, no_hub) as env:
+        caplog.set_level(logging.DEBUG, logger="edgeward")
+        status, _ = await get(env.socket, path)
+        assert status == 200
+        issued = [r for r in caplog.records if "issued cert 'local-id-local-agent'" in r.getMessage()]
+        assert [r.levelno for r in issued] == [logging.INFO]
+        caplog.clear()
+        for _ in range(40):
+            status, _ = await get(env.socket, path)
+            assert status == 200
+        info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        assert info == [], info  # neither certd nor identityd writes a line at INFO per answer
+        assert sum("issued cert 'local-id-local-agent'" in r.getMessage() for r in caplog.records) == 40  # at DEBUG
+        env.certs_env.service.issued_log.flush()  # what the end of the interval (or the daemon stopping) does
+        summary = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+        assert len(summary) == 1 and summary[0].startswith("40 more 'issued cert' lines in the last") and (
+            "'local-id-local-agent' 40" in summary[0]), summary

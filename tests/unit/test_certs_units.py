@@ -11,8 +11,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import given
+from hypothesis import strategies as st
 
-from edgeward.certs.policy import IssuancePolicy, PolicyRefused
+from edgeward.certs.dn import DnError, NameValueError, name_values, subject_fields
+from edgeward.certs.policy import IssuancePolicy, PolicyRefused, name_under
 from edgeward.certs.renewal import next_renewal
 from edgeward.certs.settings import RenewPolicy, parse_renew_amount
 from edgeward.certs.store import CertStore
@@ -164,3 +167,49 @@ def test_a_csr_is_read_as_pem_der_or_base64_of_either_and_anything_else_is_a_400
     for junk in (b"", b"garbage", b"0" * 40, base64.b64encode(b"0" * 40), b"-----BEGIN nothing", der[:-1]):
         with pytest.raises(InvalidCsr, match="not a PKCS#10"):
             parse_csr(junk)
+
+
+DOMAIN = "edgeward.local"
+LOCAL_ID = "agent.edge1.edgeward.local"
+_HOST_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
+
+
+@given(st.text(max_size=20), st.characters(exclude_categories=("Cs",)).filter(lambda c: c.lower() not in _HOST_CHARS),
+       st.text(max_size=20))
+def test_a_name_under_the_domain_is_found_whatever_surrounds_it_past_a_separator(
+        before: str, separator: str, after: str) -> None:
+    """Any character that is not a host name's ends a name, as NUL ends a C string (one that NFKC maps to host name
+    characters, a non-ASCII letter, a format character too, for a reader that does not map): what comes before or
+    after it cannot hide the local identity's name."""
+    assert name_under(before + separator + LOCAL_ID + separator + after, DOMAIN) is not None
+    assert name_under(before + separator + LOCAL_ID.upper() + "." + separator + after, DOMAIN) is not None
+
+
+def test_name_under_reads_names_as_unicode_aware_and_lax_readers_do() -> None:
+    for text in (LOCAL_ID, "EDGEWARD.LOCAL.", "a@" + LOCAL_ID, f"https://{LOCAL_ID}:443/x",
+                 LOCAL_ID.replace(".local", "\uff0elocal"), LOCAL_ID.replace(".local", "\u3002local"),
+                 LOCAL_ID.replace(".local", "\uff61local"), LOCAL_ID.replace("local", "\uff4c\uff4f\uff43al"),
+                 LOCAL_ID.replace("local", "lo\u00adcal"), LOCAL_ID.replace("local", "lo\u200dcal"),
+                 LOCAL_ID.upper().replace("LOCAL", "\uff2c\uff2f\uff23\uff21\uff2c"), LOCAL_ID + "\u3382",
+                 "x.xn--edgeward-.local"):
+        assert name_under(text, DOMAIN) is not None, text
+    assert name_under("a.xn--bcher-kva.example", "bücher.example") == "a.bücher.example"
+    assert name_under("a.bücher.example", "xn--bcher-kva.example") is not None
+    for text in ("edgeward.local.example.com", "xedgeward.local", "edgeward-local", "Zürich Lab", "東京 工場",
+                 "free-1.example", ""):
+        assert name_under(text, DOMAIN) is None, text
+
+
+def test_subject_values_are_read_from_the_der_with_their_bytes_and_non_strings_refused() -> None:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a"), x509.NameAttribute(NameOID.USER_ID, "b"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, "汯捡", _type=x509.name._ASN1Type.BMPString)])
+    values = name_values(name.public_bytes())
+    assert [(v.field, v.text, v.raw) for v in values] == [("CN", "a", b"a"), ("UID", "b", b"b"),
+                                                          ("CN", "汯捡", b"loca")]
+    integer_cn = bytes.fromhex("300c310a300806035504030201ff")
+    with pytest.raises(NameValueError, match="subject CN: not a directory string"):
+        name_values(integer_cn)
+    with pytest.raises(NameValueError, match="malformed"):
+        name_values(integer_cn[:-1])
+    with pytest.raises(DnError, match="no control characters"):  # a configured subject = { ... } likewise
+        subject_fields({"CN": "edge\x00x"})

@@ -109,13 +109,18 @@ def _loaders(blob: bytes) -> list[Callable[[bytes], x509.CertificateSigningReque
 
 
 def _subject(csr: x509.CertificateSigningRequest, common_name: str | None,
-             subject: x509.Name | None = None) -> EncodedName:
+             subject: x509.Name | None = None, csr_subject_der: bytes | None = None) -> EncodedName:
     if subject is not None:  # the configured DN replaces the CSR's whole (as aziot-certd's subject does)
         return subject
     if common_name is None:  # the CSR's subject as the CSR carries it (what OpenSSL, so aziot-certd, copies)
+        if csr_subject_der is not None:  # as the policy read it (Grant.subject_der)
+            return csr_subject_der
         # CertificationRequestInfo ::= SEQUENCE { version, subject, subjectPKInfo, attributes [0] }
         return der_elements(csr.tbs_certrequest_bytes)[1]
-    rest = [a for a in csr.subject if a.oid != NameOID.COMMON_NAME]
+    try:
+        rest = [a for a in csr.subject if a.oid != NameOID.COMMON_NAME]
+    except ValueError as e:  # a string cryptography does not take (the policy read the DER and let it through)
+        raise InvalidCsr(f"csr subject cannot be copied: {e}") from None
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name), *rest])
 
 
@@ -144,7 +149,7 @@ async def issue(keys: KeysApi, csr: x509.CertificateSigningRequest, issuer: Issu
     (CN overridden by ``common_name``, all of it by a configured ``subject``) and the names granted; everything
     else comes from the policy."""
     public_key = csr.public_key()
-    return await sign_leaf(keys, _subject(csr, common_name, subject), public_key,
+    return await sign_leaf(keys, _subject(csr, common_name, subject, grant.subject_der), public_key,
                            policy.extensions_der(public_key, grant), issuer=issuer, lifetime=lifetime)
 
 

@@ -19,7 +19,11 @@ Other CSR extensions and other key usage bits are not copied; a CA's pathLen is 
 
 The subject CN is the configured ``common_name``, else the CSR's; ``common_names`` (globs), when set, bounds it. A
 cert id issued by a CA that also issues identities recognised by their CN (the local CA issues ``local-id-*``)
-should set it, or its holder can get a certificate with an identity's CN.
+should set it, or its holder can get a certificate with an identity's CN. Whatever the cert id, a subject attribute
+must be a directory string without control characters, and a DNS name has neither control characters nor spaces:
+a NUL ends the name a C verifier reads (``X509_NAME_get_text_by_NID``, ``strcmp``), which aziot-certd, copying the
+CSR's subject as it is, would let through. ``name_under`` finds a name under a domain wherever a verifier could read
+one in a value (the local identities' domain is kept for ``local-id-*``: ``CertService``).
 
 Where no ``kind`` (or ``ca = true``) is configured, well-known ids have defaults: the edge CA (``aziot-edged-ca``)
 and the local CA are CAs; ``local-id-*`` and EST identities are identities; ``edgeward-device-server`` is a server;
@@ -30,15 +34,18 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 from ..keys.principals import glob_to_regex
+from .dn import NameValue, NameValueError, has_control, name_values
 from .errors import InvalidCsr
 from .kinds import (
     DEVICE_SERVER_CERT_ID,
@@ -50,7 +57,7 @@ from .kinds import (
     default_kind,
     parse_ip_networks,
 )
-from .tbs import extension_der
+from .tbs import der_elements, extension_der
 
 __all__ = [
     "DEVICE_SERVER_CERT_ID",
@@ -63,6 +70,7 @@ __all__ = [
     "Kind",
     "PolicyRefused",
     "default_kind",
+    "name_under",
     "parse_ip_networks",
 ]
 
@@ -95,10 +103,77 @@ def _describe(name: x509.GeneralName) -> str:
 
 @dataclass(frozen=True)
 class Grant:
-    """What a request was granted: the names the certificate carries and, for leaves, its extended key usages."""
+    """What a request was granted: the names the certificate carries and, for leaves, its extended key usages; the
+    CSR's subject attributes, as checked."""
 
     names: tuple[x509.GeneralName, ...] = ()
     usages: tuple[x509.ObjectIdentifier, ...] = ()
+    subject: tuple[NameValue, ...] = ()
+    subject_der: bytes | None = None  # the CSR's subject as it carries it (what the certificate copies)
+
+
+# Reading names as verifiers may: UTS-46 maps these full stops to "." (NFKC maps only some of them).
+_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+_NOT_HOST_ASCII = re.compile(r"[^a-z0-9.-]+")
+
+
+def name_under(text: str, domain: str) -> str | None:
+    """The name under ``domain`` (or the domain itself) that a verifier could read in ``text``, if any. Characters
+    that are no host name's (NUL and other controls, blanks, "@", "/") separate names, as a C string ends at a
+    NUL and a trimmed or URL-parsed value ends at the blank or the slash; the text is read after NFKC and case
+    folding with UTS-46's full stops, once with non-ASCII characters kept, once with them as separators and once
+    with them dropped (UTS-46 drops the soft hyphen, a lax reader any non-ASCII), and punycode labels decoded."""
+    wanted = _canonical_domain(domain)
+    lowered = text.lower()
+    if text.isascii() and wanted.isascii() and wanted not in lowered and "xn--" not in lowered:
+        return None  # the common case, without the Unicode work
+    for piece in _pieces(text):
+        decoded = _decode_labels(piece)
+        names: list[str] = [piece, *_pieces(decoded)] if decoded is not None else [piece]
+        for name in names:
+            bare = name.strip(".")
+            if bare == wanted or bare.endswith("." + wanted):
+                return name
+    return None
+
+
+@functools.lru_cache(maxsize=8)  # the configured domain: one
+def _canonical_domain(domain: str) -> str:
+    return _fold(_decode_labels(domain) or domain).strip(".")
+
+
+def _fold(text: str) -> str:
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold()).translate(_DOTS)
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """The runs of host name characters in each reading of ``text`` (see ``name_under``)."""
+    if text.isascii():
+        yield from _NOT_HOST_ASCII.sub(" ", text.lower()).split()
+        return
+    folded = _fold(text)
+    kept = "".join(c if c.isalnum() or c in ".-" or unicodedata.category(c)[0] == "M"
+                   else "" if unicodedata.category(c) == "Cf" else " " for c in folded)
+    yield from kept.split()
+    for reading in (folded, text.lower()):  # lax readers: with or without the mapping, non-ASCII ends or vanishes
+        yield from _NOT_HOST_ASCII.sub(" ", "".join(c if c.isascii() else " " for c in reading)).split()
+        yield from _NOT_HOST_ASCII.sub(" ", "".join(c for c in reading if c.isascii())).split()
+
+
+def _decode_labels(name: str) -> str | None:
+    """``name`` with its punycode (xn--) labels decoded, however lax; None when it has none."""
+    if "xn--" not in name:
+        return None
+    return ".".join(_decode_label(label) for label in name.split("."))
+
+
+def _decode_label(label: str) -> str:
+    if label.startswith("xn--"):
+        try:
+            return str(label[4:].encode("ascii").decode("punycode"))
+        except (UnicodeError, ValueError):
+            pass
+    return label
 
 
 @dataclass(frozen=True)
@@ -144,6 +219,8 @@ class IssuancePolicy:
         :class:`PolicyRefused` (400) naming the first one that asks for more than the cert id may carry."""
         names: list[x509.GeneralName] = []
         requested_usages: list[x509.ObjectIdentifier] = []
+        subject_der = der_elements(csr.tbs_certrequest_bytes)[1]
+        subject = self._check_subject(subject_der, common_name)
         for ext in csr.extensions:
             value = ext.value
             if isinstance(value, x509.BasicConstraints):
@@ -166,18 +243,35 @@ class IssuancePolicy:
                         requested_usages.append(oid)
             elif isinstance(value, x509.SubjectAlternativeName):
                 for name in value:
+                    if isinstance(name, x509.DNSName) and (has_control(name.value) or " " in name.value):
+                        raise self._refuse(f"subjectAltName DNS:{name.value!r}",
+                                           "a host name has no control or space characters")
                     if not self.permits(name):
                         raise self._refuse(f"subjectAltName {_describe(name)}", self._why_not(name))
                     names.append(name)
             elif ext.oid == ExtensionOID.NAME_CONSTRAINTS and not self.is_ca:
                 raise self._refuse("nameConstraints", "it is not configured as a CA")
-        if self.common_names:  # csr.subject builds a Name each time it is read: not for nothing on every request
-            self._check_common_name(csr.subject, common_name)
-        return Grant(tuple(dict.fromkeys(names)), self._usages(requested_usages))
+        if self.common_names:
+            self._check_common_name(subject, common_name)
+        return Grant(tuple(dict.fromkeys(names)), self._usages(requested_usages), subject, subject_der)
 
-    def _check_common_name(self, subject: x509.Name, override: str | None) -> None:
-        values = [override] if override is not None else [
-            str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    def _check_subject(self, subject_der: bytes, common_name: str | None) -> tuple[NameValue, ...]:
+        """The CSR's subject attributes, read from its DER (what the certificate copies and a C verifier reads):
+        each a directory string without control characters; the configured CN override likewise."""
+        try:
+            values = tuple(name_values(subject_der))
+        except NameValueError as e:
+            raise self._refuse(f"subject {e.field}".rstrip(), e.why) from None
+        for value in values:
+            if has_control(value.text):
+                raise self._refuse(f"subject {value.field} with a control character",
+                                   "names are text (a NUL ends the name a C verifier reads)")
+        if common_name is not None and has_control(common_name):
+            raise self._refuse("common_name with a control character", "names are text")
+        return values
+
+    def _check_common_name(self, subject: tuple[NameValue, ...], override: str | None) -> None:
+        values = [override] if override is not None else [v.text for v in subject if v.field == "CN"]
         if not values:
             raise self._refuse("a subject without CN", f"its common_names allow {', '.join(self.common_names)}")
         for value in values:

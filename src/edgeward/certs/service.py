@@ -6,7 +6,6 @@ sent."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import logging
@@ -19,7 +18,6 @@ from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 
 from ..access.trusted import trusted_service_uids
 from ..http.errors import BadRequest, HttpError
@@ -34,7 +32,8 @@ from .errors import CertNotFound, InvalidCsr, IssuanceFailed, NotAuthorized
 from .est.tls_identity import KeysIdentity
 from .issuance import IssuerRef, issue, parse_csr, self_signed_ca
 from .pem import PemError, chain_to_pem, parse_chain
-from .policy import LOCAL_ID_PREFIX, IssuancePolicy, PolicyRefused, default_kind
+from .policy import LOCAL_ID_PREFIX, Grant, IssuancePolicy, PolicyRefused, default_kind, name_under
+from .repeat_log import RepeatLog
 from .settings import CertsSettings, EstAuth, IssuanceOptions
 from .store import CertStore
 from .x509sign import IssuerKeyMismatch, handle_public_key, same_public_key, sign_certificate, sign_csr
@@ -71,6 +70,7 @@ class IssuancePlan:
     policy: IssuancePolicy
     lifetime: dt.timedelta
     subject: x509.Name | None  # the configured DN (subject = { ... }), for every method but EST
+    configured_names: tuple[tuple[str, str], ...] = ()  # (where, text): the configured CN and DN values
 
 
 class EstEnroller(Protocol):
@@ -109,6 +109,7 @@ class CertService:
         self._local_ca: LocalCa | None = None
         self._local_ca_checked = 0.0
         self._plans: dict[str, IssuancePlan] = {}
+        self.issued_log = RepeatLog(log, "issued cert")
 
     def for_caller(self, caller: Caller) -> CertsApi:
         return _CallerView(self, caller)
@@ -202,7 +203,9 @@ class CertService:
             chain = await self.issue_chain(cert_id, csr, issuer)
             pem, durable = self.stage_chain(cert_id, chain)
         await durable
-        log.info("issued cert %r, valid until %s", cert_id, chain[0].not_valid_after_utc.isoformat())
+        # a caller may repeat this at will (re-issuing its cert, a local identity asking for itself): a bounded rate
+        self.issued_log.log(cert_id, "issued cert %r for uid %d, valid until %s", cert_id, caller.uid,
+                            chain[0].not_valid_after_utc.isoformat())
         return pem
 
     def _changed(self, cert_id: str) -> None:
@@ -245,7 +248,10 @@ class CertService:
             opts = self.options(cert_id)
             # an EST server gets the CSR as it is, which carries the configured DN already (renewal.py)
             subject = subject_name(opts.subject) if opts is not None and opts.subject and opts.method != "est" else None
-            found = self._plans[cert_id] = IssuancePlan(opts, self.policy(cert_id), self.lifetime(cert_id), subject)
+            configured = ((("common_name", opts.common_name),) if opts is not None and opts.common_name else ()) + (
+                tuple((f"subject {field}", value) for field, value in opts.subject) if opts is not None else ())
+            found = self._plans[cert_id] = IssuancePlan(opts, self.policy(cert_id), self.lifetime(cert_id), subject,
+                                                        configured)
         return found
 
     def lifetime(self, cert_id: str) -> dt.timedelta:
@@ -255,24 +261,28 @@ class CertService:
         days = opts.expiry_days if opts and opts.expiry_days else self.settings.default_expiry_days
         return dt.timedelta(days=days)
 
-    def _keep_local_id_names(self, cert_id: str, csr: x509.CertificateSigningRequest,
-                             common_name: str | None) -> None:
+    def _keep_local_id_names(self, cert_id: str, plan: IssuancePlan, grant: Grant) -> None:
         """Local identities are told apart by name (``<module>.<hostname>.<domain>``, issued by the local CA), so
-        no other cert id may carry a name under that domain: a principal allowed ``mod-*`` would otherwise get a
-        client cert any verifier takes for another host agent's local identity."""
+        no other cert id may carry a name under that domain anywhere a verifier could read one: a principal allowed
+        ``mod-*`` would otherwise get a client cert a verifier takes for another host agent's local identity. Every
+        subject attribute of the CSR, the configured CN and subject, and every DNS name is read as ``name_under``
+        reads (a NUL or blank ends a name, UTS-46's full stops, case), the raw bytes of each attribute as well."""
         domain = self.settings.local_id_domain
         if domain is None or cert_id.startswith(LOCAL_ID_PREFIX):
             return
-        names = [common_name] if common_name is not None else [
-            str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-        with contextlib.suppress(x509.ExtensionNotFound):
-            names += csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-                x509.DNSName)
-        for name in names:
-            lowered = name.lower().rstrip(".")
-            if lowered == domain or lowered.endswith("." + domain):
-                raise PolicyRefused(f"the name {name!r} is not allowed for cert id {cert_id}: names under {domain} "
-                                    f"belong to local identities (local-id-*)")
+        texts: list[tuple[str, str]] = []
+        for value in grant.subject:
+            texts.append((f"subject {value.field}", value.text))
+            raw = value.raw.decode("latin-1")  # what a C verifier copies, byte for byte
+            if raw != value.text:
+                texts.append((f"subject {value.field}, as its bytes read", raw))
+        texts += [(f"configured {where}", text) for where, text in plan.configured_names]
+        texts += [("subjectAltName DNS", n.value) for n in grant.names if isinstance(n, x509.DNSName)]
+        for where, text in texts:
+            found = name_under(text, domain)
+            if found is not None:
+                raise PolicyRefused(f"the name {text!r} ({where}) is not allowed for cert id {cert_id}: names under "
+                                    f"{domain} belong to local identities (local-id-*)")
 
     async def issue_chain(self, cert_id: str, csr: x509.CertificateSigningRequest,
                           issuer: tuple[str, str] | None, renewing: bool = False,
@@ -286,7 +296,7 @@ class CertService:
             raise BadRequest(f"no issuer given and no cert_issuance method configured for cert {cert_id!r}")
         # refused before any key is loaded or any request leaves the device (an EST server gets the CSR as it is)
         grant = policy.grant(csr, common_name if opts is not None and opts.method != "est" else None)
-        self._keep_local_id_names(cert_id, csr, common_name)
+        self._keep_local_id_names(cert_id, plan, grant)
         if issuer is not None:
             issuer_id, handle = issuer
             issuer_chain = self.read_chain(validate_cert_id(issuer_id))
