@@ -214,3 +214,41 @@ async def test_request_headers_are_capped_in_count_and_in_total(public_dir: Path
             assert _ask(conn, request) == 200
         finally:
             conn.close()
+
+
+async def test_the_header_cap_counts_headers_never_bodies(tmp_path: Path) -> None:
+    """A real listener: a 600 KB body, in pieces and after a head split in two, is no header; a 40 KB head is."""
+    import aiohttp
+    from aiohttp import web
+
+    from edgeward.http.server import Listener, RouteTable, build_app, start_server
+
+    routes = RouteTable(["2020-07-07"])
+
+    @routes.post("/echo", since="2020-07-07")
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"length": len(await request.read())})
+
+    runner = await start_server(build_app(routes), [Listener(tmp_path / "s.sock", 0o600)])
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "s.sock"))
+        body = b"b" * 600_000
+        head = (b"POST /echo?api-version=2020-07-07 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for piece in (head[:20], head[20:] + body[:300_000], body[300_000:]):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        writer.close()
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(str(tmp_path / "s.sock"))) as session:
+            async with session.post("http://x/echo?api-version=2020-07-07", data=body) as response:
+                assert response.status == 200 and (await response.json()) == {"length": 600_000}
+            reader, writer = await asyncio.open_unix_connection(str(tmp_path / "s.sock"))
+            writer.write(b"GET /echo?api-version=2020-07-07 HTTP/1.1\r\n")
+            for i in range(6):
+                writer.write(b"X-F%d: %s\r\n" % (i, b"a" * 7000))
+            await writer.drain()
+            assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 431")
+            writer.close()
+    finally:
+        await runner.cleanup()

@@ -9,6 +9,7 @@ is attested as (:func:`by_attested_module`), so whoever else can reach a module'
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import weakref
@@ -39,6 +40,8 @@ __all__ = [
     "remember_key",
 ]
 
+
+log = logging.getLogger(__name__)
 
 _UNATTRIBUTED = Caller(pid=0, uid=-1, gid=-1)
 _KEY_BY_CONNECTION: weakref.WeakKeyDictionary[Any, Hashable] = weakref.WeakKeyDictionary()
@@ -120,8 +123,15 @@ def by_attested_module(module_of: Callable[[Peer], str | None]) -> CallerKey:
 
 
 def attested_module(peer: Peer) -> str | None:
-    """The module the module runtime attests a peer as at accept (None: none, or no runtime in this process)."""
-    return _module_of(peer) if _module_of is not None else None
+    """The module the module runtime attests a peer as at accept (None: none, no runtime in this process, or an
+    attestation that failed: the caller then counts with the strangers, never refused for it)."""
+    if _module_of is None:
+        return None
+    try:
+        return _module_of(peer)
+    except Exception:
+        log.debug("cannot attest %s at accept", peer, exc_info=True)
+        return None
 
 
 def _uid_map(pid: int | str) -> bytes | None:
