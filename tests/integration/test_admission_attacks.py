@@ -97,7 +97,7 @@ async def test_a_local_users_connect_churn_costs_little_and_leaves_a_module_its_
             print(json.dumps({"connects_ok": ok, "failed": failed, "churned": churned,
                               "daemon_cpu_us_per_churned": round(cpu / churned * 1e6, 1)}))
             assert cpu / churned < 60e-6, f"{cpu:.1f} s of the daemon's CPU for {churned} churned connections"
-            assert ok >= 0.4 * (ok + failed), f"only {ok} of {ok + failed} connects got through the churn"
+            assert ok >= 0.25 * (ok + failed), f"only {ok} of {ok + failed} connects got through the churn"
             go.touch()  # and once it stops, the module signs on its own socket as before
             signs = await _signs(daemon, "victim", go)
             assert signs["statuses"] == [200] * 20, signs["statuses"]
@@ -169,6 +169,59 @@ async def test_many_uids_of_one_user_namespace_share_one_pool_and_leave_a_module
                 holder.__exit__(None, None, None)  # type: ignore[attr-defined]
         finally:
             go.touch()
+
+
+# The same namespace's root, churning instead of holding: connect/close from uid after uid, for SECONDS.
+CHURN_UIDS = textwrap.dedent("""
+    import ctypes, os, socket, sys, time
+    first, ids, path, seconds = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+    if ctypes.CDLL(None, use_errno=True).unshare(0x10000000) != 0:  # CLONE_NEWUSER
+        raise OSError(ctypes.get_errno(), "unshare")
+    print("UNSHARED", flush=True)
+    sys.stdin.readline()
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        os.setresuid(0, n % ids, 0)
+        s = socket.socket(socket.AF_UNIX); s.setblocking(False)
+        try:
+            s.connect(path); n += 1
+        except OSError:
+            pass
+        s.close()
+        os.setresuid(0, 0, 0)
+    print("CHURNED", n, flush=True)
+""")
+
+
+async def test_many_uids_churning_share_one_budget_and_are_closed_cheaply(public_dir: Path) -> None:
+    """c05 and c08 together: before, every uid of one user namespace had a budget (or none) of its own, so the
+    namespace's root could churn through its uids and make each connection cost a refusal's full price."""
+    async with edgeward(public_dir) as daemon:
+        loop = asyncio.get_running_loop()
+        cpu = _cpu_seconds(daemon.pid)
+        proc = subprocess.Popen([sys.executable, "-c", CHURN_UIDS, "310000", "2000", str(daemon.mgmt_socket), "6"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            assert proc.stdout.readline().strip() == "UNSHARED"
+            for name in ("uid_map", "gid_map"):
+                if name == "gid_map":
+                    Path(f"/proc/{proc.pid}/setgroups").write_text("deny\n")
+                Path(f"/proc/{proc.pid}/{name}").write_text("0 310000 2000\n")
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            ok, failed = await loop.run_in_executor(None, _connects, str(daemon.mgmt_socket), 5)
+            churned = int((await loop.run_in_executor(None, proc.stdout.readline)).split()[1])
+        finally:
+            proc.kill()
+            proc.wait()
+        cpu = _cpu_seconds(daemon.pid) - cpu
+        warnings = (public_dir / "daemon.log").read_text().count("closed unread")
+        print(json.dumps({"churned": churned, "daemon_cpu_us_per_churned": round(cpu / churned * 1e6, 1),
+                          "root_connects_ok": ok, "failed": failed, "warnings": warnings}))
+        assert cpu / churned < 60e-6, f"{cpu:.1f} s of the daemon's CPU for {churned} churned connections"
+        assert warnings <= 4  # one line per budget every 10 s, not one per uid
+        assert ok >= 0.25 * (ok + failed)
 
 
 def _send_headers(sock: Path, fields: int, size: int) -> tuple[bytes, int]:

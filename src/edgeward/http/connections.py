@@ -49,7 +49,7 @@ from .callers import (
     peer_of,
     remember_key,
 )
-from .peercred import note_accepted
+from .peercred import Caller, note_accepted
 
 __all__ = [
     "CONNECTION_POLICY",
@@ -162,6 +162,10 @@ class StrangerBudget:
     it has its connections closed as they are accepted, unread and unlooked-up (:class:`_AdmittingSocket`): no
     attestation, no aiohttp handler, no answer, no audit record; a log line per uid every 10 s says so.
 
+    Callers in a user namespace that is neither the host's nor a module's spend from one budget together
+    (``NAMESPACED``), not one per uid: a user with a subordinate range is thousands of uids. Their connections are
+    told apart at accept only while that budget is dry (one read of /proc/<pid>/uid_map).
+
     A connection is charged when it is admitted as a stranger's or a shared socket's local user's, and refunded
     when it gets a successful answer: a host principal that keeps getting answers never runs dry, however often it
     connects. Root and the daemon's uid are never charged, nor dropped; nor is a uid a module's process was
@@ -171,53 +175,80 @@ class StrangerBudget:
     burst: int = 64
     rate: float = 16.0
     dropped: int = 0
-    _left: dict[int | None, tuple[float, float]] = field(default_factory=dict)  # uid -> (connections left, at)
+    _left: dict[int | None, tuple[float, float]] = field(default_factory=dict)  # bucket -> (connections left, at)
     _modules: dict[int, float] = field(default_factory=dict)  # uid -> when last attested as a module's
-    _last_log: dict[int, float] = field(default_factory=dict)
+    _last_log: dict[int | None, float] = field(default_factory=dict)
     _exempt: frozenset[int] = field(default_factory=lambda: frozenset({0, os.getuid()}))
+    _recent_pids: dict[int, tuple[float, bool]] = field(default_factory=dict)
 
     MAX_UIDS = 16384
+    RECENT = 0.1
     MODULE_MEMORY = 600.0
+    NAMESPACED = -2  # the bucket of callers in user namespaces that are neither the host's nor a module's
 
-    def _now_left(self, uid: int | None, now: float) -> float:
-        entry = self._left.get(uid)
+    def _now_left(self, bucket: int | None, now: float) -> float:
+        entry = self._left.get(bucket)
         return self.burst if entry is None else min(self.burst, entry[0] + (now - entry[1]) * self.rate)
 
-    def _slot(self, uid: int) -> int | None:
-        return uid if uid in self._left or len(self._left) < self.MAX_UIDS else None
+    def _dry(self, bucket: int | None, now: float) -> bool:
+        return bucket in self._left and self._now_left(bucket, now) < 1
 
-    def exhausted(self, uid: int) -> bool:
-        """At accept, before anything else: whether this uid's connection is to be closed unread (counted)."""
-        slot = uid if uid in self._left else None if len(self._left) >= self.MAX_UIDS else -1
-        if slot == -1 or uid in self._exempt:
-            return False  # the common case: a uid that never spent anything
+    def exhausted(self, uid: int, pid: int = 0) -> bool:
+        """At accept, before anything else: whether this connection (its peer's uid and pid) is to be closed
+        unread (then counted)."""
+        if not self._left or uid in self._exempt:
+            return False  # the common case: nobody is spending
         now = time.monotonic()
-        if self._now_left(slot, now) >= 1 or now - self._modules.get(uid, -math.inf) < self.MODULE_MEMORY:
+        bucket: int | None = uid
+        if uid in self._left:
+            dry = self._dry(uid, now)
+        elif self._dry(self.NAMESPACED, now) and self._namespaced(pid, uid, now):
+            dry, bucket = True, self.NAMESPACED
+        else:
+            dry, bucket = len(self._left) >= self.MAX_UIDS and self._dry(None, now), None
+        if not dry or now - self._modules.get(uid, -math.inf) < self.MODULE_MEMORY:
             return False
         self.dropped += 1
-        if now - self._last_log.get(uid, -10.0) >= 10.0:
+        if now - self._last_log.get(bucket, -10.0) >= 10.0:  # a line per budget (not per uid) every 10 s
             if len(self._last_log) > 4096:
                 self._last_log = {k: t for k, t in self._last_log.items() if now - t < 10.0}
-            self._last_log[uid] = now
-            log.warning("connections of uid %d are closed unread as they are accepted: it opened more than %d "
-                        "(then %g a second) that got no successful answer (%d closed so far)", uid, self.burst,
-                        self.rate, self.dropped)
+            self._last_log[bucket] = now
+            whose = {self.NAMESPACED: f"uid {uid}'s user namespace (neither the host's nor a module's)",
+                     None: f"uids beyond the first {self.MAX_UIDS}"}.get(bucket, f"uid {uid}")
+            log.warning("connections of %s are closed unread as they are accepted: more than %d (then %g a second) "
+                        "got no successful answer (%d closed so far)", whose, self.burst, self.rate, self.dropped)
         return True
 
-    def spend(self, uid: int) -> None:
-        if uid in self._exempt:
-            return
-        now = time.monotonic()
-        if uid not in self._left and len(self._left) >= self.MAX_UIDS:  # forget the uids that are whole again
-            self._left = {k: v for k, v in self._left.items() if self._now_left(k, now) < self.burst}
-        slot = self._slot(uid)
-        self._left[slot] = (self._now_left(slot, now) - 1, now)
+    def _namespaced(self, pid: int, uid: int, now: float) -> bool:
+        """Whether the peer is in a user namespace that is not the host's; remembered per pid for ``RECENT`` s (a
+        churning process's connections come from one pid, and a pid is not used again so soon)."""
+        known = self._recent_pids.get(pid)
+        if known is not None and now - known[0] < self.RECENT:
+            return known[1]
+        if len(self._recent_pids) >= 1024:
+            self._recent_pids = {}
+        namespaced = not in_host_user_namespace(Caller(pid, uid, -1))
+        self._recent_pids[pid] = (now, namespaced)
+        return namespaced
 
-    def refund(self, uid: int) -> None:
-        slot = uid if uid in self._left else None
-        if slot in self._left:
+    def spend(self, uid: int, *, namespaced: bool = False) -> int | None:
+        """Charge a connection admitted as a stranger's; the bucket it was charged to (None: none), to refund."""
+        if uid in self._exempt:
+            return None
+        now = time.monotonic()
+        bucket: int | None = self.NAMESPACED if namespaced else uid
+        if bucket not in self._left and len(self._left) >= self.MAX_UIDS:  # forget the uids that are whole again
+            self._left = {k: v for k, v in self._left.items() if self._now_left(k, now) < self.burst}
+            if len(self._left) >= self.MAX_UIDS:
+                bucket = None
+        self._left[bucket] = (self._now_left(bucket, now) - 1, now)
+        return bucket if bucket is not None else -1
+
+    def refund(self, bucket: int) -> None:
+        key = None if bucket == -1 else bucket
+        if key in self._left:
             now = time.monotonic()
-            self._left[slot] = (min(self.burst, self._now_left(slot, now) + 1), now)
+            self._left[key] = (min(self.burst, self._now_left(key, now) + 1), now)
 
     def note_module(self, uid: int) -> None:
         if uid not in self._exempt:
@@ -238,7 +269,7 @@ class _AdmittingSocket(socket.socket):
 
     __slots__ = ()
     # Then the event loop gets a turn (epoll reports the socket again at once if more wait): a few milliseconds.
-    DROPS_PER_CALL = 1024
+    DROPS_PER_CALL = 128
 
     def accept(self) -> tuple[socket.socket, Any]:
         budget = _BUDGETS.get(self)
@@ -249,11 +280,10 @@ class _AdmittingSocket(socket.socket):
             # A bare _socket over the descriptor: no socket.socket to build for a connection about to be closed.
             probe = _socket.socket(self.family, self.type, self.proto, fd)
             try:
-                uid: int | None = _CREDS.unpack(probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                                 _CREDS.size))[1]
+                pid, uid, _ = _CREDS.unpack(probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size))
             except OSError:
-                uid = None  # admission refuses what it cannot identify, with an answer
-            if uid is None or not budget.exhausted(uid):
+                pid = uid = -1  # admission refuses what it cannot identify, with an answer
+            if uid == -1 or not budget.exhausted(uid, pid):
                 probe.detach()
                 conn = socket.socket(self.family, self.type, self.proto, fileno=fd)
                 if socket.getdefaulttimeout() is None and self.gettimeout():
@@ -406,6 +436,8 @@ def _record_refusal(peer: Peer, key: Hashable, status: int, message: str) -> Non
     if isinstance(key, ModuleCaller):
         module: str | None = key.module
         where = f"module {key.module}"
+    elif isinstance(key, Strangers) and not in_host_user_namespace(peer.caller):
+        module, where = None, "elsewhere"  # one budget of audit records for every uid of such namespaces
     else:
         module = None
         host = isinstance(key, HostCaller) or (isinstance(key, LocalCaller) and key.host)
@@ -435,7 +467,7 @@ class _GuardedHandler(RequestHandler):
 
     def __init__(self, manager: _GuardedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
-        self.charged: int | None = None  # the uid this connection was charged to, refunded on a successful answer
+        self.charged: int | None = None  # the budget this connection was charged to, refunded by a successful answer
         self._max_head = manager.limits.max_head
         self._head_bytes = 0
         self._last_payload: Any = None  # the last request's body: its head is done, its body may still come
@@ -519,8 +551,8 @@ class _GuardedServer(web.Server):
             if isinstance(key, ModuleCaller):
                 self.budget.note_module(peer.caller.uid)
             elif not host and isinstance(handler, _GuardedHandler):
-                self.budget.spend(peer.caller.uid)
-                handler.charged = peer.caller.uid
+                handler.charged = self.budget.spend(peer.caller.uid, namespaced=isinstance(key, Strangers) and (
+                    not in_host_user_namespace(peer.caller)))
             refusal = self._guard.admit(key, cap, handler, transport.close, host=host, who=who)
         if refusal is None:
             self._admitted[handler] = key
