@@ -120,3 +120,63 @@ def test_a_caller_within_its_fair_share_takes_room_from_one_above_it() -> None:
     assert refused is not None and refused[0] == 503  # b is at its share: no room taken for it
     refused = guard.admit("flood", per_caller=6, token="f9")
     assert refused is not None and refused[0] == 503
+
+
+def test_a_strangers_budget_runs_dry_refills_and_spares_root_the_daemon_and_modules(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeward.http import connections
+
+    now = [100.0]
+    monkeypatch.setattr(connections.time, "monotonic", lambda: now[0])
+    budget = connections.StrangerBudget(burst=3, rate=2.0)
+    assert not budget.exhausted(1000)  # never spent anything: the common case
+    for _ in range(3):
+        budget.spend(1000)
+    assert budget.exhausted(1000) and budget.dropped == 1
+    budget.refund(1000)  # a successful answer gives one back
+    assert not budget.exhausted(1000)
+    budget.spend(1000)
+    now[0] += 0.5  # 2 a second: one more after half a second
+    assert not budget.exhausted(1000)
+    for uid in (0, os.getuid()):  # never charged, never dropped
+        for _ in range(10):
+            budget.spend(uid)
+        assert not budget.exhausted(uid)
+    for _ in range(5):
+        budget.spend(2000)
+    budget.note_module(2000)  # a uid a module's process was attested under is not dropped
+    assert not budget.exhausted(2000)
+    now[0] += connections.StrangerBudget.MODULE_MEMORY + 1
+    budget._left[2000] = (0.0, now[0])
+    assert budget.exhausted(2000)
+
+
+def test_past_max_uids_the_rest_share_one_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeward.http import connections
+
+    monkeypatch.setattr(connections.StrangerBudget, "MAX_UIDS", 4)
+    budget = connections.StrangerBudget(burst=2, rate=0.001)
+    for uid in range(100, 104):
+        budget.spend(uid)  # the table is full (none of them is whole again)
+    budget.spend(200)
+    budget.spend(201)  # 200 and 201 share the overflow budget: two spent
+    assert budget.exhausted(202) and budget.exhausted(200)
+    assert not budget.exhausted(100)
+
+
+def test_strangers_count_together_per_socket_and_host_user_namespace_callers_by_uid() -> None:
+    from edgeward.http.callers import Strangers, in_host_user_namespace
+    from edgeward.http.connections import _pooled
+
+    sock = "/run/m/workload.sock"
+    me = Caller(pid=os.getpid(), uid=1000, gid=1000)
+    assert _pooled(Peer(sock, me), LocalCaller(sock, 1000)) == Strangers(sock)
+    assert _pooled(Peer(sock, me), LocalCaller(sock, 0, host=True)) == LocalCaller(sock, 0, host=True)
+    assert _pooled(Peer(sock, me), ModuleCaller(sock, "m")) == ModuleCaller(sock, "m")
+    # On a shared socket, a caller of the host's user namespace (this process) stays per uid; one that cannot be
+    # placed in it (no peer) joins the strangers.
+    assert in_host_user_namespace(me)
+    assert _pooled(Peer("/run/keyd.sock", me), ("/run/keyd.sock", 1000)) == ("/run/keyd.sock", 1000)
+    nobody = Caller(pid=0, uid=-1, gid=-1)
+    assert _pooled(Peer("/run/keyd.sock", nobody), ("/run/keyd.sock", -1)) == Strangers("/run/keyd.sock")
+    assert describe_caller(Strangers(sock)) == f"the callers on {sock} that are neither the host nor a module"

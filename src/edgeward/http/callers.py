@@ -9,6 +9,7 @@ is attested as (:func:`by_attested_module`), so whoever else can reach a module'
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import weakref
@@ -27,18 +28,24 @@ __all__ = [
     "LocalCaller",
     "ModuleCaller",
     "Peer",
+    "Strangers",
+    "attested_module",
     "by_attested_module",
     "by_socket_and_uid",
     "caller_key_of",
     "describe_caller",
+    "in_host_user_namespace",
     "is_host_caller",
     "peer_of",
     "remember_key",
 ]
 
 
+log = logging.getLogger(__name__)
+
 _UNATTRIBUTED = Caller(pid=0, uid=-1, gid=-1)
 _KEY_BY_CONNECTION: weakref.WeakKeyDictionary[Any, Hashable] = weakref.WeakKeyDictionary()
+_module_of: Callable[[Peer], str | None] | None = None  # the module runtime's attestation at accept, once it runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +94,24 @@ class LocalCaller:
     host: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Strangers:
+    """Every caller of a socket that is neither the host nor a module (a local user on a module's socket; anyone
+    in a user namespace that is neither the host's nor a module's): one key, so however many uids they are (a user
+    with a subordinate uid range is thousands), together they hold one small share of the socket."""
+
+    sockname: Hashable
+
+
 def by_attested_module(module_of: Callable[[Peer], str | None]) -> CallerKey:
     """The key of a socket that serves modules: the module ``module_of`` attests the peer as (None: none it may act
     as on this socket), else the peer's uid, host or stranger. Never the host's reserve: a module's socket is not
-    where the host's operator and agents need to get in."""
+    where the host's operator and agents need to get in.
+
+    ``module_of`` also becomes the process's attestation at accept for its shared sockets (:func:`attested_module`).
+    """
+    global _module_of
+    _module_of = module_of
 
     def key(peer: Peer) -> Hashable:
         module = module_of(peer)
@@ -99,6 +120,42 @@ def by_attested_module(module_of: Callable[[Peer], str | None]) -> CallerKey:
         return LocalCaller(peer.sockname, peer.caller.uid, is_host_caller(peer.caller))
 
     return key
+
+
+def attested_module(peer: Peer) -> str | None:
+    """The module the module runtime attests a peer as at accept (None: none, no runtime in this process, or an
+    attestation that failed: the caller then counts with the strangers, never refused for it)."""
+    if _module_of is None:
+        return None
+    try:
+        return _module_of(peer)
+    except Exception:
+        log.debug("cannot attest %s at accept", peer, exc_info=True)
+        return None
+
+
+def _uid_map(pid: int | str) -> bytes | None:
+    try:
+        fd = os.open(f"/proc/{pid}/uid_map", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+_OWN_UID_MAP = _uid_map("self")
+
+
+def in_host_user_namespace(caller: Caller) -> bool:
+    """Whether the caller's user namespace is this daemon's (the host's): the only way for one user to be many uids
+    is a user namespace of its own (``unshare --user --map-auto`` over a subordinate range). Read from
+    /proc/<pid>/uid_map, which anyone may read and which shows a namespace's mapping as its reader's namespace
+    sees it: the identity map only for the reader's own. Unreadable (gone, or no peer): not the host's."""
+    return caller.pid > 0 and _OWN_UID_MAP is not None and _uid_map(caller.pid) == _OWN_UID_MAP
 
 
 def is_host_caller(caller: Caller) -> bool:
@@ -115,6 +172,8 @@ def describe_caller(key: Hashable) -> str:
         return f"{'host ' if key.host else ''}uid {key.uid} on {key.sockname}, not attested as a module served there"
     if isinstance(key, HostCaller):
         return f"host {describe_caller(key.key)}"
+    if isinstance(key, Strangers):
+        return f"the callers on {key.sockname} that are neither the host nor a module"
     if isinstance(key, int):
         return f"uid {key}"
     if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], int):

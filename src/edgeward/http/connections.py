@@ -1,19 +1,29 @@
-"""How many connections each caller (and everyone together) may hold open, and how long a connection may take to
-deliver its request.
+"""How many connections each caller (and everyone together) may hold open, how long a connection may take to
+deliver its request, and how much of it.
 
 Counting connections per caller key (see :mod:`.callers`), with a cap for the whole process, keeps one caller's
-thousands of idle or stalled sockets from using up the file descriptors every other caller needs.
+thousands of idle or stalled sockets from using up the file descriptors every other caller needs. Callers that are
+neither the host nor a module count together per socket (:class:`.callers.Strangers`), and each uid that is neither
+root, the daemon's nor a module's has a budget of connections that get no successful answer: past it, its
+connections are closed as they are accepted, before anything is read or looked up for them
+(:class:`StrangerBudget`), so a connect/close loop costs the daemon a getsockopt and a close per connection instead
+of an attestation, and the listen queue drains faster than one user can fill it.
 """
 
 from __future__ import annotations
 
+import _socket
 import asyncio
+import errno
 import json
 import logging
 import math
 import os
 import resource
+import socket
+import struct
 import time
+import weakref
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -30,13 +40,16 @@ from .callers import (
     LocalCaller,
     ModuleCaller,
     Peer,
+    Strangers,
+    attested_module,
     by_socket_and_uid,
     describe_caller,
+    in_host_user_namespace,
     is_host_caller,
     peer_of,
     remember_key,
 )
-from .peercred import note_accepted
+from .peercred import Caller, note_accepted
 
 __all__ = [
     "CONNECTION_POLICY",
@@ -44,6 +57,7 @@ __all__ = [
     "ConnectionLimits",
     "ConnectionPolicy",
     "GuardedRunner",
+    "StrangerBudget",
     "process_guard",
 ]
 
@@ -80,8 +94,14 @@ class ConnectionLimits:
     handler waits for a request body. ``per_caller`` open connections per caller key; ``total`` for the process,
     of which ``host_reserve`` only host callers (root or the daemon's uid, in the host's namespaces, on a shared
     socket) may use, so no set of modules can lock the host's operator and agents out. ``per_stranger``: open
-    connections per uid that is not attested as a module on a socket that serves modules (a local user or another
-    module that can reach it): it will only ever be refused there, and needs no more to read that.
+    connections of all the strangers of one socket together (:class:`.callers.Strangers`: on a socket that serves
+    modules, whoever is neither the host nor attested as a module served there; on any socket, a caller in a user
+    namespace that is neither the host's nor a module's): they will only ever be refused, and need no more to read
+    that. ``stranger_burst`` and ``stranger_rate``: connections a uid that is neither root, the daemon's nor a
+    module's may open without a successful answer, at once and then per second, before its connections are closed
+    unread as they are accepted. ``max_head``: bytes of a request line and headers, in all; ``max_header_fields``
+    and ``max_field_size``: how many header lines, and how long each may be (aiohttp's defaults are 128 of 8 KB, a
+    megabyte a connection; aziot's clients, the IoT SDKs and the edge agent send well under 2 KB).
     """
 
     header_timeout: float = 20.0
@@ -90,6 +110,11 @@ class ConnectionLimits:
     total: int = 8192
     host_reserve: int = 256
     per_stranger: int = 8
+    stranger_burst: int = 64
+    stranger_rate: float = 16.0
+    max_head: int = 32 * 1024
+    max_header_fields: int = 64
+    max_field_size: int = 8190
 
     def capped(self, per_caller: int | None) -> ConnectionLimits:
         """These limits with at most ``per_caller`` connections per caller (a service's configured
@@ -115,6 +140,9 @@ class ConnectionLimits:
             host_reserve=_positive(env, "EDGEWARD_HTTP_HOST_RESERVED_CONNECTIONS", share, int, problems),
             per_stranger=_positive(env, "EDGEWARD_HTTP_MAX_CONNECTIONS_PER_STRANGER", cls.per_stranger, int,
                                    problems),
+            stranger_burst=_positive(env, "EDGEWARD_HTTP_STRANGER_CONNECT_BURST", cls.stranger_burst, int, problems),
+            stranger_rate=_positive(env, "EDGEWARD_HTTP_STRANGER_CONNECT_RATE", cls.stranger_rate, float, problems),
+            max_head=_positive(env, "EDGEWARD_HTTP_MAX_HEADER_BYTES", cls.max_head, int, problems),
         )
         if not problems and limits.host_reserve >= limits.total:
             problems.append(f"EDGEWARD_HTTP_HOST_RESERVED_CONNECTIONS={limits.host_reserve}: must be less than "
@@ -125,6 +153,153 @@ class ConnectionLimits:
 
 
 Close = Callable[[], None]
+
+
+@dataclass
+class StrangerBudget:
+    """Connections each uid that is neither root, the daemon's nor a module's may open that get no successful
+    answer (refused, or closed without a request): ``burst`` at once, then ``rate`` a second. A uid that has spent
+    it has its connections closed as they are accepted, unread and unlooked-up (:class:`_AdmittingSocket`): no
+    attestation, no aiohttp handler, no answer, no audit record; a log line per uid every 10 s says so.
+
+    Callers in a user namespace that is neither the host's nor a module's spend from one budget together
+    (``NAMESPACED``), not one per uid: a user with a subordinate range is thousands of uids. Their connections are
+    told apart at accept only while that budget is dry (one read of /proc/<pid>/uid_map).
+
+    A connection is charged when it is admitted as a stranger's or a shared socket's local user's, and refunded
+    when it gets a successful answer: a host principal that keeps getting answers never runs dry, however often it
+    connects. Root and the daemon's uid are never charged, nor dropped; nor is a uid a module's process was
+    attested under in the last ``MODULE_MEMORY`` seconds. Past ``MAX_UIDS`` uids, the rest share one budget.
+    """
+
+    burst: int = 64
+    rate: float = 16.0
+    dropped: int = 0
+    _left: dict[int | None, tuple[float, float]] = field(default_factory=dict)  # bucket -> (connections left, at)
+    _modules: dict[int, float] = field(default_factory=dict)  # uid -> when last attested as a module's
+    _last_log: dict[int | None, float] = field(default_factory=dict)
+    _exempt: frozenset[int] = field(default_factory=lambda: frozenset({0, os.getuid()}))
+    _recent_pids: dict[int, tuple[float, bool]] = field(default_factory=dict)
+
+    MAX_UIDS = 16384
+    RECENT = 0.1
+    MODULE_MEMORY = 600.0
+    NAMESPACED = -2  # the bucket of callers in user namespaces that are neither the host's nor a module's
+
+    def _now_left(self, bucket: int | None, now: float) -> float:
+        entry = self._left.get(bucket)
+        return self.burst if entry is None else min(self.burst, entry[0] + (now - entry[1]) * self.rate)
+
+    def _dry(self, bucket: int | None, now: float) -> bool:
+        return bucket in self._left and self._now_left(bucket, now) < 1
+
+    def exhausted(self, uid: int, pid: int = 0) -> bool:
+        """At accept, before anything else: whether this connection (its peer's uid and pid) is to be closed
+        unread (then counted)."""
+        if not self._left or uid in self._exempt:
+            return False  # the common case: nobody is spending
+        now = time.monotonic()
+        bucket: int | None = uid
+        if uid in self._left:
+            dry = self._dry(uid, now)
+        elif self._dry(self.NAMESPACED, now) and self._namespaced(pid, uid, now):
+            dry, bucket = True, self.NAMESPACED
+        else:
+            dry, bucket = len(self._left) >= self.MAX_UIDS and self._dry(None, now), None
+        if not dry or now - self._modules.get(uid, -math.inf) < self.MODULE_MEMORY:
+            return False
+        self.dropped += 1
+        if now - self._last_log.get(bucket, -10.0) >= 10.0:  # a line per budget (not per uid) every 10 s
+            if len(self._last_log) > 4096:
+                self._last_log = {k: t for k, t in self._last_log.items() if now - t < 10.0}
+            self._last_log[bucket] = now
+            whose = {self.NAMESPACED: f"uid {uid}'s user namespace (neither the host's nor a module's)",
+                     None: f"uids beyond the first {self.MAX_UIDS}"}.get(bucket, f"uid {uid}")
+            log.warning("connections of %s are closed unread as they are accepted: more than %d (then %g a second) "
+                        "got no successful answer (%d closed so far)", whose, self.burst, self.rate, self.dropped)
+        return True
+
+    def _namespaced(self, pid: int, uid: int, now: float) -> bool:
+        """Whether the peer is in a user namespace that is not the host's; remembered per pid for ``RECENT`` s (a
+        churning process's connections come from one pid, and a pid is not used again so soon)."""
+        known = self._recent_pids.get(pid)
+        if known is not None and now - known[0] < self.RECENT:
+            return known[1]
+        if len(self._recent_pids) >= 1024:
+            self._recent_pids = {}
+        namespaced = not in_host_user_namespace(Caller(pid, uid, -1))
+        self._recent_pids[pid] = (now, namespaced)
+        return namespaced
+
+    def spend(self, uid: int, *, namespaced: bool = False) -> int | None:
+        """Charge a connection admitted as a stranger's; the bucket it was charged to (None: none), to refund."""
+        if uid in self._exempt:
+            return None
+        now = time.monotonic()
+        bucket: int | None = self.NAMESPACED if namespaced else uid
+        if bucket not in self._left and len(self._left) >= self.MAX_UIDS:  # forget the uids that are whole again
+            self._left = {k: v for k, v in self._left.items() if self._now_left(k, now) < self.burst}
+            if len(self._left) >= self.MAX_UIDS:
+                bucket = None
+        self._left[bucket] = (self._now_left(bucket, now) - 1, now)
+        return bucket if bucket is not None else -1
+
+    def refund(self, bucket: int) -> None:
+        key = None if bucket == -1 else bucket
+        if key in self._left:
+            now = time.monotonic()
+            self._left[key] = (min(self.burst, self._now_left(key, now) + 1), now)
+
+    def note_module(self, uid: int) -> None:
+        if uid not in self._exempt:
+            if len(self._modules) > 4096:
+                self._modules = {}
+            self._modules[uid] = time.monotonic()
+
+
+_BUDGETS: weakref.WeakKeyDictionary[socket.socket, StrangerBudget] = weakref.WeakKeyDictionary()
+_CREDS = struct.Struct("3i")
+
+
+class _AdmittingSocket(socket.socket):
+    """A listening socket whose accept closes, unread, the connections of uids that have spent their budget, before
+    asyncio makes a task, a transport and a protocol of them: the cheapest a refusal can be, so one user's
+    connect/close loop cannot keep the listen queue full for everyone else. A listening socket's class is switched
+    to this one when a guarded runner starts serving it (same layout; its owner keeps the same object)."""
+
+    __slots__ = ()
+    # Then the event loop gets a turn (epoll reports the socket again at once if more wait): about a millisecond.
+    # More per turn drains a churned socket's queue faster (1,024: root's connects on it 52% -> 71% through) but
+    # stalls every other socket's callers behind the drain (root's keyd sign p50 50 ms -> 230 ms under c08).
+    DROPS_PER_CALL = 128
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        budget = _BUDGETS.get(self)
+        if budget is None:
+            return super().accept()
+        for _ in range(self.DROPS_PER_CALL):
+            fd, address = self._accept()  # type: ignore[attr-defined]  # the descriptor, no socket object yet
+            # A bare _socket over the descriptor: no socket.socket to build for a connection about to be closed.
+            probe = _socket.socket(self.family, self.type, self.proto, fd)
+            try:
+                pid, uid, _ = _CREDS.unpack(probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size))
+            except OSError:
+                pid = uid = -1  # admission refuses what it cannot identify, with an answer
+            if uid == -1 or not budget.exhausted(uid, pid):
+                probe.detach()
+                conn = socket.socket(self.family, self.type, self.proto, fileno=fd)
+                if socket.getdefaulttimeout() is None and self.gettimeout():
+                    conn.setblocking(True)
+                return conn, address
+            probe.close()
+        raise BlockingIOError(errno.EAGAIN, "over-budget connections closed; the rest on the loop's next turn")
+
+
+def _serve_admitting(sock: socket.socket, budget: StrangerBudget) -> None:
+    if type(sock) is socket.socket and sock.family == socket.AF_UNIX:
+        sock.__class__ = _AdmittingSocket
+    if isinstance(sock, _AdmittingSocket):
+        _BUDGETS[sock] = budget
 
 
 @dataclass
@@ -141,6 +316,7 @@ class ConnectionGuard:
     total: int
     host_reserve: int = 0
     count: int = 0
+    budget: StrangerBudget = field(default_factory=StrangerBudget)
     _held: dict[Hashable, dict[Hashable, Close | None]] = field(default_factory=dict)
     _hosts: set[Hashable] = field(default_factory=set)
     _last_log: dict[Hashable, float] = field(default_factory=dict)
@@ -241,13 +417,14 @@ def process_guard() -> ConnectionGuard:
     global _process_guard
     if _process_guard is None:
         limits = ConnectionLimits.from_environ()
-        _process_guard = ConnectionGuard(limits.total, limits.host_reserve)
+        _process_guard = ConnectionGuard(limits.total, limits.host_reserve,
+                                         budget=StrangerBudget(limits.stranger_burst, limits.stranger_rate))
     return _process_guard
 
 
 def _refusal(status: int, message: str) -> bytes:
     body = json.dumps({"message": message}).encode()
-    reason = {429: "Too Many Requests", 503: "Service Unavailable"}[status]
+    reason = {429: "Too Many Requests", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}[status]
     head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n")
     return head.encode() + body
@@ -261,6 +438,8 @@ def _record_refusal(peer: Peer, key: Hashable, status: int, message: str) -> Non
     if isinstance(key, ModuleCaller):
         module: str | None = key.module
         where = f"module {key.module}"
+    elif isinstance(key, Strangers) and not in_host_user_namespace(peer.caller):
+        module, where = None, "elsewhere"  # one budget of audit records for every uid of such namespaces
     else:
         module = None
         host = isinstance(key, HostCaller) or (isinstance(key, LocalCaller) and key.host)
@@ -270,10 +449,51 @@ def _record_refusal(peer: Peer, key: Hashable, status: int, message: str) -> Non
                     status=status, message=message)
 
 
+def _pooled(peer: Peer, key: Hashable) -> Hashable:
+    """The key a caller that is not the host counts under: strangers of a socket together, one pool however many
+    uids they are; a local user of the host's user namespace on a shared socket (a host principal, say) by its uid,
+    as before, since it is one uid."""
+    if isinstance(key, LocalCaller):
+        return key if key.host else Strangers(key.sockname)
+    if isinstance(key, ModuleCaller | Strangers) or in_host_user_namespace(peer.caller):
+        return key
+    return key if attested_module(peer) is not None else Strangers(peer.sockname)
+
+
 class _GuardedHandler(RequestHandler):
     """aiohttp's connection handler, admitted against the guard before it starts: a refused connection is answered
     and closed without ever starting aiohttp's request task (which would otherwise fail on the closed connection
-    and log a traceback per refusal)."""
+    and log a traceback per refusal). A request line and headers longer than ``max_head`` in all are answered 431
+    and the connection closed as soon as the bytes arrive (aiohttp bounds each line and their number, not their
+    sum)."""
+
+    def __init__(self, manager: _GuardedServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.charged: int | None = None  # the budget this connection was charged to, refunded by a successful answer
+        self._max_head = manager.limits.max_head
+        self._head_bytes = 0
+        self._last_payload: Any = None  # the last request's body: its head is done, its body may still come
+
+    def data_received(self, data: bytes) -> None:
+        awaiting_head = self._last_payload is None or self._last_payload.is_eof()
+        count = self._request_count
+        super().data_received(data)
+        if self._request_count != count:
+            self._head_bytes = 0
+            self._last_payload = self._messages[-1][1] if self._messages else None
+        elif awaiting_head and not self._force_close:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_head and self.transport is not None:
+                self.transport.write(_refusal(431, f"request line and headers over {self._max_head} bytes"))
+                self.force_close()
+
+    async def finish_response(self, request: BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        result = await super().finish_response(request, resp, start_time)
+        if self.charged is not None and resp.status < 400 and isinstance(self._manager, _GuardedServer):
+            self._manager.budget.refund(self.charged)
+            self.charged = None
+        return result
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         manager = self._manager
@@ -302,6 +522,7 @@ class _GuardedServer(web.Server):
         super().__init__(inner.request_handler, request_factory=inner.request_factory,
                          handler_cancellation=inner.handler_cancellation, **inner._kwargs)
         self._guard, self._policy = guard, policy
+        self.limits, self.budget = policy.limits, guard.budget
         self._admitted: dict[RequestHandler, Hashable] = {}
 
     def __call__(self) -> RequestHandler:
@@ -318,6 +539,8 @@ class _GuardedServer(web.Server):
             key = self._policy.key(peer)
             # A key that says who a module's socket is serving has already told the host apart (never its reserve).
             host = not isinstance(key, ModuleCaller | LocalCaller) and is_host_caller(peer.caller)
+            if not host:
+                key = _pooled(peer, key)
         except Exception:  # a caller that cannot be told apart is not admitted
             log.exception("cannot tell who is calling on %s", transport.get_extra_info("sockname"))
             refusal = (503, "the service cannot identify this caller")
@@ -325,8 +548,13 @@ class _GuardedServer(web.Server):
             if host:
                 key = HostCaller(key)
             limits = self._policy.limits
-            cap = limits.per_stranger if isinstance(key, LocalCaller) and not key.host else limits.per_caller
+            cap = limits.per_stranger if isinstance(key, Strangers) else limits.per_caller
             who = f"pid {peer.caller.pid}" + ("" if isinstance(key, LocalCaller) else f" uid {peer.caller.uid}")
+            if isinstance(key, ModuleCaller):
+                self.budget.note_module(peer.caller.uid)
+            elif not host and isinstance(handler, _GuardedHandler):
+                handler.charged = self.budget.spend(peer.caller.uid, namespaced=isinstance(key, Strangers) and (
+                    not in_host_user_namespace(peer.caller)))
             refusal = self._guard.admit(key, cap, handler, transport.close, host=host, who=who)
         if refusal is None:
             self._admitted[handler] = key
@@ -353,8 +581,21 @@ class GuardedRunner(web.AppRunner):
     # they get this long, then are cancelled, so a SIGTERM'd daemon stops its modules before any supervisor's kill.
     SHUTDOWN_TIMEOUT = 3.0
 
+    # The listen queue: larger than aiohttp's 128, so a burst of connections waits for the loop instead of being
+    # refused EAGAIN (the kernel caps it at net.core.somaxconn, 4096 by default).
+    LISTEN_BACKLOG = 4096
+
     def __init__(self, app: web.Application) -> None:
         super().__init__(app, access_log=None, handle_signals=False, shutdown_timeout=self.SHUTDOWN_TIMEOUT)
+
+    def _reg_site(self, site: web.BaseSite) -> None:
+        """Every site, whoever made it: its socket closes over-budget uids' connections at accept, with a longer
+        listen queue (aiohttp's sites listen again at start, with the backlog they hold)."""
+        super()._reg_site(site)
+        server = self.server
+        if isinstance(site, web.SockSite) and isinstance(server, _GuardedServer):
+            _serve_admitting(site._sock, server.budget)
+            site._backlog = max(site._backlog, self.LISTEN_BACKLOG)
 
     async def _make_server(self) -> web.Server:
         inner = await super()._make_server()

@@ -183,8 +183,13 @@ def build_app(
         # aiohttp closes a connection that has not delivered a complete request line and headers this long after
         # it connected or got its previous response: the header deadline, and the bound on idle keep-alive.
         # What remains of a body nobody read is drained for at most lingering_time, then the connection closes.
+        # Header lines are capped in number and length well below aiohttp's defaults (128 of 8 KB: a megabyte a
+        # connection, held while it dawdles); their sum by the connection handler (ConnectionLimits.max_head).
         handler_args={"keepalive_timeout": limits.header_timeout,
-                      "lingering_time": min(limits.body_timeout, 2.0)},
+                      "lingering_time": min(limits.body_timeout, 2.0),
+                      "max_line_size": limits.max_field_size,
+                      "max_field_size": limits.max_field_size,
+                      "max_headers": limits.max_header_fields},
     )
     app[_LIMITER_KEY] = limiter
     key = caller_key or limiter.caller_key
