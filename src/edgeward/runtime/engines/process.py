@@ -73,7 +73,7 @@ from ..model import valid_module_name
 from .proccgroup import ModuleCgroups
 from .procfs import PAGE_SIZE, TICKS_PER_SECOND, ProcStat, ancestors, descendants, read_stat, send_signal
 from .proclaunch import Launch, check_executable, needs_sandbox_uid, plan_launch, runs_as_root
-from .proclogs import ModuleLogs, pump, select
+from .proclogs import ModuleLogs, pump
 from .procstate import ModuleRecord, RecordStore
 
 __all__ = ["DEFAULT_SANDBOX_UID_BASE", "MAX_EXECUTABLE_BYTES", "ProcessEngine", "backoff_delay"]
@@ -467,9 +467,9 @@ class ProcessEngine:
         self._save(mod)
 
     @staticmethod
-    def _sink(mod: _Module, stream: Literal[1, 2]) -> Callable[[bytes, bool], None]:
-        def write(data: bytes, complete: bool) -> None:
-            mod.logs.write(stream, data, complete)
+    def _sink(mod: _Module, stream: Literal[1, 2]) -> Callable[[Sequence[bytes], Sequence[bytes]], None]:
+        def write(lines: Sequence[bytes], pieces: Sequence[bytes]) -> None:
+            mod.logs.write_lines(stream, lines, pieces)
         return write
 
     async def _watch(self, mod: _Module, proc: asyncio.subprocess.Process, fds: list[int]) -> int:
@@ -477,6 +477,7 @@ class ProcessEngine:
         loop = asyncio.get_running_loop()
         pumps: list[asyncio.Task[None]] = []
         transports: list[asyncio.ReadTransport] = []
+        exited = asyncio.Event()  # from then on, what the pipes hold is read at once (up to DRAIN_ALLOWANCE)
         try:
             streams: tuple[Literal[1, 2], ...] = (1, 2)
             for stream in streams:
@@ -489,8 +490,9 @@ class ProcessEngine:
                     pipe.close()
                     raise
                 transports.append(transport)
-                pumps.append(asyncio.create_task(pump(reader, self._sink(mod, stream))))
+                pumps.append(asyncio.create_task(pump(reader, self._sink(mod, stream), mod.logs.intake, exited)))
             returncode = await proc.wait()
+            exited.set()
             # The rest of the group (and of its cgroup) dies with the main process; then the pipes reach their end.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -742,9 +744,8 @@ class ProcessEngine:
         # are recognised by their (strictly increasing) timestamps.
         queue = mod.logs.subscribe() if options.follow and mod.phase == "running" else None
         try:
-            records = await asyncio.to_thread(mod.logs.history)
-            seen = records[-1].ts_ns if records else 0
-            for record in select(records, options):
+            records, seen = await asyncio.to_thread(mod.logs.read, options)
+            for record in records:
                 yield record.chunk(options.timestamps)
             if queue is None:
                 return
