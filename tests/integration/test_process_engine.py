@@ -357,12 +357,24 @@ async def test_a_tail_of_a_large_log_reads_only_its_end(engine: ProcessEngine) -
         (directory / name).write_bytes(b"".join(stamp % (first % 10**9 + i) for i in range(count)))
     with (directory / "stdout.log").open("ab") as f:
         f.write(format_timestamp(time.time_ns()).encode() + b" F last\n" + b"2026-12-03T00:00:0")  # and a torn write
+    def open_files(d: Path) -> set[str]:
+        return {str(fd) for fd in Path("/proc/self/fd").iterdir() if str(d) in os.path.realpath(fd)}
+
+    writing = open_files(directory)  # the engine's, writing the module's output
     tracemalloc.start()
     try:
         began = time.perf_counter()
         got = await collect(engine, "big", LogOptions(tail=10, timestamps=True))
         took = time.perf_counter() - began
         peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        first: list[LogChunk] = []  # and the whole log is read a batch at a time, from its oldest record on
+        async with asyncio.timeout(TIMEOUT), contextlib.aclosing(engine.logs("big", LogOptions())) as everything:
+            async for chunk in everything:
+                first.append(chunk)
+                if len(first) == 3:
+                    break
+        whole_peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert [c.data[31:] for c in got] == [b"\n"] * 9 + [b"last\n"]
@@ -370,6 +382,9 @@ async def test_a_tail_of_a_large_log_reads_only_its_end(engine: ProcessEngine) -
     # Before: the whole 40 MB parsed, 1.2 million records in memory (seconds, and hundreds of MB).
     assert peak < 2 * 1024 * 1024, peak
     assert took < 1.0, took
+    assert [(c.stream, c.data) for c in first] == [(1, b"\n")] * 3
+    assert whole_peak < 2 * 1024 * 1024, whole_peak
+    assert open_files(directory) == writing  # the files read are closed again
 
 
 # -- supervision ----------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from unittest import mock
 
@@ -76,7 +77,7 @@ records_spec = st.lists(st.tuples(st.sampled_from([1, 2]), st.integers(1, 3), li
        until=st.none() | st.integers(0, 60), torn=st.binary(max_size=40).filter(lambda b: b"\n" not in b),
        junk=st.sampled_from([b"", b"not a record\n", b"1970-01-01T00:00:00.000000000Z F " + b"x" * (3 * MAX_LINE) + b"\n"]),
        block=st.sampled_from([7, 64, 65536]))
-def test_reading_from_the_end_gives_what_select_of_the_whole_history_gives(
+def test_reading_in_blocks_from_either_end_gives_what_the_whole_files_give(
         tmp_path_factory: pytest.TempPathFactory, spec: list[tuple[int, int, bytes]], tail: int | None, since: int | None,
         until: int | None, torn: bytes, junk: bytes, block: int) -> None:
     directory = tmp_path_factory.mktemp("logs")
@@ -91,11 +92,14 @@ def test_reading_from_the_end_gives_what_select_of_the_whole_history_gives(
         f.write(junk + torn)  # a foreign line (or one too long to be ours), then a write torn by a crash
     logs = ModuleLogs(directory, cap=200)
     options = LogOptions(tail=tail, since=since, until=until)
-    history = logs.history()
+    history = logs.history()  # every file read whole
     with mock.patch.object(proclogs, "_BLOCK", block):  # lines across blocks, blocks across lines
-        got, newest = logs.read(options)
-    assert got == list(select(history, options))
-    assert newest == (history[-1].ts_ns if history else 0)
+        assert list(logs.stored(newest_first=False)) == history
+        assert list(logs.stored(newest_first=True)) == history[::-1]
+        if tail is not None:
+            got, newest = logs.tail(options)
+            assert got == list(select(history, options))
+            assert newest == (history[-1].ts_ns if history else 0)
 
 
 def test_the_intake_allows_a_seconds_burst_then_its_rate() -> None:
@@ -136,3 +140,26 @@ def test_pump_stops_reading_when_over_its_intake_and_drains_once_the_process_exi
         loop.close()
     assert sum(handed) == 5000
     assert max(handed) <= 2048  # a chunk is handed over in slices, the loop running between them
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.sampled_from([0, 1, 9, 33, proclogs._MAX_RECORD, proclogs._MAX_RECORD + 1, 3 * MAX_LINE]),
+                        max_size=8),
+       torn=st.integers(0, 70_000), block=st.sampled_from([7, 4096, 65536]))
+def test_lines_read_in_blocks_are_the_files_lines_but_the_overlong(tmp_path_factory: pytest.TempPathFactory,
+                                                                  lengths: list[int], torn: int, block: int) -> None:
+    lines = [bytes([97 + i % 26]) * n for i, n in enumerate(lengths)]
+    path = tmp_path_factory.mktemp("lines") / "f"
+    path.write_bytes(b"".join(line + b"\n" for line in lines) + b"t" * torn)
+    kept = [line for line in lines if len(line) <= proclogs._MAX_RECORD]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with mock.patch.object(proclogs, "_BLOCK", block):
+            size = os.fstat(fd).st_size
+            # An overlong line is left out, or given whole (a block held it) for the caller to skip; never a piece.
+            forward = [line for line in proclogs._lines_forward(fd, size) if len(line) <= proclogs._MAX_RECORD]
+            backwards = [line for line in proclogs._lines_backwards(fd, size) if len(line) <= proclogs._MAX_RECORD]
+            assert forward == kept
+            assert backwards == kept[::-1]
+    finally:
+        os.close(fd)

@@ -73,7 +73,7 @@ from ..model import valid_module_name
 from .proccgroup import ModuleCgroups
 from .procfs import PAGE_SIZE, TICKS_PER_SECOND, ProcStat, ancestors, descendants, read_stat, send_signal
 from .proclaunch import Launch, check_executable, needs_sandbox_uid, plan_launch, runs_as_root
-from .proclogs import ModuleLogs, pump
+from .proclogs import ModuleLogs, pump, take
 from .procstate import ModuleRecord, RecordStore
 
 __all__ = ["DEFAULT_SANDBOX_UID_BASE", "MAX_EXECUTABLE_BYTES", "ProcessEngine", "backoff_delay"]
@@ -743,14 +743,27 @@ class ProcessEngine:
         # Subscribed before the files are read, so nothing written in between is missed; records already read
         # are recognised by their (strictly increasing) timestamps.
         queue = mod.logs.subscribe() if options.follow and mod.phase == "running" else None
+        until = options.until * 1_000_000_000 if options.until is not None else None
+        since = options.since * 1_000_000_000 if options.since is not None else 0
         try:
-            records, seen = await asyncio.to_thread(mod.logs.read, options)
-            for record in records:
-                yield record.chunk(options.timestamps)
+            if options.tail is not None:  # read from the files' ends: the time and memory of `tail` records
+                records, seen = await asyncio.to_thread(mod.logs.tail, options)
+                for record in records:
+                    yield record.chunk(options.timestamps)
+            else:  # read in batches, the loop running between them: the memory of a batch, whatever the files' size
+                seen = 0
+                stored = mod.logs.stored(newest_first=False)
+                try:
+                    while batch := await asyncio.to_thread(take, stored):
+                        seen = batch[-1].ts_ns
+                        for record in batch:
+                            if record.ts_ns >= since and (until is None or record.ts_ns <= until):
+                                yield record.chunk(options.timestamps)
+                finally:
+                    with contextlib.suppress(ValueError):  # still being read by a cancelled batch: closed once done
+                        stored.close()
             if queue is None:
                 return
-            until = options.until * 1_000_000_000 if options.until is not None else None
-            since = options.since * 1_000_000_000 if options.since is not None else 0
             while (new := await queue.get()) is not None:
                 if new.ts_ns <= seen or new.ts_ns < since:
                     continue

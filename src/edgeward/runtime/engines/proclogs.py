@@ -17,7 +17,7 @@ as fast as it could held the loop half a second per 64 KB read, about 8 us a lin
 its own). The output of a process that has exited is read at once, up to `DRAIN_ALLOWANCE`: what its pipe held.
 
 Reading the last N records (`tail`) reads the files backwards from their end, in blocks: its time and memory are
-those of N records, whatever the files' size.
+those of N records, whatever the files' size. Reading them all (`stored`) goes a block at a time, in batches.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import asyncio
 import calendar
 import contextlib
 import heapq
+import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,6 +50,7 @@ __all__ = [
     "parse_timestamp",
     "pump",
     "select",
+    "take",
 ]
 
 log = logging.getLogger(__name__)
@@ -197,12 +199,14 @@ def _last_line_end(fd: int, size: int) -> int:
 
 
 def _lines_backwards(fd: int, size: int) -> Iterator[bytes]:
-    """The whole lines of a file, last first, without their "\\n", read in blocks from the end; lines longer than
-    `_MAX_RECORD` are skipped (they are no records of ours), so memory stays within a block and a record."""
-    pos = _last_line_end(fd, size) - 1  # the "\n" ending the last line is left out: every block ends a line
+    """The whole lines of a file, last first, without their "\\n", read in blocks from the end. A line longer than
+    `_MAX_RECORD` (no record of ours) is never gathered across blocks, so memory stays within a block and a record:
+    it is left out, or given whole if a block held it (the caller skips it)."""
+    end = _last_line_end(fd, size)
+    pos = end - 1  # the "\n" ending the last line is left out: every block ends a line
     carry = b""  # the start of a line whose beginning lies before `pos`
     overlong = False  # the line `carry` belonged to was too long: its rest, before `pos`, is skipped too
-    while pos > 0:
+    while end:
         start = max(0, pos - _BLOCK)
         parts = (os.pread(fd, pos - start, start) + carry).split(b"\n")
         pos = start
@@ -213,32 +217,59 @@ def _lines_backwards(fd: int, size: int) -> Iterator[bytes]:
         if len(carry) > _MAX_RECORD:
             carry, overlong = b"", True
         yield from reversed(parts)
+        if pos == 0:
+            return
 
 
-def _records_backwards(paths: Sequence[Path], stream: Stream) -> Iterator[LogRecord]:
-    """The records of a stream's files (newest file first), newest first. The files are opened before any is read,
-    so a rotation meanwhile is seen as the generation it replaced (the records it repeats are skipped: timestamps
-    strictly decrease here)."""
+def _lines_forward(fd: int, size: int) -> Iterator[bytes]:
+    """The whole lines of a file's first `size` bytes, without their "\\n", read in blocks; a line longer than
+    `_MAX_RECORD` as in `_lines_backwards`."""
+    pos = 0
+    carry = b""  # the start of a line that goes on in the next block (at the end: a write in progress, or torn)
+    overlong = False  # the line `carry` belonged to was too long: its rest, in the next block, is skipped too
+    while pos < size:
+        block = os.pread(fd, min(_BLOCK, size - pos), pos)
+        if not block:
+            return
+        pos += len(block)
+        parts = (carry + block).split(b"\n")
+        carry = parts.pop()
+        if overlong and parts:
+            parts.pop(0)
+            overlong = False
+        if len(carry) > _MAX_RECORD:
+            carry, overlong = b"", True
+        yield from parts
+
+
+def _open_generations(path: Path) -> list[int]:
+    """The stream's file, then its older generation, opened in that order: a rotation in between opens one file
+    twice (its records are then skipped once seen), never misses the current one."""
     fds: list[int] = []
-    try:
-        for p in paths:
-            with contextlib.suppress(FileNotFoundError):
-                fds.append(os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW))
-        newest = None
-        for fd in fds:
-            for line in _lines_backwards(fd, os.fstat(fd).st_size):
-                if len(line) > _MAX_RECORD:
-                    continue
-                try:
-                    record = parse_record(line, stream)
-                except ValueError:
-                    continue
-                if newest is None or record.ts_ns < newest:
-                    newest = record.ts_ns
-                    yield record
-    finally:
-        for fd in fds:
-            os.close(fd)
+    for p in (path, path.with_name(path.name + ".1")):
+        with contextlib.suppress(FileNotFoundError):
+            fds.append(os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW))
+    return fds
+
+
+def _records(fds: Sequence[int], stream: Stream, backwards: bool) -> Iterator[LogRecord]:
+    """The records of a stream's files (`_open_generations`), newest first or oldest first, read in blocks; what
+    a rotation meanwhile repeats is skipped (timestamps strictly decrease, or increase, here). The files are read up
+    to their size when this starts; what is written after goes to followers."""
+    sizes = [os.fstat(fd).st_size for fd in fds]
+    last: int | None = None
+    order = list(zip(fds, sizes, strict=True))
+    for fd, size in order if backwards else reversed(order):
+        for line in _lines_backwards(fd, size) if backwards else _lines_forward(fd, size):
+            if len(line) > _MAX_RECORD:
+                continue
+            try:
+                record = parse_record(line, stream)
+            except ValueError:
+                continue
+            if last is None or (record.ts_ns < last if backwards else record.ts_ns > last):
+                last = record.ts_ns
+                yield record
 
 
 class ModuleLogs:
@@ -312,30 +343,42 @@ class ModuleLogs:
         return list(heapq.merge(_read_stream(self.path(1), 1), _read_stream(self.path(2), 2),
                                 key=lambda r: (r.ts_ns, r.stream)))
 
-    def newest_first(self) -> Iterator[LogRecord]:
-        """Every stored record of both streams, newest first, read backwards from the files' ends (blocking)."""
-        streams: tuple[Stream, ...] = (1, 2)
-        return heapq.merge(*(_records_backwards([self.path(s), self.path(s).with_name(self.path(s).name + ".1")], s)
-                             for s in streams), key=lambda r: (r.ts_ns, r.stream), reverse=True)
+    def stored(self, *, newest_first: bool) -> Generator[LogRecord, None, None]:
+        """Every stored record of both streams in time order (or its reverse, read from the files' ends), a block
+        of a file at a time (blocking reads: call `next` off the event loop; close it to close the files)."""
+        fds = [_open_generations(self.path(1)), _open_generations(self.path(2))]
+        try:
+            yield from heapq.merge(_records(fds[0], 1, newest_first), _records(fds[1], 2, newest_first),
+                                   key=lambda r: (r.ts_ns, r.stream), reverse=newest_first)
+        finally:
+            for fd in fds[0] + fds[1]:
+                os.close(fd)
 
-    def read(self, options: LogOptions) -> tuple[list[LogRecord], int]:
-        """The records `options` select (`select`), and the newest stored timestamp (0 if none), so a follower
-        knows what it has seen. With a tail, only the files' ends are read (blocking: call it off the event loop)."""
-        if options.tail is None:
-            records = self.history()
-            return list(select(records, options)), records[-1].ts_ns if records else 0
+    def tail(self, options: LogOptions) -> tuple[list[LogRecord], int]:
+        """The records `options` select (`select`; its tail is not None), and the newest stored timestamp (0 if
+        none), so a follower knows what it has seen. Only the files' ends are read (blocking: off the event loop)."""
+        assert options.tail is not None
         since = options.since * 1_000_000_000 if options.since is not None else None
         until = options.until * 1_000_000_000 if options.until is not None else None
         kept: list[LogRecord] = []
         newest = 0
-        for record in self.newest_first():
-            newest = newest or record.ts_ns
-            if len(kept) >= options.tail or (since is not None and record.ts_ns < since):
-                break
-            if until is None or record.ts_ns <= until:
-                kept.append(record)
+        records = self.stored(newest_first=True)
+        try:
+            for record in records:
+                newest = newest or record.ts_ns
+                if len(kept) >= options.tail or (since is not None and record.ts_ns < since):
+                    break
+                if until is None or record.ts_ns <= until:
+                    kept.append(record)
+        finally:
+            records.close()
         kept.reverse()
         return kept, newest
+
+
+def take(records: Iterator[LogRecord], count: int = 1000) -> list[LogRecord]:
+    """The next `count` records at most (blocking, as reading `stored`: call it off the event loop)."""
+    return list(itertools.islice(records, count))
 
 
 def select(records: list[LogRecord], options: LogOptions) -> Iterator[LogRecord]:
