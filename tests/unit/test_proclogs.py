@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import os
 from pathlib import Path
 from unittest import mock
@@ -21,6 +23,7 @@ from edgeward.runtime.engines.proclogs import (
     ModuleLogs,
     format_record,
     format_records,
+    parse_record,
     pump,
     select,
 )
@@ -69,6 +72,19 @@ def test_a_record_longer_than_the_cap_fills_a_file_alone(tmp_path: Path) -> None
     assert (tmp_path / "stdout.log").read_bytes().endswith(b" F c\n")
 
 
+def whole_files(directory: Path) -> list[LogRecord]:
+    """The records of both streams as the files hold them, each file read whole: what reading in blocks must give."""
+    streams: list[list[LogRecord]] = [[], []]
+    for stream, name in ((1, "stdout.log"), (2, "stderr.log")):
+        for path in (directory / (name + ".1"), directory / name):
+            if path.exists():
+                for line in path.read_bytes().split(b"\n")[:-1]:  # the last: a write in progress (or b"")
+                    if len(line) <= proclogs._MAX_RECORD:
+                        with contextlib.suppress(ValueError):
+                            streams[stream - 1].append(parse_record(line, stream))  # type: ignore[arg-type]
+    return list(heapq.merge(*streams, key=lambda r: (r.ts_ns, r.stream)))
+
+
 records_spec = st.lists(st.tuples(st.sampled_from([1, 2]), st.integers(1, 3), line_bytes), max_size=60)
 
 
@@ -92,9 +108,9 @@ def test_reading_in_blocks_from_either_end_gives_what_the_whole_files_give(
         f.write(junk + torn)  # a foreign line (or one too long to be ours), then a write torn by a crash
     logs = ModuleLogs(directory, cap=200)
     options = LogOptions(tail=tail, since=since, until=until)
-    history = logs.history()  # every file read whole
+    history = whole_files(directory)
     with mock.patch.object(proclogs, "_BLOCK", block):  # lines across blocks, blocks across lines
-        assert list(logs.stored(newest_first=False)) == history
+        assert logs.history() == history
         assert list(logs.stored(newest_first=True)) == history[::-1]
         if tail is not None:
             got, newest = logs.tail(options)

@@ -171,21 +171,6 @@ class LogWriter:
             os.close(self._fd)
 
 
-def _read_stream(path: Path, stream: Stream) -> list[LogRecord]:
-    out: list[LogRecord] = []
-    for p in (path.with_name(path.name + ".1"), path):
-        try:
-            raw = p.read_bytes()
-        except FileNotFoundError:
-            continue
-        lines = raw.split(b"\n")
-        for line in lines[:-1]:  # the last element is an unterminated write in progress (or b"")
-            if len(line) <= _MAX_RECORD:
-                with contextlib.suppress(ValueError):
-                    out.append(parse_record(line, stream))
-    return out
-
-
 def _last_line_end(fd: int, size: int) -> int:
     """Where the file's last "\\n" ends (0 if none): what follows is a write in progress, or torn by a crash."""
     pos = size
@@ -340,8 +325,7 @@ class ModuleLogs:
 
     def history(self) -> list[LogRecord]:
         """Every stored record of both streams in time order (blocking file reads: call it off the event loop)."""
-        return list(heapq.merge(_read_stream(self.path(1), 1), _read_stream(self.path(2), 2),
-                                key=lambda r: (r.ts_ns, r.stream)))
+        return list(self.stored(newest_first=False))
 
     def stored(self, *, newest_first: bool) -> Generator[LogRecord, None, None]:
         """Every stored record of both streams in time order (or its reverse, read from the files' ends), a block
