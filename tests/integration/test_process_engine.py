@@ -11,6 +11,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +30,7 @@ from edgeward.runtime.engine import (
 )
 from edgeward.runtime.engines.process import ProcessEngine, backoff_delay
 from edgeward.runtime.engines.procfs import ProcStat, descendants, parse_stat, read_stat
-from edgeward.runtime.engines.proclogs import parse_timestamp
+from edgeward.runtime.engines.proclogs import format_timestamp, parse_timestamp
 from edgeward.runtime.engines.procstate import ModuleRecord, RecordStore
 
 TIMEOUT = 10.0
@@ -310,6 +311,80 @@ async def test_logs_follow_ends_when_the_process_exits(engine: ProcessEngine, tm
     assert [c.stream for c in got] == [1, 1, 2]
     # Following a module that is not running gives its history and returns.
     assert lines(await collect(engine, "follow", LogOptions(follow=True, tail=1))) == [b"oops\n"]
+
+
+async def loop_lateness(seconds: float, period: float = 0.01) -> list[float]:
+    """How late the event loop runs a timer, sampled every `period` for `seconds`: what every caller waits extra."""
+    loop = asyncio.get_running_loop()
+    late: list[float] = []
+    end = loop.time() + seconds
+    while loop.time() < end:
+        due = loop.time() + period
+        await asyncio.sleep(period)
+        late.append(loop.time() - due)
+    return late
+
+
+async def test_a_module_flooding_empty_lines_slows_itself_not_the_event_loop(engine: ProcessEngine) -> None:
+    # Every line was a record of its own, written on the loop: 64 KB of "\n" held it about half a second.
+    await engine.create(sh("flood", "exec yes ''"))
+    await engine.start("flood")
+    log_file = engine.state_dir / "logs" / "flood" / "stdout.log"
+    await loop_lateness(1.0)  # the module's first second's worth of burst
+    before = log_file.stat().st_size
+    late = sorted(await loop_lateness(3.0))
+    records = (log_file.stat().st_size - before) // 33  # an empty line's record: timestamp, " F ", "\n"
+    await engine.stop("flood")
+    # Bounds for a loaded 2-core machine; before the fix: p95 and max about 0.5 s, and some 400,000 records.
+    assert late[int(len(late) * 0.95)] < 0.05, late[-20:]
+    assert late[-1] < 0.25, late[-20:]
+    assert records <= 3 * 20_000 * 1.2  # the fair rate: 20,000 records a second (the module waits on its pipe)
+    tail = await collect(engine, "flood", LogOptions(tail=3))
+    assert lines(tail) == [b"\n"] * 3
+
+
+async def test_a_tail_of_a_large_log_reads_only_its_end(engine: ProcessEngine) -> None:
+    await engine.create(sh("big", "echo fresh"))
+    await engine.start("big")
+    await wait_line(engine, "big", b"fresh")
+    # Two streams of two 10 MB generations each, of empty lines (the densest records), as a flood leaves them.
+    directory = engine.state_dir / "logs" / "big"
+    start = (time.time_ns() - 3600 * 10**9) // 10**9 * 10**9
+    count = engine.log_max_bytes // 33
+    for stream, name in enumerate(("stdout.log.1", "stderr.log.1", "stdout.log", "stderr.log")):
+        first = start + stream * count
+        stamp = format_timestamp(first)[:19].encode() + b".%09dZ F \n"
+        (directory / name).write_bytes(b"".join(stamp % (first % 10**9 + i) for i in range(count)))
+    with (directory / "stdout.log").open("ab") as f:
+        f.write(format_timestamp(time.time_ns()).encode() + b" F last\n" + b"2026-12-03T00:00:0")  # and a torn write
+    def open_files(d: Path) -> set[str]:
+        return {str(fd) for fd in Path("/proc/self/fd").iterdir() if str(d) in os.path.realpath(fd)}
+
+    writing = open_files(directory)  # the engine's, writing the module's output
+    tracemalloc.start()
+    try:
+        began = time.perf_counter()
+        got = await collect(engine, "big", LogOptions(tail=10, timestamps=True))
+        took = time.perf_counter() - began
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        first: list[LogChunk] = []  # and the whole log is read a batch at a time, from its oldest record on
+        async with asyncio.timeout(TIMEOUT), contextlib.aclosing(engine.logs("big", LogOptions())) as everything:
+            async for chunk in everything:
+                first.append(chunk)
+                if len(first) == 3:
+                    break
+        whole_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [c.data[31:] for c in got] == [b"\n"] * 9 + [b"last\n"]
+    assert [c.stream for c in got] == [2] * 9 + [1]
+    # Before: the whole 40 MB parsed, 1.2 million records in memory (seconds, and hundreds of MB).
+    assert peak < 2 * 1024 * 1024, peak
+    assert took < 1.0, took
+    assert [(c.stream, c.data) for c in first] == [(1, b"\n")] * 3
+    assert whole_peak < 2 * 1024 * 1024, whole_peak
+    assert open_files(directory) == writing  # the files read are closed again
 
 
 # -- supervision ----------------------------------------------------------------------------------------------------

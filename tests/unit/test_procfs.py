@@ -100,7 +100,7 @@ def test_pump_splits_any_output_into_lines_without_losing_a_byte(chunks: list[by
         for chunk in chunks:
             reader.feed_data(chunk)
         reader.feed_eof()
-        await pump(reader, lambda data, complete: pieces.append((data, complete)))
+        await pump(reader, lambda lines, over: pieces.extend([(d, True) for d in lines] + [(d, False) for d in over]))
 
     loop = asyncio.new_event_loop()  # its own loop: asyncio.run() would reset the loop other tests share
     try:

@@ -73,7 +73,7 @@ from ..model import valid_module_name
 from .proccgroup import ModuleCgroups
 from .procfs import PAGE_SIZE, TICKS_PER_SECOND, ProcStat, ancestors, descendants, read_stat, send_signal
 from .proclaunch import Launch, check_executable, needs_sandbox_uid, plan_launch, runs_as_root
-from .proclogs import ModuleLogs, pump, select
+from .proclogs import ModuleLogs, pump, take
 from .procstate import ModuleRecord, RecordStore
 
 __all__ = ["DEFAULT_SANDBOX_UID_BASE", "MAX_EXECUTABLE_BYTES", "ProcessEngine", "backoff_delay"]
@@ -467,9 +467,9 @@ class ProcessEngine:
         self._save(mod)
 
     @staticmethod
-    def _sink(mod: _Module, stream: Literal[1, 2]) -> Callable[[bytes, bool], None]:
-        def write(data: bytes, complete: bool) -> None:
-            mod.logs.write(stream, data, complete)
+    def _sink(mod: _Module, stream: Literal[1, 2]) -> Callable[[Sequence[bytes], Sequence[bytes]], None]:
+        def write(lines: Sequence[bytes], pieces: Sequence[bytes]) -> None:
+            mod.logs.write_lines(stream, lines, pieces)
         return write
 
     async def _watch(self, mod: _Module, proc: asyncio.subprocess.Process, fds: list[int]) -> int:
@@ -477,6 +477,7 @@ class ProcessEngine:
         loop = asyncio.get_running_loop()
         pumps: list[asyncio.Task[None]] = []
         transports: list[asyncio.ReadTransport] = []
+        exited = asyncio.Event()  # from then on, what the pipes hold is read at once (up to DRAIN_ALLOWANCE)
         try:
             streams: tuple[Literal[1, 2], ...] = (1, 2)
             for stream in streams:
@@ -489,8 +490,9 @@ class ProcessEngine:
                     pipe.close()
                     raise
                 transports.append(transport)
-                pumps.append(asyncio.create_task(pump(reader, self._sink(mod, stream))))
+                pumps.append(asyncio.create_task(pump(reader, self._sink(mod, stream), mod.logs.intake, exited)))
             returncode = await proc.wait()
+            exited.set()
             # The rest of the group (and of its cgroup) dies with the main process; then the pipes reach their end.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -741,15 +743,27 @@ class ProcessEngine:
         # Subscribed before the files are read, so nothing written in between is missed; records already read
         # are recognised by their (strictly increasing) timestamps.
         queue = mod.logs.subscribe() if options.follow and mod.phase == "running" else None
+        until = options.until * 1_000_000_000 if options.until is not None else None
+        since = options.since * 1_000_000_000 if options.since is not None else 0
         try:
-            records = await asyncio.to_thread(mod.logs.history)
-            seen = records[-1].ts_ns if records else 0
-            for record in select(records, options):
-                yield record.chunk(options.timestamps)
+            if options.tail is not None:  # read from the files' ends: the time and memory of `tail` records
+                records, seen = await asyncio.to_thread(mod.logs.tail, options)
+                for record in records:
+                    yield record.chunk(options.timestamps)
+            else:  # read in batches, the loop running between them: the memory of a batch, whatever the files' size
+                seen = 0
+                stored = mod.logs.stored(newest_first=False)
+                try:
+                    while batch := await asyncio.to_thread(take, stored):
+                        seen = batch[-1].ts_ns
+                        for record in batch:
+                            if record.ts_ns >= since and (until is None or record.ts_ns <= until):
+                                yield record.chunk(options.timestamps)
+                finally:
+                    with contextlib.suppress(ValueError):  # still being read by a cancelled batch: closed once done
+                        stored.close()
             if queue is None:
                 return
-            until = options.until * 1_000_000_000 if options.until is not None else None
-            since = options.since * 1_000_000_000 if options.since is not None else 0
             while (new := await queue.get()) is not None:
                 if new.ts_ns <= seen or new.ts_ns < since:
                     continue
