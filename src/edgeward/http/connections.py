@@ -539,7 +539,10 @@ class _GuardedServer(web.Server):
             key = self._policy.key(peer)
             # A key that says who a module's socket is serving has already told the host apart (never its reserve).
             host = not isinstance(key, ModuleCaller | LocalCaller) and is_host_caller(peer.caller)
-            if not host:
+            # No kernel-vouched identity (a TCP peer: the Keylime agent's listener): its socket's own key decides,
+            # by address; the pools and budgets below are for Unix sockets' uids and user namespaces.
+            unix = peer.caller.pid > 0
+            if not host and unix:
                 key = _pooled(peer, key)
         except Exception:  # a caller that cannot be told apart is not admitted
             log.exception("cannot tell who is calling on %s", transport.get_extra_info("sockname"))
@@ -552,7 +555,7 @@ class _GuardedServer(web.Server):
             who = f"pid {peer.caller.pid}" + ("" if isinstance(key, LocalCaller) else f" uid {peer.caller.uid}")
             if isinstance(key, ModuleCaller):
                 self.budget.note_module(peer.caller.uid)
-            elif not host and isinstance(handler, _GuardedHandler):
+            elif not host and unix and isinstance(handler, _GuardedHandler):
                 handler.charged = self.budget.spend(peer.caller.uid, namespaced=isinstance(key, Strangers) and (
                     not in_host_user_namespace(peer.caller)))
             refusal = self._guard.admit(key, cap, handler, transport.close, host=host, who=who)
