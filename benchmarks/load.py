@@ -12,7 +12,8 @@ import asyncio
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -50,40 +51,53 @@ async def closed_loop(socket: Path | str, path: str, body: dict[str, object], co
     if client == "lean":
         return await _lean_closed_loop(Path(socket), path, body, concurrency, seconds, warmup)
     payload = json.dumps(body).encode()
-    latencies: list[float] = []
-    errors = 0
-    stop_at = 0.0
-    measuring = False
+    run = _Run()
     connector = aiohttp.UnixConnector(path=str(socket), limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < stop_at:
+            while run.going():
                 t = time.perf_counter()
                 async with session.post("http://x" + path, data=payload,
                                         headers={"Content-Type": "application/json"}) as r:
                     await r.read()
-                    if not 200 <= r.status < 300:  # the certs API answers 201 Created
-                        errors += 1
-                if measuring:
-                    latencies.append(time.perf_counter() - t)
+                    run.answered(r.status, t)  # the certs API answers 201 Created
 
-        stop_at = time.perf_counter() + warmup
+        return await run.phases(worker, concurrency, warmup, seconds)
+
+
+@dataclass
+class _Run:
+    """What the workers of one closed loop share: when to stop, whether answers count yet, and what they saw."""
+
+    stop_at: float = 0.0
+    measuring: bool = False
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    def going(self) -> bool:
+        return time.perf_counter() < self.stop_at
+
+    def answered(self, status: int, started: float) -> None:
+        if not 200 <= status < 300:
+            self.errors += 1
+        if self.measuring:
+            self.latencies.append(time.perf_counter() - started)
+
+    async def phases(self, worker: Callable[[], Awaitable[None]], concurrency: int, warmup: float,
+                     seconds: float) -> LoadResult:
+        """``concurrency`` workers through the warm-up, then again through the measured ``seconds``."""
+        self.stop_at = time.perf_counter() + warmup
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        measuring = True
+        self.measuring = True
         start = time.perf_counter()
-        stop_at = start + seconds
+        self.stop_at = start + seconds
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return _result(latencies, elapsed, errors)
-
-
-def _result(latencies: list[float], elapsed: float, errors: int) -> LoadResult:
-    latencies.sort()
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
-    return LoadResult(len(latencies), elapsed, statistics.median(latencies) * 1000 if latencies else 0.0,
-                      p99 * 1000, errors)
+        latencies = sorted(self.latencies)
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
+        return LoadResult(len(latencies), elapsed, statistics.median(latencies) * 1000 if latencies else 0.0,
+                          p99 * 1000, self.errors)
 
 
 class _Answers(asyncio.Protocol):
@@ -133,16 +147,12 @@ async def _lean_closed_loop(socket: Path, path: str, body: dict[str, object], co
     request = (f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
     loop = asyncio.get_running_loop()
-    latencies: list[float] = []
-    errors = 0
-    stop_at = 0.0
-    measuring = False
+    run = _Run()
 
     async def worker() -> None:
-        nonlocal errors
         conn: _Answers | None = None
         try:
-            while time.perf_counter() < stop_at:
+            while run.going():
                 if conn is None or conn.closed:
                     _, conn = await loop.create_unix_connection(_Answers, str(socket))
                 assert conn.transport is not None
@@ -152,21 +162,11 @@ async def _lean_closed_loop(socket: Path, path: str, body: dict[str, object], co
                 try:
                     status = await conn.waiter
                 except ConnectionError:
-                    errors += 1
+                    run.errors += 1
                     continue
-                if not 200 <= status < 300:
-                    errors += 1
-                if measuring:
-                    latencies.append(time.perf_counter() - t)
+                run.answered(status, t)
         finally:
             if conn is not None and conn.transport is not None:
                 conn.transport.close()
 
-    stop_at = time.perf_counter() + warmup
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    measuring = True
-    start = time.perf_counter()
-    stop_at = start + seconds
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    return _result(latencies, elapsed, errors)
+    return await run.phases(worker, concurrency, warmup, seconds)
