@@ -5,10 +5,7 @@ deleted, so the TLS client signature the real EST server checks can only come fr
 
 from __future__ import annotations
 
-import asyncio
-import os
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -16,23 +13,16 @@ from cryptography import x509
 
 from edgeward.testing.est_server import EstServer
 from tests.e2e.test_template_est_keys import client_identity
-from tests.e2e.test_template_pkcs11_identity_keys import into_token
-from tests.fixtures.config_daemon import DEADLINE, daemon, edge_ca_of
-from tests.fixtures.softhsm import make_token
+from tests.fixtures.config_daemon import daemon, edge_ca_of, logged, pkcs11_keys, until
+from tests.fixtures.softhsm import SoftHsm, make_token
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-def bootstrap_config(where: str, server: EstServer, base: Path, cert: Path, uri: str, lib: str, slot: str) -> str:
+def bootstrap_config(where: str, server: EstServer, base: Path, cert: Path, uri: str, hsm: SoftHsm) -> str:
     ca = base / "est-ca.pem"
     ca.write_bytes(server.ca_pem)
-    head = textwrap.dedent(f"""
-        hostname = "est-edge"
-
-        [aziot_keys]
-        pkcs11_lib_path = "{lib}"
-        pkcs11_base_slot = "{slot}"
-
+    head = f'hostname = "est-edge"\n\n{pkcs11_keys(hsm)}' + textwrap.dedent(f"""
         [cert_issuance.est]
         trusted_certs = ["file://{ca}"]
     """)
@@ -62,18 +52,15 @@ async def test_est_bootstrap_key_in_a_pkcs11_token_enrolls_the_edge_ca(where: st
     if not key_ok:
         (tmp_path / "other").mkdir()
         _, key = client_identity(est_server, tmp_path / "other", "est-bootstrap-id")
-    uri = into_token(hsm, key, "est-bootstrap-key", "0b02")
+    uri = hsm.import_key(key, "est-bootstrap-key", "0b02")
     config = tmp_path / "config.toml"
-    config.write_text(bootstrap_config(where, est_server, tmp_path, cert, uri, hsm.lib, hsm.uri()))
+    config.write_text(bootstrap_config(where, est_server, tmp_path, cert, uri, hsm))
     log = tmp_path / "daemon.log"
-    async with daemon(config, tmp_path, env=dict(os.environ, SOFTHSM2_CONF=str(hsm.conf))) as run:
+    async with daemon(config, tmp_path, env=hsm.env()) as run:
         if key_ok:
             ca = await edge_ca_of(run)
         else:
-            deadline = time.monotonic() + DEADLINE
-            while "renewal of 'aziot-edged-ca' failed" not in log.read_text():
-                assert time.monotonic() < deadline, log.read_text()
-                await asyncio.sleep(0.1)
+            await until(logged(log, "renewal of 'aziot-edged-ca' failed"), log)
     assert not key.exists()  # only the token held the key
     if key_ok:
         ca.verify_directly_issued_by(est_server.ca_cert)

@@ -5,18 +5,16 @@ and deleted, so the TLS client signature DPS and the hub check can only come fro
 
 from __future__ import annotations
 
-import asyncio
 import os
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from edgeward.testing.dps_emulator import DpsEmulator
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.e2e.test_template_pkcs11_identity_keys import into_token, self_signed_client
-from tests.fixtures.config_daemon import DEADLINE, daemon
+from tests.e2e.test_template_pkcs11_identity_keys import self_signed_client
+from tests.fixtures.config_daemon import daemon, host_agent, logged, pkcs11_keys, until
 from tests.fixtures.softhsm import make_token
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
@@ -36,13 +34,11 @@ async def test_dps_x509_identity_key_in_a_pkcs11_token_registers_the_device(key_
     if not key_ok:
         (tmp_path / "other").mkdir()
         _, _, key_path = self_signed_client(tmp_path / "other", "dps-hsm-x509")
-    uri = into_token(hsm, key_path, "dps-id-key", "0b03")
+    uri = hsm.import_key(key_path, "dps-id-key", "0b03")
     async with hub:
         (tmp_path / "cloud-ca.pem").write_bytes(hub.ca_pem)
         config = tmp_path / "config.toml"
-        config.write_text(textwrap.dedent(f"""
-            hostname = "dps-hsm-x509"
-
+        config.write_text(f'hostname = "dps-hsm-x509"\n\n{pkcs11_keys(hsm)}' + textwrap.dedent(f"""
             [provisioning]
             source = "dps"
             global_endpoint = "{dps.endpoint}"
@@ -53,31 +49,14 @@ async def test_dps_x509_identity_key_in_a_pkcs11_token_registers_the_device(key_
             registration_id = "{reg_id}"
             identity_cert = "file://{cert_path}"
             identity_pk = "{uri}"
-
-            [aziot_keys]
-            pkcs11_lib_path = "{hsm.lib}"
-            pkcs11_base_slot = "{hsm.uri()}"
-
-            [edgeward.identity]
-            cloud_trust_bundle = "file://{tmp_path / 'cloud-ca.pem'}"
-
-            [[principal]]
-            uid = 3105
-            name = "host-agent"
-            idtype = ["module"]
-        """))
+        """) + host_agent(tmp_path / "cloud-ca.pem", 3105))
         log = tmp_path / "daemon.log"
-        async with daemon(config, tmp_path, env=dict(os.environ, SOFTHSM2_CONF=str(hsm.conf))):
-            deadline = time.monotonic() + DEADLINE
+        async with daemon(config, tmp_path, env=hsm.env()):
             if key_ok:
-                while "host-agent" not in hub.modules_of("dps-hsm-device"):
-                    assert time.monotonic() < deadline, log.read_text()
-                    await asyncio.sleep(0.1)
+                await until(lambda: "host-agent" in hub.modules_of("dps-hsm-device"), log)
                 assert dps.registrations == 1 and dps.registered_certs == [cert]
             else:
-                while "provisioning failed" not in log.read_text():
-                    assert time.monotonic() < deadline, log.read_text()
-                    await asyncio.sleep(0.1)
+                await until(logged(log, "provisioning failed"), log)
                 assert "is not for the key" in log.read_text(), log.read_text()
                 assert dps.registrations == 0 and "dps-hsm-device" not in hub.devices
     assert not key_path.exists()  # only the token held the key

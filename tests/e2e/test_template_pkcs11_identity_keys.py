@@ -5,12 +5,9 @@ hub checks can only come from the token."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
-import subprocess
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.fixtures.config_daemon import DEADLINE, daemon
-from tests.fixtures.softhsm import SoftHsm, make_token
+from tests.fixtures.config_daemon import daemon, host_agent, logged, pkcs11_keys, until
+from tests.fixtures.softhsm import make_token
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
               pytest.mark.skipif(os.getuid() != 0, reason="the hub emulator listens on port 443")]
@@ -44,14 +41,6 @@ def self_signed_client(tmp_path: Path, cn: str) -> tuple[x509.Certificate, Path,
     return cert, cert_path, key_path
 
 
-def into_token(hsm: SoftHsm, key_file: Path, label: str, object_id: str) -> str:
-    """Import the key file as object ``label`` and delete the file; the key's pkcs11: URI."""
-    subprocess.run(["softhsm2-util", "--import", str(key_file), "--token", hsm.label, "--label", label, "--id",
-                    object_id, "--pin", hsm.pin], env=dict(os.environ, SOFTHSM2_CONF=str(hsm.conf)), check=True,
-                   capture_output=True, timeout=60)
-    key_file.unlink()
-    return hsm.uri(label)
-
 
 @pytest.mark.parametrize("key_ok", [True, False], ids=["its-key", "another-key"])
 async def test_manual_x509_identity_key_in_a_pkcs11_token_authenticates_the_device_to_the_hub(
@@ -67,11 +56,9 @@ async def test_manual_x509_identity_key_in_a_pkcs11_token_authenticates_the_devi
         if not key_ok:
             (tmp_path / "other").mkdir()
             _, _, key_path = self_signed_client(tmp_path / "other", "hsm-x509")
-        uri = into_token(hsm, key_path, "device-id-key", "0b01")
+        uri = hsm.import_key(key_path, "device-id-key", "0b01")
         config = tmp_path / "config.toml"
-        config.write_text(textwrap.dedent(f"""
-            hostname = "hsm-x509"
-
+        config.write_text(f'hostname = "hsm-x509"\n\n{pkcs11_keys(hsm)}' + textwrap.dedent(f"""
             [provisioning]
             source = "manual"
             iothub_hostname = "{hub.hostname}"
@@ -81,33 +68,16 @@ async def test_manual_x509_identity_key_in_a_pkcs11_token_authenticates_the_devi
             method = "x509"
             identity_cert = "file://{cert_path}"
             identity_pk = "{uri}"
-
-            [aziot_keys]
-            pkcs11_lib_path = "{hsm.lib}"
-            pkcs11_base_slot = "{hsm.uri()}"
-
-            [edgeward.identity]
-            cloud_trust_bundle = "file://{tmp_path / 'hub-ca.pem'}"
-
-            [[principal]]
-            uid = 3104
-            name = "host-agent"
-            idtype = ["module"]
-        """))
+        """) + host_agent(tmp_path / "hub-ca.pem", 3104))
         log = tmp_path / "daemon.log"
-        async with daemon(config, tmp_path, env=dict(os.environ, SOFTHSM2_CONF=str(hsm.conf))):
-            deadline = time.monotonic() + DEADLINE
+        async with daemon(config, tmp_path, env=hsm.env()):
             if key_ok:
-                while "host-agent" not in hub.modules_of("hsm-x509"):
-                    assert time.monotonic() < deadline, log.read_text()
-                    await asyncio.sleep(0.1)
+                await until(lambda: "host-agent" in hub.modules_of("hsm-x509"), log)
             else:
                 # the daemon reads the token key's public half, finds it is not the certificate's and asks for a new
                 # certificate, which nothing is configured to issue: the device fails closed before any hub call,
                 # saying the cause (cert and key are not a pair), not only the re-issue's failure
-                while "provisioning failed" not in log.read_text():
-                    assert time.monotonic() < deadline, log.read_text()
-                    await asyncio.sleep(0.1)
+                await until(logged(log, "provisioning failed"), log)
                 assert "is not for the key" in log.read_text(), log.read_text()
                 assert "host-agent" not in hub.modules_of("hsm-x509")
         assert not key_path.exists()  # only the token held the key

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,33 +18,22 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edgeward.testing.est_server import EstServer, issue_certificate
-from tests.fixtures.config_daemon import daemon, edge_ca_of, make_ca
-from tests.fixtures.softhsm import SoftHsm, make_token
+from tests.fixtures.config_daemon import daemon, edge_ca_of, make_ca, pkcs11_keys
+from tests.fixtures.softhsm import make_token
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-def into_token(hsm: SoftHsm, key_file: Path, label: str, object_id: str) -> str:
-    """Import the key file as object ``label`` and delete the file; the key's pkcs11: URI."""
-    subprocess.run(["softhsm2-util", "--import", str(key_file), "--token", hsm.label, "--label", label, "--id",
-                    object_id, "--pin", hsm.pin], env=dict(os.environ, SOFTHSM2_CONF=str(hsm.conf)), check=True,
-                   capture_output=True)
-    key_file.unlink()
-    return hsm.uri(label)
-
-
-def aziot_keys(hsm: SoftHsm) -> str:
-    return f'[aziot_keys]\npkcs11_lib_path = "{hsm.lib}"\npkcs11_base_slot = "{hsm.uri()}"\n'
 
 
 async def test_local_ca_key_in_a_pkcs11_token_signs_the_edge_ca(tmp_path: Path) -> None:
     hsm = make_token(tmp_path / "hsm", label="template-keys")
     local, _, cert_path, key_path = make_ca(tmp_path, "local-ca", "HSM local CA")
-    uri = into_token(hsm, key_path, "local-ca", "0a01")
+    uri = hsm.import_key(key_path, "local-ca", "0a01")
     config = tmp_path / "config.toml"
-    config.write_text(f'hostname = "hsm-ca"\n\n{aziot_keys(hsm)}\n[cert_issuance.local_ca]\ncert = "file://{cert_path}"'
+    config.write_text(f'hostname = "hsm-ca"\n\n{pkcs11_keys(hsm)}\n[cert_issuance.local_ca]\ncert = "file://{cert_path}"'
                       f'\npk = "{uri}"\n\n[edge_ca]\nmethod = "local_ca"\ncommon_name = "HSM-signed edge CA"\n')
-    async with daemon(config, tmp_path, env=dict(os.environ, SOFTHSM2_CONF=str(hsm.conf))) as run:
+    async with daemon(config, tmp_path, env=hsm.env()) as run:
         ca = await edge_ca_of(run)
     ca.verify_directly_issued_by(local)  # signed in the token: the key file no longer exists
     assert ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "HSM-signed edge CA"
@@ -56,11 +44,11 @@ async def test_edge_ca_key_in_a_pkcs11_token_is_the_one_its_cert_names(tmp_path:
     finds it is the edge CA certificate's."""
     hsm = make_token(tmp_path / "hsm", label="template-keys")
     cert, _, cert_path, key_path = make_ca(tmp_path, "edge-ca", "HSM edge CA")
-    uri = into_token(hsm, key_path, "edge-ca", "0a02")
+    uri = hsm.import_key(key_path, "edge-ca", "0a02")
     config = tmp_path / "config.toml"
-    config.write_text(f'hostname = "hsm-edge"\n\n{aziot_keys(hsm)}\n[edge_ca]\ncert = "file://{cert_path}"\n'
+    config.write_text(f'hostname = "hsm-edge"\n\n{pkcs11_keys(hsm)}\n[edge_ca]\ncert = "file://{cert_path}"\n'
                       f'pk = "{uri}"\n')
-    env = dict(os.environ, SOFTHSM2_CONF=str(hsm.conf))
+    env = hsm.env()
     async with daemon(config, tmp_path, env=env) as run:
         assert await edge_ca_of(run) == cert
         checked = subprocess.run([sys.executable, "-m", "edgeward", "check", "--json", "-c", str(config),
@@ -85,17 +73,17 @@ async def test_est_identity_key_in_a_pkcs11_token_authenticates_the_enrollment(w
                           .public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
-    uri = into_token(hsm, key_path, "est-id", "0a03")
+    uri = hsm.import_key(key_path, "est-id", "0a03")
     (tmp_path / "est-ca.pem").write_bytes(est_server.ca_pem)
     identity = f'identity_cert = "file://{cert_path}"\nidentity_pk = "{uri}"\n'
-    head = (f'hostname = "hsm-est"\n\n{aziot_keys(hsm)}\n[cert_issuance.est]\n'
+    head = (f'hostname = "hsm-est"\n\n{pkcs11_keys(hsm)}\n[cert_issuance.est]\n'
             f'trusted_certs = ["file://{tmp_path / "est-ca.pem"}"]\n')
     edge_ca = f'[edge_ca]\nmethod = "est"\ncommon_name = "HSM EST edge CA"\nurl = "{est_server.base_url}"\n'
     text = (head + "\n[cert_issuance.est.auth]\n" + identity + "\n" + edge_ca if where == "cert_issuance.est.auth"
             else head + "\n" + edge_ca + identity)
     config = tmp_path / "config.toml"
     config.write_text(text)
-    async with daemon(config, tmp_path, env=dict(os.environ, SOFTHSM2_CONF=str(hsm.conf))) as run:
+    async with daemon(config, tmp_path, env=hsm.env()) as run:
         ca = await edge_ca_of(run)
     ca.verify_directly_issued_by(est_server.ca_cert)
     assert est_server.enrollments == 1

@@ -5,19 +5,17 @@ generic secret object on a SoftHSM2 token, so every SAS signature the emulators 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from edgeward.testing.dps_emulator import DpsEmulator
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.fixtures.config_daemon import DEADLINE, daemon
+from tests.fixtures.config_daemon import daemon, host_agent, logged, pkcs11_keys, until
 from tests.fixtures.softhsm import SoftHsm, make_token
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
@@ -40,12 +38,8 @@ with pkcs11.lib(lib).get_token(token_label=token).open(user_pin=pin, rw=True) as
 def secret_in_token(hsm: SoftHsm, key: bytes, label: str) -> str:
     """Create a non-extractable HMAC key object ``label`` holding ``key``; its pkcs11: URI."""
     subprocess.run([sys.executable, "-c", _CREATE_SECRET, hsm.lib, hsm.label, hsm.pin, label], input=key,
-                   env=dict(os.environ, SOFTHSM2_CONF=str(hsm.conf)), check=True, capture_output=True, timeout=60)
+                   env=hsm.env(), check=True, capture_output=True, timeout=60)
     return hsm.uri(label)
-
-
-def aziot_keys(hsm: SoftHsm) -> str:
-    return f'[aziot_keys]\npkcs11_lib_path = "{hsm.lib}"\npkcs11_base_slot = "{hsm.uri()}"\n'
 
 
 @pytest.mark.parametrize("key_ok", [True, False], ids=["its-key", "another-key"])
@@ -59,7 +53,7 @@ async def test_manual_sas_device_id_pk_in_a_pkcs11_token_signs_the_devices_hub_r
         uri = secret_in_token(hsm, key if key_ok else os.urandom(32), "device-sas")
         (tmp_path / "hub-ca.pem").write_bytes(hub.ca_pem)
         config = tmp_path / "config.toml"
-        config.write_text(f'hostname = "hsm-sas"\n\n{aziot_keys(hsm)}' + textwrap.dedent(f"""
+        config.write_text(f'hostname = "hsm-sas"\n\n{pkcs11_keys(hsm)}' + textwrap.dedent(f"""
             [provisioning]
             source = "manual"
             iothub_hostname = "{hub.hostname}"
@@ -68,26 +62,13 @@ async def test_manual_sas_device_id_pk_in_a_pkcs11_token_signs_the_devices_hub_r
             [provisioning.authentication]
             method = "sas"
             device_id_pk = {{ uri = "{uri}" }}
-
-            [edgeward.identity]
-            cloud_trust_bundle = "file://{tmp_path / 'hub-ca.pem'}"
-
-            [[principal]]
-            uid = 3102
-            name = "host-agent"
-            idtype = ["module"]
-        """))
+        """) + host_agent(tmp_path / "hub-ca.pem", 3102))
         log = tmp_path / "daemon.log"
-        async with daemon(config, tmp_path, env=dict(os.environ, SOFTHSM2_CONF=str(hsm.conf))):
-            deadline = time.monotonic() + DEADLINE
+        async with daemon(config, tmp_path, env=hsm.env()):
             if key_ok:
-                while "host-agent" not in hub.modules_of("hsm-sas"):
-                    assert time.monotonic() < deadline, log.read_text()
-                    await asyncio.sleep(0.1)
+                await until(lambda: "host-agent" in hub.modules_of("hsm-sas"), log)
             else:
-                while "could not register the identity of host principal 'host-agent'" not in log.read_text():
-                    assert time.monotonic() < deadline, log.read_text()
-                    await asyncio.sleep(0.1)
+                await until(logged(log, "could not register the identity of host principal 'host-agent'"), log)
                 assert "host-agent" not in hub.modules_of("hsm-sas")
 
 
@@ -105,7 +86,7 @@ async def test_dps_symmetric_key_in_a_pkcs11_token_registers_the_device(group: b
     async with hub:
         (tmp_path / "cloud-ca.pem").write_bytes(hub.ca_pem)
         config = tmp_path / "config.toml"
-        config.write_text(f'hostname = "dps-hsm"\n\n{aziot_keys(hsm)}' + textwrap.dedent(f"""
+        config.write_text(f'hostname = "dps-hsm"\n\n{pkcs11_keys(hsm)}' + textwrap.dedent(f"""
             [provisioning]
             source = "dps"
             global_endpoint = "{dps.endpoint}"
@@ -116,19 +97,7 @@ async def test_dps_symmetric_key_in_a_pkcs11_token_registers_the_device(group: b
             registration_id = "reg-hsm"
             symmetric_key = {{ uri = "{uri}" }}
             group_enrollment = {str(group).lower()}
-
-            [edgeward.identity]
-            cloud_trust_bundle = "file://{tmp_path / 'cloud-ca.pem'}"
-
-            [[principal]]
-            uid = 3103
-            name = "host-agent"
-            idtype = ["module"]
-        """))
-        log = tmp_path / "daemon.log"
-        async with daemon(config, tmp_path, env=dict(os.environ, SOFTHSM2_CONF=str(hsm.conf))):
-            deadline = time.monotonic() + DEADLINE
-            while "host-agent" not in hub.modules_of("reg-hsm"):
-                assert time.monotonic() < deadline, log.read_text()
-                await asyncio.sleep(0.1)
+        """) + host_agent(tmp_path / "cloud-ca.pem", 3103))
+        async with daemon(config, tmp_path, env=hsm.env()):
+            await until(lambda: "host-agent" in hub.modules_of("reg-hsm"), tmp_path / "daemon.log")
         assert dps.registrations == 1
