@@ -5,23 +5,19 @@ lifetime. Each result is read back over the real sockets, or from the IoT Hub em
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import os
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from edgeward.certs.client import CertsClient
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.fixtures.config_daemon import DEADLINE, daemon, edge_ca_of, make_ca
+from tests.fixtures.config_daemon import daemon, edge_ca_of, host_agent, logged, make_ca, self_signed_client, until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -57,20 +53,9 @@ async def test_manual_sas_device_id_pk_signs_the_devices_hub_requests(given: str
             [provisioning.authentication]
             method = "sas"
             device_id_pk = {pk}
-
-            [edgeward.identity]
-            cloud_trust_bundle = "file://{tmp_path / 'hub-ca.pem'}"
-
-            [[principal]]
-            uid = 3101
-            name = "host-agent"
-            idtype = ["module"]
-        """))
+        """) + host_agent(tmp_path / "hub-ca.pem", 3101))
         async with daemon(config, tmp_path):
-            deadline = time.monotonic() + DEADLINE
-            while "host-agent" not in hub.modules_of("sas-dev"):
-                assert time.monotonic() < deadline, "the device never registered its module in the hub"
-                await asyncio.sleep(0.1)
+            await until(lambda: "host-agent" in hub.modules_of("sas-dev"), tmp_path / "daemon.log")
 
 
 async def test_a_wrong_device_id_pk_is_refused_by_the_hub_and_registers_nothing(tmp_path: Path) -> None:
@@ -90,21 +75,10 @@ async def test_a_wrong_device_id_pk_is_refused_by_the_hub_and_registers_nothing(
             [provisioning.authentication]
             method = "sas"
             device_id_pk = {{ value = "{base64.b64encode(b"not-the-device-key-0123456789abc").decode()}" }}
-
-            [edgeward.identity]
-            cloud_trust_bundle = "file://{tmp_path / 'hub-ca.pem'}"
-
-            [[principal]]
-            uid = 3101
-            name = "host-agent"
-            idtype = ["module"]
-        """))
+        """) + host_agent(tmp_path / "hub-ca.pem", 3101))
         async with daemon(config, tmp_path):
-            deadline = time.monotonic() + DEADLINE
             log = tmp_path / "daemon.log"
-            while "could not register the identity of host principal 'host-agent'" not in log.read_text():
-                assert time.monotonic() < deadline, "the hub's refusal was never logged"
-                await asyncio.sleep(0.1)
+            await until(logged(log, "could not register the identity of host principal 'host-agent'"), log)
             assert "host-agent" not in hub.modules_of("sas-dev")
 
 
@@ -174,29 +148,10 @@ async def test_watchdog_gives_up_on_the_agent_after_max_retries(retries: int, tm
     """))
     log = tmp_path / "daemon.log"
     async with daemon(config, tmp_path):
-        deadline = time.monotonic() + DEADLINE
-        while f"watchdog: giving up after {retries} attempts" not in log.read_text():
-            assert time.monotonic() < deadline, log.read_text()
-            await asyncio.sleep(0.1)
+        await until(logged(log, f"watchdog: giving up after {retries} attempts"), log)
         assert log.read_text().count("watchdog: could not keep the edge agent running") == retries + 1
 
 
-def client_leaf(base: Path, cn: str) -> tuple[x509.Certificate, Path, Path]:
-    """A self-signed clientAuth device certificate (IoT Hub's "selfSigned" X.509 device) and its key, as files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = base / "device-id.pem", base / "device-id.key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert, cert_path, key_path
 
 
 @pytest.mark.parametrize("given", ["files", "local_ca"])
@@ -207,7 +162,7 @@ async def test_manual_x509_identity_authenticates_the_device_to_the_hub(given: s
     async with HubEmulator() as hub:
         (tmp_path / "hub-ca.pem").write_bytes(hub.ca_pem)
         if given == "files":
-            cert, cert_path, key_path = client_leaf(tmp_path, "x509-dev")
+            cert, cert_path, key_path = self_signed_client(tmp_path, "x509-dev")
             hub.add_x509_device("x509-dev", cert=cert)
             identity = f'identity_cert = "file://{cert_path}"\nidentity_pk = "file://{key_path}"\n'
             local_ca = ""
@@ -228,20 +183,9 @@ async def test_manual_x509_identity_authenticates_the_device_to_the_hub(given: s
 
             [provisioning.authentication]
             method = "x509"
-        """) + identity + local_ca + textwrap.dedent(f"""
-            [edgeward.identity]
-            cloud_trust_bundle = "file://{tmp_path / 'hub-ca.pem'}"
-
-            [[principal]]
-            uid = 3102
-            name = "host-agent"
-            idtype = ["module"]
-        """))
+        """) + identity + local_ca + host_agent(tmp_path / "hub-ca.pem", 3102))
         async with daemon(config, tmp_path) as run:
-            deadline = time.monotonic() + DEADLINE
-            while "host-agent" not in hub.modules_of("x509-dev"):
-                assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
-                await asyncio.sleep(0.1)
+            await until(lambda: "host-agent" in hub.modules_of("x509-dev"), tmp_path / "daemon.log")
             if given == "local_ca":
                 certs = CertsClient(run / "certd.sock")
                 try:

@@ -13,8 +13,7 @@ import pytest
 
 from edgeward.testing.dps_emulator import DpsEmulator
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.e2e.test_template_pkcs11_identity_keys import self_signed_client
-from tests.fixtures.config_daemon import daemon, host_agent, logged, pkcs11_keys, until
+from tests.fixtures.config_daemon import daemon, host_agent, logged, pkcs11_keys, self_signed_client, until
 from tests.fixtures.softhsm import make_token
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
@@ -29,11 +28,11 @@ async def test_dps_x509_identity_key_in_a_pkcs11_token_registers_the_device(key_
     hsm = make_token(tmp_path / "hsm", label="dps-keys")
     hub = HubEmulator()
     dps = DpsEmulator(hub, polls_before_assigned=1, retry_after=0)
-    cert, cert_path, key_path = self_signed_client(tmp_path, "dps-hsm-x509")
+    cert, cert_path, key_path = self_signed_client(tmp_path, "dps-hsm-x509", days=1)
     reg_id = dps.add_x509_enrollment(cert, device_id="dps-hsm-device")
     if not key_ok:
         (tmp_path / "other").mkdir()
-        _, _, key_path = self_signed_client(tmp_path / "other", "dps-hsm-x509")
+        _, _, key_path = self_signed_client(tmp_path / "other", "dps-hsm-x509", days=1)
     uri = hsm.import_key(key_path, "dps-id-key", "0b03")
     async with hub:
         (tmp_path / "cloud-ca.pem").write_bytes(hub.ca_pem)

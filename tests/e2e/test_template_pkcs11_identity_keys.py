@@ -5,40 +5,20 @@ hub checks can only come from the token."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import textwrap
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.fixtures.config_daemon import daemon, host_agent, logged, pkcs11_keys, until
+from tests.fixtures.config_daemon import daemon, host_agent, logged, pkcs11_keys, self_signed_client, until
 from tests.fixtures.softhsm import make_token
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
               pytest.mark.skipif(os.getuid() != 0, reason="the hub emulator listens on port 443")]
 
 
-def self_signed_client(tmp_path: Path, cn: str) -> tuple[x509.Certificate, Path, Path]:
-    """A self-signed client certificate (the hub knows devices by thumbprint) and its PKCS#8 key file."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / f"{cn}.pem", tmp_path / f"{cn}.key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert, cert_path, key_path
 
 
 
@@ -51,11 +31,11 @@ async def test_manual_x509_identity_key_in_a_pkcs11_token_authenticates_the_devi
     hsm = make_token(tmp_path / "hsm", label="identity-keys")
     async with HubEmulator() as hub:
         (tmp_path / "hub-ca.pem").write_bytes(hub.ca_pem)
-        cert, cert_path, key_path = self_signed_client(tmp_path, "hsm-x509")
+        cert, cert_path, key_path = self_signed_client(tmp_path, "hsm-x509", days=1)
         hub.add_x509_device("hsm-x509", cert=cert)
         if not key_ok:
             (tmp_path / "other").mkdir()
-            _, _, key_path = self_signed_client(tmp_path / "other", "hsm-x509")
+            _, _, key_path = self_signed_client(tmp_path / "other", "hsm-x509", days=1)
         uri = hsm.import_key(key_path, "device-id-key", "0b01")
         config = tmp_path / "config.toml"
         config.write_text(f'hostname = "hsm-x509"\n\n{pkcs11_keys(hsm)}' + textwrap.dedent(f"""
