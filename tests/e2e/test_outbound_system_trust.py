@@ -13,8 +13,7 @@ import pytest
 from edgeward.testing.dps_emulator import DpsEmulator
 from edgeward.testing.est_server import EstServer
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.e2e.test_template_est_identity import until_in_log, until_module
-from tests.fixtures.config_daemon import daemon
+from tests.fixtures.config_daemon import daemon, logged, registered, until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
               pytest.mark.skipif(os.getuid() != 0, reason="the hub emulator listens on port 443")]
@@ -52,7 +51,7 @@ async def test_dps_and_hub_with_system_trust_only(tmp_path: Path) -> None:
         """))
         log = tmp_path / "daemon.log"
         async with daemon(config, tmp_path, _env(bundle)):
-            await until_module(hub, "dps-sys", log)
+            await until(registered(hub, "dps-sys"), log)
 
 
 @pytest.mark.parametrize("system_holds_est_ca", [True, False], ids=["est-ca-in-system", "est-ca-missing"])
@@ -85,8 +84,8 @@ async def test_est_without_trusted_certs_uses_the_system_store(system_holds_est_
         log = tmp_path / "daemon.log"
         async with daemon(config, tmp_path, _env(bundle)):
             if system_holds_est_ca:
-                await until_module(hub, "est-sys", log)
+                await until(registered(hub, "est-sys"), log)
             else:
-                await until_in_log(log, "provisioning failed")
+                await until(logged(log, "provisioning failed"), log)
                 assert "TLS verification of the EST server" in log.read_text(), log.read_text()
     assert est_server.enrollments == (1 if system_holds_est_ca else 0)

@@ -5,11 +5,9 @@ document DPS receives with the registration)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from aiohttp import web
 
 from edgeward.testing.dps_emulator import DpsEmulator
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.fixtures.config_daemon import DEADLINE, daemon
+from tests.fixtures.config_daemon import daemon, logged, until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
               pytest.mark.skipif(os.getuid() != 0, reason="the hub emulator listens on port 443")]
@@ -74,14 +72,9 @@ async def test_dps_symmetric_key_file_and_payload_file_reach_dps(key_ok: bool, t
         """))
         log = tmp_path / "daemon.log"
         async with daemon(config, tmp_path):
-            deadline = time.monotonic() + DEADLINE
             if key_ok:
-                while not dps.payloads:
-                    assert time.monotonic() < deadline, log.read_text()
-                    await asyncio.sleep(0.1)
+                await until(lambda: bool(dps.payloads), log)
                 assert dps.payloads == [payload]
             else:
-                while "DPS answered 401" not in log.read_text():
-                    assert time.monotonic() < deadline, log.read_text()
-                    await asyncio.sleep(0.1)
+                await until(logged(log, "DPS answered 401"), log)
                 assert dps.registrations == 0 and dps.payloads == []

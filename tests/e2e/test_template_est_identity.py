@@ -6,10 +6,8 @@ server's CA issued, so the device gets in only with the certificate EST issued t
 
 from __future__ import annotations
 
-import asyncio
 import os
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from edgeward.testing.dps_emulator import DpsEmulator
 from edgeward.testing.est_server import EstServer
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.fixtures.config_daemon import DEADLINE, daemon
+from tests.fixtures.config_daemon import daemon, logged, registered, until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
               pytest.mark.skipif(os.getuid() != 0, reason="the hub emulator listens on port 443")]
@@ -49,20 +47,6 @@ def est_settings(server: EstServer, base: Path, password_ok: bool) -> str:
     """)
 
 
-async def until_in_log(log: Path, text: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not log.exists() or text not in log.read_text():
-        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
-        await asyncio.sleep(0.1)
-
-
-async def until_module(hub: HubEmulator, device_id: str, log: Path) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while device_id not in hub.devices or "host-agent" not in hub.modules_of(device_id):
-        assert time.monotonic() < deadline, log.read_text()
-        await asyncio.sleep(0.1)
-
-
 @pytest.mark.parametrize("password_ok", [True, False], ids=["its-password", "wrong-password"])
 async def test_manual_x509_identity_cert_issued_over_est_authenticates_the_device_to_the_hub(
         password_ok: bool, est_server: EstServer, tmp_path: Path) -> None:
@@ -88,9 +72,9 @@ async def test_manual_x509_identity_cert_issued_over_est_authenticates_the_devic
         log = tmp_path / "daemon.log"
         async with daemon(config, tmp_path):
             if password_ok:
-                await until_module(hub, "est-x509", log)
+                await until(registered(hub, "est-x509"), log)
             else:
-                await until_in_log(log, "provisioning failed")
+                await until(logged(log, "provisioning failed"), log)
                 assert "refused the configured credentials (401)" in log.read_text(), log.read_text()
                 assert "host-agent" not in hub.modules_of("est-x509")
     assert est_server.enrollments == (1 if password_ok else 0), log.read_text()
@@ -127,12 +111,12 @@ async def test_dps_x509_identity_cert_issued_over_est_registers_the_device(
         log = tmp_path / "daemon.log"
         async with daemon(config, tmp_path):
             if password_ok:
-                await until_module(hub, "dps-est", log)
+                await until(registered(hub, "dps-est"), log)
                 assert dps.registrations == 1
                 assert len(dps.registered_certs) == 1
                 dps.registered_certs[0].verify_directly_issued_by(est_server.ca_cert)
             else:
-                await until_in_log(log, "provisioning failed")
+                await until(logged(log, "provisioning failed"), log)
                 assert "refused the configured credentials (401)" in log.read_text(), log.read_text()
                 assert dps.registrations == 0 and "dps-est" not in hub.devices
     assert est_server.enrollments == (1 if password_ok else 0), log.read_text()

@@ -7,10 +7,8 @@ server's CA, and the server says how it was authenticated."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edgeward.testing.est_server import EstServer, issue_certificate
-from tests.fixtures.config_daemon import daemon, edge_ca_of
+from tests.fixtures.config_daemon import daemon, edge_ca_of, logged, until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -107,8 +105,5 @@ async def test_edge_ca_over_est_with_a_wrong_password_is_not_issued(est_server: 
     config.write_text(est_config("own", est_server, tmp_path).replace(est_server.password or "", "wrong-password"))
     log = tmp_path / "daemon.log"
     async with daemon(config, tmp_path):
-        deadline = time.monotonic() + 30
-        while "renewal of 'aziot-edged-ca' failed" not in log.read_text():
-            assert time.monotonic() < deadline, log.read_text()
-            await asyncio.sleep(0.1)
+        await until(logged(log, "renewal of 'aziot-edged-ca' failed"), log)
     assert "refused" in log.read_text() and est_server.enrollments == 0
