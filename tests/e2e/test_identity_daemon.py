@@ -3,7 +3,6 @@ each local user sees only the identity its principal allows, checked over the re
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import textwrap
@@ -11,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeward.supervise import start_daemon, stop_daemon
 from edgeward.testing.hub_emulator import HubEmulator
+from tests.fixtures.config_daemon import daemon, host_agent
 from tests.fixtures.peers import as_uid_async as as_uid
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
@@ -30,14 +29,6 @@ async def test_each_uid_sees_only_its_own_identity(public_dir: Path) -> None:
             source = "manual"
             connection_string = "HostName={hub.hostname};DeviceId=edge-e2e;SharedAccessKey={base64.b64encode(key).decode()}"
 
-            [edgeward.identity]
-            cloud_trust_bundle = "file://{public_dir / 'hub-ca.pem'}"
-
-            [[principal]]
-            uid = 3001
-            name = "host-agent"
-            idtype = ["module"]
-
             [[principal]]
             uid = 3002
             name = "device-agent"
@@ -46,12 +37,8 @@ async def test_each_uid_sees_only_its_own_identity(public_dir: Path) -> None:
             [[principal]]
             uid = 3003
             name = "edge-daemon"
-        """))
-        run = public_dir / "run"
-        loop = asyncio.get_running_loop()
-        daemon = await loop.run_in_executor(None, start_daemon, [
-            "run", "-c", str(config), "--state-dir", str(public_dir / "state"), "--run-dir", str(run)])
-        try:
+        """) + host_agent(public_dir / "hub-ca.pem", 3001))
+        async with daemon(config, public_dir) as run:
             sock, q = run / "identityd.sock", "?api-version=2021-12-01"
             status, body = await as_uid(3001, sock, "GET", "/identities/identity" + q)
             assert status == 200, body
@@ -69,5 +56,3 @@ async def test_each_uid_sees_only_its_own_identity(public_dir: Path) -> None:
                                         {"type": "aziot", "moduleId": "by-daemon"})
             assert status == 200 and body["spec"]["moduleId"] == "by-daemon"
             assert "intruder" not in hub.modules_of("edge-e2e")
-        finally:
-            await loop.run_in_executor(None, stop_daemon, daemon)

@@ -9,7 +9,6 @@ module identity in the hub that no module owns."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import os
@@ -20,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeward.supervise import start_daemon, stop_daemon
 from edgeward.testing.hub_emulator import HubEmulator
+from tests.fixtures.config_daemon import daemon, host_agent
 from tests.fixtures.peers import as_uid_async as as_uid
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
@@ -47,26 +46,12 @@ async def principals_daemon(directory: Path) -> AsyncIterator[tuple[HubEmulator,
             source = "manual"
             connection_string = "HostName={hub.hostname};DeviceId={DEVICE};SharedAccessKey={base64.b64encode(key).decode()}"
 
-            [edgeward.identity]
-            cloud_trust_bundle = "file://{directory / 'hub-ca.pem'}"
-
-            [[principal]]
-            uid = 3001
-            name = "host-agent"
-            idtype = ["module"]
-
             [[principal]]
             uid = 3003
             name = "edge-daemon"
-        """))
-        run = directory / "run"
-        loop = asyncio.get_running_loop()
-        daemon = await loop.run_in_executor(None, start_daemon, [
-            "run", "-c", str(config), "--state-dir", str(directory / "state"), "--run-dir", str(run)])
-        try:
+        """) + host_agent(directory / "hub-ca.pem", 3001))
+        async with daemon(config, directory) as run:
             yield hub, run
-        finally:
-            await loop.run_in_executor(None, stop_daemon, daemon)
 
 
 async def test_the_agent_cannot_delete_create_over_or_update_a_host_principals_identity(public_dir: Path) -> None:
