@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,19 +20,13 @@ from edgeward.runtime.engine import EngineError
 from edgeward.runtime.engines.proccgroup import ModuleCgroups, cgroup2_mount, own_cgroup
 from edgeward.runtime.engines.process import ProcessEngine
 from edgeward.runtime.engines.procfs import ProcStat, read_stat
+from tests.integration import test_process_engine
 from tests.integration.test_process_engine import TIMEOUT, alive, make_engine, sh, wait_gone, wait_line
+
+engine = test_process_engine.engine  # the fixture: an engine that runs modules as root, closed by pid after the test
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or cgroup2_mount() is None,
                                 reason="making cgroups needs root and a cgroup v2 hierarchy")
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[ProcessEngine]:
-    eng = make_engine(tmp_path / "state")
-    try:
-        yield eng
-    finally:
-        await eng.close()
 
 
 @pytest.fixture
