@@ -216,3 +216,13 @@ async def test_local_identities_default_to_the_local_ca(software_certs: CertsEnv
     with pytest.raises(HttpError) as none:
         await software_certs.client.create_cert("other-id", csr_for(ec.generate_private_key(ec.SECP256R1())))
     assert none.value.status == 400 and "no cert_issuance method" in none.value.message
+
+
+async def test_deletes_and_issues_of_many_ids_leave_no_lock_behind(software_certs: CertsEnv) -> None:
+    """Attack (session-13 review, brk13a a02): a principal deleting ids that do not exist, each a new one, grew the
+    daemon by ~1.1 MB/s from one connection: one lock per cert id ever named stayed for the daemon's life."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    for i in range(300):
+        await software_certs.client.delete_cert(f"absent-{i}")
+    await software_certs.client.create_cert("server", csr_for(key))
+    assert len(software_certs.service._locks) == 0

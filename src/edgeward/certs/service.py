@@ -5,13 +5,13 @@ sent."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from ..access.trusted import trusted_service_uids
 from ..http.errors import BadRequest, HttpError
 from ..http.peercred import Caller
+from ..keyedlocks import KeyedLocks
 from ..keys.api import KeysApi
 from ..keys.errors import InvalidHandle, KeyNotFound
 from ..keys.model import PublicKey
@@ -105,7 +106,7 @@ class CertService:
         self.keys = keys
         self.est_factory = est_factory
         self._trusted = trusted_uids if trusted_uids is not None else trusted_service_uids("certd")
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()  # an id's lock lives while it is held: ids are the callers' to choose
         self._local_ca: LocalCa | None = None
         self._local_ca_checked = 0.0
         self._plans: dict[str, IssuancePlan] = {}
@@ -114,8 +115,9 @@ class CertService:
     def for_caller(self, caller: Caller) -> CertsApi:
         return _CallerView(self, caller)
 
-    def lock(self, cert_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(cert_id, asyncio.Lock())
+    def lock(self, cert_id: str) -> AbstractAsyncContextManager[None]:
+        """One writer of ``cert_id`` at a time (issue, import, delete, renewal)."""
+        return self._locks.hold(cert_id)
 
     def authorize(self, caller: Caller, cert_id: str) -> None:
         if caller.uid in self._trusted or any(
