@@ -429,3 +429,24 @@ async def test_a_principal_reissuing_certs_in_a_loop_cannot_push_the_log_past_a_
     summary = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO][5:]
     assert len(summary) == 1 and summary[0].startswith("37 more 'issued cert' lines in the last"), summary
     assert "'free-log' 29" in summary[0] and "and 4 more keys" in summary[0], summary
+
+
+async def test_a_subject_too_large_to_be_a_name_is_refused_before_its_names_are_read(env: CertsEnv) -> None:
+    """Attack (session-13 review, brk13a a06): CSRs just under the body limit whose subject is 8 OU attributes of
+    non-ASCII text split by dots and xn-- labels cost ~230 ms each of the local-identity name check, on the event
+    loop, stalling every service; they were issued. A subject is bounded (attributes, characters each and in all,
+    far above any name a device asks for) and refused with a 400 that says which bound."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    ou, cn = NameOID.ORGANIZATIONAL_UNIT_NAME, NameOID.COMMON_NAME
+    text = "é.xn--a" * 1000
+    status, body = await as_module(env, "free-5", _attrs_csr(key, [(ou, text)] * 3))
+    assert status == 400 and "subject OU of 7000 characters" in body["message"], body
+    status, body = await as_module(env, "free-5", _attrs_csr(key, [(ou, "é.xn--a" * 30)] * 8))
+    assert status == 400 and "a subject of 1680 characters" in body["message"], body
+    status, body = await as_module(env, "free-5", _attrs_csr(key, [(cn, "free-5")] + [(ou, "team")] * 16))
+    assert status == 400 and "a subject of 17 attributes" in body["message"], body
+    # what devices ask for passes: a module id as long as IoT Hub allows (128) and a full DN
+    full = [(cn, "m" * 128), (ou, "é" * 64), (NameOID.ORGANIZATION_NAME, "Contoso Plant Operations"),
+            (NameOID.LOCALITY_NAME, "Zürich"), (NameOID.STATE_OR_PROVINCE_NAME, "ZH"), (NameOID.COUNTRY_NAME, "CH")]
+    status, body = await as_module(env, "free-5", _attrs_csr(key, full))
+    assert status == 201, body

@@ -76,6 +76,14 @@ __all__ = [
 
 Extension = tuple[x509.ExtensionType, bool]  # (value, critical)
 
+# A subject is bounded before anything reads its names: the local-identity check (name_under) reads every attribute
+# several ways (NFKC, case folding, punycode), a few microseconds a character on the event loop, and a CSR just under
+# the body limit took ~230 ms (session-13 review). RFC 5280's upper bounds are 64-128 characters for the common
+# fields; IoT Hub module ids, which become CNs, reach 128. Far above what any device asks for.
+MAX_SUBJECT_ATTRIBUTES = 16
+MAX_ATTRIBUTE_CHARS = 256
+MAX_SUBJECT_CHARS = 1024
+
 _EKU_OF: dict[Kind, frozenset[x509.ObjectIdentifier]] = {
     "ca": frozenset(),
     "server": frozenset({ExtendedKeyUsageOID.SERVER_AUTH}),
@@ -262,6 +270,15 @@ class IssuancePolicy:
             values = tuple(name_values(subject_der))
         except NameValueError as e:
             raise self._refuse(f"subject {e.field}".rstrip(), e.why) from None
+        if len(values) > MAX_SUBJECT_ATTRIBUTES:
+            raise self._refuse(f"a subject of {len(values)} attributes", f"at most {MAX_SUBJECT_ATTRIBUTES}")
+        for value in values:
+            if len(value.text) > MAX_ATTRIBUTE_CHARS or len(value.raw) > 4 * MAX_ATTRIBUTE_CHARS:
+                raise self._refuse(f"subject {value.field} of {len(value.text)} characters",
+                                   f"at most {MAX_ATTRIBUTE_CHARS}")
+        total = sum(len(value.text) for value in values)
+        if total > MAX_SUBJECT_CHARS:
+            raise self._refuse(f"a subject of {total} characters", f"at most {MAX_SUBJECT_CHARS} in all")
         for value in values:
             if has_control(value.text):
                 raise self._refuse(f"subject {value.field} with a control character",
