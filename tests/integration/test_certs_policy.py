@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from edgeward.certs.repeat_log import RepeatLog
 from edgeward.certs.service import log as certs_log
 from edgeward.certs.tbs import tlv
 from edgeward.certs.x509sign import handle_public_key, sign_csr
 from edgeward.http.errors import HttpError
+from edgeward.repeat_log import RepeatLog
 from edgeward.runtime.edge_ca import EDGE_CA_CERT_ID, EDGE_CA_KEY_ID, EdgeCa
 from edgeward.testing.est_server import EstServer
 from tests.fixtures.certs import CertsEnv, serve_certs

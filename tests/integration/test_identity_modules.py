@@ -97,6 +97,30 @@ async def test_hub_outage_is_answered_from_the_local_copy(request: pytest.Fixtur
         assert getattr(e.value, "retry_after", None) == 5
 
 
+async def test_a_principal_reading_its_identity_in_a_loop_during_an_outage_writes_one_line(
+        request: pytest.FixtureRequest, tmp_path: Path, hub: HubEmulator, caplog: pytest.LogCaptureFixture) -> None:
+    """Each answer from the local copy wrote a WARNING, which a principal asking for its identity in a loop during a
+    hub outage repeats at will (as h/brk13a a01 did with refusals): now the first per module an interval, the rest
+    at DEBUG, counted in one summary."""
+    import logging
+
+    from edgeward.http.peercred import Caller
+
+    async with await serve(request, tmp_path, hub) as env:
+        agent = Caller(1, 3001, 3001)
+        online = await env.service.caller_identity(agent)
+        caplog.set_level(logging.DEBUG, logger="edgeward")
+        hub.fail_next(30, 503)
+        for _ in range(30):
+            assert (await env.service.caller_identity(agent)).gen_id == online.gen_id  # type: ignore[union-attr]
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warned) == 1 and "answering 'host-agent' from the local copy" in warned[0], warned
+        caplog.clear()
+        env.service.from_copy_log.flush()  # the interval's end
+        summary = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(summary) == 1 and summary[0].startswith("29 more 'answered from the local copy' lines"), summary
+
+
 async def test_identity_api_over_the_socket(request: pytest.FixtureRequest, tmp_path: Path, hub: HubEmulator) -> None:
     async with await serve(request, tmp_path, hub) as env:
         async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(env.socket))) as s:

@@ -44,3 +44,38 @@ async def test_repeated_500s_log_one_traceback_then_a_count(caplog: pytest.LogCa
     assert len(with_traceback) == 2  # one per route and exception type
     assert {r.exc_info[0] for r in with_traceback if r.exc_info} == {ValueError, KeyError}
     assert len(ours) <= 3 and len(caplog.text) < 10_000
+
+
+async def test_a_full_or_read_only_state_logs_one_line_per_route_not_one_per_request(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Found while fixing h/brk13a a01: a writing request on a full (or read-only) state directory logged an ERROR
+    line each, which any caller could repeat at will, past journald's rate limit. Now the first per route is
+    logged, the rest go to DEBUG and are counted in one summary."""
+    import errno
+
+    from edgeward.http import server
+
+    routes = RouteTable([V])
+
+    @routes.post("/full/{n}", since=V)
+    async def full(request: web.Request) -> web.Response:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    @routes.post("/ro", since=V)
+    async def read_only(request: web.Request) -> web.Response:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    caplog.set_level(logging.DEBUG, logger="edgeward")
+    async with TestServer(build_app(routes), host="127.0.0.1") as srv, aiohttp.ClientSession() as s:
+        for n in range(100):
+            async with s.post(srv.make_url(f"/full/{n}?api-version={V}")) as r:
+                assert r.status == 507
+            async with s.post(srv.make_url(f"/ro?api-version={V}")) as r:
+                assert r.status == 503
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2 and errors[0].startswith("no space left for POST /full/0") and (
+        errors[1].startswith("read-only state for POST /ro")), errors
+    caplog.clear()
+    server._STATE_ERRORS.flush()  # the interval's end
+    summary = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(summary) == 1 and summary[0].startswith("198 more 'state directory full or read-only' lines"), summary

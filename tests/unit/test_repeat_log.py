@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from edgeward.certs.repeat_log import SUMMARY_TASK, RepeatLog
+from edgeward.repeat_log import SUMMARY_TASK, RepeatLog
 
 
 class Clock:
@@ -86,3 +86,39 @@ async def test_a_pending_summary_is_logged_when_the_loop_cancels_it(caplog: pyte
     asyncio.get_running_loop().call_soon(summarised.set)  # after the done callbacks already scheduled
     await summarised.wait()
     assert _info(caplog)[1].startswith("1 more 'issued cert' lines"), _info(caplog)
+
+
+def test_a_warning_stays_a_warning_and_threads_may_share_one_log(caplog: pytest.LogCaptureFixture) -> None:
+    """identityd's "answering from the local copy" is a WARNING, and so is its summary; the keys fallback backend
+    logs from executor threads, several at once."""
+    import threading
+
+    clock = Clock()
+    log = RepeatLog(logging.getLogger("edgeward.test.repeat"), "from the copy", budget=3, level=logging.WARNING,
+                    clock=clock)
+    caplog.set_level(logging.DEBUG, logger="edgeward.test.repeat")
+    errors: list[BaseException] = []
+
+    def flood(t: int) -> None:
+        try:
+            for i in range(2_000):
+                log.log(f"k{t}-{i % 7}", "line %d", i)
+                if i % 500 == 0:
+                    log.flush()
+        except BaseException as e:  # a race in the counters would show here
+            errors.append(e)
+
+    threads = [threading.Thread(target=flood, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    log.flush()
+    above_debug = [r for r in caplog.records if r.levelno > logging.DEBUG]
+    assert above_debug and {r.levelno for r in above_debug} == {logging.WARNING}
+    lines = [r for r in above_debug if r.getMessage().startswith("line")]
+    summaries = [r for r in above_debug if "more 'from the copy' lines" in r.getMessage()]
+    assert len(lines) <= 3 * 17 and len(summaries) <= 17  # at most 3 lines per interval: 4 x 4 flushes + 1
+    held = sum(int(r.getMessage().split()[0]) for r in summaries)
+    assert held + len(lines) == 8_000  # every line is either logged or counted

@@ -27,6 +27,7 @@ from ..keys.api import KeysApi
 from ..keys.errors import InvalidHandle, KeyNotFound
 from ..keys.model import PublicKey
 from ..keys.principals import glob_to_regex
+from ..repeat_log import RepeatLog
 from .api import CertsApi
 from .dn import subject_name
 from .errors import CertNotFound, InvalidCsr, IssuanceFailed, NotAuthorized
@@ -34,7 +35,6 @@ from .est.tls_identity import KeysIdentity
 from .issuance import IssuerRef, issue, parse_csr, self_signed_ca
 from .pem import PemError, chain_to_pem, parse_chain
 from .policy import LOCAL_ID_PREFIX, Grant, IssuancePolicy, PolicyRefused, default_kind, name_under
-from .repeat_log import RepeatLog
 from .settings import CertsSettings, EstAuth, IssuanceOptions
 from .store import CertStore
 from .x509sign import IssuerKeyMismatch, handle_public_key, same_public_key, sign_certificate, sign_csr

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..repeat_log import RepeatLog
 from .activation import activated_sockets
 from .apiversion import ApiVersions, check_api_version
 from .callers import CallerKey, caller_key_of
@@ -47,6 +48,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _INTERNAL_ERRORS = InternalErrorLog(log)
+# A full or read-only state directory fails every writing request alike, and any caller can repeat one at will:
+# the first line per route an interval, the rest counted (a line per request would push the refusals logged next
+# out of journald's rate limit).
+_STATE_ERRORS = RepeatLog(log, "state directory full or read-only", level=logging.ERROR)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -104,6 +109,12 @@ class RouteTable:
             app.router.add_route(method, path, handler)
 
 
+def _route_key(request: web.Request, what: str) -> str:
+    """By route, not path: a caller varying the path (a key or cert id) must not get a line each."""
+    resource = request.match_info.route.resource
+    return f"{what} {request.method} {resource.canonical if resource is not None else ''}"
+
+
 @web.middleware
 async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -122,10 +133,12 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(e.status, message)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            log.error("no space left for %s %s: %s", request.method, request.path, e)
+            _STATE_ERRORS.log(_route_key(request, "no space"), "no space left for %s %s: %s", request.method,
+                              request.path, e)
             return error_response(507, "no space left on the device for Edgeward's state; free space and retry")
         if e.errno == errno.EROFS:
-            log.error("read-only state for %s %s: %s", request.method, request.path, e)
+            _STATE_ERRORS.log(_route_key(request, "read-only"), "read-only state for %s %s: %s", request.method,
+                              request.path, e)
             return error_response(503, "Edgeward's state directory is read-only; remount it read-write")
         _INTERNAL_ERRORS.log(request, e)
         return error_response(500, "internal error; see the service log")

@@ -32,12 +32,16 @@ from ..certs.est.pkcs7 import EstError
 from ..certs.est.tls_identity import KeysIdentity
 from ..http.answers import read_capped
 from ..http.errors import HttpError
+from ..repeat_log import RepeatLog
 from .unreachable import Unreachable
 
 __all__ = ["MAX_RESPONSE", "RETRY_DELAY", "CloudTransport", "HttpsTransport", "OversizedAnswer", "Unreachable",
            "X509Transport"]
 
 log = logging.getLogger(__name__)
+# every request that reaches the cloud during an outage would write this line (any principal asking for its
+# identity in a loop): the first per peer an interval, the rest counted
+_RETRY_LOG = RepeatLog(log, "cloud attempt failed, trying again", level=logging.WARNING)
 
 MAX_RESPONSE = 1024 * 1024  # far above any DPS or registry answer (a module list of a full device is ~100 KB)
 RETRY_DELAY = 3.0  # seconds between attempts that got no answer, as aziot's http-common waits
@@ -74,7 +78,8 @@ async def _bounded(attempt: Callable[[], Awaitable[Answer]], timeout: float, ret
             if tries > 1:
                 raise Unreachable(f"{error.message} (after {tries} attempts; cloud_retries = {retries})") from error
             raise error
-        log.warning("%s (attempt %d of %d); trying again in %gs", error.message, n, tries, RETRY_DELAY)
+        _RETRY_LOG.log(peer, "%s (attempt %d of %d); trying again in %gs", error.message, n, tries,
+                       RETRY_DELAY)
         await asyncio.sleep(RETRY_DELAY)
     raise AssertionError("unreachable")  # the loop returns or raises
 

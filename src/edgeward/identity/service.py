@@ -34,6 +34,7 @@ from ..http.errors import BadRequest, Conflict, HttpError, NotFound, Unauthorize
 from ..http.peercred import Caller
 from ..keys.api import KeysApi
 from ..keys.model import HmacSha256
+from ..repeat_log import RepeatLog
 from ..tpm.api import TpmApi
 from .dps_auth import DpsAuth, SymmetricKeyAuth, TpmAuth, X509Auth
 from .model import AziotIdentity, HubModules, Identity, LocalIdentity, ModuleInfo, ProvisioningInfo
@@ -113,6 +114,9 @@ class IdentityService:
         self.store = DeviceStore(settings.homedir)
         self.cache = ModuleCache(settings.homedir)
         self.host_modules = HostModules(settings.homedir)
+        # a line per answer from the local copy, which any principal reading its identity in a loop during a hub
+        # outage would write at will: bounded like certd's "issued cert" line
+        self.from_copy_log = RepeatLog(log, "answered from the local copy", level=logging.WARNING)
         self.reconciled = asyncio.Event()  # set once the host principals' identities match the configuration
         self._reconcile_lock = asyncio.Lock()
         self._reconcile_task: asyncio.Task[None] | None = None
@@ -466,7 +470,8 @@ class IdentityService:
             cached = self.cache.get(self.device.device_id, "aziot", module_id)
             if cached is None:
                 raise
-            log.warning("hub unreachable (%s); answering %r from the local copy", e.message, module_id)
+            self.from_copy_log.log(module_id, "hub unreachable (%s); answering %r from the local copy", e.message,
+                                   module_id)
             info = ModuleInfo(cached.module_id, cached.generation_id, cached.managed_by)
         return info
 
@@ -686,7 +691,8 @@ class IdentityService:
             kinds = principal.idtype
             if kinds is None or (module_id == principal.name and ("module" in kinds or "local" in kinds)):
                 return principal
-        log.warning("uid %d refused the module identity %r", caller.uid, module_id)
+        # no log line of its own: the access guard records the refusal (with this message) in the refusal trail,
+        # rate-limited per caller and route; a line per refusal let a caller flood the log (h/brk13a a01)
         raise Unauthorized(f"uid {caller.uid} may not read the identity of module {module_id!r}"
                            + ("" if principal is None else f" (principal {principal.name!r} may read only its own)"))
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 
+from ...repeat_log import RepeatLog
 from ..model import KeyPairAlgorithm, KeyPairInfo, KeyUsage, RsaPadding, SignScheme, SymmetricKeyInfo
 from .base import KeyBackend, KeyMissing, UnsupportedByBackend
 
 __all__ = ["SymmetricFallback"]
 
 log = logging.getLogger(__name__)
+# A principal re-importing its own key in a loop would write this line per request: bounded, first per key shown
+_KEPT_LOG = RepeatLog(log, "symmetric key kept in the secondary store")
 
 
 class SymmetricFallback:
@@ -67,7 +70,7 @@ class SymmetricFallback:
         try:
             info = self.primary.create_key(ref, length, usage)
         except UnsupportedByBackend as e:
-            log.info("symmetric key %r kept in %s: %s", ref, self.secondary.name, e)
+            _KEPT_LOG.log(ref, "symmetric key %r kept in %s: %s", ref, self.secondary.name, e)
             self.primary.delete_key(ref)
             return self.secondary.create_key(ref, length, usage)
         self.secondary.delete_key(ref)
@@ -77,7 +80,7 @@ class SymmetricFallback:
         try:
             info = self.primary.import_key(ref, key, usage)
         except UnsupportedByBackend as e:
-            log.info("symmetric key %r kept in %s: %s", ref, self.secondary.name, e)
+            _KEPT_LOG.log(ref, "symmetric key %r kept in %s: %s", ref, self.secondary.name, e)
             self.primary.delete_key(ref)
             return self.secondary.import_key(ref, key, usage)
         self.secondary.delete_key(ref)
