@@ -241,16 +241,23 @@ class SerialLane:
 
 
 class BlockingExecutor:
-    """A pool of ``max_workers`` threads, plus the serial lanes ``lanes`` routes calls to.
+    """A pool of ``max_workers`` threads, plus the serial lanes ``lanes`` routes calls to, plus a pool of
+    ``bulk_workers`` threads (default ``max_workers``) for long calls (:meth:`run_bulk`).
 
     ``lanes`` maps callables, typically bound methods (equal when bound to the same object), to the lane that runs
     them; the lanes' owners close them.
+
+    Why a separate bulk pool: a key generation takes a thread for hundreds of milliseconds to seconds; two of them on
+    a pool of two left every short call (a key lookup, an RSA signature, a certificate issuance) waiting for one to
+    end. Long calls never take a thread of the main pool, so short ones always find theirs.
     """
 
     def __init__(self, max_workers: int = 8, name: str = "edgeward-blocking",
-                 lanes: Mapping[Callable[..., Any], SerialLane] | None = None) -> None:
+                 lanes: Mapping[Callable[..., Any], SerialLane] | None = None, bulk_workers: int | None = None) -> None:
         self.max_workers = max_workers
+        self.bulk_workers = bulk_workers if bulk_workers is not None else max_workers
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
+        self._bulk = ThreadPoolExecutor(max_workers=self.bulk_workers, thread_name_prefix=f"{name}-bulk")
         self._lanes = dict(lanes or {})
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -263,10 +270,19 @@ class BlockingExecutor:
                 future = lane.submit(fn, *args)
                 if future is not None:
                     return await future
+        return await self._in(self._pool, fn, *args, **kwargs)
+
+    async def run_bulk(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """A long call (a key generation) on the bulk pool: it never holds a thread short calls need."""
+        return await self._in(self._bulk, fn, *args, **kwargs)
+
+    @staticmethod
+    async def _in(pool: ThreadPoolExecutor, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
         call = functools.partial(ctx.run, fn, *args, **kwargs)
-        return await loop.run_in_executor(self._pool, call)
+        return await loop.run_in_executor(pool, call)
 
     def shutdown(self) -> None:
+        self._bulk.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True, cancel_futures=True)

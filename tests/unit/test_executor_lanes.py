@@ -188,3 +188,21 @@ async def test_close_does_not_wait_forever_for_a_device_stuck_in_a_call(monkeypa
         assert "a call still runs after 0.1 s" in caplog.text
     finally:
         release.set()
+
+
+async def test_bulk_calls_never_take_the_threads_short_calls_need() -> None:
+    """Key generations (bulk) holding every bulk thread leave the main pool to short calls, and the other way round."""
+    executor = BlockingExecutor(2, bulk_workers=2)
+    release = threading.Event()
+    try:
+        held = [asyncio.ensure_future(executor.run_bulk(release.wait, 30)) for _ in range(3)]
+        short = await asyncio.wait_for(executor.run(threading.current_thread), 10)
+        assert short.name.startswith("edgeward-blocking_")
+        assert not any(f.done() for f in held)
+        release.set()
+        assert await asyncio.wait_for(asyncio.gather(*held), 10) == [True] * 3
+        bulk = await executor.run_bulk(threading.current_thread)
+        assert bulk.name.startswith("edgeward-blocking-bulk_")
+    finally:
+        release.set()
+        executor.shutdown()

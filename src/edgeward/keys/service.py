@@ -113,6 +113,11 @@ class KeyService:
         # waits for at most the one generation running (the backend's PriorityLock lets it go before the next).
         self._makers = KeyedLocks()
         self._devices = KeyedLocks()
+        # RSA private operations a backend computes in Python (software keys, not a DigestInfo): one at a time in the
+        # process (the backend's own lock) and waited for here, one per caller uid, so the waiting ones hold no
+        # executor thread and a caller looping on them from many connections puts one call ahead of anyone else's.
+        self._interpreter_callers = KeyedLocks()
+        self._interpreter = KeyedLocks()
 
     def for_caller(self, caller: Caller) -> KeysApi:
         return _CallerView(self, caller)
@@ -152,14 +157,18 @@ class KeyService:
         except KeyMissing as e:
             raise InvalidHandle(f"the key {e.args[0]!r} no longer exists in its store") from None
 
-    async def _generate(self, caller: Caller, backend: object, fn: Callable[..., T], *args: object) -> T:
-        """A key-making backend call (``fn``), behind the caller's and the device's one-at-a-time gates."""
+    async def _generate(self, caller: Caller, backend: object, fn: Callable[..., T], *args: object,
+                        bulk: bool = False) -> T:
+        """A key-making backend call (``fn``), behind the caller's and the device's one-at-a-time gates. ``bulk``
+        (a key pair: up to seconds of CPU or device time) runs on the executor's bulk threads, so generations never
+        hold the threads short calls (a key lookup, a signature, a symmetric key's creation) need."""
+        run = self.executor.run_bulk if bulk else self.executor.run
         async with self._makers.hold(caller.uid):
             device = getattr(backend, "serial_device", None)
-            if device is None:  # calls run in parallel (software keys): only the per-caller bound applies
-                return await self.executor.run(fn, *args)
+            if device is None:  # software keys: only the per-caller bound applies (and the bulk pool's size)
+                return await run(fn, *args)
             async with self._devices.hold(device):
-                return await self.executor.run(fn, *args)
+                return await run(fn, *args)
 
     def authorize(self, caller: Caller, key_id: str) -> None:
         if not self.principals.allows(caller.uid, key_id):
@@ -245,7 +254,7 @@ class KeyService:
                 for algorithm in algorithms:
                     try:
                         info = await self._generate(caller, loc.backend, loc.backend.create_key_pair, loc.ref,
-                                                    algorithm)
+                                                    algorithm, bulk=True)
                         break
                     except UnsupportedByBackend as e:
                         reasons.append(f"{algorithm}: {e}")
@@ -435,7 +444,8 @@ class KeyService:
                 return signature
         return await self._run(loc.backend.sign_digest, loc.ref, digest, scheme)
 
-    async def encrypt(self, handle: str, mechanism: EncryptMechanism, plaintext: bytes) -> bytes:
+    async def encrypt(self, handle: str, mechanism: EncryptMechanism, plaintext: bytes,
+                      caller: Caller | None = None) -> bytes:
         if isinstance(mechanism, Aead):
             return await self._aead(handle, mechanism, plaintext, encrypt=True)
         if isinstance(mechanism, AeadSalted):
@@ -443,7 +453,11 @@ class KeyService:
         _claims, loc = await self.resolve(handle, KeyKind.KEY_PAIR)
         padding = RsaPadding.PKCS1 if isinstance(mechanism, RsaPkcs1) else RsaPadding.NONE
         assert isinstance(mechanism, RsaPkcs1 | RsaNoPadding)
-        return await self._run(loc.backend.rsa_private_encrypt, loc.ref, plaintext, padding)
+        in_interpreter = getattr(loc.backend, "rsa_private_encrypt_in_interpreter", None)
+        if in_interpreter is None or not in_interpreter(plaintext, padding):
+            return await self._run(loc.backend.rsa_private_encrypt, loc.ref, plaintext, padding)
+        async with self._interpreter_callers.hold(caller.uid if caller else None), self._interpreter.hold(None):
+            return await self._run(loc.backend.rsa_private_encrypt, loc.ref, plaintext, padding)
 
     async def decrypt(self, handle: str, mechanism: EncryptMechanism, ciphertext: bytes) -> bytes:
         if isinstance(mechanism, AeadSalted):
@@ -551,7 +565,7 @@ class _CallerView:
         return await self._s.sign(handle, mechanism)
 
     async def encrypt(self, handle: str, mechanism: EncryptMechanism, plaintext: bytes) -> bytes:
-        return await self._s.encrypt(handle, mechanism, plaintext)
+        return await self._s.encrypt(handle, mechanism, plaintext, self.caller)
 
     async def decrypt(self, handle: str, mechanism: EncryptMechanism, ciphertext: bytes) -> bytes:
         return await self._s.decrypt(handle, mechanism, ciphertext)

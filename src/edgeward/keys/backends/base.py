@@ -29,6 +29,10 @@ class KeyBackend(Protocol):
     A backend whose calls all serialize on one device (a PKCS#11 library, a TPM) also has ``serial_device``, an
     object naming that device: the service then lets one key generation at a time wait for it (see
     ``KeyService._generate``). Backends without it run calls in parallel.
+
+    A backend that computes some RSA private operations in Python (keys held in software) also has
+    ``rsa_private_encrypt_in_interpreter(data, padding) -> bool``: the service runs one such call at a time and
+    lets the others wait without an executor thread (see ``KeyService.encrypt``). Devices do raw ops themselves.
     """
 
     name: str

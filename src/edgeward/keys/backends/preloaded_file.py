@@ -17,7 +17,7 @@ from .. import aead
 from ..errors import InvalidParameter
 from ..model import KeyPairAlgorithm, KeyPairInfo, KeyUsage, RsaPadding, SignScheme, SymmetricKeyInfo
 from .base import KeyMissing, UnsupportedByBackend
-from .rsaraw import prepare_block, private_op
+from .rsaraw import in_interpreter, private_encrypt
 from .software import PrivateKey, sign_with_private_key
 
 __all__ = ["PreloadedFileBackend"]
@@ -94,11 +94,17 @@ class PreloadedFileBackend:
     def sign_digest(self, ref: str, digest: bytes, scheme: SignScheme) -> bytes:
         return sign_with_private_key(self._require_pair(ref), digest, scheme)
 
+    @staticmethod
+    def rsa_private_encrypt_in_interpreter(data: bytes, padding: RsaPadding) -> bool:
+        """True when :meth:`rsa_private_encrypt` computes in Python, holding the interpreter: the service lets one
+        such call at a time take an executor thread (see ``KeyService.encrypt``)."""
+        return in_interpreter(data, padding)
+
     def rsa_private_encrypt(self, ref: str, data: bytes, padding: RsaPadding) -> bytes:
         key = self._require_pair(ref)
         if not isinstance(key, rsa.RSAPrivateKey):
             raise UnsupportedByBackend("RSA encryption needs an RSA key")
-        return private_op(key, prepare_block(data, key.key_size // 8, padding))
+        return private_encrypt(key, data, padding)
 
     def create_key(self, ref: str, length: int, usage: KeyUsage) -> SymmetricKeyInfo:
         raise UnsupportedByBackend("preloaded keys are not created by Edgeward")

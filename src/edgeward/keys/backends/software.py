@@ -31,7 +31,7 @@ from ..model import (
     parse_usage,
 )
 from .base import KeyMissing, UnsupportedByBackend
-from .rsaraw import prepare_block, private_op
+from .rsaraw import in_interpreter, private_encrypt
 
 __all__ = ["SoftwareBackend", "StoreCorrupted"]
 
@@ -216,11 +216,17 @@ class SoftwareBackend:
             return None
         return sign_with_private_key(cached[1], digest, scheme)
 
+    @staticmethod
+    def rsa_private_encrypt_in_interpreter(data: bytes, padding: RsaPadding) -> bool:
+        """True when :meth:`rsa_private_encrypt` computes in Python, holding the interpreter: the service lets one
+        such call at a time take an executor thread (see ``KeyService.encrypt``)."""
+        return in_interpreter(data, padding)
+
     def rsa_private_encrypt(self, ref: str, data: bytes, padding: RsaPadding) -> bytes:
         _, key = self._require_pair(ref)
         if not isinstance(key, rsa.RSAPrivateKey):
             raise UnsupportedByBackend("RSA encryption needs an RSA key")
-        return private_op(key, prepare_block(data, key.key_size // 8, padding))
+        return private_encrypt(key, data, padding)
 
     # symmetric keys --------------------------------------------------------------------------------------
     def _store_key(self, ref: str, key: bytes, usage: KeyUsage) -> SymmetricKeyInfo:
