@@ -22,6 +22,7 @@ from ..http.errors import HttpError
 from ..runtime.mgmt_client import ManagementClient
 from ..tpm.client import TpmClient
 from .paths import config_option, default_run_dir, default_state_dir, run_option, state_option
+from .terminal_text import TerminalText
 
 if TYPE_CHECKING:
     from ..daemon import DaemonSettings
@@ -121,11 +122,19 @@ def logs(module: str, *, tail: int | None, since: str | None, follow: bool, time
          run_dir: Path | None) -> None:
     """Print a module's logs (stdout to stdout, stderr to stderr)."""
 
+    streams = {1: sys.stdout, 2: sys.stderr}
+    # a module's escape sequences never reach a terminal as such (terminal_text says why); pipes get the bytes
+    shown = {n: TerminalText() for n, s in streams.items() if s.isatty()}
+
     async def go(c: ManagementClient) -> None:
         async for chunk in c.logs(module, follow=follow, tail=tail, since=since, timestamps=timestamps):
-            stream = sys.stderr.buffer if chunk.stream == 2 else sys.stdout.buffer
-            stream.write(chunk.data)
-            stream.flush()
+            n = 2 if chunk.stream == 2 else 1
+            text = shown.get(n)
+            streams[n].buffer.write(text.feed(chunk.data) if text is not None else chunk.data)
+            streams[n].buffer.flush()
+        for n, text in shown.items():
+            streams[n].buffer.write(text.feed(b"", final=True))
+            streams[n].buffer.flush()
 
     with contextlib.suppress(KeyboardInterrupt):
         _call(run_dir, go)
