@@ -31,7 +31,7 @@ from edgeward.runtime.engine import (
 from edgeward.runtime.engines.process import ProcessEngine, backoff_delay
 from edgeward.runtime.engines.procfs import ProcStat, descendants, parse_stat, read_stat
 from edgeward.runtime.engines.proclogs import format_timestamp, parse_timestamp
-from edgeward.runtime.engines.procstate import ModuleRecord, RecordStore
+from edgeward.runtime.engines.procstate import ModuleRecord, RecordStore, current_boot_id
 
 TIMEOUT = 10.0
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
@@ -580,7 +580,8 @@ def fake_record(state: Path, name: str, pid: int, start_time: int) -> None:
     """A record as a daemon that died while the module ran would have left it."""
     RecordStore(state).save(ModuleRecord(name=name, engine_id=f"proc-{name}-1", image="/bin/sleep",
                                          image_id="sha256:" + "0" * 64, state="running", pid=pid,
-                                         pid_start=start_time, want_running=True, started_at="2024-01-01T00:00:00Z"))
+                                         pid_start=start_time, want_running=True, started_at="2024-01-01T00:00:00Z",
+                                         boot_id=current_boot_id()))
 
 
 async def test_process_left_by_a_dead_daemon_is_stopped(tmp_path: Path,

@@ -11,7 +11,10 @@ Decisions a reader should know:
   would break the log, restart and state guarantees, so the new daemon stops it (SIGTERM, then SIGKILL, whole
   process group and tree) and, like Docker's restart policies across a dockerd restart, starts afresh every
   module that should be running and has a restart policy other than "never". The leftover is recognised by its
-  recorded pid *and* start time, so a pid recycled by an unrelated process is never signalled.
+  recorded pid *and* start time *and* boot id, so a pid recycled by an unrelated process is never signalled, nor
+  a process of a later boot that happens to have last boot's (pid, start time). A record without a boot id
+  (written by an earlier version) is from an unknown boot and never signalled either; what a previous daemon of
+  this boot left in the module's cgroup is killed all the same (cgroups do not outlive a boot).
 - **A graceful stop of the daemon (SIGTERM, SIGINT) stops every host-process module**, all at once (SIGTERM to
   its process group and tree, SIGKILL after `stop_timeout`), and keeps its wish to run, so the next daemon starts
   it again. aziot-edged leaves containers running on stop, and so does Edgeward (`engines/moby.py`): their engine
@@ -45,6 +48,17 @@ Decisions a reader should know:
   turns it on), and no module runs as a `[[principal]]`'s uid (`principal_uids`): both checked at create and
   before every start, so a module created while the setting was on does not start once it is off (see
   `proclaunch`).
+- **A module's uid is its own** (`_own_uid`): a process can take another process's open connections
+  (pidfd_getfd, ptrace) when it has the same uid, and the workload and management APIs attest a connection once,
+  by the credentials of the process that opened it; so two modules of one uid are one principal. A `User` whose
+  uid another module of this engine has (running or not; the edge agent too) is refused with 409 at create, at
+  update, at every start and for modules restored at the daemon's start (two restored records of one uid: neither
+  starts); a `User` in the sandbox uid range is refused (400), that range is the engine's to allocate. Exempt:
+  Edgeward's own uid (root, only with `allow_elevated`; a daemon that is not root runs every module as itself):
+  such a module can already take Edgeward's own connections, and a second one adds nothing. uid 65534 (`nobody`)
+  is allowed, once, with a warning: it is the common recipe (the demo uses it) and no Edgeward socket trusts it
+  (unlike the service accounts, which are refused), but other services run as it and can take the module's
+  connections; README's known limits say so.
 - **A sandboxed module that names no User runs as a uid of its own** (`sandbox_uid_base` + n, one per module
   name, kept across re-creation, recorded in the engine's state); the sandbox hides the engine's state
   directory and the `hidden` directories (Edgeward's state and run directories) behind an empty tmpfs.
@@ -72,9 +86,9 @@ from ..engine import EngineError, EngineEvent, LogChunk, LogOptions, ModuleNotFo
 from ..model import valid_module_name
 from .proccgroup import ModuleCgroups
 from .procfs import PAGE_SIZE, TICKS_PER_SECOND, ProcStat, ancestors, descendants, read_stat, send_signal
-from .proclaunch import Launch, check_executable, needs_sandbox_uid, plan_launch, runs_as_root
+from .proclaunch import Launch, check_executable, module_uid, needs_sandbox_uid, plan_launch, runs_as_root
 from .proclogs import ModuleLogs, pump, take
-from .procstate import ModuleRecord, RecordStore
+from .procstate import ModuleRecord, RecordStore, current_boot_id
 
 __all__ = ["DEFAULT_SANDBOX_UID_BASE", "MAX_EXECUTABLE_BYTES", "ProcessEngine", "backoff_delay"]
 
@@ -91,6 +105,7 @@ _EVENT_QUEUE = 4096
 # 65536 per user), below 2**31 for tools that read uids as signed.
 DEFAULT_SANDBOX_UID_BASE = 1_900_000_000
 DEFAULT_SANDBOX_UID_COUNT = 65536
+_NOBODY = 65534  # the overflow uid: shared by design (see "A module's uid is its own" above)
 Phase = Literal["idle", "running", "backoff", "spawning"]
 
 
@@ -235,7 +250,11 @@ class ProcessEngine:
         rec = mod.record
         if rec.pid is None:
             return
-        st = read_stat(rec.pid)
+        boot = current_boot_id()
+        st = read_stat(rec.pid) if boot is not None and rec.boot_id == boot else None
+        if st is None and rec.boot_id != boot:
+            log.warning("module %s: its record names pid %d of %s; leaving that pid alone", rec.name, rec.pid,
+                        "another boot" if rec.boot_id else "an unknown boot (no boot id recorded)")
         if st is not None and st.start_time == rec.pid_start:
             log.warning("module %s: stopping process %d left running by a previous daemon", rec.name, rec.pid)
             pid, start = rec.pid, st.start_time
@@ -246,7 +265,7 @@ class ProcessEngine:
             if st is not None:
                 log.warning("module %s: pid %d now belongs to another process; leaving it alone", rec.name, rec.pid)
             rec.state, rec.exit_code = "dead", None
-        rec.pid = rec.pid_start = None
+        rec.pid = rec.pid_start = rec.boot_id = None
         rec.finished_at = _now()
         if rec.restart_policy == "never":
             rec.want_running = False
@@ -328,8 +347,30 @@ class ProcessEngine:
             if self._store is None:
                 raise EngineError("the process engine is not loaded", 503)
             rec.sandbox_uid = self._allocate_uid(self._store, rec.name)
-        return plan_launch(spec, self.bwrap, sandbox_uid=rec.sandbox_uid, hidden=self.hidden,
-                           allow_elevated=self.allow_elevated, principal_uids=self.principal_uids)
+        launch = plan_launch(spec, self.bwrap, sandbox_uid=rec.sandbox_uid, hidden=self.hidden,
+                             allow_elevated=self.allow_elevated, principal_uids=self.principal_uids)
+        self._own_uid(rec.name, launch, spec.create_options)
+        return launch
+
+    def _own_uid(self, name: str, launch: Launch, options: Mapping[str, Any]) -> None:
+        """Refuse a uid another module of this engine has, or one of the sandbox range the engine did not give
+        this module (see the module docstring: a uid shared is a module's connections shared)."""
+        uid = os.geteuid() if launch.uid is None else launch.uid
+        if uid == os.geteuid():
+            return  # Edgeward's own uid: only with allow_elevated as root, or a daemon that is not root
+        if options.get("User") in (None, ""):
+            return  # a sandbox uid the engine allocated: one per module name, and no User may be in the range
+        user = f"createOptions.User {options.get('User')!r}"
+        base, count = self.sandbox_uid_base, self.sandbox_uid_count
+        if base <= uid < base + count:
+            raise EngineError(f"{user}: uid {uid} is in the range [{base}, {base + count}) the engine gives "
+                              f"sandboxed modules their own uids from; name a uid outside it", 400)
+        for other in self._modules.values():
+            rec = other.record
+            if rec.name != name and module_uid(rec.create_options, rec.sandbox_uid) == uid:
+                raise EngineError(f"{user}: uid {uid} is module {rec.name}'s; a module's uid must be its own (a "
+                                  f"process of the same uid can take the other module's connections and act as "
+                                  f"it): give each module a user of its own", 409)
 
     def _allocate_uid(self, store: RecordStore, name: str) -> int:
         try:
@@ -463,6 +504,7 @@ class ProcessEngine:
         st = read_stat(proc.pid)
         mod.proc, mod.phase = proc, "running"
         rec.state, rec.pid, rec.pid_start = "running", proc.pid, st.start_time if st is not None else None
+        rec.boot_id = current_boot_id()
         rec.exit_code, rec.started_at, rec.finished_at, rec.want_running = None, _now(), None, True
         self._save(mod)
 
@@ -663,8 +705,9 @@ class ProcessEngine:
             sandbox_uid = current.record.sandbox_uid if current is not None else None
             sandbox_uid = sandbox_uid if sandbox_uid is not None else self.sandbox_uid_base
         # (plan_launch checks the executable too)
-        plan_launch(spec, self.bwrap, sandbox_uid=sandbox_uid, hidden=self.hidden, allow_elevated=self.allow_elevated,
-                    principal_uids=self.principal_uids)
+        launch = plan_launch(spec, self.bwrap, sandbox_uid=sandbox_uid, hidden=self.hidden,
+                             allow_elevated=self.allow_elevated, principal_uids=self.principal_uids)
+        self._own_uid(spec.name, launch, spec.create_options)
 
     async def create(self, spec: ModuleSpec) -> ModuleStatus:
         store = await self._ready()
@@ -676,11 +719,17 @@ class ProcessEngine:
             else None
         launch = plan_launch(spec, self.bwrap, sandbox_uid=sandbox_uid, hidden=self.hidden,
                              allow_elevated=self.allow_elevated, principal_uids=self.principal_uids)
+        self._own_uid(spec.name, launch, spec.create_options)
         # The registration's reference: read from the bytes, whatever an earlier reading left in the cache.
         image_id = await asyncio.to_thread(_executable_digest, check_executable(spec.image),
                                            self.max_executable_bytes, cached=False)
         if spec.name in self._modules:  # created by a concurrent call while we measured
             raise EngineError(f"module {spec.name} already exists", 409)
+        self._own_uid(spec.name, launch, spec.create_options)  # again: another create may have taken it meanwhile
+        if launch.uid == _NOBODY:
+            log.warning("module %s runs as uid %d (nobody), which other services on this device may use too: "
+                        "they can take its connections and act as it; give it a user of its own", spec.name,
+                        _NOBODY)
         taken = {m.record.engine_id for m in self._modules.values()}
         engine_id = f"proc-{spec.name}-{store.next_id()}"
         while engine_id in taken:

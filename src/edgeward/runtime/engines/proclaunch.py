@@ -38,7 +38,9 @@ before, with a warning.
 
 No module runs as the uid of a keys, certificates or identity `[[principal]]` either (`principal_uids`): the
 module itself is attributed to its module and refused, but a process that leaves its tree (a double fork into a
-new session) would be taken for that principal and use its keys. Principals are matched by uid only.
+new session) would be taken for that principal and use its keys. Principals are matched by uid only. Nor as
+another module's uid: that needs the engine's other modules, so the engine checks it (`module_uid` says which uid a
+module's options give it; see process.py, "A module's uid is its own").
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ from typing import Any
 from ...digits import is_number
 from ..engine import WORKLOAD_SOCKET_NAME, EngineError, ModuleSpec
 
-__all__ = ["DEFAULT_PATH", "Launch", "check_executable", "needs_sandbox_uid", "parse_user", "plan_launch",
-           "runs_as_root"]
+__all__ = ["DEFAULT_PATH", "Launch", "check_executable", "module_uid", "needs_sandbox_uid", "parse_user",
+           "plan_launch", "runs_as_root"]
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +307,20 @@ def _outermost(hidden: Sequence[Path], uid: int | None, gid: int | None) -> list
     return out
 
 
+def module_uid(options: Mapping[str, Any], sandbox_uid: int | None) -> int | None:
+    """The uid a module with these create options runs as: its User's, its dedicated sandbox uid (None until it
+    has one), or Edgeward's own; None for a User that does not parse (such a module never starts)."""
+    raw = options.get("User")
+    if isinstance(raw, str) and raw:
+        try:
+            return parse_user(raw)[0]
+        except EngineError:
+            return None
+    if raw in (None, "") and options.get("Sandbox", False) is True:
+        return sandbox_uid
+    return os.geteuid()
+
+
 def needs_sandbox_uid(spec: ModuleSpec) -> bool:
     """A sandboxed module that names no User runs as a dedicated uid the engine allocates."""
     options = spec.create_options
@@ -377,8 +393,12 @@ def _interpreter(image: str) -> str | None:
 
 
 # Groups whose members read or write what only root should: raw disks and memory, password hashes, every log, the
-# container engine's socket, sudo. A module in one is root, or close to it, as a process in group 0 is.
-_PRIVILEGED_GROUPS = ("disk", "kmem", "shadow", "sudo", "wheel", "adm", "docker", "lxd", "systemd-journal")
+# container engine's socket, sudo. A module in one is root, or close to it, as a process in group 0 is. Also the
+# groups that own key material on Debian: `softhsm` (SoftHSM2's token store, /var/lib/softhsm/tokens, group-writable:
+# a member renames Edgeward's PKCS#11 token away or plants its own) and `ssl-cert` (/etc/ssl/private); the TPM's
+# `tss` and the services' own groups are refused as service accounts (SERVICE_ACCOUNTS).
+_PRIVILEGED_GROUPS = ("disk", "kmem", "shadow", "sudo", "wheel", "adm", "docker", "lxd", "systemd-journal",
+                      "softhsm", "ssl-cert")
 
 
 def _privileged_group(gid: int) -> str | None:

@@ -1,8 +1,9 @@
 """What the process engine remembers across daemon restarts: one JSON file per module, written atomically.
 
 A record holds the module's spec (to start it again), its last known state, and the running process named by
-(pid, start time), so the next daemon can find a process the previous one left behind without ever mistaking a
-recycled pid for it.
+(pid, start time) and the boot it ran in, so the next daemon can find a process the previous one left behind
+without ever mistaking a recycled pid for it: (pid, start time) is unique over one boot only, and after a reboot
+last boot's pair can name an unrelated process of this one.
 
 It also holds the uids given to sandboxed modules that name no `User` (`sandbox-uids.json`): one per module name,
 kept when the module is removed, so a re-created module gets its files back and another module never inherits
@@ -11,6 +12,7 @@ them.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import pwd
@@ -21,9 +23,21 @@ from typing import Any
 from ...fsutil import atomic_write, private_dir, remove_durably
 from ..engine import ModuleSpec, ModuleState, ModuleStatus
 
-__all__ = ["ModuleRecord", "RecordStore"]
+__all__ = ["ModuleRecord", "RecordStore", "current_boot_id"]
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def current_boot_id() -> str | None:
+    """This boot's id (the kernel makes a new one at every boot); None where it cannot be read, and then no
+    record names a live process (see `ModuleRecord.boot_id`)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:  # noqa: PTH123
+            text = f.read().strip()
+    except OSError:
+        return None
+    return text or None
 
 
 @dataclass
@@ -44,6 +58,9 @@ class ModuleRecord:
     restart_count: int = 0
     pid: int | None = None
     pid_start: int | None = None  # clock ticks since boot: with pid, names the process over the whole boot
+    # The boot (current_boot_id) pid and pid_start were read in. A record of another boot, or of none (written
+    # before boot ids were recorded), names no live process: it is never signalled.
+    boot_id: str | None = None
     want_running: bool = False  # started and neither stopped by a caller nor given up on by the restart policy
     sandbox_uid: int | None = None  # the dedicated uid (and gid) of a sandboxed module that names no User
     # The digest of the executable measured just before the running process was started (None: not started by
