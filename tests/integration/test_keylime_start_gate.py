@@ -86,7 +86,9 @@ async def test_modules_found_running_on_a_revoked_device_at_start_are_stopped(
     assert _running(dockerd, "survivor")
     await rt.parts.runtime.stop_gated_modules()  # what start() does after reconciling
     assert not _running(dockerd, "survivor")
-    assert [r.module for r in rt.parts.audit.records() if r.kind == "module.stopped_refused"] == ["survivor"]
+    # dockerd's "start" event may reach the runtime after the gate is set, and its handler stops the module too: one
+    # record or two, both for this module (seen once in a clean-clone run)
+    assert {r.module for r in rt.parts.audit.records() if r.kind == "module.stopped_refused"} == {"survivor"}
 
 
 async def test_a_revocation_on_a_full_disk_stops_the_modules_and_keeps_them_stopped(

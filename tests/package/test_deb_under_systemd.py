@@ -264,9 +264,11 @@ def test_a_process_a_host_module_double_forks_dies_with_the_module(world: World)
     """Under the packaged unit (Delegate=yes), each host module runs in a cgroup of its own: a process that left
     the module's session and tree is killed when the module is removed, not left running as the module's user."""
     d = world.device
+    # a user of its own: "signer" runs as nobody, and a module's uid is its own (409 otherwise)
+    d.run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "leaver", check=True)
     body = json.dumps({"name": "leaver", "imagePullPolicy": "never", "config": {
         "image": "/bin/sh", "createOptions": {"Cmd": ["-c", "setsid -f sleep 4242; exec sleep 600"],
-                                              "User": "nobody"}}})
+                                              "User": "leaver"}}})
     d.run("curl", "-sS", "--fail-with-body", *MGMT.split(), "-H", "Content-Type: application/json", "-d", body,
           f"http://mgmt/modules?{API}", check=True)
     d.run("curl", "-sS", "--fail-with-body", *MGMT.split(), "-X", "POST",

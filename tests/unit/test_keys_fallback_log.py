@@ -12,6 +12,7 @@ import pytest
 from edgeward.keys.backends import fallback
 from edgeward.keys.backends.base import UnsupportedByBackend
 from edgeward.keys.model import KeyUsage, SymmetricKeyInfo
+from edgeward.repeat_log import RepeatLog
 
 
 class Refusing:
@@ -31,7 +32,10 @@ class Taking:
         return SymmetricKeyInfo("g1", usage)
 
 
-def test_a_key_imported_in_a_loop_logs_one_kept_in_line(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_key_imported_in_a_loop_logs_one_kept_in_line(caplog: pytest.LogCaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the log is the module's, shared with every test before this one: a fresh one, so no earlier key's summary
+    monkeypatch.setattr(fallback, "_KEPT_LOG", RepeatLog(fallback.log, "symmetric key kept in the secondary store"))
     backend = fallback.SymmetricFallback(Refusing(), Taking())  # type: ignore[arg-type]
     caplog.set_level(logging.DEBUG, logger="edgeward.keys")
     for _ in range(200):
