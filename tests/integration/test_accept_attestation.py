@@ -1,6 +1,6 @@
 """Attestation at accept (the workload sockets' connection caps) on a real process engine: a host-process module's
-processes are placed in the module by their ppid chain from its first connection on, within a bounded walk; nobody
-else is (fail closed)."""
+processes are placed in the module from its first connection on, by its cgroup where modules have one, else by
+their ppid chain within a bounded walk; nobody else is (fail closed)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from edgeward.attest.accept import AcceptAttestor
 from edgeward.http.callers import Peer
 from edgeward.http.peercred import Caller
 from edgeward.runtime.engine import ModuleSpec
+from edgeward.runtime.engines.proccgroup import cgroup2_mount
 from edgeward.runtime.engines.process import ProcessEngine
 from edgeward.runtime.registry import Registration, Registry
 
@@ -39,8 +40,12 @@ CHAIN = textwrap.dedent("""
 """)
 
 
-async def test_a_modules_processes_are_placed_in_it_within_a_bounded_walk_and_nobody_else_is(tmp_path: Path) -> None:
-    engine = ProcessEngine(tmp_path / "state", stop_timeout=2.0, allow_elevated=True)  # its modules run as root
+@pytest.mark.parametrize("cgroups", [False, pytest.param(True, marks=pytest.mark.skipif(
+    os.geteuid() != 0 or cgroup2_mount() is None, reason="module cgroups need root and a cgroup v2 hierarchy"))])
+async def test_a_modules_processes_are_placed_in_it_within_a_bounded_walk_and_nobody_else_is(tmp_path: Path,
+                                                                                            cgroups: bool) -> None:
+    engine = ProcessEngine(tmp_path / "state", stop_timeout=2.0, allow_elevated=True,  # its modules run as root
+                           cgroups=cgroups)
     registry = Registry(tmp_path / "home")
     out = tmp_path / "chain.json"
     depth = AcceptAttestor.MAX_DEPTH + 4
@@ -66,11 +71,15 @@ async def test_a_modules_processes_are_placed_in_it_within_a_bounded_walk_and_no
         assert placed(chain[0]) == "m"  # its main process
         assert placed(chain[1], "shared") == "m"  # any module may call on the shared socket
         assert placed(chain[1], "another") is None  # not on another module's socket
-        # A walk reads at most MAX_DEPTH processes: the deepest caller placed is MAX_DEPTH - 1 below the main one;
-        # below that, a caller counts as a stranger, whatever it descends from.
         assert placed(chain[AcceptAttestor.MAX_DEPTH - 1]) == "m"
-        assert placed(chain[AcceptAttestor.MAX_DEPTH]) is None
-        assert placed(chain[-1]) is None
+        if cgroups:
+            # In the module's cgroup, however deep: the cgroup says so in one read, with no walk.
+            assert placed(chain[-1]) == "m"
+        else:
+            # A walk reads at most MAX_DEPTH processes: the deepest caller placed is MAX_DEPTH - 1 below the main
+            # one; below that, a caller counts as a stranger, whatever it descends from.
+            assert placed(chain[AcceptAttestor.MAX_DEPTH]) is None
+            assert placed(chain[-1]) is None
         assert placed(os.getpid()) is None  # a host process outside the module
         assert placed(0) is None  # no kernel-vouched peer
         # A process the engine runs for no registered module (Edgeward did not create it) is no module either.

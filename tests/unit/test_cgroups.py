@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeward.attest.cgroups import container_id_from_cgroup, read_container_id
+from edgeward.attest.cgroups import _PATTERNS, container_id_from_cgroup, read_container_id
 
 A = "a" * 64
 B = "0123456789abcdef" * 4
@@ -57,3 +58,25 @@ def test_never_raises_and_only_returns_hex_ids(text: str) -> None:
 def test_any_mix_of_lines_naming_one_container_names_it(paths: list[str]) -> None:
     text = "\n".join(f"{i}:ctl:{p}" for i, p in enumerate(paths))
     assert container_id_from_cgroup(text) == (A if any(A in p for p in paths) else None)
+
+
+_OLD_KUBEPODS = re.compile(r"/kubepods[^\n]*/([0-9a-f]{64})(?:/|$)")
+
+
+@given(st.lists(st.sampled_from(["kubepods", "kubepods.slice", "kubepodsX", "pod1", A, B, A + "x", "", "docker-x"]),
+                max_size=10))
+def test_kubernetes_paths_are_read_as_the_one_regex_read_them(components: list[str]) -> None:
+    """The linear reading of Kubernetes paths names what "/kubepods.*/<id>" named (first match, greedy)."""
+    path = "/" + "/".join(components)
+    old = _OLD_KUBEPODS.search(path)
+    got = container_id_from_cgroup(f"0::{path}")
+    if old is not None and not any(p.search(path) for p in _PATTERNS):
+        assert got == old.group(1)
+    elif old is None and not any(p.search(path) for p in _PATTERNS):
+        assert got is None
+
+
+def test_a_long_path_of_kubepods_is_read_in_one_pass() -> None:
+    path = "/kubepods" * 455  # 4 KB: what /proc/<pid>/cgroup shows at most per line
+    assert container_id_from_cgroup(f"0::{path}/{A}") == A
+    assert container_id_from_cgroup(f"0::{path}") is None

@@ -20,7 +20,7 @@ from ..attest.cgroups import read_container_id
 from ..attest.namespaces import is_host_process
 from ..attest.pin import PinnedProcess, ProcessGone, ProcessPins
 from ..http.errors import HttpError
-from ..http.peercred import Caller, accepted_ticks, caller_of
+from ..http.peercred import Caller, accepted_ticks, caller_of, on_connection_closed
 from .kinds import CallerKind, Classified
 from .table import SocketPolicy
 
@@ -76,12 +76,18 @@ class HostClassifier:
         if known is None:
             known = await self._classify(caller_of(request), accepted_ticks(request))
             if transport is not None:
+                if transport not in self._per_connection:
+                    on_connection_closed(transport, self._forget)
                 self._per_connection[transport] = known
         who, pinned = known
         if pinned is not None and not pinned.alive():
             raise HttpError(f"process {who.caller.pid} exited or its pid was reused; connect again",
                             self.policy.refusal_status)
         return who
+
+    def _forget(self, transport: Any) -> None:
+        """The connection closed: its classification goes, and with the last of a process's, its pin."""
+        self._per_connection.pop(transport, None)
 
     async def _classify(self, caller: Caller, accepted: int | None) -> tuple[Classified, PinnedProcess | None]:
         if caller.pid <= 0 or caller.uid < 0:  # not a Unix socket peer: nothing vouches for it

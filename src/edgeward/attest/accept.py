@@ -5,16 +5,16 @@ socket (0666, since containers of any uid must) can use up the module's connecti
 The workload API's attestation (:mod:`.pipeline`) may wait for the module engine (a container engine's inspect); a
 connection is admitted or refused before a byte of it is read, without waiting. So the same facts are read here:
 
-- a host-process module: the caller's ppid chain leads to the module's main process (pid and start time), as the
-  process engine attributes callers (its ``running_processes``, read as it is now), whatever uids the module's
-  processes took;
+- a host-process module: the process engine's own ``place_now``, as its attestation attributes callers: the
+  caller's cgroup where modules run in cgroups, else its ppid chain up to a running module's main process (at most
+  ``ATTRIBUTION_DEPTH`` levels), whatever uids the module's processes took;
 - a container: the caller's pid and mount namespaces are those of the init of the container its cgroup names, as
   the Docker engine attributes callers (a cgroup path alone can be claimed; the namespaces cannot). The inits are
   learned from the engine in the background: at once when the registry changes (a module started, stopped,
   removed), else at most once per ``REFRESH_INTERVAL`` however often callers ask.
 
-Cost, per connection: at most ``MAX_DEPTH`` /proc reads along the ppid chain (one, for another connection of a
-process already placed; none within ``RECENT`` seconds of its last, as in a burst), or one cgroup read, four
+Cost, per connection: two /proc reads with module cgroups, else at most ``MAX_DEPTH`` along the ppid chain (none
+within ``RECENT`` seconds of the pid's last connection, as in a burst); or, for a container, one cgroup read, four
 namespace links and one stat. Fail closed: a caller that cannot be
 placed now (a container not learned yet, a chain deeper than ``MAX_DEPTH``, anything unreadable) is no module. This
 decides only where a connection is counted: the workload API still attests every request and decides what the
@@ -24,7 +24,6 @@ caller may do.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
 import time
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 
 from ..http.callers import Peer
 from ..runtime.engine import EngineError, ModuleEngine
-from ..runtime.engines.procfs import ancestors
+from ..runtime.engines.procfs import ATTRIBUTION_DEPTH
 from ..runtime.registry import Registry
 from .cgroups import read_container_id
 from .namespaces import ReferenceProcess, namespaces_of
@@ -42,7 +41,7 @@ __all__ = ["AcceptAttestor"]
 
 log = logging.getLogger(__name__)
 
-_RunningProcesses = Callable[[], dict[tuple[int, int], str]]
+_PlaceNow = Callable[[int], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +56,7 @@ class AcceptAttestor:
     """``module_of(peer)``: the module a connection's peer is, if it may act as that module on the socket it
     arrived on (its own module's socket, or the shared workload socket, where any module calls); else None."""
 
-    MAX_DEPTH = 32  # a module's callers sit a few levels below its main process; a deeper chain is a stranger's
+    MAX_DEPTH = ATTRIBUTION_DEPTH  # without module cgroups: a deeper chain is a stranger's (the engine's walk)
     REFRESH_INTERVAL = 1.0  # seconds between two learnings of the containers' inits that callers ask for, at least
     MAX_PLACED = 4096  # processes whose place is remembered while the registry stays the same
     # A pid placed this recently is taken as the same process without reading its start time: a pid is not used
@@ -69,12 +68,9 @@ class AcceptAttestor:
         self.engine = engine
         self.registry = registry
         self._socket_module = socket_module  # the module whose own socket a connection arrived on (None: shared)
-        self._running: _RunningProcesses | None = getattr(engine, "running_processes", None)
+        self._place_now: _PlaceNow | None = getattr(engine, "place_now", None)
         self._names: dict[str, str] = {}  # engine id -> module name, as registered
         self._names_version = -1
-        # (pid, start time) -> its module or None, while the registry stays the same: a process's ppid chain only
-        # gets shorter (reparented when a parent exits), never gains a module's main process.
-        self._placed: dict[tuple[int, int], str | None] = {}
         self._recent: dict[int, tuple[float, str | None]] = {}  # pid -> (when placed, its module or None)
         self._recent_version = -1
         self._inits: dict[str, _Init] = {}  # container id -> its init, learned
@@ -111,31 +107,14 @@ class AcceptAttestor:
         if version != self._names_version:  # a management action or the watchdog changed it: never a caller
             self._names = {reg.engine_id: reg.name for reg in self.registry.all()}
             self._names_version = version
-            self._placed = {}
         return self._names
 
     def _process_module(self, pid: int) -> str | None:
         names = self._registered()
-        chain = iter(ancestors(pid))
-        caller = next(chain, None)
-        if caller is None or self._running is None:
-            return None  # gone already, or an engine that cannot tell without waiting
-        key = (caller.pid, caller.start_time)
-        if key in self._placed:
-            return self._placed[key]
-        running = self._running()
-        found: str | None = None
-        for depth, st in enumerate(itertools.chain((caller,), chain)):
-            if depth >= self.MAX_DEPTH:
-                break
-            engine_id = running.get((st.pid, st.start_time))
-            if engine_id is not None:
-                found = names.get(engine_id)
-                break
-        if len(self._placed) >= self.MAX_PLACED:
-            self._placed.clear()
-        self._placed[key] = found
-        return found
+        if self._place_now is None:
+            return None  # an engine that cannot tell without waiting
+        engine_id = self._place_now(pid)
+        return names.get(engine_id) if engine_id is not None else None
 
     def _container_module(self, pid: int) -> str | None:
         if self.registry.version != self._learned_version:

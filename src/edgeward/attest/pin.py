@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import weakref
 from dataclasses import dataclass, field
 
 __all__ = ["PinnedProcess", "ProcessGone", "ProcessPins", "parse_start_time", "pin", "start_time"]
@@ -69,16 +70,20 @@ class PinnedProcess:
 
 class ProcessPins:
     """Pinned processes shared by every connection of the same process, so descriptors are bounded by the number
-    of live callers, not of connections; a pin is closed as soon as its process is seen to have exited."""
+    of open connections (which the connection caps bound), not of callers that ever called.
+
+    Held weakly: a pin lives as long as a connection's attestation holds it, and its pidfd is closed when the last
+    one goes (the connection closed). A process that called once and stays alive then costs nothing (3000 idle
+    callers held 3000 descriptors), and its next connection pins it again, checked as the first one was. Pinning
+    never looks at the other pins: O(1) per connection, however many there are."""
 
     def __init__(self) -> None:
-        self._pins: dict[tuple[int, int], PinnedProcess] = {}
+        self._pins: weakref.WeakValueDictionary[tuple[int, int], PinnedProcess] = weakref.WeakValueDictionary()
 
     def pin(self, pid: int, *, not_after: int | None = None, uid: int | None = None) -> PinnedProcess:
         """Pin `pid`. `not_after`: when its connection was accepted (boot ticks) — a process that started later
         holds a recycled pid, not the connector's; `uid`: the connector's uid (SO_PEERCRED) — a process running
         as another uid is not the connector either. Both refuse with ProcessGone."""
-        self.sweep()
         fresh = pin(pid)
         try:
             _check_connector(fresh, not_after, uid)
@@ -92,17 +97,11 @@ class ProcessPins:
         self._pins[(pid, fresh.started)] = fresh
         return fresh
 
-    def sweep(self) -> None:
-        for key, pinned in list(self._pins.items()):
-            if not pinned.alive():
-                pinned.close()
-                del self._pins[key]
-
     def __len__(self) -> int:
         return len(self._pins)
 
     def close(self) -> None:
-        for pinned in self._pins.values():
+        for pinned in list(self._pins.values()):
             pinned.close()
         self._pins.clear()
 

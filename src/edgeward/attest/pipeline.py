@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from ..http.errors import Forbidden
-from ..http.peercred import Caller, accepted_ticks, caller_of
+from ..http.peercred import Caller, accepted_ticks, caller_of, on_connection_closed
 from ..runtime.engine import EngineError, ModuleEngine
 from ..runtime.registry import Registration, Registry
 from .measure import measure
@@ -67,6 +67,8 @@ class Attestor:
         if cached is None:
             cached = await self._run(caller_of(request), accepted_ticks(request))
             if transport is not None:
+                if transport not in self._per_connection:
+                    on_connection_closed(transport, self._forget)
                 self._per_connection[transport] = cached
         elif cached.registration is not None and cached.registration.name in self.refused:
             raise AttestationRefused("measure", f"module {cached.registration.name} is quarantined by the "
@@ -74,6 +76,10 @@ class Attestor:
         if still_alive and not cached.pinned.alive():
             raise AttestationRefused("still_alive", f"process {cached.caller.pid} exited or its pid was reused")
         return cached
+
+    def _forget(self, transport: Any) -> None:
+        """The connection closed: its attestation goes, and with the last of a process's, its pin."""
+        self._per_connection.pop(transport, None)
 
     async def _run(self, caller: Caller, accepted: int | None = None) -> Attested:
         version = self.registry.version

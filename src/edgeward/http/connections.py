@@ -49,7 +49,7 @@ from .callers import (
     peer_of,
     remember_key,
 )
-from .peercred import Caller, note_accepted
+from .peercred import Caller, connection_closed, note_accepted
 
 __all__ = [
     "CONNECTION_POLICY",
@@ -573,6 +573,8 @@ class _GuardedServer(web.Server):
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         if (key := self._admitted.pop(handler, None)) is not None:
             self._guard.release(key, handler)
+        if handler.transport is not None:
+            connection_closed(handler.transport)  # its attestation and pin go now, not at the next collection
         super().connection_lost(handler, exc)
 
 

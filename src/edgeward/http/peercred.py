@@ -8,12 +8,14 @@ import struct
 import time
 import weakref
 from asyncio.trsock import TransportSocket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-__all__ = ["Caller", "accepted_ticks", "caller_of", "note_accepted", "peer_credentials"]
+__all__ = ["Caller", "accepted_ticks", "caller_of", "connection_closed", "note_accepted", "on_connection_closed",
+           "peer_credentials"]
 
 
 
@@ -86,3 +88,21 @@ def note_accepted(transport: Any) -> None:
 def accepted_ticks(request: web.Request) -> int | None:
     transport = request.transport
     return _ACCEPTED.get(transport) if transport is not None else None
+
+
+# What a connection's callers asked to forget when it closes (its attestation and the pin it holds), so a pinned
+# process does not wait for the garbage collector to free the transport: a transport in a reference cycle kept a
+# closed connection's pin (and pidfd) open for as long as no collection ran.
+_ON_CLOSE: weakref.WeakKeyDictionary[Any, list[Callable[[Any], None]]] = weakref.WeakKeyDictionary()
+
+
+def on_connection_closed(transport: Any, forget: Callable[[Any], None]) -> None:
+    """Call `forget(transport)` when the connection closes (`connection_closed`). `forget` must not hold the
+    transport itself: it is handed it."""
+    _ON_CLOSE.setdefault(transport, []).append(forget)
+
+
+def connection_closed(transport: Any) -> None:
+    """The connection is closed (its server's connection_lost): run what its callers asked to forget."""
+    for forget in _ON_CLOSE.pop(transport, ()):
+        forget(transport)

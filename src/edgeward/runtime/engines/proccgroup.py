@@ -59,8 +59,11 @@ def own_cgroup(text: str | None = None) -> str | None:
 class ModuleCgroups:
     """The module cgroups of one engine: made at a module's start, killed with it, removed with it."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, relative: str | None = None) -> None:
         self.base = base
+        # The same directory as /proc/<pid>/cgroup names it ("/<own cgroup>/edgeward-modules-<tag>"); None: unknown,
+        # and no process is placed by its cgroup.
+        self.relative = relative.rstrip("/") if relative is not None else None
 
     @classmethod
     def for_state(cls, state_dir: Path) -> ModuleCgroups | None:
@@ -82,10 +85,22 @@ class ModuleCgroups:
                         "double-forks out of its tree survives the module's stop and removal", base.parent,
                         e.strerror or e)
             return None
-        return cls(base)
+        return cls(base, "/" + "/".join(p for p in (own.strip("/"), base.name) if p))
 
     def path(self, name: str) -> Path:
         return self.base / name  # module names are [A-Za-z0-9][A-Za-z0-9_.-]* without "..": one directory
+
+    def module_of(self, cgroup: str | None) -> str | None:
+        """The module whose cgroup ``cgroup`` (a process's, from /proc/<pid>/cgroup) is, or is under; None for any
+        other. The kernel keeps a process in its parent's cgroup, and only root may move one (these directories
+        are root's, 0755), so every process a module started, however deep or daemonised, is in its cgroup."""
+        if cgroup is None or self.relative is None:
+            return None
+        prefix = self.relative + "/"
+        if not cgroup.startswith(prefix):
+            return None
+        name = cgroup[len(prefix):].split("/", 1)[0]
+        return name or None
 
     def names(self) -> list[str]:
         """The modules that have a cgroup now."""

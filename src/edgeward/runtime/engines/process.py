@@ -85,7 +85,17 @@ from ...fsutil import private_dir
 from ..engine import EngineError, EngineEvent, LogChunk, LogOptions, ModuleNotFound, ModuleSpec, ModuleStatus
 from ..model import valid_module_name
 from .proccgroup import ModuleCgroups
-from .procfs import PAGE_SIZE, TICKS_PER_SECOND, ProcStat, ancestors, descendants, read_stat, send_signal
+from .procfs import (
+    ATTRIBUTION_DEPTH,
+    PAGE_SIZE,
+    TICKS_PER_SECOND,
+    ProcStat,
+    ancestors,
+    cgroup_of,
+    descendants,
+    read_stat,
+    send_signal,
+)
 from .proclaunch import Launch, check_executable, module_uid, needs_sandbox_uid, plan_launch, runs_as_root
 from .proclogs import ModuleLogs, pump, take
 from .procstate import ModuleRecord, RecordStore, current_boot_id
@@ -852,10 +862,31 @@ class ProcessEngine:
 
     async def engine_id_of_pid(self, pid: int) -> str | None:
         await self._ready()
+        return self.place_now(pid)
+
+    def place_now(self, pid: int) -> str | None:
+        """The engine id of the running module `pid` belongs to, decided now, without waiting: the one way callers
+        are attributed (the workload API's attestation, and the connection caps at accept).
+
+        With module cgroups, by the caller's cgroup: one read, whatever the caller did (a process outside every
+        module's cgroup is no module's: only root can move a process out). Without, by its ppid chain up to a
+        running module's main process, at most ATTRIBUTION_DEPTH levels (one /proc read each): a deeper caller is
+        no module's (fail closed), so no caller can make its attribution cost more than that."""
         running = self.running_processes()
         if not running or pid <= 0:
             return None
-        for st in ancestors(pid):
+        if self._cgroups is not None:
+            name = self._cgroups.module_of(cgroup_of(pid))
+            mod = self._modules.get(name) if name is not None else None
+            if mod is None or mod.phase != "running" or mod.record.pid is None:
+                return None
+            # Its main process still runs (not exited, not a zombie): what is left in a module's cgroup after that
+            # is killed with it, never its caller.
+            main = read_stat(mod.record.pid)
+            if main is None or main.start_time != mod.record.pid_start or main.state in ("Z", "X", "x"):
+                return None
+            return mod.record.engine_id
+        for st in ancestors(pid, ATTRIBUTION_DEPTH):
             engine_id = running.get((st.pid, st.start_time))
             if engine_id is not None:
                 return engine_id

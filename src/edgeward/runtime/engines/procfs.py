@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "ATTRIBUTION_DEPTH",
     "PAGE_SIZE",
     "TICKS_PER_SECOND",
     "ProcStat",
     "ancestors",
+    "cgroup_of",
     "descendants",
     "parse_stat",
     "read_stat",
@@ -29,6 +31,11 @@ TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _PROC = Path("/proc")
 _MAX_DEPTH = 4096  # longer than any real ppid chain; guards against a loop made by concurrent pid reuse
+# How far up a caller's ppid chain attribution looks for a module's main process, at accept and in the workload
+# API's attestation alike: a module's callers sit a few levels below it. The caller picks its own depth, and each
+# level is a /proc read on the event loop, so a deeper caller is placed in no module (fail closed) rather than
+# walked (a 3000-deep chain of callers held every other caller up for hundreds of milliseconds).
+ATTRIBUTION_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -91,11 +98,11 @@ def read_stat(pid: int) -> ProcStat | None:
         return None
 
 
-def ancestors(pid: int) -> Iterable[ProcStat]:
-    """`pid` itself, then its parent, grandparent... up to (not including) pid 0."""
+def ancestors(pid: int, limit: int = _MAX_DEPTH) -> Iterable[ProcStat]:
+    """`pid` itself, then its parent, grandparent... up to (not including) pid 0; at most `limit` of them."""
     seen: set[int] = set()
     current = pid
-    for _ in range(_MAX_DEPTH):
+    for _ in range(limit):
         if current <= 0 or current in seen:
             return
         seen.add(current)
@@ -104,6 +111,20 @@ def ancestors(pid: int) -> Iterable[ProcStat]:
             return
         yield st
         current = st.ppid
+
+
+def cgroup_of(pid: int) -> str | None:
+    """The process's cgroup v2 path (its ``0::`` line, as this process's cgroup namespace sees it), in one read;
+    None when it is gone or has none (a v1-only host)."""
+    try:
+        with open(f"{_PROC}/{int(pid)}/cgroup", "rb") as f:  # noqa: PTH123  (not pathlib, as in read_stat)
+            raw = f.read(65536)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    for line in raw.split(b"\n"):
+        if line.startswith(b"0::"):
+            return line[3:].decode("utf-8", "surrogateescape")
+    return None
 
 
 def _all_stats() -> list[ProcStat]:
