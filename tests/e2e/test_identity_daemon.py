@@ -19,16 +19,24 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"),
               pytest.mark.skipif(os.getuid() != 0, reason="needs root to run clients as other uids")]
 
 
+def manual_device(hub: HubEmulator, key: bytes, base: Path, principals: str) -> Path:
+    """The config of device edge-e2e, manually provisioned with its SAS key against ``hub``, with ``principals``
+    and host principal 3001 (``host-agent``, a module identity)."""
+    (base / "hub-ca.pem").write_bytes(hub.ca_pem)
+    config = base / "config.toml"
+    config.write_text(textwrap.dedent(f"""
+        hostname = "edge-e2e"
+        [provisioning]
+        source = "manual"
+        connection_string = "HostName={hub.hostname};DeviceId=edge-e2e;SharedAccessKey={base64.b64encode(key).decode()}"
+    """) + principals + host_agent(base / "hub-ca.pem", 3001))
+    return config
+
+
 async def test_each_uid_sees_only_its_own_identity(public_dir: Path) -> None:
     async with HubEmulator() as hub:
         key = hub.add_device("edge-e2e")
-        (public_dir / "hub-ca.pem").write_bytes(hub.ca_pem)
-        config = public_dir / "config.toml"
-        config.write_text(textwrap.dedent(f"""
-            hostname = "edge-e2e"
-            [provisioning]
-            source = "manual"
-            connection_string = "HostName={hub.hostname};DeviceId=edge-e2e;SharedAccessKey={base64.b64encode(key).decode()}"
+        config = manual_device(hub, key, public_dir, textwrap.dedent("""
 
             [[principal]]
             uid = 3002
@@ -38,7 +46,7 @@ async def test_each_uid_sees_only_its_own_identity(public_dir: Path) -> None:
             [[principal]]
             uid = 3003
             name = "edge-daemon"
-        """) + host_agent(public_dir / "hub-ca.pem", 3001))
+        """))
         async with daemon(config, public_dir) as run:
             sock, q = run / "identityd.sock", "?api-version=2021-12-01"
             status, body = await as_uid(3001, sock, "GET", "/identities/identity" + q)
@@ -81,18 +89,12 @@ async def test_a_principal_asking_for_another_s_identity_in_a_loop_writes_a_boun
     with their facts (route, uid, the module asked for), the rest counted."""
     async with HubEmulator() as hub:
         key = hub.add_device("edge-e2e")
-        (public_dir / "hub-ca.pem").write_bytes(hub.ca_pem)
-        config = public_dir / "config.toml"
-        config.write_text(textwrap.dedent(f"""
-            hostname = "edge-e2e"
-            [provisioning]
-            source = "manual"
-            connection_string = "HostName={hub.hostname};DeviceId=edge-e2e;SharedAccessKey={base64.b64encode(key).decode()}"
+        config = manual_device(hub, key, public_dir, textwrap.dedent("""
 
             [[principal]]
             uid = 3003
             name = "edge-daemon"
-        """) + host_agent(public_dir / "hub-ca.pem", 3001))
+        """))
         log = public_dir / "daemon.log"
         async with daemon(config, public_dir) as run:
             path = "/identities/modules/edge-daemon?api-version=2021-12-01&type=aziot"

@@ -37,25 +37,12 @@ from edgeward.runtime.mgmt_client import ManagementClient
 from edgeward.runtime.registry import Registration, Registry
 from tests.fixtures.modules import module_results
 from tests.fixtures.runtime import RuntimeEnv, serve_runtime
+from tests.integration.test_accept_attestation import CHAIN
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 CGROUPS = os.geteuid() == 0 and cgroup2_mount() is not None
 
-# The module's main process forks a chain DEPTH deep; the last one writes the chain's pids, main first.
-CHAIN = textwrap.dedent("""
-    import json, os, time
-    chain = [os.getpid()]
-    for _ in range(int(os.environ["DEPTH"])):
-        if os.fork():
-            time.sleep(3600)
-            os._exit(0)
-        chain.append(os.getpid())
-    with open(os.environ["OUT"] + ".tmp", "w") as f:
-        json.dump(chain, f)
-    os.rename(os.environ["OUT"] + ".tmp", os.environ["OUT"])
-    time.sleep(3600)
-""")
 
 
 @contextmanager
