@@ -339,10 +339,7 @@ def _sensitive(auth: bytes, data: bytes | None = None) -> Any:
 
 
 @cache
-@cache
 def _sig_scheme(alg: int, hash_alg: int) -> Any:
-    """One per scheme, made once: building a tpm2-pytss struct costs ~11 us of Python on the TPM's lane, where the
-    TPM waits for it; Esys_Sign only reads it (a const pointer)."""
     scheme = TPMT_SIG_SCHEME(scheme=alg)
     scheme.details.any.hashAlg = hash_alg
     return scheme
