@@ -21,6 +21,8 @@ import os
 import signal
 from pathlib import Path
 
+from .procfs import cgroup_of, cgroup_v2_path
+
 __all__ = ["ModuleCgroups", "cgroup2_mount", "own_cgroup"]
 
 log = logging.getLogger(__name__)
@@ -45,15 +47,9 @@ def cgroup2_mount(mountinfo: str | None = None) -> Path | None:
 
 
 def own_cgroup(text: str | None = None) -> str | None:
-    """This process's cgroup v2 path (the ``0::`` line of /proc/self/cgroup); None on a v1-only host."""
-    try:
-        lines = text if text is not None else Path("/proc/self/cgroup").read_text()
-    except OSError:
-        return None
-    for line in lines.splitlines():
-        if line.startswith("0::"):
-            return line[3:]
-    return None
+    """This process's cgroup v2 path (the ``0::`` line of /proc/self/cgroup, or of ``text``); None on a v1-only
+    host."""
+    return cgroup_v2_path(text) if text is not None else cgroup_of(os.getpid())
 
 
 class ModuleCgroups:

@@ -21,6 +21,7 @@ __all__ = [
     "ProcStat",
     "ancestors",
     "cgroup_of",
+    "cgroup_v2_path",
     "descendants",
     "parse_stat",
     "read_stat",
@@ -121,9 +122,14 @@ def cgroup_of(pid: int) -> str | None:
             raw = f.read(65536)
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
-    for line in raw.split(b"\n"):
-        if line.startswith(b"0::"):
-            return line[3:].decode("utf-8", "surrogateescape")
+    return cgroup_v2_path(raw.decode("utf-8", "surrogateescape"))
+
+
+def cgroup_v2_path(text: str) -> str | None:
+    """The cgroup v2 path in the text of a /proc/<pid>/cgroup file (its ``0::`` line); None without one."""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:]
     return None
 
 
