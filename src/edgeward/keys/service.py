@@ -4,6 +4,7 @@ are computed per call and never returned: see :mod:`.aead`)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -117,7 +118,7 @@ class KeyService:
         # process (the backend's own lock) and waited for here, one per caller uid, so the waiting ones hold no
         # executor thread and a caller looping on them from many connections puts one call ahead of anyone else's.
         self._interpreter_callers = KeyedLocks()
-        self._interpreter = KeyedLocks()
+        self._interpreter = asyncio.Lock()
 
     def for_caller(self, caller: Caller) -> KeysApi:
         return _CallerView(self, caller)
@@ -456,7 +457,7 @@ class KeyService:
         in_interpreter = getattr(loc.backend, "rsa_private_encrypt_in_interpreter", None)
         if in_interpreter is None or not in_interpreter(plaintext, padding):
             return await self._run(loc.backend.rsa_private_encrypt, loc.ref, plaintext, padding)
-        async with self._interpreter_callers.hold(caller.uid if caller else None), self._interpreter.hold(None):
+        async with self._interpreter_callers.hold(caller.uid if caller else None), self._interpreter:
             return await self._run(loc.backend.rsa_private_encrypt, loc.ref, plaintext, padding)
 
     async def decrypt(self, handle: str, mechanism: EncryptMechanism, ciphertext: bytes) -> bytes:
