@@ -10,9 +10,16 @@ import time
 
 from aiohttp import web
 
-__all__ = ["InternalErrorLog"]
+__all__ = ["InternalErrorLog", "route_of"]
 
 _Key = tuple[str, str, type[BaseException]]
+
+
+def route_of(request: web.Request) -> str:
+    """The request's route as registered ("/keypair/{keyId}"), "" when none matched: what lines a caller can repeat
+    are counted by, so that varying the path (a key or cert id) gets the caller no more of them."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else ""
 
 
 class InternalErrorLog:
@@ -23,9 +30,8 @@ class InternalErrorLog:
         self._last: dict[_Key, tuple[float, int]] = {}  # -> (when its traceback was logged, repeats since)
 
     def log(self, request: web.Request, error: BaseException) -> None:
-        resource = request.match_info.route.resource
         # by route, not path: a caller varying the path (a module name, a key id) must not get a traceback each
-        key = (request.method, resource.canonical if resource is not None else "", type(error))
+        key = (request.method, route_of(request), type(error))
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last[0] < self.interval:

@@ -27,7 +27,7 @@ from .apiversion import ApiVersions, check_api_version
 from .callers import CallerKey, caller_key_of
 from .connections import CONNECTION_POLICY, ConnectionGuard, ConnectionLimits, ConnectionPolicy, GuardedRunner
 from .errors import HttpError, TooManyRequests
-from .internal_errors import InternalErrorLog
+from .internal_errors import InternalErrorLog, route_of
 from .limits import UidLimiter
 from .requestlog import enabled as request_log_enabled
 from .requestlog import request_log
@@ -110,9 +110,7 @@ class RouteTable:
 
 
 def _route_key(request: web.Request, what: str) -> str:
-    """By route, not path: a caller varying the path (a key or cert id) must not get a line each."""
-    resource = request.match_info.route.resource
-    return f"{what} {request.method} {resource.canonical if resource is not None else ''}"
+    return f"{what} {request.method} {route_of(request)}"
 
 
 @web.middleware
