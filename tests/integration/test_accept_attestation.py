@@ -40,6 +40,23 @@ CHAIN = textwrap.dedent("""
 """)
 
 
+async def start_chain(engine: ProcessEngine, registry: Registry, depth: int, out: Path,
+                      timeout: float = 20) -> list[int]:
+    """Module "m" (registered as running) whose main process forks a chain ``depth`` deep; the chain's pids, main
+    first, once its last process wrote them."""
+    status = await engine.create(ModuleSpec(name="m", image=sys.executable, env={"DEPTH": str(depth), "OUT": str(out)},
+                                            create_options={"Cmd": ["-c", CHAIN]}))
+    registry.put(Registration("m", "process", status.engine_id, sys.executable, status.image_id, "g1",
+                              state="running"))
+    await engine.start("m")
+    deadline = time.monotonic() + timeout
+    while not out.exists():
+        assert time.monotonic() < deadline, "the module's chain did not start"
+        await asyncio.sleep(0.05)
+    chain: list[int] = json.loads(out.read_text())
+    return chain
+
+
 @pytest.mark.parametrize("cgroups", [False, pytest.param(True, marks=pytest.mark.skipif(
     os.geteuid() != 0 or cgroup2_mount() is None, reason="module cgroups need root and a cgroup v2 hierarchy"))])
 async def test_a_modules_processes_are_placed_in_it_within_a_bounded_walk_and_nobody_else_is(tmp_path: Path,
@@ -48,19 +65,8 @@ async def test_a_modules_processes_are_placed_in_it_within_a_bounded_walk_and_no
                            cgroups=cgroups)
     registry = Registry(tmp_path / "home")
     out = tmp_path / "chain.json"
-    depth = AcceptAttestor.MAX_DEPTH + 4
     try:
-        status = await engine.create(ModuleSpec(name="m", image=sys.executable,
-                                                env={"DEPTH": str(depth), "OUT": str(out)},
-                                                create_options={"Cmd": ["-c", CHAIN]}))
-        registry.put(Registration("m", "process", status.engine_id, sys.executable, status.image_id, "g1",
-                                  state="running"))
-        await engine.start("m")
-        deadline = time.monotonic() + 20
-        while not out.exists():
-            assert time.monotonic() < deadline, "the module's chain did not start"
-            await asyncio.sleep(0.05)
-        chain = json.loads(out.read_text())
+        chain = await start_chain(engine, registry, AcceptAttestor.MAX_DEPTH + 4, out)
         sockets = {"own": "m", "another": "n"}  # a module's own socket; anything else is the shared one
         attestor = AcceptAttestor(engine, registry, lambda sockname: sockets.get(sockname or ""))
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import json
 import os
 import subprocess
 import sys
@@ -29,15 +28,14 @@ import pytest
 from edgeward.attest.pin import ProcessPins
 from edgeward.attest.pipeline import Attestor
 from edgeward.http.peercred import Caller
-from edgeward.runtime.engine import ModuleSpec
 from edgeward.runtime.engines.proccgroup import cgroup2_mount
 from edgeward.runtime.engines.process import ProcessEngine
 from edgeward.runtime.engines.procfs import ATTRIBUTION_DEPTH
 from edgeward.runtime.mgmt_client import ManagementClient
-from edgeward.runtime.registry import Registration, Registry
+from edgeward.runtime.registry import Registry
 from tests.fixtures.modules import module_results
 from tests.fixtures.runtime import RuntimeEnv, serve_runtime
-from tests.integration.test_accept_attestation import CHAIN
+from tests.integration.test_accept_attestation import start_chain
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -69,19 +67,8 @@ async def test_a_deep_caller_costs_a_bounded_number_of_reads(tmp_path: Path, cgr
     engine = ProcessEngine(tmp_path / "state", stop_timeout=2.0, allow_elevated=True, cgroups=cgroups)
     registry = Registry(tmp_path / "home")
     out = tmp_path / "chain.json"
-    depth = 2 * ATTRIBUTION_DEPTH
     try:
-        status = await engine.create(ModuleSpec(name="m", image=sys.executable,
-                                                env={"DEPTH": str(depth), "OUT": str(out)},
-                                                create_options={"Cmd": ["-c", CHAIN]}))
-        registry.put(Registration("m", "process", status.engine_id, sys.executable, status.image_id, "g1",
-                                  state="running"))
-        await engine.start("m")
-        deadline = time.monotonic() + 30
-        while not out.exists():
-            assert time.monotonic() < deadline, "the module's chain did not start"
-            await asyncio.sleep(0.05)
-        chain = json.loads(out.read_text())
+        chain = await start_chain(engine, registry, 2 * ATTRIBUTION_DEPTH, out, timeout=30)
         attestor = Attestor(engine, registry)
 
         async def attest(pid: int) -> tuple[str | None, int]:
