@@ -499,7 +499,6 @@ async def serve(settings: ServiceSettings, services: tuple[str, ...] = ALL_SERVI
                                                              activation_name="identityd")]))
         if "edged" in services:
             from .attest.selfmeasure import measure_self  # noqa: PLC0415
-            from .attest.tpm_quote import DEFAULT_PCR  # noqa: PLC0415
             from .runtime.compose import identities_for, start_runtime  # noqa: PLC0415
 
             assert settings.runtime is not None and settings.identity is not None
@@ -519,6 +518,8 @@ async def serve(settings: ServiceSettings, services: tuple[str, ...] = ALL_SERVI
             detail: dict[str, Any] = {"code": me.code, "config": me.config, "files": me.files,
                                       "services": list(services)}
             if tpm_service is not None:  # anchor the measurement in the TPM: PCR 23, quotable by verifiers
+                from .attest.tpm_quote import DEFAULT_PCR  # noqa: PLC0415 -- loaded with the TPM service
+
                 detail["pcr"], detail["pcr_value"] = DEFAULT_PCR, await tpm_service.extend_pcr(me.combined)
             runtime.audit.append("edgeward.started", None, detail)
             modules.runtime = runtime

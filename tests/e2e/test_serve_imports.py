@@ -96,3 +96,7 @@ def test_run_loads_no_pydantic_nor_asn1crypto(tmp_path: Path) -> None:
         assert loaded(modules, ("edgeward.certs.est.client", "edgeward.certs.est.pkcs7", "edgeward.identity.dps",
                                 "edgeward.identity.hub", "edgeward.identity.cloud",
                                 "cryptography.hazmat.primitives.serialization.pkcs7")) == [], start
+        # no [tpm] configured: the TPM's API, client, wire and quotes wait for a device that has one (its settings
+        # reader is all that loads)
+        assert loaded(modules, ("edgeward.tpm.api", "edgeward.tpm.client", "edgeward.tpm.wire",
+                                "edgeward.tpm.service", "edgeward.attest.tpm_quote")) == [], start

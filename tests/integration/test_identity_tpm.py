@@ -24,10 +24,10 @@ from edgeward.identity.compose import dps_registrar_for, hub_factory_for
 from edgeward.identity.settings import parse_identity_settings
 from edgeward.testing.dps_emulator import DpsEmulator
 from edgeward.testing.hub_emulator import HubEmulator
-from edgeward.tpm import parse_tpmd_settings
 from edgeward.tpm.client import TpmClient
 from edgeward.tpm.routes import build_tpm_app
 from edgeward.tpm.service import TpmService
+from edgeward.tpm.settings import parse_tpmd_settings
 from tests.fixtures.identity import serve_identity
 from tests.fixtures.swtpm import Swtpm
 

@@ -30,11 +30,11 @@ from edgeward.http import HttpError, Listener, start_server
 from edgeward.keys.backends.tpm import TpmBackend, TpmSettings
 from edgeward.keys.model import HashAlg, KeyPairAlgorithm, SignScheme
 from edgeward.testing.dps_tpm import InvalidTpmPublic, TpmChallenge, make_tpm_challenge
-from edgeward.tpm import TpmApi, TpmKeys, TpmUnavailable, parse_tpmd_settings
+from edgeward.tpm.api import TpmApi, TpmKeys, TpmUnavailable
 from edgeward.tpm.client import TpmClient
 from edgeward.tpm.routes import build_tpm_app
 from edgeward.tpm.service import TpmService
-from edgeward.tpm.settings import TpmdSettings
+from edgeward.tpm.settings import TpmdSettings, parse_tpmd_settings
 from tests.fixtures.processes import free_port_pair
 from tests.fixtures.swtpm import Swtpm, running_swtpm
 

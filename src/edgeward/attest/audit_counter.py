@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..http.errors import HttpError
-from ..tpm import wire
 
 if TYPE_CHECKING:
     from ..tpm.service import TpmService
@@ -68,14 +67,17 @@ class SocketCounter:
     OSError when the service cannot be reached."""
 
     def __init__(self, socket_path: str | Path, timeout: float = 30.0) -> None:
+        from ..tpm import wire  # noqa: PLC0415 -- loaded with the counter: a device without a TPM has none
+
         self._path = str(socket_path)
         self._timeout = timeout
+        self._version, self._parse = wire.EDGEWARD_VERSION, wire.AuditCounterResponse.parse
         self.description = f"the TPM service's audit counter at {socket_path}"
 
     def _call(self, method: str, path: str) -> int | None:
         conn = _UnixConnection(self._path, self._timeout)
         try:
-            conn.request(method, f"{path}?api-version={wire.EDGEWARD_VERSION}", body=b"" if method == "POST" else None)
+            conn.request(method, f"{path}?api-version={self._version}", body=b"" if method == "POST" else None)
             resp = conn.getresponse()
             raw = resp.read()
         finally:
@@ -86,7 +88,7 @@ class SocketCounter:
             except (ValueError, KeyError, TypeError):
                 message = resp.reason
             raise HttpError(message, status=resp.status)
-        return wire.AuditCounterResponse.parse(raw).value
+        return self._parse(raw).value
 
     def read(self) -> int | None:
         return self._call("GET", "/edgeward/audit-counter")

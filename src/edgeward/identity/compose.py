@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -12,13 +13,15 @@ from ..certs.api import CertsApi
 from ..certs.est.tls_identity import KeysIdentity
 from ..http.errors import HttpError
 from ..keys.api import KeysApi
-from ..tpm.api import TpmApi
-from ..tpm.client import TpmClient
 from .dps_auth import DpsAuth, SymmetricKeyAuth, TpmAuth, X509Auth
 from .model import HubModules
 from .service import DEVICE_KEY_ID, DpsRegistrar, HubAuth, HubFactory, IdentityService
 from .settings import DpsProvisioning, IdentitySettings
 from .state import DeviceIdentity
+
+if TYPE_CHECKING:  # the TPM's modules load only on a device that has one
+    from ..tpm.api import TpmApi
+    from ..tpm.client import TpmClient
 
 __all__ = ["build_identity_service", "dps_registrar_for", "hub_factory_for"]
 
@@ -115,6 +118,8 @@ def build_identity_service(settings: IdentitySettings, keys: KeysApi, certs: Cer
     owned: TpmClient | None = None
     prov = settings.provisioning
     if tpm is None and isinstance(prov, DpsProvisioning) and prov.auth == "tpm" and settings.tpmd_socket is not None:
+        from ..tpm.client import TpmClient  # noqa: PLC0415 -- only a DPS TPM device calls tpmd
+
         tpm = owned = TpmClient(settings.tpmd_socket)
     service = IdentityService(settings, keys, certs, hub_factory_for(settings),
                               dps_register=dps_registrar_for(settings), tpm=tpm)

@@ -5,10 +5,13 @@ not at all) never uses."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..certs.est.tls_identity import KeysIdentity
-from ..tpm.api import TpmApi
 from .sas import Signer
+
+if TYPE_CHECKING:  # the TPM's modules load only on a device that has one
+    from ..tpm.api import TpmApi
 
 __all__ = ["DpsAuth", "SymmetricKeyAuth", "TpmAuth", "X509Auth"]
 

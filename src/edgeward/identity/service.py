@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,13 +35,15 @@ from ..http.peercred import Caller
 from ..keys.api import KeysApi
 from ..keys.model import HmacSha256
 from ..repeat_log import RepeatLog
-from ..tpm.api import TpmApi
 from .dps_auth import DpsAuth, SymmetricKeyAuth, TpmAuth, X509Auth
 from .model import AziotIdentity, HubModules, Identity, LocalIdentity, ModuleInfo, ProvisioningInfo
 from .reprovisioning import ReprovisioningPolicy
 from .settings import DpsProvisioning, IdentitySettings, IdPrincipal, ManualProvisioning, SecretSource
 from .state import DeviceIdentity, DeviceStore, HostModule, HostModules, ModuleCache, ModuleRecord, fingerprint
 from .unreachable import Unreachable
+
+if TYPE_CHECKING:  # the TPM's modules load only on a device that has one
+    from ..tpm.api import TpmApi
 
 __all__ = [
     "DEVICE_KEY_ID",
