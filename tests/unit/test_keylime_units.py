@@ -9,13 +9,16 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import os
 import struct
 import zipfile
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -345,3 +348,28 @@ async def test_a_signed_notice_posted_again_is_recorded_as_a_replay_and_not_acte
                      "keylime.revocation_replayed", "keylime.revocation", "keylime.revoked",
                      "keylime.revocation_acted"]
     assert len(acted) == 2
+
+
+async def test_a_failing_route_logs_one_traceback_a_minute_not_one_per_request(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Any holder of a client certificate the verifier's CA signed reaches the routes: an internal error it can
+    repeat must not write a traceback per request (the log is the device's disk, and the operator's view)."""
+
+    class Broken:
+        @property
+        def quoter(self) -> Any:
+            raise RuntimeError("the quoter is gone")
+
+    app = build_agent_app(Broken())  # type: ignore[arg-type]
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: {"subject": ()} if name == "peercert" else default
+    caplog.set_level(logging.ERROR)
+    for _ in range(50):
+        request = make_mocked_request("GET", "/v2.2/agent/info", app=app, transport=transport)
+        match = await app.router.resolve(request)
+        request._match_info = match  # what the server's dispatch does
+        match.add_app(app)
+        response = await match.handler(request)
+        assert response.status == 500
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1, [r.getMessage() for r in caplog.records]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..http.internal_errors import InternalErrorLog
 from .payloads import MAX_PAYLOAD, BootstrapPinned, PayloadError
 from .quote_queue import QuoteDeferred
 from .quotes import BadQuoteRequest
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 __all__ = ["SUPPORTED_VERSIONS", "build_agent_app"]
 
 log = logging.getLogger(__name__)
+# any holder of a client certificate from the verifier's CA can repeat a failing request: a traceback per route and
+# error a minute, not one per request
+_INTERNAL_ERRORS = InternalErrorLog(log)
 
 # Never 1.0: for it the verifier expects zlib-compressed quotes. 3.0 is push mode.
 SUPPORTED_VERSIONS = ("2.1", "2.2", "2.3", "2.4", "2.5", "2.6")
@@ -198,8 +202,8 @@ def build_agent_app(agent: KeylimeAgent) -> web.Application:
             return response
         except web.HTTPRequestEntityTooLarge:
             return _answer(413, "body too large")
-        except Exception:
-            log.exception("keylime agent: %s %s failed", request.method, request.path)
+        except Exception as e:
+            _INTERNAL_ERRORS.log(request, e)
             return _answer(500, "internal error (see the Edgeward log)")
 
     app = web.Application(client_max_size=MAX_UKEY_BODY)
