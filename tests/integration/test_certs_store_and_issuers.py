@@ -140,3 +140,18 @@ async def test_an_imported_certificate_with_a_duplicated_extension_is_refused(en
     with pytest.raises(HttpError) as missing:
         await env.client.get_cert("dup-ext-ca")
     assert missing.value.status == 404
+
+
+async def test_a_corrupt_stored_cert_read_again_and_again_logs_once(env: CertsEnv,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A caller that may read a cert id can ask for it in a loop: a corrupt file is one error line (and a summary),
+    not a line per request."""
+    path = env.service.store.path("corrupt-on-disk")
+    path.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    caplog.set_level("ERROR", logger="edgeward.certs.service")
+    for _ in range(50):
+        with pytest.raises(HttpError) as e:
+            await env.client.get_cert("corrupt-on-disk")
+        assert e.value.status == 404
+    lines = [r for r in caplog.records if "corrupt-on-disk" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]

@@ -111,6 +111,8 @@ class CertService:
         self._local_ca_checked = 0.0
         self._plans: dict[str, IssuancePlan] = {}
         self.issued_log = RepeatLog(log, "issued cert")
+        # a caller may read a corrupt cert id in a loop: an error line per id an interval, then a summary
+        self.unreadable_log = RepeatLog(log, "unreadable stored cert", level=logging.ERROR)
 
     def for_caller(self, caller: Caller) -> CertsApi:
         return _CallerView(self, caller)
@@ -154,7 +156,7 @@ class CertService:
         try:
             return parse_chain(data)
         except PemError:
-            log.error("stored cert %r is unreadable; treating it as missing", cert_id)
+            self.unreadable_log.log(cert_id, "stored cert %r is unreadable; treating it as missing", cert_id)
             return None
 
     async def get_cert(self, cert_id: str) -> str:
