@@ -247,6 +247,39 @@ async def test_a_body_of_many_empty_objects_costs_what_a_plain_body_of_its_size_
     assert status == 422 and "duplicate field `a`" in answer["message"], answer
 
 
+@pytest.mark.parametrize("element", [b"1", b'"x"', b"true"], ids=["numbers", "strings", "literals"])
+async def test_a_body_of_many_small_values_costs_what_a_plain_body_of_its_size_costs(software_keys: KeysEnv,
+                                                                                     element: bytes) -> None:
+    """Found in session 14: 1 MB of "1," inside an array (520,000 numbers) took ~130 ms of the event loop a body,
+    26 ms to decode and ~100 ms for the lone-surrogate walk over every value, from any caller of any JSON route.
+    Such a body is refused before decoding, at about the cost of a plain 1 MB string (best of several runs)."""
+    import time
+
+    env = software_keys
+    head = b'{"keyHandle":"x","algorithm":"ECDSA","parameters":{"digest":"AA"},"junk":'
+    count = (1_040_000 - len(head)) // (len(element) + 1)
+    hostile = head + b"[" + b",".join([element] * count) + b"]}"
+    plain = head + b'"' + b"A" * (len(hostile) - len(head) - 3) + b'"}'
+
+    async def best(raw: bytes) -> tuple[float, int, Any]:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            status, answer = await call(env, "POST", "/sign", raw=raw)
+            times.append(time.perf_counter() - start)
+        return min(times), status, answer
+
+    hostile_s, hostile_status, hostile_answer = await best(hostile)
+    plain_s, status, answer = await best(plain)
+    assert hostile_s < 3 * plain_s, (hostile_s, plain_s)
+    assert status == 422, answer
+    assert hostile_status == 400 and "values" in hostile_answer["message"], hostile_answer
+    # a body of many values below the limit is still read (and a lone surrogate among them still found)
+    many = head + b"[" + b",".join([element] * 2_000) + b',"\\ud800","\ud800"]}'
+    status, answer = await call(env, "POST", "/sign", raw=many)
+    assert status == 422 and "lone surrogate" in answer["message"], answer
+
+
 async def test_a_field_given_twice_is_refused_as_serde_refuses_it(software_keys: KeysEnv) -> None:
     """Found by the session-11 review: {"keyId":"a","keyId":"b"} was taken, the last one winning. aziot's serde
     refuses a duplicate field; two readers of one body (a proxy, a log, the service) must not see two requests."""
