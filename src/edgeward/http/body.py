@@ -59,8 +59,9 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise BadRequest("request body holds a number too long to read") from None
     if not isinstance(data, dict):
         raise UnprocessableEntity("request body must be a JSON object")
-    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(data):  # "\ud800": json.loads takes it; serde_json refuses it (aziot: 422, as any
-        # body its serde cannot read), and UTF-8 cannot hold it
+    # "\ud800": json.loads takes it; serde_json refuses it (aziot: 422, as any body its serde cannot read), and
+    # UTF-8 cannot hold it
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(data):
         raise UnprocessableEntity("invalid request body: a lone surrogate escape is not a character")
     return data
 
