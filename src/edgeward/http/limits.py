@@ -26,6 +26,7 @@ class _Slot:
     semaphore: asyncio.Semaphore
     waiting: int = 0
     active: int = 0
+    large: asyncio.Lock | None = None  # made by the caller's first large body
 
 
 @dataclass
@@ -63,6 +64,22 @@ class CallerLimiter:
         else:
             await slot.semaphore.acquire()  # free: returns without suspending
         slot.active += 1
+
+    async def enter_large(self, key: Hashable) -> None:
+        """Also take ``key``'s one slot for a request with a large body (inside a running slot: after
+        :meth:`enter`); pair with :meth:`leave_large`. Handling a large body costs the event loop
+        milliseconds (JSON, base64, crypto): a caller handling dozens at once would put all that work ahead of
+        every other caller's requests, so its large requests are handled one after the other, while its small ones
+        and everyone else's go on."""
+        slot = self._slots[key]
+        if slot.large is None:
+            slot.large = asyncio.Lock()
+        await slot.large.acquire()
+
+    def leave_large(self, key: Hashable) -> None:
+        lock = self._slots[key].large
+        assert lock is not None
+        lock.release()
 
     def leave(self, key: Hashable) -> None:
         slot = self._slots[key]

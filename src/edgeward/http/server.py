@@ -9,13 +9,14 @@ process-wide connection caps, must deliver its request headers within a deadline
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from .internal_errors import InternalErrorLog, route_of
 from .limits import UidLimiter
 from .requestlog import enabled as request_log_enabled
 from .requestlog import request_log
-from .timeouts import body_deadline
+from .timeouts import RequestTimeout, body_deadline, body_timeout
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -145,6 +146,30 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, "internal error; see the service log")
 
 
+# A body larger than this, or of no declared length (chunked), is a large one: a caller's large requests are
+# handled one at a time (CallerLimiter.enter_large). The bodies of ordinary requests (a sign, a CSR, a module spec)
+# are a few KB.
+LARGE_BODY = 64 * 1024
+
+
+def _large_body(request: web.Request) -> bool:
+    length = request.content_length
+    return length > LARGE_BODY if length is not None else request.body_exists
+
+
+async def _enter_large(limiter: UidLimiter, key: Hashable, request: web.Request) -> None:
+    """Wait for the caller's large-request slot, at most the body deadline: the body stays on the wire meanwhile
+    (reading 1 MB bodies costs the loop as much as handling them), and a caller whose earlier large bodies trickle
+    in waits on itself only, and only as long as it may take to send one."""
+    timeout = body_timeout(request.app)
+    try:
+        async with asyncio.timeout(timeout):
+            await limiter.enter_large(key)
+    except TimeoutError:
+        raise RequestTimeout(f"the request waited {timeout:g} s behind this caller's earlier large requests; "
+                             f"send large bodies one after the other") from None
+
+
 @web.middleware
 async def _caller_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     limiter = request.app[_LIMITER_KEY]
@@ -159,6 +184,14 @@ async def _caller_limit_middleware(request: web.Request, handler: Handler) -> we
             await request.read()
         raise
     try:
+        if _large_body(request):
+            # One deadline for the wait for its turn and the body's arrival (none if the body is all here).
+            with body_deadline(request):
+                await _enter_large(limiter, key, request)
+                try:
+                    return await handler(request)
+                finally:
+                    limiter.leave_large(key)
         if request.content.is_eof():  # the whole body is here (most requests): no deadline to arm
             return await handler(request)
         # The slot is held at most as long as the body takes to arrive, plus the handler's own work.

@@ -12,7 +12,7 @@ from aiohttp import web
 from .connections import CONNECTION_POLICY, ConnectionLimits
 from .errors import HttpError
 
-__all__ = ["RequestTimeout", "body_deadline"]
+__all__ = ["RequestTimeout", "body_deadline", "body_timeout"]
 
 
 class RequestTimeout(HttpError, TimeoutError):
@@ -26,7 +26,7 @@ class RequestTimeout(HttpError, TimeoutError):
     close_connection = True
 
 
-def _body_timeout(app: web.Application) -> float:
+def body_timeout(app: web.Application) -> float:
     policy = app.get(CONNECTION_POLICY)
     return (policy.limits if policy is not None else ConnectionLimits()).body_timeout
 
@@ -39,7 +39,7 @@ def body_deadline(request: web.Request) -> Iterator[None]:
     if content.is_eof():  # no body, or all of it already here
         yield
         return
-    timeout = _body_timeout(request.app)
+    timeout = body_timeout(request.app)
 
     def expire() -> None:
         if not content.is_eof():
