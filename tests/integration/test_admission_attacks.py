@@ -307,3 +307,53 @@ async def test_the_header_cap_counts_headers_never_bodies(tmp_path: Path) -> Non
             writer.close()
     finally:
         await runner.cleanup()
+
+
+async def test_a_head_that_follows_a_complete_request_in_the_same_chunk_is_capped_too(tmp_path: Path) -> None:
+    """Found by h/brk14a F1: a chunk that completed a request reset the head count after it was parsed, so a
+    partial head written in the same write behind a tiny complete request (up to 256 KB: what one read takes) was
+    never counted; 256 such connections from one local user grew the daemon by ~100 MB. Answered 431 now."""
+    import os
+
+    from aiohttp import web
+
+    from edgeward.http.server import Listener, RouteTable, build_app, start_server
+
+    routes = RouteTable(["2020-07-07"])
+
+    @routes.get("/ping", since="2020-07-07")
+    async def ping(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    runner = await start_server(build_app(routes), [Listener(tmp_path / "s.sock", 0o600)])
+    try:
+        small = b"GET /ping?api-version=2020-07-07 HTTP/1.1\r\nHost: x\r\n\r\n"
+        big = b"GET /ping?api-version=2020-07-07 HTTP/1.1\r\nHost: x\r\n" + b"".join(
+            b"X-%02d: " % i + os.urandom(2000).hex().encode() + b"\r\n" for i in range(60))  # ~240 KB, unfinished
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "s.sock"))
+        try:
+            writer.write(small + big)
+            await writer.drain()
+            async with asyncio.timeout(5):
+                assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+                rest = b""
+                with contextlib.suppress(ConnectionResetError):  # closed with our head unread: a reset may follow
+                    while chunk := await reader.read(65536):
+                        rest += chunk
+            assert b"HTTP/1.1 431" in rest, rest[:300]
+        finally:
+            writer.close()
+        # pipelined small requests in one write are still all answered
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "s.sock"))
+        try:
+            writer.write(small * 200)
+            await writer.drain()
+            async with asyncio.timeout(10):
+                for _ in range(200):
+                    assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+                    await reader.readuntil(b"\r\n\r\n")
+                    await reader.readexactly(2)  # {}
+        finally:
+            writer.close()
+    finally:
+        await runner.cleanup()
