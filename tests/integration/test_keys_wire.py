@@ -3,6 +3,7 @@ bad input with a 4xx and a message (never a 500, never a hang); the daemon keeps
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -338,3 +339,55 @@ async def test_a_lone_surrogate_is_refused_as_serde_refuses_it(software_keys: Ke
         assert status == 422 and "surrogate" in answer["message"], (raw, answer)
     status, answer = await call(env, "POST", "/keypair", raw=b'{"keyId":"pair \\ud83d\\ude00 %s"}' % env.new_id().encode())
     assert status == 200, answer  # a surrogate pair is one character, as serde reads it
+
+
+async def _aziot_sync_request(env: KeysEnv, method: str, uri: str, body: Any = None) -> tuple[int, Any]:
+    """A request as aziot-key-client's synchronous client makes it (key/aziot-key-client/src/lib.rs, used by the
+    aziot_keys OpenSSL engine, aziotctl and edgelet's edge-CA signing): a new connection, the request line in one
+    write, then only content-length and content-type (no Host) and the body in another; the answer is read with
+    httparse and at most 16 headers, and a body other than a 204's counts only if its content-type is exactly
+    application/json."""
+    reader, writer = await asyncio.open_unix_connection(str(env.socket))
+    try:
+        writer.write(f"{method} {uri} HTTP/1.1\r\n".encode())
+        await writer.drain()
+        if body is None:
+            writer.write(b"\r\n")
+        else:
+            data = json.dumps(body)
+            writer.write(f"content-length: {len(data)}\r\ncontent-type: application/json\r\n\r\n{data}".encode())
+        await writer.drain()
+        async with asyncio.timeout(10):
+            head = (await reader.readuntil(b"\r\n\r\n")).decode()
+            lines = head.split("\r\n")[1:-2]
+            assert len(lines) <= 16, lines
+            fields = {name.strip().lower(): value.strip() for name, _, value in (x.partition(":") for x in lines)}
+            status = int(head.split()[1])
+            payload = await reader.readexactly(int(fields.get("content-length", "0")))
+    finally:
+        writer.close()
+    if status == 204:
+        return status, None
+    assert fields.get("content-type") == "application/json", (status, fields)  # else "malformed HTTP response"
+    return status, json.loads(payload)
+
+
+async def test_aziots_synchronous_key_client_is_served(software_keys: KeysEnv) -> None:
+    """Found by the session-14 contract review: an HTTP/1.1 request without Host (what aziot's synchronous key
+    client sends) was refused by aiohttp's parser with 400, and every error answer's content-type carried
+    "; charset=utf-8", which that client takes for a malformed response."""
+    env = software_keys
+    kid = env.new_id()
+    status, body = await _aziot_sync_request(env, "POST", f"/keypair?api-version={V}",
+                                             {"keyId": kid, "preferredAlgorithms": "ec-p256"})
+    assert status == 200 and HANDLE.match(body["keyHandle"]), body
+    status, loaded = await _aziot_sync_request(env, "GET", f"/keypair/{kid}?api-version={V}")
+    assert status == 200 and loaded["keyHandle"], loaded
+    digest = base64.b64encode(b"\x01" * 32).decode()
+    status, signed = await _aziot_sync_request(env, "POST", f"/sign?api-version={V}", {
+        "keyHandle": loaded["keyHandle"], "algorithm": "ECDSA", "parameters": {"digest": digest}})
+    assert status == 200 and signed["signature"], signed
+    status, error = await _aziot_sync_request(env, "GET", f"/keypair/{env.new_id()}?api-version={V}")
+    assert 400 <= status < 500 and error["message"], error  # the message reaches the client
+    status, error = await _aziot_sync_request(env, "GET", "/keypair/x")  # no api-version: refused in the API's shape
+    assert status == 400 and "api-version" in error["message"], error

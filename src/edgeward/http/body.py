@@ -16,7 +16,7 @@ from aiohttp import web
 from .errors import BadRequest, PayloadTooLarge, UnprocessableEntity, UnsupportedMediaType
 from .wirefields import InvalidBody, JsonBody
 
-__all__ = ["JsonBody", "read_body", "read_json_object", "reply", "reply_empty", "reply_json"]
+__all__ = ["JsonBody", "read_body", "read_json_object", "reply", "reply_empty", "reply_json", "reply_object"]
 
 T = TypeVar("T")
 
@@ -151,8 +151,14 @@ def reply(body: JsonBody, status: int = 200) -> web.Response:
 
 
 def reply_json(body: bytes, status: int = 200) -> web.Response:
-    """A body already serialized as JSON."""
+    """A body already serialized as JSON, typed exactly ``application/json`` (no charset parameter), as aziot's and
+    edgelet's http-common answer: aziot's synchronous clients take anything else for a malformed response."""
     return web.Response(status=status, body=body, content_type="application/json")
+
+
+def reply_object(data: object, status: int = 200) -> web.Response:
+    """``data`` as a JSON body (aiohttp's json_response would add "; charset=utf-8" to the type)."""
+    return reply_json(json.dumps(data).encode(), status)
 
 
 def reply_empty() -> web.Response:

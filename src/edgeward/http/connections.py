@@ -422,6 +422,15 @@ def process_guard() -> ConnectionGuard:
     return _process_guard
 
 
+def with_host(head: bytes, end: int) -> bytes:
+    """``head`` (a request whose head ends at ``end``, its blank line) with ``Host: localhost`` added when it is an
+    HTTP/1.1 request without one. No route reads Host: a Unix socket's peer is known by its credentials."""
+    line_end = head.find(b"\r\n")
+    if not head[:line_end].endswith(b" HTTP/1.1") or b"\r\nhost:" in head[line_end:end + 2].lower():
+        return head
+    return head[:line_end + 2] + b"Host: localhost\r\n" + head[line_end + 2:]
+
+
 def _refusal(status: int, message: str) -> bytes:
     body = json.dumps({"message": message}).encode()
     reason = {429: "Too Many Requests", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}[status]
@@ -469,18 +478,38 @@ class _GuardedHandler(RequestHandler):
 
     The count starts again when a chunk completes a request, and what that chunk held past the request cannot be
     told from the parser: each read takes at most ``READ_SIZE`` bytes, so that uncounted remainder is bounded
-    (h/brk14a F1: behind a tiny complete request, one 256 KB read left ~240 KB of the next head uncounted)."""
+    (h/brk14a F1: behind a tiny complete request, one 256 KB read left ~240 KB of the next head uncounted).
 
-    READ_SIZE = 32 * 1024
+    The first request's head is held until it is complete, and an HTTP/1.1 one without Host gets one: aziot's
+    synchronous key client (the aziot_keys OpenSSL engine, aziotctl, edgelet's edge-CA signing) sends none, which
+    hyper serves and aiohttp's parser refuses. That client opens a connection per request; later requests on a
+    connection go to the parser as they come."""
 
     def __init__(self, manager: _GuardedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.charged: int | None = None  # the budget this connection was charged to, refunded by a successful answer
         self._max_head = manager.limits.max_head
+        self._max_lines = manager.limits.max_header_fields + 1  # and the request line
         self._head_bytes = 0
         self._last_payload: Any = None  # the last request's body: its head is done, its body may still come
+        self._first_head: bytes | None = b""  # the first request's head, held until complete (None: passed on)
+
+    READ_SIZE = 32 * 1024
 
     def data_received(self, data: bytes) -> None:
+        if self._first_head is not None:
+            held = self._first_head + data
+            end = held.find(b"\r\n\r\n")
+            if end < 0:
+                # held within the caps the parser would apply to it: the total, and the number of lines
+                if len(held) <= self._max_head and held.count(b"\n") <= self._max_lines:
+                    self._first_head = held
+                    return
+                self._first_head = None
+                self._refuse_head()
+                return
+            self._first_head = None
+            data = with_host(held, end)
         awaiting_head = self._last_payload is None or self._last_payload.is_eof()
         count = self._request_count
         super().data_received(data)
@@ -489,9 +518,13 @@ class _GuardedHandler(RequestHandler):
             self._last_payload = self._messages[-1][1] if self._messages else None
         elif awaiting_head and not self._force_close:
             self._head_bytes += len(data)
-            if self._head_bytes > self._max_head and self.transport is not None:
-                self.transport.write(_refusal(431, f"request line and headers over {self._max_head} bytes"))
-                self.force_close()
+            if self._head_bytes > self._max_head:
+                self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        if self.transport is not None:
+            self.transport.write(_refusal(431, f"request line and headers over {self._max_head} bytes"))
+            self.force_close()
 
     async def finish_response(self, request: BaseRequest, resp: web.StreamResponse,
                               start_time: float | None) -> tuple[web.StreamResponse, bool]:
@@ -518,7 +551,8 @@ class _GuardedHandler(RequestHandler):
         reply would do the logging (rate-limited: edgeward.http.logfilter) and close the connection."""
         super().handle_error(request, status, exc, message)
         text = "malformed HTTP request" if 400 <= status < 500 else "internal error; see the service log"
-        response = web.json_response({"message": text}, status=status)
+        response = web.Response(status=status, body=json.dumps({"message": text}).encode(),
+                                content_type="application/json")  # exactly: see http.body.reply_json
         response.force_close()
         return response
 

@@ -25,6 +25,7 @@ from aiohttp import web
 from ..repeat_log import RepeatLog
 from .activation import activated_sockets
 from .apiversion import ApiVersions, check_api_version
+from .body import reply_object
 from .callers import CallerKey, caller_key_of
 from .connections import CONNECTION_POLICY, ConnectionGuard, ConnectionLimits, ConnectionPolicy, GuardedRunner
 from .errors import HttpError, TooManyRequests
@@ -62,7 +63,7 @@ _LIMITER_KEY = web.AppKey("edgeward.limiter", UidLimiter)
 
 
 def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"message": message}, status=status)
+    return reply_object({"message": message}, status)
 
 
 class RouteTable:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from ..certs.errors import CertNotFound
 from ..http import RouteTable, build_app, caller_of, read_body, read_json_object, reply_empty
+from ..http.body import reply_object
 from ..http.errors import BadRequest
 from . import wire
 from .service import IdentityService
@@ -46,7 +47,7 @@ def _type(request: web.Request, allowed: tuple[str, ...] = ("aziot",)) -> str:
 
 @routes.get("/identities/identity", since="2020-09-01")
 async def caller_identity(request: web.Request) -> web.Response:
-    return web.json_response(wire.identity_body(await _svc(request).caller_identity(caller_of(request))))
+    return reply_object(wire.identity_body(await _svc(request).caller_identity(caller_of(request))))
 
 
 @routes.get("/identities/provisioning", since="2021-12-01")
@@ -54,7 +55,7 @@ async def provisioning(request: web.Request) -> web.Response:
     """aziot-identityd serves this to any caller; Edgeward to any principal of the service (no secrets in it)."""
     svc = _svc(request)
     svc.require_principal(caller_of(request))
-    return web.json_response(wire.provisioning_body(await svc.provisioning_info()))
+    return reply_object(wire.provisioning_body(await svc.provisioning_info()))
 
 
 @routes.post("/identities/device", since="2020-09-01")
@@ -66,7 +67,7 @@ async def device_identity(request: web.Request) -> web.Response:
     if not request.body_exists:
         raise BadRequest("missing request body")
     await read_body(request, wire.IdTypeRequest.parse)
-    return web.json_response(wire.identity_body(await svc.device_identity()))
+    return reply_object(wire.identity_body(await svc.device_identity()))
 
 
 @routes.post("/identities/device/reprovision", since="2020-09-01")
@@ -83,7 +84,7 @@ async def reprovision(request: web.Request) -> web.Response:
 async def list_modules(request: web.Request) -> web.Response:
     svc = _daemon(request)
     _type(request)
-    return web.json_response({"identities": [wire.identity_body(i) for i in await svc.list_modules()]})
+    return reply_object({"identities": [wire.identity_body(i) for i in await svc.list_modules()]})
 
 
 @routes.post("/identities/modules", since="2020-09-01")
@@ -97,8 +98,8 @@ async def create_module(request: web.Request) -> web.Response:
             raise _invalid("moduleId", f"local identity for {body.module_id} already exists")
         opts = body.local_id_opts or wire.LocalIdOpts()
         identity = await svc.local_identity(body.module_id, server=opts.attributes == "server")
-        return web.json_response(wire.identity_body(identity))
-    return web.json_response(wire.identity_body(await svc.create_module(body.module_id)))
+        return reply_object(wire.identity_body(identity))
+    return reply_object(wire.identity_body(await svc.create_module(body.module_id)))
 
 
 @routes.get("/identities/modules/{moduleId}", since="2020-09-01")
@@ -111,11 +112,11 @@ async def get_module(request: web.Request) -> web.Response:
         local = svc.local_principal(module_id)
         if local is None:
             raise _invalid("moduleId", f"local identity for {module_id} doesn't exist")
-        return web.json_response(wire.identity_body(await svc.local_identity(module_id,
+        return reply_object(wire.identity_body(await svc.local_identity(module_id,
                                                                               server=local.local_server)))
     if principal.idtype is not None:  # a host principal: the hub identity made for it, never a namesake's
-        return web.json_response(wire.identity_body(await svc.own_hub_module(principal)))
-    return web.json_response(wire.identity_body(await svc.get_module(module_id)))
+        return reply_object(wire.identity_body(await svc.own_hub_module(principal)))
+    return reply_object(wire.identity_body(await svc.get_module(module_id)))
 
 
 @routes.put("/identities/modules/{moduleId}", since="2020-09-01")
@@ -128,7 +129,7 @@ async def update_module(request: web.Request) -> web.Response:
     body = await read_json_object(request) if request.body_exists else {}
     if body.get("moduleId", module_id) != module_id:
         raise BadRequest("moduleId in the body differs from the one in the path")
-    return web.json_response(wire.identity_body(await svc.update_module(module_id)))
+    return reply_object(wire.identity_body(await svc.update_module(module_id)))
 
 
 @routes.delete("/identities/modules/{moduleId}", since="2020-09-01")
@@ -147,7 +148,7 @@ async def trust_bundle(request: web.Request) -> web.Response:
         pem = await svc.certs.get_cert(request.app[TRUST_BUNDLE])
     except CertNotFound:  # none configured: aziot-identityd's answer, an empty bundle
         pem = ""
-    return web.json_response({"certificate": pem})
+    return reply_object({"certificate": pem})
 
 
 def build_identity_app(service: IdentityService, trust_bundle_cert: str = "trust-bundle",
