@@ -281,6 +281,59 @@ async def test_a_body_of_many_small_values_costs_what_a_plain_body_of_its_size_c
     assert status == 422 and "lone surrogate" in answer["message"], answer
 
 
+# the halfway point between the two smallest subnormal doubles, to 760 digits: the hardest decimal text to round
+_HALFWAY = ("2.4703282292062327208828439643411068618252990130716238221279284125033775363510437593264991818081799618989828"
+            "234772285886546332835517796989819938739800539093906315035659515570226392290858392449105184435931802849936"
+            "536152500319370457678249219365623669863658480757001585769269903706311928279558551332927834338409351978015"
+            "531246597263579574622766465272827220056374006485499977096599470454020828166226237857393450736339007967761"
+            "930577506740176324673600968951340535537458516661134223766678604162159680461914467291840300530057530849048"
+            "765391711386591646239524912623653881879636239373280423891018672348497668235089863388587925628302755995657"
+            "524455507255189313690836254779186948667994968324049705821028513185451396213837722826145437693412532098591"
+            "327667236328125e-324")
+
+
+@pytest.mark.parametrize(("element", "refusal"), [
+    (b"9" * 4_299, "number too long"),  # int() of decimal text is quadratic: ~16.6 ms a body
+    (_HALFWAY.encode(), "number too long"),  # ~35 ms a body
+    (b"2.470328229206232720882843964341106e-324", "numbers with a fraction or an exponent"),  # ~9 ms a body
+], ids=["long-integers", "long-floats", "many-subnormal-floats"])
+async def test_a_body_of_costly_numbers_costs_what_a_plain_body_of_its_size_costs(software_keys: KeysEnv,
+                                                                                   element: bytes,
+                                                                                   refusal: str) -> None:
+    """Found by h/brk14a F2: ~232 integers of 4,299 digits (just under int()'s limit of 4,300) in an ignored field
+    passed the bracket and separator caps and cost ~16.6 ms of the event loop a body (root's sign p50 1.5 -> 35 ms
+    with one module posting them from 2 connections); 1 MB of long or subnormal float literals costs as much. No
+    field of any API is wider than a u64 or a float at all: an integer of more than 20 digits, a float literal of
+    more than 40 characters or more than 1,024 float literals are refused, at about the cost of a plain body."""
+    import time
+
+    env = software_keys
+    head = b'{"keyHandle":"x","algorithm":"ECDSA","parameters":{"digest":"AA"},"junk":'
+    count = min(16_000, (1_040_000 - len(head)) // (len(element) + 1))
+    hostile = head + b"[" + b",".join([element] * count) + b"]}"
+    plain = head + b'"' + b"A" * (1_040_000 - len(head) - 3) + b'"}'
+
+    async def best(raw: bytes) -> tuple[float, int, Any]:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            status, answer = await call(env, "POST", "/sign", raw=raw)
+            times.append(time.perf_counter() - start)
+        return min(times), status, answer
+
+    hostile_s, hostile_status, hostile_answer = await best(hostile)
+    plain_s, status, answer = await best(plain)
+    assert status == 422, answer
+    assert hostile_status == 400 and refusal in hostile_answer["message"], hostile_answer
+    assert hostile_s < 2 * plain_s, (hostile_s, plain_s)
+    # numbers as wide as a u64 or an i64, doubles written in full, and a thousand of them, are still read
+    fine = [b"18446744073709551615", b"-9223372036854775808", b"-1.7976931348623157e+308", b"4.9e-324", b"1E400",
+            b"0.1000000000000000055511151231257827"]
+    many = head + b"[" + b",".join(fine * 170) + b"]}"
+    status, answer = await call(env, "POST", "/sign", raw=many)
+    assert status == 422 and "number" not in answer["message"], answer
+
+
 async def test_a_field_given_twice_is_refused_as_serde_refuses_it(software_keys: KeysEnv) -> None:
     """Found by the session-11 review: {"keyId":"a","keyId":"b"} was taken, the last one winning. aziot's serde
     refuses a duplicate field; two readers of one body (a proxy, a log, the service) must not see two requests."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -46,7 +47,12 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     _refuse_shapeless(raw)
     try:
         # decoded here, strictly: json.loads on bytes would also take UTF-16 and UTF-32, which serde_json does not
-        data = _DECODER.decode(raw.decode())
+        data = _decode(raw.decode())
+    except _NumberTooLong:
+        raise BadRequest("request body holds a number too long to read") from None
+    except _TooManyFloats:
+        raise BadRequest(f"request body holds more numbers with a fraction or an exponent than any API takes (more "
+                         f"than {MAX_FLOATS})") from None
     except _DuplicateField as e:
         raise UnprocessableEntity(f"invalid request body: duplicate field `{e.name}`") from None
     except json.JSONDecodeError as e:
@@ -55,8 +61,6 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise BadRequest("request body is not valid UTF-8 JSON") from e
     except RecursionError:  # "[[[[..." nested deeper than the parser's stack: hostile, never a 500
         raise BadRequest("request body is nested too deeply") from None
-    except ValueError:  # an integer of more digits than int() reads (4,300): no field of any API is one
-        raise BadRequest("request body holds a number too long to read") from None
     if not isinstance(data, dict):
         raise UnprocessableEntity("request body must be a JSON object")
     # "\ud800": json.loads takes it; serde_json refuses it (aziot: 422, as any body its serde cannot read), and
@@ -132,9 +136,53 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return data
 
 
+# The widest integer any field of any API holds is a u64 (20 digits), and no field is a float. int() of decimal
+# text is quadratic: 232 integers of 4,299 digits (int()'s own limit is 4,300) held the loop ~16.6 ms a body
+# (h/brk14a F2). A double needs at most 17 significant digits (24 characters with sign and exponent), but float()
+# of a long mantissa near a rounding boundary costs ~26 us (1 MB: ~35 ms), and even a short subnormal or
+# underflowing literal costs ~0.5 us (16,384 of them: ~9 ms): so float literals are bounded in length and number.
+MAX_INTEGER_DIGITS = 20
+MAX_FLOAT_CHARS = 40
+MAX_FLOATS = 1_024
+
+
+class _NumberTooLong(Exception):
+    pass
+
+
+class _TooManyFloats(Exception):
+    pass
+
+
+# floats read so far in the body being decoded on this thread (a decode runs start to end on one thread)
+_floats = threading.local()
+
+
+def _read_int(text: str) -> int:
+    """An integer literal, its length checked before int() reads it (the scanner hands over -?[0-9]+)."""
+    if len(text) > MAX_INTEGER_DIGITS and len(text) - text.startswith("-") > MAX_INTEGER_DIGITS:
+        raise _NumberTooLong
+    return int(text)
+
+
+def _read_float(text: str) -> float:
+    """A literal with a fraction or an exponent, its length and the body's count of them checked first."""
+    if len(text) > MAX_FLOAT_CHARS:
+        raise _NumberTooLong
+    _floats.count += 1
+    if _floats.count > MAX_FLOATS:
+        raise _TooManyFloats
+    return float(text)
+
+
 # One decoder for every body: json.loads with a hook builds a new JSONDecoder per call, about half of a small
 # body's decoding time.
-_DECODER = json.JSONDecoder(object_pairs_hook=_refuse_duplicates)
+_DECODER = json.JSONDecoder(object_pairs_hook=_refuse_duplicates, parse_int=_read_int, parse_float=_read_float)
+
+
+def _decode(text: str) -> Any:
+    _floats.count = 0
+    return _DECODER.decode(text)
 
 
 async def read_body(request: web.Request, parse: Callable[[dict[str, Any]], T]) -> T:
