@@ -200,7 +200,63 @@ async def test_a_module_uses_the_workload_api_for_itself(rt: RuntimeEnv, mgmt: M
     id_leaf = x509.load_pem_x509_certificates(ident["body"]["certificate"].encode())[0]
     assert id_leaf.subject.rfc4514_string() == "CN=worker"
     assert id_leaf.not_valid_after_utc <= dt.datetime.now(dt.UTC) + dt.timedelta(hours=1, minutes=1)
-    assert bad_key["status"] == 404 and bad_algo["status"] == 400
+    # IoT Edge 1.5 reads only `data` and signs with the module's primary key (contract review F3)
+    assert bad_key["status"] == 200 and base64.b64decode(bad_key["body"]["digest"]) == expected, bad_key
+    assert bad_algo["status"] == 200 and base64.b64decode(bad_algo["body"]["digest"]) == expected, bad_algo
+
+
+async def test_the_workload_api_reads_bodies_as_iot_edge_does(rt: RuntimeEnv, mgmt: ManagementClient) -> None:
+    """Found by the session-14 contract review: IoT Edge 1.5's workload `sign` reads only `data` and signs with the
+    module's primary key (F3; keyId and algo were required here, 422); `certificate/identity` takes any body or none
+    (F4; none was a 422); certificate replies' `expiration` is chrono's to_rfc3339, "+00:00" (F7; "Z" here); an
+    `initializationVector` of 1 to 7 bytes, which OpenSSL takes, was a 400 (F5)."""
+    from edgeward.keys.model import Aead
+    from edgeward.runtime.workload_routes import LEGACY_ENCRYPTION_KEY_ID
+
+    ident = await rt.parts.identities.ensure("reader")
+    keys = rt.certs_env.keys
+    legacy_key = await keys.create_key_if_not_exists(LEGACY_ENCRYPTION_KEY_ID, "encrypt")
+    legacy = await keys.encrypt(legacy_key, Aead(b"\x07", f"reader{ident.generation_id}".encode()), b"old secret")
+    data = base64.b64encode(b"edge1/devices/edge1/modules/reader\n1900000000").decode()
+    sign = "/modules/{name}/genid/{genid}/sign?api-version=2019-01-30"
+    calls = [
+        ["POST", "workload", sign, {"data": data}],
+        ["POST", "workload", sign, {"keyId": "secondary", "algo": "HMACSHA512", "data": data}],
+        ["POST", "workload", sign, {"keyId": 7, "algo": None, "data": data}],
+        ["POST", "workload", "/modules/{name}/genid/{genid}/encrypt?api-version=2019-01-30",
+         {"plaintext": base64.b64encode(b"secret").decode(), "initializationVector": "Bw=="}],
+        ["POST", "workload", "/modules/{name}/genid/{genid}/decrypt?api-version=2019-01-30",
+         {"ciphertext": base64.b64encode(legacy).decode(), "initializationVector": "Bw=="}],
+        ["POST", "workload", "/modules/{name}/genid/{genid}/encrypt?api-version=2019-01-30",
+         {"plaintext": base64.b64encode(b"secret").decode(), "initializationVector": ""}],
+        ["POST", "workload", "/modules/{name}/certificate/identity?api-version=2020-07-07", None],
+        ["POST", "workload", "/modules/{name}/genid/{genid}/certificate/server?api-version=2019-01-30",
+         {"commonName": "reader"}],
+        ["POST", "workload", "/modules/{name}/genid/{genid}/sign?api-version=2019-01-30", None],
+    ]
+    await mgmt.create_module(client_spec("reader", calls))
+    await mgmt.action("reader", "start")
+    results = await module_results(rt.parts.engine, "reader")
+    bare, other_key, odd_types, enc, opened, empty_iv, identity, server, no_body = results
+    reg = rt.parts.registry.get("reader")
+    assert reg is not None and reg.generation_id == ident.generation_id
+    key = await keys.export_derived_key(await module_key_handle(keys, "reader", reg.generation_id))
+    expected = hmac.new(key, base64.b64decode(data), hashlib.sha256).digest()
+    for answer in (bare, other_key, odd_types):
+        assert answer["status"] == 200 and base64.b64decode(answer["body"]["digest"]) == expected, answer
+    assert enc["status"] == 200, enc
+    enc_handle = await module_encryption_handle(keys, "reader", reg.generation_id)
+    assert await keys.decrypt(enc_handle, AeadSalted(b"\x07", b""), base64.b64decode(enc["body"]["ciphertext"])) \
+        == b"secret"
+    assert opened["status"] == 200 and base64.b64decode(opened["body"]["plaintext"]) == b"old secret", opened
+    assert empty_iv["status"] == 400 and "iv must be 1 to 128 bytes" in empty_iv["body"]["message"], empty_iv
+    assert no_body["status"] in (400, 422), no_body  # sign still needs its data
+    for answer in (identity, server):
+        assert answer["status"] == 201, answer
+        leaf = x509.load_pem_x509_certificates(answer["body"]["certificate"].encode())[0]
+        expiration = answer["body"]["expiration"]
+        assert expiration == leaf.not_valid_after_utc.isoformat(), expiration  # 2027-03-04T19:56:02+00:00
+        assert expiration.endswith("+00:00") and len(expiration) == 25, expiration
 
 
 async def test_modules_cannot_act_as_each_other(rt: RuntimeEnv, mgmt: ManagementClient) -> None:

@@ -64,9 +64,9 @@ class Workload:
     keys: KeysApi
     edge_ca: EdgeCa
     hostname: str
-    # Key handles of module SAS keys, by (module, generation, keyId): deriving one costs two keys-service calls,
-    # and a handle stays valid as long as the master key does.
-    handles: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    # Handles of module primary SAS keys, by (module, generation): deriving one costs two keys-service calls, and
+    # a handle stays valid as long as the master key does.
+    handles: dict[tuple[str, str], str] = field(default_factory=dict)
     # Derived-key handles of module encryption keys, by (module, generation): the key itself stays in the service.
     encryption_handles: dict[tuple[str, str], str] = field(default_factory=dict)
     runtime: ModuleRuntime | None = None  # for GET /modules and the settings; set once the runtime exists
@@ -120,28 +120,25 @@ def _str(body: dict[str, Any], key: str, required: bool = True) -> str | None:
 
 @routes.post("/modules/{name}/genid/{genid}/sign", since="2018-06-28")
 async def sign(request: web.Request) -> web.Response:
+    """HMAC-SHA256 of ``data`` with the module's primary SAS key. As in IoT Edge 1.5 (whose SignRequest holds
+    ``data`` only), ``keyId`` and ``algo`` are not read: the SDKs send "primary" and "HMACSHA256" anyway."""
     wl, reg = await _module(request, with_generation=True)
     body = await read_json_object(request)
-    key_id = _str(body, "keyId")
-    algo = _str(body, "algo")
-    if algo != "HMACSHA256":
-        raise BadRequest(f"algo {str(algo)[:40]!r} is not supported; expected HMACSHA256")
     data = _b64(body, "data")
-    assert key_id is not None
-    cache_key = (reg.name, reg.generation_id, key_id)
+    cache_key = (reg.name, reg.generation_id)
     identity = hub_identity_name(reg.name, reg.system)  # the hub holds the key derived for this name
     handle = wl.handles.get(cache_key)
     if handle is None:
         if len(wl.handles) > 4096:  # old generations of removed modules
             wl.handles.clear()
-        handle = wl.handles[cache_key] = await module_key_handle(wl.keys, identity, reg.generation_id, key_id)
+        handle = wl.handles[cache_key] = await module_key_handle(wl.keys, identity, reg.generation_id)
     try:
         digest = await wl.keys.sign(handle, HmacSha256(data))
     except HttpError as e:
         if e.status != 401:
             raise
         # The master key was replaced since the handle was made: derive again.
-        handle = wl.handles[cache_key] = await module_key_handle(wl.keys, identity, reg.generation_id, key_id)
+        handle = wl.handles[cache_key] = await module_key_handle(wl.keys, identity, reg.generation_id)
         digest = await wl.keys.sign(handle, HmacSha256(data))
     return web.json_response({"digest": base64.b64encode(digest).decode()})
 
@@ -255,14 +252,17 @@ def _expiration(body: dict[str, Any]) -> dt.datetime | None:
 
 
 def _certificate_body(cert: IssuedCert) -> dict[str, Any]:
+    # aziot-edged writes chrono's to_rfc3339() of the certificate's notAfter: "2027-03-04T19:56:02+00:00"
+    expiration = cert.expiration.astimezone(dt.UTC).replace(microsecond=0).isoformat()
     return {"privateKey": {"type": "key", "bytes": cert.private_key_pem}, "certificate": cert.certificate_pem,
-            "expiration": cert.expiration.strftime("%Y-%m-%dT%H:%M:%SZ")}
+            "expiration": expiration}
 
 
 @routes.post("/modules/{name}/certificate/identity", since="2018-06-28")
 async def identity_certificate(request: web.Request) -> web.Response:
+    """IoT Edge 1.5 reads no body here (any body, or none); an ``expiration`` in a body is still honoured."""
     wl, reg = await _module(request, with_generation=False)
-    body = await read_json_object(request)
+    body = await read_json_object(request) if request.body_exists else {}
     cert = await wl.edge_ca.issue(reg.name, server=False, expiration=_expiration(body))
     return web.json_response(_certificate_body(cert), status=201)
 
