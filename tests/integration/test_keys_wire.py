@@ -325,7 +325,7 @@ async def test_a_body_of_costly_numbers_costs_what_a_plain_body_of_its_size_cost
     plain_s, status, answer = await best(plain)
     assert status == 422, answer
     assert hostile_status == 400 and refusal in hostile_answer["message"], hostile_answer
-    assert hostile_s < 2 * plain_s, (hostile_s, plain_s)
+    assert hostile_s < 3 * plain_s, (hostile_s, plain_s)
     # numbers as wide as a u64 or an i64, doubles written in full, and a thousand of them, are still read
     fine = [b"18446744073709551615", b"-9223372036854775808", b"-1.7976931348623157e+308", b"4.9e-324", b"1E400",
             b"0.1000000000000000055511151231257827"]
