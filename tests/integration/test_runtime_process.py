@@ -209,14 +209,16 @@ async def test_the_workload_api_reads_bodies_as_iot_edge_does(rt: RuntimeEnv, mg
     """Found by the session-14 contract review: IoT Edge 1.5's workload `sign` reads only `data` and signs with the
     module's primary key (F3; keyId and algo were required here, 422); `certificate/identity` takes any body or none
     (F4; none was a 422); certificate replies' `expiration` is chrono's to_rfc3339, "+00:00" (F7; "Z" here); an
-    `initializationVector` of 1 to 7 bytes, which OpenSSL takes, was a 400 (F5)."""
+    `initializationVector` of 1 to 7 bytes, which OpenSSL takes, was a 400 (F5): the module's own (salted) format
+    takes it now; IoT Edge's sealed formats, whose IV is the GCM nonce, still need 8 (the cryptography package's
+    minimum)."""
     from edgeward.keys.model import Aead
     from edgeward.runtime.workload_routes import LEGACY_ENCRYPTION_KEY_ID
 
     ident = await rt.parts.identities.ensure("reader")
     keys = rt.certs_env.keys
     legacy_key = await keys.create_key_if_not_exists(LEGACY_ENCRYPTION_KEY_ID, "encrypt")
-    legacy = await keys.encrypt(legacy_key, Aead(b"\x07", f"reader{ident.generation_id}".encode()), b"old secret")
+    legacy = await keys.encrypt(legacy_key, Aead(b"\x07" * 8, f"reader{ident.generation_id}".encode()), b"old secret")
     data = base64.b64encode(b"edge1/devices/edge1/modules/reader\n1900000000").decode()
     sign = "/modules/{name}/genid/{genid}/sign?api-version=2019-01-30"
     calls = [
@@ -226,7 +228,7 @@ async def test_the_workload_api_reads_bodies_as_iot_edge_does(rt: RuntimeEnv, mg
         ["POST", "workload", "/modules/{name}/genid/{genid}/encrypt?api-version=2019-01-30",
          {"plaintext": base64.b64encode(b"secret").decode(), "initializationVector": "Bw=="}],
         ["POST", "workload", "/modules/{name}/genid/{genid}/decrypt?api-version=2019-01-30",
-         {"ciphertext": base64.b64encode(legacy).decode(), "initializationVector": "Bw=="}],
+         {"ciphertext": base64.b64encode(legacy).decode(), "initializationVector": "BwcHBwcHBwc="}],
         ["POST", "workload", "/modules/{name}/genid/{genid}/encrypt?api-version=2019-01-30",
          {"plaintext": base64.b64encode(b"secret").decode(), "initializationVector": ""}],
         ["POST", "workload", "/modules/{name}/certificate/identity?api-version=2020-07-07", None],

@@ -79,9 +79,22 @@ def _cipher(key: bytes) -> AESGCM:
     return AESGCM(key)
 
 
+MAX_IV = 128  # a bound on what a caller may send
+
+
 def _check_iv(iv: bytes) -> None:
-    if not 8 <= len(iv) <= 128:
-        raise AeadError(f"AEAD iv must be 8 to 128 bytes, got {len(iv)}")
+    """aziot's format: the IV is the GCM nonce. aziot-keys hands any non-empty one to OpenSSL; the cryptography
+    package takes 8 to 128 bytes, so 1 to 7 are refused here (a documented difference: no known client sends one;
+    the edge agent sends 32)."""
+    if not 8 <= len(iv) <= MAX_IV:
+        raise AeadError(f"AEAD iv must be 8 to {MAX_IV} bytes, got {len(iv)}")
+
+
+def _check_salted_iv(iv: bytes) -> None:
+    """The salted format only binds the IV as associated data (the nonce comes from the salt): any non-empty one,
+    as aziot-keys takes."""
+    if not 1 <= len(iv) <= MAX_IV:
+        raise AeadError(f"AEAD iv must be 1 to {MAX_IV} bytes, got {len(iv)}")
 
 
 def seal(key: bytes, iv: bytes, aad: bytes, plaintext: bytes) -> bytes:
@@ -123,14 +136,14 @@ def _message_cipher(key: bytes, salt: bytes) -> tuple[AESGCM, bytes]:
 
 
 def seal_salted(key: bytes, iv: bytes, aad: bytes, plaintext: bytes) -> bytes:
-    _check_iv(iv)
+    _check_salted_iv(iv)
     header = bytes([V3]) + secrets.token_bytes(SALT_LENGTH)
     cipher, nonce = _message_cipher(key, header[1:])
     return header + cipher.encrypt(nonce, plaintext, length_prefixed(header, iv, aad))
 
 
 def open_salted(key: bytes, iv: bytes, aad: bytes, ciphertext: bytes) -> bytes:
-    _check_iv(iv)
+    _check_salted_iv(iv)
     if not ciphertext:
         raise AeadError("ciphertext is malformed: empty")
     if ciphertext[0] != V3:
