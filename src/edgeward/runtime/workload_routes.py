@@ -30,6 +30,7 @@ from aiohttp import web
 from ..access.wiring import guard_attested_service
 from ..attest.pipeline import AttestationRefused, Attestor
 from ..http import RouteTable, build_app, read_json_object
+from ..http.body import reply_object
 from ..http.errors import BadRequest, Forbidden, HttpError, UnprocessableEntity
 from ..http.limits import UidLimiter
 from ..keys.aead import IMPORTED_MASTER_KEY_ID, V1, V2, V3, length_prefixed
@@ -140,7 +141,7 @@ async def sign(request: web.Request) -> web.Response:
         # The master key was replaced since the handle was made: derive again.
         handle = wl.handles[cache_key] = await module_key_handle(wl.keys, identity, reg.generation_id)
         digest = await wl.keys.sign(handle, HmacSha256(data))
-    return web.json_response({"digest": base64.b64encode(digest).decode()})
+    return reply_object({"digest": base64.b64encode(digest).decode()})
 
 
 async def module_encryption_handle(keys: KeysApi, module: str, generation: str) -> str:
@@ -214,7 +215,7 @@ async def encrypt(request: web.Request) -> web.Response:
     plaintext = _b64(body, "plaintext")
     iv = _b64(body, "initializationVector", MAX_IV)
     sealed = await _salted(wl, reg, iv, plaintext, encrypt=True)
-    return web.json_response({"ciphertext": base64.b64encode(sealed).decode()})
+    return reply_object({"ciphertext": base64.b64encode(sealed).decode()})
 
 
 @routes.post("/modules/{name}/genid/{genid}/decrypt", since="2018-06-28")
@@ -231,7 +232,7 @@ async def decrypt(request: web.Request) -> web.Response:
     else:
         raise BadRequest("ciphertext does not decrypt: it is not a ciphertext this API produced "
                          f"(format {version!r})")
-    return web.json_response({"plaintext": base64.b64encode(opened).decode()})
+    return reply_object({"plaintext": base64.b64encode(opened).decode()})
 
 
 def _expiration(body: dict[str, Any]) -> dt.datetime | None:
@@ -264,7 +265,7 @@ async def identity_certificate(request: web.Request) -> web.Response:
     wl, reg = await _module(request, with_generation=False)
     body = await read_json_object(request) if request.body_exists else {}
     cert = await wl.edge_ca.issue(reg.name, server=False, expiration=_expiration(body))
-    return web.json_response(_certificate_body(cert), status=201)
+    return reply_object(_certificate_body(cert), status=201)
 
 
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
@@ -340,19 +341,19 @@ async def server_certificate(request: web.Request) -> web.Response:
                         f"[edgeward.runtime] server_cert_names")
     names = tuple(dict.fromkeys((name, *always)))
     cert = await wl.edge_ca.issue(common_name, server=True, dns_names=names, expiration=_expiration(body))
-    return web.json_response(_certificate_body(cert), status=201)
+    return reply_object(_certificate_body(cert), status=201)
 
 
 @routes.get("/trust-bundle", since="2018-06-28")
 async def trust_bundle(request: web.Request) -> web.Response:
     wl = request.app[WORKLOAD]
-    return web.json_response({"certificate": await wl.edge_ca.trust_bundle()})
+    return reply_object({"certificate": await wl.edge_ca.trust_bundle()})
 
 
 @routes.get("/manifest-trust-bundle", since="2018-06-28")
 async def manifest_trust_bundle(request: web.Request) -> web.Response:
     wl = request.app[WORKLOAD]
-    return web.json_response({"certificate": await wl.edge_ca.manifest_trust_bundle()})
+    return reply_object({"certificate": await wl.edge_ca.manifest_trust_bundle()})
 
 
 @routes.get("/modules", since="2018-06-28")
@@ -361,8 +362,8 @@ async def list_modules(request: web.Request) -> web.Response:
     wl = request.app[WORKLOAD]
     await wl.attestor.attest(request)  # still the process that connected
     if wl.runtime is None:
-        return web.json_response({"modules": []})
-    return web.json_response({"modules": [_listed(v) for v in await wl.runtime.list_modules()]})
+        return reply_object({"modules": []})
+    return reply_object({"modules": [_listed(v) for v in await wl.runtime.list_modules()]})
 
 
 def _listed(view: ModuleView) -> dict[str, Any]:
