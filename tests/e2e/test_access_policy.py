@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -65,10 +66,10 @@ def device() -> Iterator[dict[str, Path]]:
     try:
         # Root host modules allowed (one test is about a module running as root, the others' modules are root).
         with running_daemon(["run", "-c", str(elevated_defaults(base)), "--state-dir", str(state), "--run-dir",
-                             str(run)], log_path=log):
+                             str(run)], log_path=log) as proc:
             for d in (run, run / "mgmt"):  # as aziot's DirectoryMode: the sockets' own modes and the table decide
                 os.chmod(d, 0o755)
-            yield {"state": state, "run": run, "log": log}
+            yield {"state": state, "run": run, "log": log, "proc": Path(f"/proc/{proc.pid}")}
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -322,6 +323,42 @@ def test_a_recycled_pid_does_not_lend_its_new_owner_to_an_old_connection(device:
             holder.kill()
             holder.wait()
     assert " 401 " in answer.splitlines()[0] and "pid was reused" in answer, answer
+
+
+def test_a_pid_taken_while_the_daemon_is_slow_to_accept_is_not_the_connector(device: dict[str, Path]) -> None:
+    """Found by review (brk14a F3): a connection was pinned to whoever held its pid when the daemon accepted it,
+    checked against the accept time. A connector that hands its connection over and exits while the connection waits
+    in the listen queue (the daemon stopped here stands in for a busy loop) leaves a pid that a later process takes
+    before the accept: it was taken for the caller (here: root on the host, for a connector in namespaces of its
+    own). The connection is pinned to the process that called connect() (SO_PEERPIDFD, Linux >= 6.5)."""
+    daemon = int(device["proc"].name)
+    keyd = device["run"] / "keyd.sock"
+    go = device["run"].parent / "go-before-accept"
+    holder = None
+    os.kill(daemon, signal.SIGSTOP)  # the daemon accepts nothing for now: the connection waits in the listen queue
+    try:
+        client = subprocess.Popen(["unshare", "--mount", "/usr/bin/python3", "-c", PID_REUSE_CLIENT, str(keyd),
+                                   str(go), json.dumps({"keyId": "stolen-before-accept"})], stdout=subprocess.PIPE)
+        assert client.stdout is not None
+        connector = int(client.stdout.readline())
+        client.wait()
+        for _ in range(20):
+            holder = _take_pid(connector)
+            if holder is not None:
+                break
+    finally:
+        os.kill(daemon, signal.SIGCONT)
+    try:
+        if holder is None:
+            pytest.skip("could not recycle the pid on this busy machine")
+        go.touch()
+        answer = client.communicate(timeout=30)[0].decode()
+    finally:
+        go.touch()
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+    assert " 401 " in answer.splitlines()[0] and "opened the connection, has exited" in answer, answer
 
 
 def _alive(pid: int) -> bool:

@@ -20,7 +20,7 @@ from ..attest.cgroups import read_container_id
 from ..attest.namespaces import is_host_process
 from ..attest.pin import PinnedProcess, ProcessGone, ProcessPins
 from ..http.errors import HttpError
-from ..http.peercred import Caller, accepted_ticks, caller_of, on_connection_closed
+from ..http.peercred import Caller, ConnectorGone, accepted_ticks, caller_of, connector_pidfd, on_connection_closed
 from .kinds import CallerKind, Classified
 from .table import SocketPolicy
 
@@ -74,7 +74,7 @@ class HostClassifier:
         transport = request.transport
         known = self._per_connection.get(transport) if transport is not None else None
         if known is None:
-            known = await self._classify(caller_of(request), accepted_ticks(request))
+            known = await self._classify(caller_of(request), accepted_ticks(request), request)
             if transport is not None:
                 if transport not in self._per_connection:
                     on_connection_closed(transport, self._forget)
@@ -89,12 +89,13 @@ class HostClassifier:
         """The connection closed: its classification goes, and with the last of a process's, its pin."""
         self._per_connection.pop(transport, None)
 
-    async def _classify(self, caller: Caller, accepted: int | None) -> tuple[Classified, PinnedProcess | None]:
+    async def _classify(self, caller: Caller, accepted: int | None,
+                        request: web.Request) -> tuple[Classified, PinnedProcess | None]:
         if caller.pid <= 0 or caller.uid < 0:  # not a Unix socket peer: nothing vouches for it
             return Classified(caller, frozenset(), "no peer credentials"), None
         try:
-            pinned = self.pins.pin(caller.pid, not_after=accepted, uid=caller.uid)
-        except ProcessGone as e:
+            pinned = self.pins.pin(caller.pid, not_after=accepted, uid=caller.uid, connector=connector_pidfd(request))
+        except (ProcessGone, ConnectorGone) as e:
             raise HttpError(f"the process that connected cannot be identified: {e}",
                             self.policy.refusal_status) from None
         if not is_host_process(caller.pid):

@@ -80,16 +80,21 @@ class ProcessPins:
     def __init__(self) -> None:
         self._pins: weakref.WeakValueDictionary[tuple[int, int], PinnedProcess] = weakref.WeakValueDictionary()
 
-    def pin(self, pid: int, *, not_after: int | None = None, uid: int | None = None) -> PinnedProcess:
-        """Pin `pid`. `not_after`: when its connection was accepted (boot ticks) — a process that started later
-        holds a recycled pid, not the connector's; `uid`: the connector's uid (SO_PEERCRED) — a process running
-        as another uid is not the connector either. Both refuse with ProcessGone."""
-        fresh = pin(pid)
-        try:
-            _check_connector(fresh, not_after, uid)
-        except ProcessGone:
-            fresh.close()
-            raise
+    def pin(self, pid: int, *, not_after: int | None = None, uid: int | None = None,
+            connector: int | None = None) -> PinnedProcess:
+        """Pin `pid`, the connection's peer (SO_PEERCRED). `connector`: a pidfd of the process that opened the
+        connection (`http.peercred.connector_pidfd`; this takes it over, closed on refusal too): the pin holds it,
+        so no later owner of the pid is ever taken for the connector. Without one (a kernel older than 6.5), the
+        process that holds the pid now is checked instead: `not_after`, when its connection was accepted (boot
+        ticks) — a process that started later holds a recycled pid, not the connector's; `uid`, the connector's
+        uid — a process running as another uid is not the connector either. Each refuses with ProcessGone."""
+        fresh = pin(pid, connector)
+        if connector is None:
+            try:
+                _check_connector(fresh, not_after, uid)
+            except ProcessGone:
+                fresh.close()
+                raise
         known = self._pins.get((pid, fresh.started))
         if known is not None and known.alive():
             fresh.close()
@@ -106,20 +111,34 @@ class ProcessPins:
         self._pins.clear()
 
 
-def pin(pid: int) -> PinnedProcess:
-    """Pin `pid` now: a pidfd where the kernel has them, plus the start time (checked both ways)."""
+def pin(pid: int, connector: int | None = None) -> PinnedProcess:
+    """Pin `pid`: with `connector`, the pidfd of the process that opened the connection (taken over); else a pidfd
+    of whoever holds `pid` now, where the kernel has them. Plus the start time (checked both ways)."""
+    pidfd = connector
     if pid <= 0:
+        _close(pidfd)
         raise ProcessGone("the peer has no process id (not a local Unix socket peer)")
-    pidfd: int | None = None
-    with contextlib.suppress(AttributeError, OSError):
-        pidfd = os.pidfd_open(pid)
+    if pidfd is None:
+        with contextlib.suppress(AttributeError, OSError):
+            pidfd = os.pidfd_open(pid)
     try:
         started = start_time(pid)
     except ProcessGone:
-        if pidfd is not None:
-            os.close(pidfd)
+        _close(pidfd)
         raise
-    return PinnedProcess(pid, started, pidfd)
+    pinned = PinnedProcess(pid, started, pidfd)
+    # The start time was read by pid: it is the connector's only if the connector is still alive after the read
+    # (a pid is not reused before its process has exited).
+    if connector is not None and not pinned.alive():
+        pinned.close()
+        raise ProcessGone(f"process {pid}, which opened the connection, has exited (its pid was reused or is free)")
+    return pinned
+
+
+def _close(pidfd: int | None) -> None:
+    if pidfd is not None:
+        with contextlib.suppress(OSError):
+            os.close(pidfd)
 
 
 def _uids(pid: int) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from ..http.errors import Forbidden
-from ..http.peercred import Caller, accepted_ticks, caller_of, on_connection_closed
+from ..http.peercred import Caller, ConnectorGone, accepted_ticks, caller_of, connector_pidfd, on_connection_closed
 from ..runtime.engine import EngineError, ModuleEngine
 from ..runtime.registry import Registration, Registry
 from .measure import measure
@@ -65,7 +65,11 @@ class Attestor:
             # a process its module left behind does not keep the module's identity.
             cached = None
         if cached is None:
-            cached = await self._run(caller_of(request), accepted_ticks(request))
+            try:
+                connector = connector_pidfd(request)
+            except ConnectorGone as e:
+                raise AttestationRefused("peer_credentials", str(e)) from None
+            cached = await self._run(caller_of(request), accepted_ticks(request), connector)
             if transport is not None:
                 if transport not in self._per_connection:
                     on_connection_closed(transport, self._forget)
@@ -81,10 +85,11 @@ class Attestor:
         """The connection closed: its attestation goes, and with the last of a process's, its pin."""
         self._per_connection.pop(transport, None)
 
-    async def _run(self, caller: Caller, accepted: int | None = None) -> Attested:
+    async def _run(self, caller: Caller, accepted: int | None = None, connector: int | None = None) -> Attested:
+        """`connector`: a pidfd of the process that opened the connection, which the pin takes over."""
         version = self.registry.version
         try:
-            pinned = self.pins.pin(caller.pid, not_after=accepted, uid=caller.uid)
+            pinned = self.pins.pin(caller.pid, not_after=accepted, uid=caller.uid, connector=connector)
         except ProcessGone as e:
             raise AttestationRefused("peer_credentials", str(e)) from None
         try:

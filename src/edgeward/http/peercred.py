@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -14,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["Caller", "accepted_ticks", "caller_of", "connection_closed", "note_accepted", "on_connection_closed",
-           "peer_credentials"]
+__all__ = ["SO_PEERPIDFD", "Caller", "ConnectorGone", "accepted_ticks", "caller_of", "connection_closed",
+           "connector_pidfd", "note_accepted", "on_connection_closed", "peer_credentials"]
 
 
 
@@ -88,6 +89,38 @@ def note_accepted(transport: Any) -> None:
 def accepted_ticks(request: web.Request) -> int | None:
     transport = request.transport
     return _ACCEPTED.get(transport) if transport is not None else None
+
+
+# Linux >= 6.5: a pidfd of the process that called connect(), which the kernel recorded then (Python 3.11 has no
+# name for it). The accept time above only bounds when that process started: one that connects, hands the
+# connection to another process of its uid and exits while the daemon is slow to accept leaves a pid that a later
+# process can take before the accept, and would pass for the connector. A pidfd never names a later owner of its pid.
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
+# What the kernel says when the connector has already been reaped (6.5-6.15; 6.16 and later give a pidfd that
+# reports the exit instead).
+_CONNECTOR_GONE = frozenset({errno.ESRCH, errno.EINVAL})
+
+
+class ConnectorGone(Exception):
+    """The process that opened the connection has exited: nothing alive can be attested as it."""
+
+
+def connector_pidfd(request: web.Request) -> int | None:
+    """A pidfd (close-on-exec, the caller owns it) of the process that opened the request's connection; None where
+    the kernel has no SO_PEERPIDFD (ENOPROTOOPT: older than 6.5) or the connection is no Unix socket, and callers
+    then fall back to the accept time. Raises ConnectorGone when the kernel says that process is gone.
+
+    Asked once per connection, where the caller is pinned: one getsockopt, in place of the pidfd_open it saves."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or getattr(sock, "family", None) != socket.AF_UNIX:
+        return None
+    try:
+        return int(sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD))
+    except OSError as e:
+        if e.errno in _CONNECTOR_GONE:
+            raise ConnectorGone("the process that opened the connection has exited") from None
+        return None  # ENOPROTOOPT (an older kernel), ENODATA (no peer process): the accept time decides
 
 
 # What a connection's callers asked to forget when it closes (its attestation and the pin it holds), so a pinned
