@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -18,6 +20,7 @@ from ..digits import is_number
 from ..http import RouteTable, build_app, read_json_object, reply_empty
 from ..http.errors import BadRequest, HttpError, NotFound, UnprocessableEntity
 from ..http.limits import UidLimiter
+from ..http.peercred import on_connection_closed
 from . import mgmt_wire as wire
 from . import system
 from .aliases import serve_trailing_slash_aliases
@@ -60,12 +63,17 @@ def _name(request: web.Request) -> str:
 
 
 async def _spec(request: web.Request) -> ModuleConfig:
+    return (await _spec_as_sent(request))[0]
+
+
+async def _spec_as_sent(request: web.Request) -> tuple[ModuleConfig, dict[str, Any]]:
+    """The module spec, and the body it was read from (which the agent's self-update answer echoes)."""
     raw = await read_json_object(request)
     problems = Problems("module spec")
     config = parse_module_config(raw, problems, "body")
     if config is None:
         raise UnprocessableEntity("invalid module spec: " + "; ".join(problems.items))
-    return config
+    return config, raw
 
 
 # modules -------------------------------------------------------------------------------------------------------
@@ -90,16 +98,42 @@ async def get_module(request: web.Request) -> web.Response:
 
 @routes.put("/modules/{name}", since="2018-06-28")
 async def update_module(request: web.Request) -> web.Response:
-    mgmt = await _admitted(request)
+    mgmt = request.app[MANAGEMENT]
+    caller = await mgmt.attestor.attest(request)
     name = _name(request)
-    config = await _spec(request)
+    config, raw = await _spec_as_sent(request)
     if config.name != name:
         raise BadRequest(f"the body names module {config.name}, the path {name}")
     start = request.query.get("start", "false").lower()
     if start not in ("true", "false"):
         raise BadRequest(f"start must be true or false, got {start[:20]!r}")
+    reg = caller.registration
+    if reg is not None and reg.system and reg.name == name:
+        # The edge agent replacing itself: answered first, replaced after (service.update_self_later).
+        await mgmt.runtime.update_self_later(config, start == "true", _closed(request))
+        response = web.json_response(wire.module_details_from_spec(raw, config, start == "true"), status=201)
+        with contextlib.suppress(ConnectionResetError):  # gone already: the update goes on all the same
+            await response.prepare(request)
+            await response.write_eof()  # on its way before the replacement may stop the agent
+        return response
     view = await mgmt.runtime.update_module(config, start == "true")
     return web.json_response(wire.module_details(view), status=201)  # aziot-edged answers 201
+
+
+def _closed(request: web.Request) -> asyncio.Future[None]:
+    """Done when the request's connection has closed: the caller has read its answer (or gone)."""
+    closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def done(_: object) -> None:
+        if not closed.done():  # nor after the wait for it was given up (cancelled)
+            closed.set_result(None)
+
+    transport = request.transport
+    if transport is None:
+        done(None)
+    else:
+        on_connection_closed(transport, done)
+    return closed
 
 
 @routes.delete("/modules/{name}", since="2018-06-28")

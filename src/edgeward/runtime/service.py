@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 # What IOTEDGE_APIVERSION tells modules to speak to the workload API (aziot-edged 1.4/1.5 gives 2022-08-03).
 WORKLOAD_API_VERSION = "2022-08-03"
+# How long the edge agent that asked to be replaced has to read its answer and close its connection before it is
+# stopped (then it gets the engine's stop timeout to exit, as aziot-edged's stop gives it).
+ANSWER_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class ModuleView:
     registration: Registration
     status: ModuleStatus | None  # None: the engine no longer has it
     socket_problem: str | None = None  # why its workload socket could not be opened (runtime/sockets.py)
+    update_problem: str | None = None  # why the last update it asked for, done after the answer, failed
 
 
 def engine_error(e: EngineError) -> HttpError:
@@ -88,6 +92,8 @@ class ModuleRuntime:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._checks: set[asyncio.Task[None]] = set()
+        self._updates: set[asyncio.Task[None]] = set()  # self-updates of the edge agent, done after the answer
+        self.update_failures: dict[str, str] = {}  # module -> why its last self-update failed (shown in its status)
         self.agent_restarts = 0
         self.last_watchdog_error: str | None = None
         self.image_use: ImageUse | None = None
@@ -118,7 +124,7 @@ class ModuleRuntime:
         self._tasks.append(asyncio.create_task(self._follow_events(), name="runtime-events"))
 
     async def stop(self) -> None:
-        await cancel_all([*self._tasks, *self._checks])
+        await cancel_all([*self._tasks, *self._checks, *self._updates])
 
     async def reconcile(self) -> None:
         """Make the registry and the engine agree after a restart of either.
@@ -396,14 +402,15 @@ class ModuleRuntime:
             status = None
         except EngineError as e:
             raise engine_error(e) from None
-        return ModuleView(reg, status, self.sockets.unavailable.get(name))
+        return ModuleView(reg, status, self.sockets.unavailable.get(name), self.update_failures.get(name))
 
     async def list_modules(self) -> list[ModuleView]:
         try:
             statuses = {s.name: s for s in await self.engine.list()}
         except EngineError as e:
             raise engine_error(e) from None
-        return [ModuleView(reg, statuses.get(reg.name), self.sockets.unavailable.get(reg.name))
+        return [ModuleView(reg, statuses.get(reg.name), self.sockets.unavailable.get(reg.name),
+                           self.update_failures.get(reg.name))
                 for reg in self.registry.all()]
 
     async def start_module(self, name: str) -> None:
@@ -477,6 +484,58 @@ class ModuleRuntime:
 
     async def update_module(self, config: ModuleConfig, start: bool) -> ModuleView:
         """Replace a module with a new spec (IoT Edge recreates the container); the generation id is kept."""
+        config = await self._checked_update(config)
+        # One hold of the module's lock from removal to start: the watchdog, woken by the engine's "destroy",
+        # must not recreate the edge agent from the config in between (the agent's self-update answered 409).
+        async with self._locks.hold(config.name):
+            view = await self._replace(config, start)
+        return await self.get_module(config.name) if start else view
+
+    async def update_self_later(self, config: ModuleConfig, start: bool, answered: Awaitable[None]) -> None:
+        """The edge agent replacing itself (PUT /modules/edgeAgent from the agent): what can be refused is refused
+        now, to the agent, which is still there to read it; the replacement runs in a task of its own once
+        `answered` (the agent's connection closed) or ANSWER_GRACE has passed. Removing the agent first would close
+        its connection with no answer, which it takes for a failed update; aziot-edged answers 201 and then
+        replaces it in a spawned task (edgelet-http-mgmt, module/delete_or_get_or_update.rs).
+
+        The task holds the module's lock from before the agent is stopped to the new one's start, so a second
+        update waits for it instead of interleaving; its failure is logged, audited and shown in the agent's status
+        (the runtimeStatus description), and the watchdog brings the agent back from the configuration."""
+        config = await self._checked_update(config)
+        task = asyncio.create_task(self._update_after_answer(config, start, answered), name=f"update-{config.name}")
+        self._updates.add(task)
+        task.add_done_callback(self._updates.discard)
+
+    async def _update_after_answer(self, config: ModuleConfig, start: bool, answered: Awaitable[None]) -> None:
+        name = config.name
+        try:
+            async with self._locks.hold(name):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(ANSWER_GRACE):
+                        await answered
+                # Stopped first, as aziot-edged does, so the old agent gets the engine's stop timeout to exit
+                # (a container's removal is a SIGKILL).
+                with contextlib.suppress(ModuleNotFound):
+                    await self.engine.stop(name)
+                await self._replace(config, start)
+        except asyncio.CancelledError:
+            log.warning("module %s: the update it asked for was interrupted (the daemon is stopping)", name)
+            raise
+        except Exception as e:
+            why = getattr(e, "message", None) or f"{e.__class__.__name__}: {e}"
+            if isinstance(e, HttpError | EngineError):
+                log.error("module %s: the update it asked for failed after its answer: %s; the watchdog restores "
+                          "it from the configuration", name, why)
+            else:
+                log.exception("module %s: the update it asked for failed after its answer", name)
+            self.update_failures[name] = f"the update it asked for failed: {why}"
+            self._record_if_possible("module.update_failed", name, reason=why)
+            self._wake.set()
+        else:
+            log.info("module %s replaced itself (the update it asked for is done)", name)
+
+    async def _checked_update(self, config: ModuleConfig) -> ModuleConfig:
+        """Everything an update may refuse before it touches the module it replaces; the vetted spec."""
         reg = self._registration(config.name)
         if reg.system and config.name != reg.name:
             raise Forbidden("the edge agent's name cannot change")
@@ -487,15 +546,17 @@ class ModuleRuntime:
             await self.engine.check(self._module_spec(config, reg.system, {}, self.sockets.directory(config.name)))
         except EngineError as e:
             raise engine_error(e) from None
-        # One hold of the module's lock from removal to start: the watchdog, woken by the engine's "destroy",
-        # must not recreate the edge agent from the config in between (the agent's self-update answered 409).
-        async with self._locks.hold(config.name):
-            reg = self._registration(config.name)
-            await self._remove(config.name, by_runtime=True)
-            view = await self._create(config, reg.system)
-            if start:
-                await self._start(config.name)
-        return await self.get_module(config.name) if start else view
+        return config
+
+    async def _replace(self, config: ModuleConfig, start: bool) -> ModuleView:
+        """Remove, create, start: with the module's lock held by the caller and the spec checked."""
+        reg = self._registration(config.name)
+        await self._remove(config.name, by_runtime=True)
+        view = await self._create(config, reg.system)
+        if start:
+            await self._start(config.name)
+        self.update_failures.pop(config.name, None)
+        return view
 
     async def prepare_update(self, config: ModuleConfig) -> None:
         await self._ensure_image(config)
