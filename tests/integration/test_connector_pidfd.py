@@ -21,7 +21,10 @@ import pytest
 from aiohttp import web
 
 from edgeward.attest.pin import ProcessGone, ProcessPins
-from edgeward.http.peercred import ConnectorGone, boot_ticks, connector_pidfd
+from edgeward.attest.pipeline import AttestationRefused, Attestor
+from edgeward.http.peercred import Caller, ConnectorGone, boot_ticks, connector_pidfd
+from edgeward.runtime.engines.process import ProcessEngine
+from edgeward.runtime.registry import Registry
 
 
 class _Transport:
@@ -204,3 +207,40 @@ def test_a_live_connector_is_pinned_by_its_own_pidfd(listening: socket.socket) -
         proc.kill()
         proc.wait()
         pins.close()
+
+
+@needs_peer_pidfd
+@pytest.mark.skipif(os.geteuid() != 0, reason="recycling a pid on purpose needs root (ns_last_pid)")
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_module_sockets_attestation_refuses_a_pid_taken_before_the_accept(
+        listening: socket.socket, tmp_path: Path) -> None:
+    """The workload and management sockets' attestation (attest/pipeline.py) pins the same way: refused at
+    peer_credentials, whoever holds the pid now."""
+    holder = None
+    for _ in range(20):
+        handed, connector = _connect_hand_over_and_exit(listening.getsockname())
+        holder = _take_pid(connector)
+        if holder is not None:
+            break
+        handed.close()
+        listening.accept()[0].close()
+    if holder is None:
+        pytest.skip("could not recycle the pid on this busy machine")
+    engine = ProcessEngine(tmp_path / "state", stop_timeout=2.0, allow_elevated=True, cgroups=False)
+    registry = Registry(tmp_path / "home")
+    attestor = Attestor(engine, registry)
+    accepted, _ = listening.accept()
+    try:
+        with pytest.raises(AttestationRefused, match=r"peer_credentials.*opened the connection, has exited"):
+            await attestor._run(Caller(connector, 0, 0), boot_ticks(), connector_pidfd(_request(accepted)))
+        # Without the connector's pidfd (a kernel older than 6.5), the holder passes for it: root on the host.
+        got = await attestor._run(Caller(connector, 0, 0), boot_ticks())
+        assert got.registration is None and got.caller.pid == connector
+    finally:
+        holder.kill()
+        holder.wait()
+        handed.close()
+        accepted.close()
+        attestor.pins.close()
+        await engine.close()
+        registry.close()
