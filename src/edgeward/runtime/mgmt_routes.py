@@ -18,6 +18,7 @@ from ..attest.pipeline import Attestor
 from ..config.problems import Problems
 from ..digits import is_number
 from ..http import RouteTable, build_app, read_json_object, reply_empty
+from ..http.body import reply_object
 from ..http.errors import BadRequest, HttpError, NotFound, UnprocessableEntity
 from ..http.limits import UidLimiter
 from ..http.peercred import on_connection_closed
@@ -80,20 +81,20 @@ async def _spec_as_sent(request: web.Request) -> tuple[ModuleConfig, dict[str, A
 @routes.get("/modules", since="2018-06-28")
 async def list_modules(request: web.Request) -> web.Response:
     mgmt = await _admitted(request)
-    return web.json_response({"modules": [wire.module_details(v) for v in await mgmt.runtime.list_modules()]})
+    return reply_object({"modules": [wire.module_details(v) for v in await mgmt.runtime.list_modules()]})
 
 
 @routes.post("/modules", since="2018-06-28")
 async def create_module(request: web.Request) -> web.Response:
     mgmt = await _admitted(request)
     view = await mgmt.runtime.create_module(await _spec(request))
-    return web.json_response(wire.module_details(view), status=201)
+    return reply_object(wire.module_details(view), status=201)
 
 
 @routes.get("/modules/{name}", since="2018-06-28")
 async def get_module(request: web.Request) -> web.Response:
     mgmt = await _admitted(request)
-    return web.json_response(wire.module_details(await mgmt.runtime.get_module(_name(request))))
+    return reply_object(wire.module_details(await mgmt.runtime.get_module(_name(request))))
 
 
 @routes.put("/modules/{name}", since="2018-06-28")
@@ -111,13 +112,13 @@ async def update_module(request: web.Request) -> web.Response:
     if reg is not None and reg.system and reg.name == name:
         # The edge agent replacing itself: answered first, replaced after (service.update_self_later).
         await mgmt.runtime.update_self_later(config, start == "true", _closed(request))
-        response = web.json_response(wire.module_details_from_spec(raw, config, start == "true"), status=201)
+        response = reply_object(wire.module_details_from_spec(raw, config, start == "true"), status=201)
         with contextlib.suppress(ConnectionResetError):  # gone already: the update goes on all the same
             await response.prepare(request)
             await response.write_eof()  # on its way before the replacement may stop the agent
         return response
     view = await mgmt.runtime.update_module(config, start == "true")
-    return web.json_response(wire.module_details(view), status=201)  # aziot-edged answers 201
+    return reply_object(wire.module_details(view), status=201)  # aziot-edged answers 201
 
 
 def _closed(request: web.Request) -> asyncio.Future[None]:
@@ -227,7 +228,7 @@ async def module_logs(request: web.Request) -> web.StreamResponse:
 @routes.get("/identities", since="2018-06-28")
 async def list_identities(request: web.Request) -> web.Response:
     mgmt = await _admitted(request)
-    return web.json_response({"identities": [wire.identity_body(i) for i in await mgmt.identities.list()]})
+    return reply_object({"identities": [wire.identity_body(i) for i in await mgmt.identities.list()]})
 
 
 def _identity_name(raw: object, where: str) -> str:
@@ -244,7 +245,7 @@ async def create_identity(request: web.Request) -> web.Response:
     managed_by = body.get("managedBy")
     if managed_by is not None and not isinstance(managed_by, str):
         raise UnprocessableEntity("managedBy must be a string")
-    return web.json_response(wire.identity_body(await mgmt.identities.ensure(module_id, managed_by or "IotEdge")))
+    return reply_object(wire.identity_body(await mgmt.identities.ensure(module_id, managed_by or "IotEdge")))
 
 
 @routes.put("/identities/{name}", since="2018-06-28")
@@ -258,7 +259,7 @@ async def update_identity(request: web.Request) -> web.Response:
     existing = await mgmt.identities.get(module_id)
     if existing is None:
         raise NotFound(f"module identity {module_id} not found")
-    return web.json_response(wire.identity_body(await mgmt.identities.ensure(module_id, managed_by)))
+    return reply_object(wire.identity_body(await mgmt.identities.ensure(module_id, managed_by)))
 
 
 @routes.delete("/identities/{name}", since="2018-06-28")
@@ -279,7 +280,7 @@ async def _engine_version(mgmt: Management) -> dict[str, str]:
 @routes.get("/systeminfo", since="2018-06-28")
 async def system_info(request: web.Request) -> web.Response:
     mgmt = await _admitted(request)
-    return web.json_response(system.system_info(await _engine_version(mgmt), mgmt.provisioning,
+    return reply_object(system.system_info(await _engine_version(mgmt), mgmt.provisioning,
                                                 mgmt.reprovision is not None))
 
 
@@ -295,7 +296,7 @@ async def system_resources(request: web.Request) -> web.Response:
                 continue
     settings = mgmt.runtime.settings
     body = system.resources([settings.home, settings.run_dir], json.dumps(list(stats.values())))
-    return web.json_response(body)
+    return reply_object(body)
 
 
 def _flag(raw: str | None, name: str) -> bool:
