@@ -15,6 +15,13 @@ Why it cannot be fooled by someone who can write the file (but is not root):
   ctime is older than that are kept, so any later write lands on a different ctime.
 - Key and bytes come from the same open file (fstat on the descriptor, not a stat of the path), and the key is
   taken again after reading: a file written while it was read is measured again, never cached.
+
+Why a path is never simply opened (`open_regular`): whoever can write the directory of a module's executable (the
+module's own uid, often) can leave a FIFO there, whose open for reading waits for a writer (on the event loop: the
+whole daemon, for ever), or a symlink to a device, whose open acts (/dev/watchdog arms), or take a write lease on the
+file, whose open then waits for the lease's holder (45 s a time). So the path is resolved without opening anything
+(O_PATH), refused unless that is a regular file, and only then is that very inode opened for reading, without
+waiting (O_NONBLOCK: a lease answers EWOULDBLOCK). Either refusal is `Unmeasurable`, a finding like a changed file.
 """
 
 from __future__ import annotations
@@ -22,18 +29,21 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import stat
 import struct
 import time
 from pathlib import Path
 
-__all__ = ["MAX_EXECUTABLE_BYTES", "ChangedWhileRead", "PinnedFile", "TooLarge", "cached_digest", "file_digest",
-           "pin_file"]
+__all__ = ["MAX_EXECUTABLE_BYTES", "ChangedWhileRead", "PinnedFile", "TooLarge", "Unmeasurable", "cached_digest",
+           "file_digest", "open_regular", "pin_file"]
 
 MAX_EXECUTABLE_BYTES = 512 * 1024 * 1024
 _FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long) on 64-bit Linux
 _SETTLE_NS = 2_000_000_000  # over every file system's timestamp granularity (ext3, FAT: 1-2 s)
 _ATTEMPTS = 3
 _CACHE_MAX = 4096
+_PROC_FD = "/proc/self/fd"
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 
 _Key = tuple[int, int, int, int, int, int]
 _digests: dict[_Key, str] = {}
@@ -48,6 +58,68 @@ class TooLarge(Exception):
 
 class ChangedWhileRead(OSError):
     """The file kept changing while it was read; no digest names its content."""
+
+
+class Unmeasurable(OSError):
+    """The path names nothing that can be measured without waiting on someone or acting on a device: not a
+    regular file (a FIFO, socket, device, directory), or one under another process's write lease. A finding about
+    the file (no errno: never the measurer's own shortage), like a changed one."""
+
+    def __init__(self, path: Path | str, why: str) -> None:
+        super().__init__(f"{path} {why}")
+        self.strerror = why
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"))
+
+
+def _regular(path: Path | str, fd: int) -> None:
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        what = next((name for test, name in _KINDS if test(mode)), "of another kind")
+        raise Unmeasurable(path, f"is not a regular file (it is {what})")
+
+
+def open_regular(path: Path | str) -> int:
+    """A read-only descriptor of the regular file `path` resolves to (symlinks followed, as exec follows them), or
+    `Unmeasurable`; never waits, and never opens what is not a regular file (see the module docstring)."""
+    where = os.open(path, os.O_PATH | os.O_CLOEXEC)  # resolves the path; opens nothing (no driver, no FIFO end)
+    try:
+        _regular(path, where)
+        try:
+            # the inode just checked, not the path again: a swap of the path meanwhile changes nothing
+            fd = os.open(f"{_PROC_FD}/{where}", _READ_FLAGS)
+        except BlockingIOError:
+            raise Unmeasurable(path, "is under another process's write lease (its open would wait for the "
+                                     "holder)") from None
+        except FileNotFoundError:
+            if Path(_PROC_FD).is_dir():
+                raise
+            fd = _open_by_path(path, where)  # no /proc here
+    finally:
+        os.close(where)
+    try:
+        _regular(path, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_by_path(path: Path | str, where: int) -> int:
+    """Without /proc: the path again, without waiting. A swap of the path since it was resolved could reach a
+    device's open (never a FIFO's wait), which the caller refuses after; the inode must be the one checked."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except BlockingIOError:
+        raise Unmeasurable(path, "is under another process's write lease (its open would wait for the "
+                                 "holder)") from None
+    first, now = os.fstat(where), os.fstat(fd)
+    if (first.st_dev, first.st_ino) != (now.st_dev, now.st_ino):
+        os.close(fd)
+        raise ChangedWhileRead(f"{path} was replaced while it was opened")
+    return fd
 
 
 def _generation(fd: int) -> int:
@@ -118,7 +190,7 @@ class PinnedFile:
 
 def pin_file(path: Path | str, cap: int = MAX_EXECUTABLE_BYTES) -> PinnedFile:
     """Open `path`, measure its bytes (never from the cache) and keep it open; the caller closes it."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    fd = open_regular(path)
     try:
         for _ in range(_ATTEMPTS):
             key, ctime_ns = _key(fd)
@@ -137,7 +209,7 @@ def pin_file(path: Path | str, cap: int = MAX_EXECUTABLE_BYTES) -> PinnedFile:
 def cached_digest(path: Path | str, cap: int = MAX_EXECUTABLE_BYTES) -> str | None:
     """The digest the cache holds for the file as it is now, or None (then `file_digest` reads it): a lookup
     cheap enough for the event loop, a read is not."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    fd = open_regular(path)
     try:
         key, _ = _key(fd)
     finally:
@@ -151,7 +223,7 @@ def file_digest(path: Path | str, cap: int = MAX_EXECUTABLE_BYTES, *, cached: bo
     """"sha256:<hex>" of a file. A file over `cap` (or growing past it while read) is refused rather than hashed
     for minutes; the cap is checked before the cache, so a smaller cap is never bypassed by an earlier reading.
     `cached=False` reads the bytes whatever the cache holds (the engine does so before it starts a module)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    fd = open_regular(path)
     try:
         for _ in range(_ATTEMPTS):
             key, ctime_ns = _key(fd)

@@ -8,7 +8,8 @@ running process (kept open since, so a later write to it shows). The second catc
 code whose file was put back since; both must equal the registration.
 
 What counts as a finding: only what says the code is not what was registered: the file is gone, unopenable for a
-reason of its own (EACCES, EPERM, ELOOP, ...), too large, kept changing while read, or hashes to another digest. A
+reason of its own (EACCES, EPERM, ELOOP, ...), not a regular file (a FIFO, device, ...: never opened, see
+`digest.open_regular`), too large, kept changing while read, or hashes to another digest. A
 measurement that failed because the measurer itself is short of something (descriptors, memory, kernel buffers) or
 the read was interrupted or hit an I/O error is the measurer's failure, not the module's: the measurement is
 `retryable`, never a finding. Anyone on the device can exhaust the daemon's descriptors (a flood of bare TCP
@@ -27,7 +28,7 @@ import errno
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ..digest import MAX_EXECUTABLE_BYTES, ChangedWhileRead, TooLarge, cached_digest, file_digest
+from ..digest import MAX_EXECUTABLE_BYTES, ChangedWhileRead, TooLarge, Unmeasurable, cached_digest, file_digest
 from ..runtime.engine import ModuleEngine, ModuleNotFound
 from ..runtime.registry import Registration
 
@@ -77,10 +78,12 @@ async def measure(engine: ModuleEngine, reg: Registration) -> Measurement:
         if problem is not None:
             return Measurement(False, f"module {reg.name}: {problem}", "binary_changed")
         try:
-            # A cache hit is an fstat; a read (a changed or new file) goes to a thread, off the event loop.
+            # A cache hit is an fstat (and an open that cannot wait); a read goes to a thread, off the event loop.
             now = cached_digest(reg.image)
             if now is None:
                 now = await asyncio.to_thread(file_digest, reg.image)
+        except Unmeasurable as e:
+            return Measurement(False, f"module {reg.name}: {e}", "binary_changed")
         except (OSError, MemoryError, TooLarge) as e:
             if measurer_short_of_resources(e):
                 return Measurement(False, f"module {reg.name}: {reg.image} not measured, retrying: {e}",

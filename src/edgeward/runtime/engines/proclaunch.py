@@ -380,9 +380,13 @@ def _not_elevated(launch: Launch, options: Mapping[str, Any], image: str, depth:
 
 
 def _interpreter(image: str) -> str | None:
-    """The program a script's #! line names (the kernel execs that, with the script as an argument), or None."""
+    """The program a script's #! line names (the kernel execs that, with the script as an argument), or None.
+    Runs on the event loop: opened as the measurements open it (a FIFO or device put there since the caller's
+    stat is refused, never waited on or opened; a write lease does not hold it)."""
+    from ...digest import open_regular  # noqa: PLC0415  (kept here: this function's change stays self-contained)
+
     try:
-        with Path(image).open("rb") as f:
+        with os.fdopen(open_regular(image), "rb") as f:
             first = f.readline(256)
     except OSError:
         return None
