@@ -14,7 +14,6 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from ..config.apply_files import FileResult, file_owners, planned, units_to_restart, write_service_files
@@ -24,9 +23,10 @@ from ..config.problems import ConfigError, Problems
 from ..config.super_config import ServiceConfigs, split_super_config
 from ..config.toml_write import TomlWriteError
 from ..daemon import load_settings, read_config
-from ..fsutil import atomic_write
+from .output_file import OutputRefused, check_output, write_output
 from .paths import default_run_dir, default_state_dir
 from .system_cmds import RestartFailed, systemd_running, try_restart
+from .terminal_text import cell, markup_safe
 
 __all__ = ["config"]
 
@@ -35,13 +35,14 @@ DEFAULT_CONFIG = Path("/etc/aziot/config.toml")
 DEFAULT_OUT_DIR = Path("/etc/edgeward")
 DEFAULT_V1_CONFIG = Path("/etc/iotedge/config.yaml")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 
 def _e(value: object) -> str:
-    """Operator text (config values, paths, messages quoting them) printed as it is, never read as rich markup."""
-    return escape(str(value))
+    """Operator text (config values, paths, messages quoting them) printed as it is, never read as rich markup nor
+    obeyed as terminal escapes (a message may list problems on several lines)."""
+    return markup_safe(value, lines=True)
 
 
 def _fail(e: ConfigError) -> None:
@@ -138,7 +139,7 @@ def _report(results: list[FileResult], docs: dict[str, dict[str, Any]], out_dir:
         change = r.change + (" (owner/mode put right)" if r.fixed else "")
         if r.owner is not None:
             change += f" (owner uid {r.owner[0]})"
-        table.add_row(r.name, change, _describe(r.name, docs[r.name]) if r.name in docs else "")
+        table.add_row(cell(r.name), cell(change), cell(_describe(r.name, docs[r.name]) if r.name in docs else ""))
     out.print(table)
 
 
@@ -150,9 +151,7 @@ def _report(results: list[FileResult], docs: dict[str, dict[str, Any]], out_dir:
 @click.option("--force", is_flag=True, help="Overwrite --out-file if it exists.")
 def import_cmd(in_file: Path, out_file: Path, force: bool) -> None:
     """Convert an IoT Edge 1.1 config.yaml to the 1.5 config.toml, listing what could not be converted."""
-    if out_file.exists() and not force:
-        err.print(f"[red]error:[/red] {_e(out_file)} exists; pass --force to overwrite it", highlight=False)
-        sys.exit(EXIT_FAILED)
+    _check_out_file(out_file, force)
     try:
         text = in_file.read_text()
     except OSError as e:
@@ -167,36 +166,85 @@ def import_cmd(in_file: Path, out_file: Path, force: bool) -> None:
     except ConfigError as e:
         _fail(e)
         return
-    try:
-        atomic_write(out_file, converted.encode(), mode=0o600)
-    except OSError as e:
-        err.print(f"[red]error:[/red] cannot write {_e(out_file)}: {_e(e.strerror or e)}", highlight=False)
-        sys.exit(EXIT_FAILED)
+    _write_out_file(out_file, converted)
     out.print(f"wrote {_e(out_file)}")
     for item in result.not_converted:
         err.print(f"[yellow]not converted:[/yellow] {_e(item)}", highlight=False)
     out.print(f"next: edgeward config apply -c {_e(out_file)}")
 
 
-@config.command("mp")
-@click.option("-c", "--connection-string", required=True, help="The device's IoT Hub connection string.")
-@click.option("-o", "--out-file", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_CONFIG,
-              show_default=True, help="The config to write.")
-@click.option("--force", is_flag=True, help="Overwrite --out-file if it exists.")
-def mp(connection_string: str, out_file: Path, force: bool) -> None:
-    """Write a config that provisions this device manually, by connection string."""
-    try:
-        text = manual_provisioning_config(connection_string)
-    except ConfigError as e:
-        _fail(e)
-        return
+def _check_out_file(out_file: Path, force: bool) -> None:
+    """Exit 1 unless ``out_file`` may be written: absent, or (with ``force``) a regular file of this user's."""
     if out_file.exists() and not force:
         err.print(f"[red]error:[/red] {_e(out_file)} exists; pass --force to overwrite it", highlight=False)
         sys.exit(EXIT_FAILED)
     try:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out_file, text.encode(), mode=0o600)  # it holds the device key
-    except OSError as e:
-        err.print(f"[red]error:[/red] cannot write {_e(out_file)}: {_e(e.strerror or e)}", highlight=False)
+        check_output(out_file)
+    except OutputRefused as e:
+        err.print(f"[red]error:[/red] {_e(e)}", highlight=False)
         sys.exit(EXIT_FAILED)
+
+
+def _write_out_file(out_file: Path, text: str) -> None:
+    """``text`` as a new 0600 file (it may hold a key) renamed to ``out_file`` (output_file says why)."""
+    try:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        write_output(out_file, text.encode(), mode=0o600)
+    except (OutputRefused, OSError) as e:
+        err.print(f"[red]error:[/red] cannot write {_e(out_file)}: {_e(getattr(e, 'strerror', None) or e)}",
+                  highlight=False)
+        sys.exit(EXIT_FAILED)
+
+
+def _connection_string(given: str | None, from_file: Path | None) -> str:
+    """The connection string from a file, standard input (``-``), a hidden prompt (neither given, on a terminal)
+    or, as IoT Edge's `iotedge config mp` takes it, the command line: there it is in this process's argv, which
+    every local user can read (/proc/<pid>/cmdline) while the command runs, so that way warns."""
+    if given is not None and from_file is not None:
+        err.print("[red]error:[/red] give --connection-string or --connection-string-file, not both", highlight=False)
+        sys.exit(2)
+    if from_file is not None:
+        try:
+            return (sys.stdin.read() if str(from_file) == "-" else from_file.read_text()).strip()
+        except (OSError, UnicodeDecodeError) as e:
+            err.print(f"[red]error:[/red] cannot read {_e(from_file)}: {_e(getattr(e, 'strerror', None) or e)}",
+                      highlight=False)
+            sys.exit(EXIT_FAILED)
+    if given == "-":
+        if sys.stdin.isatty():
+            return str(click.prompt("Device connection string", hide_input=True, err=True)).strip()
+        return sys.stdin.read().strip()
+    if given is None:
+        if not sys.stdin.isatty():
+            err.print("[red]error:[/red] no connection string: give --connection-string-file FILE, or "
+                      "--connection-string - with it on standard input", highlight=False)
+            sys.exit(2)
+        return str(click.prompt("Device connection string", hide_input=True, err=True)).strip()
+    err.print("[yellow]warning:[/yellow] the connection string (with the device key) was on the command line, "
+              "which every local user can read while the command runs (/proc/<pid>/cmdline) and which shell history "
+              "may keep: prefer --connection-string-file FILE or --connection-string - (standard input)",
+              highlight=False)
+    return given
+
+
+@config.command("mp")
+@click.option("-c", "--connection-string", default=None, metavar="STRING|-",
+              help="The device's IoT Hub connection string; '-' reads it from standard input (or asks for it on "
+                   "a terminal). On the command line it is readable by every local user while the command runs "
+                   "(/proc/<pid>/cmdline): prefer '-' or --connection-string-file.")
+@click.option("--connection-string-file", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              default=None, help="Read the connection string from this file ('-': standard input).")
+@click.option("-o", "--out-file", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_CONFIG,
+              show_default=True, help="The config to write.")
+@click.option("--force", is_flag=True, help="Overwrite --out-file if it exists.")
+def mp(connection_string: str | None, connection_string_file: Path | None, out_file: Path, force: bool) -> None:
+    """Write a config that provisions this device manually, by connection string (from a file, standard input, a
+    prompt, or the command line). Without either option, on a terminal, it is asked for without echo."""
+    try:
+        text = manual_provisioning_config(_connection_string(connection_string, connection_string_file))
+    except ConfigError as e:
+        _fail(e)
+        return
+    _check_out_file(out_file, force)
+    _write_out_file(out_file, text)  # it holds the device key
     out.print(f"wrote {_e(out_file)}; next: edgeward config apply -c {_e(out_file)}")

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..certs.client import CertsClient
 from ..certs.x509sign import handle_public_key, sign_csr
@@ -34,11 +35,13 @@ from ..runtime import demo_module
 from ..runtime.identities import module_key_handle
 from ..runtime.mgmt_client import ManagementClient
 from ..supervise import DaemonFailed, running_daemon, sigterm_as_interrupt
+from .output_file import write_output
 from .status import collect_status, render_status
+from .terminal_text import cell
 
 __all__ = ["demo"]
 
-console = Console()
+console = Console(emoji=False)
 DEMO_MODULE = "demo-module"
 
 
@@ -131,13 +134,13 @@ def _demo_module_config(state_dir: Path) -> dict[str, Any]:
     if os.geteuid() != 0:
         return {"image": sys.executable, "createOptions": {"Cmd": [demo_module.__file__]}}
     script = state_dir / "demo_module.py"
-    script.write_bytes(Path(demo_module.__file__).read_bytes())
-    script.chmod(0o644)
+    # a new file renamed into place: the state directory may be under a directory another user owns (./demo-state)
+    write_output(script, Path(demo_module.__file__).read_bytes(), mode=0o644, exact_mode=True)
     python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
     return {"image": python, "createOptions": {"Cmd": [str(script)], "User": "nobody"}}
 
 
-async def _demo_module(run_dir: Path, state_dir: Path) -> tuple[Table, list[Table | str]]:
+async def _demo_module(run_dir: Path, state_dir: Path) -> tuple[Table, list[Table | Text]]:
     """Deploy the demo module through the management API, watch it use the workload API, check its answers."""
     table = Table(title="demo module: what a module does at start, through the workload API")
     for col in ("step", "answer", "checked"):
@@ -186,7 +189,7 @@ async def _demo_module(run_dir: Path, state_dir: Path) -> tuple[Table, list[Tabl
                 checked = "[green]signature verifies with the module key[/green]" if good else "[red]bad[/red]"
             elif not ok:
                 detail = f"{r['status']} {body.get('message', '')}"
-            table.add_row(r["step"], detail, checked)
+            table.add_row(cell(r["step"]), cell(detail), checked)  # the module's own words: text, not markup
         identityd = UnixClient(run_dir / "identityd.sock", "2020-09-01")
         try:
             _, raw = await identityd.request("POST", "/identities/modules", {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import tempfile
@@ -10,20 +9,22 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.markup import escape
 
 from ..config.problems import ConfigError
 from ..daemon import load_settings
 from ..identity.connection_string import parse_connection_string
+from .output_file import OutputRefused, check_output, write_output
+from .terminal_text import markup_safe
 
 __all__ = ["init"]
 
-out = Console()
+out = Console(emoji=False)
 
 
 def _e(value: object) -> str:
-    """Operator text (config values, paths, messages quoting them) printed as it is, never read as rich markup."""
-    return escape(str(value))
+    """Operator text (config values, paths, messages quoting them) printed as it is, never read as rich markup nor
+    obeyed as terminal escapes (a message may list problems on several lines)."""
+    return markup_safe(value, lines=True)
 
 
 def _toml_str(value: str) -> str:
@@ -75,6 +76,11 @@ def init(output: Path, quickstart: bool, force: bool) -> None:
     if output.exists() and not force:
         out.print(f"[red]error:[/red] {_e(output)} exists; use --force to replace it")
         sys.exit(1)
+    try:  # before the questions: a name that will be refused fails at once
+        check_output(output)
+    except OutputRefused as e:
+        out.print(f"[red]error:[/red] {_e(e)}")
+        sys.exit(1)
     docker_uri = "unix:///var/run/docker.sock"
     engine = "docker" if _docker_reachable(docker_uri) else "process"
     hostname = socket.gethostname()
@@ -107,11 +113,13 @@ def init(output: Path, quickstart: bool, force: bool) -> None:
         except ConfigError as e:
             out.print(f"[red]the configuration would not be valid:[/red] {_e(e)}")
             sys.exit(3)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a connection string
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    try:  # 0600, it may hold a connection string; a new file renamed into place (output_file says why)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_output(output, text.encode(), mode=0o600)
+    except (OutputRefused, OSError) as e:
+        out.print(f"[red]error:[/red] {_e(e)}")
+        sys.exit(1)
     for warning in settings.warnings:
         out.print(f"[yellow]warning:[/yellow] {_e(warning)}")
     out.print(f"[green]wrote {_e(output)}[/green] ({_e(engine)} engine, "
-              f"{provisioning.get('source', 'no cloud')} provisioning). Next: edgeward run -c {output}")
+              f"{provisioning.get('source', 'no cloud')} provisioning). Next: edgeward run -c {_e(output)}")

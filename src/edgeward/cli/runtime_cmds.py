@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from ..attest.audit import AuditLog
@@ -21,8 +20,9 @@ from ..attest.tpm_quote import Quote, verify_quote
 from ..http.errors import HttpError
 from ..runtime.mgmt_client import ManagementClient
 from ..tpm.client import TpmClient
+from .output_file import OutputRefused, check_output, write_output
 from .paths import config_option, default_run_dir, default_state_dir, run_option, state_option
-from .terminal_text import TerminalText
+from .terminal_text import TerminalText, cell, markup_safe
 
 if TYPE_CHECKING:
     from ..daemon import DaemonSettings
@@ -31,14 +31,15 @@ if TYPE_CHECKING:
 __all__ = ["attest", "audit", "list_modules", "logs", "restart"]
 
 T = TypeVar("T")
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 EXIT_FAILED, EXIT_UNREACHABLE = 1, 5
 
 
 def _e(value: object) -> str:
-    """Operator text (config values, paths, messages quoting them) printed as it is, never read as rich markup."""
-    return escape(str(value))
+    """Text from the daemon, a config or a module (values, paths, messages quoting them) inside a markup string:
+    printed as it is on one line, never read as rich markup nor obeyed as terminal escapes."""
+    return markup_safe(value)
 
 
 def _settings_or_exit(config: Path | None, state_dir: Path | None, run_dir: Path | None) -> DaemonSettings:
@@ -47,8 +48,8 @@ def _settings_or_exit(config: Path | None, state_dir: Path | None, run_dir: Path
 
     try:
         return load_settings(config, state_dir or default_state_dir(), run_dir or default_run_dir())
-    except ConfigError as e:
-        err.print(f"[red]error:[/red] {_e(e)}", highlight=False)
+    except ConfigError as e:  # one problem a line
+        err.print(f"[red]error:[/red] {markup_safe(e, lines=True)}", highlight=False)
         sys.exit(EXIT_FAILED)
 
 
@@ -105,8 +106,9 @@ def list_modules(run_dir: Path | None, as_json: bool) -> None:
     for m in modules:
         status = m["status"]["runtimeStatus"]["status"]
         color = {"running": "green", "failed": "red", "stopped": "yellow"}.get(status, "white")
-        table.add_row(m["name"], f"[{color}]{status}[/{color}]", m["config"]["settings"]["image"],
-                      m["status"].get("startTime", "-"), m["id"][:12])
+        # each value is the daemon's or a module's (a deployment names the image): plain cells, never markup
+        table.add_row(cell(m["name"]), cell(status, color), cell(m["config"]["settings"]["image"]),
+                      cell(m["status"].get("startTime", "-")), cell(str(m["id"])[:12]))
     out.print(table)
 
 
@@ -170,8 +172,8 @@ def audit_verify(config: Path | None, state_dir: Path | None, run_dir: Path | No
     try:
         settings = load_settings(config, state, run_dir or default_run_dir())
         result = asyncio.run(verify_installed_log(settings))
-    except ConfigError as e:
-        err.print(f"[red]error:[/red] {_e(e)}", highlight=False)
+    except ConfigError as e:  # one problem a line
+        err.print(f"[red]error:[/red] {markup_safe(e, lines=True)}", highlight=False)
         sys.exit(EXIT_FAILED)
     except HttpError as e:
         err.print(f"[red]error:[/red] cannot get the audit key or counter: {_e(e.message)}", highlight=False)
@@ -215,8 +217,8 @@ def audit_show(state_dir: Path | None, last: int, as_json: bool) -> None:
     import datetime as dt  # noqa: PLC0415
 
     for r in records:
-        table.add_row(str(r.seq), dt.datetime.fromtimestamp(r.ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"), r.kind,
-                      r.module or "-", json.dumps(dict(r.detail))[:80])
+        table.add_row(str(r.seq), dt.datetime.fromtimestamp(r.ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                      cell(r.kind), cell(r.module or "-"), cell(json.dumps(dict(r.detail))[:80]))
     out.print(table)
 
 
@@ -312,6 +314,12 @@ def attest_keylime_policy(output: Path | None, config: Path | None, state_dir: P
     from ..keylime.policy import runtime_policy  # noqa: PLC0415
     from ..runtime.registry import Registry  # noqa: PLC0415
 
+    if output is not None:
+        try:  # before any work: a name that will be refused fails at once
+            check_output(output)
+        except OutputRefused as e:
+            err.print(f"[red]error:[/red] {_e(e)}", highlight=False)
+            sys.exit(EXIT_FAILED)
     settings = _settings_or_exit(config, state_dir, run_dir)
     home = settings.runtime.audit_home or settings.runtime.home / "audit"
     if not (home / "audit.db").exists():
@@ -335,8 +343,12 @@ def attest_keylime_policy(output: Path | None, config: Path | None, state_dir: P
     if output is None:
         sys.stdout.write(text)
     else:
-        output.write_text(text)
-        err.print(f"wrote {_e(output)}: {len(policy['digests'])} allowed names")
+        try:  # a new file renamed into place: never through a planted symlink nor into someone else's file
+            write_output(output, text.encode(), mode=0o644)
+        except OutputRefused as e:
+            err.print(f"[red]error:[/red] {_e(e)}", highlight=False)
+            sys.exit(EXIT_FAILED)
+        err.print(f"wrote {_e(output)}: {len(policy['digests'])} allowed names", highlight=False)
 
 
 @attest.command("keylime-clear-revocation")

@@ -9,6 +9,7 @@ from typing import Any
 
 from cryptography import x509
 from rich.table import Table
+from rich.text import Text
 
 from ..attest.audit import AuditLog
 from ..attest.audit_open import verify_installed_log
@@ -18,6 +19,7 @@ from ..daemon import DaemonSettings, load_settings
 from ..http.errors import HttpError
 from ..runtime.edge_ca import EDGE_CA_CERT_ID
 from ..runtime.mgmt_client import ManagementClient
+from .terminal_text import cell
 
 __all__ = ["Status", "collect_status", "render_status"]
 
@@ -83,17 +85,20 @@ def _monitor_problems(settings: DaemonSettings) -> list[str]:
             for module, d in unresolved.items()]
 
 
-def _left(when: dt.datetime | None) -> str:
+def _left(when: dt.datetime | None) -> Text:
     if when is None:
-        return "-"
+        return Text("-")
     left = when - dt.datetime.now(dt.UTC)
     color = "red" if left < dt.timedelta(days=1) else "yellow" if left < dt.timedelta(days=7) else "green"
     days = left.total_seconds() / 86400
-    return f"[{color}]{when:%Y-%m-%d %H:%M} ({days:.1f} days)[/{color}]"
+    return Text(f"{when:%Y-%m-%d %H:%M} ({days:.1f} days)", style=color)
 
 
-def render_status(status: Status) -> list[Table | str]:
-    out: list[Table | str] = []
+def render_status(status: Status) -> list[Table | Text]:
+    """Tables and lines for the terminal. Every value from the daemon, a module (its name, image path), a
+    certificate or the audit log is a plain cell: shown, never read as markup nor obeyed as escape sequences
+    (terminal_text says why)."""
+    out: list[Table | Text] = []
     modules = Table(title="modules")
     for col in ("module", "status", "image / executable", "measured", "generation"):
         modules.add_column(col)
@@ -101,18 +106,19 @@ def render_status(status: Status) -> list[Table | str]:
     for m in status.modules:
         state = m["status"]["runtimeStatus"]["status"]
         color = {"running": "green", "failed": "red"}.get(state, "yellow")
-        modules.add_row(m["name"], f"[{color}]{state}[/{color}]", m["config"]["settings"]["image"],
-                        m["config"]["settings"].get("imageHash", "")[:19], generations.get(m["name"], "-")[:12])
+        settings = m["config"]["settings"]
+        modules.add_row(cell(m["name"]), cell(state, color), cell(settings["image"]),
+                        cell(str(settings.get("imageHash", ""))[:19]), cell(str(generations.get(m["name"], "-"))[:12]))
     out.append(modules)
     certs = Table(title="certificates")
     for col in ("cert id", "subject", "expires"):
         certs.add_column(col)
     for cert_id, subject, not_after in status.certs:
-        certs.add_row(cert_id, subject, _left(not_after))
+        certs.add_row(cell(cert_id), cell(subject), _left(not_after))
     out.append(certs)
     if status.audit is not None:
         ok, records, head, problem = status.audit
-        out.append(f"audit log: {'[green]intact[/green]' if ok else '[red]TAMPERED[/red]: ' + str(problem)}, "
-                   f"{records} records, head {head[:16]}")
-    out.extend(f"[red]problem:[/red] {p}" for p in status.problems)
+        verdict = Text("intact", style="green") if ok else Text.assemble(("TAMPERED", "red"), ": ", cell(problem))
+        out.append(Text.assemble("audit log: ", verdict, f", {records} records, head ", cell(str(head)[:16])))
+    out.extend(Text.assemble(("problem:", "red"), " ", cell(p)) for p in status.problems)
     return out

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,32 +19,21 @@ from rich.console import Console
 from .. import __version__
 from ..http.errors import HttpError
 from ..runtime.mgmt_client import ManagementClient
+from .output_file import OutputRefused, check_output, write_output
 from .paths import default_run_dir, default_state_dir, run_option, state_option
+from .redaction import redact
 from .status import collect_status, render_status
+from .terminal_text import markup_safe
 
 __all__ = ["UNITS", "RestartFailed", "support_bundle", "system", "systemd_running", "try_restart", "version"]
 
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 UNITS = ("edgeward-keyd", "edgeward-certd", "edgeward-identityd", "edgeward-tpmd", "edgeward-edged")
 # The TPM service runs only where a TPM is configured (`config apply` writes tpmd.toml only then): restarted only
 # when it runs, so that `system restart` does not start it on a device without one.
 _ONLY_IF_RUNNING = ("edgeward-tpmd",)
 LOG_LEVELS = ("error", "warning", "info", "debug")
-# What must never leave the device in a support bundle, whatever a module printed.
-SECRET_PATTERNS = [
-    re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
-    re.compile(rb"(SharedAccessKey|SharedAccessSignature sr=[^&\s]*&sig)=[^;&\s\"]+", re.I),
-    re.compile(rb"(sig|pin|password|keyBytes|key_bytes)([\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]+", re.I),
-]
-
-
-def redact(data: bytes) -> bytes:
-    for pattern in SECRET_PATTERNS:
-        data = pattern.sub(lambda m: (m.group(1) + b"=<redacted>") if m.lastindex else b"<redacted>", data)
-    return data
-
-
 @click.command()
 def version() -> None:
     """Print Edgeward's version."""
@@ -93,10 +80,11 @@ def reprovision(run_dir: Path | None) -> None:
         try:
             asyncio.run(go())
         except HttpError as e:
-            err.print(f"[red]error:[/red] {e.message}", highlight=False)
+            err.print(f"[red]error:[/red] {markup_safe(e.message)}", highlight=False)
             sys.exit(1)
         except OSError as e:
-            err.print(f"[red]error:[/red] Edgeward is not reachable ({e}); is it running?", highlight=False)
+            err.print(f"[red]error:[/red] Edgeward is not reachable ({markup_safe(e)}); is it running?",
+                      highlight=False)
             sys.exit(5)
     out.print("[green]reprovisioned[/green]")
 
@@ -149,7 +137,7 @@ def logs(follow: bool, state_dir: Path | None) -> None:
         sys.exit(subprocess.call(cmd))
     log = (state_dir or default_state_dir()) / "daemon.log"
     if not log.exists():
-        err.print(f"no systemd here and no {log}; `edgeward run` logs to its stderr")
+        err.print(f"no systemd here and no {markup_safe(log)}; `edgeward run` logs to its stderr", highlight=False)
         sys.exit(1)
     sys.exit(subprocess.call(["tail", *(["-f"] if follow else ["-n", "200"]), str(log)]))
 
@@ -179,14 +167,17 @@ def set_log_level(level: str) -> None:
 
 
 @click.command("support-bundle")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("support_bundle.zip"))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("support_bundle.zip"),
+              show_default=True, help="The zip to write; a file already there is replaced only if it is a regular "
+                                      "file of yours (never through a symlink).")
 @click.option("--since", default=None,
               help="Only logs since: unix seconds, RFC 3339, or a duration ago (10m, 1d, \"2 days 3 hours\").")
 @run_option
 @state_option
 def support_bundle(output: Path, since: str | None, run_dir: Path | None, state_dir: Path | None) -> None:
-    """A zip for support: system info, modules, their recent logs, the status and the audit head — with keys,
-    PINs, passwords and SAS signatures redacted."""
+    """A zip for support: system info, modules, their recent logs, the status and the audit head — with private
+    keys, PINs, passwords, SAS keys and signatures, account keys, tokens and secret Env values redacted. Written
+    0600 as a new file: refused if the output name is a symlink, not a regular file, or another user's file."""
     run_dir = run_dir or default_run_dir()
 
     async def fetch() -> bytes:
@@ -198,11 +189,16 @@ def support_bundle(output: Path, since: str | None, run_dir: Path | None, state_
         finally:
             await client.close()
 
+    try:  # before collecting, so a name that will be refused fails at once
+        check_output(output)
+    except OutputRefused as e:
+        err.print(f"[red]error:[/red] {markup_safe(e)}", highlight=False)
+        sys.exit(1)
     with out.status("collecting ..."):
         try:
             raw = asyncio.run(fetch())
         except (HttpError, OSError) as e:
-            err.print(f"[red]error:[/red] {getattr(e, 'message', e)}", highlight=False)
+            err.print(f"[red]error:[/red] {markup_safe(getattr(e, 'message', e))}", highlight=False)
             sys.exit(1)
         st = asyncio.run(collect_status(run_dir, state_dir or default_state_dir()))
     buf = io.BytesIO()
@@ -212,7 +208,9 @@ def support_bundle(output: Path, since: str | None, run_dir: Path | None, state_
         dst.writestr("status.json", redact(json.dumps({
             "certs": [{"id": c, "subject": s, "not_after": n.isoformat() if n else None} for c, s, n in st.certs],
             "audit": st.audit, "problems": st.problems}, indent=2, default=str).encode()))
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(buf.getvalue())
-    out.print(f"wrote {output} ({len(buf.getvalue())} bytes, secrets redacted)")
+    try:  # a new 0600 file renamed into place (output_file says why): never through a symlink, nor into a
+        write_output(output, buf.getvalue(), mode=0o600)  # file planted there that its owner could then read
+    except OutputRefused as e:
+        err.print(f"[red]error:[/red] {markup_safe(e)}", highlight=False)
+        sys.exit(1)
+    out.print(f"wrote {markup_safe(output)} ({len(buf.getvalue())} bytes, secrets redacted)", highlight=False)

@@ -5,6 +5,13 @@ the cursor, clear or overwrite lines the operator reads, set the window title or
 sequences, C1 controls such as U+009B CSI). On a terminal every control character but newline and tab is shown as an
 escape (``\\x1b``, ``\\u009b``); a carriage return is kept only where it ends a line. Piped output stays byte for byte,
 as docker and iotedge give it, for tools that read it.
+
+The same holds for every other string the CLI shows from the daemon, a module, a certificate or a config (a
+module's image path, a start time, a certificate subject, an error message): :func:`shown` neutralises its control
+characters (newline and tab too, since a table cell or a status line is one line), :func:`cell` makes it a rich
+``Text`` that is never read as markup or emoji codes, and :func:`markup_safe` escapes it for a markup string (session
+14, brk14b list_markup_escapes: an image path moved the cursor and forged green rows in root's `edgeward list`, and
+an unbalanced ``[/blink]`` made `list` and `system status` die with a MarkupError).
 """
 
 from __future__ import annotations
@@ -12,15 +19,42 @@ from __future__ import annotations
 import codecs
 import re
 
-__all__ = ["TerminalText"]
+from rich.markup import escape
+from rich.text import Text
+
+__all__ = ["TerminalText", "cell", "markup_safe", "shown"]
 
 # C0 controls but tab and newline, DEL, C1 controls; a CR that does not end a line (it would overwrite this one)
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
 
 
+# In one line: every C0 control (newline and tab too), DEL, C1, the line and paragraph separators and the bidi
+# overrides and isolates (they reorder what follows on the line: a path could show as another)
+_CONTROL_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Several lines (a message listing problems): newline and tab kept, a CR only where it ends a line
+_CONTROL_LINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e"
+                            "\u2066-\u2069]|\r(?!\n)")
+
+
 def _shown(match: re.Match[str]) -> str:
     c = match.group()
     return f"\\x{ord(c):02x}" if ord(c) < 0x80 else f"\\u{ord(c):04x}"
+
+
+def shown(value: object, *, lines: bool = False) -> str:
+    """``value`` as text whose control characters are shown as escapes (``\\x1b``), not obeyed by the terminal;
+    ``lines``: newlines and tabs are kept (a multi-line message), else the text stays on one line."""
+    return (_CONTROL_LINES if lines else _CONTROL_ONE_LINE).sub(_shown, str(value))
+
+
+def markup_safe(value: object, *, lines: bool = False) -> str:
+    """``value`` to put inside a rich markup string: controls shown (see :func:`shown`) and ``[`` escaped."""
+    return escape(shown(value, lines=lines))
+
+
+def cell(value: object, style: str = "") -> Text:
+    """``value`` as a rich Text (a table cell, a line): never parsed as markup or emoji codes, controls shown."""
+    return Text(shown(value), style=style)
 
 
 class TerminalText:
