@@ -66,10 +66,11 @@ async def test_a_second_module_with_the_same_user_is_refused(engine: ProcessEngi
     """brk13b fd_theft_same_user: two host modules with one unprivileged User; the thief copied the victim's
     workload connection out of its process and signed as the victim."""
     await engine.create(_spec("victim", f"{UID_A}:{UID_A}"))  # created, never started: its uid is still its own
-    for user in (f"{UID_A}:{UID_A}", f"{UID_A}:{UID_B}"):
-        refused = await _refused(engine.create(_spec("thief", user)))
-        assert refused.status == 409 and "victim" in refused.message and str(UID_A) in refused.message, refused
-        assert (await _refused(engine.check(_spec("thief", user)))).status == 409
+    refused = await _refused(engine.create(_spec("thief", f"{UID_A}:{UID_A}")))
+    assert refused.status == 409 and "victim" in refused.message and str(UID_A) in refused.message, refused
+    assert (await _refused(engine.check(_spec("thief", f"{UID_A}:{UID_A}")))).status == 409
+    # with another group it is not even its own user's (brk14b foreign_gid: a module's gid is its uid's own)
+    assert (await _refused(engine.create(_spec("thief", f"{UID_A}:{UID_B}")))).status == 400
     assert [m.name for m in await engine.list()] == ["victim"]
     await engine.check(_spec("victim", f"{UID_A}:{UID_A}", Cmd=["30"]))  # its own update keeps its uid
     await engine.create(_spec("other", f"{UID_B}:{UID_B}"))  # a uid of its own: fine
@@ -82,7 +83,7 @@ async def test_the_sandbox_uid_range_is_the_engines_to_allocate(engine: ProcessE
     """A User inside the range sandboxed modules get their uids from would share (or inherit the files of) a
     sandboxed module's uid."""
     await engine.create(_spec("boxed", None, Sandbox=True))
-    for user in ("3000000:3000000", "3000015:4302"):
+    for user in ("3000000:3000000", "3000015:3000015"):
         refused = await _refused(engine.create(_spec("squatter", user)))
         assert refused.status == 400 and "sandbox" in refused.message, refused
     await engine.create(_spec("outside", "3000016:3000016"))

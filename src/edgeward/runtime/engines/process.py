@@ -59,6 +59,11 @@ Decisions a reader should know:
   is allowed, once, with a warning: it is the common recipe (the demo uses it) and no Edgeward socket trusts it
   (unlike the service accounts, which are refused), but other services run as it and can take the module's
   connections; README's known limits say so.
+- **A module's group is its user's own too, and its WorkingDir is entered with its user's rights** (brk14b; see
+  `proclaunch`): "uid:gid" must name the uid's primary group (or, without a passwd entry, the gid of the uid's
+  number, not a group the system names), else 400; and a module with a User enters WorkingDir itself, after the
+  drop, never as root before it. `_check_workdir` asks a process of that user, at every start, whether it can
+  enter it: if not, the start is a 400 that says no more than that user could learn.
 - **A sandboxed module that names no User runs as a uid of its own** (`sandbox_uid_base` + n, one per module
   name, kept across re-creation, recorded in the engine's state); the sandbox hides the engine's state
   directory and the `hidden` directories (Edgeward's state and run directories) behind an empty tmpfs.
@@ -96,7 +101,15 @@ from .procfs import (
     read_stat,
     send_signal,
 )
-from .proclaunch import Launch, check_executable, module_uid, needs_sandbox_uid, plan_launch, runs_as_root
+from .proclaunch import (
+    Launch,
+    check_executable,
+    module_uid,
+    needs_sandbox_uid,
+    plan_launch,
+    runs_as_root,
+    workdir_check,
+)
 from .proclogs import ModuleLogs, pump, take
 from .procstate import ModuleRecord, RecordStore, current_boot_id
 
@@ -117,6 +130,7 @@ DEFAULT_SANDBOX_UID_BASE = 1_900_000_000
 DEFAULT_SANDBOX_UID_COUNT = 65536
 _NOBODY = 65534  # the overflow uid: shared by design (see "A module's uid is its own" above)
 Phase = Literal["idle", "running", "backoff", "spawning"]
+_WORKDIR_CHECK_TIMEOUT = 10.0  # a WorkingDir on a file system that does not answer (a hung NFS mount)
 
 
 def backoff_delay(failures: int, base: float, cap: float) -> float:
@@ -126,6 +140,40 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+async def _check_workdir(name: str, launch: Launch) -> None:
+    """Before a start: can the module's user enter its WorkingDir? Checked by a process of that user (uid, gid, no
+    other groups, as the module runs), so the answer is the kernel's (ACLs, mounts included) and tells the caller
+    no more than that user could learn: one message whether the directory is missing, not a directory, or behind
+    one it may not pass. What keeps the module out is that it enters the directory itself (`proclaunch`); this only
+    turns a module that would exit at once into a clear 400."""
+    workdir = launch.workdir
+    if workdir is None or launch.uid is None:
+        return
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *workdir_check(workdir), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, env={}, cwd="/", start_new_session=True, user=launch.uid,
+            group=launch.gid, extra_groups=[])
+    except OSError as e:
+        raise EngineError(f"cannot start module {name}: cannot check its createOptions.WorkingDir: "
+                          f"{e.strerror or e}", 500) from None
+    try:
+        async with asyncio.timeout(_WORKDIR_CHECK_TIMEOUT):
+            code: int | None = await proc.wait()
+    except TimeoutError:
+        code = None
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):  # (a process stuck in the file system dies when it returns)
+                await proc.wait()
+    if code != 0:
+        late = " in time" if code is None else ""
+        raise EngineError(f"cannot start module {name}: its createOptions.WorkingDir {workdir} cannot be entered "
+                          f"by its user (uid {launch.uid}, gid {launch.gid}){late}: it does not exist, is not a "
+                          f"directory, or that user may not pass a directory on its path", 400)
 
 
 def _exit_code(returncode: int) -> int:
@@ -443,6 +491,7 @@ class ProcessEngine:
     async def _spawn(self, mod: _Module, launch: Launch) -> tuple[asyncio.subprocess.Process, list[int]]:
         """Start the process with our own pipes: asyncio's would make `wait()` hang while a grandchild holds one.
         With cgroups, the process is in the module's cgroup before it runs any of the module's code."""
+        await _check_workdir(mod.record.name, launch)
         await self._pin_launch(mod)
         cgroups = self._cgroups
         if cgroups is not None and cgroups.populated(mod.record.name):  # an earlier run's escapee: not this one's

@@ -10,11 +10,22 @@ What the create options mean for a host process:
 - `Env` (["K=V"]) comes first and the runtime's env (`spec.env`, which holds IOTEDGE_*) wins over it, so create
   options cannot spoof the module identity; IOTEDGE_WORKLOADURI points at the host path of the workload socket,
   which the sandbox binds at the same path; the daemon's own environment is never inherited;
-- `User` is "uid", "uid:gid" or names; privileges are dropped to gid, no supplementary groups, then uid;
-  never a service account's uid or group (the keys, certificates, identity and TPM services' users, IoT Edge's
-  `iotedge`, the TPM's `tss`): their sockets would take the module for that service; nor a `[[principal]]`'s uid;
+- `User` is "uid", "uid:gid" or names; privileges are dropped to gid, no supplementary groups, then uid. The
+  group is the user's own, as the uid is (`_own_group`): the uid's primary group in the passwd database, or, for
+  a uid without a passwd entry, the gid of the same number, which no group of the system may have; any other
+  gid is refused (400), since the module would read and write that group's files (another user's, or `staff`'s
+  /usr/local, which is on root's PATH). Never a service account's uid or group (the keys, certificates, identity
+  and TPM services' users, IoT Edge's `iotedge`, the TPM's `tss`): their sockets would take the module for that
+  service; nor a `[[principal]]`'s uid;
   without `User` (and without `Sandbox`) the module runs as Edgeward's own user, with its groups: root in the
   embedded shape (then only with `allow_elevated_docker_permissions`, see below), as trusted as Edgeward itself;
+- `WorkingDir` is entered by the module's own process, with its user's rights: the drop to User happens before
+  exec, and Python's subprocess would chdir before it, as root, so a module could start inside a directory its
+  uid may not pass (below a 0700 one) and open what is there by relative path. A module with a `User` therefore
+  starts as `/bin/sh -c 'cd -P -- "$1" ...; exec "$@"'`, which enters the directory after the drop and execs the
+  module in place (its pid and its image stay the module's; the shell exports PWD); the engine checks at every
+  start, as the module's user, that it can enter it, so a directory it cannot is a 400 naming WorkingDir that
+  says no more than that user could learn (see process.py). In the sandbox bubblewrap enters it, as the user;
 - `Sandbox: true` runs it under bubblewrap: read-only root, private /tmp, new pid and IPC namespaces, no
   capabilities, a new session, killed with its supervisor; only the workload dir and `HostConfig.Binds` are
   writable (Binds without ":ro", and bind `Mounts` without `ReadOnly`). Edgeward's state and run directories
@@ -62,7 +73,7 @@ from ...digits import is_number
 from ..engine import WORKLOAD_SOCKET_NAME, EngineError, ModuleSpec
 
 __all__ = ["DEFAULT_PATH", "Launch", "check_executable", "module_uid", "needs_sandbox_uid", "parse_user",
-           "plan_launch", "runs_as_root"]
+           "plan_launch", "runs_as_root", "workdir_check"]
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +93,11 @@ _BIND_OPTIONS = {"ro", "rw", "z", "Z", "private", "rprivate", "slave", "rslave",
 class Launch:
     argv: tuple[str, ...]  # what is exec'd: the module's argv, or bwrap's wrapping it
     env: Mapping[str, str]
-    cwd: str  # outside the sandbox
+    cwd: str  # where the process starts, entered as Edgeward before the drop: "/" whenever it drops to a User
     uid: int | None  # None: keep the daemon's identity
     gid: int | None
     sandbox: bool
+    workdir: str | None = None  # WorkingDir, entered by argv's first step as the module's user (see `_enter`)
 
 
 def _bad(message: str) -> EngineError:
@@ -168,7 +180,8 @@ def parse_user(text: str) -> tuple[int, int]:
     try:
         return uid, pwd.getpwuid(uid).pw_gid
     except KeyError:
-        raise _bad(f"createOptions.User: uid {uid} has no passwd entry; give \"{uid}:<gid>\"") from None
+        raise _bad(f"createOptions.User: uid {uid} has no passwd entry; give \"{uid}:{uid}\" (its own group)") \
+            from None
 
 
 def _not_a_service_account(raw: str, uid: int, gid: int) -> None:
@@ -400,9 +413,18 @@ def _interpreter(image: str) -> str | None:
 # container engine's socket, sudo. A module in one is root, or close to it, as a process in group 0 is. Also the
 # groups that own key material on Debian: `softhsm` (SoftHSM2's token store, /var/lib/softhsm/tokens, group-writable:
 # a member renames Edgeward's PKCS#11 token away or plants its own) and `ssl-cert` (/etc/ssl/private); the TPM's
-# `tss` and the services' own groups are refused as service accounts (SERVICE_ACCOUNTS).
+# `tss` and the services' own groups are refused as service accounts (SERVICE_ACCOUNTS). And (brk14b) the groups
+# that reach root's code, root's console or a service that acts as root: `staff` and `src` (/usr/local and /usr/src,
+# 2775: /usr/local/bin comes first on root's PATH where base-files' staff policy is on), `tty` (every terminal),
+# `input` (keyboards: read what root types, type into its console), `libvirt` (virtual machines given any host
+# disk), `lpadmin` (CUPS's configuration, whose backends run as root), `netdev` (the device's network
+# configuration), `mail` (every mailbox), `utmp` (who is logged in), `crontab` (the cron spool). Not listed: the
+# groups of the devices an IoT module may need (video and render for cameras and GPUs, audio, dialout for serial
+# sensors, bluetooth, plugdev, kvm, gpio, i2c, spi): they reach no root code, and a module is in one only as its
+# own user's primary group (`_own_group`), which is the operator's choice (`useradd -g dialout modbus`).
 _PRIVILEGED_GROUPS = ("disk", "kmem", "shadow", "sudo", "wheel", "adm", "docker", "lxd", "systemd-journal",
-                      "softhsm", "ssl-cert")
+                      "softhsm", "ssl-cert", "staff", "src", "tty", "input", "libvirt", "lpadmin", "netdev", "mail",
+                      "utmp", "crontab")
 
 
 def _privileged_group(gid: int) -> str | None:
@@ -428,7 +450,67 @@ def plan_launch(spec: ModuleSpec, bwrap: str | None, *, sandbox_uid: int | None 
         _not_elevated(launch, spec.create_options, os.path.normpath(spec.image))
         if not launch.sandbox:  # (bubblewrap sets it inside the sandbox)
             launch = replace(launch, argv=(*_no_new_privs(), *launch.argv))
+    _own_group(launch, spec.create_options, allow_elevated)  # after the 422s: a root group is an elevated option
     return launch
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return f"gid {gid} ({grp.getgrgid(gid).gr_name})"
+    except KeyError:
+        return f"gid {gid}"
+
+
+def _own_group(launch: Launch, options: Mapping[str, Any], allow_elevated: bool) -> None:
+    """A module's gid is its user's own, as its uid is: the uid's primary group in the passwd database, or, for a
+    uid without a passwd entry, the gid of the same number, and then no group the system names (its files are
+    someone else's: a person's, `video`'s, `staff`'s). Otherwise the module reads and writes another user's
+    group-readable files, or root's /usr/local (brk14b foreign_gid). 400 naming createOptions.User."""
+    raw = options.get("User")
+    uid, gid = launch.uid, launch.gid
+    if raw in (None, "") or uid is None or gid is None:
+        return  # Edgeward's own identity, or the sandbox uid the engine allocated (whose gid is that uid)
+    if allow_elevated and 0 in (uid, gid):
+        return  # root's uid or group: what allow_elevated_docker_permissions lets a deployment give, all of root
+    user = f"createOptions.User {raw!r}"
+    try:
+        entry: pwd.struct_passwd | None = pwd.getpwuid(uid)
+    except KeyError:
+        entry = None
+    if entry is not None:
+        if gid != entry.pw_gid:
+            raise _bad(f"{user}: {_group_name(gid)} is not the group of uid {uid} ({entry.pw_name}), whose primary "
+                       f"group is {_group_name(entry.pw_gid)}: a module runs in its own user's group, not another "
+                       f"(it would read and write that group's files); give \"{uid}:{entry.pw_gid}\" or the user "
+                       f"alone")
+        return
+    if gid != uid:
+        raise _bad(f"{user}: uid {uid} has no passwd entry, so its own group is gid {uid}, not {_group_name(gid)}: "
+                   f"a module runs in its own user's group, not another (it would read and write that group's "
+                   f"files); give \"{uid}:{uid}\", or create a user for the module and name it")
+    try:
+        name = grp.getgrgid(gid).gr_name
+    except KeyError:
+        return
+    raise _bad(f"{user}: uid {uid} has no passwd entry, and gid {gid} is the system's group {name}, not a group of "
+               f"the module's own (it would read and write that group's files); create a user for the module "
+               f"(useradd) and name it")
+
+
+# Enters WorkingDir ($1) as the module's user, after the drop, and execs the module's argv in place; 125 (as
+# env --chdir) if it cannot. Not env --chdir itself: env takes an image path holding "=" for a variable to set.
+_ENTER_SCRIPT = 'cd -P -- "$1" || exit 125; shift; exec "$@"'
+
+
+def _enter(workdir: str, argv: Sequence[str]) -> tuple[str, ...]:
+    return ("/bin/sh", "-c", _ENTER_SCRIPT, "edgeward-workdir", workdir, *argv)
+
+
+def workdir_check(workdir: str) -> tuple[str, ...]:
+    """A command that exits 0 if whoever runs it can enter `workdir` (the engine runs it as the module's user
+    before a start, for a clear error instead of a module that exits at once). With no_new_privs where setpriv is
+    there, as the module has it: another process of that uid that traced it would get no more than the module."""
+    return (*_no_new_privs(), "/bin/sh", "-c", 'cd -P -- "$1"', "edgeward-workdir-check", workdir)
 
 
 @functools.cache
@@ -453,13 +535,16 @@ def _plan(spec: ModuleSpec, bwrap: str | None, *, sandbox_uid: int | None, hidde
     cwd = options.get("WorkingDir") or "/"
     if not isinstance(cwd, str) or not cwd.startswith("/"):
         raise _bad("createOptions.WorkingDir must be an absolute path")
+    _check_arg(cwd, "createOptions.WorkingDir")
     env = _env(spec, options)
     uid, gid = _identity(options, principal_uids)
     sandbox = options.get("Sandbox", False)
     if not isinstance(sandbox, bool):
         raise _bad("createOptions.Sandbox must be true or false")
     if not sandbox:
-        return Launch(tuple(argv), env, cwd, uid, gid, False)
+        if uid is None or cwd == "/":  # Edgeward's own identity enters it itself; "/" every user may enter
+            return Launch(tuple(argv), env, cwd, uid, gid, False)
+        return Launch(_enter(cwd, argv), env, "/", uid, gid, False, workdir=cwd)
     if bwrap is None:
         raise _bad("createOptions.Sandbox needs bubblewrap (bwrap), which is not installed on this device")
     if needs_sandbox_uid(spec):
