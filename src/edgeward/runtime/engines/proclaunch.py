@@ -69,6 +69,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ...digest import open_regular
 from ...digits import is_number
 from ..engine import WORKLOAD_SOCKET_NAME, EngineError, ModuleSpec
 
@@ -396,7 +397,6 @@ def _interpreter(image: str) -> str | None:
     """The program a script's #! line names (the kernel execs that, with the script as an argument), or None.
     Runs on the event loop: opened as the measurements open it (a FIFO or device put there since the caller's
     stat is refused, never waited on or opened; a write lease does not hold it)."""
-    from ...digest import open_regular  # noqa: PLC0415  (kept here: this function's change stays self-contained)
 
     try:
         with os.fdopen(open_regular(image), "rb") as f:
