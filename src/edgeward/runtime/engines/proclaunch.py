@@ -397,7 +397,6 @@ def _interpreter(image: str) -> str | None:
     """The program a script's #! line names (the kernel execs that, with the script as an argument), or None.
     Runs on the event loop: opened as the measurements open it (a FIFO or device put there since the caller's
     stat is refused, never waited on or opened; a write lease does not hold it)."""
-
     try:
         with os.fdopen(open_regular(image), "rb") as f:
             first = f.readline(256)
