@@ -444,3 +444,13 @@ async def test_aziots_synchronous_key_client_is_served(software_keys: KeysEnv) -
     assert 400 <= status < 500 and error["message"], error  # the message reaches the client
     status, error = await _aziot_sync_request(env, "GET", "/keypair/x")  # no api-version: refused in the API's shape
     assert status == 400 and "api-version" in error["message"], error
+
+
+async def test_nan_and_infinity_are_not_json(software_keys: KeysEnv) -> None:
+    """Found by h/brk14c F3: Python's decoder takes NaN, Infinity and -Infinity, which serde_json refuses; a module
+    spec holding one was stored, and every listing after it carried a bare NaN that strict readers refuse."""
+    env = software_keys
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        raw = b'{"keyId":"x","preferredAlgorithms":"ec-p256","junk":{"a":' + literal + b"}}"
+        status, answer = await call(env, "POST", "/keypair", raw=raw)
+        assert status == 400 and "not valid JSON" in answer["message"], (literal, answer)

@@ -55,6 +55,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
                          f"than {MAX_FLOATS})") from None
     except _DuplicateField as e:
         raise UnprocessableEntity(f"invalid request body: duplicate field `{e.name}`") from None
+    except _NotJsonConstant as e:
+        raise BadRequest(f"request body is not valid JSON: {e.name} is not a JSON value") from None
     except json.JSONDecodeError as e:
         raise BadRequest(f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
     except UnicodeDecodeError as e:
@@ -177,7 +179,20 @@ def _read_float(text: str) -> float:
 
 # One decoder for every body: json.loads with a hook builds a new JSONDecoder per call, about half of a small
 # body's decoding time.
-_DECODER = json.JSONDecoder(object_pairs_hook=_refuse_duplicates, parse_int=_read_int, parse_float=_read_float)
+class _NotJsonConstant(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity: Python's decoder takes them, JSON (and serde_json) does not, and a stored one
+    would make every later answer that echoes it unreadable to strict clients (h/brk14c F3)."""
+    raise _NotJsonConstant(name)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_refuse_duplicates, parse_int=_read_int, parse_float=_read_float,
+                            parse_constant=_refuse_constant)
 
 
 def _decode(text: str) -> Any:
