@@ -212,6 +212,27 @@ def test_a_second_update_waits_for_the_agents_own_and_does_not_interleave(device
     assert not device.problems(), device.problems()
 
 
+def test_the_agent_has_at_most_one_update_of_itself_pending(device: Device) -> None:
+    """Found by h/brk14c F2: each PUT of itself by the agent was answered 201 and left a task behind, with no cap:
+    101 of them in 0.42 s, then 101 stop/remove/create/start cycles of the agent, with root's restart of the agent
+    stuck behind them. While one is pending, another is a 409."""
+    first = Connection(device.relay(1))
+    try:
+        status, body = first.call("PUT", f"/modules/edgeAgent?{API}&start=true", _agent_spec(2, device.base))
+        assert status == 201, body
+        # the first one waits for this connection to close: meanwhile the agent asks again, on other connections
+        answers = [_call(device.relay(1), "PUT", f"/modules/edgeAgent?{API}&start=true", _agent_spec(3, device.base))
+                   for _ in range(5)]
+        assert [s for s, _ in answers] == [409] * 5, answers
+        assert "already" in answers[0][1]["message"], answers[0]
+    finally:
+        first.close()
+    details = _answering(device.relay(2))
+    assert _env_of(details)["AGENT_GENERATION"] == "2"
+    assert device.log.read_text().count("module edgeAgent created (") == 2
+    assert not device.problems(), device.problems()
+
+
 def test_an_update_that_fails_after_the_answer_is_logged_audited_and_shown_and_the_agent_comes_back(
         device: Device) -> None:
     # An executable that is there when the update is checked and gone when the new agent is created.
