@@ -47,6 +47,13 @@ CASES = [
     (b'"msg": "payload {\\"SharedAccessKey\\": \\"LEAK21\\", \\"n\\": 1}"',  # JSON inside a JSON string
      b'"msg": "payload {\\"SharedAccessKey\\": \\"<redacted>\\", \\"n\\": 1}"'),
     (b'"log": "token=abc\\nsecret=LEAK22\\nnext"', b'"log": "token=abc\\nsecret=<redacted>\\nnext"'),
+    # h/brk14c F4: names in one case read as one word, short secret words, passwords in URLs
+    (b'"Env": ["APIKEY=LEAK30", "dbpassword=LEAK31", "SASKEY=LEAK32", "ACCESSKEY=LEAK33", "PRIVATEKEY=LEAK34", '
+     b'"MQTT_PASS=LEAK35", "GITHUB_PAT=LEAK36"]',
+     b'"Env": ["APIKEY=<redacted>", "dbpassword=<redacted>", "SASKEY=<redacted>", "ACCESSKEY=<redacted>", '
+     b'"PRIVATEKEY=<redacted>", "MQTT_PASS=<redacted>", "GITHUB_PAT=<redacted>"]'),
+    (b"connecting to postgres://app:LEAK37@db:5432/x and amqps://u:LEAK38%40x@broker",
+     b"connecting to postgres://app:<redacted>@db:5432/x and amqps://u:<redacted>@broker"),
 ]
 
 

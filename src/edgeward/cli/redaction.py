@@ -36,9 +36,15 @@ _ASSIGNMENT = re.compile(rb"(?:(?<![A-Za-z0-9_.\-\\])|(?<=\\[nrt]))([A-Za-z][A-Z
                          rb"(\\?[\"']?[ \t]*[:=][ \t]*)")
 _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 # the last word of a secret's name (a bare "token" is a PKCS#11 URI's token label: not one)
-_SECRET_LAST = frozenset({"key", "secret", "password", "passwd", "pwd", "passphrase", "pin", "sig", "signature",
-                          "credential", "credentials", "authorization"})
+_SECRET_LAST = frozenset({"key", "secret", "password", "passwd", "pwd", "pass", "passphrase", "pin", "pat", "sig",
+                          "signature", "credential", "credentials", "authorization"})
 _SECRET_WHOLE = frozenset({"pinvalue", "keybytes", "connectionstring", "connstr", "sharedaccesskey"})
+# a name written in one case is one "word" (APIKEY, dbpassword): what it ends with decides (never a bare "key" or
+# "pin" there: monkey=, spin=)
+_SECRET_ENDINGS = ("apikey", "accesskey", "privatekey", "secretkey", "saskey", "sharedkey", "masterkey", "authkey",
+                   "password", "passwd", "passphrase", "secret", "credential", "credentials")
+# scheme://user:PASSWORD@host
+_URL_PASSWORD = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@\"'<>]*:)([^\s/@\"'<>]+)(?=@)")
 _UNQUOTED_END = re.compile(rb"(?:\\[^nr]|[^\r\n\"';&,}\]\\])*")  # an escaped quote goes on, an escaped newline ends
 _QUOTED_BODY = {b'"': re.compile(rb'(?:\\.|[^"\\\r\n])*'), b"'": re.compile(rb"(?:\\.|[^'\\\r\n])*"),
                 # a string quoted inside a JSON string (\"...\"): up to the next \" or the outer string's end
@@ -54,7 +60,7 @@ def is_secret_name(name: str) -> bool:
         return False
     joined = "".join(words)
     return (words[-1] in _SECRET_LAST or (words[-1] == "token" and len(words) > 1) or joined in _SECRET_WHOLE
-            or "connectionstring" in joined or "connstr" in joined)
+            or "connectionstring" in joined or "connstr" in joined or joined.endswith(_SECRET_ENDINGS))
 
 
 def _quoted_end(data: bytes, start: int, quote: bytes | None = None) -> int:
@@ -153,4 +159,5 @@ def redact(data: bytes) -> bytes:
     """``data`` with every secret value it shows replaced by ``<redacted>`` (see the module's docstring)."""
     data = _redact_pem(data)
     data = _BEARER.sub(lambda m: m[1] + REDACTED, data)
+    data = _URL_PASSWORD.sub(lambda m: m[1] + REDACTED, data)
     return _redact_values(data)
