@@ -27,16 +27,19 @@ def private_dir(path: Path, mode: int = 0o700) -> Path:
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None,
-                 sync_dir: bool = True) -> None:
+                 sync_dir: bool = True, *, exact_mode: bool = False) -> None:
     """Write temp, fsync, rename over ``path``, fsync the directory (unless the caller fsyncs it once for several
     files: ``sync_dir=False``). ``owner`` (uid, gid): given to the temp file before anything is written to it, so
-    the file is never readable by anyone but its owner(s) at any point."""
+    the file is never readable by anyone but its owner(s) at any point. ``exact_mode``: ``mode`` as given, not
+    narrowed by the umask."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             if owner is not None:
                 os.fchown(f.fileno(), *owner)
+            if exact_mode:
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

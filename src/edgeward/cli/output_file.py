@@ -10,13 +10,11 @@ of the invoking user is: a symlink, a directory, a device or FIFO, or someone el
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import stat
 from pathlib import Path
 
-from ..fsutil import fsync_dir
+from ..fsutil import atomic_write
 
 __all__ = ["OutputRefused", "check_output", "write_output"]
 
@@ -51,21 +49,7 @@ def write_output(path: Path, data: bytes, mode: int = 0o600, *, exact_mode: bool
     A rename replaces the directory entry, never the inode behind it: a symlink or hard link swapped in after the
     check is replaced itself, and whatever it named is untouched."""
     check_output(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o777)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                if exact_mode:
-                    os.fchmod(f.fileno(), mode)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        fsync_dir(path.parent)
+        atomic_write(path, data, mode & 0o777, exact_mode=exact_mode)
     except OSError as e:
         raise OutputRefused(f"cannot write {path}: {e.strerror or e}") from None
