@@ -29,6 +29,7 @@ from edgeward.supervise import running_daemon
 from tests.fixtures.dockerd import TEST_IMAGE, Dockerd
 from tests.fixtures.modules import client_spec, elevated_defaults, logs_until
 from tests.fixtures.peers import CLIENT
+from tests.fixtures.processes import take_pid
 from tests.fixtures.swtpm import Swtpm
 
 EDGEWARD = [sys.executable, "-m", "edgeward"]
@@ -282,17 +283,6 @@ PID_REUSE_CLIENT = textwrap.dedent("""
 """)
 
 
-def _take_pid(pid: int) -> subprocess.Popen[bytes] | None:
-    """A root process with exactly `pid` (via ns_last_pid), or None when another fork took it first."""
-    Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
-    proc = subprocess.Popen(["sleep", "30"])
-    if proc.pid == pid:
-        return proc
-    proc.kill()
-    proc.wait()
-    return None
-
-
 def test_a_recycled_pid_does_not_lend_its_new_owner_to_an_old_connection(device: dict[str, Path]) -> None:
     """Found by review: a connection's peer was identified at its first request, so a process started later with
     the connector's pid was taken for the caller. Here the connector is root in a mount namespace of its own (no
@@ -309,10 +299,7 @@ def test_a_recycled_pid_does_not_lend_its_new_owner_to_an_old_connection(device:
     time.sleep(0.05)
     holder = None
     try:
-        for _ in range(20):
-            holder = _take_pid(connector)
-            if holder is not None:
-                break
+        holder = take_pid(connector)
         if holder is None:
             pytest.skip("could not recycle the pid on this busy machine")
         go.touch()
@@ -342,10 +329,7 @@ def test_a_pid_taken_while_the_daemon_is_slow_to_accept_is_not_the_connector(dev
         assert client.stdout is not None
         connector = int(client.stdout.readline())
         client.wait()
-        for _ in range(20):
-            holder = _take_pid(connector)
-            if holder is not None:
-                break
+        holder = take_pid(connector)
     finally:
         os.kill(daemon, signal.SIGCONT)
     try:

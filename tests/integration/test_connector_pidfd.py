@@ -25,6 +25,7 @@ from edgeward.attest.pipeline import AttestationRefused, Attestor
 from edgeward.http.peercred import Caller, ConnectorGone, boot_ticks, connector_pidfd
 from edgeward.runtime.engines.process import ProcessEngine
 from edgeward.runtime.registry import Registry
+from tests.fixtures.processes import take_pid
 
 
 class _Transport:
@@ -137,15 +138,18 @@ def _connect_hand_over_and_exit(path: str) -> tuple[socket.socket, int]:
         b.close()
 
 
-def _take_pid(pid: int) -> subprocess.Popen[bytes] | None:
-    """A process with exactly `pid` (ns_last_pid, root), or None when another fork took it first."""
-    Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
-    proc = subprocess.Popen(["sleep", "30"])
-    if proc.pid == pid:
-        return proc
-    proc.kill()
-    proc.wait()
-    return None
+def _recycled_connector(listening: socket.socket) -> tuple[socket.socket, int, subprocess.Popen[bytes]]:
+    """A connection handed over by a connector that has exited, whose pid another process holds now, still in
+    the listen queue: the handed-over end, the connector's pid and the pid's new holder (skips the test when other
+    forks keep taking the pid)."""
+    for _ in range(20):
+        handed, connector = _connect_hand_over_and_exit(listening.getsockname())
+        holder = take_pid(connector, tries=1)
+        if holder is not None:
+            return handed, connector, holder
+        handed.close()  # another fork took the pid first: try again with a new connector
+        listening.accept()[0].close()
+    pytest.skip("could not recycle the pid on this busy machine")
 
 
 @needs_peer_pidfd
@@ -154,16 +158,7 @@ def test_a_pid_taken_before_the_accept_is_not_the_connector(listening: socket.so
     """The scenario: the connector exits while the connection waits in the listen queue, another process of its
     uid takes the pid, then the daemon accepts. The accept-time check alone takes the new owner for the caller (it
     started before the accept); the connector's pidfd does not."""
-    holder = None
-    for _ in range(20):
-        handed, connector = _connect_hand_over_and_exit(listening.getsockname())
-        holder = _take_pid(connector)
-        if holder is not None:
-            break
-        handed.close()  # another fork took the pid first: try again with a new connector
-        listening.accept()[0].close()
-    if holder is None:
-        pytest.skip("could not recycle the pid on this busy machine")
+    handed, connector, holder = _recycled_connector(listening)
     pins = ProcessPins()
     kept = [handed]
     try:
@@ -216,16 +211,7 @@ async def test_the_module_sockets_attestation_refuses_a_pid_taken_before_the_acc
         listening: socket.socket, tmp_path: Path) -> None:
     """The workload and management sockets' attestation (attest/pipeline.py) pins the same way: refused at
     peer_credentials, whoever holds the pid now."""
-    holder = None
-    for _ in range(20):
-        handed, connector = _connect_hand_over_and_exit(listening.getsockname())
-        holder = _take_pid(connector)
-        if holder is not None:
-            break
-        handed.close()
-        listening.accept()[0].close()
-    if holder is None:
-        pytest.skip("could not recycle the pid on this busy machine")
+    handed, connector, holder = _recycled_connector(listening)
     engine = ProcessEngine(tmp_path / "state", stop_timeout=2.0, allow_elevated=True, cgroups=False)
     registry = Registry(tmp_path / "home")
     attestor = Attestor(engine, registry)
