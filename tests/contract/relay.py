@@ -1,9 +1,12 @@
 """The relay module the contract tests run as the edge agent and as modules: requests sent to its socket are
 attested as the relay's caller, the module itself."""
 
+import json
+import sys
 import textwrap
+from collections.abc import Mapping
 
-__all__ = ["RELAY_SCRIPT"]
+__all__ = ["RELAY_SCRIPT", "relay_agent_toml"]
 
 # A module that relays RELAY_<n>_AT -> the socket its variable RELAY_<n>_TO names (n = 1, 2; stdlib only), so a test
 # calls the daemon as that module; it writes its environment to RELAY_ENV_OUT when that is set.
@@ -56,3 +59,13 @@ RELAY_SCRIPT = textwrap.dedent("""
     for t in threads:
         t.join()
 """)
+
+
+def relay_agent_toml(env: Mapping[str, str], pull_policy: str | None = "on-create") -> str:
+    """The config's [agent] table for a relay edge agent (a host process of this Python) with ``env``: appended
+    after the rest of a config, as its last table."""
+    policy = f'imagePullPolicy = "{pull_policy}"\n' if pull_policy is not None else ""
+    return (f'\n[agent]\nname = "edgeAgent"\ntype = "docker"\n{policy}\n[agent.config]\n'
+            f"image = {json.dumps(sys.executable)}\n"
+            f'createOptions = {{ Cmd = ["-c", {json.dumps(RELAY_SCRIPT)}] }}\n\n[agent.env]\n'
+            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in env.items()))

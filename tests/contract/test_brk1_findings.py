@@ -39,7 +39,7 @@ import pytest
 
 from edgeward.supervise import start_daemon, stop_daemon
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.contract.relay import RELAY_SCRIPT
+from tests.contract.relay import RELAY_SCRIPT, relay_agent_toml
 from tests.fixtures.dockerd import TEST_IMAGE, Dockerd
 
 from .conftest import PROBLEM_SIGNS
@@ -124,23 +124,10 @@ async def device(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Devi
 
             [edgeward.identity]
             cloud_trust_bundle = "file://{base / 'hub-ca.pem'}"
-
-            [agent]
-            name = "edgeAgent"
-            type = "docker"
-            imagePullPolicy = "on-create"
-
-            [agent.config]
-            image = {json.dumps(sys.executable)}
-            createOptions = {{ Cmd = ["-c", {json.dumps(RELAY_SCRIPT)}] }}
-
-            [agent.env]
-            RELAY_1_AT = {json.dumps(str(base / "relays" / "agent-mgmt.sock"))}
-            RELAY_1_TO = "IOTEDGE_MANAGEMENTURI"
-            RELAY_2_AT = {json.dumps(str(base / "relays" / "agent-workload.sock"))}
-            RELAY_2_TO = "IOTEDGE_WORKLOADURI"
-            RELAY_ENV_OUT = {json.dumps(str(base / "relays" / "edgeAgent.env.json"))}
-            """))
+            """) + relay_agent_toml({
+                "RELAY_1_AT": str(base / "relays" / "agent-mgmt.sock"), "RELAY_1_TO": "IOTEDGE_MANAGEMENTURI",
+                "RELAY_2_AT": str(base / "relays" / "agent-workload.sock"), "RELAY_2_TO": "IOTEDGE_WORKLOADURI",
+                "RELAY_ENV_OUT": str(base / "relays" / "edgeAgent.env.json")}))
         log_path = base / "daemon.log"
         loop = asyncio.get_running_loop()
         daemon = await loop.run_in_executor(None, lambda: start_daemon(

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from edgeward.supervise import running_daemon
-from tests.contract.relay import RELAY_SCRIPT
+from tests.contract.relay import RELAY_SCRIPT, relay_agent_toml
 
 API = "api-version=2022-08-03"
 PROBLEM_SIGNS = ("Traceback", "internal error", "Logging error", "Exception ignored", "never retrieved",
@@ -66,23 +66,11 @@ def device() -> Iterator[Device]:
     base = Path(f"/tmp/edgeward-selfupdate-{os.getpid()}-{time.monotonic_ns()}")
     (base / "relays").mkdir(parents=True, mode=0o700)
     os.chmod(base, 0o755)
-    env = "\n".join(f"{e['key']} = {json.dumps(e['value'])}" for e in _agent_env(1, base))
     config = base / "config.toml"
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(textwrap.dedent("""\
         hostname = "selfupdate-edge"
         allow_elevated_docker_permissions = true  # the agent (a host process) runs as the test's user, root
-
-        [agent]
-        name = "edgeAgent"
-        type = "docker"
-        imagePullPolicy = "on-create"
-
-        [agent.config]
-        image = {json.dumps(sys.executable)}
-        createOptions = {{ Cmd = ["-c", {json.dumps(RELAY_SCRIPT)}] }}
-
-        [agent.env]
-        """) + env + "\n")
+        """) + relay_agent_toml({e["key"]: e["value"] for e in _agent_env(1, base)}))
     log = base / "daemon.log"
     try:
         with running_daemon(["run", "-c", str(config), "--state-dir", str(base / "state"), "--run-dir",

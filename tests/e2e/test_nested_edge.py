@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from edgeward.supervise import start_daemon, stop_daemon
 from edgeward.testing.est_server import generate_ca
 from edgeward.testing.hub_emulator import HubEmulator
-from tests.contract.relay import RELAY_SCRIPT
+from tests.contract.relay import RELAY_SCRIPT, relay_agent_toml
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
               pytest.mark.skipif(os.getuid() != 0, reason="the parent stand-in listens on port 443")]
@@ -86,18 +86,9 @@ def child_config(base: Path, parent: HubEmulator, key: bytes, trust_bundle: Path
         [provisioning]
         source = "manual"
         connection_string = "HostName={HUB};DeviceId={CHILD};SharedAccessKey={base64.b64encode(key).decode()}"
-
-        [agent]
-        name = "edgeAgent"
-        type = "docker"
-        [agent.config]
-        image = {json.dumps(sys.executable)}
-        createOptions = {{ Cmd = ["-c", {json.dumps(RELAY_SCRIPT)}] }}
-        [agent.env]
-        RELAY_1_AT = {json.dumps(str(base / "relays" / "agent-mgmt.sock"))}
-        RELAY_1_TO = "IOTEDGE_MANAGEMENTURI"
-        RELAY_ENV_OUT = {json.dumps(str(base / "relays" / "edgeAgent.env.json"))}
-        """))
+        """) + relay_agent_toml({
+            "RELAY_1_AT": str(base / "relays" / "agent-mgmt.sock"), "RELAY_1_TO": "IOTEDGE_MANAGEMENTURI",
+            "RELAY_ENV_OUT": str(base / "relays" / "edgeAgent.env.json")}, pull_policy=None))
     return config
 
 
