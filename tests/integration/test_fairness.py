@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,6 +138,15 @@ HEAVY = textwrap.dedent("""
 """)
 
 IDLE = "import time; print('READY', flush=True); time.sleep(3600)"
+
+
+def _report(logs: bytes, marker: bytes) -> Any:
+    """The JSON a test module printed after ``marker`` (SIGNS, FLOOD, HEAVY) in its log."""
+    return json.loads(next(x for x in logs.splitlines() if x.startswith(marker))[len(marker):])
+
+
+def _p99(ms: list[float]) -> float:
+    return ms[min(len(ms) - 1, int(len(ms) * 0.99))]
 
 
 @dataclass
@@ -263,9 +273,9 @@ async def test_slow_bodies_from_one_module_leave_another_modules_signs_fast(publ
             await daemon.start_module("a", FLOOD, {"FLOOD": "80", "STOP": str(stop)}, b"FLOODING")
             go.touch()  # the flood is on: B signs
             b_logs = await logs_until(daemon.mgmt, "b", b"SIGNS ", 120)
-            signs = json.loads(next(x for x in b_logs.splitlines() if x.startswith(b"SIGNS "))[6:])
+            signs = _report(b_logs, b"SIGNS ")
             ms = sorted(signs["ms"])
-            p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+            p99 = _p99(ms)
             print(json.dumps({"b_signs": len(ms), "b_p50_ms": round(ms[len(ms) // 2], 2), "b_p99_ms": round(p99, 2)}))
             assert signs["statuses"] == [200] * 200, signs["statuses"][-5:]
             assert p99 < 50, p99
@@ -286,7 +296,7 @@ async def test_slow_bodies_from_one_module_leave_another_modules_signs_fast(publ
         finally:
             stop.touch()
             go.touch()
-    flood = json.loads(next(x for x in a_logs.splitlines() if x.startswith(b"FLOOD "))[6:])
+    flood = _report(a_logs, b"FLOOD ")
     print(json.dumps({"a_flood": flood}))
     # A's slow bodies were cut at the 2 s body deadline (with a 408; a client still writing when the daemon closes
     # sees a reset instead), not left to hold their slots.
@@ -393,7 +403,7 @@ async def test_modules_flooding_the_connection_cap_leave_root_and_a_quiet_module
                 conn.close()
             go.touch()  # the quiet module signs within its fair share, while the flood goes on
             q_logs = await logs_until(daemon.mgmt, "quiet", b"SIGNS ", 60)
-            signs = json.loads(next(x for x in q_logs.splitlines() if x.startswith(b"SIGNS "))[6:])
+            signs = _report(q_logs, b"SIGNS ")
             print(json.dumps({"quiet_max_ms": round(max(signs["ms"]), 1), "fds": daemon.fds()}))
             assert signs["statuses"] == [200] * 20, signs["statuses"]
         finally:
@@ -497,7 +507,7 @@ async def test_a_local_user_holding_connections_to_a_modules_socket_leaves_the_m
             async with held_by_a_local_user(daemon.workload_socket("victim"), 40) as (pid, flood):
                 go.touch()
                 logs = await logs_until(daemon.mgmt, "victim", b"SIGNS ", 60)
-            signs = json.loads(next(x for x in logs.splitlines() if x.startswith(b"SIGNS "))[6:])
+            signs = _report(logs, b"SIGNS ")
             print(json.dumps({"flood": flood, "victim": signs["statuses"]}))
             assert signs["statuses"] == [200] * 20, signs["statuses"]
             assert flood == {"held": 8, "refused": {"429": 32}}, flood
@@ -530,7 +540,7 @@ async def test_a_module_gets_its_whole_cap_beside_a_local_user_and_no_more_by_sw
         async with held_by_a_local_user(daemon.workload_socket("m"), 40) as (_, flood):
             go.touch()
             logs = await logs_until(daemon.mgmt, "m", b"HOLDING ", 30)
-        held = json.loads(next(x for x in logs.splitlines() if x.startswith(b"HOLDING "))[8:])
+        held = _report(logs, b"HOLDING ")
         print(json.dumps({"flood": flood, "module": held}))
         assert held == {"held": 20, "429": 20}, held
         assert flood["held"] <= 8, flood
@@ -548,7 +558,7 @@ async def test_a_local_user_flooding_the_shared_workload_socket_leaves_modules_s
             async with held_by_a_local_user(shared, 40) as (_, flood):
                 go.touch()
                 logs = await logs_until(daemon.mgmt, "m1", b"SIGNS ", 60)
-            signs = json.loads(next(x for x in logs.splitlines() if x.startswith(b"SIGNS "))[6:])
+            signs = _report(logs, b"SIGNS ")
             print(json.dumps({"flood": flood, "m1": signs["statuses"]}))
             assert signs["statuses"] == [200] * 20, signs["statuses"]
             assert flood == {"held": 8, "refused": {"429": 32}}, flood
@@ -577,10 +587,10 @@ async def test_large_bodies_from_one_module_leave_another_modules_signs_fast(pub
         finally:
             stop.touch()
             go.touch()
-    signs = json.loads(next(x for x in b_logs.splitlines() if x.startswith(b"SIGNS "))[6:])
-    heavy = json.loads(next(x for x in h_logs.splitlines() if x.startswith(b"HEAVY "))[6:])
+    signs = _report(b_logs, b"SIGNS ")
+    heavy = _report(h_logs, b"HEAVY ")
     ms = sorted(signs["ms"])
-    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    p99 = _p99(ms)
     print(json.dumps({"b_p50_ms": round(ms[len(ms) // 2], 2), "b_p99_ms": round(p99, 2), "heavy": heavy}))
     assert signs["statuses"] == [200] * 200, signs["statuses"][-5:]
     assert set(heavy) == {answer}, heavy  # served (or refused as too large to encrypt), never 429
