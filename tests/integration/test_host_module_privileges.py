@@ -19,13 +19,12 @@ from edgeward.config.problems import ConfigError, Problems
 from edgeward.daemon import load_settings
 from edgeward.http.errors import HttpError
 from edgeward.runtime.compose import make_engine
-from edgeward.runtime.edge_ca_config import apply_edge_ca
 from edgeward.runtime.engine import EngineError, ModuleSpec
 from edgeward.runtime.engines.process import ProcessEngine
 from edgeward.runtime.mgmt_client import ManagementClient
-from edgeward.runtime.settings import RuntimeSettings, parse_runtime_settings
+from edgeward.runtime.settings import parse_runtime_settings
 from tests.fixtures.modules import logs_until
-from tests.fixtures.runtime import RuntimeEnv, serve_runtime
+from tests.fixtures.runtime import RuntimeEnv, runtime_settings, serve_runtime
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
               pytest.mark.skipif(os.geteuid() != 0, reason="switching a module's user needs a daemon running as root")]
@@ -41,13 +40,6 @@ ROOT_SPECS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("rootgroup", {"User": "nobody:root"}), ("rootuid", {"User": "0:65534"}))
 
 
-def _settings(base: Path, doc: dict[str, Any]) -> RuntimeSettings:
-    problems = Problems("test config")
-    settings = parse_runtime_settings(apply_edge_ca(doc, problems), base / "state", base / "run", problems)
-    problems.raise_if_any()
-    return settings
-
-
 def _spec(name: str, image: str = sys.executable, **options: Any) -> dict[str, Any]:
     return {"name": name, "type": "docker", "imagePullPolicy": "never",
             "config": {"settings": {"image": image, "createOptions": {"Cmd": ["-c", SHOW_ID], **options}},
@@ -61,7 +53,7 @@ async def _identity(mgmt: ManagementClient, name: str) -> list[int]:
 
 
 async def _runtime(request: pytest.FixtureRequest, base: Path, doc: dict[str, Any]) -> AsyncIterator[RuntimeEnv]:
-    async with serve_runtime(request, base, make_engine(_settings(base, doc)), doc) as env:
+    async with serve_runtime(request, base, make_engine(runtime_settings(base, doc)), doc) as env:
         yield env
 
 

@@ -15,17 +15,14 @@ from typing import Any
 
 import pytest
 
-from edgeward.config.problems import Problems
 from edgeward.http.errors import HttpError
 from edgeward.runtime.compose import make_engine
-from edgeward.runtime.edge_ca_config import apply_edge_ca
 from edgeward.runtime.engines import process as process_engine
 from edgeward.runtime.engines.process import ProcessEngine
 from edgeward.runtime.engines.proclaunch import _PRIVILEGED_GROUPS, SERVICE_ACCOUNTS
 from edgeward.runtime.mgmt_client import ManagementClient
-from edgeward.runtime.settings import parse_runtime_settings
 from tests.fixtures.modules import logs_until
-from tests.fixtures.runtime import RuntimeEnv, serve_runtime
+from tests.fixtures.runtime import RuntimeEnv, runtime_settings, serve_runtime
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"),
               pytest.mark.skipif(os.geteuid() != 0, reason="switching a module's user needs a daemon running as root")]
@@ -48,11 +45,7 @@ def _spec(name: str, user: str, image: str = SH, **options: Any) -> dict[str, An
 async def runtime(request: pytest.FixtureRequest, public_dir: Path) -> AsyncIterator[RuntimeEnv]:
     """The config defaults: elevated permissions off."""
     doc = {"hostname": "edge1"}
-    problems = Problems("test config")
-    settings = parse_runtime_settings(apply_edge_ca(doc, problems), public_dir / "state", public_dir / "run",
-                                      problems)
-    problems.raise_if_any()
-    async with serve_runtime(request, public_dir, make_engine(settings), doc) as env:
+    async with serve_runtime(request, public_dir, make_engine(runtime_settings(public_dir, doc)), doc) as env:
         yield env
 
 
