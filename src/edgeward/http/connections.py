@@ -34,6 +34,7 @@ from aiohttp.web_request import BaseRequest
 
 from ..attest.namespaces import is_host_process
 from ..config.problems import ConfigError
+from .body import reply_object
 from .callers import (
     CallerKey,
     HostCaller,
@@ -485,6 +486,8 @@ class _GuardedHandler(RequestHandler):
     hyper serves and aiohttp's parser refuses. That client opens a connection per request; later requests on a
     connection go to the parser as they come."""
 
+    READ_SIZE = 32 * 1024
+
     def __init__(self, manager: _GuardedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.charged: int | None = None  # the budget this connection was charged to, refunded by a successful answer
@@ -493,8 +496,6 @@ class _GuardedHandler(RequestHandler):
         self._head_bytes = 0
         self._last_payload: Any = None  # the last request's body: its head is done, its body may still come
         self._first_head: bytes | None = b""  # the first request's head, held until complete (None: passed on)
-
-    READ_SIZE = 32 * 1024
 
     def data_received(self, data: bytes) -> None:
         if self._first_head is not None:
@@ -551,8 +552,7 @@ class _GuardedHandler(RequestHandler):
         reply would do the logging (rate-limited: edgeward.http.logfilter) and close the connection."""
         super().handle_error(request, status, exc, message)
         text = "malformed HTTP request" if 400 <= status < 500 else "internal error; see the service log"
-        response = web.Response(status=status, body=json.dumps({"message": text}).encode(),
-                                content_type="application/json")  # exactly: see http.body.reply_json
+        response = reply_object({"message": text}, status)
         response.force_close()
         return response
 
