@@ -44,6 +44,7 @@ _ATTEMPTS = 3
 _CACHE_MAX = 4096
 _PROC_FD = "/proc/self/fd"
 _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+_LEASED = "is under another process's write lease (its open would wait for the holder)"
 
 _Key = tuple[int, int, int, int, int, int]
 _digests: dict[_Key, str] = {}
@@ -91,8 +92,7 @@ def open_regular(path: Path | str) -> int:
             # the inode just checked, not the path again: a swap of the path meanwhile changes nothing
             fd = os.open(f"{_PROC_FD}/{where}", _READ_FLAGS)
         except BlockingIOError:
-            raise Unmeasurable(path, "is under another process's write lease (its open would wait for the "
-                                     "holder)") from None
+            raise Unmeasurable(path, _LEASED) from None
         except FileNotFoundError:
             if Path(_PROC_FD).is_dir():
                 raise
@@ -113,8 +113,7 @@ def _open_by_path(path: Path | str, where: int) -> int:
     try:
         fd = os.open(path, _READ_FLAGS)
     except BlockingIOError:
-        raise Unmeasurable(path, "is under another process's write lease (its open would wait for the "
-                                 "holder)") from None
+        raise Unmeasurable(path, _LEASED) from None
     first, now = os.fstat(where), os.fstat(fd)
     if (first.st_dev, first.st_ino) != (now.st_dev, now.st_ino):
         os.close(fd)
