@@ -24,16 +24,17 @@ from rich.text import Text
 
 __all__ = ["TerminalText", "cell", "markup_safe", "shown"]
 
-# C0 controls but tab and newline, DEL, C1 controls; a CR that does not end a line (it would overwrite this one)
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
-
-
-# In one line: every C0 control (newline and tab too), DEL, C1, the line and paragraph separators and the bidi
-# overrides and isolates (they reorder what follows on the line: a path could show as another)
-_CONTROL_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 controls but tab, newline and CR; DEL; C1 controls
+_CONTROLS_BUT_LINES = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+# the line and paragraph separators, the bidi marks, overrides and isolates (they reorder what follows on the line:
+# a path could show as another)
+_REORDERING = "\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069"
+# a module's log: those controls, and a CR that does not end a line (it would overwrite this one)
+_CONTROL = re.compile(f"[{_CONTROLS_BUT_LINES}]|\r(?!\n)")
+# In one line: every C0 control (newline and tab too), DEL, C1, and what reorders a line
+_CONTROL_ONE_LINE = re.compile(f"[\x00-\x1f\x7f-\x9f{_REORDERING}]")
 # Several lines (a message listing problems): newline and tab kept, a CR only where it ends a line
-_CONTROL_LINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e"
-                            "\u2066-\u2069]|\r(?!\n)")
+_CONTROL_LINES = re.compile(f"[{_CONTROLS_BUT_LINES}{_REORDERING}]|\r(?!\n)")
 
 
 def _shown(match: re.Match[str]) -> str:
